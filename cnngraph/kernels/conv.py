@@ -1,0 +1,129 @@
+"""2-D convolution kernels (cross-correlation, like PyTorch), NCHW at the boundary.
+
+Forward lowers the convolution to GEMM over an im2col buffer built from kh*kw shifted strided
+views of the padded input (one Python iteration per kernel offset, never per pixel/channel/sample).
+Backward reuses the saved column buffer for ``dw`` and scatters ``dcols`` back with the same views.
+"""
+from __future__ import annotations
+
+from ..backend import xp_of
+from .pool import pool_output_size
+
+__all__ = ["conv2d_forward", "conv2d_backward", "conv_output_shape"]
+
+
+def conv_output_shape(x_shape, w_shape, stride, padding, dilation):
+    """(Ho, Wo) of a convolution; raises ValueError when the kernel does not fit."""
+    _, _, H, W = x_shape
+    _, _, kh, kw = w_shape
+    top, bottom, left, right = padding
+    return (pool_output_size(H, kh, stride[0], top, bottom, dilation[0], False),
+            pool_output_size(W, kw, stride[1], left, right, dilation[1], False))
+
+
+class _ConvSaved:
+    """What conv2d_backward needs: geometry, weights and the forward's column buffer."""
+
+    __slots__ = ("x_shape", "padded_shape", "w", "has_bias", "stride", "padding", "dilation",
+                 "groups", "out", "cols")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _offsets(kh, kw, stride, dilation, out):
+    """(i, j, row slice, col slice) of every kernel offset into the padded input."""
+    (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out
+    for i in range(kh):
+        for j in range(kw):
+            yield (i, j,
+                   slice(i * dh, i * dh + (Ho - 1) * sh + 1, sh),
+                   slice(j * dw, j * dw + (Wo - 1) * sw + 1, sw))
+
+
+def _pad(x, padding, out, kshape, stride, dilation):
+    """Zero-pad ``x`` (N,C,H,W); the trailing pads are trimmed to what the windows reach."""
+    xp = xp_of(x)
+    N, C, H, W = x.shape
+    top, _, left, _ = padding
+    Eh = max(top + H, (out[0] - 1) * stride[0] + dilation[0] * (kshape[0] - 1) + 1)
+    Ew = max(left + W, (out[1] - 1) * stride[1] + dilation[1] * (kshape[1] - 1) + 1)
+    if (Eh, Ew) == (H, W) and top == 0 and left == 0:
+        return x
+    xpad = xp.zeros((N, C, Eh, Ew), dtype=x.dtype)
+    xpad[:, :, top:top + H, left:left + W] = x
+    return xpad
+
+
+def _im2col(xpad, kh, kw, stride, dilation, out):
+    """Column buffer (N, C, kh, kw, Ho, Wo) of the padded input."""
+    xp = xp_of(xpad)
+    N, C = xpad.shape[:2]
+    cols = xp.empty((N, C, kh, kw) + tuple(out), dtype=xpad.dtype)
+    for i, j, rs, cs in _offsets(kh, kw, stride, dilation, out):
+        cols[:, :, i, j] = xpad[:, :, rs, cs]
+    return cols
+
+
+def _col2im(dcols, padded_shape, stride, dilation, out):
+    """Adjoint of _im2col: scatter-add (N, C, kh, kw, Ho, Wo) back into a padded-input gradient."""
+    xp = xp_of(dcols)
+    kh, kw = dcols.shape[2:4]
+    dpad = xp.zeros(padded_shape, dtype=dcols.dtype)
+    for i, j, rs, cs in _offsets(kh, kw, stride, dilation, out):
+        dpad[:, :, rs, cs] += dcols[:, :, i, j]
+    return dpad
+
+
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
+    """Grouped, strided, dilated 2-D convolution with (possibly asymmetric) zero padding.
+
+    Returns ``(y, saved)`` with y (N, O, Ho, Wo) in x's dtype; ``saved`` (None unless ``save``)
+    holds the im2col buffer (N*C*kh*kw*Ho*Wo elements) and ``w`` by reference.
+    """
+    xp = xp_of(x, w)
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    G = groups
+    if C != Cg * G or O % G:
+        raise ValueError(f"conv2d: x has {C} channels, w {w.shape} with groups={G}")
+    out = conv_output_shape(x.shape, w.shape, stride, padding, dilation)
+    L = out[0] * out[1]
+    xpad = _pad(x, padding, out, (kh, kw), stride, dilation)
+    cols = _im2col(xpad, kh, kw, stride, dilation, out)
+    K = Cg * kh * kw
+    y = xp.matmul(w.reshape(G, O // G, K), cols.reshape(N, G, K, L))   # (N, G, O/G, L)
+    y = y.reshape(N, O, out[0], out[1])
+    if b is not None:
+        y += b.reshape(1, O, 1, 1)
+    saved = None
+    if save:
+        saved = _ConvSaved(x_shape=x.shape, padded_shape=xpad.shape, w=w, has_bias=b is not None,
+                           stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                           groups=G, out=out, cols=cols)
+    return y, saved
+
+
+def conv2d_backward(gy, saved, need_dx=True):
+    """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo)."""
+    xp = xp_of(gy)
+    s = saved
+    N, C, H, W = s.x_shape
+    O, Cg, kh, kw = s.w.shape
+    G, K, L = s.groups, Cg * kh * kw, s.out[0] * s.out[1]
+    gyg = gy.reshape(N, G, O // G, L)
+    cols = s.cols.reshape(N, G, K, L)
+    # dw[g] = sum_n gy[n,g] @ cols[n,g]^T, as one GEMM per group over the (N*L) contraction.
+    gyt = gyg.transpose(1, 2, 0, 3).reshape(G, O // G, N * L)
+    colt = cols.transpose(1, 0, 3, 2).reshape(G, N * L, K)
+    dw = xp.matmul(gyt, colt).reshape(s.w.shape).astype(s.w.dtype, copy=False)
+    db = gy.sum(axis=(0, 2, 3)) if s.has_bias else None
+    dx = None
+    if need_dx:
+        dcols = xp.matmul(s.w.reshape(G, O // G, K).transpose(0, 2, 1), gyg)   # (N, G, K, L)
+        dcols = dcols.reshape(N, C, kh, kw, s.out[0], s.out[1])
+        dpad = _col2im(dcols, s.padded_shape, s.stride, s.dilation, s.out)
+        top, _, left, _ = s.padding
+        dx = xp.ascontiguousarray(dpad[:, :, top:top + H, left:left + W])
+    return dx, dw, db

@@ -1,0 +1,121 @@
+"""conv2d kernels vs PyTorch (forward, autograd) and vs central finite differences."""
+import numpy as np
+import pytest
+
+from cnngraph.kernels import conv2d_backward, conv2d_forward
+
+# (N, C, H, W, O, (kh, kw), stride, padding(t,b,l,r), dilation, groups, bias)
+CONFIGS = [
+    (2, 3, 8, 8, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),        # cifar-style
+    (2, 4, 9, 7, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True),        # stride 2, odd sizes
+    (1, 3, 8, 8, 5, (2, 2), (1, 1), (0, 1, 0, 1), (1, 1), 1, True),        # "same", even kernel
+    (2, 3, 7, 9, 4, (3, 2), (2, 1), (1, 2, 0, 1), (1, 1), 1, False),       # asymmetric everything
+    (2, 4, 11, 10, 4, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, True),      # dilation
+    (2, 3, 9, 9, 2, (3, 3), (3, 2), (0, 0, 1, 1), (2, 1), 1, True),        # dilation + stride
+    (2, 4, 6, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True),        # groups
+    (2, 4, 6, 6, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 4, True),        # depthwise x2
+    (2, 5, 6, 6, 5, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 5, False),       # depthwise, big kernel
+    (3, 6, 5, 5, 4, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),        # 1x1
+    (2, 8, 4, 4, 4, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 2, True),        # 1x1 strided, grouped
+    (2, 3, 5, 5, 7, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),        # kernel == input
+    (2, 1, 28, 28, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),      # LeNet conv1
+    (2, 3, 6, 6, 4, (3, 3), (4, 4), (1, 1, 1, 1), (1, 1), 1, True),        # stride > kernel
+]
+IDS = [f"cfg{i}" for i in range(len(CONFIGS))]
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def make(cfg, dtype, seed=0):
+    N, C, H, W, O, (kh, kw), stride, padding, dilation, groups, bias = cfg
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C // groups, kh, kw)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype) if bias else None
+    return x, w, b, stride, padding, dilation, groups
+
+
+def torch_conv(torch, x, w, b, stride, padding, dilation, groups):
+    F = torch.nn.functional
+    t, bo, l, r = padding
+    x = F.pad(x, (l, r, t, bo))   # torch pads (left, right, top, bottom)
+    return F.conv2d(x, w, b, stride=stride, dilation=dilation, groups=groups)
+
+
+def scale(a):
+    return max(1.0, float(np.abs(a).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_forward_backward_vs_torch(cfg, dtype):
+    torch = pytest.importorskip("torch")
+    x, w, b, stride, padding, dilation, groups = make(cfg, dtype)
+    y, saved = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if b is not None else None
+    ty = torch_conv(torch, tx, tw, tb, stride, padding, dilation, groups)
+    assert y.dtype == dtype and y.shape == tuple(ty.shape)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y / scale(y), ty.detach().numpy() / scale(y), **tol)
+
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.tensor(gy))
+    dx, dw, db = conv2d_backward(gy, saved)
+    for ours, ref in [(dx, tx.grad), (dw, tw.grad)] + ([(db, tb.grad)] if b is not None else []):
+        ref = ref.numpy()
+        assert ours.dtype == dtype and ours.shape == ref.shape
+        np.testing.assert_allclose(ours / scale(ref), ref / scale(ref), **tol)
+    if b is None:
+        assert db is None
+
+
+def test_no_save_and_no_dx():
+    x, w, b, *geom = make(CONFIGS[0], np.float32)
+    y, saved = conv2d_forward(x, w, b, *geom, save=False)
+    assert saved is None
+    y2, saved = conv2d_forward(x, w, b, *geom, save=True)
+    np.testing.assert_array_equal(y, y2)
+    dx, dw, db = conv2d_backward(np.ones_like(y), saved, need_dx=False)
+    assert dx is None and dw.shape == w.shape and db.shape == b.shape
+
+
+def test_bad_shapes():
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError):
+        conv2d_forward(x, np.zeros((2, 2, 3, 3), np.float32), None, (1, 1), (0, 0, 0, 0), (1, 1), 1, False)
+    with pytest.raises(ValueError):
+        conv2d_forward(x, np.zeros((2, 3, 5, 5), np.float32), None, (1, 1), (0, 0, 0, 0), (1, 1), 1, False)
+
+
+def numeric_grad(f, a, eps=1e-6):
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + eps
+        fp = f()
+        a[i] = old - eps
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("cfg", [
+    (1, 2, 4, 5, 3, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 1, True),
+    (2, 4, 4, 4, 2, (2, 2), (1, 2), (1, 1, 0, 1), (2, 1), 2, True),
+], ids=["asym", "grouped"])
+def test_backward_finite_differences(cfg):
+    x, w, b, *geom = make(cfg, np.float64, seed=3)
+    y, saved = conv2d_forward(x, w, b, *geom, save=True)
+    gy = np.random.default_rng(4).standard_normal(y.shape)
+
+    def loss():
+        return float((conv2d_forward(x, w, b, *geom, save=False)[0] * gy).sum())
+
+    dx, dw, db = conv2d_backward(gy, saved)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(dw, numeric_grad(loss, w), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(db, numeric_grad(loss, b), rtol=1e-7, atol=1e-8)
