@@ -1,0 +1,238 @@
+"""Training data: the ``train.data`` spec section, dataset loading, splitting, normalisation, batching.
+
+``load_dataset`` asks a registered loader (see ``LOADERS``) for the source's splits, carves any
+missing validation/test split (stratified, seeded), applies ``limit``, computes or takes the
+per-channel normalisation and returns a :class:`Dataset` of float32 NCHW arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import DataError
+from .datasets import (RawSplits, load_cifar10, load_digits, load_fashion_mnist, load_image_folder,
+                       load_mnist, load_npz, stratified_split)
+
+__all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "register_loader", "load_dataset",
+           "iterate_batches", "compute_normalization", "apply_normalization", "stratified_split"]
+
+Loader = Callable[..., RawSplits]
+LOADERS: dict[str, Loader] = {
+    "digits": load_digits,
+    "npz": load_npz,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "image_folder": load_image_folder,
+}
+
+
+def register_loader(name: str, loader: Loader) -> None:
+    """Add a dataset loader ``loader(cfg, input_shape, base_dir) -> RawSplits`` under ``name``."""
+    if name in LOADERS:
+        raise ValueError(f"dataset loader '{name}' is already registered")
+    LOADERS[name] = loader
+
+
+class NormalizeStats(BaseModel):
+    """Explicit normalisation: one value per channel, or one value for all channels."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"normalize: mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"normalize: every std must be > 0, found {self.std}")
+        return self
+
+
+class DataConfig(BaseModel):
+    """The spec's ``train.data`` section."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "digits"
+    path: str | None = None
+    layout: Literal["auto", "nchw", "nhwc"] = "auto"
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float | None = Field(None, ge=0.0, lt=1.0)
+    normalize: Literal["auto", "none"] | NormalizeStats = "auto"
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.dataset not in LOADERS:
+            import difflib
+            near = difflib.get_close_matches(self.dataset, list(LOADERS), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(f"unknown dataset '{self.dataset}'{hint} (known: {', '.join(LOADERS)})")
+        if self.dataset != "digits" and self.path is None:
+            raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
+        if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
+        return self
+
+
+@dataclass
+class Dataset:
+    """Loaded, split and normalised data.
+
+    ``train`` / ``val`` / ``test`` are ``(x, y)``: x float32 (N, C, H, W) normalised, y int64.
+    A split the source lacks and that was not carved is empty (N == 0).
+    ``mean`` / ``std`` are the per-channel values applied: ``(raw - mean) / std``.
+    ``pixel_scale`` maps an image in [0, 1] to raw units (``read_image(..., scale=pixel_scale)``).
+    """
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    source: str
+    pixel_scale: float = 1.0
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (``len(classes)``)."""
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every sample."""
+        return tuple(int(s) for s in self.train[0].shape[1:])
+
+    @property
+    def background(self) -> list[float]:
+        """Per-channel normalised value of a raw 0 pixel (the fill augmentations should use)."""
+        return [(0.0 - m) / s for m, s in zip(self.mean, self.std)]
+
+    def prepare(self, x_raw: np.ndarray) -> np.ndarray:
+        """Normalise new raw inputs (e.g. from ``read_inputs(..., scale=pixel_scale)``) like training data."""
+        return apply_normalization(np.array(x_raw, dtype=np.float32), self.mean, self.std)
+
+
+def compute_normalization(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, C, H, W) data (float64 sums; a std of 0 becomes 1)."""
+    if len(x) == 0:
+        raise DataError("cannot compute normalisation: the training split is empty")
+    mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x.std(axis=(0, 2, 3), dtype=np.float64)
+    # A constant channel would divide by zero; leave it centred but unscaled.
+    std = np.where(std > 1e-12, std, 1.0)
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def apply_normalization(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(x - mean) / std`` per channel, in place on float32 ``x``; returns ``x``."""
+    c = x.shape[1]
+    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    if m.shape[1] not in (1, c):
+        raise DataError(f"normalize: expected 1 or {c} mean/std values (one per channel), found {m.shape[1]}")
+    x -= m
+    x /= s
+    return x
+
+
+def _empty(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((0,) + tuple(shape), np.float32), np.empty(0, np.int64)
+
+
+def _take(split, idx):
+    return np.ascontiguousarray(split[0][idx]), split[1][idx]
+
+
+def _carve_missing(raw: RawSplits, cfg: DataConfig, seed: int):
+    """Carve test (when the source has none and test_fraction is set) then val from train."""
+    train, val, test = raw.train, raw.val, raw.test
+    f_test = cfg.test_fraction if test is None and cfg.test_fraction else 0.0
+    f_val = cfg.val_fraction if val is None else 0.0
+    if f_test or f_val:
+        rest, t_idx, v_idx = stratified_split(train[1], [f_test, f_val], seed)
+        if f_test:
+            test = _take(train, t_idx)
+        if f_val:
+            val = _take(train, v_idx)
+        train = _take(train, rest)
+    shape = train[0].shape[1:]
+    return train, val if val is not None else _empty(shape), test if test is not None else _empty(shape)
+
+
+def _stats(cfg: DataConfig, x_train: np.ndarray) -> tuple[list[float], list[float]]:
+    c = x_train.shape[1]
+    if cfg.normalize == "auto":
+        return compute_normalization(x_train)
+    if cfg.normalize == "none":
+        return [0.0] * c, [1.0] * c
+    mean, std = list(cfg.normalize.mean), list(cfg.normalize.std)
+    if len(mean) == 1:
+        mean, std = mean * c, std * c
+    if len(mean) != c:
+        raise DataError(f"normalize: expected 1 or {c} mean/std values (one per channel of the "
+                        f"input), found {len(mean)}")
+    return mean, std
+
+
+def load_dataset(cfg: DataConfig, input_shape: tuple[int, int, int], seed: int = 0,
+                 base_dir: str | None = None) -> Dataset:
+    """Load, split and normalise the dataset described by ``cfg``.
+
+    Parameters
+    ----------
+    cfg : the ``train.data`` section.
+    input_shape : the model's (C, H, W); data of another shape is a DataError
+        (``image_folder`` images are resized to it instead).
+    seed : seeds the stratified carving of missing validation/test splits.
+    base_dir : folder that relative ``cfg.path`` is resolved against (the spec's folder).
+    """
+    if isinstance(cfg, dict):
+        cfg = DataConfig.model_validate(cfg)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W), found {shape}")
+    raw = LOADERS[cfg.dataset](cfg, shape, base_dir)
+    train, val, test = _carve_missing(raw, cfg, seed)
+    if cfg.limit is not None:
+        train = (train[0][:cfg.limit], train[1][:cfg.limit])
+    if len(train[1]) == 0:
+        raise DataError(f"dataset '{cfg.dataset}' ({raw.source}): the training split is empty")
+    mean, std = _stats(cfg, train[0])
+    # Copy before normalising in place, so the loader's arrays (possibly views) are untouched.
+    splits = [(apply_normalization(np.array(x, dtype=np.float32), mean, std), y) for x, y in (train, val, test)]
+    return Dataset(train=splits[0], val=splits[1], test=splits[2], classes=list(raw.classes),
+                   mean=mean, std=std, source=raw.source, pixel_scale=raw.pixel_scale)
+
+
+def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,
+                    rng: np.random.Generator | None = None,
+                    drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(xb, yb)`` mini-batches; the last partial batch too unless ``drop_last``.
+
+    With ``shuffle`` the order is ``rng.permutation(len(x))`` (reproducible for a seeded rng).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"x has {n} samples but y has {len(y)}")
+    if shuffle:
+        if rng is None:
+            raise ValueError("iterate_batches(shuffle=True) needs an rng (np.random.Generator)")
+        order = rng.permutation(n)
+    else:
+        order = None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        end = min(start + batch_size, n)
+        if order is None:
+            yield x[start:end], y[start:end]
+        else:
+            idx = order[start:end]
+            yield x[idx], y[idx]

@@ -1,0 +1,13 @@
+"""Dataset loaders. Each takes ``(cfg: DataConfig, input_shape, base_dir)`` and returns RawSplits.
+
+``cnngraph.train.data`` registers them by name and does the splitting and normalisation.
+"""
+from ._common import RawSplits, stratified_split
+from .cifar import load_cifar10
+from .digits import load_digits
+from .folder import load_image_folder
+from .idx import load_fashion_mnist, load_mnist, read_idx
+from .npz import load_npz
+
+__all__ = ["RawSplits", "stratified_split", "load_cifar10", "load_digits", "load_image_folder",
+           "load_fashion_mnist", "load_mnist", "read_idx", "load_npz"]

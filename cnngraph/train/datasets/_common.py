@@ -1,0 +1,157 @@
+"""Helpers shared by the dataset loaders: raw splits, layout conversion, label checks, splitting."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DataError
+
+__all__ = ["RawSplits", "to_nchw", "as_float_images", "check_labels", "stratified_split",
+           "require_shape", "fmt_shape"]
+
+
+@dataclass
+class RawSplits:
+    """What a loader returns: float32 NCHW images in the source's raw units, int64 labels.
+
+    ``val`` / ``test`` are None when the source has none (``load_dataset`` then carves them).
+    ``pixel_scale`` maps an image read in [0, 1] to the raw units (16 for digits, else 1).
+    """
+
+    train: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    source: str
+    val: tuple[np.ndarray, np.ndarray] | None = None
+    test: tuple[np.ndarray, np.ndarray] | None = None
+    pixel_scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt_shape(shape) -> str:
+    """Render a shape as ``(1, 28, 28)``."""
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def require_shape(found: tuple[int, ...], input_shape: tuple[int, int, int], what: str) -> None:
+    """Raise DataError unless a source's fixed image shape equals the model's input shape."""
+    if tuple(found) != tuple(input_shape):
+        raise DataError(
+            f"{what}: images are {fmt_shape(found)} (C, H, W) but the model's input_shape is "
+            f"{fmt_shape(input_shape)}; set the input layer's shape to {fmt_shape(found)}")
+
+
+def to_nchw(arr: np.ndarray, input_shape: tuple[int, int, int], layout: str, what: str) -> np.ndarray:
+    """Return ``arr`` as (N, C, H, W) given the expected (C, H, W).
+
+    Accepts NCHW, NHWC (``layout`` "auto" tries NCHW first) and, when C == 1, (N, H, W).
+    ``what`` names the file and key for the error message.
+    """
+    c, h, w = input_shape
+    shape = tuple(arr.shape)
+    if arr.ndim == 3 and layout in ("auto", "nchw", "nhwc"):
+        if c == 1 and shape[1:] == (h, w):
+            return arr[:, None, :, :]
+    elif arr.ndim == 4:
+        if layout in ("auto", "nchw") and shape[1:] == (c, h, w):
+            return arr
+        if layout in ("auto", "nhwc") and shape[1:] == (h, w, c):
+            return np.transpose(arr, (0, 3, 1, 2))
+    wanted = {"auto": f"(N, {c}, {h}, {w}) (NCHW) or (N, {h}, {w}, {c}) (NHWC)",
+              "nchw": f"(N, {c}, {h}, {w}) (NCHW)",
+              "nhwc": f"(N, {h}, {w}, {c}) (NHWC)"}[layout]
+    if c == 1:
+        wanted += f" or (N, {h}, {w})"
+    raise DataError(f"{what}: expected images of shape {wanted} for the model's input_shape "
+                    f"{fmt_shape(input_shape)}, found shape {fmt_shape(shape)}")
+
+
+def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
+    """Convert image data to float32: uint8 is scaled by 1/255, other numbers kept as they are."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255.0)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{what}: expected numeric image data (uint8 or float), found dtype {arr.dtype}")
+    out = arr.astype(np.float32)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).sum())
+        raise DataError(f"{what}: expected finite pixel values, found {bad} NaN/inf values")
+    return out
+
+
+def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str) -> np.ndarray:
+    """Validate a label vector (1-D, integral, length ``n``, in [0, n_classes)) and return int64."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{what}: expected a 1-D vector of integer class labels, found shape "
+                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax)")
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+            raise DataError(f"{what}: expected integer class labels, found non-integral float values")
+    if len(y) != n:
+        raise DataError(f"{what}: expected {n} labels (one per image), found {len(y)}")
+    y = y.astype(np.int64)
+    if len(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or (n_classes is not None and hi >= n_classes):
+            limit = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
+            raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]")
+    return y
+
+
+def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``order`` (grouped by class) into (rest, part) with ceil(fraction * n) in part.
+
+    Systematic sampling over the class-grouped order keeps every class's share within one
+    sample of ``fraction``; the totals are exact and need no per-class bookkeeping.
+    """
+    n = len(order)
+    i = np.arange(n)
+    take = np.ceil((i + 1) * fraction - 1e-9) - np.ceil(i * fraction - 1e-9) > 0
+    return order[~take], order[take]
+
+
+def stratified_split(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
+    """Stratified, seeded split of ``range(len(y))``.
+
+    Parameters
+    ----------
+    y : labels.
+    fractions : the share of the *whole* set for each carved part, e.g. ``[0.25, 0.15]``.
+    seed : seed for ``np.random.default_rng`` (the within-class order).
+
+    Returns
+    -------
+    ``[rest, part_1, part_2, ...]`` as sorted int64 index arrays; part k holds
+    ``ceil(fraction_k * n_left)`` samples, carved in the order given.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    # Group by class, random order within each class: systematic sampling then stratifies.
+    order = perm[np.argsort(y[perm], kind="stable")]
+    parts = []
+    left = 1.0
+    for f in fractions:
+        if f <= 0:
+            parts.append(np.empty(0, dtype=np.int64))
+            continue
+        order, part = _carve(y, order, min(1.0, f / left))
+        left -= f
+        parts.append(np.sort(part).astype(np.int64))
+    return [np.sort(order).astype(np.int64)] + parts
+
+
+def resolve(path: str | None, base_dir: str | None, dataset: str) -> Path:
+    """Resolve a configured path against the spec's folder; DataError when missing."""
+    if path is None:
+        raise DataError(f"dataset '{dataset}': train.data.path is required (a file or folder), found none")
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    if not p.exists():
+        raise DataError(f"dataset '{dataset}': path '{p}' does not exist")
+    return p

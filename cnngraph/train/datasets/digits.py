@@ -1,0 +1,55 @@
+"""The bundled UCI hand-written digits (8x8, grey levels 0..16, 10 classes, 1,797 images).
+
+The file ``cnngraph/data/digits.npz`` holds ``x`` (uint8, (1797, 8, 8)), ``y`` (uint8) and the
+fixed split ``train_idx`` / ``val_idx`` / ``test_idx`` (see ``cnngraph/data/DIGITS_LICENSE.txt``).
+The split is stored, not recomputed, so it never changes between runs or NumPy versions.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DataError
+from ._common import RawSplits, require_shape, stratified_split
+
+__all__ = ["DIGITS_PATH", "load_digits", "build_digits_npz", "DIGITS_SPLIT_SEED"]
+
+DIGITS_PATH = Path(__file__).resolve().parents[2] / "data" / "digits.npz"
+DIGITS_SPLIT_SEED = 1998
+DIGITS_SHAPE = (1, 8, 8)
+
+
+def load_digits(cfg, input_shape, base_dir=None) -> RawSplits:
+    """Load the bundled digits; images keep their raw grey levels 0..16 (``pixel_scale`` 16)."""
+    require_shape(DIGITS_SHAPE, input_shape, "dataset 'digits'")
+    try:
+        with np.load(DIGITS_PATH, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+            idx = [z[k] for k in ("train_idx", "val_idx", "test_idx")]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"bundled digits file '{DIGITS_PATH}' is missing or damaged ({exc}); "
+                        "reinstall cnngraph") from None
+    x = x.astype(np.float32)[:, None, :, :]
+    y = y.astype(np.int64)
+    splits = [(x[i], y[i]) for i in idx]
+    return RawSplits(train=splits[0], val=splits[1], test=splits[2],
+                     classes=[str(d) for d in range(10)], source="digits (UCI, bundled)",
+                     pixel_scale=16.0)
+
+
+def build_digits_npz(csv_gz: str | Path, out: str | Path = DIGITS_PATH) -> dict[str, int]:
+    """Rebuild ``digits.npz`` from scikit-learn's ``sklearn/datasets/data/digits.csv.gz``.
+
+    Each CSV row is 64 pixel values then the label. The split is stratified 60/15/25 %
+    (test carved first: ceil(25 %), then validation: ceil(15 % of the whole) from the rest)
+    with ``np.random.default_rng(DIGITS_SPLIT_SEED)``. Returns the split sizes.
+    """
+    with gzip.open(csv_gz, "rt") as f:
+        data = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    x = data[:, :64].reshape(-1, 8, 8).astype(np.uint8)
+    y = data[:, 64].astype(np.uint8)
+    train_idx, test_idx, val_idx = stratified_split(y, [0.25, 0.15], DIGITS_SPLIT_SEED)
+    np.savez_compressed(out, x=x, y=y, train_idx=train_idx, val_idx=val_idx, test_idx=test_idx)
+    return {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}

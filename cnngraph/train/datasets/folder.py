@@ -1,0 +1,32 @@
+"""``image_folder``: ``root/<class>/*.png|jpg|jpeg``, classes sorted by folder name."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import DataError
+from ..images import IMAGE_SUFFIXES, read_image
+from ._common import RawSplits, resolve
+
+__all__ = ["load_image_folder"]
+
+
+def load_image_folder(cfg, input_shape, base_dir=None) -> RawSplits:
+    """Read every image (resized to the input's H, W; grey or RGB by C) into one training pool."""
+    root = resolve(cfg.path, base_dir, "image_folder")
+    if not root.is_dir():
+        raise DataError(f"dataset 'image_folder': expected a folder root/<class>/*.png, found file '{root}'")
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                        key=lambda d: d.name)
+    if not class_dirs:
+        raise DataError(f"'{root}': expected one sub-folder per class (root/<class>/*.png), found none")
+    xs, ys = [], []
+    for label, d in enumerate(class_dirs):
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            xs.append(read_image(f, input_shape))
+            ys.append(label)
+    if not xs:
+        raise DataError(f"'{root}': expected .png/.jpg/.jpeg images in the class folders "
+                        f"{', '.join(d.name for d in class_dirs)}, found none")
+    return RawSplits(train=(np.stack(xs), np.asarray(ys, dtype=np.int64)),
+                     classes=[d.name for d in class_dirs], source=f"image_folder:{root}")

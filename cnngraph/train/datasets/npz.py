@@ -1,0 +1,65 @@
+"""User ``.npz`` files: ``x``/``y`` plus optional ``x_val``/``y_val``, ``x_test``/``y_test``, ``classes``."""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+
+from ...errors import DataError
+from ._common import RawSplits, as_float_images, check_labels, resolve, to_nchw
+
+__all__ = ["load_npz"]
+
+_PAIRS = {"train": ("x", "y"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}
+
+
+def _read(path) -> dict[str, np.ndarray]:
+    """Read every array of an npz file without pickles; DataError on anything else."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DataError(f"'{path}': expected an .npz archive (np.savez), found a single .npy array")
+            return {k: z[k] for k in z.files}
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(f"'{path}': contains object (pickled) arrays, which are not loaded for "
+                            "safety; store x/y as numeric arrays and classes as a string array") from None
+        raise DataError(f"'{path}': expected an .npz archive of arrays, found unreadable data ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"'{path}': expected an .npz archive of arrays, found unreadable data ({exc})") from None
+
+
+def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
+    """Load an npz dataset; uint8 images are scaled by 1/255, floats are used as they are."""
+    p = resolve(cfg.path, base_dir, "npz")
+    arrays = _read(p)
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"'{p}': expected key '{key}' ({'images' if key == 'x' else 'labels'}), "
+                            f"found keys {sorted(arrays)}")
+    classes = None
+    if "classes" in arrays:
+        c = arrays["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "USiu":
+            raise DataError(f"'{p}': key 'classes' must be a 1-D array of names, found "
+                            f"dtype {c.dtype} shape {c.shape}")
+        classes = [str(v) for v in c.tolist()]
+    splits = {}
+    for name, (kx, ky) in _PAIRS.items():
+        if kx not in arrays and ky not in arrays:
+            continue
+        if kx not in arrays or ky not in arrays:
+            missing = kx if kx not in arrays else ky
+            raise DataError(f"'{p}': found '{ky if missing == kx else kx}' but expected key "
+                            f"'{missing}' with it; found keys {sorted(arrays)}")
+        x = to_nchw(arrays[kx], input_shape, cfg.layout, f"'{p}' key '{kx}'")
+        x = as_float_images(x, f"'{p}' key '{kx}'")
+        y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'")
+        splits[name] = (np.ascontiguousarray(x), y)
+    if classes is None:
+        n = max((int(y.max()) + 1 for _, y in splits.values() if len(y)), default=1)
+        classes = [str(i) for i in range(n)]
+    return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
+                     classes=classes, source=f"npz:{p}")

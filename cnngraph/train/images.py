@@ -1,0 +1,128 @@
+"""Reading image files and .npy batches as model inputs (used by datasets, ``predict`` and ``explain``).
+
+Mapping of a PNG/JPEG to an input: the image is converted to grey ("L") when C == 1, RGB when
+C == 3 and RGBA when C == 4 (transparent pixels are composited over white first for C 1 and 3),
+resized to (H, W) with bilinear filtering, and scaled to [0, 1] by /255. ``invert`` turns
+dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits use: 0 = background).
+``scale`` then maps [0, 1] to the dataset's raw range (16 for the digits' grey levels 0..16;
+``Dataset.pixel_scale`` gives it). Normalisation (mean/std) is applied afterwards by the caller.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_inputs"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def fmt_shape(shape) -> str:
+    """Render a shape as ``(1, 28, 28)``."""
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def _open(path: Path):
+    """Open and fully decode an image with Pillow; DataError naming the file otherwise."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        im = Image.open(path)
+        im.load()  # decode now, so a truncated file fails here and not later
+        return im
+    except FileNotFoundError:
+        raise DataError(f"'{path}': image file does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"'{path}': expected a PNG or JPEG image Pillow can read, found unreadable "
+                        f"data ({exc})") from None
+
+
+def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
+               invert: bool = False) -> np.ndarray:
+    """Read one image as float32 (C, H, W) in [0, scale].
+
+    Parameters
+    ----------
+    path : PNG or JPEG file.
+    input_shape : the model's (C, H, W); C picks grey (1), RGB (3) or RGBA (4).
+    scale : multiply the [0, 1] values by this (the dataset's raw range, e.g. 16 for digits).
+    invert : use 1 - value (dark ink on white -> light on dark) before scaling.
+    """
+    from PIL import Image
+    c, h, w = (int(v) for v in input_shape)
+    if c not in _MODES:
+        raise DataError(f"'{path}': images can feed 1 (grey), 3 (RGB) or 4 (RGBA) channels; "
+                        f"the model's input_shape {fmt_shape(input_shape)} has {c}")
+    im = _open(Path(path))
+    if c != 4 and ("A" in im.getbands() or "transparency" in im.info):
+        # Transparent pixels have arbitrary colour (often black): show them as a viewer would, on white.
+        rgba = im.convert("RGBA")
+        im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im.alpha_composite(rgba)
+    im = im.convert(_MODES[c])
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / np.float32(255.0)
+    arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
+    if invert:
+        arr = 1.0 - arr
+    return np.ascontiguousarray(arr * np.float32(scale), dtype=np.float32)
+
+
+def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np.ndarray:
+    """A .npy batch: (N, C, H, W), (C, H, W) or (H, W) (and (N, H, W) when C == 1).
+
+    uint8 arrays are mapped like images (/255 * scale); float arrays are taken to be in the
+    dataset's raw units already and are used as they are.
+    """
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"'{path}': file does not exist") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"'{path}': expected a .npy array (np.save), found unreadable data ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise DataError(f"'{path}': expected a numeric .npy array, found {getattr(arr, 'dtype', type(arr))}")
+    c, h, w = input_shape
+    if arr.shape == (c, h, w):
+        arr = arr[None]
+    elif c == 1 and arr.shape == (h, w):
+        arr = arr[None, None]
+    elif c == 1 and arr.ndim == 3 and arr.shape[1:] == (h, w):
+        arr = arr[:, None]
+    elif not (arr.ndim == 4 and arr.shape[1:] == (c, h, w)):
+        extra = f", ({h}, {w}) or (N, {h}, {w})" if c == 1 else ""
+        raise DataError(f"'{path}': expected an array of shape (N, {c}, {h}, {w}) or ({c}, {h}, {w}){extra} "
+                        f"for the model's input_shape {fmt_shape(input_shape)}, found {fmt_shape(arr.shape)}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(scale / 255.0)
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"'{path}': expected finite values, found NaN or inf")
+    return out
+
+
+def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
+                invert: bool = False) -> np.ndarray:
+    """Read PNG/JPEG files and .npy batches into one float32 (N, C, H, W) array (not normalised).
+
+    Images are read with :func:`read_image`; ``invert`` applies to images only.
+    """
+    shape = tuple(int(v) for v in input_shape)
+    parts = []
+    for p in paths:
+        p = Path(p)
+        if p.suffix.lower() == ".npy":
+            parts.append(_read_npy(p, shape, scale))
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            parts.append(read_image(p, shape, scale=scale, invert=invert)[None])
+        else:
+            raise DataError(f"'{p}': expected a .png, .jpg, .jpeg or .npy file, found suffix "
+                            f"'{p.suffix or '(none)'}'")
+    if not parts:
+        raise DataError("no input files given; expected at least one .png, .jpg, .jpeg or .npy file")
+    return np.concatenate(parts).astype(np.float32, copy=False)
