@@ -1,0 +1,117 @@
+"""Schedules against torch.optim.lr_scheduler (stepped per epoch) and hand-computed warmup."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cnngraph.train.schedules import SCHEDULES, Constant, Cosine, build_schedule
+
+BASE = 0.1
+EPOCHS = 12
+SPE = 4  # steps per epoch
+
+
+def _per_epoch(schedule, epochs=EPOCHS, step=0):
+    return [schedule.lr(BASE, e, step, SPE, epochs) for e in range(epochs)]
+
+
+def _torch_per_epoch(make, epochs=EPOCHS):
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE)
+    sched = make(torch.optim.lr_scheduler, opt)
+    out = []
+    for _ in range(epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("cfg,make", [
+    ({"type": "step", "step_size": 3}, lambda s, o: s.StepLR(o, step_size=3)),
+    ({"type": "step", "step_size": 2, "gamma": 0.5}, lambda s, o: s.StepLR(o, 2, gamma=0.5)),
+    ({"type": "multistep", "milestones": [7, 3, 10]},
+     lambda s, o: s.MultiStepLR(o, milestones=[3, 7, 10])),
+    ({"type": "exponential", "gamma": 0.8}, lambda s, o: s.ExponentialLR(o, gamma=0.8)),
+    ({"type": "cosine"}, lambda s, o: s.CosineAnnealingLR(o, T_max=EPOCHS)),
+    ({"type": "cosine", "eta_min": 0.01}, lambda s, o: s.CosineAnnealingLR(o, EPOCHS, 0.01)),
+    ({"type": "linear", "end_factor": 0.1},
+     lambda s, o: s.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=EPOCHS)),
+    ({"type": "constant"}, lambda s, o: s.ConstantLR(o, factor=1.0)),
+], ids=lambda x: str(x) if isinstance(x, dict) else "")
+def test_matches_torch_per_epoch(cfg, make):
+    ours = _per_epoch(build_schedule(cfg))
+    expected = _torch_per_epoch(make)
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # Epoch-granular schedules hold their value for the whole epoch.
+    assert _per_epoch(build_schedule(cfg), step=SPE - 1) == ours
+
+
+def test_none_is_constant():
+    s = build_schedule(None)
+    assert isinstance(s, Constant)
+    assert s.lr(BASE, 5, 2, SPE, EPOCHS) == BASE
+
+
+def test_warmup_hand_computed():
+    s = build_schedule({"type": "constant", "warmup_epochs": 1})  # W = 4 steps
+    got = [s.lr(BASE, t // SPE, t % SPE, SPE, EPOCHS) for t in range(6)]
+    assert got == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1, 0.1])
+
+
+def test_fractional_warmup_on_step_schedule():
+    s = build_schedule({"type": "step", "step_size": 1, "gamma": 0.5, "warmup_epochs": 1.5})
+    # W = round(1.5 * 4) = 6 steps; the step decay counts epochs from the start.
+    got = [s.lr(BASE, t // SPE, t % SPE, SPE, EPOCHS) for t in range(9)]
+    want = [BASE * 0.5 ** (t // SPE) * min(t / 6, 1.0) for t in range(9)]
+    assert got == pytest.approx(want)
+    assert got[4] == pytest.approx(0.05 * 4 / 6)
+
+
+def test_cosine_with_warmup_runs_over_remaining_epochs():
+    s = build_schedule({"type": "cosine", "warmup_epochs": 2})
+    for e in range(2, EPOCHS):
+        want = BASE * (1 + math.cos(math.pi * (e - 2) / (EPOCHS - 2))) / 2
+        assert s.lr(BASE, e, 0, SPE, EPOCHS) == pytest.approx(want)
+    assert s.lr(BASE, 1, 0, SPE, EPOCHS) == pytest.approx(BASE * 4 / 8)  # mid-warmup
+    assert s.lr(BASE, 2, 0, SPE, EPOCHS) == pytest.approx(BASE)
+
+
+def test_cosine_per_step():
+    s = build_schedule({"type": "cosine", "per_step": True, "eta_min": 0.001})
+    total = EPOCHS * SPE
+    for t in (0, 1, 17, total - 1):
+        want = 0.001 + (BASE - 0.001) * (1 + math.cos(math.pi * t / total)) / 2
+        assert s.lr(BASE, t // SPE, t % SPE, SPE, EPOCHS) == pytest.approx(want)
+
+
+def test_linear_per_step_with_warmup():
+    s = build_schedule({"type": "linear", "per_step": True, "warmup_epochs": 1,
+                        "end_factor": 0.5})
+    assert s.lr(BASE, 0, 2, SPE, EPOCHS) == pytest.approx(BASE * 2 / 4)
+    assert s.lr(BASE, 1, 0, SPE, EPOCHS) == pytest.approx(BASE)
+    t, total = 30, EPOCHS * SPE
+    assert s.lr(BASE, t // SPE, t % SPE, SPE, EPOCHS) == pytest.approx(
+        BASE * (1 - 0.5 * (t - 4) / (total - 4)))
+
+
+def test_returns_python_float():
+    for kind, cls in SCHEDULES.items():
+        cfg = {"type": kind, **({"step_size": 2} if kind == "step" else {}),
+               **({"milestones": [2]} if kind == "multistep" else {}),
+               **({"gamma": 0.9} if kind == "exponential" else {})}
+        assert type(build_schedule(cfg).lr(BASE, 3, 1, SPE, EPOCHS)) is float, kind
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"unknown schedule type 'cosin'.*did you mean 'cosine'"):
+        build_schedule({"type": "cosin"})
+    with pytest.raises(ValueError, match="step_size"):
+        build_schedule({"type": "step"})
+    with pytest.raises(ValueError, match=r"warmup_epoch.*did you mean 'warmup_epochs'"):
+        build_schedule({"type": "constant", "warmup_epoch": 1})
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        build_schedule({"type": "cosine", "warmup_epochs": 5}).lr(BASE, 0, 0, SPE, 5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        Cosine().lr(BASE, 0, 0, 0, 5)
