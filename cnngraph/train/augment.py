@@ -1,0 +1,293 @@
+"""Data augmentation for (N, C, H, W) float32 batches, one independent random draw per sample.
+
+Spec form (``train.augment``), each entry a dict with ``type`` plus that type's parameters::
+
+    augment:
+      - {type: random_shift, pixels: 1}
+      - {type: random_rotation, degrees: 10}
+
+Fill: pixels that come from outside the image are either ``constant`` (the default) or
+``edge`` (the nearest border pixel). ``constant`` uses the pipeline's ``background``: the
+per-channel value of a blank pixel in the arrays being augmented. Augmentation runs on
+normalised data, where a blank (raw 0) pixel is ``Dataset.background`` and not 0, so pass
+``build_augmentations(entries, background=ds.background)``; without it the fill is 0.
+
+Geometry: row 0 is the top; a positive shift moves content down/right; a positive rotation
+angle turns the content counter-clockwise (``np.rot90`` for +90 degrees) about the image centre;
+a scale factor > 1 zooms in about the centre. Rotation and scale sample bilinearly.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["Augmentation", "RandomShift", "RandomCrop", "HorizontalFlip", "RandomRotation",
+           "RandomScale", "Compose", "AUGMENTATIONS", "AugmentConfigError", "build_augmentations",
+           "shift", "affine", "rotate", "zoom"]
+
+Fill = Literal["constant", "edge"]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _bg(background, c: int) -> np.ndarray:
+    """Background as a (1, C, 1, 1) float32 array (a scalar or one value per channel)."""
+    b = np.zeros(1, np.float32) if background is None else np.atleast_1d(np.asarray(background, np.float32))
+    if b.size not in (1, c):
+        raise ValueError(f"augment background has {b.size} values; expected 1 or {c} (one per channel)")
+    return b.reshape(1, -1, 1, 1)
+
+
+# --------------------------------------------------------------------------- primitives
+
+def shift(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, fill: Fill = "constant",
+          background=None) -> np.ndarray:
+    """Shift each sample by integer (dy[n], dx[n]) pixels: ``out[n, :, i, j] = x[n, :, i - dy, j - dx]``.
+
+    Vectorised with one pad and two ``take_along_axis`` gathers.
+    """
+    n, c, h, w = x.shape
+    dy, dx = np.asarray(dy, np.int64), np.asarray(dx, np.int64)
+    p = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+    if p == 0:
+        return x.copy()
+    bg = _bg(background, c)
+    if fill == "edge":
+        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="edge")
+    else:
+        # Pad (x - bg) with zeros and add bg back: a per-channel constant fill in one pad.
+        padded = np.pad(x - bg, ((0, 0), (0, 0), (p, p), (p, p)))
+    rows = (np.arange(h)[None, :] - dy[:, None] + p).reshape(n, 1, h, 1)
+    cols = (np.arange(w)[None, :] - dx[:, None] + p).reshape(n, 1, 1, w)
+    out = np.take_along_axis(np.take_along_axis(padded, rows, axis=2), cols, axis=3)
+    return out if fill == "edge" else out + bg
+
+
+def affine(x: np.ndarray, inverse: np.ndarray, fill: Fill = "constant", background=None) -> np.ndarray:
+    """Bilinear warp about the image centre with per-sample 2x2 inverse matrices (N, 2, 2).
+
+    ``inverse[n]`` maps an output (row, col) offset from the centre to the source offset.
+    """
+    n, c, h, w = x.shape
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    r, q = np.meshgrid(np.arange(h) - cy, np.arange(w) - cx, indexing="ij")
+    grid = np.stack([r.ravel(), q.ravel()])                      # (2, H*W)
+    src = np.asarray(inverse, np.float64) @ grid                  # (N, 2, H*W)
+    sy, sx = src[:, 0] + cy, src[:, 1] + cx
+    bg = _bg(background, c)
+    if fill == "edge":
+        sy, sx = np.clip(sy, 0, h - 1), np.clip(sx, 0, w - 1)
+        flat = x.reshape(n, c, h * w)
+    else:
+        flat = (x - bg).reshape(n, c, h * w)
+    y0, x0 = np.floor(sy), np.floor(sx)
+    wy, wx = sy - y0, sx - x0
+    out = np.zeros((n, c, h * w), np.float32)
+    for oy, ox, wgt in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
+                        (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+        yy, xx = (y0 + oy).astype(np.int64), (x0 + ox).astype(np.int64)
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        idx = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
+        vals = np.take_along_axis(flat, idx[:, None, :], axis=2)
+        # Corners outside the image contribute the (zero-shifted) background.
+        out += vals * (wgt * inside).astype(np.float32)[:, None, :]
+    out = out.reshape(n, c, h, w)
+    return out if fill == "edge" else out + bg
+
+
+def rotate(x: np.ndarray, degrees: np.ndarray, fill: Fill = "constant", background=None) -> np.ndarray:
+    """Rotate each sample counter-clockwise by ``degrees[n]`` about its centre (bilinear)."""
+    t = np.deg2rad(np.asarray(degrees, np.float64))
+    cos, sin = np.cos(t), np.sin(t)
+    # Inverse map in (row, col) coordinates of a counter-clockwise turn on screen (rows grow down).
+    inv = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)
+    return affine(x, inv, fill, background)
+
+
+def zoom(x: np.ndarray, factors: np.ndarray, fill: Fill = "constant", background=None) -> np.ndarray:
+    """Zoom each sample by ``factors[n]`` about its centre (> 1 enlarges the content; bilinear)."""
+    f = np.asarray(factors, np.float64)
+    inv = (1.0 / f)[:, None, None] * np.eye(2)[None]
+    return affine(x, inv, fill, background)
+
+
+# --------------------------------------------------------------------------- augmentations
+
+class Augmentation:
+    """Base class: ``type`` names it in specs, ``Params`` validates its parameters."""
+
+    type: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = _Params
+
+    def __init__(self, params: BaseModel | dict | None = None, background=None, **kwargs: Any):
+        if params is None or isinstance(params, dict):
+            params = self.Params.model_validate({**(params or {}), **kwargs})
+        self.params = params
+        self.background = background
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+
+class RandomShift(Augmentation):
+    """Shift by an integer in [-pixels, pixels] along each axis, drawn per sample."""
+
+    type = "random_shift"
+
+    class Params(_Params):
+        pixels: int = Field(1, ge=0)
+        fill: Fill = "constant"
+
+    def __call__(self, x, rng):
+        p = self.params.pixels
+        dy = rng.integers(-p, p + 1, size=len(x))
+        dx = rng.integers(-p, p + 1, size=len(x))
+        return shift(x, dy, dx, self.params.fill, self.background)
+
+
+class RandomCrop(Augmentation):
+    """Pad by ``padding`` on every side, then crop back to (H, W) at a random offset per sample."""
+
+    type = "random_crop"
+
+    class Params(_Params):
+        padding: int = Field(4, ge=0)
+        fill: Fill = "constant"
+
+    def __call__(self, x, rng):
+        p = self.params.padding
+        # A crop at offset o of the padded image is a shift by p - o.
+        oy = rng.integers(0, 2 * p + 1, size=len(x))
+        ox = rng.integers(0, 2 * p + 1, size=len(x))
+        return shift(x, p - oy, p - ox, self.params.fill, self.background)
+
+
+class HorizontalFlip(Augmentation):
+    """Mirror left-right with probability ``p`` per sample."""
+
+    type = "horizontal_flip"
+
+    class Params(_Params):
+        p: float = Field(0.5, ge=0.0, le=1.0)
+
+    def __call__(self, x, rng):
+        flip = rng.random(len(x)) < self.params.p
+        return np.where(flip[:, None, None, None], x[..., ::-1], x)
+
+
+class RandomRotation(Augmentation):
+    """Rotate by an angle drawn uniformly from [-degrees, degrees] per sample (bilinear)."""
+
+    type = "random_rotation"
+
+    class Params(_Params):
+        degrees: float = Field(10.0, ge=0.0, le=180.0)
+        fill: Fill = "constant"
+
+    def __call__(self, x, rng):
+        d = self.params.degrees
+        return rotate(x, rng.uniform(-d, d, size=len(x)), self.params.fill, self.background)
+
+
+class RandomScale(Augmentation):
+    """Zoom about the centre by a factor drawn uniformly from [min, max] per sample (bilinear)."""
+
+    type = "random_scale"
+
+    class Params(_Params):
+        min: float = Field(0.9, gt=0.0)
+        max: float = Field(1.1, gt=0.0)
+        fill: Fill = "constant"
+
+        @model_validator(mode="after")
+        def _order(self):
+            if self.min > self.max:
+                raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+            return self
+
+    def __call__(self, x, rng):
+        return zoom(x, rng.uniform(self.params.min, self.params.max, size=len(x)),
+                    self.params.fill, self.background)
+
+
+AUGMENTATIONS: dict[str, type[Augmentation]] = {
+    cls.type: cls for cls in (RandomShift, RandomCrop, HorizontalFlip, RandomRotation, RandomScale)
+}
+
+
+class Compose:
+    """Apply augmentations in order; ``Compose([])`` returns its input unchanged."""
+
+    def __init__(self, steps: Sequence[Augmentation]):
+        self.steps = list(steps)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for step in self.steps:
+            x = step(x, rng)
+        return np.asarray(x, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        return f"Compose({self.steps!r})"
+
+
+class AugmentConfigError(ValueError):
+    """A bad ``augment`` entry. ``index`` is the entry's position, ``field`` the parameter (if any)."""
+
+    def __init__(self, message: str, index: int, field: str | None = None):
+        self.index, self.field = index, field
+        super().__init__(message)
+
+
+def _build_one(i: int, entry: Any, background) -> Augmentation:
+    if isinstance(entry, str):
+        entry = {"type": entry}
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise AugmentConfigError(f"augment[{i}]: expected a mapping with a 'type' key, found {entry!r:.60}", i)
+    name = entry["type"]
+    cls = AUGMENTATIONS.get(name)
+    if cls is None:
+        near = difflib.get_close_matches(str(name), list(AUGMENTATIONS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise AugmentConfigError(f"augment[{i}]: unknown augmentation type '{name}'{hint} "
+                                 f"(known: {', '.join(sorted(AUGMENTATIONS))})", i, "type")
+    params = {k: v for k, v in entry.items() if k != "type"}
+    try:
+        return cls(cls.Params.model_validate(params), background=background)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        allowed = ", ".join(cls.Params.model_fields)
+        where = f".{field}" if field else ""
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown parameter for '{name}' (allowed: {allowed})"
+        raise AugmentConfigError(f"augment[{i}]{where} ({name}): {msg}", i, field) from None
+
+
+def build_augmentations(entries: Sequence[Any] | None, background=None) -> Compose:
+    """Validate ``train.augment`` entries and chain them.
+
+    Parameters
+    ----------
+    entries : list of ``{"type": name, **params}`` (or a bare type name), or None.
+    background : per-channel value of a blank pixel in the data being augmented
+        (``Dataset.background`` for normalised data); the ``constant`` fill.
+
+    Raises
+    ------
+    AugmentConfigError (a ValueError) naming the entry index and parameter.
+    """
+    return Compose([_build_one(i, e, background) for i, e in enumerate(entries or [])])

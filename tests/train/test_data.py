@@ -1,0 +1,361 @@
+"""Dataset loaders, splitting, normalisation, batching and image reading."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnngraph.errors import DataError
+from cnngraph.train.data import (DataConfig, apply_normalization, iterate_batches, load_dataset,
+                                 stratified_split)
+from cnngraph.train.datasets.cifar import safe_load_pickle
+from cnngraph.train.datasets.digits import DIGITS_PATH
+from cnngraph.train.datasets.idx import read_idx
+from cnngraph.train.images import read_image, read_inputs
+
+RNG = np.random.default_rng(0)
+
+
+# --------------------------------------------------------------------------- digits
+
+def test_digits_sizes_split_and_normalisation():
+    ds = load_dataset(DataConfig(), (1, 8, 8))
+    sizes = [len(s[1]) for s in (ds.train, ds.val, ds.test)]
+    assert sizes == [1077, 270, 450] and sum(sizes) == 1797
+    assert ds.classes == [str(d) for d in range(10)] and ds.num_classes == 10
+    assert ds.train[0].dtype == np.float32 and ds.train[1].dtype == np.int64
+    assert ds.train[0].shape == (1077, 1, 8, 8) and ds.input_shape == (1, 8, 8)
+    assert ds.pixel_scale == 16.0
+    # auto normalisation is computed on train only: train is standardised exactly.
+    assert abs(ds.train[0].mean()) < 1e-5 and abs(ds.train[0].std() - 1) < 1e-5
+    raw = ds.train[0] * ds.std[0] + ds.mean[0]
+    assert raw.min() > -1e-4 and raw.max() < 16 + 1e-4
+
+
+def test_digits_split_disjoint_stratified_reproducible():
+    with np.load(DIGITS_PATH) as z:
+        y = z["y"].astype(int)
+        idx = {k: z[k] for k in ("train_idx", "val_idx", "test_idx")}
+        assert z["x"].shape == (1797, 8, 8) and z["x"].dtype == np.uint8 and z["x"].max() == 16
+    allidx = np.concatenate(list(idx.values()))
+    assert len(np.unique(allidx)) == 1797 == len(allidx)
+    total = np.bincount(y, minlength=10)
+    for k, frac in (("train_idx", 0.6), ("val_idx", 0.15), ("test_idx", 0.25)):
+        counts = np.bincount(y[idx[k]], minlength=10)
+        assert np.all(np.abs(counts - frac * total) <= 1.5), (k, counts)
+    a, b = load_dataset(DataConfig(), (1, 8, 8)), load_dataset(DataConfig(), (1, 8, 8), seed=5)
+    assert np.array_equal(a.test[0], b.test[0]) and np.array_equal(a.train[1], b.train[1])
+
+
+def test_digits_wrong_shape_and_limit():
+    with pytest.raises(DataError, match=r"\(1, 8, 8\).*input_shape is \(1, 28, 28\)"):
+        load_dataset(DataConfig(), (1, 28, 28))
+    ds = load_dataset(DataConfig(limit=100, normalize="none"), (1, 8, 8))
+    assert len(ds.train[1]) == 100 and len(ds.val[1]) == 270
+    assert ds.mean == [0.0] and ds.std == [1.0] and ds.train[0].max() == 16.0
+    ds = load_dataset({"normalize": {"mean": [8.0], "std": [4.0]}}, (1, 8, 8))
+    assert ds.mean == [8.0] and ds.train[0].min() == -2.0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="did you mean 'mnist'"):
+        DataConfig(dataset="mnsit", path="x")
+    with pytest.raises(ValueError, match="needs 'path'"):
+        DataConfig(dataset="npz")
+    with pytest.raises(ValueError):
+        DataConfig(normalize={"mean": [0.5], "std": [0.0]})
+    with pytest.raises(ValueError):
+        DataConfig(bogus=1)
+
+
+def test_stratified_split_exact_sizes():
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    rest, test, val = stratified_split(y, [0.2, 0.1], seed=3)
+    assert (len(rest), len(test), len(val)) == (70, 20, 10)
+    assert np.bincount(y[test]).tolist() == [10, 6, 4]
+    assert np.array_equal(stratified_split(y, [0.2, 0.1], 3)[1], test)
+
+
+# --------------------------------------------------------------------------- npz
+
+def _npz(tmp_path, name="d.npz", **arrays):
+    p = tmp_path / name
+    np.savez(p, **arrays)
+    return p
+
+
+def test_npz_layouts_and_dtypes(tmp_path):
+    x = RNG.integers(0, 256, (40, 3, 5, 6), dtype=np.uint8)
+    y = np.arange(40) % 4
+    p1 = _npz(tmp_path, "nchw.npz", x=x, y=y)
+    p2 = _npz(tmp_path, "nhwc.npz", x=x.transpose(0, 2, 3, 1), y=y, classes=np.array(list("abcd")))
+    p3 = _npz(tmp_path, "f.npz", x=x.astype(np.float32) / 255, y=y.astype(np.int32),
+              x_test=x[:8].astype(np.float32) / 255, y_test=y[:8])
+    d1 = load_dataset(DataConfig(dataset="npz", path=str(p1), normalize="none"), (3, 5, 6))
+    d2 = load_dataset(DataConfig(dataset="npz", path="nhwc.npz", normalize="none"), (3, 5, 6),
+                      base_dir=str(tmp_path))
+    assert d2.classes == list("abcd") and d1.classes == ["0", "1", "2", "3"]
+    assert np.array_equal(d1.train[0], d2.train[0]) and d1.train[0].max() <= 1.0
+    assert len(d1.val[1]) == 6 and len(d1.test[1]) == 0          # 15 % carved, no test
+    d3 = load_dataset(DataConfig(dataset="npz", path=str(p3), normalize="none"), (3, 5, 6))
+    assert len(d3.test[1]) == 8 and np.allclose(d3.train[0], d1.train[0])
+    d4 = load_dataset(DataConfig(dataset="npz", path=str(p1), test_fraction=0.25), (3, 5, 6))
+    assert [len(s[1]) for s in (d4.train, d4.val, d4.test)] == [24, 6, 10]
+    assert len(d4.mean) == 3
+
+
+def test_npz_three_dim_gets_channel_axis(tmp_path):
+    p = _npz(tmp_path, x=np.zeros((10, 4, 4), np.float32), y=np.zeros(10, int))
+    ds = load_dataset(DataConfig(dataset="npz", path=str(p), val_fraction=0), (1, 4, 4))
+    assert ds.train[0].shape == (10, 1, 4, 4) and ds.std == [1.0]
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"x": np.zeros((4, 1, 4, 4)), "z": np.zeros(4)}, r"expected key 'y' \(labels\), found keys \['x', 'z'\]"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(3)}, "expected 4 labels .* found 3"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, -1, 0])}, r"labels in .*found values in \[-1, 1\]"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, 2, 0]), "classes": np.array(["a", "b"])},
+     r"expected labels in \[0, 1\], found values in \[0, 2\]"),
+    ({"x": np.zeros((4, 1, 5, 4)), "y": np.zeros(4)}, r"expected images of shape .*\(N, 1, 4, 4\).*found shape \(4, 1, 5, 4\)"),
+    ({"x": np.full((4, 1, 4, 4), np.nan), "y": np.zeros(4)}, "NaN"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros((4, 2))}, "1-D vector"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(4), "x_test": np.zeros((2, 1, 4, 4))}, "expected key 'y_test'"),
+])
+def test_npz_malformed(tmp_path, arrays, message):
+    p = _npz(tmp_path, **arrays)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(DataConfig(dataset="npz", path=str(p)), (1, 4, 4))
+    assert str(p) in str(e.value)
+
+
+def test_npz_garbage_missing_and_pickled(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(DataError, match="bad.npz.*expected an .npz archive"):
+        load_dataset(DataConfig(dataset="npz", path=str(bad)), (1, 4, 4))
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "nope.npz")), (1, 4, 4))
+    p = _npz(tmp_path, "obj.npz", x=np.zeros((2, 1, 4, 4)), y=np.array([0, "a"], dtype=object))
+    with pytest.raises(DataError, match="pickled"):
+        load_dataset(DataConfig(dataset="npz", path=str(p)), (1, 4, 4))
+
+
+# --------------------------------------------------------------------------- mnist (IDX)
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes()
+
+
+def _write_mnist(folder, n_train=30, n_test=10, gz=True, dotted=False):
+    folder.mkdir(exist_ok=True)
+    files = {"train-images-idx3-ubyte": RNG.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+             "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+             "t10k-images-idx3-ubyte": RNG.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+             "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8)}
+    for name, arr in files.items():
+        name = name.replace("-idx", ".idx") if dotted else name
+        if gz:
+            with gzip.open(folder / (name + ".gz"), "wb") as f:
+                f.write(_idx_bytes(arr))
+        else:
+            (folder / name).write_bytes(_idx_bytes(arr))
+    return files
+
+
+@pytest.mark.parametrize("gz,dotted", [(True, False), (False, False), (False, True)])
+def test_mnist_idx(tmp_path, gz, dotted):
+    files = _write_mnist(tmp_path / "m", gz=gz, dotted=dotted)
+    ds = load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m"), normalize="none"), (1, 28, 28))
+    assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [25, 5, 10]
+    assert np.allclose(ds.test[0][:, 0] * 255, files["t10k-images-idx3-ubyte"])
+    fm = load_dataset(DataConfig(dataset="fashion_mnist", path=str(tmp_path / "m")), (1, 28, 28))
+    assert fm.classes[9] == "Ankle boot"
+
+
+def test_idx_truncated_and_wrong_magic(tmp_path):
+    _write_mnist(tmp_path / "m", gz=False)
+    f = tmp_path / "m" / "train-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte': truncated: expected 23536 bytes.*found 23529"):
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+    g = tmp_path / "m" / "t10k-labels-idx1-ubyte"
+    g.write_bytes(b"\x00\x00\x08\x03" + g.read_bytes()[4:])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte'.*magic number 0x00000801, found 0x00000803"):
+        read_idx(g, ndim=1)
+    h = tmp_path / "junk.gz"
+    h.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="junk.gz.*gzip"):
+        read_idx(h)
+    with pytest.raises(DataError, match="expected the IDX file 't10k-images-idx3-ubyte'"):
+        (tmp_path / "m" / "t10k-images-idx3-ubyte").unlink()
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+
+
+def test_mnist_wrong_input_shape(tmp_path):
+    _write_mnist(tmp_path / "m")
+    with pytest.raises(DataError, match=r"\(1, 28, 28\).*input_shape is \(3, 32, 32\)"):
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (3, 32, 32))
+
+
+# --------------------------------------------------------------------------- cifar10
+
+def _py2_style(obj) -> bytes:
+    """Protocol-2 pickle naming numpy.core.multiarray like the real (Python 2) CIFAR files."""
+    return pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+def _write_cifar(folder, n=6, str_keys=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    k = (lambda s: s) if str_keys else (lambda s: s.encode())
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {k("batch_label"): b"x", k("labels"): [int(v) for v in RNG.integers(0, 10, n)],
+             k("data"): RNG.integers(0, 256, (n, 3072), dtype=np.uint8), k("filenames"): [b"a.png"] * n}
+        (folder / name).write_bytes(pickle.dumps(d, protocol=4) if str_keys else _py2_style(d))
+    meta = {k("label_names"): [c.encode() for c in "abcdefghij"], k("num_vis"): 3072}
+    (folder / "batches.meta").write_bytes(_py2_style(meta))
+
+
+@pytest.mark.parametrize("str_keys", [False, True])
+def test_cifar10(tmp_path, str_keys):
+    _write_cifar(tmp_path / "cifar-10-batches-py", str_keys=str_keys)
+    ds = load_dataset(DataConfig(dataset="cifar10", path=str(tmp_path), val_fraction=0.2), (3, 32, 32))
+    assert ds.train[0].shape == (24, 3, 32, 32) and len(ds.val[1]) == 6 and len(ds.test[1]) == 6
+    assert ds.classes == list("abcdefghij") and len(ds.mean) == 3
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes(),
+                       encoding="bytes")
+    data = raw[b"data"] if b"data" in raw else raw["data"]
+    x = ds.test[0] * np.array(ds.std, np.float32)[:, None, None] + np.array(ds.mean, np.float32)[:, None, None]
+    assert np.allclose(x * 255, data.reshape(-1, 3, 32, 32), atol=1e-3)
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_cifar_refuses_code_execution(tmp_path):
+    folder = tmp_path / "c"
+    _write_cifar(folder)
+    marker = tmp_path / "pwned"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": _Evil(marker), b"labels": []}, protocol=2))
+    with pytest.raises(DataError, match="data_batch_3'.*unsafe pickle.*refused global '(posix|nt).system'"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+    assert not marker.exists()
+
+
+def test_cifar_malformed(tmp_path):
+    folder = tmp_path / "c"
+    _write_cifar(folder)
+    (folder / "data_batch_2").write_bytes(_py2_style({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(DataError, match=r"data_batch_2'.*uint8 array \(N, 3072\), found uint8 array of shape \(2, 100\)"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+    (folder / "data_batch_2").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DataError, match="data_batch_2'.*unreadable"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+    (folder / "data_batch_2").write_bytes(_py2_style({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 11]}))
+    with pytest.raises(DataError, match=r"labels in \[0, 9\]"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataError, match="missing test_batch"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+
+
+def test_safe_pickle_allows_plain_arrays(tmp_path):
+    p = tmp_path / "a.pkl"
+    arr = np.arange(6, dtype=np.float64).reshape(2, 3)
+    for proto in (2, 5):
+        p.write_bytes(pickle.dumps({"a": arr, "b": b"bytes"}, protocol=proto))
+        out = safe_load_pickle(p)
+        assert np.array_equal(out["a"], arr) and out["b"] == b"bytes"
+
+
+# --------------------------------------------------------------------------- image folder and images
+
+def _write_images(root):
+    for cls, fmt, colour in (("cat", "PNG", (200, 10, 10)), ("dog", "JPEG", (10, 10, 200))):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.new("RGB", (12, 10), colour).save(root / cls / f"{i}.{'png' if fmt == 'PNG' else 'jpg'}", fmt)
+
+
+def test_image_folder(tmp_path):
+    _write_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "cat" / "notes.txt").write_text("ignored")
+    ds = load_dataset(DataConfig(dataset="image_folder", path="imgs", val_fraction=0.25, test_fraction=0.25,
+                                 normalize="none"), (3, 8, 8), base_dir=str(tmp_path))
+    assert ds.classes == ["cat", "dog"]
+    assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [4, 2, 2]
+    x, y = ds.train
+    assert x.shape == (4, 3, 8, 8)
+    assert np.allclose(x[y == 0][:, 0], 200 / 255, atol=0.02) and np.allclose(x[y == 1][:, 2], 200 / 255, atol=0.03)
+    grey = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (1, 5, 5))
+    assert grey.train[0].shape[1:] == (1, 5, 5)
+
+
+def test_image_folder_corrupt_and_empty(tmp_path):
+    _write_images(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "dog" / "2.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(DataError, match="2.jpg'.*Pillow can read"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (3, 8, 8))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="one sub-folder per class"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "empty")), (3, 8, 8))
+
+
+def test_read_image_and_inputs(tmp_path):
+    im = np.zeros((16, 16), np.uint8)
+    im[4:12, 7:9] = 255
+    Image.fromarray(im).save(tmp_path / "one.png")
+    a = read_image(tmp_path / "one.png", (1, 8, 8), scale=16.0)
+    assert a.shape == (1, 8, 8) and a.dtype == np.float32 and a.max() <= 16 and a[0, 4, 3:5].min() > 7
+    inv = read_image(tmp_path / "one.png", (1, 16, 16), invert=True)
+    assert inv[0, 0, 0] == 1.0 and inv[0, 5, 7] == 0.0
+    rgb = read_image(tmp_path / "one.png", (3, 16, 16))
+    assert rgb.shape == (3, 16, 16) and np.array_equal(rgb[0], rgb[2])
+    np.save(tmp_path / "b.npy", np.ones((2, 1, 8, 8), np.float32))
+    np.save(tmp_path / "s.npy", np.full((8, 8), 255, np.uint8))
+    x = read_inputs([tmp_path / "one.png", tmp_path / "b.npy", tmp_path / "s.npy"], (1, 8, 8), scale=16.0)
+    assert x.shape == (4, 1, 8, 8) and x[1].max() == 1.0 and np.allclose(x[3], 16.0)
+
+
+def test_read_inputs_errors(tmp_path):
+    (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match="c.png'.*PNG or JPEG"):
+        read_inputs([tmp_path / "c.png"], (1, 8, 8))
+    np.save(tmp_path / "w.npy", np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(DataError, match=r"w.npy'.*\(N, 1, 8, 8\).*found \(2, 3, 8, 8\)"):
+        read_inputs([tmp_path / "w.npy"], (1, 8, 8))
+    with pytest.raises(DataError, match="suffix '.txt'"):
+        read_inputs([tmp_path / "a.txt"], (1, 8, 8))
+    with pytest.raises(DataError, match="does not exist"):
+        read_inputs([tmp_path / "missing.png"], (1, 8, 8))
+
+
+# --------------------------------------------------------------------------- batching / normalisation
+
+def test_iterate_batches():
+    x, y = np.arange(10, dtype=np.float32)[:, None], np.arange(10)
+    sizes = [len(b[1]) for b in iterate_batches(x, y, 4, shuffle=False)]
+    assert sizes == [4, 4, 2]
+    assert [len(b[1]) for b in iterate_batches(x, y, 4, False, drop_last=True)] == [4, 4]
+    a = [b[1] for b in iterate_batches(x, y, 3, True, np.random.default_rng(7))]
+    b = [b[1] for b in iterate_batches(x, y, 3, True, np.random.default_rng(7))]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert sorted(np.concatenate(a).tolist()) == list(range(10)) and not np.array_equal(np.concatenate(a), y)
+    assert all(np.array_equal(xb[:, 0], yb) for xb, yb in iterate_batches(x, y, 3, True, np.random.default_rng(1)))
+
+
+def test_prepare_matches_training_normalisation():
+    ds = load_dataset(DataConfig(), (1, 8, 8))
+    raw = ds.test[0] * ds.std[0] + ds.mean[0]
+    assert np.allclose(ds.prepare(raw), ds.test[0], atol=1e-5)
+    assert np.allclose(apply_normalization(np.zeros((1, 1, 2, 2), np.float32), ds.mean, ds.std), ds.background[0])
