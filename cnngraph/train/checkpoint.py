@@ -1,0 +1,315 @@
+"""Atomic, code-free checkpoints: a directory of ``.npz`` arrays plus ``meta.json``.
+
+Layout of a checkpoint directory::
+
+    meta.json                      {"format": "cnngraph-checkpoint", "version": 1,
+                                    "files": {"weights":   {"name", "sha256", "bytes"},
+                                              "optimizer": {...}},   # only if saved
+                                    "meta": <the caller's meta>}
+    weights-<sha256[:16]>.npz      model arrays (NumPy .npz, no pickles)
+    optimizer-<sha256[:16]>.npz    optimizer state, flat "name/slot" arrays
+
+Why the data files carry their hash in the name: ``meta.json`` is the single commit
+point. New data files never overwrite the ones the current ``meta.json`` names, and
+``meta.json`` itself is replaced atomically (temp file, fsync, ``os.replace``, directory
+fsync) only after they are durable. So a crash at any moment of a save leaves the
+previous checkpoint complete and loadable; files left by an interrupted save are ignored
+and removed by the next successful save. Loading reads no code (``allow_pickle=False``)
+and verifies every file's sha256 against ``meta.json``, so files from two different saves
+or a truncated copy are reported as a :class:`CheckpointError`, never loaded silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..errors import CheckpointError
+
+__all__ = [
+    "Checkpoint", "save_checkpoint", "load_checkpoint",
+    "rng_state_to_json", "rng_state_from_json",
+    "META_FILE", "FORMAT", "FORMAT_VERSION",
+]
+
+META_FILE = "meta.json"
+FORMAT = "cnngraph-checkpoint"
+FORMAT_VERSION = 1
+_PARTS = ("weights", "optimizer")
+_DATA_NAME = re.compile(r"^(weights|optimizer)-[0-9a-f]{16}\.npz$")
+_TEMP_NAME = re.compile(r"^\.(weights|optimizer|meta)-.*\.tmp$")
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    optimizer_state: dict[str, np.ndarray] | None = None
+
+
+# --- saving --------------------------------------------------------------------------
+
+def save_checkpoint(directory, arrays: dict, meta: dict,
+                    optimizer_state: dict | None = None) -> None:
+    """Write a checkpoint into ``directory`` (created if needed), atomically.
+
+    ``arrays`` and ``optimizer_state`` may hold NumPy or CuPy arrays (copied to the host).
+    ``meta`` must be JSON-able; NumPy scalars and arrays are converted.
+    """
+    directory = Path(directory)
+    # Serialise meta first: a bad meta must fail before anything touches the disk.
+    try:
+        json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: meta is not JSON-serialisable: {exc}"
+                              ) from exc
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {directory}: cannot create directory: {exc}"
+                              ) from exc
+
+    files = {"weights": _write_npz(directory, "weights", arrays)}
+    if optimizer_state is not None:
+        files["optimizer"] = _write_npz(directory, "optimizer", optimizer_state)
+    _fsync_dir(directory)  # data files' directory entries are durable before the commit
+
+    record = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "meta": meta}
+    text = json.dumps(record, indent=2, default=_json_default) + "\n"
+    _atomic_write(directory, "meta", META_FILE, lambda f: f.write(text.encode("utf-8")))
+    _fsync_dir(directory)
+    _remove_stale(directory, keep={entry["name"] for entry in files.values()})
+
+
+def _write_npz(directory: Path, part: str, arrays: dict) -> dict:
+    """Write ``arrays`` as ``<part>-<hash>.npz``; return its meta.json entry."""
+    host = _host_arrays(directory, part, arrays)
+    tmp = _atomic_write(directory, part, None, lambda f: _write_npz_stream(f, host))
+    digest, size = _sha256(tmp)
+    name = f"{part}-{digest[:16]}.npz"
+    try:
+        os.replace(tmp, directory / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"name": name, "sha256": digest, "bytes": size}
+
+
+def _host_arrays(directory: Path, part: str, arrays: dict) -> dict[str, np.ndarray]:
+    """Arrays as host NumPy arrays; reject what would need pickling to store."""
+    out = {}
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise CheckpointError(
+                f"checkpoint {directory}: {part} array name {key!r}: expected a non-empty str")
+        a = np.asarray(to_numpy(value))
+        if a.dtype.hasobject:
+            raise CheckpointError(
+                f"checkpoint {directory}: {part} array {key!r} has dtype object; "
+                "expected a numeric or bool array (checkpoints never store pickles)")
+        out[key] = a
+    return out
+
+
+def _write_npz_stream(f, arrays: dict[str, np.ndarray]) -> None:
+    # Same container as np.savez, written by hand so any key is allowed (np.savez takes
+    # keys as keyword arguments) and pickles are refused at save time too.
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, a in arrays.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, a, allow_pickle=False)
+
+
+def _atomic_write(directory: Path, tag: str, final: str | None, write) -> Path:
+    """Write via a temp file in ``directory``, fsync it, and move it onto ``final``.
+
+    With ``final=None`` the fsynced temp file is returned for the caller to name.
+    The temp file is removed if anything fails.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{tag}-", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final is not None:
+            os.replace(tmp, directory / final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return directory / final if final is not None else tmp
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (a no-op where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(directory: Path, keep: set[str]) -> None:
+    """Delete data files no longer named by meta.json and temps of interrupted saves."""
+    for path in directory.iterdir():
+        name = path.name
+        if name in keep or not (_DATA_NAME.match(name) or _TEMP_NAME.match(name)):
+            continue
+        try:
+            path.unlink()
+        except OSError:  # best effort: a leftover file never affects loading
+            pass
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+# --- loading -------------------------------------------------------------------------
+
+def load_checkpoint(directory) -> Checkpoint:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise CheckpointError(
+            f"checkpoint {directory}: {what}; expected a checkpoint directory "
+            f"containing {META_FILE}")
+    record = _read_record(directory)
+    files = record["files"]
+    arrays = _read_npz(directory, files["weights"], "weights")
+    optimizer = _read_npz(directory, files["optimizer"], "optimizer") \
+        if "optimizer" in files else None
+    return Checkpoint(arrays=arrays, meta=record["meta"], optimizer_state=optimizer)
+
+
+def _read_record(directory: Path) -> dict:
+    path = directory / META_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: missing; expected the {META_FILE} written last by save_checkpoint "
+            "(the directory holds no complete checkpoint)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable or not valid JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cnngraph checkpoint; expected "
+                              f"\"format\": \"{FORMAT}\"")
+    if record.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {record.get('version')!r}; "
+                              f"this cnngraph reads version {FORMAT_VERSION}")
+    files = record.get("files")
+    if not isinstance(files, dict) or "weights" not in files \
+            or not isinstance(record.get("meta"), dict):
+        raise CheckpointError(f"{path}: expected \"files\" with a \"weights\" entry "
+                              "and a \"meta\" object")
+    for part, entry in files.items():
+        if part not in _PARTS or not _valid_entry(entry):
+            raise CheckpointError(f"{path}: files.{part}: expected "
+                                  "{\"name\": \"<part>-<hash>.npz\", \"sha256\", \"bytes\"}")
+    return record
+
+
+def _valid_entry(entry) -> bool:
+    # The name must be a plain file in this directory: meta.json never points elsewhere.
+    return (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+            and _DATA_NAME.match(entry["name"]) is not None
+            and isinstance(entry.get("sha256"), str))
+
+
+def _read_npz(directory: Path, entry: dict, part: str) -> dict[str, np.ndarray]:
+    path = directory / entry["name"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; {META_FILE} expects the {part} file here")
+    digest, size = _sha256(path)
+    if digest != entry["sha256"]:
+        raise CheckpointError(
+            f"{path}: sha256 {digest[:16]}… does not match {META_FILE} "
+            f"({entry['sha256'][:16]}…, {entry.get('bytes')} bytes; this file has {size}); "
+            "it is truncated, modified or from a different save")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as npz:
+            return {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read the {part} arrays ({exc}); expected an .npz of numeric "
+            "arrays without pickled objects") from exc
+
+
+# --- RNG state -----------------------------------------------------------------------
+
+def rng_state_to_json(gen: np.random.Generator) -> dict:
+    """``gen``'s bit-generator state as JSON-able data (big ints stay Python ints)."""
+    return _encode(gen.bit_generator.state)
+
+
+def rng_state_from_json(data: dict) -> np.random.Generator:
+    """Rebuild the Generator saved by :func:`rng_state_to_json`, at the same position."""
+    state = _decode(data)
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
+        raise CheckpointError(
+            f"RNG state: unknown bit generator {name!r}; expected a numpy.random "
+            "BitGenerator name such as 'PCG64'")
+    bit_gen = cls()
+    try:
+        bit_gen.state = state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"RNG state for {name}: invalid ({exc})") from exc
+    return np.random.Generator(bit_gen)
+
+
+def _encode(obj):
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):  # e.g. MT19937's key
+        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _decode(obj):
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
+        return {k: _decode(v) for k, v in obj.items()}
+    return obj
