@@ -1,0 +1,43 @@
+"""cnngraph: declarative convolutional networks compiled to a NetworkX graph of plugin ops.
+
+>>> import cnngraph
+>>> spec = cnngraph.load_spec("specs/lenet5.yaml")            # doctest: +SKIP
+>>> model = cnngraph.compile(spec, device="cpu", seed=0)       # doctest: +SKIP
+"""
+from .errors import (BackendError, CheckpointError, CnnGraphError, DataError, PluginError, Problem, RunError,
+                     ShapeError, SpecError)
+from .hookspecs import hookimpl
+from .model import Model, ParamStore, compile
+from .op import Context, Op, OpParams
+from .registry import get_registry, load_plugin_file, register_plugin
+from .spec import Spec, load_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load_spec", "compile", "Model", "ParamStore", "Spec", "Op", "OpParams", "Context", "hookimpl",
+    "get_registry", "register_plugin", "load_plugin_file", "register_op",
+    "CnnGraphError", "SpecError", "ShapeError", "PluginError", "RunError", "BackendError", "DataError",
+    "CheckpointError", "Problem", "train", "load_model", "__version__",
+]
+
+
+def register_op(op_cls):
+    """Register one op class at run time (also usable as a class decorator)."""
+    registry = get_registry()
+    registry.current_plugin = getattr(op_cls, "__module__", "<runtime>")
+    try:
+        return registry.add(op_cls)
+    finally:
+        registry.current_plugin = "<runtime>"
+
+
+def __getattr__(name):
+    # training pulls in data/optimizer modules: import on first use
+    if name == "train":
+        from .train.loop import train
+        return train
+    if name == "load_model":
+        from .train.loop import load_model
+        return load_model
+    raise AttributeError(name)

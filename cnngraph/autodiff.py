@@ -1,0 +1,76 @@
+"""Reverse-mode autodiff over a recorded tape.
+
+Walks the executed layers backwards, calls each op's backward with the gradient of its output,
+accumulates gradients where a tensor feeds several layers, and frees each layer's saved context as
+soon as its backward has run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import networkx as nx
+
+from .errors import CnnGraphError, PluginError, RunError
+from .runner import Tape, describe_call
+
+__all__ = ["run_backward", "requires_grad"]
+
+
+def requires_grad(g: nx.DiGraph, order: list[str], trainable: Callable[[str], bool],
+                  input_grads: set[str]) -> set[str]:
+    """Tensor ids whose gradient is needed: those downstream of a trainable parameter or of an
+    input whose gradient was asked for."""
+    need = set(input_grads)
+    for node in order:
+        op = g.nodes[node]["op"]
+        srcs = g.nodes[node]["inputs"]
+        grad_ports = op.grad_inputs if op.grad_inputs is not None else range(len(srcs))
+        if trainable(node) or any(srcs[i] in need for i in grad_ports if i < len(srcs)):
+            need.add(node)
+    return need
+
+
+def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: set[str],
+                 param_names: Callable[[str], dict[str, str]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns (gradients by tensor id for model inputs, gradients by full parameter name)."""
+    grads: dict[str, Any] = {}
+    for name, gy in grad_outputs.items():
+        grads[name] = gy
+    param_grads: dict[str, Any] = {}
+    for step in reversed(tape.plan.steps):
+        node = step.node
+        gy = grads.pop(node, None)
+        ctx = tape.contexts.pop(node, None)
+        if gy is None or node not in need:
+            continue
+        attrs = g.nodes[node]
+        op = attrs["op"]
+        grad_ports = set(op.grad_inputs if op.grad_inputs is not None else range(len(step.inputs)))
+        ctx.needs_input_grad = tuple(i in grad_ports and s in need for i, s in enumerate(step.inputs))
+        try:
+            in_grads, p_grads = op.backward(ctx, gy)
+        except CnnGraphError:
+            raise
+        except Exception as exc:
+            shapes = [tape.shapes.get(s, "?") for s in step.inputs]
+            raise RunError(f"{describe_call(g, node, shapes).replace('while running', 'while differentiating')}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+        if len(in_grads) != len(step.inputs):
+            raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {len(in_grads)} input "
+                              f"gradients from backward at layer '{node}', expected {len(step.inputs)}")
+        names = param_names(node)
+        for local, pg in p_grads.items():
+            if local in names:
+                param_grads[names[local]] = pg
+        for i, (src, dx) in enumerate(zip(step.inputs, in_grads)):
+            if dx is None or not ctx.needs_input_grad[i]:
+                continue
+            want = tape.shapes.get(src)
+            if want is not None and tuple(dx.shape) != tuple(want):
+                raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned a gradient of shape "
+                                  f"{tuple(dx.shape)} for input {i} ('{src}') at layer '{node}', expected {tuple(want)}")
+            if src in grads:
+                grads[src] = grads[src] + dx
+            else:
+                grads[src] = dx
+    return grads, param_grads

@@ -1,0 +1,143 @@
+"""Spec → networkx.DiGraph: structural checks and shape inference.
+
+Nodes are model inputs (``kind="input"``) and layers (``kind="layer"``) keyed by id. A layer node
+carries ``op`` (the op instance), ``type``, ``params``, ``inputs`` (ordered source ids),
+``in_shapes`` and ``out_shape`` (per sample). An edge is a tensor, with ``ports`` (the input
+positions it feeds) and ``shape``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from .errors import Problem, ShapeError
+from .registry import Registry, did_you_mean
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .spec import Spec
+
+__all__ = ["build_graph", "topological_order", "infer_shapes"]
+
+
+def _resolve_inputs(spec: "Spec", problems: list[Problem]) -> dict[str, list[str]]:
+    """Ordered input ids of each layer; a layer without ``inputs`` takes the previous layer."""
+    known = set(spec.inputs) | {l.id for l in spec.layers}
+    resolved: dict[str, list[str]] = {}
+    prev: str | None = None
+    for n, layer in enumerate(spec.layers):
+        if layer.explicit_inputs:
+            srcs = layer.inputs
+        elif prev is not None:
+            srcs = [prev]
+        elif len(spec.inputs) == 1:
+            srcs = [next(iter(spec.inputs))]
+        else:
+            problems.append(spec.problem(
+                f"the first layer has no `inputs` and the model has {len(spec.inputs)} inputs "
+                f"({', '.join(spec.inputs)}); name the one it takes", ("layers", layer.index), layer.id))
+            srcs = []
+        for j, src in enumerate(srcs):
+            if src not in known:
+                problems.append(spec.problem(
+                    f"input '{src}' is neither a layer id nor a model input{did_you_mean(src, known)}",
+                    ("layers", layer.index, "inputs") + ((j,) if len(srcs) > 1 or isinstance(
+                        spec.data["layers"][layer.index].get("inputs"), list) else ()), layer.id))
+        resolved[layer.id] = [s for s in srcs if s in known]
+        prev = layer.id
+    return resolved
+
+
+def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> tuple[nx.DiGraph, list[Problem]]:
+    """Compile a validated spec into a DiGraph and infer shapes; returns (graph, problems)."""
+    problems: list[Problem] = []
+    g = nx.DiGraph(name=spec.name)
+    for order, (name, inp) in enumerate(spec.inputs.items()):
+        g.add_node(name, kind="input", type="input", out_shape=tuple(inp.shape), dtype=inp.dtype,
+                   order=-len(spec.inputs) + order)
+    resolved = _resolve_inputs(spec, problems)
+    for layer in spec.layers:
+        op_cls = registry.ops[layer.type]
+        g.add_node(layer.id, kind="layer", type=layer.type, op=op_cls(layer.params, layer.id), params=layer.params,
+                   inputs=resolved[layer.id], order=layer.index, plugin=op_cls.plugin)
+    for layer in spec.layers:
+        for port, src in enumerate(resolved[layer.id]):
+            if g.has_edge(src, layer.id):
+                g.edges[src, layer.id]["ports"].append(port)
+            else:
+                g.add_edge(src, layer.id, ports=[port])
+        lo, hi = registry.ops[layer.type].arity
+        n = len(resolved[layer.id])
+        if n < lo or (hi is not None and n > hi):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            problems.append(spec.problem(f"'{layer.type}' takes {want} input{'s' if want != '1' else ''}, "
+                                         f"found {n}", ("layers", layer.index), layer.id))
+    for j, out in enumerate(spec.outputs):
+        if out not in g:
+            problems.append(spec.problem(f"output '{out}' is not a layer id or input{did_you_mean(out, g.nodes)}",
+                                         ("outputs", j) if isinstance(spec.data.get("outputs"), list) else ("outputs",)))
+    try:
+        cycle = nx.find_cycle(g)
+        names = [u for u, _ in cycle] + [cycle[0][0]]
+        first = min((g.nodes[u]["order"], u) for u, _ in cycle)[1]
+        problems.append(spec.problem(f"the layers form a cycle: {' -> '.join(names)}",
+                                     ("layers", g.nodes[first]["order"]), first))
+        return g, problems
+    except nx.NetworkXNoCycle:
+        pass
+    g.graph["outputs"] = list(spec.outputs)
+    g.graph["inputs"] = list(spec.inputs)
+    if check_shapes and not problems:
+        problems += infer_shapes(g, spec)
+    return g, problems
+
+
+def topological_order(g: nx.DiGraph) -> list[str]:
+    """Topological order that keeps the spec's layer order where the graph allows."""
+    return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]))
+
+
+def infer_shapes(g: nx.DiGraph, spec: "Spec | None" = None) -> list[Problem]:
+    """Fill ``in_shapes``/``out_shape`` per layer; a failing layer's descendants are skipped."""
+    problems: list[Problem] = []
+    failed: set[str] = set()
+    for node in topological_order(g):
+        attrs = g.nodes[node]
+        if attrs["kind"] == "input":
+            continue
+        srcs = attrs["inputs"]
+        if any(s in failed for s in srcs):
+            failed.add(node)
+            continue
+        op = attrs["op"]
+        for s in srcs:
+            if g.nodes[s].get("reduces_batch"):
+                problems.append(_problem(spec, f"'{s}' is a loss (a scalar for the whole batch) and cannot feed "
+                                               f"another layer", attrs, node))
+                failed.add(node)
+        if node in failed:
+            continue
+        in_shapes = [tuple(g.nodes[s]["out_shape"]) for s in srcs]
+        try:
+            out = tuple(int(d) for d in op.infer_shape(in_shapes))
+            if any(d < 1 for d in out):
+                raise ShapeError(f"output shape {out} has a dimension < 1")
+        except ShapeError as exc:
+            shapes = ", ".join(str(s) for s in in_shapes)
+            problems.append(_problem(spec, f"{exc} (input shape{'s' if len(in_shapes) > 1 else ''}: {shapes})",
+                                     attrs, node))
+            failed.add(node)
+            continue
+        attrs["in_shapes"] = in_shapes
+        attrs["out_shape"] = out
+        attrs["reduces_batch"] = op.reduces_batch
+        attrs["dtype"] = "float32"
+        for s in srcs:
+            g.edges[s, node]["shape"] = tuple(g.nodes[s]["out_shape"])
+    return problems
+
+
+def _problem(spec, message, attrs, node) -> Problem:
+    if spec is None:
+        return Problem(message, layer=node)
+    return spec.problem(message, ("layers", attrs["order"]), node)

@@ -1,0 +1,304 @@
+"""Model: a compiled graph with its parameters, forward, backward and save/load."""
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import numpy as np
+
+from .autodiff import requires_grad, run_backward
+from .backend import get_xp, to_device, to_numpy
+from .errors import CnnGraphError, PluginError, RunError
+from .runner import run_forward
+from .schedule import Plan, make_plan
+from .spec import Spec, load_spec
+
+__all__ = ["Model", "ParamStore", "compile"]
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class ParamStore(MutableMapping):
+    """Live mapping ``"<layer>.<name>"`` → array. Assigning replaces a weight; the new array must
+    have the same shape and is cast to the model's dtype and device."""
+
+    def __init__(self, arrays: dict[str, Any], xp, dtype):
+        self._data = arrays
+        self._xp = xp
+        self._dtype = dtype
+
+    def __getitem__(self, name: str):
+        return self._data[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        if name not in self._data:
+            raise KeyError(f"no parameter named '{name}'; known: {', '.join(self._data)}")
+        old = self._data[name]
+        value = to_device(value, self._xp)
+        if tuple(value.shape) != tuple(old.shape):
+            raise ValueError(f"parameter '{name}' has shape {tuple(old.shape)}, the new array has {tuple(value.shape)}")
+        self._data[name] = value.astype(old.dtype, copy=True)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("parameters cannot be deleted; they belong to the graph")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter and buffer as NumPy arrays."""
+        return {k: np.array(to_numpy(v)) for k, v in self._data.items()}
+
+
+class Model:
+    """A compiled network. Build with :func:`cnngraph.compile`.
+
+    Attributes
+    ----------
+    spec : Spec
+    graph : networkx.DiGraph
+        One node per input and layer with ``op``, ``params``, ``out_shape``.
+    params : ParamStore
+        Every parameter and buffer by ``<layer id>.<name>``.
+    """
+
+    def __init__(self, spec: Spec, device: str = "cpu", seed: int = 0, dtype: str = "float32"):
+        if spec.graph is None or any("out_shape" not in spec.graph.nodes[n] for n in spec.graph):
+            raise CnnGraphError("the spec has not been shape-checked; load it with cnngraph.load_spec")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
+        self.spec = spec
+        self.graph = spec.graph
+        self.device = device
+        self.xp = get_xp(device)
+        self.dtype = np.dtype(DTYPES[dtype])
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._names: dict[str, dict[str, str]] = {}   # node → local param name → full name
+        self.buffer_names: set[str] = set()
+        arrays = self._init_params(np.random.default_rng(seed))
+        self.params = ParamStore(arrays, self.xp, self.dtype)
+        self._plans: dict[tuple, Plan] = {}
+        self._tape = None
+        self._tape_inputs: set[str] = set()
+
+    # -- parameters ----------------------------------------------------------------------------
+    def _init_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        arrays: dict[str, Any] = {}
+        for node in self._layer_order():
+            attrs = self.graph.nodes[node]
+            op = attrs["op"]
+            try:
+                local = op.init_params(attrs["in_shapes"], rng)
+            except Exception as exc:
+                raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') failed to initialise "
+                                  f"parameters of layer '{node}': {type(exc).__name__}: {exc}") from exc
+            names = {}
+            for name, value in local.items():
+                full = f"{node}.{name}"
+                names[name] = full
+                arrays[full] = to_device(np.asarray(value, dtype=self.dtype), self.xp)
+                if name in op.buffers:
+                    self.buffer_names.add(full)
+            self._names[node] = names
+        return arrays
+
+    def _layer_order(self) -> list[str]:
+        from .graph import topological_order
+        return [n for n in topological_order(self.graph) if self.graph.nodes[n]["kind"] == "layer"]
+
+    def _params_of(self, node: str) -> dict[str, Any]:
+        data = self.params._data
+        return {local: data[full] for local, full in self._names[node].items()}
+
+    def _trainable(self, node: str) -> bool:
+        return any(full not in self.buffer_names for full in self._names.get(node, {}).values())
+
+    @property
+    def trainable_names(self) -> list[str]:
+        """Names of trainable parameters (buffers such as running statistics excluded)."""
+        return [n for n in self.params if n not in self.buffer_names]
+
+    def param_count(self) -> int:
+        return int(sum(self.params[n].size for n in self.trainable_names))
+
+    # -- running -----------------------------------------------------------------------------
+    def plan(self, outputs: list[str] | None = None) -> Plan:
+        key = tuple(outputs or ())
+        if key not in self._plans:
+            self._plans[key] = make_plan(self.graph, outputs)
+        return self._plans[key]
+
+    def _prepare_inputs(self, inputs: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        if not isinstance(inputs, dict):
+            if len(self.spec.inputs) == 1:
+                inputs = {next(iter(self.spec.inputs)): inputs}
+            else:
+                raise RunError(f"forward takes a dict of inputs: {', '.join(self.spec.inputs)}")
+        env = {}
+        batch = None
+        for name in plan.inputs:
+            if name not in inputs:
+                raise RunError(f"missing input '{name}'; the model takes: {', '.join(self.spec.inputs)}")
+            spec = self.spec.inputs[name]
+            x = to_device(inputs[name], self.xp)
+            want = tuple(spec.shape)
+            if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+                raise RunError(f"input '{name}' must have shape (batch, {', '.join(map(str, want))})"
+                               .replace(", )", ")") + f", found {tuple(x.shape)}")
+            if batch is not None and x.shape[0] != batch:
+                raise RunError(f"inputs disagree on the batch size: {batch} and {x.shape[0]} ('{name}')")
+            batch = x.shape[0]
+            dtype = np.int64 if spec.dtype == "int64" else self.dtype
+            env[name] = x.astype(dtype, copy=False)
+        unknown = set(inputs) - set(self.spec.inputs)
+        if unknown:
+            raise RunError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
+                           f"the model takes: {', '.join(self.spec.inputs)}")
+        return env
+
+    def forward(self, inputs: dict[str, Any], training: bool = False, grad: bool | None = None,
+                outputs: list[str] | None = None, on_output=None) -> dict[str, Any]:
+        """Run the network.
+
+        Parameters
+        ----------
+        inputs : dict
+            Input name → batched array (N, *shape); a bare array when the model has one input.
+        training : bool
+            Training behaviour (dropout on, batch-norm batch statistics and running-stat updates).
+        grad : bool, optional
+            Keep what backward needs (default: same as ``training``).
+        outputs : list of str, optional
+            Layer ids to return (default: the spec's outputs); unneeded layers are not run.
+
+        Returns
+        -------
+        dict
+            Output name → array.
+
+        Examples
+        --------
+        >>> import numpy as np, cnngraph
+        >>> m = cnngraph.compile("specs/lenet5.yaml")                    # doctest: +SKIP
+        >>> m.forward({"image": np.zeros((2, 1, 28, 28), np.float32)})["logits"].shape  # doctest: +SKIP
+        (2, 10)
+        """
+        grad = training if grad is None else grad
+        plan = self.plan(outputs)
+        env = self._prepare_inputs(inputs, plan)
+        self._tape = None
+        result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
+        self._tape = tape
+        self._tape_inputs = set(plan.inputs)
+        return result
+
+    __call__ = forward
+
+    def backward(self, grad_outputs: dict[str, Any], input_grads: bool = True) -> dict[str, Any]:
+        """Reverse-mode gradients after a ``forward(..., training=True)`` (or ``grad=True``).
+
+        Parameters
+        ----------
+        grad_outputs : dict
+            Output name → gradient of the objective with respect to that output (same shape).
+        input_grads : bool
+            Also return gradients for the float model inputs (default True).
+
+        Returns
+        -------
+        dict
+            Every trainable parameter name and every float input name → gradient (zeros where the
+            objective does not depend on it).
+        """
+        if self._tape is None:
+            raise RunError("backward needs a forward pass with training=True or grad=True first "
+                           "(each forward keeps the tape of one backward)")
+        tape, self._tape = self._tape, None
+        for name, gy in grad_outputs.items():
+            if name not in tape.plan.outputs:
+                raise RunError(f"'{name}' is not an output of the last forward ({', '.join(tape.plan.outputs)})")
+            want = tape.shapes.get(name)
+            gy = to_device(gy, self.xp)
+            if want is not None and tuple(gy.shape) != tuple(want):
+                raise RunError(f"gradient for '{name}' has shape {tuple(gy.shape)}, the output has {tuple(want)}")
+        grad_outputs = {k: to_device(v, self.xp).astype(self.dtype, copy=False) for k, v in grad_outputs.items()}
+        float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
+        need = requires_grad(self.graph, tape.plan.order, self._trainable, float_inputs if input_grads else set())
+        tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n])
+        result: dict[str, Any] = {}
+        for name in self.trainable_names:
+            g = param_grads.get(name)
+            p = self.params._data[name]
+            if g is None:
+                g = self.xp.zeros_like(p)
+            elif tuple(g.shape) != tuple(p.shape):
+                node = name.rsplit(".", 1)[0]
+                raise PluginError(f"op '{self.graph.nodes[node]['type']}' (plugin '{self.graph.nodes[node].get('plugin')}') "
+                                  f"returned a gradient of shape {tuple(g.shape)} for parameter '{name}' of shape "
+                                  f"{tuple(p.shape)}")
+            result[name] = g
+        if input_grads:
+            for name in sorted(float_inputs):
+                g = tensor_grads.get(name)
+                result[name] = g if g is not None else self.xp.zeros(tape.shapes[name], self.dtype)
+        return result
+
+    def predict(self, x, batch_size: int = 256, output: str | None = None):
+        """Inference in batches on a single-input model; returns the first (or named) output as NumPy."""
+        out_name = output or self.spec.outputs[0]
+        parts = []
+        for i in range(0, len(x), batch_size):
+            parts.append(to_numpy(self.forward(x[i:i + batch_size], outputs=[out_name])[out_name]))
+        return np.concatenate(parts) if parts else np.zeros((0,) + self.graph.nodes[out_name]["out_shape"])
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: Union[str, Path], meta: dict | None = None) -> None:
+        """Save spec and parameters to a checkpoint directory (atomic; no pickle)."""
+        from .train.checkpoint import save_checkpoint
+        import json
+        info = {"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "kind": "model",
+                "dtype": str(self.dtype), **(meta or {})}
+        json.dumps(info)
+        save_checkpoint(path, self.params.numpy(), info)
+
+    def load_params(self, arrays: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Replace parameters from a name → array mapping (shapes must match)."""
+        missing = [n for n in self.params if n not in arrays]
+        unexpected = [n for n in arrays if n not in self.params]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing[:8])}{'…' if len(missing) > 8 else ''}")
+            if unexpected:
+                parts.append(f"unexpected {', '.join(unexpected[:8])}{'…' if len(unexpected) > 8 else ''}")
+            raise CnnGraphError("parameters do not match the model: " + "; ".join(parts))
+        for name, value in arrays.items():
+            if name in self.params:
+                self.params[name] = value
+
+    def __repr__(self) -> str:
+        return (f"Model({self.spec.name!r}, layers={len(self.spec.layers)}, params={self.param_count():,}, "
+                f"device={self.device!r}, dtype={self.dtype.name})")
+
+
+def compile(spec: Union[Spec, str, Path, dict], device: str = "cpu", seed: int = 0, dtype: str = "float32",
+            allow_plugins: bool = False) -> Model:
+    """Compile a spec (or a path/dict, loaded with :func:`load_spec`) into a runnable :class:`Model`.
+
+    Examples
+    --------
+    >>> import cnngraph
+    >>> m = cnngraph.compile({"inputs": {"x": {"shape": [3]}},
+    ...                       "layers": [{"id": "fc", "type": "dense", "out_features": 2}],
+    ...                       "outputs": ["fc"]}, seed=0)
+    >>> sorted(m.params)
+    ['fc.bias', 'fc.weight']
+    """
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec, allow_plugins=allow_plugins)
+    return Model(spec, device=device, seed=seed, dtype=dtype)

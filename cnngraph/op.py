@@ -1,0 +1,113 @@
+"""The contract every layer op fulfils, built-in or third-party.
+
+An op declares, side by side: its parameter model, shape inference, parameter initialisation,
+forward, backward and FLOPs. Shapes given to ``infer_shape`` and ``flops`` are per sample (the batch
+dimension is implicit); arrays given to ``forward`` carry the batch dimension first.
+Ops are written against the array module of their inputs (``xp_of``) so they run on NumPy and CuPy.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Op", "OpParams", "Context", "Shape"]
+
+Shape = tuple[int, ...]
+
+
+class OpParams(BaseModel):
+    """Base of every op's parameter model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Context:
+    """Per-call scratch space: forward saves what backward needs, nothing else.
+
+    ``training`` selects training behaviour (dropout, batch-norm statistics); ``grad`` says whether
+    a backward pass will follow, so ``save`` keeps arrays only then.
+    """
+
+    __slots__ = ("training", "grad", "saved", "rng", "needs_input_grad")
+
+    def __init__(self, training: bool = False, grad: bool = False, rng: np.random.Generator | None = None):
+        self.training = training
+        self.grad = grad
+        self.saved: dict[str, Any] = {}
+        self.rng = rng
+        # set by the runner before backward: which inputs need a gradient (lets ops skip dx)
+        self.needs_input_grad: tuple[bool, ...] | None = None
+
+    def need_grad(self, i: int = 0) -> bool:
+        """Whether input ``i`` needs a gradient (True when unknown)."""
+        return self.needs_input_grad is None or self.needs_input_grad[i]
+
+    def save(self, **values: Any) -> None:
+        if self.grad:
+            self.saved.update(values)
+
+
+class Op:
+    """Base class of layer ops. Subclasses set ``type`` and ``Params`` and override the methods.
+
+    Class attributes
+    ----------------
+    type : str
+        The spec's ``type:`` name (snake_case).
+    Params : type[OpParams]
+        Pydantic model of the op's parameters.
+    arity : (int, int | None)
+        Minimum and maximum number of inputs (None = unbounded).
+    batch_dependent : bool
+        True when one sample's output depends on other samples of the batch (batch norm in training).
+    reduces_batch : bool
+        True for losses: the output is a scalar for the whole batch.
+    grad_inputs : tuple[int, ...] | None
+        Indices of inputs that receive gradients (None = all).
+    buffers : tuple[str, ...]
+        Names among the op's arrays that are state, not trainable parameters (running statistics).
+    """
+
+    type: ClassVar[str] = ""
+    Params: ClassVar[type[OpParams]] = OpParams
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    batch_dependent: ClassVar[bool] = False
+    reduces_batch: ClassVar[bool] = False
+    grad_inputs: ClassVar[tuple[int, ...] | None] = None
+    buffers: ClassVar[tuple[str, ...]] = ()
+    plugin: ClassVar[str] = ""  # set by the registry: which plugin registered the op
+
+    def __init__(self, params: OpParams | None = None, layer_id: str = ""):
+        self.p = params if params is not None else self.Params()
+        self.layer_id = layer_id
+
+    # -- contract ---------------------------------------------------------------------------
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        """Per-sample output shape from per-sample input shapes; raise ShapeError when invalid."""
+        return in_shapes[0]
+
+    def init_params(self, in_shapes: list[Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Initial parameters and buffers as float32 NumPy arrays, keyed by local name."""
+        return {}
+
+    def forward(self, ctx: Context, inputs: list, params: dict[str, Any]):
+        """Compute the output from batched inputs; ``ctx.save(...)`` what backward needs."""
+        raise NotImplementedError
+
+    def backward(self, ctx: Context, grad_out) -> tuple[list, dict[str, Any]]:
+        """Return (gradient per input, None where there is none; gradient per parameter)."""
+        raise NotImplementedError
+
+    def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:
+        """Multiply-adds per sample (0 for data movement)."""
+        return 0
+
+    # -- helpers ----------------------------------------------------------------------------
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.p!r})"

@@ -1,0 +1,55 @@
+"""Reusable parameter types for op ``Params`` models, with one clear message each.
+
+Spec authors write ``kernel_size: 3`` or ``kernel_size: [3, 5]``; ``padding`` also takes
+``"same"``/``"valid"`` or four numbers ``[top, bottom, left, right]``.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import BeforeValidator
+
+__all__ = ["IntPair", "NonNegPair", "Padding", "pair", "as_pair"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _pair(minimum: int):
+    def check(v: Any):
+        if _is_int(v):
+            v = [v, v]
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(e) for e in v):
+            if min(v) < minimum:
+                raise ValueError(f"expected integers >= {minimum}, found {list(v)}")
+            return tuple(v)
+        raise ValueError(f"expected an integer >= {minimum} or a list [h, w] of them, found {v!r}")
+    return check
+
+
+def _padding(v: Any):
+    if isinstance(v, str):
+        if v in ("same", "valid"):
+            return v
+        raise ValueError(f"expected 'same', 'valid', an integer, [h, w] or [top, bottom, left, right], found {v!r}")
+    if _is_int(v):
+        v = [v, v]
+    if isinstance(v, (list, tuple)) and len(v) in (2, 4) and all(_is_int(e) for e in v):
+        if min(v) < 0:
+            raise ValueError(f"padding must be >= 0, found {list(v)}")
+        return tuple(v)
+    raise ValueError(f"expected 'same', 'valid', an integer, [h, w] or [top, bottom, left, right], found {v!r}")
+
+
+IntPair = Annotated[tuple[int, int], BeforeValidator(_pair(1))]
+NonNegPair = Annotated[tuple[int, int], BeforeValidator(_pair(0))]
+Padding = Annotated[Union[str, tuple[int, ...]], BeforeValidator(_padding)]
+
+
+def as_pair(v) -> tuple[int, int]:
+    """An int or a pair as a pair."""
+    return (v, v) if _is_int(v) else tuple(v)
+
+
+pair = as_pair

@@ -1,0 +1,93 @@
+"""Read YAML/JSON spec text keeping the line and column of every node.
+
+Result: plain Python data plus a map from path tuples (``("layers", 3, "kernel_size")``) to
+``(line, column)``, 1-based, so any later error can point into the file.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from .errors import Problem, SpecError
+
+__all__ = ["parse_text", "Positions"]
+
+Path_ = tuple
+Positions = dict  # Path_ -> (line, column)
+
+
+def _construct(node: yaml.Node, path: Path_, pos: Positions, file: str | None, problems: list[Problem]) -> Any:
+    pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = _construct(key_node, path + ("<key>",), {}, file, problems)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                problems.append(Problem(f"mapping keys must be plain strings, found {key!r}", _fmt(path), file,
+                                        key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            if key in out:
+                problems.append(Problem(f"key '{key}' appears twice in the same mapping", _fmt(path + (key,)), file,
+                                        key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+            pos[path + (key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _construct(value_node, path + (key,), pos, file, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, path + (i,), pos, file, problems) for i, v in enumerate(node.value)]
+    # scalars: let the safe constructor resolve the tag (int, float, bool, null, str)
+    return _scalar(node)
+
+
+_SCALAR_LOADER = yaml.SafeLoader("")
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    return _SCALAR_LOADER.construct_object(node, deep=True)
+
+
+def _fmt(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "<key>":
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
+    """Parse YAML (or JSON, a YAML subset) safely, returning (data, positions)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        if file and file.endswith(".json"):
+            return _parse_json(text, file)
+        mark = getattr(exc, "problem_mark", None)
+        msg = getattr(exc, "problem", None) or str(exc)
+        ctx = getattr(exc, "context", None)
+        raise SpecError(Problem(f"not valid YAML: {msg}" + (f" ({ctx})" if ctx else ""), "", file,
+                                mark.line + 1 if mark else None, mark.column + 1 if mark else None)) from None
+    if root is None:
+        raise SpecError(Problem("the spec is empty; expected a mapping with 'inputs', 'layers' and 'outputs'",
+                                "", file, 1, 1))
+    pos: Positions = {}
+    problems: list[Problem] = []
+    data = _construct(root, (), pos, file, problems)
+    if problems:
+        raise SpecError(problems)
+    return data, pos
+
+
+def _parse_json(text: str, file: str) -> tuple[Any, Positions]:
+    try:
+        return json.loads(text), {}
+    except json.JSONDecodeError as exc:
+        raise SpecError(Problem(f"not valid JSON: {exc.msg}", "", file, exc.lineno, exc.colno)) from None
+
+
+path_to_str = _fmt

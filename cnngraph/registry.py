@@ -1,0 +1,238 @@
+"""The registry of ops (and training components) and the pluggy plugin manager that fills it.
+
+Built-ins register first (DEFAULT_PLUGINS), then installed packages through the entry-point group
+``cnngraph``, then plugin files a user names. Every registration records which plugin made it, so
+duplicates and broken ops are reported by plugin name.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .op import Op
+
+__all__ = ["Registry", "get_registry", "load_plugin_file", "register_plugin", "DEFAULT_PLUGINS",
+           "did_you_mean"]
+
+DEFAULT_PLUGINS = (
+    "cnngraph.plugins.activation",
+    "cnngraph.plugins.connection",
+    "cnngraph.plugins.pooling",
+    "cnngraph.plugins.normalization",
+    "cnngraph.plugins.regularization",
+    "cnngraph.plugins.shape",
+    "cnngraph.plugins.merge",
+    "cnngraph.plugins.loss",
+    "cnngraph.train.builtins",
+)
+
+_HOOKS = ("cnngraph_register_ops", "cnngraph_register_optimizers", "cnngraph_register_schedules",
+          "cnngraph_register_datasets", "cnngraph_register_augmentations")
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean 'x'?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry:
+    """Name → component tables, filled by plugins through the hooks in :mod:`cnngraph.hookspecs`."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, type[Op]] = {}
+        self.optimizers: dict[str, type] = {}
+        self.schedules: dict[str, type] = {}
+        self.datasets: dict[str, Callable] = {}
+        self.augmentations: dict[str, type] = {}
+        self.owner: dict[tuple[str, str], str] = {}   # (table, name) → plugin name
+        self.plugins: dict[str, str] = {}             # plugin name → where it came from
+        self.current_plugin = "<runtime>"
+
+    def _put(self, table: str, name: str, value: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{self.current_plugin}' registered a {table[:-1]} without a name")
+        entries = getattr(self, table)
+        if name in entries:
+            first = self.owner[(table, name)]
+            raise PluginError(
+                f"{table[:-1]} '{name}' is registered twice: by plugin '{first}' and by plugin "
+                f"'{self.current_plugin}'; rename one of them")
+        entries[name] = value
+        self.owner[(table, name)] = self.current_plugin
+
+    def add(self, op_cls: type[Op]) -> type[Op]:
+        """Register a layer op class under ``op_cls.type``. Returns the class (usable as decorator)."""
+        if not (isinstance(op_cls, type) and issubclass(op_cls, Op)):
+            raise PluginError(f"plugin '{self.current_plugin}' registered {op_cls!r}, which is not a cnngraph.Op subclass")
+        op_cls.plugin = self.current_plugin
+        self._put("ops", op_cls.type, op_cls)
+        return op_cls
+
+    def add_optimizer(self, cls: type) -> type:
+        self._put("optimizers", cls.type, cls)
+        return cls
+
+    def add_schedule(self, cls: type) -> type:
+        self._put("schedules", cls.type, cls)
+        return cls
+
+    def add_dataset(self, name: str, loader: Callable) -> Callable:
+        self._put("datasets", name, loader)
+        return loader
+
+    def add_augmentation(self, cls: type) -> type:
+        self._put("augmentations", cls.type, cls)
+        return cls
+
+    def op(self, name: str) -> type[Op]:
+        """The op class registered as ``name``; KeyError with a suggestion otherwise."""
+        try:
+            return self.ops[name]
+        except KeyError:
+            raise KeyError(f"unknown op type '{name}'{did_you_mean(name, self.ops)}") from None
+
+
+class _Plugins:
+    """The process-wide plugin manager and the registry it has filled so far."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.files: dict[str, str] = {}   # resolved path → plugin name
+
+    def register(self, plugin: Any, name: str, origin: str) -> None:
+        """Register one plugin object and run its hooks against the registry."""
+        if self.pm.has_plugin(name):
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:
+            raise PluginError(f"plugin '{name}' ({origin}) could not be registered: {exc}") from exc
+        self.registry.plugins[name] = origin
+        self._run_hooks(plugin, name)
+
+    def _run_hooks(self, plugin: Any, name: str) -> None:
+        reg = self.registry
+        reg.current_plugin = name
+        try:
+            for hook in _HOOKS:
+                fn = getattr(plugin, hook, None)
+                if fn is None:
+                    continue
+                try:
+                    fn(registry=reg)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"plugin '{name}' failed in {hook}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            reg.current_plugin = "<runtime>"
+
+    def load_defaults(self) -> None:
+        for modname in DEFAULT_PLUGINS:
+            self.register(importlib.import_module(modname), modname, "built-in")
+        self._load_entry_points()
+        self.pm.check_pending()
+
+    def _load_entry_points(self) -> None:
+        from importlib.metadata import entry_points
+        for ep in entry_points(group=hookspecs.PROJECT):
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"installed plugin '{ep.name}' (entry point {ep.value}"
+                    f"{', package ' + ep.dist.name if ep.dist else ''}) failed to import: "
+                    f"{type(exc).__name__}: {exc}") from exc
+            origin = f"entry point {ep.value}" + (f" (package {ep.dist.name} {ep.dist.version})" if ep.dist else "")
+            self.register(plugin, ep.name, origin)
+
+
+_STATE: _Plugins | None = None
+
+
+def _state() -> _Plugins:
+    global _STATE
+    if _STATE is None:
+        state = _Plugins()
+        _STATE = state
+        try:
+            state.load_defaults()
+        except Exception:
+            _STATE = None
+            raise
+    return _STATE
+
+
+def get_registry() -> Registry:
+    """The registry with built-ins, installed entry-point plugins and any plugin loaded so far."""
+    return _state().registry
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object (a module or any object with hookimpls) at run time.
+
+    Example
+    -------
+    >>> import cnngraph
+    >>> class MyOps:
+    ...     @cnngraph.hookimpl
+    ...     def cnngraph_register_ops(self, registry):
+    ...         pass
+    >>> cnngraph.register_plugin(MyOps(), name="my-ops")
+    """
+    name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+    _state().register(plugin, name, "registered at run time")
+
+
+def load_plugin_file(path: str | Path) -> str:
+    """Import a plain Python file (or an importable module name) as a plugin; returns its name.
+
+    Loading the same file twice is a no-op. Import errors become PluginError naming the file.
+    """
+    state = _state()
+    p = Path(path)
+    if p.suffix != ".py" and not p.exists():
+        # a dotted module name
+        try:
+            module = importlib.import_module(str(path))
+        except Exception as exc:
+            raise PluginError(f"plugin module '{path}' failed to import: {type(exc).__name__}: {exc}") from exc
+        state.register(module, str(path), f"module {path}")
+        return str(path)
+    resolved = str(p.resolve())
+    if resolved in state.files:
+        return state.files[resolved]
+    if not p.is_file():
+        raise PluginError(f"plugin file '{path}' does not exist")
+    modname = "cnngraph_userplugin_" + p.stem + "_" + str(abs(hash(resolved)) % 10**8)
+    spec = importlib.util.spec_from_file_location(modname, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(modname, None)
+        line = ""
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == resolved:
+                line = f":{tb.tb_lineno}"
+            tb = tb.tb_next
+        if isinstance(exc, SyntaxError) and exc.lineno:
+            line = f":{exc.lineno}"
+        raise PluginError(f"plugin file '{path}{line}' failed to import: {type(exc).__name__}: {exc}") from exc
+    name = str(path)
+    state.files[resolved] = name
+    state.register(module, name, f"file {resolved}")
+    return name

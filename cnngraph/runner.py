@@ -1,0 +1,74 @@
+"""Forward execution over a plan, keeping a tape for backward when asked.
+
+Failures inside an op are wrapped with the layer id, op type, plugin and input shapes; an op that
+returns a wrong output shape is reported as a broken op naming its plugin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import networkx as nx
+
+from .errors import CnnGraphError, PluginError, RunError
+from .op import Context
+from .schedule import Plan
+
+__all__ = ["Tape", "run_forward", "describe_call"]
+
+
+@dataclass
+class Tape:
+    """What a training forward leaves for backward: one context per executed layer."""
+
+    plan: Plan
+    contexts: dict[str, Context] = field(default_factory=dict)
+    shapes: dict[str, tuple] = field(default_factory=dict)     # tensor id → full shape
+    dtypes: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_call(g: nx.DiGraph, node: str, shapes: list) -> str:
+    attrs = g.nodes[node]
+    plugin = attrs.get("plugin") or "?"
+    s = ", ".join(str(tuple(x)) for x in shapes)
+    return f"while running {node} ({attrs['type']}, plugin '{plugin}') on {s}"
+
+
+def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Callable[[str], dict],
+                training: bool, grad: bool, rng, on_output: Callable | None = None) -> tuple[dict, Tape | None]:
+    """Run the plan on ``env`` (model inputs by name). Returns (outputs, tape or None)."""
+    tape = Tape(plan) if grad else None
+    for step in plan.steps:
+        node = step.node
+        attrs = g.nodes[node]
+        op = attrs["op"]
+        xs = [env[s] for s in step.inputs]
+        ctx = Context(training=training, grad=grad, rng=rng)
+        try:
+            y = op.forward(ctx, xs, params_of(node))
+        except CnnGraphError:
+            raise
+        except Exception as exc:
+            raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}: {type(exc).__name__}: {exc}") from exc
+        _check_output(g, node, y, xs)
+        env[node] = y
+        if on_output is not None:
+            on_output(node, y)
+        if tape is not None:
+            tape.contexts[node] = ctx
+            tape.shapes[node] = y.shape
+            for s, x in zip(step.inputs, xs):
+                tape.shapes.setdefault(s, x.shape)
+                tape.dtypes.setdefault(s, x.dtype)
+        for dead in step.free_after:
+            env.pop(dead, None)
+    return {name: env[name] for name in plan.outputs}, tape
+
+
+def _check_output(g: nx.DiGraph, node: str, y, xs) -> None:
+    attrs = g.nodes[node]
+    want = () if attrs.get("reduces_batch") else (xs[0].shape[0], *attrs["out_shape"]) if xs else None
+    shape = getattr(y, "shape", None)
+    if want is not None and tuple(shape or ()) != tuple(want):
+        raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned shape {shape} from forward "
+                          f"at layer '{node}', but its shape inference promised {tuple(want)}")

@@ -1,0 +1,357 @@
+"""The spec file format: Pydantic models, loading with positions, and located error messages.
+
+``load_spec`` parses, expands blocks, validates every layer against its op's parameter model,
+compiles the graph and runs shape inference, collecting every problem before raising one
+:class:`SpecError`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import PluginError, Problem, SpecError
+from .op import OpParams
+from .positions import Positions, parse_text, path_to_str
+from .registry import Registry, did_you_mean, get_registry, load_plugin_file
+
+__all__ = ["Spec", "LayerSpec", "InputSpec", "load_spec", "spec_problems_from_validation"]
+
+ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+DTYPES = ("float32", "float64", "int64")
+
+
+class InputSpec(BaseModel):
+    """A model input: per-sample shape (batch implicit) and dtype."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    shape: list[int] = Field(description="per-sample shape, e.g. [C, H, W]; [] for a scalar per sample (labels)")
+    dtype: Literal["float32", "float64", "int64"] = "float32"
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(d < 1 for d in v):
+            raise ValueError(f"every dimension must be >= 1, found {v}")
+        return v
+
+
+class _TopLevel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "network"
+    description: Optional[str] = None
+    plugins: list[str] = []
+    inputs: dict[str, InputSpec] = Field(min_length=1)
+    blocks: Optional[dict[str, Any]] = None
+    layers: list[dict[str, Any]] = Field(min_length=1)
+    outputs: Union[str, list[str]]
+    train: Optional[dict[str, Any]] = None
+
+
+class _LayerHead(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: str
+    inputs: Union[None, str, list[str]] = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_ok(cls, v: str) -> str:
+        if not ID_PATTERN.match(v):
+            raise ValueError(f"layer ids start with a letter or '_' and use letters, digits, '_', '.', '-'; found {v!r}")
+        return v
+
+
+@dataclass
+class LayerSpec:
+    """One validated layer: its id, op type, input names and validated op parameters."""
+
+    id: str
+    type: str
+    inputs: list[str]
+    params: OpParams
+    index: int                       # position in the (expanded) layers list
+    explicit_inputs: bool = False
+
+
+@dataclass
+class Spec:
+    """A validated network spec. Build with :func:`load_spec`."""
+
+    name: str
+    inputs: dict[str, InputSpec]
+    layers: list[LayerSpec]
+    outputs: list[str]
+    train: Any = None                # cnngraph.train.config.TrainSpec or None
+    plugins: list[str] = field(default_factory=list)
+    description: Optional[str] = None
+    file: Optional[str] = None
+    base_dir: Optional[str] = None
+    positions: Positions = field(default_factory=dict, repr=False)
+    notes: dict = field(default_factory=dict, repr=False)   # path → extra note (block definitions)
+    data: dict = field(default_factory=dict, repr=False)    # the expanded spec as plain data
+    graph: Any = field(default=None, repr=False)             # networkx.DiGraph with inferred shapes
+
+    def layer(self, layer_id: str) -> LayerSpec:
+        for layer in self.layers:
+            if layer.id == layer_id:
+                return layer
+        raise KeyError(layer_id)
+
+    def to_dict(self) -> dict:
+        """The expanded spec as plain data (blocks inlined); it validates on its own."""
+        return copy.deepcopy(self.data)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical expanded spec, used to match checkpoints to specs."""
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()
+
+    def problem(self, message: str, path: tuple = (), layer: str | None = None) -> Problem:
+        """A Problem located at ``path`` inside this spec."""
+        return _locate(message, path, self.positions, self.file, layer, self.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+def _locate(message: str, path: tuple, positions: Positions, file: str | None,
+            layer: str | None = None, notes: dict | None = None, key: bool = False) -> Problem:
+    probe = tuple(path)
+    line = col = None
+    if key and probe + ("<key>",) in positions:
+        line, col = positions[probe + ("<key>",)]
+    else:
+        while True:
+            if probe in positions:
+                line, col = positions[probe]
+                break
+            if not probe:
+                break
+            probe = probe[:-1]
+    note = None
+    if notes:
+        p = tuple(path)
+        while p:
+            if p in notes:
+                note = notes[p]
+                break
+            p = p[:-1]
+    return Problem(message, path_to_str(tuple(path)), file, line, col, layer, note)
+
+
+def _data_path(loc: tuple, data: Any) -> tuple[tuple, tuple]:
+    """Split a pydantic error location into the part that indexes the data and the rest (union tags)."""
+    path: list = []
+    cur = data
+    rest: list = []
+    for part in loc:
+        if rest:
+            rest.append(part)
+            continue
+        if isinstance(cur, dict) and part in cur:
+            path.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            path.append(part)
+            cur = cur[part]
+        else:
+            rest.append(part)
+    return tuple(path), tuple(rest)
+
+
+def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple, positions: Positions,
+                                  file: str | None, layer: str | None = None, model: type[BaseModel] | None = None,
+                                  notes: dict | None = None) -> list[Problem]:
+    """Turn a pydantic ValidationError into located Problems (one per data path)."""
+    grouped: dict[tuple, list[dict]] = {}
+    for err in exc.errors(include_url=False):
+        path, rest = _data_path(tuple(err["loc"]), data)
+        if err["type"] in ("extra_forbidden", "missing"):
+            path = tuple(err["loc"])    # the key itself
+        grouped.setdefault(path, []).append(err)
+    problems = []
+    for path, errs in grouped.items():
+        full = prefix + path
+        first = errs[0]
+        kind = first["type"]
+        if kind == "extra_forbidden":
+            key = path[-1]
+            known = list(_fields_of(model, path[:-1])) if model else []
+            hint = did_you_mean(key, known)
+            exp = f"; expected one of: {', '.join(known)}" if known and not hint else ""
+            problems.append(_locate(f"unknown key '{key}'{hint}{exp}", full, positions, file, layer, notes, key=True))
+        elif kind == "missing":
+            problems.append(_locate(f"missing required key '{path[-1]}'", full[:-1], positions, file, layer, notes))
+        else:
+            msgs = []
+            for e in errs:
+                m = e["msg"].removeprefix("Value error, ")
+                if m not in msgs:
+                    msgs.append(m)
+            found = first.get("input")
+            text = "; or ".join(msgs)
+            if "found" not in text and not isinstance(found, (dict, list)) or (isinstance(found, list) and len(str(found)) < 60 and "found" not in text):
+                text += f" (found {found!r})"
+            problems.append(_locate(text, full, positions, file, layer, notes))
+    return problems
+
+
+def _fields_of(model: type[BaseModel] | None, sub: tuple) -> list[str]:
+    if model is None:
+        return []
+    if not sub:
+        return list(model.model_fields)
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+def _read_source(source: Any) -> tuple[Any, Positions, str | None, str | None]:
+    if isinstance(source, dict):
+        return copy.deepcopy(source), {}, None, None
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(Problem(f"spec file not found: {path}", file=str(path))) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(Problem(f"cannot read spec file: {exc}", file=str(path))) from None
+    data, positions = parse_text(text, str(path))
+    return data, positions, str(path), str(path.resolve().parent)
+
+
+def _load_spec_plugins(names: list[str], base_dir: str | None, file: str | None, positions: Positions,
+                       allow: bool) -> list[Problem]:
+    if not names:
+        return []
+    resolved = [str(Path(base_dir, n)) if base_dir and n.endswith(".py") and not Path(n).is_absolute() else n
+                for n in names]
+    if not allow:
+        listing = ", ".join(resolved)
+        return [_locate(f"this spec loads plugin code ({listing}); loading it runs that code. "
+                        "If you trust it, pass --allow-plugins (CLI) or allow_plugins=True (Python)",
+                        ("plugins",), positions, file)]
+    problems = []
+    for i, target in enumerate(resolved):
+        try:
+            load_plugin_file(target)
+        except PluginError as exc:
+            problems.append(_locate(str(exc), ("plugins", i), positions, file))
+    return problems
+
+
+def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, check_shapes: bool = True) -> Spec:
+    """Load, validate and shape-check a network spec.
+
+    Parameters
+    ----------
+    source : str, Path or dict
+        A YAML or JSON file, or the spec as a dict.
+    allow_plugins : bool
+        Consent to import the plugin files the spec names under ``plugins:`` (they run code).
+    check_shapes : bool
+        Run shape inference (default). Every problem found is reported at once.
+
+    Returns
+    -------
+    Spec
+
+    Raises
+    ------
+    SpecError
+        With every problem found, each with file:line:column, spec path, layer id and message.
+
+    Examples
+    --------
+    >>> import cnngraph
+    >>> spec = cnngraph.load_spec({"inputs": {"x": {"shape": [1, 8, 8]}},
+    ...     "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3}],
+    ...     "outputs": ["c"]})
+    >>> spec.graph.nodes["c"]["out_shape"]
+    (4, 6, 6)
+    """
+    data, positions, file, base_dir = _read_source(source)
+    if not isinstance(data, dict):
+        raise SpecError(_locate(f"expected a mapping with 'inputs', 'layers' and 'outputs' at the top level, "
+                                f"found {type(data).__name__}", (), positions, file))
+    notes: dict = {}
+    problems: list[Problem] = []
+    plugin_names = data.get("plugins") if isinstance(data.get("plugins"), list) else []
+    problems += _load_spec_plugins([p for p in plugin_names if isinstance(p, str)], base_dir, file, positions,
+                                   allow_plugins)
+    registry = get_registry()
+
+    if data.get("blocks") is not None or any(isinstance(l, dict) and "block" in l for l in data.get("layers") or []):
+        from .blocks import expand_blocks
+        data, positions, notes, block_problems = expand_blocks(data, positions, file)
+        problems += block_problems
+
+    try:
+        top = _TopLevel.model_validate(data)
+    except ValidationError as exc:
+        problems += spec_problems_from_validation(exc, data, (), positions, file, model=_TopLevel, notes=notes)
+        raise SpecError(problems) from None
+    data.pop("blocks", None)
+
+    layers, layer_problems = _validate_layers(top.layers, registry, positions, file, notes, set(top.inputs))
+    problems += layer_problems
+    outputs = [top.outputs] if isinstance(top.outputs, str) else list(top.outputs)
+
+    train = None
+    if top.train is not None:
+        from .train.config import validate_train
+        train, train_problems = validate_train(top.train, positions, file, registry)
+        problems += train_problems
+
+    spec = Spec(name=top.name, inputs=dict(top.inputs), layers=layers, outputs=outputs, train=train,
+                plugins=list(top.plugins), description=top.description, file=file, base_dir=base_dir,
+                positions=positions, notes=notes, data=data)
+    if not problems or all(p.path.startswith("train") or p.path.startswith("plugins") for p in problems):
+        from .graph import build_graph
+        spec.graph, graph_problems = build_graph(spec, registry, check_shapes=check_shapes)
+        problems += graph_problems
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Positions, file: str | None,
+                     notes: dict, input_names: set[str]) -> tuple[list[LayerSpec], list[Problem]]:
+    problems: list[Problem] = []
+    layers: list[LayerSpec] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_layers):
+        where = ("layers", i)
+        lid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        try:
+            head = _LayerHead.model_validate(raw)
+        except ValidationError as exc:
+            problems += spec_problems_from_validation(exc, raw, where, positions, file, lid, notes=notes)
+            continue
+        if head.id in seen:
+            problems.append(_locate(f"duplicate layer id '{head.id}' (first used by layers[{seen[head.id]}])",
+                                    where + ("id",), positions, file, head.id, notes))
+        elif head.id in input_names:
+            problems.append(_locate(f"layer id '{head.id}' is already the name of a model input",
+                                    where + ("id",), positions, file, head.id, notes))
+        seen.setdefault(head.id, i)
+        try:
+            op_cls = registry.op(head.type)
+        except KeyError as exc:
+            problems.append(_locate(exc.args[0] + "; `cnngraph ops` lists the known types",
+                                    where + ("type",), positions, file, head.id, notes))
+            continue
+        op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs")}
+        try:
+            params = op_cls.Params.model_validate(op_raw)
+        except ValidationError as exc:
+            problems += spec_problems_from_validation(exc, op_raw, where, positions, file, head.id,
+                                                      model=op_cls.Params, notes=notes)
+            continue
+        inputs = [head.inputs] if isinstance(head.inputs, str) else list(head.inputs or [])
+        layers.append(LayerSpec(head.id, head.type, inputs, params, i, explicit_inputs=head.inputs is not None))
+    return layers, problems

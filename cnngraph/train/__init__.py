@@ -1,0 +1,1 @@
+"""Training: data, augmentation, optimizers, schedules, checkpoints and the loop."""

@@ -1,0 +1,133 @@
+"""The spec's ``train:`` section: defaults, validation and located errors.
+
+Typed entries (optimizer, schedule, loss, augment) are validated by the ``Params`` model of the
+component registered under their ``type``, so plugin components get the same errors as built-ins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import Problem
+
+__all__ = ["TrainSpec", "Typed", "EarlyStopping", "validate_train"]
+
+
+class EarlyStopping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str = "val_accuracy"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    mode: Literal["auto", "max", "min"] = "auto"
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max" or (self.mode == "auto" and "loss" not in self.metric)
+
+
+class _TrainTop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: dict[str, Any] = {}
+    loss: dict[str, Any] = {}
+    optimizer: dict[str, Any] = {}
+    schedule: Optional[dict[str, Any]] = None
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(20, ge=1)
+    augment: list[Any] = []
+    early_stopping: Optional[EarlyStopping] = None
+    grad_clip: Optional[float] = Field(None, gt=0, description="max global L2 norm of the gradients")
+    top_k: int = Field(3, ge=1, description="k of the top-k accuracy metric")
+    seed: int = 0
+
+
+@dataclass
+class Typed:
+    """A validated ``{type: ..., **params}`` entry."""
+
+    type: str
+    params: Any
+    raw: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainSpec:
+    data: Any                      # cnngraph.train.data.DataConfig
+    loss: Typed
+    loss_output: Optional[str]
+    loss_target: Optional[str]
+    optimizer: Typed
+    schedule: Typed
+    augment: list[Typed]
+    batch_size: int
+    epochs: int
+    early_stopping: Optional[EarlyStopping]
+    grad_clip: Optional[float]
+    top_k: int
+    seed: int
+    raw: dict
+
+
+DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.05, "momentum": 0.9}
+
+
+def _typed(raw: Any, table: dict, path: tuple, what: str, positions, file, default_type: str | None,
+           skip: tuple = ()) -> tuple[Optional[Typed], list[Problem]]:
+    from ..registry import did_you_mean
+    from ..spec import _locate, spec_problems_from_validation
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict):
+        return None, [_locate(f"expected a mapping with a 'type', found {raw!r}", path, positions, file)]
+    kind = raw.get("type", default_type)
+    if kind is None:
+        return None, [_locate(f"missing required key 'type' (one of: {', '.join(sorted(table))})", path,
+                              positions, file)]
+    if kind not in table:
+        return None, [_locate(f"unknown {what} type '{kind}'{did_you_mean(kind, table)}; known: "
+                              f"{', '.join(sorted(table))}", path + ("type",), positions, file)]
+    params_model = table[kind].Params
+    rest = {k: v for k, v in raw.items() if k != "type" and k not in skip}
+    try:
+        return Typed(kind, params_model.model_validate(rest), raw), []
+    except ValidationError as exc:
+        return None, spec_problems_from_validation(exc, rest, path, positions, file, model=params_model)
+
+
+def validate_train(raw: dict, positions, file, registry) -> tuple[Optional[TrainSpec], list[Problem]]:
+    """Validate the ``train:`` section; returns (TrainSpec or None, problems)."""
+    from ..spec import spec_problems_from_validation
+    from .data import DataConfig
+    base = ("train",)
+    try:
+        top = _TrainTop.model_validate(raw)
+    except ValidationError as exc:
+        return None, spec_problems_from_validation(exc, raw, base, positions, file, model=_TrainTop)
+    problems: list[Problem] = []
+    try:
+        data = DataConfig.model_validate(top.data)
+    except ValidationError as exc:
+        data = None
+        problems += spec_problems_from_validation(exc, top.data, base + ("data",), positions, file, model=DataConfig)
+    loss_ops = {k: v for k, v in registry.ops.items() if v.reduces_batch}
+    loss, p = _typed(top.loss, loss_ops, base + ("loss",), "loss", positions, file, "cross_entropy",
+                     skip=("output", "target"))
+    problems += p
+    opt, p = _typed(top.optimizer or DEFAULT_OPTIMIZER, registry.optimizers, base + ("optimizer",), "optimizer",
+                    positions, file, "sgd")
+    problems += p
+    sched, p = _typed(top.schedule or {"type": "constant"}, registry.schedules, base + ("schedule",), "schedule",
+                      positions, file, None)
+    problems += p
+    augs = []
+    for i, entry in enumerate(top.augment):
+        a, p = _typed(entry, registry.augmentations, base + ("augment", i), "augmentation", positions, file, None)
+        problems += p
+        augs.append(a)
+    if problems:
+        return None, problems
+    return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
+                     optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
+                     early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
+                     raw=raw), []

@@ -1,0 +1,219 @@
+"""Element-wise activations and softmax."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from cnngraph.backend import xp_of
+from cnngraph.hookspecs import hookimpl
+from cnngraph.op import Context, Op, OpParams
+
+__all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "sigmoid", "erf"]
+
+
+def sigmoid(x):
+    """Numerically stable logistic function (no overflow warnings for large |x|)."""
+    xp = xp_of(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def erf(x):
+    """Error function on the array's own device (SciPy / CuPy's scipy when present)."""
+    xp = xp_of(x)
+    if xp.__name__ == "cupy":  # pragma: no cover - GPU only
+        import cupyx.scipy.special as sp
+        return sp.erf(x)
+    from scipy.special import erf as _erf
+    return _erf(x).astype(x.dtype, copy=False)
+
+
+class _Elementwise(Op):
+    """Shape-preserving op; FLOPs counted as one per element."""
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(out_shape)
+
+
+class ReLU(_Elementwise):
+    """max(x, 0)."""
+
+    type = "relu"
+
+    def forward(self, ctx: Context, inputs, params):
+        x, = inputs
+        y = xp_of(x).maximum(x, 0)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        return [gy * (ctx.saved["y"] > 0)], {}
+
+
+class LeakyReLUParams(OpParams):
+    negative_slope: float = 0.01
+
+
+class LeakyReLU(_Elementwise):
+    """x if x > 0 else negative_slope * x."""
+
+    type = "leaky_relu"
+    Params = LeakyReLUParams
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        ctx.save(x=x)
+        return xp_of(x).where(x > 0, x, x * x.dtype.type(self.p.negative_slope))
+
+    def backward(self, ctx, gy):
+        x = ctx.saved["x"]
+        return [xp_of(x).where(x > 0, gy, gy * x.dtype.type(self.p.negative_slope))], {}
+
+
+class ELUParams(OpParams):
+    alpha: float = 1.0
+
+
+class ELU(_Elementwise):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+
+    type = "elu"
+    Params = ELUParams
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        a = x.dtype.type(self.p.alpha)
+        y = xp.where(x > 0, x, a * xp.expm1(xp.minimum(x, 0)))
+        ctx.save(x=x, y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        x, y = ctx.saved["x"], ctx.saved["y"]
+        a = x.dtype.type(self.p.alpha)
+        return [xp_of(x).where(x > 0, gy, gy * (y + a))], {}
+
+
+class GELUParams(OpParams):
+    approximate: Literal["none", "tanh"] = "none"
+
+
+class GELU(_Elementwise):
+    """x * Φ(x) (exact, erf) or the tanh approximation, as torch.nn.GELU."""
+
+    type = "gelu"
+    Params = GELUParams
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        t = x.dtype.type
+        if self.p.approximate == "tanh":
+            inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x ** 3)
+            th = xp.tanh(inner)
+            ctx.save(x=x, th=th)
+            return t(0.5) * x * (1 + th)
+        cdf = t(0.5) * (1 + erf(x * t(1 / math.sqrt(2))))
+        ctx.save(x=x, cdf=cdf)
+        return x * cdf
+
+    def backward(self, ctx, gy):
+        x = ctx.saved["x"]
+        xp = xp_of(x)
+        t = x.dtype.type
+        if self.p.approximate == "tanh":
+            th = ctx.saved["th"]
+            d_inner = t(math.sqrt(2 / math.pi)) * (1 + t(3 * 0.044715) * x * x)
+            return [gy * (t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * d_inner)], {}
+        pdf = xp.exp(t(-0.5) * x * x) * t(1 / math.sqrt(2 * math.pi))
+        return [gy * (ctx.saved["cdf"] + x * pdf)], {}
+
+
+class Tanh(_Elementwise):
+    """Hyperbolic tangent."""
+
+    type = "tanh"
+
+    def forward(self, ctx, inputs, params):
+        y = xp_of(inputs[0]).tanh(inputs[0])
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return [gy * (1 - y * y)], {}
+
+
+class Sigmoid(_Elementwise):
+    """Logistic function 1 / (1 + exp(-x)) (for binary or multi-label outputs)."""
+
+    type = "sigmoid"
+
+    def forward(self, ctx, inputs, params):
+        y = sigmoid(inputs[0])
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return [gy * y * (1 - y)], {}
+
+
+class AxisParams(OpParams):
+    axis: int = Field(1, description="axis counted with the batch as axis 0; negative counts from the end")
+
+
+class _AxisOp(_Elementwise):
+    Params = AxisParams
+
+    def infer_shape(self, in_shapes):
+        from cnngraph.errors import ShapeError
+        nd = len(in_shapes[0]) + 1
+        if not -nd <= self.p.axis < nd or self.p.axis % nd == 0:
+            raise ShapeError(f"axis {self.p.axis} is out of range for a tensor of {nd} dimensions "
+                             f"(batch included; axis 0 is the batch)")
+        return in_shapes[0]
+
+
+class Softmax(_AxisOp):
+    """exp(x) / sum(exp(x)) along ``axis`` (default 1, the channels/classes)."""
+
+    type = "softmax"
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        e = xp.exp(x - x.max(axis=self.p.axis, keepdims=True))
+        y = e / e.sum(axis=self.p.axis, keepdims=True)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return [y * (gy - (gy * y).sum(axis=self.p.axis, keepdims=True))], {}
+
+
+class LogSoftmax(_AxisOp):
+    """x - log(sum(exp(x))) along ``axis``."""
+
+    type = "log_softmax"
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        z = x - x.max(axis=self.p.axis, keepdims=True)
+        y = z - xp.log(xp.exp(z).sum(axis=self.p.axis, keepdims=True))
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return [gy - xp_of(y).exp(y) * gy.sum(axis=self.p.axis, keepdims=True)], {}
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    for op in (ReLU, LeakyReLU, ELU, GELU, Tanh, Sigmoid, Softmax, LogSoftmax):
+        registry.add(op)

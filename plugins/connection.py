@@ -1,0 +1,158 @@
+"""Learnable connections: conv2d and dense (fully connected)."""
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.init import InitScheme, init_bias, init_weight
+from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
+from cnngraph.op import Op, OpParams
+from cnngraph.paramtypes import IntPair, Padding
+
+__all__ = ["Conv2d", "Dense", "resolve_padding", "conv_out_size"]
+
+
+def conv_out_size(size: int, k: int, s: int, pad: int, d: int) -> int:
+    return (size + pad - d * (k - 1) - 1) // s + 1
+
+
+def resolve_padding(padding, in_hw, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    """Padding as (top, bottom, left, right). 'same' keeps ceil(size/stride) outputs, the odd pixel
+    going bottom/right (as PyTorch for stride 1 and ONNX SAME_UPPER)."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for size, k, s, d in zip(in_hw, kernel, stride, dilation):
+            total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    if len(padding) == 2:
+        return (padding[0], padding[0], padding[1], padding[1])
+    return tuple(padding)
+
+
+class Conv2dParams(OpParams):
+    out_channels: int = Field(ge=1)
+    kernel_size: IntPair
+    stride: IntPair = (1, 1)
+    padding: Padding = (0, 0)
+    dilation: IntPair = (1, 1)
+    groups: int = Field(1, ge=1)
+    bias: bool = True
+    init: InitScheme = "pytorch"
+
+
+class Conv2d(Op):
+    """2-D convolution (cross-correlation), NCHW, weights (C_out, C_in/groups, kH, kW)."""
+
+    type = "conv2d"
+    Params = Conv2dParams
+
+    def pads(self, in_shape):
+        p = self.p
+        return resolve_padding(p.padding, in_shape[1:], p.kernel_size, p.stride, p.dilation)
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        p = self.p
+        if len(shape) != 3:
+            raise ShapeError(f"conv2d expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
+        c = shape[0]
+        if c % p.groups or p.out_channels % p.groups:
+            raise ShapeError(f"groups={p.groups} must divide both input channels ({c}) and out_channels "
+                             f"({p.out_channels})")
+        t, b, l, r = self.pads(shape)
+        out = []
+        for size, k, s, d, pad, axis in zip(shape[1:], p.kernel_size, p.stride, p.dilation, (t + b, l + r), "HW"):
+            span = d * (k - 1) + 1
+            if span > size + pad:
+                raise ShapeError(f"kernel extent {span} (kernel_size {k}, dilation {d}) is larger than the padded "
+                                 f"input {axis}={size + pad}")
+            out.append(conv_out_size(size, k, s, pad, d))
+        return (p.out_channels, *out)
+
+    def init_params(self, in_shapes, rng):
+        p = self.p
+        cin = in_shapes[0][0] // p.groups
+        kh, kw = p.kernel_size
+        fan_in, fan_out = cin * kh * kw, p.out_channels // p.groups * kh * kw
+        params = {"weight": init_weight((p.out_channels, cin, kh, kw), fan_in, fan_out, p.init, rng)}
+        if p.bias:
+            params["bias"] = init_bias(p.out_channels, fan_in, rng)
+        return params
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        p = self.p
+        y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
+                                  p.dilation, p.groups, save=ctx.grad)
+        ctx.save(conv=saved)
+        return y
+
+    def backward(self, ctx, gy):
+        dx, dw, db = conv2d_backward(gy, ctx.saved["conv"], need_dx=ctx.need_grad(0))
+        grads = {"weight": dw}
+        if db is not None:
+            grads["bias"] = db
+        return [dx], grads
+
+    def flops(self, in_shapes, out_shape):
+        kh, kw = self.p.kernel_size
+        return math.prod(out_shape) * (in_shapes[0][0] // self.p.groups) * kh * kw
+
+
+class DenseParams(OpParams):
+    out_features: int = Field(ge=1)
+    bias: bool = True
+    init: InitScheme = "pytorch"
+
+
+class Dense(Op):
+    """Fully connected layer y = x Wᵀ + b, weights (out_features, in_features) as torch.nn.Linear."""
+
+    type = "dense"
+    Params = DenseParams
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) != 1:
+            raise ShapeError(f"dense expects a flat (features,) input per sample, found {len(shape)}-D {shape}; "
+                             f"add a flatten layer before it")
+        return (self.p.out_features,)
+
+    def init_params(self, in_shapes, rng):
+        fan_in = in_shapes[0][0]
+        params = {"weight": init_weight((self.p.out_features, fan_in), fan_in, self.p.out_features, self.p.init, rng)}
+        if self.p.bias:
+            params["bias"] = init_bias(self.p.out_features, fan_in, rng)
+        return params
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        w = params["weight"]
+        y = x @ w.T
+        if "bias" in params:
+            y += params["bias"]
+        ctx.save(x=x, w=w)
+        return y
+
+    def backward(self, ctx, gy):
+        x, w = ctx.saved["x"], ctx.saved["w"]
+        grads = {"weight": gy.T @ x}
+        if self.p.bias:
+            grads["bias"] = gy.sum(axis=0)
+        return [gy @ w if ctx.need_grad(0) else None], grads
+
+    def flops(self, in_shapes, out_shape):
+        return in_shapes[0][0] * self.p.out_features
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(Conv2d)
+    registry.add(Dense)

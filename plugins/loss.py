@@ -1,0 +1,136 @@
+"""Losses: ops with (prediction, target) inputs and a scalar output for the whole batch."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.op import Op, OpParams
+from cnngraph.plugins.activation import sigmoid
+
+__all__ = ["CrossEntropy", "BinaryCrossEntropy", "MSE"]
+
+
+class LossParams(OpParams):
+    reduction: Literal["mean", "sum"] = "mean"
+
+
+class _Loss(Op):
+    arity = (2, 2)
+    reduces_batch = True
+    grad_inputs = (0,)
+
+    def _reduce(self, total, count):
+        return total / count if self.p.reduction == "mean" else total
+
+    def _scale(self, gy, count, dtype):
+        s = gy / count if self.p.reduction == "mean" else gy
+        return dtype.type(s)
+
+    def flops(self, in_shapes, out_shape):
+        return 3 * math.prod(in_shapes[0])
+
+
+class CrossEntropyParams(LossParams):
+    label_smoothing: float = Field(0.0, ge=0, le=1)
+
+
+class CrossEntropy(_Loss):
+    """Softmax cross-entropy of logits (N, C) against integer class targets (N,) or class
+    probabilities (N, C), with label smoothing, as torch.nn.functional.cross_entropy."""
+
+    type = "cross_entropy"
+    Params = CrossEntropyParams
+
+    def infer_shape(self, in_shapes):
+        logits, target = in_shapes
+        if len(logits) != 1:
+            raise ShapeError(f"cross_entropy expects logits of shape (classes,) per sample, found {logits}")
+        if tuple(target) not in ((), tuple(logits)):
+            raise ShapeError(f"cross_entropy expects targets of shape () (class index) or {tuple(logits)} "
+                             f"(probabilities) per sample, found {tuple(target)}")
+        return ()
+
+    def forward(self, ctx, inputs, params):
+        x, target = inputs
+        xp = xp_of(x)
+        n, c = x.shape
+        z = x - x.max(axis=1, keepdims=True)
+        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+        eps = x.dtype.type(self.p.label_smoothing)
+        if target.ndim == 1:
+            t = target.astype(xp.int64, copy=False)
+            if n and (int(t.min()) < 0 or int(t.max()) >= c):
+                raise ValueError(f"class targets must lie in [0, {c}), found values in [{int(t.min())}, {int(t.max())}]")
+            q = xp.zeros_like(x)
+            q[xp.arange(n), t] = 1
+        else:
+            q = target.astype(x.dtype, copy=False)
+        if eps:
+            q = q * (1 - eps) + eps / c
+        loss = -(q * logp).sum()
+        ctx.save(p=xp.exp(logp), q=q, n=n)
+        return self._reduce(loss, n).astype(x.dtype)
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        return [(s["p"] - s["q"]) * self._scale(gy, s["n"], s["p"].dtype), None], {}
+
+
+class BinaryCrossEntropy(_Loss):
+    """Binary cross-entropy on logits (sigmoid applied inside, numerically stable), targets in
+    [0, 1] of the same shape, as torch.nn.functional.binary_cross_entropy_with_logits."""
+
+    type = "binary_cross_entropy"
+    Params = LossParams
+
+    def infer_shape(self, in_shapes):
+        x, t = in_shapes
+        if tuple(t) != tuple(x) and not (tuple(x) == (1,) and tuple(t) == ()):
+            raise ShapeError(f"binary_cross_entropy expects targets shaped like the logits {tuple(x)}, found {tuple(t)}")
+        return ()
+
+    def forward(self, ctx, inputs, params):
+        x, target = inputs
+        xp = xp_of(x)
+        t = target.astype(x.dtype, copy=False).reshape(x.shape)
+        loss = (xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))).sum()
+        ctx.save(x=x, t=t, tshape=target.shape)
+        return self._reduce(loss, x.size).astype(x.dtype)
+
+    def backward(self, ctx, gy):
+        x, t = ctx.saved["x"], ctx.saved["t"]
+        return [(sigmoid(x) - t) * self._scale(gy, x.size, x.dtype), None], {}
+
+
+class MSE(_Loss):
+    """Mean squared error between prediction and a target of the same shape."""
+
+    type = "mse"
+    Params = LossParams
+
+    def infer_shape(self, in_shapes):
+        x, t = in_shapes
+        if tuple(t) != tuple(x):
+            raise ShapeError(f"mse expects a target shaped like the prediction {tuple(x)}, found {tuple(t)}")
+        return ()
+
+    def forward(self, ctx, inputs, params):
+        x, target = inputs
+        d = x - target.astype(x.dtype, copy=False)
+        ctx.save(d=d)
+        return self._reduce((d * d).sum(), x.size).astype(x.dtype)
+
+    def backward(self, ctx, gy):
+        d = ctx.saved["d"]
+        return [d * self._scale(2 * gy, d.size, d.dtype), None], {}
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    for op in (CrossEntropy, BinaryCrossEntropy, MSE):
+        registry.add(op)

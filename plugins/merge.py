@@ -1,0 +1,88 @@
+"""Merging branches: element-wise sum and concatenation."""
+from __future__ import annotations
+
+import math
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.op import Op, OpParams
+
+__all__ = ["Add", "Concat"]
+
+
+class Add(Op):
+    """Element-wise sum of two or more tensors of the same shape (residual connections)."""
+
+    type = "add"
+    arity = (2, None)
+
+    def infer_shape(self, in_shapes):
+        first = in_shapes[0]
+        for s in in_shapes[1:]:
+            if tuple(s) != tuple(first):
+                shapes = " and ".join(str(tuple(x)) for x in in_shapes)
+                raise ShapeError(f"add needs inputs of one shape, found {shapes}")
+        return first
+
+    def forward(self, ctx, inputs, params):
+        y = inputs[0] + inputs[1]
+        for x in inputs[2:]:
+            y += x
+        ctx.save(n=len(inputs))
+        return y
+
+    def backward(self, ctx, gy):
+        return [gy] * ctx.saved["n"], {}
+
+    def flops(self, in_shapes, out_shape):
+        return (len(in_shapes) - 1) * math.prod(out_shape)
+
+
+class ConcatParams(OpParams):
+    axis: int = 1
+
+
+class Concat(Op):
+    """Concatenation along ``axis`` (batch = 0, default 1 = channels), e.g. inception branches."""
+
+    type = "concat"
+    Params = ConcatParams
+    arity = (1, None)
+
+    def _axis(self, ndim):
+        return self.p.axis % ndim
+
+    def infer_shape(self, in_shapes):
+        nd = len(in_shapes[0]) + 1
+        if not -nd <= self.p.axis < nd or self.p.axis % nd == 0:
+            raise ShapeError(f"axis {self.p.axis} is out of range or the batch axis for {nd}-D tensors")
+        a = self._axis(nd) - 1
+        for s in in_shapes:
+            if len(s) != len(in_shapes[0]) or any(x != y for i, (x, y) in enumerate(zip(s, in_shapes[0])) if i != a):
+                shapes = ", ".join(str(tuple(x)) for x in in_shapes)
+                raise ShapeError(f"concat along axis {self.p.axis} needs all other dimensions equal, found {shapes}")
+        out = list(in_shapes[0])
+        out[a] = sum(s[a] for s in in_shapes)
+        return tuple(out)
+
+    def forward(self, ctx, inputs, params):
+        a = self._axis(inputs[0].ndim)
+        ctx.save(sizes=[x.shape[a] for x in inputs], axis=a)
+        return xp_of(*inputs).concatenate(inputs, axis=a)
+
+    def backward(self, ctx, gy):
+        a, sizes = ctx.saved["axis"], ctx.saved["sizes"]
+        out, start = [], 0
+        for n in sizes:
+            idx = [slice(None)] * gy.ndim
+            idx[a] = slice(start, start + n)
+            out.append(gy[tuple(idx)])
+            start += n
+        return out, {}
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(Add)
+    registry.add(Concat)

@@ -1,0 +1,152 @@
+"""Pooling: max/average over windows, and global pooling."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
+                                   max_pool2d_forward, pool_output_size)
+from cnngraph.op import Op, OpParams
+from cnngraph.paramtypes import IntPair, Padding
+
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d"]
+
+
+class PoolParams(OpParams):
+    kernel_size: IntPair
+    stride: Optional[IntPair] = None   # default: kernel_size
+    padding: Padding = (0, 0)
+    ceil_mode: bool = False
+
+
+class MaxPoolParams(PoolParams):
+    dilation: IntPair = (1, 1)
+
+
+class AvgPoolParams(PoolParams):
+    count_include_pad: bool = True
+
+
+class _Pool2d(Op):
+    def window(self):
+        p = self.p
+        dilation = getattr(p, "dilation", (1, 1))
+        stride = p.stride or p.kernel_size
+        if p.padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif p.padding == "same":
+            raise ShapeError("padding 'same' is not supported for pooling; give explicit padding")
+        elif len(p.padding) == 2:
+            pads = (p.padding[0], p.padding[0], p.padding[1], p.padding[1])
+        else:
+            pads = tuple(p.padding)
+        return p.kernel_size, stride, pads, dilation
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) != 3:
+            raise ShapeError(f"{self.type} expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
+        k, s, (t, b, l, r), d = self.window()
+        out = []
+        for size, kk, ss, p0, p1, dd, axis in zip(shape[1:], k, s, (t, l), (b, r), d, "HW"):
+            span = dd * (kk - 1) + 1
+            if span > size + p0 + p1:
+                raise ShapeError(f"pooling window {span} is larger than the padded input {axis}={size + p0 + p1}")
+            if max(p0, p1) > kk // 2 and p0 == p1:
+                raise ShapeError(f"padding {p0} must be at most half the kernel size {kk}")
+            out.append(pool_output_size(size, kk, ss, p0, p1, dd, self.p.ceil_mode))
+        return (shape[0], *out)
+
+    def flops(self, in_shapes, out_shape):
+        k = self.p.kernel_size
+        return math.prod(out_shape) * k[0] * k[1]
+
+
+class MaxPool2d(_Pool2d):
+    """Maximum over each window (padding counts as -inf)."""
+
+    type = "max_pool2d"
+    Params = MaxPoolParams
+
+    def forward(self, ctx, inputs, params):
+        k, s, pads, d = self.window()
+        y, saved = max_pool2d_forward(inputs[0], k, s, pads, d, self.p.ceil_mode, save=ctx.grad)
+        ctx.save(pool=saved)
+        return y
+
+    def backward(self, ctx, gy):
+        return [max_pool2d_backward(gy, ctx.saved["pool"])], {}
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window; ``count_include_pad`` as torch.nn.AvgPool2d."""
+
+    type = "avg_pool2d"
+    Params = AvgPoolParams
+
+    def forward(self, ctx, inputs, params):
+        k, s, pads, _ = self.window()
+        y, saved = avg_pool2d_forward(inputs[0], k, s, pads, self.p.ceil_mode, self.p.count_include_pad,
+                                      save=ctx.grad)
+        ctx.save(pool=saved)
+        return y
+
+    def backward(self, ctx, gy):
+        return [avg_pool2d_backward(gy, ctx.saved["pool"])], {}
+
+
+class _GlobalPool(Op):
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) != 3:
+            raise ShapeError(f"{self.type} expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
+        return (shape[0], 1, 1)
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(in_shapes[0])
+
+
+class GlobalAvgPool2d(_GlobalPool):
+    """Mean over H and W → (C, 1, 1)."""
+
+    type = "global_avg_pool2d"
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        ctx.save(hw=x.shape[2:])
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def backward(self, ctx, gy):
+        h, w = ctx.saved["hw"]
+        xp = xp_of(gy)
+        return [xp.broadcast_to(gy / gy.dtype.type(h * w), gy.shape[:2] + (h, w)).copy()], {}
+
+
+class GlobalMaxPool2d(_GlobalPool):
+    """Maximum over H and W → (C, 1, 1); the gradient goes to the first maximum."""
+
+    type = "global_max_pool2d"
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        n, c, h, w = x.shape
+        flat = x.reshape(n, c, h * w)
+        idx = flat.argmax(axis=2)
+        ctx.save(idx=idx, shape=x.shape)
+        return xp_of(x).take_along_axis(flat, idx[..., None], axis=2).reshape(n, c, 1, 1)
+
+    def backward(self, ctx, gy):
+        n, c, h, w = ctx.saved["shape"]
+        xp = xp_of(gy)
+        dx = xp.zeros((n, c, h * w), dtype=gy.dtype)
+        xp.put_along_axis(dx, ctx.saved["idx"][..., None], gy.reshape(n, c, 1), axis=2)
+        return [dx.reshape(n, c, h, w)], {}
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    for op in (MaxPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d):
+        registry.add(op)
