@@ -88,8 +88,15 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             isinstance(v, (int, np.integer)) for v in labels):
         raise DataError(f"'{path}': expected 'labels' as a list of ints, found {type(labels).__name__}")
     y = check_labels(np.asarray(labels, dtype=np.int64), len(data), 10, f"'{path}' labels")
-    # Rows are channel-major 32x32 planes, so a reshape gives NCHW directly.
-    return data.reshape((-1,) + _SHAPE).astype(np.float32) / np.float32(255.0), y
+    # Rows are channel-major 32x32 planes, so a reshape gives NCHW directly (still uint8).
+    return data.reshape((-1,) + _SHAPE), y
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] with one float array (CIFAR train is 600 MB as float32)."""
+    out = x.astype(np.float32)
+    out /= np.float32(255.0)
+    return out
 
 
 def _classes(folder: Path) -> list[str]:
@@ -115,6 +122,7 @@ def load_cifar10(cfg, input_shape, base_dir=None) -> RawSplits:
         raise DataError(f"'{folder}': expected the CIFAR-10 batches {', '.join(names)}, "
                         f"missing {', '.join(missing)}")
     batches = [_read_batch(folder / n) for n in names]
-    x = np.concatenate([b[0] for b in batches[:5]])
+    x = _to_float(np.concatenate([b[0] for b in batches[:5]]))
     y = np.concatenate([b[1] for b in batches[:5]])
-    return RawSplits(train=(x, y), test=batches[5], classes=_classes(folder), source=f"cifar10:{folder}")
+    test = (_to_float(batches[5][0]), batches[5][1])
+    return RawSplits(train=(x, y), test=test, classes=_classes(folder), source=f"cifar10:{folder}")

@@ -85,7 +85,9 @@ def _load(cfg, input_shape, base_dir, name: str, classes: list[str]) -> RawSplit
                             f"found {fmt_shape(x.shape[1:])}")
         y = check_labels(y, len(x), len(classes), f"'{paths[part + '_y']}'")
         # MNIST pixels are uint8 0..255: map them to [0, 1].
-        splits[part] = (x[:, None].astype(np.float32) / np.float32(255.0), y)
+        xf = x[:, None].astype(np.float32)
+        xf /= np.float32(255.0)
+        splits[part] = (xf, y)
     return RawSplits(train=splits["train"], test=splits["test"], classes=classes, source=f"{name}:{folder}")
 
 
