@@ -107,7 +107,9 @@ class Op:
     # -- helpers ----------------------------------------------------------------------------
     @classmethod
     def describe(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        """The first paragraph of the op's docstring, on one line."""
+        para = (cls.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(line.strip() for line in para.splitlines())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.p!r})"

@@ -1,8 +1,10 @@
 """Training data: the ``train.data`` spec section, dataset loading, splitting, normalisation, batching.
 
-``load_dataset`` asks a registered loader (see ``LOADERS``) for the source's splits, carves any
-missing validation/test split (stratified, seeded), applies ``limit``, computes or takes the
-per-channel normalisation and returns a :class:`Dataset` of float32 NCHW arrays.
+``load_dataset`` asks a loader for the source's splits (built-ins in ``RAW_LOADERS``; plugins
+register ``loader(cfg, input_shape, seed, base_dir) -> Dataset`` in the registry and can use
+``finish_dataset``), carves any missing validation/test split (stratified, seeded), applies
+``limit``, computes or takes the per-channel normalisation and returns a :class:`Dataset` of
+float32 NCHW arrays.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from ..errors import DataError
 from .datasets import (RawSplits, load_cifar10, load_digits, load_fashion_mnist, load_image_folder,
                        load_mnist, load_npz, stratified_split)
 
-__all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "register_loader", "load_dataset",
+__all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "RAW_LOADERS", "RawSplits", "load_dataset",
+           "finish_dataset",
            "iterate_batches", "compute_normalization", "apply_normalization", "stratified_split"]
 
-Loader = Callable[..., RawSplits]
-LOADERS: dict[str, Loader] = {
+RawLoader = Callable[..., RawSplits]
+# Built-in sources: ``raw_loader(cfg, input_shape, base_dir) -> RawSplits``.
+RAW_LOADERS: dict[str, RawLoader] = {
     "digits": load_digits,
     "npz": load_npz,
     "mnist": load_mnist,
@@ -30,14 +34,37 @@ LOADERS: dict[str, Loader] = {
 }
 
 
-def register_loader(name: str, loader: Loader) -> None:
-    """Add a dataset loader ``loader(cfg, input_shape, base_dir) -> RawSplits`` under ``name``.
+def _full_loader(name: str) -> Callable[..., "Dataset"]:
+    def loader(cfg, input_shape, seed=0, base_dir=None):
+        return finish_dataset(RAW_LOADERS[name](cfg, input_shape, base_dir), cfg, seed)
+    loader.__name__ = loader.__qualname__ = f"load_{name}_dataset"
+    loader.__doc__ = f"Dataset loader for '{name}' (the hook signature: cfg, input_shape, seed, base_dir)."
+    return loader
 
-    The loader must return arrays it owns (not a cache): they are normalised in place.
-    """
+
+# What the plugin registry's ``datasets`` table holds: ``loader(cfg, input_shape, seed, base_dir) -> Dataset``.
+LOADERS: dict[str, Callable[..., "Dataset"]] = {name: _full_loader(name) for name in RAW_LOADERS}
+
+
+def _find_loader(name: str):
+    """A built-in loader, else one a plugin registered; None when unknown."""
     if name in LOADERS:
-        raise ValueError(f"dataset loader '{name}' is already registered")
-    LOADERS[name] = loader
+        return LOADERS[name]
+    try:
+        from ..registry import get_registry
+        return get_registry().datasets.get(name)
+    except ImportError:  # registry unavailable (bare checkout): only built-ins exist
+        return None
+
+
+def _known_datasets() -> list[str]:
+    names = list(LOADERS)
+    try:
+        from ..registry import get_registry
+        names += [n for n in get_registry().datasets if n not in LOADERS]
+    except ImportError:
+        pass
+    return names
 
 
 class NormalizeStats(BaseModel):
@@ -70,12 +97,13 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.dataset not in LOADERS:
+        if _find_loader(self.dataset) is None:
             import difflib
-            near = difflib.get_close_matches(self.dataset, list(LOADERS), n=1)
+            known = _known_datasets()
+            near = difflib.get_close_matches(self.dataset, known, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ValueError(f"unknown dataset '{self.dataset}'{hint} (known: {', '.join(LOADERS)})")
-        if self.dataset != "digits" and self.path is None:
+            raise ValueError(f"unknown dataset '{self.dataset}'{hint} (known: {', '.join(known)})")
+        if self.dataset in RAW_LOADERS and self.dataset != "digits" and self.path is None:
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
@@ -189,7 +217,7 @@ def load_dataset(cfg: DataConfig, input_shape: tuple[int, int, int], seed: int =
 
     Parameters
     ----------
-    cfg : the ``train.data`` section.
+    cfg : the ``train.data`` section (a DataConfig or its dict).
     input_shape : the model's (C, H, W); data of another shape is a DataError
         (``image_folder`` images are resized to it instead).
     seed : seeds the stratified carving of missing validation/test splits.
@@ -200,15 +228,26 @@ def load_dataset(cfg: DataConfig, input_shape: tuple[int, int, int], seed: int =
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W), found {shape}")
-    raw = LOADERS[cfg.dataset](cfg, shape, base_dir)
+    loader = _find_loader(cfg.dataset)
+    if loader is None:
+        raise DataError(f"unknown dataset '{cfg.dataset}' (known: {', '.join(_known_datasets())})")
+    return loader(cfg, shape, seed, base_dir)
+
+
+def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Turn a loader's raw splits into a :class:`Dataset` (for plugin loaders too).
+
+    Carves the missing validation/test splits (stratified, seeded), applies ``cfg.limit`` to
+    train, computes or takes the normalisation and applies it to every split. The arrays in
+    ``raw`` must be owned by the caller (not a cache): they are normalised in place.
+    """
     train, val, test = _carve_missing(raw, cfg, seed)
     if cfg.limit is not None:
         train = (train[0][:cfg.limit], train[1][:cfg.limit])
     if len(train[1]) == 0:
         raise DataError(f"dataset '{cfg.dataset}' ({raw.source}): the training split is empty")
     mean, std = _stats(cfg, train[0])
-    # Loaders return fresh arrays (see register_loader), so normalise in place: for CIFAR-10
-    # a copy would cost another 600 MB.
+    # Normalise in place: for CIFAR-10 a copy would cost another 600 MB.
     splits = [(apply_normalization(np.ascontiguousarray(x, dtype=np.float32), mean, std), y)
               for x, y in (train, val, test)]
     return Dataset(train=splits[0], val=splits[1], test=splits[2], classes=list(raw.classes),

@@ -1,0 +1,63 @@
+"""The ``cnngraph`` command: parses arguments, calls the API, prints. No logic lives here.
+
+Each command family lives in ``cnngraph/commands/<family>.py`` with a ``register(subparsers)``
+function. Errors raised on purpose (CnnGraphError) are printed without a traceback and give exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import CnnGraphError
+
+__all__ = ["main", "COMMAND_MODULES"]
+
+COMMAND_MODULES = (
+    "cnngraph.commands.core",
+    "cnngraph.commands.train",
+    "cnngraph.commands.extend",
+    "cnngraph.commands.viz",
+    "cnngraph.commands.onnx",
+    "cnngraph.commands.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnngraph",
+        description="Declarative convolutional networks: validate, inspect, run, train, visualise and convert.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"cnngraph {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:   # a command family not part of this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CnnGraphError as exc:
+        text = str(exc)
+        print(text if text.startswith(("1 problem", "2 problem")) or " problems in spec" in text
+              else f"error: {text}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `cnngraph ops | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command families of the ``cnngraph`` CLI (one module each, with ``register(subparsers)``)."""

@@ -1,0 +1,175 @@
+"""validate, summary, run, ops, plugins."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CnnGraphError, SpecError
+from .common import add_spec_options, load_spec_args, read_array
+
+__all__ = ["register"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="check spec files; prints OK or every problem found")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, FLOPs, memory")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for the memory columns (default 1)")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("run", help="run the network forward on an .npy input")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--input", required=True, metavar="X.npy", help="(N, C, H, W) or a single (C, H, W) sample")
+    p.add_argument("--params", metavar="WEIGHTS", help=".npz of parameters, or a checkpoint directory")
+    p.add_argument("--output", metavar="Y.npy", help="write the output (.npy; .npz for several outputs)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --params")
+    p.add_argument("--profile", action="store_true", help="print time and memory per layer")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ops", help="list every registered op with its parameters and plugin")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_ops)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and where they came from")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_plugins)
+
+
+def cmd_validate(args) -> int:
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec_args(args, path)
+        except SpecError as exc:
+            failed += 1
+            print(f"FAIL {path}")
+            for problem in exc.problems:
+                print("  " + problem.format().replace("\n", "\n  "))
+            continue
+        print(f"OK   {path} ({spec.name}: {len(spec.layers)} layers)")
+    return 1 if failed else 0
+
+
+def cmd_summary(args) -> int:
+    from ..summary import summarize
+    from .summary_format import format_summary
+    spec = load_spec_args(args, args.spec)
+    print(format_summary(summarize(spec.graph, spec.name, args.batch_size), args.format))
+    return 0
+
+
+def _load_params(model, path: str) -> None:
+    from ..errors import CheckpointError
+    p = Path(path)
+    if p.is_dir():
+        from ..train.checkpoint import load_checkpoint
+        arrays = load_checkpoint(p).arrays
+    else:
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: file not found") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise CheckpointError(f"{path}: not a readable .npz of parameters ({exc})") from None
+    model.load_params(arrays)
+
+
+def cmd_run(args) -> int:
+    from ..backend import to_numpy
+    from ..model import Model
+    spec = load_spec_args(args, args.spec)
+    model = Model(spec, device=args.device, seed=args.seed)
+    if args.params:
+        _load_params(model, args.params)
+    x = read_array(args.input)
+    if len(spec.inputs) != 1:
+        raise CnnGraphError(f"`cnngraph run` feeds one input; this model takes {', '.join(spec.inputs)}")
+    name, inp = next(iter(spec.inputs.items()))
+    if x.ndim == len(inp.shape):
+        x = x[None]
+    profiler = None
+    if args.profile:
+        from ..profile import Profiler
+        profiler = Profiler(model)
+    outputs = model.forward({name: x}, on_output=profiler.record if profiler else None)
+    outputs = {k: to_numpy(v) for k, v in outputs.items()}
+    if profiler:
+        print(profiler.report(), file=sys.stderr)
+    if args.output:
+        if args.output.endswith(".npz"):
+            np.savez(args.output, **outputs)
+        elif len(outputs) == 1:
+            np.save(args.output, next(iter(outputs.values())))
+        else:
+            raise CnnGraphError(f"the model has {len(outputs)} outputs; write them to an .npz file")
+        print(f"wrote {args.output}")
+    for k, v in outputs.items():
+        line = f"{k}: shape {tuple(v.shape)} {v.dtype}"
+        if v.ndim == 2:
+            line += f"; argmax per sample: {v.argmax(axis=1)[:16].tolist()}{' …' if len(v) > 16 else ''}"
+        print(line)
+    return 0
+
+
+def _describe_params(op_cls) -> list[dict]:
+    rows = []
+    for name, f in op_cls.Params.model_fields.items():
+        required = f.is_required()
+        default = None if required else f.get_default(call_default_factory=True)
+        if isinstance(default, tuple):
+            default = list(default)
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        rows.append({"name": name, "required": required, "default": default, "type": ann})
+    return rows
+
+
+def cmd_ops(args) -> int:
+    from ..registry import get_registry
+    from .common import load_spec_args  # noqa: F401  (plugins via --plugin)
+    from ..registry import load_plugin_file
+    for plugin in args.plugin:
+        load_plugin_file(plugin)
+    reg = get_registry()
+    ops = [{"type": t, "plugin": cls.plugin, "inputs": list(cls.arity), "doc": cls.describe(),
+            "params": _describe_params(cls)} for t, cls in sorted(reg.ops.items())]
+    if args.format == "json":
+        print(json.dumps(ops, indent=2, default=str))
+        return 0
+    for op in ops:
+        lo, hi = op["inputs"]
+        arity = f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
+        print(f"{op['type']}  [{op['plugin']}]  inputs: {arity}")
+        if op["doc"]:
+            print(f"    {op['doc']}")
+        for prm in op["params"]:
+            val = "required" if prm["required"] else f"default {json.dumps(prm['default'], default=str)}"
+            print(f"    {prm['name']}: {val}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from ..registry import get_registry, load_plugin_file
+    for plugin in args.plugin:
+        load_plugin_file(plugin)
+    reg = get_registry()
+    for name, origin in reg.plugins.items():
+        counts = {}
+        for (table, _), owner in reg.owner.items():
+            if owner == name:
+                counts[table] = counts.get(table, 0) + 1
+        what = ", ".join(f"{n} {t}" for t, n in counts.items()) or "no components"
+        print(f"{name}  ({origin}): {what}")
+    return 0

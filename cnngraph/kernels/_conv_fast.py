@@ -1,0 +1,151 @@
+"""NumPy fast path of conv2d (groups == 1): chunked im2col + one GEMM per batch chunk.
+
+The batch is cut into chunks whose column buffer stays cache-resident; each worker thread pads its
+chunk into a scratch buffer, builds the columns with kh*kw slice copies, runs single-threaded BLAS
+and writes its slice of the result. Nothing of size N*K*L is ever materialised, and backward
+rebuilds the columns from ``x`` instead of keeping them.
+
+Layouts (per chunk of n samples): padded input (n, C, rows, Wp); columns (C, kh*kw, n, Ho, Wq);
+GEMM output (O, n, Ho, Wq). For stride 1 the columns are taken from the *flattened* padded image,
+so every kernel offset is one contiguous slice and Wq = Wp: the Wp - Wo extra columns per output
+row are garbage in forward (cropped) and held at zero in backward (so they contribute nothing).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._parallel import n_workers, run_parallel, scratch, split_chunks
+
+__all__ = ["FastConv"]
+
+_CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
+
+
+class FastConv:
+    """Geometry of one non-grouped convolution on NumPy arrays; forward/backward drivers."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, out, dtype):
+        self.N, self.C, self.H, self.W = x_shape
+        self.O, _, self.kh, self.kw = w_shape
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.Ho, self.Wo = out
+        self.dtype = np.dtype(dtype)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        top, _, left, _ = self.padding
+        self.Hp = max(top + self.H, (self.Ho - 1) * sh + dh * (self.kh - 1) + 1)
+        self.Wp = max(left + self.W, (self.Wo - 1) * sw + dw * (self.kw - 1) + 1)
+        self.flat = sh == 1 and sw == 1
+        # Flat slices of the last kernel row overrun the image by (kw-1)*dw elements: one spare row.
+        self.rows = self.Hp + 1 if self.flat else self.Hp
+        self.Wq = self.Wp if self.flat else self.Wo
+        self.Lq = self.Ho * self.Wq
+        self.K = self.C * self.kh * self.kw
+        per_sample = self.K * self.Lq * self.dtype.itemsize
+        self.chunks = split_chunks(self.N, _CHUNK_BYTES // per_sample, n_workers())
+
+    # ---- per-chunk building blocks -------------------------------------------------------------
+
+    def _offsets(self):
+        """Per kernel offset: flat start index (stride 1) or (row slice, col slice)."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        for i in range(self.kh):
+            for j in range(self.kw):
+                if self.flat:
+                    yield i * dh * self.Wp + j * dw
+                else:
+                    yield (slice(i * dh, i * dh + (self.Ho - 1) * sh + 1, sh),
+                           slice(j * dw, j * dw + (self.Wo - 1) * sw + 1, sw))
+
+    def _padded(self, x, s, e):
+        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, rows, Wp)."""
+        top, _, left, _ = self.padding
+        buf = scratch("conv.xpad", (e - s, self.C, self.rows, self.Wp), self.dtype, zero=True)
+        buf[:, :, top:top + self.H, left:left + self.W] = x[s:e]
+        return buf
+
+    def _im2col(self, xb):
+        """Columns (K, n*Lq) of a padded chunk, as a view of a scratch buffer."""
+        n, C, Lq = xb.shape[0], self.C, self.Lq
+        cols = scratch("conv.cols", (C, self.kh * self.kw, n, Lq), self.dtype)
+        if self.flat:
+            xf = xb.reshape(n, C, -1)
+            for k, off in enumerate(self._offsets()):
+                np.copyto(cols[:, k], xf[:, :, off:off + Lq].transpose(1, 0, 2))
+        else:
+            for k, (rs, cs) in enumerate(self._offsets()):
+                np.copyto(cols[:, k].reshape(C, n, self.Ho, self.Wo), xb[:, :, rs, cs].transpose(1, 0, 2, 3))
+        return cols.reshape(self.K, n * Lq)
+
+    def _col2im(self, dcols, n):
+        """Adjoint of _im2col: scatter-add (K, n*Lq) columns into a fresh padded gradient chunk."""
+        C, Lq = self.C, self.Lq
+        db = scratch("conv.dxpad", (n, C, self.rows, self.Wp), self.dtype)
+        db.fill(0)
+        dc = dcols.reshape(C, self.kh * self.kw, n, Lq)
+        if self.flat:
+            dbf = db.reshape(n, C, -1)
+            for k, off in enumerate(self._offsets()):
+                dst = dbf[:, :, off:off + Lq]
+                np.add(dst, dc[:, k].transpose(1, 0, 2), out=dst)
+        else:
+            for k, (rs, cs) in enumerate(self._offsets()):
+                dst = db[:, :, rs, cs]
+                np.add(dst, dc[:, k].reshape(C, n, self.Ho, self.Wo).transpose(1, 0, 2, 3), out=dst)
+        return db
+
+    def _gy_chunk(self, gy, s, e):
+        """gy[s:e] as (O, n*Lq) with zeros in the Wq - Wo garbage columns."""
+        buf = scratch("conv.gy", (self.O, e - s, self.Ho, self.Wq), self.dtype, zero=self.Wq > self.Wo)
+        buf[..., :self.Wo] = gy[s:e].transpose(1, 0, 2, 3)
+        return buf.reshape(self.O, -1)
+
+    # ---- drivers ---------------------------------------------------------------------------------
+
+    def forward(self, x, w, b):
+        """y (N, O, Ho, Wo) = conv(x, w) + b."""
+        y = np.empty((self.N, self.O, self.Ho, self.Wo), dtype=self.dtype)
+        wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
+        bias = None if b is None else b.reshape(1, self.O, 1, 1)
+
+        def work(chunks):
+            for s, e in chunks:
+                n = e - s
+                cols = self._im2col(self._padded(x, s, e))
+                yb = scratch("conv.y", (self.O, n * self.Lq), self.dtype)
+                np.matmul(wmat, cols, out=yb)
+                src = yb.reshape(self.O, n, self.Ho, self.Wq)[..., :self.Wo].transpose(1, 0, 2, 3)
+                if bias is None:
+                    np.copyto(y[s:e], src)
+                else:
+                    np.add(src, bias, out=y[s:e])
+
+        run_parallel(work, self.chunks)
+        return y
+
+    def backward(self, gy, x, w, need_dx):
+        """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
+        wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
+        dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
+        top, _, left, _ = self.padding
+
+        def work(chunks):
+            dw = np.zeros((self.O, self.K), dtype=self.dtype)
+            db = np.zeros(self.O, dtype=self.dtype)
+            tmp = np.empty_like(dw)
+            for s, e in chunks:
+                n = e - s
+                g2 = self._gy_chunk(gy, s, e)
+                db += g2.sum(axis=1)
+                cols = self._im2col(self._padded(x, s, e))
+                dw += np.matmul(g2, cols.T, out=tmp)
+                if need_dx:
+                    dcols = scratch("conv.cols", (self.K, n * self.Lq), self.dtype)  # cols are consumed
+                    np.matmul(wmat.T, g2, out=dcols)
+                    dpad = self._col2im(dcols, n)
+                    dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
+            return dw, db
+
+        parts = run_parallel(work, self.chunks)
+        dw = sum(p[0] for p in parts).reshape(w.shape)
+        db = sum(p[1] for p in parts)
+        return dx, dw, db

@@ -1,0 +1,120 @@
+"""Work splitting for the NumPy fast paths: a small thread pool plus per-thread scratch buffers.
+
+NumPy releases the GIL in copies, ufuncs and BLAS calls, so running independent batch chunks on
+one thread per core (each calling single-threaded BLAS) keeps both the im2col copies and the GEMMs
+parallel and every chunk's working set cache-resident. Set CNNGRAPH_KERNEL_THREADS=1 to disable.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["n_workers", "run_parallel", "scratch", "split_chunks"]
+
+_lock = threading.Lock()
+_pool = None
+_blas = None          # threadpoolctl controllers of NumPy's BLAS, [] when unavailable
+_local = threading.local()
+_MAX_ZEROED = 16
+
+
+def n_workers():
+    """Threads the kernels may use: CNNGRAPH_KERNEL_THREADS, else the usable cores (at most 8)."""
+    env = os.environ.get("CNNGRAPH_KERNEL_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _blas_controllers():
+    """NumPy's BLAS thread controls (never torch's or others'); [] without threadpoolctl."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctl = ThreadpoolController().select(user_api="blas")
+            numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+            _blas = [c for c in ctl.lib_controllers if "numpy" in c.filepath
+                     or c.filepath.startswith(numpy_dir)]
+        except Exception:  # pragma: no cover - threadpoolctl missing or odd BLAS
+            _blas = []
+    return _blas
+
+
+def split_chunks(n, per_chunk, workers):
+    """Split range(n) into contiguous (start, stop) chunks of about ``per_chunk`` items,
+    with a chunk count that is a multiple of ``workers`` when that costs nothing (load balance)."""
+    per_chunk = max(1, min(n, per_chunk))
+    count = -(-n // per_chunk)
+    if workers > 1 and n >= workers:
+        count = -(-count // workers) * workers
+    count = min(count, n)
+    size = -(-n // count)
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def run_parallel(fn, chunks):
+    """Run ``fn(chunk_list)`` over the chunks, one interleaved share per worker thread.
+
+    Returns the per-worker results. Runs serially (BLAS keeps its own threads) when only one
+    worker is useful, threadpoolctl is missing, or another call is already running in parallel.
+    """
+    global _pool
+    workers = min(n_workers(), len(chunks))
+    blas = _blas_controllers() if workers > 1 else []
+    if workers <= 1 or not blas or not _lock.acquire(blocking=False):
+        return [fn(chunks)]
+    try:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=n_workers(), thread_name_prefix="cnngraph-kernel")
+        saved = [c.num_threads for c in blas]
+        for c in blas:
+            c.set_num_threads(1)
+        try:
+            futures = [_pool.submit(fn, chunks[k::workers]) for k in range(workers)]
+            return [f.result() for f in futures]
+        finally:
+            for c, n in zip(blas, saved):
+                c.set_num_threads(n)
+    finally:
+        _lock.release()
+
+
+def scratch(name, shape, dtype, zero=False):
+    """A reusable buffer of this thread, returned as an array of exactly ``shape``.
+
+    Plain buffers are keyed by (name, dtype) and only grow. ``zero=True`` buffers are keyed by their
+    exact shape too and are zero when first allocated: the kernels use them for padded inputs whose
+    borders they never write, so the borders stay zero across calls. At most _MAX_ZEROED of those
+    are kept per thread (least recently used dropped).
+    """
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = OrderedDict()
+    shape = tuple(int(v) for v in shape)
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    if zero:
+        key = (name, shape, dtype.str)
+        buf = cache.get(key)
+        if buf is None:
+            buf = cache[key] = np.zeros(shape, dtype=dtype)
+            zeroed = [k for k in cache if len(k) == 3]
+            for k in zeroed[:-_MAX_ZEROED]:
+                del cache[k]
+        else:
+            cache.move_to_end(key)
+        return buf
+    key = (name, dtype.str)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
