@@ -251,18 +251,23 @@ class AugmentConfigError(ValueError):
         super().__init__(message)
 
 
-def _build_one(i: int, entry: Any, background) -> Augmentation:
+def _build_one(i: int, entry: Any, background, table: dict[str, type]) -> Augmentation:
+    if isinstance(entry, Augmentation):
+        return entry
+    if isinstance(getattr(entry, "params", None), BaseModel) and isinstance(getattr(entry, "type", None), str):
+        # Already validated (cnngraph.train.config.Typed): just instantiate.
+        return table[entry.type](entry.params, background=background)
     if isinstance(entry, str):
         entry = {"type": entry}
     if not isinstance(entry, dict) or "type" not in entry:
         raise AugmentConfigError(f"augment[{i}]: expected a mapping with a 'type' key, found {entry!r:.60}", i)
     name = entry["type"]
-    cls = AUGMENTATIONS.get(name)
+    cls = table.get(name)
     if cls is None:
-        near = difflib.get_close_matches(str(name), list(AUGMENTATIONS), n=1)
+        near = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise AugmentConfigError(f"augment[{i}]: unknown augmentation type '{name}'{hint} "
-                                 f"(known: {', '.join(sorted(AUGMENTATIONS))})", i, "type")
+                                 f"(known: {', '.join(sorted(table))})", i, "type")
     params = {k: v for k, v in entry.items() if k != "type"}
     try:
         return cls(cls.Params.model_validate(params), background=background)
@@ -277,17 +282,21 @@ def _build_one(i: int, entry: Any, background) -> Augmentation:
         raise AugmentConfigError(f"augment[{i}]{where} ({name}): {msg}", i, field) from None
 
 
-def build_augmentations(entries: Sequence[Any] | None, background=None) -> Compose:
+def build_augmentations(entries: Sequence[Any] | None, background=None,
+                        table: dict[str, type] | None = None) -> Compose:
     """Validate ``train.augment`` entries and chain them.
 
     Parameters
     ----------
-    entries : list of ``{"type": name, **params}`` (or a bare type name), or None.
+    entries : list of ``{"type": name, **params}`` dicts, bare type names, already validated
+        ``Typed(type, params)`` entries (``cnngraph.train.config``) or Augmentation instances.
     background : per-channel value of a blank pixel in the data being augmented
         (``Dataset.background`` for normalised data); the ``constant`` fill.
+    table : name -> class (default ``AUGMENTATIONS``; pass ``registry.augmentations`` for plugins).
 
     Raises
     ------
     AugmentConfigError (a ValueError) naming the entry index and parameter.
     """
-    return Compose([_build_one(i, e, background) for i, e in enumerate(entries or [])])
+    table = AUGMENTATIONS if table is None else table
+    return Compose([_build_one(i, e, background, table) for i, e in enumerate(entries or [])])

@@ -126,3 +126,19 @@ def test_registry_types():
     assert set(AUGMENTATIONS) == {"random_shift", "random_crop", "horizontal_flip", "random_rotation", "random_scale"}
     for name, cls in AUGMENTATIONS.items():
         assert cls.type == name and cls.Params.model_config.get("extra") == "forbid"
+
+
+def test_prevalidated_entries_and_custom_table():
+    from types import SimpleNamespace
+
+    class Negate(RandomShift):
+        type = "negate"
+
+        def __call__(self, x, rng):
+            return -x
+
+    typed = SimpleNamespace(type="random_shift", params=RandomShift.Params(pixels=0))
+    aug = build_augmentations([typed, {"type": "negate"}], background=[0.5],
+                              table={**AUGMENTATIONS, "negate": Negate})
+    assert np.array_equal(aug(X, np.random.default_rng(0)), -X)
+    assert aug.steps[0].background == [0.5]

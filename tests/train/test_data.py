@@ -359,3 +359,22 @@ def test_prepare_matches_training_normalisation():
     raw = ds.test[0] * ds.std[0] + ds.mean[0]
     assert np.allclose(ds.prepare(raw), ds.test[0], atol=1e-5)
     assert np.allclose(apply_normalization(np.zeros((1, 1, 2, 2), np.float32), ds.mean, ds.std), ds.background[0])
+
+
+def test_plugin_dataset_through_registry():
+    from cnngraph.registry import get_registry
+    from cnngraph.train.data import LOADERS, RawSplits, finish_dataset
+
+    def toy(cfg, input_shape, seed=0, base_dir=None):
+        x = np.arange(20 * 4, dtype=np.float32).reshape(20, 1, 2, 2)
+        return finish_dataset(RawSplits(train=(x, np.arange(20) % 2), classes=["a", "b"], source="toy"), cfg, seed)
+
+    reg = get_registry()
+    assert set(LOADERS) <= set(reg.datasets)
+    reg.add_dataset("toy_test_data", toy)
+    try:
+        ds = load_dataset(DataConfig(dataset="toy_test_data", val_fraction=0.2), (1, 2, 2))
+        assert len(ds.train[1]) == 16 and len(ds.val[1]) == 4 and ds.source == "toy"
+    finally:
+        del reg.datasets["toy_test_data"]
+        reg.owner.pop(("datasets", "toy_test_data"), None)

@@ -1,6 +1,6 @@
-"""Dataset loaders. Each takes ``(cfg: DataConfig, input_shape, base_dir)`` and returns RawSplits.
+"""Built-in raw dataset loaders: ``loader(cfg: DataConfig, input_shape, base_dir) -> RawSplits``.
 
-``cnngraph.train.data`` registers them by name and does the splitting and normalisation.
+``cnngraph.train.data`` wraps them (``LOADERS``) and does the splitting and normalisation.
 """
 from ._common import RawSplits, stratified_split
 from .cifar import load_cifar10
