@@ -1,0 +1,1 @@
+"""Pictures of networks: graph drawings, training plots, feature maps, filters and Grad-CAM."""
