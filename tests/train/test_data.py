@@ -209,13 +209,37 @@ def _py2_style(obj) -> bytes:
     return pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
 
 
+def _py2_batch(data: np.ndarray, labels) -> bytes:
+    """A batch byte-for-byte in the layout of the real files (Python 2 cPickle, protocol 2):
+    py2 ``str`` as BINSTRING opcodes, numpy.core.multiarray._reconstruct + BUILD state."""
+    def s(b):
+        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<i", len(b)) + b)
+
+    def i(v):
+        return b"K" + bytes([v]) if 0 <= v < 256 else b"J" + struct.pack("<i", v)
+
+    out = b"\x80\x02}q\x00(" + s(b"data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R"
+    out += b"(" + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86"
+    out += b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R"
+    out += b"(" + i(3) + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + i(0) + b"tb"
+    out += b"\x89" + s(data.tobytes()) + b"tb"
+    out += s(b"labels") + b"](" + b"".join(i(int(v)) for v in labels) + b"eu."
+    return out
+
+
 def _write_cifar(folder, n=6, str_keys=False):
     folder.mkdir(parents=True, exist_ok=True)
     k = (lambda s: s) if str_keys else (lambda s: s.encode())
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         d = {k("batch_label"): b"x", k("labels"): [int(v) for v in RNG.integers(0, 10, n)],
              k("data"): RNG.integers(0, 256, (n, 3072), dtype=np.uint8), k("filenames"): [b"a.png"] * n}
-        (folder / name).write_bytes(pickle.dumps(d, protocol=4) if str_keys else _py2_style(d))
+        if str_keys:
+            (folder / name).write_bytes(pickle.dumps(d, protocol=4))
+        elif name == "data_batch_1":
+            (folder / name).write_bytes(_py2_style(d))     # Python 3, protocol 2: bytes via _codecs
+        else:
+            (folder / name).write_bytes(_py2_batch(d[b"data"], d[b"labels"]))
     meta = {k("label_names"): [c.encode() for c in "abcdefghij"], k("num_vis"): 3072}
     (folder / "batches.meta").write_bytes(_py2_style(meta))
 
