@@ -1,12 +1,16 @@
 """2-D convolution kernels (cross-correlation, like PyTorch), NCHW at the boundary.
 
-Forward lowers the convolution to GEMM over an im2col buffer built from kh*kw shifted strided
+Both paths lower the convolution to GEMM over im2col columns built from kh*kw shifted strided
 views of the padded input (one Python iteration per kernel offset, never per pixel/channel/sample).
-Backward reuses the saved column buffer for ``dw`` and scatters ``dcols`` back with the same views.
+NumPy with groups == 1 uses the chunked, threaded path of ``_conv_fast``; everything else (CuPy,
+grouped/depthwise) the generic path below, which keeps the whole column buffer for backward.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import xp_of
+from ._conv_fast import FastConv
 from .pool import pool_output_size
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_output_shape"]
@@ -79,20 +83,45 @@ def _col2im(dcols, padded_shape, stride, dilation, out):
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
     """Grouped, strided, dilated 2-D convolution with (possibly asymmetric) zero padding.
 
-    Returns ``(y, saved)`` with y (N, O, Ho, Wo) in x's dtype; ``saved`` (None unless ``save``)
-    holds the im2col buffer (N*C*kh*kw*Ho*Wo elements) and ``w`` by reference.
+    x (N, C, H, W), w (O, C//groups, kh, kw), b (O,) or None; stride/dilation (h, w); padding
+    (top, bottom, left, right). Returns ``(y, saved)``, y (N, O, Ho, Wo) in x's dtype; ``saved`` is
+    None unless ``save``. NumPy with groups == 1 takes the chunked fast path, whose ``saved`` keeps
+    x and w *by reference* (do not modify them in place before backward); otherwise ``saved`` holds
+    the im2col buffer (N*C*kh*kw*Ho*Wo elements).
     """
     xp = xp_of(x, w)
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
-    G = groups
-    if C != Cg * G or O % G:
-        raise ValueError(f"conv2d: x has {C} channels, w {w.shape} with groups={G}")
+    if C != Cg * groups or O % groups:
+        raise ValueError(f"conv2d: x has {C} channels, w {tuple(w.shape)} with groups={groups}")
     out = conv_output_shape(x.shape, w.shape, stride, padding, dilation)
-    L = out[0] * out[1]
+    w = w.astype(x.dtype, copy=False)
+    b = None if b is None else b.astype(x.dtype, copy=False)
+    if xp is np and groups == 1:
+        fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype)
+        y = fast.forward(x, w, b)
+        return y, ((fast, x, w, b is not None) if save else None)
+    return _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
+
+
+def conv2d_backward(gy, saved, need_dx=True):
+    """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo)."""
+    if isinstance(saved, tuple):
+        fast, x, w, has_bias = saved
+        gy = np.asarray(gy, dtype=fast.dtype)
+        dx, dw, db = fast.backward(gy, x, w, need_dx)
+        return dx, dw, (db if has_bias else None)
+    return _generic_backward(gy, saved, need_dx)
+
+
+def _generic_forward(x, w, b, stride, padding, dilation, groups, out, save):
+    """Array-module agnostic path (CuPy, grouped convs): full im2col buffer + batched GEMM."""
+    xp = xp_of(x, w)
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    G, L, K = groups, out[0] * out[1], Cg * kh * kw
     xpad = _pad(x, padding, out, (kh, kw), stride, dilation)
     cols = _im2col(xpad, kh, kw, stride, dilation, out)
-    K = Cg * kh * kw
     y = xp.matmul(w.reshape(G, O // G, K), cols.reshape(N, G, K, L))   # (N, G, O/G, L)
     y = y.reshape(N, O, out[0], out[1])
     if b is not None:
@@ -105,10 +134,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
     return y, saved
 
 
-def conv2d_backward(gy, saved, need_dx=True):
-    """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo)."""
+def _generic_backward(gy, s, need_dx):
     xp = xp_of(gy)
-    s = saved
     N, C, H, W = s.x_shape
     O, Cg, kh, kw = s.w.shape
     G, K, L = s.groups, Cg * kh * kw, s.out[0] * s.out[1]
@@ -117,7 +144,7 @@ def conv2d_backward(gy, saved, need_dx=True):
     # dw[g] = sum_n gy[n,g] @ cols[n,g]^T, as one GEMM per group over the (N*L) contraction.
     gyt = gyg.transpose(1, 2, 0, 3).reshape(G, O // G, N * L)
     colt = cols.transpose(1, 0, 3, 2).reshape(G, N * L, K)
-    dw = xp.matmul(gyt, colt).reshape(s.w.shape).astype(s.w.dtype, copy=False)
+    dw = xp.matmul(gyt, colt).reshape(s.w.shape)
     db = gy.sum(axis=(0, 2, 3)) if s.has_bias else None
     dx = None
     if need_dx:

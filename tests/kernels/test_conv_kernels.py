@@ -119,3 +119,22 @@ def test_backward_finite_differences(cfg):
     np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(dw, numeric_grad(loss, w), rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(db, numeric_grad(loss, b), rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=["s1", "s2", "dil"])
+def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
+    """Tiny chunks (uneven last chunk) and serial/threaded runs agree with the generic path."""
+    from cnngraph.kernels import _conv_fast, conv
+    monkeypatch.setattr(_conv_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    cfg = (5,) + cfg[1:]
+    x, w, b, stride, padding, dilation, groups = make(cfg, np.float64, seed=7)
+    y, saved = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
+    assert isinstance(saved, tuple)   # took the fast path
+    out = conv.conv_output_shape(x.shape, w.shape, stride, padding, dilation)
+    y_ref, s_ref = conv._generic_forward(x, w, b, stride, padding, dilation, groups, out, True)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    gy = np.random.default_rng(8).standard_normal(y.shape)
+    for ours, ref in zip(conv2d_backward(gy, saved), conv._generic_backward(gy, s_ref, True)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
