@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "cnngraph.plugins.shape",
     "cnngraph.plugins.merge",
     "cnngraph.plugins.loss",
+    "cnngraph.plugins.tensor", "cnngraph.plugins.lrn",
     "cnngraph.train.builtins",
 )
 

@@ -1,0 +1,468 @@
+"""General tensor ops: reshape, transpose, broadcasting arithmetic, matmul, pad, clip, constants.
+
+They exist mostly so that ONNX graphs survive import as trainable specs, but they are ordinary
+ops usable in any spec. Conventions: shapes in ``infer_shape`` are per sample; axes named in
+parameters (``perm``) count the batch as axis 0, as ``softmax``'s ``axis`` does; ``shape`` and
+``pads`` describe the per-sample dimensions only.
+
+Broadcasting ops (``broadcast_add``, ``sub``, ``mul``, ``div``, ``matmul``) follow NumPy rules on
+the per-sample shapes; an input with fewer per-sample dimensions is aligned to the right. A
+``constant`` layer has batch size 1 and broadcasts against any batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.op import Op, OpParams
+
+__all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul", "Pad", "Clip", "Constant",
+           "Identity", "broadcast_shapes", "unbroadcast"]
+
+
+def broadcast_shapes(shapes, what: str = "inputs") -> tuple[int, ...]:
+    """NumPy broadcast of per-sample shapes (aligned right); ShapeError naming them when impossible."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0} - {1}
+        if len(dims) > 1:
+            listed = " and ".join(str(tuple(s)) for s in shapes)
+            raise ShapeError(f"{what} of shapes {listed} do not broadcast (per sample, aligned right)")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _expand(x, rank: int):
+    """(N, *s) → (N, 1, …, 1, *s) with ``rank`` per-sample dimensions."""
+    if x.ndim - 1 == rank:
+        return x
+    return x.reshape((x.shape[0],) + (1,) * (rank - x.ndim + 1) + tuple(x.shape[1:]))
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` over the axes that broadcasting expanded so it has ``shape`` (batch included)."""
+    shape = tuple(shape)
+    rank = len(shape)
+    if g.ndim > rank:   # extra per-sample dims were added right after the batch
+        lead = g.ndim - rank
+        g = g.sum(axis=tuple(range(1, 1 + lead)))
+    axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+class _Binary(Op):
+    arity = (2, 2)
+
+    def infer_shape(self, in_shapes):
+        return broadcast_shapes(in_shapes, f"{self.type} inputs")
+
+    def _prep(self, inputs):
+        rank = max(x.ndim for x in inputs) - 1
+        return [_expand(x, rank) for x in inputs]
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(out_shape)
+
+
+class BroadcastAdd(_Binary):
+    """a + b with NumPy broadcasting (``add`` needs equal shapes; this one does not)."""
+
+    type = "broadcast_add"
+
+    def forward(self, ctx, inputs, params):
+        a, b = self._prep(inputs)
+        ctx.save(shapes=[x.shape for x in inputs])
+        return a + b
+
+    def backward(self, ctx, gy):
+        sa, sb = ctx.saved["shapes"]
+        return [unbroadcast(gy, sa) if ctx.need_grad(0) else None,
+                unbroadcast(gy, sb) if ctx.need_grad(1) else None], {}
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(2, 3, 4), (2, 1, 4)]), ({}, [(3, 4), (4,)])]
+
+
+class Sub(BroadcastAdd):
+    """a - b with NumPy broadcasting."""
+
+    type = "sub"
+
+    def forward(self, ctx, inputs, params):
+        a, b = self._prep(inputs)
+        ctx.save(shapes=[x.shape for x in inputs])
+        return a - b
+
+    def backward(self, ctx, gy):
+        sa, sb = ctx.saved["shapes"]
+        return [unbroadcast(gy, sa) if ctx.need_grad(0) else None,
+                unbroadcast(-gy, sb) if ctx.need_grad(1) else None], {}
+
+
+class Mul(_Binary):
+    """a * b with NumPy broadcasting (per-channel scales, gates)."""
+
+    type = "mul"
+
+    def forward(self, ctx, inputs, params):
+        a, b = self._prep(inputs)
+        ctx.save(a=a, b=b, shapes=[x.shape for x in inputs])
+        return a * b
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        sa, sb = s["shapes"]
+        return [unbroadcast(gy * s["b"], sa) if ctx.need_grad(0) else None,
+                unbroadcast(gy * s["a"], sb) if ctx.need_grad(1) else None], {}
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(2, 3, 4), (2, 1, 1)]), ({}, [(3, 4), (3, 4)])]
+
+
+class Div(_Binary):
+    """a / b with NumPy broadcasting."""
+
+    type = "div"
+
+    def forward(self, ctx, inputs, params):
+        a, b = self._prep(inputs)
+        y = a / b
+        ctx.save(b=b, y=y, shapes=[x.shape for x in inputs])
+        return y
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        sa, sb = s["shapes"]
+        ga = gy / s["b"]
+        return [unbroadcast(ga, sa) if ctx.need_grad(0) else None,
+                unbroadcast(-ga * s["y"], sb) if ctx.need_grad(1) else None], {}
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(2, 3, 4), (2, 1, 4)])]
+
+
+class MatMul(Op):
+    """Matrix product per sample with NumPy ``matmul`` rules (1-D operands are vectors; leading
+    per-sample dimensions broadcast)."""
+
+    type = "matmul"
+    arity = (2, 2)
+
+    def infer_shape(self, in_shapes):
+        a, b = (tuple(s) for s in in_shapes)
+        if not a or not b:
+            raise ShapeError(f"matmul needs at least one dimension per sample, found {a} and {b}")
+        a2 = (1,) + a if len(a) == 1 else a
+        b2 = b + (1,) if len(b) == 1 else b
+        if a2[-1] != b2[-2]:
+            raise ShapeError(f"matmul inner dimensions differ: {a} @ {b} ({a2[-1]} vs {b2[-2]})")
+        lead = broadcast_shapes([a2[:-2], b2[:-2]], "matmul leading dimensions")
+        out = lead + (a2[-2], b2[-1])
+        if len(a) == 1:
+            out = out[:-2] + out[-1:]
+        if len(b) == 1:
+            out = out[:-1]
+        return out
+
+    def forward(self, ctx, inputs, params):
+        a, b = inputs
+        va, vb = a.ndim == 2, b.ndim == 2   # per-sample vectors
+        a2 = a[:, None, :] if va else a
+        b2 = b[:, :, None] if vb else b
+        rank = max(a2.ndim, b2.ndim) - 1
+        a2, b2 = _expand(a2, rank), _expand(b2, rank)
+        y = a2 @ b2
+        ctx.save(a=a2, b=b2, va=va, vb=vb, sa=a.shape, sb=b.shape)
+        if vb:
+            y = y[..., 0]
+        if va:
+            y = y[..., 0, :] if not vb else y[..., 0]
+        return y
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        a, b = s["a"], s["b"]
+        g = gy
+        if s["va"] and s["vb"]:
+            g = gy[..., None, None]
+        elif s["vb"]:
+            g = gy[..., None]
+        elif s["va"]:
+            g = gy[..., None, :]
+        ga = gb = None
+        if ctx.need_grad(0):
+            ga = g @ xp_of(b).swapaxes(b, -1, -2)
+            ga = unbroadcast(ga, a.shape).reshape(s["sa"])
+        if ctx.need_grad(1):
+            gb = xp_of(a).swapaxes(a, -1, -2) @ g
+            gb = unbroadcast(gb, b.shape).reshape(s["sb"])
+        return [ga, gb], {}
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(out_shape) * in_shapes[0][-1]
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4), (4, 5)]), ({}, [(4,), (4, 5)]), ({}, [(2, 3, 4), (4,)])]
+
+
+class ReshapeParams(OpParams):
+    shape: list[int] = Field(description="per-sample target shape (batch excluded); one entry may be -1")
+
+    @field_validator("shape")
+    @classmethod
+    def _check(cls, v):
+        if sum(d == -1 for d in v) > 1 or any(d < -1 or d == 0 for d in v):
+            raise ValueError(f"shape entries are positive, with at most one -1, found {v}")
+        return v
+
+
+class Reshape(Op):
+    """Reshapes each sample to ``shape`` (batch kept; one -1 is inferred)."""
+
+    type = "reshape"
+    Params = ReshapeParams
+
+    def infer_shape(self, in_shapes):
+        n = math.prod(in_shapes[0])
+        shape = list(self.p.shape)
+        known = math.prod(d for d in shape if d != -1)
+        if -1 in shape:
+            if known == 0 or n % known:
+                raise ShapeError(f"cannot reshape {tuple(in_shapes[0])} ({n} values) to {tuple(shape)}")
+            shape[shape.index(-1)] = n // known
+        elif known != n:
+            raise ShapeError(f"cannot reshape {tuple(in_shapes[0])} ({n} values) to {tuple(shape)} ({known} values)")
+        return tuple(shape)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        ctx.save(shape=x.shape)
+        return x.reshape((x.shape[0],) + tuple(self.p.shape))
+
+    def backward(self, ctx, gy):
+        return [gy.reshape(ctx.saved["shape"])], {}
+
+    @classmethod
+    def examples(cls):
+        return [({"shape": [4, -1]}, [(2, 3, 4)]), ({"shape": [6]}, [(2, 3)])]
+
+
+class TransposeParams(OpParams):
+    perm: list[int] = Field(description="new order of the axes, batch included as axis 0 (which stays first)")
+
+
+class Transpose(Op):
+    """Permutes the axes; ``perm`` counts the batch as axis 0, which must stay in place."""
+
+    type = "transpose"
+    Params = TransposeParams
+
+    def infer_shape(self, in_shapes):
+        nd = len(in_shapes[0]) + 1
+        perm = list(self.p.perm)
+        if sorted(perm) != list(range(nd)):
+            raise ShapeError(f"perm {perm} is not a permutation of the {nd} axes (batch included as axis 0)")
+        if perm[0] != 0:
+            raise ShapeError(f"perm {perm} moves the batch axis; perm[0] must be 0")
+        full = (None,) + tuple(in_shapes[0])
+        return tuple(full[i] for i in perm[1:])
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        return xp_of(x).transpose(x, self.p.perm)
+
+    def backward(self, ctx, gy):
+        return [xp_of(gy).transpose(gy, list(np.argsort(self.p.perm)))], {}
+
+    @classmethod
+    def examples(cls):
+        return [({"perm": [0, 2, 3, 1]}, [(2, 3, 4)])]
+
+
+class PadParams(OpParams):
+    pads: list[tuple[int, int]] = Field(description="[before, after] per per-sample dimension (batch excluded)")
+    mode: Literal["constant", "reflect", "edge"] = "constant"
+    value: float = 0.0
+
+    @field_validator("pads")
+    @classmethod
+    def _nonneg(cls, v):
+        if any(p < 0 for pair in v for p in pair):
+            raise ValueError(f"pads must be >= 0, found {[list(p) for p in v]}")
+        return v
+
+
+class Pad(Op):
+    """Pads each sample: ``constant`` (``value``), ``reflect`` (mirror without the edge) or
+    ``edge`` (repeat the border), as ONNX Pad / numpy.pad."""
+
+    type = "pad"
+    Params = PadParams
+
+    def infer_shape(self, in_shapes):
+        shape = tuple(in_shapes[0])
+        if len(self.p.pads) != len(shape):
+            raise ShapeError(f"pads names {len(self.p.pads)} dimensions, the input has {len(shape)} per sample {shape}")
+        for d, (b, a) in zip(shape, self.p.pads):
+            if self.p.mode == "reflect" and max(b, a) > d - 1:
+                raise ShapeError(f"reflect padding ({b}, {a}) needs a dimension larger than the pad, found {d}")
+        return tuple(d + b + a for d, (b, a) in zip(shape, self.p.pads))
+
+    def _index(self, size, b, a):
+        i = np.arange(-b, size + a)
+        if self.p.mode == "edge":
+            return np.clip(i, 0, size - 1)
+        i = np.abs(i)   # reflect
+        return np.where(i > size - 1, 2 * (size - 1) - i, i)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        width = [(0, 0)] + [tuple(p) for p in self.p.pads]
+        ctx.save(shape=x.shape)
+        if self.p.mode == "constant":
+            return xp.pad(x, width, mode="constant", constant_values=x.dtype.type(self.p.value))
+        return xp.pad(x, width, mode="reflect" if self.p.mode == "reflect" else "edge")
+
+    def backward(self, ctx, gy):
+        shape = ctx.saved["shape"]
+        xp = xp_of(gy)
+        if self.p.mode == "constant":
+            idx = (slice(None),) + tuple(slice(b, b + d) for d, (b, _) in zip(shape[1:], self.p.pads))
+            return [gy[idx]], {}
+        g = gy
+        for axis, (d, (b, a)) in enumerate(zip(shape[1:], self.p.pads), start=1):
+            if b == 0 and a == 0:
+                continue
+            idx = self._index(d, b, a)
+            out_shape = list(g.shape)
+            out_shape[axis] = d
+            acc = xp.zeros(out_shape, dtype=g.dtype)
+            moved = xp.moveaxis(acc, axis, 0)
+            xp.add.at(moved, xp.asarray(idx), xp.moveaxis(g, axis, 0))
+            g = acc
+        return [g], {}
+
+    @classmethod
+    def examples(cls):
+        return [({"pads": [[0, 0], [1, 2], [2, 1]]}, [(2, 4, 5)]),
+                ({"pads": [[0, 0], [1, 2], [2, 1]], "mode": "reflect"}, [(2, 4, 5)]),
+                ({"pads": [[1, 0], [0, 2]], "mode": "edge"}, [(3, 4)])]
+
+
+class ClipParams(OpParams):
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+class Clip(Op):
+    """Clamps values to [min, max] (either bound may be omitted); clip(0, 6) is ReLU6."""
+
+    type = "clip"
+    Params = ClipParams
+
+    def infer_shape(self, in_shapes):
+        if self.p.min is not None and self.p.max is not None and self.p.min > self.p.max:
+            raise ShapeError(f"min {self.p.min} is larger than max {self.p.max}")
+        return in_shapes[0]
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        t = x.dtype.type
+        y = x
+        if self.p.min is not None:
+            y = xp.maximum(y, t(self.p.min))
+        if self.p.max is not None:
+            y = xp.minimum(y, t(self.p.max))
+        ctx.save(x=x)
+        return y
+
+    def backward(self, ctx, gy):
+        x = ctx.saved["x"]
+        mask = xp_of(x).ones(x.shape, dtype=bool)
+        if self.p.min is not None:
+            mask &= x >= self.p.min
+        if self.p.max is not None:
+            mask &= x <= self.p.max
+        return [gy * mask], {}
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(out_shape)
+
+    @classmethod
+    def examples(cls):
+        return [({"min": 0.0, "max": 6.0}, [(3, 4)]), ({"min": -0.5}, [(5,)])]
+
+
+class ConstantParams(OpParams):
+    shape: list[int] = Field(description="shape of the tensor (no batch dimension: it broadcasts over the batch)")
+    fill: float = Field(0.0, description="initial value of every element (imported models load the real values)")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v):
+        if any(d < 1 for d in v):
+            raise ValueError(f"every dimension must be >= 1, found {v}")
+        return v
+
+
+class Constant(Op):
+    """A learnable tensor ``value`` of the given shape, with no inputs; its output has batch size 1
+    and broadcasts in ``broadcast_add``/``sub``/``mul``/``div``/``matmul``."""
+
+    type = "constant"
+    Params = ConstantParams
+    arity = (0, 0)
+
+    def infer_shape(self, in_shapes):
+        return tuple(self.p.shape)
+
+    def init_params(self, in_shapes, rng):
+        return {"value": np.full(tuple(self.p.shape), self.p.fill, np.float32)}
+
+    def forward(self, ctx, inputs, params):
+        v = params["value"]
+        return v.reshape((1,) + tuple(v.shape))
+
+    def backward(self, ctx, gy):
+        return [], {"value": gy.sum(axis=0)}
+
+    @classmethod
+    def examples(cls):
+        return [({"shape": [3, 1, 1]}, [])]
+
+
+class Identity(Op):
+    """Passes its input through unchanged."""
+
+    type = "identity"
+
+    def forward(self, ctx, inputs, params):
+        return inputs[0]
+
+    def backward(self, ctx, gy):
+        return [gy], {}
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4)])]
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    for op in (Reshape, Transpose, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Clip, Constant, Identity):
+        registry.add(op)
