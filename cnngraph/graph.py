@@ -21,7 +21,8 @@ __all__ = ["build_graph", "topological_order", "infer_shapes"]
 
 
 def _resolve_inputs(spec: "Spec", problems: list[Problem]) -> dict[str, list[str]]:
-    """Ordered input ids of each layer; a layer without ``inputs`` takes the previous layer."""
+    """Ordered input ids of each layer; a layer without ``inputs`` takes the previous layer.
+    Layers naming unknown inputs are left out (their problem is already reported)."""
     known = set(spec.inputs) | {l.id for l in spec.layers}
     resolved: dict[str, list[str]] = {}
     prev: str | None = None
@@ -43,7 +44,8 @@ def _resolve_inputs(spec: "Spec", problems: list[Problem]) -> dict[str, list[str
                     f"input '{src}' is neither a layer id nor a model input{did_you_mean(src, known)}",
                     ("layers", layer.index, "inputs") + ((j,) if len(srcs) > 1 or isinstance(
                         spec.data["layers"][layer.index].get("inputs"), list) else ()), layer.id))
-        resolved[layer.id] = [s for s in srcs if s in known]
+        if all(s in known for s in srcs) and (srcs or layer.explicit_inputs):
+            resolved[layer.id] = list(srcs)
         prev = layer.id
     return resolved
 
@@ -56,6 +58,8 @@ def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> 
         g.add_node(name, kind="input", type="input", out_shape=tuple(inp.shape), dtype=inp.dtype,
                    order=-len(spec.inputs) + order)
     resolved = _resolve_inputs(spec, problems)
+    if problems:
+        return g, problems
     for layer in spec.layers:
         op_cls = registry.ops[layer.type]
         g.add_node(layer.id, kind="layer", type=layer.type, op=op_cls(layer.params, layer.id), params=layer.params,

@@ -18,8 +18,15 @@ Path_ = tuple
 Positions = dict  # Path_ -> (line, column)
 
 
+_SAFE_TAGS = {"tag:yaml.org,2002:" + t for t in ("map", "seq", "str", "int", "float", "bool", "null")}
+
+
 def _construct(node: yaml.Node, path: Path_, pos: Positions, file: str | None, problems: list[Problem]) -> Any:
     pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if node.tag not in _SAFE_TAGS:
+        problems.append(Problem(f"YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed: specs are "
+                                f"plain data (read with a safe loader)", _fmt(path), file, *pos[path]))
+        return None
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:

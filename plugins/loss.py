@@ -46,6 +46,13 @@ class CrossEntropy(_Loss):
     type = "cross_entropy"
     Params = CrossEntropyParams
 
+    @classmethod
+    def examples(cls):
+        return [
+            ({}, [(5,), {"shape": (), "dtype": "int64", "high": 5}]),
+            ({"label_smoothing": 0.1, "reduction": "sum"}, [(4,), {"shape": (), "dtype": "int64", "high": 4}]),
+        ]
+
     def infer_shape(self, in_shapes):
         logits, target = in_shapes
         if len(logits) != 1:
@@ -88,6 +95,14 @@ class BinaryCrossEntropy(_Loss):
     type = "binary_cross_entropy"
     Params = LossParams
 
+    @classmethod
+    def examples(cls):
+        return [
+            ({}, [(4,), {"shape": (4,), "low": 0, "high": 1}]),
+            ({"reduction": "sum"}, [(1,), {"shape": (), "low": 0, "high": 1}]),
+        ]
+    grad_inputs = None   # float targets get a gradient too
+
     def infer_shape(self, in_shapes):
         x, t = in_shapes
         if tuple(t) != tuple(x) and not (tuple(x) == (1,) and tuple(t) == ()):
@@ -104,7 +119,9 @@ class BinaryCrossEntropy(_Loss):
 
     def backward(self, ctx, gy):
         x, t = ctx.saved["x"], ctx.saved["t"]
-        return [(sigmoid(x) - t) * self._scale(gy, x.size, x.dtype), None], {}
+        scale = self._scale(gy, x.size, x.dtype)
+        dt = (-x * scale).reshape(ctx.saved["tshape"]) if ctx.need_grad(1) else None
+        return [(sigmoid(x) - t) * scale, dt], {}
 
 
 class MSE(_Loss):
@@ -112,6 +129,11 @@ class MSE(_Loss):
 
     type = "mse"
     Params = LossParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4), (3, 4)]), ({"reduction": "sum"}, [(5,), (5,)])]
+    grad_inputs = None
 
     def infer_shape(self, in_shapes):
         x, t = in_shapes
@@ -127,7 +149,8 @@ class MSE(_Loss):
 
     def backward(self, ctx, gy):
         d = ctx.saved["d"]
-        return [d * self._scale(2 * gy, d.size, d.dtype), None], {}
+        g = d * self._scale(2 * gy, d.size, d.dtype)
+        return [g, -g if ctx.need_grad(1) else None], {}
 
 
 @hookimpl

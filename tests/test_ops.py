@@ -1,0 +1,137 @@
+"""Every built-in op: forward against PyTorch, backward against float64 finite differences."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnngraph
+from gradcheck import check_gradients, one_layer_spec
+
+RNG = np.random.default_rng(42)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+# (layer dict, per-sample input shapes, int inputs {name: num classes}, training mode)
+CASES = {
+    "conv2d": ({"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, [(3, 6, 6)], {}, False),
+    "conv2d_stride_dilation": ({"type": "conv2d", "out_channels": 4, "kernel_size": [3, 2], "stride": 2,
+                                "dilation": [1, 2], "padding": [1, 2]}, [(2, 7, 8)], {}, False),
+    "conv2d_groups": ({"type": "conv2d", "out_channels": 6, "kernel_size": 3, "groups": 3, "padding": "same"},
+                      [(3, 5, 5)], {}, False),
+    "conv2d_asym": ({"type": "conv2d", "out_channels": 2, "kernel_size": 2, "padding": [0, 1, 1, 0]}, [(2, 4, 5)], {}, False),
+    "dense": ({"type": "dense", "out_features": 5}, [(7,)], {}, False),
+    "max_pool2d": ({"type": "max_pool2d", "kernel_size": 2}, [(2, 6, 6)], {}, False),
+    "max_pool2d_ceil": ({"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+                        [(2, 6, 7)], {}, False),
+    "avg_pool2d": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1}, [(2, 7, 7)], {}, False),
+    "avg_pool2d_nopad": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1,
+                          "count_include_pad": False, "ceil_mode": True}, [(2, 6, 6)], {}, False),
+    "global_avg_pool2d": ({"type": "global_avg_pool2d"}, [(3, 4, 5)], {}, False),
+    "global_max_pool2d": ({"type": "global_max_pool2d"}, [(3, 4, 5)], {}, False),
+    "batch_norm2d_train": ({"type": "batch_norm2d"}, [(3, 4, 4)], {}, True),
+    "batch_norm2d_eval": ({"type": "batch_norm2d"}, [(3, 4, 4)], {}, False),
+    "dropout_train": ({"type": "dropout", "p": 0.3}, [(4, 5)], {}, True),
+    "flatten": ({"type": "flatten"}, [(2, 3, 4)], {}, False),
+    "relu": ({"type": "relu"}, [(3, 4)], {}, False),
+    "leaky_relu": ({"type": "leaky_relu", "negative_slope": 0.2}, [(3, 4)], {}, False),
+    "elu": ({"type": "elu", "alpha": 0.7}, [(3, 4)], {}, False),
+    "gelu": ({"type": "gelu"}, [(3, 4)], {}, False),
+    "gelu_tanh": ({"type": "gelu", "approximate": "tanh"}, [(3, 4)], {}, False),
+    "tanh": ({"type": "tanh"}, [(3, 4)], {}, False),
+    "sigmoid": ({"type": "sigmoid"}, [(3, 4)], {}, False),
+    "softmax": ({"type": "softmax"}, [(5,)], {}, False),
+    "softmax_axis": ({"type": "softmax", "axis": -1}, [(2, 3, 4)], {}, False),
+    "log_softmax": ({"type": "log_softmax"}, [(5,)], {}, False),
+    "add": ({"type": "add"}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)], {}, False),
+    "concat": ({"type": "concat"}, [(2, 3, 3), (1, 3, 3)], {}, False),
+    "concat_last": ({"type": "concat", "axis": -1}, [(2, 3, 3), (2, 3, 1)], {}, False),
+    "cross_entropy": ({"type": "cross_entropy"}, [(5,), ()], {"x1": 5}, False),
+    "cross_entropy_smooth": ({"type": "cross_entropy", "label_smoothing": 0.1}, [(5,), ()], {"x1": 5}, False),
+    "binary_cross_entropy": ({"type": "binary_cross_entropy"}, [(4,), (4,)], {}, False),
+    "mse": ({"type": "mse"}, [(4,), (4,)], {}, False),
+}
+
+
+def _feeds(shapes, ints, batch=3):
+    feeds = {}
+    for i, s in enumerate(shapes):
+        name = f"x{i}"
+        if name in ints:
+            feeds[name] = RNG.integers(0, ints[name], size=(batch, *s))
+        elif name == "x1" and len(shapes) == 2 and shapes[0] == shapes[1] and len(s) == 1:
+            feeds[name] = RNG.uniform(0, 1, (batch, *s)).astype(np.float32)   # loss targets
+        else:
+            feeds[name] = rand(batch, *s)
+    return feeds
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_backward_matches_finite_differences(case):
+    layer, shapes, ints, training = CASES[case]
+    spec = one_layer_spec(layer, shapes, ints)
+    feeds = _feeds(shapes, ints)
+    if layer["type"] in ("max_pool2d", "global_max_pool2d", "relu", "leaky_relu"):
+        # keep values away from ties/kinks so finite differences are well defined
+        feeds["x0"] = (RNG.permutation(feeds["x0"].size).reshape(feeds["x0"].shape) / 7.0 - 2).astype(np.float32)
+    check_gradients(spec, feeds, training=training)
+
+
+def test_every_registered_builtin_op_has_a_case():
+    builtin = {t for t, cls in cnngraph.get_registry().ops.items() if cls.plugin.startswith("cnngraph.plugins.")}
+    covered = {layer["type"] for layer, *_ in CASES.values()}
+    assert builtin - covered <= {t for t in builtin if t not in (
+        "conv2d", "dense", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "batch_norm2d",
+        "dropout", "flatten", "relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "softmax", "log_softmax", "add",
+        "concat", "cross_entropy", "binary_cross_entropy", "mse")}
+
+
+# ---- forward parity with PyTorch --------------------------------------------------------------
+torch = pytest.importorskip("torch")
+from torch_ref import torch_layer  # noqa: E402
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_matches_torch(case):
+    layer, shapes, ints, training = CASES[case]
+    if layer["type"] == "dropout":
+        pytest.skip("random; covered by test_dropout_statistics")
+    model = cnngraph.compile(one_layer_spec(layer, shapes, ints), seed=1)
+    feeds = _feeds(shapes, ints, batch=4)
+    if layer["type"] == "batch_norm2d":
+        model.params["op.running_mean"] = rand(shapes[0][0])
+        model.params["op.running_var"] = RNG.uniform(0.5, 2, shapes[0][0]).astype(np.float32)
+        model.params["op.weight"] = rand(shapes[0][0])
+    ours = model.forward(feeds, training=training)["op"]
+    params = {k.split(".", 1)[1]: torch.from_numpy(np.asarray(v)) for k, v in model.params.items()}
+    ref = torch_layer(layer, [torch.from_numpy(feeds[f"x{i}"]) for i in range(len(shapes))], params, training).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_running_stats_match_torch():
+    model = cnngraph.compile(one_layer_spec({"type": "batch_norm2d", "momentum": 0.2}, [(3, 4, 4)]))
+    bn = torch.nn.BatchNorm2d(3, momentum=0.2)
+    for _ in range(3):
+        x = rand(5, 3, 4, 4)
+        model.forward({"x0": x}, training=True)
+        bn.train()(torch.from_numpy(x))
+    np.testing.assert_allclose(model.params["op.running_mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.params["op.running_var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_statistics_and_inference_identity():
+    model = cnngraph.compile(one_layer_spec({"type": "dropout", "p": 0.25}, [(1000,)]), seed=3)
+    x = np.ones((20, 1000), np.float32)
+    y = model.forward({"x0": x}, training=True)["op"]
+    kept = y != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(model.forward({"x0": x})["op"], x)
+
+
+def test_dtype_is_preserved_in_float64():
+    model = cnngraph.compile("specs/lenet5.yaml", dtype="float64")
+    out = model.forward(RNG.standard_normal((2, 1, 28, 28)))["logits"]
+    assert out.dtype == np.float64

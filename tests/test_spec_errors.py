@@ -1,0 +1,209 @@
+"""Every class of spec error: located (file:line:column, spec path, layer id) with expected vs found."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cnngraph
+from cnngraph import SpecError
+
+
+def load(tmp_path, text, name="net.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    return info.value, str(path)
+
+
+HEAD = """\
+name: t
+inputs:
+  image: {shape: [1, 8, 8]}
+layers:
+"""
+
+
+def test_unknown_key_with_suggestion(tmp_path):
+    err, path = load(tmp_path, HEAD + """\
+  - {id: c1, type: conv2d, out_channels: 4, kernal_size: 3}
+outputs: [c1]
+""")
+    msgs = [p.format() for p in err.problems]
+    unknown = [p for p in err.problems if "kernal_size" in p.message][0]
+    assert unknown.line == 5 and unknown.column == 45
+    assert "did you mean 'kernel_size'" in unknown.message
+    assert unknown.path == "layers[0].kernal_size" and unknown.layer == "c1"
+    assert any("missing required key 'kernel_size'" in m for m in msgs)
+    assert f"{path}:5:" in str(err)
+
+
+def test_unknown_op_type_with_suggestion(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: c1, type: conv2, out_channels: 4, kernel_size: 3}
+outputs: [c1]
+""")
+    (p,) = err.problems
+    assert "unknown op type 'conv2'" in p.message and "did you mean 'conv2d'" in p.message
+    assert (p.line, p.path, p.layer) == (5, "layers[0].type", "c1")
+
+
+def test_dangling_input_with_suggestion(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: conv1, type: conv2d, out_channels: 4, kernel_size: 3}
+  - {id: act, type: relu, inputs: conv_1}
+outputs: [act]
+""")
+    (p,) = err.problems
+    assert "input 'conv_1' is neither a layer id nor a model input" in p.message
+    assert "did you mean 'conv1'" in p.message and p.line == 6 and p.layer == "act"
+
+
+def test_duplicate_ids(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: a, type: relu}
+  - {id: a, type: tanh}
+outputs: [a]
+""")
+    (p,) = err.problems
+    assert "duplicate layer id 'a'" in p.message and "layers[0]" in p.message and p.line == 6
+
+
+def test_cycle_is_named(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: a, type: add, inputs: [image, c]}
+  - {id: b, type: relu, inputs: a}
+  - {id: c, type: relu, inputs: b}
+outputs: [c]
+""")
+    (p,) = err.problems
+    assert "cycle" in p.message and "a -> b -> c -> a" in p.message
+
+
+@pytest.mark.parametrize("field,value,expect", [
+    ("out_channels", "four", "valid integer"),
+    ("out_channels", 0, "greater than or equal to 1"),
+    ("kernel_size", [3, 3, 3], "expected an integer >= 1 or a list [h, w]"),
+    ("padding", "full", "expected 'same', 'valid'"),
+    ("bias", "maybe", "valid boolean"),
+])
+def test_wrong_types_and_ranges(tmp_path, field, value, expect):
+    layer = {"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, field: value}
+    spec = {"inputs": {"image": {"shape": [1, 8, 8]}}, "layers": [layer], "outputs": ["c1"]}
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(spec)
+    (p,) = info.value.problems
+    assert p.path == f"layers[0].{field}" and expect in p.message and p.layer == "c1"
+    assert repr(value) in p.message or str(value) in p.message
+
+
+def test_shape_mismatch_in_add(tmp_path):
+    err, _ = load(tmp_path, """\
+inputs:
+  image: {shape: [3, 8, 8]}
+layers:
+  - {id: a, type: conv2d, out_channels: 16, kernel_size: 3, padding: 1}
+  - {id: b, type: conv2d, out_channels: 32, kernel_size: 3, padding: 1, inputs: image}
+  - {id: sum, type: add, inputs: [a, b]}
+outputs: [sum]
+""")
+    (p,) = err.problems
+    assert "(16, 8, 8) and (32, 8, 8)" in p.message and p.layer == "sum" and p.line == 6
+
+
+def test_kernel_larger_than_padded_input(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: big, type: conv2d, out_channels: 2, kernel_size: 11, padding: 1}
+outputs: [big]
+""")
+    (p,) = err.problems
+    assert "kernel extent 11" in p.message and "padded input H=10" in p.message and p.layer == "big"
+
+
+def test_dense_on_4d_needs_flatten(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: fc, type: dense, out_features: 10}
+outputs: [fc]
+""")
+    (p,) = err.problems
+    assert "add a flatten layer" in p.message and "(1, 8, 8)" in p.message
+
+
+def test_every_problem_is_collected(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: c1, type: conv2d, out_channels: -1, kernel_size: 3}
+  - {id: c2, type: pool, kernel_size: 2}
+  - {id: c3, type: relu, colour: red}
+outputs: [c3]
+""")
+    assert len(err.problems) == 3
+    assert [p.layer for p in err.problems] == ["c1", "c2", "c3"]
+
+
+def test_shape_error_does_not_cascade(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: fc, type: dense, out_features: 10}
+  - {id: act, type: relu}
+  - {id: out, type: dense, out_features: 2}
+outputs: [out]
+""")
+    assert len(err.problems) == 1
+
+
+def test_bad_yaml_syntax_is_located(tmp_path):
+    err, path = load(tmp_path, "inputs: {image: {shape: [1, 8, 8]}\nlayers: [\n")
+    (p,) = err.problems
+    assert "not valid YAML" in p.message and p.line is not None and p.file == path
+
+
+def test_unsafe_yaml_tags_are_refused(tmp_path):
+    err, _ = load(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\n" + HEAD[8:] +
+                  "  - {id: a, type: relu}\noutputs: [a]\n")
+    assert "python/object" in str(err)
+
+
+def test_missing_file_and_wrong_top_level(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        cnngraph.load_spec(tmp_path / "nope.yaml")
+    err, _ = load(tmp_path, "- just\n- a list\n")
+    assert "expected a mapping" in err.problems[0].message
+
+
+def test_unknown_top_level_key_and_missing_outputs(tmp_path):
+    err, _ = load(tmp_path, HEAD + "  - {id: a, type: relu}\noutput: [a]\n")
+    msgs = " | ".join(p.message for p in err.problems)
+    assert "unknown key 'output' (did you mean 'outputs'?)" in msgs and "missing required key 'outputs'" in msgs
+
+
+def test_dangling_output(tmp_path):
+    err, _ = load(tmp_path, HEAD + "  - {id: a, type: relu}\noutputs: [b]\n")
+    assert "output 'b' is not a layer id" in err.problems[0].message
+
+
+def test_json_spec_is_accepted_and_located(tmp_path):
+    path = tmp_path / "net.json"
+    path.write_text('{"inputs": {"x": {"shape": [4]}},\n "layers": [{"id": "fc", "type": "dense", "out_features": 0}],\n'
+                    ' "outputs": ["fc"]}\n')
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    (p,) = info.value.problems
+    assert p.line == 2 and p.path == "layers[0].out_features"
+    path.write_text('{"inputs": {"x": {"shape": [4]}}, "layers": [{"id": "fc", "type": "dense", "out_features": 3}],'
+                    ' "outputs": ["fc"]}')
+    assert cnngraph.load_spec(path).graph.nodes["fc"]["out_shape"] == (3,)
+
+
+def test_cli_validate_exit_codes_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HEAD + "  - {id: c1, type: conv2d, out_channels: 4, kernal_size: 3}\noutputs: [c1]\n")
+    run = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", "specs/lenet5.yaml", str(bad)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "OK   specs/lenet5.yaml" in run.stdout and f"FAIL {bad}" in run.stdout
+    assert f"{bad}:5:45:" in run.stdout and "Traceback" not in run.stdout + run.stderr
+    ok = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", "specs/lenet5.yaml"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0

@@ -1,0 +1,88 @@
+"""Reference implementations in PyTorch: one layer, or a whole compiled cnngraph graph."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import cnngraph
+from cnngraph.graph import topological_order
+
+F = torch.nn.functional
+
+
+def torch_layer(layer, t, p, training=False):
+    """Apply one cnngraph layer (spec dict) with PyTorch to torch tensors ``t`` and params ``p``."""
+    t = list(t)
+    typ = layer["type"]
+    if typ == "conv2d":
+        pad = layer.get("padding", 0)
+        if isinstance(pad, (list, tuple)) and len(pad) == 4:
+            top, bottom, left, right = pad
+            t[0] = F.pad(t[0], (left, right, top, bottom))
+            pad = 0
+        return F.conv2d(t[0], p["weight"], p.get("bias"), layer.get("stride", 1), pad, layer.get("dilation", 1),
+                        layer.get("groups", 1))
+    if typ == "dense":
+        return F.linear(t[0], p["weight"], p.get("bias"))
+    if typ == "max_pool2d":
+        return F.max_pool2d(t[0], layer["kernel_size"], layer.get("stride"), layer.get("padding", 0),
+                            ceil_mode=layer.get("ceil_mode", False))
+    if typ == "avg_pool2d":
+        return F.avg_pool2d(t[0], layer["kernel_size"], layer.get("stride"), layer.get("padding", 0),
+                            ceil_mode=layer.get("ceil_mode", False),
+                            count_include_pad=layer.get("count_include_pad", True))
+    if typ == "global_avg_pool2d":
+        return t[0].mean(dim=(2, 3), keepdim=True)
+    if typ == "global_max_pool2d":
+        return t[0].amax(dim=(2, 3), keepdim=True)
+    if typ == "batch_norm2d":
+        return F.batch_norm(t[0], p["running_mean"].clone(), p["running_var"].clone(), p["weight"], p["bias"],
+                            training=training, momentum=layer.get("momentum", 0.1), eps=layer.get("eps", 1e-5))
+    if typ == "flatten":
+        return torch.flatten(t[0], 1)
+    simple = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+    if typ in simple:
+        return simple[typ](t[0])
+    if typ == "leaky_relu":
+        return F.leaky_relu(t[0], layer["negative_slope"])
+    if typ == "elu":
+        return F.elu(t[0], layer["alpha"])
+    if typ == "gelu":
+        return F.gelu(t[0], approximate=layer.get("approximate", "none"))
+    if typ == "softmax":
+        return F.softmax(t[0], dim=layer.get("axis", 1))
+    if typ == "log_softmax":
+        return F.log_softmax(t[0], dim=layer.get("axis", 1))
+    if typ == "add":
+        return sum(t[1:], t[0])
+    if typ == "concat":
+        return torch.cat(t, dim=layer.get("axis", 1))
+    if typ == "cross_entropy":
+        return F.cross_entropy(t[0], t[1], label_smoothing=layer.get("label_smoothing", 0.0))
+    if typ == "binary_cross_entropy":
+        return F.binary_cross_entropy_with_logits(t[0], t[1])
+    if typ == "mse":
+        return F.mse_loss(t[0], t[1])
+    if typ == "dropout":
+        return t[0]
+    raise NotImplementedError(typ)
+
+
+def torch_graph(model: "cnngraph.Model", feeds: dict, training: bool = False):
+    """Run ``model``'s graph with PyTorch ops on copies of its parameters (float64 leaf tensors).
+
+    Returns (outputs dict, params dict of leaf tensors, input leaf tensors)."""
+    g = model.graph
+    leaves = {k: torch.tensor(np.asarray(v), dtype=torch.float64, requires_grad=k in model.trainable_names)
+              for k, v in model.params.items()}
+    env = {k: torch.tensor(np.asarray(v), dtype=torch.float64, requires_grad=True) for k, v in feeds.items()}
+    inputs = dict(env)
+    for node in topological_order(g):
+        attrs = g.nodes[node]
+        if attrs["kind"] != "layer":
+            continue
+        layer = {"type": attrs["type"], **attrs["params"].model_dump()}
+        local = {k.split(".", 1)[1] if k.startswith(node + ".") else k: v for k, v in leaves.items()
+                 if k.rsplit(".", 1)[0] == node}
+        env[node] = torch_layer(layer, [env[s] for s in attrs["inputs"]], local, training)
+    return {o: env[o] for o in g.graph["outputs"]}, leaves, inputs
