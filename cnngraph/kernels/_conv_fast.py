@@ -19,6 +19,7 @@ from ._parallel import n_workers, run_parallel, scratch, split_chunks
 __all__ = ["FastConv"]
 
 _CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
+TRANSPOSED_DX = True       # stride-1 dx as a convolution of gy (else: GEMM + col2im scatter-add)
 
 
 class FastConv:
@@ -122,10 +123,31 @@ class FastConv:
         run_parallel(work, self.chunks)
         return y
 
+    def _transposed(self):
+        """For stride 1 with pads <= (k-1)*dilation: the convolution computing dx from gy (zero-padded
+        by the complementary amounts, flipped kernel), so dx costs one more forward instead of a
+        col2im scatter-add; None otherwise."""
+        if not (self.flat and TRANSPOSED_DX):
+            return None
+        (dh, dw), (top, bottom, left, right) = self.dilation, self.padding
+        eh, ew = (self.kh - 1) * dh, (self.kw - 1) * dw
+        pads = (eh - top, eh - bottom, ew - left, ew - right)
+        # Worth it only if gy's columns are no bigger than the dcols the scatter path would build
+        # (fails e.g. for LeNet's 5x5 valid conv, where gy needs 4 pixels of zero padding).
+        if min(pads) < 0 or self.O * self.H * (self.Wo + pads[2] + pads[3]) > self.C * self.Lq:
+            return None
+        return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
+                        (1, 1), pads, self.dilation, (self.H, self.W), self.dtype)
+
     def backward(self, gy, x, w, need_dx):
         """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
-        dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
+        dx = None
+        if need_dx and (tconv := self._transposed()) is not None:
+            dx = tconv.forward(gy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), None)
+            need_dx = False
+        elif need_dx:
+            dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype)
         top, _, left, _ = self.padding
 
         def work(chunks):

@@ -1,6 +1,7 @@
 """Max and average 2-D pooling kernels, NCHW, forward and backward.
 
-Semantics follow PyTorch (``max_pool2d``/``avg_pool2d``) for symmetric padding, including
+NumPy inputs whose windows tile the input exactly (the usual 2x2/2 pooling) take the
+``_pool_fast`` path. Semantics follow PyTorch (``max_pool2d``/``avg_pool2d``) for symmetric padding, including
 ``ceil_mode`` and ``count_include_pad``; asymmetric padding follows ONNX. Every kernel loops only over
 the kh*kw window offsets; each offset is one strided view of the padded input.
 """
@@ -9,12 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import xp_of
+from . import _pool_fast
 
 __all__ = [
     "pool_output_size",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",
 ]
+
+
+_TILED = "tiled"   # marks a ``saved`` from the _pool_fast path
 
 
 def pool_output_size(size, k, s, pad_before, pad_after, dilation, ceil_mode):
@@ -90,6 +95,9 @@ class _Geom:
 def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode, save):
     """Max pooling. Padding behaves as -inf. Returns ``(y, saved)``; ``saved`` is None unless ``save``."""
     xp = xp_of(x)
+    if xp is np and _pool_fast.tiles_exactly(x.shape, kernel, stride, padding, dilation):
+        y, idx = _pool_fast.max_forward(x, tuple(kernel), save)
+        return y, ((_TILED, tuple(kernel), idx) if save else None)
     g = _Geom(x.shape, kernel, stride, padding, dilation, ceil_mode)
     xpad = g.padded(x, -np.inf)
     y = idx = None
@@ -109,6 +117,8 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode, save):
 
 def max_pool2d_backward(gy, saved):
     """Gradient of max pooling: each output gradient goes to its window's (first) argmax."""
+    if saved[0] is _TILED:
+        return _pool_fast.max_backward(np.asarray(gy), saved[2], saved[1])
     g, idx = saved
     xp = xp_of(gy)
     dpad = g.zeros_padded(gy)
@@ -137,6 +147,9 @@ def _avg_divisor(g, count_include_pad, xp, dtype):
 def avg_pool2d_forward(x, kernel, stride, padding, ceil_mode, count_include_pad, save):
     """Average pooling; zero padding, divisor per ``count_include_pad``. Returns ``(y, saved)``."""
     xp = xp_of(x)
+    if xp is np and _pool_fast.tiles_exactly(x.shape, kernel, stride, padding, (1, 1)):
+        y = _pool_fast.avg_forward(x, tuple(kernel))
+        return y, ((_TILED, tuple(kernel)) if save else None)
     g = _Geom(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
     xpad = g.padded(x, 0)
     y = None
@@ -153,6 +166,8 @@ def avg_pool2d_forward(x, kernel, stride, padding, ceil_mode, count_include_pad,
 
 def avg_pool2d_backward(gy, saved):
     """Gradient of average pooling: each output gradient spread evenly over its window."""
+    if saved[0] is _TILED:
+        return _pool_fast.avg_backward(np.asarray(gy), saved[1])
     g, div = saved
     gs = gy / div
     dpad = g.zeros_padded(gy)

@@ -172,3 +172,43 @@ def test_backward_finite_differences(cfg):
 ])
 def test_pool_output_size(args, expected):
     assert pool_output_size(*args) == expected
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_tiled_fast_path_matches_generic(threads, monkeypatch):
+    """The tiled fast path (tiny chunks, serial/threaded) agrees with the generic window loop."""
+    from cnngraph.kernels import _pool_fast, pool
+    monkeypatch.setattr(_pool_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    x = rand((5, 3, 6, 9), np.float32, 9)
+    x[0, 0, :2, :3] = 1.0   # ties
+    k = (2, 3)
+    monkeypatch.setattr(_pool_fast, "tiles_exactly", lambda *a: False)
+    ym_ref, sm_ref = max_pool2d_forward(x, k, k, (0,) * 4, (1, 1), False, True)
+    ya_ref, sa_ref = avg_pool2d_forward(x, k, k, (0,) * 4, False, True, True)
+    monkeypatch.undo()
+    monkeypatch.setattr(_pool_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    ym, sm = max_pool2d_forward(x, k, k, (0,) * 4, (1, 1), False, True)
+    ya, sa = avg_pool2d_forward(x, k, k, (0,) * 4, False, True, True)
+    assert sm[0] is pool._TILED and sa[0] is pool._TILED
+    np.testing.assert_array_equal(ym, ym_ref)
+    np.testing.assert_allclose(ya, ya_ref, rtol=1e-6)
+    gy = rand(ym.shape, np.float32, 10)
+    np.testing.assert_array_equal(max_pool2d_backward(gy, sm), max_pool2d_backward(gy, sm_ref))
+    np.testing.assert_allclose(avg_pool2d_backward(gy, sa), avg_pool2d_backward(gy, sa_ref), rtol=1e-6)
+
+
+def test_max_pool_nan_like_torch():
+    torch = pytest.importorskip("torch")
+    x = rand((2, 2, 4, 6), np.float32, 11)
+    x[0, 0, 0, 1] = np.nan
+    x[1, 1, 2:, 4:] = np.nan
+    for k, s in [((2, 2), (2, 2)), ((3, 3), (1, 1))]:
+        y, saved = max_pool2d_forward(x, k, s, (0,) * 4, (1, 1), False, True)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = torch.nn.functional.max_pool2d(tx, k, s)
+        np.testing.assert_array_equal(y, ty.detach().numpy())
+        gy = rand(y.shape, np.float32, 12)
+        ty.backward(torch.tensor(gy))
+        np.testing.assert_allclose(max_pool2d_backward(gy, saved), tx.grad.numpy(), rtol=1e-6)
