@@ -1,0 +1,180 @@
+"""Classification metrics on NumPy arrays: accuracy, top-k accuracy, confusion matrix, per-class
+precision / recall / F1, and a streaming accumulator used by the training loop and ``evaluate``.
+
+Conventions
+-----------
+``scores`` are a model output of shape (N, C): logits or probabilities, one column per class.
+A single column (N, 1) is a binary classifier on logits: class 1 when the score is > 0.
+``confusion[i, j]`` counts samples of true class ``i`` predicted as class ``j`` (rows: truth).
+Precision / recall of a class with no predicted / no true samples is undefined; it is reported
+as 0.0 (scikit-learn's ``zero_division=0``) and listed in ``undefined``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["predicted_classes", "accuracy", "top_k_accuracy", "confusion_matrix", "precision_recall",
+           "MetricAccumulator", "format_confusion", "format_per_class"]
+
+
+def _scores(scores) -> np.ndarray:
+    s = np.asarray(scores)
+    if s.ndim != 2:
+        raise ValueError(f"scores must have shape (N, classes), found {s.shape}")
+    return s
+
+
+def _labels(y, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"labels must have shape ({n},), found {y.shape}")
+    return y.astype(np.int64, copy=False)
+
+
+def predicted_classes(scores) -> np.ndarray:
+    """Predicted class per sample: argmax over columns (first one on ties); for one column, score > 0."""
+    s = _scores(scores)
+    if s.shape[1] == 1:
+        return (s[:, 0] > 0).astype(np.int64)
+    return s.argmax(axis=1).astype(np.int64)
+
+
+def accuracy(scores, y) -> float:
+    """Fraction of samples whose predicted class equals the label (nan for no samples)."""
+    s = _scores(scores)
+    y = _labels(y, len(s))
+    return float((predicted_classes(s) == y).mean()) if len(y) else float("nan")
+
+
+def _top_k_hits(s: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    if s.shape[1] == 1:                      # binary: top-1 is the only meaningful ranking
+        return predicted_classes(s) == y if k < 2 else np.ones(len(y), bool)
+    true = s[np.arange(len(y)), y][:, None]
+    # Ties are resolved in the label's favour only as far as argmax would: a sample is a hit when
+    # fewer than k classes score strictly higher than the true class.
+    return (s > true).sum(axis=1) < k
+
+
+def top_k_accuracy(scores, y, k: int) -> float:
+    """Fraction of samples whose label is among the ``k`` highest scores."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, found {k}")
+    s = _scores(scores)
+    y = _labels(y, len(s))
+    return float(_top_k_hits(s, y, k).mean()) if len(y) else float("nan")
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """(C, C) int64 counts, rows = true class, columns = predicted class."""
+    t = np.asarray(y_true, np.int64).ravel()
+    p = np.asarray(y_pred, np.int64).ravel()
+    if len(t) != len(p):
+        raise ValueError(f"y_true has {len(t)} samples, y_pred {len(p)}")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if len(a) and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} holds classes outside [0, {num_classes}): {a.min()}..{a.max()}")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def precision_recall(confusion) -> dict:
+    """Per-class ``precision``, ``recall``, ``f1`` and ``support`` lists from a confusion matrix,
+    their unweighted means (``macro_*``) and ``undefined`` (which class/metric was 0/0)."""
+    cm = np.asarray(confusion, np.float64)
+    tp = np.diag(cm)
+    predicted = cm.sum(axis=0)
+    actual = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        denom = precision + recall
+        f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
+    undefined = [f"precision[{i}]" for i in np.flatnonzero(predicted == 0)] + \
+                [f"recall[{i}]" for i in np.flatnonzero(actual == 0)]
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": actual.astype(np.int64).tolist(),
+            "macro_precision": float(precision.mean()) if len(cm) else float("nan"),
+            "macro_recall": float(recall.mean()) if len(cm) else float("nan"),
+            "macro_f1": float(f1.mean()) if len(cm) else float("nan"),
+            "undefined": undefined}
+
+
+@dataclass
+class MetricAccumulator:
+    """Streams batches of (scores, labels, batch loss) and reports epoch-level metrics.
+
+    ``add(scores, y, loss_sum)`` takes the *sum* of the per-sample losses of the batch (the loss
+    op's mean times the batch size). ``result(prefix)`` gives ``{prefix}loss``, ``{prefix}accuracy``,
+    ``{prefix}top{k}_accuracy`` (when ``top_k`` > 1); with ``num_classes`` set the confusion matrix
+    is accumulated too (``confusion()``, ``per_class()``).
+    """
+
+    top_k: int = 1
+    num_classes: int | None = None
+    count: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    top_k_correct: int = 0
+    _cm: np.ndarray | None = field(default=None, repr=False)
+
+    def add(self, scores, y, loss_sum: float | None = None) -> None:
+        s = _scores(scores)
+        y = _labels(y, len(s))
+        pred = predicted_classes(s)
+        self.count += len(y)
+        if loss_sum is not None:
+            self.loss_sum += float(loss_sum)
+        self.correct += int((pred == y).sum())
+        if self.top_k > 1:
+            self.top_k_correct += int(_top_k_hits(s, y, self.top_k).sum())
+        if self.num_classes is not None:
+            cm = confusion_matrix(y, pred, self.num_classes)
+            self._cm = cm if self._cm is None else self._cm + cm
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count if self.count else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        out = {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}
+        if self.top_k > 1:
+            out[f"{prefix}top{self.top_k}_accuracy"] = self.top_k_correct / self.count if self.count else float("nan")
+        return out
+
+    def confusion(self) -> np.ndarray:
+        if self.num_classes is None:
+            raise ValueError("MetricAccumulator(num_classes=None) does not keep a confusion matrix")
+        return self._cm if self._cm is not None else np.zeros((self.num_classes,) * 2, np.int64)
+
+    def per_class(self) -> dict:
+        return precision_recall(self.confusion())
+
+
+def format_per_class(report: dict, classes: Sequence[str]) -> str:
+    """A text table: class, precision, recall, f1, support."""
+    width = max([len(str(c)) for c in classes] + [5])
+    lines = [f"{'class'.ljust(width)}  precision  recall     f1  support"]
+    for i, name in enumerate(classes):
+        lines.append(f"{str(name).ljust(width)}  {report['precision'][i]:9.4f}  {report['recall'][i]:6.4f}  "
+                     f"{report['f1'][i]:5.4f}  {report['support'][i]:7d}")
+    lines.append(f"{'macro'.ljust(width)}  {report['macro_precision']:9.4f}  {report['macro_recall']:6.4f}  "
+                 f"{report['macro_f1']:5.4f}  {sum(report['support']):7d}")
+    return "\n".join(lines)
+
+
+def format_confusion(cm, classes: Sequence[str]) -> str:
+    """The confusion matrix as text (rows: true class, columns: predicted class)."""
+    cm = np.asarray(cm)
+    names = [str(c) for c in classes]
+    cell = max([len(n) for n in names] + [len(str(int(cm.max()))) if cm.size else 1, 3])
+    head = "true\\pred".ljust(max(cell, 9)) + " " + " ".join(n.rjust(cell) for n in names)
+    lines = [head]
+    for i, n in enumerate(names):
+        lines.append(n.ljust(max(cell, 9)) + " " + " ".join(str(int(v)).rjust(cell) for v in cm[i]))
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Per-epoch progress output of the training loop.
+
+On a terminal (``stream.isatty()``) a bar is redrawn in place at most ``refresh`` times a second
+with the running loss, accuracy and images/s, and replaced by the epoch's summary line at the end.
+Anywhere else (logs, pipes, CI) exactly one line is written per epoch. ``quiet`` writes nothing.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+__all__ = ["EpochProgress", "format_epoch"]
+
+
+
+def _short(key: str) -> str:
+    return key.replace("accuracy", "acc")
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    """One summary line for a history row, e.g.
+    ``epoch  3/20  loss 0.1234 acc 0.9650 | val_loss 0.0812 val_acc 0.9777 | lr 0.04500  3,421 img/s  0.3s``."""
+    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}",
+             f"loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"]
+    val = [f"{_short(k)} {v:.4f}" for k, v in row.items() if k.startswith("val_") and v is not None]
+    if val:
+        parts.append("| " + " ".join(val))
+    parts.append(f"| lr {row['lr']:.5g}")
+    parts.append(f"{row['images_per_second']:,.0f} img/s")
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+class EpochProgress:
+    """Progress of one epoch: ``update`` after each step, ``finish(row)`` at the end."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO | None = None, quiet: bool = False,
+                 refresh: float = 10.0, tty: bool | None = None):
+        self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        if tty is None:
+            try:
+                tty = bool(self.stream.isatty())
+            except (AttributeError, ValueError):
+                tty = False
+        self.tty = tty and not quiet
+        self.min_interval = 1.0 / refresh
+        self.start = time.perf_counter()
+        self._last_draw = 0.0
+        self._width = 0
+        self.step = 0
+        self.images = 0
+        self.loss_sum = 0.0
+        self.correct = 0
+
+    def update(self, images: int, loss_sum: float, correct: int) -> None:
+        self.step += 1
+        self.images += images
+        self.loss_sum += loss_sum
+        self.correct += correct
+        if not self.tty:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw < self.min_interval and self.step < self.steps:
+            return
+        self._last_draw = now
+        frac = self.step / max(self.steps, 1)
+        bar = "#" * int(frac * 24)
+        rate = self.images / max(now - self.start, 1e-9)
+        text = (f"epoch {self.epoch}/{self.epochs} [{bar:<24}] {self.step}/{self.steps}  "
+                f"loss {self.loss_sum / max(self.images, 1):.4f} acc {self.correct / max(self.images, 1):.4f}  "
+                f"{rate:,.0f} img/s")
+        self._write("\r" + text.ljust(self._width))
+        self._width = len(text)
+
+    def finish(self, row: dict) -> None:
+        if self.quiet:
+            return
+        line = format_epoch(row, self.epochs)
+        if self.tty:
+            self._write("\r" + line.ljust(self._width) + "\n")
+        else:
+            self._write(line + "\n")
+
+    def clear(self) -> None:
+        """End an unfinished bar line (before printing a message mid-epoch)."""
+        if self.tty and self._width:
+            self._write("\n")
+            self._width = 0
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # closed pipe / stream: progress is best effort
+            pass
