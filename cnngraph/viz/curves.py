@@ -34,6 +34,7 @@ def _series(history: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path:
     """Write ``path`` (PNG): loss (left) and accuracy (right) per epoch, train vs validation."""
+    from matplotlib.ticker import MaxNLocator
     path = Path(path)
     fig = _figure(10, 4)
     for i, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
@@ -43,6 +44,7 @@ def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path
             if xs:
                 ax.plot(xs, ys, style, markersize=3, label="train" if split == "train" else "validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         if ax.lines:

@@ -1,0 +1,263 @@
+"""train, evaluate, predict."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, CnnGraphError, DataError
+from .common import add_spec_options, load_spec_args
+
+__all__ = ["register"]
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    import argparse
+    import math
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, found {text}")
+    return v
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the network as its train: section says (flags override it)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--epochs", type=_positive_int, help="total number of epochs (overrides train.epochs)")
+    p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (overrides train.batch_size)")
+    p.add_argument("--lr", type=_positive_float, help="base learning rate (overrides train.optimizer.lr)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<spec name>/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a run folder or checkpoint) bit-for-bit")
+    p.add_argument("--data", metavar="NAME[:PATH]",
+                   help="dataset override: a name (digits) or name:path (mnist:/data/mnist, npz:file.npz)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, help="seed of weights, shuffling, augmentation and dropout (overrides train.seed)")
+    p.add_argument("--profile", action="store_true", help="print where the training time went")
+    p.add_argument("--quiet", action="store_true", help="print only the final result")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test metrics, per-class precision/recall and the confusion matrix of a checkpoint")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="run folder, its checkpoint/ folder, or a best/ or last/ checkpoint")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default best)")
+    p.add_argument("--data", metavar="NAME[:PATH]", help="dataset override (default: the one it was trained on)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (default test)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--out", metavar="DIR", help="folder for confusion.png (default: the run folder of the checkpoint)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy batches with a trained checkpoint")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".png/.jpg/.jpeg images or .npy arrays")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="run folder, its checkpoint/ folder, or a best/ or last/ checkpoint")
+    p.add_argument("--which", choices=("best", "last"), default="best")
+    p.add_argument("--invert", action="store_true",
+                   help="images are dark ink on a light background (the digits/MNIST data are light on dark)")
+    p.add_argument("--top", type=_positive_int, default=3, help="probabilities to show per input (default 3)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_predict)
+
+
+# --------------------------------------------------------------------------- train
+
+def cmd_train(args) -> int:
+    from ..train.loop import train
+    spec = load_spec_args(args, args.spec)
+    try:
+        hist = train(spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out,
+                     resume=args.resume, data=args.data, device=args.device, seed=args.seed, quiet=args.quiet,
+                     profile=args.profile, allow_plugins=args.allow_plugins)
+    except KeyboardInterrupt:
+        return 130      # the loop said what was kept and how to resume
+    s = hist.summary
+    parts = [f"{spec.name}: {s['epochs_run']} epochs ({s['stopped'].replace('_', ' ')})"]
+    if s.get("test_accuracy") is not None:
+        parts.append(f"test accuracy {s['test_accuracy']:.4f}, test loss {s['test_loss']:.4f} "
+                     f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
+    parts.append(f"{s['train_seconds']:.1f}s, {s['images_per_second'] or 0:,.0f} images/s")
+    print("; ".join(parts))
+    print(f"wrote {hist.out}/ (checkpoint/, metrics.json, history.csv, curves.png)")
+    return 0
+
+
+# --------------------------------------------------------------------------- shared
+
+def _load_checkpointed_model(args, spec):
+    """Model of ``spec`` with the checkpoint's weights; returns (model, checkpoint dir, meta)."""
+    from ..model import Model
+    from ..train.checkpoint import load_checkpoint
+    from ..train.loop import resolve_checkpoint, spec_differences
+    ckdir = resolve_checkpoint(args.checkpoint, prefer=args.which)
+    ck = load_checkpoint(ckdir)
+    saved = ck.meta.get("spec")
+    if isinstance(saved, dict):
+        diff = spec_differences(saved, spec.to_dict())
+        if diff:
+            raise CheckpointError(f"{ckdir}: the checkpoint was trained from a different network than "
+                                  f"{args.spec}:\n  " + "\n  ".join(diff))
+    model = Model(spec, device=args.device)
+    try:
+        model.load_params(ck.arrays)
+    except CnnGraphError as exc:
+        raise CheckpointError(f"{ckdir}: {exc}") from None
+    return model, ckdir, ck.meta
+
+
+def _input_of(spec) -> tuple[str, tuple]:
+    if len(spec.inputs) != 1:
+        raise CnnGraphError(f"this command feeds one image input; spec '{spec.name}' has inputs "
+                            f"{', '.join(spec.inputs)}")
+    name, inp = next(iter(spec.inputs.items()))
+    if len(inp.shape) != 3:
+        raise CnnGraphError(f"this command needs an image input of shape (C, H, W); input '{name}' has "
+                            f"shape {tuple(inp.shape)}")
+    return name, tuple(inp.shape)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def cmd_evaluate(args) -> int:
+    from ..train.data import DataConfig, load_dataset
+    from ..train.loop import _clean, _run_folder_of, _train_spec, evaluate_arrays, parse_data_arg, prepare_loss
+    from ..train.metrics import format_confusion, format_per_class
+    from ..viz.curves import plot_confusion
+    spec = load_spec_args(args, args.spec)
+    name, shape = _input_of(spec)
+    model, ckdir, meta = _load_checkpointed_model(args, spec)
+    ts, _ = _train_spec(spec)
+    settings = meta.get("settings") or {}
+    base = DataConfig.model_validate(settings["data"]) if "data" in settings else ts.data
+    cfg = parse_data_arg(args.data, base)
+    stats = meta.get("dataset") or {}
+    if stats.get("mean") is not None and stats.get("std") is not None:
+        # Normalise exactly as training did, whatever data is evaluated.
+        cfg = cfg.model_copy(update={"normalize": {"mean": stats["mean"], "std": stats["std"]}})
+        cfg = DataConfig.model_validate(cfg.model_dump())
+    ds = load_dataset(cfg, shape, seed=int(settings.get("seed", ts.seed)), base_dir=spec.base_dir)
+    x, y = getattr(ds, args.split)
+    if len(y) == 0:
+        raise DataError(f"dataset '{cfg.dataset}' ({ds.source}) has an empty {args.split} split; choose another "
+                        f"with --split, or set train.data.test_fraction / val_fraction to carve one")
+    classes = list(stats.get("classes") or ds.classes)
+    if len(classes) != ds.num_classes:
+        raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
+                        f"{ds.num_classes}")
+    loss = prepare_loss(spec, ts, ds.num_classes)
+    n_cls = max(ds.num_classes, 2) if loss.units == 1 else ds.num_classes
+    acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=ts.top_k, num_classes=n_cls)
+    cm = acc.confusion()
+    report = acc.per_class()
+    result = _clean({**acc.result(f"{args.split}_"), "samples": int(len(y)), "per_class": report,
+                     "confusion": cm.tolist(), "classes": classes, "checkpoint": str(ckdir),
+                     "epoch": meta.get("epoch")})
+    out_dir = Path(args.out) if args.out else _run_folder_of(ckdir)
+    png = plot_confusion(cm, classes, out_dir / "confusion.png",
+                         title=f"{spec.name} ({args.split}): accuracy {acc.accuracy:.4f}")
+    result["confusion_png"] = str(png)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{spec.name}: checkpoint {ckdir}" + (f" (epoch {meta['epoch']})" if meta.get("epoch") else ""))
+    print(f"{args.split} split of {ds.source}: {len(y)} images")
+    for k, v in acc.result(f"{args.split}_").items():
+        print(f"  {k:<22} {v:.4f}")
+    print()
+    print(format_per_class(report, classes))
+    print()
+    print("confusion matrix (rows: true class, columns: predicted)")
+    print(format_confusion(cm, classes))
+    print(f"\nwrote {png}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+def _probabilities(scores: np.ndarray, loss_type: str | None) -> np.ndarray:
+    s = scores.astype(np.float64)
+    if s.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-s[:, 0]))
+        return np.stack([1 - p, p], axis=1)
+    if loss_type == "binary_cross_entropy":
+        return 1.0 / (1.0 + np.exp(-s))
+    if loss_type == "mse":   # scores are regressed one-hot vectors: report them clipped, not softmaxed
+        return np.clip(s, 0.0, 1.0)
+    z = s - s.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cmd_predict(args) -> int:
+    from ..backend import to_numpy
+    from ..train.data import apply_normalization
+    from ..train.images import read_inputs
+    from ..train.loop import _train_spec
+    spec = load_spec_args(args, args.spec)
+    name, shape = _input_of(spec)
+    model, ckdir, meta = _load_checkpointed_model(args, spec)
+    ts, _ = _train_spec(spec)
+    stats = meta.get("dataset") or {}
+    loss_meta = meta.get("loss") or {}
+    output = loss_meta.get("output") or ts.loss_output or spec.outputs[0]
+    if output not in spec.graph:
+        raise CheckpointError(f"{ckdir}: the checkpoint's output '{output}' is not a layer of {args.spec}")
+    scale = float(stats.get("pixel_scale", 1.0))
+    if stats.get("mean") is None:
+        print(f"note: {ckdir} holds no dataset normalisation (not written by `cnngraph train`); inputs are fed "
+              f"as read, in [0, 1]", file=sys.stderr)
+    labels, parts = [], []
+    for path in args.inputs:
+        x = read_inputs([path], shape, scale=scale, invert=args.invert)
+        parts.append(x)
+        labels += [path] if len(x) == 1 and not path.lower().endswith(".npy") else \
+            [f"{path}[{i}]" for i in range(len(x))]
+    x = np.concatenate(parts)
+    if stats.get("mean") is not None:
+        x = apply_normalization(x, stats["mean"], stats["std"])
+    scores = np.concatenate([to_numpy(model.forward({name: x[i:i + 256]}, outputs=[output])[output])
+                             for i in range(0, len(x), 256)])
+    if scores.ndim != 2:
+        raise CnnGraphError(f"output '{output}' has shape {scores.shape[1:]} per sample; predict expects class scores")
+    probs = _probabilities(scores, loss_meta.get("type") or (ts.loss.type if ts else None))
+    n_cls = probs.shape[1]
+    classes = list(stats.get("classes") or [str(i) for i in range(n_cls)])
+    if len(classes) != n_cls:
+        classes = [str(i) for i in range(n_cls)]
+    results = []
+    for label, p in zip(labels, probs):
+        order = np.argsort(-p, kind="stable")
+        results.append({"input": label, "class": classes[order[0]], "index": int(order[0]),
+                        "probability": float(p[order[0]]),
+                        "probabilities": {classes[i]: float(p[i]) for i in range(n_cls)}})
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return 0
+    width = max(len(r["input"]) for r in results)
+    for r, p in zip(results, probs):
+        order = np.argsort(-p, kind="stable")[:args.top]
+        top = ", ".join(f"{classes[i]} {p[i]:.4f}" for i in order)
+        print(f"{r['input'].ljust(width)}  class {r['class']} ({r['probability']:.4f})  top: {top}")
+    return 0
