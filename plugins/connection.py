@@ -53,6 +53,15 @@ class Conv2d(Op):
     type = "conv2d"
     Params = Conv2dParams
 
+    @classmethod
+    def examples(cls):
+        return [
+            ({"out_channels": 4, "kernel_size": 3, "padding": 1}, [(3, 6, 6)]),
+            ({"out_channels": 4, "kernel_size": [3, 2], "stride": 2, "dilation": [1, 2], "groups": 2,
+              "bias": False}, [(4, 7, 8)]),
+            ({"out_channels": 2, "kernel_size": 4, "padding": "same"}, [(2, 5, 5)]),
+        ]
+
     def pads(self, in_shape):
         p = self.p
         return resolve_padding(p.padding, in_shape[1:], p.kernel_size, p.stride, p.dilation)
@@ -117,6 +126,10 @@ class Dense(Op):
 
     type = "dense"
     Params = DenseParams
+
+    @classmethod
+    def examples(cls):
+        return [({"out_features": 5}, [(7,)]), ({"out_features": 3, "bias": False}, [(4,)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes

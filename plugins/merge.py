@@ -17,6 +17,10 @@ class Add(Op):
     type = "add"
     arity = (2, None)
 
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4, 4), (3, 4, 4)]), ({}, [(5,), (5,), (5,)])]
+
     def infer_shape(self, in_shapes):
         first = in_shapes[0]
         for s in in_shapes[1:]:
@@ -49,6 +53,10 @@ class Concat(Op):
     type = "concat"
     Params = ConcatParams
     arity = (1, None)
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(2, 4, 4), (3, 4, 4)]), ({"axis": -1}, [(2, 3), (2, 5), (2, 1)])]
 
     def _axis(self, ndim):
         return self.p.axis % ndim

@@ -29,6 +29,10 @@ class BatchNorm2d(Op):
     batch_dependent = True
     buffers = ("running_mean", "running_var")
 
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4, 4)]), ({"affine": False, "eps": 0.001}, [(5,)])]
+
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
         if len(shape) not in (1, 3):

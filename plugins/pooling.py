@@ -71,6 +71,14 @@ class MaxPool2d(_Pool2d):
     type = "max_pool2d"
     Params = MaxPoolParams
 
+    @classmethod
+    def examples(cls):
+        return [
+            ({"kernel_size": 2}, [(2, 6, 6)]),
+            ({"kernel_size": 3, "stride": 2, "padding": 1}, [(2, 7, 7)]),
+            ({"kernel_size": 2, "stride": 2, "ceil_mode": True, "dilation": [1, 2]}, [(1, 5, 7)]),
+        ]
+
     def forward(self, ctx, inputs, params):
         k, s, pads, d = self.window()
         y, saved = max_pool2d_forward(inputs[0], k, s, pads, d, self.p.ceil_mode, save=ctx.grad)
@@ -87,6 +95,14 @@ class AvgPool2d(_Pool2d):
     type = "avg_pool2d"
     Params = AvgPoolParams
 
+    @classmethod
+    def examples(cls):
+        return [
+            ({"kernel_size": 2}, [(2, 6, 6)]),
+            ({"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False}, [(2, 7, 7)]),
+            ({"kernel_size": 2, "ceil_mode": True}, [(1, 5, 5)]),
+        ]
+
     def forward(self, ctx, inputs, params):
         k, s, pads, _ = self.window()
         y, saved = avg_pool2d_forward(inputs[0], k, s, pads, self.p.ceil_mode, self.p.count_include_pad,
@@ -99,6 +115,10 @@ class AvgPool2d(_Pool2d):
 
 
 class _GlobalPool(Op):
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({}, [(2, 1, 3)])]
+
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
         if len(shape) != 3:

@@ -20,6 +20,10 @@ class Dropout(Op):
     type = "dropout"
     Params = DropoutParams
 
+    @classmethod
+    def examples(cls):
+        return [({"p": 0.3}, [(3, 4, 4)]), ({"p": 0.0}, [(6,)])]
+
     def forward(self, ctx, inputs, params):
         x, = inputs
         if not ctx.training or self.p.p == 0:

@@ -23,6 +23,10 @@ class Flatten(Op):
     type = "flatten"
     Params = FlattenParams
 
+    @classmethod
+    def examples(cls):
+        return [({}, [(2, 3, 4)]), ({"start_dim": 2}, [(2, 3, 4)]), ({"end_dim": -2}, [(2, 3, 4)])]
+
     def _dims(self, ndim):
         s, e = self.p.start_dim % ndim, self.p.end_dim % ndim
         return s, e
