@@ -30,7 +30,7 @@ class Context:
     a backward pass will follow, so ``save`` keeps arrays only then.
     """
 
-    __slots__ = ("training", "grad", "saved", "rng", "needs_input_grad")
+    __slots__ = ("training", "grad", "saved", "rng", "needs_input_grad", "overwritable")
 
     def __init__(self, training: bool = False, grad: bool = False, rng: np.random.Generator | None = None):
         self.training = training
@@ -39,6 +39,12 @@ class Context:
         self.rng = rng
         # set by the runner before backward: which inputs need a gradient (lets ops skip dx)
         self.needs_input_grad: tuple[bool, ...] | None = None
+        # set by the runner in inference: inputs no one reads afterwards (ops may write into them)
+        self.overwritable: tuple[bool, ...] = ()
+
+    def can_overwrite(self, i: int = 0) -> bool:
+        """Whether input ``i`` may be reused as the output buffer (in-place activation)."""
+        return not self.grad and i < len(self.overwritable) and self.overwritable[i]
 
     def need_grad(self, i: int = 0) -> bool:
         """Whether input ``i`` needs a gradient (True when unknown)."""
@@ -103,6 +109,17 @@ class Op:
     def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:
         """Multiply-adds per sample (0 for data movement)."""
         return 0
+
+    @classmethod
+    def examples(cls) -> list[tuple[dict, list]]:
+        """Sample (params, per-sample input shapes) pairs for ``cnngraph check-op``; [] = generic guess.
+
+        An input shape is a tuple (random float input) or a dict ``{"shape": (), "dtype": "int64",
+        "high": 10}`` (integer targets in [0, high)) / ``{"shape": (4,), "low": 0, "high": 1}``
+        (floats drawn from a range). Integer inputs are never differentiated; float inputs are when
+        listed in ``grad_inputs``.
+        """
+        return []
 
     # -- helpers ----------------------------------------------------------------------------
     @classmethod

@@ -38,12 +38,16 @@ def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Calla
                 training: bool, grad: bool, rng, on_output: Callable | None = None) -> tuple[dict, Tape | None]:
     """Run the plan on ``env`` (model inputs by name). Returns (outputs, tape or None)."""
     tape = Tape(plan) if grad else None
-    for step in plan.steps:
+    protected = set(plan.inputs) | set(plan.outputs)   # the caller's arrays and the results
+    for i, step in enumerate(plan.steps):
         node = step.node
         attrs = g.nodes[node]
         op = attrs["op"]
         xs = [env[s] for s in step.inputs]
         ctx = Context(training=training, grad=grad, rng=rng)
+        if not grad:
+            ctx.overwritable = tuple(plan.last_use[s] == i and s not in protected and step.inputs.count(s) == 1
+                                     for s in step.inputs)
         try:
             y = op.forward(ctx, xs, params_of(node))
         except CnnGraphError:

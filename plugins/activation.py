@@ -33,6 +33,10 @@ def erf(x):
 class _Elementwise(Op):
     """Shape-preserving op; FLOPs counted as one per element."""
 
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({}, [(7,)])]
+
     def flops(self, in_shapes, out_shape):
         return math.prod(out_shape)
 
@@ -44,7 +48,7 @@ class ReLU(_Elementwise):
 
     def forward(self, ctx: Context, inputs, params):
         x, = inputs
-        y = xp_of(x).maximum(x, 0)
+        y = xp_of(x).maximum(x, 0, out=x if ctx.can_overwrite(0) else None)
         ctx.save(y=y)
         return y
 
@@ -61,6 +65,10 @@ class LeakyReLU(_Elementwise):
 
     type = "leaky_relu"
     Params = LeakyReLUParams
+
+    @classmethod
+    def examples(cls):
+        return [({"negative_slope": 0.2}, [(3, 5, 5)]), ({}, [(7,)])]
 
     def forward(self, ctx, inputs, params):
         x, = inputs
@@ -81,6 +89,10 @@ class ELU(_Elementwise):
 
     type = "elu"
     Params = ELUParams
+
+    @classmethod
+    def examples(cls):
+        return [({"alpha": 0.7}, [(3, 5, 5)]), ({}, [(7,)])]
 
     def forward(self, ctx, inputs, params):
         x, = inputs
@@ -105,6 +117,10 @@ class GELU(_Elementwise):
 
     type = "gelu"
     Params = GELUParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({"approximate": "tanh"}, [(7,)])]
 
     def forward(self, ctx, inputs, params):
         x, = inputs
@@ -167,6 +183,10 @@ class AxisParams(OpParams):
 
 class _AxisOp(_Elementwise):
     Params = AxisParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(4, 3, 3)]), ({"axis": -1}, [(2, 5)]), ({"axis": 2}, [(3, 4, 2)])]
 
     def infer_shape(self, in_shapes):
         from cnngraph.errors import ShapeError

@@ -1,0 +1,156 @@
+"""Graph-level optimisation passes for inference, each a small function on the compiled graph.
+
+- ``prune``: drop layers that reach no requested output.
+- ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/dense before it.
+- ``fuse_activations``: run relu/leaky_relu in place on the output of the conv2d/dense before it.
+
+``optimize_for_inference(model)`` applies all three to a snapshot of the model's parameters and returns
+an :class:`InferenceModel` whose outputs equal ``model.forward(..., training=False)`` to float32 rounding.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+
+from .backend import xp_of
+from .op import Op
+from .runner import run_forward
+from .schedule import make_plan
+
+__all__ = ["prune", "fold_batch_norm", "fuse_activations", "optimize_for_inference", "InferenceModel",
+           "FusedActivation"]
+
+FOLDABLE = ("conv2d", "dense")
+FUSABLE = ("relu", "leaky_relu")
+
+
+def _sole_consumer(g: nx.DiGraph, node: str, outputs: set[str]) -> str | None:
+    succ = list(g.successors(node))
+    if len(succ) != 1 or node in outputs or len(g.edges[node, succ[0]]["ports"]) != 1:
+        return None
+    return succ[0]
+
+
+def _bypass(g: nx.DiGraph, removed: str, replacement: str, aliases: dict[str, str]) -> None:
+    """Rewire the consumers of ``removed`` to read ``replacement``, then drop ``removed``."""
+    for consumer in list(g.successors(removed)):
+        attrs = g.nodes[consumer]
+        attrs["inputs"] = [replacement if s == removed else s for s in attrs["inputs"]]
+        ports = g.edges[removed, consumer]["ports"]
+        if g.has_edge(replacement, consumer):
+            g.edges[replacement, consumer]["ports"] += ports
+        else:
+            g.add_edge(replacement, consumer, ports=list(ports))
+    for name, node in aliases.items():
+        if node == removed:
+            aliases[name] = replacement
+    g.remove_node(removed)
+
+
+def prune(g: nx.DiGraph, outputs: list[str]) -> nx.DiGraph:
+    """Copy of ``g`` without the layers that reach none of ``outputs``."""
+    keep = set(outputs)
+    for out in outputs:
+        keep |= nx.ancestors(g, out)
+    keep |= {n for n in g if g.nodes[n]["kind"] == "input"}
+    return g.subgraph(keep).copy()
+
+
+def fold_batch_norm(g: nx.DiGraph, params: dict[str, Any], aliases: dict[str, str]) -> list[tuple[str, str]]:
+    """Fold batch_norm2d layers into the conv2d/dense that alone feeds them (in place on ``g`` and
+    ``params``): w' = w·γ/√(var+ε), b' = (b − mean)·γ/√(var+ε) + β. Returns the folded pairs."""
+    folded = []
+    outputs = set(aliases.values())
+    for bn in [n for n in list(g) if g.nodes[n].get("type") == "batch_norm2d"]:
+        (src,) = g.nodes[bn]["inputs"]
+        if g.nodes[src].get("type") not in FOLDABLE or _sole_consumer(g, src, outputs) != bn:
+            continue
+        p_bn = g.nodes[bn]["params"]
+        xp = xp_of(params[f"{src}.weight"])
+        scale = 1 / xp.sqrt(params[f"{bn}.running_var"] + p_bn.eps)
+        shift = -params[f"{bn}.running_mean"] * scale
+        if p_bn.affine:
+            scale, shift = scale * params[f"{bn}.weight"], shift * params[f"{bn}.weight"] + params[f"{bn}.bias"]
+        w = params[f"{src}.weight"]
+        params[f"{src}.weight"] = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        bias = params.get(f"{src}.bias")
+        params[f"{src}.bias"] = (bias * scale if bias is not None else 0) + shift
+        conv = g.nodes[src]
+        if not conv["params"].bias:
+            conv["params"] = conv["params"].model_copy(update={"bias": True})
+            conv["op"] = type(conv["op"])(conv["params"], src)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            params.pop(f"{bn}.{name}", None)
+        _bypass(g, bn, src, aliases)
+        folded.append((src, bn))
+    return folded
+
+
+class FusedActivation(Op):
+    """Inference-only fusion of a producer op and an in-place relu/leaky_relu on its output."""
+
+    type = "fused_activation"
+
+    def __init__(self, inner: Op, activation: Op):
+        super().__init__(inner.p, inner.layer_id)
+        self.inner, self.activation = inner, activation
+
+    def forward(self, ctx, inputs, params):
+        y = self.inner.forward(ctx, inputs, params)
+        xp = xp_of(y)
+        if self.activation.type == "relu":
+            return xp.maximum(y, 0, out=y)
+        y[y < 0] *= y.dtype.type(self.activation.p.negative_slope)
+        return y
+
+    def flops(self, in_shapes, out_shape):
+        return self.inner.flops(in_shapes, out_shape)
+
+
+def fuse_activations(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, str]]:
+    """Merge each relu/leaky_relu into the conv2d/dense that alone feeds it (in place on ``g``)."""
+    fused = []
+    outputs = set(aliases.values())
+    for act in [n for n in list(g) if g.nodes[n].get("type") in FUSABLE]:
+        (src,) = g.nodes[act]["inputs"]
+        if g.nodes[src].get("type") not in FOLDABLE or _sole_consumer(g, src, outputs) != act:
+            continue
+        node = g.nodes[src]
+        node["op"] = FusedActivation(node["op"], g.nodes[act]["op"])
+        node["type"] = f"{node['type']}+{g.nodes[act]['type']}"
+        node["fused"] = act
+        _bypass(g, act, src, aliases)
+        fused.append((src, act))
+    return fused
+
+
+class InferenceModel:
+    """An optimised inference snapshot of a Model (parameters copied at creation)."""
+
+    def __init__(self, model, graph: nx.DiGraph, params: dict[str, Any], aliases: dict[str, str], report: dict):
+        self.model, self.graph, self.params, self.aliases, self.report = model, graph, params, aliases, report
+        self.graph.graph["outputs"] = sorted(set(aliases.values()))
+        self.plan = make_plan(self.graph, self.graph.graph["outputs"])
+        self._names = {n: {k.rsplit(".", 1)[1]: k for k in params if k.rsplit(".", 1)[0] == n} for n in graph}
+
+    def _params_of(self, node: str) -> dict[str, Any]:
+        return {local: self.params[full] for local, full in self._names[node].items()}
+
+    def forward(self, inputs) -> dict[str, Any]:
+        env = self.model._prepare_inputs(inputs, self.model.plan())
+        out, _ = run_forward(self.graph, self.plan, env, self._params_of, False, False, self.model.rng)
+        return {name: out[node] for name, node in self.aliases.items()}
+
+    __call__ = forward
+
+
+def optimize_for_inference(model, fold: bool = True, fuse: bool = True) -> InferenceModel:
+    """Prune, fold batch norm and fuse activations on a copy of ``model``'s graph and parameters."""
+    outputs = list(model.spec.outputs)
+    g = prune(model.graph, outputs)   # a copy: node attribute dicts are the copy's own
+    params = {k: v.copy() for k, v in model.params.items() if k.rsplit(".", 1)[0] in g}
+    aliases = {o: o for o in outputs}
+    report = {"folded": fold_batch_norm(g, params, aliases) if fold else [],
+              "fused": fuse_activations(g, aliases) if fuse else []}
+    return InferenceModel(model, g, params, aliases, report)

@@ -1,0 +1,73 @@
+"""Graph passes: identical results (float32 tolerance) with passes on and off."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.passes import optimize_for_inference, prune
+
+
+def _trained_like(model, rng):
+    # non-trivial batch-norm statistics, as after training
+    for name in model.params:
+        if name.endswith("running_mean"):
+            model.params[name] = rng.standard_normal(model.params[name].shape)
+        elif name.endswith("running_var"):
+            model.params[name] = rng.uniform(0.5, 2.0, model.params[name].shape)
+        elif name.endswith(".weight") and model.params[name].ndim == 1:
+            model.params[name] = rng.uniform(0.5, 1.5, model.params[name].shape)
+
+
+@pytest.mark.parametrize("path", ["specs/resnet_small.yaml", "specs/inception_small.yaml", "specs/lenet5.yaml"])
+def test_optimized_inference_matches_plain(path):
+    rng = np.random.default_rng(0)
+    model = cnngraph.compile(path, seed=1)
+    _trained_like(model, rng)
+    x = rng.standard_normal((3, *model.spec.inputs["image"].shape)).astype(np.float32)
+    fast = optimize_for_inference(model)
+    ref = model.forward({"image": x})["logits"]
+    out = fast.forward({"image": x})["logits"]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert fast.report["fused"], "expected at least one conv/dense+relu fusion"
+    if "resnet" in path:
+        assert len(fast.report["folded"]) == 6
+        assert not any(fast.graph.nodes[n]["type"] == "batch_norm2d" for n in fast.graph)
+
+
+def test_optimization_does_not_touch_the_model():
+    model = cnngraph.compile("specs/resnet_small.yaml")
+    before = model.params.numpy()
+    optimize_for_inference(model)
+    for k, v in model.params.numpy().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert any(model.graph.nodes[n]["type"] == "batch_norm2d" for n in model.graph)
+
+
+def test_prune_drops_layers_not_reaching_outputs():
+    spec = {"inputs": {"x": {"shape": [4]}},
+            "layers": [{"id": "a", "type": "dense", "out_features": 3},
+                       {"id": "dead", "type": "dense", "out_features": 2, "inputs": "x"},
+                       {"id": "b", "type": "relu", "inputs": "a"}],
+            "outputs": ["b"]}
+    model = cnngraph.compile(spec)
+    assert "dead" not in prune(model.graph, ["b"])
+    assert "dead" not in model.plan().order   # the scheduler never runs it either
+
+
+def test_inplace_relu_never_touches_caller_arrays_or_outputs():
+    spec = {"inputs": {"x": {"shape": [6]}},
+            "layers": [{"id": "r0", "type": "relu"},
+                       {"id": "fc", "type": "dense", "out_features": 6, "inputs": "x"},
+                       {"id": "r1", "type": "relu"},
+                       {"id": "fc_out", "type": "dense", "out_features": 6, "inputs": "fc"},
+                       {"id": "r2", "type": "relu"}],
+            "outputs": ["r0", "fc_out", "r2"]}
+    model = cnngraph.compile(spec)
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    x_before = x.copy()
+    seen = {}
+    out = model.forward({"x": x}, on_output=lambda n, y: seen.__setitem__(n, y.copy()))
+    np.testing.assert_array_equal(x, x_before)                 # a model input is never overwritten
+    assert (out["fc_out"] < 0).any()                           # an output read by a relu is kept intact
+    np.testing.assert_array_equal(out["r2"], np.maximum(seen["fc_out"], 0))
