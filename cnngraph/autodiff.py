@@ -31,8 +31,11 @@ def requires_grad(g: nx.DiGraph, order: list[str], trainable: Callable[[str], bo
 
 
 def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: set[str],
-                 param_names: Callable[[str], dict[str, str]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Returns (gradients by tensor id for model inputs, gradients by full parameter name)."""
+                 param_names: Callable[[str], dict[str, str]],
+                 capture: set[str] | frozenset = frozenset()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns (gradients by tensor id for model inputs and the layer outputs named in ``capture``,
+    gradients by full parameter name)."""
+    captured: dict[str, Any] = {}
     grads: dict[str, Any] = {}
     for name, gy in grad_outputs.items():
         grads[name] = gy
@@ -41,6 +44,8 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
         node = step.node
         gy = grads.pop(node, None)
         ctx = tape.contexts.pop(node, None)
+        if node in capture and gy is not None:
+            captured[node] = gy.copy()   # complete here: every consumer ran before; ops may reuse gy
         if gy is None or node not in need:
             continue
         attrs = g.nodes[node]
@@ -73,4 +78,5 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
                 grads[src] = grads[src] + dx
             else:
                 grads[src] = dx
+    grads.update(captured)
     return grads, param_grads

@@ -199,7 +199,8 @@ class Model:
 
     __call__ = forward
 
-    def backward(self, grad_outputs: dict[str, Any], input_grads: bool = True) -> dict[str, Any]:
+    def backward(self, grad_outputs: dict[str, Any], input_grads: bool = True,
+                 wrt: list[str] | None = None) -> dict[str, Any]:
         """Reverse-mode gradients after a ``forward(..., training=True)`` (or ``grad=True``).
 
         Parameters
@@ -208,12 +209,15 @@ class Model:
             Output name → gradient of the objective with respect to that output (same shape).
         input_grads : bool
             Also return gradients for the float model inputs (default True).
+        wrt : list of str, optional
+            Layer ids whose output gradients to return as well (e.g. for Grad-CAM); each must have
+            been computed by the last forward.
 
         Returns
         -------
         dict
             Every trainable parameter name and every float input name → gradient (zeros where the
-            objective does not depend on it).
+            objective does not depend on it), plus each ``wrt`` layer id → gradient of its output.
         """
         if self._tape is None:
             raise RunError("backward needs a forward pass with training=True or grad=True first "
@@ -226,10 +230,19 @@ class Model:
             gy = to_device(gy, self.xp)
             if want is not None and tuple(gy.shape) != tuple(want):
                 raise RunError(f"gradient for '{name}' has shape {tuple(gy.shape)}, the output has {tuple(want)}")
+        wrt = list(wrt or ())
+        for name in wrt:
+            if name not in tape.shapes or name in self._tape_inputs:
+                raise RunError(f"wrt: '{name}' is not a layer computed by the last forward"
+                               + (" (model inputs come with input_grads=True)" if name in self._tape_inputs else ""))
+            if name in self.params:
+                raise RunError(f"wrt: '{name}' is also the name of a parameter; its gradient would be ambiguous")
         grad_outputs = {k: to_device(v, self.xp).astype(self.dtype, copy=False) for k, v in grad_outputs.items()}
         float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
-        need = requires_grad(self.graph, tape.plan.order, self._trainable, float_inputs if input_grads else set())
-        tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n])
+        seeds = (float_inputs if input_grads else set()) | set(wrt)
+        need = requires_grad(self.graph, tape.plan.order, self._trainable, seeds)
+        tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n],
+                                                 capture=set(wrt))
         result: dict[str, Any] = {}
         for name in self.trainable_names:
             g = param_grads.get(name)
@@ -246,6 +259,9 @@ class Model:
             for name in sorted(float_inputs):
                 g = tensor_grads.get(name)
                 result[name] = g if g is not None else self.xp.zeros(tape.shapes[name], self.dtype)
+        for name in wrt:
+            g = tensor_grads.get(name)
+            result[name] = g if g is not None else self.xp.zeros(tape.shapes[name], self.dtype)
         return result
 
     def predict(self, x, batch_size: int = 256, output: str | None = None):

@@ -1,6 +1,7 @@
 """Per-layer cost table: output shapes, parameters, FLOPs, receptive field and memory.
 
-Everything here is computed from the compiled graph and the scheduler's plan; nothing is run.
+Everything here is computed from the compiled graph and the scheduler's plan, except the
+training memory (:func:`training_memory`), which is measured by running the model.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import networkx as nx
 from .graph import topological_order
 from .schedule import make_plan
 
-__all__ = ["LayerRow", "Summary", "summarize", "inference_peak_bytes", "receptive_fields"]
+__all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
+           "training_memory"]
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Summary:
     total_flops: int
     inference_peak_bytes: int
     extra: dict = field(default_factory=dict)
+    training_peak_bytes: int | None = None     # measured activation peak of a training forward
+    training_memory: dict | None = None        # how it was measured (see TrainingMemory)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -102,8 +106,130 @@ def inference_peak_bytes(g: nx.DiGraph, batch_size: int = 1, itemsize: int = 4) 
     return int(peak)
 
 
-def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, itemsize: int = 4) -> Summary:
-    """Build the summary of a compiled graph (``spec.graph`` or ``model.graph``)."""
+@dataclass
+class TrainingMemory:
+    """Activation memory of a training step, measured (not estimated) at batch 1 and 2.
+
+    ``peak_bytes[b]`` is the largest total, over the steps of ``model.forward(x, training=True)``, of
+    the distinct arrays held at that moment: the tensors the liveness plan still keeps and what the
+    tape has saved for backward so far (arrays deduplicated by their base buffer; parameters and
+    buffers excluded). A training step peaks at the end of the forward, before backward frees
+    the tape. Larger batches are extrapolated linearly: ``fixed + per_sample * batch``.
+    """
+
+    batch_size: int
+    peak_bytes: int                # extrapolated to batch_size
+    measured: dict                 # {1: bytes, 2: bytes}
+    tape_bytes: dict               # {1: bytes, 2: bytes}: held by the tape at the end of the forward
+    env_peak_bytes: dict           # {1: bytes, 2: bytes}: peak of the live tensors alone
+    per_sample_bytes: int
+    fixed_bytes: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("measured", "tape_bytes", "env_peak_bytes"):
+            d[k] = {str(b): v for b, v in d[k].items()}
+        return d
+
+
+def _arrays_in(obj, out: list, depth: int = 0) -> None:
+    """Every array reachable from a saved context value (dicts, sequences, dataclasses, objects)."""
+    if depth > 6 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return
+    if hasattr(obj, "__array_interface__") or hasattr(obj, "__cuda_array_interface__"):
+        if hasattr(obj, "nbytes") and hasattr(obj, "shape"):
+            out.append(obj)
+        return
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _arrays_in(v, out, depth + 1)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            _arrays_in(v, out, depth + 1)
+    elif hasattr(obj, "__dict__"):
+        for v in vars(obj).values():
+            _arrays_in(v, out, depth + 1)
+    elif hasattr(obj, "__slots__"):
+        for k in obj.__slots__:
+            _arrays_in(getattr(obj, k, None), out, depth + 1)
+
+
+def _base(a):
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes") and hasattr(a.base, "shape"):
+        a = a.base
+    return a
+
+
+def _measure(model, batch: int, seed: int = 0) -> tuple[int, int, int]:
+    """(peak of live tensors + tape, tape bytes at the end, peak of live tensors) for one training forward."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name, inp in model.spec.inputs.items():
+        if inp.dtype == "int64":
+            inputs[name] = np.zeros((batch, *inp.shape), np.int64)
+        else:
+            inputs[name] = rng.standard_normal((batch, *inp.shape)).astype(model.dtype)
+    plan = model.plan()
+    outputs: dict[str, Any] = {}
+    model.forward(inputs, training=True, on_output=lambda node, y: outputs.__setitem__(node, y))
+    tape = model._tape
+    params = {id(_base(a)) for a in model.params._data.values()}
+    saved_by_step = []
+    for step in plan.steps:
+        ctx = tape.contexts.get(step.node) if tape is not None else None
+        arrs: list = []
+        if ctx is not None:
+            _arrays_in(ctx.saved, arrs)
+        saved_by_step.append([_base(a) for a in arrs])
+    live = {n: inputs[n] for n in plan.inputs}
+    held: dict[int, int] = {}
+    peak = env_peak = 0
+    for i, step in enumerate(plan.steps):
+        live[step.node] = outputs[step.node]
+        for b in saved_by_step[i]:
+            if id(b) not in params:
+                held[id(b)] = int(b.nbytes)
+        now = dict(held)
+        for a in live.values():
+            b = _base(a)
+            if id(b) not in params:
+                now[id(b)] = int(b.nbytes)
+        peak = max(peak, sum(now.values()))
+        env_peak = max(env_peak, sum(int(_base(a).nbytes) for a in live.values()))
+        for dead in step.free_after:
+            live.pop(dead, None)
+    tape_bytes = sum(held.values())
+    model._tape = None
+    return int(peak), int(tape_bytes), int(env_peak)
+
+
+def training_memory(spec_or_model, batch_size: int = 1, seed: int = 0) -> TrainingMemory:
+    """Measure the activation memory of a training forward at batch 1 and 2 and extrapolate to
+    ``batch_size`` (see :class:`TrainingMemory`). Accepts a Spec (compiled here, on the CPU, with
+    seeded random weights) or a Model."""
+    from .model import Model
+    model = spec_or_model if isinstance(spec_or_model, Model) else Model(spec_or_model, seed=seed)
+    snapshot = {n: model.params[n].copy() for n in model.buffer_names}   # running stats change in training
+    rng_state = model.rng.bit_generator.state
+    try:
+        results = {b: _measure(model, b, seed) for b in (1, 2)}
+    finally:
+        for n, v in snapshot.items():
+            model.params._data[n] = v
+        model.rng.bit_generator.state = rng_state
+    p1, p2 = results[1][0], results[2][0]
+    per = max(p2 - p1, 0)
+    fixed = p1 - per
+    return TrainingMemory(batch_size, int(fixed + per * batch_size), {1: p1, 2: p2},
+                          {b: r[1] for b, r in results.items()}, {b: r[2] for b, r in results.items()},
+                          int(per), int(fixed))
+
+
+def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, itemsize: int = 4,
+              training: TrainingMemory | None = None) -> Summary:
+    """Build the summary of a compiled graph (``spec.graph`` or ``model.graph``); pass the result of
+    :func:`training_memory` as ``training`` to include the measured training peak."""
     import numpy as np
     rng = np.random.default_rng(0)
     rfs = receptive_fields(graph)
@@ -123,7 +249,9 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
         total_all += allp
         total_flops += flops
     return Summary(name, batch_size, rows, total_params, total_all * itemsize, total_flops,
-                   inference_peak_bytes(graph, batch_size, itemsize))
+                   inference_peak_bytes(graph, batch_size, itemsize),
+                   training_peak_bytes=training.peak_bytes if training is not None else None,
+                   training_memory=training.to_dict() if training is not None else None)
 
 
 def human_bytes(n: float) -> str:

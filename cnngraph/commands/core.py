@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for the memory columns (default 1)")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument("--no-training-memory", dest="training_memory", action="store_false",
+                   help="skip measuring the training activation peak (it runs the model at batch 1 and 2)")
     add_spec_options(p)
     p.set_defaults(func=cmd_summary)
 
@@ -63,10 +65,13 @@ def cmd_validate(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from ..summary import summarize
+    from ..summary import summarize, training_memory
     from .summary_format import format_summary
     spec = load_spec_args(args, args.spec)
-    print(format_summary(summarize(spec.graph, spec.name, args.batch_size), args.format))
+    if args.batch_size < 1:
+        raise CnnGraphError(f"--batch-size must be >= 1, found {args.batch_size}")
+    training = training_memory(spec, args.batch_size) if args.training_memory else None
+    print(format_summary(summarize(spec.graph, spec.name, args.batch_size, training=training), args.format))
     return 0
 
 

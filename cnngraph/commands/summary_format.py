@@ -33,6 +33,14 @@ def format_summary(s: Summary, fmt: str = "table") -> str:
     totals = [f"total params {s.total_params:,} ({human_bytes(s.param_bytes)} with buffers, float32)",
               f"total FLOPs {human_count(s.total_flops)} multiply-adds per sample",
               f"peak activation memory (inference, batch {s.batch_size}): {human_bytes(s.inference_peak_bytes)}"]
+    if s.training_peak_bytes is not None:
+        tm = s.training_memory or {}
+        m = tm.get("measured", {})
+        how = (f"measured {human_bytes(m['1'])} at batch 1, {human_bytes(m['2'])} at batch 2; "
+               f"{human_bytes(tm.get('per_sample_bytes', 0))} per sample" if "1" in m and "2" in m else "measured")
+        totals.append(f"peak activation memory (training, batch {s.batch_size}): "
+                      f"{human_bytes(s.training_peak_bytes)} ({how}; live tensors + tape, parameters, "
+                      f"gradients and optimizer state excluded)")
     for k, v in s.extra.items():
         totals.append(f"{k}: {v}")
     if fmt == "markdown":

@@ -1,0 +1,113 @@
+"""viz (network drawings) and explain (feature maps, filters, Grad-CAM, saliency)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import CnnGraphError
+
+__all__ = ["register"]
+
+
+def register(sub) -> None:
+    from .common import add_spec_options
+    p = sub.add_parser("viz", help="draw the network graph (.svg .png .pdf .dot .mmd .html)",
+                       description="Draw a spec's graph; the format follows the output's extension. An invalid "
+                                   "spec is still drawn as far as it parses, failing layers in red (exit 1).")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="output file: .svg, .png, .pdf, .dot, .mmd (Mermaid) or .html (interactive)")
+    p.add_argument("--direction", default="TB", type=str.upper, choices=("TB", "LR"),
+                   help="top-to-bottom (default) or left-to-right")
+    p.add_argument("--collapse", action="store_true",
+                   help="one box per block instance (layer ids 'name.rest' grouped by 'name')")
+    p.add_argument("--params", action="store_true", help="show parameter counts")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_viz)
+
+    p = sub.add_parser("explain", help="feature maps, first-layer filters, Grad-CAM and saliency for an image",
+                       description="Look inside a network. Default: a grid of LAYER's feature maps for IMAGE. "
+                                   "--filters: the first convolution's kernels. --gradcam: Grad-CAM and input-"
+                                   "gradient saliency for the predicted (or --class) class.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="image to write (.png, .pdf, .svg)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--checkpoint", metavar="DIR",
+                   help="run folder, DIR/checkpoint, or a best/ or last/ checkpoint folder")
+    w.add_argument("--params", metavar="WEIGHTS.npz", help=".npz of parameters")
+    p.add_argument("--image", metavar="IMG", help="PNG/JPEG or .npy sample (resized and normalised as in training)")
+    p.add_argument("--index", type=int, default=0, help="sample of a .npy batch to use (default 0)")
+    p.add_argument("--invert", action="store_true",
+                   help="invert the image (dark ink on white → light on dark, as MNIST and the digits)")
+    p.add_argument("--layer", help="layer to show (feature maps: default the first convolution; "
+                                   "Grad-CAM: default the last spatial layer)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--filters", action="store_true", help="draw the first convolution's kernels")
+    mode.add_argument("--gradcam", action="store_true", help="Grad-CAM and saliency for a class")
+    p.add_argument("--class", dest="class_index", type=int, help="class for --gradcam (default: the predicted one)")
+    p.add_argument("--scale", choices=("shared", "per-map"), default="shared",
+                   help="feature-map colour range: one for all maps (default) or per map")
+    p.add_argument("--max-maps", type=int, default=64, help="most channels to draw (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without weights")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_viz(args) -> int:
+    from ..registry import load_plugin_file
+    from ..viz.graph import draw_network
+    for plugin in args.plugin:
+        load_plugin_file(plugin)
+    if args.dpi < 20 or args.dpi > 1200:
+        raise CnnGraphError(f"--dpi must be between 20 and 1200, found {args.dpi}")
+    res = draw_network(args.spec, args.output, direction=args.direction, collapse=args.collapse,
+                       show_params=args.params, allow_plugins=args.allow_plugins, dpi=args.dpi)
+    if res.valid:
+        print(f"wrote {res.path} ({res.nodes} nodes)")
+        return 0
+    n = len(res.problems)
+    print(f"wrote {res.path}, drawn as far as the spec parses: {n} problem{'s' if n != 1 else ''}, "
+          f"failing layers in red", file=sys.stderr)
+    for prob in res.problems:
+        print("  " + prob.format().replace("\n", "\n  "), file=sys.stderr)
+    return 1
+
+
+def cmd_explain(args) -> int:
+    from ..model import Model
+    from ..viz import explain as ex
+    from .common import load_spec_args
+    spec = load_spec_args(args, args.spec)
+    model = Model(spec, seed=args.seed)
+    weights = ex.load_weights(model, args.checkpoint, args.params)
+    if weights.random:
+        print(f"note: no --checkpoint or --params given: using {weights.source}; the pictures show an "
+              f"untrained network", file=sys.stderr)
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise CnnGraphError(f"cannot write '{out}': use a .png, .pdf or .svg file")
+    if args.max_maps < 1:
+        raise CnnGraphError(f"--max-maps must be >= 1, found {args.max_maps}")
+    if args.filters:
+        size = ex.plot_filters(model, out, args.layer, subtitle=f"{spec.name} · {weights.source}")
+        print(f"wrote {out} ({size[0]}x{size[1]} px): filters of {args.layer or ex.first_conv(model)}")
+        return 0
+    if not args.image:
+        raise CnnGraphError("give --image IMG (PNG/JPEG or .npy sample); or --filters to draw the kernels")
+    prep = ex.preprocessing(spec, weights.meta)
+    raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index)
+    subtitle = f"{spec.name} · {Path(args.image).name} · {weights.source} · {prep.note}"
+    if args.gradcam:
+        res = ex.gradcam(model, x, args.layer, args.class_index)
+        size = ex.plot_attribution(raw[0], res, out, prep.scale, prep.classes, subtitle)
+        k = res["class_index"]
+        name = prep.classes[k] if prep.classes and k < len(prep.classes) else k
+        print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for class {name}")
+        return 0
+    layer = args.layer or ex.first_conv(model)
+    maps = ex.feature_maps(model, x, layer)
+    size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale, raw[0],
+                                prep.scale, subtitle, args.max_maps)
+    print(f"wrote {out} ({size[0]}x{size[1]} px): {maps.shape[0]} maps of {layer}")
+    return 0

@@ -1,0 +1,458 @@
+"""Looking inside a trained network: feature maps, first-layer filters, Grad-CAM and saliency.
+
+Everything runs on the engine: feature maps through ``Model.forward(outputs=[layer])``, Grad-CAM
+through ``Model.backward(..., wrt=[layer])`` (the gradient of the class score with respect to the
+layer's output) and saliency through the input gradient. Figures are drawn with matplotlib's Agg
+backend (no display needed).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, CnnGraphError, DataError
+
+__all__ = ["Weights", "Preprocess", "resolve_checkpoint", "load_weights", "preprocessing", "load_input",
+           "feature_maps", "gradcam", "saliency", "first_conv", "default_cam_layer", "class_output",
+           "plot_feature_maps", "plot_filters", "plot_attribution"]
+
+
+@dataclass
+class Weights:
+    source: str                      # what was loaded, for titles and messages
+    meta: dict = field(default_factory=dict)
+    random: bool = False
+
+
+@dataclass
+class Preprocess:
+    scale: float = 1.0                # [0, 1] image → raw units
+    mean: list | None = None
+    std: list | None = None
+    classes: list | None = None
+    note: str = ""
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        x = np.array(raw, dtype=np.float32)
+        if self.mean is not None and self.std is not None:
+            c = x.shape[1]
+            m = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+            s = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+            if m.shape[1] not in (1, c):
+                raise DataError(f"normalisation has {m.shape[1]} values but the input has {c} channels")
+            x = (x - m) / s
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+CANDIDATES = ("", "checkpoint", "best", "last", "checkpoint/best", "checkpoint/last", "checkpoints/best",
+              "checkpoints/last")
+
+
+def resolve_checkpoint(path) -> Path:
+    """The checkpoint folder for a run folder, ``DIR/checkpoint`` or ``best/``/``last/`` folders."""
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointError(f"checkpoint {root}: does not exist")
+    for sub in CANDIDATES:
+        cand = root / sub if sub else root
+        if (cand / "meta.json").is_file():
+            return cand
+    tried = ", ".join(str(root / s) if s else str(root) for s in CANDIDATES[:4])
+    raise CheckpointError(f"checkpoint {root}: no meta.json found (looked in {tried}); pass a run folder or "
+                          f"a checkpoint directory written by `cnngraph train`")
+
+
+def load_weights(model, checkpoint=None, params=None) -> Weights:
+    """Load a checkpoint (folder) or an .npz of parameters into ``model``; random weights without either."""
+    if checkpoint and params:
+        raise CnnGraphError("give --checkpoint or --params, not both")
+    if checkpoint:
+        from ..train.checkpoint import load_checkpoint
+        folder = resolve_checkpoint(checkpoint)
+        ck = load_checkpoint(folder)
+        try:
+            model.load_params(ck.arrays)
+        except CnnGraphError as exc:
+            raise CheckpointError(f"checkpoint {folder} does not fit this spec: {exc}") from None
+        return Weights(f"checkpoint {folder}", dict(ck.meta))
+    if params:
+        p = Path(params)
+        if p.is_dir():
+            return load_weights(model, checkpoint=p)
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise CheckpointError(f"{params}: file not found") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise CheckpointError(f"{params}: not a readable .npz of parameters ({exc})") from None
+        model.load_params(arrays)
+        return Weights(f"parameters {p.name}")
+    return Weights(f"random weights (seed {model.seed})", random=True)
+
+
+def _meta_value(meta: dict, key: str):
+    if key in meta:
+        return meta[key]
+    for sub in ("data", "dataset", "normalization", "normalize"):
+        if isinstance(meta.get(sub), dict) and key in meta[sub]:
+            return meta[sub][key]
+    return None
+
+
+def preprocessing(spec, meta: dict | None = None) -> Preprocess:
+    """How an image becomes a model input: the checkpoint's ``pixel_scale``/``mean``/``std`` when it has
+    them, else the spec's ``train.data`` section (explicit stats; the bundled digits are loaded to get
+    theirs), else none."""
+    meta = meta or {}
+    mean, std = _meta_value(meta, "mean"), _meta_value(meta, "std")
+    scale = _meta_value(meta, "pixel_scale")
+    classes = _meta_value(meta, "classes")
+    if mean is not None and std is not None:
+        return Preprocess(float(scale or 1.0), list(mean), list(std), classes, "normalisation from the checkpoint")
+    train = getattr(spec, "train", None)
+    data = getattr(train, "data", None) if train is not None else None
+    if data is not None:
+        norm = data.normalize
+        if hasattr(norm, "mean"):
+            return Preprocess(float(scale or 1.0), list(norm.mean), list(norm.std), classes,
+                              "normalisation from the spec's train.data")
+        if norm == "none":
+            return Preprocess(float(scale or 1.0), None, None, classes, "no normalisation (train.data.normalize: none)")
+        if data.dataset == "digits":
+            from ..train.data import load_dataset
+            shape = tuple(next(iter(spec.inputs.values())).shape)
+            try:
+                ds = load_dataset(data, shape, seed=getattr(train, "seed", 0))
+                return Preprocess(float(scale or ds.pixel_scale), ds.mean, ds.std, classes or ds.classes,
+                                  "normalisation of the bundled digits training split")
+            except CnnGraphError:
+                pass
+    return Preprocess(float(scale or 1.0), None, None, classes,
+                      "no normalisation (the checkpoint meta and the spec give none)")
+
+
+def _single_image_input(spec) -> tuple[str, tuple]:
+    if len(spec.inputs) != 1:
+        raise CnnGraphError(f"explain works on models with one image input; this one takes {', '.join(spec.inputs)}")
+    name, inp = next(iter(spec.inputs.items()))
+    if len(inp.shape) != 3:
+        raise CnnGraphError(f"explain needs a (C, H, W) image input; '{name}' has shape {tuple(inp.shape)}")
+    return name, tuple(inp.shape)
+
+
+def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Read a PNG/JPEG or .npy sample as (raw (1, C, H, W) in raw units, normalised model input)."""
+    from ..train.images import read_inputs
+    _, shape = _single_image_input(spec)
+    raw = read_inputs([path], shape, scale=prep.scale, invert=invert)
+    if not 0 <= index < len(raw):
+        raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range")
+    raw = raw[index:index + 1]
+    return raw, prep.apply(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_layer(model, layer: str) -> None:
+    g = model.graph
+    if layer not in g or g.nodes[layer]["kind"] != "layer":
+        from ..registry import did_you_mean
+        layers = [n for n in g if g.nodes[n]["kind"] == "layer"]
+        raise CnnGraphError(f"no layer '{layer}' in {model.spec.name}{did_you_mean(layer, layers)}; "
+                            f"layers: {', '.join(layers)}")
+
+
+def feature_maps(model, x: np.ndarray, layer: str) -> np.ndarray:
+    """The output of ``layer`` for one sample (its per-sample shape, NumPy)."""
+    from ..backend import to_numpy
+    _check_layer(model, layer)
+    name = next(iter(model.spec.inputs))
+    return np.asarray(to_numpy(model.forward({name: x}, outputs=[layer])[layer]))[0]
+
+
+def first_conv(model) -> str:
+    from ..graph import topological_order
+    for n in topological_order(model.graph):
+        a = model.graph.nodes[n]
+        if a["kind"] == "layer" and f"{n}.weight" in model.params and model.params[f"{n}.weight"].ndim == 4:
+            return n
+    raise CnnGraphError(f"{model.spec.name} has no convolution layer (no 4-D weight)")
+
+
+def class_output(model) -> str:
+    """The output that gives class scores: the first spec output with a flat (K,) shape."""
+    for o in model.spec.outputs:
+        a = model.graph.nodes[o]
+        if len(a["out_shape"]) == 1 and not a.get("reduces_batch"):
+            return o
+    raise CnnGraphError(f"no output of {model.spec.name} gives class scores of shape (K,); "
+                        f"outputs: {', '.join(model.spec.outputs)}")
+
+
+def default_cam_layer(model, output: str) -> str:
+    """The last layer before ``output`` with a spatial (C, H, W) output larger than 1x1, pooling
+    layers skipped when another candidate exists (the last convolution block, as in the paper)."""
+    import networkx as nx
+    from ..graph import topological_order
+    ancestors = nx.ancestors(model.graph, output)
+    best = best_any = None
+    for n in topological_order(model.graph):
+        a = model.graph.nodes[n]
+        if n in ancestors and a["kind"] == "layer" and len(a["out_shape"]) == 3 and a["out_shape"][1] * a["out_shape"][2] > 1:
+            best_any = n
+            if "pool" not in a["type"] and "dropout" not in a["type"]:
+                best = n
+    best = best or best_any
+    if best is None:
+        raise CnnGraphError("no layer with a spatial (C, H, W) output feeds the class scores; pass --layer")
+    return best
+
+
+def _resize(m: np.ndarray, hw: tuple) -> np.ndarray:
+    from PIL import Image
+    if m.shape == tuple(hw):
+        return m.astype(np.float32)
+    im = Image.fromarray(m.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.float32)
+
+
+def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | None = None,
+            output: str | None = None) -> dict:
+    """Grad-CAM (Selvaraju et al. 2017) for one sample.
+
+    Returns a dict with ``cam`` (H, W) at the input resolution in [0, 1], ``raw_cam`` at the layer's
+    resolution, ``class_index``, ``scores`` (the class output), ``layer``, and ``saliency`` (H, W):
+    the largest absolute input gradient over channels, scaled to [0, 1].
+    """
+    from ..backend import to_numpy
+    output = output or class_output(model)
+    layer = layer or default_cam_layer(model, output)
+    _check_layer(model, layer)
+    a = model.graph.nodes[layer]
+    if len(a["out_shape"]) != 3:
+        raise CnnGraphError(f"Grad-CAM needs a layer with a (C, H, W) output; '{layer}' gives "
+                            f"{tuple(a['out_shape'])}")
+    import networkx as nx
+    if layer != output and layer not in nx.ancestors(model.graph, output):
+        raise CnnGraphError(f"layer '{layer}' does not feed the output '{output}'")
+    name = next(iter(model.spec.inputs))
+    outs = model.forward({name: x}, training=False, grad=True, outputs=[layer, output])
+    scores = np.asarray(to_numpy(outs[output]))[0]
+    acts = np.asarray(to_numpy(outs[layer]))[0]
+    k = int(np.argmax(scores)) if class_index is None else int(class_index)
+    if not 0 <= k < scores.shape[0]:
+        raise CnnGraphError(f"--class {k} is out of range: the output '{output}' has {scores.shape[0]} classes")
+    onehot = np.zeros((1,) + scores.shape, np.float32)
+    onehot[0, k] = 1.0
+    grads = model.backward({output: onehot}, input_grads=True, wrt=[layer])
+    g = np.asarray(to_numpy(grads[layer]))[0]                  # (C, h, w)
+    weights = g.mean(axis=(1, 2))                              # global-average-pooled gradients
+    cam = np.maximum((weights[:, None, None] * acts).sum(axis=0), 0.0)
+    hw = tuple(x.shape[2:])
+    up = _resize(cam, hw)
+    up = up / up.max() if up.max() > 0 else up
+    gx = np.abs(np.asarray(to_numpy(grads[name]))[0]).max(axis=0)
+    sal = gx / gx.max() if gx.max() > 0 else gx
+    return {"cam": up, "raw_cam": cam, "class_index": k, "scores": scores, "layer": layer, "output": output,
+            "saliency": sal.astype(np.float32)}
+
+
+def saliency(model, x: np.ndarray, class_index: int | None = None, output: str | None = None) -> np.ndarray:
+    """Plain input-gradient saliency (Simonyan et al. 2014): max over channels of |d score / d input|."""
+    from ..backend import to_numpy
+    output = output or class_output(model)
+    name = next(iter(model.spec.inputs))
+    scores = np.asarray(to_numpy(model.forward({name: x}, training=False, grad=True, outputs=[output])[output]))[0]
+    k = int(np.argmax(scores)) if class_index is None else int(class_index)
+    onehot = np.zeros((1,) + scores.shape, np.float32)
+    onehot[0, k] = 1.0
+    gx = np.abs(np.asarray(to_numpy(model.backward({output: onehot})[name]))[0]).max(axis=0)
+    return gx / gx.max() if gx.max() > 0 else gx
+
+
+# ---------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    return Figure, FigureCanvasAgg
+
+
+def _display(raw: np.ndarray, scale: float):
+    """(image, cmap) for imshow from a raw (C, H, W) sample."""
+    img = raw / (scale or 1.0)
+    if img.shape[0] == 3:
+        return np.clip(np.transpose(img, (1, 2, 0)), 0, 1), None
+    return img[0], "gray"
+
+
+def _save(fig, path) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=fig.dpi, facecolor="white", format=path.suffix.lower().lstrip(".") or "png")
+    except (OSError, ValueError) as exc:
+        raise CnnGraphError(f"cannot write '{path}': {exc}") from None
+
+
+def plot_feature_maps(maps: np.ndarray, path, layer: str, layer_type: str = "", scale: str = "shared",
+                      image: np.ndarray | None = None, pixel_scale: float = 1.0, subtitle: str = "",
+                      max_maps: int = 64) -> tuple[int, int]:
+    """A grid of a layer's channels (labelled ``ch k``), the input first. ``scale`` "shared" uses one
+    colour range for every map (with a colour bar), "per-map" stretches each map on its own."""
+    if scale not in ("shared", "per-map"):
+        raise CnnGraphError(f"--scale must be shared or per-map, found {scale!r}")
+    Figure, Canvas = _plt()
+    if maps.ndim == 1:      # a flat layer: one bar per unit
+        fig = Figure(figsize=(max(6.0, min(16.0, 0.12 * len(maps) + 3)), 3.6), dpi=110)
+        Canvas(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.bar(np.arange(len(maps)), maps, color=np.where(maps >= 0, "#2b6cb0", "#c53030"))
+        ax.set_xlabel("unit")
+        ax.set_ylabel("activation")
+        ax.set_title(f"{layer} ({layer_type}): {len(maps)} units" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+        fig.tight_layout()
+        _save(fig, path)
+        return fig.canvas.get_width_height()
+    if maps.ndim != 3:
+        raise CnnGraphError(f"layer '{layer}' has a {maps.ndim}-D output per sample; feature maps need (C, H, W)")
+    c = maps.shape[0]
+    shown = maps[:max_maps]
+    n = len(shown) + (1 if image is not None else 0)
+    cols = max(1, math.ceil(math.sqrt(n * 1.3)))
+    rows = math.ceil(n / cols)
+    cell = 1.55
+    fig = Figure(figsize=(cols * cell + (0.9 if scale == "shared" else 0.2), rows * cell + 0.95), dpi=110)
+    Canvas(fig)
+    vmin, vmax = float(shown.min()), float(shown.max())
+    if vmax <= vmin:
+        vmax = vmin + 1e-6
+    k = 0
+    im = None
+    right = 1 - (0.75 / (cols * cell + 0.9)) if scale == "shared" else 0.99
+    gs = fig.add_gridspec(rows, cols, left=0.02, right=right - 0.02, top=1 - 0.8 / (rows * cell + 0.95),
+                          bottom=0.02, wspace=0.08, hspace=0.28)
+    if image is not None:
+        ax = fig.add_subplot(gs[0, 0])
+        img, cmap = _display(image, pixel_scale)
+        ax.imshow(img, cmap=cmap, interpolation="nearest")
+        ax.set_title("input", fontsize=9, fontweight="bold")
+        ax.set_xticks([]), ax.set_yticks([])
+        k = 1
+    for ch, m in enumerate(shown):
+        ax = fig.add_subplot(gs[k // cols, k % cols])
+        if scale == "shared":
+            im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"ch {ch}", fontsize=9)
+        else:
+            lo, hi = float(m.min()), float(m.max())
+            ax.imshow(m, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, interpolation="nearest")
+            ax.set_title(f"ch {ch}  [{lo:.2g}, {hi:.2g}]", fontsize=7.5)
+        ax.set_xticks([]), ax.set_yticks([])
+        k += 1
+    title = f"{layer} ({layer_type}): {c} channels of {maps.shape[1]}x{maps.shape[2]}"
+    if c > len(shown):
+        title += f", first {len(shown)} shown"
+    title += f" · {'shared' if scale == 'shared' else 'per-map'} colour scale"
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10.5)
+    if scale == "shared" and im is not None:
+        cax = fig.add_axes((right + 0.005, 0.08, 0.018, 0.75))
+        fig.colorbar(im, cax=cax)
+        cax.tick_params(labelsize=8)
+    _save(fig, path)
+    return fig.canvas.get_width_height()
+
+
+def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_filters: int = 64) -> tuple[int, int]:
+    """The first convolution's kernels as small images: RGB when it reads 3 channels, a diverging
+    colour map (blue < 0 < red) for 1 channel, one row per filter and column per input channel else."""
+    from ..backend import to_numpy
+    layer = layer or first_conv(model)
+    key = f"{layer}.weight"
+    if key not in model.params or model.params[key].ndim != 4:
+        raise CnnGraphError(f"layer '{layer}' has no 4-D convolution weight")
+    w = np.asarray(to_numpy(model.params[key]), dtype=np.float32)
+    o, cin, kh, kw = w.shape
+    Figure, Canvas = _plt()
+    title = f"{layer}: {o} filters of {cin}x{kh}x{kw}"
+    if cin in (1, 3):
+        shown = w[:max_filters]
+        n = len(shown)
+        cols = max(1, math.ceil(math.sqrt(n * 1.5)))
+        rows = math.ceil(n / cols)
+        fig = Figure(figsize=(cols * 1.1 + 0.9, rows * 1.2 + 0.9), dpi=110)
+        Canvas(fig)
+        lim = float(np.abs(shown).max()) or 1.0
+        im = None
+        for i, f in enumerate(shown):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            if cin == 3:
+                lo, hi = f.min(), f.max()
+                ax.imshow(np.transpose((f - lo) / (hi - lo if hi > lo else 1.0), (1, 2, 0)), interpolation="nearest")
+            else:
+                im = ax.imshow(f[0], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(f"#{i}", fontsize=8.5)
+            ax.set_xticks([]), ax.set_yticks([])
+        title += " (RGB, each stretched to its own range)" if cin == 3 else " (shared scale, blue < 0 < red)"
+        fig.subplots_adjust(left=0.03, right=0.86 if im is not None else 0.97, top=1 - 0.75 / (rows * 1.2 + 0.9),
+                            bottom=0.03, wspace=0.15, hspace=0.35)
+        if im is not None:
+            cax = fig.add_axes((0.89, 0.1, 0.025, 0.7))
+            fig.colorbar(im, cax=cax)
+            cax.tick_params(labelsize=8)
+    else:
+        ro, ci = min(o, 16), min(cin, 12)
+        fig = Figure(figsize=(ci * 0.9 + 1.4, ro * 0.9 + 1.0), dpi=110)
+        Canvas(fig)
+        lim = float(np.abs(w[:ro, :ci]).max()) or 1.0
+        for r in range(ro):
+            for c in range(ci):
+                ax = fig.add_subplot(ro, ci, r * ci + c + 1)
+                ax.imshow(w[r, c], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(f"#{r}", fontsize=8, rotation=0, labelpad=12)
+                if r == 0:
+                    ax.set_title(f"in {c}", fontsize=8)
+        title += f" (rows: filters, columns: input channels{'; cropped' if (ro, ci) != (o, cin) else ''})"
+        fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.8 / (ro * 0.9 + 1.0), bottom=0.03, wspace=0.1, hspace=0.1)
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    _save(fig, path)
+    return fig.canvas.get_width_height()
+
+
+def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float = 1.0, classes=None,
+                     subtitle: str = "") -> tuple[int, int]:
+    """Input, Grad-CAM heat map over the input, and input-gradient saliency, side by side."""
+    Figure, Canvas = _plt()
+    fig = Figure(figsize=(11.0, 4.3), dpi=110)
+    Canvas(fig)
+    img, cmap = _display(image, pixel_scale)
+    k = result["class_index"]
+    scores = result["scores"]
+    e = np.exp(scores - scores.max())
+    prob = float(e[k] / e.sum())
+    name = str(classes[k]) if classes and k < len(classes) else str(k)
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    axes[0].imshow(img, cmap=cmap, interpolation="nearest")
+    axes[0].set_title("input", fontsize=11)
+    axes[1].imshow(img, cmap=cmap, interpolation="nearest")
+    hm = axes[1].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    axes[1].set_title(f"Grad-CAM at {result['layer']}", fontsize=11)
+    sm = axes[2].imshow(result["saliency"], cmap="hot", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].set_title("saliency |d score / d input|", fontsize=11)
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
+    fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
+    fig.suptitle(f"class {name} (softmax {prob:.2f} of {result['output']})" + (f"\n{subtitle}" if subtitle else ""),
+                 fontsize=11)
+    fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)
+    _save(fig, path)
+    return fig.canvas.get_width_height()
