@@ -19,6 +19,8 @@ from ._parallel import n_workers, run_parallel, scratch, split_chunks
 __all__ = ["FastConv"]
 
 _CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
+_PARALLEL_FLOPS = 60e6     # below this a conv runs on one thread
+FLAT_WASTE = 1.2          # max Wp/Wo for the flat stride-1 layout
 TRANSPOSED_DX = True       # stride-1 dx as a convolution of gy (else: GEMM + col2im scatter-add)
 
 
@@ -35,14 +37,18 @@ class FastConv:
         top, _, left, _ = self.padding
         self.Hp = max(top + self.H, (self.Ho - 1) * sh + dh * (self.kh - 1) + 1)
         self.Wp = max(left + self.W, (self.Wo - 1) * sw + dw * (self.kw - 1) + 1)
-        self.flat = sh == 1 and sw == 1
+        # The flat layout computes Wp - Wo wasted columns per output row: not worth it on narrow maps.
+        self.flat = sh == 1 and sw == 1 and self.Wp <= FLAT_WASTE * self.Wo
         # Flat slices of the last kernel row overrun the image by (kw-1)*dw elements: one spare row.
         self.rows = self.Hp + 1 if self.flat else self.Hp
         self.Wq = self.Wp if self.flat else self.Wo
         self.Lq = self.Ho * self.Wq
         self.K = self.C * self.kh * self.kw
         per_sample = self.K * self.Lq * self.dtype.itemsize
-        self.chunks = split_chunks(self.N, _CHUNK_BYTES // per_sample, n_workers())
+        # Thread hand-off costs ~0.1 ms and loses under CPU contention: small convs run serially.
+        flops = 2 * self.N * self.O * self.K * self.Ho * self.Wo
+        self.workers = n_workers() if flops >= _PARALLEL_FLOPS else 1
+        self.chunks = split_chunks(self.N, _CHUNK_BYTES // per_sample, self.workers)
 
     # ---- per-chunk building blocks -------------------------------------------------------------
 
@@ -120,14 +126,14 @@ class FastConv:
                 else:
                     np.add(src, bias, out=y[s:e])
 
-        run_parallel(work, self.chunks)
+        run_parallel(work, self.chunks, self.workers)
         return y
 
     def _transposed(self):
         """For stride 1 with pads <= (k-1)*dilation: the convolution computing dx from gy (zero-padded
         by the complementary amounts, flipped kernel), so dx costs one more forward instead of a
         col2im scatter-add; None otherwise."""
-        if not (self.flat and TRANSPOSED_DX):
+        if self.stride != (1, 1) or not TRANSPOSED_DX:
             return None
         (dh, dw), (top, bottom, left, right) = self.dilation, self.padding
         eh, ew = (self.kh - 1) * dh, (self.kw - 1) * dw
@@ -167,7 +173,7 @@ class FastConv:
                     dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
             return dw, db
 
-        parts = run_parallel(work, self.chunks)
+        parts = run_parallel(work, self.chunks, self.workers)
         dw = sum(p[0] for p in parts).reshape(w.shape)
         db = sum(p[1] for p in parts)
         return dx, dw, db

@@ -61,31 +61,66 @@ def split_chunks(n, per_chunk, workers):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-def run_parallel(fn, chunks):
-    """Run ``fn(chunk_list)`` over the chunks, one interleaved share per worker thread.
+class _SingleThreadedBlas:
+    """Holds NumPy's BLAS at one thread while any kernel runs (re-entrant across threads).
 
-    Returns the per-worker results. Runs serially (BLAS keeps its own threads) when only one
-    worker is useful, threadpoolctl is missing, or another call is already running in parallel.
+    The kernels parallelise over batch chunks themselves; BLAS threads on top would oversubscribe
+    the cores, and OpenBLAS's spinning threads degrade badly (10x) when a core is busy elsewhere.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = []
+
+    def __enter__(self):
+        with self._lock:
+            if self._users == 0:
+                blas = _blas_controllers()
+                self._saved = [(c, c.num_threads) for c in blas]
+                for c, _ in self._saved:
+                    c.set_num_threads(1)
+            self._users += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for c, n in self._saved:
+                    c.set_num_threads(n)
+                self._saved = []
+
+
+_single_blas = _SingleThreadedBlas()
+
+
+def run_parallel(fn, chunks, workers=None):
+    """Run ``fn(chunk_iterator)`` on up to ``workers`` threads (default n_workers()) that pull
+    chunks from one shared iterator, so a core slowed by other load simply takes fewer chunks.
+    The calling thread is one of the workers. Returns the per-worker results.
+
+    Runs serially (BLAS keeps its own threads) when threadpoolctl is missing, and serially with
+    single-threaded BLAS when one worker suffices or another call already holds the pool.
     """
     global _pool
-    workers = min(n_workers(), len(chunks))
-    blas = _blas_controllers() if workers > 1 else []
-    if workers <= 1 or not blas or not _lock.acquire(blocking=False):
-        return [fn(chunks)]
-    try:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=n_workers(), thread_name_prefix="cnngraph-kernel")
-        saved = [c.num_threads for c in blas]
-        for c in blas:
-            c.set_num_threads(1)
+    workers = min(workers or n_workers(), len(chunks))
+    if not _blas_controllers():
+        return [fn(iter(chunks))]
+    with _single_blas:
+        if workers <= 1 or not _lock.acquire(blocking=False):
+            return [fn(iter(chunks))]
         try:
-            futures = [_pool.submit(fn, chunks[k::workers]) for k in range(workers)]
-            return [f.result() for f in futures]
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=n_workers(), thread_name_prefix="cnngraph-kernel")
+            it = iter(chunks)    # list iterators are safe to share: next() holds the GIL
+            futures = [_pool.submit(fn, it) for _ in range(workers - 1)]
+            try:
+                mine = fn(it)
+            finally:
+                others = [f.result() for f in futures]
+            return [mine] + others
         finally:
-            for c, n in zip(blas, saved):
-                c.set_num_threads(n)
-    finally:
-        _lock.release()
+            _lock.release()
 
 
 def scratch(name, shape, dtype, zero=False):

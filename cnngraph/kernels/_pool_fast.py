@@ -12,6 +12,7 @@ from ._parallel import n_workers, run_parallel, scratch, split_chunks
 __all__ = ["tiles_exactly", "max_forward", "max_backward", "avg_forward", "avg_backward"]
 
 _CHUNK_BYTES = 1 << 22
+_PARALLEL_BYTES = 1 << 21   # smaller inputs are pooled on one thread
 
 
 def tiles_exactly(shape, kernel, stride, padding, dilation):
@@ -24,7 +25,8 @@ def tiles_exactly(shape, kernel, stride, padding, dilation):
 
 def _chunks(x):
     per = max(1, _CHUNK_BYTES // (x[0].size * x.itemsize))
-    return split_chunks(x.shape[0], per, n_workers())
+    workers = n_workers() if x.nbytes >= _PARALLEL_BYTES else 1
+    return split_chunks(x.shape[0], per, workers)
 
 
 def _views(a, kernel):

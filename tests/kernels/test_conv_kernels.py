@@ -127,6 +127,7 @@ def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
     """Tiny chunks (uneven last chunk) and serial/threaded runs agree with the generic path."""
     from cnngraph.kernels import _conv_fast, conv
     monkeypatch.setattr(_conv_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_conv_fast, "_PARALLEL_FLOPS", 0)
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
     cfg = (5,) + cfg[1:]
     x, w, b, stride, padding, dilation, groups = make(cfg, np.float64, seed=7)

@@ -179,6 +179,7 @@ def test_tiled_fast_path_matches_generic(threads, monkeypatch):
     """The tiled fast path (tiny chunks, serial/threaded) agrees with the generic window loop."""
     from cnngraph.kernels import _pool_fast, pool
     monkeypatch.setattr(_pool_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_pool_fast, "_PARALLEL_BYTES", 0)
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
     x = rand((5, 3, 6, 9), np.float32, 9)
     x[0, 0, :2, :3] = 1.0   # ties
@@ -188,6 +189,7 @@ def test_tiled_fast_path_matches_generic(threads, monkeypatch):
     ya_ref, sa_ref = avg_pool2d_forward(x, k, k, (0,) * 4, False, True, True)
     monkeypatch.undo()
     monkeypatch.setattr(_pool_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_pool_fast, "_PARALLEL_BYTES", 0)
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
     ym, sm = max_pool2d_forward(x, k, k, (0,) * 4, (1, 1), False, True)
     ya, sa = avg_pool2d_forward(x, k, k, (0,) * 4, False, True, True)
