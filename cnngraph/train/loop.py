@@ -6,12 +6,13 @@ augment, forward (training behaviour: dropout on, batch-norm batch statistics), 
 outside the graph to the output named by ``train.loss.output``, backward (no input gradient),
 optional gradient clipping, one optimizer step at the schedule's learning rate; then validation
 (inference behaviour), early stopping, and the ``best/`` and ``last/`` checkpoints. At the end the
-best checkpoint is evaluated on the test split and ``metrics.json``, ``history.csv``,
-``curves.png`` and ``confusion.png`` are written to the output folder.
+best checkpoint is evaluated on the test split and ``metrics.json`` (with the test confusion
+matrix and per-class precision/recall), ``history.csv`` and ``curves.png`` are written to the
+output folder (``cnngraph evaluate`` draws ``confusion.png``).
 
 Output folder (``out``, default ``runs/<spec name>/``)::
 
-    checkpoint/best/   checkpoint/last/   metrics.json   history.csv   curves.png   confusion.png
+    checkpoint/best/   checkpoint/last/   metrics.json   history.csv   curves.png
 
 Reproducibility: the shuffle/augment generator is ``np.random.default_rng([seed, 1])``, the
 model's weights and dropout use ``np.random.default_rng(seed)`` (``Model(seed=seed)``). Both
@@ -655,7 +656,8 @@ class _Run:
                   f"{self.ts.optimizer.type} lr {st.lr:g}, out {self.out}", file=self.stream)
         try:
             for epoch in range(self.start_epoch, st.epochs):
-                row = self._epoch(epoch)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # divergence is reported below
+                    row = self._epoch(epoch)
                 self.history.append(row)
                 improved = self.best.update(row.get(self.best.metric), row["epoch"])
                 self._save(row["epoch"], improved)
@@ -719,10 +721,6 @@ class _Run:
         if hist:
             from ..viz.curves import plot_curves
             plot_curves(hist, self.out / "curves.png", title=self.spec.name)
-        if test:
-            from ..viz.curves import plot_confusion
-            plot_confusion(test["confusion"], test["classes"], self.out / "confusion.png",
-                           title=f"{self.spec.name}: test accuracy {test['test_accuracy']:.4f}")
         if self.timer.enabled and not self.quiet:
             print(self.timer.report(), file=self.stream)
         if not self.quiet and test:

@@ -51,7 +51,7 @@ def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path
             ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88 if title else 0.95, wspace=0.22)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
@@ -63,10 +63,9 @@ def plot_confusion(confusion, classes: Sequence[str], path, title: str | None = 
     cm = np.asarray(confusion)
     n = len(classes)
     size = max(4.0, min(0.5 * n + 2, 16.0))
-    fig = _figure(size + 1, size)
+    fig = _figure(size, size)
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(cm, cmap="Blues", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.imshow(cm, cmap="Blues", interpolation="nearest")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xticklabels([str(c) for c in classes], rotation=45 if n > 10 else 0)
@@ -79,8 +78,8 @@ def plot_confusion(confusion, classes: Sequence[str], path, title: str | None = 
             for j in range(n):
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                         color="white" if top and cm[i, j] > top / 2 else "black")
-    ax.set_title(title or "confusion matrix")
-    fig.tight_layout()
+    ax.set_title(title or "confusion matrix", fontsize=10)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.92)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path

@@ -1,0 +1,253 @@
+"""The training loop end to end on small slices of the bundled digits."""
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.errors import CheckpointError, SpecError
+from cnngraph.train import checkpoint as ckpt_mod
+from cnngraph.train.checkpoint import load_checkpoint
+from cnngraph.train.loop import History, TrainingError, load_model
+from cnngraph.train.optim import SGD
+
+torch = pytest.importorskip("torch")
+
+
+def tiny_spec(**train):
+    t = {"data": {"dataset": "digits", "limit": 160}, "loss": {"type": "cross_entropy", "output": "logits"},
+         "optimizer": {"type": "sgd", "lr": 0.1, "momentum": 0.9}, "schedule": {"type": "cosine"},
+         "batch_size": 32, "epochs": 3, "augment": [{"type": "random_shift", "pixels": 1}], "seed": 3}
+    t.update(train)
+    return {"name": "tiny", "inputs": {"image": {"shape": [1, 8, 8]}},
+            "layers": [{"id": "conv1", "type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1},
+                       {"id": "act1", "type": "relu"},
+                       {"id": "pool", "type": "max_pool2d", "kernel_size": 2},
+                       {"id": "flat", "type": "flatten"},
+                       {"id": "fc1", "type": "dense", "out_features": 24},
+                       {"id": "act2", "type": "relu"},
+                       {"id": "drop", "type": "dropout", "p": 0.2},
+                       {"id": "logits", "type": "dense", "out_features": 10}],
+            "outputs": ["logits"], "train": t}
+
+
+def run(spec, tmp_path, name="run", **kw):
+    kw.setdefault("stream", io.StringIO())
+    return cnngraph.train(spec, out=tmp_path / name, **kw)
+
+
+def test_loop_learns_and_writes_outputs(tmp_path):
+    stream = io.StringIO()
+    hist = run(tiny_spec(epochs=4, data={"dataset": "digits", "limit": 400}), tmp_path, stream=stream)
+    assert isinstance(hist, History) and isinstance(hist, list) and len(hist) == 4
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_accuracy"] > 0.5          # chance is 0.1
+    assert hist.test["test_accuracy"] > 0.5 and hist.test["checkpoint"] == "best"
+    assert np.array(hist.test["confusion"]).sum() == 450
+    # exactly one line per epoch on a non-TTY stream
+    lines = [l for l in stream.getvalue().splitlines() if l.startswith("epoch ")]
+    assert len(lines) == 4 and "val_acc" in lines[0] and "img/s" in lines[0]
+    out = tmp_path / "run"
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "train_seconds", "images_per_second", "history"):
+        assert m[key] is not None
+    assert m["test_accuracy"] == hist.test["test_accuracy"] and len(m["history"]) == 4
+    assert (out / "history.csv").read_text().count("\n") == 5
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best, last = load_checkpoint(out / "checkpoint" / "best"), load_checkpoint(out / "checkpoint" / "last")
+    assert last.meta["epoch"] == 4 and best.meta["epoch"] == hist.best_epoch
+    meta = last.meta
+    assert meta["spec_sha256"] and meta["cnngraph_version"] == cnngraph.__version__
+    assert meta["dataset"]["classes"] == [str(i) for i in range(10)] and meta["dataset"]["pixel_scale"] == 16.0
+    assert set(meta["rng"]) == {"loop", "model"} and last.optimizer_state
+    # load_model: the best weights, same predictions as the run's test evaluation
+    model = load_model(out)
+    np.testing.assert_array_equal(model.params["fc1.weight"], best.arrays["fc1.weight"])
+
+
+def _params(path):
+    return load_checkpoint(path).arrays
+
+
+def _interrupt_at(monkeypatch, call):
+    real = SGD.step
+    count = {"n": 0}
+
+    def step(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == call:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(SGD, "step", step)
+
+
+def test_interrupt_then_resume_is_bit_for_bit(tmp_path, monkeypatch):
+    spec = tiny_spec(epochs=4)      # cosine over 4 epochs, dropout and augmentation: every RNG matters
+    straight = run(spec, tmp_path, "straight")
+    steps_per_epoch = 5             # 160 / 32
+    _interrupt_at(monkeypatch, 2 * steps_per_epoch + 2)    # mid epoch 3
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, tmp_path, "split", stream=stream)
+    assert "interrupted" in stream.getvalue() and "epoch 2" in stream.getvalue()
+    assert load_checkpoint(tmp_path / "split" / "checkpoint" / "last").meta["epoch"] == 2
+    monkeypatch.undo()
+    resumed = cnngraph.train(spec, resume=tmp_path / "split", stream=io.StringIO())
+    assert resumed.out == tmp_path / "split"
+    a, b = _params(tmp_path / "straight/checkpoint/last"), _params(tmp_path / "split/checkpoint/last")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert [r["train_loss"] for r in straight] == [r["train_loss"] for r in resumed]
+    assert straight.test["test_accuracy"] == resumed.test["test_accuracy"]
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    spec = tiny_spec(schedule={"type": "constant"}, augment=[], epochs=4)
+    run(spec, tmp_path, "straight")
+    run(spec, tmp_path, "first", epochs=2)
+    with pytest.raises(TrainingError, match="already finished epoch 2"):
+        cnngraph.train(spec, resume=tmp_path / "first", stream=io.StringIO())   # saved settings: 2 epochs
+    cnngraph.train(spec, resume=tmp_path / "first" / "checkpoint", epochs=4, stream=io.StringIO())
+    a, b = _params(tmp_path / "straight/checkpoint/last"), _params(tmp_path / "first/checkpoint/last")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_a_different_network_is_refused(tmp_path):
+    spec = tiny_spec(epochs=1)
+    run(spec, tmp_path)
+    other = copy.deepcopy(spec)
+    other["layers"][4]["out_features"] = 32
+    with pytest.raises(CheckpointError, match=r"layer 'fc1'.*out_features"):
+        cnngraph.train(other, resume=tmp_path / "run", epochs=2, stream=io.StringIO())
+    # a changed train section alone is fine
+    changed = copy.deepcopy(spec)
+    changed["train"]["optimizer"]["lr"] = 0.05
+    assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=2, stream=io.StringIO())) == 2
+
+
+def test_interrupted_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
+    real = ckpt_mod._atomic_write
+    metas = {"n": 0}
+
+    def atomic_write(directory, tag, final, write):
+        if tag == "meta":
+            metas["n"] += 1
+            if metas["n"] == 3:          # the commit of the first save of epoch 2
+                raise KeyboardInterrupt
+        return real(directory, tag, final, write)
+    monkeypatch.setattr(ckpt_mod, "_atomic_write", atomic_write)
+    spec = tiny_spec(epochs=3, early_stopping={"metric": "train_loss", "patience": 3})
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, tmp_path, stream=stream)
+    assert "last good checkpoint" in stream.getvalue() and "(epoch 1)" in stream.getvalue()
+    for which in ("best", "last"):
+        ck = load_checkpoint(tmp_path / "run" / "checkpoint" / which)
+        assert ck.meta["epoch"] == 1
+    assert load_model(tmp_path / "run").param_count() > 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "interrupted"
+
+
+def test_early_stopping_stops(tmp_path):
+    stream = io.StringIO()
+    hist = run(tiny_spec(epochs=10, early_stopping={"metric": "val_accuracy", "patience": 2}), tmp_path,
+               lr=0.0, stream=stream)
+    assert len(hist) == 3 and hist.stopped == "early_stopping" and hist.best_epoch == 1
+    assert "early stopping" in stream.getvalue()
+
+
+def test_unknown_early_stopping_metric_is_located(tmp_path):
+    with pytest.raises(SpecError, match="early_stopping.*val_acc.*expected one of"):
+        run(tiny_spec(early_stopping={"metric": "val_acc"}), tmp_path)
+
+
+def test_nan_names_the_first_non_finite_layer(tmp_path, monkeypatch):
+    real = cnngraph.model.Model._init_params
+
+    def init(self, rng):
+        arrays = real(self, rng)
+        arrays["fc1.weight"][0, 0] = np.inf
+        return arrays
+    monkeypatch.setattr(cnngraph.model.Model, "_init_params", init)
+    with pytest.raises(TrainingError) as exc:
+        run(tiny_spec(), tmp_path)
+    msg = str(exc.value)
+    assert "epoch 1, step 1" in msg and "'fc1' (dense)" in msg and "fc1.weight" in msg
+    assert "no checkpoint was saved yet" in msg.lower()
+
+
+def test_huge_lr_diverges_with_a_message(tmp_path):
+    with pytest.raises(TrainingError, match=r"diverged at epoch .*first layer whose output became non-finite is "
+                                            r"'\w+'.*(Last good|No) checkpoint"):
+        run(tiny_spec(augment=[], epochs=3), tmp_path, lr=1e30)
+
+
+def test_one_epoch_matches_torch(tmp_path):
+    """Same initial weights, batch order and SGD: the loop's weights after an epoch equal torch's."""
+    spec = {"name": "lin", "inputs": {"image": {"shape": [1, 8, 8]}},
+            "layers": [{"id": "flat", "type": "flatten"}, {"id": "fc", "type": "dense", "out_features": 10}],
+            "outputs": ["fc"],
+            "train": {"data": {"dataset": "digits", "limit": 96}, "optimizer": {"type": "sgd", "lr": 0.1,
+                      "momentum": 0.9, "weight_decay": 1e-3}, "loss": {"type": "cross_entropy",
+                      "label_smoothing": 0.1}, "batch_size": 40, "epochs": 1, "seed": 5}}
+    init = cnngraph.compile(spec, seed=5).params.numpy()
+    run(spec, tmp_path)
+    got = _params(tmp_path / "run/checkpoint/last")
+    from cnngraph.train.data import load_dataset
+    ds = load_dataset({"dataset": "digits", "limit": 96}, (1, 8, 8), seed=5)
+    x, y = torch.from_numpy(ds.train[0]).flatten(1), torch.from_numpy(ds.train[1])
+    lin = torch.nn.Linear(64, 10)
+    with torch.no_grad():
+        w = init["fc.weight"]
+        lin.weight.copy_(torch.from_numpy(w if w.shape == (10, 64) else w.T))
+        lin.bias.copy_(torch.from_numpy(init["fc.bias"]))
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    order = np.random.default_rng([5, 1]).permutation(96)
+    for s in range(0, 96, 40):
+        idx = torch.from_numpy(order[s:s + 40])
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(x[idx]), y[idx], label_smoothing=0.1).backward()
+        opt.step()
+    w = got["fc.weight"]
+    np.testing.assert_allclose(w if w.shape == (10, 64) else w.T, lin.weight.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["fc.bias"], lin.bias.detach().numpy(), atol=1e-5)
+
+
+def test_binary_and_mse_losses_train(tmp_path):
+    spec = tiny_spec(epochs=1, loss={"type": "mse", "output": "logits"}, augment=[])
+    hist = run(spec, tmp_path, "mse")
+    assert np.isfinite(hist[0]["train_loss"]) and hist.test is not None
+    bad = tiny_spec(loss={"type": "cross_entropy", "target": "onehot"})
+    with pytest.raises(SpecError, match="unknown target encoding 'onehot'"):
+        run(bad, tmp_path, "bad")
+
+
+def test_output_units_must_match_classes(tmp_path):
+    spec = tiny_spec()
+    spec["layers"][-1]["out_features"] = 7
+    with pytest.raises(TrainingError, match="7 units per sample but the dataset has 10 classes"):
+        run(spec, tmp_path)
+
+
+def test_spec_without_train_section(tmp_path):
+    spec = tiny_spec()
+    del spec["train"]
+    hist = run(spec, tmp_path, epochs=1, data={"dataset": "digits", "limit": 64})
+    assert len(hist) == 1
+    spec["inputs"]["image"]["shape"] = [3, 8, 8]
+    with pytest.raises(TrainingError, match="no train: section.*digits"):
+        run(spec, tmp_path, "other")
+
+
+def test_model_save_then_load_model(tmp_path):
+    model = cnngraph.compile(tiny_spec(), seed=1)
+    model.save(tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), back.predict(x))
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        load_model(tmp_path)

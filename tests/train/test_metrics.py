@@ -1,0 +1,91 @@
+"""Metrics against hand-computed values and an independent torch reference."""
+import numpy as np
+import pytest
+
+from cnngraph.train.metrics import (MetricAccumulator, accuracy, confusion_matrix, format_confusion,
+                                    format_per_class, precision_recall, predicted_classes, top_k_accuracy)
+
+torch = pytest.importorskip("torch")
+
+
+def test_confusion_matrix_hand_computed():
+    y_true = [0, 0, 1, 1, 1, 2]
+    y_pred = [0, 1, 1, 1, 2, 0]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 1], [1, 0, 0]]
+    assert cm.dtype == np.int64
+
+
+def test_precision_recall_hand_computed():
+    cm = np.array([[1, 1, 0], [0, 2, 1], [1, 0, 0]])
+    r = precision_recall(cm)
+    # precision = tp / column sum, recall = tp / row sum
+    assert r["precision"] == pytest.approx([1 / 2, 2 / 3, 0.0])
+    assert r["recall"] == pytest.approx([1 / 2, 2 / 3, 0.0])
+    assert r["f1"] == pytest.approx([0.5, 2 / 3, 0.0])
+    assert r["support"] == [2, 3, 1]
+    assert r["macro_precision"] == pytest.approx((0.5 + 2 / 3) / 3)
+    assert r["undefined"] == []
+
+
+def test_undefined_precision_is_zero_and_reported():
+    cm = np.array([[2, 0], [1, 0]])          # class 1 never predicted
+    r = precision_recall(cm)
+    assert r["precision"] == [pytest.approx(2 / 3), 0.0]
+    assert r["recall"] == [1.0, 0.0]
+    assert "precision[1]" in r["undefined"]
+
+
+def test_accuracy_and_top_k_against_torch():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(200, 7)).astype(np.float32)
+    y = rng.integers(0, 7, 200)
+    t_scores, t_y = torch.from_numpy(scores), torch.from_numpy(y)
+    assert accuracy(scores, y) == pytest.approx((t_scores.argmax(1) == t_y).float().mean().item())
+    for k in (1, 2, 3, 7):
+        ref = (t_scores.topk(k, dim=1).indices == t_y[:, None]).any(1).float().mean().item()
+        assert top_k_accuracy(scores, y, k) == pytest.approx(ref)
+    assert top_k_accuracy(scores, y, 7) == 1.0
+
+
+def test_top_k_ties_and_binary_column():
+    scores = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    # sample 0: label 1 ties with class 0: no class scores strictly higher → top-1 hit
+    assert top_k_accuracy(scores, [1, 2], 1) == 0.5
+    assert top_k_accuracy(scores, [1, 2], 2) == 1.0
+    single = np.array([[2.0], [-1.0], [0.5]])
+    assert predicted_classes(single).tolist() == [1, 0, 1]
+    assert accuracy(single, [1, 1, 1]) == pytest.approx(2 / 3)
+
+
+def test_accumulator_matches_one_shot():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(103, 5))
+    y = rng.integers(0, 5, 103)
+    losses = rng.random(103)
+    acc = MetricAccumulator(top_k=2, num_classes=5)
+    for i in range(0, 103, 10):
+        acc.add(scores[i:i + 10], y[i:i + 10], losses[i:i + 10].sum())
+    res = acc.result("val_")
+    assert res["val_loss"] == pytest.approx(losses.mean())
+    assert res["val_accuracy"] == pytest.approx(accuracy(scores, y))
+    assert res["val_top2_accuracy"] == pytest.approx(top_k_accuracy(scores, y, 2))
+    np.testing.assert_array_equal(acc.confusion(), confusion_matrix(y, scores.argmax(1), 5))
+    assert acc.confusion().sum() == 103
+
+
+def test_bad_inputs_are_clear():
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match=r"shape \(N, classes\)"):
+        accuracy(np.zeros(3), [0, 1, 2])
+    with pytest.raises(ValueError, match="labels must have shape"):
+        accuracy(np.zeros((3, 2)), [0, 1])
+
+
+def test_text_tables():
+    cm = np.array([[3, 1], [0, 4]])
+    text = format_confusion(cm, ["cat", "dog"])
+    assert "cat" in text.splitlines()[1] and text.splitlines()[1].split()[-2:] == ["3", "1"]
+    table = format_per_class(precision_recall(cm), ["cat", "dog"])
+    assert "macro" in table and "0.7500" in table   # recall of cat = 3/4
