@@ -9,7 +9,7 @@ import pytest
 import cnngraph
 
 torch = pytest.importorskip("torch")
-from torch_ref import torch_graph  # noqa: E402
+from cnngraph.torchref import torch_graph  # noqa: E402
 
 DEPTHWISE = {
     "name": "depthwise_separable",

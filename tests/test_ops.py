@@ -90,7 +90,7 @@ def test_every_registered_builtin_op_has_a_case():
 
 # ---- forward parity with PyTorch --------------------------------------------------------------
 torch = pytest.importorskip("torch")
-from torch_ref import torch_layer  # noqa: E402
+from cnngraph.torchref import torch_layer  # noqa: E402
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,11 +1,14 @@
-"""Reference implementations in PyTorch: one layer, or a whole compiled cnngraph graph."""
+"""PyTorch reference implementations of cnngraph layers and graphs (needs torch).
+
+Used by the parity tests and the side-by-side benchmarks: the same network, computed by PyTorch's
+own operators. ``TorchNet`` is a ``torch.nn.Module`` built from a compiled model's graph.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-import cnngraph
-from cnngraph.graph import topological_order
+from .graph import topological_order
 
 F = torch.nn.functional
 
@@ -64,11 +67,11 @@ def torch_layer(layer, t, p, training=False):
     if typ == "mse":
         return F.mse_loss(t[0], t[1])
     if typ == "dropout":
-        return t[0]
+        return F.dropout(t[0], layer["p"], training)
     raise NotImplementedError(typ)
 
 
-def torch_graph(model: "cnngraph.Model", feeds: dict, training: bool = False):
+def torch_graph(model, feeds: dict, training: bool = False):
     """Run ``model``'s graph with PyTorch ops on copies of its parameters (float64 leaf tensors).
 
     Returns (outputs dict, params dict of leaf tensors, input leaf tensors)."""
@@ -86,3 +89,39 @@ def torch_graph(model: "cnngraph.Model", feeds: dict, training: bool = False):
                  if k.rsplit(".", 1)[0] == node}
         env[node] = torch_layer(layer, [env[s] for s in attrs["inputs"]], local, training)
     return {o: env[o] for o in g.graph["outputs"]}, leaves, inputs
+
+
+class TorchNet(torch.nn.Module):
+    """A ``torch.nn.Module`` computing a cnngraph model's graph with PyTorch ops and copies of its
+    parameters (buffers such as running statistics are updated in training like PyTorch's own)."""
+
+    def __init__(self, model, dtype=torch.float32):
+        super().__init__()
+        self.graph = model.graph
+        self.order = [n for n in topological_order(model.graph) if model.graph.nodes[n]["kind"] == "layer"]
+        self.inputs = list(model.spec.inputs)
+        self.outputs = list(model.spec.outputs)
+        self.weights = torch.nn.ParameterDict()
+        self.state = {}
+        for name, value in model.params.items():
+            t = torch.tensor(np.asarray(value), dtype=dtype)
+            if name in model.trainable_names:
+                self.weights[name.replace(".", "__")] = torch.nn.Parameter(t)
+            else:
+                self.state[name] = t
+        self.layers = {n: {"type": self.graph.nodes[n]["type"], **self.graph.nodes[n]["params"].model_dump()}
+                       for n in self.order}
+
+    def _local(self, node):
+        out = {k.split("__", 1)[1]: v for k, v in self.weights.items() if k.split("__", 1)[0] == node}
+        out.update({k.split(".", 1)[1]: v for k, v in self.state.items() if k.rsplit(".", 1)[0] == node})
+        return out
+
+    def forward(self, *xs):
+        env = dict(zip(self.inputs, xs))
+        for node in self.order:
+            layer = self.layers[node]
+            env[node] = torch_layer(layer, [env[s] for s in self.graph.nodes[node]["inputs"]], self._local(node),
+                                    self.training)
+        outs = [env[o] for o in self.outputs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
