@@ -155,8 +155,7 @@ def cmd_evaluate(args) -> int:
     stats = meta.get("dataset") or {}
     if stats.get("mean") is not None and stats.get("std") is not None:
         # Normalise exactly as training did, whatever data is evaluated.
-        cfg = cfg.model_copy(update={"normalize": {"mean": stats["mean"], "std": stats["std"]}})
-        cfg = DataConfig.model_validate(cfg.model_dump())
+        cfg = DataConfig.model_validate({**cfg.model_dump(), "normalize": {"mean": stats["mean"], "std": stats["std"]}})
     ds = load_dataset(cfg, shape, seed=int(settings.get("seed", ts.seed)), base_dir=spec.base_dir)
     x, y = getattr(ds, args.split)
     if len(y) == 0:

@@ -1,0 +1,167 @@
+"""`cnngraph train / evaluate / predict` on real files."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cnngraph.cli import main
+from cnngraph.train.checkpoint import load_checkpoint
+from cnngraph.train.datasets.digits import DIGITS_PATH
+from cnngraph.train.optim import SGD
+
+SPEC = {
+    "name": "cli_digits",
+    "inputs": {"image": {"shape": [1, 8, 8]}},
+    "layers": [{"id": "conv1", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+               {"id": "act1", "type": "relu"},
+               {"id": "pool", "type": "max_pool2d", "kernel_size": 2},
+               {"id": "flat", "type": "flatten"},
+               {"id": "logits", "type": "dense", "out_features": 10}],
+    "outputs": ["logits"],
+    "train": {"data": {"dataset": "digits", "limit": 400}, "optimizer": {"type": "sgd", "lr": 0.1, "momentum": 0.9},
+              "batch_size": 32, "epochs": 20, "seed": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real training run through the CLI, shared by the evaluate/predict tests."""
+    d = tmp_path_factory.mktemp("cli")
+    spec = d / "net.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    rc = main(["train", str(spec), "--epochs", "4", "--out", str(d / "run"), "--quiet"])
+    assert rc == 0
+    return spec, d / "run"
+
+
+def test_train_writes_the_run_folder(trained, capsys):
+    spec, run = trained
+    for name in ("metrics.json", "history.csv", "curves.png", "checkpoint/best/meta.json", "checkpoint/last/meta.json"):
+        assert (run / name).is_file(), name
+    m = json.loads((run / "metrics.json").read_text())
+    assert len(m["history"]) == 4 and m["test_accuracy"] > 0.6
+    # --epochs overrode the spec's 20 and is remembered for resume
+    assert load_checkpoint(run / "checkpoint" / "last").meta["settings"]["epochs"] == 4
+
+
+def test_train_prints_one_line_per_epoch_and_summary(tmp_path, capsys):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    rc = main(["train", str(spec), "--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--seed", "1",
+               "--data", "digits", "--out", str(tmp_path / "r")])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert len([l for l in cap.err.splitlines() if l.startswith("epoch ")]) == 2
+    assert "test accuracy" in cap.out and str(tmp_path / "r") in cap.out
+    meta = load_checkpoint(tmp_path / "r" / "checkpoint" / "last").meta
+    assert meta["settings"]["batch_size"] == 64 and meta["settings"]["lr"] == 0.05 and meta["settings"]["seed"] == 1
+
+
+def test_evaluate_prints_metrics_and_writes_confusion(trained, capsys, tmp_path):
+    spec, run = trained
+    rc = main(["evaluate", str(spec), "--checkpoint", str(run), "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "test_accuracy" in out and "precision" in out and "confusion matrix" in out
+    rows = [l.split() for l in out.splitlines() if l[:1].isdigit() and len(l.split()) == 11]
+    cm = np.array([[int(v) for v in r[1:]] for r in rows])
+    assert cm.shape == (10, 10) and cm.sum() == 450
+    acc = json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    assert np.trace(cm) / 450 == pytest.approx(acc)          # the best checkpoint, as training reported
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # JSON output and every accepted --checkpoint form
+    for form in (run / "checkpoint", run / "checkpoint" / "best"):
+        assert main(["evaluate", str(spec), "--checkpoint", str(form), "--format", "json",
+                     "--out", str(tmp_path)]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["test_accuracy"] == pytest.approx(acc) and len(res["per_class"]["precision"]) == 10
+
+
+def test_predict_png_and_npy(trained, capsys, tmp_path):
+    spec, run = trained
+    with np.load(DIGITS_PATH) as z:
+        x, y, test_idx = z["x"], z["y"], z["test_idx"]
+    png = tmp_path / "digit.png"
+    Image.fromarray(np.round(x[test_idx[0]].astype(float) * 255 / 16).astype(np.uint8)).save(png)
+    inv = tmp_path / "ink.png"      # dark ink on white, larger: needs --invert and resizing
+    Image.fromarray(255 - np.round(x[test_idx[0]].astype(float) * 255 / 16).astype(np.uint8)).save(inv)
+    npy = tmp_path / "batch.npy"
+    np.save(npy, x[test_idx[:40]].astype(np.float32))       # raw grey levels 0..16, like the dataset
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(png), str(npy), "--format", "json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res) == 41 and res[0]["input"] == str(png) and res[1]["input"] == f"{npy}[0]"
+    assert res[0]["class"] == res[1]["class"]                 # the same image read two ways
+    assert sum(res[0]["probabilities"].values()) == pytest.approx(1.0)
+    preds = np.array([int(r["class"]) for r in res[1:]])
+    assert (preds == y[test_idx[:40]]).mean() > 0.6
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(inv), "--invert"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(inv)) and f"class {res[0]['class']} " in line
+
+
+def test_resume_via_cli_and_spec_mismatch(trained, tmp_path, capsys):
+    spec, run = trained
+    other = json.loads(json.dumps(SPEC))
+    other["layers"][0]["out_channels"] = 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(other))
+    assert main(["train", str(bad), "--resume", str(run), "--epochs", "5", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "different network" in err and "conv1" in err and "Traceback" not in err
+    assert main(["train", str(spec), "--resume", str(run), "--epochs", "5", "--out", str(tmp_path / "y"),
+                 "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "y" / "checkpoint" / "last").meta["epoch"] == 5
+    assert (tmp_path / "y" / "checkpoint" / "best" / "meta.json").is_file()    # previous best carried over
+
+
+def test_ctrl_c_exits_130_keeping_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    real, calls = SGD.step, {"n": 0}
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 16:           # epoch 2 of 13 steps each
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(SGD, "step", step)
+    assert main(["train", str(spec), "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "epoch 1" in err and "--resume" in err
+    assert load_checkpoint(tmp_path / "r" / "checkpoint" / "last").meta["epoch"] == 1
+
+
+def test_errors_are_clean(tmp_path, capsys):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    cases = [
+        (["train", str(spec), "--lr", "1e30", "--epochs", "2", "--out", str(tmp_path / "d")], "diverged"),
+        (["train", str(spec), "--data", "nosuch", "--out", str(tmp_path / "e")], "unknown dataset 'nosuch'"),
+        (["train", str(spec), "--data", "npz:" + str(tmp_path / "missing.npz"), "--out", str(tmp_path / "f")],
+         "missing.npz"),
+        (["evaluate", str(spec), "--checkpoint", str(tmp_path / "nothing")], "does not exist"),
+        (["predict", str(spec), "--checkpoint", str(tmp_path / "nothing"), "x.png"], "does not exist"),
+    ]
+    for argv, text in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert text in err and "Traceback" not in err, (argv, err)
+
+
+def test_train_on_an_npz_dataset(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (120, 1, 8, 8), dtype=np.uint8)
+    y = (x[:, 0, :4].mean(axis=(1, 2)) > x[:, 0, 4:].mean(axis=(1, 2))).astype(np.int64)   # top vs bottom brighter
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = 2
+    spec["train"]["data"] = {"dataset": "npz", "path": "unused.npz", "test_fraction": 0.2}
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    rc = main(["train", str(path), "--data", f"npz:{tmp_path / 'd.npz'}", "--epochs", "2", "--out",
+               str(tmp_path / "r"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["classes"] == ["0", "1"] and sum(m["per_class"]["support"]) == 24
