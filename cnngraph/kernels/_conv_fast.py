@@ -66,7 +66,10 @@ class FastConv:
     def _padded(self, x, s, e):
         """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, rows, Wp)."""
         top, _, left, _ = self.padding
-        buf = scratch("conv.xpad", (e - s, self.C, self.rows, self.Wp), self.dtype, zero=True)
+        # Keyed by where the image sits too: the borders are zero only for that placement
+        # (a transposed conv of the same buffer shape writes its interior elsewhere).
+        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.rows, self.Wp), self.dtype,
+                      zero=True)
         buf[:, :, top:top + self.H, left:left + self.W] = x[s:e]
         return buf
 
