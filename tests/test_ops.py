@@ -135,3 +135,15 @@ def test_dtype_is_preserved_in_float64():
     model = cnngraph.compile("specs/lenet5.yaml", dtype="float64")
     out = model.forward(RNG.standard_normal((2, 1, 28, 28)))["logits"]
     assert out.dtype == np.float64
+
+
+@pytest.mark.parametrize("case", ["conv2d", "conv2d_asym", "conv2d_stride_dilation", "max_pool2d_ceil", "avg_pool2d"])
+def test_forward_is_repeatable_after_backward(case):
+    """Kernels reuse scratch buffers: a backward in between must not change the next forward."""
+    layer, shapes, ints, _ = CASES[case]
+    model = cnngraph.compile(one_layer_spec(layer, shapes, ints))
+    feeds = _feeds(shapes, ints, batch=5)
+    first = model.forward(feeds)["op"].copy()
+    out = model.forward(feeds, grad=True)["op"]
+    model.backward({"op": np.ones_like(out)})
+    np.testing.assert_array_equal(model.forward(feeds)["op"], first)
