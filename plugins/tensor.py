@@ -421,12 +421,14 @@ class ConstantParams(OpParams):
 
 
 class Constant(Op):
-    """A learnable tensor ``value`` of the given shape, with no inputs; its output has batch size 1
-    and broadcasts in ``broadcast_add``/``sub``/``mul``/``div``/``matmul``."""
+    """A learnable tensor ``value`` of the given shape. With no input its output has batch size 1
+    (it broadcasts in ``broadcast_add``/``sub``/``mul``/``div``/``matmul``); with an input it is
+    repeated to that input's batch size (a view; the input only lends its batch size)."""
 
     type = "constant"
     Params = ConstantParams
-    arity = (0, 0)
+    arity = (0, 1)
+    grad_inputs = ()
 
     def infer_shape(self, in_shapes):
         return tuple(self.p.shape)
@@ -436,14 +438,17 @@ class Constant(Op):
 
     def forward(self, ctx, inputs, params):
         v = params["value"]
+        ctx.save(n=len(inputs))
+        if inputs:
+            return xp_of(v).broadcast_to(v, (inputs[0].shape[0],) + tuple(v.shape))
         return v.reshape((1,) + tuple(v.shape))
 
     def backward(self, ctx, gy):
-        return [], {"value": gy.sum(axis=0)}
+        return [None] * ctx.saved["n"], {"value": gy.sum(axis=0)}
 
     @classmethod
     def examples(cls):
-        return [({"shape": [3, 1, 1]}, [])]
+        return [({"shape": [3, 1, 1]}, []), ({"shape": [2]}, [(4,)])]
 
 
 class Identity(Op):

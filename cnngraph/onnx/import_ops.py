@@ -1,0 +1,523 @@
+"""ONNX operator → cnngraph layer handlers, with the attribute defaults of the ONNX spec (opsets 7+).
+
+A handler takes (importer, node, attributes) and returns one result per node output: a ``Dyn``
+(computed by layers it emitted), a NumPy array (a constant), or None (an output it does not
+produce). Nodes whose inputs are all constants are folded before any handler sees them, except the
+ones in ``FOLD_NEVER``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .importer import BATCH, Dyn
+
+__all__ = ["HANDLERS", "FOLD_NEVER"]
+
+HANDLERS: dict = {}
+FOLD_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+              "Bernoulli"}
+
+
+def handles(*names):
+    def deco(fn):
+        for n in names:
+            HANDLERS[n] = fn
+        return fn
+    return deco
+
+
+def _pair(v):
+    return int(v[0]) if v[0] == v[1] else [int(x) for x in v]
+
+
+def _pads_tblr(pads):
+    """ONNX [top, left, bottom, right] → cnngraph [top, bottom, left, right] (compact when symmetric)."""
+    t, l, b, r = (int(p) for p in pads)
+    if t == b and l == r:
+        return t if t == l else [t, l]
+    return [t, b, l, r]
+
+
+def _spatial(imp, node, x: Dyn, kernel, a, dilations=None):
+    """Resolved (strides, dilations, ONNX-order pads) of a 2-D window op."""
+    if len(x.shape) != 3:
+        raise imp.fail(f"only 2-D (N, C, H, W) inputs are supported, found per-sample shape {x.shape}")
+    strides = list(a.get("strides", [1, 1]))
+    dil = list(dilations or a.get("dilations", [1, 1]))
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads_b, pads_e = [], []
+        for size, k, s, d in zip(x.shape[1:], kernel, strides, dil):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads_b.append(small if auto == "SAME_UPPER" else big)
+            pads_e.append(big if auto == "SAME_UPPER" else small)
+        pads = pads_b + pads_e
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    elif auto in ("NOTSET", ""):
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+    else:
+        raise imp.fail(f"unknown auto_pad {auto!r}")
+    if len(pads) != 4 or len(strides) != 2 or len(dil) != 2:
+        raise imp.fail("only 2-D windows are supported")
+    return strides, dil, pads
+
+
+# ---- convolution, dense -------------------------------------------------------------------------
+@handles("Conv")
+def conv(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    w = imp.const(node.input[1], "weight")
+    b = imp.const(node.input[2], "bias") if len(node.input) > 2 else None
+    if w.ndim != 4:
+        raise imp.fail(f"only 2-D convolution is supported (weight of shape {w.shape})")
+    kernel = list(a.get("kernel_shape", w.shape[2:]))
+    strides, dil, pads = _spatial(imp, node, x, kernel, a)
+    group = int(a.get("group", 1))
+    params = {"out_channels": int(w.shape[0]), "kernel_size": _pair(kernel)}
+    if strides != [1, 1]:
+        params["stride"] = _pair(strides)
+    if any(pads):
+        params["padding"] = _pads_tblr(pads)
+    if dil != [1, 1]:
+        params["dilation"] = _pair(dil)
+    if group != 1:
+        params["groups"] = group
+    weights = {"weight": w}
+    if b is None:
+        params["bias"] = False
+    else:
+        weights["bias"] = b
+    return [imp.emit("conv2d", [x], params, weights)]
+
+
+@handles("Gemm")
+def gemm(imp, node, a):
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    if a.get("transA", 0):
+        raise imp.fail("transA=1 would move the batch axis; only transA=0 is supported")
+    x = imp.dyn_of(node.input[0])
+    if len(x.shape) != 1:
+        raise imp.fail(f"A must be (batch, features), found per-sample shape {x.shape}")
+    bmat = imp.const(node.input[1], "B")
+    w = bmat if a.get("transB", 0) else bmat.T
+    w = w * np.float32(alpha) if alpha != 1 else w
+    cin = imp.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    params = {"out_features": int(w.shape[0])}
+    weights = {"weight": w}
+    if isinstance(cin, np.ndarray) and cin.size in (1, w.shape[0]) and cin.ndim <= 2 and (cin.ndim < 2 or cin.shape[0] == 1):
+        weights["bias"] = np.broadcast_to(cin.reshape(-1) * np.float32(beta), (w.shape[0],))
+        return [imp.emit("dense", [x], params, weights)]
+    params["bias"] = False
+    y = imp.emit("dense", [x], params, weights)
+    if cin is None or beta == 0:
+        return [y]
+    if isinstance(cin, np.ndarray):
+        c = imp.dyn_of(node.input[2], 2, y) if beta == 1 else None
+        if c is None:
+            imp.consts[node.input[2] + "::beta"] = cin * np.float32(beta)
+            c = imp.dyn_of(node.input[2] + "::beta", 2, y)
+    else:
+        c = cin
+        if beta != 1:
+            imp.consts[node.name + "::beta"] = np.float32(beta).reshape(1)
+            c = imp.emit("mul", [cin, imp.dyn_of(node.name + "::beta", 2, cin)], suffix=".beta")
+    return [imp.emit("broadcast_add", [y, c], suffix=".add")]
+
+
+@handles("MatMul")
+def matmul(imp, node, a):
+    av, bv = imp.get(node.input[0]), imp.get(node.input[1])
+    if isinstance(av, Dyn) and isinstance(bv, np.ndarray) and len(av.shape) == 1 and bv.ndim == 2:
+        return [imp.emit("dense", [av], {"out_features": int(bv.shape[1]), "bias": False}, {"weight": bv.T})]
+    rank = 1 + max(len(av.shape) if isinstance(av, Dyn) else av.ndim - 1,
+                   len(bv.shape) if isinstance(bv, Dyn) else bv.ndim - 1)
+    return [imp.emit("matmul", _operands(imp, node.input[:2], rank))]
+
+
+# ---- pooling ------------------------------------------------------------------------------------
+def _pool(imp, node, a, kind):
+    x = imp.dyn_of(node.input[0])
+    kernel = list(a["kernel_shape"])
+    strides, dil, pads = _spatial(imp, node, x, kernel, a)
+    params = {"kernel_size": _pair(kernel), "stride": _pair(strides)}
+    if any(pads):
+        params["padding"] = _pads_tblr(pads)
+    if a.get("ceil_mode", 0):
+        params["ceil_mode"] = True
+    if kind == "max":
+        if dil != [1, 1]:
+            params["dilation"] = _pair(dil)
+        if len(node.output) > 1 and node.output[1] and imp.consumers[node.output[1]]:
+            raise imp.fail("the Indices output is not supported")
+        return [imp.emit("max_pool2d", [x], params), None]
+    if dil != [1, 1]:
+        raise imp.fail("dilated average pooling is not supported")
+    params["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    return [imp.emit("avg_pool2d", [x], params)]
+
+
+@handles("MaxPool")
+def max_pool(imp, node, a):
+    return _pool(imp, node, a, "max")
+
+
+@handles("AveragePool")
+def avg_pool(imp, node, a):
+    return _pool(imp, node, a, "avg")
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    if len(x.shape) != 3:
+        raise imp.fail(f"only 2-D (N, C, H, W) inputs are supported, found per-sample shape {x.shape}")
+    return [imp.emit("global_avg_pool2d" if node.op_type == "GlobalAveragePool" else "global_max_pool2d", [x])]
+
+
+# ---- normalisation ------------------------------------------------------------------------------
+@handles("BatchNormalization")
+def batch_norm(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    scale, bias, mean, var = (imp.const(n, "statistic") for n in node.input[1:5])
+    if any(o and imp.consumers[o] for o in node.output[1:]):
+        raise imp.fail("training-mode outputs (running statistics) are not supported")
+    if a.get("training_mode", 0):
+        raise imp.fail("training_mode=1 is not supported; export the model in inference mode")
+    if len(x.shape) not in (1, 3):
+        raise imp.fail(f"batch_norm2d takes (C, H, W) or (C,) per sample, found {x.shape}")
+    params = {}
+    eps = float(a.get("epsilon", 1e-5))
+    if abs(eps - 1e-5) > 1e-12:
+        params["eps"] = eps
+    momentum = round(1.0 - float(a.get("momentum", 0.9)), 7)
+    if abs(momentum - 0.1) > 1e-7:
+        params["momentum"] = min(max(momentum, 0.0), 1.0)
+    weights = {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var}
+    return [imp.emit("batch_norm2d", [x], params, weights)] + [None] * (len(node.output) - 1)
+
+
+@handles("LRN")
+def lrn(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    size = int(a["size"])
+    params = {"size": size, "alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
+              "k": float(a.get("bias", 1.0))}
+    if size % 2 == 0:
+        params["window"] = "onnx"
+    return [imp.emit("local_response_norm", [x], params)]
+
+
+# ---- activations --------------------------------------------------------------------------------
+@handles("Relu", "Sigmoid", "Tanh")
+def simple_act(imp, node, a):
+    return [imp.emit(node.op_type.lower(), [imp.dyn_of(node.input[0])])]
+
+
+@handles("LeakyRelu")
+def leaky(imp, node, a):
+    return [imp.emit("leaky_relu", [imp.dyn_of(node.input[0])], {"negative_slope": float(a.get("alpha", 0.01))})]
+
+
+@handles("Elu")
+def elu(imp, node, a):
+    return [imp.emit("elu", [imp.dyn_of(node.input[0])], {"alpha": float(a.get("alpha", 1.0))})]
+
+
+@handles("Gelu")
+def gelu(imp, node, a):
+    approx = a.get("approximate", "none")
+    return [imp.emit("gelu", [imp.dyn_of(node.input[0])], {"approximate": approx} if approx != "none" else {})]
+
+
+@handles("Softmax", "LogSoftmax")
+def softmax(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    kind = "softmax" if node.op_type == "Softmax" else "log_softmax"
+    if imp.opset >= 13:
+        axis = int(a.get("axis", -1)) % rank
+        if axis == 0:
+            raise imp.fail("softmax over the batch axis is not supported")
+        return [imp.emit(kind, [x], {"axis": axis - rank if axis == rank - 1 else axis})]
+    axis = int(a.get("axis", 1)) % rank
+    if axis == 0:
+        raise imp.fail("softmax over the batch axis (axis=0, flattened) is not supported")
+    if axis == rank - 1:
+        return [imp.emit(kind, [x], {"axis": -1 if rank > 2 else 1})]
+    # pre-13 semantics: the tensor is flattened to (prod(dims[:axis]), prod(dims[axis:]))
+    inner = x.shape[axis - 1:]
+    flat = imp.emit("reshape", [x], {"shape": list(x.shape[:axis - 1]) + [math.prod(inner)]}, suffix=".flat")
+    y = imp.emit(kind, [flat], {"axis": -1}, suffix=".softmax")
+    return [imp.emit("reshape", [y], {"shape": list(x.shape)})]
+
+
+@handles("Clip")
+def clip(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    if imp.opset < 11:
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        lo = imp.const(node.input[1], "min") if len(node.input) > 1 and node.input[1] else None
+        hi = imp.const(node.input[2], "max") if len(node.input) > 2 and node.input[2] else None
+        lo = None if lo is None else float(np.asarray(lo).reshape(()))
+        hi = None if hi is None else float(np.asarray(hi).reshape(()))
+    params = {}
+    if lo is not None and lo > -3.4e38:
+        params["min"] = float(lo)
+    if hi is not None and hi < 3.4e38:
+        params["max"] = float(hi)
+    return [imp.emit("clip", [x], params)]
+
+
+@handles("Dropout")
+def dropout(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    if len(node.output) > 1 and node.output[1] and imp.consumers[node.output[1]]:
+        raise imp.fail("the mask output is not supported")
+    ratio = a.get("ratio", 0.5)
+    if len(node.input) > 1 and node.input[1]:
+        ratio = float(np.asarray(imp.const(node.input[1], "ratio")).reshape(()))
+    return [imp.emit("dropout", [x], {"p": float(ratio)} if ratio != 0.5 else {}), None]
+
+
+@handles("Identity")
+def identity(imp, node, a):
+    return [imp.get(node.input[0])]
+
+
+@handles("Cast")
+def cast(imp, node, a):
+    from onnx import TensorProto
+    if a.get("to") not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+        raise imp.fail("casting a computed tensor to a non-float type is not supported")
+    return [imp.get(node.input[0])]
+
+
+# ---- arithmetic ---------------------------------------------------------------------------------
+def _rank(v):
+    return len(v.shape) + 1 if isinstance(v, Dyn) else v.ndim
+
+
+@handles("Add", "Sub", "Mul", "Div")
+def binary(imp, node, a):
+    if imp.opset < 7 and a.get("broadcast"):
+        raise imp.fail("legacy broadcast attribute (opset < 7) is not supported")
+    av, bv = imp.get(node.input[0]), imp.get(node.input[1])
+    rank = max(_rank(av), _rank(bv))
+    op = node.op_type
+    if op == "Add":
+        if isinstance(av, Dyn) and isinstance(bv, Dyn) and av.shape == bv.shape:
+            return [imp.emit("add", [av, bv])]
+        fused = _fuse_bias(imp, node, av, bv) if isinstance(av, Dyn) else None
+        if fused is not None:
+            return [fused]
+    return [imp.emit("broadcast_add" if op == "Add" else op.lower(), _operands(imp, node.input[:2], rank))]
+
+
+def _operands(imp, names, rank):
+    """Layer outputs for the inputs ``names``; constants take their batch size from a computed one."""
+    vals = [imp.get(n) for n in names]
+    like = next((v for v in vals if isinstance(v, Dyn)), None)
+    return [imp.dyn_of(n, rank, like) for n in names]
+
+
+def _fuse_bias(imp, node, av, bv):
+    """MatMul → Add(bias) where the MatMul became a bias-free dense layer used only here: one dense."""
+    if not isinstance(bv, np.ndarray) or len(av.shape) != 1:
+        return None
+    layer = imp.by_id.get(av.id)
+    if layer is None or layer["type"] != "dense" or layer.get("bias", True) is not False:
+        return None
+    if bv.size != av.shape[0] or (bv.ndim == 2 and bv.shape[0] != 1) or bv.ndim > 2:
+        return None
+    users = [t for t, d in imp.dyn.items() if d.id == av.id]
+    if any(imp.consumers[t] != 1 for t in users) or imp.layers[-1] is not layer:
+        return None
+    if any(t in imp.output_names for t in users):
+        return None
+    del layer["bias"]
+    imp.weights[f"{av.id}.bias"] = np.ascontiguousarray(bv.reshape(-1), dtype=np.float32)
+    return av
+
+
+@handles("Sum")
+def sum_(imp, node, a):
+    vals = [imp.get(n) for n in node.input]
+    if len(vals) == 1:
+        return [vals[0]]
+    if all(isinstance(v, Dyn) and v.shape == vals[0].shape for v in vals):
+        return [imp.emit("add", vals)]
+    rank = max(_rank(v) for v in vals)
+    ops = _operands(imp, node.input, rank)
+    y = ops[0]
+    for i, v in enumerate(ops[1:], 1):
+        y = imp.emit("broadcast_add", [y, v], suffix=f".{i}" if i < len(vals) - 1 else "")
+    return [y]
+
+
+@handles("Concat")
+def concat(imp, node, a):
+    vals = [imp.get(n) for n in node.input]
+    if not all(isinstance(v, Dyn) for v in vals):
+        raise imp.fail("concatenating computed tensors with constants is not supported")
+    rank = len(vals[0].shape) + 1
+    axis = int(a["axis"]) % rank
+    if axis == 0:
+        raise imp.fail("concatenation along the batch axis is not supported")
+    return [imp.emit("concat", vals, {"axis": axis} if axis != 1 else {})]
+
+
+# ---- shapes ---------------------------------------------------------------------------------------
+@handles("Shape")
+def shape(imp, node, a):
+    x = imp.get(node.input[0])
+    full = np.array([BATCH, *x.shape], dtype=np.int64)
+    start, end = a.get("start", 0), a.get("end")
+    return [full[start:end]]
+
+
+@handles("Size")
+def size(imp, node, a):
+    x = imp.get(node.input[0])
+    return [np.array(BATCH * math.prod(x.shape), dtype=np.int64)]
+
+
+def _reshape_to(imp, node, x: Dyn, per_sample: list[int]):
+    per_sample = [int(d) for d in per_sample]
+    if tuple(per_sample) == tuple(x.shape):
+        return x
+    if len(per_sample) == 1 and per_sample[0] in (-1, math.prod(x.shape)) and len(x.shape) > 1:
+        return imp.emit("flatten", [x])
+    return imp.emit("reshape", [x], {"shape": per_sample})
+
+
+@handles("Flatten")
+def flatten(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    axis = int(a.get("axis", 1)) % rank if a.get("axis", 1) != rank else rank
+    if axis == 1:
+        return [imp.emit("flatten", [x]) if len(x.shape) != 1 else x]
+    if axis == 0 or any(d != 1 for d in x.shape[:axis - 1]):
+        raise imp.fail(f"Flatten(axis={a.get('axis', 1)}) would merge the batch axis with others")
+    return [_reshape_to(imp, node, x, [math.prod(x.shape[axis - 1:])])]
+
+
+@handles("Reshape")
+def reshape(imp, node, a):
+    x = imp.get(node.input[0])
+    target = [int(d) for d in imp.const(node.input[1], "shape")] if len(node.input) > 1 else list(a["shape"])
+    allowzero = a.get("allowzero", 0)
+    full = [BATCH, *x.shape]
+    t = [full[i] if d == 0 and not allowzero and i < len(full) else d for i, d in enumerate(target)]
+    n = math.prod(x.shape)
+    rest = t[1:]
+    if not t:
+        raise imp.fail("reshape to a scalar is not supported")
+    bad = [d for d in rest if d != -1 and d % BATCH == 0 and d]
+    batch_first = (t[0] == BATCH or (self_batch := imp.declared_batch) is not None and t[0] == self_batch
+                   and -1 not in rest and math.prod(rest) == n)
+    if t[0] == -1 and -1 not in rest and math.prod(rest) == n:
+        batch_first = True
+    if bad or not batch_first:
+        raise imp.fail(f"reshape to {target} changes the batch axis; only reshapes that keep the batch "
+                       f"first are supported (input {tuple(full)} with the batch as {BATCH})")
+    known = math.prod(d for d in rest if d != -1)
+    if -1 in rest:
+        if known == 0 or n % known:
+            raise imp.fail(f"cannot reshape per-sample {x.shape} to {rest}")
+    elif known != n:
+        raise imp.fail(f"cannot reshape per-sample {x.shape} to {rest}")
+    return [_reshape_to(imp, node, x, rest)]
+
+
+@handles("Squeeze", "Unsqueeze")
+def squeeze(imp, node, a):
+    x = imp.get(node.input[0])
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in imp.const(node.input[1], "axes")]
+    full = [None, *x.shape]
+    if node.op_type == "Squeeze":
+        if axes is None:
+            out = [d for d in x.shape if d != 1]
+        else:
+            axes = {ax % len(full) for ax in axes}
+            if 0 in axes:
+                raise imp.fail("squeezing the batch axis is not supported")
+            if any(full[ax] != 1 for ax in axes):
+                raise imp.fail(f"cannot squeeze axes {sorted(axes)} of shape {tuple(full)}")
+            out = [d for i, d in enumerate(full) if i not in axes][1:]
+    else:
+        rank = len(full) + len(axes)
+        axes = sorted(ax % rank for ax in axes)
+        if 0 in axes:
+            raise imp.fail("unsqueezing before the batch axis is not supported")
+        out = list(x.shape)
+        for ax in axes:
+            out.insert(ax - 1, 1)
+    return [_reshape_to(imp, node, x, out)]
+
+
+@handles("Transpose")
+def transpose(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    perm = [int(p) % rank for p in a.get("perm", list(range(rank))[::-1])]
+    if perm[0] != 0:
+        raise imp.fail(f"perm {perm} moves the batch axis; only permutations keeping axis 0 first are supported")
+    if perm == list(range(rank)):
+        return [x]
+    return [imp.emit("transpose", [x], {"perm": perm})]
+
+
+@handles("Pad")
+def pad(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    mode = a.get("mode", "constant")
+    if imp.opset < 11:
+        pads = list(a.get("pads", a.get("paddings", [])))
+        value = float(a.get("value", 0.0))
+    else:
+        pads = [int(p) for p in imp.const(node.input[1], "pads")]
+        value = 0.0
+        if len(node.input) > 2 and node.input[2]:
+            value = float(np.asarray(imp.const(node.input[2], "constant_value")).reshape(()))
+        if len(node.input) > 3 and node.input[3]:
+            axes = [int(v) % rank for v in imp.const(node.input[3], "axes")]
+            full = [0] * (2 * rank)
+            for i, ax in enumerate(axes):
+                full[ax], full[rank + ax] = pads[i], pads[len(axes) + i]
+            pads = full
+    if len(pads) != 2 * rank:
+        raise imp.fail(f"pads has {len(pads)} entries, expected {2 * rank}")
+    if pads[0] or pads[rank]:
+        raise imp.fail("padding the batch axis is not supported")
+    if any(p < 0 for p in pads):
+        raise imp.fail("negative pads (cropping) are not supported")
+    if mode not in ("constant", "reflect", "edge"):
+        raise imp.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge are)")
+    if not any(pads):
+        return [x]
+    params = {"pads": [[pads[i], pads[rank + i]] for i in range(1, rank)]}
+    if mode != "constant":
+        params["mode"] = mode
+    if value:
+        params["value"] = value
+    return [imp.emit("pad", [x], params)]
+
+
+@handles("Gather")
+def gather(imp, node, a):
+    raise imp.fail("Gather on a computed tensor is not supported (only constant Gathers are folded)")
+
+
+@handles("ConstantOfShape", "Constant")
+def const_ops(imp, node, a):   # only reached with dynamic inputs
+    raise imp.fail("the shape must be known at import time")

@@ -1,0 +1,452 @@
+"""ONNX → cnngraph spec: the graph walk, constant folding, naming and the public entry points.
+
+Every tensor of the ONNX graph is either a *constant* (an initializer, a Constant node, or anything
+computed only from constants, including ``Shape`` of a tensor whose shape is known) held as a NumPy
+array, or a *dynamic* tensor produced by a cnngraph layer, whose first dimension is the batch.
+Constants are folded at import time with ``onnx.reference``; the batch dimension stands as the
+sentinel value ``BATCH`` while folding, so shape arithmetic such as ``Reshape(x, [Shape(x)[0], -1])``
+is recognised. Op handlers (``import_ops.py``) map the remaining nodes to cnngraph layers.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ..errors import CnnGraphError, ShapeError
+from ..model import Model
+from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize
+
+__all__ = ["BATCH", "Dyn", "onnx_to_spec", "import_onnx", "OnnxModel", "ImportResult"]
+
+BATCH = 999983   # stand-in for the batch size inside folded shape computations (a prime no real dim uses)
+
+
+@dataclass
+class Dyn:
+    """A tensor computed at run time by cnngraph layer (or model input) ``id``; ``shape`` is per sample."""
+
+    id: str
+    shape: tuple
+
+
+@dataclass
+class ImportResult:
+    """What :func:`onnx_to_spec` returns: the spec as plain data, its weights, and the name maps."""
+
+    spec: dict
+    weights: dict[str, np.ndarray]
+    input_names: dict[str, str]    # ONNX graph input name → spec input name
+    output_names: dict[str, str]   # ONNX graph output name → spec output (layer id)
+
+
+class _Skip(Exception):
+    """A node cannot be imported because an input of it could not be (already reported)."""
+
+
+class Importer:
+    def __init__(self, model, input_shapes: dict[str, Any] | None = None):
+        onnx = require_onnx()
+        self.onnx = onnx
+        self.model = model
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.input_shapes = dict(input_shapes or {})
+        self.consts: dict[str, np.ndarray] = {}
+        self.dyn: dict[str, Dyn] = {}
+        self.failed: set[str] = set()
+        self.layers: list[dict] = []
+        self.by_id: dict[str, dict] = {}
+        self.shapes: dict[str, tuple] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.unsupported: dict[str, list[str]] = {}
+        self.problems: list[str] = []
+        self.const_layers: dict[tuple, str] = {}
+        self.consumers: Counter = Counter()
+        self.declared_batch: int | None = None
+        self.input_names: dict[str, str] = {}
+        self.output_names: dict[str, str] = {}
+        self.current_node = None
+        self.current_layers: list[str] = []
+        self.names = UniqueNames()
+        from ..registry import get_registry
+        self.registry = get_registry()
+
+    # -- setup -----------------------------------------------------------------------------
+    def _read_inputs(self) -> dict[str, dict]:
+        from onnx import numpy_helper
+        for init in self.graph.initializer:
+            self.consts[init.name] = numpy_helper.to_array(init)
+        for sp in getattr(self.graph, "sparse_initializer", []):
+            raise OnnxError(f"sparse initializer '{sp.values.name}' is not supported")
+        spec_inputs = {}
+        unknown = set(self.input_shapes) - {i.name for i in self.graph.input}
+        if unknown:
+            raise OnnxError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not take "
+                            f"(its inputs: {', '.join(i.name for i in self.graph.input if i.name not in self.consts)})")
+        for inp in self.graph.input:
+            if inp.name in self.consts:
+                continue   # an initializer listed as an input (IR < 4): a weight
+            tt = inp.type.tensor_type
+            if not inp.type.HasField("tensor_type"):
+                raise OnnxError(f"input '{inp.name}' is not a tensor; only tensor inputs are supported")
+            elem = tt.elem_type
+            from onnx import TensorProto
+            if elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+                dtype = "float32"
+            elif elem in (TensorProto.INT64, TensorProto.INT32):
+                dtype = "int64"
+            else:
+                raise OnnxError(f"input '{inp.name}' has element type "
+                                f"{TensorProto.DataType.Name(elem)}; supported: float, double, float16, int32, int64")
+            if inp.name in self.input_shapes:
+                dims = [int(d) for d in self.input_shapes[inp.name]]
+                if tt.HasField("shape") and len(tt.shape.dim) != len(dims):
+                    raise OnnxError(f"--input-shape for '{inp.name}' has {len(dims)} dimensions, the model "
+                                    f"declares {len(tt.shape.dim)}")
+                if tt.HasField("shape"):
+                    for i, d in enumerate(tt.shape.dim):
+                        if d.HasField("dim_value") and i > 0 and d.dim_value != dims[i]:
+                            raise OnnxError(f"--input-shape for '{inp.name}' gives dimension {i} as {dims[i]}, "
+                                            f"the model fixes it at {d.dim_value}")
+            else:
+                if not tt.HasField("shape"):
+                    raise OnnxError(f"input '{inp.name}' has no declared shape; give one with "
+                                    f"--input-shape {inp.name}=1,3,224,224")
+                dims = []
+                for i, d in enumerate(tt.shape.dim):
+                    if d.HasField("dim_value") and d.dim_value > 0:
+                        dims.append(int(d.dim_value))
+                    elif i == 0:
+                        dims.append(-1)   # dynamic batch
+                    else:
+                        sym = d.dim_param or "?"
+                        raise OnnxError(f"input '{inp.name}' has a symbolic dimension {i} ('{sym}'); only the "
+                                        f"batch dimension may be dynamic. Fix it with "
+                                        f"--input-shape {inp.name}=" + ",".join(
+                                            "1" if j == 0 else (str(x.dim_value) if x.HasField('dim_value') else "N")
+                                            for j, x in enumerate(tt.shape.dim)))
+            if len(dims) < 1:
+                raise OnnxError(f"input '{inp.name}' is a scalar; inputs need a batch dimension")
+            if dims[0] > 0:
+                self.declared_batch = dims[0]
+            name = self.names.take(inp.name, "input")
+            self.input_names[inp.name] = name
+            self.dyn[inp.name] = Dyn(name, tuple(dims[1:]))
+            self.shapes[name] = tuple(dims[1:])
+            spec_inputs[name] = {"shape": list(dims[1:])} | ({"dtype": dtype} if dtype != "float32" else {})
+        if not spec_inputs:
+            raise OnnxError("the model has no inputs besides its initializers")
+        return spec_inputs
+
+    # -- helpers for op handlers -------------------------------------------------------------
+    def get(self, name: str):
+        if not name:
+            return None
+        if name in self.failed:
+            raise _Skip()
+        if name in self.consts:
+            return self.consts[name]
+        if name in self.dyn:
+            return self.dyn[name]
+        raise OnnxError(f"tensor '{name}' is used before it is produced (the graph is not topologically sorted)")
+
+    def const(self, name: str, what: str = "input"):
+        """A constant input's value (None when the input is absent); OnnxError when dynamic."""
+        v = self.get(name)
+        if v is None or isinstance(v, np.ndarray):
+            return v
+        raise self.fail(f"{what} '{name}' must be a constant (an initializer or computable at import time)")
+
+    def fail(self, message: str) -> OnnxError:
+        n = self.current_node
+        return OnnxError(f"{n.op_type} node '{n.name or n.output[0]}': {message}")
+
+    def dyn_of(self, name: str, rank: int | None = None, like: Dyn | None = None) -> Dyn:
+        """A tensor as a layer output; constants become ``constant`` layers broadcasting against a
+        tensor of ``rank`` dimensions (batch included), taking their batch size from ``like``."""
+        v = self.get(name)
+        if isinstance(v, Dyn):
+            return v
+        arr = np.asarray(v)
+        if rank is not None and arr.ndim >= rank:
+            if arr.ndim > rank or arr.shape[0] != 1:
+                raise self.fail(f"constant '{name}' of shape {arr.shape} varies along the batch axis")
+            arr = arr[0]
+        key = (name, arr.shape, like.id if like is not None else None)
+        if key in self.const_layers:
+            return Dyn(self.const_layers[key], arr.shape)
+        lid = self.names.take(name, "const")
+        self.add_layer({"id": lid, "type": "constant", "inputs": [like.id] if like is not None else [],
+                        "shape": list(arr.shape)}, arr.shape,
+                       {"value": arr.astype(np.float32)})
+        self.const_layers[key] = lid
+        return Dyn(lid, arr.shape)
+
+    def add_layer(self, layer: dict, shape: tuple, weights: dict | None = None) -> None:
+        self.layers.append(layer)
+        self.by_id[layer["id"]] = layer
+        self.shapes[layer["id"]] = tuple(shape)
+        for k, v in (weights or {}).items():
+            self.weights[f"{layer['id']}.{k}"] = np.array(v, dtype=np.float32, order="C")
+        self.current_layers.append(layer["id"])
+
+    def emit(self, type_: str, inputs: list, params: dict | None = None, weights: dict | None = None,
+             suffix: str = "") -> Dyn:
+        """Add a layer of ``type_`` fed by ``inputs`` (Dyn or tensor names); returns its output."""
+        node = self.current_node
+        srcs = [x if isinstance(x, Dyn) else self.dyn_of(x) for x in inputs]
+        params = {k: v for k, v in (params or {}).items()}
+        op_cls = self.registry.ops[type_]
+        try:
+            op = op_cls(op_cls.Params.model_validate(params))
+            shape = tuple(int(d) for d in op.infer_shape([s.shape for s in srcs]))
+        except ShapeError as exc:
+            raise self.fail(f"{exc} (input shapes: {', '.join(str(s.shape) for s in srcs)})") from None
+        except Exception as exc:   # pydantic validation
+            raise self.fail(f"cannot express as a '{type_}' layer: {exc}") from None
+        base = node_base_name(node.name, node.op_type) if node.name else node.op_type.lower()
+        lid = self.names.take(base + suffix, node.op_type.lower())
+        layer = {"id": lid, "type": type_, "inputs": [s.id for s in srcs], **params}
+        self.add_layer(layer, shape, weights)
+        return Dyn(lid, shape)
+
+    def attrs(self, node) -> dict:
+        from onnx import helper
+        out = {}
+        for a in node.attribute:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode()
+            out[a.name] = v
+        return out
+
+    # -- folding -------------------------------------------------------------------------------
+    def fold(self, node) -> list[np.ndarray]:
+        from onnx.reference import ReferenceEvaluator
+        feeds = {n: self.consts[n] for n in node.input if n}
+        try:
+            ev = ReferenceEvaluator(node, opsets={"": self.opset})
+            return ev.run(None, feeds)
+        except Exception as exc:
+            raise self.fail(f"could not fold this constant computation: {type(exc).__name__}: {exc}") from None
+
+    # -- the walk ------------------------------------------------------------------------------
+    def run(self) -> ImportResult:
+        from .import_ops import FOLD_NEVER, HANDLERS
+        spec_inputs = self._read_inputs()
+        outputs = [o.name for o in self.graph.output]
+        reserved = {}
+        for o in outputs:
+            if o in self.input_names:
+                continue
+            reserved[o] = self.names.take(o, "output")
+        for node in self.graph.node:
+            for i in node.input:
+                self.consumers[i] += 1
+        for node in self.graph.node:
+            self.current_node = node
+            self.current_layers = []
+            if node.domain not in ("", "ai.onnx"):
+                self.unsupported.setdefault(f"{node.domain}.{node.op_type}", []).append(node.name or node.output[0])
+                self.failed.update(node.output)
+                continue
+            try:
+                ins = [self.get(n) for n in node.input]
+                handler = HANDLERS.get(node.op_type)
+                if (all(v is None or isinstance(v, np.ndarray) for v in ins) and node.op_type not in FOLD_NEVER
+                        and not (handler is not None and getattr(handler, "prefers_handler", False))):
+                    results = self.fold(node)
+                    if any(isinstance(r, np.ndarray) and r.size and BATCH in np.abs(r.astype(np.float64, copy=False)).ravel()
+                           and node.op_type == "ConstantOfShape" for r in results):
+                        raise self.fail("the shape depends on the batch size; only shapes known at import "
+                                        "time can be built")
+                elif handler is None:
+                    self.unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])
+                    self.failed.update(node.output)
+                    continue
+                else:
+                    results = handler(self, node, self.attrs(node))
+            except _Skip:
+                self.failed.update(node.output)
+                continue
+            except OnnxError as exc:
+                self.problems.append(str(exc))
+                self.failed.update(node.output)
+                continue
+            for name, r in zip(node.output, results):
+                if not name:
+                    continue
+                if r is None:
+                    if self.consumers[name] or name in reserved:
+                        self.problems.append(f"{node.op_type} node '{node.name or node.output[0]}': output "
+                                             f"'{name}' is not supported (only the first output is)")
+                        self.failed.add(name)
+                    continue
+                if isinstance(r, Dyn):
+                    self.dyn[name] = r
+                else:
+                    self.consts[name] = np.asarray(r)
+                if name in reserved:
+                    self._claim_output(name, reserved[name])
+        self._report()
+        spec_outputs = []
+        for o in outputs:
+            if o in self.input_names:
+                self.current_node = type("N", (), {"op_type": "Output", "name": o, "output": [o]})()
+                self.current_layers = []
+                lid = reserved.get(o) or self.names.take(o + "_out")
+                src = self.dyn[o]
+                self.add_layer({"id": lid, "type": "identity", "inputs": [src.id]}, src.shape)
+                self.output_names[o] = lid
+            spec_outputs.append(self.output_names[o])
+        spec = {"name": sanitize(self.graph.name or "onnx_model", "onnx_model"),
+                "description": self._description(),
+                "inputs": spec_inputs, "layers": self._compact(self.layers), "outputs": spec_outputs}
+        return ImportResult(spec, self.weights, dict(self.input_names), dict(self.output_names))
+
+    def _claim_output(self, name: str, lid: str) -> None:
+        """Give the layer computing graph output ``name`` the id ``lid`` (the sanitised output name)."""
+        r = self.get(name)
+        if isinstance(r, Dyn) and self.current_layers and r.id == self.current_layers[-1] and r.id not in self.input_names.values():
+            self._rename(r.id, lid)
+            self.dyn[name] = Dyn(lid, r.shape)
+        elif isinstance(r, Dyn):
+            self.add_layer({"id": lid, "type": "identity", "inputs": [r.id]}, r.shape)
+            self.dyn[name] = Dyn(lid, r.shape)
+        else:
+            arr = np.asarray(r, dtype=np.float32)
+            self.add_layer({"id": lid, "type": "constant", "inputs": [], "shape": list(arr.shape)}, arr.shape,
+                           {"value": arr})
+            self.dyn[name] = Dyn(lid, arr.shape)
+            del self.consts[name]
+        self.output_names[name] = lid
+
+    def _rename(self, old: str, new: str) -> None:
+        layer = self.by_id.pop(old)
+        layer["id"] = new
+        self.by_id[new] = layer
+        self.shapes[new] = self.shapes.pop(old)
+        for k in [k for k in self.weights if k.startswith(old + ".") and k[len(old) + 1:].count(".") == 0]:
+            self.weights[new + k[len(old):]] = self.weights.pop(k)
+        for lay in self.layers:
+            lay["inputs"] = [new if s == old else s for s in lay["inputs"]]
+        for t, d in self.dyn.items():
+            if d.id == old:
+                self.dyn[t] = Dyn(new, d.shape)
+        self.names.taken.discard(old)
+
+    def _report(self) -> None:
+        if not self.unsupported and not self.problems:
+            return
+        lines = []
+        if self.unsupported:
+            total = sum(len(v) for v in self.unsupported.values())
+            lines.append(f"{total} node{'s' if total != 1 else ''} of {len(self.unsupported)} unsupported op "
+                         f"type{'s' if len(self.unsupported) != 1 else ''}:")
+            for op, nodes in sorted(self.unsupported.items()):
+                shown = ", ".join(nodes[:6]) + (f", … ({len(nodes) - 6} more)" if len(nodes) > 6 else "")
+                lines.append(f"  {op} ×{len(nodes)}: {shown}")
+        if self.problems:
+            lines.append(f"{len(self.problems)} node{'s' if len(self.problems) != 1 else ''} could not be converted:")
+            lines += ["  " + p for p in self.problems]
+        raise OnnxError("cannot import the ONNX model:\n" + "\n".join(lines))
+
+    def _description(self) -> str:
+        prod = self.model.producer_name or "unknown producer"
+        ver = f" {self.model.producer_version}" if self.model.producer_version else ""
+        return f"imported from ONNX (opset {self.opset}, {prod}{ver})"
+
+    @staticmethod
+    def _compact(layers: list[dict]) -> list[dict]:
+        """Drop ``inputs`` where it is just the previous layer (the spec default)."""
+        out, prev = [], None
+        for lay in layers:
+            lay = dict(lay)
+            if prev is not None and lay["inputs"] == [prev]:
+                del lay["inputs"]
+            elif len(lay["inputs"]) == 1:
+                lay["inputs"] = lay["inputs"][0]
+            out.append(lay)
+            prev = lay["id"]
+        # keep key order: id, type, inputs, params
+        return [{k: lay[k] for k in ("id", "type", "inputs") if k in lay} |
+                {k: v for k, v in lay.items() if k not in ("id", "type", "inputs")} for lay in out]
+
+
+def _load(source):
+    onnx = require_onnx()
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise OnnxError(f"{source}: file not found")
+        try:
+            model = onnx.load(str(p))
+        except Exception as exc:
+            raise OnnxError(f"{source}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    else:
+        model = source
+    return model
+
+
+def onnx_to_spec(source, input_shapes: dict[str, Any] | None = None) -> ImportResult:
+    """Convert an ONNX model (path or ModelProto) to a cnngraph spec dict plus weights.
+
+    ``input_shapes`` maps ONNX input names to full shapes (batch first) for inputs with symbolic
+    dimensions other than the batch. Raises OnnxError listing every unsupported node at once.
+    """
+    model = _load(source)
+    result = Importer(model, input_shapes).run()
+    from ..spec import load_spec
+    try:
+        load_spec(result.spec)
+    except CnnGraphError as exc:   # a bug in a handler rather than in the model; say so
+        raise OnnxError(f"the converted spec does not validate (please report): {exc}") from None
+    return result
+
+
+class OnnxModel(Model):
+    """A Model imported from ONNX: ``forward``/``backward`` take and return ONNX tensor names (the
+    spec's own names work too); ``onnx_inputs``/``onnx_outputs`` map ONNX names to spec names."""
+
+    onnx_inputs: dict = {}
+    onnx_outputs: dict = {}
+
+    def forward(self, inputs, training=False, grad=None, outputs=None, on_output=None):
+        if isinstance(inputs, dict):
+            inputs = {self.onnx_inputs.get(k, k): v for k, v in inputs.items()}
+        if outputs is not None:
+            outputs = [self.onnx_outputs.get(o, o) for o in outputs]
+        result = super().forward(inputs, training=training, grad=grad, outputs=outputs, on_output=on_output)
+        back = {v: k for k, v in self.onnx_outputs.items()}
+        return {back.get(k, k): v for k, v in result.items()}
+
+    __call__ = forward
+
+    def backward(self, grad_outputs, input_grads=True):
+        grad_outputs = {self.onnx_outputs.get(k, k): v for k, v in grad_outputs.items()}
+        return super().backward(grad_outputs, input_grads)
+
+
+def import_onnx(source, input_shapes: dict[str, Any] | None = None, device: str = "cpu", dtype: str = "float32"):
+    """Import an ONNX model as a compiled :class:`cnngraph.Model` with the ONNX weights loaded.
+
+    The returned model's ``forward`` accepts inputs under the ONNX input names (or the spec's) and
+    returns outputs under the ONNX output names. ``model.onnx_inputs``/``model.onnx_outputs`` map
+    ONNX names to spec names.
+    """
+    from ..spec import load_spec
+    result = onnx_to_spec(source, input_shapes)
+    spec = load_spec(result.spec)
+    model = OnnxModel(spec, device=device, dtype=dtype)
+    model.load_params(result.weights)
+    model.onnx_inputs = result.input_names
+    model.onnx_outputs = result.output_names
+    model.import_result = result
+    return model
+
+

@@ -1,0 +1,182 @@
+"""Every supported ONNX operator and awkward attribute combination: cnngraph's import vs ONNX Runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from onnx_build import compare, make_model, rand
+
+N = helper.make_node
+X4 = (2, 4, 9, 10)
+
+
+def conv_case(opset=17, cin=4, cout=6, k=(3, 3), group=1, bias=True, **attrs):
+    w = rand(cout, cin // group, *k)
+    inits = {"w": w} | ({"b": rand(cout)} if bias else {})
+    node = N("Conv", ["x", "w"] + (["b"] if bias else []), ["y"], group=group, **attrs)
+    return [node], {"x": (2, cin, 9, 10)}, inits, opset
+
+
+CASES = {
+    "conv": conv_case(pads=[1, 1, 1, 1]),
+    "conv_nobias_stride": conv_case(bias=False, strides=[2, 3]),
+    "conv_asym_pads": conv_case(pads=[0, 1, 2, 1]),
+    "conv_same_upper": conv_case(k=(4, 3), auto_pad="SAME_UPPER", strides=[2, 2]),
+    "conv_same_lower": conv_case(k=(4, 3), auto_pad="SAME_LOWER", strides=[2, 2]),
+    "conv_valid": conv_case(auto_pad="VALID"),
+    "conv_dilated": conv_case(dilations=[2, 1], pads=[2, 1, 2, 1]),
+    "conv_grouped": conv_case(group=2, pads=[1, 1, 1, 1]),
+    "conv_depthwise": conv_case(cout=8, group=4, k=(3, 3), pads=[1, 1, 1, 1]),
+    "conv_opset7": conv_case(opset=7, kernel_shape=[3, 3]),
+    "maxpool": ([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])], {"x": X4}, {}, 17),
+    "maxpool_default_stride": ([N("MaxPool", ["x"], ["y"], kernel_shape=[3, 2])], {"x": X4}, {}, 17),
+    "maxpool_ceil_pads": ([N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                            ceil_mode=1)], {"x": X4}, {}, 17),
+    "maxpool_asym": ([N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0])],
+                     {"x": X4}, {}, 17),
+    "maxpool_same_upper": ([N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")],
+                           {"x": X4}, {}, 17),
+    "maxpool_same_lower": ([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER")],
+                           {"x": X4}, {}, 17),
+    "maxpool_dilated": ([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])], {"x": X4}, {}, 12),
+    "maxpool_opset8": ([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])], {"x": X4}, {}, 8),
+    "avgpool": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+                {"x": X4}, {}, 17),
+    "avgpool_include_pad": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                              count_include_pad=1)], {"x": X4}, {}, 17),
+    "avgpool_ceil": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)],
+                     {"x": X4}, {}, 17),
+    "avgpool_ceil_pad_include": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                   ceil_mode=1, count_include_pad=1)], {"x": X4}, {}, 19),
+    "avgpool_asym": ([N("AveragePool", ["x"], ["y"], kernel_shape=[2, 3], strides=[1, 2], pads=[1, 0, 0, 1])],
+                     {"x": X4}, {}, 17),
+    "global_avg": ([N("GlobalAveragePool", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "global_max": ([N("GlobalMaxPool", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "batchnorm": ([N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3)], {"x": X4},
+                  {"s": rand(4), "b": rand(4), "m": rand(4), "v": np.abs(rand(4)) + 0.5}, 15),
+    "batchnorm_opset7": ([N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])], {"x": X4},
+                         {"s": rand(4), "b": rand(4), "m": rand(4), "v": np.abs(rand(4)) + 0.5}, 7),
+    "lrn": ([N("LRN", ["x"], ["y"], size=3, alpha=0.01, beta=0.7, bias=1.5)], {"x": X4}, {}, 17),
+    "relu": ([N("Relu", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "leaky": ([N("LeakyRelu", ["x"], ["y"], alpha=0.2)], {"x": X4}, {}, 17),
+    "leaky_default": ([N("LeakyRelu", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "elu": ([N("Elu", ["x"], ["y"], alpha=0.5)], {"x": X4}, {}, 17),
+    "sigmoid": ([N("Sigmoid", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "tanh": ([N("Tanh", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "gelu20": ([N("Gelu", ["x"], ["y"])], {"x": X4}, {}, 20),
+    "gelu20_tanh": ([N("Gelu", ["x"], ["y"], approximate="tanh")], {"x": X4}, {}, 20),
+    "softmax13": ([N("Softmax", ["x"], ["y"], axis=1)], {"x": X4}, {}, 13),
+    "softmax13_default": ([N("Softmax", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "softmax13_neg": ([N("Softmax", ["x"], ["y"], axis=-2)], {"x": X4}, {}, 13),
+    "softmax11_flatten": ([N("Softmax", ["x"], ["y"], axis=1)], {"x": X4}, {}, 11),
+    "softmax11_axis2": ([N("Softmax", ["x"], ["y"], axis=2)], {"x": X4}, {}, 11),
+    "softmax11_default_2d": ([N("Softmax", ["x"], ["y"])], {"x": (3, 5)}, {}, 11),
+    "logsoftmax13": ([N("LogSoftmax", ["x"], ["y"], axis=2)], {"x": X4}, {}, 13),
+    "logsoftmax11_flatten": ([N("LogSoftmax", ["x"], ["y"], axis=-3)], {"x": X4}, {}, 11),
+    "gemm": ([N("Gemm", ["x", "w", "b"], ["y"])], {"x": (3, 5)}, {"w": rand(5, 4), "b": rand(4)}, 17),
+    "gemm_transB_alpha_beta": ([N("Gemm", ["x", "w", "b"], ["y"], transB=1, alpha=0.5, beta=2.0)], {"x": (3, 5)},
+                               {"w": rand(4, 5), "b": rand(1, 4)}, 17),
+    "gemm_noC": ([N("Gemm", ["x", "w"], ["y"], transB=1)], {"x": (3, 5)}, {"w": rand(4, 5)}, 13),
+    "gemm_scalarC": ([N("Gemm", ["x", "w", "b"], ["y"])], {"x": (3, 5)}, {"w": rand(5, 4), "b": rand(1)}, 17),
+    "gemm_opset7": ([N("Gemm", ["x", "w", "b"], ["y"], transB=1)], {"x": (3, 5)}, {"w": rand(4, 5), "b": rand(4)}, 7),
+    "matmul_dense": ([N("MatMul", ["x", "w"], ["y"])], {"x": (3, 5)}, {"w": rand(5, 4)}, 17),
+    "matmul_bias_fused": ([N("MatMul", ["x", "w"], ["t"]), N("Add", ["t", "b"], ["y"])], {"x": (3, 5)},
+                          {"w": rand(5, 4), "b": rand(4)}, 17),
+    "matmul_3d": ([N("MatMul", ["x", "w"], ["y"])], {"x": (2, 3, 5)}, {"w": rand(5, 4)}, 17),
+    "matmul_dyn": ([N("MatMul", ["x", "z"], ["y"])], {"x": (2, 3, 5), "z": (2, 5, 4)}, {}, 17),
+    "add_same": ([N("Add", ["x", "z"], ["y"])], {"x": X4, "z": X4}, {}, 17),
+    "add_bcast_const": ([N("Add", ["x", "c"], ["y"])], {"x": X4}, {"c": rand(4, 1, 1)}, 17),
+    "add_bcast_rank4_const": ([N("Add", ["c", "x"], ["y"])], {"x": X4}, {"c": rand(1, 4, 1, 10)}, 17),
+    "add_scalar": ([N("Add", ["x", "c"], ["y"])], {"x": X4}, {"c": np.float32(0.5)}, 17),
+    "sub": ([N("Sub", ["c", "x"], ["y"])], {"x": X4}, {"c": rand(10)}, 17),
+    "mul": ([N("Mul", ["x", "c"], ["y"])], {"x": X4}, {"c": rand(4, 1, 1)}, 17),
+    "mul_dyn": ([N("Mul", ["x", "z"], ["y"])], {"x": X4, "z": (2, 4, 1, 1)}, {}, 17),
+    "div": ([N("Div", ["x", "c"], ["y"])], {"x": X4}, {"c": np.abs(rand(9, 10)) + 0.5}, 17),
+    "sum3": ([N("Sum", ["x", "z", "w"], ["y"])], {"x": X4, "z": X4, "w": X4}, {}, 13),
+    "sum_bcast": ([N("Sum", ["x", "c", "z"], ["y"])], {"x": X4, "z": X4}, {"c": rand(10)}, 13),
+    "concat": ([N("Concat", ["x", "z"], ["y"], axis=1)], {"x": X4, "z": (2, 3, 9, 10)}, {}, 17),
+    "concat_neg": ([N("Concat", ["x", "z"], ["y"], axis=-1)], {"x": X4, "z": (2, 4, 9, 2)}, {}, 17),
+    "flatten": ([N("Flatten", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "flatten_axis3": ([N("Flatten", ["x"], ["y"], axis=2)], {"x": (2, 1, 9, 10)}, {}, 17),
+    "reshape_const": ([N("Reshape", ["x", "s"], ["y"])], {"x": X4}, {"s": np.array([-1, 36, 10], np.int64)}, 17),
+    "reshape_zero": ([N("Reshape", ["x", "s"], ["y"])], {"x": X4}, {"s": np.array([0, 4, -1], np.int64)}, 17),
+    "reshape_shape_chain": ([N("Shape", ["x"], ["sh"]), N("Gather", ["sh", "i0"], ["n"], axis=0),
+                             N("Unsqueeze", ["n", "ax"], ["nu"]), N("Concat", ["nu", "m1"], ["tgt"], axis=0),
+                             N("Reshape", ["x", "tgt"], ["y"])],
+                            {"x": X4}, {"i0": np.array(0, np.int64), "ax": np.array([0], np.int64),
+                                        "m1": np.array([-1], np.int64)}, 13),
+    "transpose": ([N("Transpose", ["x"], ["y"], perm=[0, 2, 3, 1])], {"x": X4}, {}, 17),
+    "squeeze13": ([N("Squeeze", ["x", "a"], ["y"])], {"x": (2, 4, 1, 10)}, {"a": np.array([-2], np.int64)}, 13),
+    "squeeze11": ([N("Squeeze", ["x"], ["y"], axes=[2])], {"x": (2, 4, 1, 10)}, {}, 11),
+    "unsqueeze13": ([N("Unsqueeze", ["x", "a"], ["y"])], {"x": (2, 4, 10)}, {"a": np.array([1, -1], np.int64)}, 13),
+    "unsqueeze11": ([N("Unsqueeze", ["x"], ["y"], axes=[2])], {"x": (2, 4, 10)}, {}, 11),
+    "dropout": ([N("Dropout", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "dropout_opset7": ([N("Dropout", ["x"], ["y"], ratio=0.3)], {"x": X4}, {}, 7),
+    "identity": ([N("Identity", ["x"], ["t"]), N("Relu", ["t"], ["y"])], {"x": X4}, {}, 17),
+    "identity_out": ([N("Identity", ["x"], ["y"])], {"x": X4}, {}, 17),
+    "constant_mul": ([N("Constant", [], ["c"], value=helper.make_tensor("v", 1, [4, 1, 1], rand(4).tolist())),
+                      N("Mul", ["x", "c"], ["y"])], {"x": X4}, {}, 17),
+    "constant_value_float": ([N("Constant", [], ["c"], value_float=2.5), N("Mul", ["x", "c"], ["y"])], {"x": X4},
+                             {}, 13),
+    "constant_of_shape": ([N("ConstantOfShape", ["s"], ["c"], value=helper.make_tensor("v", 1, [1], [0.25])),
+                           N("Add", ["x", "c"], ["y"])], {"x": X4}, {"s": np.array([9, 10], np.int64)}, 17),
+    "pad_constant": ([N("Pad", ["x", "p", "v"], ["y"])], {"x": X4},
+                     {"p": np.array([0, 0, 1, 2, 0, 0, 3, 0], np.int64), "v": np.array(0.5, np.float32)}, 13),
+    "pad_reflect": ([N("Pad", ["x", "p"], ["y"], mode="reflect")], {"x": X4},
+                    {"p": np.array([0, 0, 1, 2, 0, 0, 3, 1], np.int64)}, 13),
+    "pad_edge": ([N("Pad", ["x", "p"], ["y"], mode="edge")], {"x": X4},
+                 {"p": np.array([0, 0, 1, 2, 0, 0, 3, 1], np.int64)}, 13),
+    "pad_opset2": ([N("Pad", ["x"], ["y"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=1.0)], {"x": X4}, {}, 7),
+    "pad_axes18": ([N("Pad", ["x", "p", "", "a"], ["y"])], {"x": X4},
+                   {"p": np.array([1, 2, 3, 0], np.int64), "a": np.array([-2, -1], np.int64)}, 18),
+    "clip_relu6": ([N("Clip", ["x", "lo", "hi"], ["y"])], {"x": X4},
+                   {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}, 13),
+    "clip_min_only": ([N("Clip", ["x", "lo"], ["y"])], {"x": X4}, {"lo": np.array(-0.3, np.float32)}, 13),
+    "clip_opset6_attrs": ([N("Clip", ["x"], ["y"], min=-0.5, max=0.5)], {"x": X4}, {}, 7),
+}
+
+
+def _conv_kernel_keeps_stale_borders() -> bool:
+    """cnngraph.kernels' fast conv path reuses a zero-bordered scratch buffer keyed by the padded
+    shape only, so a conv whose pads differ in placement but not in total sees the previous call's
+    data in its border. Detected here so the affected cases are reported as that known kernel bug."""
+    from cnngraph.kernels.conv import conv2d_forward
+    x = np.ones((2, 4, 9, 10), np.float32)
+    w = np.ones((6, 4, 3, 3), np.float32)
+    conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, save=False)
+    y, _ = conv2d_forward(x, w, None, (1, 1), (0, 2, 1, 1), (1, 1), 1, save=False)
+    ref, _ = conv2d_forward(np.pad(x, [(0, 0), (0, 0), (0, 2), (1, 1)]), w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                            save=False)
+    return not np.allclose(y, ref)
+
+
+STALE = {"conv_asym_pads", "conv_same_upper", "conv_same_lower"}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_import_matches_onnxruntime(case):
+    if case in STALE and _conv_kernel_keeps_stale_borders():
+        pytest.xfail("known bug in cnngraph/kernels/_conv_fast.py: zero-bordered scratch reused across "
+                     "different pad placements")
+    nodes, inputs, inits, opset = CASES[case]
+    feeds = {k: rand(*s) * 3 for k, s in inputs.items()}
+    model = make_model(nodes, inputs, inits, opset=opset)
+    compare(model, feeds)
+
+
+def test_lrn_even_size_matches_onnx_formula():
+    # ONNX Runtime only implements odd sizes (and onnx.reference loops over the wrong axis), so the
+    # expected values come from the operator's formula: channels c-floor((size-1)/2) … c+ceil((size-1)/2)
+    import math
+    from cnngraph.onnx import import_onnx
+    size, alpha, beta, bias = 4, 0.3, 0.75, 1.0
+    model = make_model([N("LRN", ["x"], ["y"], size=size, alpha=alpha)], {"x": (2, 7, 3, 3)})
+    x = rand(2, 7, 3, 3) * 2
+    sq = np.zeros_like(x)
+    for c in range(7):
+        lo, hi = max(0, c - math.floor((size - 1) / 2)), min(7, c + math.ceil((size - 1) / 2) + 1)
+        sq[:, c] = (x[:, lo:hi] ** 2).sum(axis=1)
+    want = x / (bias + alpha / size * sq) ** beta
+    got = import_onnx(model).forward({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
