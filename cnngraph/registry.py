@@ -119,8 +119,31 @@ class _Plugins:
             self.pm.register(plugin, name=name)
         except Exception as exc:
             raise PluginError(f"plugin '{name}' ({origin}) could not be registered: {exc}") from exc
+        try:
+            self.pm.check_pending()   # a @hookimpl whose name is no hook (a typo) is an error, not ignored
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            unknown = [n for n in dir(plugin) if n not in _HOOKS
+                       and getattr(getattr(plugin, n, None), hookspecs.PROJECT + "_impl", None) is not None]
+            what = ", ".join(f"'{n}'{did_you_mean(n, _HOOKS)}" for n in unknown) or str(exc)
+            raise PluginError(f"plugin '{name}' ({origin}) implements unknown hook {what}; the hooks are: "
+                              f"{', '.join(_HOOKS)}") from None
         self.registry.plugins[name] = origin
-        self._run_hooks(plugin, name)
+        try:
+            self._run_hooks(plugin, name)
+        except PluginError:
+            self._forget(name)   # no half-registered plugin: fixing it and loading again works
+            raise
+
+    def _forget(self, name: str) -> None:
+        reg = self.registry
+        for (table, entry), owner in list(reg.owner.items()):
+            if owner == name:
+                getattr(reg, table).pop(entry, None)
+                del reg.owner[(table, entry)]
+        reg.plugins.pop(name, None)
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
 
     def _run_hooks(self, plugin: Any, name: str) -> None:
         reg = self.registry

@@ -1,0 +1,5 @@
+"""A plugin file with a syntax error on line 4."""
+
+
+def broken(:
+    pass

@@ -1,0 +1,322 @@
+"""Plugins: the hook surface, the three ways to load a plugin, consent, safe YAML, errors that name the
+plugin, and the `ops` / `plugins` commands."""
+from __future__ import annotations
+
+import inspect
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph import hookspecs, registry
+from cnngraph.cli import main
+from cnngraph.errors import PluginError, RunError, SpecError
+
+PLUGINS = Path(__file__).parent / "plugins"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fresh():
+    """A fresh process-wide registry for one test (built-ins and entry points reloaded), then the old one back."""
+    saved = registry._STATE
+    registry._STATE = None
+    try:
+        yield registry.get_registry()
+    finally:
+        registry._STATE = saved
+
+
+def one_layer(op_type: str, shape=(3, 4, 4), **params) -> dict:
+    return {"inputs": {"x": {"shape": list(shape)}}, "layers": [{"id": "a", "type": op_type, **params}],
+            "outputs": ["a"]}
+
+
+# -- the hook surface ------------------------------------------------------------------------------
+def hook_specs():
+    return {name: fn for name, fn in vars(hookspecs).items()
+            if callable(fn) and getattr(fn, hookspecs.PROJECT + "_spec", None) is not None}
+
+
+def test_every_hook_is_documented_and_typed():
+    specs = hook_specs()
+    assert len(specs) >= 5
+    for name, fn in specs.items():
+        doc = inspect.getdoc(fn) or ""
+        assert len(doc) > 30, f"hook {name} has no docstring"
+        sig = inspect.signature(fn)
+        assert list(sig.parameters) == ["registry"], name
+        assert all(p.annotation is not inspect.Parameter.empty for p in sig.parameters.values()), name
+        assert sig.return_annotation is not inspect.Signature.empty, name
+
+
+def test_registry_calls_exactly_the_declared_hooks():
+    assert set(registry._HOOKS) == set(hook_specs())
+
+
+def test_builtins_register_only_through_the_hooks():
+    import importlib
+    for modname in registry.DEFAULT_PLUGINS:
+        module = importlib.import_module(modname)
+        impls = [n for n, f in vars(module).items() if getattr(f, hookspecs.PROJECT + "_impl", None) is not None]
+        assert impls and set(impls) <= set(hook_specs()), modname
+
+
+def test_ops_declare_their_contract_side_by_side():
+    relu = cnngraph.get_registry().op("conv2d")
+    for attr in ("Params", "infer_shape", "init_params", "forward", "backward", "flops", "examples"):
+        assert attr in vars(relu) or hasattr(relu, attr)
+    assert issubclass(relu.Params, cnngraph.OpParams)
+
+
+# -- way 1: an installed package (entry point) -------------------------------------------------------
+def make_dist(tmp_path: Path, name: str, module_body: str) -> Path:
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent(module_body))
+    info = tmp_path / f"{name}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[cnngraph]\n{name}_ep = {name}\n")
+    return tmp_path
+
+
+def test_entry_point_plugin_is_found_and_listed(tmp_path, monkeypatch, fresh, capsys):
+    make_dist(tmp_path, "epdemo", """
+        import cnngraph
+
+        class Double(cnngraph.Op):
+            '''2 * x.'''
+            type = "ep_double"
+            def forward(self, ctx, inputs, params):
+                return inputs[0] * 2
+            def backward(self, ctx, gy):
+                return [gy * 2], {}
+
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(registry):
+            registry.add(Double)
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._STATE = None
+    reg = registry.get_registry()
+    assert reg.ops["ep_double"].plugin == "epdemo_ep"
+    assert "package epdemo 0.3" in reg.plugins["epdemo_ep"]
+    spec = cnngraph.load_spec(one_layer("ep_double"))      # no consent needed: installed packages load
+    assert spec.graph.nodes["a"]["plugin"] == "epdemo_ep"
+    assert main(["ops"]) == 0
+    assert "ep_double  [epdemo_ep]" in capsys.readouterr().out
+    assert main(["plugins"]) == 0
+    assert "epdemo_ep  (entry point epdemo (package epdemo 0.3)): 1 ops" in capsys.readouterr().out
+
+
+def test_entry_point_that_fails_to_import_names_the_package(tmp_path, monkeypatch, fresh):
+    make_dist(tmp_path, "epbroken", "import cnngraph_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._STATE = None
+    with pytest.raises(PluginError, match=r"installed plugin 'epbroken_ep' \(entry point epbroken, package "
+                                          r"epbroken\) failed to import: ModuleNotFoundError"):
+        registry.get_registry()
+
+
+def test_contrib_package_when_installed(capsys):
+    from importlib.metadata import entry_points
+    if not any(ep.name == "contrib" for ep in entry_points(group="cnngraph")):
+        pytest.skip("cnngraph-contrib is not installed (pip install -e plugins/contrib)")
+    assert main(["ops"]) == 0
+    out = capsys.readouterr().out
+    for op in ("swish", "mish", "hard_swish", "squeeze_excitation"):
+        assert f"{op}  [contrib]" in out
+
+
+# -- way 2: a plain Python file, from the spec or the command line ------------------------------------
+def test_spec_plugin_file_needs_consent_in_python(fresh):
+    path = PLUGINS / "uses_good_layers.yaml"
+    with pytest.raises(SpecError) as err:
+        cnngraph.load_spec(path)
+    first = err.value.problems[0]
+    assert first.path == "plugins" and first.line == 2
+    assert str(PLUGINS / "good_layers.py") in first.message
+    assert "--allow-plugins" in first.message and "allow_plugins=True" in first.message
+    assert "scaled_tanh" not in registry.get_registry().ops          # nothing was imported
+    spec = cnngraph.load_spec(path, allow_plugins=True)              # relative to the spec file
+    assert spec.graph.nodes["act"]["plugin"] == "tests/plugins/good_layers.py" or \
+        spec.graph.nodes["act"]["plugin"].endswith("good_layers.py")
+    model = cnngraph.compile(spec)
+    x = np.linspace(-2, 2, 32, dtype=np.float32).reshape(1, 2, 4, 4)
+    np.testing.assert_allclose(model.forward({"x": x})["act"], 3.0 * np.tanh(x), rtol=1e-6)
+
+
+def test_spec_plugin_file_needs_consent_on_the_cli(fresh, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = "tests/plugins/uses_good_layers.yaml"
+    assert main(["validate", spec]) == 1
+    out = capsys.readouterr().out
+    assert "tests/plugins/uses_good_layers.yaml:2:" in out and "good_layers.py" in out and "--allow-plugins" in out
+    assert main(["validate", spec, "--allow-plugins"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_plugin_file_on_the_command_line(fresh, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("inputs: {x: {shape: [4]}}\nlayers: [{id: t, type: scaled_tanh}]\noutputs: [t]\n")
+    assert main(["validate", str(spec), "--plugin", "tests/plugins/good_layers.py"]) == 0
+    assert main(["ops", "--plugin", "tests/plugins/good_layers.py"]) == 0
+    assert "scaled_tanh  [tests/plugins/good_layers.py]" in capsys.readouterr().out
+    assert main(["plugins", "--plugin", "tests/plugins/good_layers.py"]) == 0
+    out = capsys.readouterr().out
+    assert f"tests/plugins/good_layers.py  (file {ROOT / 'tests/plugins/good_layers.py'}): 1 ops" in out
+    assert "cnngraph.plugins.activation  (built-in)" in out
+
+
+def test_loading_the_same_file_twice_is_a_no_op(fresh):
+    a = cnngraph.load_plugin_file(PLUGINS / "good_layers.py")
+    b = cnngraph.load_plugin_file(str(PLUGINS / "good_layers.py"))
+    assert a == b and "scaled_tanh" in fresh.ops
+
+
+# -- way 3: at run time, from Python -------------------------------------------------------------------
+def test_register_op_and_register_plugin_at_run_time(fresh):
+    @cnngraph.register_op
+    class Negate(cnngraph.Op):
+        """-x."""
+        type = "rt_negate"
+
+        def forward(self, ctx, inputs, params):
+            return -inputs[0]
+
+        def backward(self, ctx, gy):
+            return [-gy], {}
+
+    class Square(cnngraph.Op):
+        type = "rt_square"
+
+        def forward(self, ctx, inputs, params):
+            ctx.save(x=inputs[0])
+            return inputs[0] ** 2
+
+        def backward(self, ctx, gy):
+            return [2 * gy * ctx.saved["x"]], {}
+
+    class MyPlugin:
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(self, registry):
+            registry.add(Square)
+
+    cnngraph.register_plugin(MyPlugin(), name="my-runtime-plugin")
+    assert fresh.ops["rt_square"].plugin == "my-runtime-plugin"
+    assert fresh.plugins["my-runtime-plugin"] == "registered at run time"
+    assert fresh.ops["rt_negate"].plugin == __name__
+    spec = {"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "n", "type": "rt_negate"},
+                                                        {"id": "s", "type": "rt_square"}], "outputs": ["s"]}
+    model = cnngraph.compile(spec, dtype="float64")
+    x = np.array([[1.0, -2.0, 3.0]])
+    np.testing.assert_allclose(model.forward({"x": x}, grad=True)["s"], x ** 2)
+    grads = model.backward({"s": np.ones_like(x)})
+    np.testing.assert_allclose(grads["x"], 2 * x)
+
+
+def test_register_op_rejects_non_ops(fresh):
+    with pytest.raises(PluginError, match="not a cnngraph.Op subclass"):
+        cnngraph.register_op(object)
+
+
+# -- errors name the plugin ----------------------------------------------------------------------------
+def test_plugin_file_that_fails_to_import_names_file_and_line(fresh):
+    with pytest.raises(PluginError, match=r"plugin file '.*import_error.py:3' failed to import: "
+                                          r"ModuleNotFoundError: No module named 'cnngraph_no_such_module_xyz'"):
+        cnngraph.load_plugin_file(PLUGINS / "import_error.py")
+    with pytest.raises(PluginError, match=r"syntax_error.py:4' failed to import: SyntaxError"):
+        cnngraph.load_plugin_file(PLUGINS / "syntax_error.py")
+    with pytest.raises(PluginError, match=r"plugin file 'nope/missing.py' does not exist"):
+        cnngraph.load_plugin_file("nope/missing.py")
+
+
+def test_spec_naming_a_broken_plugin_file_is_a_located_problem(fresh, tmp_path):
+    (tmp_path / "broken.py").write_text((PLUGINS / "import_error.py").read_text())
+    spec = tmp_path / "s.yaml"
+    spec.write_text("plugins: [./broken.py]\ninputs: {x: {shape: [4]}}\nlayers: [{id: r, type: relu}]\n"
+                    "outputs: [r]\n")
+    with pytest.raises(SpecError) as err:
+        cnngraph.load_spec(spec, allow_plugins=True)
+    p = err.value.problems[0]
+    assert (p.path, p.line) == ("plugins[0]", 1) and "broken.py:3' failed to import" in p.message
+
+
+def test_duplicate_op_names_both_plugins_and_rolls_back(fresh):
+    with pytest.raises(PluginError) as err:
+        cnngraph.load_plugin_file(PLUGINS / "duplicate_relu.py")
+    msg = str(err.value)
+    assert "op 'relu' is registered twice" in msg
+    assert "'cnngraph.plugins.activation'" in msg and "duplicate_relu.py'" in msg
+    assert "dup_plugin_extra" not in fresh.ops                       # nothing half-registered
+    assert fresh.ops["relu"].plugin == "cnngraph.plugins.activation"
+    assert not any(n.endswith("duplicate_relu.py") for n in fresh.plugins)
+
+
+def test_misspelled_hook_is_an_error_not_ignored(fresh):
+    with pytest.raises(PluginError, match=r"unknown hook 'cnngraph_register_op' \(did you mean "
+                                          r"'cnngraph_register_ops'\?\)"):
+        cnngraph.load_plugin_file(PLUGINS / "typo_hook.py")
+
+
+def test_wrong_forward_shape_names_plugin_op_and_layer(fresh):
+    cnngraph.load_plugin_file(PLUGINS / "broken_ops.py")
+    model = cnngraph.compile(one_layer("bad_forward_shape"))
+    with pytest.raises(PluginError, match=r"op 'bad_forward_shape' \(plugin '.*broken_ops.py'\) returned shape "
+                                          r"\(2, 1, 4, 4\) from forward at layer 'a', but its shape inference "
+                                          r"promised \(2, 3, 4, 4\)"):
+        model.forward({"x": np.zeros((2, 3, 4, 4), np.float32)})
+
+
+def test_wrong_gradient_shape_names_plugin_op_and_layer(fresh):
+    cnngraph.load_plugin_file(PLUGINS / "broken_ops.py")
+    model = cnngraph.compile(one_layer("bad_backward_shape"))
+    y = model.forward({"x": np.ones((2, 3, 4, 4), np.float32)}, grad=True)["a"]
+    with pytest.raises(PluginError, match=r"op 'bad_backward_shape' \(plugin '.*broken_ops.py'\) returned a "
+                                          r"gradient of shape \(2, 1, 4, 4\) for input 0 \('x'\) at layer 'a', "
+                                          r"expected \(2, 3, 4, 4\)"):
+        model.backward({"a": np.ones_like(y)})
+
+
+def test_exception_inside_a_plugin_op_names_layer_and_plugin(fresh):
+    class Crashes(cnngraph.Op):
+        type = "crashes"
+
+        def forward(self, ctx, inputs, params):
+            raise ValueError("boom")
+
+    cnngraph.register_plugin(type("P", (), {"cnngraph_register_ops": staticmethod(
+        cnngraph.hookimpl(lambda registry: registry.add(Crashes)))})(), name="crash-plugin")
+    model = cnngraph.compile(one_layer("crashes"))
+    with pytest.raises(RunError, match=r"while running a \(crashes, plugin 'crash-plugin'\) on \(1, 3, 4, 4\): "
+                                       r"ValueError: boom"):
+        model.forward({"x": np.zeros((1, 3, 4, 4), np.float32)})
+
+
+def test_failing_hook_names_plugin_and_hook(fresh):
+    class Bad:
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(self, registry):
+            raise RuntimeError("cannot build tables")
+
+    with pytest.raises(PluginError, match=r"plugin 'bad-hooks' failed in cnngraph_register_ops: RuntimeError: "
+                                          r"cannot build tables"):
+        cnngraph.register_plugin(Bad(), name="bad-hooks")
+
+
+# -- YAML is always read safely ----------------------------------------------------------------------
+@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system ['echo pwned']",
+                                 "!!python/object:collections.OrderedDict {}",
+                                 "!!python/name:os.system ''"])
+def test_python_yaml_tags_are_rejected_with_a_location(tmp_path, tag):
+    spec = tmp_path / "evil.yaml"
+    spec.write_text(f"inputs:\n  x: {{shape: [3]}}\nlayers:\n  - {{id: a, type: relu, p: {tag}}}\noutputs: [a]\n")
+    with pytest.raises(SpecError) as err:
+        cnngraph.load_spec(spec, allow_plugins=True)
+    p = err.value.problems[0]
+    assert p.file == str(spec) and p.line == 4
+    assert "python/" in p.message and "not allowed" in p.message
