@@ -185,5 +185,6 @@ def render_matplotlib(scene: Scene, path, fmt: str, dpi: int = 150) -> tuple[int
         fig.savefig(path, format="pdf")
         return int(round(scene.width)), int(round(scene.height))
     fig.savefig(path, format="png", dpi=dpi, facecolor="white")
-    w, h = fig.canvas.get_width_height()
-    return int(round(scene.width / 72.0 * dpi)), int(round(scene.height / 72.0 * dpi))
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.size

@@ -1,0 +1,66 @@
+"""Summary: measured training activation memory (tape + live tensors), its formatting and the CLI."""
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.commands.summary_format import format_summary
+from cnngraph.summary import inference_peak_bytes, summarize, training_memory
+
+
+def test_training_memory_is_measured_and_linear():
+    spec = cnngraph.load_spec("specs/resnet_small.yaml")
+    tm = training_memory(spec, batch_size=8)
+    m1, m2 = tm.measured[1], tm.measured[2]
+    assert m2 > m1 > 0
+    assert tm.peak_bytes == tm.fixed_bytes + 8 * tm.per_sample_bytes
+    # training keeps much more than inference: every batch-norm and relu saves its tensors
+    assert m1 > 2 * inference_peak_bytes(spec.graph, 1)
+    assert tm.tape_bytes[1] <= m1 and tm.env_peak_bytes[1] <= m1
+    # the extrapolation matches a direct measurement at batch 8 (linear in the batch)
+    model = cnngraph.compile(spec)
+    direct = training_memory(model, 1)        # measures batch 1 and 2 on the same model
+    assert direct.measured == tm.measured
+    from cnngraph.summary import _measure
+    peak8 = _measure(model, 8)[0]
+    assert abs(peak8 - tm.peak_bytes) <= 0.01 * peak8
+    # and the arrays really exist: NumPy's allocations during a training forward reach at least that
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    tracemalloc.start()
+    model.forward({"image": x}, training=True)
+    _, traced = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    model._tape = None
+    assert traced >= 0.9 * (tm.peak_bytes - x.nbytes)
+
+
+def test_running_stats_are_left_alone():
+    model = cnngraph.compile("specs/resnet_small.yaml")
+    before = model.params.numpy()
+    training_memory(model, 4)
+    after = model.params.numpy()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_summary_totals_and_json_show_both_peaks(capsys):
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    s = summarize(spec.graph, spec.name, 16, training=training_memory(spec, 16))
+    text = format_summary(s, "table")
+    assert "peak activation memory (inference, batch 16)" in text
+    assert "peak activation memory (training, batch 16)" in text and "measured" in text
+    md = format_summary(s, "markdown")
+    assert "- peak activation memory (training, batch 16)" in md
+    assert main(["summary", "specs/lenet5.yaml", "--batch-size", "16", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["training_peak_bytes"] == s.training_peak_bytes
+    assert d["training_memory"]["measured"]["1"] > 0 and d["inference_peak_bytes"] > 0
+    assert main(["summary", "specs/lenet5.yaml", "--no-training-memory", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["training_peak_bytes"] is None
+    assert main(["summary", "specs/lenet5.yaml", "--batch-size", "0"]) == 1
+    assert "--batch-size must be >= 1" in capsys.readouterr().err

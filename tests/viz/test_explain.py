@@ -1,0 +1,165 @@
+"""explain: feature maps, filters, Grad-CAM (via Model.backward(wrt=...)), saliency, checkpoints."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.errors import CheckpointError, CnnGraphError, RunError
+from cnngraph.viz import explain as ex
+
+from helpers import TINY_DIGITS, train_tiny_digits
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model, ds, acc = train_tiny_digits()
+    assert acc > 0.85, acc          # the model really learned the digits
+    return model, ds
+
+
+def _raw(ds, x):
+    return x * np.asarray(ds.std, np.float32).reshape(1, -1, 1, 1) + np.asarray(ds.mean, np.float32).reshape(1, -1, 1, 1)
+
+
+def _not_blank(path, min_w=300, min_h=200):
+    im = Image.open(path)
+    im.load()
+    a = np.asarray(im.convert("RGB"), np.float32)
+    assert im.size[0] >= min_w and im.size[1] >= min_h
+    assert a.std() > 15 and len(np.unique(a.reshape(-1, 3), axis=0)) > 50
+    return im
+
+
+def test_backward_wrt_matches_the_gradient_of_the_tail(trained):
+    model, ds = trained
+    x = ds.test[0][:3]
+    out = model.forward({"image": x}, grad=True, outputs=["act2", "logits"])
+    g = np.zeros_like(out["logits"])
+    g[:, 4] = 1.0
+    grads = model.backward({"logits": g}, wrt=["act2", "act1"])
+    assert grads["act2"].shape == (3, 16, 8, 8) and grads["act1"].shape == (3, 8, 8, 8)
+    # the same gradient from a network that starts at act2: its input gradient
+    tail = cnngraph.compile({"inputs": {"a": {"shape": [16, 8, 8]}},
+                             "layers": [{"id": "pool", "type": "max_pool2d", "kernel_size": 2},
+                                        {"id": "flat", "type": "flatten"},
+                                        {"id": "logits", "type": "dense", "out_features": 10}],
+                             "outputs": ["logits"]})
+    tail.load_params({k: v for k, v in model.params.numpy().items() if k.startswith("logits.")})
+    tail.forward({"a": out["act2"]}, grad=True)
+    ref = tail.backward({"logits": g})["a"]
+    np.testing.assert_allclose(grads["act2"], ref, rtol=1e-5, atol=1e-6)
+    # act1 is upstream of act2: its gradient flows through conv2
+    assert np.abs(grads["act1"]).sum() > 0
+    model.forward({"image": x}, grad=True)
+    with pytest.raises(RunError, match="not a layer computed"):
+        model.backward({"logits": g}, wrt=["nope"])
+
+
+def test_gradcam_puts_mass_on_the_strokes(trained):
+    model, ds = trained
+    xt, yt = ds.test
+    raw = _raw(ds, xt[:40])
+    ring = np.zeros((8, 8), bool)
+    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
+    stroke_mass, border_mass, wins, right = [], [], 0, 0
+    for i in range(40):
+        r = ex.gradcam(model, xt[i:i + 1])
+        assert r["layer"] == "act2"                         # last spatial non-pooling layer
+        assert r["cam"].shape == (8, 8) and 0 <= r["cam"].min() and r["cam"].max() <= 1
+        stroke = raw[i, 0] > 8
+        border = ring & (raw[i, 0] < 1)
+        s, b = r["cam"][stroke].mean(), r["cam"][border].mean()
+        stroke_mass.append(s)
+        border_mass.append(b)
+        wins += s > b
+        right += r["class_index"] == yt[i]
+    assert right >= 34
+    assert np.mean(stroke_mass) > 2 * np.mean(border_mass), (np.mean(stroke_mass), np.mean(border_mass))
+    assert wins >= 32
+    # a chosen class, and the saliency map agrees with an explicit input gradient
+    r = ex.gradcam(model, xt[:1], "act2", class_index=3)
+    assert r["class_index"] == 3
+    sal = ex.saliency(model, xt[:1], 3)
+    np.testing.assert_allclose(sal, r["saliency"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(CnnGraphError, match="out of range"):
+        ex.gradcam(model, xt[:1], class_index=10)
+    with pytest.raises(CnnGraphError, match="Grad-CAM needs"):
+        ex.gradcam(model, xt[:1], layer="flat")
+
+
+def test_feature_maps_are_the_layer_output(trained, tmp_path):
+    model, ds = trained
+    x = ds.test[0][:1]
+    maps = ex.feature_maps(model, x, "act1")
+    ref = model.forward({"image": x}, outputs=["act1"])["act1"][0]
+    np.testing.assert_array_equal(maps, ref)
+    for scale in ("shared", "per-map"):
+        size = ex.plot_feature_maps(maps, tmp_path / f"{scale}.png", "act1", "relu", scale, _raw(ds, x)[0], 16.0)
+        im = _not_blank(tmp_path / f"{scale}.png")
+        assert im.size == size
+    with pytest.raises(CnnGraphError, match="no layer 'actt1'.*did you mean 'act1'"):
+        ex.feature_maps(model, x, "actt1")
+    # a flat layer becomes a bar chart
+    ex.plot_feature_maps(ex.feature_maps(model, x, "logits"), tmp_path / "bars.png", "logits", "dense")
+    _not_blank(tmp_path / "bars.png")
+
+
+def _save_run(model, ds, folder):
+    meta = {"dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale}}
+    model.save(folder / "checkpoint" / "best", meta=meta)
+
+
+def test_cli_explain_with_a_checkpoint_and_a_png(trained, tmp_path, capsys):
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    # a dark-on-white PNG of a test digit, 32x32: resized, inverted and scaled to the digits' 0..16
+    i = 7
+    raw = _raw(ds, ds.test[0][i:i + 1])[0, 0]
+    Image.fromarray(np.uint8(255 - np.clip(raw / 16, 0, 1) * 255)).resize((32, 32), Image.NEAREST).save(tmp_path / "d.png")
+    out = tmp_path / "cam.png"
+    rc = main(["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(tmp_path / "d.png"),
+               "--invert", "--gradcam", "-o", str(out)])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert f"for class {ds.classes[ds.test[1][i]]}" in text.out
+    assert "random" not in text.err
+    _not_blank(out, 800, 300)
+    # feature maps of conv2 from the run's checkpoint folder, per-map scale
+    rc = main(["explain", str(spec), "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--image",
+               str(tmp_path / "d.png"), "--invert", "--layer", "conv2", "--scale", "per-map", "-o", str(tmp_path / "m.png")])
+    assert rc == 0
+    assert "16 maps of conv2" in capsys.readouterr().out
+    _not_blank(tmp_path / "m.png", 500, 400)
+    # filters from an .npz of parameters
+    np.savez(tmp_path / "w.npz", **model.params.numpy())
+    assert main(["explain", str(spec), "--params", str(tmp_path / "w.npz"), "--filters", "-o", str(tmp_path / "f.png")]) == 0
+    assert "filters of conv1" in capsys.readouterr().out
+    _not_blank(tmp_path / "f.png", 300, 200)
+
+
+def test_cli_explain_errors_and_random_weights(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((1, 8, 8), np.float32) + 3)
+    rc = main(["explain", "specs/digits_cnn.yaml", "--image", str(tmp_path / "x.npy"), "-o", str(tmp_path / "m.png")])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "random weights (seed 0)" in captured.err and "16 maps of conv1" in captured.out
+    assert main(["explain", "specs/digits_cnn.yaml", "--checkpoint", str(tmp_path), "--image",
+                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "m.png")]) == 1
+    assert "no meta.json found" in capsys.readouterr().err
+    assert main(["explain", "specs/digits_cnn.yaml", "--image", str(tmp_path / "x.npy"), "--layer", "fc9",
+                 "-o", str(tmp_path / "m.png")]) == 1
+    assert "no layer 'fc9'" in capsys.readouterr().err
+    assert main(["explain", "specs/digits_cnn.yaml", "-o", str(tmp_path / "m.png")]) == 1
+    assert "--image" in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5), np.float32))
+    assert main(["explain", "specs/digits_cnn.yaml", "--image", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "m.png")]) == 1
+    assert "expected an array of shape" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        ex.resolve_checkpoint(tmp_path / "missing")

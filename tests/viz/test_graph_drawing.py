@@ -1,0 +1,269 @@
+"""Network drawings: every format, real content, layout quality, invalid specs drawn in red."""
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import networkx as nx
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.viz.graph import build_vgraph, draw_network, make_scene, to_dot, to_mermaid
+from cnngraph.viz.layout import layered_layout
+from cnngraph.viz.netgraph import FAMILY_COLORS, collapse_blocks, from_spec
+
+SPECS = ["specs/lenet5.yaml", "specs/resnet_small.yaml", "specs/inception_small.yaml"]
+
+BROKEN = """name: broken
+inputs:
+  image: {shape: [1, 28, 28]}
+layers:
+  - {id: conv1, type: conv2d, out_channels: 6, kernel_size: 5}
+  - {id: act1, type: relu}
+  - {id: conv2, type: conv2d, out_channels: 16, kernel_sise: 5}
+  - {id: pool, type: max_pool2d, kernel_size: 2}
+  - {id: flat, type: flatten}
+  - {id: fc, type: dense, out_features: 10}
+outputs: [fc]
+"""
+
+BLOCKY = {
+    "name": "blocky", "inputs": {"image": {"shape": [3, 16, 16]}},
+    "layers": [
+        {"id": "stem", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"id": "stage1.0.conv", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"id": "stage1.0.act", "type": "relu"},
+        {"id": "stage1.1.conv", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"id": "stage1.1.act", "type": "relu"},
+        {"id": "stage2.0.conv", "type": "conv2d", "out_channels": 16, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"id": "stage2.0.act", "type": "relu"},
+        {"id": "gap", "type": "global_avg_pool2d"},
+        {"id": "flat", "type": "flatten"},
+        {"id": "logits", "type": "dense", "out_features": 10},
+    ],
+    "outputs": ["logits"],
+}
+
+
+def layer_ids(path):
+    spec = cnngraph.load_spec(path)
+    return list(spec.graph.nodes)
+
+
+def _png_ok(path, min_w=200, min_h=200):
+    im = Image.open(path)
+    im.load()
+    assert im.format == "PNG"
+    w, h = im.size
+    assert w >= min_w and h >= min_h
+    a = np.asarray(im.convert("RGB"), dtype=np.float32)
+    # not blank: many distinct colours and a good share of non-white pixels
+    assert a.std() > 10
+    assert (a.min(axis=2) < 200).mean() > 0.01
+    return im, a
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_svg_contains_every_layer_and_parses(tmp_path, spec):
+    out = tmp_path / "g.svg"
+    res = draw_network(spec, out, show_params=True)
+    assert res.valid
+    text = out.read_text()
+    root = ET.fromstring(text)    # well-formed XML
+    assert root.tag.endswith("svg")
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    groups = {g.get("data-id") for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"}
+    assert groups == set(layer_ids(spec))
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for n in layer_ids(spec):
+        assert n in texts
+    # one path per edge, colours by family
+    g = cnngraph.load_spec(spec).graph
+    assert len(root.findall(".//s:path", ns)) == g.number_of_edges()
+    assert FAMILY_COLORS["conv"][0] in text
+
+
+def test_labels_show_kernel_stride_channels_shapes_and_params():
+    vg = from_spec(cnngraph.load_spec("specs/resnet_small.yaml"), with_params=True)
+    assert vg.nodes["b2_conv1"].detail == "3x3 /2 → 32"
+    assert vg.nodes["b2_proj"].detail == "1x1 /2 → 32"
+    assert vg.nodes["stem"].shape == (16, 32, 32)
+    assert vg.nodes["stem"].params == 16 * 3 * 9                     # bias: false
+    assert vg.nodes["b1_bn1"].params == 32                           # weight + bias, running stats excluded
+    labels = {(s, d): l for s, d, l in vg.edges}
+    assert labels[("b1_out", "b2_proj")] == "16x32x32"
+    assert labels[("gap", "flat")] == "32x1x1"
+    lenet = from_spec(cnngraph.load_spec("specs/lenet5.yaml"), with_params=True)
+    assert lenet.nodes["pool1"].detail == "2x2"
+    assert lenet.nodes["fc1"].detail == "→ 120"
+    assert sum(n.params for n in lenet.nodes.values()) == cnngraph.compile("specs/lenet5.yaml").param_count()
+
+
+def test_png_and_pdf_render(tmp_path):
+    res = draw_network("specs/resnet_small.yaml", tmp_path / "g.png", show_params=True, dpi=72)
+    im, a = _png_ok(tmp_path / "g.png")
+    assert im.size == res.size                      # the size we computed is the file's
+    assert im.size[1] > im.size[0]                  # top to bottom
+    # the conv family fill colour is really painted
+    conv = np.array([int(FAMILY_COLORS["conv"][0][i:i + 2], 16) for i in (1, 3, 5)], np.float32)
+    assert (np.abs(a - conv).sum(axis=2) < 6).sum() > 500
+    res = draw_network("specs/lenet5.yaml", tmp_path / "lr.png", direction="LR", dpi=50)
+    im2, _ = _png_ok(tmp_path / "lr.png", 100, 50)
+    assert im2.size[0] > im2.size[1]                # left to right
+    draw_network("specs/digits_cnn.yaml", tmp_path / "g.pdf")
+    data = (tmp_path / "g.pdf").read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 2000
+
+
+def _dot_structure(text):
+    """A small DOT reader: node ids and edges of a digraph written by to_dot."""
+    assert re.match(r'^digraph "[^"]*" \{', text) and text.rstrip().endswith("}")
+    assert text.count("{") == text.count("}")
+    q = r'"((?:[^"\\]|\\.)*)"'
+    edges = re.findall(rf"^\s*{q} -> {q}", text, re.M)
+    nodes = re.findall(rf"^\s*{q} \[label=", text, re.M)
+    return set(nodes), edges
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_dot_is_valid_graphviz(tmp_path, spec):
+    out = tmp_path / "g.dot"
+    draw_network(spec, out)
+    text = out.read_text()
+    nodes, edges = _dot_structure(text)
+    g = cnngraph.load_spec(spec).graph
+    assert nodes == set(g.nodes)
+    assert set(edges) == set(g.edges)
+    pydot = pytest.importorskip("pydot")
+    parsed = nx.nx_pydot.from_pydot(pydot.graph_from_dot_data(text)[0])
+    parsed_nodes = {n.strip('"') for n in parsed.nodes}
+    assert set(g.nodes) <= parsed_nodes
+    assert {(a.strip('"'), b.strip('"')) for a, b, *_ in parsed.edges} == set(g.edges)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_mermaid_structure(tmp_path, spec):
+    out = tmp_path / "g.mmd"
+    draw_network(spec, out, direction="LR")
+    lines = [l.strip() for l in out.read_text().splitlines() if l.strip() and not l.strip().startswith("%%")]
+    assert lines[0] == "flowchart LR"
+    node_re = re.compile(r'^(n\d+)(\(\[|\[)"(.*)"(\]\)|\])$')
+    edge_re = re.compile(r'^(n\d+) -->(?:\|"[^"]*"\|)? (n\d+)$')
+    nodes, edges, classes = {}, [], set()
+    for l in lines[1:]:
+        if m := node_re.match(l):
+            assert '"' not in m.group(3)          # quotes are escaped inside labels
+            nodes[m.group(1)] = m.group(3)
+        elif m := edge_re.match(l):
+            edges.append((m.group(1), m.group(2)))
+        elif l.startswith("classDef ") or l.startswith("class "):
+            classes.add(l.split()[1] if l.startswith("classDef") else l.split()[-1])
+        else:
+            pytest.fail(f"unexpected Mermaid line: {l}")
+    g = cnngraph.load_spec(spec).graph
+    by_id = {re.match(r"<b>(.*?)</b>", v).group(1): k for k, v in nodes.items()}
+    assert set(by_id) == set(g.nodes)
+    assert {(by_id_inv, b) for by_id_inv, b in edges} == {(by_id[a], by_id[b]) for a, b in g.edges}
+    assert {"conv", "input"} <= classes
+
+
+def test_html_is_self_contained_and_interactive(tmp_path):
+    out = tmp_path / "g.html"
+    draw_network("specs/inception_small.yaml", out, show_params=True)
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    # offline: no external scripts, styles, fonts or images
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)
+    assert "@import" not in page and "url(" not in page
+    assert "<svg" in page and "addEventListener('wheel'" in page and "mousedown" in page
+    blob = re.search(r'<script id="nodes" type="application/json">(.*?)</script>', page, re.S).group(1)
+    nodes = json.loads(blob)
+    g = cnngraph.load_spec("specs/inception_small.yaml").graph
+    assert set(nodes) == set(g.nodes)
+    assert nodes["br3"]["detail"] == "3x3 same → 24" and nodes["br3"]["shape"] == "24x16x16"
+    assert nodes["mixed"]["inputs"] == ["br1_act", "br3_act2", "br5_act2", "brp_act"]
+    for n in g.nodes:
+        assert f'data-id="{n}"' in page
+
+
+def test_layout_has_no_overlaps_and_few_crossings():
+    spec = cnngraph.load_spec("specs/inception_small.yaml")
+    vg = from_spec(spec)
+    scene, lay = make_scene(vg)
+    boxes = [(lay.pos[n], lay.size[n]) for n in lay.pos]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            (x1, y1), (w1, h1) = boxes[i]
+            (x2, y2), (w2, h2) = boxes[j]
+            assert abs(x1 - x2) * 2 >= w1 + w2 - 1e-6 or abs(y1 - y2) * 2 >= h1 + h2 - 1e-6
+    # every edge points down (TB)
+    for s, d in spec.graph.edges:
+        assert lay.pos[s][1] < lay.pos[d][1]
+    assert lay.crossings == 0
+    # a K_{2,2}-like crossing is undone by the barycentric sweeps
+    g = nx.DiGraph([("a", "d"), ("b", "c"), ("r", "a"), ("r", "b"), ("c", "z"), ("d", "z")])
+    lay2 = layered_layout(g, {n: (40, 20) for n in g})
+    assert lay2.crossings == 0
+    assert (lay2.pos["a"][0] < lay2.pos["b"][0]) == (lay2.pos["d"][0] < lay2.pos["c"][0])
+
+
+def test_collapse_blocks(tmp_path):
+    vg, problems = build_vgraph(BLOCKY, with_params=True, collapse=True)
+    assert not problems
+    assert list(vg.nodes) == ["image", "stem", "stage1", "stage2", "gap", "flat", "logits"]
+    assert vg.nodes["stage1"].members == ["stage1.0.conv", "stage1.0.act", "stage1.1.conv", "stage1.1.act"]
+    assert vg.nodes["stage1"].params == 2 * (8 * 8 * 9 + 8)
+    assert vg.nodes["stage2"].shape == (16, 8, 8)
+    assert [(s, d) for s, d, _ in vg.edges] == [("image", "stem"), ("stem", "stage1"), ("stage1", "stage2"),
+                                                ("stage2", "gap"), ("gap", "flat"), ("flat", "logits")]
+    draw_network(BLOCKY, tmp_path / "c.svg", collapse=True)
+    text = (tmp_path / "c.svg").read_text()
+    assert 'data-id="stage1"' in text and "stage1.0.conv" not in text.split("<title>")[0]
+
+
+def test_invalid_spec_is_drawn_with_red_node(tmp_path, capsys):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(BROKEN)
+    out = tmp_path / "broken.svg"
+    rc = main(["viz", str(spec), "-o", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "wrote" in err and "kernel_sise" in err and "Traceback" not in err
+    root = ET.fromstring(out.read_text())
+    sv = "{http://www.w3.org/2000/svg}"
+    red = FAMILY_COLORS["error"]
+    failing = [g.get("data-id") for g in root.iter(sv + "g") if g.get("class") == "node"
+               and any(r.get("stroke") == red[1] for r in g.iter(sv + "rect"))]
+    assert failing == ["conv2"]
+    assert "did you mean 'kernel_size'" in html.unescape(out.read_text())
+    # layers before the failure keep their shapes
+    vg, problems = build_vgraph(str(spec))
+    assert vg.nodes["act1"].shape == (6, 24, 24) and vg.nodes["conv2"].shape is None
+    assert problems and not vg.valid
+    # PNG of the same: red pixels present
+    assert main(["viz", str(spec), "-o", str(tmp_path / "broken.png"), "--dpi", "80"]) == 1
+    a = np.asarray(Image.open(tmp_path / "broken.png").convert("RGB")).astype(int)
+    assert ((a[..., 0] > 180) & (a[..., 1] < 40) & (a[..., 2] < 40)).sum() > 50
+
+
+def test_unparsable_yaml_still_writes_a_file(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("layers: [\n  - {id: a\n")
+    res = draw_network(str(spec), tmp_path / "bad.svg")
+    assert not res.valid and (tmp_path / "bad.svg").read_text().count("not valid YAML") >= 1
+
+
+def test_cli_errors_are_clean(tmp_path, capsys):
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.jpg")]) == 1
+    assert "unknown format '.jpg'" in capsys.readouterr().err
+    assert main(["viz", "specs/nope.yaml", "-o", str(tmp_path / "g.svg")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.mmd"), "--params"]) == 0
+    assert "156 params" in (tmp_path / "g.mmd").read_text()
