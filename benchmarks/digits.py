@@ -1,0 +1,119 @@
+"""Train specs/digits_cnn.yaml with cnngraph and the same network, data, recipe and epochs with
+PyTorch CPU (2 threads) in the same run; print test accuracy and wall time of both and the ratio.
+
+Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits.py [--epochs N] [--no-torch]
+
+Both sides use the same normalised data splits, the same seeded shuffling order and the same
+augmentation code (cnngraph's, on NumPy batches), SGD with the spec's settings, the spec's
+learning-rate schedule, validation after every epoch and a final test evaluation. The cnngraph
+time is the whole ``cnngraph.train`` call (it also writes two checkpoints per epoch, metrics and
+curves.png); ``epochs`` is the part spent in the epochs themselves (training + validation).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cnngraph  # noqa: E402
+
+SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs", "digits_cnn.yaml")
+
+
+def run_cnngraph(spec, epochs: int, out: str, verbose: bool) -> dict:
+    t = time.perf_counter()
+    hist = cnngraph.train(spec, epochs=epochs, out=out, quiet=not verbose)
+    wall = time.perf_counter() - t
+    return {"accuracy": hist.test["test_accuracy"], "wall": wall,
+            "epochs_s": sum(r["seconds"] for r in hist), "best_epoch": hist.best_epoch}
+
+
+def run_torch(spec, epochs: int) -> dict:
+    import torch
+    from torch import nn
+    from cnngraph.registry import get_registry
+    from cnngraph.train.augment import build_augmentations
+    from cnngraph.train.data import load_dataset
+    torch.set_num_threads(2)
+    ts = spec.train
+    seed = ts.seed
+    torch.manual_seed(seed)
+    ds = load_dataset(ts.data, (1, 8, 8), seed=seed, base_dir=spec.base_dir)
+    p = {l.id: l.params for l in spec.layers}
+    net = nn.Sequential(
+        nn.Conv2d(1, p["conv1"].out_channels, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(p["conv1"].out_channels, p["conv2"].out_channels, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(p["conv2"].out_channels * 16, p["fc1"].out_features), nn.ReLU(),
+        nn.Dropout(p["drop"].p), nn.Linear(p["fc1"].out_features, 10))
+    o = ts.optimizer.params
+    opt = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay)
+    sched = get_registry().schedules[ts.schedule.type](ts.schedule.params)
+    aug = build_augmentations(ts.augment, background=ds.background)
+    ls = getattr(ts.loss.params, "label_smoothing", 0.0)
+    rng = np.random.default_rng([seed, 1])
+    (x, y), (xv, yv), (xt, yt) = ds.train, ds.val, ds.test
+    bs = ts.batch_size
+    steps = -(-len(x) // bs)
+
+    def evaluate(xs, ys):
+        net.eval()
+        with torch.no_grad():
+            out = net(torch.from_numpy(xs))
+        net.train()
+        return (out.argmax(1).numpy() == ys).mean()
+
+    t = time.perf_counter()
+    for epoch in range(epochs):
+        order = rng.permutation(len(x))
+        for step in range(steps):
+            idx = order[step * bs:(step + 1) * bs]
+            xb = aug(x[idx], rng) if len(aug) else x[idx]
+            for g in opt.param_groups:
+                g["lr"] = sched.lr(o.lr, epoch, step, steps, epochs)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(torch.from_numpy(xb)), torch.from_numpy(y[idx]),
+                                               label_smoothing=ls)
+            loss.backward()
+            opt.step()
+        evaluate(xv, yv)
+    acc = evaluate(xt, yt)
+    return {"accuracy": float(acc), "wall": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, help="default: the spec's train.epochs")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="show cnngraph's per-epoch lines")
+    args = ap.parse_args()
+    spec = cnngraph.load_spec(SPEC)
+    epochs = args.epochs or spec.train.epochs
+    with tempfile.TemporaryDirectory() as out:
+        ours = run_cnngraph(spec, epochs, out, args.verbose)
+    print(f"digits_cnn, {epochs} epochs, batch {spec.train.batch_size}")
+    print(f"  cnngraph: test accuracy {ours['accuracy']:.4f} (best epoch {ours['best_epoch']}), "
+          f"wall {ours['wall']:.2f}s (epochs {ours['epochs_s']:.2f}s)")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("  torch: not installed, skipped")
+        return
+    if args.no_torch:
+        return
+    ref = run_torch(spec, epochs)
+    print(f"  torch:    test accuracy {ref['accuracy']:.4f} (final epoch), wall {ref['wall']:.2f}s (2 threads)")
+    print(f"  ratio cnngraph/torch wall time: {ours['wall'] / ref['wall']:.2f} "
+          f"(epochs only: {ours['epochs_s'] / ref['wall']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
