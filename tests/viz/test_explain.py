@@ -12,7 +12,7 @@ from cnngraph.cli import main
 from cnngraph.errors import CheckpointError, CnnGraphError, RunError
 from cnngraph.viz import explain as ex
 
-from helpers import TINY_DIGITS, train_tiny_digits
+from viz_helpers import TINY_DIGITS, train_tiny_digits
 
 
 @pytest.fixture(scope="module")
