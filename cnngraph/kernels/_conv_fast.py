@@ -68,8 +68,8 @@ class FastConv:
         top, _, left, _ = self.padding
         # Keyed by where the image sits too: the borders are zero only for that placement
         # (a transposed conv of the same buffer shape writes its interior elsewhere).
-        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.rows, self.Wp), self.dtype,
-                      zero=True)
+        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.rows, self.Wp),
+                      self.dtype, zero=True)
         buf[:, :, top:top + self.H, left:left + self.W] = x[s:e]
         return buf
 
@@ -105,7 +105,9 @@ class FastConv:
 
     def _gy_chunk(self, gy, s, e):
         """gy[s:e] as (O, n*Lq) with zeros in the Wq - Wo garbage columns."""
-        buf = scratch("conv.gy", (self.O, e - s, self.Ho, self.Wq), self.dtype, zero=self.Wq > self.Wo)
+        # Keyed by Wo: the garbage columns are zero only for that width.
+        buf = scratch(f"conv.gy:{self.Wo}", (self.O, e - s, self.Ho, self.Wq), self.dtype,
+                      zero=self.Wq > self.Wo)
         buf[..., :self.Wo] = gy[s:e].transpose(1, 0, 2, 3)
         return buf.reshape(self.O, -1)
 

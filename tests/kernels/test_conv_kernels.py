@@ -139,3 +139,26 @@ def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
     gy = np.random.default_rng(8).standard_normal(y.shape)
     for ours, ref in zip(conv2d_backward(gy, saved), conv._generic_backward(gy, s_ref, True)):
         np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_scratch_reuse_across_geometries(monkeypatch):
+    """Layers whose zero-bordered scratch buffers share a shape but not a placement stay correct.
+
+    Forward pads x at (2, 2) into (n, C, H+2, W+2); the transposed conv computing dx pads gy at
+    (0, 0) into a buffer of the same shape. Flat layers with equal Wq but different Wo share gy chunks.
+    """
+    from cnngraph.kernels import _conv_fast, conv
+    monkeypatch.setattr(_conv_fast, "FLAT_WASTE", 10.0)
+    cases = [(3, 4, 7, 7, 4, (3, 3), (1, 1), (2, 0, 2, 0), (1, 1), 1, True),
+             (3, 4, 7, 8, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+             (3, 4, 7, 8, 4, (3, 4), (1, 1), (1, 1, 1, 2), (1, 1), 1, True)]
+    for _ in range(2):   # the second round reuses buffers dirtied by the first
+        for cfg in cases:
+            x, w, b, *geom = make(cfg, np.float64, seed=11)
+            y, saved = conv2d_forward(x, w, b, *geom, save=True)
+            out = conv.conv_output_shape(x.shape, w.shape, geom[0], geom[1], geom[2])
+            y_ref, s_ref = conv._generic_forward(x, w, b, *geom, out, True)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+            gy = np.random.default_rng(12).standard_normal(y.shape)
+            for ours, ref in zip(conv2d_backward(gy, saved), conv._generic_backward(gy, s_ref, True)):
+                np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
