@@ -1,14 +1,14 @@
 """NumPy fast path of conv2d (groups == 1): chunked im2col + one GEMM per batch chunk.
 
-The batch is cut into chunks whose column buffer stays cache-resident; each worker thread pads its
-chunk into a scratch buffer, builds the columns with kh*kw slice copies, runs single-threaded BLAS
-and writes its slice of the result. Nothing of size N*K*L is ever materialised, and backward
-rebuilds the columns from ``x`` instead of keeping them.
+The batch is cut into chunks whose column buffer stays cache-resident; worker threads pull chunks,
+pad each into a scratch buffer, build its columns with kh*kw strided-view copies, run
+single-threaded BLAS and write their slice of the result. Nothing of size N*K*L is materialised;
+backward rebuilds the columns from ``x`` instead of keeping them.
 
-Layouts (per chunk of n samples): padded input (n, C, rows, Wp); columns (C, kh*kw, n, Ho, Wq);
-GEMM output (O, n, Ho, Wq). For stride 1 the columns are taken from the *flattened* padded image,
-so every kernel offset is one contiguous slice and Wq = Wp: the Wp - Wo extra columns per output
-row are garbage in forward (cropped) and held at zero in backward (so they contribute nothing).
+Layouts per chunk of n samples: padded input (n, C, Hp, Wp); columns (C, kh*kw, n, Ho, Wo), i.e. a
+(K, n*L) matrix; GEMM output (O, n, Ho, Wo). (A "flat" stride-1 variant taking contiguous slices of
+the flattened padded image, computing Wp - Wo throw-away columns per row, copied faster but made
+the GEMM slower: measured a wash or worse on the cifarnet layers, so it was dropped.)
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ __all__ = ["FastConv"]
 
 _CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
 _PARALLEL_FLOPS = 60e6     # below this a conv runs on one thread
-FLAT_WASTE = 1.2          # max Wp/Wo for the flat stride-1 layout
 TRANSPOSED_DX = True       # stride-1 dx as a convolution of gy (else: GEMM + col2im scatter-add)
 
 
@@ -37,14 +36,9 @@ class FastConv:
         top, _, left, _ = self.padding
         self.Hp = max(top + self.H, (self.Ho - 1) * sh + dh * (self.kh - 1) + 1)
         self.Wp = max(left + self.W, (self.Wo - 1) * sw + dw * (self.kw - 1) + 1)
-        # The flat layout computes Wp - Wo wasted columns per output row: not worth it on narrow maps.
-        self.flat = sh == 1 and sw == 1 and self.Wp <= FLAT_WASTE * self.Wo
-        # Flat slices of the last kernel row overrun the image by (kw-1)*dw elements: one spare row.
-        self.rows = self.Hp + 1 if self.flat else self.Hp
-        self.Wq = self.Wp if self.flat else self.Wo
-        self.Lq = self.Ho * self.Wq
+        self.L = self.Ho * self.Wo
         self.K = self.C * self.kh * self.kw
-        per_sample = self.K * self.Lq * self.dtype.itemsize
+        per_sample = self.K * self.L * self.dtype.itemsize
         # Thread hand-off costs ~0.1 ms and loses under CPU contention: small convs run serially.
         flops = 2 * self.N * self.O * self.K * self.Ho * self.Wo
         self.workers = n_workers() if flops >= _PARALLEL_FLOPS else 1
@@ -53,62 +47,45 @@ class FastConv:
     # ---- per-chunk building blocks -------------------------------------------------------------
 
     def _offsets(self):
-        """Per kernel offset: flat start index (stride 1) or (row slice, col slice)."""
+        """(row slice, col slice) of every kernel offset into the padded input."""
         (sh, sw), (dh, dw) = self.stride, self.dilation
         for i in range(self.kh):
             for j in range(self.kw):
-                if self.flat:
-                    yield i * dh * self.Wp + j * dw
-                else:
-                    yield (slice(i * dh, i * dh + (self.Ho - 1) * sh + 1, sh),
-                           slice(j * dw, j * dw + (self.Wo - 1) * sw + 1, sw))
+                yield (slice(i * dh, i * dh + (self.Ho - 1) * sh + 1, sh),
+                       slice(j * dw, j * dw + (self.Wo - 1) * sw + 1, sw))
 
     def _padded(self, x, s, e):
-        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, rows, Wp)."""
+        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, Hp, Wp)."""
         top, _, left, _ = self.padding
         # Keyed by where the image sits too: the borders are zero only for that placement
         # (a transposed conv of the same buffer shape writes its interior elsewhere).
-        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.rows, self.Wp),
+        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.Hp, self.Wp),
                       self.dtype, zero=True)
         buf[:, :, top:top + self.H, left:left + self.W] = x[s:e]
         return buf
 
     def _im2col(self, xb):
-        """Columns (K, n*Lq) of a padded chunk, as a view of a scratch buffer."""
-        n, C, Lq = xb.shape[0], self.C, self.Lq
-        cols = scratch("conv.cols", (C, self.kh * self.kw, n, Lq), self.dtype)
-        if self.flat:
-            xf = xb.reshape(n, C, -1)
-            for k, off in enumerate(self._offsets()):
-                np.copyto(cols[:, k], xf[:, :, off:off + Lq].transpose(1, 0, 2))
-        else:
-            for k, (rs, cs) in enumerate(self._offsets()):
-                np.copyto(cols[:, k].reshape(C, n, self.Ho, self.Wo), xb[:, :, rs, cs].transpose(1, 0, 2, 3))
-        return cols.reshape(self.K, n * Lq)
+        """Columns (K, n*L) of a padded chunk, as a view of a scratch buffer."""
+        n, C = xb.shape[0], self.C
+        cols = scratch("conv.cols", (C, self.kh * self.kw, n, self.Ho, self.Wo), self.dtype)
+        for k, (rs, cs) in enumerate(self._offsets()):
+            np.copyto(cols[:, k], xb[:, :, rs, cs].transpose(1, 0, 2, 3))
+        return cols.reshape(self.K, n * self.L)
 
     def _col2im(self, dcols, n):
-        """Adjoint of _im2col: scatter-add (K, n*Lq) columns into a fresh padded gradient chunk."""
-        C, Lq = self.C, self.Lq
-        db = scratch("conv.dxpad", (n, C, self.rows, self.Wp), self.dtype)
+        """Adjoint of _im2col: scatter-add (K, n*L) columns into a fresh padded gradient chunk."""
+        db = scratch("conv.dxpad", (n, self.C, self.Hp, self.Wp), self.dtype)
         db.fill(0)
-        dc = dcols.reshape(C, self.kh * self.kw, n, Lq)
-        if self.flat:
-            dbf = db.reshape(n, C, -1)
-            for k, off in enumerate(self._offsets()):
-                dst = dbf[:, :, off:off + Lq]
-                np.add(dst, dc[:, k].transpose(1, 0, 2), out=dst)
-        else:
-            for k, (rs, cs) in enumerate(self._offsets()):
-                dst = db[:, :, rs, cs]
-                np.add(dst, dc[:, k].reshape(C, n, self.Ho, self.Wo).transpose(1, 0, 2, 3), out=dst)
+        dc = dcols.reshape(self.C, self.kh * self.kw, n, self.Ho, self.Wo)
+        for k, (rs, cs) in enumerate(self._offsets()):
+            dst = db[:, :, rs, cs]
+            np.add(dst, dc[:, k].transpose(1, 0, 2, 3), out=dst)
         return db
 
     def _gy_chunk(self, gy, s, e):
-        """gy[s:e] as (O, n*Lq) with zeros in the Wq - Wo garbage columns."""
-        # Keyed by Wo: the garbage columns are zero only for that width.
-        buf = scratch(f"conv.gy:{self.Wo}", (self.O, e - s, self.Ho, self.Wq), self.dtype,
-                      zero=self.Wq > self.Wo)
-        buf[..., :self.Wo] = gy[s:e].transpose(1, 0, 2, 3)
+        """gy[s:e] as an (O, n*L) matrix."""
+        buf = scratch("conv.gy", (self.O, e - s, self.Ho, self.Wo), self.dtype)
+        np.copyto(buf, gy[s:e].transpose(1, 0, 2, 3))
         return buf.reshape(self.O, -1)
 
     # ---- drivers ---------------------------------------------------------------------------------
@@ -123,9 +100,9 @@ class FastConv:
             for s, e in chunks:
                 n = e - s
                 cols = self._im2col(self._padded(x, s, e))
-                yb = scratch("conv.y", (self.O, n * self.Lq), self.dtype)
+                yb = scratch("conv.y", (self.O, n * self.L), self.dtype)
                 np.matmul(wmat, cols, out=yb)
-                src = yb.reshape(self.O, n, self.Ho, self.Wq)[..., :self.Wo].transpose(1, 0, 2, 3)
+                src = yb.reshape(self.O, n, self.Ho, self.Wo).transpose(1, 0, 2, 3)
                 if bias is None:
                     np.copyto(y[s:e], src)
                 else:
@@ -143,9 +120,10 @@ class FastConv:
         (dh, dw), (top, bottom, left, right) = self.dilation, self.padding
         eh, ew = (self.kh - 1) * dh, (self.kw - 1) * dw
         pads = (eh - top, eh - bottom, ew - left, ew - right)
-        # Worth it only if gy's columns are no bigger than the dcols the scatter path would build
-        # (fails e.g. for LeNet's 5x5 valid conv, where gy needs 4 pixels of zero padding).
-        if min(pads) < 0 or self.O * self.H * (self.Wo + pads[2] + pads[3]) > self.C * self.Lq:
+        # Worth it only if gy's columns (O*kh*kw x H*W) are no bigger than the dcols the scatter
+        # path builds (C*kh*kw x Ho*Wo): true for "same" convs with O <= C, not for LeNet's valid
+        # 5x5 conv or for channel-expanding layers.
+        if min(pads) < 0 or self.O * self.H * self.W > self.C * self.L:
             return None
         return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
                         (1, 1), pads, self.dilation, (self.H, self.W), self.dtype)
@@ -172,7 +150,7 @@ class FastConv:
                 cols = self._im2col(self._padded(x, s, e))
                 dw += np.matmul(g2, cols.T, out=tmp)
                 if need_dx:
-                    dcols = scratch("conv.cols", (self.K, n * self.Lq), self.dtype)  # cols are consumed
+                    dcols = scratch("conv.cols", (self.K, n * self.L), self.dtype)  # cols are consumed
                     np.matmul(wmat.T, g2, out=dcols)
                     dpad = self._col2im(dcols, n)
                     dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]

@@ -19,7 +19,7 @@ _lock = threading.Lock()
 _pool = None
 _blas = None          # threadpoolctl controllers of NumPy's BLAS, [] when unavailable
 _local = threading.local()
-_MAX_ZEROED = 16
+_MAX_ZEROED = 48
 
 
 def n_workers():
