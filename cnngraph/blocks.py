@@ -117,8 +117,8 @@ class _Expander:
         self.model_inputs = list(inputs) if isinstance(inputs, dict) else []
 
     # -- problems ---------------------------------------------------------------------------
-    def where(self, path: tuple) -> str:
-        lc = self.lookup(path)
+    def where(self, path: tuple, key: bool = False) -> str:
+        lc = self.lookup(path, key)
         return f"{self.file or '<spec>'}:{lc[0]}:{lc[1]}" if lc else (self.file or "<spec>")
 
     def lookup(self, path: tuple, key: bool = False):
@@ -314,7 +314,7 @@ class _Expander:
         parts = []
         for block, inst_id, inst_path in reversed(chain):
             bpath = self.blocks[block]["path"] if block in self.blocks else ("blocks", block)
-            parts.append(f"in block '{block}' defined at {self.where(bpath)}, instantiated as '{inst_id}' at "
+            parts.append(f"in block '{block}' defined at {self.where(bpath, key=True)}, instantiated as '{inst_id}' at "
                          f"{self.where(inst_path)}")
         return "; ".join(parts)
 

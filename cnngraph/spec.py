@@ -289,6 +289,8 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
         from .blocks import expand_blocks
         data, positions, notes, block_problems = expand_blocks(data, positions, file)
         problems += block_problems
+        if block_problems:   # a broken instance is missing from the layers: later checks would only echo it
+            raise SpecError(problems)
 
     try:
         top = _TopLevel.model_validate(data)

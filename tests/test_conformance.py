@@ -1,0 +1,187 @@
+"""`cnngraph check-op`: the op conformance suite passes every built-in op and catches broken ones."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph import registry
+from cnngraph.cli import main
+from cnngraph.conformance import InputSample, check_op, examples_for
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def fresh():
+    saved = registry._STATE
+    registry._STATE = None
+    try:
+        yield registry.get_registry()
+    finally:
+        registry._STATE = saved
+
+
+def test_check_op_all_passes_every_registered_op(fresh, capsys):
+    start = time.perf_counter()
+    rc = main(["check-op", "--all"])
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert rc == 0, "\n".join(l for l in lines if l.startswith("FAIL"))
+    assert all(l.startswith(("PASS", "SKIP")) for l in lines[:-1])
+    assert lines[-1].endswith(f"({len(fresh.ops)} ops)") and " 0 failed" in lines[-1]
+    for op in fresh.ops:                                    # every op checked, gradients included
+        assert any(l.startswith(f"PASS  {op} ") and "gradient (float64, training)" in l for l in lines) or \
+            any(l.startswith(f"SKIP  {op} ") and "nothing to differentiate" in l for l in lines), op
+    assert elapsed < 30
+
+
+def test_every_builtin_op_declares_examples(fresh):
+    for name, op_cls in fresh.ops.items():
+        if op_cls.plugin.startswith("cnngraph."):
+            assert op_cls.examples(), f"built-in op {name} has no examples()"
+
+
+def test_lines_carry_the_measured_error(fresh, capsys):
+    assert main(["check-op", "conv2d"]) == 0
+    out = capsys.readouterr().out
+    grad = [l for l in out.splitlines() if "gradient (float64, training)" in l]
+    assert len(grad) == len(fresh.op("conv2d").examples())
+    for line in grad:
+        err = float(line.split("max rel. error ")[1].split()[0])
+        assert 0 <= err < 1e-5
+    assert "dtype float32: forward and backward keep float32" in out
+
+
+@pytest.mark.parametrize("op,check,needle", [
+    ("wrong_gradient", "gradient (float64, training)", "input 0: analytic"),
+    ("batch_leak", "batch independence (inference)", "max difference"),
+    ("loses_dtype", "dtype float32", "forward returned float64 for float32 inputs"),
+    ("bad_forward_shape", "shape (inference)", "forward returned shape (3, 1, 6, 6), infer_shape promised (3, 3, 6, 6)"),
+    ("bad_backward_shape", "gradient (float64, training)", "gradient of input 0 has shape (3, 1, 6, 6), expected (3, 3, 6, 6)"),
+])
+def test_broken_ops_fail_the_right_check(fresh, capsys, op, check, needle):
+    rc = main(["check-op", op, "--plugin", str(PLUGINS / "broken_ops.py")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    fails = [l for l in out.splitlines() if l.startswith(f"FAIL  {op} ") and f"  {check}: " in l]
+    assert fails and needle in fails[0], out
+    assert "generic guess" in fails[0]                      # these ops declare no examples
+
+
+def test_wrong_gradient_reports_the_measured_relative_error(fresh):
+    cnngraph.load_plugin_file(PLUGINS / "broken_ops.py")
+    r = next(r for r in check_op("wrong_gradient") if r.check == "gradient (float64, training)")
+    assert r.ok is False and r.plugin.endswith("broken_ops.py")
+    err = float(r.detail.split("max rel. error ")[1].split()[0])
+    assert 0.4 < err < 0.6                                  # d(x^2)/dx = 2x, backward gives x: half off
+
+
+def test_batch_dependent_ops_are_checked_in_inference_only(fresh):
+    results = check_op("batch_norm2d")
+    assert all(r.ok is not False for r in results)
+    skipped = [r for r in results if r.check == "batch independence (training)"]
+    assert skipped and all(r.ok is None and "batch_dependent" in r.detail for r in skipped)
+    assert any(r.check == "batch independence (inference)" and r.ok for r in results)
+
+
+def test_stochastic_ops_get_the_same_randomness_for_finite_differences(fresh):
+    results = check_op("dropout")
+    assert any(r.check == "gradient (float64, training)" and r.ok for r in results)
+    assert any(r.check == "batch independence (training)" and r.ok is None and "stochastic" in r.detail
+               for r in results)
+
+
+def test_integer_targets_are_not_differentiated(fresh):
+    results = check_op("cross_entropy")
+    grads = [r for r in results if r.check.startswith("gradient")]
+    assert grads and all(r.ok and "input 0" in r.detail and "input 1" not in r.detail for r in grads)
+    assert any(r.check == "batch independence" and r.ok is None for r in results)   # a loss
+
+
+def test_op_with_required_params_and_no_examples_is_told_what_to_add(fresh, capsys):
+    class NeedsWidth(cnngraph.Op):
+        class Params(cnngraph.OpParams):
+            width: int
+
+        type = "needs_width"
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0]
+
+    cnngraph.register_op(NeedsWidth)
+    assert main(["check-op", "needs_width"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  needs_width" in out and "required parameters (width) and no examples()" in out
+
+
+def test_generic_guess_tries_several_shapes(fresh):
+    class Vector(cnngraph.Op):
+        type = "vector_only"
+
+        def infer_shape(self, in_shapes):
+            if len(in_shapes[0]) != 1:
+                raise cnngraph.ShapeError("vectors only")
+            return in_shapes[0]
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0] * 3
+
+        def backward(self, ctx, gy):
+            return [gy * 3], {}
+
+    examples, source = examples_for(Vector)
+    assert source == "generic guess" and examples[0][1][0].shape == (6,)
+    assert all(r.ok is not False for r in check_op(Vector))
+
+
+def test_input_sample_forms():
+    rng = np.random.default_rng(0)
+    assert InputSample.parse((2, 3)).draw(rng, 4, np.float32).shape == (4, 2, 3)
+    t = InputSample.parse({"shape": (), "dtype": "int64", "high": 5}).draw(rng, 50, np.float64)
+    assert t.dtype == np.int64 and t.min() >= 0 and t.max() < 5
+    u = InputSample.parse({"shape": (3,), "low": 0.5, "high": 2}).draw(rng, 20, np.float64)
+    assert u.min() >= 0.5 and u.max() < 2
+    with pytest.raises(ValueError, match="needs 'high'"):
+        InputSample.parse({"shape": (), "dtype": "int64"})
+    with pytest.raises(ValueError, match="a shape tuple or a dict"):
+        InputSample.parse({"shap": (3,)})
+
+
+def test_cli_usage_errors(fresh, capsys):
+    assert main(["check-op"]) == 1
+    assert "name one op" in capsys.readouterr().err
+    assert main(["check-op", "relu", "--all"]) == 1
+    assert main(["check-op", "rleu"]) == 1
+    assert "did you mean 'relu'" in capsys.readouterr().err
+
+
+def test_quiet_prints_failures_and_the_count(fresh, capsys):
+    assert main(["check-op", "relu", "-q"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("18 passed, 0 failed")
+
+
+# -- the documented walk-through (docs/plugins.md) ----------------------------------------------------
+def test_documented_commands_work(fresh, capsys):
+    assert main(["validate", "specs/examples/uses_my_layers.yaml", "--allow-plugins"]) == 0
+    assert "OK   specs/examples/uses_my_layers.yaml" in capsys.readouterr().out
+    assert main(["check-op", "channel_scale", "--plugin", "specs/examples/my_layers.py"]) == 0
+    assert " 0 failed" in capsys.readouterr().out
+    assert main(["summary", "specs/examples/uses_my_layers.yaml", "--allow-plugins"]) == 0
+    assert "channel_scale" in capsys.readouterr().out
+    model = cnngraph.compile(cnngraph.load_spec("specs/examples/uses_my_layers.yaml", allow_plugins=True))
+    assert model.params["scale.scale"].tolist() == [0.5] * 8
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    y = model.forward({"image": x}, grad=True)["logits"]
+    grads = model.backward({"logits": np.ones_like(y)})
+    assert grads["scale.scale"].shape == (8,) and np.any(grads["scale.scale"] != 0)
+
+
+def test_documented_example_file_is_short():
+    lines = Path("specs/examples/my_layers.py").read_text().splitlines()
+    assert len(lines) <= 50
