@@ -267,3 +267,62 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.mmd"), "--params"]) == 0
     assert "156 params" in (tmp_path / "g.mmd").read_text()
+
+
+MOCK_DOM = r"""
+const fs = require('fs');
+const page = fs.readFileSync(process.argv[2], 'utf8');
+const js = page.match(/<script>([\s\S]*?)<\/script>/)[1];
+const blob = page.match(/<script id="nodes" type="application\/json">([\s\S]*?)<\/script>/)[1];
+function el(name) {
+  const h = {}; const attrs = {}; const cls = new Set();
+  return {name, h, attrs, style: {}, textContent: '', innerHTML: '',
+    classList: {add: c => cls.add(c), remove: c => cls.delete(c), has: c => cls.has(c)},
+    addEventListener: (t, f) => { h[t] = f; }, setAttribute: (k, v) => { attrs[k] = String(v); },
+    getAttribute: k => attrs[k], removeAttribute: k => { delete attrs[k]; },
+    getBoundingClientRect: () => ({left: 0, top: 0, width: 800, height: 600}),
+    querySelectorAll: () => [], querySelector: () => null};
+}
+const ids = page.match(/<g class="node" data-id="([^"]*)"/g).map(s => s.match(/data-id="([^"]*)"/)[1]);
+const groups = ids.map(id => { const g = el('g'); g.attrs['data-id'] = id; return g; });
+const svg = el('svg'); svg.querySelectorAll = sel => sel === 'g.node' ? groups : [];
+const view = el('view'); view.querySelector = () => svg;
+const elements = {nodes: Object.assign(el('script'), {textContent: blob}), view, tip: el('tip'), info: el('info'),
+                  fit: el('fit'), zin: el('zin'), zout: el('zout')};
+global.document = {getElementById: id => elements[id]};
+const winh = {}; global.window = {addEventListener: (t, f) => { winh[t] = f; }};
+eval(js);
+const before = svg.attrs.viewBox;
+view.h.wheel({deltaY: -100, clientX: 400, clientY: 300, preventDefault() {}});
+const zoomed = svg.attrs.viewBox;
+view.h.mousedown({clientX: 100, clientY: 100});
+winh.mousemove({clientX: 160, clientY: 130});
+winh.mouseup();
+const panned = svg.attrs.viewBox;
+setTimeout(() => {
+  const target = groups[ids.indexOf(process.argv[3])];
+  target.h.mouseenter(); const tip = elements.tip.textContent; target.h.click();
+  console.log(JSON.stringify({before, zoomed, panned, tip, info: elements.info.innerHTML,
+                              selected: target.classList.has('sel')}));
+}, 5);
+"""
+
+
+def test_html_script_runs_pan_zoom_and_details(tmp_path):
+    import shutil
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    out = tmp_path / "g.html"
+    draw_network("specs/resnet_small.yaml", out, show_params=True)
+    (tmp_path / "mock.js").write_text(MOCK_DOM)
+    res = subprocess.run([node, str(tmp_path / "mock.js"), str(out), "b2_conv1"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    w0 = float(r["before"].split()[2])
+    assert float(r["zoomed"].split()[2]) < w0                    # wheel up zooms in
+    assert r["panned"].split()[:2] != r["zoomed"].split()[:2]    # dragging pans
+    assert "b2_conv1" in r["tip"] and "3x3 /2 → 32" in r["tip"] and "4,608 params" in r["tip"]
+    assert "<h2>b2_conv1</h2>" in r["info"] and "b1_out" in r["info"] and "b2_bn1" in r["info"]
+    assert r["selected"]
