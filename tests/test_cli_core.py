@@ -1,0 +1,72 @@
+"""CLI: run, summary, ops, plugins on real files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+import cnngraph
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cnngraph.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_run_with_random_and_given_weights(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert r.returncode == 0, r.stderr
+    y = np.load(tmp_path / "y.npy")
+    model = cnngraph.compile("specs/lenet5.yaml", seed=0)
+    np.testing.assert_allclose(y, model.forward(x)["logits"], rtol=1e-5)
+    assert "logits: shape (3, 10)" in r.stdout
+
+    model.params["logits.bias"] = np.arange(10, dtype=np.float32) * 100   # make argmax predictable
+    np.savez(tmp_path / "w.npz", **model.params.numpy())
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "w.npz")
+    assert r.returncode == 0 and "argmax per sample: [9, 9, 9]" in r.stdout
+
+    model.save(tmp_path / "ckpt")
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "ckpt", "--profile")
+    assert r.returncode == 0 and "argmax per sample: [9, 9, 9]" in r.stdout
+    assert "conv1" in r.stderr and "total" in r.stderr      # per-layer profile
+
+
+def test_run_errors_are_clean(tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 28, 28), np.float32))
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "bad.npy")
+    assert r.returncode == 1 and "input 'image' must have shape (batch, 1, 28, 28)" in r.stderr
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "junk.npy")
+    assert r.returncode == 1 and "junk.npy: not a readable .npy array" in r.stderr
+    np.savez(tmp_path / "w.npz", nope=np.zeros(3))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "w.npz")
+    assert r.returncode == 1 and "parameters do not match the model" in r.stderr and "conv1.weight" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_summary_formats():
+    r = cli("summary", "specs/lenet5.yaml")
+    assert r.returncode == 0
+    assert "conv1" in r.stdout and "total params 61,706" in r.stdout
+    data = json.loads(cli("summary", "specs/lenet5.yaml", "--format", "json").stdout)
+    rows = {row["id"]: row for row in data["rows"]}
+    assert rows["conv1"]["flops"] == 6 * 28 * 28 * 25 and rows["fc1"]["params"] == 400 * 120 + 120
+    assert rows["conv2"]["receptive_field"] == [14, 14]   # 5 -> pool 6 (jump 2) -> 6 + 4*2
+    md = cli("summary", "specs/lenet5.yaml", "--format", "markdown").stdout
+    assert md.count("| conv") == 2
+
+
+def test_ops_and_plugins_listing():
+    r = cli("ops")
+    assert r.returncode == 0
+    assert "conv2d  [cnngraph.plugins.connection]" in r.stdout and "out_channels: required" in r.stdout
+    ops = json.loads(cli("ops", "--format", "json").stdout)
+    conv = next(o for o in ops if o["type"] == "conv2d")
+    assert {"name": "stride", "required": False, "default": [1, 1], "type": conv["params"][2]["type"]} in conv["params"]
+    r = cli("plugins")
+    assert "cnngraph.plugins.connection  (built-in): 2 ops" in r.stdout

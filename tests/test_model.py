@@ -1,0 +1,128 @@
+"""Model API: parameters, inputs, backward contract, devices and run-time errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph import BackendError, RunError
+
+SPEC = {"name": "tiny", "inputs": {"image": {"shape": [1, 6, 6]}},
+        "layers": [{"id": "conv", "type": "conv2d", "out_channels": 2, "kernel_size": 3},
+                   {"id": "act", "type": "relu"},
+                   {"id": "left", "type": "flatten"},
+                   {"id": "right", "type": "global_avg_pool2d", "inputs": "act"},
+                   {"id": "right_flat", "type": "flatten"},
+                   {"id": "both", "type": "concat", "inputs": ["left", "right_flat"]},
+                   {"id": "logits", "type": "dense", "out_features": 3}],
+        "outputs": ["logits"]}
+
+
+def test_graph_nodes_carry_op_params_and_shapes():
+    model = cnngraph.compile(SPEC)
+    node = model.graph.nodes["conv"]
+    assert node["type"] == "conv2d" and node["out_shape"] == (2, 4, 4) and node["params"].out_channels == 2
+    assert model.graph.nodes["both"]["out_shape"] == (34,)
+    assert set(model.graph.predecessors("both")) == {"left", "right_flat"}
+
+
+def test_params_are_live_and_checked():
+    model = cnngraph.compile(SPEC, seed=0)
+    assert model.params["conv.weight"].shape == (2, 1, 3, 3)
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    before = model.forward({"image": x})["logits"]
+    model.params["logits.bias"] = model.params["logits.bias"] + 1
+    np.testing.assert_allclose(model.forward({"image": x})["logits"], before + 1, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"has shape \(3,\), the new array has \(4,\)"):
+        model.params["logits.bias"] = np.zeros(4)
+    with pytest.raises(KeyError, match="no parameter named 'nope'"):
+        model.params["nope"] = np.zeros(1)
+
+
+def test_seeded_initialisation_is_reproducible_and_torch_like():
+    a, b = cnngraph.compile(SPEC, seed=5), cnngraph.compile(SPEC, seed=5)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert not np.array_equal(a.params["conv.weight"], cnngraph.compile(SPEC, seed=6).params["conv.weight"])
+    w = cnngraph.compile("specs/cifarnet.yaml").params["conv3.weight"]   # fan_in = 32*9: U(±1/sqrt(288))
+    assert abs(w).max() <= 1 / np.sqrt(288) and abs(w).max() > 0.9 / np.sqrt(288)
+
+
+def test_gradient_accumulates_where_a_tensor_feeds_two_layers():
+    model = cnngraph.compile(SPEC, dtype="float64")
+    x = np.random.default_rng(1).standard_normal((2, 1, 6, 6))
+    out = model.forward({"image": x}, training=True)["logits"]
+    grads = model.backward({"logits": np.ones_like(out)})
+    assert set(grads) == {"conv.weight", "conv.bias", "logits.weight", "logits.bias", "image"}
+    eps, flat = 1e-6, model.params["conv.bias"]
+    f = lambda: model.forward({"image": x})["logits"].sum()
+    flat[0] += eps
+    up = f()
+    flat[0] -= 2 * eps
+    down = f()
+    flat[0] += eps
+    assert abs((up - down) / (2 * eps) - grads["conv.bias"][0]) < 1e-6
+
+
+def test_backward_requires_a_recording_forward():
+    model = cnngraph.compile(SPEC)
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    model.forward({"image": x})
+    with pytest.raises(RunError, match="backward needs a forward pass with training=True or grad=True"):
+        model.backward({"logits": np.zeros((1, 3))})
+    model.forward({"image": x}, grad=True)
+    with pytest.raises(RunError, match=r"gradient for 'logits' has shape \(2, 3\), the output has \(1, 3\)"):
+        model.backward({"logits": np.zeros((2, 3))})
+
+
+def test_input_errors_are_clear():
+    model = cnngraph.compile(SPEC)
+    with pytest.raises(RunError, match=r"input 'image' must have shape \(batch, 1, 6, 6\), found \(1, 6, 6\)"):
+        model.forward({"image": np.zeros((1, 6, 6))})
+    with pytest.raises(RunError, match="missing input 'image'"):
+        model.forward({"img": np.zeros((1, 1, 6, 6))})
+    assert model.forward(np.zeros((2, 1, 6, 6)))["logits"].shape == (2, 3)   # bare array for one input
+
+
+def test_intermediate_outputs_and_pruned_plan():
+    model = cnngraph.compile(SPEC)
+    out = model.forward(np.ones((1, 1, 6, 6)), outputs=["act"])
+    assert list(out) == ["act"] and out["act"].shape == (1, 2, 4, 4)
+    assert model.plan(["act"]).order == ["conv", "act"]
+
+
+def test_run_error_names_layer_op_and_shapes():
+    class Boom(cnngraph.Op):
+        type = "boom_for_test"
+
+        def forward(self, ctx, inputs, params):
+            raise ZeroDivisionError("kaboom")
+    cnngraph.register_op(Boom)
+    spec = {"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "b", "type": "boom_for_test"}], "outputs": ["b"]}
+    with pytest.raises(RunError, match=r"while running b \(boom_for_test, plugin '.*'\) on \(2, 3\): "
+                                       r"ZeroDivisionError: kaboom"):
+        cnngraph.compile(spec).forward({"x": np.zeros((2, 3))})
+
+
+def test_cuda_without_cupy_fails_clearly():
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendError, match=r"device 'cuda' needs CuPy.*pip install 'cnngraph\[gpu\]'"):
+        cnngraph.compile(SPEC, device="cuda")
+    with pytest.raises(BackendError, match="unknown device 'tpu'"):
+        cnngraph.compile(SPEC, device="tpu")
+
+
+def test_int_targets_and_loss_in_graph():
+    spec = {"inputs": {"x": {"shape": [4]}, "y": {"shape": [], "dtype": "int64"}},
+            "layers": [{"id": "fc", "type": "dense", "out_features": 3, "inputs": "x"},
+                       {"id": "loss", "type": "cross_entropy", "inputs": ["fc", "y"]}],
+            "outputs": ["loss", "fc"]}
+    model = cnngraph.compile(spec, dtype="float64")
+    out = model.forward({"x": np.ones((5, 4)), "y": np.array([0, 1, 2, 0, 1])}, training=True)
+    assert out["loss"].shape == ()
+    grads = model.backward({"loss": np.array(1.0)})
+    assert set(grads) == {"fc.weight", "fc.bias", "x"}   # integer targets get no gradient
