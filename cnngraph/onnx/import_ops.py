@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .importer import BATCH, Dyn
+from .importer import BATCH, Dyn, f32
 
 __all__ = ["HANDLERS", "FOLD_NEVER"]
 
@@ -144,7 +144,9 @@ def _pool(imp, node, a, kind):
     x = imp.dyn_of(node.input[0])
     kernel = list(a["kernel_shape"])
     strides, dil, pads = _spatial(imp, node, x, kernel, a)
-    params = {"kernel_size": _pair(kernel), "stride": _pair(strides)}
+    params = {"kernel_size": _pair(kernel)}
+    if strides != kernel:   # cnngraph's default stride is the kernel size, ONNX's is 1
+        params["stride"] = _pair(strides)
     if any(pads):
         params["padding"] = _pads_tblr(pads)
     if a.get("ceil_mode", 0):
@@ -157,7 +159,8 @@ def _pool(imp, node, a, kind):
         return [imp.emit("max_pool2d", [x], params), None]
     if dil != [1, 1]:
         raise imp.fail("dilated average pooling is not supported")
-    params["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    if not a.get("count_include_pad", 0):   # ONNX's default is 0, cnngraph's True
+        params["count_include_pad"] = False
     return [imp.emit("avg_pool2d", [x], params)]
 
 
@@ -194,7 +197,7 @@ def batch_norm(imp, node, a):
     eps = float(a.get("epsilon", 1e-5))
     if abs(eps - 1e-5) > 1e-12:
         params["eps"] = eps
-    momentum = round(1.0 - float(a.get("momentum", 0.9)), 7)
+    momentum = float(f"{1.0 - float(a.get('momentum', 0.9)):.6g}")
     if abs(momentum - 0.1) > 1e-7:
         params["momentum"] = min(max(momentum, 0.0), 1.0)
     weights = {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var}
@@ -240,10 +243,10 @@ def softmax(imp, node, a):
     rank = len(x.shape) + 1
     kind = "softmax" if node.op_type == "Softmax" else "log_softmax"
     if imp.opset >= 13:
-        axis = int(a.get("axis", -1)) % rank
-        if axis == 0:
+        raw = int(a.get("axis", -1))
+        if raw % rank == 0:
             raise imp.fail("softmax over the batch axis is not supported")
-        return [imp.emit(kind, [x], {"axis": axis - rank if axis == rank - 1 else axis})]
+        return [imp.emit(kind, [x], {"axis": raw} if raw != 1 else {})]
     axis = int(a.get("axis", 1)) % rank
     if axis == 0:
         raise imp.fail("softmax over the batch axis (axis=0, flattened) is not supported")
@@ -264,8 +267,8 @@ def clip(imp, node, a):
     else:
         lo = imp.const(node.input[1], "min") if len(node.input) > 1 and node.input[1] else None
         hi = imp.const(node.input[2], "max") if len(node.input) > 2 and node.input[2] else None
-        lo = None if lo is None else float(np.asarray(lo).reshape(()))
-        hi = None if hi is None else float(np.asarray(hi).reshape(()))
+        lo = None if lo is None else f32(np.asarray(lo).reshape(()))
+        hi = None if hi is None else f32(np.asarray(hi).reshape(()))
     params = {}
     if lo is not None and lo > -3.4e38:
         params["min"] = float(lo)
@@ -281,13 +284,14 @@ def dropout(imp, node, a):
         raise imp.fail("the mask output is not supported")
     ratio = a.get("ratio", 0.5)
     if len(node.input) > 1 and node.input[1]:
-        ratio = float(np.asarray(imp.const(node.input[1], "ratio")).reshape(()))
+        ratio = f32(np.asarray(imp.const(node.input[1], "ratio")).reshape(()))
     return [imp.emit("dropout", [x], {"p": float(ratio)} if ratio != 0.5 else {}), None]
 
 
 @handles("Identity")
 def identity(imp, node, a):
-    return [imp.get(node.input[0])]
+    x = imp.get(node.input[0])
+    return [x if isinstance(x, np.ndarray) else imp.emit("identity", [x])]
 
 
 @handles("Cast")
@@ -488,7 +492,7 @@ def pad(imp, node, a):
         pads = [int(p) for p in imp.const(node.input[1], "pads")]
         value = 0.0
         if len(node.input) > 2 and node.input[2]:
-            value = float(np.asarray(imp.const(node.input[2], "constant_value")).reshape(()))
+            value = f32(np.asarray(imp.const(node.input[2], "constant_value")).reshape(()))
         if len(node.input) > 3 and node.input[3]:
             axes = [int(v) % rank for v in imp.const(node.input[3], "axes")]
             full = [0] * (2 * rank)

@@ -21,9 +21,14 @@ from ..errors import CnnGraphError, ShapeError
 from ..model import Model
 from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize
 
-__all__ = ["BATCH", "Dyn", "onnx_to_spec", "import_onnx", "OnnxModel", "ImportResult"]
+__all__ = ["BATCH", "Dyn", "f32", "onnx_to_spec", "import_onnx", "OnnxModel", "ImportResult"]
 
 BATCH = 999983   # stand-in for the batch size inside folded shape computations (a prime no real dim uses)
+
+
+def f32(v) -> float:
+    """A float32 attribute as the shortest decimal that reads back to it (0.2, not 0.2000000029)."""
+    return float(str(np.float32(v)))
 
 
 @dataclass
@@ -177,6 +182,8 @@ class Importer:
             if arr.ndim > rank or arr.shape[0] != 1:
                 raise self.fail(f"constant '{name}' of shape {arr.shape} varies along the batch axis")
             arr = arr[0]
+        elif rank is not None and arr.ndim >= 1 and arr.shape[0] == 1:
+            arr = arr[0]   # a leading unit axis broadcasts either way; drop it (as the exporter adds one)
         key = (name, arr.shape, like.id if like is not None else None)
         if key in self.const_layers:
             return Dyn(self.const_layers[key], arr.shape)
@@ -222,6 +229,10 @@ class Importer:
             v = helper.get_attribute_value(a)
             if isinstance(v, bytes):
                 v = v.decode()
+            elif isinstance(v, float):
+                v = f32(v)
+            elif isinstance(v, list) and v and isinstance(v[0], float):
+                v = [f32(x) for x in v]
             out[a.name] = v
         return out
 
@@ -248,9 +259,24 @@ class Importer:
         for node in self.graph.node:
             for i in node.input:
                 self.consumers[i] += 1
-        for node in self.graph.node:
+        fused = self._find_gelu()
+        for k, node in enumerate(self.graph.node):
             self.current_node = node
             self.current_layers = []
+            if k in fused:
+                src = fused[k]
+                if src is None:
+                    continue   # inside a fused pattern
+                try:
+                    x = self.get(src)
+                    if isinstance(x, np.ndarray):
+                        raise OnnxError("constant GELU input")
+                    self.dyn[node.output[0]] = self.emit("gelu", [x])
+                except (_Skip, OnnxError):
+                    self.failed.update(node.output)
+                if node.output[0] in reserved:
+                    self._claim_output(node.output[0], reserved[node.output[0]])
+                continue
             if node.domain not in ("", "ai.onnx"):
                 self.unsupported.setdefault(f"{node.domain}.{node.op_type}", []).append(node.name or node.output[0])
                 self.failed.update(node.output)
@@ -308,6 +334,59 @@ class Importer:
                 "description": self._description(),
                 "inputs": spec_inputs, "layers": self._compact(self.layers), "outputs": spec_outputs}
         return ImportResult(spec, self.weights, dict(self.input_names), dict(self.output_names))
+
+    def _find_gelu(self) -> dict:
+        """The exact-GELU subgraph x · 0.5 · (1 + erf(x / √2)) as PyTorch and cnngraph write it:
+        Div(x, √2) → Erf → Add(·, 1) → Mul(x, ·) → Mul(·, 0.5). Returns id(node) → None for the
+        inner nodes and → x's name for the last Mul."""
+        nodes = list(self.graph.node)
+        producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+        users: dict[str, list] = {}
+        for k, n in enumerate(nodes):
+            for i in n.input:
+                users.setdefault(i, []).append(k)
+        graph_outputs = {o.name for o in self.graph.output}
+
+        def scalar(name, value):
+            v = self.consts.get(name)
+            if v is None and name in producer and nodes[producer[name]].op_type == "Constant":
+                try:
+                    self.current_node = nodes[producer[name]]
+                    v = self.fold(nodes[producer[name]])[0]
+                except Exception:
+                    return False
+            return v is not None and np.size(v) == 1 and abs(float(np.asarray(v).reshape(())) - value) < 1e-5
+
+        def only_user(name):
+            u = users.get(name, [])
+            return u[0] if len(u) == 1 and name not in graph_outputs else None
+
+        def node_of(k, op):
+            return nodes[k] if k is not None and nodes[k].op_type == op else None
+
+        out = {}
+        for ke, erf in enumerate(nodes):
+            if erf.op_type != "Erf":
+                continue
+            kd = producer.get(erf.input[0])
+            div = node_of(kd, "Div")
+            if div is None or not scalar(div.input[1], math.sqrt(2)) or only_user(div.output[0]) != ke:
+                continue
+            x = div.input[0]
+            ka = only_user(erf.output[0])
+            add = node_of(ka, "Add")
+            if add is None or not scalar(add.input[1] if add.input[0] == erf.output[0] else add.input[0], 1.0):
+                continue
+            km = only_user(add.output[0])
+            mul1 = node_of(km, "Mul")
+            if mul1 is None or x not in mul1.input:
+                continue
+            kh = only_user(mul1.output[0])
+            mul2 = node_of(kh, "Mul")
+            if mul2 is None or not scalar(mul2.input[1] if mul2.input[0] == mul1.output[0] else mul2.input[0], 0.5):
+                continue
+            out.update({kd: None, ke: None, ka: None, km: None, kh: x})
+        return out
 
     def _claim_output(self, name: str, lid: str) -> None:
         """Give the layer computing graph output ``name`` the id ``lid`` (the sanitised output name)."""

@@ -137,28 +137,8 @@ CASES = {
 }
 
 
-def _conv_kernel_keeps_stale_borders() -> bool:
-    """cnngraph.kernels' fast conv path reuses a zero-bordered scratch buffer keyed by the padded
-    shape only, so a conv whose pads differ in placement but not in total sees the previous call's
-    data in its border. Detected here so the affected cases are reported as that known kernel bug."""
-    from cnngraph.kernels.conv import conv2d_forward
-    x = np.ones((2, 4, 9, 10), np.float32)
-    w = np.ones((6, 4, 3, 3), np.float32)
-    conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, save=False)
-    y, _ = conv2d_forward(x, w, None, (1, 1), (0, 2, 1, 1), (1, 1), 1, save=False)
-    ref, _ = conv2d_forward(np.pad(x, [(0, 0), (0, 0), (0, 2), (1, 1)]), w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1,
-                            save=False)
-    return not np.allclose(y, ref)
-
-
-STALE = {"conv_asym_pads", "conv_same_upper", "conv_same_lower"}
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_import_matches_onnxruntime(case):
-    if case in STALE and _conv_kernel_keeps_stale_borders():
-        pytest.xfail("known bug in cnngraph/kernels/_conv_fast.py: zero-bordered scratch reused across "
-                     "different pad placements")
     nodes, inputs, inits, opset = CASES[case]
     feeds = {k: rand(*s) * 3 for k, s in inputs.items()}
     model = make_model(nodes, inputs, inits, opset=opset)

@@ -1,0 +1,428 @@
+"""cnngraph spec + weights → ONNX model (dynamic batch dimension, chosen opset).
+
+Each layer maps to ONNX nodes through the functions in ``EXPORTERS`` (keyed by op type). Weights
+become initializers named ``<layer id>.<param>`` so an export → import round trip gives back the same
+parameter names and bit-identical values. Loss layers and layers that reach no non-loss output are
+not exported.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ..errors import CnnGraphError
+from .common import OnnxError, require_onnx
+
+__all__ = ["spec_to_onnx", "export_onnx", "EXPORTERS", "MIN_OPSET"]
+
+MIN_OPSET = 13
+EXPORTERS: dict = {}
+
+
+def exports(*types):
+    def deco(fn):
+        for t in types:
+            EXPORTERS[t] = fn
+        return fn
+    return deco
+
+
+class _Ctx:
+    def __init__(self, opset: int, graph, params: dict[str, np.ndarray]):
+        from onnx import helper, numpy_helper
+        self.helper, self.nh = helper, numpy_helper
+        self.opset = opset
+        self.g = graph
+        self.params = params
+        self.nodes: list = []
+        self.inits: dict[str, Any] = {}
+        self.counter = 0
+
+    def init(self, name: str, arr) -> str:
+        if name not in self.inits:
+            self.inits[name] = self.nh.from_array(np.asarray(arr), name)
+        return name
+
+    def weight(self, layer: str, local: str) -> str:
+        full = f"{layer}.{local}"
+        return self.init(full, np.asarray(self.params[full], dtype=np.float32))
+
+    def const(self, layer: str, tag: str, arr) -> str:
+        return self.init(f"{layer}::{tag}", arr)
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> None:
+        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=name, **attrs))
+
+
+def _pads_onnx(p) -> list[int]:
+    t, b, l, r = p
+    return [t, l, b, r]
+
+
+def _window_pads(op, in_shape):
+    if op.type == "conv2d":
+        return list(op.pads(in_shape))
+    return list(op.window()[2])
+
+
+# ---- exporters: (ctx, layer id, op, input tensor names, attrs) → output tensor name ------------------
+@exports("conv2d")
+def _conv(c, lid, op, ins, attrs):
+    p = op.p
+    inputs = [ins[0], c.weight(lid, "weight")] + ([c.weight(lid, "bias")] if p.bias else [])
+    c.node("Conv", inputs, [lid], lid, kernel_shape=list(p.kernel_size), strides=list(p.stride),
+           pads=_pads_onnx(op.pads(attrs["in_shapes"][0])), dilations=list(p.dilation), group=p.groups)
+    return lid
+
+
+@exports("dense")
+def _dense(c, lid, op, ins, attrs):
+    inputs = [ins[0], c.weight(lid, "weight")] + ([c.weight(lid, "bias")] if op.p.bias else [])
+    c.node("Gemm", inputs, [lid], lid, transB=1)
+    return lid
+
+
+@exports("max_pool2d", "avg_pool2d")
+def _pool(c, lid, op, ins, attrs):
+    k, s, pads, d = op.window()
+    kw = dict(kernel_shape=list(k), strides=list(s), pads=_pads_onnx(pads), ceil_mode=int(op.p.ceil_mode))
+    if op.type == "max_pool2d":
+        if tuple(d) != (1, 1):
+            kw["dilations"] = list(d)
+        c.node("MaxPool", ins, [lid], lid, **kw)
+    else:
+        if op.p.ceil_mode and any(pads) and op.p.count_include_pad and c.opset < 19:
+            # before opset 19 runtimes disagree on the divisor of windows overhanging the padding
+            raise OnnxError(f"layer '{lid}': avg_pool2d with ceil_mode, padding and count_include_pad needs "
+                            f"--opset 19 or newer")
+        c.node("AveragePool", ins, [lid], lid, count_include_pad=int(op.p.count_include_pad), **kw)
+    return lid
+
+
+@exports("global_avg_pool2d", "global_max_pool2d")
+def _gpool(c, lid, op, ins, attrs):
+    c.node("GlobalAveragePool" if op.type == "global_avg_pool2d" else "GlobalMaxPool", ins, [lid], lid)
+    return lid
+
+
+@exports("batch_norm2d")
+def _bn(c, lid, op, ins, attrs):
+    ch = attrs["in_shapes"][0][0]
+    if op.p.affine:
+        scale, bias = c.weight(lid, "weight"), c.weight(lid, "bias")
+    else:
+        scale = c.const(lid, "scale", np.ones(ch, np.float32))
+        bias = c.const(lid, "shift", np.zeros(ch, np.float32))
+    c.node("BatchNormalization", [ins[0], scale, bias, c.weight(lid, "running_mean"), c.weight(lid, "running_var")],
+           [lid], lid, epsilon=float(op.p.eps), momentum=float(1 - op.p.momentum))
+    return lid
+
+
+@exports("dropout")
+def _dropout(c, lid, op, ins, attrs):
+    c.node("Dropout", [ins[0], c.const(lid, "ratio", np.array(op.p.p, np.float32))], [lid], lid)
+    return lid
+
+
+@exports("identity")
+def _identity(c, lid, op, ins, attrs):
+    c.node("Identity", ins, [lid], lid)
+    return lid
+
+
+@exports("flatten")
+def _flatten(c, lid, op, ins, attrs):
+    nd = len(attrs["in_shapes"][0]) + 1
+    start, end = op._dims(nd)
+    if start == 1 and end == nd - 1:
+        c.node("Flatten", ins, [lid], lid, axis=1)
+    else:
+        shape = np.array([0, *attrs["out_shape"]], np.int64)
+        c.node("Reshape", [ins[0], c.const(lid, "shape", shape)], [lid], lid)
+    return lid
+
+
+@exports("relu", "sigmoid", "tanh")
+def _simple(c, lid, op, ins, attrs):
+    c.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op.type], ins, [lid], lid)
+    return lid
+
+
+@exports("leaky_relu")
+def _leaky(c, lid, op, ins, attrs):
+    c.node("LeakyRelu", ins, [lid], lid, alpha=float(op.p.negative_slope))
+    return lid
+
+
+@exports("elu")
+def _elu(c, lid, op, ins, attrs):
+    c.node("Elu", ins, [lid], lid, alpha=float(op.p.alpha))
+    return lid
+
+
+@exports("gelu")
+def _gelu(c, lid, op, ins, attrs):
+    if c.opset >= 20:
+        c.node("Gelu", ins, [lid], lid, approximate=op.p.approximate)
+        return lid
+    x = ins[0]
+    if op.p.approximate == "tanh":   # 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))
+        f = lambda v: c.const(lid, f"c{len(c.inits)}", np.array(v, np.float32))  # noqa: E731
+        c.node("Mul", [x, x], [lid + "::x2"], lid + "::x2")
+        c.node("Mul", [lid + "::x2", x], [lid + "::x3"], lid + "::x3")
+        c.node("Mul", [lid + "::x3", f(0.044715)], [lid + "::a"], lid + "::a")
+        c.node("Add", [x, lid + "::a"], [lid + "::b"], lid + "::b")
+        c.node("Mul", [lid + "::b", f(math.sqrt(2 / math.pi))], [lid + "::c"], lid + "::c")
+        c.node("Tanh", [lid + "::c"], [lid + "::t"], lid + "::t")
+        c.node("Add", [lid + "::t", f(1.0)], [lid + "::u"], lid + "::u")
+        c.node("Mul", [x, lid + "::u"], [lid + "::v"], lid + "::v")
+        c.node("Mul", [lid + "::v", f(0.5)], [lid], lid)
+        return lid
+    # x · 0.5 · (1 + erf(x / √2)), as PyTorch's exporter writes it
+    c.node("Div", [x, c.const(lid, "sqrt2", np.array(math.sqrt(2), np.float32))], [lid + "::d"], lid + "::div")
+    c.node("Erf", [lid + "::d"], [lid + "::e"], lid + "::erf")
+    c.node("Add", [lid + "::e", c.const(lid, "one", np.array(1, np.float32))], [lid + "::a"], lid + "::add")
+    c.node("Mul", [x, lid + "::a"], [lid + "::m"], lid + "::mul")
+    c.node("Mul", [lid + "::m", c.const(lid, "half", np.array(0.5, np.float32))], [lid], lid)
+    return lid
+
+
+@exports("softmax", "log_softmax")
+def _softmax(c, lid, op, ins, attrs):
+    c.node("Softmax" if op.type == "softmax" else "LogSoftmax", ins, [lid], lid, axis=int(op.p.axis))
+    return lid
+
+
+@exports("add")
+def _add(c, lid, op, ins, attrs):
+    if len(ins) == 2:
+        c.node("Add", ins, [lid], lid)
+    else:
+        c.node("Sum", ins, [lid], lid)
+    return lid
+
+
+@exports("broadcast_add", "sub", "mul", "div")
+def _binary(c, lid, op, ins, attrs):
+    ins = _align_ranks(c, lid, ins, attrs)
+    c.node({"broadcast_add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}[op.type], ins, [lid], lid)
+    return lid
+
+
+def _align_ranks(c, lid, ins, attrs):
+    """Per-sample shapes of different rank broadcast after the batch axis in cnngraph; ONNX aligns
+    full shapes to the right, so lower-rank operands get unit axes after their batch axis."""
+    shapes = attrs["in_shapes"]
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i, (name, s) in enumerate(zip(ins, shapes)):
+        if len(s) < rank and name not in c.constants:   # constants carry a unit batch axis: no realignment
+            axes = list(range(1, 1 + rank - len(s)))
+            c.node("Unsqueeze", [name, c.const(lid, f"axes{i}", np.array(axes, np.int64))], [f"{lid}::u{i}"],
+                   f"{lid}::unsqueeze{i}")
+            name = f"{lid}::u{i}"
+        out.append(name)
+    return out
+
+
+@exports("matmul")
+def _matmul(c, lid, op, ins, attrs):
+    a, b = attrs["in_shapes"]
+    if len(a) != len(b) or len(a) < 2:
+        raise OnnxError(f"layer '{lid}': matmul of per-sample shapes {a} and {b} has no direct ONNX MatMul form "
+                        f"(export supports operands of equal rank >= 2 per sample)")
+    c.node("MatMul", ins, [lid], lid)
+    return lid
+
+
+@exports("reshape")
+def _reshape(c, lid, op, ins, attrs):
+    c.node("Reshape", [ins[0], c.const(lid, "shape", np.array([0, *op.p.shape], np.int64))], [lid], lid)
+    return lid
+
+
+@exports("transpose")
+def _transpose(c, lid, op, ins, attrs):
+    c.node("Transpose", ins, [lid], lid, perm=list(op.p.perm))
+    return lid
+
+
+@exports("concat")
+def _concat(c, lid, op, ins, attrs):
+    c.node("Concat", ins, [lid], lid, axis=int(op.p.axis))
+    return lid
+
+
+@exports("pad")
+def _pad(c, lid, op, ins, attrs):
+    pads = [0] + [b for b, _ in op.p.pads] + [0] + [a for _, a in op.p.pads]
+    inputs = [ins[0], c.const(lid, "pads", np.array(pads, np.int64))]
+    if op.p.mode == "constant" and op.p.value:
+        inputs.append(c.const(lid, "value", np.array(op.p.value, np.float32)))
+    c.node("Pad", inputs, [lid], lid, mode=op.p.mode)
+    return lid
+
+
+@exports("clip")
+def _clip(c, lid, op, ins, attrs):
+    inputs = [ins[0], c.const(lid, "min", np.array(op.p.min, np.float32)) if op.p.min is not None else ""]
+    if op.p.max is not None:
+        inputs.append(c.const(lid, "max", np.array(op.p.max, np.float32)))
+    c.node("Clip", inputs, [lid], lid)
+    return lid
+
+
+@exports("local_response_norm")
+def _lrn(c, lid, op, ins, attrs):
+    p = op.p
+    if p.size % 2 == 0 and p.window == "torch":
+        raise OnnxError(f"layer '{lid}': local_response_norm with an even size ({p.size}) and the torch window has "
+                        f"no ONNX LRN equivalent (ONNX centres even windows one channel later); use window: onnx")
+    c.node("LRN", ins, [lid], lid, size=p.size, alpha=float(p.alpha), beta=float(p.beta), bias=float(p.k))
+    return lid
+
+
+@exports("constant")
+def _constant(c, lid, op, ins, attrs):
+    # the value with a leading unit (batch) axis: it broadcasts against any batch in ONNX too
+    value = np.asarray(c.params[f"{lid}.value"], np.float32)
+    c.init(f"{lid}.value", value)
+    c.node("Unsqueeze", [f"{lid}.value", c.const(lid, "axes", np.array([0], np.int64))], [lid], lid)
+    return lid
+
+
+# ---- driver -------------------------------------------------------------------------------------
+def _export_order(g, outputs) -> list[str]:
+    import networkx as nx
+    from ..graph import topological_order
+    needed = set(outputs)
+    for o in outputs:
+        needed |= nx.ancestors(g, o)
+    return [n for n in topological_order(g) if n in needed]
+
+
+def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, outputs: list[str] | None = None,
+                 name: str | None = None):
+    """Build an ``onnx.ModelProto`` from a validated Spec and its parameters (name → array)."""
+    onnx = require_onnx()
+    from onnx import TensorProto, helper
+    from . import DEFAULT_OPSET
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise OnnxError(f"--opset must lie in {MIN_OPSET}…{newest} (the onnx package's newest), found {opset}")
+    g = spec.graph
+    if outputs is None:
+        outputs = [o for o in spec.outputs if not g.nodes[o].get("reduces_batch")]
+        dropped = [o for o in spec.outputs if g.nodes[o].get("reduces_batch")]
+        if not outputs:
+            raise OnnxError(f"every output of the spec is a loss ({', '.join(dropped)}); losses are not exported. "
+                            f"Name the outputs to export")
+    for o in outputs:
+        if o not in g:
+            raise OnnxError(f"output '{o}' is not a layer of the spec")
+        if g.nodes[o].get("reduces_batch"):
+            raise OnnxError(f"output '{o}' is a loss ({g.nodes[o]['type']}); losses are not exported")
+    order = _export_order(g, outputs)
+    ctx = _Ctx(opset, g, params)
+    ctx.const_outputs = set()
+    ctx.constants = {n for n in order if g.nodes[n].get("type") == "constant"}
+    unsupported: dict[str, list[str]] = {}
+    for n in order:
+        attrs = g.nodes[n]
+        if attrs["kind"] == "layer" and attrs["type"] not in EXPORTERS:
+            unsupported.setdefault(attrs["type"], []).append(n)
+    if unsupported:
+        listing = "; ".join(f"{t} ({', '.join(ns)})" for t, ns in sorted(unsupported.items()))
+        raise OnnxError(f"no ONNX export for op type{'s' if len(unsupported) > 1 else ''}: {listing}")
+    graph_inputs = []
+    for n in order:
+        attrs = g.nodes[n]
+        if attrs["kind"] == "input":
+            elem = TensorProto.INT64 if attrs.get("dtype") == "int64" else TensorProto.FLOAT
+            graph_inputs.append(helper.make_tensor_value_info(n, elem, ["batch", *attrs["out_shape"]]))
+            continue
+        if attrs["type"] == "constant" and not attrs["inputs"]:
+            ctx.const_outputs.add(n)
+        EXPORTERS[attrs["type"]](ctx, n, attrs["op"], list(attrs["inputs"]), attrs)
+    graph_outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", *g.nodes[o]["out_shape"]])
+                     for o in outputs]
+    for o in outputs:   # a constant output without inputs has batch 1
+        if o in ctx.const_outputs:
+            graph_outputs[outputs.index(o)] = helper.make_tensor_value_info(o, TensorProto.FLOAT,
+                                                                            [1, *g.nodes[o]["out_shape"]])
+    graph = helper.make_graph(ctx.nodes, name or spec.name, graph_inputs, graph_outputs, list(ctx.inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="cnngraph",
+                              producer_version=_version())
+    model.ir_version = min(model.ir_version, _max_ir(opset))
+    if spec.description:
+        model.doc_string = spec.description
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise OnnxError(f"the exported model fails the ONNX checker (please report): {exc}") from None
+    return model
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _max_ir(opset: int) -> int:
+    # ONNX Runtime 1.17+ reads IR 9; newer opsets need newer IR versions
+    from onnx import helper
+    try:
+        table = helper.VERSION_TABLE
+        for _, ir, op, *_ in table:
+            if op == opset:
+                return max(ir, 8)
+    except Exception:  # pragma: no cover
+        pass
+    return 10
+
+
+def _read_weights(path: str | Path) -> dict[str, np.ndarray]:
+    p = Path(path)
+    if p.is_dir():
+        from ..train.checkpoint import load_checkpoint
+        for cand in (p, p / "checkpoint" / "best", p / "checkpoint" / "last", p / "best", p / "last"):
+            if (cand / "meta.json").is_file():
+                return load_checkpoint(cand).arrays
+        raise CnnGraphError(f"{path}: no checkpoint found (looked for meta.json in {p}, {p}/checkpoint/best|last "
+                            f"and {p}/best|last)")
+    if not p.is_file():
+        raise CnnGraphError(f"{path}: file not found")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise CnnGraphError(f"{path}: not a readable .npz of parameters ({exc})") from None
+
+
+def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: Union[str, Path, dict, None] = None,
+                opset: int | None = None, outputs: list[str] | None = None, seed: int = 0):
+    """Export a compiled Model (or a Spec / spec path with ``params``: an .npz, a checkpoint or run
+    directory, or a dict) to ONNX; writes ``path`` when given and returns the ModelProto.
+    Without parameters the seeded random initial weights are exported, with a warning."""
+    from ..model import Model
+    from ..spec import Spec, load_spec
+    if isinstance(model_or_spec, Model):
+        model = model_or_spec
+    else:
+        spec = model_or_spec if isinstance(model_or_spec, Spec) else load_spec(model_or_spec)
+        model = Model(spec, seed=seed)
+        if params is None:
+            warnings.warn("no checkpoint or parameters given: exporting seeded random initial weights", stacklevel=2)
+    if params is not None:
+        arrays = params if isinstance(params, dict) else _read_weights(params)
+        model.load_params(arrays)
+    proto = spec_to_onnx(model.spec, model.params.numpy(), opset=opset, outputs=outputs)
+    if path is not None:
+        import onnx
+        onnx.save(proto, str(path))
+    return proto
