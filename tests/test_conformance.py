@@ -185,3 +185,22 @@ def test_documented_commands_work(fresh, capsys):
 def test_documented_example_file_is_short():
     lines = Path("specs/examples/my_layers.py").read_text().splitlines()
     assert len(lines) <= 50
+
+
+def test_docs_show_the_real_example_files_and_working_commands(fresh, capsys):
+    import re
+    import shlex
+    doc = Path("docs/plugins.md").read_text()
+    section = doc.split("## Write your own layer")[1].split("\n## ")[0]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    python = [b for lang, b in blocks if lang == "python"]
+    assert python and python[0] == Path("specs/examples/my_layers.py").read_text()
+    yaml_text = [b for lang, b in blocks if lang == "yaml"][0]
+    assert yaml_text in Path("specs/examples/uses_my_layers.yaml").read_text()
+    commands = [line[2:] for lang, b in blocks if lang == "console" for line in b.splitlines()
+                if line.startswith("$ cnngraph ")]
+    assert len(commands) >= 3
+    for cmd in commands:
+        argv = shlex.split(cmd)[1:]
+        assert main(argv) == 0, cmd
+    capsys.readouterr()
