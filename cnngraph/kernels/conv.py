@@ -26,14 +26,23 @@ def conv_output_shape(x_shape, w_shape, stride, padding, dilation):
 
 
 class _ConvSaved:
-    """What conv2d_backward needs: geometry, weights and the forward's column buffer."""
+    """What the generic conv2d_backward needs: geometry, weights and the forward's column buffer."""
 
     __slots__ = ("x_shape", "padded_shape", "w", "has_bias", "stride", "padding", "dilation",
-                 "groups", "out", "cols")
+                 "groups", "out", "cols", "dtypes")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
+
+
+class _FastSaved:
+    """What the fast-path backward needs: its geometry plus x and w (references, not copies)."""
+
+    __slots__ = ("fast", "x", "w", "dtypes")
+
+    def __init__(self, fast, x, w, dtypes):
+        self.fast, self.x, self.w, self.dtypes = fast, x, w, dtypes
 
 
 def _offsets(kh, kw, stride, dilation, out):
@@ -95,23 +104,29 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
     if C != Cg * groups or O % groups:
         raise ValueError(f"conv2d: x has {C} channels, w {tuple(w.shape)} with groups={groups}")
     out = conv_output_shape(x.shape, w.shape, stride, padding, dilation)
+    dtypes = (w.dtype, None if b is None else b.dtype)   # gradients come back in these
     w = w.astype(x.dtype, copy=False)
     b = None if b is None else b.astype(x.dtype, copy=False)
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype)
         y = fast.forward(x, w, b)
-        return y, ((fast, x, w, b is not None) if save else None)
-    return _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
+        return y, (_FastSaved(fast, x, w, dtypes) if save else None)
+    y, saved = _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
+    if saved is not None:
+        saved.dtypes = dtypes
+    return y, saved
 
 
 def conv2d_backward(gy, saved, need_dx=True):
-    """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo)."""
-    if isinstance(saved, tuple):
-        fast, x, w, has_bias = saved
-        gy = np.asarray(gy, dtype=fast.dtype)
-        dx, dw, db = fast.backward(gy, x, w, need_dx)
-        return dx, dw, (db if has_bias else None)
-    return _generic_backward(gy, saved, need_dx)
+    """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo),
+    in the dtypes of x, w and b."""
+    if isinstance(saved, _FastSaved):
+        gy = np.asarray(gy, dtype=saved.fast.dtype)
+        dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx)
+    else:
+        dx, dw, db = _generic_backward(gy, saved, need_dx)
+    w_dtype, b_dtype = saved.dtypes
+    return dx, dw.astype(w_dtype, copy=False), (None if b_dtype is None else db.astype(b_dtype, copy=False))
 
 
 def _generic_forward(x, w, b, stride, padding, dilation, groups, out, save):

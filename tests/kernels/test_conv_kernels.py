@@ -132,7 +132,7 @@ def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
     cfg = (5,) + cfg[1:]
     x, w, b, stride, padding, dilation, groups = make(cfg, np.float64, seed=7)
     y, saved = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
-    assert isinstance(saved, tuple)   # took the fast path
+    assert isinstance(saved, conv._FastSaved)   # took the fast path
     out = conv.conv_output_shape(x.shape, w.shape, stride, padding, dilation)
     y_ref, s_ref = conv._generic_forward(x, w, b, stride, padding, dilation, groups, out, True)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
@@ -161,3 +161,23 @@ def test_scratch_reuse_across_geometries():
             gy = np.random.default_rng(12).standard_normal(y.shape)
             for ours, ref in zip(conv2d_backward(gy, saved), conv._generic_backward(gy, s_ref, True)):
                 np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_mixed_dtypes_and_noncontiguous(groups):
+    """Gradients come back in each input's dtype; strided inputs work."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 4, 9, 6)).astype(np.float32).transpose(0, 1, 3, 2)   # (3, 4, 6, 9) view
+    w = rng.standard_normal((4, 4 // groups, 3, 3))                                  # float64
+    b = rng.standard_normal(4).astype(np.float16)
+    geom = ((1, 2), (1, 0, 1, 1), (1, 1), groups)
+    y, saved = conv2d_forward(x, w, b, *geom, save=True)
+    y_ref, s_ref = conv2d_forward(np.ascontiguousarray(x), w.astype(np.float32), b.astype(np.float32),
+                                  *geom, save=True)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+    gy = rng.standard_normal(y.shape).astype(np.float32)[..., ::-1]   # negative strides
+    dx, dw, db = conv2d_backward(gy, saved)
+    assert (dx.dtype, dw.dtype, db.dtype) == (np.float32, np.float64, np.float16)
+    for ours, ref in zip((dx, dw, db), conv2d_backward(np.ascontiguousarray(gy), s_ref)):
+        np.testing.assert_allclose(ours.astype(np.float32), ref, rtol=1e-3, atol=1e-3)
