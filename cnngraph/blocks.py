@@ -255,6 +255,7 @@ class _Expander:
         ``subst``: (args, block name, instance path) when inside a block.
         """
         prev_output: str | None = None
+        seen: dict[str, tuple[int, bool]] = {}
         for i, raw in enumerate(layers):
             path = base + (i,)
             if not isinstance(raw, dict):
@@ -264,6 +265,15 @@ class _Expander:
             overrides = {}
             if subst is not None:
                 raw, overrides = self.substitute(raw, path, subst, chain)
+            lid = raw.get("id")
+            if isinstance(lid, str):
+                is_instance = "block" in raw
+                if lid in seen and (is_instance or seen[lid][1]):
+                    self.problem(f"duplicate id '{lid}' (first used by {path_to_str(base + (seen[lid][0],))}); "
+                                 f"a block instance shares its id with no other layer", path + ("id",),
+                                 scope.prefix + lid, self.note(chain) if chain else None)
+                    continue
+                seen.setdefault(lid, (i, is_instance))
             if prev_output is None:
                 implicit = first_inputs
             else:

@@ -439,3 +439,29 @@ def test_blocks_match_the_hand_written_network(tmp_path):
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(blocks.forward({"image": x})["logits"], hand.forward({"image": x})["logits"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_instance_id_shared_with_a_layer_is_an_error():
+    spec = {"inputs": {"x": {"shape": [3]}}, "blocks": {"b": {"layers": [{"id": "r", "type": "relu"}]}},
+            "layers": [{"id": "a", "block": "b"}, {"id": "a", "type": "tanh"}], "outputs": ["a"]}
+    probs = problems_of(spec)
+    assert len(probs) == 1 and "duplicate id 'a' (first used by layers[0])" in probs[0].message
+    assert probs[0].path == "layers[1].id"
+
+
+def test_first_layer_of_a_multi_input_block_takes_all_inputs():
+    spec = cnngraph.load_spec({
+        "inputs": {"a": {"shape": [4]}, "b": {"shape": [4]}},
+        "blocks": {"sum2": {"inputs": ["p", "q"], "layers": [{"id": "s", "type": "add"},
+                                                           {"id": "t", "type": "tanh"}]}},
+        "layers": [{"id": "m", "block": "sum2", "inputs": ["a", "b"]}], "outputs": ["m"]})
+    assert spec.graph.nodes["m.s"]["inputs"] == ["a", "b"]
+    assert spec.graph.nodes["m.t"]["inputs"] == ["m.s"] and spec.outputs == ["m.t"]
+
+
+def test_multi_input_model_needs_named_input_for_first_instance():
+    probs = problems_of({
+        "inputs": {"a": {"shape": [4]}, "b": {"shape": [4]}},
+        "blocks": {"one": {"layers": [{"id": "r", "type": "relu"}]}},
+        "layers": [{"id": "m", "block": "one"}], "outputs": ["m"]})
+    assert "block 'one' takes an input; name it with 'inputs'" in probs[0].message
