@@ -240,9 +240,14 @@ class Importer:
     def fold(self, node) -> list[np.ndarray]:
         from onnx.reference import ReferenceEvaluator
         feeds = {n: self.consts[n] for n in node.input if n}
+        from onnx import helper
         try:
-            ev = ReferenceEvaluator(node, opsets={"": self.opset})
-            return ev.run(None, feeds)
+            graph = helper.make_graph([node], "fold", [helper.make_empty_tensor_value_info(n) for n in feeds],
+                                      [helper.make_empty_tensor_value_info(o) for o in node.output if o])
+            ev = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)]))
+            results = ev.run(None, feeds)
+            it = iter(results)
+            return [next(it) if o else None for o in node.output]
         except Exception as exc:
             raise self.fail(f"could not fold this constant computation: {type(exc).__name__}: {exc}") from None
 

@@ -1,0 +1,122 @@
+"""import-onnx, export-onnx."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CnnGraphError
+from .common import add_spec_options, load_spec_args
+
+__all__ = ["register"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("import-onnx", help="convert an ONNX model to a spec (.yaml) and its weights (.npz)")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.yaml",
+                   help="spec to write; the weights go next to it as OUT.npz")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,…",
+                   help="full shape (batch first) of an input with symbolic dimensions (repeatable)")
+    p.add_argument("--check", action="store_true",
+                   help="also run the model in ONNX Runtime and cnngraph on random input and compare")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export-onnx", help="export a spec with trained weights to ONNX")
+    p.add_argument("spec", metavar="SPEC")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="DIR", help="run folder, RUN/checkpoint, or a best/last checkpoint")
+    src.add_argument("--params", metavar="WEIGHTS.npz", help="parameters as an .npz (e.g. from import-onnx)")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
+    from ..onnx import DEFAULT_OPSET
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--outputs", nargs="+", metavar="LAYER", help="layers to export as outputs (default: the spec's "
+                                                                 "non-loss outputs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without weights")
+    add_spec_options(p)
+    p.set_defaults(func=cmd_export)
+
+
+def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.split(",")]
+            if any(d < 1 for d in shapes[name]):
+                raise ValueError
+        except ValueError:
+            raise CnnGraphError(f"--input-shape expects NAME=D0,D1,… with positive integers, found {item!r}") from None
+    return shapes
+
+
+def cmd_import(args) -> int:
+    from ..onnx.importer import onnx_to_spec
+    from ..onnx.yamlio import write_spec
+    out = Path(args.output)
+    if out.suffix not in (".yaml", ".yml", ".json"):
+        raise CnnGraphError(f"-o names the spec to write (.yaml, .yml or .json), found {args.output}")
+    result = onnx_to_spec(args.model, _parse_shapes(args.input_shape))
+    weights_path = out.with_suffix(".npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"Imported from {Path(args.model).name} by `cnngraph import-onnx`; weights: {weights_path.name}\n"
+              f"run: cnngraph run {out.name} --params {weights_path.name} --input x.npy")
+    renamed = {k: v for k, v in {**result.input_names, **result.output_names}.items() if k != v}
+    if renamed:
+        header += "\nONNX names changed to valid ids: " + ", ".join(f"{k!r} → {v}" for k, v in renamed.items())
+    if out.suffix == ".json":
+        import json
+        out.write_text(json.dumps(result.spec, indent=2), encoding="utf-8")
+    else:
+        write_spec(result.spec, out, header)
+    np.savez(weights_path, **result.weights)
+    n = sum(int(v.size) for v in result.weights.values())
+    print(f"wrote {out} ({len(result.spec['layers'])} layers) and {weights_path} ({len(result.weights)} arrays, "
+          f"{n:,} values)")
+    if args.check:
+        _check(args.model, result)
+    return 0
+
+
+def _check(model_path, result) -> None:
+    import onnxruntime as ort
+    from ..model import Model
+    from ..spec import load_spec
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    model = Model(load_spec(result.spec))
+    model.load_params(result.weights)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for onnx_name, name in result.input_names.items():
+        inp = result.spec["inputs"][name]
+        feeds[onnx_name] = rng.standard_normal((2, *inp["shape"])).astype(np.float32)
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    got = model.forward({result.input_names[k]: v for k, v in feeds.items()})
+    worst = 0.0
+    for onnx_name, name in result.output_names.items():
+        a, b = got[name], want[onnx_name]
+        worst = max(worst, float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)))
+    print(f"check vs ONNX Runtime (batch 2, random input): max relative difference {worst:.2e}")
+    if worst > 1e-3:
+        raise CnnGraphError(f"outputs differ from ONNX Runtime by {worst:.2e} (relative)")
+
+
+def cmd_export(args) -> int:
+    from ..onnx.exporter import export_onnx
+    from ..model import Model
+    spec = load_spec_args(args, args.spec)
+    model = Model(spec, seed=args.seed)
+    weights = args.checkpoint or args.params
+    if weights is None:
+        print("warning: no --checkpoint or --params given: exporting seeded random initial weights "
+              f"(seed {args.seed})", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = export_onnx(model, args.output, params=weights, opset=args.opset, outputs=args.outputs)
+    outs = ", ".join(o.name for o in proto.graph.output)
+    print(f"wrote {args.output} (opset {args.opset}, {len(proto.graph.node)} nodes, outputs: {outs})")
+    return 0

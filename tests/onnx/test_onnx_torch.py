@@ -1,0 +1,107 @@
+"""Networks exported from PyTorch (torch.onnx.export) import into cnngraph and match PyTorch."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnngraph.onnx import import_onnx
+
+torch.manual_seed(0)
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.layer1 = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.layer1(self.stem(x))
+        y = F.adaptive_avg_pool2d(y, 1)
+        return self.fc(y.view(y.size(0), -1))
+
+
+class Inception(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.b1 = nn.Conv2d(cin, 4, 1)
+        self.b2 = nn.Sequential(nn.Conv2d(cin, 4, 1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1))
+        self.b3 = nn.Sequential(nn.Conv2d(cin, 2, 1), nn.ReLU6(), nn.Conv2d(2, 4, 5, padding=2))
+        self.b4 = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Conv2d(cin, 3, 1))
+
+    def forward(self, x):
+        return torch.cat([F.relu(self.b1(x)), self.b2(x), self.b3(x), F.elu(self.b4(x))], 1)
+
+
+class InceptionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.LeakyReLU(0.1),
+                                  nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.inc = Inception(8)
+        self.drop = nn.Dropout(0.4)
+        self.fc = nn.Linear(17, 6)
+
+    def forward(self, x):
+        y = self.inc(self.stem(x))
+        y = torch.flatten(F.adaptive_max_pool2d(y, 1), 1)
+        return F.log_softmax(self.fc(self.drop(F.gelu(y))), dim=1), torch.sigmoid(y)
+
+
+def _export(net, x, path, opset, names):
+    net.eval()
+    for m in net.modules():   # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input.image"],
+                          output_names=names, dynamic_axes={"input.image": {0: "batch"}},
+                          do_constant_folding=False)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+@pytest.mark.parametrize("net_cls,names", [(ResNetish, ["logits"]), (InceptionNet, ["logp", "gate"])])
+def test_torch_export_imports_and_matches(net_cls, names, opset, tmp_path):
+    net = net_cls()
+    x = torch.randn(2, 3, 32, 32)
+    _export(net, x, tmp_path / "net.onnx", opset, names)
+    model = import_onnx(tmp_path / "net.onnx")
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            want = net(xb)
+        want = [want] if isinstance(want, torch.Tensor) else list(want)
+        got = model.forward({"input.image": xb.numpy()})
+        for name, w in zip(names, want):
+            np.testing.assert_allclose(got[name], w.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    # imported models train: gradients flow to every parameter
+    out = model.forward({"input.image": x.numpy()}, training=True)
+    grads = model.backward({names[0]: np.ones_like(out[names[0]])})
+    assert all(np.isfinite(grads[n]).all() for n in model.trainable_names)
+    assert any(np.abs(grads[n]).sum() > 0 for n in model.trainable_names if n.endswith("weight"))
