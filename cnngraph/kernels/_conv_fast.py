@@ -20,7 +20,7 @@ __all__ = ["FastConv"]
 
 _CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
 _PARALLEL_FLOPS = 60e6     # below this a conv runs on one thread
-TRANSPOSED_DX = True       # stride-1 dx as a convolution of gy (else: GEMM + col2im scatter-add)
+TRANSPOSED_BWD = True      # stride-1 backward from gy's columns (else x's columns + col2im scatter-add)
 
 
 class FastConv:
@@ -112,17 +112,16 @@ class FastConv:
         return y
 
     def _transposed(self):
-        """For stride 1 with pads <= (k-1)*dilation: the convolution computing dx from gy (zero-padded
-        by the complementary amounts, flipped kernel), so dx costs one more forward instead of a
-        col2im scatter-add; None otherwise."""
-        if self.stride != (1, 1) or not TRANSPOSED_DX:
+        """For stride 1 with pads <= (k-1)*dilation: the convolution of gy (zero-padded by the
+        complementary amounts) with the flipped, transposed kernel, whose output is dx; else None."""
+        if self.stride != (1, 1) or not TRANSPOSED_BWD:
             return None
         (dh, dw), (top, bottom, left, right) = self.dilation, self.padding
         eh, ew = (self.kh - 1) * dh, (self.kw - 1) * dw
         pads = (eh - top, eh - bottom, ew - left, ew - right)
-        # Worth it only if gy's columns (O*kh*kw x H*W) are no bigger than the dcols the scatter
-        # path builds (C*kh*kw x Ho*Wo): true for "same" convs with O <= C, not for LeNet's valid
-        # 5x5 conv or for channel-expanding layers.
+        # Worth it only if gy's columns (O*kh*kw x H*W) are no bigger than x's (C*kh*kw x Ho*Wo):
+        # true for "same" convs with O <= C, not for LeNet's valid 5x5 conv or channel-expanding
+        # layers.
         if min(pads) < 0 or self.O * self.H * self.W > self.C * self.L:
             return None
         return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
@@ -130,23 +129,26 @@ class FastConv:
 
     def backward(self, gy, x, w, need_dx):
         """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
+        db = gy.sum(axis=(0, 2, 3))
+        tconv = self._transposed()
+        if tconv is not None:
+            dx, dw = self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
+        else:
+            dx, dw = self._backward_from_x_cols(gy, x, w, need_dx)
+        return dx, dw, db
+
+    def _backward_from_x_cols(self, gy, x, w, need_dx):
+        """dw = gy @ cols(x)^T; dx = col2im(w^T @ gy). General (any stride/padding)."""
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
-        dx = None
-        if need_dx and (tconv := self._transposed()) is not None:
-            dx = tconv.forward(gy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), None)
-            need_dx = False
-        elif need_dx:
-            dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype)
+        dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
         top, _, left, _ = self.padding
 
         def work(chunks):
             dw = np.zeros((self.O, self.K), dtype=self.dtype)
-            db = np.zeros(self.O, dtype=self.dtype)
             tmp = np.empty_like(dw)
             for s, e in chunks:
                 n = e - s
                 g2 = self._gy_chunk(gy, s, e)
-                db += g2.sum(axis=1)
                 cols = self._im2col(self._padded(x, s, e))
                 dw += np.matmul(g2, cols.T, out=tmp)
                 if need_dx:
@@ -154,9 +156,34 @@ class FastConv:
                     np.matmul(wmat.T, g2, out=dcols)
                     dpad = self._col2im(dcols, n)
                     dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
-            return dw, db
+            return dw
 
-        parts = run_parallel(work, self.chunks, self.workers)
-        dw = sum(p[0] for p in parts).reshape(w.shape)
-        db = sum(p[1] for p in parts)
-        return dx, dw, db
+        dw = sum(run_parallel(work, self.chunks, self.workers))
+        return dx, dw.reshape(w.shape)
+
+    def _backward_from_gy_cols(self, t, gy, x, w, need_dx):
+        """Both gradients from one im2col of the padded gy (``t`` is the transposed conv):
+        dx = w_t @ cols(gy) (a forward of ``t``), and, since the column of gy at
+        (o, flipped offset) lines up with x, dw^T = cols(gy) @ x^T. Saves im2col'ing x."""
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(self.C, t.K))
+        dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
+        HW = self.H * self.W
+
+        def work(chunks):
+            dwt = np.zeros((t.K, self.C), dtype=self.dtype)   # rows: (o, kh-1-i, kw-1-j)
+            tmp = np.empty_like(dwt)
+            for s, e in chunks:
+                n = e - s
+                gcols = t._im2col(t._padded(gy, s, e))      # (O*kh*kw, n*H*W)
+                xt = scratch("conv.xt", (self.C, n, self.H, self.W), self.dtype)
+                np.copyto(xt, x[s:e].transpose(1, 0, 2, 3))
+                dwt += np.matmul(gcols, xt.reshape(self.C, n * HW).T, out=tmp)
+                if need_dx:
+                    db = scratch("conv.y", (self.C, n * HW), self.dtype)
+                    np.matmul(wt, gcols, out=db)
+                    np.copyto(dx[s:e], db.reshape(self.C, n, self.H, self.W).transpose(1, 0, 2, 3))
+            return dwt
+
+        dwt = sum(run_parallel(work, t.chunks, t.workers))
+        dw = dwt.reshape(self.O, self.kh, self.kw, self.C)[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
+        return dx, np.ascontiguousarray(dw)

@@ -7,6 +7,7 @@ from cnngraph.kernels import conv2d_backward, conv2d_forward
 # (N, C, H, W, O, (kh, kw), stride, padding(t,b,l,r), dilation, groups, bias)
 CONFIGS = [
     (2, 3, 8, 8, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),        # cifar-style
+    (2, 4, 7, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),        # C == O: backward via gy cols
     (2, 4, 9, 7, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True),        # stride 2, odd sizes
     (1, 3, 8, 8, 5, (2, 2), (1, 1), (0, 1, 0, 1), (1, 1), 1, True),        # "same", even kernel
     (2, 3, 7, 9, 4, (3, 2), (2, 1), (1, 2, 0, 1), (1, 1), 1, False),       # asymmetric everything
@@ -122,7 +123,7 @@ def test_backward_finite_differences(cfg):
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=["s1", "s2", "dil"])
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[5]], ids=["s1", "gycols", "s2", "dil"])
 def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
     """Tiny chunks (uneven last chunk) and serial/threaded runs agree with the generic path."""
     from cnngraph.kernels import _conv_fast, conv
@@ -139,6 +140,9 @@ def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
     gy = np.random.default_rng(8).standard_normal(y.shape)
     for ours, ref in zip(conv2d_backward(gy, saved), conv._generic_backward(gy, s_ref, True)):
         np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    dx, dw, _ = conv2d_backward(gy, saved, need_dx=False)
+    assert dx is None
+    np.testing.assert_allclose(dw, conv._generic_backward(gy, s_ref, False)[1], rtol=1e-12, atol=1e-12)
 
 
 def test_scratch_reuse_across_geometries():
