@@ -385,6 +385,11 @@ class _Run:
             if diff:
                 raise CheckpointError(f"{rdir}: the checkpoint was trained from a different network than "
                                       f"{spec.file or 'this spec'}:\n  " + "\n  ".join(diff))
+            old_train, new_train = (meta.get("spec") or {}).get("train") or {}, spec.to_dict().get("train") or {}
+            changed = sorted(k for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
+            if changed and not quiet:
+                print(f"note: resuming with a changed train section ({', '.join('train.' + k for k in changed)}); "
+                      f"the continuation is not bit-for-bit the original run", file=self.stream)
             saved = meta.get("settings", {})
             if out is None:
                 out = _run_folder_of(rdir)

@@ -123,10 +123,12 @@ def test_resume_with_a_different_network_is_refused(tmp_path):
     other["layers"][4]["out_features"] = 32
     with pytest.raises(CheckpointError, match=r"layer 'fc1'.*out_features"):
         cnngraph.train(other, resume=tmp_path / "run", epochs=2, stream=io.StringIO())
-    # a changed train section alone is fine
+    # a changed train section alone is allowed, with a note
     changed = copy.deepcopy(spec)
     changed["train"]["optimizer"]["lr"] = 0.05
-    assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=2, stream=io.StringIO())) == 2
+    stream = io.StringIO()
+    assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=2, stream=stream)) == 2
+    assert "changed train section (train.optimizer)" in stream.getvalue()
 
 
 def test_interrupted_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
@@ -251,3 +253,24 @@ def test_model_save_then_load_model(tmp_path):
     np.testing.assert_array_equal(model.predict(x), back.predict(x))
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         load_model(tmp_path)
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    stream = _Tty()
+    run(tiny_spec(epochs=2), tmp_path, stream=stream)
+    text = stream.getvalue()
+    assert "\r" in text and "[" in text and "img/s" in text and "5/5" in text   # running bar, redrawn in place
+    finals = [l.split("\r")[-1] for l in text.split("\n") if "\r" in l]
+    assert [f.split()[1] for f in finals if f.startswith("epoch")] == ["1/2", "2/2"]
+    assert all("val_acc" in f for f in finals if f.startswith("epoch"))
+
+
+def test_quiet_prints_nothing(tmp_path):
+    stream = io.StringIO()
+    run(tiny_spec(epochs=1), tmp_path, stream=stream, quiet=True)
+    assert stream.getvalue() == ""
