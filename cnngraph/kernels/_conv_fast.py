@@ -20,6 +20,7 @@ __all__ = ["FastConv"]
 
 _CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
 _PARALLEL_FLOPS = 60e6     # below this a conv runs on one thread
+TRANSPOSED_RATIO = 3       # see _transposed
 TRANSPOSED_BWD = True      # stride-1 backward from gy's columns (else x's columns + col2im scatter-add)
 
 
@@ -111,7 +112,7 @@ class FastConv:
         run_parallel(work, self.chunks, self.workers)
         return y
 
-    def _transposed(self):
+    def _transposed(self, need_dx):
         """For stride 1 with pads <= (k-1)*dilation: the convolution of gy (zero-padded by the
         complementary amounts) with the flipped, transposed kernel, whose output is dx; else None."""
         if self.stride != (1, 1) or not TRANSPOSED_BWD:
@@ -119,10 +120,10 @@ class FastConv:
         (dh, dw), (top, bottom, left, right) = self.dilation, self.padding
         eh, ew = (self.kh - 1) * dh, (self.kw - 1) * dw
         pads = (eh - top, eh - bottom, ew - left, ew - right)
-        # Worth it only if gy's columns (O*kh*kw x H*W) are no bigger than x's (C*kh*kw x Ho*Wo):
-        # true for "same" convs with O <= C, not for LeNet's valid 5x5 conv or channel-expanding
-        # layers.
-        if min(pads) < 0 or self.O * self.H * self.W > self.C * self.L:
+        # gy's columns (O*kh*kw x H*W) replace x's (C*kh*kw x Ho*Wo) and, with dx, the col2im
+        # scatter-add, which costs about two more column passes: so allow 3x bigger columns then.
+        # Rules out LeNet's valid 5x5 conv2 (gy needs 4 pixels of zero padding).
+        if min(pads) < 0 or self.O * self.H * self.W > (TRANSPOSED_RATIO if need_dx else 1) * self.C * self.L:
             return None
         return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
                         (1, 1), pads, self.dilation, (self.H, self.W), self.dtype)
@@ -130,7 +131,7 @@ class FastConv:
     def backward(self, gy, x, w, need_dx):
         """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
         db = gy.sum(axis=(0, 2, 3))
-        tconv = self._transposed()
+        tconv = self._transposed(need_dx)
         if tconv is not None:
             dx, dw = self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
         else:
