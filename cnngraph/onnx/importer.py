@@ -303,6 +303,8 @@ class Importer:
                 else:
                     results = handler(self, node, self.attrs(node))
             except _Skip:
+                if node.op_type not in HANDLERS:   # still worth listing: every unsupported node at once
+                    self.unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])
                 self.failed.update(node.output)
                 continue
             except OnnxError as exc:
