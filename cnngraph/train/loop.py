@@ -293,6 +293,13 @@ class _Settings:
 
 @dataclass
 class _Best:
+    """The selection metric's best value (best checkpoint) and the early-stopping patience count.
+
+    An epoch is the new best when the metric improves by more than ``min_delta``; an exact tie
+    (common for accuracies on a small validation split) goes to the epoch with the lower
+    ``tiebreak`` loss, which replaces the best checkpoint without resetting the patience count.
+    """
+
     metric: str
     maximize: bool
     min_delta: float = 0.0
@@ -300,25 +307,31 @@ class _Best:
     value: float | None = None
     epoch: int | None = None
     bad_epochs: int = 0
+    tiebreak: float | None = None
 
-    def update(self, value: float | None, epoch: int) -> bool:
+    def update(self, value: float | None, epoch: int, tiebreak: float | None = None) -> bool:
+        """Record an epoch; returns whether it is the new best checkpoint."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             self.bad_epochs += 1
             return False
         better = self.value is None or (value > self.value + self.min_delta if self.maximize
                                         else value < self.value - self.min_delta)
         if better:
-            self.value, self.epoch, self.bad_epochs = float(value), epoch, 0
-        else:
-            self.bad_epochs += 1
-        return better
+            self.value, self.epoch, self.bad_epochs, self.tiebreak = float(value), epoch, 0, tiebreak
+            return True
+        self.bad_epochs += 1
+        if value == self.value and tiebreak is not None and (self.tiebreak is None or tiebreak < self.tiebreak):
+            self.epoch, self.tiebreak = epoch, tiebreak
+            return True
+        return False
 
     @property
     def should_stop(self) -> bool:
         return self.patience is not None and self.bad_epochs >= self.patience
 
     def state(self) -> dict:
-        return {"metric": self.metric, "value": self.value, "epoch": self.epoch, "bad_epochs": self.bad_epochs}
+        return {"metric": self.metric, "value": self.value, "epoch": self.epoch, "bad_epochs": self.bad_epochs,
+                "tiebreak": self.tiebreak}
 
 
 @dataclass
@@ -491,10 +504,11 @@ class _Run:
         self.last_saved = self.start_epoch
         b = meta.get("best") or {}
         if b.get("metric") == self.best.metric:
-            self.best.value, self.best.epoch, self.best.bad_epochs = b.get("value"), b.get("epoch"), b.get("bad_epochs", 0)
+            self.best.value, self.best.epoch = b.get("value"), b.get("epoch")
+            self.best.bad_epochs, self.best.tiebreak = b.get("bad_epochs", 0), b.get("tiebreak")
         else:  # a different selection metric: rebuild the state from the history
             for row in self.history:
-                self.best.update(row.get(self.best.metric), row["epoch"])
+                self.best.update(row.get(self.best.metric), row["epoch"], self._tiebreak(row))
         ds = meta.get("dataset", {})
         if ds and (ds.get("mean") != self.dataset.mean or ds.get("std") != self.dataset.std):
             print(f"note: the data normalisation differs from the checkpoint's (mean {ds.get('mean')} → "
@@ -664,7 +678,7 @@ class _Run:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # divergence is reported below
                     row = self._epoch(epoch)
                 self.history.append(row)
-                improved = self.best.update(row.get(self.best.metric), row["epoch"])
+                improved = self.best.update(row.get(self.best.metric), row["epoch"], self._tiebreak(row))
                 self._save(row["epoch"], improved)
                 self._progress.finish(row)
                 if self.best.should_stop:
@@ -683,6 +697,12 @@ class _Run:
             raise
         test = self._test()
         return self._write_outputs(test)
+
+    def _tiebreak(self, row: dict) -> float | None:
+        """Loss that breaks exact ties of the selection metric (val_loss, else train_loss)."""
+        if self.best.metric.endswith("loss"):
+            return None
+        return row.get("val_loss") if self.best.metric.startswith("val_") else row.get("train_loss")
 
     def _test(self) -> dict | None:
         from .checkpoint import load_checkpoint

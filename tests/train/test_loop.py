@@ -274,3 +274,15 @@ def test_quiet_prints_nothing(tmp_path):
     stream = io.StringIO()
     run(tiny_spec(epochs=1), tmp_path, stream=stream, quiet=True)
     assert stream.getvalue() == ""
+
+
+def test_best_selection_ties_and_patience():
+    from cnngraph.train.loop import _Best
+    b = _Best("val_accuracy", maximize=True, patience=2)
+    assert b.update(0.9, 1, tiebreak=0.5)
+    assert b.update(0.9, 2, tiebreak=0.4)          # same accuracy, lower loss: new best checkpoint...
+    assert b.epoch == 2 and b.bad_epochs == 1      # ...but no progress for early stopping
+    assert not b.update(0.9, 3, tiebreak=0.45)
+    assert b.should_stop and b.epoch == 2
+    low = _Best("val_loss", maximize=False, min_delta=0.1)
+    assert low.update(1.0, 1) and not low.update(0.95, 2) and low.update(0.85, 3) and low.epoch == 3
