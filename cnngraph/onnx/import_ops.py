@@ -424,8 +424,9 @@ def reshape(imp, node, a):
     if not t:
         raise imp.fail("reshape to a scalar is not supported")
     bad = [d for d in rest if d != -1 and d % BATCH == 0 and d]
-    batch_first = (t[0] == BATCH or (self_batch := imp.declared_batch) is not None and t[0] == self_batch
-                   and -1 not in rest and math.prod(rest) == n)
+    # the batch stays first when the target starts with it: symbolically (Shape(x)[0] or 0 = copy), as
+    # the batch size the model was exported with, or as -1 with the rest covering one sample exactly
+    batch_first = t[0] == BATCH or (imp.declared_batch is not None and t[0] == imp.declared_batch)
     if t[0] == -1 and -1 not in rest and math.prod(rest) == n:
         batch_first = True
     if bad or not batch_first:

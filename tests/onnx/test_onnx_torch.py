@@ -105,3 +105,17 @@ def test_torch_export_imports_and_matches(net_cls, names, opset, tmp_path):
     grads = model.backward({names[0]: np.ones_like(out[names[0]])})
     assert all(np.isfinite(grads[n]).all() for n in model.trainable_names)
     assert any(np.abs(grads[n]).sum() > 0 for n in model.trainable_names if n.endswith("weight"))
+
+
+def test_fixed_batch_export_runs_at_any_batch(tmp_path):
+    # exported without dynamic axes: Reshape targets hold the export batch size (2), which is the batch
+    net = ResNetish().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, 32, 32),), str(tmp_path / "f.onnx"), dynamo=False,
+                          input_names=["x"], output_names=["y"])
+    model = import_onnx(tmp_path / "f.onnx")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(model.forward({"x": x.numpy()})["y"], want, rtol=1e-4, atol=1e-5)
