@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 import cnngraph
 from cnngraph.cli import main
 from cnngraph.onnx import OnnxError, import_onnx
-from onnx_build import compare, make_model, ort_run, rand
+from onnx_build import make_model, ort_run, rand
 
 N = helper.make_node
 
