@@ -13,6 +13,7 @@ the GEMM slower: measured a wash or worse on the cifarnet layers, so it was drop
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ._parallel import n_workers, run_parallel, scratch, split_chunks
 
@@ -66,11 +67,18 @@ class FastConv:
         return buf
 
     def _im2col(self, xb):
-        """Columns (K, n*L) of a padded chunk, as a view of a scratch buffer."""
+        """Columns (K, n*L) of a padded chunk, as a view of a scratch buffer.
+
+        One copy from a 6-D strided view (C, kh, kw, n, Ho, Wo) of the padded chunk: no Python
+        loop over offsets (10-40% faster than one copy per offset on the small LeNet layers).
+        """
         n, C = xb.shape[0], self.C
-        cols = scratch("conv.cols", (C, self.kh * self.kw, n, self.Ho, self.Wo), self.dtype)
-        for k, (rs, cs) in enumerate(self._offsets()):
-            np.copyto(cols[:, k], xb[:, :, rs, cs].transpose(1, 0, 2, 3))
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        bn, bc, bh, bw = xb.strides
+        windows = as_strided(xb, shape=(C, self.kh, self.kw, n, self.Ho, self.Wo),
+                             strides=(bc, bh * dh, bw * dw, bn, bh * sh, bw * sw), writeable=False)
+        cols = scratch("conv.cols", windows.shape, self.dtype)
+        np.copyto(cols, windows)
         return cols.reshape(self.K, n * self.L)
 
     def _col2im(self, dcols, n):
@@ -95,19 +103,18 @@ class FastConv:
         """y (N, O, Ho, Wo) = conv(x, w) + b."""
         y = np.empty((self.N, self.O, self.Ho, self.Wo), dtype=self.dtype)
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
-        bias = None if b is None else b.reshape(1, self.O, 1, 1)
+        bias = None if b is None else b.reshape(1, self.O, 1)
 
         def work(chunks):
             for s, e in chunks:
                 n = e - s
                 cols = self._im2col(self._padded(x, s, e))
-                yb = scratch("conv.y", (self.O, n * self.L), self.dtype)
-                np.matmul(wmat, cols, out=yb)
-                src = yb.reshape(self.O, n, self.Ho, self.Wo).transpose(1, 0, 2, 3)
-                if bias is None:
-                    np.copyto(y[s:e], src)
-                else:
-                    np.add(src, bias, out=y[s:e])
+                # One GEMM per sample, written straight into y (no (O, n) -> (n, O) copy).
+                per_sample = cols.reshape(self.K, n, self.L).transpose(1, 0, 2)
+                ys = y[s:e].reshape(n, self.O, self.L)
+                np.matmul(wmat, per_sample, out=ys)
+                if bias is not None:
+                    ys += bias
 
         run_parallel(work, self.chunks, self.workers)
         return y
@@ -180,9 +187,8 @@ class FastConv:
                 np.copyto(xt, x[s:e].transpose(1, 0, 2, 3))
                 dwt += np.matmul(gcols, xt.reshape(self.C, n * HW).T, out=tmp)
                 if need_dx:
-                    db = scratch("conv.y", (self.C, n * HW), self.dtype)
-                    np.matmul(wt, gcols, out=db)
-                    np.copyto(dx[s:e], db.reshape(self.C, n, self.H, self.W).transpose(1, 0, 2, 3))
+                    per_sample = gcols.reshape(t.K, n, HW).transpose(1, 0, 2)
+                    np.matmul(wt, per_sample, out=dx[s:e].reshape(n, self.C, HW))
             return dwt
 
         dwt = sum(run_parallel(work, t.chunks, t.workers))
