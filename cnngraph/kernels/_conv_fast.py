@@ -1,14 +1,17 @@
-"""NumPy fast path of conv2d (groups == 1): chunked im2col + one GEMM per batch chunk.
+"""NumPy fast path of conv2d (groups == 1): chunked im2col + per-chunk GEMMs.
 
 The batch is cut into chunks whose column buffer stays cache-resident; worker threads pull chunks,
-pad each into a scratch buffer, build its columns with kh*kw strided-view copies, run
-single-threaded BLAS and write their slice of the result. Nothing of size N*K*L is materialised;
-backward rebuilds the columns from ``x`` instead of keeping them.
+pad each into a scratch buffer, build its columns with one strided-view copy, run single-threaded
+BLAS and write their slice of the result. Nothing of size N*K*L is materialised; backward rebuilds
+the columns instead of keeping them.
 
-Layouts per chunk of n samples: padded input (n, C, Hp, Wp); columns (C, kh*kw, n, Ho, Wo), i.e. a
-(K, n*L) matrix; GEMM output (O, n, Ho, Wo). (A "flat" stride-1 variant taking contiguous slices of
-the flattened padded image, computing Wp - Wo throw-away columns per row, copied faster but made
-the GEMM slower: measured a wash or worse on the cifarnet layers, so it was dropped.)
+Column layouts, per chunk of n samples, as a (K, n*Ho*Wq) matrix (C, kh*kw, n, Ho, Wq):
+  exact (Wq = Wo): column (ho, wo) holds the window at output pixel (ho, wo).
+  flat (stride 1, Wq = Wp): columns are contiguous slices of the *flattened* padded image, so the
+      copies run Ho*Wp elements instead of Wo; the Wp - Wo extra columns per output row are
+      garbage in forward (cropped) and held at zero in gy (so they add nothing in backward).
+Flat copies much faster on small maps/channel counts (LeNet) but its GEMMs are bigger and
+measured slower on the wide cifarnet layers, so it is used only where the copies dominate.
 """
 from __future__ import annotations
 
@@ -23,12 +26,13 @@ _CHUNK_BYTES = 2 << 20     # column buffer per chunk: stays in L2/L3 next to the
 _PARALLEL_FLOPS = 60e6     # below this a conv runs on one thread
 TRANSPOSED_RATIO = 3       # see _transposed
 TRANSPOSED_BWD = True      # stride-1 backward from gy's columns (else x's columns + col2im scatter-add)
+FLAT_MAX_O = 16            # flat layout when stride 1 and O <= this (GEMM cheap next to the copies)
 
 
 class FastConv:
     """Geometry of one non-grouped convolution on NumPy arrays; forward/backward drivers."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, dilation, out, dtype):
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, out, dtype, allow_flat=True):
         self.N, self.C, self.H, self.W = x_shape
         self.O, _, self.kh, self.kw = w_shape
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
@@ -40,7 +44,12 @@ class FastConv:
         self.Wp = max(left + self.W, (self.Wo - 1) * sw + dw * (self.kw - 1) + 1)
         self.L = self.Ho * self.Wo
         self.K = self.C * self.kh * self.kw
-        per_sample = self.K * self.L * self.dtype.itemsize
+        self.flat = allow_flat and self.stride == (1, 1) and self.O <= FLAT_MAX_O
+        self.Wq = self.Wp if self.flat else self.Wo
+        self.Lq = self.Ho * self.Wq
+        # Flat slices of the last kernel row overrun the image by (kw-1)*dw: one spare row.
+        self.rows = self.Hp + 1 if self.flat else self.Hp
+        per_sample = self.K * self.Lq * self.dtype.itemsize
         # Thread hand-off costs ~0.1 ms and loses under CPU contention: small convs run serially.
         flops = 2 * self.N * self.O * self.K * self.Ho * self.Wo
         self.workers = n_workers() if flops >= _PARALLEL_FLOPS else 1
@@ -57,45 +66,61 @@ class FastConv:
                        slice(j * dw, j * dw + (self.Wo - 1) * sw + 1, sw))
 
     def _padded(self, x, s, e):
-        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, Hp, Wp)."""
+        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, rows, Wp)."""
         top, _, left, _ = self.padding
         # Keyed by where the image sits too: the borders are zero only for that placement
         # (a transposed conv of the same buffer shape writes its interior elsewhere).
-        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.Hp, self.Wp),
+        buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.rows, self.Wp),
                       self.dtype, zero=True)
         buf[:, :, top:top + self.H, left:left + self.W] = x[s:e]
         return buf
 
     def _im2col(self, xb):
-        """Columns (K, n*L) of a padded chunk, as a view of a scratch buffer.
+        """Columns (K, n*Lq) of a padded chunk, as a view of a scratch buffer.
 
-        One copy from a 6-D strided view (C, kh, kw, n, Ho, Wo) of the padded chunk: no Python
-        loop over offsets (10-40% faster than one copy per offset on the small LeNet layers).
+        One copy from a strided view (C, kh, kw, n, Ho, Wq) of the padded chunk (flat: of its
+        flattened rows): no Python loop over the kernel offsets.
         """
         n, C = xb.shape[0], self.C
         (sh, sw), (dh, dw) = self.stride, self.dilation
         bn, bc, bh, bw = xb.strides
-        windows = as_strided(xb, shape=(C, self.kh, self.kw, n, self.Ho, self.Wo),
-                             strides=(bc, bh * dh, bw * dw, bn, bh * sh, bw * sw), writeable=False)
-        cols = scratch("conv.cols", windows.shape, self.dtype)
+        if self.flat:
+            shape = (C, self.kh, self.kw, n, self.Lq)
+            strides = (bc, bh * dh, bw * dw, bn, bw)
+        else:
+            shape = (C, self.kh, self.kw, n, self.Ho, self.Wo)
+            strides = (bc, bh * dh, bw * dw, bn, bh * sh, bw * sw)
+        windows = as_strided(xb, shape=shape, strides=strides, writeable=False)
+        cols = scratch("conv.cols", shape, self.dtype)
         np.copyto(cols, windows)
-        return cols.reshape(self.K, n * self.L)
-
-    def _col2im(self, dcols, n):
-        """Adjoint of _im2col: scatter-add (K, n*L) columns into a fresh padded gradient chunk."""
-        db = scratch("conv.dxpad", (n, self.C, self.Hp, self.Wp), self.dtype)
-        db.fill(0)
-        dc = dcols.reshape(self.C, self.kh * self.kw, n, self.Ho, self.Wo)
-        for k, (rs, cs) in enumerate(self._offsets()):
-            dst = db[:, :, rs, cs]
-            np.add(dst, dc[:, k].transpose(1, 0, 2, 3), out=dst)
-        return db
+        return cols.reshape(self.K, n * self.Lq)
 
     def _gy_chunk(self, gy, s, e):
-        """gy[s:e] as an (O, n*L) matrix."""
-        buf = scratch("conv.gy", (self.O, e - s, self.Ho, self.Wo), self.dtype)
-        np.copyto(buf, gy[s:e].transpose(1, 0, 2, 3))
+        """gy[s:e] as an (O, n*Lq) matrix; flat: zeros in the Wq - Wo extra columns."""
+        # Keyed by Wo: the extra columns are zero only for that placement.
+        buf = scratch(f"conv.gy:{self.Wo}", (self.O, e - s, self.Ho, self.Wq), self.dtype, zero=self.flat)
+        np.copyto(buf[..., :self.Wo], gy[s:e].transpose(1, 0, 2, 3))
         return buf.reshape(self.O, -1)
+
+    def _col2im(self, dcols, n):
+        """Adjoint of _im2col: scatter-add (K, n*Lq) columns into a zeroed padded-dx chunk,
+        one add per kernel offset (flat: each a contiguous slice of the flattened rows)."""
+        C, khkw = self.C, self.kh * self.kw
+        dpad = scratch("conv.dxpad", (n, C, self.rows, self.Wp), self.dtype)
+        dpad.fill(0)
+        if self.flat:
+            dc = dcols.reshape(C, khkw, n, self.Lq)
+            df = dpad.reshape(n, C, -1)
+            (dh, dw), span = self.dilation, self.Lq
+            for k in range(khkw):
+                dst = df[:, :, (k // self.kw) * dh * self.Wp + (k % self.kw) * dw:][:, :, :span]
+                np.add(dst, dc[:, k].transpose(1, 0, 2), out=dst)
+        else:
+            dc = dcols.reshape(C, khkw, n, self.Ho, self.Wo)
+            for k, (rs, cs) in enumerate(self._offsets()):
+                dst = dpad[:, :, rs, cs]
+                np.add(dst, dc[:, k].transpose(1, 0, 2, 3), out=dst)
+        return dpad
 
     # ---- drivers ---------------------------------------------------------------------------------
 
@@ -109,10 +134,15 @@ class FastConv:
             for s, e in chunks:
                 n = e - s
                 cols = self._im2col(self._padded(x, s, e))
-                # One GEMM per sample, written straight into y (no (O, n) -> (n, O) copy).
-                per_sample = cols.reshape(self.K, n, self.L).transpose(1, 0, 2)
+                # One GEMM per sample, written straight into y when the layout is exact.
+                per_sample = cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2)
                 ys = y[s:e].reshape(n, self.O, self.L)
-                np.matmul(wmat, per_sample, out=ys)
+                if self.flat:
+                    yb = scratch("conv.y", (n, self.O, self.Lq), self.dtype)
+                    np.matmul(wmat, per_sample, out=yb)
+                    np.copyto(y[s:e], yb.reshape(n, self.O, self.Ho, self.Wq)[..., :self.Wo])
+                else:
+                    np.matmul(wmat, per_sample, out=ys)
                 if bias is not None:
                     ys += bias
 
@@ -133,7 +163,7 @@ class FastConv:
         if min(pads) < 0 or self.O * self.H * self.W > (TRANSPOSED_RATIO if need_dx else 1) * self.C * self.L:
             return None
         return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
-                        (1, 1), pads, self.dilation, (self.H, self.W), self.dtype)
+                        (1, 1), pads, self.dilation, (self.H, self.W), self.dtype, allow_flat=False)
 
     def backward(self, gy, x, w, need_dx):
         """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
@@ -160,7 +190,7 @@ class FastConv:
                 cols = self._im2col(self._padded(x, s, e))
                 dw += np.matmul(g2, cols.T, out=tmp)
                 if need_dx:
-                    dcols = scratch("conv.cols", (self.K, n * self.L), self.dtype)  # cols are consumed
+                    dcols = scratch("conv.cols", (self.K, n * self.Lq), self.dtype)  # cols consumed
                     np.matmul(wmat.T, g2, out=dcols)
                     dpad = self._col2im(dcols, n)
                     dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]

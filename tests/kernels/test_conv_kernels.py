@@ -46,9 +46,17 @@ def scale(a):
     return max(1.0, float(np.abs(a).max()))
 
 
+@pytest.fixture(params=["flat", "exact"])
+def layout(request, monkeypatch):
+    """Run a test with the flat stride-1 column layout allowed for every O, or for none."""
+    from cnngraph.kernels import _conv_fast
+    monkeypatch.setattr(_conv_fast, "FLAT_MAX_O", 1 << 30 if request.param == "flat" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_forward_backward_vs_torch(cfg, dtype):
+def test_forward_backward_vs_torch(cfg, dtype, layout):
     torch = pytest.importorskip("torch")
     x, w, b, stride, padding, dilation, groups = make(cfg, dtype)
     y, saved = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
@@ -108,7 +116,7 @@ def numeric_grad(f, a, eps=1e-6):
     (1, 2, 4, 5, 3, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 1, True),
     (2, 4, 4, 4, 2, (2, 2), (1, 2), (1, 1, 0, 1), (2, 1), 2, True),
 ], ids=["asym", "grouped"])
-def test_backward_finite_differences(cfg):
+def test_backward_finite_differences(cfg, layout):
     x, w, b, *geom = make(cfg, np.float64, seed=3)
     y, saved = conv2d_forward(x, w, b, *geom, save=True)
     gy = np.random.default_rng(4).standard_normal(y.shape)
@@ -124,7 +132,7 @@ def test_backward_finite_differences(cfg):
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[5]], ids=["s1", "gycols", "s2", "dil"])
-def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
+def test_fast_path_chunking_matches_generic(cfg, threads, layout, monkeypatch):
     """Tiny chunks (uneven last chunk) and serial/threaded runs agree with the generic path."""
     from cnngraph.kernels import _conv_fast, conv
     monkeypatch.setattr(_conv_fast, "_CHUNK_BYTES", 1)
@@ -145,7 +153,7 @@ def test_fast_path_chunking_matches_generic(cfg, threads, monkeypatch):
     np.testing.assert_allclose(dw, conv._generic_backward(gy, s_ref, False)[1], rtol=1e-12, atol=1e-12)
 
 
-def test_scratch_reuse_across_geometries():
+def test_scratch_reuse_across_geometries(layout):
     """Layers whose zero-bordered scratch buffers share a shape but not a placement stay correct.
 
     Forward pads x at (2, 2) into (n, C, H+2, W+2); the transposed conv computing dx pads gy at
