@@ -20,15 +20,28 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["build_graph", "topological_order", "infer_shapes"]
 
 
+_BROKEN = object()   # stands for a previous layer whose definition failed
+
+
 def _resolve_inputs(spec: "Spec", problems: list[Problem]) -> dict[str, list[str]]:
-    """Ordered input ids of each layer; a layer without ``inputs`` takes the previous layer.
-    Layers naming unknown inputs are left out (their problem is already reported)."""
-    known = set(spec.inputs) | {l.id for l in spec.layers}
+    """Ordered input ids of each valid layer; a layer without ``inputs`` takes the previous layer.
+
+    Layers that name an unknown input, or depend on a layer whose definition failed, are left out:
+    their own problem is reported once, and nothing downstream of them echoes it."""
+    valid = {layer.index: layer for layer in spec.layers}
+    known = set(spec.inputs) | {layer.id for layer in spec.layers} | spec.broken_layers
     resolved: dict[str, list[str]] = {}
-    prev: str | None = None
-    for n, layer in enumerate(spec.layers):
+    prev = None
+    for index in range(len(spec.data.get("layers", []))):
+        layer = valid.get(index)
+        if layer is None:
+            prev = _BROKEN
+            continue
         if layer.explicit_inputs:
             srcs = layer.inputs
+        elif prev is _BROKEN:
+            prev = layer.id
+            continue
         elif prev is not None:
             srcs = [prev]
         elif len(spec.inputs) == 1:
@@ -38,33 +51,43 @@ def _resolve_inputs(spec: "Spec", problems: list[Problem]) -> dict[str, list[str
                 f"the first layer has no `inputs` and the model has {len(spec.inputs)} inputs "
                 f"({', '.join(spec.inputs)}); name the one it takes", ("layers", layer.index), layer.id))
             srcs = []
+        listed = isinstance(spec.data["layers"][layer.index].get("inputs"), list)
         for j, src in enumerate(srcs):
             if src not in known:
                 problems.append(spec.problem(
                     f"input '{src}' is neither a layer id nor a model input{did_you_mean(src, known)}",
-                    ("layers", layer.index, "inputs") + ((j,) if len(srcs) > 1 or isinstance(
-                        spec.data["layers"][layer.index].get("inputs"), list) else ()), layer.id))
+                    ("layers", layer.index, "inputs") + ((j,) if listed else ()), layer.id))
         if all(s in known for s in srcs) and (srcs or layer.explicit_inputs):
             resolved[layer.id] = list(srcs)
         prev = layer.id
-    return resolved
+    # drop layers fed (directly or not) by a layer that is missing from the graph
+    while True:
+        missing = [lid for lid, srcs in resolved.items()
+                   if any(s not in resolved and s not in spec.inputs for s in srcs)]
+        if not missing:
+            return resolved
+        for lid in missing:
+            del resolved[lid]
 
 
 def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> tuple[nx.DiGraph, list[Problem]]:
-    """Compile a validated spec into a DiGraph and infer shapes; returns (graph, problems)."""
+    """Compile a validated spec into a DiGraph and infer shapes; returns (graph, problems).
+
+    Layers whose definition failed (``spec.broken_layers``) and their dependents are left out, so the
+    remaining layers are still checked."""
     problems: list[Problem] = []
     g = nx.DiGraph(name=spec.name)
     for order, (name, inp) in enumerate(spec.inputs.items()):
         g.add_node(name, kind="input", type="input", out_shape=tuple(inp.shape), dtype=inp.dtype,
                    order=-len(spec.inputs) + order)
     resolved = _resolve_inputs(spec, problems)
-    if problems:
-        return g, problems
-    for layer in spec.layers:
+    layers = [layer for layer in spec.layers if layer.id in resolved]
+    for layer in layers:
         op_cls = registry.ops[layer.type]
         g.add_node(layer.id, kind="layer", type=layer.type, op=op_cls(layer.params, layer.id), params=layer.params,
                    inputs=resolved[layer.id], order=layer.index, plugin=op_cls.plugin)
-    for layer in spec.layers:
+    bad_arity: set[str] = set()
+    for layer in layers:
         for port, src in enumerate(resolved[layer.id]):
             if g.has_edge(src, layer.id):
                 g.edges[src, layer.id]["ports"].append(port)
@@ -73,12 +96,14 @@ def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> 
         lo, hi = registry.ops[layer.type].arity
         n = len(resolved[layer.id])
         if n < lo or (hi is not None and n > hi):
+            bad_arity.add(layer.id)
             want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
             problems.append(spec.problem(f"'{layer.type}' takes {want} input{'s' if want != '1' else ''}, "
                                          f"found {n}", ("layers", layer.index), layer.id))
+    known = set(g.nodes) | {layer.id for layer in spec.layers} | spec.broken_layers
     for j, out in enumerate(spec.outputs):
-        if out not in g:
-            problems.append(spec.problem(f"output '{out}' is not a layer id or input{did_you_mean(out, g.nodes)}",
+        if out not in known:
+            problems.append(spec.problem(f"output '{out}' is not a layer id or input{did_you_mean(out, known)}",
                                          ("outputs", j) if isinstance(spec.data.get("outputs"), list) else ("outputs",)))
     try:
         cycle = nx.find_cycle(g)
@@ -91,8 +116,8 @@ def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> 
         pass
     g.graph["outputs"] = list(spec.outputs)
     g.graph["inputs"] = list(spec.inputs)
-    if check_shapes and not problems:
-        problems += infer_shapes(g, spec)
+    if check_shapes:
+        problems += infer_shapes(g, spec, skip=bad_arity)
     return g, problems
 
 
@@ -101,16 +126,16 @@ def topological_order(g: nx.DiGraph) -> list[str]:
     return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]))
 
 
-def infer_shapes(g: nx.DiGraph, spec: "Spec | None" = None) -> list[Problem]:
-    """Fill ``in_shapes``/``out_shape`` per layer; a failing layer's descendants are skipped."""
+def infer_shapes(g: nx.DiGraph, spec: "Spec | None" = None, skip: set[str] = frozenset()) -> list[Problem]:
+    """Fill ``in_shapes``/``out_shape`` per layer; a failing (or skipped) layer's descendants are skipped."""
     problems: list[Problem] = []
-    failed: set[str] = set()
+    failed: set[str] = set(skip)
     for node in topological_order(g):
         attrs = g.nodes[node]
         if attrs["kind"] == "input":
             continue
         srcs = attrs["inputs"]
-        if any(s in failed for s in srcs):
+        if node in failed or any(s in failed for s in srcs):
             failed.add(node)
             continue
         op = attrs["op"]

@@ -97,6 +97,7 @@ class Spec:
     notes: dict = field(default_factory=dict, repr=False)   # path → extra note (block definitions)
     data: dict = field(default_factory=dict, repr=False)    # the expanded spec as plain data
     graph: Any = field(default=None, repr=False)             # networkx.DiGraph with inferred shapes
+    broken_layers: set = field(default_factory=set, repr=False)   # ids of layers whose definition failed
 
     def layer(self, layer_id: str) -> LayerSpec:
         for layer in self.layers:
@@ -299,7 +300,7 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
         raise SpecError(problems) from None
     data.pop("blocks", None)
 
-    layers, layer_problems = _validate_layers(top.layers, registry, positions, file, notes, set(top.inputs))
+    layers, layer_problems, broken = _validate_layers(top.layers, registry, positions, file, notes, set(top.inputs))
     problems += layer_problems
     outputs = [top.outputs] if isinstance(top.outputs, str) else list(top.outputs)
 
@@ -311,49 +312,56 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
 
     spec = Spec(name=top.name, inputs=dict(top.inputs), layers=layers, outputs=outputs, train=train,
                 plugins=list(top.plugins), description=top.description, file=file, base_dir=base_dir,
-                positions=positions, notes=notes, data=data)
-    if not problems or all(p.path.startswith("train") or p.path.startswith("plugins") for p in problems):
-        from .graph import build_graph
-        spec.graph, graph_problems = build_graph(spec, registry, check_shapes=check_shapes)
-        problems += graph_problems
+                positions=positions, notes=notes, data=data, broken_layers=broken)
+    # the layers that did validate are still compiled and shape-checked, so every problem shows at once
+    from .graph import build_graph
+    spec.graph, graph_problems = build_graph(spec, registry, check_shapes=check_shapes)
+    problems += graph_problems
     if problems:
         raise SpecError(problems)
     return spec
 
 
 def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Positions, file: str | None,
-                     notes: dict, input_names: set[str]) -> tuple[list[LayerSpec], list[Problem]]:
+                     notes: dict, input_names: set[str]) -> tuple[list[LayerSpec], list[Problem], set[str]]:
+    """Validate each layer against its op; returns (valid layers, problems, ids of failed layers)."""
     problems: list[Problem] = []
     layers: list[LayerSpec] = []
+    broken: set[str] = set()
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_layers):
         where = ("layers", i)
         lid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        n_before = len(problems)
         try:
             head = _LayerHead.model_validate(raw)
         except ValidationError as exc:
             problems += spec_problems_from_validation(exc, raw, where, positions, file, lid, notes=notes)
-            continue
-        if head.id in seen:
+            head = None
+        if head is not None and head.id in seen:
             problems.append(_locate(f"duplicate layer id '{head.id}' (first used by layers[{seen[head.id]}])",
                                     where + ("id",), positions, file, head.id, notes))
-        elif head.id in input_names:
+        elif head is not None and head.id in input_names:
             problems.append(_locate(f"layer id '{head.id}' is already the name of a model input",
                                     where + ("id",), positions, file, head.id, notes))
-        seen.setdefault(head.id, i)
-        try:
-            op_cls = registry.op(head.type)
-        except KeyError as exc:
-            problems.append(_locate(exc.args[0] + "; `cnngraph ops` lists the known types",
-                                    where + ("type",), positions, file, head.id, notes))
-            continue
-        op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs")}
-        try:
-            params = op_cls.Params.model_validate(op_raw)
-        except ValidationError as exc:
-            problems += spec_problems_from_validation(exc, op_raw, where, positions, file, head.id,
-                                                      model=op_cls.Params, notes=notes)
-            continue
-        inputs = [head.inputs] if isinstance(head.inputs, str) else list(head.inputs or [])
-        layers.append(LayerSpec(head.id, head.type, inputs, params, i, explicit_inputs=head.inputs is not None))
-    return layers, problems
+        if head is not None and len(problems) == n_before:
+            seen[head.id] = i
+            try:
+                op_cls = registry.op(head.type)
+            except KeyError as exc:
+                problems.append(_locate(exc.args[0] + "; `cnngraph ops` lists the known types",
+                                        where + ("type",), positions, file, head.id, notes))
+            else:
+                op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs")}
+                try:
+                    params = op_cls.Params.model_validate(op_raw)
+                except ValidationError as exc:
+                    problems += spec_problems_from_validation(exc, op_raw, where, positions, file, head.id,
+                                                              model=op_cls.Params, notes=notes)
+                else:
+                    inputs = [head.inputs] if isinstance(head.inputs, str) else list(head.inputs or [])
+                    layers.append(LayerSpec(head.id, head.type, inputs, params, i,
+                                            explicit_inputs=head.inputs is not None))
+        if len(problems) > n_before and lid and seen.get(lid, i) == i:   # not a duplicate of a valid layer
+            broken.add(lid)
+    return layers, problems, broken

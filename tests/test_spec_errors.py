@@ -207,3 +207,24 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", "specs/lenet5.yaml"],
                         capture_output=True, text=True)
     assert ok.returncode == 0
+
+
+def test_valid_layers_are_still_checked_when_others_fail(tmp_path):
+    err, _ = load(tmp_path, """\
+inputs:
+  image: {shape: [3, 8, 8]}
+layers:
+  - {id: c1, type: conv2d, out_channels: 16, kernal_size: 3}
+  - {id: after_c1, type: relu}
+  - {id: a, type: conv2d, out_channels: 16, kernel_size: 3, padding: 1, inputs: image}
+  - {id: b, type: conv2d, out_channels: 32, kernel_size: 3, padding: 1, inputs: image}
+  - {id: sum, type: add, inputs: [a, b]}
+  - {id: act, type: relu, inputs: summ}
+outputs: [act, after_c1]
+""")
+    layers = [p.layer for p in err.problems]
+    assert layers.count("c1") == 2                    # missing kernel_size + unknown kernal_size
+    assert "after_c1" not in layers                   # depends on the broken layer: no echo
+    assert any("did you mean 'sum'" in p.message for p in err.problems)
+    assert any(p.layer == "sum" and "(16, 8, 8) and (32, 8, 8)" in p.message for p in err.problems)
+    assert len(err.problems) == 4
