@@ -11,7 +11,7 @@ from ._parallel import n_workers, run_parallel, scratch, split_chunks
 
 __all__ = ["tiles_exactly", "max_forward", "max_backward", "avg_forward", "avg_backward"]
 
-_CHUNK_BYTES = 1 << 22
+_CHUNK_BYTES = 1 << 20
 _PARALLEL_BYTES = 1 << 21   # smaller inputs are pooled on one thread
 
 
