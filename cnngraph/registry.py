@@ -20,7 +20,7 @@ from .errors import PluginError
 from .op import Op
 
 __all__ = ["Registry", "get_registry", "load_plugin_file", "register_plugin", "DEFAULT_PLUGINS",
-           "did_you_mean"]
+           "did_you_mean", "format_validation_errors"]
 
 DEFAULT_PLUGINS = (
     "cnngraph.plugins.activation",
@@ -43,6 +43,19 @@ def did_you_mean(name: str, known) -> str:
     """' (did you mean 'x'?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_validation_errors(exc, default_loc: str = "(config)", fields=()) -> str:
+    """A pydantic ValidationError on one line: ``loc: message`` per error, joined by '; '.
+
+    ``default_loc`` names a model-level error; an unknown key gets a did-you-mean hint from ``fields``.
+    """
+    parts = []
+    for e in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in e["loc"]) or default_loc
+        hint = did_you_mean(e["loc"][-1], fields) if e["type"] == "extra_forbidden" and e["loc"] else ""
+        parts.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}{hint}")
+    return "; ".join(parts)
 
 
 class Registry:

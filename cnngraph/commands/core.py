@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +30,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run the network forward on an .npy input")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--input", required=True, metavar="X.npy", help="(N, C, H, W) or a single (C, H, W) sample")
-    p.add_argument("--params", metavar="WEIGHTS", help=".npz of parameters, or a checkpoint directory")
+    p.add_argument("--params", metavar="WEIGHTS", help=".npz of parameters, or a checkpoint or run folder")
     p.add_argument("--output", metavar="Y.npy", help="write the output (.npy; .npz for several outputs)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --params")
@@ -75,30 +74,14 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def _load_params(model, path: str) -> None:
-    from ..errors import CheckpointError
-    p = Path(path)
-    if p.is_dir():
-        from ..train.checkpoint import load_checkpoint
-        arrays = load_checkpoint(p).arrays
-    else:
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: file not found") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise CheckpointError(f"{path}: not a readable .npz of parameters ({exc})") from None
-    model.load_params(arrays)
-
-
 def cmd_run(args) -> int:
     from ..backend import to_numpy
     from ..model import Model
     spec = load_spec_args(args, args.spec)
     model = Model(spec, device=args.device, seed=args.seed)
     if args.params:
-        _load_params(model, args.params)
+        from ..train.checkpoint import load_weights
+        model.load_params(load_weights(args.params)[0])
     x = read_array(args.input)
     if len(spec.inputs) != 1:
         raise CnnGraphError(f"`cnngraph run` feeds one input; this model takes {', '.join(spec.inputs)}")
@@ -142,9 +125,7 @@ def _describe_params(op_cls) -> list[dict]:
 
 
 def cmd_ops(args) -> int:
-    from ..registry import get_registry
-    from .common import load_spec_args  # noqa: F401  (plugins via --plugin)
-    from ..registry import load_plugin_file
+    from ..registry import get_registry, load_plugin_file
     for plugin in args.plugin:
         load_plugin_file(plugin)
     reg = get_registry()

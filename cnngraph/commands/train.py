@@ -109,16 +109,11 @@ def cmd_train(args) -> int:
 def _load_checkpointed_model(args, spec):
     """Model of ``spec`` with the checkpoint's weights; returns (model, checkpoint dir, meta)."""
     from ..model import Model
-    from ..train.checkpoint import load_checkpoint
-    from ..train.loop import resolve_checkpoint, spec_differences
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from ..train.run_state import check_same_network
     ckdir = resolve_checkpoint(args.checkpoint, prefer=args.which)
     ck = load_checkpoint(ckdir)
-    saved = ck.meta.get("spec")
-    if isinstance(saved, dict):
-        diff = spec_differences(saved, spec.to_dict())
-        if diff:
-            raise CheckpointError(f"{ckdir}: the checkpoint was trained from a different network than "
-                                  f"{args.spec}:\n  " + "\n  ".join(diff))
+    check_same_network(ck.meta.get("spec"), spec, ckdir, args.spec)
     model = Model(spec, device=args.device)
     try:
         model.load_params(ck.arrays)
@@ -142,13 +137,15 @@ def _input_of(spec) -> tuple[str, tuple]:
 
 def cmd_evaluate(args) -> int:
     from ..train.data import DataConfig, load_dataset
-    from ..train.loop import _clean, _run_folder_of, _train_spec, evaluate_arrays, parse_data_arg, prepare_loss
-    from ..train.metrics import format_confusion, format_per_class
+    from ..train.checkpoint import run_folder
+    from ..train.evaluate import evaluate_arrays
+    from ..train.metrics import format_confusion, format_per_class, json_safe
+    from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
     from ..viz.curves import plot_confusion
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
     model, ckdir, meta = _load_checkpointed_model(args, spec)
-    ts, _ = _train_spec(spec)
+    ts, _ = train_spec_of(spec)
     settings = meta.get("settings") or {}
     base = DataConfig.model_validate(settings["data"]) if "data" in settings else ts.data
     cfg = parse_data_arg(args.data, base)
@@ -170,10 +167,10 @@ def cmd_evaluate(args) -> int:
     acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=ts.top_k, num_classes=n_cls)
     cm = acc.confusion()
     report = acc.per_class()
-    result = _clean({**acc.result(f"{args.split}_"), "samples": int(len(y)), "per_class": report,
+    result = json_safe({**acc.result(f"{args.split}_"), "samples": int(len(y)), "per_class": report,
                      "confusion": cm.tolist(), "classes": classes, "checkpoint": str(ckdir),
                      "epoch": meta.get("epoch")})
-    out_dir = Path(args.out) if args.out else _run_folder_of(ckdir)
+    out_dir = Path(args.out) if args.out else run_folder(ckdir)
     png = plot_confusion(cm, classes, out_dir / "confusion.png",
                          title=f"{spec.name} ({args.split}): accuracy {acc.accuracy:.4f}")
     result["confusion_png"] = str(png)
@@ -213,11 +210,11 @@ def cmd_predict(args) -> int:
     from ..backend import to_numpy
     from ..train.data import apply_normalization
     from ..train.images import read_inputs
-    from ..train.loop import _train_spec
+    from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
     model, ckdir, meta = _load_checkpointed_model(args, spec)
-    ts, _ = _train_spec(spec)
+    ts, _ = train_spec_of(spec)
     stats = meta.get("dataset") or {}
     loss_meta = meta.get("loss") or {}
     output = loss_meta.get("output") or ts.loss_output or spec.outputs[0]

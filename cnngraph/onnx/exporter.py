@@ -14,7 +14,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..errors import CnnGraphError
 from .common import OnnxError, require_onnx
 
 __all__ = ["spec_to_onnx", "export_onnx", "EXPORTERS", "MIN_OPSET"]
@@ -386,24 +385,6 @@ def _max_ir(opset: int) -> int:
     return 10
 
 
-def _read_weights(path: str | Path) -> dict[str, np.ndarray]:
-    p = Path(path)
-    if p.is_dir():
-        from ..train.checkpoint import load_checkpoint
-        for cand in (p, p / "checkpoint" / "best", p / "checkpoint" / "last", p / "best", p / "last"):
-            if (cand / "meta.json").is_file():
-                return load_checkpoint(cand).arrays
-        raise CnnGraphError(f"{path}: no checkpoint found (looked for meta.json in {p}, {p}/checkpoint/best|last "
-                            f"and {p}/best|last)")
-    if not p.is_file():
-        raise CnnGraphError(f"{path}: file not found")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise CnnGraphError(f"{path}: not a readable .npz of parameters ({exc})") from None
-
-
 def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: Union[str, Path, dict, None] = None,
                 opset: int | None = None, outputs: list[str] | None = None, seed: int = 0):
     """Export a compiled Model (or a Spec / spec path with ``params``: an .npz, a checkpoint or run
@@ -419,7 +400,11 @@ def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: U
         if params is None:
             warnings.warn("no checkpoint or parameters given: exporting seeded random initial weights", stacklevel=2)
     if params is not None:
-        arrays = params if isinstance(params, dict) else _read_weights(params)
+        if isinstance(params, dict):
+            arrays = params
+        else:
+            from ..train.checkpoint import load_weights
+            arrays, _ = load_weights(params)
         model.load_params(arrays)
     proto = spec_to_onnx(model.spec, model.params.numpy(), opset=opset, outputs=outputs)
     if path is not None:

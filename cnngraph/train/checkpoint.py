@@ -17,6 +17,11 @@ previous checkpoint complete and loadable; files left by an interrupted save are
 and removed by the next successful save. Loading reads no code (``allow_pickle=False``)
 and verifies every file's sha256 against ``meta.json``, so files from two different saves
 or a truncated copy are reported as a :class:`CheckpointError`, never loaded silently.
+
+Finding and reading weights: :func:`resolve_checkpoint` turns whatever a user passes (a run
+folder, its ``checkpoint/`` folder, a ``best/`` or ``last/`` checkpoint) into the checkpoint
+directory, and :func:`load_weights` reads parameters from that or from a plain ``.npz``; every
+command and API that takes a checkpoint or parameter path goes through these two.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint",
+    "resolve_checkpoint", "run_folder", "load_weights",
     "rng_state_to_json", "rng_state_from_json",
     "META_FILE", "FORMAT", "FORMAT_VERSION",
 ]
@@ -262,15 +268,81 @@ def _read_npz(directory: Path, entry: dict, part: str) -> dict[str, np.ndarray]:
             f"({entry['sha256'][:16]}…, {entry.get('bytes')} bytes; this file has {size}); "
             "it is truncated, modified or from a different save")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with loaded as npz:
-            return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        return _npz_arrays(path)
+    except _NPZ_ERRORS as exc:
         raise CheckpointError(
             f"{path}: cannot read the {part} arrays ({exc}); expected an .npz of numeric "
             "arrays without pickled objects") from exc
+
+
+_NPZ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, read without pickles; one of _NPZ_ERRORS otherwise."""
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError("a single .npy array, not an .npz archive")
+    with loaded as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+# --- finding checkpoints, reading weights -------------------------------------------
+
+_LAYOUTS = ("a run folder (with checkpoint/best/ or checkpoint/last/), its checkpoint/ folder, "
+            f"or a checkpoint folder containing {META_FILE} (best/, last/)")
+
+
+def resolve_checkpoint(path, prefer: str = "best") -> Path:
+    """The checkpoint directory ``path`` names.
+
+    ``path`` may be a checkpoint directory itself (it holds ``meta.json``), a run folder written by
+    ``cnngraph train`` (its ``checkpoint/<prefer>``, else the other of best/last), the run's
+    ``checkpoint/`` folder, or any folder holding ``best/`` or ``last/``. Raises CheckpointError
+    naming ``path`` and the layouts looked for.
+    """
+    if prefer not in ("best", "last"):
+        raise ValueError(f"prefer must be 'best' or 'last', found {prefer!r}")
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path}: does not exist; expected {_LAYOUTS}")
+    if not p.is_dir():
+        raise CheckpointError(f"{path}: is a file, not a checkpoint folder; expected {_LAYOUTS}")
+    other = "last" if prefer == "best" else "best"
+    for cand in (p, p / "checkpoint" / prefer, p / prefer, p / "checkpoint" / other, p / other,
+                 p / "checkpoint"):
+        if (cand / META_FILE).is_file():
+            return cand
+    raise CheckpointError(f"{path}: no checkpoint found: no {META_FILE} found in {p}, {p / 'checkpoint'} or their "
+                          f"best/ and last/ folders (the folder holds no checkpoint written by `cnngraph train` "
+                          f"or Model.save). Expected {_LAYOUTS}")
+
+
+def run_folder(checkpoint_dir) -> Path:
+    """The run folder a checkpoint directory belongs to (``RUN/checkpoint/best`` → ``RUN``)."""
+    ckpt = Path(checkpoint_dir)
+    if ckpt.name in ("best", "last"):
+        ckpt = ckpt.parent
+        if ckpt.name == "checkpoint":
+            ckpt = ckpt.parent
+    return ckpt
+
+
+def load_weights(path, prefer: str = "best") -> tuple[dict[str, np.ndarray], dict | None]:
+    """Parameters from ``path``: an ``.npz`` of arrays, or any folder :func:`resolve_checkpoint` accepts.
+
+    Returns ``(arrays, meta)``: ``meta`` is the checkpoint's meta, ``None`` for an ``.npz``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        ck = load_checkpoint(resolve_checkpoint(p, prefer))
+        return ck.arrays, ck.meta
+    if not p.exists():
+        raise CheckpointError(f"{path}: file not found; expected an .npz of parameters or a checkpoint folder")
+    try:
+        return _npz_arrays(p), None
+    except _NPZ_ERRORS as exc:
+        raise CheckpointError(f"{path}: not a readable .npz of parameters ({exc})") from None
 
 
 # --- RNG state -----------------------------------------------------------------------

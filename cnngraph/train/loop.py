@@ -18,32 +18,40 @@ Reproducibility: the shuffle/augment generator is ``np.random.default_rng([seed,
 model's weights and dropout use ``np.random.default_rng(seed)`` (``Model(seed=seed)``). Both
 generators' states, the optimizer state and the history are saved with every checkpoint, so a
 resumed run continues bit-for-bit (on CPU) where the checkpoint left off.
+
+The parts live beside this module: ``settings`` (train section, overrides, loss setup),
+``run_state`` (checkpoint meta, best checkpoint / early stopping, resume), ``evaluate``
+(``evaluate_arrays``, ``load_model``), ``nonfinite`` (what a diverged step reports) and
+``progress`` (epoch lines, ``--profile`` timer).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 
-from ..backend import to_device, to_numpy
-from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
-from .metrics import MetricAccumulator, predicted_classes
+from ..backend import to_numpy
+from ..errors import DataError, SpecError
+from .checkpoint import META_FILE, load_checkpoint, resolve_checkpoint, run_folder, save_checkpoint
+from .evaluate import evaluate_arrays, load_model
+from .metrics import json_safe, predicted_classes
+from .nonfinite import nonfinite_cause
+from .progress import EpochProgress, PhaseTimer
+from .run_state import Best, checkpoint_meta, open_resume, restore, spec_differences
+from .settings import (LossSetup, TrainingError, as_spec, parse_data_arg, prepare_loss, resolve_settings,
+                       train_spec_of)
 
+# Public names of the training API, importable from here as before the loop was split up.
 __all__ = ["train", "load_model", "History", "TrainingError", "resolve_checkpoint", "parse_data_arg",
            "evaluate_arrays", "prepare_loss", "LossSetup", "spec_differences"]
-
-TARGET_ENCODINGS = ("index", "one_hot")
-
-
-class TrainingError(CnnGraphError):
-    """Training cannot start or had to stop (diverged loss, incompatible settings)."""
 
 
 class History(list):
@@ -79,352 +87,30 @@ class History(list):
     stopped: str = "completed"
 
 
-# --------------------------------------------------------------------------- helpers
-
-def _as_spec(spec, allow_plugins: bool = False):
-    from ..spec import Spec, load_spec
-    return spec if isinstance(spec, Spec) else load_spec(spec, allow_plugins=allow_plugins)
-
-
-def _train_spec(spec):
-    """The spec's TrainSpec, or the defaults (digits data, SGD) when it has no ``train:`` section."""
-    if spec.train is not None:
-        return spec.train, True
-    from ..registry import get_registry
-    from .config import validate_train
-    ts, problems = validate_train({}, spec.positions, spec.file, get_registry())
-    if problems:  # pragma: no cover - the defaults always validate
-        raise SpecError(problems)
-    return ts, False
-
-
-def parse_data_arg(data, base):
-    """Apply a ``--data`` override to the DataConfig ``base``.
-
-    ``data`` is a dataset name (``"digits"``), ``"name:path"`` (``"mnist:/data/mnist"``,
-    ``"npz:file.npz"``; the path is relative to the current folder), a dict of DataConfig fields
-    (paths relative to the spec's folder) or a DataConfig. Fields not given keep ``base``'s values,
-    except ``path``, which is cleared when the dataset changes.
-    """
-    from pydantic import ValidationError
-
-    from .data import DataConfig
-    if data is None:
-        return base
-    if isinstance(data, DataConfig):
-        return data
-    if isinstance(data, str):
-        name, sep, path = data.partition(":")
-        if not name:
-            raise DataError(f"--data {data!r}: expected a dataset name or name:path (e.g. mnist:/data/mnist)")
-        change = {"dataset": name, "path": str(Path(path).expanduser().resolve()) if sep and path else None}
-    elif isinstance(data, dict):
-        change = dict(data)
-        if "dataset" in change and "path" not in change:
-            change["path"] = None
-    else:
-        raise DataError(f"data: expected a dataset name, 'name:path', a dict or a DataConfig, found "
-                        f"{type(data).__name__}")
-    merged = base.model_dump()
-    merged.update(change)
-    try:
-        return DataConfig.model_validate(merged)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg'].removeprefix('Value error, ')}"
-                         for e in exc.errors())
-        raise DataError(f"--data {data!r}: {msgs}") from None
-
-
-def resolve_checkpoint(path, prefer: str = "best") -> Path:
-    """The checkpoint directory for ``path``: a checkpoint itself, a run folder (``checkpoint/best``
-    or ``checkpoint/last``, ``prefer`` first), or a run's ``checkpoint/`` folder."""
-    from .checkpoint import META_FILE
-    p = Path(path)
-    if (p / META_FILE).is_file():
-        return p
-    other = "last" if prefer == "best" else "best"
-    for cand in (p / "checkpoint" / prefer, p / prefer, p / "checkpoint" / other, p / other):
-        if (cand / META_FILE).is_file():
-            return cand
-    what = "does not exist" if not p.exists() else "holds no checkpoint"
-    raise CheckpointError(f"{path}: {what}; expected a run folder (with checkpoint/best/ or checkpoint/last/), "
-                          f"its checkpoint/ folder, or a best/ or last/ folder containing {META_FILE}")
-
-
-def _run_folder_of(ckpt: Path) -> Path:
-    if ckpt.name in ("best", "last") and ckpt.parent.name == "checkpoint":
-        return ckpt.parent.parent
-    if ckpt.name in ("best", "last"):
-        return ckpt.parent
-    return ckpt
-
-
-def spec_differences(a: dict, b: dict, limit: int = 6) -> list[str]:
-    """Human-readable differences between two spec dicts, ignoring their ``train`` sections."""
-    out: list[str] = []
-    keys = sorted((set(a) | set(b)) - {"train"})
-    for key in keys:
-        va, vb = a.get(key), b.get(key)
-        if va == vb:
-            continue
-        if key == "layers" and isinstance(va, list) and isinstance(vb, list):
-            la = {l.get("id"): l for l in va if isinstance(l, dict)}
-            lb = {l.get("id"): l for l in vb if isinstance(l, dict)}
-            for lid in [l for l in la if l not in lb]:
-                out.append(f"layer '{lid}' only in the checkpoint")
-            for lid in [l for l in lb if l not in la]:
-                out.append(f"layer '{lid}' only in the spec")
-            for lid in [l for l in la if l in lb and la[l] != lb[l]]:
-                out.append(f"layer '{lid}': checkpoint {json.dumps(la[lid], sort_keys=True)} vs spec "
-                           f"{json.dumps(lb[lid], sort_keys=True)}")
-            if not out and [l.get("id") for l in va] != [l.get("id") for l in vb]:
-                out.append("layer order differs")
-        else:
-            out.append(f"{key}: checkpoint {json.dumps(va, sort_keys=True)} vs spec {json.dumps(vb, sort_keys=True)}")
-    if len(out) > limit:
-        out = out[:limit] + [f"… and {len(out) - limit} more"]
-    return out
-
-
-def _clean(v):
-    """JSON-safe: NaN/inf → None, NumPy scalars → Python."""
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-# --------------------------------------------------------------------------- loss / targets
-
-@dataclass
-class LossSetup:
-    """The loss op applied to one model output, and how labels become its targets."""
-
-    op: Any
-    output: str
-    encoding: str            # "index" or "one_hot"
-    units: int               # output units per sample
-    reduction: str = "mean"
-
-    def targets(self, y: np.ndarray, xp, dtype) -> Any:
-        y = np.asarray(y)
-        if self.encoding == "one_hot":
-            if self.units == 1:
-                t = y.astype(dtype).reshape(-1, 1)
-            else:
-                t = np.zeros((len(y), self.units), dtype)
-                t[np.arange(len(y)), y] = 1
-        elif self.op.type == "cross_entropy":
-            t = y.astype(np.int64)
-        else:
-            t = y.astype(dtype)
-        return to_device(t, xp)
-
-    def per_sample_sum(self, value: float, n: int) -> float:
-        """Sum over the batch's samples of the loss the op reported for it."""
-        return value * n if self.reduction == "mean" else value
-
-
-def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
-    """Build the loss op of ``ts.loss`` for the output it names; checks the output and target shapes."""
-    from ..errors import ShapeError
-    from ..registry import get_registry
-    output = ts.loss_output or spec.outputs[0]
-    if output not in spec.graph or spec.graph.nodes[output].get("kind") != "layer":
-        known = ", ".join(spec.outputs)
-        raise SpecError(spec.problem(f"loss output '{output}' is not a layer of the network; expected one of the "
-                                     f"outputs ({known}) or a layer id", ("train", "loss", "output")))
-    shape = tuple(spec.graph.nodes[output]["out_shape"])
-    if len(shape) != 1:
-        raise SpecError(spec.problem(f"loss output '{output}' has per-sample shape {shape}; training needs a "
-                                     f"vector of class scores (classes,) — add a flatten/dense layer",
-                                     ("train", "loss", "output")))
-    units = shape[0]
-    op = get_registry().ops[ts.loss.type](ts.loss.params)
-    encoding = ts.loss_target
-    if encoding is None:
-        encoding = "index" if ts.loss.type == "cross_entropy" or (units == 1) else "one_hot"
-    if encoding not in TARGET_ENCODINGS:
-        raise SpecError(spec.problem(f"unknown target encoding '{encoding}'; expected one of "
-                                     f"{', '.join(TARGET_ENCODINGS)}", ("train", "loss", "target")))
-    target_shape = (units,) if encoding == "one_hot" else ()
-    try:
-        op.infer_shape([shape, target_shape])
-    except ShapeError as exc:
-        raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with '{encoding}' "
-                                     f"targets: {exc}", ("train", "loss"))) from None
-    if num_classes is not None and units != num_classes and not (units == 1 and num_classes == 2):
-        raise TrainingError(f"loss output '{output}' has {units} units per sample but the dataset has "
-                            f"{num_classes} classes; expected out_features: {num_classes}"
-                            + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
-    return LossSetup(op=op, output=output, encoding=encoding, units=units,
-                     reduction=getattr(op.p, "reduction", "mean"))
-
-
-def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: LossSetup, batch_size: int,
-                    top_k: int = 1, num_classes: int | None = None) -> MetricAccumulator:
-    """Inference-mode metrics of ``model`` on (x, y) in batches; returns the accumulator."""
-    from ..op import Context
-    acc = MetricAccumulator(top_k=top_k, num_classes=num_classes)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]
-        value = loss.op.forward(Context(training=False, grad=False), [scores, loss.targets(yb, model.xp, model.dtype)], {})
-        acc.add(to_numpy(scores), yb, loss.per_sample_sum(float(value), len(yb)))
-    return acc
-
-
 # --------------------------------------------------------------------------- the run
 
-@dataclass
-class _Settings:
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
-    data: Any
-    device: str
-
-
-@dataclass
-class _Best:
-    """The selection metric's best value (best checkpoint) and the early-stopping patience count.
-
-    An epoch is the new best when the metric improves by more than ``min_delta``; an exact tie
-    (common for accuracies on a small validation split) goes to the epoch with the lower
-    ``tiebreak`` loss, which replaces the best checkpoint without resetting the patience count.
-    """
-
-    metric: str
-    maximize: bool
-    min_delta: float = 0.0
-    patience: int | None = None
-    value: float | None = None
-    epoch: int | None = None
-    bad_epochs: int = 0
-    tiebreak: float | None = None
-
-    def update(self, value: float | None, epoch: int, tiebreak: float | None = None) -> bool:
-        """Record an epoch; returns whether it is the new best checkpoint."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            self.bad_epochs += 1
-            return False
-        better = self.value is None or (value > self.value + self.min_delta if self.maximize
-                                        else value < self.value - self.min_delta)
-        if better:
-            self.value, self.epoch, self.bad_epochs, self.tiebreak = float(value), epoch, 0, tiebreak
-            return True
-        self.bad_epochs += 1
-        if value == self.value and tiebreak is not None and (self.tiebreak is None or tiebreak < self.tiebreak):
-            self.epoch, self.tiebreak = epoch, tiebreak
-            return True
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.bad_epochs >= self.patience
-
-    def state(self) -> dict:
-        return {"metric": self.metric, "value": self.value, "epoch": self.epoch, "bad_epochs": self.bad_epochs,
-                "tiebreak": self.tiebreak}
-
-
-@dataclass
-class _Timer:
-    enabled: bool
-    phases: dict = field(default_factory=dict)
-    layers: dict = field(default_factory=dict)
-    _t: float = 0.0
-
-    def add(self, phase: str, seconds: float) -> None:
-        if self.enabled:
-            self.phases[phase] = self.phases.get(phase, 0.0) + seconds
-
-    def hook(self, model):
-        if not self.enabled:
-            return None
-        self._t = time.perf_counter()
-
-        def on_output(node, y):
-            now = time.perf_counter()
-            key = (node, model.graph.nodes[node]["type"])
-            self.layers[key] = self.layers.get(key, 0.0) + now - self._t
-            self._t = now
-        return on_output
-
-    def report(self) -> str:
-        total = sum(self.phases.values()) or 1e-12
-        lines = ["profile (wall time over the run)", f"  {'phase':<22}{'seconds':>9}{'share':>8}"]
-        for k, v in sorted(self.phases.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {k:<22}{v:9.3f}{v / total * 100:7.1f}%")
-        if self.layers:
-            ftotal = sum(self.layers.values()) or 1e-12
-            lines.append(f"  forward per layer (training steps; the first includes input preparation)")
-            for (node, typ), v in sorted(self.layers.items(), key=lambda kv: -kv[1]):
-                lines.append(f"    {node:<20}{typ:<16}{v:9.3f}{v / ftotal * 100:7.1f}%")
-        return "\n".join(lines)
-
-
 class _Run:
+    """One training run: everything is checked and built in the constructor; :meth:`fit` trains."""
+
     def __init__(self, spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
                  allow_plugins):
         from ..model import Model
         from ..registry import get_registry
         from .data import load_dataset
-        self.spec = spec = _as_spec(spec, allow_plugins)
-        self.ts, has_train = _train_spec(spec)
+        self.spec = spec = as_spec(spec, allow_plugins)
+        self.ts, has_train = train_spec_of(spec)
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
-        self.timer = _Timer(profile)
+        self.timer = PhaseTimer(profile)
 
         # --- resume: the checkpoint's settings are the defaults the arguments override
-        self.resume_ckpt = None
-        saved: dict = {}
+        self.resume_ckpt = self.resume_dir = None
         if resume is not None:
-            from .checkpoint import load_checkpoint
-            rdir = resolve_checkpoint(resume, prefer="last")
-            self.resume_ckpt = load_checkpoint(rdir)
-            self.resume_dir = rdir
-            meta = self.resume_ckpt.meta
-            if meta.get("kind") != "training" or "rng" not in meta:
-                raise CheckpointError(f"{rdir}: not a training checkpoint (no optimizer/RNG state); "
-                                      f"resume needs OUT/checkpoint/last of a `cnngraph train` run")
-            diff = spec_differences(meta.get("spec", {}), spec.to_dict())
-            if diff:
-                raise CheckpointError(f"{rdir}: the checkpoint was trained from a different network than "
-                                      f"{spec.file or 'this spec'}:\n  " + "\n  ".join(diff))
-            old_train, new_train = (meta.get("spec") or {}).get("train") or {}, spec.to_dict().get("train") or {}
-            changed = sorted(k for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
-            if changed and not quiet:
-                print(f"note: resuming with a changed train section ({', '.join('train.' + k for k in changed)}); "
-                      f"the continuation is not bit-for-bit the original run", file=self.stream)
-            saved = meta.get("settings", {})
+            self.resume_dir, self.resume_ckpt = open_resume(resume, spec, quiet, self.stream)
             if out is None:
-                out = _run_folder_of(rdir)
-
-        # --- settings: argument > checkpoint > spec
-        def pick(arg, key, spec_value):
-            return arg if arg is not None else saved.get(key, spec_value)
-
-        from .data import DataConfig
-        base_data = DataConfig.model_validate(saved["data"]) if "data" in saved else self.ts.data
-        self.settings = _Settings(
-            epochs=int(pick(epochs, "epochs", self.ts.epochs)),
-            batch_size=int(pick(batch_size, "batch_size", self.ts.batch_size)),
-            lr=float(pick(lr, "lr", getattr(self.ts.optimizer.params, "lr", 0.01))),
-            seed=int(pick(seed, "seed", self.ts.seed)),
-            data=parse_data_arg(data, base_data), device=device)
-        st = self.settings
-        for name, v in (("epochs", st.epochs), ("batch_size", st.batch_size)):
-            if v < 1:
-                raise TrainingError(f"{name} must be >= 1, found {v}")
-        if not (st.lr >= 0 and math.isfinite(st.lr)):
-            raise TrainingError(f"lr must be a finite number >= 0, found {st.lr}")
+                out = run_folder(self.resume_dir)
+        saved = self.resume_ckpt.meta.get("settings", {}) if self.resume_ckpt is not None else {}
+        self.settings = st = resolve_settings(self.ts, saved, epochs, batch_size, lr, seed, data, device)
 
         # --- the model's input
         float_inputs = [n for n, i in spec.inputs.items() if i.dtype != "int64"]
@@ -452,19 +138,7 @@ class _Run:
         self.loss = prepare_loss(spec, self.ts, ds.num_classes)
         self.has_val = len(ds.val[1]) > 0
 
-        # --- early stopping / best checkpoint metric
-        es = self.ts.early_stopping
-        metric = es.metric if es is not None else ("val_accuracy" if self.has_val else "train_accuracy")
-        k = self.ts.top_k
-        known = ["train_loss", "train_accuracy"]
-        if self.has_val:
-            known += ["val_loss", "val_accuracy"] + ([f"val_top{k}_accuracy"] if k > 1 else [])
-        if metric not in known:
-            why = " (the dataset has no validation split)" if metric.startswith("val_") and not self.has_val else ""
-            raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}'{why}; expected one of "
-                                         f"{', '.join(known)}", ("train", "early_stopping", "metric")))
-        maximize = es.maximize if es is not None else True
-        self.best = _Best(metric, maximize, es.min_delta if es else 0.0, es.patience if es else None)
+        self.best = Best.for_run(spec, self.ts, self.has_val)
 
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()
@@ -481,7 +155,7 @@ class _Run:
         self.last_saved: int | None = None   # epoch of the newest complete last/ checkpoint
 
         if self.resume_ckpt is not None:
-            self._restore()
+            restore(self, self.resume_ckpt, self.resume_dir)
         if self.start_epoch >= st.epochs and self.resume_ckpt is not None:
             raise TrainingError(f"{self.resume_dir}: the checkpoint already finished epoch {self.start_epoch} of "
                                 f"{st.epochs}; pass a larger --epochs to train further")
@@ -490,58 +164,9 @@ class _Run:
             raise SpecError(spec.problem(f"warmup_epochs ({warm}) must be less than the number of epochs "
                                          f"({st.epochs})", ("train", "schedule", "warmup_epochs")))
 
-    # -- resume ----------------------------------------------------------------------------
-    def _restore(self) -> None:
-        from .checkpoint import load_checkpoint, rng_state_from_json, save_checkpoint
-        ck, meta = self.resume_ckpt, self.resume_ckpt.meta
-        self.model.load_params(ck.arrays)
-        if ck.optimizer_state is not None:
-            self.optimizer.load_state_dict(ck.optimizer_state)
-        self.rng = rng_state_from_json(meta["rng"]["loop"])
-        self.model.rng = rng_state_from_json(meta["rng"]["model"])
-        self.history = History(meta.get("history", []))
-        self.start_epoch = int(meta["epoch"])
-        self.last_saved = self.start_epoch
-        b = meta.get("best") or {}
-        if b.get("metric") == self.best.metric:
-            self.best.value, self.best.epoch = b.get("value"), b.get("epoch")
-            self.best.bad_epochs, self.best.tiebreak = b.get("bad_epochs", 0), b.get("tiebreak")
-        else:  # a different selection metric: rebuild the state from the history
-            for row in self.history:
-                self.best.update(row.get(self.best.metric), row["epoch"], self._tiebreak(row))
-        ds = meta.get("dataset", {})
-        if ds and (ds.get("mean") != self.dataset.mean or ds.get("std") != self.dataset.std):
-            print(f"note: the data normalisation differs from the checkpoint's (mean {ds.get('mean')} → "
-                  f"{self.dataset.mean}); the data changed since the checkpoint was written", file=self.stream)
-        # Keep the previous best when resuming into another folder.
-        src_best = _run_folder_of(self.resume_dir) / "checkpoint" / "best"
-        dst_best = self.ckpt_dir / "best"
-        if src_best.resolve() != dst_best.resolve() and (src_best / "meta.json").is_file():
-            prev = load_checkpoint(src_best)
-            save_checkpoint(dst_best, prev.arrays, prev.meta, prev.optimizer_state)
-
-    # -- checkpoints -----------------------------------------------------------------------
-    def _meta(self, epoch: int) -> dict:
-        from .. import __version__
-        from .checkpoint import rng_state_to_json
-        st, ds = self.settings, self.dataset
-        return _clean({
-            "kind": "training", "spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256,
-            "spec_name": self.spec.name, "epoch": epoch,
-            "settings": {"epochs": st.epochs, "batch_size": st.batch_size, "lr": st.lr, "seed": st.seed,
-                         "data": st.data.model_dump(mode="json"), "device": st.device},
-            "rng": {"loop": rng_state_to_json(self.rng), "model": rng_state_to_json(self.model.rng)},
-            "history": list(self.history), "best": self.best.state(),
-            "dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale,
-                        "source": ds.source, "input": self.input_name},
-            "loss": {"type": self.ts.loss.type, "output": self.loss.output, "target": self.loss.encoding},
-            "dtype": str(self.model.dtype), "cnngraph_version": __version__,
-        })
-
     def _save(self, epoch: int, improved: bool) -> None:
-        from .checkpoint import save_checkpoint
         t = time.perf_counter()
-        meta = self._meta(epoch)
+        meta = checkpoint_meta(self, epoch)
         arrays = self.model.params.numpy()
         opt = self.optimizer.state_dict()
         if improved:   # best first: an interruption between the two leaves last/ one epoch behind, never ahead
@@ -559,7 +184,6 @@ class _Run:
     def _epoch(self, epoch: int) -> dict:
         from ..op import Context
         from .optim import clip_grad_norm
-        from .progress import EpochProgress
         st, model, loss, timer = self.settings, self.model, self.loss, self.timer
         x, y = self.dataset.train
         steps = math.ceil(len(x) / st.batch_size)
@@ -582,7 +206,7 @@ class _Run:
             if prof:
                 t1 = time.perf_counter()
                 timer.add("data + augment", t1 - t0)
-                timer._t = t1
+                timer.mark(t1)
             scores = model.forward({self.input_name: xb}, training=True, grad=True, outputs=[loss.output],
                                    on_output=hook)[loss.output]
             if prof:
@@ -624,33 +248,10 @@ class _Run:
         row["seconds"] = time.perf_counter() - t_epoch
         row["train_seconds"] = train_seconds
         row["images_per_second"] = progress.images / max(train_seconds, 1e-9)
-        return _clean(row)
+        return json_safe(row)
 
     def _diverged(self, xb, epoch: int, step: int, value: float, rate: float, grad_norm: float | None = None):
-        xp, model = self.model.xp, self.model
-        first: list[str] = []
-
-        def check(node, y):
-            if not first and not bool(xp.all(xp.isfinite(y))):
-                first.append(node)
-
-        if not bool(np.all(np.isfinite(to_numpy(xb)))):
-            cause = "the input batch itself contains NaN or inf (check the data)"
-        else:
-            model.forward({self.input_name: xb}, training=True, grad=False, outputs=[self.loss.output],
-                          on_output=check)
-            if first:
-                node = first[0]
-                cause = f"the first layer whose output became non-finite is '{node}' ({model.graph.nodes[node]['type']})"
-                bad = [n for n in model._names.get(node, {}).values()
-                       if not bool(xp.all(xp.isfinite(model.params._data[n])))]
-                if bad:
-                    cause += f"; its parameter{'s' if len(bad) > 1 else ''} {', '.join(bad)} already hold NaN/inf"
-            elif grad_norm is not None:
-                cause = "every layer output is finite but the gradient norm is " + str(grad_norm)
-            else:
-                cause = (f"every layer output is finite; the loss '{self.loss.op.type}' itself overflowed "
-                         f"(output '{self.loss.output}' holds very large values)")
+        cause = nonfinite_cause(self.model, self.input_name, xb, self.loss, grad_norm)
         what = f"the loss is {value}" if grad_norm is None or not math.isfinite(value) else \
             f"the gradient norm is {grad_norm}"
         if getattr(self, "_progress", None) is not None:
@@ -678,7 +279,7 @@ class _Run:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # divergence is reported below
                     row = self._epoch(epoch)
                 self.history.append(row)
-                improved = self.best.update(row.get(self.best.metric), row["epoch"], self._tiebreak(row))
+                improved = self.best.record(row)
                 self._save(row["epoch"], improved)
                 self._progress.finish(row)
                 if self.best.should_stop:
@@ -698,25 +299,18 @@ class _Run:
         test = self._test()
         return self._write_outputs(test)
 
-    def _tiebreak(self, row: dict) -> float | None:
-        """Loss that breaks exact ties of the selection metric (val_loss, else train_loss)."""
-        if self.best.metric.endswith("loss"):
-            return None
-        return row.get("val_loss") if self.best.metric.startswith("val_") else row.get("train_loss")
-
     def _test(self) -> dict | None:
-        from .checkpoint import load_checkpoint
         ds = self.dataset
         if len(ds.test[1]) == 0:
             return None
-        which = "best" if (self.ckpt_dir / "best" / "meta.json").is_file() else "last"
+        which = "best" if (self.ckpt_dir / "best" / META_FILE).is_file() else "last"
         ck = load_checkpoint(self.ckpt_dir / which)
         self.model.load_params(ck.arrays)
         k = self.ts.top_k
         acc = evaluate_arrays(self.model, self.input_name, *ds.test, self.loss, max(self.settings.batch_size, 256),
                               top_k=k, num_classes=max(ds.num_classes, 2) if self.loss.units == 1 else ds.num_classes)
         cm = acc.confusion()
-        return _clean({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
+        return json_safe({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
                        "classes": list(ds.classes), "checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))})
 
     def _write_outputs(self, test: dict | None) -> History:
@@ -732,7 +326,7 @@ class _Run:
         if test:
             summary.update(test)
         summary["history"] = list(hist)
-        hist.summary = _clean(summary)
+        hist.summary = json_safe(summary)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "metrics.json").write_text(json.dumps(hist.summary, indent=2) + "\n")
         keys: list[str] = []
@@ -784,6 +378,14 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
         The loss became NaN/inf (the message names the first non-finite layer) or the settings
         cannot work. KeyboardInterrupt is re-raised after the outputs of the completed epochs are
         written; ``checkpoint/last`` then holds the last completed epoch.
+
+    Notes
+    -----
+    While it runs, ``train`` holds the process's BLAS libraries (NumPy's OpenBLAS/MKL) at
+    ``CNNGRAPH_BLAS_THREADS`` threads, default 1; ``0`` leaves them alone. The previous thread
+    counts are restored when it returns or raises (a threadpoolctl context; without threadpoolctl
+    nothing is changed). The limit is process-wide, so BLAS calls made by other threads during
+    training are limited too.
     """
     with _blas_threads():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
@@ -791,16 +393,15 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
 
 
 def _blas_threads():
-    """Hold NumPy's BLAS at ``CNNGRAPH_BLAS_THREADS`` threads (default 1) during training.
+    """A context holding BLAS at ``CNNGRAPH_BLAS_THREADS`` threads (default 1) and restoring the
+    previous counts on exit; a no-op context for ``0`` (or less) and without threadpoolctl.
 
     The conv kernels already parallelise over batch chunks with BLAS single-threaded; the other
     matrix products of a CNN (dense layers, small GEMMs) are too small to gain from BLAS threads,
     and on a busy machine OpenBLAS's spinning threads make them ~10x slower (a 64x512 @ 512x64
-    product: 2 ms with 2 threads on a loaded 2-core box, 0.17 ms with 1). ``0`` leaves BLAS alone.
-    Without threadpoolctl this is a no-op.
+    product: 2 ms with 2 threads on a loaded 2-core box, 0.17 ms with 1). ``threadpool_limits``
+    applies the limit when it is created, so create it only in a ``with`` statement.
     """
-    import contextlib
-    import os
     try:
         n = int(os.environ.get("CNNGRAPH_BLAS_THREADS", "1"))
     except ValueError:
@@ -813,35 +414,3 @@ def _blas_threads():
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=n, user_api="blas")
-
-
-def load_model(path, device: str = "cpu", allow_plugins: bool = False, which: str = "best"):
-    """Load a Model from a checkpoint written by ``train`` or ``Model.save``.
-
-    ``path`` may be a run folder (``which``: its ``best`` or ``last`` checkpoint), its
-    ``checkpoint/`` folder or a checkpoint directory. The model gets the checkpoint's spec and
-    weights; ``model.checkpoint_meta`` holds the checkpoint's meta (dataset mean/std/classes/
-    pixel_scale under ``"dataset"`` for training checkpoints).
-    """
-    from ..model import Model
-    from ..spec import load_spec
-    from .checkpoint import load_checkpoint
-    ckpt_dir = resolve_checkpoint(path, prefer=which)
-    ck = load_checkpoint(ckpt_dir)
-    raw = ck.meta.get("spec")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{ckpt_dir}: the checkpoint holds no spec (meta.json 'meta.spec'); it was not "
-                              "written by cnngraph.train or Model.save")
-    try:
-        spec = load_spec(raw, allow_plugins=allow_plugins)
-    except SpecError as exc:
-        raise CheckpointError(f"{ckpt_dir}: the spec stored in the checkpoint does not load here:\n{exc}") from None
-    dtype = str(ck.meta.get("dtype", "float32"))
-    model = Model(spec, device=device, dtype=dtype if dtype in ("float32", "float64") else "float32")
-    try:
-        model.load_params(ck.arrays)
-    except CnnGraphError as exc:
-        raise CheckpointError(f"{ckpt_dir}: {exc}") from None
-    model.checkpoint_meta = ck.meta
-    model.checkpoint_dir = ckpt_dir
-    return model

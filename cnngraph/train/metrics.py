@@ -11,13 +11,14 @@ as 0.0 (scikit-learn's ``zero_division=0``) and listed in ``undefined``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 __all__ = ["predicted_classes", "accuracy", "top_k_accuracy", "confusion_matrix", "precision_recall",
-           "MetricAccumulator", "format_confusion", "format_per_class"]
+           "MetricAccumulator", "format_confusion", "format_per_class", "json_safe"]
 
 
 def _scores(scores) -> np.ndarray:
@@ -178,3 +179,16 @@ def format_confusion(cm, classes: Sequence[str]) -> str:
     for i, n in enumerate(names):
         lines.append(n.ljust(max(cell, 9)) + " " + " ".join(str(int(v)).rjust(cell) for v in cm[i]))
     return "\n".join(lines)
+
+
+def json_safe(v):
+    """``v`` made JSON-safe for reports and checkpoint meta: NaN/inf → None, NumPy scalars → Python."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

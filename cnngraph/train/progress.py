@@ -3,15 +3,16 @@
 On a terminal (``stream.isatty()``) a bar is redrawn in place at most ``refresh`` times a second
 with the running loss, accuracy and images/s, and replaced by the epoch's summary line at the end.
 Anywhere else (logs, pipes, CI) exactly one line is written per epoch. ``quiet`` writes nothing.
+:class:`PhaseTimer` collects the ``--profile`` report (time per phase and per layer).
 """
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import TextIO
 
-__all__ = ["EpochProgress", "format_epoch"]
-
+__all__ = ["EpochProgress", "format_epoch", "PhaseTimer"]
 
 
 def _short(key: str) -> str:
@@ -96,3 +97,46 @@ class EpochProgress:
             self.stream.flush()
         except (OSError, ValueError):  # closed pipe / stream: progress is best effort
             pass
+
+
+@dataclass
+class PhaseTimer:
+    """Wall time per training phase and per layer (``--profile``); records nothing when disabled."""
+
+    enabled: bool
+    phases: dict = field(default_factory=dict)
+    layers: dict = field(default_factory=dict)
+    _t: float = 0.0
+
+    def add(self, phase: str, seconds: float) -> None:
+        if self.enabled:
+            self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+    def hook(self, model):
+        """An ``on_output`` callback for ``model.forward`` timing each layer (None when disabled)."""
+        if not self.enabled:
+            return None
+        self._t = time.perf_counter()
+
+        def on_output(node, y):
+            now = time.perf_counter()
+            key = (node, model.graph.nodes[node]["type"])
+            self.layers[key] = self.layers.get(key, 0.0) + now - self._t
+            self._t = now
+        return on_output
+
+    def mark(self, t: float) -> None:
+        """The first layer timed by :meth:`hook` from now on starts at ``t`` (after input preparation)."""
+        self._t = t
+
+    def report(self) -> str:
+        total = sum(self.phases.values()) or 1e-12
+        lines = ["profile (wall time over the run)", f"  {'phase':<22}{'seconds':>9}{'share':>8}"]
+        for k, v in sorted(self.phases.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:<22}{v:9.3f}{v / total * 100:7.1f}%")
+        if self.layers:
+            ftotal = sum(self.layers.values()) or 1e-12
+            lines.append("  forward per layer (training steps; the first includes input preparation)")
+            for (node, typ), v in sorted(self.layers.items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {node:<20}{typ:<16}{v:9.3f}{v / ftotal * 100:7.1f}%")
+        return "\n".join(lines)

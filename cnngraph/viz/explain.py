@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import CheckpointError, CnnGraphError, DataError
+from ..train.checkpoint import load_weights as read_weights
+from ..train.checkpoint import resolve_checkpoint
 
 __all__ = ["Weights", "Preprocess", "resolve_checkpoint", "load_weights", "preprocessing", "load_input",
            "feature_maps", "gradcam", "saliency", "first_conv", "default_cam_layer", "class_output",
@@ -49,50 +50,23 @@ class Preprocess:
 
 
 # ---------------------------------------------------------------------------------------------
-CANDIDATES = ("", "checkpoint", "best", "last", "checkpoint/best", "checkpoint/last", "checkpoints/best",
-              "checkpoints/last")
-
-
-def resolve_checkpoint(path) -> Path:
-    """The checkpoint folder for a run folder, ``DIR/checkpoint`` or ``best/``/``last/`` folders."""
-    root = Path(path)
-    if not root.exists():
-        raise CheckpointError(f"checkpoint {root}: does not exist")
-    for sub in CANDIDATES:
-        cand = root / sub if sub else root
-        if (cand / "meta.json").is_file():
-            return cand
-    tried = ", ".join(str(root / s) if s else str(root) for s in CANDIDATES[:4])
-    raise CheckpointError(f"checkpoint {root}: no meta.json found (looked in {tried}); pass a run folder or "
-                          f"a checkpoint directory written by `cnngraph train`")
-
-
 def load_weights(model, checkpoint=None, params=None) -> Weights:
-    """Load a checkpoint (folder) or an .npz of parameters into ``model``; random weights without either."""
+    """Load a checkpoint (any folder :func:`resolve_checkpoint` accepts) or an .npz of parameters into
+    ``model``; random weights without either."""
     if checkpoint and params:
         raise CnnGraphError("give --checkpoint or --params, not both")
-    if checkpoint:
-        from ..train.checkpoint import load_checkpoint
-        folder = resolve_checkpoint(checkpoint)
-        ck = load_checkpoint(folder)
+    if checkpoint or (params and Path(params).is_dir()):
+        folder = resolve_checkpoint(checkpoint or params)
+        arrays, meta = read_weights(folder)
         try:
-            model.load_params(ck.arrays)
+            model.load_params(arrays)
         except CnnGraphError as exc:
             raise CheckpointError(f"checkpoint {folder} does not fit this spec: {exc}") from None
-        return Weights(f"checkpoint {folder}", dict(ck.meta))
+        return Weights(f"checkpoint {folder}", dict(meta))
     if params:
-        p = Path(params)
-        if p.is_dir():
-            return load_weights(model, checkpoint=p)
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise CheckpointError(f"{params}: file not found") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise CheckpointError(f"{params}: not a readable .npz of parameters ({exc})") from None
+        arrays, _ = read_weights(params)
         model.load_params(arrays)
-        return Weights(f"parameters {p.name}")
+        return Weights(f"parameters {Path(params).name}")
     return Weights(f"random weights (seed {model.seed})", random=True)
 
 

@@ -277,7 +277,7 @@ def test_quiet_prints_nothing(tmp_path):
 
 
 def test_best_selection_ties_and_patience():
-    from cnngraph.train.loop import _Best
+    from cnngraph.train.run_state import Best as _Best
     b = _Best("val_accuracy", maximize=True, patience=2)
     assert b.update(0.9, 1, tiebreak=0.5)
     assert b.update(0.9, 2, tiebreak=0.4)          # same accuracy, lower loss: new best checkpoint...
@@ -286,3 +286,22 @@ def test_best_selection_ties_and_patience():
     assert b.should_stop and b.epoch == 2
     low = _Best("val_loss", maximize=False, min_delta=0.1)
     assert low.update(1.0, 1) and not low.update(0.95, 2) and low.update(0.85, 3) and low.epoch == 3
+
+
+def test_blas_thread_limit_is_scoped(tmp_path, monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cnngraph.train.loop import _blas_threads
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = counts()
+    monkeypatch.setenv("CNNGRAPH_BLAS_THREADS", "1")
+    with _blas_threads():
+        assert all(n == 1 for n in counts())
+    assert counts() == before
+    run(tiny_spec(epochs=1, data={"dataset": "digits", "limit": 64}), tmp_path)
+    assert counts() == before                      # restored after training
+    monkeypatch.setenv("CNNGRAPH_BLAS_THREADS", "two")
+    with pytest.raises(TrainingError, match="CNNGRAPH_BLAS_THREADS must be a whole number"):
+        run(tiny_spec(epochs=1), tmp_path)

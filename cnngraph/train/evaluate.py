@@ -1,0 +1,57 @@
+"""Evaluating a model on labelled arrays, and loading a trained model from a checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..errors import CheckpointError, CnnGraphError, SpecError
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .metrics import MetricAccumulator
+from .settings import LossSetup
+
+__all__ = ["evaluate_arrays", "load_model"]
+
+
+def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: LossSetup, batch_size: int,
+                    top_k: int = 1, num_classes: int | None = None) -> MetricAccumulator:
+    """Inference-mode metrics of ``model`` on (x, y) in batches; returns the accumulator."""
+    from ..op import Context
+    acc = MetricAccumulator(top_k=top_k, num_classes=num_classes)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]
+        value = loss.op.forward(Context(training=False, grad=False), [scores, loss.targets(yb, model.xp, model.dtype)], {})
+        acc.add(to_numpy(scores), yb, loss.per_sample_sum(float(value), len(yb)))
+    return acc
+
+
+def load_model(path, device: str = "cpu", allow_plugins: bool = False, which: str = "best"):
+    """Load a Model from a checkpoint written by ``train`` or ``Model.save``.
+
+    ``path`` may be a run folder (``which``: its ``best`` or ``last`` checkpoint), its
+    ``checkpoint/`` folder or a checkpoint directory (see :func:`~cnngraph.train.checkpoint.resolve_checkpoint`).
+    The model gets the checkpoint's spec and weights; ``model.checkpoint_meta`` holds the checkpoint's
+    meta (dataset mean/std/classes/pixel_scale under ``"dataset"`` for training checkpoints) and
+    ``model.checkpoint_dir`` the checkpoint directory.
+    """
+    from ..model import Model
+    from ..spec import load_spec
+    ckpt_dir = resolve_checkpoint(path, prefer=which)
+    ck = load_checkpoint(ckpt_dir)
+    raw = ck.meta.get("spec")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{ckpt_dir}: the checkpoint holds no spec (meta.json 'meta.spec'); it was not "
+                              "written by cnngraph.train or Model.save")
+    try:
+        spec = load_spec(raw, allow_plugins=allow_plugins)
+    except SpecError as exc:
+        raise CheckpointError(f"{ckpt_dir}: the spec stored in the checkpoint does not load here:\n{exc}") from None
+    dtype = str(ck.meta.get("dtype", "float32"))
+    model = Model(spec, device=device, dtype=dtype if dtype in ("float32", "float64") else "float32")
+    try:
+        model.load_params(ck.arrays)
+    except CnnGraphError as exc:
+        raise CheckpointError(f"{ckpt_dir}: {exc}") from None
+    model.checkpoint_meta = ck.meta
+    model.checkpoint_dir = ckpt_dir
+    return model

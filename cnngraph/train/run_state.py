@@ -1,0 +1,205 @@
+"""What a training checkpoint's meta holds, and how a run continues from it.
+
+Every checkpoint ``train`` writes carries, besides the weights and the optimizer state, the meta
+built by :func:`checkpoint_meta`: the spec, the settings, both generators' states, the history, the
+best-checkpoint / early-stopping state (:class:`Best`) and the dataset statistics. Resuming
+(:func:`open_resume`, :func:`restore`) reads them back, so a resumed run continues bit-for-bit (on
+CPU). :func:`check_same_network` guards resume, ``evaluate`` and ``predict`` against a checkpoint
+of another network.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ..errors import CheckpointError, SpecError
+from .checkpoint import (META_FILE, Checkpoint, load_checkpoint, resolve_checkpoint, rng_state_from_json,
+                         rng_state_to_json, run_folder, save_checkpoint)
+from .metrics import json_safe
+
+__all__ = ["Best", "spec_differences", "check_same_network", "checkpoint_meta", "open_resume", "restore"]
+
+
+@dataclass
+class Best:
+    """The selection metric's best value (best checkpoint) and the early-stopping patience count.
+
+    An epoch is the new best when the metric improves by more than ``min_delta``; an exact tie
+    (common for accuracies on a small validation split) goes to the epoch with the lower
+    ``tiebreak`` loss, which replaces the best checkpoint without resetting the patience count.
+    """
+
+    metric: str
+    maximize: bool
+    min_delta: float = 0.0
+    patience: int | None = None
+    value: float | None = None
+    epoch: int | None = None
+    bad_epochs: int = 0
+    tiebreak: float | None = None
+
+    @classmethod
+    def for_run(cls, spec, ts, has_val: bool) -> "Best":
+        """The state ``ts.early_stopping`` asks for; without it, the best ``val_accuracy`` (or
+        ``train_accuracy`` without a validation split) and no early stopping. SpecError for a metric
+        the run does not compute."""
+        es = ts.early_stopping
+        metric = es.metric if es is not None else ("val_accuracy" if has_val else "train_accuracy")
+        known = ["train_loss", "train_accuracy"]
+        if has_val:
+            known += ["val_loss", "val_accuracy"] + ([f"val_top{ts.top_k}_accuracy"] if ts.top_k > 1 else [])
+        if metric not in known:
+            why = " (the dataset has no validation split)" if metric.startswith("val_") and not has_val else ""
+            raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}'{why}; expected one of "
+                                         f"{', '.join(known)}", ("train", "early_stopping", "metric")))
+        if es is None:
+            return cls(metric, True)
+        return cls(metric, es.maximize, es.min_delta, es.patience)
+
+    def update(self, value: float | None, epoch: int, tiebreak: float | None = None) -> bool:
+        """Record an epoch; returns whether it is the new best checkpoint."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            self.bad_epochs += 1
+            return False
+        better = self.value is None or (value > self.value + self.min_delta if self.maximize
+                                        else value < self.value - self.min_delta)
+        if better:
+            self.value, self.epoch, self.bad_epochs, self.tiebreak = float(value), epoch, 0, tiebreak
+            return True
+        self.bad_epochs += 1
+        if value == self.value and tiebreak is not None and (self.tiebreak is None or tiebreak < self.tiebreak):
+            self.epoch, self.tiebreak = epoch, tiebreak
+            return True
+        return False
+
+    def record(self, row: dict) -> bool:
+        """:meth:`update` with a history row: its metric value, epoch and tie-breaking loss
+        (``val_loss``, else ``train_loss``; none when the metric is itself a loss)."""
+        tiebreak = None
+        if not self.metric.endswith("loss"):
+            tiebreak = row.get("val_loss") if self.metric.startswith("val_") else row.get("train_loss")
+        return self.update(row.get(self.metric), row["epoch"], tiebreak)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "epoch": self.epoch, "bad_epochs": self.bad_epochs,
+                "tiebreak": self.tiebreak}
+
+
+# --------------------------------------------------------------------------- same network?
+
+def spec_differences(a: dict, b: dict, limit: int = 6) -> list[str]:
+    """Human-readable differences between two spec dicts, ignoring their ``train`` sections."""
+    out: list[str] = []
+    keys = sorted((set(a) | set(b)) - {"train"})
+    for key in keys:
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if key == "layers" and isinstance(va, list) and isinstance(vb, list):
+            la = {l.get("id"): l for l in va if isinstance(l, dict)}
+            lb = {l.get("id"): l for l in vb if isinstance(l, dict)}
+            for lid in [l for l in la if l not in lb]:
+                out.append(f"layer '{lid}' only in the checkpoint")
+            for lid in [l for l in lb if l not in la]:
+                out.append(f"layer '{lid}' only in the spec")
+            for lid in [l for l in la if l in lb and la[l] != lb[l]]:
+                out.append(f"layer '{lid}': checkpoint {json.dumps(la[lid], sort_keys=True)} vs spec "
+                           f"{json.dumps(lb[lid], sort_keys=True)}")
+            if not out and [l.get("id") for l in va] != [l.get("id") for l in vb]:
+                out.append("layer order differs")
+        else:
+            out.append(f"{key}: checkpoint {json.dumps(va, sort_keys=True)} vs spec {json.dumps(vb, sort_keys=True)}")
+    if len(out) > limit:
+        out = out[:limit] + [f"… and {len(out) - limit} more"]
+    return out
+
+
+def check_same_network(saved, spec, ckdir, spec_name) -> None:
+    """Raise CheckpointError when ``saved`` (the spec dict stored in the checkpoint ``ckdir``) describes
+    another network than ``spec`` (``spec_name`` in the message); ``saved=None`` (no stored spec) passes."""
+    if not isinstance(saved, dict):
+        return
+    diff = spec_differences(saved, spec.to_dict())
+    if diff:
+        raise CheckpointError(f"{ckdir}: the checkpoint was trained from a different network than "
+                              f"{spec_name}:\n  " + "\n  ".join(diff))
+
+
+# --------------------------------------------------------------------------- checkpoint meta
+
+def checkpoint_meta(run, epoch: int) -> dict:
+    """The meta saved with a training run's checkpoints after ``epoch`` (``run``: the loop's state)."""
+    from .. import __version__
+    ds = run.dataset
+    return json_safe({
+        "kind": "training", "spec": run.spec.to_dict(), "spec_sha256": run.spec.sha256,
+        "spec_name": run.spec.name, "epoch": epoch,
+        "settings": run.settings.to_json(),
+        "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
+        "history": list(run.history), "best": run.best.state(),
+        "dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale,
+                    "source": ds.source, "input": run.input_name},
+        "loss": {"type": run.ts.loss.type, "output": run.loss.output, "target": run.loss.encoding},
+        "dtype": str(run.model.dtype), "cnngraph_version": __version__,
+    })
+
+
+# --------------------------------------------------------------------------- resume
+
+def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkpoint]:
+    """The checkpoint to resume from (a run folder's ``last/`` by default) and its directory.
+
+    Checks that it is a training checkpoint of the same network; notes a changed train section.
+    """
+    rdir = resolve_checkpoint(resume, prefer="last")
+    ck = load_checkpoint(rdir)
+    meta = ck.meta
+    if meta.get("kind") != "training" or "rng" not in meta:
+        raise CheckpointError(f"{rdir}: not a training checkpoint (no optimizer/RNG state); "
+                              f"resume needs OUT/checkpoint/last of a `cnngraph train` run")
+    check_same_network(meta.get("spec", {}), spec, rdir, spec.file or "this spec")
+    old_train, new_train = (meta.get("spec") or {}).get("train") or {}, spec.to_dict().get("train") or {}
+    changed = sorted(k for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
+    if changed and not quiet:
+        print(f"note: resuming with a changed train section ({', '.join('train.' + k for k in changed)}); "
+              f"the continuation is not bit-for-bit the original run", file=stream)
+    return rdir, ck
+
+
+def restore(run, ck: Checkpoint, rdir: Path) -> None:
+    """Put the state saved in ``ck`` (from ``rdir``) into ``run``: weights, optimizer state, both
+    generators, history, epoch and best-checkpoint state; copy the previous best checkpoint when
+    the run continues in another folder."""
+    meta = ck.meta
+    run.model.load_params(ck.arrays)
+    if ck.optimizer_state is not None:
+        run.optimizer.load_state_dict(ck.optimizer_state)
+    run.rng = rng_state_from_json(meta["rng"]["loop"])
+    run.model.rng = rng_state_from_json(meta["rng"]["model"])
+    run.history.extend(meta.get("history", []))
+    run.start_epoch = int(meta["epoch"])
+    run.last_saved = run.start_epoch
+    best, b = run.best, meta.get("best") or {}
+    if b.get("metric") == best.metric:
+        best.value, best.epoch = b.get("value"), b.get("epoch")
+        best.bad_epochs, best.tiebreak = b.get("bad_epochs", 0), b.get("tiebreak")
+    else:  # a different selection metric: rebuild the state from the history
+        for row in run.history:
+            best.record(row)
+    ds = meta.get("dataset", {})
+    if ds and (ds.get("mean") != run.dataset.mean or ds.get("std") != run.dataset.std):
+        print(f"note: the data normalisation differs from the checkpoint's (mean {ds.get('mean')} → "
+              f"{run.dataset.mean}); the data changed since the checkpoint was written", file=run.stream)
+    # Keep the previous best when resuming into another folder.
+    src_best = run_folder(rdir) / "checkpoint" / "best"
+    dst_best = run.ckpt_dir / "best"
+    if src_best.resolve() != dst_best.resolve() and (src_best / META_FILE).is_file():
+        prev = load_checkpoint(src_best)
+        save_checkpoint(dst_best, prev.arrays, prev.meta, prev.optimizer_state)

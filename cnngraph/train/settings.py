@@ -1,0 +1,184 @@
+"""What a training run uses: the spec's ``train:`` section (or the defaults), the overrides of
+``train()`` / ``cnngraph train`` (``--epochs``, ``--data`` …) and the loss applied to the output."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend import to_device
+from ..errors import CnnGraphError, DataError, SpecError
+
+__all__ = ["TrainingError", "Settings", "resolve_settings", "as_spec", "train_spec_of", "parse_data_arg",
+           "LossSetup", "prepare_loss", "TARGET_ENCODINGS"]
+
+TARGET_ENCODINGS = ("index", "one_hot")
+
+
+class TrainingError(CnnGraphError):
+    """Training cannot start or had to stop (diverged loss, incompatible settings)."""
+
+
+def as_spec(spec, allow_plugins: bool = False):
+    """``spec`` itself when it is a Spec, else ``load_spec(spec)``."""
+    from ..spec import Spec, load_spec
+    return spec if isinstance(spec, Spec) else load_spec(spec, allow_plugins=allow_plugins)
+
+
+def train_spec_of(spec):
+    """``(TrainSpec, has_train)``: the spec's train section, or the defaults (digits data, SGD) and
+    False when it has no ``train:`` section."""
+    if spec.train is not None:
+        return spec.train, True
+    from ..registry import get_registry
+    from .config import validate_train
+    ts, problems = validate_train({}, spec.positions, spec.file, get_registry())
+    if problems:  # pragma: no cover - the defaults always validate
+        raise SpecError(problems)
+    return ts, False
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass
+class Settings:
+    """The values a run actually uses (argument > resumed checkpoint > spec)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    data: Any
+    device: str
+
+    def to_json(self) -> dict:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+                "data": self.data.model_dump(mode="json"), "device": self.device}
+
+
+def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device: str) -> Settings:
+    """Settings from the arguments (``None``: not given), else ``saved`` (a resumed checkpoint's
+    ``settings``), else the TrainSpec ``ts``; checked."""
+    from .data import DataConfig
+
+    def pick(arg, key, spec_value):
+        return arg if arg is not None else saved.get(key, spec_value)
+
+    base_data = DataConfig.model_validate(saved["data"]) if "data" in saved else ts.data
+    st = Settings(epochs=int(pick(epochs, "epochs", ts.epochs)),
+                  batch_size=int(pick(batch_size, "batch_size", ts.batch_size)),
+                  lr=float(pick(lr, "lr", getattr(ts.optimizer.params, "lr", 0.01))),
+                  seed=int(pick(seed, "seed", ts.seed)),
+                  data=parse_data_arg(data, base_data), device=device)
+    for name, v in (("epochs", st.epochs), ("batch_size", st.batch_size)):
+        if v < 1:
+            raise TrainingError(f"{name} must be >= 1, found {v}")
+    if not (st.lr >= 0 and math.isfinite(st.lr)):
+        raise TrainingError(f"lr must be a finite number >= 0, found {st.lr}")
+    return st
+
+
+def parse_data_arg(data, base):
+    """Apply a ``--data`` override to the DataConfig ``base``.
+
+    ``data`` is a dataset name (``"digits"``), ``"name:path"`` (``"mnist:/data/mnist"``,
+    ``"npz:file.npz"``; the path is relative to the current folder), a dict of DataConfig fields
+    (paths relative to the spec's folder) or a DataConfig. Fields not given keep ``base``'s values,
+    except ``path``, which is cleared when the dataset changes.
+    """
+    from pydantic import ValidationError
+
+    from ..registry import format_validation_errors
+    from .data import DataConfig
+    if data is None:
+        return base
+    if isinstance(data, DataConfig):
+        return data
+    if isinstance(data, str):
+        name, sep, path = data.partition(":")
+        if not name:
+            raise DataError(f"--data {data!r}: expected a dataset name or name:path (e.g. mnist:/data/mnist)")
+        change = {"dataset": name, "path": str(Path(path).expanduser().resolve()) if sep and path else None}
+    elif isinstance(data, dict):
+        change = dict(data)
+        if "dataset" in change and "path" not in change:
+            change["path"] = None
+    else:
+        raise DataError(f"data: expected a dataset name, 'name:path', a dict or a DataConfig, found "
+                        f"{type(data).__name__}")
+    merged = base.model_dump()
+    merged.update(change)
+    try:
+        return DataConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise DataError(f"--data {data!r}: {format_validation_errors(exc, 'data')}") from None
+
+
+# --------------------------------------------------------------------------- loss / targets
+
+@dataclass
+class LossSetup:
+    """The loss op applied to one model output, and how labels become its targets."""
+
+    op: Any
+    output: str
+    encoding: str            # "index" or "one_hot"
+    units: int               # output units per sample
+    reduction: str = "mean"
+
+    def targets(self, y: np.ndarray, xp, dtype) -> Any:
+        y = np.asarray(y)
+        if self.encoding == "one_hot":
+            if self.units == 1:
+                t = y.astype(dtype).reshape(-1, 1)
+            else:
+                t = np.zeros((len(y), self.units), dtype)
+                t[np.arange(len(y)), y] = 1
+        elif self.op.type == "cross_entropy":
+            t = y.astype(np.int64)
+        else:
+            t = y.astype(dtype)
+        return to_device(t, xp)
+
+    def per_sample_sum(self, value: float, n: int) -> float:
+        """Sum over the batch's samples of the loss the op reported for it."""
+        return value * n if self.reduction == "mean" else value
+
+
+def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
+    """Build the loss op of ``ts.loss`` for the output it names; checks the output and target shapes."""
+    from ..errors import ShapeError
+    from ..registry import get_registry
+    output = ts.loss_output or spec.outputs[0]
+    if output not in spec.graph or spec.graph.nodes[output].get("kind") != "layer":
+        known = ", ".join(spec.outputs)
+        raise SpecError(spec.problem(f"loss output '{output}' is not a layer of the network; expected one of the "
+                                     f"outputs ({known}) or a layer id", ("train", "loss", "output")))
+    shape = tuple(spec.graph.nodes[output]["out_shape"])
+    if len(shape) != 1:
+        raise SpecError(spec.problem(f"loss output '{output}' has per-sample shape {shape}; training needs a "
+                                     f"vector of class scores (classes,) — add a flatten/dense layer",
+                                     ("train", "loss", "output")))
+    units = shape[0]
+    op = get_registry().ops[ts.loss.type](ts.loss.params)
+    encoding = ts.loss_target
+    if encoding is None:
+        encoding = "index" if ts.loss.type == "cross_entropy" or (units == 1) else "one_hot"
+    if encoding not in TARGET_ENCODINGS:
+        raise SpecError(spec.problem(f"unknown target encoding '{encoding}'; expected one of "
+                                     f"{', '.join(TARGET_ENCODINGS)}", ("train", "loss", "target")))
+    target_shape = (units,) if encoding == "one_hot" else ()
+    try:
+        op.infer_shape([shape, target_shape])
+    except ShapeError as exc:
+        raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with '{encoding}' "
+                                     f"targets: {exc}", ("train", "loss"))) from None
+    if num_classes is not None and units != num_classes and not (units == 1 and num_classes == 2):
+        raise TrainingError(f"loss output '{output}' has {units} units per sample but the dataset has "
+                            f"{num_classes} classes; expected out_features: {num_classes}"
+                            + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
+    return LossSetup(op=op, output=output, encoding=encoding, units=units,
+                     reduction=getattr(op.p, "reduction", "mean"))
