@@ -165,13 +165,10 @@ class FastConv:
 
     def backward(self, gy, x, w, need_dx):
         """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
-        db = gy.sum(axis=(0, 2, 3))
         tconv = self._transposed(need_dx)
         if tconv is not None:
-            dx, dw = self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
-        else:
-            dx, dw = self._backward_from_x_cols(gy, x, w, need_dx)
-        return dx, dw, db
+            return self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
+        return self._backward_from_x_cols(gy, x, w, need_dx)
 
     def _backward_from_x_cols(self, gy, x, w, need_dx):
         """dw = gy @ cols(x)^T; dx = col2im(w^T @ gy). General (any stride/padding)."""
@@ -181,10 +178,12 @@ class FastConv:
 
         def work(chunks):
             dw = np.zeros((self.O, self.K), dtype=self.dtype)
+            db = np.zeros(self.O, dtype=self.dtype)
             tmp = np.empty_like(dw)
             for s, e in chunks:
                 n = e - s
                 g2 = self._gy_chunk(gy, s, e)
+                db += g2.sum(axis=1)
                 cols = self._im2col(self._padded(x, s, e))
                 dw += np.matmul(g2, cols.T, out=tmp)
                 if need_dx:
@@ -192,10 +191,10 @@ class FastConv:
                     np.matmul(wmat.T, g2, out=dcols)
                     dpad = self._col2im(dcols, n)
                     dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
-            return dw
+            return dw, db
 
-        dw = sum(run_parallel(work, self.chunks, self.workers))
-        return dx, dw.reshape(w.shape)
+        parts = run_parallel(work, self.chunks, self.workers)
+        return dx, sum(p[0] for p in parts).reshape(w.shape), sum(p[1] for p in parts)
 
     def _backward_from_gy_cols(self, t, gy, x, w, need_dx):
         """Both gradients from one im2col of the padded gy (``t`` is the transposed conv):
@@ -207,9 +206,11 @@ class FastConv:
 
         def work(chunks):
             dwt = np.zeros((t.K, self.C), dtype=self.dtype)   # rows: (o, kh-1-i, kw-1-j)
+            db = np.zeros(self.O, dtype=self.dtype)
             tmp = np.empty_like(dwt)
             for s, e in chunks:
                 n = e - s
+                db += gy[s:e].sum(axis=0).reshape(self.O, -1).sum(axis=1)
                 gcols = t._im2col(t._padded(gy, s, e))      # (O*kh*kw, n*H*W)
                 xt = scratch("conv.xt", (self.C, n, self.H, self.W), self.dtype)
                 np.copyto(xt, x[s:e].transpose(1, 0, 2, 3))
@@ -217,8 +218,9 @@ class FastConv:
                 if need_dx:
                     per_sample = gcols.reshape(t.K, n, HW).transpose(1, 0, 2)
                     np.matmul(wt, per_sample, out=dx[s:e].reshape(n, self.C, HW))
-            return dwt
+            return dwt, db
 
-        dwt = sum(run_parallel(work, t.chunks, t.workers))
+        parts = run_parallel(work, t.chunks, t.workers)
+        dwt = sum(p[0] for p in parts)
         dw = dwt.reshape(self.O, self.kh, self.kw, self.C)[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
-        return dx, np.ascontiguousarray(dw)
+        return dx, np.ascontiguousarray(dw), sum(p[1] for p in parts)

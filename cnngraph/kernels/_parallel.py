@@ -52,6 +52,8 @@ def _blas_controllers():
 def split_chunks(n, per_chunk, workers):
     """Split range(n) into contiguous (start, stop) chunks of about ``per_chunk`` items,
     with a chunk count that is a multiple of ``workers`` when that costs nothing (load balance)."""
+    if n <= 0:
+        return []
     per_chunk = max(1, min(n, per_chunk))
     count = -(-n // per_chunk)
     if workers > 1 and n >= workers:

@@ -24,7 +24,7 @@ def tiles_exactly(shape, kernel, stride, padding, dilation):
 
 
 def _chunks(x):
-    per = max(1, _CHUNK_BYTES // (x[0].size * x.itemsize))
+    per = max(1, _CHUNK_BYTES // max(1, x.size // max(1, x.shape[0]) * x.itemsize))
     workers = n_workers() if x.nbytes >= _PARALLEL_BYTES else 1
     return split_chunks(x.shape[0], per, workers)
 
