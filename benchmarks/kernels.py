@@ -2,6 +2,12 @@
 
 Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/kernels.py [--reps N] [--batch 64 256] [--only NAME]
 Ours and torch alternate after warm-up; the median of the repetitions is reported. torch uses 2 threads.
+Backward of each net's first conv skips dx (as in training), for both. The "x" column is
+torch time / our time (> 1: we are faster).
+
+Timings on a shared machine swing by 2-5x with other load, and torch's OpenMP threads suffer far
+more from a busy core than our kernels (which pull chunks dynamically): compare runs made while
+/proc/loadavg is near 1 (this benchmark alone), or look at ratios from the same run only.
 """
 from __future__ import annotations
 

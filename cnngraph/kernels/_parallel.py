@@ -35,15 +35,15 @@ def n_workers():
 
 
 def _blas_controllers():
-    """NumPy's BLAS thread controls (never torch's or others'); [] without threadpoolctl."""
+    """Thread controls of the BLAS libraries loaded for NumPy/SciPy (not torch's own, which our
+    threads never call); [] without threadpoolctl."""
     global _blas
     if _blas is None:
         try:
             from threadpoolctl import ThreadpoolController
+            np.dot(np.ones((2, 2)), np.ones((2, 2)))   # make sure NumPy's BLAS is loaded
             ctl = ThreadpoolController().select(user_api="blas")
-            numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-            _blas = [c for c in ctl.lib_controllers if "numpy" in c.filepath
-                     or c.filepath.startswith(numpy_dir)]
+            _blas = [c for c in ctl.lib_controllers if "torch" not in c.filepath]
         except Exception:  # pragma: no cover - threadpoolctl missing or odd BLAS
             _blas = []
     return _blas

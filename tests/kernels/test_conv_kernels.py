@@ -193,3 +193,12 @@ def test_mixed_dtypes_and_noncontiguous(groups):
     assert (dx.dtype, dw.dtype, db.dtype) == (np.float32, np.float64, np.float16)
     for ours, ref in zip((dx, dw, db), conv2d_backward(np.ascontiguousarray(gy), s_ref)):
         np.testing.assert_allclose(ours.astype(np.float32), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_empty_batch():
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    y, saved = conv2d_forward(x, w, np.ones(4, np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1, save=True)
+    assert y.shape == (0, 4, 8, 8)
+    dx, dw, db = conv2d_backward(y, saved)
+    assert dx.shape == x.shape and not dw.any() and not db.any()
