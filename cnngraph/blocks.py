@@ -72,22 +72,22 @@ class _Scope:
     def resolve(self, name: str, seen: int = 0) -> str:
         if seen > 64:
             return name
-        if name in self.local:
-            return self.local[name]
-        parts = name.split(".")
-        for i in range(len(parts) - 1, 0, -1):
-            head = ".".join(parts[:i])
-            if head in self.children:
-                return self.children[head].resolve_inside(".".join(parts[i:]), seen + 1)
+        found = self._lookup(name, seen)
+        if found is not None:
+            return found
         if name in self.aliases:
             return _resolve_source(self.aliases[name], seen + 1)
         if self.parent is not None:
             return self.parent.resolve(name, seen + 1)
         return name
 
-
     def resolve_inside(self, name: str, seen: int = 0) -> str:
         """A dotted path into this instance (``stem.conv``): local names only, never the outside."""
+        found = self._lookup(name, seen)
+        return found if found is not None else self.prefix + name
+
+    def _lookup(self, name: str, seen: int) -> str | None:
+        """``name`` as a local name of this scope or a dotted path into a child instance; else None."""
         if name in self.local:
             return self.local[name]
         parts = name.split(".")
@@ -95,7 +95,7 @@ class _Scope:
             head = ".".join(parts[:i])
             if head in self.children:
                 return self.children[head].resolve_inside(".".join(parts[i:]), seen + 1)
-        return self.prefix + name
+        return None
 
 
 def _resolve_source(src: Any, seen: int = 0) -> str:

@@ -318,24 +318,15 @@ def _grad_structure(case: _Case, in_grads, p_grads, xs, params, dt) -> list[str]
         return [f"backward returned {n} input gradients, expected {len(xs)}"]
     if not isinstance(p_grads, dict):
         return [f"backward returned {type(p_grads).__name__} for parameter gradients, expected a dict"]
-    for i in case.diff_inputs:
-        g = in_grads[i]
+    checks = [(f"input {i}", in_grads[i], xs[i]) for i in case.diff_inputs]
+    checks += [(f"parameter '{k}'", p_grads.get(k), v) for k, v in params.items() if k not in case.buffers]
+    for what, g, like in checks:
         if g is None:
-            problems.append(f"no gradient for input {i}")
-        elif tuple(g.shape) != tuple(xs[i].shape):
-            problems.append(f"gradient of input {i} has shape {tuple(g.shape)}, expected {tuple(xs[i].shape)}")
-        elif dt is not None and g.dtype != np.dtype(dt):
-            problems.append(f"gradient of input {i} is {g.dtype}, expected {np.dtype(dt).name}")
-    for k, v in params.items():
-        if k in case.buffers:
-            continue
-        g = p_grads.get(k)
-        if g is None:
-            problems.append(f"no gradient for parameter '{k}'")
-        elif tuple(np.shape(g)) != tuple(v.shape):
-            problems.append(f"gradient of parameter '{k}' has shape {tuple(np.shape(g))}, expected {tuple(v.shape)}")
+            problems.append(f"no gradient for {what}")
+        elif tuple(np.shape(g)) != tuple(like.shape):
+            problems.append(f"gradient of {what} has shape {tuple(np.shape(g))}, expected {tuple(like.shape)}")
         elif dt is not None and np.asarray(g).dtype != np.dtype(dt):
-            problems.append(f"gradient of parameter '{k}' is {np.asarray(g).dtype}, expected {np.dtype(dt).name}")
+            problems.append(f"gradient of {what} is {np.asarray(g).dtype}, expected {np.dtype(dt).name}")
     extra = set(p_grads) - set(params)
     if extra:
         problems.append(f"gradients for unknown parameters: {', '.join(sorted(extra))}")

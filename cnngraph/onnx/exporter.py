@@ -69,6 +69,28 @@ def _window_pads(op, in_shape):
 
 
 # ---- exporters: (ctx, layer id, op, input tensor names, attrs) → output tensor name ------------------
+
+# Ops that become one ONNX node on the layer's own inputs: op type → (ONNX op, its attributes from op.p).
+_ONE_NODE = {
+    "identity": ("Identity", None),
+    "relu": ("Relu", None), "sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
+    "leaky_relu": ("LeakyRelu", lambda p: {"alpha": float(p.negative_slope)}),
+    "elu": ("Elu", lambda p: {"alpha": float(p.alpha)}),
+    "softmax": ("Softmax", lambda p: {"axis": int(p.axis)}),
+    "log_softmax": ("LogSoftmax", lambda p: {"axis": int(p.axis)}),
+    "global_avg_pool2d": ("GlobalAveragePool", None), "global_max_pool2d": ("GlobalMaxPool", None),
+    "transpose": ("Transpose", lambda p: {"perm": list(p.perm)}),
+    "concat": ("Concat", lambda p: {"axis": int(p.axis)}),
+}
+
+
+@exports(*_ONE_NODE)
+def _one_node(c, lid, op, ins, attrs):
+    onnx_op, attributes = _ONE_NODE[op.type]
+    c.node(onnx_op, ins, [lid], lid, **(attributes(op.p) if attributes else {}))
+    return lid
+
+
 @exports("conv2d")
 def _conv(c, lid, op, ins, attrs):
     p = op.p
@@ -102,12 +124,6 @@ def _pool(c, lid, op, ins, attrs):
     return lid
 
 
-@exports("global_avg_pool2d", "global_max_pool2d")
-def _gpool(c, lid, op, ins, attrs):
-    c.node("GlobalAveragePool" if op.type == "global_avg_pool2d" else "GlobalMaxPool", ins, [lid], lid)
-    return lid
-
-
 @exports("batch_norm2d")
 def _bn(c, lid, op, ins, attrs):
     ch = attrs["in_shapes"][0][0]
@@ -127,12 +143,6 @@ def _dropout(c, lid, op, ins, attrs):
     return lid
 
 
-@exports("identity")
-def _identity(c, lid, op, ins, attrs):
-    c.node("Identity", ins, [lid], lid)
-    return lid
-
-
 @exports("flatten")
 def _flatten(c, lid, op, ins, attrs):
     nd = len(attrs["in_shapes"][0]) + 1
@@ -142,24 +152,6 @@ def _flatten(c, lid, op, ins, attrs):
     else:
         shape = np.array([0, *attrs["out_shape"]], np.int64)
         c.node("Reshape", [ins[0], c.const(lid, "shape", shape)], [lid], lid)
-    return lid
-
-
-@exports("relu", "sigmoid", "tanh")
-def _simple(c, lid, op, ins, attrs):
-    c.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op.type], ins, [lid], lid)
-    return lid
-
-
-@exports("leaky_relu")
-def _leaky(c, lid, op, ins, attrs):
-    c.node("LeakyRelu", ins, [lid], lid, alpha=float(op.p.negative_slope))
-    return lid
-
-
-@exports("elu")
-def _elu(c, lid, op, ins, attrs):
-    c.node("Elu", ins, [lid], lid, alpha=float(op.p.alpha))
     return lid
 
 
@@ -187,12 +179,6 @@ def _gelu(c, lid, op, ins, attrs):
     c.node("Add", [lid + "::e", c.const(lid, "one", np.array(1, np.float32))], [lid + "::a"], lid + "::add")
     c.node("Mul", [x, lid + "::a"], [lid + "::m"], lid + "::mul")
     c.node("Mul", [lid + "::m", c.const(lid, "half", np.array(0.5, np.float32))], [lid], lid)
-    return lid
-
-
-@exports("softmax", "log_softmax")
-def _softmax(c, lid, op, ins, attrs):
-    c.node("Softmax" if op.type == "softmax" else "LogSoftmax", ins, [lid], lid, axis=int(op.p.axis))
     return lid
 
 
@@ -241,18 +227,6 @@ def _matmul(c, lid, op, ins, attrs):
 @exports("reshape")
 def _reshape(c, lid, op, ins, attrs):
     c.node("Reshape", [ins[0], c.const(lid, "shape", np.array([0, *op.p.shape], np.int64))], [lid], lid)
-    return lid
-
-
-@exports("transpose")
-def _transpose(c, lid, op, ins, attrs):
-    c.node("Transpose", ins, [lid], lid, perm=list(op.p.perm))
-    return lid
-
-
-@exports("concat")
-def _concat(c, lid, op, ins, attrs):
-    c.node("Concat", ins, [lid], lid, axis=int(op.p.axis))
     return lid
 
 

@@ -18,8 +18,6 @@ a scale factor > 1 zooms in about the centre. Rotation and scale sample bilinear
 """
 from __future__ import annotations
 
-import difflib
-import math
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
@@ -264,10 +262,9 @@ def _build_one(i: int, entry: Any, background, table: dict[str, type]) -> Augmen
     name = entry["type"]
     cls = table.get(name)
     if cls is None:
-        near = difflib.get_close_matches(str(name), list(table), n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise AugmentConfigError(f"augment[{i}]: unknown augmentation type '{name}'{hint} "
-                                 f"(known: {', '.join(sorted(table))})", i, "type")
+        from ..registry import did_you_mean
+        raise AugmentConfigError(f"augment[{i}]: unknown augmentation type '{name}'{did_you_mean(name, table)}; "
+                                 f"known: {', '.join(sorted(table))}", i, "type")
     params = {k: v for k, v in entry.items() if k != "type"}
     try:
         return cls(cls.Params.model_validate(params), background=background)

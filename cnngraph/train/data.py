@@ -98,11 +98,10 @@ class DataConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self):
         if _find_loader(self.dataset) is None:
-            import difflib
+            from ..registry import did_you_mean
             known = _known_datasets()
-            near = difflib.get_close_matches(self.dataset, known, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ValueError(f"unknown dataset '{self.dataset}'{hint} (known: {', '.join(known)})")
+            raise ValueError(f"unknown dataset '{self.dataset}'{did_you_mean(self.dataset, known)}; "
+                             f"known: {', '.join(known)}")
         if self.dataset in RAW_LOADERS and self.dataset != "digits" and self.path is None:
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:

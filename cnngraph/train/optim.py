@@ -8,7 +8,6 @@ be stored in an ``.npz`` without pickling.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..backend import to_device, to_numpy, xp_of
 from ..errors import CheckpointError
+from ..registry import did_you_mean, format_validation_errors
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
@@ -259,22 +259,6 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 # --- building from config ------------------------------------------------------------
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _format_validation_error(err: ValidationError, fields) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(config)"
-        hint = ""
-        if e["type"] == "extra_forbidden" and e["loc"]:
-            hint = _did_you_mean(e["loc"][-1], fields)
-        parts.append(f"{loc}: {e['msg']}{hint}")
-    return "; ".join(parts)
-
-
 def build_from_registry(registry: dict[str, type], cfg: dict, what: str):
     """Instantiate ``registry[cfg['type']]`` with the rest of ``cfg`` as validated Params.
 
@@ -290,11 +274,11 @@ def build_from_registry(registry: dict[str, type], cfg: dict, what: str):
     cls = registry.get(kind)
     if cls is None:
         raise ValueError(
-            f"unknown {what} type {kind!r} (known: {known}){_did_you_mean(kind, registry)}")
+            f"unknown {what} type {kind!r}{did_you_mean(kind, registry)}; known: {known}")
     try:
         params = cls.Params.model_validate(rest)
     except ValidationError as err:
-        msg = _format_validation_error(err, cls.Params.model_fields)
+        msg = format_validation_errors(err, fields=cls.Params.model_fields)
         raise ValueError(f"{what} '{kind}': {msg}") from err
     return cls(params)
 
