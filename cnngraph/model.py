@@ -10,7 +10,7 @@ import numpy as np
 from .autodiff import requires_grad, run_backward
 from .backend import get_xp, to_device, to_numpy
 from .errors import CnnGraphError, PluginError, RunError
-from .runner import run_forward
+from .runner import run_forward, run_forward_parallel
 from .schedule import Plan, make_plan
 from .spec import Spec, load_spec
 
@@ -162,7 +162,7 @@ class Model:
         return env
 
     def forward(self, inputs: dict[str, Any], training: bool = False, grad: bool | None = None,
-                outputs: list[str] | None = None, on_output=None) -> dict[str, Any]:
+                outputs: list[str] | None = None, on_output=None, parallel: int = 0) -> dict[str, Any]:
         """Run the network.
 
         Parameters
@@ -175,6 +175,8 @@ class Model:
             Keep what backward needs (default: same as ``training``).
         outputs : list of str, optional
             Layer ids to return (default: the spec's outputs); unneeded layers are not run.
+        parallel : int
+            In inference without ``grad``, run independent branches on this many threads (0: in order).
 
         Returns
         -------
@@ -192,6 +194,9 @@ class Model:
         plan = self.plan(outputs)
         env = self._prepare_inputs(inputs, plan)
         self._tape = None
+        if parallel and not grad and not training and on_output is None:
+            self._tape_inputs = set(plan.inputs)
+            return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, parallel)
         result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
         self._tape = tape
         self._tape_inputs = set(plan.inputs)

@@ -14,7 +14,7 @@ from .errors import CnnGraphError, PluginError, RunError
 from .op import Context
 from .schedule import Plan
 
-__all__ = ["Tape", "run_forward", "describe_call"]
+__all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call"]
 
 
 @dataclass
@@ -34,6 +34,18 @@ def describe_call(g: nx.DiGraph, node: str, shapes: list) -> str:
     return f"while running {node} ({attrs['type']}, plugin '{plugin}') on {s}"
 
 
+def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
+    """One layer's forward, with failures named by layer, op, plugin and input shapes."""
+    try:
+        y = g.nodes[node]["op"].forward(ctx, xs, params)
+    except CnnGraphError:
+        raise
+    except Exception as exc:
+        raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}: {type(exc).__name__}: {exc}") from exc
+    _check_output(g, node, y, xs)
+    return y
+
+
 def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Callable[[str], dict],
                 training: bool, grad: bool, rng, on_output: Callable | None = None) -> tuple[dict, Tape | None]:
     """Run the plan on ``env`` (model inputs by name). Returns (outputs, tape or None)."""
@@ -41,21 +53,12 @@ def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Calla
     protected = set(plan.inputs) | set(plan.outputs)   # the caller's arrays and the results
     for i, step in enumerate(plan.steps):
         node = step.node
-        attrs = g.nodes[node]
-        op = attrs["op"]
         xs = [env[s] for s in step.inputs]
         ctx = Context(training=training, grad=grad, rng=rng)
         if not grad:
             ctx.overwritable = tuple(plan.last_use[s] == i and s not in protected and step.inputs.count(s) == 1
                                      for s in step.inputs)
-        try:
-            y = op.forward(ctx, xs, params_of(node))
-        except CnnGraphError:
-            raise
-        except Exception as exc:
-            raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}: {type(exc).__name__}: {exc}") from exc
-        _check_output(g, node, y, xs)
-        env[node] = y
+        y = env[node] = _call(g, node, ctx, xs, params_of(node))
         if on_output is not None:
             on_output(node, y)
         if tape is not None:
@@ -67,6 +70,45 @@ def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Calla
         for dead in step.free_after:
             env.pop(dead, None)
     return {name: env[name] for name in plan.outputs}, tape
+
+
+def run_forward_parallel(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Callable[[str], dict],
+                         rng, workers: int = 2) -> dict:
+    """Inference with independent branches on ``workers`` threads (NumPy releases the GIL in its
+    kernels): each layer starts as soon as its inputs exist; tensors are freed after their last
+    consumer finishes. Results equal ``run_forward``'s to float rounding (kernels may block differently)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    consumers: dict[str, int] = {}
+    for step in plan.steps:
+        for src in set(step.inputs):
+            consumers[src] = consumers.get(src, 0) + 1
+    protected = set(plan.inputs) | set(plan.outputs)
+    waiting = {step.node: step for step in plan.steps}
+    pending: dict = {}
+
+    def start(pool, step):
+        ctx = Context(rng=rng)
+        ctx.overwritable = tuple(consumers[s] == 1 and s not in protected and step.inputs.count(s) == 1
+                                 for s in step.inputs)
+        return pool.submit(_call, g, step.node, ctx, [env[s] for s in step.inputs], params_of(step.node))
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnngraph-branch") as pool:
+        while waiting or pending:
+            for node, step in list(waiting.items()):
+                if all(s in env for s in step.inputs):
+                    pending[start(pool, step)] = step
+                    del waiting[node]
+            if not pending:
+                raise RunError("the plan cannot progress: a layer waits for an input nothing produces")
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = pending.pop(future)
+                env[step.node] = future.result()
+                for src in set(step.inputs):
+                    consumers[src] -= 1
+                    if consumers[src] == 0 and src not in protected:
+                        env.pop(src, None)
+    return {name: env[name] for name in plan.outputs}
 
 
 def _check_output(g: nx.DiGraph, node: str, y, xs) -> None:

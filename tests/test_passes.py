@@ -71,3 +71,14 @@ def test_inplace_relu_never_touches_caller_arrays_or_outputs():
     np.testing.assert_array_equal(x, x_before)                 # a model input is never overwritten
     assert (out["fc_out"] < 0).any()                           # an output read by a relu is kept intact
     np.testing.assert_array_equal(out["r2"], np.maximum(seen["fc_out"], 0))
+
+
+@pytest.mark.parametrize("path", ["specs/inception_small.yaml", "specs/resnet_small.yaml"])
+def test_parallel_branches_give_the_same_outputs(path):
+    model = cnngraph.compile(path, seed=2)
+    x = np.random.default_rng(3).standard_normal((4, *model.spec.inputs["image"].shape)).astype(np.float32)
+    x_before = x.copy()
+    serial = model.forward({"image": x})["logits"]
+    parallel = model.forward({"image": x}, parallel=2)["logits"]
+    np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6)   # BLAS blocking may differ
+    np.testing.assert_array_equal(x, x_before)
