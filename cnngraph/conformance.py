@@ -215,7 +215,28 @@ def check_op(op: str | type[Op], seed: int = 0, registry=None) -> list[CheckResu
             label += " (generic guess: declare examples() to choose)"
             case.label = label
         _run_case(case, add)
+        _report_not_run(case, results, add)
     return results
+
+
+_CHECKS = ("params", "shape (inference)", "shape (training)", "dtype float32", "dtype float64",
+           "gradient (float64, training)", "gradient (float64, inference)",
+           "batch independence (inference)", "batch independence (training)")
+
+
+def _report_not_run(case: _Case, results: list[CheckResult], add) -> None:
+    """After a failure that stopped an example early, a SKIP line for each check it did not reach."""
+    mine = [r for r in results if r.case == case.label]
+    failed = next((r.check for r in mine if r.ok is False), None)
+    if failed is None:
+        return
+    ran = {r.check for r in mine}
+    planned = list(_CHECKS)
+    if case.op_cls.reduces_batch:
+        planned[-2:] = ["batch independence"]
+    for check in planned:
+        if check not in ran:
+            add(case.label, check, None, f"not run: the {failed} check failed")
 
 
 def _run_case(case: _Case, add) -> None:
@@ -483,5 +504,12 @@ def format_results(results: list[CheckResult]) -> str:
     passed = sum(r.ok is True for r in results)
     skipped = sum(r.ok is None for r in results)
     ops = len({r.op for r in results})
-    lines.append(f"{passed} passed, {failed} failed, {skipped} skipped ({ops} op{'s' if ops != 1 else ''})")
+    tail = f"{passed} passed, {failed} failed, {skipped} skipped ({ops} op{'s' if ops != 1 else ''})"
+    bad = {}
+    for r in results:
+        if r.ok is False:
+            bad.setdefault(r.op, r.plugin)
+    if bad:
+        tail += "; failing: " + ", ".join(f"{op} (plugin '{plugin}')" for op, plugin in bad.items())
+    lines.append(tail)
     return "\n".join(lines)

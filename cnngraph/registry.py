@@ -7,6 +7,7 @@ duplicates and broken ops are reported by plugin name.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import sys
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Op
 
 __all__ = ["Registry", "get_registry", "load_plugin_file", "register_plugin", "DEFAULT_PLUGINS",
@@ -72,13 +73,18 @@ class Registry:
         self.current_plugin = "<runtime>"
 
     def _put(self, table: str, name: str, value: Any) -> None:
+        kind = table[:-1]
         if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin '{self.current_plugin}' registered a {table[:-1]} without a name")
+            raise PluginError(f"plugin '{self.current_plugin}' registered {'an' if kind[0] in 'aeiou' else 'a'} "
+                              f"{kind} without a name ({getattr(value, '__name__', value)!r}: set its class "
+                              f"attribute `type`)")
         entries = getattr(self, table)
         if name in entries:
             first = self.owner[(table, name)]
+            where = self.plugins.get(first, "")
+            where = f" ({where})" if where.startswith("entry point") else ""   # say which package
             raise PluginError(
-                f"{table[:-1]} '{name}' is registered twice: by plugin '{first}' and by plugin "
+                f"{kind} '{name}' is registered twice: by plugin '{first}'{where} and by plugin "
                 f"'{self.current_plugin}'; rename one of them")
         entries[name] = value
         self.owner[(table, name)] = self.current_plugin
@@ -89,6 +95,7 @@ class Registry:
             raise PluginError(f"plugin '{self.current_plugin}' registered {op_cls!r}, which is not a cnngraph.Op subclass")
         op_cls.plugin = self.current_plugin
         self._put("ops", op_cls.type, op_cls)
+        _guard(op_cls)
         return op_cls
 
     def add_optimizer(self, cls: type) -> type:
@@ -113,6 +120,32 @@ class Registry:
             return self.ops[name]
         except KeyError:
             raise KeyError(f"unknown op type '{name}'{did_you_mean(name, self.ops)}") from None
+
+
+def _guard(op_cls: type[Op]) -> None:
+    """Make an exception inside an op's ``infer_shape`` or ``flops`` name the op and its plugin.
+
+    ``infer_shape`` failures become a :class:`ShapeError` (a located spec problem at the layer), ``flops``
+    failures a :class:`PluginError`: neither reaches the user as a bare traceback. Errors cnngraph raises on
+    purpose (``ShapeError`` ...) pass unchanged.
+    """
+    for meth, err in (("infer_shape", ShapeError), ("flops", PluginError)):
+        fn = getattr(op_cls, meth)
+        if getattr(fn, "_cnngraph_guarded", False):
+            continue
+
+        def wrapper(self, *args, _fn=fn, _meth=meth, _err=err, **kwargs):
+            try:
+                return _fn(self, *args, **kwargs)
+            except CnnGraphError:
+                raise
+            except Exception as exc:
+                raise _err(f"{_meth} of op '{self.type}' (plugin '{type(self).plugin}') raised "
+                           f"{type(exc).__name__}: {exc}") from exc
+
+        functools.update_wrapper(wrapper, fn)
+        wrapper._cnngraph_guarded = True
+        setattr(op_cls, meth, wrapper)
 
 
 class _Plugins:

@@ -204,3 +204,44 @@ def test_docs_show_the_real_example_files_and_working_commands(fresh, capsys):
         argv = shlex.split(cmd)[1:]
         assert main(argv) == 0, cmd
     capsys.readouterr()
+
+
+def test_an_early_failure_lists_the_checks_it_did_not_run(fresh, capsys):
+    rc = main(["check-op", "bad_forward_shape", "--plugin", str(PLUGINS / "broken_ops.py")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 1
+    checks = [l.split("  ")[-1].split(":")[0] for l in lines[:-1]]
+    assert checks == ["params", "shape (inference)", "shape (training)", "dtype float32", "dtype float64",
+                      "gradient (float64, training)", "gradient (float64, inference)",
+                      "batch independence (inference)", "batch independence (training)"]   # one line per check
+    assert all(l.startswith("SKIP") and "not run: the shape (inference) check failed" in l for l in lines[2:-1])
+    assert lines[-1].startswith("1 passed, 1 failed, 7 skipped (1 op); failing: bad_forward_shape (plugin '")
+    assert lines[-1].endswith("broken_ops.py')")
+
+
+def test_crashing_infer_shape_and_flops_fail_check_op_by_name(fresh, capsys):
+    rc = main(["check-op", "flops_crashes", "--plugin", str(PLUGINS / "more_broken_ops.py")])
+    out = capsys.readouterr().out
+    assert rc == 1 and "flops of op 'flops_crashes' (plugin '" in out and "raised TypeError: bad flops" in out
+    rc = main(["check-op", "grad_count"])   # still loaded from --plugin above
+    out = capsys.readouterr().out
+    assert rc == 1 and "backward returned 2 input gradients, expected 1" in out
+    cnngraph.load_plugin_file(PLUGINS / "more_broken_ops.py")
+    fails = [r for r in check_op("backward_raises") if r.ok is False]
+    assert fails and all("ValueError: oops in backward" in r.detail for r in fails)
+
+
+def test_readme_walkthrough_matches_the_example_and_its_commands_work(fresh, capsys):
+    import re
+    import shlex
+    readme = Path("README.md").read_text()
+    section = readme.split("## Write your own layer")[1].split("\n## ")[0].split("\n### ")[0]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    python = [b for lang, b in blocks if lang == "python"]
+    assert python and python[0].strip() in Path("specs/examples/my_layers.py").read_text()
+    commands = [line[2:] for lang, b in blocks if lang == "console" for line in b.splitlines()
+                if line.startswith("$ cnngraph ")]
+    assert len(commands) >= 2
+    for cmd in commands:
+        assert main(shlex.split(cmd)[1:]) == 0, cmd
+    capsys.readouterr()

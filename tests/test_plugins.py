@@ -320,3 +320,121 @@ def test_python_yaml_tags_are_rejected_with_a_location(tmp_path, tag):
     p = err.value.problems[0]
     assert p.file == str(spec) and p.line == 4
     assert "python/" in p.message and "not allowed" in p.message
+
+
+# -- every broken plugin, through the command line: rc 1, the plugin and op named, no traceback --------
+def _cli(capsys, argv):
+    rc = main(argv)                                   # an exception escaping main would fail the test
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out + err
+
+
+@pytest.mark.parametrize("plugins,needles", [
+    (["import_error.py"], ["plugin file '", "import_error.py:3' failed to import"]),
+    (["duplicate_relu.py"], ["op 'relu' is registered twice", "'cnngraph.plugins.activation'", "duplicate_relu.py'"]),
+    (["good_layers.py", "duplicate_of_good_layers.py"],
+     ["op 'scaled_tanh' is registered twice", "good_layers.py'", "duplicate_of_good_layers.py'"]),
+    (["typo_hook.py"], ["typo_hook.py'", "unknown hook 'cnngraph_register_op'"]),
+])
+def test_broken_plugin_files_on_the_cli(fresh, capsys, plugins, needles):
+    argv = ["ops"] + [a for p in plugins for a in ("--plugin", str(PLUGINS / p))]
+    rc, text = _cli(capsys, argv)
+    assert rc == 1
+    for needle in needles:
+        assert needle in text, text
+
+
+def _train_spec(tmp_path, op_type):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((16, 3, 4, 4)).astype(np.float32), y=rng.integers(0, 2, 16))
+    (tmp_path / "ops.py").write_text((PLUGINS / "more_broken_ops.py").read_text())
+    spec = tmp_path / "net.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        name: t
+        plugins: [./ops.py]
+        inputs: {{x: {{shape: [3, 4, 4]}}}}
+        layers:
+          - {{id: c, type: conv2d, out_channels: 3, kernel_size: 1}}
+          - {{id: a, type: {op_type}}}
+          - {{id: f, type: flatten}}
+          - {{id: logits, type: dense, out_features: 2}}
+        outputs: [logits]
+        train: {{data: {{dataset: npz, path: d.npz}}, epochs: 1, batch_size: 8}}
+    """))
+    return spec
+
+
+@pytest.mark.parametrize("op_type,command,needle", [
+    ("grad_count", "train", "op 'grad_count' (plugin '{p}') returned 2 input gradients from backward at layer 'a', "
+                            "expected 1"),
+    ("backward_raises", "train", "while differentiating a (backward_raises, plugin '{p}')"),
+    ("infer_shape_crashes", "validate", "(layer 'a') infer_shape of op 'infer_shape_crashes' (plugin '{p}') raised "
+                                        "IndexError: list index out of range"),
+    ("flops_crashes", "summary", "flops of op 'flops_crashes' (plugin '{p}') raised TypeError: bad flops"),
+])
+def test_broken_ops_at_run_time_name_plugin_and_op(fresh, capsys, tmp_path, op_type, command, needle):
+    spec = _train_spec(tmp_path, op_type)
+    argv = [command, str(spec), "--allow-plugins"] + (["--out", str(tmp_path / "run"), "--quiet"]
+                                                      if command == "train" else [])
+    rc, text = _cli(capsys, argv)
+    assert rc == 1
+    assert needle.format(p=tmp_path / "ops.py") in text, text
+
+
+def test_infer_shape_crash_is_a_located_problem_in_python(fresh):
+    cnngraph.load_plugin_file(PLUGINS / "more_broken_ops.py")
+    with pytest.raises(SpecError) as err:
+        cnngraph.load_spec(one_layer("infer_shape_crashes"))
+    p = err.value.problems[0]
+    assert p.layer == "a" and "infer_shape of op 'infer_shape_crashes'" in p.message
+    assert isinstance(err.value.problems, list) and len(err.value.problems) == 1
+
+
+def test_guard_keeps_purposeful_shape_errors_and_wraps_once(fresh):
+    relu = fresh.op("relu")
+    assert relu.infer_shape._cnngraph_guarded
+    registry._STATE = None
+    reg = registry.get_registry()                          # registering again does not wrap twice
+    assert reg.op("relu").infer_shape.__wrapped__.__name__ == "infer_shape"
+    assert not getattr(reg.op("relu").infer_shape.__wrapped__, "_cnngraph_guarded", False)
+    with pytest.raises(SpecError, match="kernel"):          # a ShapeError from a built-in passes unchanged
+        cnngraph.load_spec(one_layer("conv2d", shape=(3, 2, 2), out_channels=1, kernel_size=5))
+
+
+def test_op_without_a_type_is_told_to_set_it(fresh):
+    class Nameless(cnngraph.Op):
+        def forward(self, ctx, inputs, params):
+            return inputs[0]
+
+    with pytest.raises(PluginError, match=r"registered an op without a name \('Nameless': set its class "
+                                          r"attribute `type`\)"):
+        cnngraph.register_op(Nameless)
+
+
+def test_duplicate_of_an_installed_plugin_names_its_package(tmp_path, monkeypatch, fresh):
+    make_dist(tmp_path, "epdup", """
+        import cnngraph
+
+        class Twice(cnngraph.Op):
+            type = "ep_twice"
+            def forward(self, ctx, inputs, params):
+                return inputs[0] * 2
+
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(registry):
+            registry.add(Twice)
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._STATE = None
+    registry.get_registry()
+
+    class Again(cnngraph.Op):
+        type = "ep_twice"
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0]
+
+    with pytest.raises(PluginError, match=r"op 'ep_twice' is registered twice: by plugin 'epdup_ep' \(entry point "
+                                          r"epdup \(package epdup 0.3\)\) and by plugin 'test_plugins'"):
+        cnngraph.register_op(Again)
