@@ -217,10 +217,28 @@ def _align_ranks(c, lid, ins, attrs):
 @exports("matmul")
 def _matmul(c, lid, op, ins, attrs):
     a, b = attrs["in_shapes"]
-    if len(a) != len(b) or len(a) < 2:
-        raise OnnxError(f"layer '{lid}': matmul of per-sample shapes {a} and {b} has no direct ONNX MatMul form "
-                        f"(export supports operands of equal rank >= 2 per sample)")
-    c.node("MatMul", ins, [lid], lid)
+    if len(a) == len(b) and len(a) >= 2:
+        c.node("MatMul", ins, [lid], lid)
+        return lid
+    # per sample: numpy matmul of a[n] and b[n]. Vectors become (1, K) / (K, 1) matrices, the operand
+    # with fewer per-sample dimensions gets unit axes after the batch, and the vector axes go at the end.
+    ra, rb = max(len(a), 2), max(len(b), 2)
+    names, drop = [], []
+    for i, (x, shape, r) in enumerate(((ins[0], a, ra), (ins[1], b, rb))):
+        axes = list(range(1, 1 + max(ra, rb) - r))
+        if len(shape) == 1:
+            axes.append(max(ra, rb) - 1 if i == 0 else max(ra, rb))
+            drop.append(-2 if i == 0 else -1)
+        if axes:
+            c.node("Unsqueeze", [x, c.const(lid, f"axes{i}", np.array(axes, np.int64))], [f"{lid}::u{i}"],
+                   f"{lid}::u{i}")
+            x = f"{lid}::u{i}"
+        names.append(x)
+    if not drop:
+        c.node("MatMul", names, [lid], lid)
+        return lid
+    c.node("MatMul", names, [f"{lid}::mm"], f"{lid}::mm")
+    c.node("Squeeze", [f"{lid}::mm", c.const(lid, "drop", np.array(sorted(drop), np.int64))], [lid], lid)
     return lid
 
 
@@ -252,9 +270,28 @@ def _clip(c, lid, op, ins, attrs):
 @exports("local_response_norm")
 def _lrn(c, lid, op, ins, attrs):
     p = op.p
-    if p.size % 2 == 0 and p.window == "torch":
-        raise OnnxError(f"layer '{lid}': local_response_norm with an even size ({p.size}) and the torch window has "
-                        f"no ONNX LRN equivalent (ONNX centres even windows one channel later); use window: onnx")
+    if p.size % 2 == 0:
+        # Even windows: ONNX LRN centres them one channel later than torch, and ONNX Runtime refuses
+        # even sizes; write torch's decomposition (which import-onnx recognises, with either window):
+        # x / (k + alpha · AvgPool3d_(size,1,1)(Pad(x², channels)))^beta
+        shape = list(attrs["in_shapes"][0])
+        rest = math.prod(shape[1:])
+        x, f = ins[0], np.float32
+        c.node("Mul", [x, x], [f"{lid}::sq"], f"{lid}::sq")
+        c.node("Reshape", [f"{lid}::sq", c.const(lid, "shape5", np.array([0, 1, shape[0], rest, 1], np.int64))],
+               [f"{lid}::sq5"], f"{lid}::sq5")
+        pads = np.zeros(10, np.int64)
+        pads[2], pads[7] = (p.size // 2, (p.size - 1) // 2) if p.window == "torch" else ((p.size - 1) // 2, p.size // 2)
+        c.node("Pad", [f"{lid}::sq5", c.const(lid, "pads", pads)], [f"{lid}::padded"], f"{lid}::pad")
+        c.node("AveragePool", [f"{lid}::padded"], [f"{lid}::avg"], f"{lid}::avg", kernel_shape=[p.size, 1, 1],
+               count_include_pad=1)
+        c.node("Reshape", [f"{lid}::avg", c.const(lid, "shape", np.array([0, *shape], np.int64))],
+               [f"{lid}::sum"], f"{lid}::unsq")
+        c.node("Mul", [f"{lid}::sum", c.const(lid, "alpha", np.array(p.alpha, f))], [f"{lid}::scaled"], f"{lid}::alpha")
+        c.node("Add", [f"{lid}::scaled", c.const(lid, "k", np.array(p.k, f))], [f"{lid}::base"], f"{lid}::k")
+        c.node("Pow", [f"{lid}::base", c.const(lid, "beta", np.array(p.beta, f))], [f"{lid}::div"], f"{lid}::beta")
+        c.node("Div", [x, f"{lid}::div"], [lid], lid)
+        return lid
     c.node("LRN", ins, [lid], lid, size=p.size, alpha=float(p.alpha), beta=float(p.beta), bias=float(p.k))
     return lid
 

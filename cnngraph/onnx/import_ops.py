@@ -526,3 +526,24 @@ def gather(imp, node, a):
 @handles("ConstantOfShape", "Constant")
 def const_ops(imp, node, a):   # only reached with dynamic inputs
     raise imp.fail("the shape must be known at import time")
+
+
+@handles("ReduceMean", "ReduceMax")
+def reduce_spatial(imp, node, a):
+    """Mean / max over H and W (``x.mean([2, 3])`` in ShuffleNet and MobileNetV2) as a global pooling."""
+    x = imp.dyn_of(node.input[0])
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in imp.const(node.input[1], "axes")]
+    if not axes and a.get("noop_with_empty_axes", 0):
+        return [x]
+    rank = len(x.shape) + 1
+    axes = sorted({int(ax) % rank for ax in axes}) if axes else list(range(rank))
+    if rank != 4 or axes != [2, 3]:
+        raise imp.fail(f"only a reduction over the spatial axes [2, 3] of an (N, C, H, W) tensor is supported "
+                       f"(as global pooling), found axes {axes} of a rank-{rank} tensor")
+    kind = "global_avg_pool2d" if node.op_type == "ReduceMean" else "global_max_pool2d"
+    if a.get("keepdims", 1):
+        return [imp.emit(kind, [x])]
+    y = imp.emit(kind, [x], suffix=".pool")
+    return [imp.emit("flatten", [y])]

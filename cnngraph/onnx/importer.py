@@ -133,7 +133,7 @@ class Importer:
                         raise OnnxError(f"input '{inp.name}' has a symbolic dimension {i} ('{sym}'); only the "
                                         f"batch dimension may be dynamic. Fix it with "
                                         f"--input-shape {inp.name}=" + ",".join(
-                                            "1" if j == 0 else (str(x.dim_value) if x.HasField('dim_value') else "N")
+                                            "1" if j == 0 else (str(x.dim_value) if x.HasField('dim_value') else (x.dim_param or "N"))
                                             for j, x in enumerate(tt.shape.dim)))
             if len(dims) < 1:
                 raise OnnxError(f"input '{inp.name}' is a scalar; inputs need a batch dimension")
@@ -265,18 +265,23 @@ class Importer:
             for i in node.input:
                 self.consumers[i] += 1
         fused = self._find_gelu()
+        fused.update(self._find_torch_lrn(fused))
+        dead = self._dead_nodes(fused)
         for k, node in enumerate(self.graph.node):
             self.current_node = node
             self.current_layers = []
+            if k in dead:
+                continue   # reaches no graph output (or only feeds a fused pattern)
             if k in fused:
                 src = fused[k]
                 if src is None:
                     continue   # inside a fused pattern
+                src, type_, params = (src, "gelu", {}) if isinstance(src, str) else src
                 try:
                     x = self.get(src)
                     if isinstance(x, np.ndarray):
-                        raise OnnxError("constant GELU input")
-                    self.dyn[node.output[0]] = self.emit("gelu", [x])
+                        raise OnnxError(f"constant {type_} input")
+                    self.dyn[node.output[0]] = self.emit(type_, [x], params)
                 except (_Skip, OnnxError):
                     self.failed.update(node.output)
                 if node.output[0] in reserved:
@@ -393,6 +398,191 @@ class Importer:
             if mul2 is None or not scalar(mul2.input[1] if mul2.input[0] == mul1.output[0] else mul2.input[0], 0.5):
                 continue
             out.update({kd: None, ke: None, ka: None, km: None, kh: x})
+        return out
+
+    @staticmethod
+    def _refs(node) -> list[str]:
+        """Every tensor ``node`` reads: its inputs plus the outer-scope names its subgraphs (If, Loop) use."""
+        names = list(node.input)
+        from onnx import AttributeProto
+        for a in node.attribute:
+            graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
+            for g in graphs:
+                inner = {i.name for i in g.input} | {i.name for i in g.initializer}
+                for n in g.node:
+                    names += [i for i in Importer._refs(n) if i not in inner]
+                    inner.update(n.output)
+                names += [o.name for o in g.output if o.name not in inner]
+        return [n for n in names if n]
+
+    def _dead_nodes(self, fused: dict) -> set[int]:
+        """Nodes whose outputs reach no graph output once fused patterns read only their input."""
+        nodes = list(self.graph.node)
+        needed = {o.name for o in self.graph.output}
+        dead = set()
+        for k in range(len(nodes) - 1, -1, -1):
+            node = nodes[k]
+            if not any(o in needed for o in node.output):
+                dead.add(k)
+                continue
+            if k in fused:
+                src = fused[k]
+                if src is not None:
+                    needed.add(src if isinstance(src, str) else src[0])
+                continue
+            needed.update(self._refs(node))
+        return dead
+
+    def _find_torch_lrn(self, taken: dict) -> dict:
+        """torch.nn.LocalResponseNorm as torch.onnx.export writes it (no LRN node):
+        x / (k + alpha · AvgPool3d_(size,1,1)(Pad(Reshape(x·x, (N,1,C,H,W)))) reshaped back)^beta.
+        Returns index of the Div → (x, "local_response_norm", params), index of each inner node → None."""
+        nodes = list(self.graph.node)
+        producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+        graph_outputs = {o.name for o in self.graph.output}
+
+        def const_value(name):
+            if name in self.consts:
+                return self.consts[name]
+            k = producer.get(name)
+            if k is None or nodes[k].op_type != "Constant":
+                return None
+            try:
+                self.current_node = nodes[k]
+                return self.fold(nodes[k])[0]
+            except OnnxError:
+                return None
+
+        def scalar(name):
+            v = const_value(name)
+            return None if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(()))
+
+        def split(node):   # (the computed operand, the scalar constant) of a binary node
+            for i, j in ((0, 1), (1, 0)):
+                c = scalar(node.input[j])
+                if c is not None and node.input[i] in producer and const_value(node.input[i]) is None:
+                    return node.input[i], c
+            return None, None
+
+        def prod(name, op):
+            k = producer.get(name)
+            return (k, nodes[k]) if k is not None and nodes[k].op_type == op and k not in taken else (None, None)
+
+        def attr(node, name, default=None):
+            from onnx import helper
+            return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+        def fold_pads(name):
+            """The pads tensor, when it is computed from constants only (as torch writes it)."""
+            from onnx import helper
+            from onnx.reference import ReferenceEvaluator
+            if name in self.consts:
+                return [int(v) for v in np.asarray(self.consts[name]).reshape(-1)]
+            sub, todo, seen = [], [name], set()
+            while todo:
+                t = todo.pop()
+                if t in seen or t in self.consts:
+                    continue
+                seen.add(t)
+                k = producer.get(t)
+                if k is None:
+                    return None   # a graph input
+                if nodes[k].op_type == "Shape":
+                    return None
+                sub.append(k)
+                todo += self._refs(nodes[k])
+            try:
+                feeds = {t: self.consts[t] for k in sub for t in self._refs(nodes[k]) if t in self.consts}
+                g = helper.make_graph([nodes[k] for k in sorted(set(sub))], "pads",
+                                      [helper.make_empty_tensor_value_info(t) for t in feeds],
+                                      [helper.make_empty_tensor_value_info(name)])
+                ev = ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)]))
+                return [int(v) for v in np.asarray(ev.run(None, feeds)[0]).reshape(-1)]
+            except Exception:
+                return None
+
+        out = {}
+        for kd, div in enumerate(nodes):
+            if div.op_type != "Div" or kd in taken:
+                continue
+            x = div.input[0]
+            kp, pw = prod(div.input[1], "Pow")
+            if pw is None or (beta := scalar(pw.input[1])) is None:
+                continue
+            ka, add = prod(pw.input[0], "Add")
+            if add is None:
+                continue
+            r, k = split(add)
+            km, mul = prod(r, "Mul")
+            if mul is None:
+                continue
+            r, alpha = split(mul)
+            inner = [kp, ka, km]
+            # back through the Reshape / Squeeze / If(squeeze) that drop the pooling's extra axis
+            pool = None
+            for _ in range(4):
+                kr = producer.get(r)
+                if kr is None or kr in taken:
+                    break
+                n = nodes[kr]
+                if n.op_type == "AveragePool":
+                    pool = kr
+                    break
+                if n.op_type not in ("Reshape", "Squeeze", "If", "Identity"):
+                    break
+                inner.append(kr)
+                if n.op_type == "If":   # both branches squeeze (or not) the pooled tensor
+                    outer = [t for t in self._refs(n)[1:] if t in producer]
+                    if len(set(outer)) != 1:
+                        break
+                    r = outer[0]
+                else:
+                    r = n.input[0]
+            if pool is None:
+                continue
+            ap = nodes[pool]
+            kernel = list(attr(ap, "kernel_shape", []))
+            if (len(kernel) != 3 or kernel[1:] != [1, 1] or any(v != 1 for v in attr(ap, "strides", [1, 1, 1]))
+                    or any(attr(ap, "pads", [0] * 6)) or not attr(ap, "count_include_pad", 0)
+                    or attr(ap, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"", "")):
+                continue
+            size = int(kernel[0])
+            kpad, padn = prod(ap.input[0], "Pad")
+            if padn is None or (attr(padn, "mode", b"constant") not in (b"constant", "constant")):
+                continue
+            pads = fold_pads(padn.input[1]) if len(padn.input) > 1 else list(attr(padn, "pads", []))
+            window = "torch"
+            if pads is not None and pads != [0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0]:
+                if pads != [0, 0, (size - 1) // 2, 0, 0, 0, 0, size // 2, 0, 0]:
+                    continue
+                window = "onnx"   # cnngraph's export of an even ONNX-window LRN
+            if len(padn.input) > 2 and padn.input[2] and scalar(padn.input[2]) not in (None, 0.0):
+                continue
+            kr, rs = prod(padn.input[0], "Reshape")
+            if rs is None:
+                continue
+            ksq, sq = prod(rs.input[0], "Mul")
+            if sq is None or list(sq.input) != [x, x]:
+                continue
+            inner += [pool, kpad, kr, ksq]
+            if any(o in graph_outputs for j in inner for o in nodes[j].output):
+                continue
+            params = {"size": size, "alpha": f32(alpha), "beta": f32(beta), "k": f32(k)}
+            if window == "onnx" and size % 2 == 0:
+                params["window"] = "onnx"
+            out.update({j: None for j in inner})
+            out[kd] = (x, "local_response_norm", params)
+        # an inner node whose output something else still needs (beyond dead shape arithmetic) stays unfused
+        dead = self._dead_nodes({**taken, **out})
+        users: dict[str, list[int]] = {}
+        for j, n in enumerate(nodes):
+            if j not in dead:
+                for t in self._refs(n):
+                    users.setdefault(t, []).append(j)
+        bad = {j for j, v in out.items() if v is None
+               and any(u not in out and u not in taken for o in nodes[j].output for u in users.get(o, []))}
+        if bad:
+            return {}
         return out
 
     def _claim_output(self, name: str, lid: str) -> None:
