@@ -47,6 +47,8 @@ class Summary:
         d = asdict(self)
         for r in d["rows"]:
             r["out_shape"] = list(r["out_shape"])
+            # the share of the total FLOPs that the table draws as a bar
+            r["flops_share"] = r["flops"] / self.total_flops if self.total_flops else 0.0
         return d
 
 

@@ -64,3 +64,40 @@ def test_summary_totals_and_json_show_both_peaks(capsys):
     assert d["training_peak_bytes"] is None
     assert main(["summary", "specs/lenet5.yaml", "--batch-size", "0"]) == 1
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+def test_lenet5_numbers_match_a_hand_computation(capsys):
+    """LeNet-5 (28x28, conv5 pad 2 → pool2 → conv5 → pool2 → 120 → 84 → 10), worked out by hand."""
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    s = summarize(spec.graph, spec.name, 1)
+    rows = {r.id: r for r in s.rows}
+    # parameters: weights + biases
+    assert [rows[k].params for k in ("conv1", "conv2", "fc1", "fc2", "logits")] == \
+        [6 * 25 + 6, 16 * 6 * 25 + 16, 400 * 120 + 120, 120 * 84 + 84, 84 * 10 + 10]
+    assert s.total_params == 61_706 and s.param_bytes == 61_706 * 4
+    # multiply-adds: out elements x kernel volume
+    assert rows["conv1"].flops == 6 * 28 * 28 * 25 and rows["conv2"].flops == 16 * 10 * 10 * 6 * 25
+    assert rows["fc1"].flops == 400 * 120
+    # receptive field: r += (k - 1) * jump, jump *= stride
+    assert rows["conv1"].receptive_field == (5, 5)
+    assert rows["pool1"].receptive_field == (6, 6)       # 5 + 1*1, jump 2
+    assert rows["conv2"].receptive_field == (14, 14)     # 6 + 4*2
+    assert rows["pool2"].receptive_field == (16, 16)     # 14 + 1*2
+    assert rows["fc1"].receptive_field == "global"
+    # inference peak under liveness: conv1's output is still alive while act1 (not in place) is written
+    assert s.inference_peak_bytes == 2 * 6 * 28 * 28 * 4
+    assert inference_peak_bytes(spec.graph, 64) == 64 * s.inference_peak_bytes
+    # the FLOPs share is drawn as a bar proportional to it: conv2 has 56% → 7 of 12 blocks
+    table = format_summary(s, "table").splitlines()
+    conv2 = next(l for l in table if l.startswith("conv2 "))
+    assert "55.9% ███████ " in conv2 + " " and "14x14" in conv2
+    logits = next(l for l in table if l.startswith("logits "))
+    assert "0.2%" in logits and "█" not in logits
+    assert main(["summary", "specs/lenet5.yaml", "--no-training-memory", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    conv2 = next(r for r in d["rows"] if r["id"] == "conv2")
+    assert conv2["receptive_field"] == [14, 14] and abs(conv2["flops_share"] - 240_000 / d["total_flops"]) < 1e-12
+    assert abs(sum(r["flops_share"] for r in d["rows"]) - 1.0) < 1e-9
+    assert main(["summary", "specs/lenet5.yaml", "--no-training-memory", "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| conv2 | conv2d | pool1 | 16x10x10 | 2,416 | 240.00k | 55.9% ███████ | 14x14 |" in md

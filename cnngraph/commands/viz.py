@@ -102,8 +102,10 @@ def cmd_explain(args) -> int:
         res = ex.gradcam(model, x, args.layer, args.class_index)
         size = ex.plot_attribution(raw[0], res, out, prep.scale, prep.classes, subtitle)
         k = res["class_index"]
-        name = prep.classes[k] if prep.classes and k < len(prep.classes) else k
-        print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for class {name}")
+        pred = int(res["scores"].reshape(-1).argmax())
+        label = (lambda i: prep.classes[i] if prep.classes and i < len(prep.classes) else i)
+        how = "predicted" if k == pred else f"chosen; the network predicts {label(pred)}"
+        print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for class {label(k)} ({how})")
         return 0
     layer = args.layer or ex.first_conv(model)
     maps = ex.feature_maps(model, x, layer)

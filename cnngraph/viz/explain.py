@@ -401,6 +401,20 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     return fig.canvas.get_width_height()
 
 
+def attribution_title(scores: np.ndarray, k: int, output: str, classes=None) -> str:
+    """Headline of a Grad-CAM figure: the explained class, whether it is the predicted one, and
+    the prediction when another class was chosen (``--class``)."""
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    e = np.exp(scores - scores.max())
+    p = e / e.sum()
+    pred = int(np.argmax(scores))
+    label = (lambda i: str(classes[i]) if classes and i < len(classes) else str(i))
+    if k == pred:
+        return f"predicted class {label(k)} (softmax {p[k]:.2f} of {output})"
+    return (f"chosen class {label(k)} (softmax {p[k]:.2f} of {output}) · "
+            f"the network predicts {label(pred)} ({p[pred]:.2f})")
+
+
 def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float = 1.0, classes=None,
                      subtitle: str = "") -> tuple[int, int]:
     """Input, Grad-CAM heat map over the input, and input-gradient saliency, side by side."""
@@ -410,9 +424,6 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
     img, cmap = _display(image, pixel_scale)
     k = result["class_index"]
     scores = result["scores"]
-    e = np.exp(scores - scores.max())
-    prob = float(e[k] / e.sum())
-    name = str(classes[k]) if classes and k < len(classes) else str(k)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     axes[0].imshow(img, cmap=cmap, interpolation="nearest")
     axes[0].set_title("input", fontsize=11)
@@ -425,7 +436,7 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
-    fig.suptitle(f"class {name} (softmax {prob:.2f} of {result['output']})" + (f"\n{subtitle}" if subtitle else ""),
+    fig.suptitle(attribution_title(scores, k, result["output"], classes) + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)
     fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)
     _save(fig, path)

@@ -135,7 +135,8 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
     sizes = {}
     for n, (w, h) in box.items():
         if n in err:
-            ew = max(text_width(t, SMALL_SIZE) for t in err[n]) + 12
+            # the first line is drawn bold (see below): measure it bold
+            ew = max(text_width(t, SMALL_SIZE, k == 0) for k, t in enumerate(err[n])) + 14
             eh = len(err[n]) * (SMALL_SIZE + 3) + 4
             sizes[n] = (w + ew, max(h, eh))
         else:

@@ -163,3 +163,66 @@ def test_cli_explain_errors_and_random_weights(tmp_path, capsys):
     assert "expected an array of shape" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         ex.resolve_checkpoint(tmp_path / "missing")
+
+
+def test_filters_of_an_rgb_net_are_drawn_in_colour(tmp_path):
+    """A 3-channel first convolution is drawn as RGB images: a kernel that only reads the red channel
+    is a red square, one that only reads green is green."""
+    spec = {"inputs": {"image": {"shape": [3, 8, 8]}},
+            "layers": [{"id": "conv1", "type": "conv2d", "out_channels": 2, "kernel_size": 3},
+                       {"id": "gap", "type": "global_avg_pool2d"}, {"id": "flat", "type": "flatten"}],
+            "outputs": ["flat"]}
+    model = cnngraph.compile(spec)
+    w = np.zeros((2, 3, 3, 3), np.float32)
+    w[0, 0] = 1.0
+    w[1, 1] = 1.0
+    model.load_params({"conv1.weight": w, "conv1.bias": np.zeros(2, np.float32)})
+    size = ex.plot_filters(model, tmp_path / "f.png")
+    a = np.asarray(Image.open(tmp_path / "f.png").convert("RGB")).astype(int)
+    assert a.shape[1::-1] == size
+    red = (a[..., 0] > 230) & (a[..., 1] < 30) & (a[..., 2] < 30)
+    green = (a[..., 1] > 230) & (a[..., 0] < 30) & (a[..., 2] < 30)
+    assert red.sum() > 400 and green.sum() > 400, (red.sum(), green.sum())
+
+
+def test_cli_gradcam_on_an_npy_sample_for_a_chosen_class(trained, tmp_path, capsys):
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    raw = _raw(ds, ds.test[0][:5])                 # raw pixels 0..16, as the dataset stores them
+    np.save(tmp_path / "x.npy", raw)
+    i = 3
+    pred = int(model.predict(ds.test[0][i:i + 1]).argmax())
+    other = (pred + 1) % 10
+    base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(tmp_path / "x.npy"),
+            "--index", str(i), "--gradcam"]
+    assert main(base + ["-o", str(tmp_path / "p.png")]) == 0
+    assert f"for class {ds.classes[pred]} (predicted)" in capsys.readouterr().out
+    assert main(base + ["--class", str(other), "-o", str(tmp_path / "c.png")]) == 0
+    assert f"for class {ds.classes[other]} (chosen; the network predicts {ds.classes[pred]})" in capsys.readouterr().out
+    _not_blank(tmp_path / "c.png", 800, 300)
+    # the figure's headline says the same
+    scores = np.array([0.0, 3.0, 1.0])
+    assert ex.attribution_title(scores, 1, "logits").startswith("predicted class 1 (softmax 0.84")
+    assert ex.attribution_title(scores, 2, "logits", ["a", "b", "c"]) == \
+        "chosen class c (softmax 0.11 of logits) · the network predicts b (0.84)"
+
+
+def test_training_curves_and_confusion_pictures_have_content(tmp_path):
+    from cnngraph.viz.curves import plot_confusion, plot_curves
+    hist = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "train_accuracy": 1 - 0.5 / e,
+             "val_accuracy": 1 - 0.6 / e} for e in range(1, 6)]
+    plot_curves(hist, tmp_path / "curves.png", "run")
+    im = _not_blank(tmp_path / "curves.png", 600, 300)
+    a = np.asarray(im.convert("RGB")).astype(int)
+    # both series are drawn: matplotlib's default blue (train) and orange (validation)
+    blue = (abs(a[..., 0] - 31) < 25) & (abs(a[..., 1] - 119) < 25) & (abs(a[..., 2] - 180) < 25)
+    orange = (abs(a[..., 0] - 255) < 25) & (abs(a[..., 1] - 127) < 25) & (abs(a[..., 2] - 14) < 25)
+    assert blue.sum() > 200 and orange.sum() > 200
+    cm = np.diag([40, 35, 30]) + 2
+    plot_confusion(cm, ["a", "b", "c"], tmp_path / "confusion.png")
+    a = np.asarray(Image.open(tmp_path / "confusion.png").convert("RGB")).astype(int)
+    assert a.shape[0] >= 300 and a.shape[1] >= 300
+    dark = (a[..., 2] > 60) & (a[..., 0] < 40)     # the dark-blue diagonal cells
+    assert dark.sum() > 1000

@@ -326,3 +326,28 @@ def test_html_script_runs_pan_zoom_and_details(tmp_path):
     assert "b2_conv1" in r["tip"] and "3x3 /2 → 32" in r["tip"] and "4,608 params" in r["tip"]
     assert "<h2>b2_conv1</h2>" in r["info"] and "b1_out" in r["info"] and "b2_bn1" in r["info"]
     assert r["selected"]
+
+
+def _text_extent(t):
+    from cnngraph.viz.scene import text_width
+    w = text_width(t.text, t.size, t.bold)
+    x0 = {"start": t.x, "middle": t.x - w / 2, "end": t.x - w}[t.anchor]
+    return x0, x0 + w
+
+
+@pytest.mark.parametrize("direction", ["TB", "LR"])
+def test_every_label_fits_on_the_canvas(direction):
+    """No text runs off the picture: error messages beside red boxes (first line bold) included."""
+    from cnngraph.viz.scene import Text
+    long = BROKEN.replace("outputs: [fc]", "  - {id: fc9, type: dense, out_features: 10, inputs: [nowhere_to_be_found]}\n"
+                                           "outputs: [fc]")
+    import yaml
+    for source in (yaml.safe_load(long), "specs/inception_small.yaml"):
+        vg, _ = build_vgraph(source, with_params=True)
+        scene, _ = make_scene(vg, direction, show_params=True)
+        texts = [it for it in scene.items if isinstance(it, Text)]
+        assert texts
+        for t in texts:
+            x0, x1 = _text_extent(t)
+            assert 0 <= x0 and x1 <= scene.width, (t.text, x0, x1, scene.width)
+            assert t.size <= t.y <= scene.height, (t.text, t.y, scene.height)
