@@ -465,3 +465,64 @@ def test_multi_input_model_needs_named_input_for_first_instance():
         "blocks": {"one": {"layers": [{"id": "r", "type": "relu"}]}},
         "layers": [{"id": "m", "block": "one"}], "outputs": ["m"]})
     assert "block 'one' takes an input; name it with 'inputs'" in probs[0].message
+
+
+def test_resnet18_cifar_equals_a_hand_written_torch_resnet18():
+    """The block-written spec against an independent, hand-written torch ResNet-18 (CIFAR variant)."""
+    torch = pytest.importorskip("torch")
+    nn, F = torch.nn, torch.nn.functional
+
+    class Basic(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else None)
+
+        def forward(self, x):
+            y = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+            return F.relu(y + (x if self.proj is None else self.proj(x)))
+
+    cfg = [(64, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1),
+           (256, 512, 2), (512, 512, 1)]
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64)
+    blocks = nn.ModuleList(Basic(*c) for c in cfg)
+    fc = nn.Linear(512, 10)
+    net = nn.ModuleList([conv, bn, blocks, fc]).double().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-.1, .1), m.running_var.uniform_(.5, 1.5)
+            m.weight.data.uniform_(.5, 1.5), m.bias.data.uniform_(-.1, .1)
+
+    def run(x):
+        x = F.relu(bn(conv(x)))
+        for b in blocks:
+            x = b(x)
+        return fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    model = cnngraph.compile("specs/resnet18_cifar.yaml", dtype="float64")
+    assert sum(model.params[n].size for n in model.trainable_names) == sum(p.numel() for p in net.parameters())
+    weights = {}
+
+    def conv_bn(prefix, c, b):
+        weights[f"{prefix}.conv.weight"] = c.weight
+        for a in ("weight", "bias", "running_mean", "running_var"):
+            weights[f"{prefix}.bn.{a}"] = getattr(b, a)
+
+    conv_bn("stem", conv, bn)
+    for prefix, b in zip(["layer1.0", "layer1.1", "layer2.b0", "layer2.b1", "layer3.b0", "layer3.b1",
+                          "layer4.b0", "layer4.b1"], blocks):
+        conv_bn(prefix + ".c1", b.c1, b.b1)
+        conv_bn(prefix + ".c2", b.c2, b.b2)
+        if b.proj is not None:
+            conv_bn(prefix + ".proj", b.proj[0], b.proj[1])
+    weights["logits.weight"], weights["logits.bias"] = fc.weight, fc.bias
+    assert set(weights) == set(model.params)
+    model.load_params({k: v.detach().numpy() for k, v in weights.items()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    y = model.forward({"image": x})["logits"]
+    ref = run(torch.from_numpy(x)).detach().numpy()
+    assert y.shape == ref.shape == (2, 10)
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
