@@ -251,8 +251,6 @@ def saliency(model, x: np.ndarray, class_index: int | None = None, output: str |
 
 # ---------------------------------------------------------------------------------------------
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     return Figure, FigureCanvasAgg

@@ -145,8 +145,6 @@ def render_svg(scene: Scene, standalone: bool = True, svg_id: str = "cnngraph-ne
 def render_matplotlib(scene: Scene, path, fmt: str, dpi: int = 150) -> tuple[int, int]:
     """Paint the scene with matplotlib (Agg/PDF backends, no display). Returns the PNG size in pixels
     (for PDF, the page size in points)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.patches import FancyBboxPatch, PathPatch, Polygon
