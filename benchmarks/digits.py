@@ -3,6 +3,10 @@ PyTorch CPU (2 threads) in the same run; print test accuracy and wall time of bo
 
 Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits.py [--epochs N] [--no-torch]
 
+``--blas-threads 1,2`` instead times cnngraph's training steps with each ``CNNGRAPH_BLAS_THREADS``
+value, interleaved ``--repeat`` times (median and best), on this spec or ``--spec S --data NAME:PATH``
+(e.g. specs/cifarnet.yaml on an npz file): the measurement behind the default of 1.
+
 Both sides use the same normalised data splits, the same seeded shuffling order and the same
 augmentation code (cnngraph's, on NumPy batches), SGD with the spec's settings, the spec's
 learning-rate schedule, validation after every epoch and a final test evaluation. The cnngraph
@@ -89,12 +93,36 @@ def run_torch(spec, epochs: int) -> dict:
     return {"accuracy": float(acc), "wall": time.perf_counter() - t}
 
 
+def compare_blas(spec, data, epochs: int, values: list[str], repeat: int) -> None:
+    import statistics
+    times: dict[str, list[float]] = {v: [] for v in values}
+    for _ in range(repeat):
+        for v in values:
+            os.environ["CNNGRAPH_BLAS_THREADS"] = v
+            with tempfile.TemporaryDirectory() as out:
+                hist = cnngraph.train(spec, epochs=epochs, out=out, data=data, quiet=True)
+            times[v].append(sum(r["train_seconds"] for r in hist))
+    print(f"{spec.name}, {epochs} epochs, training steps only; load average {os.getloadavg()[0]:.2f} at the end")
+    for v, ts in times.items():
+        print(f"  CNNGRAPH_BLAS_THREADS={v}: median {statistics.median(ts):.2f}s, best {min(ts):.2f}s "
+              f"({len(ts)} runs)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, help="default: the spec's train.epochs")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="show cnngraph's per-epoch lines")
+    ap.add_argument("--blas-threads", help="comma-separated CNNGRAPH_BLAS_THREADS values to compare, e.g. 1,2")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per --blas-threads value (default 3)")
+    ap.add_argument("--spec", default=SPEC, help="spec for --blas-threads (default specs/digits_cnn.yaml)")
+    ap.add_argument("--data", help="dataset for --blas-threads, NAME:PATH (default: the spec's)")
     args = ap.parse_args()
+    if args.blas_threads:
+        spec = cnngraph.load_spec(args.spec)
+        epochs = args.epochs or (spec.train.epochs if spec.train else 20)
+        compare_blas(spec, args.data, epochs, args.blas_threads.split(","), args.repeat)
+        return
     spec = cnngraph.load_spec(SPEC)
     epochs = args.epochs or spec.train.epochs
     with tempfile.TemporaryDirectory() as out:

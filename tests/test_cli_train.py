@@ -165,3 +165,42 @@ def test_train_on_an_npz_dataset(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["classes"] == ["0", "1"] and sum(m["per_class"]["support"]) == 24
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGINT") or __import__("os").name != "posix",
+                    reason="needs POSIX signals")
+def test_sigint_to_a_real_process_keeps_a_checkpoint_and_resume_is_bit_for_bit(tmp_path):
+    """Ctrl-C (SIGINT) on a real `cnngraph train` of the bundled digits mid-run: exit 130, no traceback,
+    checkpoint/last loads; --resume then ends bit-for-bit equal (float32) to a straight 6-epoch run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import cnngraph
+    from pathlib import Path
+    spec = str(Path(__file__).resolve().parents[1] / "specs" / "digits_cnn.yaml")
+    straight = cnngraph.train(spec, epochs=6, out=tmp_path / "straight", quiet=True)
+    cmd = [sys.executable, "-c", "import sys; from cnngraph.cli import main; sys.exit(main())",
+           "train", spec, "--epochs", "6", "--out", str(tmp_path / "cut")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in iter(p.stderr.readline, ""):
+        seen.append(line)
+        if line.startswith("epoch 2/6"):
+            time.sleep(0.05)              # into epoch 3
+            p.send_signal(signal.SIGINT)
+            break
+    err = "".join(seen) + p.stderr.read()
+    assert p.wait(timeout=60) == 130, err
+    assert "interrupted: training stopped cleanly" in err and "Traceback" not in err
+    last = load_checkpoint(tmp_path / "cut" / "checkpoint" / "last")
+    assert 2 <= last.meta["epoch"] < 6
+    assert cnngraph.load_model(tmp_path / "cut").param_count() > 0
+    assert main(["train", spec, "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint" / "last").arrays
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint" / "last").arrays
+    assert a.keys() == b.keys() and all(a[k].dtype == np.float32 and np.array_equal(a[k], b[k]) for k in a)
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in straight]

@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TextIO
 
@@ -45,7 +46,7 @@ from .evaluate import evaluate_arrays, load_model
 from .metrics import json_safe, predicted_classes
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
-from .run_state import Best, checkpoint_meta, open_resume, restore, spec_differences
+from .run_state import Best, checkpoint_meta, open_resume, restore, schedule_change_note, spec_differences
 from .settings import (LossSetup, TrainingError, as_spec, parse_data_arg, prepare_loss, resolve_settings,
                        train_spec_of)
 
@@ -156,6 +157,10 @@ class _Run:
 
         if self.resume_ckpt is not None:
             restore(self, self.resume_ckpt, self.resume_dir)
+            note = schedule_change_note(self.schedule, self.ts.schedule.type, saved, st, self.start_epoch,
+                                        math.ceil(len(ds.train[1]) / st.batch_size))
+            if note and not quiet:
+                print(note, file=self.stream)
         if self.start_epoch >= st.epochs and self.resume_ckpt is not None:
             raise TrainingError(f"{self.resume_dir}: the checkpoint already finished epoch {self.start_epoch} of "
                                 f"{st.epochs}; pass a larger --epochs to train further")
@@ -276,7 +281,11 @@ class _Run:
                   f"{self.ts.optimizer.type} lr {st.lr:g}, out {self.out}", file=self.stream)
         try:
             for epoch in range(self.start_epoch, st.epochs):
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # divergence is reported below
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                    # divergence is reported below; errstate is per thread, so the kernels' worker
+                    # threads still warn: silence NumPy's floating-point warnings for the epoch
+                    warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
+                                            RuntimeWarning)
                     row = self._epoch(epoch)
                 self.history.append(row)
                 improved = self.best.record(row)
@@ -294,7 +303,7 @@ class _Run:
             self.stopped = "interrupted"
             self._write_outputs(None)
             print(f"interrupted: training stopped cleanly; {self._last_good()}. Resume with "
-                  f"`cnngraph train SPEC --resume {self.out}`", file=self.stream)
+                  f"`cnngraph train {self.spec.file or 'SPEC'} --resume {self.out}`", file=self.stream)
             raise
         test = self._test()
         return self._write_outputs(test)

@@ -20,7 +20,8 @@ from .checkpoint import (META_FILE, Checkpoint, load_checkpoint, resolve_checkpo
                          rng_state_to_json, run_folder, save_checkpoint)
 from .metrics import json_safe
 
-__all__ = ["Best", "spec_differences", "check_same_network", "checkpoint_meta", "open_resume", "restore"]
+__all__ = ["Best", "spec_differences", "check_same_network", "checkpoint_meta", "open_resume", "restore",
+           "schedule_change_note"]
 
 
 @dataclass
@@ -203,3 +204,22 @@ def restore(run, ck: Checkpoint, rdir: Path) -> None:
     if src_best.resolve() != dst_best.resolve() and (src_best / META_FILE).is_file():
         prev = load_checkpoint(src_best)
         save_checkpoint(dst_best, prev.arrays, prev.meta, prev.optimizer_state)
+
+
+def schedule_change_note(schedule, kind: str, saved: dict, st, done: int, steps: int) -> str | None:
+    """A note when a resumed run changes the number of epochs and the learning-rate schedule of the
+    ``done`` epochs already trained depended on it (cosine, linear): the continuation then differs
+    from a straight run of the new length. None when nothing the completed epochs used changed."""
+    old = saved.get("epochs")
+    if not done or old is None or int(old) == st.epochs:
+        return None
+    try:
+        same = all(schedule.lr(st.lr, e, s, steps, int(old)) == schedule.lr(st.lr, e, s, steps, st.epochs)
+                   for e in range(done) for s in range(steps))
+    except Exception:   # a schedule that refuses one of the lengths differs by definition
+        same = False
+    if same:
+        return None
+    return (f"note: the '{kind}' learning-rate schedule depends on the number of epochs; epochs 1-{done} ran "
+            f"under a {old}-epoch schedule, so these {st.epochs} epochs will not equal a straight "
+            f"{st.epochs}-epoch run (resuming an interrupted run with its own epoch count does)")

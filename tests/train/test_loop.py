@@ -305,3 +305,56 @@ def test_blas_thread_limit_is_scoped(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNGRAPH_BLAS_THREADS", "two")
     with pytest.raises(TrainingError, match="CNNGRAPH_BLAS_THREADS must be a whole number"):
         run(tiny_spec(epochs=1), tmp_path)
+
+
+def test_nan_names_the_layer_that_overflows_with_finite_weights(tmp_path, monkeypatch):
+    """fc1's weights are finite but so large (3e38, near float32's max) that fc1's output overflows;
+    conv1/act1/pool/flat before it stay finite, so fc1 (not a later layer, not a parameter) is named."""
+    real = cnngraph.model.Model._init_params
+
+    def init(self, rng):
+        arrays = real(self, rng)
+        arrays["fc1.weight"][:] = 3e38
+        return arrays
+    monkeypatch.setattr(cnngraph.model.Model, "_init_params", init)
+    with pytest.raises(TrainingError) as exc:
+        run(tiny_spec(augment=[]), tmp_path)
+    msg = str(exc.value)
+    assert "epoch 1, step 1" in msg and "first layer whose output became non-finite is 'fc1' (dense)" in msg
+    assert "already hold" not in msg
+
+
+def test_divergence_in_kernel_worker_threads_does_not_warn(tmp_path):
+    """A diverging 32x32 conv net (several batch chunks, so the conv kernels run on worker threads,
+    where np.errstate does not reach) reports the divergence without NumPy RuntimeWarnings."""
+    import warnings
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 4, 128))
+    spec = {"name": "wide", "inputs": {"image": {"shape": [3, 32, 32]}},
+            "layers": [{"id": "conv1", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+                       {"id": "conv2", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+                       {"id": "flat", "type": "flatten"}, {"id": "logits", "type": "dense", "out_features": 4}],
+            "outputs": ["logits"],
+            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "d.npz")}, "batch_size": 64, "epochs": 3,
+                      "optimizer": {"type": "sgd", "lr": 1e30}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TrainingError, match="diverged"):
+            run(spec, tmp_path)
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_resume_with_more_epochs_notes_an_epoch_dependent_schedule(tmp_path):
+    # cosine over 2 epochs vs over 4: the learning rate of epoch 2 differs, so the run is not a straight one
+    run(tiny_spec(augment=[], epochs=2), tmp_path, "cos")
+    stream = io.StringIO()
+    cnngraph.train(tiny_spec(augment=[], epochs=2), resume=tmp_path / "cos", epochs=4, stream=stream)
+    assert "'cosine' learning-rate schedule depends on the number of epochs; epochs 1-2 ran under a 2-epoch" \
+        in stream.getvalue()
+    # a constant schedule does not depend on it: no note (test_resume_extends_a_finished_run checks equality)
+    spec = tiny_spec(augment=[], epochs=2, schedule={"type": "constant"})
+    run(spec, tmp_path, "const")
+    stream = io.StringIO()
+    cnngraph.train(spec, resume=tmp_path / "const", epochs=4, stream=stream)
+    assert "schedule depends" not in stream.getvalue()
