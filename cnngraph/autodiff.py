@@ -64,9 +64,14 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
             raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {len(in_grads)} input "
                               f"gradients from backward at layer '{node}', expected {len(step.inputs)}")
         names = param_names(node)
+        trainable = [local for local in names if local not in op.buffers]
+        unknown = [local for local in p_grads if local not in trainable]
+        missing = [local for local in trainable if local not in p_grads]
+        if unknown or missing:
+            raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned parameter gradients "
+                              f"{sorted(p_grads)} from backward at layer '{node}', expected exactly {trainable}")
         for local, pg in p_grads.items():
-            if local in names:
-                param_grads[names[local]] = pg
+            param_grads[names[local]] = pg
         for i, (src, dx) in enumerate(zip(step.inputs, in_grads)):
             if dx is None or not ctx.needs_input_grad[i]:
                 continue

@@ -282,8 +282,9 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     notes: dict = {}
     problems: list[Problem] = []
     plugin_names = data.get("plugins") if isinstance(data.get("plugins"), list) else []
-    problems += _load_spec_plugins([p for p in plugin_names if isinstance(p, str)], base_dir, file, positions,
-                                   allow_plugins)
+    plugin_problems = _load_spec_plugins([p for p in plugin_names if isinstance(p, str)], base_dir, file,
+                                         positions, allow_plugins)
+    problems += plugin_problems
     registry = get_registry()
 
     if data.get("blocks") is not None or any(isinstance(l, dict) and "block" in l for l in data.get("layers") or []):
@@ -300,7 +301,8 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
         raise SpecError(problems) from None
     data.pop("blocks", None)
 
-    layers, layer_problems, broken = _validate_layers(top.layers, registry, positions, file, notes, set(top.inputs))
+    layers, layer_problems, broken = _validate_layers(top.layers, registry, positions, file, notes, set(top.inputs),
+                                                      plugins_missing=bool(plugin_problems))
     problems += layer_problems
     outputs = [top.outputs] if isinstance(top.outputs, str) else list(top.outputs)
 
@@ -323,7 +325,8 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
 
 
 def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Positions, file: str | None,
-                     notes: dict, input_names: set[str]) -> tuple[list[LayerSpec], list[Problem], set[str]]:
+                     notes: dict, input_names: set[str],
+                     plugins_missing: bool = False) -> tuple[list[LayerSpec], list[Problem], set[str]]:
     """Validate each layer against its op; returns (valid layers, problems, ids of failed layers)."""
     problems: list[Problem] = []
     layers: list[LayerSpec] = []
@@ -349,7 +352,9 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
             try:
                 op_cls = registry.op(head.type)
             except KeyError as exc:
-                problems.append(_locate(exc.args[0] + "; `cnngraph ops` lists the known types",
+                hint = ("; it may come from the spec's plugin files, which were not loaded" if plugins_missing
+                        else "; `cnngraph ops` lists the known types")
+                problems.append(_locate(exc.args[0] + hint,
                                         where + ("type",), positions, file, head.id, notes))
             else:
                 op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs")}

@@ -126,3 +126,26 @@ def test_int_targets_and_loss_in_graph():
     assert out["loss"].shape == ()
     grads = model.backward({"loss": np.array(1.0)})
     assert set(grads) == {"fc.weight", "fc.bias", "x"}   # integer targets get no gradient
+
+
+def test_backward_with_wrong_parameter_gradient_names_names_the_plugin():
+    class Misnamed(cnngraph.Op):
+        type = "misnamed_grad_for_test"
+
+        def init_params(self, in_shapes, rng):
+            return {"w": np.ones(in_shapes[0], np.float32)}
+
+        def forward(self, ctx, inputs, params):
+            ctx.save(x=inputs[0])
+            return inputs[0] * params["w"]
+
+        def backward(self, ctx, gy):
+            return [gy], {"ww": gy.sum(axis=0)}
+    cnngraph.register_op(Misnamed)
+    spec = {"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "m", "type": "misnamed_grad_for_test"}],
+            "outputs": ["m"]}
+    model = cnngraph.compile(spec)
+    out = model.forward({"x": np.ones((2, 3))}, training=True)["m"]
+    with pytest.raises(cnngraph.PluginError, match=r"op 'misnamed_grad_for_test' \(plugin '.*'\) returned parameter "
+                                                   r"gradients \['ww'\] .* layer 'm', expected exactly \['w'\]"):
+        model.backward({"m": np.ones_like(out)})

@@ -109,7 +109,7 @@ def test_entry_point_plugin_is_found_and_listed(tmp_path, monkeypatch, fresh, ca
     assert main(["ops"]) == 0
     assert "ep_double  [epdemo_ep]" in capsys.readouterr().out
     assert main(["plugins"]) == 0
-    assert "epdemo_ep  (entry point epdemo (package epdemo 0.3)): 1 ops" in capsys.readouterr().out
+    assert "epdemo_ep  (entry point epdemo (package epdemo 0.3)): 1 op" in capsys.readouterr().out
 
 
 def test_entry_point_that_fails_to_import_names_the_package(tmp_path, monkeypatch, fresh):
@@ -168,7 +168,7 @@ def test_plugin_file_on_the_command_line(fresh, capsys, monkeypatch, tmp_path):
     assert "scaled_tanh  [tests/plugins/good_layers.py]" in capsys.readouterr().out
     assert main(["plugins", "--plugin", "tests/plugins/good_layers.py"]) == 0
     out = capsys.readouterr().out
-    assert f"tests/plugins/good_layers.py  (file {ROOT / 'tests/plugins/good_layers.py'}): 1 ops" in out
+    assert f"tests/plugins/good_layers.py  (file {ROOT / 'tests/plugins/good_layers.py'}): 1 op" in out
     assert "cnngraph.plugins.activation  (built-in)" in out
 
 

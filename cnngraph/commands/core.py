@@ -156,6 +156,6 @@ def cmd_plugins(args) -> int:
         for (table, _), owner in reg.owner.items():
             if owner == name:
                 counts[table] = counts.get(table, 0) + 1
-        what = ", ".join(f"{n} {t}" for t, n in counts.items()) or "no components"
+        what = ", ".join(f"{n} {t if n != 1 else t[:-1]}" for t, n in counts.items()) or "no components"
         print(f"{name}  ({origin}): {what}")
     return 0
