@@ -204,3 +204,77 @@ def test_sigint_to_a_real_process_keeps_a_checkpoint_and_resume_is_bit_for_bit(t
     assert a.keys() == b.keys() and all(a[k].dtype == np.float32 and np.array_equal(a[k], b[k]) for k in a)
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in straight]
+
+
+def _write_format(kind, root):
+    """Real-format files of each loader with 3 classes; returns (--data value, input shape, the raw
+    training pixels as uint8 N,C,H,W, classes)."""
+    import gzip
+    import pickle
+    import struct
+    rng = np.random.default_rng(7)
+    y = np.arange(30) % 3
+    if kind == "mnist":
+        x = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+        root.mkdir()
+        for name, arr in (("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y.astype(np.uint8)),
+                          ("t10k-images-idx3-ubyte", x[:9]), ("t10k-labels-idx1-ubyte", y[:9].astype(np.uint8))):
+            head = bytes([0, 0, 8, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+            with gzip.open(root / (name + ".gz"), "wb") as f:
+                f.write(head + arr.tobytes())
+        return f"mnist:{root}", (1, 28, 28), x[:, None], [str(i) for i in range(10)]
+    if kind == "cifar10":
+        x = rng.integers(0, 256, (30, 3072), dtype=np.uint8)
+        root.mkdir()
+        for i in range(5):
+            part = slice(6 * i, 6 * i + 6)
+            (root / f"data_batch_{i + 1}").write_bytes(pickle.dumps(
+                {b"batch_label": b"b", b"labels": [int(v) for v in y[part]], b"data": x[part]}, protocol=2))
+        (root / "test_batch").write_bytes(pickle.dumps({b"labels": [0, 1, 2], b"data": x[:3]}, protocol=2))
+        names = [f"c{i}".encode() for i in range(10)]
+        (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+        return f"cifar10:{root}", (3, 32, 32), x.reshape(-1, 3, 32, 32), [n.decode() for n in names]
+    if kind == "image_folder":     # flat colours: PNG exact, JPEG near-exact
+        colours = {"blue": (10, 20, 200), "green": (20, 180, 30), "red": (220, 10, 10)}
+        xs = []
+        for c, colour in colours.items():
+            (root / c).mkdir(parents=True)
+            for i in range(10):
+                Image.new("RGB", (8, 8), colour).save(root / c / f"{i}.{'png' if i % 2 else 'jpg'}")
+                xs.append(np.broadcast_to(np.array(colour, np.uint8)[:, None, None], (3, 8, 8)))
+        return f"image_folder:{root}", (3, 8, 8), np.stack(xs), sorted(colours)
+    x = rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)      # npz, NHWC uint8
+    np.savez(root, x=x, y=y, x_val=x[:6], y_val=y[:6], x_test=x[:6], y_test=y[:6])
+    return f"npz:{root}", (3, 8, 8), x.transpose(0, 3, 1, 2), ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("kind", ["mnist", "cifar10", "image_folder", "npz"])
+def test_train_on_each_real_file_format_via_data_flag(kind, tmp_path, capsys):
+    """`--data NAME:PATH` on files written in each format's real layout: the run trains, and the
+    normalisation stored with the checkpoint is the per-channel mean/std of the raw training pixels / 255
+    (no validation split is carved, so the training split is the whole training set)."""
+    data, shape, raw, classes = _write_format(kind, tmp_path / ("d.npz" if kind == "npz" else "d"))
+    spec = {"name": f"fmt_{kind}", "inputs": {"image": {"shape": list(shape)}},
+            "layers": [{"id": "conv", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                       {"id": "act", "type": "relu"}, {"id": "gap", "type": "global_avg_pool2d"},
+                       {"id": "flat", "type": "flatten"},
+                       {"id": "logits", "type": "dense", "out_features": len(classes)}],
+            "outputs": ["logits"],
+            "train": {"data": {"dataset": "digits", "val_fraction": 0.0}, "batch_size": 8, "epochs": 1}}
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--data", data, "--out", str(tmp_path / "r"), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    meta = load_checkpoint(tmp_path / "r" / "checkpoint" / "last").meta["dataset"]
+    px = raw.astype(np.float64) / 255
+    assert meta["classes"] == classes
+    atol = 0.01 if kind == "image_folder" else 1e-6          # JPEG shifts flat colours by a level or two
+    np.testing.assert_allclose(meta["mean"], px.mean(axis=(0, 2, 3)), atol=atol)
+    np.testing.assert_allclose(meta["std"], px.std(axis=(0, 2, 3)), atol=atol)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert len(m["history"]) == 1 and np.isfinite(m["history"][0]["train_loss"])
+    import csv
+    with open(tmp_path / "r" / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [{k: float(v) for k, v in r.items() if v} for r in rows] == \
+        [{k: float(v) for k, v in h.items() if v is not None} for h in m["history"]]
