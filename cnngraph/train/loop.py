@@ -301,6 +301,7 @@ class _Run:
                         print(f"early stopping: {self.best.metric} did not improve for {self.best.bad_epochs} "
                               f"epochs (best {self.best.value:.4f} at epoch {self.best.epoch})", file=self.stream)
                     break
+            test = self._test()       # inside: Ctrl-C during the final test evaluation is reported too
         except KeyboardInterrupt:
             if getattr(self, "_progress", None) is not None:
                 self._progress.clear()
@@ -309,7 +310,6 @@ class _Run:
             print(f"interrupted: training stopped cleanly; {self._last_good()}. Resume with "
                   f"`cnngraph train {self.spec.file or 'SPEC'} --resume {self.out}`", file=self.stream)
             raise
-        test = self._test()
         return self._write_outputs(test)
 
     def _test(self) -> dict | None:

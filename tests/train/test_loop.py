@@ -358,3 +358,18 @@ def test_resume_with_more_epochs_notes_an_epoch_dependent_schedule(tmp_path):
     stream = io.StringIO()
     cnngraph.train(spec, resume=tmp_path / "const", epochs=4, stream=stream)
     assert "schedule depends" not in stream.getvalue()
+
+
+def test_ctrl_c_during_the_final_test_evaluation_is_reported(tmp_path, monkeypatch):
+    from cnngraph.train import loop
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop._Run, "_test", interrupted)
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_spec(epochs=2), tmp_path, stream=stream)
+    assert "interrupted: training stopped cleanly; last good checkpoint" in stream.getvalue()
+    assert "(epoch 2)" in stream.getvalue()
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["stopped"] == "interrupted" and len(m["history"]) == 2
