@@ -177,24 +177,23 @@ class FastConv:
         top, _, left, _ = self.padding
 
         def work(chunks):
-            dw = np.zeros((self.O, self.K), dtype=self.dtype)
-            db = np.zeros(self.O, dtype=self.dtype)
-            tmp = np.empty_like(dw)
+            sums = {}
             for s, e in chunks:
                 n = e - s
                 g2 = self._gy_chunk(gy, s, e)
-                db += g2.sum(axis=1)
+                db = g2.sum(axis=1)
                 cols = self._im2col(self._padded(x, s, e))
-                dw += np.matmul(g2, cols.T, out=tmp)
+                sums[s] = (np.matmul(g2, cols.T), db)
                 if need_dx:
                     dcols = scratch("conv.cols", (self.K, n * self.Lq), self.dtype)  # cols consumed
                     np.matmul(wmat.T, g2, out=dcols)
                     dpad = self._col2im(dcols, n)
                     dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
-            return dw, db
+            return sums
 
-        parts = run_parallel(work, self.chunks, self.workers)
-        return dx, sum(p[0] for p in parts).reshape(w.shape), sum(p[1] for p in parts)
+        dw, db = _sum_in_chunk_order(run_parallel(work, self.chunks, self.workers), (self.O, self.K), self.O,
+                                     self.dtype)
+        return dx, dw.reshape(w.shape), db
 
     def _backward_from_gy_cols(self, t, gy, x, w, need_dx):
         """Both gradients from one im2col of the padded gy (``t`` is the transposed conv):
@@ -205,22 +204,32 @@ class FastConv:
         HW = self.H * self.W
 
         def work(chunks):
-            dwt = np.zeros((t.K, self.C), dtype=self.dtype)   # rows: (o, kh-1-i, kw-1-j)
-            db = np.zeros(self.O, dtype=self.dtype)
-            tmp = np.empty_like(dwt)
+            sums = {}
             for s, e in chunks:
                 n = e - s
-                db += gy[s:e].sum(axis=0).reshape(self.O, -1).sum(axis=1)
+                db = gy[s:e].sum(axis=0).reshape(self.O, -1).sum(axis=1)
                 gcols = t._im2col(t._padded(gy, s, e))      # (O*kh*kw, n*H*W)
                 xt = scratch("conv.xt", (self.C, n, self.H, self.W), self.dtype)
                 np.copyto(xt, x[s:e].transpose(1, 0, 2, 3))
-                dwt += np.matmul(gcols, xt.reshape(self.C, n * HW).T, out=tmp)
+                sums[s] = (np.matmul(gcols, xt.reshape(self.C, n * HW).T), db)   # rows: (o, kh-1-i, kw-1-j)
                 if need_dx:
                     per_sample = gcols.reshape(t.K, n, HW).transpose(1, 0, 2)
                     np.matmul(wt, per_sample, out=dx[s:e].reshape(n, self.C, HW))
-            return dwt, db
+            return sums
 
-        parts = run_parallel(work, t.chunks, t.workers)
-        dwt = sum(p[0] for p in parts)
+        dwt, db = _sum_in_chunk_order(run_parallel(work, t.chunks, t.workers), (t.K, self.C), self.O, self.dtype)
         dw = dwt.reshape(self.O, self.kh, self.kw, self.C)[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
-        return dx, np.ascontiguousarray(dw), sum(p[1] for p in parts)
+        return dx, np.ascontiguousarray(dw), db
+
+
+def _sum_in_chunk_order(parts, dw_shape, n_out, dtype):
+    """Add per-chunk (dw, db) in batch order: the result must not depend on which worker thread took
+    which chunk, or training would not repeat bit for bit."""
+    merged = {}
+    for part in parts:
+        merged.update(part)
+    dw, db = np.zeros(dw_shape, dtype=dtype), np.zeros(n_out, dtype=dtype)
+    for start in sorted(merged):
+        dw += merged[start][0]
+        db += merged[start][1]
+    return dw, db

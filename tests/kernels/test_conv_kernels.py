@@ -202,3 +202,25 @@ def test_empty_batch():
     assert y.shape == (0, 4, 8, 8)
     dx, dw, db = conv2d_backward(y, saved)
     assert dx.shape == x.shape and not dw.any() and not db.any()
+
+
+def test_threaded_backward_is_bit_for_bit_repeatable():
+    """Gradients are summed in chunk order, whichever thread computed which chunk."""
+    from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((96, 16, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    gy = rng.standard_normal((96, 32, 16, 16)).astype(np.float32)
+    results = []
+    for _ in range(4):
+        _, saved = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1, True)
+        results.append(conv2d_backward(gy, saved))
+        _, saved = conv2d_forward(x, w, b, (2, 2), (1, 1, 1, 1), (1, 1), 1, True)
+        results.append(conv2d_backward(gy[:, :, :8, :8], saved))
+    for a, b_ in zip(results[0::2], results[2::2]):
+        for u, v in zip(a, b_):
+            np.testing.assert_array_equal(u, v)
+    for a, b_ in zip(results[1::2], results[3::2]):
+        for u, v in zip(a, b_):
+            np.testing.assert_array_equal(u, v)
