@@ -17,9 +17,8 @@ Output folder (``out``, default ``runs/<spec name>/``)::
 Reproducibility: the shuffle/augment generator is ``np.random.default_rng([seed, 1])``, the
 model's weights and dropout use ``np.random.default_rng(seed)`` (``Model(seed=seed)``). Both
 generators' states, the optimizer state and the history are saved with every checkpoint, so a
-resumed run continues bit-for-bit (on CPU) where the checkpoint left off, as far as the kernels are
-deterministic: a conv whose batch the kernels split over worker threads sums its weight gradient in
-the order the workers finish (last bits differ between runs; CNNGRAPH_KERNEL_THREADS=1 is exact).
+resumed run continues bit-for-bit (on CPU) where the checkpoint left off (also when the conv
+kernels split a batch over worker threads: they sum gradients in chunk order).
 Resuming with a larger ``epochs`` under an epoch-dependent schedule (cosine, linear) prints a note:
 the completed epochs ran under the shorter schedule.
 

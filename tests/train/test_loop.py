@@ -324,20 +324,40 @@ def test_nan_names_the_layer_that_overflows_with_finite_weights(tmp_path, monkey
     assert "already hold" not in msg
 
 
+def wide_spec(tmp_path, **train):
+    """A 32x32 conv net whose batch of 64 the conv kernels split into several chunks (worker threads)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 4, 128))
+    t = {"data": {"dataset": "npz", "path": str(tmp_path / "d.npz")}, "batch_size": 64, "epochs": 3,
+         "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9}}
+    t.update(train)
+    return {"name": "wide", "inputs": {"image": {"shape": [3, 32, 32]}},
+            "layers": [{"id": "conv1", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+                       {"id": "act1", "type": "relu"},
+                       {"id": "conv2", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+                       {"id": "flat", "type": "flatten"}, {"id": "logits", "type": "dense", "out_features": 4}],
+            "outputs": ["logits"], "train": t}
+
+
+def test_interrupt_then_resume_is_bit_for_bit_with_threaded_conv_kernels(tmp_path, monkeypatch):
+    spec = wide_spec(tmp_path, epochs=2)
+    straight = run(spec, tmp_path, "straight")
+    _interrupt_at(monkeypatch, 3)       # epoch 2, step 1 (about 108 train images, batch 64: 2 steps)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, tmp_path, "split")
+    monkeypatch.undo()
+    cnngraph.train(spec, resume=tmp_path / "split", stream=io.StringIO())
+    a, b = _params(tmp_path / "straight/checkpoint/last"), _params(tmp_path / "split/checkpoint/last")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert straight[-1]["epoch"] == 2
+
+
 def test_divergence_in_kernel_worker_threads_does_not_warn(tmp_path):
     """A diverging 32x32 conv net (several batch chunks, so the conv kernels run on worker threads,
     where np.errstate does not reach) reports the divergence without NumPy RuntimeWarnings."""
     import warnings
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8),
-             y=rng.integers(0, 4, 128))
-    spec = {"name": "wide", "inputs": {"image": {"shape": [3, 32, 32]}},
-            "layers": [{"id": "conv1", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
-                       {"id": "conv2", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
-                       {"id": "flat", "type": "flatten"}, {"id": "logits", "type": "dense", "out_features": 4}],
-            "outputs": ["logits"],
-            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "d.npz")}, "batch_size": 64, "epochs": 3,
-                      "optimizer": {"type": "sgd", "lr": 1e30}}}
+    spec = wide_spec(tmp_path, optimizer={"type": "sgd", "lr": 1e30})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(TrainingError, match="diverged"):
