@@ -165,7 +165,19 @@ def _child(framework: str, net: str, batch: int, mode: str) -> None:
         step = CnnStep(model, mode)
     for _ in range(3):
         step(x, y)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(_peak_rss_mib())
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    exec from the parent, so a child started by a big benchmark process would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_benchmarks(cases=CASES, rounds: int = 3, min_seconds: float = 0.5, memory: bool = True) -> dict:
