@@ -101,12 +101,14 @@ def run_parallel(fn, chunks, workers=None):
     chunks from one shared iterator, so a core slowed by other load simply takes fewer chunks.
     The calling thread is one of the workers. Returns the per-worker results.
 
-    Runs serially (BLAS keeps its own threads) when threadpoolctl is missing, and serially with
-    single-threaded BLAS when one worker suffices or another call already holds the pool.
+    Runs serially (BLAS keeps its own threads) when threadpoolctl is missing or there is a single
+    chunk, and serially with single-threaded BLAS when one worker suffices or another call already
+    holds the pool.
     """
     global _pool
     workers = min(workers or n_workers(), len(chunks))
-    if not _blas_controllers():
+    if not _blas_controllers() or len(chunks) == 1:
+        # one chunk (e.g. batch 1): no threads of ours, so BLAS may use all the cores itself
         return [fn(iter(chunks))]
     with _single_blas:
         if workers <= 1 or not _lock.acquire(blocking=False):

@@ -109,12 +109,25 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
     b = None if b is None else b.astype(x.dtype, copy=False)
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype)
-        y = fast.forward(x, w, b)
+        if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding):
+            y = _pointwise(x, w, b)      # a 1x1 convolution is a plain matrix product per sample
+        else:
+            y = fast.forward(x, w, b)
         return y, (_FastSaved(fast, x, w, dtypes) if save else None)
     y, saved = _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
     if saved is not None:
         saved.dtypes = dtypes
     return y, saved
+
+
+def _pointwise(x, w, b):
+    """1x1, stride 1, unpadded convolution as one batched GEMM (N, O, H*W) = (O, C) @ (N, C, H*W)."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    y = np.matmul(w.reshape(O, C), np.ascontiguousarray(x).reshape(N, C, H * W)).reshape(N, O, H, W)
+    if b is not None:
+        y += b.reshape(1, O, 1, 1)
+    return y
 
 
 def conv2d_backward(gy, saved, need_dx=True):
