@@ -107,6 +107,9 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode, save):
             y = v.copy()
             idx = xp.zeros(y.shape, dtype=np.int16) if save else None
             continue
+        if not save:   # values only: maximum propagates NaN, as PyTorch does, in one pass
+            xp.maximum(y, v, out=y)
+            continue
         # Strict '>' keeps the first max on ties; NaN wins like in PyTorch.
         take = (v > y) | xp.isnan(v)
         xp.copyto(y, v, where=take)
