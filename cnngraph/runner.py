@@ -57,7 +57,7 @@ def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Calla
         ctx = Context(training=training, grad=grad, rng=rng)
         if not grad:
             ctx.overwritable = tuple(plan.last_use[s] == i and s not in protected and step.inputs.count(s) == 1
-                                     for s in step.inputs)
+                                     and _sole_owner(env, s) for s in step.inputs)
         y = env[node] = _call(g, node, ctx, xs, params_of(node))
         if on_output is not None:
             on_output(node, y)
@@ -89,7 +89,7 @@ def run_forward_parallel(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_
     def start(pool, step):
         ctx = Context(rng=rng)
         ctx.overwritable = tuple(consumers[s] == 1 and s not in protected and step.inputs.count(s) == 1
-                                 for s in step.inputs)
+                                 and _sole_owner(env, s) for s in step.inputs)
         return pool.submit(_call, g, step.node, ctx, [env[s] for s in step.inputs], params_of(step.node))
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnngraph-branch") as pool:
@@ -109,6 +109,15 @@ def run_forward_parallel(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_
                     if consumers[src] == 0 and src not in protected:
                         env.pop(src, None)
     return {name: env[name] for name in plan.outputs}
+
+
+def _sole_owner(env: dict[str, Any], name: str) -> bool:
+    """True when tensor ``name`` owns its memory and no other live tensor is it or a view of it
+    (identity and reshape layers pass arrays on: writing into one would change the others)."""
+    x = env[name]
+    if getattr(x, "base", None) is not None:
+        return False
+    return not any(v is x or getattr(v, "base", None) is x for k, v in env.items() if k != name)
 
 
 def _check_output(g: nx.DiGraph, node: str, y, xs) -> None:

@@ -82,3 +82,25 @@ def test_parallel_branches_give_the_same_outputs(path):
     parallel = model.forward({"image": x}, parallel=2)["logits"]
     np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6)   # BLAS blocking may differ
     np.testing.assert_array_equal(x, x_before)
+
+
+def test_inplace_activations_never_write_through_aliases():
+    """dropout (inference) and flatten hand on their input array or a view of it: an in-place relu or
+    add downstream must not change the tensor they alias, nor the caller's input."""
+    spec = {"inputs": {"x": {"shape": [2, 3, 1]}},
+            "layers": [{"id": "drop", "type": "dropout", "p": 0.5},           # returns x itself in inference
+                       {"id": "r_in", "type": "relu"},
+                       {"id": "fc", "type": "conv2d", "out_channels": 2, "kernel_size": 1, "inputs": "x"},
+                       {"id": "flat", "type": "flatten"},                      # a view of fc
+                       {"id": "r_flat", "type": "relu"},
+                       {"id": "fc_flat", "type": "flatten", "inputs": "fc"},
+                       {"id": "sum", "type": "add", "inputs": ["r_flat", "fc_flat"]}],
+            "outputs": ["r_in", "sum"]}
+    model = cnngraph.compile(spec, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 2, 3, 1)).astype(np.float32)
+    x_before = x.copy()
+    out = model.forward({"x": x})
+    np.testing.assert_array_equal(x, x_before)
+    fc = model.forward({"x": x}, outputs=["fc"])["fc"].reshape(3, -1)
+    np.testing.assert_allclose(out["sum"], np.maximum(fc, 0) + fc, rtol=1e-6)
+    np.testing.assert_array_equal(out["r_in"], np.maximum(x_before, 0))
