@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .importer import BATCH, Dyn, f32
+from .folding import BATCH, Dyn, f32
 
 __all__ = ["HANDLERS", "FOLD_NEVER"]
 

@@ -1,15 +1,13 @@
-"""ONNX → cnngraph spec: the graph walk, constant folding, naming and the public entry points.
+"""ONNX → cnngraph spec: the graph walk, layer emission and naming, and the public entry points.
 
-Every tensor of the ONNX graph is either a *constant* (an initializer, a Constant node, or anything
-computed only from constants, including ``Shape`` of a tensor whose shape is known) held as a NumPy
-array, or a *dynamic* tensor produced by a cnngraph layer, whose first dimension is the batch.
-Constants are folded at import time with ``onnx.reference``; the batch dimension stands as the
-sentinel value ``BATCH`` while folding, so shape arithmetic such as ``Reshape(x, [Shape(x)[0], -1])``
-is recognised. Op handlers (``import_ops.py``) map the remaining nodes to cnngraph layers.
+The walk visits the ONNX nodes in order. Nodes whose inputs are all constants are folded
+(``folding.py``), multi-node patterns such as exact GELU become one layer (``patterns.py``), and op
+handlers (``import_ops.py``) map the remaining nodes to cnngraph layers through the helpers of
+:class:`Importer` (``get``, ``const``, ``dyn_of``, ``emit``, ``fail``). Graph inputs are read by
+``inputs.py``. Every unsupported node is reported at once.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +18,11 @@ import numpy as np
 from ..errors import CnnGraphError, ShapeError
 from ..model import Model
 from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize
+from .folding import BATCH, Dyn, evaluate, f32
+from .inputs import read_inputs
+from .patterns import dead_nodes, find_patterns
 
 __all__ = ["BATCH", "Dyn", "f32", "onnx_to_spec", "import_onnx", "OnnxModel", "ImportResult"]
-
-BATCH = 999983   # stand-in for the batch size inside folded shape computations (a prime no real dim uses)
-
-
-def f32(v) -> float:
-    """A float32 attribute as the shortest decimal that reads back to it (0.2, not 0.2000000029)."""
-    return float(str(np.float32(v)))
-
-
-@dataclass
-class Dyn:
-    """A tensor computed at run time by cnngraph layer (or model input) ``id``; ``shape`` is per sample."""
-
-    id: str
-    shape: tuple
 
 
 @dataclass
@@ -80,73 +66,6 @@ class Importer:
         self.names = UniqueNames()
         from ..registry import get_registry
         self.registry = get_registry()
-
-    # -- setup -----------------------------------------------------------------------------
-    def _read_inputs(self) -> dict[str, dict]:
-        from onnx import numpy_helper
-        for init in self.graph.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
-        for sp in getattr(self.graph, "sparse_initializer", []):
-            raise OnnxError(f"sparse initializer '{sp.values.name}' is not supported")
-        spec_inputs = {}
-        unknown = set(self.input_shapes) - {i.name for i in self.graph.input}
-        if unknown:
-            raise OnnxError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not take "
-                            f"(its inputs: {', '.join(i.name for i in self.graph.input if i.name not in self.consts)})")
-        for inp in self.graph.input:
-            if inp.name in self.consts:
-                continue   # an initializer listed as an input (IR < 4): a weight
-            tt = inp.type.tensor_type
-            if not inp.type.HasField("tensor_type"):
-                raise OnnxError(f"input '{inp.name}' is not a tensor; only tensor inputs are supported")
-            elem = tt.elem_type
-            from onnx import TensorProto
-            if elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-                dtype = "float32"
-            elif elem in (TensorProto.INT64, TensorProto.INT32):
-                dtype = "int64"
-            else:
-                raise OnnxError(f"input '{inp.name}' has element type "
-                                f"{TensorProto.DataType.Name(elem)}; supported: float, double, float16, int32, int64")
-            if inp.name in self.input_shapes:
-                dims = [int(d) for d in self.input_shapes[inp.name]]
-                if tt.HasField("shape") and len(tt.shape.dim) != len(dims):
-                    raise OnnxError(f"--input-shape for '{inp.name}' has {len(dims)} dimensions, the model "
-                                    f"declares {len(tt.shape.dim)}")
-                if tt.HasField("shape"):
-                    for i, d in enumerate(tt.shape.dim):
-                        if d.HasField("dim_value") and i > 0 and d.dim_value != dims[i]:
-                            raise OnnxError(f"--input-shape for '{inp.name}' gives dimension {i} as {dims[i]}, "
-                                            f"the model fixes it at {d.dim_value}")
-            else:
-                if not tt.HasField("shape"):
-                    raise OnnxError(f"input '{inp.name}' has no declared shape; give one with "
-                                    f"--input-shape {inp.name}=1,3,224,224")
-                dims = []
-                for i, d in enumerate(tt.shape.dim):
-                    if d.HasField("dim_value") and d.dim_value > 0:
-                        dims.append(int(d.dim_value))
-                    elif i == 0:
-                        dims.append(-1)   # dynamic batch
-                    else:
-                        sym = d.dim_param or "?"
-                        raise OnnxError(f"input '{inp.name}' has a symbolic dimension {i} ('{sym}'); only the "
-                                        f"batch dimension may be dynamic. Fix it with "
-                                        f"--input-shape {inp.name}=" + ",".join(
-                                            "1" if j == 0 else (str(x.dim_value) if x.HasField('dim_value') else (x.dim_param or "N"))
-                                            for j, x in enumerate(tt.shape.dim)))
-            if len(dims) < 1:
-                raise OnnxError(f"input '{inp.name}' is a scalar; inputs need a batch dimension")
-            if dims[0] > 0:
-                self.declared_batch = dims[0]
-            name = self.names.take(inp.name, "input")
-            self.input_names[inp.name] = name
-            self.dyn[inp.name] = Dyn(name, tuple(dims[1:]))
-            self.shapes[name] = tuple(dims[1:])
-            spec_inputs[name] = {"shape": list(dims[1:])} | ({"dtype": dtype} if dtype != "float32" else {})
-        if not spec_inputs:
-            raise OnnxError("the model has no inputs besides its initializers")
-        return spec_inputs
 
     # -- helpers for op handlers -------------------------------------------------------------
     def get(self, name: str):
@@ -238,14 +157,10 @@ class Importer:
 
     # -- folding -------------------------------------------------------------------------------
     def fold(self, node) -> list[np.ndarray]:
-        from onnx.reference import ReferenceEvaluator
+        """The values of ``node``'s outputs (None for absent ones); every input must be a constant."""
         feeds = {n: self.consts[n] for n in node.input if n}
-        from onnx import helper
         try:
-            graph = helper.make_graph([node], "fold", [helper.make_empty_tensor_value_info(n) for n in feeds],
-                                      [helper.make_empty_tensor_value_info(o) for o in node.output if o])
-            ev = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)]))
-            results = ev.run(None, feeds)
+            results = evaluate([node], feeds, [o for o in node.output if o], self.opset)
             it = iter(results)
             return [next(it) if o else None for o in node.output]
         except Exception as exc:
@@ -254,7 +169,7 @@ class Importer:
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> ImportResult:
         from .import_ops import FOLD_NEVER, HANDLERS
-        spec_inputs = self._read_inputs()
+        spec_inputs = read_inputs(self)
         outputs = [o.name for o in self.graph.output]
         reserved = {}
         for o in outputs:
@@ -264,9 +179,8 @@ class Importer:
         for node in self.graph.node:
             for i in node.input:
                 self.consumers[i] += 1
-        fused = self._find_gelu()
-        fused.update(self._find_torch_lrn(fused))
-        dead = self._dead_nodes(fused)
+        fused = find_patterns(self)
+        dead = dead_nodes(self.graph, fused)
         for k, node in enumerate(self.graph.node):
             self.current_node = node
             self.current_layers = []
@@ -346,244 +260,6 @@ class Importer:
                 "description": self._description(),
                 "inputs": spec_inputs, "layers": self._compact(self.layers), "outputs": spec_outputs}
         return ImportResult(spec, self.weights, dict(self.input_names), dict(self.output_names))
-
-    def _find_gelu(self) -> dict:
-        """The exact-GELU subgraph x · 0.5 · (1 + erf(x / √2)) as PyTorch and cnngraph write it:
-        Div(x, √2) → Erf → Add(·, 1) → Mul(x, ·) → Mul(·, 0.5). Returns id(node) → None for the
-        inner nodes and → x's name for the last Mul."""
-        nodes = list(self.graph.node)
-        producer = {o: k for k, n in enumerate(nodes) for o in n.output}
-        users: dict[str, list] = {}
-        for k, n in enumerate(nodes):
-            for i in n.input:
-                users.setdefault(i, []).append(k)
-        graph_outputs = {o.name for o in self.graph.output}
-
-        def scalar(name, value):
-            v = self.consts.get(name)
-            if v is None and name in producer and nodes[producer[name]].op_type == "Constant":
-                try:
-                    self.current_node = nodes[producer[name]]
-                    v = self.fold(nodes[producer[name]])[0]
-                except Exception:
-                    return False
-            return v is not None and np.size(v) == 1 and abs(float(np.asarray(v).reshape(())) - value) < 1e-5
-
-        def only_user(name):
-            u = users.get(name, [])
-            return u[0] if len(u) == 1 and name not in graph_outputs else None
-
-        def node_of(k, op):
-            return nodes[k] if k is not None and nodes[k].op_type == op else None
-
-        out = {}
-        for ke, erf in enumerate(nodes):
-            if erf.op_type != "Erf":
-                continue
-            kd = producer.get(erf.input[0])
-            div = node_of(kd, "Div")
-            if div is None or not scalar(div.input[1], math.sqrt(2)) or only_user(div.output[0]) != ke:
-                continue
-            x = div.input[0]
-            ka = only_user(erf.output[0])
-            add = node_of(ka, "Add")
-            if add is None or not scalar(add.input[1] if add.input[0] == erf.output[0] else add.input[0], 1.0):
-                continue
-            km = only_user(add.output[0])
-            mul1 = node_of(km, "Mul")
-            if mul1 is None or x not in mul1.input:
-                continue
-            kh = only_user(mul1.output[0])
-            mul2 = node_of(kh, "Mul")
-            if mul2 is None or not scalar(mul2.input[1] if mul2.input[0] == mul1.output[0] else mul2.input[0], 0.5):
-                continue
-            out.update({kd: None, ke: None, ka: None, km: None, kh: x})
-        return out
-
-    @staticmethod
-    def _refs(node) -> list[str]:
-        """Every tensor ``node`` reads: its inputs plus the outer-scope names its subgraphs (If, Loop) use."""
-        names = list(node.input)
-        from onnx import AttributeProto
-        for a in node.attribute:
-            graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
-            for g in graphs:
-                inner = {i.name for i in g.input} | {i.name for i in g.initializer}
-                for n in g.node:
-                    names += [i for i in Importer._refs(n) if i not in inner]
-                    inner.update(n.output)
-                names += [o.name for o in g.output if o.name not in inner]
-        return [n for n in names if n]
-
-    def _dead_nodes(self, fused: dict) -> set[int]:
-        """Nodes whose outputs reach no graph output once fused patterns read only their input."""
-        nodes = list(self.graph.node)
-        needed = {o.name for o in self.graph.output}
-        dead = set()
-        for k in range(len(nodes) - 1, -1, -1):
-            node = nodes[k]
-            if not any(o in needed for o in node.output):
-                dead.add(k)
-                continue
-            if k in fused:
-                src = fused[k]
-                if src is not None:
-                    needed.add(src if isinstance(src, str) else src[0])
-                continue
-            needed.update(self._refs(node))
-        return dead
-
-    def _find_torch_lrn(self, taken: dict) -> dict:
-        """torch.nn.LocalResponseNorm as torch.onnx.export writes it (no LRN node):
-        x / (k + alpha · AvgPool3d_(size,1,1)(Pad(Reshape(x·x, (N,1,C,H,W)))) reshaped back)^beta.
-        Returns index of the Div → (x, "local_response_norm", params), index of each inner node → None."""
-        nodes = list(self.graph.node)
-        producer = {o: k for k, n in enumerate(nodes) for o in n.output}
-        graph_outputs = {o.name for o in self.graph.output}
-
-        def const_value(name):
-            if name in self.consts:
-                return self.consts[name]
-            k = producer.get(name)
-            if k is None or nodes[k].op_type != "Constant":
-                return None
-            try:
-                self.current_node = nodes[k]
-                return self.fold(nodes[k])[0]
-            except OnnxError:
-                return None
-
-        def scalar(name):
-            v = const_value(name)
-            return None if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(()))
-
-        def split(node):   # (the computed operand, the scalar constant) of a binary node
-            for i, j in ((0, 1), (1, 0)):
-                c = scalar(node.input[j])
-                if c is not None and node.input[i] in producer and const_value(node.input[i]) is None:
-                    return node.input[i], c
-            return None, None
-
-        def prod(name, op):
-            k = producer.get(name)
-            return (k, nodes[k]) if k is not None and nodes[k].op_type == op and k not in taken else (None, None)
-
-        def attr(node, name, default=None):
-            from onnx import helper
-            return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-        def fold_pads(name):
-            """The pads tensor, when it is computed from constants only (as torch writes it)."""
-            from onnx import helper
-            from onnx.reference import ReferenceEvaluator
-            if name in self.consts:
-                return [int(v) for v in np.asarray(self.consts[name]).reshape(-1)]
-            sub, todo, seen = [], [name], set()
-            while todo:
-                t = todo.pop()
-                if t in seen or t in self.consts:
-                    continue
-                seen.add(t)
-                k = producer.get(t)
-                if k is None:
-                    return None   # a graph input
-                if nodes[k].op_type == "Shape":
-                    return None
-                sub.append(k)
-                todo += self._refs(nodes[k])
-            try:
-                feeds = {t: self.consts[t] for k in sub for t in self._refs(nodes[k]) if t in self.consts}
-                g = helper.make_graph([nodes[k] for k in sorted(set(sub))], "pads",
-                                      [helper.make_empty_tensor_value_info(t) for t in feeds],
-                                      [helper.make_empty_tensor_value_info(name)])
-                ev = ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)]))
-                return [int(v) for v in np.asarray(ev.run(None, feeds)[0]).reshape(-1)]
-            except Exception:
-                return None
-
-        out = {}
-        for kd, div in enumerate(nodes):
-            if div.op_type != "Div" or kd in taken:
-                continue
-            x = div.input[0]
-            kp, pw = prod(div.input[1], "Pow")
-            if pw is None or (beta := scalar(pw.input[1])) is None:
-                continue
-            ka, add = prod(pw.input[0], "Add")
-            if add is None:
-                continue
-            r, k = split(add)
-            km, mul = prod(r, "Mul")
-            if mul is None:
-                continue
-            r, alpha = split(mul)
-            inner = [kp, ka, km]
-            # back through the Reshape / Squeeze / If(squeeze) that drop the pooling's extra axis
-            pool = None
-            for _ in range(4):
-                kr = producer.get(r)
-                if kr is None or kr in taken:
-                    break
-                n = nodes[kr]
-                if n.op_type == "AveragePool":
-                    pool = kr
-                    break
-                if n.op_type not in ("Reshape", "Squeeze", "If", "Identity"):
-                    break
-                inner.append(kr)
-                if n.op_type == "If":   # both branches squeeze (or not) the pooled tensor
-                    outer = [t for t in self._refs(n)[1:] if t in producer]
-                    if len(set(outer)) != 1:
-                        break
-                    r = outer[0]
-                else:
-                    r = n.input[0]
-            if pool is None:
-                continue
-            ap = nodes[pool]
-            kernel = list(attr(ap, "kernel_shape", []))
-            if (len(kernel) != 3 or kernel[1:] != [1, 1] or any(v != 1 for v in attr(ap, "strides", [1, 1, 1]))
-                    or any(attr(ap, "pads", [0] * 6)) or not attr(ap, "count_include_pad", 0)
-                    or attr(ap, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"", "")):
-                continue
-            size = int(kernel[0])
-            kpad, padn = prod(ap.input[0], "Pad")
-            if padn is None or (attr(padn, "mode", b"constant") not in (b"constant", "constant")):
-                continue
-            pads = fold_pads(padn.input[1]) if len(padn.input) > 1 else list(attr(padn, "pads", []))
-            window = "torch"
-            if pads is not None and pads != [0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0]:
-                if pads != [0, 0, (size - 1) // 2, 0, 0, 0, 0, size // 2, 0, 0]:
-                    continue
-                window = "onnx"   # cnngraph's export of an even ONNX-window LRN
-            if len(padn.input) > 2 and padn.input[2] and scalar(padn.input[2]) not in (None, 0.0):
-                continue
-            kr, rs = prod(padn.input[0], "Reshape")
-            if rs is None:
-                continue
-            ksq, sq = prod(rs.input[0], "Mul")
-            if sq is None or list(sq.input) != [x, x]:
-                continue
-            inner += [pool, kpad, kr, ksq]
-            if any(o in graph_outputs for j in inner for o in nodes[j].output):
-                continue
-            params = {"size": size, "alpha": f32(alpha), "beta": f32(beta), "k": f32(k)}
-            if window == "onnx" and size % 2 == 0:
-                params["window"] = "onnx"
-            out.update({j: None for j in inner})
-            out[kd] = (x, "local_response_norm", params)
-        # an inner node whose output something else still needs (beyond dead shape arithmetic) stays unfused
-        dead = self._dead_nodes({**taken, **out})
-        users: dict[str, list[int]] = {}
-        for j, n in enumerate(nodes):
-            if j not in dead:
-                for t in self._refs(n):
-                    users.setdefault(t, []).append(j)
-        bad = {j for j, v in out.items() if v is None
-               and any(u not in out and u not in taken for o in nodes[j].output for u in users.get(o, []))}
-        if bad:
-            return {}
-        return out
 
     def _claim_output(self, name: str, lid: str) -> None:
         """Give the layer computing graph output ``name`` the id ``lid`` (the sanitised output name)."""

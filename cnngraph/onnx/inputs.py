@@ -1,0 +1,80 @@
+"""ONNX graph inputs → cnngraph spec inputs: initializers, element types and shape resolution.
+
+A graph input's shape comes from its declaration or from ``--input-shape``; only the first (batch)
+dimension may be dynamic, and the spec keeps the per-sample shape.
+"""
+from __future__ import annotations
+
+from .common import OnnxError
+from .folding import Dyn
+
+__all__ = ["read_inputs"]
+
+
+def read_inputs(imp) -> dict[str, dict]:
+    """Record the initializers as constants and each graph input as a model input of ``imp`` (its
+    per-sample shape from the declaration or ``--input-shape``); returns the spec's ``inputs``."""
+    from onnx import numpy_helper
+    for init in imp.graph.initializer:
+        imp.consts[init.name] = numpy_helper.to_array(init)
+    for sp in getattr(imp.graph, "sparse_initializer", []):
+        raise OnnxError(f"sparse initializer '{sp.values.name}' is not supported")
+    spec_inputs = {}
+    unknown = set(imp.input_shapes) - {i.name for i in imp.graph.input}
+    if unknown:
+        raise OnnxError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not take "
+                        f"(its inputs: {', '.join(i.name for i in imp.graph.input if i.name not in imp.consts)})")
+    for inp in imp.graph.input:
+        if inp.name in imp.consts:
+            continue   # an initializer listed as an input (IR < 4): a weight
+        tt = inp.type.tensor_type
+        if not inp.type.HasField("tensor_type"):
+            raise OnnxError(f"input '{inp.name}' is not a tensor; only tensor inputs are supported")
+        elem = tt.elem_type
+        from onnx import TensorProto
+        if elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+            dtype = "float32"
+        elif elem in (TensorProto.INT64, TensorProto.INT32):
+            dtype = "int64"
+        else:
+            raise OnnxError(f"input '{inp.name}' has element type "
+                            f"{TensorProto.DataType.Name(elem)}; supported: float, double, float16, int32, int64")
+        if inp.name in imp.input_shapes:
+            dims = [int(d) for d in imp.input_shapes[inp.name]]
+            if tt.HasField("shape") and len(tt.shape.dim) != len(dims):
+                raise OnnxError(f"--input-shape for '{inp.name}' has {len(dims)} dimensions, the model "
+                                f"declares {len(tt.shape.dim)}")
+            if tt.HasField("shape"):
+                for i, d in enumerate(tt.shape.dim):
+                    if d.HasField("dim_value") and i > 0 and d.dim_value != dims[i]:
+                        raise OnnxError(f"--input-shape for '{inp.name}' gives dimension {i} as {dims[i]}, "
+                                        f"the model fixes it at {d.dim_value}")
+        else:
+            if not tt.HasField("shape"):
+                raise OnnxError(f"input '{inp.name}' has no declared shape; give one with "
+                                f"--input-shape {inp.name}=1,3,224,224")
+            dims = []
+            for i, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    dims.append(int(d.dim_value))
+                elif i == 0:
+                    dims.append(-1)   # dynamic batch
+                else:
+                    sym = d.dim_param or "?"
+                    raise OnnxError(f"input '{inp.name}' has a symbolic dimension {i} ('{sym}'); only the "
+                                    f"batch dimension may be dynamic. Fix it with "
+                                    f"--input-shape {inp.name}=" + ",".join(
+                                        "1" if j == 0 else (str(x.dim_value) if x.HasField('dim_value') else (x.dim_param or "N"))
+                                        for j, x in enumerate(tt.shape.dim)))
+        if len(dims) < 1:
+            raise OnnxError(f"input '{inp.name}' is a scalar; inputs need a batch dimension")
+        if dims[0] > 0:
+            imp.declared_batch = dims[0]
+        name = imp.names.take(inp.name, "input")
+        imp.input_names[inp.name] = name
+        imp.dyn[inp.name] = Dyn(name, tuple(dims[1:]))
+        imp.shapes[name] = tuple(dims[1:])
+        spec_inputs[name] = {"shape": list(dims[1:])} | ({"dtype": dtype} if dtype != "float32" else {})
+    if not spec_inputs:
+        raise OnnxError("the model has no inputs besides its initializers")
+    return spec_inputs
