@@ -9,7 +9,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BeforeValidator
 
-__all__ = ["IntPair", "NonNegPair", "Padding", "pair", "as_pair"]
+__all__ = ["IntPair", "Padding"]
 
 
 def _is_int(v: Any) -> bool:
@@ -43,13 +43,5 @@ def _padding(v: Any):
 
 
 IntPair = Annotated[tuple[int, int], BeforeValidator(_pair(1))]
-NonNegPair = Annotated[tuple[int, int], BeforeValidator(_pair(0))]
 Padding = Annotated[Union[str, tuple[int, ...]], BeforeValidator(_padding)]
 
-
-def as_pair(v) -> tuple[int, int]:
-    """An int or a pair as a pair."""
-    return (v, v) if _is_int(v) else tuple(v)
-
-
-pair = as_pair

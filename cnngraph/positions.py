@@ -12,7 +12,7 @@ import yaml
 
 from .errors import Problem, SpecError
 
-__all__ = ["parse_text", "Positions"]
+__all__ = ["parse_text", "path_to_str", "Positions"]
 
 Path_ = tuple
 Positions = dict  # Path_ -> (line, column)
@@ -25,19 +25,19 @@ def _construct(node: yaml.Node, path: Path_, pos: Positions, file: str | None, p
     pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if node.tag not in _SAFE_TAGS:
         problems.append(Problem(f"YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed: specs are "
-                                f"plain data (read with a safe loader)", _fmt(path), file, *pos[path]))
+                                f"plain data (read with a safe loader)", path_to_str(path), file, *pos[path]))
         return None
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
             key = _construct(key_node, path + ("<key>",), {}, file, problems)
             if not isinstance(key, (str, int, float, bool)) or key is None:
-                problems.append(Problem(f"mapping keys must be plain strings, found {key!r}", _fmt(path), file,
+                problems.append(Problem(f"mapping keys must be plain strings, found {key!r}", path_to_str(path), file,
                                         key_node.start_mark.line + 1, key_node.start_mark.column + 1))
                 continue
             key = str(key) if not isinstance(key, str) else key
             if key in out:
-                problems.append(Problem(f"key '{key}' appears twice in the same mapping", _fmt(path + (key,)), file,
+                problems.append(Problem(f"key '{key}' appears twice in the same mapping", path_to_str(path + (key,)), file,
                                         key_node.start_mark.line + 1, key_node.start_mark.column + 1))
             pos[path + (key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _construct(value_node, path + (key,), pos, file, problems)
@@ -55,7 +55,7 @@ def _scalar(node: yaml.ScalarNode) -> Any:
     return _SCALAR_LOADER.construct_object(node, deep=True)
 
 
-def _fmt(path: Path_) -> str:
+def path_to_str(path: Path_) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
@@ -96,5 +96,3 @@ def _parse_json(text: str, file: str) -> tuple[Any, Positions]:
     except json.JSONDecodeError as exc:
         raise SpecError(Problem(f"not valid JSON: {exc.msg}", "", file, exc.lineno, exc.colno)) from None
 
-
-path_to_str = _fmt

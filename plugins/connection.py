@@ -5,7 +5,6 @@ import math
 
 from pydantic import Field
 
-from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.init import InitScheme, init_bias, init_weight

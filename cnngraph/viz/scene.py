@@ -19,7 +19,6 @@ def text_width(s: str, size: float, bold: bool = False) -> float:
         return 0.0
     try:
         from matplotlib.font_manager import FontProperties
-        from matplotlib.textpath import TextToPath
         fp = FontProperties(family=FONT, weight="bold" if bold else "normal", size=size)
         w, _, _ = _T2P().get_text_width_height_descent(s, fp, ismath=False)
         return float(w)
