@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import CnnGraphError
+from .errors import CnnGraphError, SpecError
 
 __all__ = ["main", "COMMAND_MODULES"]
 
@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except SpecError as exc:   # already "N problems in spec:" with one located line each
+        print(exc, file=sys.stderr)
+        return 1
     except CnnGraphError as exc:
-        text = str(exc)
-        print(text if text.startswith(("1 problem", "2 problem")) or " problems in spec" in text
-              else f"error: {text}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 
 import cnngraph
-from cnngraph import registry
 from cnngraph.cli import main
 from cnngraph.conformance import InputSample, check_op, examples_for
 
 PLUGINS = Path(__file__).parent / "plugins"
 
-
-@pytest.fixture
-def fresh():
-    saved = registry._STATE
-    registry._STATE = None
-    try:
-        yield registry.get_registry()
-    finally:
-        registry._STATE = saved
 
 
 def test_check_op_all_passes_every_registered_op(fresh, capsys):

@@ -18,16 +18,6 @@ PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def fresh():
-    """A fresh process-wide registry for one test (built-ins and entry points reloaded), then the old one back."""
-    saved = registry._STATE
-    registry._STATE = None
-    try:
-        yield registry.get_registry()
-    finally:
-        registry._STATE = saved
-
 
 def one_layer(op_type: str, shape=(3, 4, 4), **params) -> dict:
     return {"inputs": {"x": {"shape": list(shape)}}, "layers": [{"id": "a", "type": op_type, **params}],

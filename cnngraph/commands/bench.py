@@ -1,18 +1,18 @@
-"""cnngraph bench: the side-by-side benchmark against PyTorch."""
-from __future__ import annotations
+"""cnngraph bench: the side-by-side benchmark against PyTorch.
 
-import argparse
+``cli.main`` hands every argument after ``bench`` to :func:`cnngraph.bench.main` before argparse runs
+(argparse cannot forward options); this entry only lists the command in ``cnngraph --help``.
+"""
+from __future__ import annotations
 
 __all__ = ["register"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="throughput vs PyTorch on lenet5, cifarnet and resnet_small (side by side)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)   # all options go to the benchmark's own parser
-    p.set_defaults(func=lambda args: _run(args.rest))
+    p = sub.add_parser("bench", help="throughput vs PyTorch on lenet5, cifarnet and resnet_small (side by side)")
+    p.set_defaults(func=lambda args: _run())
 
 
-def _run(rest) -> int:
+def _run() -> int:
     from ..bench import main
-    return main(rest)
+    return main([])
