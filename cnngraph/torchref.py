@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .backend import to_numpy
 from .graph import topological_order
 
 F = torch.nn.functional
@@ -104,7 +105,7 @@ class TorchNet(torch.nn.Module):
         self.weights = torch.nn.ParameterDict()
         self.state = {}
         for name, value in model.params.items():
-            t = torch.tensor(np.asarray(value), dtype=dtype)
+            t = torch.tensor(to_numpy(value), dtype=dtype)
             if name in model.trainable_names:
                 self.weights[name.replace(".", "__")] = torch.nn.Parameter(t)
             else:
