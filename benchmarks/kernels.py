@@ -1,4 +1,4 @@
-"""Benchmark the conv/pool kernels against PyTorch CPU on the cifarnet and LeNet-5 layers.
+"""Benchmark the conv/pool kernels against PyTorch CPU on the cifarnet, LeNet-5 and digits_cnn layers.
 
 Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/kernels.py [--reps N] [--batch 64 256] [--only NAME]
 Ours and torch alternate after warm-up; the median of the repetitions is reported. torch uses 2 threads.
@@ -32,12 +32,15 @@ CONVS = [
     ("cifar.conv4", 64, 16, 16, 64, 3, 1, False),
     ("lenet.conv1", 1, 28, 28, 6, 5, 2, True),
     ("lenet.conv2", 6, 14, 14, 16, 5, 0, False),
+    ("digits.conv1", 1, 8, 8, 16, 3, 1, True),
+    ("digits.conv2", 16, 8, 8, 32, 3, 1, False),
 ]
 # name, C, H, W, k
 POOLS = [
     ("cifar.pool1", 32, 32, 32, 2),
     ("cifar.pool2", 64, 16, 16, 2),
     ("lenet.pool1", 6, 28, 28, 2),
+    ("digits.pool", 32, 8, 8, 2),
     ("lenet.pool2", 16, 10, 10, 2),
 ]
 
@@ -116,12 +119,17 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--only", default="", help="substring filter on layer names")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="hold NumPy's BLAS at this many threads, as training does (0: leave it)")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         print("warning: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE set; NumPy GEMM will be slow", file=sys.stderr)
     totals = {}
+    if a.blas_threads:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(a.blas_threads, user_api="blas")   # stays in force for the run
     for N in a.batch:
         for name, *spec in CONVS:
             if a.only in name:

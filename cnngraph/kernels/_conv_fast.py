@@ -23,10 +23,11 @@ from ._parallel import n_workers, run_parallel, scratch, split_chunks
 __all__ = ["FastConv"]
 
 _CHUNK_BYTES = 4 << 20     # column buffer per chunk: stays in L2/L3 next to the GEMM's packing
-_PARALLEL_FLOPS = 60e6     # below this a conv runs on one thread
+_PARALLEL_FLOPS = 5e6      # below this a conv runs on one thread
 TRANSPOSED_RATIO = 3       # see _transposed
 TRANSPOSED_BWD = True      # stride-1 backward from gy's columns (else x's columns + col2im scatter-add)
 FLAT_MAX_O = 16            # flat layout when stride 1 and O <= this (GEMM cheap next to the copies)
+FLAT_MAX_W = 8             # ... or when the output is at most this wide (short rows make exact copies slow)
 
 
 class FastConv:
@@ -44,13 +45,15 @@ class FastConv:
         self.Wp = max(left + self.W, (self.Wo - 1) * sw + dw * (self.kw - 1) + 1)
         self.L = self.Ho * self.Wo
         self.K = self.C * self.kh * self.kw
-        self.flat = allow_flat and self.stride == (1, 1) and self.O <= FLAT_MAX_O
+        self.flat = allow_flat and self.stride == (1, 1) and (self.O <= FLAT_MAX_O or self.Wo <= FLAT_MAX_W)
         self.Wq = self.Wp if self.flat else self.Wo
         self.Lq = self.Ho * self.Wq
         # Flat slices of the last kernel row overrun the image by (kw-1)*dw: one spare row.
         self.rows = self.Hp + 1 if self.flat else self.Hp
         per_sample = self.K * self.Lq * self.dtype.itemsize
-        # Thread hand-off costs ~0.1 ms and loses under CPU contention: small convs run serially.
+        # A thread hand-off costs ~40 us: only tiny convs run serially. Measured (benchmarks/kernels.py
+        # layers, forward + backward, 2 cores): the digits/LeNet convs of 15-40 MFLOP run 1.3-1.6x
+        # faster on two threads on a quiet machine, and 0.8x with one core busy elsewhere.
         flops = 2 * self.N * self.O * self.K * self.Ho * self.Wo
         self.workers = n_workers() if flops >= _PARALLEL_FLOPS else 1
         self.chunks = split_chunks(self.N, _CHUNK_BYTES // per_sample, self.workers)
@@ -150,7 +153,7 @@ class FastConv:
     def _transposed(self, need_dx):
         """For stride 1 with pads <= (k-1)*dilation: the convolution of gy (zero-padded by the
         complementary amounts) with the flipped, transposed kernel, whose output is dx; else None."""
-        if self.stride != (1, 1) or not TRANSPOSED_BWD:
+        if self.stride != (1, 1) or not TRANSPOSED_BWD or self.Wo <= FLAT_MAX_W:
             return None
         (dh, dw), (top, bottom, left, right) = self.dilation, self.padding
         eh, ew = (self.kh - 1) * dh, (self.kw - 1) * dw
