@@ -30,6 +30,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from ..backend import to_numpy
 from ..errors import CheckpointError
 
 __all__ = [
+    "CheckpointWriter",
     "Checkpoint", "save_checkpoint", "load_checkpoint",
     "resolve_checkpoint", "run_folder", "load_weights",
     "rng_state_to_json", "rng_state_from_json",
@@ -65,6 +67,43 @@ class Checkpoint:
 
 
 # --- saving --------------------------------------------------------------------------
+
+class CheckpointWriter:
+    """Runs checkpoint saves on a background thread, one at a time, so training goes on while a
+    save serialises and fsyncs (about 6 ms per save here, mostly fsync, which releases the GIL).
+
+    ``submit`` first waits for the previous save; ``wait`` blocks until the pending save is on disk
+    and re-raises its error. Callers pass snapshots (copies) of the arrays, never live buffers.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.done: Any = None          # the ``tag`` of the newest save that completed
+
+    def submit(self, saves, tag=None) -> None:
+        """Start ``saves`` (a list of (directory, arrays, meta, optimizer_state)) in order."""
+        self.wait()
+
+        def run():
+            try:
+                for args in saves:
+                    save_checkpoint(*args)
+                self.done = tag
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="cnngraph-checkpoint", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
 
 def save_checkpoint(directory, arrays: dict, meta: dict,
                     optimizer_state: dict | None = None) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import DataError, SpecError
-from .checkpoint import META_FILE, load_checkpoint, resolve_checkpoint, run_folder, save_checkpoint
+from .checkpoint import META_FILE, CheckpointWriter, load_checkpoint, resolve_checkpoint, run_folder
 from .evaluate import evaluate_arrays, load_model
 from .metrics import json_safe, predicted_classes
 from .nonfinite import nonfinite_cause
@@ -157,6 +157,7 @@ class _Run:
         self.out = Path(out) if out is not None else Path("runs") / spec.name
         self.ckpt_dir = self.out / "checkpoint"
         self.last_saved: int | None = None   # epoch of the newest complete last/ checkpoint
+        self.writer = CheckpointWriter()
 
         if self.resume_ckpt is not None:
             restore(self, self.resume_ckpt, self.resume_dir)
@@ -173,17 +174,31 @@ class _Run:
                                          f"({st.epochs})", ("train", "schedule", "warmup_epochs")))
 
     def _save(self, epoch: int, improved: bool) -> None:
+        """Snapshot the state now; the files are written in the background while the next epoch runs."""
         t = time.perf_counter()
         meta = checkpoint_meta(self, epoch)
-        arrays = self.model.params.numpy()
+        arrays = self.model.params.numpy()        # copies: the next steps may update the weights in place
         opt = self.optimizer.state_dict()
+        saves = [(self.ckpt_dir / "last", arrays, meta, opt)]
         if improved:   # best first: an interruption between the two leaves last/ one epoch behind, never ahead
-            save_checkpoint(self.ckpt_dir / "best", arrays, meta, opt)
-        save_checkpoint(self.ckpt_dir / "last", arrays, meta, opt)
-        self.last_saved = epoch
+            saves.insert(0, (self.ckpt_dir / "best", arrays, meta, opt))
+        self.writer.submit(saves, tag=epoch)
         self.timer.add("checkpoints", time.perf_counter() - t)
 
+    def _finish_saves(self) -> None:
+        """Wait for the background save; its error (disk full ...) surfaces here."""
+        t = time.perf_counter()
+        try:
+            self.writer.wait()
+        finally:
+            self.last_saved = self.writer.done
+            self.timer.add("checkpoints", time.perf_counter() - t)
+
     def _last_good(self) -> str:
+        try:
+            self._finish_saves()
+        except Exception:  # noqa: BLE001 - already failing; report what is on disk
+            pass
         if self.last_saved is None:
             return "no checkpoint was saved yet"
         return f"last good checkpoint: {self.ckpt_dir / 'last'} (epoch {self.last_saved})"
@@ -300,6 +315,7 @@ class _Run:
                         print(f"early stopping: {self.best.metric} did not improve for {self.best.bad_epochs} "
                               f"epochs (best {self.best.value:.4f} at epoch {self.best.epoch})", file=self.stream)
                     break
+            self._finish_saves()
             test = self._test()       # inside: Ctrl-C during the final test evaluation is reported too
         except KeyboardInterrupt:
             if getattr(self, "_progress", None) is not None:

@@ -268,3 +268,21 @@ def test_rng_state_json_round_trip(bitgen):
 def test_rng_state_unknown_generator():
     with pytest.raises(CheckpointError, match="unknown bit generator 'Nope'"):
         rng_state_from_json({"bit_generator": "Nope", "state": {}})
+
+
+def test_background_writer_saves_in_order_and_reports_errors(tmp_path):
+    from cnngraph.train.checkpoint import CheckpointWriter
+    w = CheckpointWriter()
+    a = {"w": np.arange(4.0)}
+    w.submit([(tmp_path / "best", a, {"epoch": 1}, None), (tmp_path / "last", a, {"epoch": 1}, None)], tag=1)
+    w.submit([(tmp_path / "last", {"w": np.ones(4)}, {"epoch": 2}, None)], tag=2)   # waits for the first
+    w.wait()
+    assert w.done == 2
+    assert load_checkpoint(tmp_path / "best").meta["epoch"] == 1
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "last").arrays["w"], np.ones(4))
+    # an error on the writer thread surfaces at the next wait(); the last good save stays
+    w.submit([(tmp_path / "last", {"w": np.array([object()], dtype=object)}, {"epoch": 3}, None)], tag=3)
+    with pytest.raises(CheckpointError, match="dtype object"):
+        w.wait()
+    assert w.done == 2 and load_checkpoint(tmp_path / "last").meta["epoch"] == 2
+    w.wait()   # the error was reported once
