@@ -2,7 +2,8 @@
 
 - ``prune``: drop layers that reach no requested output.
 - ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/dense before it.
-- ``fuse_activations``: run relu/leaky_relu in place on the output of the conv2d/dense before it.
+- ``fuse_activations``: run relu/leaky_relu in place on the output of the conv2d/dense/add before it
+  (conv2d and add apply a relu per cache-sized chunk inside their kernels).
 
 ``optimize_for_inference(model)`` applies all three to a snapshot of the model's parameters and returns
 an :class:`InferenceModel` whose outputs equal ``model.forward(..., training=False)`` to float32 rounding.
@@ -23,6 +24,8 @@ __all__ = ["prune", "fold_batch_norm", "fuse_activations", "optimize_for_inferen
 
 FOLDABLE = ("conv2d", "dense")
 FUSABLE = ("relu", "leaky_relu")
+PRODUCERS = ("conv2d", "dense", "add")   # ops whose output an activation may be fused into
+NATIVE_RELU = ("conv2d", "add")          # their forward takes relu=True
 
 
 def _sole_consumer(g: nx.DiGraph, node: str, outputs: set[str]) -> str | None:
@@ -88,15 +91,22 @@ def fold_batch_norm(g: nx.DiGraph, params: dict[str, Any], aliases: dict[str, st
 
 
 class FusedActivation(Op):
-    """Inference-only fusion of a producer op and an in-place relu/leaky_relu on its output."""
+    """Inference-only fusion of a producer op and an in-place relu/leaky_relu on its output.
+
+    A relu after conv2d or add is passed into the producer (``forward(..., relu=True)``), whose NumPy
+    kernels apply it to each cache-sized chunk as it is written; other pairs run the activation in
+    place on the producer's output."""
 
     type = "fused_activation"
 
     def __init__(self, inner: Op, activation: Op):
         super().__init__(inner.p, inner.layer_id)
         self.inner, self.activation = inner, activation
+        self.native = activation.type == "relu" and inner.type in NATIVE_RELU
 
     def forward(self, ctx, inputs, params):
+        if self.native:
+            return self.inner.forward(ctx, inputs, params, relu=True)
         y = self.inner.forward(ctx, inputs, params)
         xp = xp_of(y)
         if self.activation.type == "relu":
@@ -109,12 +119,12 @@ class FusedActivation(Op):
 
 
 def fuse_activations(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, str]]:
-    """Merge each relu/leaky_relu into the conv2d/dense that alone feeds it (in place on ``g``)."""
+    """Merge each relu/leaky_relu into the conv2d/dense/add that alone feeds it (in place on ``g``)."""
     fused = []
     outputs = set(aliases.values())
     for act in [n for n in list(g) if g.nodes[n].get("type") in FUSABLE]:
         (src,) = g.nodes[act]["inputs"]
-        if g.nodes[src].get("type") not in FOLDABLE or _sole_consumer(g, src, outputs) != act:
+        if g.nodes[src].get("type") not in PRODUCERS or _sole_consumer(g, src, outputs) != act:
             continue
         node = g.nodes[src]
         node["op"] = FusedActivation(node["op"], g.nodes[act]["op"])

@@ -94,11 +94,12 @@ class Conv2d(Op):
             params["bias"] = init_bias(p.out_channels, fan_in, rng)
         return params
 
-    def forward(self, ctx, inputs, params):
+    def forward(self, ctx, inputs, params, relu=False):
+        """``relu=True`` (inference fusion, see cnngraph.passes) returns max(conv, 0)."""
         x, = inputs
         p = self.p
         y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
-                                  p.dilation, p.groups, save=ctx.grad)
+                                  p.dilation, p.groups, save=ctx.grad, relu=relu)
         ctx.save(conv=saved)
         return y
 

@@ -104,3 +104,34 @@ def test_inplace_activations_never_write_through_aliases():
     fc = model.forward({"x": x}, outputs=["fc"])["fc"].reshape(3, -1)
     np.testing.assert_allclose(out["sum"], np.maximum(fc, 0) + fc, rtol=1e-6)
     np.testing.assert_array_equal(out["r_in"], np.maximum(x_before, 0))
+
+
+RESIDUAL = {
+    "name": "residual_relu",
+    "inputs": {"image": {"shape": [32, 32, 32]}},
+    "layers": [
+        {"id": "c1", "type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+        {"id": "r1", "type": "relu"},
+        {"id": "p1", "type": "conv2d", "out_channels": 32, "kernel_size": 1},     # pointwise path
+        {"id": "r2", "type": "relu"},
+        {"id": "sum", "type": "add", "inputs": ["r2", "image"]},
+        {"id": "r3", "type": "relu"},
+        {"id": "pool", "type": "global_avg_pool2d"},
+        {"id": "flat", "type": "flatten"},
+        {"id": "logits", "type": "dense", "out_features": 4},
+    ],
+    "outputs": ["logits"],
+}
+
+
+def test_relu_fused_into_conv_and_add_kernels_matches_plain():
+    """Big enough for the chunked paths: several pointwise chunks, the blocked threaded add."""
+    model = cnngraph.compile(RESIDUAL, seed=2)
+    x = np.random.default_rng(0).standard_normal((20, 32, 32, 32)).astype(np.float32)
+    fast = optimize_for_inference(model)
+    assert sorted(fast.report["fused"]) == [("c1", "r1"), ("p1", "r2"), ("sum", "r3")]
+    assert all(fast.graph.nodes[n]["op"].native for n in ("c1", "p1", "sum"))
+    ref = model.forward({"image": x}, outputs=["r3", "logits"])
+    out = fast.forward({"image": x})["logits"]
+    np.testing.assert_allclose(out, ref["logits"], rtol=1e-5, atol=1e-6)
+    assert (ref["r3"] >= 0).all() and (ref["r3"] == 0).mean() > 0.05   # the relus do clip

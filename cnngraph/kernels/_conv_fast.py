@@ -27,7 +27,7 @@ _PARALLEL_FLOPS = 5e6      # below this a conv runs on one thread
 TRANSPOSED_RATIO = 3       # see _transposed
 TRANSPOSED_BWD = True      # stride-1 backward from gy's columns (else x's columns + col2im scatter-add)
 FLAT_MAX_O = 16            # flat layout when stride 1 and O <= this (GEMM cheap next to the copies)
-FLAT_MAX_W = 8             # ... or when the output is at most this wide (short rows make exact copies slow)
+FLAT_MAX_W = 8             # ... or O <= 2 * FLAT_MAX_O and the output at most this wide (short rows copy slowly)
 
 
 class FastConv:
@@ -45,7 +45,8 @@ class FastConv:
         self.Wp = max(left + self.W, (self.Wo - 1) * sw + dw * (self.kw - 1) + 1)
         self.L = self.Ho * self.Wo
         self.K = self.C * self.kh * self.kw
-        self.flat = allow_flat and self.stride == (1, 1) and (self.O <= FLAT_MAX_O or self.Wo <= FLAT_MAX_W)
+        self.flat = allow_flat and self.stride == (1, 1) and (
+            self.O <= FLAT_MAX_O or (self.Wo <= FLAT_MAX_W and self.O <= 2 * FLAT_MAX_O))
         self.Wq = self.Wp if self.flat else self.Wo
         self.Lq = self.Ho * self.Wq
         # Flat slices of the last kernel row overrun the image by (kw-1)*dw: one spare row.
@@ -127,8 +128,8 @@ class FastConv:
 
     # ---- drivers ---------------------------------------------------------------------------------
 
-    def forward(self, x, w, b):
-        """y (N, O, Ho, Wo) = conv(x, w) + b."""
+    def forward(self, x, w, b, relu=False):
+        """y (N, O, Ho, Wo) = conv(x, w) + b, then max(y, 0) if ``relu`` (on each chunk while it is in cache)."""
         y = np.empty((self.N, self.O, self.Ho, self.Wo), dtype=self.dtype)
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
         bias = None if b is None else b.reshape(1, self.O, 1)
@@ -146,6 +147,8 @@ class FastConv:
                     np.matmul(wmat, cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2), out=ys)
                 if bias is not None:
                     ys += bias
+                if relu:
+                    np.maximum(ys, 0, out=ys)
 
         run_parallel(work, self.chunks, self.workers)
         return y

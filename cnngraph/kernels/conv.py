@@ -11,6 +11,7 @@ import numpy as np
 
 from ..backend import xp_of
 from ._conv_fast import FastConv
+from ._parallel import n_workers, run_parallel, split_chunks
 from .pool import pool_output_size
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_output_shape"]
@@ -89,11 +90,13 @@ def _col2im(dcols, padded_shape, stride, dilation, out):
     return dpad
 
 
-def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False):
     """Grouped, strided, dilated 2-D convolution with (possibly asymmetric) zero padding.
 
     x (N, C, H, W), w (O, C//groups, kh, kw), b (O,) or None; stride/dilation (h, w); padding
-    (top, bottom, left, right). Returns ``(y, saved)``, y (N, O, Ho, Wo) in x's dtype; ``saved`` is
+    (top, bottom, left, right); ``relu`` applies max(y, 0) to the result (inference fusion: the
+    NumPy paths do it per batch chunk while the chunk is in cache).
+    Returns ``(y, saved)``, y (N, O, Ho, Wo) in x's dtype; ``saved`` is
     None unless ``save``. NumPy with groups == 1 takes the chunked fast path, whose ``saved`` keeps
     x and w *by reference* (do not modify them in place before backward); otherwise ``saved`` holds
     the im2col buffer (N*C*kh*kw*Ho*Wo elements).
@@ -110,24 +113,44 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save):
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype)
         if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding):
-            y = _pointwise(x, w, b)      # a 1x1 convolution is a plain matrix product per sample
+            y = _pointwise(x, w, b, relu)      # a 1x1 convolution is a plain matrix product per sample
         else:
-            y = fast.forward(x, w, b)
+            y = fast.forward(x, w, b, relu)
         return y, (_FastSaved(fast, x, w, dtypes) if save else None)
     y, saved = _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
+    if relu:
+        xp.maximum(y, 0, out=y)
     if saved is not None:
         saved.dtypes = dtypes
     return y, saved
 
 
-def _pointwise(x, w, b):
-    """1x1, stride 1, unpadded convolution as one batched GEMM (N, O, H*W) = (O, C) @ (N, C, H*W)."""
+_POINTWISE_CHUNK_BYTES = 1 << 20
+
+
+def _pointwise(x, w, b, relu=False):
+    """1x1, stride 1, unpadded convolution: (O, C) @ (C, H*W) per sample, on batch chunks spread over
+    the kernel threads (single-threaded BLAS each), bias and relu applied while a chunk is in cache.
+    One chunk (batch 1, or a small layer) is one GEMM call with BLAS's own threads."""
     N, C, H, W = x.shape
     O = w.shape[0]
-    y = np.matmul(w.reshape(O, C), np.ascontiguousarray(x).reshape(N, C, H * W)).reshape(N, O, H, W)
-    if b is not None:
-        y += b.reshape(1, O, 1, 1)
-    return y
+    wm = w.reshape(O, C)
+    xs = np.ascontiguousarray(x).reshape(N, C, H * W)
+    y = np.empty((N, O, H * W), dtype=x.dtype)
+    bias = None if b is None else b.reshape(1, O, 1)
+
+    def work(chunks):
+        for s, e in chunks:
+            ys = y[s:e]
+            np.matmul(wm, xs[s:e], out=ys)
+            if bias is not None:
+                ys += bias
+            if relu:
+                np.maximum(ys, 0, out=ys)
+
+    per_sample = O * H * W * x.itemsize
+    run_parallel(work, split_chunks(N, max(1, _POINTWISE_CHUNK_BYTES // per_sample), n_workers()))
+    return y.reshape(N, O, H, W)
 
 
 def conv2d_backward(gy, saved, need_dx=True):
