@@ -64,14 +64,19 @@ def resnet50():
     return ResNet50()
 
 
-def timeit(fn, repeat):
-    fn()   # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), float(np.median(times))
+def timed_alternately(ours, theirs, repeat, rounds=3):
+    """Median seconds of each over ``rounds`` alternating blocks of ``repeat`` timed runs. Each block
+    starts with an untimed run, so both run warm (ORT's spinning thread pool is ~2x slower at
+    batch 1 when woken once per call), and the alternation spreads other load over both."""
+    times = ([], [])
+    for _ in range(rounds):
+        for fn, out in zip((ours, theirs), times):
+            fn()
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def main():
@@ -116,8 +121,8 @@ def main():
         ours = fast.forward({"image": x})["logits"]
         ref = sess.run(None, {"image": x})[0]
         diff = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-        c_best, c_med = timeit(lambda: fast.forward({"image": x}), args.repeat)
-        o_best, o_med = timeit(lambda: sess.run(None, {"image": x}), args.repeat)
+        c_med, o_med = timed_alternately(lambda: fast.forward({"image": x}),
+                                         lambda: sess.run(None, {"image": x}), args.repeat)
         print(f"{batch:>5} | {c_med * 1e3:>12.1f} | {o_med * 1e3:>8.1f} | {c_med / o_med:>5.2f}x | {diff:>12.2e}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process (torch + ORT + cnngraph): {peak:.0f} MiB")
