@@ -17,17 +17,6 @@ from cnngraph.bench import CASES, SPECS, CnnStep, TorchStep, _data
 from cnngraph.model import compile
 
 
-def _torch_step(model, mode):
-    import torch
-    step = TorchStep.__new__(TorchStep)
-    step.torch, step.mode = torch, mode
-    from cnngraph.torchref import TorchNet
-    step.net = TorchNet(model).cuda()
-    step.net.state = {k: v.cuda() for k, v in step.net.state.items()}
-    step.opt = torch.optim.SGD(step.net.parameters(), lr=0.01, momentum=0.9)
-    return step
-
-
 def run(rounds: int, min_seconds: float) -> list[dict]:
     rows = []
     for case in CASES:
@@ -44,7 +33,7 @@ def _compare(case, rounds: int, min_seconds: float) -> dict:
     model = compile(SPECS / f"{case.net}.yaml", seed=0, device="cuda")
     x, y = _data(model, case.batch)
     ours = CnnStep(model, case.mode)
-    theirs = _torch_step(model, case.mode)
+    theirs = TorchStep(model, case.mode, device="cuda")
     xg, yg = cp.asarray(x), cp.asarray(y)
     xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
     with torch.no_grad():

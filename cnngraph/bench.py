@@ -81,11 +81,12 @@ class CnnStep:
 
 
 class TorchStep:
-    def __init__(self, model: Model, mode: str):
+    def __init__(self, model: Model, mode: str, device: str = "cpu"):
         import torch
         from .torchref import TorchNet
         self.torch, self.mode = torch, mode
-        self.net = TorchNet(model)
+        self.net = TorchNet(model).to(device)
+        self.net.state = {k: v.to(device) for k, v in self.net.state.items()}   # buffers kept outside the Module
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
 
     def __call__(self, x, y):
