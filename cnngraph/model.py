@@ -10,7 +10,8 @@ import numpy as np
 from .autodiff import requires_grad, run_backward
 from .backend import get_xp, to_device, to_numpy, tune_allocator
 from .errors import CnnGraphError, PluginError, RunError
-from .runner import run_forward, run_forward_parallel
+from .kernels._parallel import blas_held_for
+from .runner import batch_of, run_forward, run_forward_parallel
 from .schedule import Plan, make_plan
 from .spec import Spec, load_spec
 
@@ -196,10 +197,12 @@ class Model:
         plan = self.plan(outputs)
         env = self._prepare_inputs(inputs, plan)
         self._tape = None
-        if parallel and not grad and not training and on_output is None:
-            self._tape_inputs = set(plan.inputs)
-            return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, parallel)
-        result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
+        self._batch = batch_of(env)
+        with blas_held_for(self._batch):
+            if parallel and not grad and not training and on_output is None:
+                self._tape_inputs = set(plan.inputs)
+                return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, parallel)
+            result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
         self._tape = tape
         self._tape_inputs = set(plan.inputs)
         return result
@@ -248,8 +251,9 @@ class Model:
         float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
         seeds = (float_inputs if input_grads else set()) | set(wrt)
         need = requires_grad(self.graph, tape.plan.order, self._trainable, seeds)
-        tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n],
-                                                 capture=set(wrt))
+        with blas_held_for(self._batch):
+            tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n],
+                                                     capture=set(wrt))
         result: dict[str, Any] = {}
         for name in self.trainable_names:
             g = param_grads.get(name)

@@ -15,8 +15,9 @@ from typing import Any
 import networkx as nx
 
 from .backend import xp_of
+from .kernels._parallel import blas_held_for
 from .op import Op
-from .runner import run_forward
+from .runner import batch_of, run_forward
 from .schedule import make_plan
 
 __all__ = ["prune", "fold_batch_norm", "fuse_activations", "optimize_for_inference", "InferenceModel",
@@ -149,7 +150,8 @@ class InferenceModel:
 
     def forward(self, inputs) -> dict[str, Any]:
         env = self.model._prepare_inputs(inputs, self.model.plan())
-        out, _ = run_forward(self.graph, self.plan, env, self._params_of, False, False, self.model.rng)
+        with blas_held_for(batch_of(env)):
+            out, _ = run_forward(self.graph, self.plan, env, self._params_of, False, False, self.model.rng)
         return {name: out[node] for name, node in self.aliases.items()}
 
     __call__ = forward

@@ -14,7 +14,7 @@ from .errors import CnnGraphError, PluginError, RunError
 from .op import Context
 from .schedule import Plan
 
-__all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call"]
+__all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call", "batch_of"]
 
 
 @dataclass
@@ -127,3 +127,11 @@ def _check_output(g: nx.DiGraph, node: str, y, xs) -> None:
     if want is not None and tuple(shape or ()) != tuple(want):
         raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned shape {shape} from forward "
                           f"at layer '{node}', but its shape inference promised {tuple(want)}")
+
+
+def batch_of(env: dict) -> int:
+    """The batch size of a pass: the leading dimension of its first batched input (1 if none)."""
+    for a in env.values():
+        if getattr(a, "ndim", 0) >= 1:
+            return int(a.shape[0])
+    return 1

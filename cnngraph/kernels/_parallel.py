@@ -6,6 +6,7 @@ parallel and every chunk's working set cache-resident. Set CNNGRAPH_KERNEL_THREA
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["n_workers", "run_parallel", "scratch", "split_chunks"]
+__all__ = ["n_workers", "run_parallel", "scratch", "split_chunks", "blas_held_for"]
 
 _lock = threading.Lock()
 _pool = None
@@ -95,6 +96,20 @@ class _SingleThreadedBlas:
 
 
 _single_blas = _SingleThreadedBlas()
+
+
+def blas_held_for(batch: int):
+    """Context for one whole forward or backward pass: BLAS at one thread throughout when the
+    kernels will split this batch over their own threads.
+
+    Toggling BLAS's threads per kernel call is cheap by itself, but every multi-threaded BLAS call
+    leaves OpenBLAS's threads spinning for a while, taking the cores from our kernel threads: holding
+    BLAS at one thread for the pass made cifarnet inference at batch 64 1.5x faster and a training
+    step 1.1-1.2x faster (2 cores). A batch of 1 keeps BLAS's threads (its kernels run one chunk).
+    """
+    if batch > 1 and n_workers() > 1 and _blas_controllers():
+        return _single_blas
+    return contextlib.nullcontext()
 
 
 def run_parallel(fn, chunks, workers=None):
