@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from cnngraph.backend import xp_of
 from cnngraph.hookspecs import hookimpl
+from cnngraph.kernels._parallel import contiguous_alike, run_blocks
 from cnngraph.op import Context, Op, OpParams
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "sigmoid", "erf"]
@@ -48,12 +50,28 @@ class ReLU(_Elementwise):
 
     def forward(self, ctx: Context, inputs, params):
         x, = inputs
-        y = xp_of(x).maximum(x, 0, out=x if ctx.can_overwrite(0) else None)
+        out = x if ctx.can_overwrite(0) else None
+        if contiguous_alike(x):   # NumPy: big arrays on both cores, in L2-sized pieces
+            y = np.empty_like(x) if out is None else out
+            fx, fy = x.reshape(-1), y.reshape(-1)
+            run_blocks(lambda s, e: np.maximum(fx[s:e], 0, out=fy[s:e]), fx.size)
+        else:
+            y = xp_of(x).maximum(x, 0, out=out)
         ctx.save(y=y)
         return y
 
     def backward(self, ctx, gy):
-        return [gy * (ctx.saved["y"] > 0)], {}
+        y = ctx.saved["y"]
+        if not contiguous_alike(gy, y):
+            return [gy * (y > 0)], {}
+        g = np.empty_like(gy)
+        fg, fy, fo = gy.reshape(-1), y.reshape(-1), g.reshape(-1)
+
+        def piece(s, e):
+            np.multiply(fg[s:e], fy[s:e] > 0, out=fo[s:e])
+
+        run_blocks(piece, fo.size)
+        return [g], {}
 
 
 class LeakyReLUParams(OpParams):

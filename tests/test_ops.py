@@ -147,3 +147,27 @@ def test_forward_is_repeatable_after_backward(case):
     out = model.forward(feeds, grad=True)["op"]
     model.backward({"op": np.ones_like(out)})
     np.testing.assert_array_equal(model.forward(feeds)["op"], first)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_big_elementwise_passes_in_pieces_match_numpy(threads, monkeypatch):
+    """relu and add split arrays above kernels._parallel.BLOCKS_FROM into pieces over the threads;
+    the results equal one NumPy call exactly, NaN and the last partial piece included."""
+    from cnngraph.kernels._parallel import BLOCK, BLOCKS_FROM
+    from cnngraph.op import Context
+    from cnngraph.registry import get_registry
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    rng = np.random.default_rng(0)
+    n = BLOCKS_FROM + 3 * BLOCK + 7
+    x, b, gy = (rng.standard_normal(n).astype(np.float32).reshape(1, -1) for _ in range(3))
+    x[0, 5] = np.nan
+    ops = get_registry().ops
+    relu, add = ops["relu"](), ops["add"]()
+    ctx = Context(training=True, grad=True)
+    y = relu.forward(ctx, [x], {})
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    (g,), _ = relu.backward(ctx, gy)
+    np.testing.assert_array_equal(g, gy * (np.maximum(x, 0) > 0))
+    s = add.forward(Context(), [x, b], {}, relu=True)
+    np.testing.assert_array_equal(s, np.maximum(x + b, 0))
+    assert s is not x          # no overwrite allowed without the runner's say-so
