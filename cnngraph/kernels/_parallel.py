@@ -61,8 +61,11 @@ def split_chunks(n, per_chunk, workers):
     if workers > 1 and n >= workers:
         count = -(-count // workers) * workers
     count = min(count, n)
-    size = -(-n // count)
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
+    base, extra = divmod(n, count)      # equal sizes, the first `extra` one longer: threads finish together
+    bounds = [0]
+    for i in range(count):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class _SingleThreadedBlas:
