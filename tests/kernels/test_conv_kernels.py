@@ -51,6 +51,8 @@ def layout(request, monkeypatch):
     """Run a test with the flat stride-1 column layout allowed for every O, or for none."""
     from cnngraph.kernels import _conv_fast
     monkeypatch.setattr(_conv_fast, "FLAT_MAX_O", 1 << 30 if request.param == "flat" else 0)
+    monkeypatch.setattr(_conv_fast, "FLAT_MAX_W", 1 << 30 if request.param == "flat" else 0)
+    monkeypatch.setattr(_conv_fast, "FLAT_MIN_K_PER_O", 0)
     return request.param
 
 
