@@ -93,12 +93,14 @@ class CheckpointWriter:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
                 self._error = exc
 
+        # kept before start(): a Ctrl-C inside start() must still find the running save to wait for
         self._thread = threading.Thread(target=run, name="cnngraph-checkpoint", daemon=False)
         self._thread.start()
 
     def wait(self) -> None:
         if self._thread is not None:
-            self._thread.join()
+            if self._thread.ident is not None:   # started (a Ctrl-C may have hit before start())
+                self._thread.join()
             self._thread = None
         if self._error is not None:
             exc, self._error = self._error, None

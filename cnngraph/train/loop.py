@@ -191,7 +191,8 @@ class _Run:
         try:
             self.writer.wait()
         finally:
-            self.last_saved = self.writer.done
+            if self.writer.done is not None:   # else keep what was on disk before (a resumed run's epoch)
+                self.last_saved = self.writer.done
             self.timer.add("checkpoints", time.perf_counter() - t)
 
     def _last_good(self) -> str:

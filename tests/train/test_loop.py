@@ -105,6 +105,17 @@ def test_interrupt_then_resume_is_bit_for_bit(tmp_path, monkeypatch):
     assert straight.test["test_accuracy"] == resumed.test["test_accuracy"]
 
 
+def test_interrupt_in_the_first_resumed_epoch_names_the_resumed_checkpoint(tmp_path, monkeypatch):
+    """Before the first save of a resumed run, the last good checkpoint is the one resumed from."""
+    spec = tiny_spec(epochs=3)
+    run(spec, tmp_path, "r", epochs=1)
+    _interrupt_at(monkeypatch, 2)
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        cnngraph.train(spec, resume=tmp_path / "r", epochs=3, stream=stream)
+    assert "last good checkpoint" in stream.getvalue() and "(epoch 1)" in stream.getvalue(), stream.getvalue()
+
+
 def test_resume_extends_a_finished_run(tmp_path):
     spec = tiny_spec(schedule={"type": "constant"}, augment=[], epochs=4)
     run(spec, tmp_path, "straight")
