@@ -135,3 +135,40 @@ def test_relu_fused_into_conv_and_add_kernels_matches_plain():
     out = fast.forward({"image": x})["logits"]
     np.testing.assert_allclose(out, ref["logits"], rtol=1e-5, atol=1e-6)
     assert (ref["r3"] >= 0).all() and (ref["r3"] == 0).mean() > 0.05   # the relus do clip
+
+
+@pytest.mark.parametrize("path", ["specs/resnet_small.yaml", "specs/inception_small.yaml"])
+def test_batch_shards_on_threads_give_the_same_outputs(path, monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    rng = np.random.default_rng(4)
+    model = cnngraph.compile(path, seed=3)
+    _trained_like(model, rng)
+    x = rng.standard_normal((5, *model.spec.inputs["image"].shape)).astype(np.float32)
+    fast = optimize_for_inference(model)
+    assert fast._shards({"image": x}, 5) == [(0, 3), (3, 5)]
+    sharded = fast.forward({"image": x})["logits"]
+    monkeypatch.setattr("cnngraph.passes.SHARD_MAX_MACS", 0)      # the same snapshot, one pass
+    assert fast._shards({"image": x}, 5) == []
+    whole = fast.forward({"image": x})["logits"]
+    np.testing.assert_allclose(sharded, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sharded, model.forward({"image": x})["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_no_batch_shards_where_samples_interact_or_nothing_to_split(monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    small = optimize_for_inference(cnngraph.compile(
+        {"inputs": {"image": {"shape": [3, 8, 8]}},
+         "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3}], "outputs": ["c"]}))
+    assert small._shards({"image": x}, 4) == [(0, 2), (2, 4)]
+    assert small._shards({"image": x[:1]}, 1) == []                              # one sample
+    assert small._shards({"image": x, "other": np.zeros((3, 2), np.float32)}, 4) == []   # batches disagree
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "1")
+    assert small._shards({"image": x}, 4) == []                                  # one thread
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    # a batch norm with no conv before it to fold into stays in the graph: it is batch-dependent
+    bn_first = optimize_for_inference(cnngraph.compile(
+        {"inputs": {"image": {"shape": [3, 8, 8]}},
+         "layers": [{"id": "bn", "type": "batch_norm2d"}], "outputs": ["bn"]}))
+    assert any(bn_first.graph.nodes[n]["type"] == "batch_norm2d" for n in bn_first.graph)
+    assert bn_first._shards({"image": x}, 4) == []

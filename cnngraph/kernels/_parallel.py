@@ -11,11 +11,12 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-__all__ = ["n_workers", "run_parallel", "run_blocks", "contiguous_alike", "scratch", "split_chunks", "blas_held_for"]
+__all__ = ["n_workers", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "scratch", "split_chunks",
+           "blas_held_for"]
 
 _lock = threading.Lock()
 _pool = None
@@ -25,7 +26,14 @@ _MAX_ZEROED = 48
 
 
 def n_workers():
-    """Threads the kernels may use: CNNGRAPH_KERNEL_THREADS, else the usable cores (at most 8)."""
+    """Threads the kernels may use: 1 inside a shard of run_shards, else CNNGRAPH_KERNEL_THREADS, else
+    the usable cores (at most 8)."""
+    if getattr(_local, "serial", False):
+        return 1
+    return _threads()
+
+
+def _threads():
     env = os.environ.get("CNNGRAPH_KERNEL_THREADS")
     if env:
         return max(1, int(env))
@@ -124,7 +132,6 @@ def run_parallel(fn, chunks, workers=None):
     chunk, and serially with single-threaded BLAS when one worker suffices or another call already
     holds the pool.
     """
-    global _pool
     workers = min(workers or n_workers(), len(chunks))
     if not _blas_controllers() or len(chunks) == 1:
         # one chunk (e.g. batch 1): no threads of ours, so BLAS may use all the cores itself
@@ -133,10 +140,8 @@ def run_parallel(fn, chunks, workers=None):
         if workers <= 1 or not _lock.acquire(blocking=False):
             return [fn(iter(chunks))]
         try:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=n_workers(), thread_name_prefix="cnngraph-kernel")
             it = iter(chunks)    # list iterators are safe to share: next() holds the GIL
-            futures = [_pool.submit(fn, it) for _ in range(workers - 1)]
+            futures = [_get_pool().submit(fn, it) for _ in range(workers - 1)]
             try:
                 mine = fn(it)
             finally:
@@ -144,6 +149,45 @@ def run_parallel(fn, chunks, workers=None):
             return [mine] + others
         finally:
             _lock.release()
+
+
+def _get_pool():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="cnngraph-kernel")
+    return _pool
+
+
+def _serially(fn, i):
+    """fn(i) with this thread's kernels on one thread (run_shards already uses every core)."""
+    _local.serial = True
+    try:
+        return fn(i)
+    finally:
+        _local.serial = False
+
+
+def run_shards(fn, count):
+    """``[fn(0), ..., fn(count - 1)]`` with the calls running concurrently, one per kernel thread (the
+    caller runs shard 0), each with single-threaded kernels and BLAS.
+
+    For whole passes over batch shards: each thread runs every layer on its own samples, so there is
+    no thread hand-off and no wait for the slower thread at every layer, as there is when each kernel
+    splits the batch itself. Runs the shards one after the other when threadpoolctl is missing or the
+    kernel threads are busy. When shards fail, the lowest-numbered failure is raised after all finish.
+    """
+    if count <= 1 or not _blas_controllers() or not _lock.acquire(blocking=False):
+        return [fn(i) for i in range(count)]
+    try:
+        with _single_blas:
+            futures = [_get_pool().submit(_serially, fn, i) for i in range(1, count)]
+            try:
+                first = _serially(fn, 0)
+            finally:
+                wait(futures)
+            return [first] + [f.result() for f in futures]
+    finally:
+        _lock.release()
 
 
 BLOCK = 1 << 16              # elements per piece of an element-wise pass: each operand's piece stays in L2

@@ -1,0 +1,52 @@
+"""The kernels' work splitting: run_shards (whole passes over batch shards on the kernel threads)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cnngraph.kernels import _parallel
+from cnngraph.kernels._parallel import n_workers, run_shards
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    if not _parallel._blas_controllers():
+        pytest.skip("threadpoolctl is not installed: shards run one after the other")
+
+
+def test_shards_run_concurrently_in_order_with_serial_kernels(two_threads):
+    both_started = threading.Barrier(2, timeout=10)   # fails unless the two shards overlap in time
+
+    def shard(i):
+        both_started.wait()
+        return i, n_workers(), threading.get_ident()
+
+    results = run_shards(shard, 2)
+    assert [r[0] for r in results] == [0, 1]
+    assert [r[1] for r in results] == [1, 1]            # kernels inside a shard stay on their thread
+    assert results[0][2] == threading.get_ident() != results[1][2]
+    assert n_workers() == 2                              # the caller's setting is back afterwards
+
+
+def test_a_failing_shard_raises_after_all_shards_finish(two_threads):
+    finished = []
+
+    def shard(i):
+        if i == 1:
+            raise ValueError("shard 1 failed")
+        finished.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="shard 1 failed"):
+        run_shards(shard, 2)
+    assert finished == [0]
+    assert n_workers() == 2
+
+
+def test_shards_run_one_after_another_while_the_kernel_threads_are_busy(two_threads):
+    order = []
+    with _parallel._lock:                                # another call holds the kernel threads
+        assert run_shards(lambda i: order.append(i) or i * 10, 3) == [0, 10, 20]
+    assert order == [0, 1, 2]
