@@ -29,6 +29,7 @@ FUSABLE = ("relu", "leaky_relu")
 PRODUCERS = ("conv2d", "dense", "add")   # ops whose output an activation may be fused into
 NATIVE_RELU = ("conv2d", "add")          # their forward takes relu=True
 SHARD_MAX_MACS = 100e6                   # see InferenceModel._shards
+SHARD_THREADS = 2                        # ... and only with this many kernel threads
 
 
 def _sole_consumer(g: nx.DiGraph, node: str, outputs: set[str]) -> str | None:
@@ -161,11 +162,13 @@ class InferenceModel:
 
     def _shards(self, env, batch: int) -> list[tuple[int, int]]:
         """Contiguous batch ranges to run as whole passes on separate threads ([] to run the batch as
-        one pass, each kernel then splitting it over the threads itself). Only for small networks:
-        cifarnet (26 M multiply-adds per sample) inference at batch 64 and resnet_small (9 M) at 32
-        ran 7-11 % faster in shards, resnet18_cifar (557 M) 2-10 % slower (2 cores)."""
+        one pass, each kernel then splitting it over the threads itself). Only for small networks on
+        two threads: on this project's 2-core machine cifarnet (26 M multiply-adds per sample) at
+        batch 64 and resnet_small (9 M) at 32 ran 6-15 % faster in shards, resnet18_cifar (557 M)
+        2-10 % slower; on a 16-core machine shards were even with 2 threads and 1.1-1.25x slower
+        with 3-8 (every shard's Python work queues for the GIL)."""
         workers = n_workers()
-        if (workers < 2 or batch < 2 or not self._shardable or self.model.xp is not np
+        if (workers != SHARD_THREADS or batch < 2 or not self._shardable or self.model.xp is not np
                 or self.macs_per_sample > SHARD_MAX_MACS
                 or any(getattr(a, "ndim", 0) < 1 or a.shape[0] != batch for a in env.values())):
             return []
