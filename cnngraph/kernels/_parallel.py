@@ -12,6 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
 
 import numpy as np
 
@@ -53,10 +54,18 @@ def _blas_controllers():
             from threadpoolctl import ThreadpoolController
             np.dot(np.ones((2, 2)), np.ones((2, 2)))   # make sure NumPy's BLAS is loaded
             ctl = ThreadpoolController().select(user_api="blas")
-            _blas = [c for c in ctl.lib_controllers if "torch" not in c.filepath]
+            _blas = [c for c in ctl.lib_controllers if not _inside_torch(c.filepath)]
         except Exception:  # pragma: no cover - threadpoolctl missing or odd BLAS
             _blas = []
     return _blas
+
+
+def _inside_torch(path: str) -> bool:
+    """True for a library bundled in the torch package (torch/lib, torch.libs), whose threads our
+    kernels never use. Only the package's own folders count: an environment whose path merely
+    contains "torch" (/opt/torch/.venv, conda's "pytorch") still has its NumPy BLAS held."""
+    parts = Path(path).parts
+    return "torch.libs" in parts or any(a == "torch" and b == "lib" for a, b in zip(parts, parts[1:]))
 
 
 def split_chunks(n, per_chunk, workers):

@@ -50,3 +50,23 @@ def test_shards_run_one_after_another_while_the_kernel_threads_are_busy(two_thre
     with _parallel._lock:                                # another call holds the kernel threads
         assert run_shards(lambda i: order.append(i) or i * 10, 3) == [0, 10, 20]
     assert order == [0, 1, 2]
+
+
+@pytest.mark.parametrize("path, bundled", [
+    ("/usr/lib/python3/site-packages/torch/lib/libopenblas.so.0", True),
+    ("/env/lib/python3.12/site-packages/torch.libs/libgomp-a34b3233.so.1", True),
+    # NumPy's own BLAS in an environment whose name contains "torch": still ours to hold
+    ("/opt/torch/.venv/lib/python3.12/site-packages/numpy.libs/libscipy_openblas64_-61654e39.so", False),
+    ("/home/u/miniconda3/envs/pytorch/lib/libopenblas.so", False),
+])
+def test_only_torch_bundled_blas_is_left_alone(path, bundled):
+    assert _parallel._inside_torch(path) is bundled
+
+
+def test_numpys_blas_is_found_and_held():
+    if not _parallel._blas_controllers():
+        pytest.skip("threadpoolctl is not installed")
+    before = [c.num_threads for c in _parallel._blas_controllers()]
+    with _parallel._single_blas:
+        assert all(c.num_threads == 1 for c in _parallel._blas_controllers())
+    assert [c.num_threads for c in _parallel._blas_controllers()] == before
