@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._parallel import n_workers, run_parallel, scratch, split_chunks
+from ._parallel import run_parallel, scratch, split_chunks, workers_for
 
 __all__ = ["FastConv"]
 
@@ -58,7 +58,7 @@ class FastConv:
         # layers, forward + backward, 2 cores): the digits/LeNet convs of 15-40 MFLOP run 1.3-1.6x
         # faster on two threads on a quiet machine, and 0.8x with one core busy elsewhere.
         flops = 2 * self.N * self.O * self.K * self.Ho * self.Wo
-        self.workers = n_workers() if flops >= _PARALLEL_FLOPS else 1
+        self.workers = workers_for(flops, _PARALLEL_FLOPS)
         self.chunks = split_chunks(self.N, _CHUNK_BYTES // per_sample, self.workers)
 
     # ---- per-chunk building blocks -------------------------------------------------------------

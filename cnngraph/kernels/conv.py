@@ -11,7 +11,7 @@ import numpy as np
 
 from ..backend import xp_of
 from ._conv_fast import FastConv
-from ._parallel import n_workers, run_parallel, split_chunks
+from ._parallel import run_parallel, split_chunks, workers_for
 from .pool import pool_output_size
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_output_shape"]
@@ -149,7 +149,8 @@ def _pointwise(x, w, b, relu=False):
                 np.maximum(ys, 0, out=ys)
 
     per_sample = O * H * W * x.itemsize
-    run_parallel(work, split_chunks(N, max(1, _POINTWISE_CHUNK_BYTES // per_sample), n_workers()))
+    workers = workers_for(2 * N * O * C * H * W, 0)
+    run_parallel(work, split_chunks(N, max(1, _POINTWISE_CHUNK_BYTES // per_sample), workers), workers)
     return y.reshape(N, O, H, W)
 
 

@@ -70,3 +70,14 @@ def test_numpys_blas_is_found_and_held():
     with _parallel._single_blas:
         assert all(c.num_threads == 1 for c in _parallel._blas_controllers())
     assert [c.num_threads for c in _parallel._blas_controllers()] == before
+
+
+def test_threads_per_kernel_grow_with_its_work(monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "8")
+    per = _parallel.FLOPS_PER_EXTRA_THREAD
+    assert _parallel.workers_for(1e6, 5e6) == 1              # tiny: no hand-off at all
+    assert _parallel.workers_for(6e6, 5e6) == 2              # small: two threads, as on 2 cores
+    assert _parallel.workers_for(3.5 * per, 5e6) == 3
+    assert _parallel.workers_for(100 * per, 5e6) == 8        # never more than configured
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "1")
+    assert _parallel.workers_for(100 * per, 5e6) == 1
