@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "scratch", "split_chunks",
-           "blas_held_for"]
+__all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "scratch",
+           "split_chunks", "blas_held_for"]
 
 _lock = threading.Lock()
 _pool = None
@@ -183,11 +183,11 @@ def _get_pool():
 
 def _serially(fn, i):
     """fn(i) with this thread's kernels on one thread (run_shards already uses every core)."""
-    _local.serial = True
+    before, _local.serial = getattr(_local, "serial", False), True
     try:
         return fn(i)
     finally:
-        _local.serial = False
+        _local.serial = before
 
 
 def run_shards(fn, count):
