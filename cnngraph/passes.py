@@ -150,8 +150,12 @@ class InferenceModel:
 
         layers = [self.graph.nodes[n] for n in self.plan.order if "op" in self.graph.nodes[n]]
         self.macs_per_sample = sum(int(a["op"].flops(a["in_shapes"], a["out_shape"])) for a in layers)
-        # Batch shards may run on separate threads only when every layer treats samples independently.
-        self._shardable = not any(a["op"].batch_dependent or a["op"].reduces_batch for a in layers)
+        # Batch shards may run on separate threads only when every layer treats samples independently
+        # and every output comes from the inputs (a constant's batch of 1 must not be concatenated).
+        inputs = {n for n in self.graph if self.graph.nodes[n]["kind"] == "input"}
+        self._shardable = (not any(a["op"].batch_dependent or a["op"].reduces_batch for a in layers)
+                           and all(o in inputs or nx.ancestors(self.graph, o) & inputs
+                                   for o in self.graph.graph["outputs"]))
 
     def _params_of(self, node: str) -> dict[str, Any]:
         return {local: self.params[full] for local, full in self._names[node].items()}
@@ -167,10 +171,9 @@ class InferenceModel:
         batch 64 and resnet_small (9 M) at 32 ran 6-15 % faster in shards, resnet18_cifar (557 M)
         2-10 % slower; on a 16-core machine shards were even with 2 threads and 1.1-1.25x slower
         with 3-8 (every shard's Python work queues for the GIL)."""
-        workers = n_workers()
+        workers = n_workers()   # the inputs share one batch size: _prepare_inputs checks
         if (workers != SHARD_THREADS or batch < 2 or not self._shardable or self.model.xp is not np
-                or self.macs_per_sample > SHARD_MAX_MACS
-                or any(getattr(a, "ndim", 0) < 1 or a.shape[0] != batch for a in env.values())):
+                or self.macs_per_sample > SHARD_MAX_MACS):
             return []
         return split_chunks(batch, -(-batch // workers), 1)
 
@@ -178,11 +181,13 @@ class InferenceModel:
         env = self.model._prepare_inputs(inputs, self.model.plan())
         batch = batch_of(env)
         shards = self._shards(env, batch)
+        parts = None
         if shards:
             parts = run_shards(lambda i: self._run({k: v[shards[i][0]:shards[i][1]] for k, v in env.items()}),
                                len(shards))
+        if parts is not None:
             out = {node: np.concatenate([p[node] for p in parts]) for node in parts[0]}
-        else:
+        else:   # one pass (also when the kernel threads are busy elsewhere)
             with blas_held_for(batch):
                 out = self._run(env)
         return {name: out[node] for name, node in self.aliases.items()}

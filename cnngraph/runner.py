@@ -51,13 +51,14 @@ def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Calla
     """Run the plan on ``env`` (model inputs by name). Returns (outputs, tape or None)."""
     tape = Tape(plan) if grad else None
     protected = set(plan.inputs) | set(plan.outputs)   # the caller's arrays and the results
+    callers = tuple(env[n] for n in plan.inputs if n in env)
     for i, step in enumerate(plan.steps):
         node = step.node
         xs = [env[s] for s in step.inputs]
         ctx = Context(training=training, grad=grad, rng=rng)
         if not grad:
             ctx.overwritable = tuple(plan.last_use[s] == i and s not in protected and step.inputs.count(s) == 1
-                                     and _sole_owner(env, s) for s in step.inputs)
+                                     and _sole_owner(env, s, callers) for s in step.inputs)
         y = env[node] = _call(g, node, ctx, xs, params_of(node))
         if on_output is not None:
             on_output(node, y)
@@ -83,13 +84,14 @@ def run_forward_parallel(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_
         for src in set(step.inputs):
             consumers[src] = consumers.get(src, 0) + 1
     protected = set(plan.inputs) | set(plan.outputs)
+    callers = tuple(env[n] for n in plan.inputs if n in env)
     waiting = {step.node: step for step in plan.steps}
     pending: dict = {}
 
     def start(pool, step):
         ctx = Context(rng=rng)
         ctx.overwritable = tuple(consumers[s] == 1 and s not in protected and step.inputs.count(s) == 1
-                                 and _sole_owner(env, s) for s in step.inputs)
+                                 and _sole_owner(env, s, callers) for s in step.inputs)
         return pool.submit(_call, g, step.node, ctx, [env[s] for s in step.inputs], params_of(step.node))
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnngraph-branch") as pool:
@@ -111,11 +113,15 @@ def run_forward_parallel(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_
     return {name: env[name] for name in plan.outputs}
 
 
-def _sole_owner(env: dict[str, Any], name: str) -> bool:
-    """True when tensor ``name`` owns its memory and no other live tensor is it or a view of it
-    (identity and reshape layers pass arrays on: writing into one would change the others)."""
+def _sole_owner(env: dict[str, Any], name: str, callers: tuple = ()) -> bool:
+    """True when tensor ``name`` owns its memory, is none of the caller's input arrays (``callers``:
+    an identity layer passes one on, and it stays the caller's after the input itself is freed), and
+    no other live tensor is it or a view of it (identity and reshape layers pass arrays on: writing
+    into one would change the others)."""
     x = env[name]
     if getattr(x, "base", None) is not None:
+        return False
+    if any(c is x or getattr(c, "base", None) is x for c in callers):
         return False
     return not any(v is x or getattr(v, "base", None) is x for k, v in env.items() if k != name)
 

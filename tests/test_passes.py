@@ -1,6 +1,8 @@
 """Graph passes: identical results (float32 tolerance) with passes on and off."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -162,7 +164,6 @@ def test_no_batch_shards_where_samples_interact_or_nothing_to_split(monkeypatch)
          "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3}], "outputs": ["c"]}))
     assert small._shards({"image": x}, 4) == [(0, 2), (2, 4)]
     assert small._shards({"image": x[:1]}, 1) == []                              # one sample
-    assert small._shards({"image": x, "other": np.zeros((3, 2), np.float32)}, 4) == []   # batches disagree
     for threads in ("1", "4"):                                                   # measured: no gain there
         monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
         assert small._shards({"image": x}, 4) == []
@@ -173,3 +174,51 @@ def test_no_batch_shards_where_samples_interact_or_nothing_to_split(monkeypatch)
          "layers": [{"id": "bn", "type": "batch_norm2d"}], "outputs": ["bn"]}))
     assert any(bn_first.graph.nodes[n]["type"] == "batch_norm2d" for n in bn_first.graph)
     assert bn_first._shards({"image": x}, 4) == []
+
+
+def test_batch_shards_run_on_two_threads(monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    from cnngraph.kernels import _parallel
+    if not _parallel._blas_controllers():
+        pytest.skip("threadpoolctl is not installed: no shards")
+    fast = optimize_for_inference(cnngraph.compile("specs/resnet_small.yaml"))
+    seen = []
+    run = fast._run
+
+    def spy(env):
+        seen.append((threading.get_ident(), len(env["image"])))
+        return run(env)
+
+    monkeypatch.setattr(fast, "_run", spy)
+    fast.forward({"image": np.zeros((5, 3, 32, 32), np.float32)})
+    assert sorted(n for _, n in seen) == [2, 3] and len({t for t, _ in seen}) == 2
+
+
+def test_outputs_that_need_no_input_keep_their_batch_of_one(monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    spec = {"inputs": {"image": {"shape": [4]}},
+            "layers": [{"id": "d", "type": "dense", "out_features": 3},
+                       {"id": "c", "type": "constant", "shape": [3], "fill": 1.5, "inputs": []},
+                       {"id": "s", "type": "broadcast_add", "inputs": ["d", "c"]}],
+            "outputs": ["s", "c"]}
+    model = cnngraph.compile(spec, seed=0)
+    fast = optimize_for_inference(model)
+    x = np.ones((4, 4), np.float32)
+    assert fast._shards({"image": x}, 4) == []
+    out, ref = fast.forward({"image": x}), model.forward({"image": x})
+    assert out["c"].shape == ref["c"].shape == (1, 3)
+    np.testing.assert_allclose(out["s"], ref["s"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_an_identity_never_lets_a_later_layer_write_into_the_callers_array(threads, monkeypatch):
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    spec = {"inputs": {"x": {"shape": [6]}},
+            "layers": [{"id": "same", "type": "identity"}, {"id": "r", "type": "relu"}],
+            "outputs": ["r"]}
+    model = cnngraph.compile(spec)
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    before = x.copy()
+    for run in (model.forward, optimize_for_inference(model).forward):
+        np.testing.assert_array_equal(run({"x": x})["r"], np.maximum(before, 0))
+        np.testing.assert_array_equal(x, before)

@@ -38,8 +38,8 @@ FLOPS_PER_EXTRA_THREAD = 20e6   # see workers_for
 
 
 def workers_for(flops: float, serial_below: float) -> int:
-    """Threads for one kernel call of ``flops``: one below ``serial_below``, else two, and a further
-    thread per FLOPS_PER_EXTRA_THREAD of work up to n_workers(). On many cores every thread costs a
+    """Threads for one kernel call of ``flops``: one below ``serial_below``, else one per
+    FLOPS_PER_EXTRA_THREAD of work, at least two and at most n_workers(). On many cores every thread costs a
     hand-off and its share of Python work under the GIL: on 8 threads of a 16-core Xeon (alternating
     runs) the limit made LeNet-5 training at batch 256 13-33 % faster, resnet_small inference at batch
     32 8-45 %, cifarnet training 4-9 %. With 2 threads it changes nothing."""
@@ -75,11 +75,14 @@ def _blas_controllers():
 
 
 def _inside_torch(path: str) -> bool:
-    """True for a library bundled in the torch package (torch/lib, torch.libs), whose threads our
-    kernels never use. Only the package's own folders count: an environment whose path merely
-    contains "torch" (/opt/torch/.venv, conda's "pytorch") still has its NumPy BLAS held."""
-    parts = Path(path).parts
-    return "torch.libs" in parts or any(a == "torch" and b == "lib" for a, b in zip(parts, parts[1:]))
+    """True for a library bundled in the installed torch package (site-packages/torch/lib or
+    site-packages/torch.libs), whose threads our kernels never use. Only those folders count: an
+    environment merely named "torch" (/opt/torch/.venv, conda's envs/torch/lib) keeps its NumPy BLAS held."""
+    folder = Path(path).parent
+    if folder.name == "torch.libs":
+        return folder.parent.name in ("site-packages", "dist-packages")
+    return (folder.name == "lib" and folder.parent.name == "torch"
+            and folder.parent.parent.name in ("site-packages", "dist-packages"))
 
 
 def split_chunks(n, per_chunk, workers):
@@ -192,15 +195,16 @@ def _serially(fn, i):
 
 def run_shards(fn, count):
     """``[fn(0), ..., fn(count - 1)]`` with the calls running concurrently, one per kernel thread (the
-    caller runs shard 0), each with single-threaded kernels and BLAS.
+    caller runs shard 0), each with single-threaded kernels and BLAS; None, without calling ``fn``,
+    when they cannot run concurrently (one kernel thread, no threadpoolctl to hold BLAS, or the kernel
+    threads busy with another call): the caller then runs the batch as one pass instead.
 
     For whole passes over batch shards: each thread runs every layer on its own samples, so there is
     no thread hand-off and no wait for the slower thread at every layer, as there is when each kernel
-    splits the batch itself. Runs the shards one after the other when threadpoolctl is missing or the
-    kernel threads are busy. When shards fail, the lowest-numbered failure is raised after all finish.
+    splits the batch itself. When shards fail, the lowest-numbered failure is raised after all finish.
     """
-    if count <= 1 or not _blas_controllers() or not _lock.acquire(blocking=False):
-        return [fn(i) for i in range(count)]
+    if count < 2 or n_workers() < 2 or not _blas_controllers() or not _lock.acquire(blocking=False):
+        return None
     try:
         with _single_blas:
             futures = [_get_pool().submit(_serially, fn, i) for i in range(1, count)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -34,33 +35,49 @@ def test_a_failing_shard_raises_after_all_shards_finish(two_threads):
     finished = []
 
     def shard(i):
-        if i == 1:
-            raise ValueError("shard 1 failed")
-        finished.append(i)
+        if i == 0:
+            raise ValueError("shard 0 failed")          # the caller's own shard fails at once...
+        time.sleep(0.2)
+        finished.append(i)                               # ...and the pool's shard still completes first
         return i
 
-    with pytest.raises(ValueError, match="shard 1 failed"):
+    with pytest.raises(ValueError, match="shard 0 failed"):
         run_shards(shard, 2)
-    assert finished == [0]
+    assert finished == [1]
+    assert _parallel._lock.acquire(blocking=False)      # the kernel threads are free again
+    _parallel._lock.release()
     assert n_workers() == 2
+    assert _parallel._get_pool().submit(n_workers).result() == 2   # the pool thread's flag is reset too
 
 
-def test_shards_run_one_after_another_while_the_kernel_threads_are_busy(two_threads):
-    order = []
+def test_no_shards_when_they_cannot_run_concurrently(two_threads, monkeypatch):
+    calls = []
     with _parallel._lock:                                # another call holds the kernel threads
-        assert run_shards(lambda i: order.append(i) or i * 10, 3) == [0, 10, 20]
-    assert order == [0, 1, 2]
+        assert run_shards(calls.append, 2) is None
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "1")
+    assert run_shards(calls.append, 2) is None
+    assert calls == []                                   # the caller runs one pass instead
 
 
 @pytest.mark.parametrize("path, bundled", [
     ("/usr/lib/python3/site-packages/torch/lib/libopenblas.so.0", True),
-    ("/env/lib/python3.12/site-packages/torch.libs/libgomp-a34b3233.so.1", True),
-    # NumPy's own BLAS in an environment whose name contains "torch": still ours to hold
+    ("/env/lib/python3.12/dist-packages/torch.libs/libgomp-a34b3233.so.1", True),
+    # NumPy's own BLAS in environments named after torch: still ours to hold
     ("/opt/torch/.venv/lib/python3.12/site-packages/numpy.libs/libscipy_openblas64_-61654e39.so", False),
+    ("/opt/torch/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_-61654e39.so", False),
+    ("/home/u/miniconda3/envs/torch/lib/libopenblas.so.0", False),
     ("/home/u/miniconda3/envs/pytorch/lib/libopenblas.so", False),
 ])
 def test_only_torch_bundled_blas_is_left_alone(path, bundled):
     assert _parallel._inside_torch(path) is bundled
+
+
+def test_blas_libraries_inside_torch_are_not_controlled(monkeypatch):
+    if not _parallel._blas_controllers():
+        pytest.skip("threadpoolctl is not installed")
+    monkeypatch.setattr(_parallel, "_blas", None)        # find the libraries again
+    monkeypatch.setattr(_parallel, "_inside_torch", lambda path: True)
+    assert _parallel._blas_controllers() == []
 
 
 def test_numpys_blas_is_found_and_held():
