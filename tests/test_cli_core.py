@@ -35,13 +35,27 @@ def test_run_with_random_and_given_weights(tmp_path):
     assert "conv1" in r.stderr and "total" in r.stderr      # per-layer profile
 
 
+def test_run_reads_a_single_array_npz(tmp_path):
+    np.savez(tmp_path / "x.npz", image=np.zeros((3, 1, 28, 28), np.float32))
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npz", "--output", tmp_path / "y.npy")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "y.npy").shape == (3, 10)
+
+
 def test_run_errors_are_clean(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 28, 28), np.float32))
     r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "bad.npy")
     assert r.returncode == 1 and "input 'image' must have shape (batch, 1, 28, 28)" in r.stderr
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "junk.npy")
-    assert r.returncode == 1 and "junk.npy: not a readable .npy array" in r.stderr
+    assert r.returncode == 1 and "junk.npy: not a .npy or .npz array file" in r.stderr
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04" + b"garbage" * 20)
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "corrupt.npz")
+    assert r.returncode == 1 and "corrupt.npz: not a readable .npy/.npz array" in r.stderr
+    np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.zeros(2))
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "two.npz")
+    assert r.returncode == 1 and "two.npz: an .npz must hold exactly one array here, found 2 (a, b)" in r.stderr
+    assert "Traceback" not in r.stderr
     np.savez(tmp_path / "w.npz", nope=np.zeros(3))
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
     r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "w.npz")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,26 @@ def load_spec_args(args: argparse.Namespace, path: str):
 
 
 def read_array(path: str) -> np.ndarray:
-    """Read a .npy file without unpickling; DataError on anything else."""
+    """Read a .npy file, or an .npz holding a single array, without unpickling; DataError on
+    anything else."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+        raise DataError(f"{path}: not a .npy or .npz array file (it starts with {magic!r})")
     try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        data = np.load(p, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                if len(data.files) != 1:
+                    raise DataError(f"{path}: an .npz must hold exactly one array here, found "
+                                    f"{len(data.files)} ({', '.join(data.files) or 'none'})")
+                data = data[data.files[0]]
+        return data
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npy/.npz array ({exc})") from None
 
 
 def fail(message: str) -> None:

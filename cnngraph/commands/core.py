@@ -29,7 +29,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("run", help="run the network forward on an .npy input")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--input", required=True, metavar="X.npy", help="(N, C, H, W) or a single (C, H, W) sample")
+    p.add_argument("--input", required=True, metavar="X.npy",
+                   help="(N, C, H, W) or a single (C, H, W) sample: a .npy, or an .npz holding one array")
     p.add_argument("--params", metavar="WEIGHTS", help=".npz of parameters, or a checkpoint or run folder")
     p.add_argument("--output", metavar="Y.npy", help="write the output (.npy; .npz for several outputs)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
