@@ -165,6 +165,13 @@ def test_train_on_an_npz_dataset(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["classes"] == ["0", "1"] and sum(m["per_class"]["support"]) == 24
+    del spec["train"]["data"]["test_fraction"]          # without one: validation only, and the user is told
+    path.write_text(yaml.safe_dump(spec))
+    rc = main(["train", str(path), "--data", f"npz:{tmp_path / 'd.npz'}", "--epochs", "1", "--out",
+               str(tmp_path / "r2"), "--quiet"])
+    assert rc == 0
+    assert "no test split (set train.data.test_fraction" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["test_accuracy"] is None
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGINT") or __import__("os").name != "posix",

@@ -94,10 +94,13 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         return 130      # the loop said what was kept and how to resume
     s = hist.summary
-    parts = [f"{spec.name}: {s['epochs_run']} epochs ({s['stopped'].replace('_', ' ')})"]
+    parts = [f"{spec.name}: {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'} "
+             f"({s['stopped'].replace('_', ' ')})"]
     if s.get("test_accuracy") is not None:
         parts.append(f"test accuracy {s['test_accuracy']:.4f}, test loss {s['test_loss']:.4f} "
                      f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
+    elif s["stopped"] != "diverged":
+        parts.append("no test split (set train.data.test_fraction to carve one from the training data)")
     parts.append(f"{s['train_seconds']:.1f}s, {s['images_per_second'] or 0:,.0f} images/s")
     print("; ".join(parts))
     print(f"wrote {hist.out}/ (checkpoint/, metrics.json, history.csv, curves.png)")

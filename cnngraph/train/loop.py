@@ -170,8 +170,17 @@ class _Run:
                                 f"{st.epochs}; pass a larger --epochs to train further")
         warm = getattr(self.schedule.params, "warmup_epochs", 0) or 0
         if warm and warm >= st.epochs:
-            raise SpecError(spec.problem(f"warmup_epochs ({warm}) must be less than the number of epochs "
-                                         f"({st.epochs})", ("train", "schedule", "warmup_epochs")))
+            if st.epochs >= self.ts.epochs:   # the spec's own numbers disagree
+                raise SpecError(spec.problem(f"warmup_epochs ({warm}) must be less than the number of epochs "
+                                             f"({st.epochs})", ("train", "schedule", "warmup_epochs")))
+            # --epochs / epochs= made the run shorter than the spec's warmup: keep warmup's share of the run
+            fitted = warm * st.epochs / self.ts.epochs
+            self.schedule = reg.schedules[self.ts.schedule.type](
+                self.ts.schedule.params.model_copy(update={"warmup_epochs": fitted}))
+            if not quiet:
+                print(f"note: a run of {_epochs(st.epochs)} does not outlast the spec's warmup of {_epochs(warm)} "
+                      f"(of {self.ts.epochs}); warmup shortened to {_epochs(fitted)}, the same share of the run",
+                      file=self.stream)
 
     def _save(self, epoch: int, improved: bool) -> None:
         """Snapshot the state now; the files are written in the background while the next epoch runs."""
@@ -296,7 +305,7 @@ class _Run:
             ds = self.dataset
             what = "resuming from epoch " + str(self.start_epoch) + ", " if self.start_epoch else ""
             print(f"training {self.spec.name}: {what}{len(ds.train[1])} train / {len(ds.val[1])} val / "
-                  f"{len(ds.test[1])} test images ({ds.source}), {st.epochs} epochs, batch {st.batch_size}, "
+                  f"{len(ds.test[1])} test images ({ds.source}), {_epochs(st.epochs)}, batch {st.batch_size}, "
                   f"{self.ts.optimizer.type} lr {st.lr:g}, out {self.out}", file=self.stream)
         try:
             for epoch in range(self.start_epoch, st.epochs):
@@ -419,6 +428,10 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     with _blas_threads():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
                     allow_plugins).fit()
+
+
+def _epochs(n) -> str:
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
 
 
 def _blas_threads():

@@ -404,3 +404,13 @@ def test_ctrl_c_during_the_final_test_evaluation_is_reported(tmp_path, monkeypat
     assert "(epoch 2)" in stream.getvalue()
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["stopped"] == "interrupted" and len(m["history"]) == 2
+
+
+def test_fewer_epochs_than_the_warmup_shorten_it_in_proportion(tmp_path):
+    spec = tiny_spec(epochs=4, schedule={"type": "cosine", "warmup_epochs": 2})
+    stream = io.StringIO()
+    hist = run(spec, tmp_path, epochs=1, stream=stream)
+    assert len(hist) == 1
+    assert "warmup shortened to 0.5 epochs, the same share of the run" in stream.getvalue()
+    with pytest.raises(SpecError, match=r"warmup_epochs \(2.0\) must be less than the number of epochs \(2\)"):
+        run(tiny_spec(epochs=2, schedule={"type": "cosine", "warmup_epochs": 2}), tmp_path, name="bad")
