@@ -1,7 +1,8 @@
 """The ``cnngraph`` command: parses arguments, calls the API, prints. No logic lives here.
 
 Each command family lives in ``cnngraph/commands/<family>.py`` with a ``register(subparsers)``
-function. Errors raised on purpose (CnnGraphError) are printed without a traceback and give exit 1.
+function. Errors raised on purpose (CnnGraphError), and OSErrors on a path the user gave, are printed
+without a traceback and give exit 1.
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `cnngraph ops | head`
         return 0
+    except OSError as exc:   # a path the user gave cannot be read or written (missing folder, read-only, ...)
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -304,6 +304,12 @@ class Model:
             if unexpected:
                 parts.append(f"unexpected {', '.join(unexpected[:8])}{'…' if len(unexpected) > 8 else ''}")
             raise CnnGraphError("parameters do not match the model: " + "; ".join(parts))
+        # every shape is checked before anything is assigned: a failed load leaves the model as it was
+        wrong = [f"{n} {tuple(np.shape(v))} (the model has {tuple(self.params[n].shape)})"
+                 for n, v in arrays.items() if n in self.params and tuple(np.shape(v)) != tuple(self.params[n].shape)]
+        if wrong:
+            raise CnnGraphError(f"parameters do not match the model (trained from a different network?): "
+                                f"{', '.join(wrong[:8])}{'…' if len(wrong) > 8 else ''}")
         for name, value in arrays.items():
             if name in self.params:
                 self.params[name] = value

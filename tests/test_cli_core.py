@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import cnngraph
 
@@ -84,3 +85,31 @@ def test_ops_and_plugins_listing():
     assert {"name": "stride", "required": False, "default": [1, 1], "type": conv["params"][2]["type"]} in conv["params"]
     r = cli("plugins")
     assert "cnngraph.plugins.connection  (built-in): 2 ops" in r.stdout
+
+
+def test_unwritable_or_foreign_paths_give_one_line_errors(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    (tmp_path / "text.npy").write_text("not an array")
+    cases = [
+        (["run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "no" / "y.npy"],
+         f"{tmp_path / 'no' / 'y.npy'}: No such file or directory"),
+        (["run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "text.npy"],
+         "not an .npz archive: the file starts with b'not an'"),
+        (["run", "specs/digits_cnn.yaml", "--input", tmp_path / "x.npy", "--params", "specs"],
+         "specs"),
+    ]
+    for argv, text in cases:
+        r = cli(*argv)
+        assert r.returncode == 1 and text in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+
+
+def test_weights_of_another_network_are_refused_before_any_is_loaded():
+    a = cnngraph.compile("specs/digits_cnn.yaml", seed=0)
+    b = cnngraph.compile("specs/digits_cnn.yaml", seed=1)
+    before = {k: v.copy() for k, v in b.params.numpy().items()}
+    arrays = a.params.numpy()
+    arrays["fc1.weight"] = arrays["fc1.weight"][:, :-1]          # one layer of another shape
+    with pytest.raises(cnngraph.errors.CnnGraphError, match=r"fc1.weight \(64, 511\) \(the model has \(64, 512\)\)"):
+        b.load_params(arrays)
+    for k, v in b.params.numpy().items():
+        np.testing.assert_array_equal(v, before[k])                # nothing was half-loaded

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrayfile import array_file_kind
 from ..errors import CnnGraphError, DataError
 
 __all__ = ["add_spec_options", "load_spec_args", "read_array"]
@@ -35,10 +36,9 @@ def read_array(path: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")
-    with open(p, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
-        raise DataError(f"{path}: not a .npy or .npz array file (it starts with {magic!r})")
+    kind, head = array_file_kind(p)
+    if kind is None:
+        raise DataError(f"{path}: not a .npy or .npz array file (it starts with {head!r})")
     try:
         data = np.load(p, allow_pickle=False)
         if isinstance(data, np.lib.npyio.NpzFile):

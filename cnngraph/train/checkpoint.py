@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrayfile import array_file_kind
 from ..backend import to_numpy
 from ..errors import CheckpointError
 
@@ -321,9 +322,11 @@ _NPZ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile)
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the .npz at ``path``, read without pickles; one of _NPZ_ERRORS otherwise."""
+    kind, head = array_file_kind(path)
+    if kind != "npz":
+        raise ValueError("a single .npy array, not an .npz archive" if kind == "npy" else
+                         f"not an .npz archive: the file starts with {head!r}")
     loaded = np.load(path, allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError("a single .npy array, not an .npz archive")
     with loaded as npz:
         return {key: npz[key] for key in npz.files}
 

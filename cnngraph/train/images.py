@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..arrayfile import array_file_kind
 from ..errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_inputs"]
@@ -80,6 +81,10 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np
     dataset's raw units already and are used as they are.
     """
     try:
+        kind, head = array_file_kind(path)
+        if kind != "npy":
+            raise DataError(f"'{path}': expected a .npy array (np.save), found " +
+                            ("an .npz archive" if kind == "npz" else f"a file starting with {head!r}"))
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"'{path}': file does not exist") from None

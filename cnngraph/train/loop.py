@@ -213,6 +213,21 @@ class _Run:
             return "no checkpoint was saved yet"
         return f"last good checkpoint: {self.ckpt_dir / 'last'} (epoch {self.last_saved})"
 
+    def _keep_previous_run(self) -> None:
+        """A new run never overwrites an earlier one: an --out folder that already holds a run (other than
+        the one being resumed) is renamed to OUT.1 (or .2, ...) first, and the user is told."""
+        out = self.out
+        if not ((out / "checkpoint").is_dir() or (out / "metrics.json").is_file()):
+            return
+        if self.resume_dir is not None and run_folder(self.resume_dir).resolve() == out.resolve():
+            return
+        k = 1
+        while out.with_name(f"{out.name}.{k}").exists():
+            k += 1
+        kept = out.with_name(f"{out.name}.{k}")
+        out.rename(kept)
+        print(f"note: {out} held an earlier run; it is kept as {kept}", file=self.stream)
+
     # -- one epoch -------------------------------------------------------------------------
     def _epoch(self, epoch: int) -> dict:
         from ..op import Context
@@ -300,6 +315,7 @@ class _Run:
     def fit(self) -> History:
         st = self.settings
         self.stopped = "completed"
+        self._keep_previous_run()
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.quiet:
             ds = self.dataset

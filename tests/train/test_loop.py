@@ -414,3 +414,19 @@ def test_fewer_epochs_than_the_warmup_shorten_it_in_proportion(tmp_path):
     assert "warmup shortened to 0.5 epochs, the same share of the run" in stream.getvalue()
     with pytest.raises(SpecError, match=r"warmup_epochs \(2.0\) must be less than the number of epochs \(2\)"):
         run(tiny_spec(epochs=2, schedule={"type": "cosine", "warmup_epochs": 2}), tmp_path, name="bad")
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
+    spec = tiny_spec(epochs=1)
+    run(spec, tmp_path, name="r")
+    first = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    stream = io.StringIO()
+    run(tiny_spec(epochs=2), tmp_path, name="r", stream=stream)
+    assert f"{tmp_path / 'r'} held an earlier run; it is kept as {tmp_path / 'r.1'}" in stream.getvalue()
+    assert json.loads((tmp_path / "r.1" / "metrics.json").read_text()) == first
+    assert load_checkpoint(tmp_path / "r.1" / "checkpoint" / "last").meta["epoch"] == 1
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 2
+    run(spec, tmp_path, name="r", stream=io.StringIO())                 # the next one goes to r.2
+    assert (tmp_path / "r.2" / "metrics.json").is_file()
+    resumed = cnngraph.train(spec, resume=tmp_path / "r", epochs=3, stream=io.StringIO())   # keeps its folder
+    assert resumed.out == tmp_path / "r" and not (tmp_path / "r.3").exists()

@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 
+from ...arrayfile import array_file_kind
 from ...errors import DataError
 from ._common import RawSplits, as_float_images, check_labels, resolve, to_nchw
 
@@ -15,13 +16,14 @@ _PAIRS = {"train": ("x", "y"), "val": ("x_val", "y_val"), "test": ("x_test", "y_
 
 def _read(path) -> dict[str, np.ndarray]:
     """Read every array of an npz file without pickles; DataError on anything else."""
+    kind, head = array_file_kind(path)
+    if kind == "npy":
+        raise DataError(f"'{path}': expected an .npz archive (np.savez), found a single .npy array")
+    if kind is None:
+        raise DataError(f"'{path}': expected an .npz archive (np.savez), found a file starting with {head!r}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise DataError(f"'{path}': expected an .npz archive (np.savez), found a single .npy array")
             return {k: z[k] for k in z.files}
-    except DataError:
-        raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(f"'{path}': contains object (pickled) arrays, which are not loaded for "
