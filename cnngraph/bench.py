@@ -243,12 +243,33 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _case(text: str) -> Case:
+    """argparse type of --cases: NET:BATCH:MODE with NET a spec in specs/, BATCH >= 1, MODE train|infer."""
+    import argparse
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < 1 or parts[2] not in ("train", "infer"):
+        raise argparse.ArgumentTypeError(f"expected NET:BATCH:MODE (e.g. cifarnet:256:train; BATCH >= 1, "
+                                         f"MODE train or infer), found {text!r}")
+    if not (SPECS / f"{parts[0]}.yaml").is_file():
+        nets = ", ".join(sorted(f.stem for f in SPECS.glob("*.yaml")))
+        raise argparse.ArgumentTypeError(f"no network '{parts[0]}' in {SPECS} (there: {nets})")
+    return Case(parts[0], int(parts[1]), parts[2])
+
+
+def _at_least_one(text: str) -> int:
+    import argparse
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="cnngraph bench", description=__doc__.splitlines()[0])
     p.add_argument("--child", nargs=4, metavar=("FRAMEWORK", "NET", "BATCH", "MODE"), help=argparse.SUPPRESS)
-    p.add_argument("--cases", nargs="*", metavar="NET:BATCH:MODE", help="e.g. cifarnet:256:train (default: all)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cases", nargs="*", type=_case, metavar="NET:BATCH:MODE",
+                   help="e.g. cifarnet:256:train (default: all)")
+    p.add_argument("--rounds", type=_at_least_one, default=3)
     p.add_argument("--min-seconds", type=float, default=0.5)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -257,9 +278,7 @@ def main(argv=None) -> int:
         fw, net, batch, mode = args.child
         _child(fw, net, int(batch), mode)
         return 0
-    cases = CASES
-    if args.cases:
-        cases = tuple(Case(c.split(":")[0], int(c.split(":")[1]), c.split(":")[2]) for c in args.cases)
+    cases = tuple(args.cases) if args.cases else CASES
     print(HEADER, flush=True)
     result = run_benchmarks(cases, args.rounds, args.min_seconds, not args.no_memory)
     print()

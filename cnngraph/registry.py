@@ -285,6 +285,8 @@ def load_plugin_file(path: str | Path) -> str:
         return state.files[resolved]
     if not p.is_file():
         raise PluginError(f"plugin file '{path}' does not exist")
+    if p.suffix != ".py":
+        raise PluginError(f"plugin file '{path}': expected a Python file (.py) or an importable module name")
     modname = "cnngraph_userplugin_" + p.stem + "_" + str(abs(hash(resolved)) % 10**8)
     spec = importlib.util.spec_from_file_location(modname, resolved)
     module = importlib.util.module_from_spec(spec)

@@ -13,6 +13,17 @@ from ..errors import CnnGraphError, DataError
 __all__ = ["add_spec_options", "load_spec_args", "read_array"]
 
 
+def seed_value(text: str) -> int:
+    """argparse type of --seed: a whole number >= 0 (NumPy's generators refuse negative seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {v}")
+    return v
+
+
 def add_spec_options(p: argparse.ArgumentParser) -> None:
     """--plugin FILE (repeatable) and --allow-plugins, for commands that load specs."""
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",

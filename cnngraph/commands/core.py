@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from ..errors import CnnGraphError, SpecError
-from .common import add_spec_options, load_spec_args, read_array
+from ..errors import CnnGraphError, DataError, SpecError
+from .common import add_spec_options, load_spec_args, read_array, seed_value
 
 __all__ = ["register"]
 
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--params", metavar="WEIGHTS", help=".npz of parameters, or a checkpoint or run folder")
     p.add_argument("--output", metavar="Y.npy", help="write the output (.npy; .npz for several outputs)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --params")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random weights used without --params")
     p.add_argument("--profile", action="store_true", help="print time and memory per layer")
     add_spec_options(p)
     p.set_defaults(func=cmd_run)
@@ -83,7 +83,12 @@ def cmd_run(args) -> int:
     if args.params:
         from ..train.checkpoint import load_weights
         model.load_params(load_weights(args.params)[0])
+    if args.output and not args.output.endswith((".npy", ".npz")):
+        raise CnnGraphError(f"--output {args.output}: expected a .npy file (or .npz, which also holds "
+                            f"several outputs)")
     x = read_array(args.input)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{args.input}: {int((~np.isfinite(x)).sum())} of {x.size} values are NaN or infinite")
     if len(spec.inputs) != 1:
         raise CnnGraphError(f"`cnngraph run` feeds one input; this model takes {', '.join(spec.inputs)}")
     name, inp = next(iter(spec.inputs.items()))

@@ -6,7 +6,7 @@ import sys
 import yaml
 
 from ..errors import CnnGraphError
-from .common import add_spec_options, load_spec_args
+from .common import add_spec_options, load_spec_args, seed_value
 
 __all__ = ["register", "dump_spec"]
 
@@ -16,7 +16,7 @@ def register(sub) -> None:
                                         "differences, batch independence")
     p.add_argument("name", nargs="?", metavar="NAME", help="op type (see `cnngraph ops`)")
     p.add_argument("--all", action="store_true", help="check every registered op")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and parameters")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random inputs and parameters")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the count")
     add_spec_options(p)
     p.set_defaults(func=cmd_check_op)

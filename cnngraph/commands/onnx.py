@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CnnGraphError
-from .common import add_spec_options, load_spec_args
+from .common import add_spec_options, load_spec_args, seed_value
 
 __all__ = ["register"]
 
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--outputs", nargs="+", metavar="LAYER", help="layers to export as outputs (default: the spec's "
                                                                  "non-loss outputs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without weights")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random weights used without weights")
     add_spec_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -60,6 +60,8 @@ def cmd_import(args) -> int:
     out = Path(args.output)
     if out.suffix not in (".yaml", ".yml", ".json"):
         raise CnnGraphError(f"-o names the spec to write (.yaml, .yml or .json), found {args.output}")
+    if Path(args.model).is_file() and Path(args.model).stat().st_size == 0:
+        raise CnnGraphError(f"{args.model}: the file is empty; expected an ONNX model")
     result = onnx_to_spec(args.model, _parse_shapes(args.input_shape))
     weights_path = out.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,11 @@ def cmd_import(args) -> int:
 
 
 def _check(model_path, result) -> None:
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CnnGraphError("--check runs the model in ONNX Runtime, which is not installed: "
+                            "pip install 'cnngraph[onnx]' (the spec and weights above were written)") from None
     from ..model import Model
     from ..spec import load_spec
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -91,16 +97,20 @@ def _check(model_path, result) -> None:
     model.load_params(result.weights)
     rng = np.random.default_rng(0)
     feeds = {}
+    batches = {i.name: i.shape[0] for i in sess.get_inputs()}
     for onnx_name, name in result.input_names.items():
         inp = result.spec["inputs"][name]
-        feeds[onnx_name] = rng.standard_normal((2, *inp["shape"])).astype(np.float32)
+        batch = batches.get(onnx_name)
+        batch = batch if isinstance(batch, int) and batch > 0 else 2   # a fixed batch, else 2 samples
+        feeds[onnx_name] = rng.standard_normal((batch, *inp["shape"])).astype(np.float32)
     want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     got = model.forward({result.input_names[k]: v for k, v in feeds.items()})
     worst = 0.0
     for onnx_name, name in result.output_names.items():
         a, b = got[name], want[onnx_name]
         worst = max(worst, float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)))
-    print(f"check vs ONNX Runtime (batch 2, random input): max relative difference {worst:.2e}")
+    n = next(iter(feeds.values())).shape[0] if feeds else 0
+    print(f"check vs ONNX Runtime (batch {n}, random input): max relative difference {worst:.2e}")
     if worst > 1e-3:
         raise CnnGraphError(f"outputs differ from ONNX Runtime by {worst:.2e} (relative)")
 
@@ -108,6 +118,8 @@ def _check(model_path, result) -> None:
 def cmd_export(args) -> int:
     from ..onnx.exporter import export_onnx
     from ..model import Model
+    if not args.output.endswith(".onnx"):
+        raise CnnGraphError(f"-o {args.output}: expected a file name ending in .onnx")
     spec = load_spec_args(args, args.spec)
     model = Model(spec, seed=args.seed)
     weights = args.checkpoint or args.params

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, CnnGraphError, DataError
-from .common import add_spec_options, load_spec_args
+from .common import add_spec_options, load_spec_args, seed_value
 
 __all__ = ["register"]
 
@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="NAME[:PATH]",
                    help="dataset override: a name (digits) or name:path (mnist:/data/mnist, npz:file.npz)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, help="seed of weights, shuffling, augmentation and dropout (overrides train.seed)")
+    p.add_argument("--seed", type=seed_value, help="seed of weights, shuffling, augmentation and dropout (overrides train.seed)")
     p.add_argument("--profile", action="store_true", help="print where the training time went")
     p.add_argument("--quiet", action="store_true", help="print only the final result")
     add_spec_options(p)

@@ -10,7 +10,7 @@ __all__ = ["register"]
 
 
 def register(sub) -> None:
-    from .common import add_spec_options
+    from .common import add_spec_options, seed_value
     p = sub.add_parser("viz", help="draw the network graph (.svg .png .pdf .dot .mmd .html)",
                        description="Draw a spec's graph; the format follows the output's extension. An invalid "
                                    "spec is still drawn as far as it parses, failing layers in red (exit 1).")
@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--scale", choices=("shared", "per-map"), default="shared",
                    help="feature-map colour range: one for all maps (default) or per map")
     p.add_argument("--max-maps", type=int, default=64, help="most channels to draw (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without weights")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random weights used without weights")
     add_spec_options(p)
     p.set_defaults(func=cmd_explain)
 

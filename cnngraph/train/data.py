@@ -244,7 +244,10 @@ def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:
     if cfg.limit is not None:
         train = (train[0][:cfg.limit], train[1][:cfg.limit])
     if len(train[1]) == 0:
-        raise DataError(f"dataset '{cfg.dataset}' ({raw.source}): the training split is empty")
+        total = len(raw.train[1])
+        raise DataError(f"dataset '{cfg.dataset}' ({raw.source}): the training split is empty (the source has "
+                        f"{total} training example{'' if total == 1 else 's'}"
+                        + (", all carved off for validation/test" if total else "") + ")")
     mean, std = _stats(cfg, train[0])
     # Normalise in place: for CIFAR-10 a copy would cost another 600 MB.
     splits = [(apply_normalization(np.ascontiguousarray(x, dtype=np.float32), mean, std), y)

@@ -19,14 +19,19 @@ def load_image_folder(cfg, input_shape, base_dir=None) -> RawSplits:
                         key=lambda d: d.name)
     if not class_dirs:
         raise DataError(f"'{root}': expected one sub-folder per class (root/<class>/*.png), found none")
-    xs, ys = [], []
+    xs, ys, empty = [], [], []
     for label, d in enumerate(class_dirs):
         files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            empty.append(d.name)
         for f in files:
             xs.append(read_image(f, input_shape))
             ys.append(label)
     if not xs:
         raise DataError(f"'{root}': expected .png/.jpg/.jpeg images in the class folders "
                         f"{', '.join(d.name for d in class_dirs)}, found none")
+    if empty:   # a class with no examples cannot be learned, and it would shift every later label
+        raise DataError(f"'{root}': class folder(s) {', '.join(empty)} hold no .png/.jpg/.jpeg images; "
+                        f"add images or remove the folder(s)")
     return RawSplits(train=(np.stack(xs), np.asarray(ys, dtype=np.int64)),
                      classes=[d.name for d in class_dirs], source=f"image_folder:{root}")
