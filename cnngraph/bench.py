@@ -256,20 +256,14 @@ def _case(text: str) -> Case:
     return Case(parts[0], int(parts[1]), parts[2])
 
 
-def _at_least_one(text: str) -> int:
-    import argparse
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
-    return int(text)
-
-
 def main(argv=None) -> int:
     import argparse
+    from .commands.common import whole_number
     p = argparse.ArgumentParser(prog="cnngraph bench", description=__doc__.splitlines()[0])
     p.add_argument("--child", nargs=4, metavar=("FRAMEWORK", "NET", "BATCH", "MODE"), help=argparse.SUPPRESS)
     p.add_argument("--cases", nargs="*", type=_case, metavar="NET:BATCH:MODE",
                    help="e.g. cifarnet:256:train (default: all)")
-    p.add_argument("--rounds", type=_at_least_one, default=3)
+    p.add_argument("--rounds", type=whole_number(1), default=3)
     p.add_argument("--min-seconds", type=float, default=0.5)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

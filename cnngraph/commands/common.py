@@ -13,15 +13,20 @@ from ..errors import CnnGraphError, DataError
 __all__ = ["add_spec_options", "load_spec_args", "read_array"]
 
 
-def seed_value(text: str) -> int:
-    """argparse type of --seed: a whole number >= 0 (NumPy's generators refuse negative seeds)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {v}")
-    return v
+def whole_number(minimum: int):
+    """An argparse type accepting whole numbers >= ``minimum``, with a message naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, found {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, found {v}")
+        return v
+    return parse
+
+
+seed_value = whole_number(0)   # NumPy's generators refuse negative seeds
 
 
 def add_spec_options(p: argparse.ArgumentParser) -> None:

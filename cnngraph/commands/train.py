@@ -8,20 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, CnnGraphError, DataError
-from .common import add_spec_options, load_spec_args, seed_value
+from .common import add_spec_options, load_spec_args, seed_value, whole_number
 
 __all__ = ["register"]
 
 
-def _positive_int(text: str) -> int:
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {v}")
-    return v
+_positive_int = whole_number(1)
 
 
 def _positive_float(text: str) -> float:
