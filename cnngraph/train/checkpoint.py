@@ -357,6 +357,9 @@ def resolve_checkpoint(path, prefer: str = "best") -> Path:
                  p / "checkpoint"):
         if (cand / META_FILE).is_file():
             return cand
+        if cand.name == prefer and cand.is_dir():   # there, but damaged: never use the other one silently
+            raise CheckpointError(f"{cand}: this {prefer} checkpoint has no {META_FILE} (incomplete or damaged); "
+                                  f"name the {other} checkpoint explicitly if you want it: {cand.parent / other}")
     raise CheckpointError(f"{path}: no checkpoint found: no {META_FILE} found in {p}, {p / 'checkpoint'} or their "
                           f"best/ and last/ folders (the folder holds no checkpoint written by `cnngraph train` "
                           f"or Model.save). Expected {_LAYOUTS}")

@@ -286,3 +286,16 @@ def test_background_writer_saves_in_order_and_reports_errors(tmp_path):
         w.wait()
     assert w.done == 2 and load_checkpoint(tmp_path / "last").meta["epoch"] == 2
     w.wait()   # the error was reported once
+
+
+def test_a_damaged_preferred_checkpoint_is_reported_not_silently_replaced(tmp_path):
+    run = tmp_path / "run"
+    for which in ("best", "last"):
+        save_checkpoint(run / "checkpoint" / which, _arrays(1), _meta(1), _opt_state(1))
+    assert ckpt.resolve_checkpoint(run) == run / "checkpoint" / "best"
+    (run / "checkpoint" / "best" / META_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"best checkpoint has no meta.json .* name the last checkpoint"):
+        ckpt.resolve_checkpoint(run)
+    assert ckpt.resolve_checkpoint(run, prefer="last") == run / "checkpoint" / "last"
+    shutil.rmtree(run / "checkpoint" / "best")          # absent (no validation, say): the other one is used
+    assert ckpt.resolve_checkpoint(run) == run / "checkpoint" / "last"
