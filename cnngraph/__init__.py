@@ -18,7 +18,7 @@ __all__ = [
     "load_spec", "compile", "Model", "ParamStore", "Spec", "Op", "OpParams", "Context", "hookimpl",
     "get_registry", "register_plugin", "load_plugin_file", "register_op",
     "CnnGraphError", "SpecError", "ShapeError", "PluginError", "RunError", "BackendError", "DataError",
-    "CheckpointError", "Problem", "train", "load_model", "__version__",
+    "CheckpointError", "Problem", "train", "load_model", "import_onnx", "export_onnx", "__version__",
 ]
 
 
@@ -40,4 +40,7 @@ def __getattr__(name):
     if name == "load_model":
         from .train.loop import load_model
         return load_model
+    if name in ("import_onnx", "export_onnx"):   # the optional onnx package loads only when used
+        from . import onnx
+        return getattr(onnx, name)
     raise AttributeError(name)

@@ -30,16 +30,34 @@ class ParamStore(MutableMapping):
         self._dtype = dtype
 
     def __getitem__(self, name: str):
-        return self._data[name]
+        try:
+            return self._data[name]
+        except KeyError:
+            raise KeyError(f"no parameter named '{name}'; known: {', '.join(self._data)}") from None
 
-    def __setitem__(self, name: str, value) -> None:
+    def converted(self, name: str, value):
+        """``value`` as the new array of parameter ``name`` (same shape, the model's dtype and device);
+        ValueError/KeyError naming the parameter otherwise. Assigns nothing."""
         if name not in self._data:
             raise KeyError(f"no parameter named '{name}'; known: {', '.join(self._data)}")
         old = self._data[name]
+        if value is None:
+            raise ValueError(f"parameter '{name}': expected an array of shape {tuple(old.shape)}, found None")
         value = to_device(value, self._xp)
         if tuple(value.shape) != tuple(old.shape):
             raise ValueError(f"parameter '{name}' has shape {tuple(old.shape)}, the new array has {tuple(value.shape)}")
-        self._data[name] = value.astype(old.dtype, copy=True)
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"parameter '{name}': expected a real numeric array, found dtype {value.dtype}")
+        return value.astype(old.dtype, copy=True)
+
+    def __setitem__(self, name: str, value) -> None:
+        self._data[name] = self.converted(name, value)
+
+    def update(self, other=(), **kw) -> None:
+        """Replace several parameters: every value is checked first, so a bad one changes nothing."""
+        items = dict(other, **kw)
+        new = {name: self.converted(name, value) for name, value in items.items()}
+        self._data.update(new)
 
     def __delitem__(self, name: str) -> None:
         raise TypeError("parameters cannot be deleted; they belong to the graph")
@@ -72,6 +90,8 @@ class Model:
             raise CnnGraphError("the spec has not been shape-checked; load it with cnngraph.load_spec")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0, found {seed!r}")
         self.spec = spec
         self.graph = spec.graph
         self.device = device
@@ -131,7 +151,14 @@ class Model:
 
     # -- running -----------------------------------------------------------------------------
     def plan(self, outputs: list[str] | None = None) -> Plan:
+        if isinstance(outputs, str):
+            raise TypeError(f"outputs takes a list of layer ids, found the string {outputs!r} "
+                            f"(write outputs=[{outputs!r}])")
         key = tuple(outputs or ())
+        missing = [o for o in key if o not in self.graph]
+        if missing:
+            raise RunError(f"no layer or input named {', '.join(map(repr, missing))}; outputs may name any of: "
+                           f"{', '.join(list(self.graph)[:20])}{' …' if len(self.graph) > 20 else ''}")
         if key not in self._plans:
             self._plans[key] = make_plan(self.graph, outputs)
         return self._plans[key]
@@ -142,12 +169,21 @@ class Model:
                 inputs = {next(iter(self.spec.inputs)): inputs}
             else:
                 raise RunError(f"forward takes a dict of inputs: {', '.join(self.spec.inputs)}")
-        env = {}
-        batch = None
         for name in plan.inputs:
             if name not in inputs:
                 raise RunError(f"missing input '{name}'; the model takes: {', '.join(self.spec.inputs)}")
+        unknown = set(inputs) - set(self.spec.inputs)
+        if unknown:
+            raise RunError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(sorted(map(str, unknown)))}; "
+                           f"the model takes: {', '.join(self.spec.inputs)}")
+        env = {}
+        batch = None
+        # every given input is checked, also one this plan does not read (a wrong array is a caller's bug)
+        for name in list(plan.inputs) + [n for n in inputs if n not in plan.inputs]:
             spec = self.spec.inputs[name]
+            if inputs[name] is None:
+                raise RunError(f"input '{name}' is None; expected an array of shape (batch, "
+                               f"{', '.join(map(str, spec.shape))})")
             x = to_device(inputs[name], self.xp)
             want = tuple(spec.shape)
             if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
@@ -157,11 +193,8 @@ class Model:
                 raise RunError(f"inputs disagree on the batch size: {batch} and {x.shape[0]} ('{name}')")
             batch = x.shape[0]
             dtype = np.int64 if spec.dtype == "int64" else self.dtype
-            env[name] = x.astype(dtype, copy=False)
-        unknown = set(inputs) - set(self.spec.inputs)
-        if unknown:
-            raise RunError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
-                           f"the model takes: {', '.join(self.spec.inputs)}")
+            if name in plan.inputs:
+                env[name] = x.astype(dtype, copy=False)
         return env
 
     def forward(self, inputs: dict[str, Any], training: bool = False, grad: bool | None = None,
@@ -193,10 +226,10 @@ class Model:
         >>> m.forward({"image": np.zeros((2, 1, 28, 28), np.float32)})["logits"].shape  # doctest: +SKIP
         (2, 10)
         """
+        self._tape = None          # a failed forward must not leave the previous one's tape for backward
         grad = training if grad is None else grad
         plan = self.plan(outputs)
         env = self._prepare_inputs(inputs, plan)
-        self._tape = None
         self._batch = batch_of(env)
         with blas_held_for(self._batch):
             if parallel and not grad and not training and on_output is None:
@@ -232,8 +265,13 @@ class Model:
         if self._tape is None:
             raise RunError("backward needs a forward pass with training=True or grad=True first "
                            "(each forward keeps the tape of one backward)")
-        tape, self._tape = self._tape, None
+        tape = self._tape
+        if not hasattr(grad_outputs, "items"):
+            raise TypeError(f"backward takes a dict of output name → gradient (outputs: {', '.join(tape.plan.outputs)}), "
+                            f"found {type(grad_outputs).__name__}")
         for name, gy in grad_outputs.items():
+            if gy is None:
+                raise RunError(f"the gradient for '{name}' is None; expected an array of the output's shape")
             if name not in tape.plan.outputs:
                 raise RunError(f"'{name}' is not an output of the last forward ({', '.join(tape.plan.outputs)})")
             want = tape.shapes.get(name)
@@ -248,6 +286,7 @@ class Model:
             if name in self.params:
                 raise RunError(f"wrt: '{name}' is also the name of a parameter; its gradient would be ambiguous")
         grad_outputs = {k: to_device(v, self.xp).astype(self.dtype, copy=False) for k, v in grad_outputs.items()}
+        self._tape = None          # checked: this backward consumes the tape (ops free what it holds)
         float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
         seeds = (float_inputs if input_grads else set()) | set(wrt)
         need = requires_grad(self.graph, tape.plan.order, self._trainable, seeds)
@@ -295,6 +334,8 @@ class Model:
 
     def load_params(self, arrays: dict[str, np.ndarray], strict: bool = True) -> None:
         """Replace parameters from a name → array mapping (shapes must match)."""
+        if not hasattr(arrays, "items"):
+            raise TypeError(f"load_params takes a mapping of parameter name → array, found {type(arrays).__name__}")
         missing = [n for n in self.params if n not in arrays]
         unexpected = [n for n in arrays if n not in self.params]
         if strict and (missing or unexpected):
@@ -304,15 +345,13 @@ class Model:
             if unexpected:
                 parts.append(f"unexpected {', '.join(unexpected[:8])}{'…' if len(unexpected) > 8 else ''}")
             raise CnnGraphError("parameters do not match the model: " + "; ".join(parts))
-        # every shape is checked before anything is assigned: a failed load leaves the model as it was
+        # every value is checked and converted before anything is assigned: a failed load changes nothing
         wrong = [f"{n} {tuple(np.shape(v))} (the model has {tuple(self.params[n].shape)})"
                  for n, v in arrays.items() if n in self.params and tuple(np.shape(v)) != tuple(self.params[n].shape)]
         if wrong:
             raise CnnGraphError(f"parameters do not match the model (trained from a different network?): "
                                 f"{', '.join(wrong[:8])}{'…' if len(wrong) > 8 else ''}")
-        for name, value in arrays.items():
-            if name in self.params:
-                self.params[name] = value
+        self.params.update({name: value for name, value in arrays.items() if name in self.params})
 
     def __repr__(self) -> str:
         return (f"Model({self.spec.name!r}, layers={len(self.spec.layers)}, params={self.param_count():,}, "

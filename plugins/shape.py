@@ -47,7 +47,8 @@ class Flatten(Op):
         x, = inputs
         s, e = self._dims(x.ndim)
         ctx.save(shape=x.shape)
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+        # the merged size spelled out: with -1 an empty batch (size 0) has no inferable dimension
+        return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
     def backward(self, ctx, gy):
         return [gy.reshape(ctx.saved["shape"])], {}

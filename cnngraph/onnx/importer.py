@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CnnGraphError, ShapeError
+from ..errors import CnnGraphError, RunError, ShapeError
 from ..model import Model
 from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize
 from .folding import BATCH, Dyn, evaluate, f32
@@ -255,6 +255,8 @@ class Importer:
                 src = self.dyn[o]
                 self.add_layer({"id": lid, "type": "identity", "inputs": [src.id]}, src.shape)
                 self.output_names[o] = lid
+            if o not in self.output_names:
+                raise OnnxError(f"graph output '{o}' is produced by no node, initializer or input of the model")
             spec_outputs.append(self.output_names[o])
         spec = {"name": sanitize(self.graph.name or "onnx_model", "onnx_model"),
                 "description": self._description(),
@@ -334,14 +336,20 @@ def _load(source):
     onnx = require_onnx()
     if isinstance(source, (str, Path)):
         p = Path(source)
+        if p.is_dir():
+            raise OnnxError(f"{source}: is a folder; expected an .onnx file")
         if not p.is_file():
             raise OnnxError(f"{source}: file not found")
+        if p.stat().st_size == 0:
+            raise OnnxError(f"{source}: the file is empty; expected an ONNX model")
         try:
             model = onnx.load(str(p))
         except Exception as exc:
             raise OnnxError(f"{source}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    else:
+    elif isinstance(source, onnx.ModelProto):
         model = source
+    else:
+        raise TypeError(f"expected the path of an .onnx file or an onnx.ModelProto, found {type(source).__name__}")
     return model
 
 
@@ -368,20 +376,36 @@ class OnnxModel(Model):
     onnx_inputs: dict = {}
     onnx_outputs: dict = {}
 
-    def forward(self, inputs, training=False, grad=None, outputs=None, on_output=None):
+    def forward(self, inputs, training=False, grad=None, outputs=None, on_output=None, parallel: int = 0):
         if isinstance(inputs, dict):
-            inputs = {self.onnx_inputs.get(k, k): v for k, v in inputs.items()}
-        if outputs is not None:
+            inputs = _to_spec_names(inputs, self.onnx_inputs, "input")
+        if outputs is not None and not isinstance(outputs, str):
             outputs = [self.onnx_outputs.get(o, o) for o in outputs]
-        result = super().forward(inputs, training=training, grad=grad, outputs=outputs, on_output=on_output)
+        result = super().forward(inputs, training=training, grad=grad, outputs=outputs, on_output=on_output,
+                                 parallel=parallel)
         back = {v: k for k, v in self.onnx_outputs.items()}
         return {back.get(k, k): v for k, v in result.items()}
 
     __call__ = forward
 
-    def backward(self, grad_outputs, input_grads=True):
-        grad_outputs = {self.onnx_outputs.get(k, k): v for k, v in grad_outputs.items()}
-        return super().backward(grad_outputs, input_grads)
+    def backward(self, grad_outputs, input_grads=True, wrt=None):
+        if hasattr(grad_outputs, "items"):
+            grad_outputs = _to_spec_names(grad_outputs, self.onnx_outputs, "gradient")
+        return super().backward(grad_outputs, input_grads, wrt=wrt)
+
+    def predict(self, x, batch_size: int = 256, output: str | None = None):
+        return super().predict(x, batch_size, self.onnx_outputs.get(output, output) if output else None)
+
+
+def _to_spec_names(arrays: dict, names: dict, what: str) -> dict:
+    """Re-key ``arrays`` from ONNX names to spec names; a tensor given under both names is an error."""
+    out = {}
+    for k, v in arrays.items():
+        key = names.get(k, k)
+        if key in out:
+            raise RunError(f"{what} '{k}' is given twice, under its ONNX and its spec name ({key})")
+        out[key] = v
+    return out
 
 
 def import_onnx(source, input_shapes: dict[str, Any] | None = None, device: str = "cpu", dtype: str = "float32"):
