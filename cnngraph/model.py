@@ -185,6 +185,8 @@ class Model:
                 raise RunError(f"input '{name}' is None; expected an array of shape (batch, "
                                f"{', '.join(map(str, spec.shape))})")
             x = to_device(inputs[name], self.xp)
+            if x.dtype.kind not in "biuf":
+                raise RunError(f"input '{name}' must hold real numbers, found dtype {x.dtype}")
             want = tuple(spec.shape)
             if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
                 raise RunError(f"input '{name}' must have shape (batch, {', '.join(map(str, want))})"
@@ -316,6 +318,8 @@ class Model:
 
     def predict(self, x, batch_size: int = 256, output: str | None = None):
         """Inference in batches on a single-input model; returns the first (or named) output as NumPy."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, found {batch_size!r}")
         out_name = output or self.spec.outputs[0]
         parts = []
         for i in range(0, len(x), batch_size):
@@ -327,6 +331,9 @@ class Model:
         """Save spec and parameters to a checkpoint directory (atomic; no pickle)."""
         from .train.checkpoint import save_checkpoint
         import json
+        reserved = {"spec", "spec_sha256", "kind", "dtype"} & set(meta or {})
+        if reserved:
+            raise ValueError(f"meta may not set {', '.join(sorted(reserved))}: the checkpoint needs them to load")
         info = {"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "kind": "model",
                 "dtype": str(self.dtype), **(meta or {})}
         json.dumps(info)

@@ -197,6 +197,9 @@ class InferenceModel:
 
 def optimize_for_inference(model, fold: bool = True, fuse: bool = True) -> InferenceModel:
     """Prune, fold batch norm and fuse activations on a copy of ``model``'s graph and parameters."""
+    from .model import Model
+    if not isinstance(model, Model):
+        raise TypeError(f"optimize_for_inference takes a compiled Model (cnngraph.compile), found {type(model).__name__}")
     outputs = list(model.spec.outputs)
     g = prune(model.graph, outputs)   # a copy: node attribute dicts are the copy's own
     params = {k: v.copy() for k, v in model.params.items() if k.rsplit(".", 1)[0] in g}

@@ -7,6 +7,7 @@ import pytest
 
 import cnngraph
 from cnngraph.errors import CnnGraphError, RunError
+from cnngraph.passes import optimize_for_inference
 
 
 @pytest.fixture
@@ -87,3 +88,19 @@ def test_imported_onnx_models_predict_and_refuse_a_tensor_named_twice(tmp_path):
         cnngraph.import_onnx(None)
     with pytest.raises(CnnGraphError, match="is a folder"):
         cnngraph.import_onnx(tmp_path)
+
+
+def test_argument_types_are_checked_by_name(model, tmp_path):
+    with pytest.raises(RunError, match="input 'image' must hold real numbers, found dtype object"):
+        model.forward(np.full((1, 1, 28, 28), None, dtype=object))
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, found 0"):
+        model.predict(X, batch_size=0)
+    with pytest.raises(ValueError, match="meta may not set spec"):
+        model.save(tmp_path / "m", meta={"spec": 1})
+    with pytest.raises(TypeError, match="optimize_for_inference takes a compiled Model"):
+        optimize_for_inference(None)
+    for kw, text in (({"epochs": 1.7}, "epochs must be a whole number >= 1, found 1.7"),
+                     ({"lr": "abc"}, "lr must be a number, found 'abc'"),
+                     ({"seed": -1}, "seed must be a whole number >= 0, found -1")):
+        with pytest.raises(CnnGraphError, match=text):
+            cnngraph.train("specs/digits_cnn.yaml", out=tmp_path / "r", quiet=True, **kw)

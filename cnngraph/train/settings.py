@@ -67,15 +67,23 @@ def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device
     def pick(arg, key, spec_value):
         return arg if arg is not None else saved.get(key, spec_value)
 
+    def whole(name, value, minimum):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise TrainingError(f"{name} must be a whole number >= {minimum}, found {value!r}")
+        return int(value)
+
+    def number(name, value):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TrainingError(f"{name} must be a number, found {value!r}") from None
+
     base_data = DataConfig.model_validate(saved["data"]) if "data" in saved else ts.data
-    st = Settings(epochs=int(pick(epochs, "epochs", ts.epochs)),
-                  batch_size=int(pick(batch_size, "batch_size", ts.batch_size)),
-                  lr=float(pick(lr, "lr", getattr(ts.optimizer.params, "lr", 0.01))),
-                  seed=int(pick(seed, "seed", ts.seed)),
+    st = Settings(epochs=whole("epochs", pick(epochs, "epochs", ts.epochs), 1),
+                  batch_size=whole("batch_size", pick(batch_size, "batch_size", ts.batch_size), 1),
+                  lr=number("lr", pick(lr, "lr", getattr(ts.optimizer.params, "lr", 0.01))),
+                  seed=whole("seed", pick(seed, "seed", ts.seed), 0),
                   data=parse_data_arg(data, base_data), device=device)
-    for name, v in (("epochs", st.epochs), ("batch_size", st.batch_size)):
-        if v < 1:
-            raise TrainingError(f"{name} must be >= 1, found {v}")
     if not (st.lr >= 0 and math.isfinite(st.lr)):
         raise TrainingError(f"lr must be a finite number >= 0, found {st.lr}")
     return st
