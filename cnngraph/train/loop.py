@@ -140,6 +140,11 @@ class _Run:
         if len(ds.train[1]) == 0:
             raise DataError(f"dataset '{st.data.dataset}': the training split is empty")
         self.loss = prepare_loss(spec, self.ts, ds.num_classes)
+        if ds.num_classes and self.ts.top_k > max(ds.num_classes, 3):   # 3: the default, kept for 2 classes
+            raise SpecError(spec.problem(f"top_k ({self.ts.top_k}) is more than the {ds.num_classes} classes of the "
+                                         f"dataset; its top-k accuracy would always be 1", ("train", "top_k")))
+        if self.loss.note and not quiet:
+            print(self.loss.note, file=self.stream)
         self.has_val = len(ds.val[1]) > 0
 
         self.best = Best.for_run(spec, self.ts, self.has_val)

@@ -136,6 +136,7 @@ class LossSetup:
     encoding: str            # "index" or "one_hot"
     units: int               # output units per sample
     reduction: str = "mean"
+    note: str | None = None  # said once when training starts
 
     def targets(self, y: np.ndarray, xp, dtype) -> Any:
         y = np.asarray(y)
@@ -165,6 +166,7 @@ def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
         known = ", ".join(spec.outputs)
         raise SpecError(spec.problem(f"loss output '{output}' is not a layer of the network; expected one of the "
                                      f"outputs ({known}) or a layer id", ("train", "loss", "output")))
+    output, note = _logits_behind(spec, ts.loss.type, output)
     shape = tuple(spec.graph.nodes[output]["out_shape"])
     if len(shape) != 1:
         raise SpecError(spec.problem(f"loss output '{output}' has per-sample shape {shape}; training needs a "
@@ -189,4 +191,23 @@ def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
                             f"{num_classes} classes; expected out_features: {num_classes}"
                             + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
     return LossSetup(op=op, output=output, encoding=encoding, units=units,
-                     reduction=getattr(op.p, "reduction", "mean"))
+                     reduction=getattr(op.p, "reduction", "mean"), note=note)
+
+
+# The losses take scores (logits) and apply their own sigmoid/softmax, stably. A network that ends in
+# that very activation (as the classic output layer does) is trained on the activation's input instead:
+# the same loss value, without applying the activation twice (which stalls learning).
+_OWN_ACTIVATION = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
+
+
+def _logits_behind(spec, loss_type: str, output: str) -> tuple[str, str | None]:
+    node = spec.graph.nodes[output]
+    act = _OWN_ACTIVATION.get(loss_type)
+    if act is None or node.get("type") != act or len(node.get("inputs", ())) != 1:
+        return output, None
+    (source,) = node["inputs"]
+    if tuple(spec.graph.nodes[source].get("out_shape", ())) != tuple(node["out_shape"]):
+        return output, None
+    return source, (f"note: loss '{loss_type}' applies its own {act}, so it is computed from '{source}', the "
+                    f"input of the {act} layer '{output}' (same value, computed stably); '{output}' still gives "
+                    f"the probabilities at inference")

@@ -430,3 +430,21 @@ def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
     assert (tmp_path / "r.2" / "metrics.json").is_file()
     resumed = cnngraph.train(spec, resume=tmp_path / "r", epochs=3, stream=io.StringIO())   # keeps its folder
     assert resumed.out == tmp_path / "r" and not (tmp_path / "r.3").exists()
+
+
+def test_a_sigmoid_output_layer_trains_on_its_logits_with_binary_cross_entropy(tmp_path):
+    spec = tiny_spec(epochs=3, loss={"type": "binary_cross_entropy", "output": "prob"},
+                     optimizer={"type": "adam", "lr": 0.01})
+    spec["layers"].append({"id": "prob", "type": "sigmoid"})
+    spec["outputs"] = ["prob"]
+    stream = io.StringIO()
+    hist = run(spec, tmp_path, stream=stream)
+    assert "computed from 'logits', the input of the sigmoid layer 'prob'" in stream.getvalue()
+    # a sigmoid applied twice keeps every probability above 0.5: the 9 negatives of 10 units alone
+    # would hold the mean loss above 0.9 * ln 2 = 0.62
+    assert hist[-1]["train_loss"] < 0.6
+
+
+def test_top_k_beyond_the_classes_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"top_k \(11\) is more than the 10 classes"):
+        run(tiny_spec(top_k=11), tmp_path)
