@@ -93,6 +93,8 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise DataError(f"'{path}': expected a numeric .npy array, found {getattr(arr, 'dtype', type(arr))}")
     c, h, w = input_shape
+    if (h, w, c) != (c, h, w) and arr.shape[-3:] == (h, w, c) and arr.ndim in (3, 4):
+        arr = np.moveaxis(arr, -1, -3)   # channels-last (NHWC / HWC), as the npz dataset also accepts
     if arr.shape == (c, h, w):
         arr = arr[None]
     elif c == 1 and arr.shape == (h, w):

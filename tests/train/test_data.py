@@ -402,3 +402,14 @@ def test_plugin_dataset_through_registry():
     finally:
         del reg.datasets["toy_test_data"]
         reg.owner.pop(("datasets", "toy_test_data"), None)
+
+
+def test_read_inputs_accepts_channels_last_npy_like_the_npz_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    nchw = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    np.save(tmp_path / "nhwc.npy", nchw.transpose(0, 2, 3, 1))
+    np.save(tmp_path / "hwc.npy", nchw[0].transpose(1, 2, 0))
+    np.save(tmp_path / "nchw.npy", nchw)
+    want = read_inputs([tmp_path / "nchw.npy"], (3, 16, 16))
+    np.testing.assert_array_equal(read_inputs([tmp_path / "nhwc.npy"], (3, 16, 16)), want)
+    np.testing.assert_array_equal(read_inputs([tmp_path / "hwc.npy"], (3, 16, 16)), want[:1])
