@@ -348,7 +348,8 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
             unsupported.setdefault(attrs["type"], []).append(n)
     if unsupported:
         listing = "; ".join(f"{t} ({', '.join(ns)})" for t, ns in sorted(unsupported.items()))
-        raise OnnxError(f"no ONNX export for op type{'s' if len(unsupported) > 1 else ''}: {listing}")
+        raise OnnxError(f"no ONNX export for op type{'s' if len(unsupported) > 1 else ''}: {listing} (a plugin "
+                        f"op adds one with cnngraph.onnx.exporter.exports: see docs/plugins.md)")
     graph_inputs = []
     for n in order:
         attrs = g.nodes[n]
