@@ -12,6 +12,7 @@ from .backend import get_xp, to_device, to_numpy, tune_allocator
 from .errors import CnnGraphError, PluginError, RunError
 from .kernels._parallel import blas_held_for
 from .runner import batch_of, run_forward, run_forward_parallel
+from .paramtypes import is_whole
 from .schedule import Plan, make_plan
 from .spec import Spec, load_spec
 
@@ -30,16 +31,18 @@ class ParamStore(MutableMapping):
         self._dtype = dtype
 
     def __getitem__(self, name: str):
-        try:
-            return self._data[name]
-        except KeyError:
-            raise KeyError(f"no parameter named '{name}'; known: {', '.join(self._data)}") from None
+        if name not in self._data:
+            raise self._unknown(name)
+        return self._data[name]
+
+    def _unknown(self, name: str) -> KeyError:
+        return KeyError(f"no parameter named '{name}'; known: {', '.join(self._data)}")
 
     def converted(self, name: str, value):
         """``value`` as the new array of parameter ``name`` (same shape, the model's dtype and device);
         ValueError/KeyError naming the parameter otherwise. Assigns nothing."""
         if name not in self._data:
-            raise KeyError(f"no parameter named '{name}'; known: {', '.join(self._data)}")
+            raise self._unknown(name)
         old = self._data[name]
         if value is None:
             raise ValueError(f"parameter '{name}': expected an array of shape {tuple(old.shape)}, found None")
@@ -90,7 +93,7 @@ class Model:
             raise CnnGraphError("the spec has not been shape-checked; load it with cnngraph.load_spec")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_whole(seed, 0):
             raise ValueError(f"seed must be a whole number >= 0, found {seed!r}")
         self.spec = spec
         self.graph = spec.graph
@@ -155,11 +158,11 @@ class Model:
             raise TypeError(f"outputs takes a list of layer ids, found the string {outputs!r} "
                             f"(write outputs=[{outputs!r}])")
         key = tuple(outputs or ())
-        missing = [o for o in key if o not in self.graph]
-        if missing:
-            raise RunError(f"no layer or input named {', '.join(map(repr, missing))}; outputs may name any of: "
-                           f"{', '.join(list(self.graph)[:20])}{' …' if len(self.graph) > 20 else ''}")
         if key not in self._plans:
+            missing = [o for o in key if o not in self.graph]
+            if missing:
+                raise RunError(f"no layer or input named {', '.join(map(repr, missing))}; outputs may name any "
+                               f"of: {', '.join(list(self.graph)[:20])}{' …' if len(self.graph) > 20 else ''}")
             self._plans[key] = make_plan(self.graph, outputs)
         return self._plans[key]
 
@@ -318,7 +321,7 @@ class Model:
 
     def predict(self, x, batch_size: int = 256, output: str | None = None):
         """Inference in batches on a single-input model; returns the first (or named) output as NumPy."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_whole(batch_size, 1):
             raise ValueError(f"batch_size must be a whole number >= 1, found {batch_size!r}")
         out_name = output or self.spec.outputs[0]
         parts = []

@@ -9,11 +9,17 @@ from typing import Annotated, Any, Union
 
 from pydantic import BeforeValidator
 
-__all__ = ["IntPair", "Padding"]
+__all__ = ["IntPair", "Padding", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_whole(v: Any, minimum: int) -> bool:
+    """``v`` is an integer (Python or NumPy, not a bool) >= ``minimum``: for seeds, epochs, batch sizes."""
+    import numpy as np
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
 
 
 def _pair(minimum: int):

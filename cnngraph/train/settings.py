@@ -11,6 +11,7 @@ import numpy as np
 
 from ..backend import to_device
 from ..errors import CnnGraphError, DataError, SpecError
+from ..paramtypes import is_whole
 
 __all__ = ["TrainingError", "Settings", "resolve_settings", "as_spec", "train_spec_of", "parse_data_arg",
            "LossSetup", "prepare_loss", "TARGET_ENCODINGS"]
@@ -68,7 +69,7 @@ def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device
         return arg if arg is not None else saved.get(key, spec_value)
 
     def whole(name, value, minimum):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        if not is_whole(value, minimum):
             raise TrainingError(f"{name} must be a whole number >= {minimum}, found {value!r}")
         return int(value)
 
