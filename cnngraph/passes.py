@@ -45,8 +45,8 @@ def _bypass(g: nx.DiGraph, removed: str, replacement: str, aliases: dict[str, st
         attrs = g.nodes[consumer]
         attrs["inputs"] = [replacement if s == removed else s for s in attrs["inputs"]]
         ports = g.edges[removed, consumer]["ports"]
-        if g.has_edge(replacement, consumer):
-            g.edges[replacement, consumer]["ports"] += ports
+        if g.has_edge(replacement, consumer):   # a new list: a graph copy shares the old one with its original
+            g.edges[replacement, consumer]["ports"] = g.edges[replacement, consumer]["ports"] + list(ports)
         else:
             g.add_edge(replacement, consumer, ports=list(ports))
     for name, node in aliases.items():
@@ -95,11 +95,13 @@ def fold_batch_norm(g: nx.DiGraph, params: dict[str, Any], aliases: dict[str, st
 
 
 class FusedActivation(Op):
-    """Inference-only fusion of a producer op and an in-place relu/leaky_relu on its output.
+    """A producer op and an in-place relu/leaky_relu on its output, as one layer.
 
     A relu after conv2d or add is passed into the producer (``forward(..., relu=True)``), whose NumPy
     kernels apply it to each cache-sized chunk as it is written; other pairs run the activation in
-    place on the producer's output."""
+    place on the producer's output (the producers keep their inputs for backward, never their output).
+    Backward (relu only; training fuses nothing else) masks the gradient by the output > 0; conv2d
+    does that per chunk inside its own backward."""
 
     type = "fused_activation"
 
@@ -107,26 +109,40 @@ class FusedActivation(Op):
         super().__init__(inner.p, inner.layer_id)
         self.inner, self.activation = inner, activation
         self.native = activation.type == "relu" and inner.type in NATIVE_RELU
+        self.grad_inputs, self.buffers = inner.grad_inputs, inner.buffers
 
     def forward(self, ctx, inputs, params):
         if self.native:
-            return self.inner.forward(ctx, inputs, params, relu=True)
-        y = self.inner.forward(ctx, inputs, params)
-        xp = xp_of(y)
-        if self.activation.type == "relu":
-            return xp.maximum(y, 0, out=y)
-        y[y < 0] *= y.dtype.type(self.activation.p.negative_slope)
+            y = self.inner.forward(ctx, inputs, params, relu=True)
+        else:
+            y = self.inner.forward(ctx, inputs, params)
+            xp = xp_of(y)
+            if self.activation.type == "relu":
+                xp.maximum(y, 0, out=y)
+            else:
+                y[y < 0] *= y.dtype.type(self.activation.p.negative_slope)
+        ctx.save(fused_out=y)
         return y
+
+    def backward(self, ctx, gy):
+        if self.activation.type != "relu":
+            raise NotImplementedError("only a fused relu has a backward")
+        y = ctx.saved["fused_out"]
+        if self.inner.type == "conv2d":
+            return self.inner.backward(ctx, gy, relu_out=y)
+        return self.inner.backward(ctx, gy * (y > 0))
 
     def flops(self, in_shapes, out_shape):
         return self.inner.flops(in_shapes, out_shape)
 
 
-def fuse_activations(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, str]]:
-    """Merge each relu/leaky_relu into the conv2d/dense/add that alone feeds it (in place on ``g``)."""
+def fuse_activations(g: nx.DiGraph, aliases: dict[str, str], activations=FUSABLE,
+                     keep=()) -> list[tuple[str, str]]:
+    """Merge each of the ``activations`` into the conv2d/dense/add that alone feeds it (in place on
+    ``g``), except the layers in ``keep``."""
     fused = []
     outputs = set(aliases.values())
-    for act in [n for n in list(g) if g.nodes[n].get("type") in FUSABLE]:
+    for act in [n for n in list(g) if g.nodes[n].get("type") in activations and n not in keep]:
         (src,) = g.nodes[act]["inputs"]
         if g.nodes[src].get("type") not in PRODUCERS or _sole_consumer(g, src, outputs) != act:
             continue
