@@ -1,4 +1,5 @@
-"""Graph-level optimisation passes for inference, each a small function on the compiled graph.
+"""Graph-level optimisation passes, each a small function on the compiled graph (``fuse_activations``
+also serves training: ``Model.forward(..., fuse=True)`` fuses relus into a copy of the graph).
 
 - ``prune``: drop layers that reach no requested output.
 - ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/dense before it.
