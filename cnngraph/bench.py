@@ -56,10 +56,10 @@ def _timed(fn) -> float:
 class CnnStep:
     """One cnngraph training step (forward, cross-entropy, backward, SGD with momentum) or inference."""
 
-    def __init__(self, model: Model, mode: str, fuse: bool = True):
+    def __init__(self, model: Model, mode: str):
         from .registry import get_registry
         from .train.optim import build_optimizer
-        self.model, self.mode, self.fuse = model, mode, fuse
+        self.model, self.mode = model, mode
         self.loss = get_registry().ops["cross_entropy"]()
         self.opt = build_optimizer({"type": "sgd", "lr": 0.01, "momentum": 0.9})
         self.fast = None
@@ -71,7 +71,7 @@ class CnnStep:
         name = self.model.spec.outputs[0]
         if self.mode == "infer":
             return self.fast.forward(x)[name]
-        out = self.model.forward(x, training=True, fuse=self.fuse)[name]   # as cnngraph.train runs it
+        out = self.model.forward(x, training=True)[name]
         ctx = Context(training=True, grad=True)
         self.loss.forward(ctx, [out, y], {})
         (g, _), _ = self.loss.backward(ctx, np.float32(1.0))

@@ -109,7 +109,6 @@ class Model:
         arrays = self._init_params(np.random.default_rng(seed))
         self.params = ParamStore(arrays, self.xp, self.dtype)
         self._plans: dict[tuple, Plan] = {}
-        self._fused_plans: dict[tuple, tuple] = {}
         self._tape = None
         self._tape_inputs: set[str] = set()
 
@@ -167,20 +166,6 @@ class Model:
             self._plans[key] = make_plan(self.graph, outputs)
         return self._plans[key]
 
-    def _fused_plan(self, outputs: list[str] | None) -> tuple:
-        """(graph, plan, {producer: relu}) for a training pass with each relu that alone follows a
-        conv2d, dense or add merged into it (requested outputs stay as they are). The relu then runs on
-        each chunk of the producer's output while it is in cache, and its backward inside the
-        producer's (conv2d: per chunk of gy). Measured in benchmarks/fusion.py."""
-        key = tuple(outputs or ())
-        if key not in self._fused_plans:
-            from .passes import fuse_activations
-            wanted = list(outputs or self.graph.graph["outputs"])
-            g = self.graph.copy()       # fresh node attribute dicts: the pass rewrites them
-            fused = fuse_activations(g, {o: o for o in wanted}, activations=("relu",), keep=set(wanted))
-            self._fused_plans[key] = (g, make_plan(g, wanted), dict(fused))
-        return self._fused_plans[key]
-
     def _prepare_inputs(self, inputs: dict[str, Any], plan: Plan) -> dict[str, Any]:
         if not isinstance(inputs, dict):
             if len(self.spec.inputs) == 1:
@@ -218,8 +203,7 @@ class Model:
         return env
 
     def forward(self, inputs: dict[str, Any], training: bool = False, grad: bool | None = None,
-                outputs: list[str] | None = None, on_output=None, parallel: int = 0,
-                fuse: bool = False) -> dict[str, Any]:
+                outputs: list[str] | None = None, on_output=None, parallel: int = 0) -> dict[str, Any]:
         """Run the network.
 
         Parameters
@@ -234,10 +218,6 @@ class Model:
             Layer ids to return (default: the spec's outputs); unneeded layers are not run.
         parallel : int
             In inference without ``grad``, run independent branches on this many threads (0: in order).
-        fuse : bool
-            With ``grad`` and no ``on_output``: run each relu that alone follows a conv2d, dense or add
-            inside that layer, forward and backward (``cnngraph.train`` does; results are identical).
-            The fused layers' outputs are then not available to ``backward(wrt=...)``.
 
         Returns
         -------
@@ -256,16 +236,11 @@ class Model:
         plan = self.plan(outputs)
         env = self._prepare_inputs(inputs, plan)
         self._batch = batch_of(env)
-        graph, fused = self.graph, {}
-        if fuse and grad and on_output is None:
-            graph, plan, fused = self._fused_plan(outputs)
         with blas_held_for(self._batch):
             if parallel and not grad and not training and on_output is None:
                 self._tape_inputs = set(plan.inputs)
                 return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, parallel)
-            result, tape = run_forward(graph, plan, env, self._params_of, training, grad, self.rng, on_output)
-        if tape is not None:
-            tape.graph, tape.fused = graph, fused
+            result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
         self._tape = tape
         self._tape_inputs = set(plan.inputs)
         return result
@@ -309,12 +284,7 @@ class Model:
             if want is not None and tuple(gy.shape) != tuple(want):
                 raise RunError(f"gradient for '{name}' has shape {tuple(gy.shape)}, the output has {tuple(want)}")
         wrt = list(wrt or ())
-        fused_names = {n: f"the relu '{a}' was fused into '{n}'" for n, a in tape.fused.items()}
-        fused_names.update({a: f"'{a}' was fused into '{n}'" for n, a in tape.fused.items()})
         for name in wrt:
-            if name in fused_names:
-                raise RunError(f"wrt: {fused_names[name]} by forward(fuse=True); run forward without fuse "
-                               f"to take the gradient of '{name}'")
             if name not in tape.shapes or name in self._tape_inputs:
                 raise RunError(f"wrt: '{name}' is not a layer computed by the last forward"
                                + (" (model inputs come with input_grads=True)" if name in self._tape_inputs else ""))
@@ -324,9 +294,9 @@ class Model:
         self._tape = None          # checked: this backward consumes the tape (ops free what it holds)
         float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
         seeds = (float_inputs if input_grads else set()) | set(wrt)
-        need = requires_grad(tape.graph, tape.plan.order, self._trainable, seeds)
+        need = requires_grad(self.graph, tape.plan.order, self._trainable, seeds)
         with blas_held_for(self._batch):
-            tensor_grads, param_grads = run_backward(tape.graph, tape, grad_outputs, need, lambda n: self._names[n],
+            tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n],
                                                      capture=set(wrt))
         result: dict[str, Any] = {}
         for name in self.trainable_names:

@@ -1,5 +1,4 @@
-"""Graph-level optimisation passes, each a small function on the compiled graph (``fuse_activations``
-also serves training: ``Model.forward(..., fuse=True)`` fuses relus into a copy of the graph).
+"""Graph-level optimisation passes for inference, each a small function on the compiled graph.
 
 - ``prune``: drop layers that reach no requested output.
 - ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/dense before it.
@@ -96,13 +95,11 @@ def fold_batch_norm(g: nx.DiGraph, params: dict[str, Any], aliases: dict[str, st
 
 
 class FusedActivation(Op):
-    """A producer op and an in-place relu/leaky_relu on its output, as one layer.
+    """Inference-only fusion of a producer op and an in-place relu/leaky_relu on its output.
 
     A relu after conv2d or add is passed into the producer (``forward(..., relu=True)``), whose NumPy
     kernels apply it to each cache-sized chunk as it is written; other pairs run the activation in
-    place on the producer's output (the producers keep their inputs for backward, never their output).
-    Backward (relu only; training fuses nothing else) masks the gradient by the output > 0; conv2d
-    does that per chunk inside its own backward."""
+    place on the producer's output."""
 
     type = "fused_activation"
 
@@ -110,40 +107,26 @@ class FusedActivation(Op):
         super().__init__(inner.p, inner.layer_id)
         self.inner, self.activation = inner, activation
         self.native = activation.type == "relu" and inner.type in NATIVE_RELU
-        self.grad_inputs, self.buffers = inner.grad_inputs, inner.buffers
 
     def forward(self, ctx, inputs, params):
         if self.native:
-            y = self.inner.forward(ctx, inputs, params, relu=True)
-        else:
-            y = self.inner.forward(ctx, inputs, params)
-            xp = xp_of(y)
-            if self.activation.type == "relu":
-                xp.maximum(y, 0, out=y)
-            else:
-                y[y < 0] *= y.dtype.type(self.activation.p.negative_slope)
-        ctx.save(fused_out=y)
+            return self.inner.forward(ctx, inputs, params, relu=True)
+        y = self.inner.forward(ctx, inputs, params)
+        xp = xp_of(y)
+        if self.activation.type == "relu":
+            return xp.maximum(y, 0, out=y)
+        y[y < 0] *= y.dtype.type(self.activation.p.negative_slope)
         return y
-
-    def backward(self, ctx, gy):
-        if self.activation.type != "relu":
-            raise NotImplementedError("only a fused relu has a backward")
-        y = ctx.saved["fused_out"]
-        if self.inner.type == "conv2d":
-            return self.inner.backward(ctx, gy, relu_out=y)
-        return self.inner.backward(ctx, gy * (y > 0))
 
     def flops(self, in_shapes, out_shape):
         return self.inner.flops(in_shapes, out_shape)
 
 
-def fuse_activations(g: nx.DiGraph, aliases: dict[str, str], activations=FUSABLE,
-                     keep=()) -> list[tuple[str, str]]:
-    """Merge each of the ``activations`` into the conv2d/dense/add that alone feeds it (in place on
-    ``g``), except the layers in ``keep``."""
+def fuse_activations(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, str]]:
+    """Merge each relu/leaky_relu into the conv2d/dense/add that alone feeds it (in place on ``g``)."""
     fused = []
     outputs = set(aliases.values())
-    for act in [n for n in list(g) if g.nodes[n].get("type") in activations and n not in keep]:
+    for act in [n for n in list(g) if g.nodes[n].get("type") in FUSABLE]:
         (src,) = g.nodes[act]["inputs"]
         if g.nodes[src].get("type") not in PRODUCERS or _sole_consumer(g, src, outputs) != act:
             continue

@@ -22,8 +22,6 @@ class Tape:
     """What a training forward leaves for backward: one context per executed layer."""
 
     plan: Plan
-    graph: Any = None                                           # the graph that ran (a fused one, see Model)
-    fused: dict[str, str] = field(default_factory=dict)         # producer → the relu fused into it
     contexts: dict[str, Context] = field(default_factory=dict)
     shapes: dict[str, tuple] = field(default_factory=dict)     # tensor id → full shape
     dtypes: dict[str, Any] = field(default_factory=dict)

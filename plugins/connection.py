@@ -95,7 +95,7 @@ class Conv2d(Op):
         return params
 
     def forward(self, ctx, inputs, params, relu=False):
-        """``relu=True`` (a fused relu, see cnngraph.passes) returns max(conv, 0)."""
+        """``relu=True`` (inference fusion, see cnngraph.passes) returns max(conv, 0)."""
         x, = inputs
         p = self.p
         y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
@@ -103,9 +103,8 @@ class Conv2d(Op):
         ctx.save(conv=saved)
         return y
 
-    def backward(self, ctx, gy, relu_out=None):
-        """``relu_out``: the forward ran with relu=True and returned this; gy is its gradient."""
-        dx, dw, db = conv2d_backward(gy, ctx.saved["conv"], need_dx=ctx.need_grad(0), relu_out=relu_out)
+    def backward(self, ctx, gy):
+        dx, dw, db = conv2d_backward(gy, ctx.saved["conv"], need_dx=ctx.need_grad(0))
         grads = {"weight": dw}
         if db is not None:
             grads["bias"] = db

@@ -101,12 +101,11 @@ class FastConv:
         np.copyto(cols, windows)
         return cols.reshape(self.K, n * self.Lq)
 
-    def _gy_chunk(self, gy, s, e, relu_out=None):
-        """gy[s:e] as an (O, n*Lq) matrix; flat: zeros in the Wq - Wo extra columns. With ``relu_out``
-        (the output of a relu fused into this conv), gy is first masked by relu_out > 0 in the same pass."""
+    def _gy_chunk(self, gy, s, e):
+        """gy[s:e] as an (O, n*Lq) matrix; flat: zeros in the Wq - Wo extra columns."""
         # Keyed by Wo: the extra columns are zero only for that placement.
         buf = scratch(f"conv.gy:{self.Wo}", (self.O, e - s, self.Ho, self.Wq), self.dtype, zero=self.flat)
-        np.copyto(buf[..., :self.Wo], _masked(gy, s, e, relu_out).transpose(1, 0, 2, 3))
+        np.copyto(buf[..., :self.Wo], gy[s:e].transpose(1, 0, 2, 3))
         return buf.reshape(self.O, -1)
 
     def _col2im(self, dcols, n):
@@ -172,16 +171,14 @@ class FastConv:
         return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
                         (1, 1), pads, self.dilation, (self.H, self.W), self.dtype, allow_flat=False)
 
-    def backward(self, gy, x, w, need_dx, relu_out=None):
-        """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs. ``relu_out``:
-        the forward ran with relu=True and gy is the gradient of max(conv, 0), whose output this is;
-        each chunk of gy is masked by relu_out > 0 while it is in cache (no separate relu backward pass)."""
+    def backward(self, gy, x, w, need_dx):
+        """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
         tconv = self._transposed(need_dx)
         if tconv is not None:
-            return self._backward_from_gy_cols(tconv, gy, x, w, need_dx, relu_out)
-        return self._backward_from_x_cols(gy, x, w, need_dx, relu_out)
+            return self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
+        return self._backward_from_x_cols(gy, x, w, need_dx)
 
-    def _backward_from_x_cols(self, gy, x, w, need_dx, relu_out):
+    def _backward_from_x_cols(self, gy, x, w, need_dx):
         """dw = gy @ cols(x)^T; dx = col2im(w^T @ gy). General (any stride/padding)."""
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
         dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
@@ -191,7 +188,7 @@ class FastConv:
             sums = {}
             for s, e in chunks:
                 n = e - s
-                g2 = self._gy_chunk(gy, s, e, relu_out)
+                g2 = self._gy_chunk(gy, s, e)
                 db = g2.sum(axis=1)
                 cols = self._im2col(self._padded(x, s, e))
                 sums[s] = (np.matmul(g2, cols.T), db)
@@ -206,7 +203,7 @@ class FastConv:
                                      self.dtype)
         return dx, dw.reshape(w.shape), db
 
-    def _backward_from_gy_cols(self, t, gy, x, w, need_dx, relu_out):
+    def _backward_from_gy_cols(self, t, gy, x, w, need_dx):
         """Both gradients from one im2col of the padded gy (``t`` is the transposed conv):
         dx = w_t @ cols(gy) (a forward of ``t``), and, since the column of gy at
         (o, flipped offset) lines up with x, dw^T = cols(gy) @ x^T. Saves im2col'ing x."""
@@ -218,9 +215,8 @@ class FastConv:
             sums = {}
             for s, e in chunks:
                 n = e - s
-                g = _masked(gy, s, e, relu_out)
-                db = g.sum(axis=0).reshape(self.O, -1).sum(axis=1)
-                gcols = t._im2col(t._padded(g, 0, n))       # (O*kh*kw, n*H*W)
+                db = gy[s:e].sum(axis=0).reshape(self.O, -1).sum(axis=1)
+                gcols = t._im2col(t._padded(gy, s, e))      # (O*kh*kw, n*H*W)
                 xt = scratch("conv.xt", (self.C, n, self.H, self.W), self.dtype)
                 np.copyto(xt, x[s:e].transpose(1, 0, 2, 3))
                 sums[s] = (np.matmul(gcols, xt.reshape(self.C, n * HW).T), db)   # rows: (o, kh-1-i, kw-1-j)
@@ -232,16 +228,6 @@ class FastConv:
         dwt, db = _sum_in_chunk_order(run_parallel(work, t.chunks, t.workers), (t.K, self.C), self.O, self.dtype)
         dw = dwt.reshape(self.O, self.kh, self.kw, self.C)[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
         return dx, np.ascontiguousarray(dw), db
-
-
-def _masked(gy, s, e, relu_out):
-    """gy[s:e], times relu_out[s:e] > 0 (in a scratch buffer) when a relu was fused into the conv.
-    Both operands in their own (contiguous) layout: a ufunc over transposed views runs 3-5x slower."""
-    if relu_out is None:
-        return gy[s:e]
-    chunk = relu_out[s:e]
-    mask = np.greater(chunk, 0, out=scratch("conv.relu_mask", chunk.shape, bool))
-    return np.multiply(gy[s:e], mask, out=scratch("conv.gmask", chunk.shape, gy.dtype))
 
 
 def _sum_in_chunk_order(parts, dw_shape, n_out, dtype):

@@ -154,16 +154,13 @@ def _pointwise(x, w, b, relu=False):
     return y.reshape(N, O, H, W)
 
 
-def conv2d_backward(gy, saved, need_dx=True, relu_out=None):
+def conv2d_backward(gy, saved, need_dx=True):
     """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo),
-    in the dtypes of x, w and b. ``relu_out``: the forward ran with ``relu=True`` and returned this;
-    gy is the gradient of that output, masked here by relu_out > 0 (the NumPy path per chunk)."""
+    in the dtypes of x, w and b."""
     if isinstance(saved, _FastSaved):
         gy = np.asarray(gy, dtype=saved.fast.dtype)
-        dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx, relu_out)
+        dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx)
     else:
-        if relu_out is not None:
-            gy = gy * (relu_out > 0)
         dx, dw, db = _generic_backward(gy, saved, need_dx)
     w_dtype, b_dtype = saved.dtypes
     return dx, dw.astype(w_dtype, copy=False), (None if b_dtype is None else db.astype(b_dtype, copy=False))
