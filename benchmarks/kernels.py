@@ -5,6 +5,10 @@ Ours and torch alternate after warm-up; the median of the repetitions is reporte
 Backward of each net's first conv skips dx (as in training), for both. The "x" column is
 torch time / our time (> 1: we are faster).
 
+Small kernels of ours are timed right after a torch call, whose OpenMP threads keep spinning on the
+cores for a while: digits' conv2 forward reads 2-2.5 ms here against 0.9-1.0 ms run alone (one untimed
+call first did not help). Judge the networks with benchmarks/run.py, whose rounds last 0.5 s per framework.
+
 Timings on a shared machine swing by 2-5x with other load, and torch's OpenMP threads suffer far
 more from a busy core than our kernels (which pull chunks dynamically): compare runs made while
 /proc/loadavg is near 1 (this benchmark alone), or look at ratios from the same run only.
