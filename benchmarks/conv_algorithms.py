@@ -11,6 +11,10 @@ on the layers of the bundled benchmark networks and ResNet-50:
   tiles, 2.25x fewer multiplications, paid for with input and output transforms;
 - FFT convolution: per-frequency complex GEMMs between the transformed input and kernels; its cost
   does not grow with the kernel size, so it is the candidate for 5x5 and larger kernels.
+- NHWC (channels-last) im2col: the same lowering on a channels-last input, whose windows are runs of
+  kw*C contiguous values and whose GEMM writes the channels-last output in place (no transposing copies),
+  forward and backward, timed against cnngraph's forward + backward (``--nhwc``). The input is taken
+  as already channels-last: the layout a whole channels-last engine would keep between layers.
 
 Each result is checked against cnngraph's kernel before it is timed. The table gives the median
 forward time of each (ms) and the speed-up over im2col; docs/ENGINE.md records the outcome.
@@ -128,6 +132,81 @@ def fft_conv(x, wf, b, padding, stride, kernel):
     return y
 
 
+def _nhwc_geometry(x_shape, w_shape, stride, padding):
+    N, H, W, C = x_shape
+    O, _, kh, kw = w_shape
+    top, bottom, left, right = padding
+    Ho, Wo = (H + top + bottom - kh) // stride + 1, (W + left + right - kw) // stride + 1
+    return N, H, W, C, O, kh, kw, Ho, Wo, H + top + bottom, W + left + right
+
+
+def _nhwc_cols(x, s, e, geo, stride, padding):
+    """Columns (n*Ho*Wo, kh*kw*C) of chunk x[s:e] (channels-last), rows ordered (n, ho, wo)."""
+    N, H, W, C, O, kh, kw, Ho, Wo, Hp, Wp = geo
+    top, _, left, _ = padding
+    n = e - s
+    xp = np.zeros((n, Hp, Wp, C), x.dtype)
+    xp[:, top:top + H, left:left + W] = x[s:e]
+    sn, sh, sw, sc = xp.strides
+    windows = as_strided(xp, (n, Ho, Wo, kh, kw, C), (sn, stride * sh, stride * sw, sh, sw, sc), writeable=False)
+    return np.ascontiguousarray(windows).reshape(n * Ho * Wo, kh * kw * C)
+
+
+def nhwc_weights(w):
+    """(kh*kw*C, O): the kernels in the columns' (i, j, c) order."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+
+
+def nhwc_conv(x, wk, w_shape, b, stride, padding):
+    """y (N, Ho, Wo, O) of a channels-last x (N, H, W, C); wk from nhwc_weights."""
+    geo = _nhwc_geometry(x.shape, w_shape, stride, padding)
+    N, H, W, C, O, kh, kw, Ho, Wo, Hp, Wp = geo
+    y = np.empty((N, Ho, Wo, O), x.dtype)
+    per_sample = Ho * Wo * kh * kw * C * x.itemsize
+
+    def work(chunks):
+        for s, e in chunks:
+            ys = y[s:e].reshape(-1, O)
+            np.matmul(_nhwc_cols(x, s, e, geo, stride, padding), wk, out=ys)   # written in place
+            if b is not None:
+                ys += b
+
+    run_parallel(work, split_chunks(N, max(1, CHUNK_BYTES // per_sample), n_workers()))
+    return y
+
+
+def nhwc_conv_backward(gy, x, wk, w_shape, stride, padding):
+    """(dx, dw (O, C, kh, kw), db) for nhwc_conv; per-chunk dw and db summed in chunk order."""
+    geo = _nhwc_geometry(x.shape, w_shape, stride, padding)
+    N, H, W, C, O, kh, kw, Ho, Wo, Hp, Wp = geo
+    top, _, left, _ = padding
+    dx = np.empty(x.shape, x.dtype)
+    per_sample = Ho * Wo * kh * kw * C * x.itemsize
+
+    def work(chunks):
+        sums = {}
+        for s, e in chunks:
+            n = e - s
+            g = gy[s:e].reshape(-1, O)
+            cols = _nhwc_cols(x, s, e, geo, stride, padding)
+            sums[s] = (cols.T @ g, g.sum(axis=0))
+            dcols = np.matmul(g, wk.T, out=cols).reshape(n, Ho, Wo, kh, kw, C)     # cols consumed
+            dpad = np.zeros((n, Hp, Wp, C), x.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    dst = dpad[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
+                    np.add(dst, dcols[:, :, :, i, j], out=dst)
+            dx[s:e] = dpad[:, top:top + H, left:left + W]
+        return sums
+
+    parts = {}
+    for part in run_parallel(work, split_chunks(N, max(1, CHUNK_BYTES // per_sample), n_workers())):
+        parts.update(part)
+    dwk, db = sum(parts[k][0] for k in sorted(parts)), sum(parts[k][1] for k in sorted(parts))
+    dw = dwk.reshape(kh, kw, C, O).transpose(3, 2, 0, 1)
+    return dx, np.ascontiguousarray(dw), db
+
+
 # (name, batch, C, H, O, kernel, stride, padding)
 CASES = [
     ("cifarnet conv2", 64, 32, 32, 32, 3, 1, 1),
@@ -196,11 +275,58 @@ def run_case(case, rounds, rng):
     return {key: statistics.median(v) for key, v in samples.items()}, errors, weights_ms
 
 
+def run_nhwc_case(case, rounds, rng):
+    """Median forward + backward ms of cnngraph's kernel (NCHW) and of NHWC im2col, alternating."""
+    from cnngraph.kernels.conv import conv2d_backward
+    name, N, C, H, O, k, s, p = case
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = (rng.standard_normal((O, C, k, k)) / np.sqrt(C * k * k)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    pad, first = (p, p, p, p), C <= 3       # a first layer needs no dx, in both
+    y, saved = conv2d_forward(x, w, b, (s, s), pad, (1, 1), 1, True)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    ref = conv2d_backward(gy, saved, need_dx=not first)
+    xh, gyh, wk = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), nhwc_weights(w)
+    yh = nhwc_conv(xh, wk, w.shape, b, s, pad)
+    dxh, dw, db = nhwc_conv_backward(gyh, xh, wk, w.shape, s, pad)
+    got = (yh.transpose(0, 3, 1, 2), dw, db) + (() if first else (dxh.transpose(0, 3, 1, 2),))
+    want = (y, ref[1], ref[2]) + (() if first else (ref[0],))
+    err = max(float(np.abs(a - r).max() / np.abs(r).max()) for a, r in zip(got, want))
+    if err > 1e-3:
+        raise SystemExit(f"{name}: NHWC disagrees with cnngraph's kernel (max rel. error {err:.2e})")
+
+    def ours():
+        yy, sv = conv2d_forward(x, w, b, (s, s), pad, (1, 1), 1, True)
+        conv2d_backward(gy, sv, need_dx=not first)
+
+    def nhwc():
+        nhwc_conv(xh, wk, w.shape, b, s, pad)
+        nhwc_conv_backward(gyh, xh, wk, w.shape, s, pad)
+
+    repeat = max(1, int(6e8 // (6 * N * O * C * k * k * y.shape[2] * y.shape[3])))
+    samples = {"nchw": [], "nhwc": []}
+    ours(), nhwc()
+    for _ in range(rounds):
+        samples["nchw"] += _median_ms(ours, 1, repeat)
+        samples["nhwc"] += _median_ms(nhwc, 1, repeat)
+    return {key: statistics.median(v) for key, v in samples.items()}, err
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--nhwc", action="store_true", help="time NHWC im2col forward + backward instead")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    if args.nhwc:
+        print("forward + backward ms (median); cnngraph's NCHW kernel against NHWC im2col on channels-last data")
+        print(f"{'layer':24s} {'batch':>5s} {'NCHW':>8s} {'NHWC':>8s} {'speed-up':>9s}  {'max rel. err':>12s}")
+        for case in CASES:
+            with blas_held_for(case[1]):
+                ms, err = run_nhwc_case(case, args.rounds, rng)
+            print(f"{case[0]:24s} {case[1]:5d} {ms['nchw']:8.2f} {ms['nhwc']:8.2f} {ms['nchw'] / ms['nhwc']:8.2f}x"
+                  f"  {err:12.1e}")
+        return
     print("forward ms (median); weights pre-transformed; in brackets the weight transform per call")
     print(f"{'layer':24s} {'batch':>5s} {'im2col':>8s} {'winograd':>18s} {'fft':>18s}  {'max rel. err':>12s}")
     for case in CASES:
