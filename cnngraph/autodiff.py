@@ -60,6 +60,11 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
             shapes = [tape.shapes.get(s, "?") for s in step.inputs]
             raise RunError(f"{describe_call(g, node, shapes).replace('while running', 'while differentiating')}: "
                            f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(in_grads, (list, tuple)) or not isinstance(p_grads, dict):
+            raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned "
+                              f"({type(in_grads).__name__}, {type(p_grads).__name__}) from backward at layer "
+                              f"'{node}'; expected (a list with one gradient or None per input, a dict of "
+                              f"parameter gradients)")
         if len(in_grads) != len(step.inputs):
             raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {len(in_grads)} input "
                               f"gradients from backward at layer '{node}', expected {len(step.inputs)}")

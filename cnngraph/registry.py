@@ -93,6 +93,7 @@ class Registry:
         """Register a layer op class under ``op_cls.type``. Returns the class (usable as decorator)."""
         if not (isinstance(op_cls, type) and issubclass(op_cls, Op)):
             raise PluginError(f"plugin '{self.current_plugin}' registered {op_cls!r}, which is not a cnngraph.Op subclass")
+        _check_params(op_cls, self.current_plugin)
         op_cls.plugin = self.current_plugin
         self._put("ops", op_cls.type, op_cls)
         _guard(op_cls)
@@ -120,6 +121,36 @@ class Registry:
             return self.ops[name]
         except KeyError:
             raise KeyError(f"unknown op type '{name}'{did_you_mean(name, self.ops)}") from None
+
+
+RESERVED_KEYS = ("id", "type", "inputs", "block")   # keys a spec layer uses itself
+
+
+def _check_params(op_cls: type[Op], plugin: str) -> None:
+    """An op's ``Params`` must be an OpParams model (unknown keys are then errors), use no key the spec
+    itself uses for a layer, and have defaults that pass its own validation."""
+    from pydantic import TypeAdapter, ValidationError
+    from .op import OpParams
+    Params = op_cls.Params
+    where = f"op '{op_cls.type}' (plugin '{plugin}')"
+    if not (isinstance(Params, type) and issubclass(Params, OpParams)):
+        raise PluginError(f"{where}: Params must be a subclass of cnngraph.OpParams (a pydantic model that "
+                          f"refuses unknown keys), found {Params!r}")
+    clash = [k for k in Params.model_fields if k in RESERVED_KEYS]
+    if clash:
+        raise PluginError(f"{where}: parameter name {', '.join(map(repr, clash))} is reserved for the spec's own "
+                          f"layer keys ({', '.join(RESERVED_KEYS)}); rename it")
+    for name, field in Params.model_fields.items():
+        if field.is_required():
+            continue
+        try:
+            TypeAdapter(field.annotation).validate_python(field.get_default(call_default_factory=True))
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+            raise PluginError(f"{where}: the default of parameter '{name}' ({field.default!r}) is invalid: "
+                              f"{reason}") from None
+        except Exception:   # an annotation TypeAdapter cannot build (forward reference): pydantic checks later
+            continue
 
 
 def _guard(op_cls: type[Op]) -> None:
@@ -277,7 +308,8 @@ def load_plugin_file(path: str | Path) -> str:
         try:
             module = importlib.import_module(str(path))
         except Exception as exc:
-            raise PluginError(f"plugin module '{path}' failed to import: {type(exc).__name__}: {exc}") from exc
+            hint = f" (did you mean the file '{path}.py'?)" if p.with_name(p.name + ".py").is_file() else ""
+            raise PluginError(f"plugin module '{path}' failed to import: {type(exc).__name__}: {exc}{hint}") from exc
         state.register(module, str(path), f"module {path}")
         return str(path)
     resolved = str(p.resolve())
@@ -305,6 +337,10 @@ def load_plugin_file(path: str | Path) -> str:
             line = f":{exc.lineno}"
         raise PluginError(f"plugin file '{path}{line}' failed to import: {type(exc).__name__}: {exc}") from exc
     name = str(path)
+    try:
+        state.register(module, name, f"file {resolved}")
+    except PluginError:
+        sys.modules.pop(modname, None)   # not remembered as loaded: fixing the file and loading again works
+        raise
     state.files[resolved] = name
-    state.register(module, name, f"file {resolved}")
     return name
