@@ -74,6 +74,11 @@ class Op:
         Indices of inputs that receive gradients (None = all).
     buffers : tuple[str, ...]
         Names among the op's arrays that are state, not trainable parameters (running statistics).
+        Update them in place in ``forward`` (``params["running_mean"][...] = ...``): rebinding the
+        dict entry changes nothing.
+    index_targets : bool
+        For a loss used by ``cnngraph train`` with class-index targets: True to receive them as int64
+        (cross_entropy), False as floats in the model's dtype (binary_cross_entropy, mse).
     """
 
     type: ClassVar[str] = ""
@@ -83,6 +88,7 @@ class Op:
     reduces_batch: ClassVar[bool] = False
     grad_inputs: ClassVar[tuple[int, ...] | None] = None
     buffers: ClassVar[tuple[str, ...]] = ()
+    index_targets: ClassVar[bool] = False
     plugin: ClassVar[str] = ""  # set by the registry: which plugin registered the op
 
     def __init__(self, params: OpParams | None = None, layer_id: str = ""):

@@ -296,6 +296,15 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     _state().register(plugin, name, "registered at run time")
 
 
+def plugin_loaded(path: str | Path) -> bool:
+    """Whether this plugin file (or module name) is loaded already, e.g. by ``--plugin``."""
+    state = _state()
+    p = Path(path)
+    if p.suffix == ".py":
+        return str(p.resolve()) in state.files
+    return state.pm.has_plugin(str(path))
+
+
 def load_plugin_file(path: str | Path) -> str:
     """Import a plain Python file (or an importable module name) as a plugin; returns its name.
 

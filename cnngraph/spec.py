@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import PluginError, Problem, SpecError
 from .op import OpParams
 from .positions import Positions, parse_text, path_to_str
-from .registry import Registry, did_you_mean, get_registry, load_plugin_file
+from .registry import Registry, did_you_mean, get_registry, load_plugin_file, plugin_loaded
 
 __all__ = ["Spec", "LayerSpec", "InputSpec", "load_spec", "spec_problems_from_validation"]
 
@@ -231,8 +231,8 @@ def _load_spec_plugins(names: list[str], base_dir: str | None, file: str | None,
         return []
     resolved = [str(Path(base_dir, n)) if base_dir and n.endswith(".py") and not Path(n).is_absolute() else n
                 for n in names]
-    if not allow:
-        listing = ", ".join(resolved)
+    if not allow and not all(plugin_loaded(r) for r in resolved):   # --plugin FILE is consent for FILE
+        listing = ", ".join(r for r in resolved if not plugin_loaded(r))
         return [_locate(f"this spec loads plugin code ({listing}); loading it runs that code. "
                         "If you trust it, pass --allow-plugins (CLI) or allow_plugins=True (Python)",
                         ("plugins",), positions, file)]

@@ -45,6 +45,7 @@ class CrossEntropy(_Loss):
 
     type = "cross_entropy"
     Params = CrossEntropyParams
+    index_targets = True
 
     @classmethod
     def examples(cls):

@@ -149,6 +149,40 @@ def test_spec_plugin_file_needs_consent_on_the_cli(fresh, capsys, monkeypatch):
     assert "OK" in capsys.readouterr().out
 
 
+def test_naming_the_specs_plugin_file_with_plugin_is_consent(fresh, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", "tests/plugins/uses_good_layers.yaml", "--plugin", "tests/plugins/good_layers.py"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_a_plugin_file_that_failed_to_register_loads_once_fixed(fresh, tmp_path):
+    path = tmp_path / "retry.py"
+    body = ("import cnngraph\nfrom cnngraph.op import Op\nclass R(Op):\n    type = {name!r}\n"
+            "    def forward(self, ctx, inputs, params):\n        return inputs[0]\n"
+            "@cnngraph.hookimpl\ndef cnngraph_register_ops(registry):\n    registry.add(R)\n")
+    path.write_text(body.format(name="relu"))              # clashes with the built-in relu
+    with pytest.raises(PluginError, match="registered twice"):
+        registry.load_plugin_file(path)
+    path.write_text(body.format(name="retry_op"))
+    registry.load_plugin_file(path)
+    assert "retry_op" in registry.get_registry().ops
+
+
+@pytest.mark.parametrize("params_src, message", [
+    ("class P:\n    pass", "Params must be a subclass of cnngraph.OpParams"),
+    ("class P(pydantic.BaseModel):\n    k: int = 1", "Params must be a subclass of cnngraph.OpParams"),
+    ("class P(OpParams):\n    block: int = 2", "parameter name 'block' is reserved"),
+    ("class P(OpParams):\n    scale: float = 'big'", "the default of parameter 'scale' .'big'. is invalid"),
+])
+def test_op_params_are_checked_when_registered(fresh, tmp_path, params_src, message):
+    path = tmp_path / "bad_params.py"
+    path.write_text("import pydantic\nimport cnngraph\nfrom cnngraph.op import Op, OpParams\n" + params_src +
+                    "\nclass B(Op):\n    type = 'bad_params_op'\n    Params = P\n"
+                    "@cnngraph.hookimpl\ndef cnngraph_register_ops(registry):\n    registry.add(B)\n")
+    with pytest.raises(PluginError, match=message):
+        registry.load_plugin_file(path)
+
+
 def test_plugin_file_on_the_command_line(fresh, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     spec = tmp_path / "s.yaml"

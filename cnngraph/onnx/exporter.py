@@ -23,8 +23,15 @@ EXPORTERS: dict = {}
 
 
 def exports(*types):
+    """Register ``fn(c, layer_id, op, inputs, attrs)`` as the ONNX export of these op types. An op type
+    that already has another export is an error: a plugin cannot silently change how relu exports."""
     def deco(fn):
         for t in types:
+            old = EXPORTERS.get(t)
+            if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+                from ..errors import PluginError
+                raise PluginError(f"op type '{t}' already has an ONNX export ({old.__module__}.{old.__qualname__}); "
+                                  f"{fn.__module__}.{fn.__qualname__} cannot replace it")
             EXPORTERS[t] = fn
         return fn
     return deco
@@ -398,16 +405,19 @@ def _max_ir(opset: int) -> int:
 
 
 def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: Union[str, Path, dict, None] = None,
-                opset: int | None = None, outputs: list[str] | None = None, seed: int = 0):
+                opset: int | None = None, outputs: list[str] | None = None, seed: int = 0,
+                allow_plugins: bool = False):
     """Export a compiled Model (or a Spec / spec path with ``params``: an .npz, a checkpoint or run
     directory, or a dict) to ONNX; writes ``path`` when given and returns the ModelProto.
-    Without parameters the seeded random initial weights are exported, with a warning."""
+    Without parameters the seeded random initial weights are exported, with a warning.
+    ``allow_plugins``: consent to import the plugin files a spec path names under ``plugins:``."""
     from ..model import Model
     from ..spec import Spec, load_spec
     if isinstance(model_or_spec, Model):
         model = model_or_spec
     else:
-        spec = model_or_spec if isinstance(model_or_spec, Spec) else load_spec(model_or_spec)
+        spec = model_or_spec if isinstance(model_or_spec, Spec) else load_spec(model_or_spec,
+                                                                                allow_plugins=allow_plugins)
         model = Model(spec, seed=seed)
         if params is None:
             warnings.warn("no checkpoint or parameters given: exporting seeded random initial weights", stacklevel=2)

@@ -20,8 +20,8 @@ def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: 
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]
-        value = loss.op.forward(Context(training=False, grad=False), [scores, loss.targets(yb, model.xp, model.dtype)], {})
-        acc.add(to_numpy(scores), yb, loss.per_sample_sum(float(value), len(yb)))
+        value = loss.value(Context(training=False, grad=False), scores, loss.targets(yb, model.xp, model.dtype))
+        acc.add(to_numpy(scores), yb, loss.per_sample_sum(value, len(yb)))
     return acc
 
 

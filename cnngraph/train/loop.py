@@ -266,7 +266,7 @@ class _Run:
                 t2 = time.perf_counter()
                 timer.add("forward", t2 - t1)
             ctx = Context(training=True, grad=True)
-            value = float(loss.op.forward(ctx, [scores, loss.targets(yb, xp, dtype)], {}))
+            value = loss.value(ctx, scores, loss.targets(yb, xp, dtype))
             if not math.isfinite(value):
                 self._diverged(xb, epoch, step, value, rate)
             (g_out, *_), _ = loss.op.backward(ctx, 1.0)

@@ -147,11 +147,22 @@ class LossSetup:
             else:
                 t = np.zeros((len(y), self.units), dtype)
                 t[np.arange(len(y)), y] = 1
-        elif self.op.type == "cross_entropy":
+        elif self.op.index_targets:
             t = y.astype(np.int64)
         else:
             t = y.astype(dtype)
         return to_device(t, xp)
+
+    def value(self, ctx, scores, targets) -> float:
+        """The loss op's forward as a float; a failing (plugin) loss is named, not a traceback."""
+        try:
+            return float(self.op.forward(ctx, [scores, targets], {}))
+        except CnnGraphError:
+            raise
+        except Exception as exc:
+            raise TrainingError(f"loss '{self.op.type}' (plugin '{type(self.op).plugin}') failed on scores "
+                                f"{tuple(scores.shape)} and {targets.dtype} targets {tuple(targets.shape)}: "
+                                f"{type(exc).__name__}: {exc}") from exc
 
     def per_sample_sum(self, value: float, n: int) -> float:
         """Sum over the batch's samples of the loss the op reported for it."""
@@ -177,7 +188,7 @@ def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
     op = get_registry().ops[ts.loss.type](ts.loss.params)
     encoding = ts.loss_target
     if encoding is None:
-        encoding = "index" if ts.loss.type == "cross_entropy" or (units == 1) else "one_hot"
+        encoding = "index" if type(op).index_targets or (units == 1) else "one_hot"
     if encoding not in TARGET_ENCODINGS:
         raise SpecError(spec.problem(f"unknown target encoding '{encoding}'; expected one of "
                                      f"{', '.join(TARGET_ENCODINGS)}", ("train", "loss", "target")))

@@ -37,3 +37,14 @@ def test_a_plugin_op_exports_once_it_registers_a_function(tmp_path, monkeypatch)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     back = cnngraph.import_onnx(tmp_path / "m.onnx")
     assert "mul" in {layer["type"] for layer in back.import_result.spec["layers"]}
+    # a spec path that names plugin files exports with the same consent as load_spec
+    with pytest.warns(UserWarning, match="random initial weights"):
+        cnngraph.export_onnx(SPEC, tmp_path / "s.onnx", allow_plugins=True)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "s.onnx")), full_check=True)
+
+
+def test_a_plugin_cannot_replace_a_builtin_export():
+    from cnngraph.errors import PluginError
+    with pytest.raises(PluginError, match=r"op type 'relu' already has an ONNX export"):
+        exporter.exports("relu")(export_channel_scale)
+    assert exporter.EXPORTERS["relu"] is not export_channel_scale
