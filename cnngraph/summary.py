@@ -93,11 +93,21 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
     return rf
 
 
+def _tensor_bytes(attrs: dict, batch_size: int, itemsize: int) -> int:
+    """Bytes of one node's output for a batch: int64 inputs take 8 bytes per value, and a loss's
+    output is one number for the whole batch."""
+    if attrs.get("reduces_batch"):
+        return itemsize
+    if attrs["kind"] == "input" and attrs.get("dtype") == "int64":
+        itemsize = 8
+    return math.prod(attrs["out_shape"]) * batch_size * itemsize
+
+
 def inference_peak_bytes(g: nx.DiGraph, batch_size: int = 1, itemsize: int = 4) -> int:
     """Peak bytes of live activations in an inference pass under the scheduler's liveness plan
     (inputs included; each tensor freed after its last consumer)."""
     plan = make_plan(g)
-    size = {n: math.prod(g.nodes[n]["out_shape"]) * batch_size * itemsize for n in g.nodes}
+    size = {n: _tensor_bytes(g.nodes[n], batch_size, itemsize) for n in g.nodes}
     live = {n: size[n] for n in plan.inputs}
     peak = sum(live.values())
     for step in plan.steps:
@@ -115,8 +125,8 @@ class TrainingMemory:
     ``peak_bytes[b]`` is the largest total, over the steps of ``model.forward(x, training=True)``, of
     the distinct arrays held at that moment: the tensors the liveness plan still keeps and what the
     tape has saved for backward so far (arrays deduplicated by their base buffer; parameters and
-    buffers excluded). A training step peaks at the end of the forward, before backward frees
-    the tape. Larger batches are extrapolated linearly: ``fixed + per_sample * batch``.
+    buffers excluded), and the same during backward: the tape not yet freed plus the gradients alive
+    (counted from the recorded shapes). Larger batches are extrapolated linearly: ``fixed + per_sample * batch``.
     """
 
     batch_size: int
@@ -202,8 +212,35 @@ def _measure(model, batch: int, seed: int = 0) -> tuple[int, int, int]:
         for dead in step.free_after:
             live.pop(dead, None)
     tape_bytes = sum(held.values())
+    if tape is not None:
+        peak = max(peak, _backward_peak(model, plan, tape, saved_by_step, params))
     model._tape = None
     return int(peak), int(tape_bytes), int(env_peak)
+
+
+def _backward_peak(model, plan, tape, saved_by_step, params) -> int:
+    """Largest total during backward, walking the steps in reverse: what the tape saved for the steps not
+    yet differentiated (a buffer goes with the earliest step that saved it), the gradients alive (a
+    tensor's, from its consumer's backward to its producer's) and the input gradients a step returns."""
+    import math
+    from .autodiff import requires_grad
+    first_step: dict[int, tuple[int, int]] = {}
+    for i, bases in enumerate(saved_by_step):
+        for b in bases:
+            if id(b) not in params and id(b) not in first_step:
+                first_step[id(b)] = (int(b.nbytes), i)
+    need = requires_grad(model.graph, plan.order, model._trainable, set())
+    size = {t: math.prod(shape) * model.dtype.itemsize for t, shape in tape.shapes.items()}
+    grads = {o: size[o] for o in plan.outputs if o in size}
+    peak = 0
+    for j in range(len(plan.steps) - 1, -1, -1):
+        step = plan.steps[j]
+        tape_held = sum(n for n, first in first_step.values() if first <= j)
+        made = {s: size[s] for s in step.inputs if s in need and s in size}
+        peak = max(peak, tape_held + sum(grads.values()) + sum(made.values()))
+        grads.pop(step.node, None)
+        grads.update(made)
+    return peak
 
 
 def training_memory(spec_or_model, batch_size: int = 1, seed: int = 0) -> TrainingMemory:
@@ -241,12 +278,12 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
         attrs = graph.nodes[node]
         if attrs["kind"] == "input":
             rows.append(LayerRow(node, "input", [], tuple(attrs["out_shape"]), 0, 0,
-                                 math.prod(attrs["out_shape"]) * batch_size * itemsize, (1, 1)))
+                                 _tensor_bytes(attrs, batch_size, itemsize), (1, 1)))
             continue
         trainable, allp = _param_counts(graph, node, rng)
         flops = int(attrs["op"].flops(attrs["in_shapes"], attrs["out_shape"]))
         rows.append(LayerRow(node, attrs["type"], list(attrs["inputs"]), tuple(attrs["out_shape"]), trainable, flops,
-                             math.prod(attrs["out_shape"]) * batch_size * itemsize, rfs.get(node)))
+                             _tensor_bytes(attrs, batch_size, itemsize), rfs.get(node)))
         total_params += trainable
         total_all += allp
         total_flops += flops

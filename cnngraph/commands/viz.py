@@ -89,6 +89,8 @@ def cmd_explain(args) -> int:
         raise CnnGraphError(f"cannot write '{out}': use a .png, .pdf or .svg file")
     if args.max_maps < 1:
         raise CnnGraphError(f"--max-maps must be >= 1, found {args.max_maps}")
+    if args.class_index is not None and not args.gradcam:
+        raise CnnGraphError("--class chooses the class that --gradcam explains; add --gradcam")
     if args.filters:
         size = ex.plot_filters(model, out, args.layer, subtitle=f"{spec.name} · {weights.source}")
         print(f"wrote {out} ({size[0]}x{size[1]} px): filters of {args.layer or ex.first_conv(model)}")
@@ -106,6 +108,9 @@ def cmd_explain(args) -> int:
         label = (lambda i: prep.classes[i] if prep.classes and i < len(prep.classes) else i)
         how = "predicted" if k == pred else f"chosen; the network predicts {label(pred)}"
         print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for class {label(k)} ({how})")
+        if not res["raw_cam"].any():
+            print(f"note: the Grad-CAM map is zero everywhere: no positive evidence for class {label(k)} at "
+                  f"{res['layer']}; try another --layer", file=sys.stderr)
         return 0
     layer = args.layer or ex.first_conv(model)
     maps = ex.feature_maps(model, x, layer)

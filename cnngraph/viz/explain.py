@@ -159,10 +159,14 @@ def first_conv(model) -> str:
 
 
 def class_output(model) -> str:
-    """The output that gives class scores: the first spec output with a flat (K,) shape."""
+    """The output that gives class scores: the first spec output with a flat (K,) shape; for a network
+    that ends in softmax, the softmax's input (the class scores, not their probabilities)."""
     for o in model.spec.outputs:
         a = model.graph.nodes[o]
         if len(a["out_shape"]) == 1 and not a.get("reduces_batch"):
+            src = a["inputs"][0] if a["type"] == "softmax" and len(a["inputs"]) == 1 else None
+            if src is not None and model.graph.nodes[src]["kind"] == "layer":
+                return src
             return o
     raise CnnGraphError(f"no output of {model.spec.name} gives class scores of shape (K,); "
                         f"outputs: {', '.join(model.spec.outputs)}")
@@ -346,6 +350,7 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     colour map (blue < 0 < red) for 1 channel, one row per filter and column per input channel else."""
     from ..backend import to_numpy
     layer = layer or first_conv(model)
+    _check_layer(model, layer)
     key = f"{layer}.weight"
     if key not in model.params or model.params[key].ndim != 4:
         raise CnnGraphError(f"layer '{layer}' has no 4-D convolution weight")

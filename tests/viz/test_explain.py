@@ -161,8 +161,32 @@ def test_cli_explain_errors_and_random_weights(tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5), np.float32))
     assert main(["explain", "specs/digits_cnn.yaml", "--image", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "m.png")]) == 1
     assert "expected an array of shape" in capsys.readouterr().err
+    assert main(["explain", "specs/digits_cnn.yaml", "--filters", "--layer", "conv9", "-o", str(tmp_path / "f.png")]) == 1
+    assert "no layer 'conv9'" in capsys.readouterr().err
+    assert main(["explain", "specs/digits_cnn.yaml", "--image", str(tmp_path / "x.npy"), "--class", "3",
+                 "-o", str(tmp_path / "m.png")]) == 1
+    assert "add --gradcam" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         ex.resolve_checkpoint(tmp_path / "missing")
+
+
+def test_gradcam_of_a_softmax_output_explains_the_class_scores(trained):
+    """A network that ends in softmax is explained through the softmax's input: the gradient of the
+    class score, and a headline probability that is not a softmax of probabilities."""
+    model, ds = trained
+    spec = model.spec.to_dict()
+    spec["layers"].append({"id": "probs", "type": "softmax"})
+    spec["outputs"] = ["probs"]
+    spec.pop("train", None)
+    soft = cnngraph.compile(spec)
+    soft.load_params(model.params.numpy())
+    x = ds.test[0][:1]
+    assert ex.class_output(soft) == model.spec.outputs[0]
+    got, want = ex.gradcam(soft, x), ex.gradcam(model, x)
+    np.testing.assert_allclose(got["cam"], want["cam"], rtol=1e-5, atol=1e-6)
+    k = want["class_index"]
+    p = soft.forward(x)["probs"][0, k]
+    assert f"softmax {p:.2f}" in ex.attribution_title(got["scores"], k, got["output"])
 
 
 def test_filters_of_an_rgb_net_are_drawn_in_colour(tmp_path):
