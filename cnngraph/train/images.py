@@ -2,7 +2,8 @@
 
 Mapping of a PNG/JPEG to an input: the image is converted to grey ("L") when C == 1, RGB when
 C == 3 and RGBA when C == 4 (transparent pixels are composited over white first for C 1 and 3),
-resized to (H, W) with bilinear filtering, and scaled to [0, 1] by /255. ``invert`` turns
+resized to (H, W) (shrinking by area averaging, which keeps block-drawn images such as
+docs/images/digit3.png exact; enlarging bilinearly), and scaled to [0, 1] by /255. ``invert`` turns
 dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits use: 0 = background).
 ``scale`` then maps [0, 1] to the dataset's raw range (16 for the digits' grey levels 0..16;
 ``Dataset.pixel_scale`` gives it). Normalisation (mean/std) is applied afterwards by the caller.
@@ -66,7 +67,8 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
         im.alpha_composite(rgba)
     im = im.convert(_MODES[c])
     if im.size != (w, h):
-        im = im.resize((w, h), Image.Resampling.BILINEAR)
+        shrink = im.size[0] >= w and im.size[1] >= h
+        im = im.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.float32) / np.float32(255.0)
     arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
     if invert:
