@@ -334,10 +334,11 @@ class Model:
         """Save spec and parameters to a checkpoint directory (atomic; no pickle)."""
         from .train.checkpoint import save_checkpoint
         import json
-        reserved = {"spec", "spec_sha256", "kind", "dtype"} & set(meta or {})
+        reserved = {"spec", "spec_sha256", "spec_dir", "kind", "dtype"} & set(meta or {})
         if reserved:
             raise ValueError(f"meta may not set {', '.join(sorted(reserved))}: the checkpoint needs them to load")
-        info = {"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "kind": "model",
+        info = {"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "spec_dir": self.spec.base_dir,
+                "kind": "model",
                 "dtype": str(self.dtype), **(meta or {})}
         json.dumps(info)
         save_checkpoint(path, self.params.numpy(), info)

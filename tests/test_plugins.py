@@ -462,3 +462,23 @@ def test_duplicate_of_an_installed_plugin_names_its_package(tmp_path, monkeypatc
     with pytest.raises(PluginError, match=r"op 'ep_twice' is registered twice: by plugin 'epdup_ep' \(entry point "
                                           r"epdup \(package epdup 0.3\)\) and by plugin 'test_plugins'"):
         cnngraph.register_op(Again)
+
+
+def test_a_plugin_specs_checkpoint_loads_from_anywhere_and_after_expand(fresh, tmp_path, monkeypatch, capsys):
+    """The checkpoint finds the spec's plugin file next to the spec, not in the current directory, and
+    `cnngraph expand` (which writes plugin paths absolute) keeps the checkpoint usable."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("my_layers.py", "uses_my_layers.yaml"):
+        (work / name).write_text((ROOT / "specs" / "examples" / name).read_text())
+    model = cnngraph.compile(work / "uses_my_layers.yaml", allow_plugins=True)
+    model.save(work / "saved")
+    monkeypatch.chdir(tmp_path)                       # not the spec's folder
+    loaded = cnngraph.load_model(work / "saved", allow_plugins=True)
+    assert loaded.param_count() == model.param_count()
+    assert main(["expand", str(work / "uses_my_layers.yaml"), "--allow-plugins", "-o", str(work / "exp.yaml")]) == 0
+    capsys.readouterr()
+    x = np.zeros((1, *model.spec.inputs["image"].shape), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(work / "exp.yaml"), "--allow-plugins", "--params", str(work / "saved"),
+                 "--input", str(tmp_path / "x.npy")]) == 0, capsys.readouterr().err

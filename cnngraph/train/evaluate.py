@@ -1,6 +1,8 @@
 """Evaluating a model on labelled arrays, and loading a trained model from a checkpoint."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..backend import to_numpy
@@ -25,6 +27,17 @@ def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: 
     return acc
 
 
+def _plugins_from(raw: dict, spec_dir) -> dict:
+    """The stored spec with its relative plugin files found where the spec was (``spec_dir``), not in
+    the current directory, when they are still there."""
+    plugins = raw.get("plugins")
+    if not isinstance(spec_dir, str) or not isinstance(plugins, list):
+        return raw
+    moved = [str(Path(spec_dir, p)) if isinstance(p, str) and p.endswith(".py") and not Path(p).is_absolute()
+             and Path(spec_dir, p).is_file() else p for p in plugins]
+    return {**raw, "plugins": moved}
+
+
 def load_model(path, device: str = "cpu", allow_plugins: bool = False, which: str = "best"):
     """Load a Model from a checkpoint written by ``train`` or ``Model.save``.
 
@@ -42,6 +55,7 @@ def load_model(path, device: str = "cpu", allow_plugins: bool = False, which: st
     if not isinstance(raw, dict):
         raise CheckpointError(f"{ckpt_dir}: the checkpoint holds no spec (meta.json 'meta.spec'); it was not "
                               "written by cnngraph.train or Model.save")
+    raw = _plugins_from(raw, ck.meta.get("spec_dir"))
     try:
         spec = load_spec(raw, allow_plugins=allow_plugins)
     except SpecError as exc:

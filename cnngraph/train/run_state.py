@@ -95,10 +95,15 @@ class Best:
 
 # --------------------------------------------------------------------------- same network?
 
+NOT_THE_NETWORK = {"train", "plugins", "description"}   # spec keys that do not change the network's weights
+
+
 def spec_differences(a: dict, b: dict, limit: int = 6) -> list[str]:
-    """Human-readable differences between two spec dicts, ignoring their ``train`` sections."""
+    """Human-readable differences between two spec dicts, ignoring their ``train`` sections, their
+    descriptions and where their plugin files lie (``cnngraph expand`` writes those paths absolute);
+    the op types the plugins provide are compared with the layers."""
     out: list[str] = []
-    keys = sorted((set(a) | set(b)) - {"train"})
+    keys = sorted((set(a) | set(b)) - NOT_THE_NETWORK)
     for key in keys:
         va, vb = a.get(key), b.get(key)
         if va == vb:
@@ -140,7 +145,7 @@ def checkpoint_meta(run, epoch: int) -> dict:
     from .. import __version__
     ds = run.dataset
     return json_safe({
-        "kind": "training", "spec": run.spec.to_dict(), "spec_sha256": run.spec.sha256,
+        "kind": "training", "spec": run.spec.to_dict(), "spec_sha256": run.spec.sha256, "spec_dir": run.spec.base_dir,
         "spec_name": run.spec.name, "epoch": epoch,
         "settings": run.settings.to_json(),
         "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
