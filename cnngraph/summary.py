@@ -11,6 +11,7 @@ from typing import Any
 
 import networkx as nx
 
+from .errors import PluginError
 from .graph import topological_order
 from .schedule import make_plan
 
@@ -63,7 +64,9 @@ def _param_counts(g: nx.DiGraph, node: str, rng) -> tuple[int, int]:
 
 def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
     """Receptive field (h, w) of each layer's output in input pixels, propagated through
-    kernel_size/stride/dilation; 'global' after global pooling, flatten or dense."""
+    kernel_size/stride/dilation; 'global' after global pooling, flatten or dense. An op without a
+    kernel_size that shrinks the map by a whole factor f (a plugin's space_to_depth) counts as an f x f
+    window with stride f; one that changes it otherwise leaves the field unknown (None) from there on."""
     rf: dict[str, Any] = {}
     jump: dict[str, tuple] = {}
     for node in topological_order(g):
@@ -76,21 +79,45 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
         if any(r == "global" for r in ins) or attrs["type"].startswith("global_") or len(attrs["out_shape"]) != 3:
             rf[node], jump[node] = "global", (1, 1)
             continue
+        if any(s in rf and rf[s] is None for s in srcs):
+            rf[node] = None
+            continue
         ins = [r for r in ins if r is not None] or [(1, 1)]
         base = (max(r[0] for r in ins), max(r[1] for r in ins))
         j = max((jump.get(s, (1, 1)) for s in srcs), default=(1, 1))
         p = attrs["params"]
         k = getattr(p, "kernel_size", None)
+        factor = _shrink_factor(attrs)
         if k is not None:
             k = (k, k) if isinstance(k, int) else tuple(k)
-            s = getattr(p, "stride", None) or k
+            s = (getattr(p, "stride", None) or k) if hasattr(p, "stride") else (factor or k)
             s = (s, s) if isinstance(s, int) else tuple(s)
             d = getattr(p, "dilation", (1, 1))
             d = (d, d) if isinstance(d, int) else tuple(d)
             base = tuple(base[i] + (k[i] - 1) * d[i] * j[i] for i in range(2))
             j = (j[0] * s[0], j[1] * s[1])
+        elif factor is None:
+            rf[node] = None
+            continue
+        elif factor != (1, 1):
+            base = tuple(base[i] + (factor[i] - 1) * j[i] for i in range(2))
+            j = (j[0] * factor[0], j[1] * factor[1])
         rf[node], jump[node] = base, j
     return rf
+
+
+def _shrink_factor(attrs: dict):
+    """(fh, fw) when the layer's first input map is exactly f times its output map per axis; (1, 1) when the
+    map is kept or grows (padding adds no field) or the input is not a map; None for another shrink."""
+    shapes = attrs.get("in_shapes") or []
+    if not shapes or len(shapes[0]) != 3:
+        return (1, 1)
+    (_, h, w), (_, ho, wo) = shapes[0], attrs["out_shape"]
+    if ho >= h and wo >= w:
+        return (1, 1)
+    if ho <= 0 or wo <= 0 or h % ho or w % wo:
+        return None
+    return (h // ho, w // wo)
 
 
 def _tensor_bytes(attrs: dict, batch_size: int, itemsize: int) -> int:
@@ -281,7 +308,11 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
                                  _tensor_bytes(attrs, batch_size, itemsize), (1, 1)))
             continue
         trainable, allp = _param_counts(graph, node, rng)
-        flops = int(attrs["op"].flops(attrs["in_shapes"], attrs["out_shape"]))
+        flops = attrs["op"].flops(attrs["in_shapes"], attrs["out_shape"])
+        if not isinstance(flops, (int, float, np.integer, np.floating)) or not flops >= 0:
+            raise PluginError(f"flops of op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {flops!r} "
+                              f"at layer '{node}'; expected a count of multiply-adds >= 0")
+        flops = int(flops)
         rows.append(LayerRow(node, attrs["type"], list(attrs["inputs"]), tuple(attrs["out_shape"]), trainable, flops,
                              _tensor_bytes(attrs, batch_size, itemsize), rfs.get(node)))
         total_params += trainable

@@ -482,3 +482,26 @@ def test_a_plugin_specs_checkpoint_loads_from_anywhere_and_after_expand(fresh, t
     np.save(tmp_path / "x.npy", x)
     assert main(["run", str(work / "exp.yaml"), "--allow-plugins", "--params", str(work / "saved"),
                  "--input", str(tmp_path / "x.npy")]) == 0, capsys.readouterr().err
+
+
+def test_a_plugin_that_registers_nothing_is_named_with_the_unknown_op(fresh, tmp_path, capsys):
+    (tmp_path / "nothing.py").write_text("from cnngraph.op import Op\nclass CS(Op):\n    type = 'cs_nothing'\n"
+                                         "def cnngraph_register_op(registry):   # misspelled, no @hookimpl\n"
+                                         "    registry.add(CS)\n")
+    (tmp_path / "net.yaml").write_text("name: n\ninputs: {x: {shape: [3, 4, 4]}}\n"
+                                       "layers:\n  - {id: a, type: cs_nothing}\noutputs: [a]\n")
+    rc, text = _cli(capsys, ["validate", str(tmp_path / "net.yaml"), "--plugin", str(tmp_path / "nothing.py")])
+    assert rc == 1
+    assert "unknown op type 'cs_nothing'" in text and "nothing.py' registered nothing" in text
+
+
+def test_negative_flops_from_a_plugin_are_refused(fresh, tmp_path):
+    from cnngraph.summary import summarize
+    (tmp_path / "neg.py").write_text("import cnngraph\nfrom cnngraph.op import Op\nclass N(Op):\n    type = 'neg_flops'\n"
+                                     "    def flops(self, in_shapes, out_shape):\n        return -2.5\n"
+                                     "@cnngraph.hookimpl\ndef cnngraph_register_ops(registry):\n    registry.add(N)\n")
+    registry.load_plugin_file(tmp_path / "neg.py")
+    spec = cnngraph.load_spec({"name": "n", "inputs": {"x": {"shape": [3]}},
+                               "layers": [{"id": "a", "type": "neg_flops"}], "outputs": ["a"]})
+    with pytest.raises(PluginError, match=r"flops of op 'neg_flops' .* returned -2.5 at layer 'a'"):
+        summarize(spec.graph)

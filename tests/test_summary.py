@@ -142,3 +142,44 @@ def test_int64_inputs_and_losses_take_their_real_bytes():
     assert rows["label"].act_bytes == 64 * 8
     assert rows["loss"].act_bytes == 4
     assert rows["image"].act_bytes == 64 * 4 * 4
+
+
+def test_receptive_field_through_a_plugin_op_that_shrinks_the_map():
+    """A plugin op without kernel_size that halves the map (space_to_depth) counts as a 2x2 window with
+    stride 2; one that shrinks it by another amount leaves the field unknown after it."""
+    from cnngraph.op import Op, OpParams
+    from cnngraph.summary import receptive_fields
+
+    class SpaceToDepth(Op):
+        type = "test_space_to_depth"
+        Params = OpParams
+
+        def infer_shape(self, in_shapes):
+            c, h, w = in_shapes[0]
+            return (4 * c, h // 2, w // 2)
+
+    class Crop(Op):
+        type = "test_crop_one"
+        Params = OpParams
+
+        def infer_shape(self, in_shapes):
+            c, h, w = in_shapes[0]
+            return (c, h - 1, w - 1)
+
+    class Plugin:
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(self, registry):
+            registry.add(SpaceToDepth)
+            registry.add(Crop)
+
+    cnngraph.register_plugin(Plugin(), name="test-receptive-field-ops")
+    spec = cnngraph.load_spec({
+        "name": "rf", "inputs": {"x": {"shape": [1, 8, 8]}},
+        "layers": [{"id": "s2d", "type": "test_space_to_depth"},
+                   {"id": "conv", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "crop", "type": "test_crop_one"},
+                   {"id": "conv2", "type": "conv2d", "out_channels": 2, "kernel_size": 3}],
+        "outputs": ["conv2"]})
+    rf = receptive_fields(spec.graph)
+    assert rf["s2d"] == (2, 2) and rf["conv"] == (6, 6)      # 2 + (3 - 1) * 2
+    assert rf["crop"] is None and rf["conv2"] is None
