@@ -277,12 +277,21 @@ def _run_case(case: _Case, add) -> None:
     # forward shape in both modes
     for training in (False, True):
         mode = "training" if training else "inference"
+        before = [x.copy() for x in case.xs]
         try:
             _, y = case.forward(case.xs, case.params, training)
         except Exception as exc:
             add(label, f"shape ({mode})", False, f"forward raised {_err(exc)}")
             return
+        changed = [i for i, (x, b) in enumerate(zip(case.xs, before)) if not np.array_equal(x, b, equal_nan=True)]
+        if changed:   # another layer reading the same tensor would see the change
+            add(label, f"shape ({mode})", False, f"forward modified its input {', '.join(map(str, changed))} in place; "
+                "write the result into a new array")
+            return
         want = case.want_shape(BATCH)
+        if not hasattr(y, "shape"):
+            add(label, f"shape ({mode})", False, f"forward returned a {type(y).__name__}, expected one array")
+            return
         got = tuple(getattr(y, "shape", ()))
         if got != want:
             add(label, f"shape ({mode})", False, f"forward returned shape {got}, infer_shape promised {want} "

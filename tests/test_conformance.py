@@ -235,3 +235,21 @@ def test_readme_walkthrough_matches_the_example_and_its_commands_work(fresh, cap
     for cmd in commands:
         assert main(shlex.split(cmd)[1:]) == 0, cmd
     capsys.readouterr()
+
+
+def test_a_forward_that_writes_into_its_input_fails(fresh):
+    from cnngraph.op import Op
+
+    class InPlace(Op):
+        type = "test_inplace_double"
+
+        def forward(self, ctx, inputs, params):
+            x = inputs[0]
+            x *= 2                      # a sibling layer reading x would see this
+            return x
+
+        def backward(self, ctx, gy):
+            return [2 * gy], {}
+
+    failed = [r for r in check_op(InPlace) if r.ok is False]
+    assert failed and "forward modified its input 0 in place" in failed[0].detail
