@@ -13,7 +13,7 @@ import numpy as np
 
 from .folding import BATCH, Dyn, f32
 
-__all__ = ["HANDLERS", "FOLD_NEVER"]
+__all__ = ["HANDLERS", "FOLD_NEVER", "handles"]
 
 HANDLERS: dict = {}
 FOLD_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -21,8 +21,16 @@ FOLD_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifor
 
 
 def handles(*names):
+    """Register ``fn(imp, node, attrs) -> [outputs]`` as the import of these ONNX op types (plugins may
+    add op types cnngraph does not import; see docs/plugins.md). An op type that already has another
+    handler is an error: a plugin cannot silently change how Conv imports."""
     def deco(fn):
         for n in names:
+            old = HANDLERS.get(n)
+            if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+                from ..errors import PluginError
+                raise PluginError(f"ONNX op type '{n}' already imports through {old.__module__}.{old.__qualname__}; "
+                                  f"{fn.__module__}.{fn.__qualname__} cannot replace it")
             HANDLERS[n] = fn
         return fn
     return deco
