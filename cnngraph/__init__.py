@@ -23,10 +23,17 @@ __all__ = [
 
 
 def register_op(op_cls):
-    """Register one op class at run time (also usable as a class decorator)."""
+    """Register one op class at run time (also usable as a class decorator). Registering a class of the
+    same module and name again replaces the earlier one (re-running a notebook cell); any other class
+    under a taken op type is an error."""
     registry = get_registry()
     registry.current_plugin = getattr(op_cls, "__module__", "<runtime>")
     try:
+        old = registry.ops.get(getattr(op_cls, "type", None))
+        if (old is not None and old is not op_cls and registry.owner.get(("ops", op_cls.type)) == registry.current_plugin
+                and old.__qualname__ == op_cls.__qualname__):
+            del registry.ops[op_cls.type]
+            del registry.owner[("ops", op_cls.type)]
         return registry.add(op_cls)
     finally:
         registry.current_plugin = "<runtime>"

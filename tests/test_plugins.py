@@ -505,3 +505,25 @@ def test_negative_flops_from_a_plugin_are_refused(fresh, tmp_path):
                                "layers": [{"id": "a", "type": "neg_flops"}], "outputs": ["a"]})
     with pytest.raises(PluginError, match=r"flops of op 'neg_flops' .* returned -2.5 at layer 'a'"):
         summarize(spec.graph)
+
+
+def test_register_op_again_from_a_rerun_cell_replaces_it(fresh):
+    from cnngraph.op import Op
+
+    def define(factor):
+        class NotebookOp(Op):
+            type = "notebook_op"
+
+            def forward(self, ctx, inputs, params):
+                return inputs[0] * factor
+        return NotebookOp
+
+    first, second = define(1), define(2)
+    cnngraph.register_op(first)
+    cnngraph.register_op(second)                       # the same cell run again
+    assert registry.get_registry().ops["notebook_op"] is second
+
+    class Other(Op):
+        type = "notebook_op"
+    with pytest.raises(PluginError, match="registered twice"):
+        cnngraph.register_op(Other)
