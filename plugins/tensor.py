@@ -1,4 +1,4 @@
-"""General tensor ops: reshape, transpose, broadcasting arithmetic, matmul, pad, clip, constants.
+"""General tensor ops: reshape, transpose, slice, broadcasting arithmetic, matmul, pad, clip, constants.
 
 They exist mostly so that ONNX graphs survive import as trainable specs, but they are ordinary
 ops usable in any spec. Conventions: shapes in ``infer_shape`` are per sample; axes named in
@@ -451,6 +451,65 @@ class Constant(Op):
         return [({"shape": [3, 1, 1]}, []), ({"shape": [2]}, [(4,)])]
 
 
+class SliceParams(OpParams):
+    axis: int = 1
+    start: int = 0
+    end: Optional[int] = None
+    step: int = 1
+
+    @field_validator("step")
+    @classmethod
+    def _nonzero(cls, v):
+        if v == 0:
+            raise ValueError("step must not be 0")
+        return v
+
+
+class Slice(Op):
+    """``x[..., start:end:step, ...]`` along one ``axis`` (batch = 0 is not allowed; default 1 =
+    channels), with Python's slicing rules: negative indices count from the end, ``end: null`` runs
+    to the end (to the beginning for a negative step). ShuffleNet V2's channel split, ONNX Slice/Split."""
+
+    type = "slice"
+    Params = SliceParams
+
+    @classmethod
+    def examples(cls):
+        return [({"start": 2, "end": 5}, [(6, 3, 3)]), ({"axis": -1, "start": -1, "end": 0, "step": -2}, [(2, 7)]),
+                ({"axis": 2, "start": 1}, [(2, 4, 5)])]
+
+    def _index(self, shape):
+        """(per-sample axis, slice) for a per-sample ``shape``."""
+        nd = len(shape) + 1
+        if not -nd <= self.p.axis < nd or self.p.axis % nd == 0:
+            raise ShapeError(f"axis {self.p.axis} is out of range or the batch axis for {nd}-D tensors")
+        return self.p.axis % nd - 1, slice(self.p.start, self.p.end, self.p.step)
+
+    def infer_shape(self, in_shapes):
+        shape = list(in_shapes[0])
+        a, sl = self._index(shape)
+        shape[a] = len(range(*sl.indices(shape[a])))
+        if shape[a] == 0:
+            raise ShapeError(f"slice {sl.start}:{sl.stop}:{sl.step} of axis {self.p.axis} (size {in_shapes[0][a]}) "
+                             f"is empty")
+        return tuple(shape)
+
+    def _key(self, shape):
+        a, sl = self._index(shape[1:])
+        return (slice(None),) * (a + 1) + (sl,)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        ctx.save(shape=x.shape)
+        return x[self._key(x.shape)]
+
+    def backward(self, ctx, gy):
+        shape = ctx.saved["shape"]
+        dx = xp_of(gy).zeros(shape, dtype=gy.dtype)
+        dx[self._key(shape)] = gy
+        return [dx], {}
+
+
 class Identity(Op):
     """Passes its input through unchanged."""
 
@@ -469,5 +528,5 @@ class Identity(Op):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (Reshape, Transpose, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Clip, Constant, Identity):
+    for op in (Reshape, Transpose, Slice, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Clip, Constant, Identity):
         registry.add(op)

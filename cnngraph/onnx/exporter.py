@@ -265,6 +265,15 @@ def _pad(c, lid, op, ins, attrs):
     return lid
 
 
+@exports("slice")
+def _slice(c, lid, op, ins, attrs):
+    p = op.p
+    end = p.end if p.end is not None else (np.iinfo(np.int64).max if p.step > 0 else np.iinfo(np.int64).min)
+    consts = {"starts": p.start, "ends": end, "axes": p.axis, "steps": p.step}
+    c.node("Slice", [ins[0]] + [c.const(lid, k, np.array([v], np.int64)) for k, v in consts.items()], [lid], lid)
+    return lid
+
+
 @exports("clip")
 def _clip(c, lid, op, ins, attrs):
     inputs = [ins[0], c.const(lid, "min", np.array(op.p.min, np.float32)) if op.p.min is not None else ""]

@@ -489,6 +489,80 @@ def transpose(imp, node, a):
     return [imp.emit("transpose", [x], {"perm": perm})]
 
 
+def _python_slice(start: int, end: int, step: int, dim: int) -> tuple[int, int | None]:
+    """ONNX Slice's start/end for one axis of size ``dim`` (negative = from the end, clamped, huge
+    values = open) as Python slice bounds; end None runs to the end (or the beginning for step < 0)."""
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+        return start, (None if end == dim else end)
+    start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return start, (None if end == -1 else end)
+
+
+@handles("Slice")
+def slice_(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    if imp.opset < 10:
+        starts, ends = [int(v) for v in a["starts"]], [int(v) for v in a["ends"]]
+        axes = [int(v) for v in a.get("axes", range(len(starts)))]
+        steps = [1] * len(starts)
+    else:
+        def ints(i, what, default):
+            return [int(v) for v in imp.const(node.input[i], what)] if len(node.input) > i and node.input[i] else default
+        starts, ends = ints(1, "starts", None), ints(2, "ends", None)
+        axes, steps = ints(3, "axes", list(range(len(starts)))), ints(4, "steps", [1] * len(starts))
+    cuts = []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        if step == 0:
+            raise imp.fail("a step of 0 is not a slice")
+        if axis == 0:
+            if (step, start) == (1, 0) and end >= 2**31 - 1:
+                continue                       # the whole batch
+            raise imp.fail("slicing the batch axis is not supported")
+        lo, hi = _python_slice(start, end, step, x.shape[axis - 1])
+        if (lo, hi, step) != (0, None, 1):     # else the whole axis
+            params = {"axis": axis, "start": lo, "end": hi, "step": step}
+            cuts.append({k: v for k, v in params.items() if v != SLICE_DEFAULTS[k]})
+    out = x
+    for cut in cuts:   # one layer per sliced axis, named after the node (suffixed when there are several)
+        out = imp.emit("slice", [out], cut, suffix=f"_{cut.get('axis', 1)}" if len(cuts) > 1 else "")
+    return [out]
+
+
+SLICE_DEFAULTS = {"axis": 1, "start": 0, "end": None, "step": 1}
+
+
+@handles("Split")
+def split(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    axis = int(a.get("axis", 0)) % rank
+    if axis == 0:
+        raise imp.fail("splitting the batch axis is not supported")
+    dim, n = x.shape[axis - 1], len(node.output)
+    if imp.opset < 13:
+        sizes = a.get("split")
+    else:
+        sizes = imp.const(node.input[1], "split") if len(node.input) > 1 and node.input[1] else None
+    if sizes is None:                          # equal parts, the last one smaller (opset 18's num_outputs)
+        part = -(-dim // n)
+        sizes = [min(part, dim - i * part) for i in range(n)]
+    sizes = [int(v) for v in sizes]
+    if len(sizes) != n or sum(sizes) != dim or min(sizes) <= 0:
+        raise imp.fail(f"split sizes {sizes} do not cut axis {axis} of size {dim} into {n} parts")
+    outs, start = [], 0
+    for i, size in enumerate(sizes):
+        params = {"axis": axis, "start": start, "end": start + size if start + size < dim else None}
+        outs.append(imp.emit("slice", [x], {k: v for k, v in params.items() if v != SLICE_DEFAULTS[k]},
+                             suffix=f"_{i}"))
+        start += size
+    return outs
+
+
 @handles("Pad")
 def pad(imp, node, a):
     x = imp.dyn_of(node.input[0])

@@ -1,4 +1,5 @@
-"""More architectures exported by torch.onnx.export: ShuffleNet-style channel shuffle (Reshape →
+"""More architectures exported by torch.onnx.export: ShuffleNet V2's channel split (Slice/Split),
+DenseNet's and SqueezeNet's concatenations, VGG- and AlexNet-style stacks, ShuffleNet-style channel shuffle (Reshape →
 Transpose → Reshape) with ``x.mean([2, 3])`` (ReduceMean), GoogLeNet-style LocalResponseNorm (which
 torch writes as Mul/Reshape/Pad/AveragePool3d/If/Pow/Div, recognised as one local_response_norm), and
 the export side of those: even-window LRN and vector matmuls run in ONNX Runtime and round-trip."""
@@ -41,6 +42,73 @@ class ShuffleNetish(nn.Module):
         return self.fc(x.mean([2, 3]))
 
 
+class ShuffleNetV2ish(nn.Module):
+    """ShuffleNet V2's unit: channel split (x.chunk → Slice or Split), a branch, concat, shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.b1 = nn.Conv2d(3, 16, 3, 2, 1), nn.Conv2d(8, 8, 1)
+        self.dw, self.b2 = nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, F.relu(self.b2(self.dw(F.relu(self.b1(b)))))], 1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class DenseNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn1, self.c1 = nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3, 1, 1)
+        self.bn2, self.c2, self.fc = nn.BatchNorm2d(12), nn.Conv2d(12, 4, 3, 1, 1), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.c(x)
+        x = torch.cat([x, self.c1(F.relu(self.bn1(x)))], 1)
+        x = torch.cat([x, self.c2(F.relu(self.bn2(x)))], 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.avg_pool2d(x, 2), 1), 1))
+
+
+class SqueezeNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.sq = nn.Conv2d(3, 16, 3, 2), nn.Conv2d(16, 4, 1)
+        self.e1, self.e3, self.cl = nn.Conv2d(4, 8, 1), nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c(x)), 3, 2, ceil_mode=True)
+        q = F.relu(self.sq(x))
+        x = F.dropout(torch.cat([F.relu(self.e1(q)), F.relu(self.e3(q))], 1), 0.5, training=False)
+        return torch.flatten(F.adaptive_avg_pool2d(F.relu(self.cl(x)), 1), 1)
+
+
+class VGGish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c, self.fc = nn.Conv2d(8, 16, 3, padding=1), nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.b(F.relu(self.a(x)))), 2)
+        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.c(x)), 2), 1))
+
+
+class AlexNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 5, 2, 2), nn.Conv2d(8, 12, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(12, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 3, 2)
+        x = torch.flatten(F.max_pool2d(F.relu(self.c2(x)), 3, 2), 1)
+        return self.fc2(F.dropout(F.relu(self.fc1(F.dropout(x, 0.5, False))), 0.5, False))
+
+
 class GoogLeNetish(nn.Module):
     def __init__(self):
         super().__init__()
@@ -77,7 +145,8 @@ def _export(net, path, opset, dynamic):
 
 
 @pytest.mark.parametrize("opset,dynamic", [(11, True), (13, False), (17, True)])
-@pytest.mark.parametrize("net_cls", [ShuffleNetish, GoogLeNetish])
+@pytest.mark.parametrize("net_cls", [ShuffleNetish, GoogLeNetish, ShuffleNetV2ish, DenseNetish, SqueezeNetish,
+                                     VGGish, AlexNetish])
 def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_path):
     torch.manual_seed(1)
     net = net_cls()
@@ -88,8 +157,10 @@ def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_pat
         assert types.count("local_response_norm") == 2 and "pow" not in types
         lrn2 = next(layer for layer in model.spec.layers if layer.id == "lrn2")
         assert (lrn2.params.size, lrn2.params.window, lrn2.params.k) == (4, "torch", 2.0)
-    else:
+    elif net_cls is ShuffleNetish:
         assert {"reshape", "transpose", "global_avg_pool2d"} <= set(types)
+    elif net_cls is ShuffleNetV2ish:
+        assert types.count("slice") == 2 and "concat" in types
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         want = net(x).numpy()
