@@ -195,6 +195,33 @@ class Sigmoid(_Elementwise):
         return [gy * y * (1 - y)], {}
 
 
+class HardSigmoidParams(OpParams):
+    alpha: float = 0.2
+    beta: float = 0.5
+
+
+class HardSigmoid(_Elementwise):
+    """max(0, min(1, alpha * x + beta)), as ONNX HardSigmoid (defaults 0.2, 0.5; PyTorch's
+    hardsigmoid is alpha 1/6). MobileNet V3's squeeze-excitation gate."""
+
+    type = "hard_sigmoid"
+    Params = HardSigmoidParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4, 4)]), ({"alpha": 1 / 6, "beta": 0.5}, [(5,)])]
+
+    def forward(self, ctx, inputs, params):
+        x = inputs[0]
+        xp = xp_of(x)
+        z = x * x.dtype.type(self.p.alpha) + x.dtype.type(self.p.beta)
+        ctx.save(inside=(z > 0) & (z < 1))
+        return xp.clip(z, 0, 1).astype(x.dtype, copy=False)
+
+    def backward(self, ctx, gy):
+        return [gy * ctx.saved["inside"] * gy.dtype.type(self.p.alpha)], {}
+
+
 class AxisParams(OpParams):
     axis: int = Field(1, description="axis counted with the batch as axis 0; negative counts from the end")
 
@@ -253,5 +280,5 @@ class LogSoftmax(_AxisOp):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (ReLU, LeakyReLU, ELU, GELU, Tanh, Sigmoid, Softmax, LogSoftmax):
+    for op in (ReLU, LeakyReLU, ELU, GELU, Tanh, Sigmoid, HardSigmoid, Softmax, LogSoftmax):
         registry.add(op)

@@ -83,6 +83,7 @@ _ONE_NODE = {
     "relu": ("Relu", None), "sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
     "leaky_relu": ("LeakyRelu", lambda p: {"alpha": float(p.negative_slope)}),
     "elu": ("Elu", lambda p: {"alpha": float(p.alpha)}),
+    "hard_sigmoid": ("HardSigmoid", lambda p: {"alpha": float(p.alpha), "beta": float(p.beta)}),
     "softmax": ("Softmax", lambda p: {"axis": int(p.axis)}),
     "log_softmax": ("LogSoftmax", lambda p: {"axis": int(p.axis)}),
     "global_avg_pool2d": ("GlobalAveragePool", None), "global_max_pool2d": ("GlobalMaxPool", None),

@@ -229,6 +229,20 @@ def simple_act(imp, node, a):
     return [imp.emit(node.op_type.lower(), [imp.dyn_of(node.input[0])])]
 
 
+@handles("HardSigmoid")
+def hard_sigmoid(imp, node, a):
+    return [imp.emit("hard_sigmoid", [imp.dyn_of(node.input[0])],
+                     {"alpha": f32(a.get("alpha", 0.2)), "beta": f32(a.get("beta", 0.5))})]
+
+
+@handles("HardSwish")
+def hard_swish(imp, node, a):
+    """x * HardSigmoid(x) with alpha 1/6, beta 0.5 (the ONNX definition), as two layers."""
+    x = imp.dyn_of(node.input[0])
+    gate = imp.emit("hard_sigmoid", [x], {"alpha": f32(1 / 6), "beta": 0.5}, suffix="_gate")
+    return [imp.emit("mul", [x, gate])]
+
+
 @handles("LeakyRelu")
 def leaky(imp, node, a):
     return [imp.emit("leaky_relu", [imp.dyn_of(node.input[0])], {"negative_slope": float(a.get("alpha", 0.01))})]

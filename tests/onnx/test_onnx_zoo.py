@@ -1,5 +1,6 @@
 """More architectures exported by torch.onnx.export: ShuffleNet V2's channel split (Slice/Split),
-DenseNet's and SqueezeNet's concatenations, VGG- and AlexNet-style stacks, ShuffleNet-style channel shuffle (Reshape →
+DenseNet's and SqueezeNet's concatenations, VGG- and AlexNet-style stacks, MobileNet V3's hardswish and
+hardsigmoid gate, ShuffleNet-style channel shuffle (Reshape →
 Transpose → Reshape) with ``x.mean([2, 3])`` (ReduceMean), GoogLeNet-style LocalResponseNorm (which
 torch writes as Mul/Reshape/Pad/AveragePool3d/If/Pow/Div, recognised as one local_response_norm), and
 the export side of those: even-window LRN and vector matmuls run in ONNX Runtime and round-trip."""
@@ -109,6 +110,23 @@ class AlexNetish(nn.Module):
         return self.fc2(F.dropout(F.relu(self.fc1(F.dropout(x, 0.5, False))), 0.5, False))
 
 
+class MobileNetV3ish(nn.Module):
+    """Hardswish activations and a hardsigmoid squeeze-excitation gate (MobileNet V2's relu6 and
+    inverted residual too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.e = nn.Conv2d(3, 16, 3, 2, 1), nn.Conv2d(16, 32, 1)
+        self.dw, self.p = nn.Conv2d(32, 32, 3, 1, 1, groups=32), nn.Conv2d(32, 16, 1)
+        self.se1, self.se2, self.fc = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.hardswish(self.c(x))
+        x = x + self.p(F.relu6(self.dw(F.relu6(self.e(x)))))
+        x = x * F.hardsigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(x, 1)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class GoogLeNetish(nn.Module):
     def __init__(self):
         super().__init__()
@@ -146,7 +164,7 @@ def _export(net, path, opset, dynamic):
 
 @pytest.mark.parametrize("opset,dynamic", [(11, True), (13, False), (17, True)])
 @pytest.mark.parametrize("net_cls", [ShuffleNetish, GoogLeNetish, ShuffleNetV2ish, DenseNetish, SqueezeNetish,
-                                     VGGish, AlexNetish])
+                                     VGGish, AlexNetish, MobileNetV3ish])
 def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_path):
     torch.manual_seed(1)
     net = net_cls()
