@@ -249,7 +249,6 @@ def _backward_peak(model, plan, tape, saved_by_step, params) -> int:
     """Largest total during backward, walking the steps in reverse: what the tape saved for the steps not
     yet differentiated (a buffer goes with the earliest step that saved it), the gradients alive (a
     tensor's, from its consumer's backward to its producer's) and the input gradients a step returns."""
-    import math
     from .autodiff import requires_grad
     first_step: dict[int, tuple[int, int]] = {}
     for i, bases in enumerate(saved_by_step):

@@ -5,7 +5,7 @@ import re
 
 from ..errors import CnnGraphError
 
-__all__ = ["OnnxError", "require_onnx", "sanitize", "node_base_name", "UniqueNames", "ID_RE"]
+__all__ = ["OnnxError", "require_onnx", "sanitize", "node_base_name", "UniqueNames", "ID_RE", "register_once"]
 
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -65,3 +65,14 @@ def node_base_name(name: str, op_type: str) -> str:
         if len(parts) == 1 and re.fullmatch(re.escape(op_type) + r"(_\d+)?", parts[0]):
             return op_type.lower()
     return name
+
+
+def register_once(table: dict, key: str, fn, what: str) -> None:
+    """``table[key] = fn`` unless another function holds ``key`` (the same one redefined, as when a module
+    loads again, may replace itself): a plugin cannot silently change a built-in conversion."""
+    old = table.get(key)
+    if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+        from ..errors import PluginError
+        raise PluginError(f"{what} '{key}' already has {old.__module__}.{old.__qualname__}; "
+                          f"{fn.__module__}.{fn.__qualname__} cannot replace it")
+    table[key] = fn

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .common import OnnxError, require_onnx
+from .common import OnnxError, register_once, require_onnx
 
 __all__ = ["spec_to_onnx", "export_onnx", "EXPORTERS", "MIN_OPSET"]
 
@@ -27,12 +27,7 @@ def exports(*types):
     that already has another export is an error: a plugin cannot silently change how relu exports."""
     def deco(fn):
         for t in types:
-            old = EXPORTERS.get(t)
-            if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-                from ..errors import PluginError
-                raise PluginError(f"op type '{t}' already has an ONNX export ({old.__module__}.{old.__qualname__}); "
-                                  f"{fn.__module__}.{fn.__qualname__} cannot replace it")
-            EXPORTERS[t] = fn
+            register_once(EXPORTERS, t, fn, "the ONNX export of op type")
         return fn
     return deco
 

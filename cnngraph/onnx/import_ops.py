@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .common import register_once
 from .folding import BATCH, Dyn, f32
 
 __all__ = ["HANDLERS", "FOLD_NEVER", "handles"]
@@ -26,12 +27,7 @@ def handles(*names):
     handler is an error: a plugin cannot silently change how Conv imports."""
     def deco(fn):
         for n in names:
-            old = HANDLERS.get(n)
-            if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-                from ..errors import PluginError
-                raise PluginError(f"ONNX op type '{n}' already imports through {old.__module__}.{old.__qualname__}; "
-                                  f"{fn.__module__}.{fn.__qualname__} cannot replace it")
-            HANDLERS[n] = fn
+            register_once(HANDLERS, n, fn, "the import of ONNX op type")
         return fn
     return deco
 

@@ -45,7 +45,7 @@ def test_a_plugin_op_exports_once_it_registers_a_function(tmp_path, monkeypatch)
 
 def test_a_plugin_cannot_replace_a_builtin_export():
     from cnngraph.errors import PluginError
-    with pytest.raises(PluginError, match=r"op type 'relu' already has an ONNX export"):
+    with pytest.raises(PluginError, match=r"the ONNX export of op type 'relu' already has"):
         exporter.exports("relu")(export_channel_scale)
     assert exporter.EXPORTERS["relu"] is not export_channel_scale
 
@@ -122,5 +122,5 @@ def test_a_plugin_op_imports_once_it_registers_a_handler(tmp_path, monkeypatch):
 def test_a_plugin_cannot_replace_a_builtin_import():
     from cnngraph.errors import PluginError
     from cnngraph.onnx import import_ops
-    with pytest.raises(PluginError, match=r"ONNX op type 'Conv' already imports"):
+    with pytest.raises(PluginError, match=r"the import of ONNX op type 'Conv' already has"):
         import_ops.handles("Conv")(import_prelu)
