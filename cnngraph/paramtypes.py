@@ -49,5 +49,6 @@ def _padding(v: Any):
 
 
 IntPair = Annotated[tuple[int, int], BeforeValidator(_pair(1))]
+NonNegativePair = Annotated[tuple[int, int], BeforeValidator(_pair(0))]
 Padding = Annotated[Union[str, tuple[int, ...]], BeforeValidator(_padding)]
 

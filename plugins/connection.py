@@ -1,4 +1,4 @@
-"""Learnable connections: conv2d and dense (fully connected)."""
+"""Learnable connections: conv2d, conv_transpose2d and dense (fully connected)."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,10 @@ from cnngraph.hookspecs import hookimpl
 from cnngraph.init import InitScheme, init_bias, init_weight
 from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
 from cnngraph.op import Op, OpParams
-from cnngraph.paramtypes import IntPair, Padding
+from cnngraph.backend import xp_of
+from cnngraph.paramtypes import IntPair, NonNegativePair, Padding
 
-__all__ = ["Conv2d", "Dense", "resolve_padding", "conv_out_size"]
+__all__ = ["Conv2d", "ConvTranspose2d", "Dense", "resolve_padding", "conv_out_size"]
 
 
 def conv_out_size(size: int, k: int, s: int, pad: int, d: int) -> int:
@@ -115,6 +116,108 @@ class Conv2d(Op):
         return math.prod(out_shape) * (in_shapes[0][0] // self.p.groups) * kh * kw
 
 
+class ConvTranspose2dParams(OpParams):
+    out_channels: int = Field(ge=1)
+    kernel_size: IntPair
+    stride: IntPair = (1, 1)
+    padding: Padding = (0, 0)
+    output_padding: NonNegativePair = (0, 0)
+    dilation: IntPair = (1, 1)
+    bias: bool = True
+    init: InitScheme = "pytorch"
+
+
+class ConvTranspose2d(Op):
+    """Transposed 2-D convolution (the gradient of conv2d with respect to its input), NCHW, weights
+    (C_in, C_out, kH, kW) as torch.nn.ConvTranspose2d (groups 1): output (H - 1) * stride - pad_top -
+    pad_bottom + dilation * (kH - 1) + output_padding + 1. Decoders and upsampling; ONNX ConvTranspose.
+    Computed as a stride-1 conv2d of the zero-interleaved input with the flipped kernels (so it costs
+    stride² times the multiply-adds of a direct kernel), cropped by the padding."""
+
+    type = "conv_transpose2d"
+    Params = ConvTranspose2dParams
+
+    @classmethod
+    def examples(cls):
+        return [({"out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}, [(4, 4, 4)]),
+                ({"out_channels": 2, "kernel_size": [2, 3], "stride": [2, 1], "padding": [0, 1, 1, 0],
+                  "dilation": [1, 2], "bias": False}, [(3, 3, 4)])]
+
+    def _pads(self):
+        p = self.p.padding
+        if isinstance(p, str):
+            raise ShapeError(f"conv_transpose2d takes explicit padding (integers), found {p!r}")
+        return (p[0], p[0], p[1], p[1]) if len(p) == 2 else tuple(p)
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) != 3:
+            raise ShapeError(f"conv_transpose2d expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
+        p, (t, b, l, r) = self.p, self._pads()
+        out = []
+        for size, k, s, d, op, pad in zip(shape[1:], p.kernel_size, p.stride, p.dilation, p.output_padding,
+                                          (t + b, l + r)):
+            if op >= max(s, d):
+                raise ShapeError(f"output_padding {op} must be smaller than the stride or the dilation")
+            n = (size - 1) * s - pad + d * (k - 1) + op + 1
+            if n < 1:
+                raise ShapeError(f"padding {pad} leaves no output from an input of size {size}")
+            out.append(n)
+        return (p.out_channels, *out)
+
+    def init_params(self, in_shapes, rng):
+        p = self.p
+        kh, kw = p.kernel_size
+        cin = in_shapes[0][0]
+        # torch.nn.ConvTranspose2d computes its fan-in from weight dim 1 (out_channels) x kernel
+        fan_in, fan_out = p.out_channels * kh * kw, cin * kh * kw
+        params = {"weight": init_weight((cin, p.out_channels, kh, kw), fan_in, fan_out, p.init, rng)}
+        if p.bias:
+            params["bias"] = init_bias(p.out_channels, fan_in, rng)
+        return params
+
+    def _geometry(self, x_shape):
+        """(dilated input shape, conv pads of the full output, crop (top, bottom, left, right))."""
+        p, (t, b, l, r) = self.p, self._pads()
+        (sh, sw), (dh, dw), (oh, ow) = p.stride, p.dilation, p.output_padding
+        kh, kw = p.kernel_size
+        N, C, H, W = x_shape
+        eh, ew = dh * (kh - 1), dw * (kw - 1)
+        return (N, C, (H - 1) * sh + 1, (W - 1) * sw + 1), (eh, eh + oh, ew, ew + ow), (t, b, l, r)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        p = self.p
+        shape, pads, (t, b, l, r) = self._geometry(x.shape)
+        xd = xp.zeros(shape, dtype=x.dtype)
+        xd[:, :, ::p.stride[0], ::p.stride[1]] = x
+        w = params["weight"]
+        wc = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        y, saved = conv2d_forward(xd, xp.ascontiguousarray(wc), params.get("bias"), (1, 1), pads, p.dilation, 1,
+                                  save=ctx.grad)
+        ctx.save(conv=saved, full=y.shape, dilated=shape)
+        H, W = y.shape[2:]
+        return xp.ascontiguousarray(y[:, :, t:H - b, l:W - r])
+
+    def backward(self, ctx, gy):
+        xp = xp_of(gy)
+        p, (t, b, l, r) = self.p, self._pads()
+        full = xp.zeros(ctx.saved["full"], dtype=gy.dtype)
+        H, W = full.shape[2:]
+        full[:, :, t:H - b, l:W - r] = gy
+        dxd, dwc, db = conv2d_backward(full, ctx.saved["conv"], need_dx=ctx.need_grad(0))
+        grads = {"weight": xp.ascontiguousarray(dwc[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))}
+        if db is not None:
+            grads["bias"] = db
+        dx = None if dxd is None else xp.ascontiguousarray(dxd[:, :, ::p.stride[0], ::p.stride[1]])
+        return [dx], grads
+
+    def flops(self, in_shapes, out_shape):
+        kh, kw = self.p.kernel_size
+        return math.prod(in_shapes[0]) * self.p.out_channels * kh * kw
+
+
 class DenseParams(OpParams):
     out_features: int = Field(ge=1)
     bias: bool = True
@@ -168,4 +271,5 @@ class Dense(Op):
 @hookimpl
 def cnngraph_register_ops(registry):
     registry.add(Conv2d)
+    registry.add(ConvTranspose2d)
     registry.add(Dense)

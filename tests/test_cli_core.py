@@ -84,7 +84,7 @@ def test_ops_and_plugins_listing():
     conv = next(o for o in ops if o["type"] == "conv2d")
     assert {"name": "stride", "required": False, "default": [1, 1], "type": conv["params"][2]["type"]} in conv["params"]
     r = cli("plugins")
-    assert "cnngraph.plugins.connection  (built-in): 2 ops" in r.stdout
+    assert "cnngraph.plugins.connection  (built-in): 3 ops" in r.stdout
 
 
 def test_unwritable_or_foreign_paths_give_one_line_errors(tmp_path):

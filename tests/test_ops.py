@@ -22,6 +22,11 @@ CASES = {
     "conv2d_groups": ({"type": "conv2d", "out_channels": 6, "kernel_size": 3, "groups": 3, "padding": "same"},
                       [(3, 5, 5)], {}, False),
     "conv2d_asym": ({"type": "conv2d", "out_channels": 2, "kernel_size": 2, "padding": [0, 1, 1, 0]}, [(2, 4, 5)], {}, False),
+    "conv_transpose2d": ({"type": "conv_transpose2d", "out_channels": 3, "kernel_size": 3, "stride": 2,
+                          "padding": 1, "output_padding": 1}, [(4, 4, 5)], {}, False),
+    "conv_transpose2d_asym": ({"type": "conv_transpose2d", "out_channels": 2, "kernel_size": [2, 3],
+                               "stride": [1, 2], "dilation": [2, 1], "padding": [0, 1, 2, 1], "bias": False},
+                              [(3, 4, 3)], {}, False),
     "dense": ({"type": "dense", "out_features": 5}, [(7,)], {}, False),
     "max_pool2d": ({"type": "max_pool2d", "kernel_size": 2}, [(2, 6, 6)], {}, False),
     "max_pool2d_ceil": ({"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
@@ -75,7 +80,8 @@ def test_backward_matches_finite_differences(case):
     feeds = _feeds(shapes, ints)
     if layer["type"] in ("max_pool2d", "global_max_pool2d", "relu", "leaky_relu"):
         # keep values away from ties/kinks so finite differences are well defined
-        feeds["x0"] = (RNG.permutation(feeds["x0"].size).reshape(feeds["x0"].shape) / 7.0 - 2).astype(np.float32)
+        # (k + 0.5) / 7 - 2 is never 0 (the kink of relu and leaky_relu) and never ties
+        feeds["x0"] = ((RNG.permutation(feeds["x0"].size).reshape(feeds["x0"].shape) + 0.5) / 7.0 - 2).astype(np.float32)
     check_gradients(spec, feeds, training=training)
 
 

@@ -99,6 +99,43 @@ def conv(imp, node, a):
     return [imp.emit("conv2d", [x], params, weights)]
 
 
+@handles("ConvTranspose")
+def conv_transpose(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    w = imp.const(node.input[1], "weight")
+    b = imp.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    if w.ndim != 4:
+        raise imp.fail(f"only 2-D transposed convolution is supported (weight of shape {w.shape})")
+    if int(a.get("group", 1)) != 1:
+        raise imp.fail("grouped ConvTranspose is not supported")
+    if a.get("output_shape") is not None:
+        raise imp.fail("output_shape is not supported; export with pads and output_padding instead")
+    auto = a.get("auto_pad", "NOTSET")
+    if auto not in ("NOTSET", "", "VALID"):
+        raise imp.fail(f"auto_pad {auto!r} is not supported for ConvTranspose (NOTSET and VALID are)")
+    kernel = list(a.get("kernel_shape", w.shape[2:]))
+    strides, dil = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    pads = [0, 0, 0, 0] if auto == "VALID" else list(a.get("pads", [0, 0, 0, 0]))
+    out_pad = list(a.get("output_padding", [0, 0]))
+    if len(kernel) != 2 or len(strides) != 2 or len(dil) != 2 or len(pads) != 4 or len(out_pad) != 2:
+        raise imp.fail("only 2-D windows are supported")
+    params = {"out_channels": int(w.shape[1]), "kernel_size": _pair(kernel)}
+    if strides != [1, 1]:
+        params["stride"] = _pair(strides)
+    if any(pads):
+        params["padding"] = _pads_tblr(pads)
+    if any(out_pad):
+        params["output_padding"] = _pair(out_pad)
+    if dil != [1, 1]:
+        params["dilation"] = _pair(dil)
+    weights = {"weight": w}
+    if b is None:
+        params["bias"] = False
+    else:
+        weights["bias"] = b
+    return [imp.emit("conv_transpose2d", [x], params, weights)]
+
+
 @handles("Gemm")
 def gemm(imp, node, a):
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))

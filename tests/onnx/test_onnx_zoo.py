@@ -1,6 +1,6 @@
 """More architectures exported by torch.onnx.export: ShuffleNet V2's channel split (Slice/Split),
 DenseNet's and SqueezeNet's concatenations, VGG- and AlexNet-style stacks, MobileNet V3's hardswish and
-hardsigmoid gate, ShuffleNet-style channel shuffle (Reshape →
+hardsigmoid gate, an encoder-decoder's ConvTranspose, ShuffleNet-style channel shuffle (Reshape →
 Transpose → Reshape) with ``x.mean([2, 3])`` (ReduceMean), GoogLeNet-style LocalResponseNorm (which
 torch writes as Mul/Reshape/Pad/AveragePool3d/If/Pow/Div, recognised as one local_response_norm), and
 the export side of those: even-window LRN and vector matmuls run in ONNX Runtime and round-trip."""
@@ -127,6 +127,21 @@ class MobileNetV3ish(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class Decoderish(nn.Module):
+    """An encoder-decoder (segmentation/autoencoder style): ConvTranspose upsampling and a skip concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.e1, self.e2 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 16, 3, 2, 1)
+        self.d1 = nn.ConvTranspose2d(16, 8, 3, 2, 1, output_padding=1)
+        self.d2 = nn.ConvTranspose2d(16, 4, 2, 2)
+
+    def forward(self, x):
+        a = F.relu(self.e1(x))
+        y = F.relu(self.d1(F.relu(self.e2(a))))
+        return self.d2(torch.cat([y, a], 1))
+
+
 class GoogLeNetish(nn.Module):
     def __init__(self):
         super().__init__()
@@ -164,7 +179,7 @@ def _export(net, path, opset, dynamic):
 
 @pytest.mark.parametrize("opset,dynamic", [(11, True), (13, False), (17, True)])
 @pytest.mark.parametrize("net_cls", [ShuffleNetish, GoogLeNetish, ShuffleNetV2ish, DenseNetish, SqueezeNetish,
-                                     VGGish, AlexNetish, MobileNetV3ish])
+                                     VGGish, AlexNetish, MobileNetV3ish, Decoderish])
 def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_path):
     torch.manual_seed(1)
     net = net_cls()
