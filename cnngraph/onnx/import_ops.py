@@ -91,12 +91,7 @@ def conv(imp, node, a):
         params["dilation"] = _pair(dil)
     if group != 1:
         params["groups"] = group
-    weights = {"weight": w}
-    if b is None:
-        params["bias"] = False
-    else:
-        weights["bias"] = b
-    return [imp.emit("conv2d", [x], params, weights)]
+    return [imp.emit("conv2d", [x], params, _weights(params, w, b))]
 
 
 @handles("ConvTranspose")
@@ -128,12 +123,15 @@ def conv_transpose(imp, node, a):
         params["output_padding"] = _pair(out_pad)
     if dil != [1, 1]:
         params["dilation"] = _pair(dil)
-    weights = {"weight": w}
+    return [imp.emit("conv_transpose2d", [x], params, _weights(params, w, b))]
+
+
+def _weights(params: dict, w, b) -> dict:
+    """A conv's weights; without a bias input the layer gets ``bias: false``."""
     if b is None:
         params["bias"] = False
-    else:
-        weights["bias"] = b
-    return [imp.emit("conv_transpose2d", [x], params, weights)]
+        return {"weight": w}
+    return {"weight": w, "bias": b}
 
 
 @handles("Gemm")
