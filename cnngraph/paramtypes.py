@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
+import numpy as np
 from pydantic import BeforeValidator
 
 __all__ = ["IntPair", "Padding", "is_whole"]
@@ -18,7 +19,6 @@ def _is_int(v: Any) -> bool:
 
 def is_whole(v: Any, minimum: int) -> bool:
     """``v`` is an integer (Python or NumPy, not a bool) >= ``minimum``: for seeds, epochs, batch sizes."""
-    import numpy as np
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
 
 

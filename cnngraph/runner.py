@@ -126,21 +126,26 @@ def _sole_owner(env: dict[str, Any], name: str, callers: tuple = ()) -> bool:
     return not any(v is x or getattr(v, "base", None) is x for k, v in env.items() if k != name)
 
 
+def _who(attrs: dict) -> str:
+    return f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
+
+
 def _check_output(g: nx.DiGraph, node: str, y, xs) -> None:
     attrs = g.nodes[node]
-    op = f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
     if not attrs.get("reduces_batch"):
         if not hasattr(y, "shape") or not hasattr(y, "dtype"):
-            raise PluginError(f"{op} returned a {type(y).__name__} from forward at layer '{node}'; expected one array")
-        floats = [x.dtype for x in xs if getattr(x, "dtype", None) is not None and x.dtype.kind == "f"]
-        if floats and y.dtype.kind == "f" and y.dtype != floats[0]:
-            raise PluginError(f"{op} returned {y.dtype} from forward at layer '{node}' on {floats[0]} inputs; "
-                              f"compute in the inputs' dtype (the model's)")
+            raise PluginError(f"{_who(attrs)} returned a {type(y).__name__} from forward at layer '{node}'; "
+                              f"expected one array")
+        if y.dtype.kind == "f":
+            given = next((x.dtype for x in xs if getattr(x, "dtype", None) is not None and x.dtype.kind == "f"), None)
+            if given is not None and y.dtype != given:
+                raise PluginError(f"{_who(attrs)} returned {y.dtype} from forward at layer '{node}' on {given} "
+                                  f"inputs; compute in the inputs' dtype (the model's)")
     want = () if attrs.get("reduces_batch") else (xs[0].shape[0], *attrs["out_shape"]) if xs else None
     shape = getattr(y, "shape", None)
     if want is not None and tuple(shape or ()) != tuple(want):
-        raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned shape {shape} from forward "
-                          f"at layer '{node}', but its shape inference promised {tuple(want)}")
+        raise PluginError(f"{_who(attrs)} returned shape {shape} from forward at layer '{node}', but its shape "
+                          f"inference promised {tuple(want)}")
 
 
 def batch_of(env: dict) -> int:
