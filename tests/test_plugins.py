@@ -3,6 +3,7 @@ plugin, and the `ops` / `plugins` commands."""
 from __future__ import annotations
 
 import inspect
+import re
 import textwrap
 from pathlib import Path
 
@@ -527,3 +528,23 @@ def test_register_op_again_from_a_rerun_cell_replaces_it(fresh):
         type = "notebook_op"
     with pytest.raises(PluginError, match="registered twice"):
         cnngraph.register_op(Other)
+
+
+@pytest.mark.parametrize("forward, backward, needle", [
+    ("return inputs[0].astype('float64')", None, "returned float64 from forward at layer 'a' on float32 inputs"),
+    ("return [inputs[0]]", None, "returned a list from forward at layer 'a'; expected one array"),
+    ("return inputs[0] * 1", "return gy, {}", "returned (ndarray, dict) from backward at layer 'a'; expected (a list"),
+])
+def test_broken_forward_and_backward_results_are_named(fresh, tmp_path, forward, backward, needle):
+    body = (f"import cnngraph\nfrom cnngraph.op import Op\nclass B(Op):\n    type = 'broken_result'\n"
+            f"    def forward(self, ctx, inputs, params):\n        {forward}\n"
+            f"    def backward(self, ctx, gy):\n        {backward or 'return [gy], {}'}\n"
+            f"@cnngraph.hookimpl\ndef cnngraph_register_ops(registry):\n    registry.add(B)\n")
+    (tmp_path / "broken_result.py").write_text(body)
+    registry.load_plugin_file(tmp_path / "broken_result.py")
+    model = cnngraph.compile({"name": "b", "inputs": {"x": {"shape": [3]}},
+                              "layers": [{"id": "a", "type": "broken_result"}], "outputs": ["a"]})
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(PluginError, match=re.escape(needle)):
+        model.forward({"x": x}, training=True)
+        model.backward({"a": np.ones((2, 3), np.float32)})
