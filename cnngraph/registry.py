@@ -10,6 +10,7 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +23,8 @@ from .op import Op
 
 __all__ = ["Registry", "get_registry", "load_plugin_file", "register_plugin", "DEFAULT_PLUGINS",
            "did_you_mean", "format_validation_errors"]
+
+DISABLE_ENV = "CNNGRAPH_DISABLE_PLUGINS"   # comma-separated installed plugin names not to load
 
 DEFAULT_PLUGINS = (
     "cnngraph.plugins.activation",
@@ -70,6 +73,7 @@ class Registry:
         self.augmentations: dict[str, type] = {}
         self.owner: dict[tuple[str, str], str] = {}   # (table, name) → plugin name
         self.plugins: dict[str, str] = {}             # plugin name → where it came from
+        self.skipped: dict[str, str] = {}             # installed plugin name → why it was not loaded
         self.current_plugin = "<runtime>"
 
     def _put(self, table: str, name: str, value: Any) -> None:
@@ -246,17 +250,29 @@ class _Plugins:
         self.pm.check_pending()
 
     def _load_entry_points(self) -> None:
+        """Load every installed plugin. A broken or disabled one is skipped (with one warning for the
+        broken) instead of stopping every command: its components are missing, and the error that
+        names a missing op type says why."""
         from importlib.metadata import entry_points
+        disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
         for ep in entry_points(group=hookspecs.PROJECT):
+            package = f"package {ep.dist.name} {ep.dist.version}" if ep.dist else ""
+            if ep.name in disabled:
+                self.registry.skipped[ep.name] = f"disabled by {DISABLE_ENV}"
+                continue
             try:
-                plugin = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"installed plugin '{ep.name}' (entry point {ep.value}"
-                    f"{', package ' + ep.dist.name if ep.dist else ''}) failed to import: "
-                    f"{type(exc).__name__}: {exc}") from exc
-            origin = f"entry point {ep.value}" + (f" (package {ep.dist.name} {ep.dist.version})" if ep.dist else "")
-            self.register(plugin, ep.name, origin)
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    raise PluginError(f"failed to import: {type(exc).__name__}: {exc}") from exc
+                origin = f"entry point {ep.value}" + (f" ({package})" if package else "")
+                self.register(plugin, ep.name, origin)
+            except PluginError as exc:
+                why = str(exc)
+                self.registry.skipped[ep.name] = why
+                print(f"warning: installed plugin '{ep.name}' (entry point {ep.value}{', ' + package if package else ''})"
+                      f" is skipped: {why}. Fix or uninstall it, or set {DISABLE_ENV}={ep.name} to silence this.",
+                      file=sys.stderr)
 
 
 _STATE: _Plugins | None = None

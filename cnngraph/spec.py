@@ -358,6 +358,7 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
                         else f"; plugin {', '.join(map(repr, empty))} registered nothing (is its hook function "
                              f"decorated with @cnngraph.hookimpl and named cnngraph_register_ops?)" if empty
                         else "; `cnngraph ops` lists the known types")
+                hint += "".join(f"; installed plugin '{n}' was not loaded ({why})" for n, why in registry.skipped.items())
                 problems.append(_locate(exc.args[0] + hint,
                                         where + ("type",), positions, file, head.id, notes))
             else:

@@ -103,13 +103,51 @@ def test_entry_point_plugin_is_found_and_listed(tmp_path, monkeypatch, fresh, ca
     assert "epdemo_ep  (entry point epdemo (package epdemo 0.3)): 1 op" in capsys.readouterr().out
 
 
-def test_entry_point_that_fails_to_import_names_the_package(tmp_path, monkeypatch, fresh):
+def test_a_broken_installed_plugin_is_skipped_with_one_warning_not_fatal(tmp_path, monkeypatch, fresh, capsys):
+    """One broken package must not stop every command: it is skipped, named once on stderr, listed by
+    `cnngraph plugins`, and named again where a spec uses a type it would have registered."""
     make_dist(tmp_path, "epbroken", "import cnngraph_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     registry._STATE = None
-    with pytest.raises(PluginError, match=r"installed plugin 'epbroken_ep' \(entry point epbroken, package "
-                                          r"epbroken\) failed to import: ModuleNotFoundError"):
-        registry.get_registry()
+    reg = registry.get_registry()
+    err = capsys.readouterr().err
+    assert "warning: installed plugin 'epbroken_ep' (entry point epbroken, package epbroken 0.3) is skipped: " \
+           "failed to import: ModuleNotFoundError" in err and "CNNGRAPH_DISABLE_PLUGINS=epbroken_ep" in err
+    assert "relu" in reg.ops and "epbroken_ep" not in reg.plugins
+    assert main(["ops"]) == 0                       # other commands keep working, without a second warning
+    assert "warning" not in capsys.readouterr().err
+    assert main(["plugins"]) == 0
+    assert "epbroken_ep  (installed, not loaded): failed to import: ModuleNotFoundError" in capsys.readouterr().out
+    with pytest.raises(SpecError, match=r"unknown op type 'ep_gone'.*installed plugin 'epbroken_ep' was not "
+                                        r"loaded \(failed to import"):
+        cnngraph.load_spec(one_layer("ep_gone"))
+
+
+def test_an_installed_plugin_clashing_with_a_built_in_is_skipped_and_can_be_disabled(tmp_path, monkeypatch, fresh,
+                                                                                    capsys):
+    make_dist(tmp_path, "epclash", """
+        import cnngraph
+
+        class MyRelu(cnngraph.Op):
+            type = "relu"
+            def forward(self, ctx, inputs, params):
+                return inputs[0]
+
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(registry):
+            registry.add(MyRelu)
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._STATE = None
+    reg = registry.get_registry()
+    assert "op 'relu' is registered twice" in capsys.readouterr().err
+    assert reg.ops["relu"].plugin == "cnngraph.plugins.activation"    # the built-in stays, untouched
+    assert "epclash_ep" not in reg.plugins and "epclash_ep" in reg.skipped
+    monkeypatch.setenv("CNNGRAPH_DISABLE_PLUGINS", "other, epclash_ep")
+    registry._STATE = None
+    reg = registry.get_registry()
+    assert capsys.readouterr().err == ""
+    assert reg.skipped == {"epclash_ep": "disabled by CNNGRAPH_DISABLE_PLUGINS"}
 
 
 def test_contrib_package_when_installed(capsys):

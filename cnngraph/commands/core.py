@@ -164,4 +164,6 @@ def cmd_plugins(args) -> int:
                 counts[table] = counts.get(table, 0) + 1
         what = ", ".join(f"{n} {t if n != 1 else t[:-1]}" for t, n in counts.items()) or "no components"
         print(f"{name}  ({origin}): {what}")
+    for name, why in reg.skipped.items():
+        print(f"{name}  (installed, not loaded): {why}")
     return 0
