@@ -45,6 +45,7 @@ def run_torch(spec, epochs: int) -> dict:
     from cnngraph.registry import get_registry
     from cnngraph.train.augment import build_augmentations
     from cnngraph.train.data import load_dataset
+    from cnngraph.train.loop import epoch_steps
     torch.set_num_threads(2)
     ts = spec.train
     seed = ts.seed
@@ -66,7 +67,7 @@ def run_torch(spec, epochs: int) -> dict:
     rng = np.random.default_rng([seed, 1])
     (x, y), (xv, yv), (xt, yt) = ds.train, ds.val, ds.test
     bs = ts.batch_size
-    steps = -(-len(x) // bs)
+    steps = epoch_steps(len(x), bs)
 
     def evaluate(xs, ys):
         net.eval()
@@ -79,7 +80,7 @@ def run_torch(spec, epochs: int) -> dict:
     for epoch in range(epochs):
         order = rng.permutation(len(x))
         for step in range(steps):
-            idx = order[step * bs:(step + 1) * bs]
+            idx = order[step * bs:(step + 1) * bs if step < steps - 1 else None]
             xb = aug(x[idx], rng) if len(aug) else x[idx]
             for g in opt.param_groups:
                 g["lr"] = sched.lr(o.lr, epoch, step, steps, epochs)

@@ -14,8 +14,31 @@ from .graph import topological_order
 F = torch.nn.functional
 
 
-def torch_layer(layer, t, p, training=False):
-    """Apply one cnngraph layer (spec dict) with PyTorch to torch tensors ``t`` and params ``p``."""
+def _pool(layer, x, fn, fill):
+    """Pooling with cnngraph's padding forms: an int, [h, w] or asymmetric [top, bottom, left, right]
+    (padded explicitly with ``fill``, since torch pools pad symmetrically)."""
+    pad = layer.get("padding", 0)
+    if not (isinstance(pad, (list, tuple)) and len(pad) == 4):
+        return fn(x, pad)
+    top, bottom, left, right = pad
+    return fn(F.pad(x, (left, right, top, bottom), value=fill), 0)
+
+
+def _avg_pool(layer, x):
+    pad, include = layer.get("padding", 0), layer.get("count_include_pad", True)
+
+    def avg(v, padding):
+        return F.avg_pool2d(v, layer["kernel_size"], layer.get("stride"), padding,
+                            ceil_mode=layer.get("ceil_mode", False), count_include_pad=include)
+    if include or not (isinstance(pad, (list, tuple)) and len(pad) == 4):
+        return _pool(layer, x, avg, 0.0)
+    ones = torch.ones_like(x[:1, :1])      # sum over the real pixels / their number
+    return _pool(layer, x, avg, 0.0) / _pool(layer, ones, avg, 0.0)
+
+
+def torch_layer(layer, t, p, training=False, update_stats=False):
+    """Apply one cnngraph layer (spec dict) with PyTorch to torch tensors ``t`` and params ``p``.
+    ``update_stats``: batch norm in training updates ``p``'s running statistics in place (else copies)."""
     t = list(t)
     typ = layer["type"]
     if typ == "conv2d":
@@ -38,18 +61,18 @@ def torch_layer(layer, t, p, training=False):
     if typ == "dense":
         return F.linear(t[0], p["weight"], p.get("bias"))
     if typ == "max_pool2d":
-        return F.max_pool2d(t[0], layer["kernel_size"], layer.get("stride"), layer.get("padding", 0),
-                            ceil_mode=layer.get("ceil_mode", False))
+        return _pool(layer, t[0], lambda v, pad: F.max_pool2d(v, layer["kernel_size"], layer.get("stride"), pad,
+                                                              layer.get("dilation", 1),
+                                                              ceil_mode=layer.get("ceil_mode", False)), -torch.inf)
     if typ == "avg_pool2d":
-        return F.avg_pool2d(t[0], layer["kernel_size"], layer.get("stride"), layer.get("padding", 0),
-                            ceil_mode=layer.get("ceil_mode", False),
-                            count_include_pad=layer.get("count_include_pad", True))
+        return _avg_pool(layer, t[0])
     if typ == "global_avg_pool2d":
         return t[0].mean(dim=(2, 3), keepdim=True)
     if typ == "global_max_pool2d":
         return t[0].amax(dim=(2, 3), keepdim=True)
     if typ == "batch_norm2d":
-        return F.batch_norm(t[0], p["running_mean"].clone(), p["running_var"].clone(), p["weight"], p["bias"],
+        stats = [p[k] if update_stats else p[k].clone() for k in ("running_mean", "running_var")]
+        return F.batch_norm(t[0], *stats, p.get("weight"), p.get("bias"),
                             training=training, momentum=layer.get("momentum", 0.1), eps=layer.get("eps", 1e-5))
     if typ == "flatten":
         return torch.flatten(t[0], 1)
@@ -70,12 +93,13 @@ def torch_layer(layer, t, p, training=False):
         return sum(t[1:], t[0])
     if typ == "concat":
         return torch.cat(t, dim=layer.get("axis", 1))
+    reduction = layer.get("reduction", "mean")
     if typ == "cross_entropy":
-        return F.cross_entropy(t[0], t[1], label_smoothing=layer.get("label_smoothing", 0.0))
+        return F.cross_entropy(t[0], t[1], label_smoothing=layer.get("label_smoothing", 0.0), reduction=reduction)
     if typ == "binary_cross_entropy":
-        return F.binary_cross_entropy_with_logits(t[0], t[1])
+        return F.binary_cross_entropy_with_logits(t[0], t[1].reshape(t[0].shape), reduction=reduction)
     if typ == "mse":
-        return F.mse_loss(t[0], t[1])
+        return F.mse_loss(t[0], t[1], reduction=reduction)
     if typ == "dropout":
         return F.dropout(t[0], layer["p"], training)
     raise NotImplementedError(typ)
@@ -97,7 +121,7 @@ def torch_graph(model, feeds: dict, training: bool = False):
         layer = {"type": attrs["type"], **attrs["params"].model_dump()}
         local = {k.split(".", 1)[1] if k.startswith(node + ".") else k: v for k, v in leaves.items()
                  if k.rsplit(".", 1)[0] == node}
-        env[node] = torch_layer(layer, [env[s] for s in attrs["inputs"]], local, training)
+        env[node] = torch_layer(layer, [env[s] for s in attrs["inputs"]], local, training, update_stats=True)
     return {o: env[o] for o in g.graph["outputs"]}, leaves, inputs
 
 
@@ -132,6 +156,6 @@ class TorchNet(torch.nn.Module):
         for node in self.order:
             layer = self.layers[node]
             env[node] = torch_layer(layer, [env[s] for s in self.graph.nodes[node]["inputs"]], self._local(node),
-                                    self.training)
+                                    self.training, update_stats=True)
         outs = [env[o] for o in self.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)

@@ -46,12 +46,14 @@ class CrossEntropy(_Loss):
     type = "cross_entropy"
     Params = CrossEntropyParams
     index_targets = True
+    grad_inputs = None   # probability targets get a gradient too (distillation from a trainable teacher)
 
     @classmethod
     def examples(cls):
         return [
             ({}, [(5,), {"shape": (), "dtype": "int64", "high": 5}]),
             ({"label_smoothing": 0.1, "reduction": "sum"}, [(4,), {"shape": (), "dtype": "int64", "high": 4}]),
+            ({"label_smoothing": 0.2}, [(3,), {"shape": (3,), "low": 0, "high": 1}]),
         ]
 
     def infer_shape(self, in_shapes):
@@ -81,12 +83,19 @@ class CrossEntropy(_Loss):
         if eps:
             q = q * (1 - eps) + eps / c
         loss = -(q * logp).sum()
-        ctx.save(p=xp.exp(logp), q=q, n=n)
+        ctx.save(p=xp.exp(logp), q=q, n=n, logp=logp if target.ndim == 2 else None, tdtype=target.dtype)
         return self._reduce(loss, n).astype(x.dtype)
 
     def backward(self, ctx, gy):
         s = ctx.saved
-        return [(s["p"] - s["q"]) * self._scale(gy, s["n"], s["p"].dtype), None], {}
+        scale = self._scale(gy, s["n"], s["p"].dtype)
+        dt = None
+        if s["logp"] is not None and ctx.need_grad(1):   # d/dq of -sum(q' logp), q' = q (1 - eps) + eps / c
+            dt = (s["logp"] * (-(1 - self.p.label_smoothing) * scale)).astype(s["tdtype"], copy=False)
+        p, q = s["p"], s["q"]
+        if s["logp"] is not None:   # probabilities need not sum to 1: d/dx = p * sum(q) - q
+            p = p * q.sum(axis=1, keepdims=True)
+        return [(p - q) * scale, dt], {}
 
 
 class BinaryCrossEntropy(_Loss):

@@ -59,7 +59,13 @@ class BatchNorm2d(Op):
         xp = xp_of(x)
         t = x.dtype.type
         axes = self._axes(x)
+        if ctx.training and x.size == 0:   # an empty batch: nothing to learn, running stats untouched
+            ctx.save(xhat=x, inv_std=None, weight=params.get("weight"), batch_stats=False)
+            return x.copy()
         if ctx.training:
+            if x.size == x.shape[1]:   # one value per channel: no variance to normalise by (as PyTorch)
+                raise ValueError(f"batch statistics need more than one value per channel in training, found "
+                                 f"input shape {tuple(x.shape)}; use a batch of at least 2")
             mean = x.mean(axis=axes)
             xc = x - self._bc(mean, x)
             var = (xc * xc).mean(axis=axes)
@@ -94,6 +100,8 @@ class BatchNorm2d(Op):
             g = gy * self._bc(s["weight"], gy)
         else:
             g = gy
+        if inv_std is None:   # the empty batch
+            return [g.copy()], grads
         if not s["batch_stats"]:
             return [g * self._bc(inv_std, gy)], grads
         n = gy.size // gy.shape[1]

@@ -57,7 +57,13 @@ class _Pool2d(Op):
                 raise ShapeError(f"pooling window {span} is larger than the padded input {axis}={size + p0 + p1}")
             if max(p0, p1) > kk // 2 and p0 == p1:
                 raise ShapeError(f"padding {p0} must be at most half the kernel size {kk}")
-            out.append(pool_output_size(size, kk, ss, p0, p1, dd, self.p.ceil_mode))
+            n = pool_output_size(size, kk, ss, p0, p1, dd, self.p.ceil_mode)
+            empty = next((o for o in range(n) if not any(0 <= o * ss - p0 + dd * i < size for i in range(kk))), None)
+            if empty is not None:   # max: -inf; average without the padding: 0 / 0
+                raise ShapeError(f"pooling window {empty} along {axis} covers only padding (input {axis}={size}, "
+                                 f"kernel {kk}, stride {ss}, dilation {dd}, padding {p0}); reduce the padding or "
+                                 f"the dilation")
+            out.append(n)
         return (shape[0], *out)
 
     def flops(self, in_shapes, out_shape):

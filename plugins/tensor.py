@@ -453,7 +453,7 @@ class Constant(Op):
 
 class SliceParams(OpParams):
     axis: int = 1
-    start: int = 0
+    start: Optional[int] = None
     end: Optional[int] = None
     step: int = 1
 
@@ -467,8 +467,8 @@ class SliceParams(OpParams):
 
 class Slice(Op):
     """``x[..., start:end:step, ...]`` along one ``axis`` (batch = 0 is not allowed; default 1 =
-    channels), with Python's slicing rules: negative indices count from the end, ``end: null`` runs
-    to the end (to the beginning for a negative step). ShuffleNet V2's channel split, ONNX Slice/Split."""
+    channels), with Python's slicing rules: negative indices count from the end, ``start: null`` (the
+    default) and ``end: null`` run from the beginning and to the end (the other way round for a negative step). ShuffleNet V2's channel split, ONNX Slice/Split."""
 
     type = "slice"
     Params = SliceParams
@@ -476,7 +476,7 @@ class Slice(Op):
     @classmethod
     def examples(cls):
         return [({"start": 2, "end": 5}, [(6, 3, 3)]), ({"axis": -1, "start": -1, "end": 0, "step": -2}, [(2, 7)]),
-                ({"axis": 2, "start": 1}, [(2, 4, 5)])]
+                ({"axis": 2, "start": 1}, [(2, 4, 5)]), ({"step": -1}, [(3, 2)])]
 
     def _index(self, shape):
         """(per-sample axis, slice) for a per-sample ``shape``."""
@@ -490,7 +490,8 @@ class Slice(Op):
         a, sl = self._index(shape)
         shape[a] = len(range(*sl.indices(shape[a])))
         if shape[a] == 0:
-            raise ShapeError(f"slice {sl.start}:{sl.stop}:{sl.step} of axis {self.p.axis} (size {in_shapes[0][a]}) "
+            text = ":".join("" if v is None else str(v) for v in (sl.start, sl.stop, sl.step))
+            raise ShapeError(f"slice {text} of axis {self.p.axis} (size {in_shapes[0][a]}) "
                              f"is empty")
         return tuple(shape)
 

@@ -128,6 +128,29 @@ def test_int_targets_and_loss_in_graph():
     assert set(grads) == {"fc.weight", "fc.bias", "x"}   # integer targets get no gradient
 
 
+def test_probability_targets_pass_their_gradient_upstream_as_in_torch():
+    """Distillation: the soft targets come from a trainable teacher, which must get a gradient too."""
+    torch = pytest.importorskip("torch")
+    spec = {"inputs": {"x": {"shape": [4]}},
+            "layers": [{"id": "student", "type": "dense", "out_features": 3, "inputs": "x"},
+                       {"id": "teacher", "type": "dense", "out_features": 3, "inputs": "x"},
+                       {"id": "soft", "type": "softmax", "inputs": "teacher"},
+                       {"id": "loss", "type": "cross_entropy", "label_smoothing": 0.1, "inputs": ["student", "soft"]}],
+            "outputs": ["loss"]}
+    model = cnngraph.compile(spec, dtype="float64", seed=2)
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    model.forward({"x": x}, training=True)
+    grads = model.backward({"loss": np.array(1.0)})
+    tp = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in model.params.items()}
+    tx = torch.tensor(x)
+    soft = torch.softmax(tx @ tp["teacher.weight"].T + tp["teacher.bias"], 1)
+    torch.nn.functional.cross_entropy(tx @ tp["student.weight"].T + tp["student.bias"], soft,
+                                      label_smoothing=0.1).backward()
+    for name, t in tp.items():
+        assert np.abs(t.grad.numpy()).max() > 1e-5, name   # not trivially zero
+        np.testing.assert_allclose(grads[name], t.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_backward_with_wrong_parameter_gradient_names_names_the_plugin():
     class Misnamed(cnngraph.Op):
         type = "misnamed_grad_for_test"

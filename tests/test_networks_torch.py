@@ -76,3 +76,20 @@ def test_shape_inference_agrees_with_forward(path):
     for node, shape in seen.items():
         assert shape[1:] == model.graph.nodes[node]["out_shape"], node
     assert set(seen) == {layer.id for layer in model.spec.layers}
+
+
+def test_torchnet_updates_its_running_statistics_like_cnngraph():
+    """The benchmark's PyTorch twin must do the same work as cnngraph in training, buffers included."""
+    from cnngraph.torchref import TorchNet
+    spec = {"inputs": {"x": {"shape": [3, 5, 5]}},
+            "layers": [{"id": "conv", "type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                       {"id": "bn", "type": "batch_norm2d", "momentum": 0.3}], "outputs": ["bn"]}
+    model = cnngraph.compile(spec, seed=0)
+    net = TorchNet(model).train()
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((4, 3, 5, 5)).astype(np.float32)
+        model.forward({"x": x}, training=True)
+        net(torch.from_numpy(x))
+    for k in ("bn.running_mean", "bn.running_var"):
+        np.testing.assert_allclose(net.state[k].numpy(), model.params[k], rtol=1e-5, atol=1e-6)
+    assert np.abs(net.state["bn.running_mean"].numpy()).min() > 0   # moved from its initial zeros

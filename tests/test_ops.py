@@ -1,6 +1,8 @@
 """Every built-in op: forward against PyTorch, backward against float64 finite differences."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,12 @@ CASES = {
     "avg_pool2d": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1}, [(2, 7, 7)], {}, False),
     "avg_pool2d_nopad": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1,
                           "count_include_pad": False, "ceil_mode": True}, [(2, 6, 6)], {}, False),
+    "max_pool2d_dilated_asym": ({"type": "max_pool2d", "kernel_size": 2, "stride": 1, "dilation": 2,
+                                 "padding": [1, 0, 0, 1]}, [(2, 6, 6)], {}, False),
+    "avg_pool2d_asym": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": [1, 0, 0, 1],
+                         "ceil_mode": True}, [(2, 6, 7)], {}, False),
+    "avg_pool2d_asym_nopad": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": [1, 0, 0, 1],
+                               "count_include_pad": False, "ceil_mode": True}, [(2, 6, 7)], {}, False),
     "global_avg_pool2d": ({"type": "global_avg_pool2d"}, [(3, 4, 5)], {}, False),
     "global_max_pool2d": ({"type": "global_max_pool2d"}, [(3, 4, 5)], {}, False),
     "batch_norm2d_train": ({"type": "batch_norm2d"}, [(3, 4, 4)], {}, True),
@@ -55,8 +63,12 @@ CASES = {
     "concat_last": ({"type": "concat", "axis": -1}, [(2, 3, 3), (2, 3, 1)], {}, False),
     "cross_entropy": ({"type": "cross_entropy"}, [(5,), ()], {"x1": 5}, False),
     "cross_entropy_smooth": ({"type": "cross_entropy", "label_smoothing": 0.1}, [(5,), ()], {"x1": 5}, False),
+    "cross_entropy_soft": ({"type": "cross_entropy", "label_smoothing": 0.2}, [(5,), (5,)], {}, False),
     "binary_cross_entropy": ({"type": "binary_cross_entropy"}, [(4,), (4,)], {}, False),
     "mse": ({"type": "mse"}, [(4,), (4,)], {}, False),
+    "cross_entropy_sum": ({"type": "cross_entropy", "reduction": "sum"}, [(5,), ()], {"x1": 5}, False),
+    "binary_cross_entropy_sum": ({"type": "binary_cross_entropy", "reduction": "sum"}, [(4,), (4,)], {}, False),
+    "mse_sum": ({"type": "mse", "reduction": "sum"}, [(4,), (4,)], {}, False),
 }
 
 
@@ -125,6 +137,21 @@ def test_batch_norm_running_stats_match_torch():
         bn.train()(torch.from_numpy(x))
     np.testing.assert_allclose(model.params["op.running_mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.params["op.running_var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_refuses_one_value_per_channel_in_training_and_ignores_an_empty_batch():
+    from cnngraph.errors import RunError
+    model = cnngraph.compile(one_layer_spec({"type": "batch_norm2d"}, [(3,)]))
+    with pytest.raises(RunError, match=r"more than one value per channel in training, found input shape \(1, 3\)"):
+        model.forward({"x0": rand(1, 3)}, training=True)
+    np.testing.assert_array_equal(model.forward({"x0": rand(1, 3)})["op"].shape, (1, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no mean of an empty slice
+        y = model.forward({"x0": rand(0, 3)}, training=True, grad=True)["op"]
+        grads = model.backward({"op": np.ones_like(y)})
+    assert y.shape == (0, 3) and grads["x0"].shape == (0, 3) and not grads["op.weight"].any()
+    np.testing.assert_array_equal(model.params["op.running_mean"], np.zeros(3))   # as torch: untouched
+    np.testing.assert_array_equal(model.params["op.running_var"], np.ones(3))
 
 
 def test_dropout_statistics_and_inference_identity():

@@ -123,6 +123,20 @@ outputs: [big]
     assert "kernel extent 11" in p.message and "padded input H=10" in p.message and p.layer == "big"
 
 
+def test_pooling_window_of_only_padding_is_refused(tmp_path):
+    """A window in a wide one-sided padding would give 0/0 (average without the padding) or -inf (max)."""
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [1, 2, 4]}
+layers:
+  - {id: p, type: avg_pool2d, kernel_size: [2, 1], padding: [3, 0, 0, 0], count_include_pad: false}
+outputs: [p]
+""")
+    (p,) = err.problems
+    assert "pooling window 0 along H covers only padding (input H=2" in p.message and p.layer == "p"
+
+
 def test_dense_on_4d_needs_flatten(tmp_path):
     err, _ = load(tmp_path, HEAD + """\
   - {id: fc, type: dense, out_features: 10}

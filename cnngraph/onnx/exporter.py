@@ -273,8 +273,9 @@ def _pad(c, lid, op, ins, attrs):
 @exports("slice")
 def _slice(c, lid, op, ins, attrs):
     p = op.p
-    end = p.end if p.end is not None else (np.iinfo(np.int64).max if p.step > 0 else np.iinfo(np.int64).min)
-    consts = {"starts": p.start, "ends": end, "axes": p.axis, "steps": p.step}
+    first, last = (0, np.iinfo(np.int64).max) if p.step > 0 else (np.iinfo(np.int64).max, np.iinfo(np.int64).min)
+    consts = {"starts": first if p.start is None else p.start, "ends": last if p.end is None else p.end,
+              "axes": p.axis, "steps": p.step}
     c.node("Slice", [ins[0]] + [c.const(lid, k, np.array([v], np.int64)) for k, v in consts.items()], [lid], lid)
     return lid
 

@@ -570,7 +570,8 @@ def slice_(imp, node, a):
             raise imp.fail("slicing the batch axis is not supported")
         lo, hi = _python_slice(start, end, step, x.shape[axis - 1])
         if (lo, hi, step) != (0, None, 1):     # else the whole axis
-            params = {"axis": axis, "start": lo, "end": hi, "step": step}
+            first = 0 if step > 0 else x.shape[axis - 1] - 1     # where start: null begins
+            params = {"axis": axis, "start": None if lo == first else lo, "end": hi, "step": step}
             cuts.append({k: v for k, v in params.items() if v != SLICE_DEFAULTS[k]})
     out = x
     for cut in cuts:   # one layer per sliced axis, named after the node (suffixed when there are several)
@@ -578,7 +579,7 @@ def slice_(imp, node, a):
     return [out]
 
 
-SLICE_DEFAULTS = {"axis": 1, "start": 0, "end": None, "step": 1}
+SLICE_DEFAULTS = {"axis": 1, "start": None, "end": None, "step": 1}
 
 
 @handles("Split")
@@ -601,7 +602,7 @@ def split(imp, node, a):
         raise imp.fail(f"split sizes {sizes} do not cut axis {axis} of size {dim} into {n} parts")
     outs, start = [], 0
     for i, size in enumerate(sizes):
-        params = {"axis": axis, "start": start, "end": start + size if start + size < dim else None}
+        params = {"axis": axis, "start": start or None, "end": start + size if start + size < dim else None}
         outs.append(imp.emit("slice", [x], {k: v for k, v in params.items() if v != SLICE_DEFAULTS[k]},
                              suffix=f"_{i}"))
         start += size

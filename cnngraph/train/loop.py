@@ -167,7 +167,7 @@ class _Run:
         if self.resume_ckpt is not None:
             restore(self, self.resume_ckpt, self.resume_dir)
             note = schedule_change_note(self.schedule, self.ts.schedule.type, saved, st, self.start_epoch,
-                                        math.ceil(len(ds.train[1]) / st.batch_size))
+                                        epoch_steps(len(ds.train[1]), st.batch_size))
             if note and not quiet:
                 print(note, file=self.stream)
         if self.start_epoch >= st.epochs and self.resume_ckpt is not None:
@@ -239,7 +239,7 @@ class _Run:
         from .optim import clip_grad_norm
         st, model, loss, timer = self.settings, self.model, self.loss, self.timer
         x, y = self.dataset.train
-        steps = math.ceil(len(x) / st.batch_size)
+        steps = epoch_steps(len(x), st.batch_size)
         progress = EpochProgress(epoch + 1, st.epochs, steps, stream=self.stream, quiet=self.quiet)
         self._progress = progress
         weights = {n: model.params._data[n] for n in model.trainable_names}
@@ -251,7 +251,7 @@ class _Run:
         prof = timer.enabled
         for step in range(steps):
             t0 = time.perf_counter()
-            idx = order[step * st.batch_size:(step + 1) * st.batch_size]
+            idx = order[step * st.batch_size:(step + 1) * st.batch_size if step < steps - 1 else None]
             xb, yb = x[idx], y[idx]
             if len(self.augment):
                 xb = self.augment(xb, self.rng)
@@ -449,6 +449,13 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     with _blas_threads():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
                     allow_plugins).fit()
+
+
+def epoch_steps(n: int, batch_size: int) -> int:
+    """Training steps per epoch: the last partial batch is a step of its own, except that a single
+    leftover sample joins the batch before it (batch norm has no statistics over one value)."""
+    steps = math.ceil(n / batch_size)
+    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
 def _epochs(n) -> str:

@@ -63,6 +63,9 @@ TENSOR = {
         {"id": "q", "type": "div", "inputs": ["mm", "den"]},
         {"id": "bias", "type": "constant", "inputs": "q", "shape": [6, 1]},
         {"id": "y", "type": "broadcast_add", "inputs": ["q", "bias"]},
+        {"id": "rev", "type": "slice", "axis": 3, "step": -1},            # x[..., ::-1]
+        {"id": "cut", "type": "slice", "axis": 2, "start": 4, "step": -2},  # rows 4, 2, 0
+        {"id": "hs", "type": "hard_sigmoid", "alpha": 0.3},
         {"id": "out", "type": "identity"},
     ],
     "outputs": ["out"],

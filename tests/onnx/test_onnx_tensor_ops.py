@@ -40,6 +40,8 @@ CASES = {
     "clip": ({"type": "clip", "min": -0.5, "max": 0.7}, [(3, 4)], lambda a: a.clamp(-0.5, 0.7)),
     "clip_min": ({"type": "clip", "min": 0.1}, [(5,)], lambda a: a.clamp(min=0.1)),
     "identity": ({"type": "identity"}, [(3, 4)], lambda a: a),
+    "slice_reverse": ({"type": "slice", "step": -1}, [(3, 4)], lambda a: a.flip(1)),
+    "slice_from_end": ({"type": "slice", "axis": -1, "start": -2, "step": -2}, [(2, 5)], lambda a: a.flip(2)[..., 1::2]),
     "lrn": ({"type": "local_response_norm", "size": 3, "alpha": 0.1, "beta": 0.75, "k": 2.0}, [(6, 3, 3)],
             lambda a: torch.nn.functional.local_response_norm(a, 3, 0.1, 0.75, 2.0)),
     "lrn_even": ({"type": "local_response_norm", "size": 4, "alpha": 0.2, "beta": 0.6, "k": 1.0}, [(7, 2, 3)],

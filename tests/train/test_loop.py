@@ -448,3 +448,14 @@ def test_a_sigmoid_output_layer_trains_on_its_logits_with_binary_cross_entropy(t
 def test_top_k_beyond_the_classes_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"top_k \(11\) is more than the 10 classes"):
         run(tiny_spec(top_k=11), tmp_path)
+
+
+def test_a_single_leftover_sample_joins_the_last_batch_so_feature_batch_norm_trains(tmp_path):
+    """33 training images at batch 32: one step of 33, not a step of 32 and a step of 1 (whose batch
+    statistics over one value per channel do not exist)."""
+    from cnngraph.train.loop import epoch_steps
+    assert [epoch_steps(n, 32) for n in (1, 31, 32, 33, 34, 65)] == [1, 1, 1, 1, 2, 2]
+    spec = tiny_spec(epochs=1, data={"dataset": "digits", "limit": 33}, augment=[])
+    spec["layers"].insert(5, {"id": "bn", "type": "batch_norm2d"})    # on the dense layer's (24,) features
+    hist = run(spec, tmp_path)
+    assert np.isfinite(hist[0]["train_loss"])
