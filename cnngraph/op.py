@@ -79,6 +79,9 @@ class Op:
     index_targets : bool
         For a loss used by ``cnngraph train`` with class-index targets: True to receive them as int64
         (cross_entropy), False as floats in the model's dtype (binary_cross_entropy, mse).
+    transposed : bool
+        True for an upsampling window op (conv_transpose2d): its ``stride`` spreads the input apart
+        instead of skipping over it (used for receptive fields).
     """
 
     type: ClassVar[str] = ""
@@ -89,6 +92,7 @@ class Op:
     grad_inputs: ClassVar[tuple[int, ...] | None] = None
     buffers: ClassVar[tuple[str, ...]] = ()
     index_targets: ClassVar[bool] = False
+    transposed: ClassVar[bool] = False
     plugin: ClassVar[str] = ""  # set by the registry: which plugin registered the op
 
     def __init__(self, params: OpParams | None = None, layer_id: str = ""):

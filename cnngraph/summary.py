@@ -13,6 +13,7 @@ import networkx as nx
 
 from .errors import PluginError
 from .graph import topological_order
+from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
@@ -60,64 +61,6 @@ def _param_counts(g: nx.DiGraph, node: str, rng) -> tuple[int, int]:
     trainable = sum(a.size for k, a in arrays.items() if k not in op.buffers)
     total = sum(a.size for a in arrays.values())
     return int(trainable), int(total)
-
-
-def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
-    """Receptive field (h, w) of each layer's output in input pixels, propagated through
-    kernel_size/stride/dilation; 'global' after global pooling, flatten or dense. An op without a
-    kernel_size that shrinks the map by a whole factor f (a plugin's space_to_depth) counts as an f x f
-    window with stride f; one that changes it otherwise leaves the field unknown (None) from there on."""
-    rf: dict[str, Any] = {}
-    jump: dict[str, tuple] = {}
-    for node in topological_order(g):
-        attrs = g.nodes[node]
-        if attrs["kind"] == "input":
-            rf[node], jump[node] = (1, 1), (1, 1)
-            continue
-        srcs = attrs["inputs"]
-        ins = [rf.get(s) for s in srcs]
-        if any(r == "global" for r in ins) or attrs["type"].startswith("global_") or len(attrs["out_shape"]) != 3:
-            rf[node], jump[node] = "global", (1, 1)
-            continue
-        if any(s in rf and rf[s] is None for s in srcs):
-            rf[node] = None
-            continue
-        ins = [r for r in ins if r is not None] or [(1, 1)]
-        base = (max(r[0] for r in ins), max(r[1] for r in ins))
-        j = max((jump.get(s, (1, 1)) for s in srcs), default=(1, 1))
-        p = attrs["params"]
-        k = getattr(p, "kernel_size", None)
-        factor = _shrink_factor(attrs)
-        if k is not None:
-            k = (k, k) if isinstance(k, int) else tuple(k)
-            s = (getattr(p, "stride", None) or k) if hasattr(p, "stride") else (factor or k)
-            s = (s, s) if isinstance(s, int) else tuple(s)
-            d = getattr(p, "dilation", (1, 1))
-            d = (d, d) if isinstance(d, int) else tuple(d)
-            base = tuple(base[i] + (k[i] - 1) * d[i] * j[i] for i in range(2))
-            j = (j[0] * s[0], j[1] * s[1])
-        elif factor is None:
-            rf[node] = None
-            continue
-        elif factor != (1, 1):
-            base = tuple(base[i] + (factor[i] - 1) * j[i] for i in range(2))
-            j = (j[0] * factor[0], j[1] * factor[1])
-        rf[node], jump[node] = base, j
-    return rf
-
-
-def _shrink_factor(attrs: dict):
-    """(fh, fw) when the layer's first input map is exactly f times its output map per axis; (1, 1) when the
-    map is kept or grows (padding adds no field) or the input is not a map; None for another shrink."""
-    shapes = attrs.get("in_shapes") or []
-    if not shapes or len(shapes[0]) != 3:
-        return (1, 1)
-    (_, h, w), (_, ho, wo) = shapes[0], attrs["out_shape"]
-    if ho >= h and wo >= w:
-        return (1, 1)
-    if ho <= 0 or wo <= 0 or h % ho or w % wo:
-        return None
-    return (h // ho, w // wo)
 
 
 def _tensor_bytes(attrs: dict, batch_size: int, itemsize: int) -> int:

@@ -136,12 +136,17 @@ class ConvTranspose2d(Op):
 
     type = "conv_transpose2d"
     Params = ConvTranspose2dParams
+    transposed = True
 
     @classmethod
     def examples(cls):
         return [({"out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}, [(4, 4, 4)]),
                 ({"out_channels": 2, "kernel_size": [2, 3], "stride": [2, 1], "padding": [0, 1, 1, 0],
                   "dilation": [1, 2], "bias": False}, [(3, 3, 4)])]
+
+    def pads(self, in_shape=None):
+        """(top, bottom, left, right) cropped from the full transposed output."""
+        return self._pads()
 
     def _pads(self):
         p = self.p.padding

@@ -183,3 +183,42 @@ def test_receptive_field_through_a_plugin_op_that_shrinks_the_map():
     rf = receptive_fields(spec.graph)
     assert rf["s2d"] == (2, 2) and rf["conv"] == (6, 6)      # 2 + (3 - 1) * 2
     assert rf["crop"] is None and rf["conv2"] is None
+
+
+def _measured_field(spec, layer, positions):
+    """Largest extent of input pixels with a non-zero gradient for single output pixels (positive weights)."""
+    model = cnngraph.compile(spec, dtype="float64", seed=1)
+    for name in model.params:
+        model.params[name] = np.abs(np.asarray(model.params[name])) + 0.1
+    x = np.ones((1, *spec.inputs["image"].shape))
+    best = (0, 0)
+    for i, j in positions:
+        out = model.forward({"image": x}, grad=True, outputs=[layer])[layer]
+        g = np.zeros_like(out)
+        g[0, 0, i, j] = 1
+        rows, cols = np.nonzero(model.backward({layer: g}, input_grads=True)["image"][0].sum(0))
+        best = max(best, (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+    return best
+
+
+def test_receptive_field_through_transposed_convolutions_matches_the_gradients():
+    """A transposed conv's stride spreads its input apart: the field grows by what one output pixel
+    sees of it, and later layers' steps shrink (a U-Net decoder: 8, then 10, not 10 and 18)."""
+    from cnngraph.summary import receptive_fields
+    spec = cnngraph.load_spec({
+        "inputs": {"image": {"shape": [1, 16, 16]}},
+        "layers": [{"id": "e1", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "d1", "type": "avg_pool2d", "kernel_size": 2},   # (max would route to one pixel)
+                   {"id": "e2", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "up", "type": "conv_transpose2d", "out_channels": 2, "kernel_size": 2, "stride": 2},
+                   {"id": "cat", "type": "concat", "inputs": ["up", "e1"]},
+                   {"id": "dec", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "up3", "type": "conv_transpose2d", "out_channels": 2, "kernel_size": 3, "stride": 2,
+                    "padding": 1},
+                   {"id": "after", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}],
+        "outputs": ["after"]})
+    rf = receptive_fields(spec.graph)
+    assert (rf["up"], rf["dec"], rf["up3"], rf["after"]) == ((8, 8), (10, 10), (12, 12), (12, 12))
+    for layer, size in (("up", 16), ("dec", 16), ("up3", 31), ("after", 31)):
+        centre = [(size // 2 + a, size // 2 + a) for a in range(-2, 3)]
+        assert _measured_field(spec, layer, centre) == rf[layer], layer

@@ -1,0 +1,162 @@
+"""Receptive fields: how many input pixels (h, w) one output pixel of each layer can see.
+
+Exact for any mix of strided, dilated and transposed (upsampling) windows: each layer's map from
+output positions to input positions is followed back to the model input, one axis at a time, and
+the field is the widest span over the layer's output pixels. The input counts as unbounded (padding
+is image too), so a field may exceed the image, as in the usual definition.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from .graph import topological_order
+
+__all__ = ["receptive_fields"]
+
+GLOBAL = "global"
+
+
+def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
+    """(h, w) per node; "global" after global pooling, flatten or dense; None where an op changes the
+    map in a way the field cannot follow (a plugin op without kernel_size that shrinks it by a
+    non-integer factor). A plugin op without kernel_size that shrinks the map by a whole factor f
+    (space_to_depth) counts as an f x f window with stride f."""
+    order = topological_order(g)
+    maps: dict[str, Any] = {}
+    for node in order:
+        maps[node] = _mapping(g, node, maps)
+    spatial = [n for n in order if isinstance(maps[n], _Spatial)]
+    fields: dict[str, Any] = {n: m for n, m in maps.items() if not isinstance(m, _Spatial)}
+    per_axis = [_fields_along(g, spatial, maps, axis) for axis in (0, 1)]
+    for n in spatial:
+        fields[n] = (per_axis[0][n], per_axis[1][n])
+    return fields
+
+
+class _Spatial:
+    """How a layer's output positions draw on its inputs' positions, per axis: ("input",),
+    ("same",), ("window", k, s, d, pad) or ("transposed", k, s, d, pad)."""
+
+    def __init__(self, axes):
+        self.axes = axes
+
+
+def _mapping(g, node, maps):
+    attrs = g.nodes[node]
+    if attrs["kind"] == "input":
+        return _Spatial([("input",), ("input",)]) if len(attrs["out_shape"]) == 3 else GLOBAL
+    ins = [maps[s] for s in attrs["inputs"]]
+    if GLOBAL in ins or attrs["type"].startswith("global_") or len(attrs["out_shape"]) != 3:
+        return GLOBAL
+    if None in ins or any(len(s) != 3 for s in attrs.get("in_shapes") or []):
+        return None
+    p = attrs["params"]
+    k = getattr(p, "kernel_size", None)
+    op = attrs.get("op")
+    shapes = attrs.get("in_shapes") or []
+    if k is not None:
+        k = _pair(k)
+        s = _pair((getattr(p, "stride", None) or k) if hasattr(p, "stride") else (_shrink_factor(attrs) or k))
+        d = _pair(getattr(p, "dilation", 1))
+        pads = _leading_pads(op, shapes)
+        kind = "transposed" if getattr(op, "transposed", False) else "window"
+        return _Spatial([(kind, k[i], s[i], d[i], pads[i]) for i in range(2)])
+    factor = _shrink_factor(attrs)
+    if factor is None:
+        return None
+    if factor != (1, 1):
+        return _Spatial([("window", f, f, 1, 0) for f in factor])
+    return _Spatial([("same",), ("same",)])
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _leading_pads(op, shapes):
+    """(top, left) padding of a window op: where its first window starts (0 when the op does not say)."""
+    try:
+        if hasattr(op, "pads"):
+            t, _, l, _ = op.pads(shapes[0])
+        elif hasattr(op, "window"):
+            t, _, l, _ = op.window()[2]
+        else:
+            return (0, 0)
+        return (t, l)
+    except Exception:  # noqa: BLE001 - a plugin's own geometry helper: alignment only, not worth failing for
+        return (0, 0)
+
+
+def _shrink_factor(attrs: dict):
+    """(fh, fw) when the layer's first input map is exactly f times its output map per axis; (1, 1) when the
+    map is kept or grows (padding adds no field) or the input is not a map; None for another shrink."""
+    shapes = attrs.get("in_shapes") or []
+    if not shapes or len(shapes[0]) != 3:
+        return (1, 1)
+    (_, h, w), (_, ho, wo) = shapes[0], attrs["out_shape"]
+    if ho >= h and wo >= w:
+        return (1, 1)
+    if ho <= 0 or wo <= 0 or h % ho or w % wo:
+        return None
+    return (h // ho, w // wo)
+
+
+def _input_range(rule, a, b):
+    """Input positions [lo, hi) that output positions [a, b) read under ``rule``."""
+    kind = rule[0]
+    if kind == "window":
+        _, k, s, d, pad = rule
+        return a * s - pad, (b - 1) * s - pad + d * (k - 1) + 1
+    if kind == "transposed":   # output o = i * s - pad + d * j
+        _, k, s, d, pad = rule
+        return -(-(a + pad - d * (k - 1)) // s), (b - 1 + pad) // s + 1
+    return a, b
+
+
+def _fields_along(g, nodes, maps, axis):
+    """Field along one axis for each spatial node."""
+    size = {n: g.nodes[n]["out_shape"][1 + axis] for n in nodes}
+    need = {n: (0, size[n]) for n in nodes}                    # output positions each node must cover
+    for n in reversed(nodes):
+        rule = maps[n].axes[axis]
+        a, b = _input_range(rule, *need[n])
+        for src in g.nodes[n].get("inputs", ()):
+            lo, hi = need[src]
+            need[src] = (min(lo, a), max(hi, b))
+    spans: dict[str, tuple] = {}                               # node → (first position, lo array, hi array)
+    out = {}
+    for n in nodes:
+        first, last = need[n]
+        pos = np.arange(first, last)
+        rule = maps[n].axes[axis]
+        if rule[0] == "input":
+            lo, hi = pos.astype(float), pos.astype(float)
+        else:
+            lo, hi = np.full(len(pos), np.inf), np.full(len(pos), -np.inf)
+            for src in g.nodes[n]["inputs"]:
+                s_first, s_lo, s_hi = spans[src]
+                for at, exists in _taps(rule, pos):
+                    i = np.where(exists, at - s_first, 0)
+                    lo = np.where(exists, np.minimum(lo, s_lo[i]), lo)
+                    hi = np.where(exists, np.maximum(hi, s_hi[i]), hi)
+        spans[n] = (first, lo, hi)
+        own = slice(-first, -first + size[n])
+        width = hi[own] - lo[own] + 1
+        out[n] = int(width[np.isfinite(width)].max(initial=1))
+    return out
+
+
+def _taps(rule, pos):
+    """For each kernel tap: (input position per output position, whether that tap exists there)."""
+    kind = rule[0]
+    if kind == "window":
+        _, k, s, d, pad = rule
+        return [(pos * s - pad + d * j, np.ones(len(pos), bool)) for j in range(k)]
+    if kind == "transposed":
+        _, k, s, d, pad = rule
+        num = [pos + pad - d * j for j in range(k)]
+        return [(v // s, v % s == 0) for v in num]
+    return [(pos, np.ones(len(pos), bool))]
