@@ -331,15 +331,18 @@ class Model:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: Union[str, Path], meta: dict | None = None) -> None:
-        """Save spec and parameters to a checkpoint directory (atomic; no pickle)."""
+        """Save spec and parameters to a checkpoint directory (atomic; no pickle). A model loaded from a
+        training checkpoint keeps its data preparation (``"dataset"``: mean, std, classes, pixel scale), so
+        ``cnngraph predict`` on the saved copy answers as on the original; ``meta`` adds or overrides keys."""
         from .train.checkpoint import save_checkpoint
         import json
         reserved = {"spec", "spec_sha256", "spec_dir", "kind", "dtype"} & set(meta or {})
         if reserved:
             raise ValueError(f"meta may not set {', '.join(sorted(reserved))}: the checkpoint needs them to load")
+        kept = {k: v for k, v in (getattr(self, "checkpoint_meta", None) or {}).items() if k == "dataset"}
         info = {"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "spec_dir": self.spec.base_dir,
                 "kind": "model",
-                "dtype": str(self.dtype), **(meta or {})}
+                "dtype": str(self.dtype), **kept, **(meta or {})}
         json.dumps(info)
         save_checkpoint(path, self.params.numpy(), info)
 

@@ -82,7 +82,12 @@ def cmd_run(args) -> int:
     model = Model(spec, device=args.device, seed=args.seed)
     if args.params:
         from ..train.checkpoint import load_weights
-        model.load_params(load_weights(args.params)[0])
+        arrays, meta = load_weights(args.params)
+        model.load_params(arrays)
+        stats = (meta or {}).get("dataset") or {}
+        if stats.get("mean") is not None:
+            print(f"note: run feeds --input to the network as given; training normalised its inputs ((x - mean) / std, "
+                  f"mean {stats['mean']}, std {stats['std']}): `cnngraph predict` applies that", file=sys.stderr)
     if args.output and not args.output.endswith((".npy", ".npz")):
         raise CnnGraphError(f"--output {args.output}: expected a .npy file (or .npz, which also holds "
                             f"several outputs)")

@@ -1,6 +1,7 @@
 """import-onnx, export-onnx."""
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -35,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--outputs", nargs="+", metavar="LAYER", help="layers to export as outputs (default: the spec's "
                                                                  "non-loss outputs)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random weights used without weights")
+    p.add_argument("--include-normalization", action="store_true",
+                   help="build the training run's input normalisation into the graph, so the model takes raw "
+                        "inputs as `cnngraph predict` does (needs a --checkpoint from training)")
     add_spec_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -128,7 +132,14 @@ def cmd_export(args) -> int:
               f"(seed {args.seed})", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proto = export_onnx(model, args.output, params=weights, opset=args.opset, outputs=args.outputs)
+        proto = export_onnx(model, args.output, params=weights, opset=args.opset, outputs=args.outputs,
+                            include_normalization=args.include_normalization)
     outs = ", ".join(o.name for o in proto.graph.output)
     print(f"wrote {args.output} (opset {args.opset}, {len(proto.graph.node)} nodes, outputs: {outs})")
+    meta = {e.key: e.value for e in proto.metadata_props}
+    if "cnngraph.dataset" in meta and not args.include_normalization:
+        ds = json.loads(meta["cnngraph.dataset"])
+        print(f"note: the model takes normalised inputs, (x - mean) / std per channel with mean {ds.get('mean')} and "
+              f"std {ds.get('std')} (stored in its metadata as cnngraph.dataset, with the class names); "
+              f"--include-normalization builds this into the graph")
     return 0

@@ -419,13 +419,36 @@ def _max_ir(opset: int) -> int:
     return 10
 
 
+def _prepend_normalization(proto, mean, std) -> None:
+    """Make the first graph input raw: its consumers read (x - mean) / std per channel instead."""
+    from onnx import helper, numpy_helper
+    graph = proto.graph
+    raw = graph.input[0].name
+    normed = f"{raw}__normalized"
+    for node in graph.node:
+        node.input[:] = [normed if name == raw else name for name in node.input]
+    for name, values in (("mean", mean), ("std", std)):
+        arr = np.asarray(values, np.float32).reshape(-1, 1, 1)
+        graph.initializer.append(numpy_helper.from_array(arr, f"{raw}__{name}"))
+    steps = [helper.make_node("Sub", [raw, f"{raw}__mean"], [f"{raw}__centered"], name=f"{raw}__sub_mean"),
+             helper.make_node("Div", [f"{raw}__centered", f"{raw}__std"], [normed], name=f"{raw}__div_std")]
+    nodes = steps + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: Union[str, Path, dict, None] = None,
                 opset: int | None = None, outputs: list[str] | None = None, seed: int = 0,
-                allow_plugins: bool = False):
+                allow_plugins: bool = False, include_normalization: bool = False):
     """Export a compiled Model (or a Spec / spec path with ``params``: an .npz, a checkpoint or run
     directory, or a dict) to ONNX; writes ``path`` when given and returns the ModelProto.
     Without parameters the seeded random initial weights are exported, with a warning.
-    ``allow_plugins``: consent to import the plugin files a spec path names under ``plugins:``."""
+    ``allow_plugins``: consent to import the plugin files a spec path names under ``plugins:``.
+
+    Weights from a training checkpoint carry its data preparation (per-channel mean/std, class names,
+    pixel scale): it is stored in the model's metadata as ``cnngraph.dataset`` (JSON), and with
+    ``include_normalization`` also built into the graph (Sub, Div) so the model takes raw inputs, as
+    ``cnngraph predict`` does; without it the model takes normalised inputs, as ``Model.forward``."""
     from ..model import Model
     from ..spec import Spec, load_spec
     if isinstance(model_or_spec, Model):
@@ -436,14 +459,25 @@ def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: U
         model = Model(spec, seed=seed)
         if params is None:
             warnings.warn("no checkpoint or parameters given: exporting seeded random initial weights", stacklevel=2)
+    meta = getattr(model, "checkpoint_meta", None)
     if params is not None:
         if isinstance(params, dict):
             arrays = params
         else:
             from ..train.checkpoint import load_weights
-            arrays, _ = load_weights(params)
+            arrays, meta = load_weights(params)
         model.load_params(arrays)
     proto = spec_to_onnx(model.spec, model.params.numpy(), opset=opset, outputs=outputs)
+    dataset = (meta or {}).get("dataset") or {}
+    if dataset:
+        import json
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "cnngraph.dataset", json.dumps(dataset)
+    if include_normalization:
+        if dataset.get("mean") is None or dataset.get("std") is None:
+            raise OnnxError("including the normalisation (--include-normalization) needs the weights of a training checkpoint (a run folder), "
+                                "which records the normalisation; these weights have none")
+        _prepend_normalization(proto, dataset["mean"], dataset["std"])
     if path is not None:
         import onnx
         onnx.save(proto, str(path))

@@ -1,6 +1,8 @@
 """The import-onnx / export-onnx commands, error messages, names and symbolic dimensions."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +14,7 @@ from cnngraph.onnx import OnnxError, import_onnx
 from onnx_build import make_model, ort_run, rand
 
 N = helper.make_node
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _small_cnn(tmp_path):
@@ -137,3 +140,32 @@ def test_imported_model_trains():
     y = m.forward({"x": x}, training=True)["y"]
     g = m.backward({"y": np.ones_like(y)})
     assert set(g) >= set(m.trainable_names) and len(m.trainable_names) == 2
+
+
+def test_export_of_a_trained_run_records_and_can_include_its_normalisation(tmp_path, capsys):
+    """A deployed model must not silently expect normalised inputs: the run's mean/std/classes go into the
+    metadata, and --include-normalization makes the ONNX model take raw inputs like `cnngraph predict`."""
+    import json
+    import onnxruntime as ort
+    from cnngraph.train.loop import load_model
+    spec = ROOT / "specs" / "digits_cnn.yaml"
+    cnngraph.train(spec, epochs=1, out=tmp_path / "run", quiet=True)
+    model = load_model(tmp_path / "run")
+    stats = model.checkpoint_meta["dataset"]
+    raw = (np.random.default_rng(0).random((3, 1, 8, 8)) * 16).astype(np.float32)
+    normed = ((raw - np.float32(stats["mean"][0])) / np.float32(stats["std"][0])).astype(np.float32)
+    want = model.forward({"image": normed})["logits"]
+    capsys.readouterr()
+    for flag, feed in (([], normed), (["--include-normalization"], raw)):
+        out = tmp_path / f"m{len(flag)}.onnx"
+        assert main(["export-onnx", str(spec), "--checkpoint", str(tmp_path / "run"), "-o", str(out), *flag]) == 0
+        printed = capsys.readouterr().out
+        assert ("note: the model takes normalised inputs" in printed) == (not flag)
+        proto = onnx.load(str(out))
+        onnx.checker.check_model(proto, full_check=True)
+        meta = json.loads({e.key: e.value for e in proto.metadata_props}["cnngraph.dataset"])
+        assert meta["mean"] == stats["mean"] and meta["classes"] == stats["classes"]
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": feed})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert main(["export-onnx", str(spec), "-o", str(tmp_path / "r.onnx"), "--include-normalization"]) == 1
+    assert "needs the weights of a training checkpoint" in capsys.readouterr().err

@@ -266,6 +266,26 @@ def test_model_save_then_load_model(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_trained_model_saved_again_keeps_its_data_preparation(tmp_path, capsys):
+    """load_model(run).save(dir) keeps mean/std/classes: predict answers the same from both."""
+    from cnngraph.cli import main
+    spec = tiny_spec(epochs=1, augment=[])
+    run(spec, tmp_path, "r")
+    model = load_model(tmp_path / "r")
+    model.save(tmp_path / "copy")
+    assert load_checkpoint(tmp_path / "copy").meta["dataset"] == model.checkpoint_meta["dataset"]
+    (tmp_path / "tiny.json").write_text(json.dumps(spec))
+    x = (np.random.default_rng(0).random((3, 1, 8, 8)) * 16).astype(np.float32)   # raw pixels, as the data
+    np.save(tmp_path / "x.npy", x)
+    answers = []
+    for ckpt in ("r", "copy"):
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "tiny.json"), "--checkpoint", str(tmp_path / ckpt),
+                     str(tmp_path / "x.npy")]) == 0
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1] and "note" not in answers[1]
+
+
 class _Tty(io.StringIO):
     def isatty(self):
         return True
