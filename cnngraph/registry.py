@@ -44,8 +44,18 @@ _HOOKS = ("cnngraph_register_ops", "cnngraph_register_optimizers", "cnngraph_reg
 
 
 def did_you_mean(name: str, known) -> str:
-    """' (did you mean 'x'?)' when a close match exists, else ''."""
-    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    """' (did you mean 'x'?)' when a close match exists, else ''. Case and '-' vs '_' are ignored first
+    (Keras' 'Relu', 'MaxPool2D', 'cross-entropy')."""
+    known = [str(k) for k in known]
+
+    def norm(text):
+        return str(text).lower().replace("-", "_")
+    same = [k for k in known if norm(k) == norm(name)]
+    close = same or difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if not close:   # a match ignoring case and separators, e.g. 'MaxPool2D' -> 'max_pool2d'
+        squeezed = {norm(k).replace("_", ""): k for k in known}
+        close = [squeezed[m] for m in difflib.get_close_matches(norm(name).replace("_", ""), list(squeezed), n=1,
+                                                                 cutoff=0.8)]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

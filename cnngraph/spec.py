@@ -309,7 +309,8 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     train = None
     if top.train is not None:
         from .train.config import validate_train
-        train, train_problems = validate_train(top.train, positions, file, registry)
+        train, train_problems = validate_train(top.train, positions, file, registry, [l.id for l in layers],
+                                               {k: v.shape for k, v in top.inputs.items()})
         problems += train_problems
 
     spec = Spec(name=top.name, inputs=dict(top.inputs), layers=layers, outputs=outputs, train=train,

@@ -242,3 +242,44 @@ outputs: [act, after_c1]
     assert any("did you mean 'sum'" in p.message for p in err.problems)
     assert any(p.layer == "sum" and "(16, 8, 8) and (32, 8, 8)" in p.message for p in err.problems)
     assert len(err.problems) == 4
+
+
+def test_every_train_section_problem_shows_at_once_with_network_checks(tmp_path):
+    """A bad top-level key in train: must not hide the problems inside its entries, and the checks that
+    need the network (loss output, early-stopping metric, normalisation values) run at validation."""
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [3, 8, 8]}
+layers:
+  - {id: conv, type: conv2d, out_channels: 4, kernel_size: 3}
+  - {id: flat, type: flatten}
+  - {id: logits, type: dense, out_features: 10}
+outputs: [logits]
+train:
+  data: {dataset: digits, normalize: {mean: [0.5, 0.5], std: [0.2, 0.2]}}
+  optimizer: {type: adma, lr: 0.1}
+  loss: {type: crossentropy, output: logitz}
+  batchsize: 32
+  early_stopping: {metric: val_lss}
+""")
+    messages = [(p.path, p.message) for p in err.problems]
+    assert [m[0] for m in messages] == ["train.batchsize", "train.loss.type", "train.optimizer.type",
+                                        "train.loss.output", "train.early_stopping.metric", "train.data.normalize"]
+    text = "\n".join(m[1] for m in messages)
+    for want in ("did you mean 'batch_size'", "did you mean 'cross_entropy'", "did you mean 'adam'",
+                 "loss output 'logitz' is not a layer of the network (did you mean 'logits'?)",
+                 "did you mean 'val_loss'", "expected 1 or 3 mean/std values"):
+        assert want in text, want
+
+
+def test_op_type_suggestions_ignore_case_and_separators(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: c, type: Conv2D, out_channels: 2, kernel_size: 3}
+  - {id: a, type: Relu}
+  - {id: p, type: MaxPool2D, kernel_size: 2}
+outputs: [p]
+""")
+    import re
+    assert [re.search(r"did you mean '(\w+)'", p.message).group(1) for p in err.problems] == [
+        "conv2d", "relu", "max_pool2d"]

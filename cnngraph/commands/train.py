@@ -134,7 +134,7 @@ def cmd_evaluate(args) -> int:
     from ..train.data import DataConfig, load_dataset
     from ..train.checkpoint import run_folder
     from ..train.evaluate import evaluate_arrays
-    from ..train.metrics import format_confusion, format_per_class, json_safe
+    from ..train.metrics import effective_top_k, format_confusion, format_per_class, json_safe
     from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
     from ..viz.curves import plot_confusion
     spec = load_spec_args(args, args.spec)
@@ -159,7 +159,8 @@ def cmd_evaluate(args) -> int:
                         f"{ds.num_classes}")
     loss = prepare_loss(spec, ts, ds.num_classes)
     n_cls = max(ds.num_classes, 2) if loss.units == 1 else ds.num_classes
-    acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=ts.top_k, num_classes=n_cls)
+    acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=effective_top_k(ts.top_k, n_cls),
+                          num_classes=n_cls)
     cm = acc.confusion()
     report = acc.per_class()
     result = json_safe({**acc.result(f"{args.split}_"), "samples": int(len(y)), "per_class": report,

@@ -95,16 +95,21 @@ def _typed(raw: Any, table: dict, path: tuple, what: str, positions, file, defau
         return None, spec_problems_from_validation(exc, rest, path, positions, file, model=params_model)
 
 
-def validate_train(raw: dict, positions, file, registry) -> tuple[Optional[TrainSpec], list[Problem]]:
-    """Validate the ``train:`` section; returns (TrainSpec or None, problems)."""
+def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_shapes=None
+                   ) -> tuple[Optional[TrainSpec], list[Problem]]:
+    """Validate the ``train:`` section; returns (TrainSpec or None, problems). Every entry is checked
+    even when another fails, so all problems show at once; ``layer_ids`` and ``input_shapes`` (name →
+    per-sample shape) let the checks that need the network run here too, not only at training."""
     from ..spec import spec_problems_from_validation
     from .data import DataConfig
     base = ("train",)
+    problems: list[Problem] = []
     try:
         top = _TrainTop.model_validate(raw)
     except ValidationError as exc:
-        return None, spec_problems_from_validation(exc, raw, base, positions, file, model=_TrainTop)
-    problems: list[Problem] = []
+        problems += spec_problems_from_validation(exc, raw, base, positions, file, model=_TrainTop)
+        top = _lenient_top(raw)
+
     try:
         data = DataConfig.model_validate(top.data)
     except ValidationError as exc:
@@ -125,9 +130,59 @@ def validate_train(raw: dict, positions, file, registry) -> tuple[Optional[Train
         a, p = _typed(entry, registry.augmentations, base + ("augment", i), "augmentation", positions, file, None)
         problems += p
         augs.append(a)
+    problems += _network_problems(top, data, layer_ids, input_shapes or {}, positions, file)
     if problems:
         return None, problems
     return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
                      raw=raw), []
+
+
+def _lenient_top(raw: Any):
+    """The train section's entries that can still be checked after its top level failed: each of the
+    nested sections that has the right container type (the rest take their defaults)."""
+    from types import SimpleNamespace
+    raw = raw if isinstance(raw, dict) else {}
+    values = {}
+    for name, f in _TrainTop.model_fields.items():
+        value = raw.get(name)
+        default = f.get_default(call_default_factory=True)
+        ok = isinstance(value, list) if name == "augment" else isinstance(value, dict)
+        values[name] = value if ok and name in ("data", "loss", "optimizer", "schedule", "augment") else default
+    try:   # (its own mistakes are among the top level's problems already)
+        values["early_stopping"] = EarlyStopping.model_validate(raw["early_stopping"])
+    except (KeyError, ValidationError):
+        values["early_stopping"] = None
+    top_k = raw.get("top_k")
+    values["top_k"] = top_k if isinstance(top_k, int) and top_k >= 1 else values["top_k"]
+    return SimpleNamespace(**values)
+
+
+def _network_problems(top, data, layer_ids, input_shapes, positions, file) -> list[Problem]:
+    """Checks of the train section against the network: the loss output, the early-stopping metric
+    and the number of normalisation values."""
+    from ..registry import did_you_mean
+    from ..spec import _locate
+    problems = []
+    output = top.loss.get("output") if isinstance(top.loss, dict) else None
+    if layer_ids and isinstance(output, str) and output not in layer_ids:
+        problems.append(_locate(f"loss output '{output}' is not a layer of the network{did_you_mean(output, layer_ids)}",
+                                ("train", "loss", "output"), positions, file))
+    es = top.early_stopping
+    if es is not None:
+        known = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"] + (
+            [f"val_top{top.top_k}_accuracy"] if top.top_k > 1 else [])
+        if es.metric not in known:
+            problems.append(_locate(f"unknown early-stopping metric '{es.metric}'{did_you_mean(es.metric, known)}; "
+                                    f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),
+                                    positions, file))
+    stats = getattr(data, "normalize", None)
+    shapes = [tuple(s) for s in input_shapes.values()]
+    if hasattr(stats, "mean") and len(shapes) == 1 and len(shapes[0]) == 3:
+        c = shapes[0][0]
+        if len(stats.mean) not in (1, c):
+            problems.append(_locate(f"normalize: expected 1 or {c} mean/std values (one per channel of the input "
+                                    f"{shapes[0]}), found {len(stats.mean)}", ("train", "data", "normalize"),
+                                    positions, file))
+    return problems

@@ -46,7 +46,7 @@ from ..backend import to_numpy
 from ..errors import DataError, SpecError
 from .checkpoint import META_FILE, CheckpointWriter, load_checkpoint, resolve_checkpoint, run_folder
 from .evaluate import evaluate_arrays, load_model
-from .metrics import json_safe, predicted_classes
+from .metrics import effective_top_k, json_safe, predicted_classes
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
 from .run_state import Best, checkpoint_meta, open_resume, restore, schedule_change_note, spec_differences
@@ -145,9 +145,10 @@ class _Run:
                                          f"dataset; its top-k accuracy would always be 1", ("train", "top_k")))
         if self.loss.note and not quiet:
             print(self.loss.note, file=self.stream)
+        self.top_k = effective_top_k(self.ts.top_k, ds.num_classes)
         self.has_val = len(ds.val[1]) > 0
 
-        self.best = Best.for_run(spec, self.ts, self.has_val)
+        self.best = Best.for_run(spec, self.ts, self.has_val, self.top_k)
 
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()
@@ -292,8 +293,8 @@ class _Run:
                "train_loss": progress.loss_sum / progress.images, "train_accuracy": progress.correct / progress.images}
         if self.has_val:
             t = time.perf_counter()
-            k = self.ts.top_k
-            acc = evaluate_arrays(model, self.input_name, *self.dataset.val, loss, max(st.batch_size, 256), top_k=k)
+            acc = evaluate_arrays(model, self.input_name, *self.dataset.val, loss, max(st.batch_size, 256),
+                                  top_k=self.top_k)
             row.update(acc.result("val_"))
             timer.add("validation", time.perf_counter() - t)
         else:
@@ -343,8 +344,13 @@ class _Run:
                 if self.best.should_stop:
                     self.stopped = "early_stopping"
                     if not self.quiet:
-                        print(f"early stopping: {self.best.metric} did not improve for {self.best.bad_epochs} "
-                              f"epochs (best {self.best.value:.4f} at epoch {self.best.epoch})", file=self.stream)
+                        b = self.best
+                        tie = ""
+                        if b.epoch != row["epoch"] - b.bad_epochs:   # a later epoch tied and won on its loss
+                            loss_name = "val_loss" if b.metric.startswith("val_") else "train_loss"
+                            tie = f", an equal {b.metric} with a lower {loss_name}"
+                        print(f"early stopping: {b.metric} did not improve on {b.value:.4f} for {_epochs(b.bad_epochs)} "
+                              f"(best checkpoint: epoch {b.epoch}{tie})", file=self.stream)
                     break
             self._finish_saves()
             test = self._test()       # inside: Ctrl-C during the final test evaluation is reported too
@@ -365,9 +371,8 @@ class _Run:
         which = "best" if (self.ckpt_dir / "best" / META_FILE).is_file() else "last"
         ck = load_checkpoint(self.ckpt_dir / which)
         self.model.load_params(ck.arrays)
-        k = self.ts.top_k
         acc = evaluate_arrays(self.model, self.input_name, *ds.test, self.loss, max(self.settings.batch_size, 256),
-                              top_k=k, num_classes=max(ds.num_classes, 2) if self.loss.units == 1 else ds.num_classes)
+                              top_k=self.top_k, num_classes=max(ds.num_classes, 2) if self.loss.units == 1 else ds.num_classes)
         cm = acc.confusion()
         return json_safe({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
                        "classes": list(ds.classes), "checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))})

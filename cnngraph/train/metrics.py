@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["predicted_classes", "accuracy", "top_k_accuracy", "confusion_matrix", "precision_recall",
-           "MetricAccumulator", "format_confusion", "format_per_class", "json_safe"]
+__all__ = ["predicted_classes", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
+           "precision_recall", "MetricAccumulator", "format_confusion", "format_per_class", "json_safe"]
 
 
 def _scores(scores) -> np.ndarray:
@@ -57,6 +57,11 @@ def _top_k_hits(s: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     # Ties are resolved in the label's favour only as far as argmax would: a sample is a hit when
     # fewer than k classes score strictly higher than the true class.
     return (s > true).sum(axis=1) < k
+
+
+def effective_top_k(top_k: int, num_classes: int | None) -> int:
+    """The k worth reporting: 1 (no top-k metric) when k covers every class, where it is always 1.0."""
+    return top_k if not num_classes or top_k < max(num_classes, 2) else 1
 
 
 def top_k_accuracy(scores, y, k: int) -> float:

@@ -43,7 +43,7 @@ class Best:
     tiebreak: float | None = None
 
     @classmethod
-    def for_run(cls, spec, ts, has_val: bool) -> "Best":
+    def for_run(cls, spec, ts, has_val: bool, top_k: int | None = None) -> "Best":
         """The state ``ts.early_stopping`` asks for; without it, the best ``val_accuracy`` (or
         ``train_accuracy`` without a validation split) and no early stopping. SpecError for a metric
         the run does not compute."""
@@ -51,7 +51,8 @@ class Best:
         metric = es.metric if es is not None else ("val_accuracy" if has_val else "train_accuracy")
         known = ["train_loss", "train_accuracy"]
         if has_val:
-            known += ["val_loss", "val_accuracy"] + ([f"val_top{ts.top_k}_accuracy"] if ts.top_k > 1 else [])
+            k = ts.top_k if top_k is None else top_k   # the k the run computes (1: none)
+            known += ["val_loss", "val_accuracy"] + ([f"val_top{k}_accuracy"] if k > 1 else [])
         if metric not in known:
             why = " (the dataset has no validation split)" if metric.startswith("val_") and not has_val else ""
             raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}'{why}; expected one of "

@@ -2,6 +2,7 @@
 import copy
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,7 +171,8 @@ def test_early_stopping_stops(tmp_path):
     hist = run(tiny_spec(epochs=10, early_stopping={"metric": "val_accuracy", "patience": 2}), tmp_path,
                lr=0.0, stream=stream)
     assert len(hist) == 3 and hist.stopped == "early_stopping" and hist.best_epoch == 1
-    assert "early stopping" in stream.getvalue()
+    assert re.search(r"early stopping: val_accuracy did not improve on 0\.\d{4} for 2 epochs \(best checkpoint: "
+                     r"epoch 1\)\n", stream.getvalue())
 
 
 def test_unknown_early_stopping_metric_is_located(tmp_path):
@@ -479,3 +481,19 @@ def test_a_single_leftover_sample_joins_the_last_batch_so_feature_batch_norm_tra
     spec["layers"].insert(5, {"id": "bn", "type": "batch_norm2d"})    # on the dense layer's (24,) features
     hist = run(spec, tmp_path)
     assert np.isfinite(hist[0]["train_loss"])
+
+
+def test_no_top_k_metric_where_k_covers_every_class(tmp_path):
+    """A binary classifier's top-3 accuracy would always be 1.0: it is not computed or shown."""
+    from cnngraph.train.metrics import effective_top_k
+    assert [effective_top_k(3, n) for n in (2, 3, 4, 10)] == [1, 1, 3, 3]
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 1, 8, 8)).astype(np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
+    np.savez(tmp_path / "two.npz", x=x, y=y)
+    spec = tiny_spec(epochs=1, augment=[], data={"dataset": "npz", "path": str(tmp_path / "two.npz"),
+                                                 "test_fraction": 0.25},
+                     loss={"type": "binary_cross_entropy", "output": "logits"})
+    spec["layers"][-1]["out_features"] = 1
+    hist = run(spec, tmp_path)
+    assert "val_accuracy" in hist[0] and not any("top" in k for k in hist[0]) and not any("top" in k for k in hist.test)
