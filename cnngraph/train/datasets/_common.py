@@ -85,7 +85,8 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str) -> np.
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{what}: expected a 1-D vector of integer class labels, found shape "
-                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax)")
+                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax. `cnngraph train` "
+                        f"trains classifiers: dense targets such as masks are not supported)")
     if y.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
     if y.dtype.kind == "f":
