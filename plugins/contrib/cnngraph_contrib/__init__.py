@@ -174,3 +174,7 @@ class SqueezeExcitation(Op):
 def cnngraph_register_ops(registry):
     for op in (Swish, Mish, HardSwish, SqueezeExcitation):
         registry.add(op)
+    try:   # their ONNX forms, for `cnngraph export-onnx`, when the onnx extra is installed
+        from . import onnx_export  # noqa: F401
+    except ImportError:
+        pass

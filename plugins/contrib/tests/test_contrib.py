@@ -133,3 +133,22 @@ def test_model_with_contrib_ops_trains_one_step_like_torch():
     np.testing.assert_allclose(y, t.detach().numpy(), rtol=1e-10, atol=1e-12)
     for name in ("c.weight", "se.w1", "se.b2"):
         np.testing.assert_allclose(grads[name], p[name].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_contrib_ops_export_to_onnx_and_run_in_onnxruntime(opset, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from cnngraph.onnx import export_onnx
+    spec = {"inputs": {"x": {"shape": [8, 5, 5]}},
+            "layers": [{"id": "a", "type": "swish"}, {"id": "b", "type": "swish", "beta": 1.7},
+                       {"id": "c", "type": "mish"}, {"id": "d", "type": "hard_swish"},
+                       {"id": "se", "type": "squeeze_excitation", "reduction": 2}],
+            "outputs": ["se"]}
+    model = cnngraph.compile(spec, seed=3)
+    x = (np.random.default_rng(0).standard_normal((3, 8, 5, 5)) * 3).astype(np.float32)
+    path = tmp_path / "contrib.onnx"
+    export_onnx(model, path, opset=opset)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, model.forward({"x": x})["se"], rtol=1e-4, atol=1e-5)
