@@ -5,16 +5,25 @@ import numpy as np
 from cnngraph.onnx.exporter import exports
 
 
+def _gated(c, lid, x, steps):
+    """x times a gate computed from x by ``steps``, a chain of (ONNX op, attributes)."""
+    value = x
+    for k, (op_type, attrs) in enumerate(steps):
+        c.node(op_type, [value], [f"{lid}::g{k}"], f"{lid}::g{k}", **attrs)
+        value = f"{lid}::g{k}"
+    c.node("Mul", [x, value], [lid], lid)
+    return lid
+
+
 @exports("swish")
 def export_swish(c, lid, op, ins, attrs):
-    gate_in = ins[0]
-    if op.p.beta != 1.0:
-        c.node("Mul", [ins[0], c.const(lid, "beta", np.array(op.p.beta, np.float32))], [f"{lid}::scaled"],
-               f"{lid}::scale")
-        gate_in = f"{lid}::scaled"
-    c.node("Sigmoid", [gate_in], [f"{lid}::gate"], f"{lid}::sigmoid")
-    c.node("Mul", [ins[0], f"{lid}::gate"], [lid], lid)
-    return lid
+    x = ins[0]
+    if op.p.beta != 1.0:   # sigmoid(beta x)
+        c.node("Mul", [x, c.const(lid, "beta", np.array(op.p.beta, np.float32))], [f"{lid}::bx"], f"{lid}::bx")
+        c.node("Sigmoid", [f"{lid}::bx"], [f"{lid}::gate"], f"{lid}::gate")
+        c.node("Mul", [x, f"{lid}::gate"], [lid], lid)
+        return lid
+    return _gated(c, lid, x, [("Sigmoid", {})])
 
 
 @exports("mish")
@@ -22,10 +31,7 @@ def export_mish(c, lid, op, ins, attrs):
     if c.opset >= 18:
         c.node("Mish", [ins[0]], [lid], lid)
         return lid
-    c.node("Softplus", [ins[0]], [f"{lid}::softplus"], f"{lid}::softplus")
-    c.node("Tanh", [f"{lid}::softplus"], [f"{lid}::gate"], f"{lid}::tanh")
-    c.node("Mul", [ins[0], f"{lid}::gate"], [lid], lid)
-    return lid
+    return _gated(c, lid, ins[0], [("Softplus", {}), ("Tanh", {})])
 
 
 @exports("hard_swish")
@@ -33,9 +39,7 @@ def export_hard_swish(c, lid, op, ins, attrs):
     if c.opset >= 14:
         c.node("HardSwish", [ins[0]], [lid], lid)
         return lid
-    c.node("HardSigmoid", [ins[0]], [f"{lid}::gate"], f"{lid}::gate", alpha=1 / 6, beta=0.5)
-    c.node("Mul", [ins[0], f"{lid}::gate"], [lid], lid)
-    return lid
+    return _gated(c, lid, ins[0], [("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5})])
 
 
 @exports("squeeze_excitation")
