@@ -37,17 +37,25 @@ class Optimizer:
     Params: ClassVar[type[BaseModel]]
     SLOTS: ClassVar[tuple[str, ...]]  # array slots this optimizer may keep per weight
 
-    def __init__(self, params: BaseModel | None = None):
-        self.params = params if params is not None else self.Params()
+    def __init__(self, params: BaseModel | dict | None = None, **settings):
+        """``SGD(lr=0.1, momentum=0.9)``, ``SGD({"lr": 0.1})`` or ``SGD(SGD.Params(lr=0.1))``."""
+        self.params = make_params(type(self), params, settings, "optimizer")
         self._state: dict[str, dict[str, Any]] = {}
 
     def step(self, weights: dict, grads: dict, lr: float) -> None:
-        """Update every weight that has a gradient, in place, with learning rate ``lr``."""
+        """Update every weight that has a gradient, in place, with learning rate ``lr`` (the schedule's
+        rate for this step; ``params.lr`` is only its base). ``grads`` may hold other entries (input
+        gradients): only the names in ``weights`` are used."""
         lr = float(lr)  # a NumPy float64 scalar would upcast float32 math
+        if not lr >= 0 or math.isinf(lr):
+            raise ValueError(f"optimizer '{self.type}': the learning rate must be finite and >= 0, found {lr}")
         for name, w in weights.items():
             g = grads.get(name)
             if g is None:
                 continue
+            if tuple(g.shape) != tuple(w.shape):
+                raise ValueError(f"optimizer '{self.type}': the gradient of '{name}' has shape {tuple(g.shape)}, "
+                                 f"its weight {tuple(w.shape)}")
             # Gradients in another dtype would silently change the precision of the update.
             g = g.astype(w.dtype, copy=False)
             self._update(w, g, self._slots(name, w), lr)
@@ -259,6 +267,20 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 # --- building from config ------------------------------------------------------------
 
+def make_params(cls, params, settings: dict, what: str):
+    """A component's validated Params from a Params instance, a dict and/or keyword settings."""
+    if isinstance(params, cls.Params) and not settings:
+        return params
+    if params is not None and not isinstance(params, dict):
+        raise TypeError(f"{what} '{cls.type}' takes {cls.__name__}.Params, a dict or keyword settings, found "
+                        f"{type(params).__name__}")
+    try:
+        return cls.Params.model_validate({**(params or {}), **settings})
+    except ValidationError as err:
+        msg = format_validation_errors(err, fields=cls.Params.model_fields)
+        raise ValueError(f"{what} '{cls.type}': {msg}") from None
+
+
 def build_from_registry(registry: dict[str, type], cfg: dict, what: str):
     """Instantiate ``registry[cfg['type']]`` with the rest of ``cfg`` as validated Params.
 
@@ -275,17 +297,13 @@ def build_from_registry(registry: dict[str, type], cfg: dict, what: str):
     if cls is None:
         raise ValueError(
             f"unknown {what} type {kind!r}{did_you_mean(kind, registry)}; known: {known}")
-    try:
-        params = cls.Params.model_validate(rest)
-    except ValidationError as err:
-        msg = format_validation_errors(err, fields=cls.Params.model_fields)
-        raise ValueError(f"{what} '{kind}': {msg}") from err
-    return cls(params)
+    return cls(make_params(cls, None, rest, what))
 
 
 def build_optimizer(cfg: dict) -> Optimizer:
-    """``{"type": "adam", "lr": 3e-4, ...}`` → a ready optimizer."""
-    return build_from_registry(OPTIMIZERS, cfg, "optimizer")
+    """``{"type": "adam", "lr": 3e-4, ...}`` → a ready optimizer (built-in or from a plugin)."""
+    from ..registry import get_registry
+    return build_from_registry(get_registry().optimizers, cfg, "optimizer")
 
 
 # --- gradient clipping ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .optim import build_from_registry
+from .optim import build_from_registry, make_params
 
 __all__ = [
     "Schedule", "Constant", "Step", "MultiStep", "Exponential", "Cosine", "Linear",
@@ -45,8 +45,9 @@ class Schedule:
     type: ClassVar[str]
     Params: ClassVar[type[_Params]] = _Params
 
-    def __init__(self, params: _Params | None = None):
-        self.params = params if params is not None else self.Params()
+    def __init__(self, params: _Params | dict | None = None, **settings):
+        """``Cosine(warmup_epochs=1)``, ``Cosine({"warmup_epochs": 1})`` or ``Cosine(Cosine.Params(...))``."""
+        self.params = make_params(type(self), params, settings, "schedule")
 
     def lr(self, base_lr: float, epoch: int, step: int, steps_per_epoch: int,
            total_epochs: int) -> float:
@@ -195,4 +196,5 @@ def build_schedule(cfg: dict | None) -> Schedule:
     """``{"type": "cosine", "warmup_epochs": 1}`` → a schedule; ``None`` → constant."""
     if cfg is None:
         return Constant()
-    return build_from_registry(SCHEDULES, cfg, "schedule")
+    from ..registry import get_registry
+    return build_from_registry(get_registry().schedules, cfg, "schedule")

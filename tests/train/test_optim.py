@@ -186,3 +186,52 @@ def test_clip_grad_norm_without_torch():
     total = np.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
     assert total == pytest.approx(5.0 / (5.0 + 1e-6), rel=1e-6)
     assert clip_grad_norm({}, 1.0) == 0.0
+
+
+def test_optimizers_and_schedules_take_keywords_dicts_or_params():
+    from cnngraph.train.optim import SGD
+    from cnngraph.train.schedules import Cosine
+    assert SGD(lr=0.1, momentum=0.9).params == SGD({"lr": 0.1, "momentum": 0.9}).params == \
+        SGD(SGD.Params(lr=0.1, momentum=0.9)).params
+    assert Cosine(warmup_epochs=2).params.warmup_epochs == 2
+    with pytest.raises(ValueError, match=r"optimizer 'sgd': lrr: .*did you mean 'lr'"):
+        SGD(lrr=0.1)
+    with pytest.raises(TypeError, match=r"takes SGD.Params, a dict or keyword settings, found int"):
+        SGD(3)
+
+
+def test_step_checks_gradient_shapes_and_the_learning_rate():
+    from cnngraph.train.optim import SGD
+    w = {"fc.weight": np.ones((3, 2), np.float32)}
+    with pytest.raises(ValueError, match=r"gradient of 'fc.weight' has shape \(1,\), its weight \(3, 2\)"):
+        SGD().step(w, {"fc.weight": np.ones(1, np.float32)}, 0.1)
+    for lr in (float("nan"), -0.1, float("inf")):
+        with pytest.raises(ValueError, match="learning rate must be finite and >= 0"):
+            SGD().step(w, {"fc.weight": np.ones((3, 2), np.float32)}, lr)
+    np.testing.assert_array_equal(w["fc.weight"], 1)   # nothing changed
+
+
+def test_build_optimizer_and_schedule_find_plugin_components(fresh):
+    """A plugin optimizer that a spec's train: section accepts must also build from Python."""
+    import cnngraph
+    from cnngraph.train.optim import SGD, build_optimizer
+    from cnngraph.train.schedules import Constant, build_schedule
+
+    class Halving(SGD):
+        type = "halving_sgd"
+
+    class Flat(Constant):
+        type = "flat_for_test"
+
+    class Plugin:
+        @cnngraph.hookimpl
+        def cnngraph_register_optimizers(self, registry):
+            registry.add_optimizer(Halving)
+
+        @cnngraph.hookimpl
+        def cnngraph_register_schedules(self, registry):
+            registry.add_schedule(Flat)
+
+    cnngraph.register_plugin(Plugin(), name="test-optim-plugin")
+    assert isinstance(build_optimizer({"type": "halving_sgd", "lr": 0.2}), Halving)
+    assert isinstance(build_schedule({"type": "flat_for_test"}), Flat)
