@@ -27,6 +27,9 @@ def register_op(op_cls):
     same module and name again replaces the earlier one (re-running a notebook cell); any other class
     under a taken op type is an error."""
     registry = get_registry()
+    if not isinstance(op_cls, type):
+        raise PluginError(f"register_op takes an Op subclass, found an instance of {type(op_cls).__name__} "
+                          f"(pass the class itself)")
     registry.current_plugin = getattr(op_cls, "__module__", "<runtime>")
     try:
         old = registry.ops.get(getattr(op_cls, "type", None))

@@ -53,18 +53,20 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
         grad_ports = set(op.grad_inputs if op.grad_inputs is not None else range(len(step.inputs)))
         ctx.needs_input_grad = tuple(i in grad_ports and s in need for i, s in enumerate(step.inputs))
         try:
-            in_grads, p_grads = op.backward(ctx, gy)
+            returned = op.backward(ctx, gy)
         except CnnGraphError:
             raise
         except Exception as exc:
             shapes = [tape.shapes.get(s, "?") for s in step.inputs]
             raise RunError(f"{describe_call(g, node, shapes).replace('while running', 'while differentiating')}: "
                            f"{type(exc).__name__}: {exc}") from exc
+        in_grads, p_grads = returned if isinstance(returned, (list, tuple)) and len(returned) == 2 else (returned, None)
         if not isinstance(in_grads, (list, tuple)) or not isinstance(p_grads, dict):
-            raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned "
-                              f"({type(in_grads).__name__}, {type(p_grads).__name__}) from backward at layer "
-                              f"'{node}'; expected (a list with one gradient or None per input, a dict of "
-                              f"parameter gradients)")
+            got = (f"({type(in_grads).__name__}, {type(p_grads).__name__})" if p_grads is not None else
+                   f"a {type(returned).__name__}" + (f" of {len(returned)}" if isinstance(returned, (list, tuple)) else ""))
+            raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {got} from backward at "
+                              f"layer '{node}'; expected the pair (a list with one gradient or None per input, a dict "
+                              f"of parameter gradients)")
         if len(in_grads) != len(step.inputs):
             raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {len(in_grads)} input "
                               f"gradients from backward at layer '{node}', expected {len(step.inputs)}")

@@ -183,7 +183,8 @@ def check_op(op: str | type[Op], seed: int = 0, registry=None) -> list[CheckResu
         try:
             op_cls = reg.op(op)
         except KeyError as exc:
-            raise CnnGraphError(exc.args[0] + "; `cnngraph ops` lists the known types") from None
+            raise CnnGraphError(exc.args[0] + "; `cnngraph ops` lists the known types (an op from a plugin file "
+                                "needs --plugin FILE)") from None
     else:
         op_cls = op
     name = op_cls.type or op_cls.__name__

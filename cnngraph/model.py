@@ -111,6 +111,7 @@ class Model:
         self._plans: dict[tuple, Plan] = {}
         self._tape = None
         self._tape_inputs: set[str] = set()
+        self._tape_dropped = ""
 
     # -- parameters ----------------------------------------------------------------------------
     def _init_params(self, rng: np.random.Generator) -> dict[str, Any]:
@@ -166,19 +167,22 @@ class Model:
             self._plans[key] = make_plan(self.graph, outputs)
         return self._plans[key]
 
-    def _prepare_inputs(self, inputs: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    def _prepare_inputs(self, inputs: dict[str, Any], plan: Plan, grad: bool = False) -> dict[str, Any]:
+        """Checked arrays for the plan's inputs. With ``grad`` they are copies: the tape keeps them for
+        backward, so a caller changing its array in place in between must not change the gradients."""
         if not isinstance(inputs, dict):
-            if len(self.spec.inputs) == 1:
-                inputs = {next(iter(self.spec.inputs)): inputs}
+            needed = list(plan.inputs) or list(self.spec.inputs)
+            if len(needed) == 1:
+                inputs = {needed[0]: inputs}
             else:
-                raise RunError(f"forward takes a dict of inputs: {', '.join(self.spec.inputs)}")
-        for name in plan.inputs:
-            if name not in inputs:
-                raise RunError(f"missing input '{name}'; the model takes: {', '.join(self.spec.inputs)}")
-        unknown = set(inputs) - set(self.spec.inputs)
-        if unknown:
-            raise RunError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(sorted(map(str, unknown)))}; "
-                           f"the model takes: {', '.join(self.spec.inputs)}")
+                raise RunError(f"forward takes a dict of inputs: {', '.join(needed)}")
+        unknown = sorted(map(str, set(inputs) - set(self.spec.inputs)))
+        missing = [n for n in plan.inputs if n not in inputs]
+        if unknown or missing:
+            from .registry import did_you_mean
+            parts = [f"missing input '{n}'" for n in missing] + [
+                f"unknown input '{n}'{did_you_mean(n, self.spec.inputs)}" for n in unknown]
+            raise RunError(f"{'; '.join(parts)}; the model takes: {', '.join(self.spec.inputs)}")
         env = {}
         batch = None
         # every given input is checked, also one this plan does not read (a wrong array is a caller's bug)
@@ -198,8 +202,10 @@ class Model:
                 raise RunError(f"inputs disagree on the batch size: {batch} and {x.shape[0]} ('{name}')")
             batch = x.shape[0]
             dtype = np.int64 if spec.dtype == "int64" else self.dtype
+            if spec.dtype == "int64" and x.dtype.kind == "f" and not bool((x == self.xp.round(x)).all()):
+                raise RunError(f"input '{name}' holds integers (int64; class labels), found values with a fraction")
             if name in plan.inputs:
-                env[name] = x.astype(dtype, copy=False)
+                env[name] = x.astype(dtype, copy=grad)
         return env
 
     def forward(self, inputs: dict[str, Any], training: bool = False, grad: bool | None = None,
@@ -231,18 +237,28 @@ class Model:
         >>> m.forward({"image": np.zeros((2, 1, 28, 28), np.float32)})["logits"].shape  # doctest: +SKIP
         (2, 10)
         """
-        self._tape = None          # a failed forward must not leave the previous one's tape for backward
         grad = training if grad is None else grad
+        if isinstance(parallel, bool) or not isinstance(parallel, (int, np.integer)) or parallel < 0:
+            raise ValueError(f"parallel must be a whole number of threads >= 0 (0: in order), found {parallel!r}")
+        if parallel and (grad or training or on_output is not None):
+            raise ValueError("parallel= runs inference only: it cannot be combined with training=True, grad=True "
+                             "or on_output")
+        # a failed forward must not leave the previous one's tape for backward; an inference forward
+        # drops it too (say why, should backward be called next)
+        self._tape_dropped = "" if self._tape is None or grad else "an inference forward (grad=False) ran since"
+        self._tape = None
         plan = self.plan(outputs)
-        env = self._prepare_inputs(inputs, plan)
+        env = self._prepare_inputs(inputs, plan, grad)
         self._batch = batch_of(env)
         with blas_held_for(self._batch):
-            if parallel and not grad and not training and on_output is None:
+            if parallel:
                 self._tape_inputs = set(plan.inputs)
-                return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, parallel)
+                return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, int(parallel))
             result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
         self._tape = tape
         self._tape_inputs = set(plan.inputs)
+        if grad and self.xp is np:   # the tape holds these arrays: changing one in place would corrupt backward
+            result = {k: _read_only(v) for k, v in result.items()}
         return result
 
     __call__ = forward
@@ -268,8 +284,9 @@ class Model:
             objective does not depend on it), plus each ``wrt`` layer id → gradient of its output.
         """
         if self._tape is None:
+            why = f" ({self._tape_dropped} the last training forward)" if getattr(self, "_tape_dropped", "") else ""
             raise RunError("backward needs a forward pass with training=True or grad=True first "
-                           "(each forward keeps the tape of one backward)")
+                           f"(each forward keeps the tape of one backward){why}")
         tape = self._tape
         if not hasattr(grad_outputs, "items"):
             raise TypeError(f"backward takes a dict of output name → gradient (outputs: {', '.join(tape.plan.outputs)}), "
@@ -283,7 +300,7 @@ class Model:
             gy = to_device(gy, self.xp)
             if want is not None and tuple(gy.shape) != tuple(want):
                 raise RunError(f"gradient for '{name}' has shape {tuple(gy.shape)}, the output has {tuple(want)}")
-        wrt = list(wrt or ())
+        wrt = [wrt] if isinstance(wrt, str) else list(wrt or ())
         for name in wrt:
             if name not in tape.shapes or name in self._tape_inputs:
                 raise RunError(f"wrt: '{name}' is not a layer computed by the last forward"
@@ -304,10 +321,10 @@ class Model:
             p = self.params._data[name]
             if g is None:
                 g = self.xp.zeros_like(p)
-            elif tuple(g.shape) != tuple(p.shape):
+            elif not hasattr(g, "shape") or tuple(g.shape) != tuple(p.shape):
                 node = name.rsplit(".", 1)[0]
                 raise PluginError(f"op '{self.graph.nodes[node]['type']}' (plugin '{self.graph.nodes[node].get('plugin')}') "
-                                  f"returned a gradient of shape {tuple(g.shape)} for parameter '{name}' of shape "
+                                  f"returned a gradient of {_shape_text(g)} for parameter '{name}' of shape "
                                   f"{tuple(p.shape)}")
             result[name] = g
         if input_grads:
@@ -320,13 +337,16 @@ class Model:
         return result
 
     def predict(self, x, batch_size: int = 256, output: str | None = None):
-        """Inference in batches on a single-input model; returns the first (or named) output as NumPy."""
+        """Inference in batches; returns the first (or named) output as NumPy. ``x`` is an array when that
+        output needs one input (a model whose loss layer also takes labels included), else a dict."""
         if not is_whole(batch_size, 1):
             raise ValueError(f"batch_size must be a whole number >= 1, found {batch_size!r}")
         out_name = output or self.spec.outputs[0]
+        n = len(next(iter(x.values()))) if isinstance(x, dict) and x else len(x)
         parts = []
-        for i in range(0, len(x), batch_size):
-            parts.append(to_numpy(self.forward(x[i:i + batch_size], outputs=[out_name])[out_name]))
+        for i in range(0, n, batch_size):
+            part = {k: v[i:i + batch_size] for k, v in x.items()} if isinstance(x, dict) else x[i:i + batch_size]
+            parts.append(to_numpy(self.forward(part, outputs=[out_name])[out_name]))
         return np.concatenate(parts) if parts else np.zeros((0,) + self.graph.nodes[out_name]["out_shape"])
 
     # -- persistence ---------------------------------------------------------------------------
@@ -339,11 +359,14 @@ class Model:
         reserved = {"spec", "spec_sha256", "spec_dir", "kind", "dtype"} & set(meta or {})
         if reserved:
             raise ValueError(f"meta may not set {', '.join(sorted(reserved))}: the checkpoint needs them to load")
+        from .train.metrics import json_safe
         kept = {k: v for k, v in (getattr(self, "checkpoint_meta", None) or {}).items() if k == "dataset"}
-        info = {"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "spec_dir": self.spec.base_dir,
-                "kind": "model",
-                "dtype": str(self.dtype), **kept, **(meta or {})}
-        json.dumps(info)
+        info = json_safe({"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "spec_dir": self.spec.base_dir,
+                          "kind": "model", "dtype": str(self.dtype), **kept, **(meta or {})})   # NumPy scalars too
+        try:
+            json.dumps(info)
+        except TypeError as exc:
+            raise ValueError(f"meta must hold JSON values (numbers, strings, lists, dicts): {exc}") from None
         save_checkpoint(path, self.params.numpy(), info)
 
     def load_params(self, arrays: dict[str, np.ndarray], strict: bool = True) -> None:
@@ -370,6 +393,19 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.spec.name!r}, layers={len(self.spec.layers)}, params={self.param_count():,}, "
                 f"device={self.device!r}, dtype={self.dtype.name})")
+
+
+def _read_only(a):
+    """A read-only view: writing into a result the tape still holds raises instead of corrupting backward."""
+    if not isinstance(a, np.ndarray):   # a loss's NumPy scalar is immutable already
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def _shape_text(g) -> str:
+    return f"shape {tuple(g.shape)}" if hasattr(g, "shape") else f"type {type(g).__name__} (expected an array)"
 
 
 def compile(spec: Union[Spec, str, Path, dict], device: str = "cpu", seed: int = 0, dtype: str = "float32",

@@ -11,6 +11,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from .op import Op
 __all__ = ["Registry", "get_registry", "load_plugin_file", "register_plugin", "DEFAULT_PLUGINS",
            "did_you_mean", "format_validation_errors"]
 
+_OP_TYPE = re.compile(r"[a-z][a-z0-9_]*")
 DISABLE_ENV = "CNNGRAPH_DISABLE_PLUGINS"   # comma-separated installed plugin names not to load
 
 DEFAULT_PLUGINS = (
@@ -97,9 +99,15 @@ class Registry:
             first = self.owner[(table, name)]
             where = self.plugins.get(first, "")
             where = f" ({where})" if where.startswith("entry point") else ""   # say which package
+            if first == self.current_plugin and isinstance(value, type):   # one plugin, two classes: name them
+                old = entries[name]
+                where += f" as {old.__module__}.{old.__qualname__}"
+                here = f" as {value.__module__}.{value.__qualname__}"
+            else:
+                here = ""
             raise PluginError(
                 f"{kind} '{name}' is registered twice: by plugin '{first}'{where} and by plugin "
-                f"'{self.current_plugin}'; rename one of them")
+                f"'{self.current_plugin}'{here}; rename one of them")
         entries[name] = value
         self.owner[(table, name)] = self.current_plugin
 
@@ -107,6 +115,10 @@ class Registry:
         """Register a layer op class under ``op_cls.type``. Returns the class (usable as decorator)."""
         if not (isinstance(op_cls, type) and issubclass(op_cls, Op)):
             raise PluginError(f"plugin '{self.current_plugin}' registered {op_cls!r}, which is not a cnngraph.Op subclass")
+        if op_cls.type and not _OP_TYPE.fullmatch(op_cls.type):
+            raise PluginError(f"plugin '{self.current_plugin}' registered op type {op_cls.type!r} "
+                              f"({op_cls.__qualname__}); op types are snake_case: lower-case letters, digits and '_', "
+                              f"starting with a letter (they are written in specs)")
         _check_params(op_cls, self.current_plugin)
         op_cls.plugin = self.current_plugin
         self._put("ops", op_cls.type, op_cls)

@@ -104,3 +104,89 @@ def test_argument_types_are_checked_by_name(model, tmp_path):
                      ({"seed": -1}, "seed must be a whole number >= 0, found -1")):
         with pytest.raises(CnnGraphError, match=text):
             cnngraph.train("specs/digits_cnn.yaml", out=tmp_path / "r", quiet=True, **kw)
+
+
+# -- from a Python-API probe --------------------------------------------------------------------------
+SEG = {"inputs": {"image": {"shape": [4]}, "label": {"shape": [], "dtype": "int64"}},
+       "layers": [{"id": "fc", "type": "dense", "out_features": 3, "inputs": "image"},
+                  {"id": "p", "type": "sigmoid", "inputs": "fc"},
+                  {"id": "loss", "type": "cross_entropy", "inputs": ["fc", "label"]}],
+       "outputs": ["p", "loss"]}
+
+
+def test_changing_arrays_the_tape_holds_cannot_corrupt_gradients():
+    """PyTorch raises when a saved tensor is modified in place; so must cnngraph, or stay unaffected."""
+    m = cnngraph.compile(SEG, dtype="float64", seed=1)
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    y = np.array([0, 1, 2, 0, 1])
+    m.forward({"image": x, "label": y}, training=True)
+    want = m.backward({"p": np.ones((5, 3))})["fc.weight"]
+    out = m.forward({"image": x, "label": y}, training=True)
+    with pytest.raises(ValueError, match="read-only"):
+        out["p"] -= 0.5                                 # the output the sigmoid saved
+    x *= 10                                             # the caller's input, which the dense layer saved
+    np.testing.assert_array_equal(m.backward({"p": np.ones((5, 3))})["fc.weight"], want)
+    assert m.forward({"image": x, "label": y})["p"].flags.writeable   # inference results are the caller's
+
+
+def test_input_mistakes_are_named():
+    m = cnngraph.compile(SEG)
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(RunError, match=r"holds integers \(int64; class labels\), found values with a fraction"):
+        m.forward({"image": x, "label": np.array([0.5, 1.0])})
+    with pytest.raises(RunError, match=r"missing input 'image'; unknown input 'imgae' \(did you mean 'image'\?\)"):
+        m.forward({"imgae": x, "label": np.array([0, 1])})
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="parallel must be a whole number of threads"):
+            m.forward({"image": x, "label": np.array([0, 1])}, parallel=bad)
+    with pytest.raises(ValueError, match="parallel= runs inference only"):
+        m.forward({"image": x, "label": np.array([0, 1])}, training=True, parallel=2)
+
+
+def test_predict_takes_a_dict_and_needs_only_the_inputs_of_its_output():
+    m = cnngraph.compile(SEG)
+    x = np.random.default_rng(0).random((5, 4)).astype(np.float32)
+    want = m.forward({"image": x}, outputs=["p"])["p"]
+    np.testing.assert_array_equal(m.predict(x, output="p", batch_size=2), want)   # the loss's labels not needed
+    np.testing.assert_array_equal(m.predict({"image": x}, output="p", batch_size=2), want)
+
+
+def test_backward_names_what_dropped_its_tape_and_takes_wrt_as_a_string():
+    m = cnngraph.compile(SEG)
+    feeds = {"image": np.ones((2, 4), np.float32), "label": np.array([0, 1])}
+    m.forward(feeds, training=True)
+    m.forward(feeds)                                    # a validation pass in between
+    with pytest.raises(RunError, match=r"an inference forward \(grad=False\) ran since the last training forward"):
+        m.backward({"p": np.ones((2, 3), np.float32)})
+    m.forward(feeds, training=True)
+    assert m.backward({"p": np.ones((2, 3), np.float32)}, wrt="fc")["fc"].shape == (2, 3)
+
+
+def test_save_converts_numpy_meta_and_names_what_json_cannot_hold(tmp_path):
+    m = cnngraph.compile(SEG)
+    m.save(tmp_path / "a", meta={"epoch": np.int64(3), "acc": np.float32(0.5)})
+    assert cnngraph.load_model(tmp_path / "a").checkpoint_meta["epoch"] == 3
+    with pytest.raises(ValueError, match="meta must hold JSON values"):
+        m.save(tmp_path / "b", meta={"x": object()})
+
+
+def test_register_op_mistakes_are_named(fresh):
+    from cnngraph.errors import PluginError
+
+    class First(cnngraph.Op):
+        type = "probe_dup_op"
+
+    class Second(cnngraph.Op):
+        type = "probe_dup_op"
+
+    class Spaced(cnngraph.Op):
+        type = "Bad Name!"
+
+    cnngraph.register_op(First)
+    with pytest.raises(PluginError, match=r"as test_api_bad_input\.test_register_op_mistakes_are_named\.<locals>\.First "
+                                          r"and by plugin 'test_api_bad_input' as .*Second"):
+        cnngraph.register_op(Second)
+    with pytest.raises(PluginError, match="takes an Op subclass, found an instance of First"):
+        cnngraph.register_op(First())
+    with pytest.raises(PluginError, match="op types are snake_case"):
+        cnngraph.register_op(Spaced)

@@ -571,7 +571,9 @@ def test_register_op_again_from_a_rerun_cell_replaces_it(fresh):
 @pytest.mark.parametrize("forward, backward, needle", [
     ("return inputs[0].astype('float64')", None, "returned float64 from forward at layer 'a' on float32 inputs"),
     ("return [inputs[0]]", None, "returned a list from forward at layer 'a'; expected one array"),
-    ("return inputs[0] * 1", "return gy, {}", "returned (ndarray, dict) from backward at layer 'a'; expected (a list"),
+    ("return inputs[0] * 1", "return gy, {}", "returned (ndarray, dict) from backward at layer 'a'; expected the pair"),
+    ("return inputs[0] * 1", "return [gy]", "returned a list of 1 from backward at layer 'a'; expected the pair"),
+    ("return inputs[0] * 1", "return None", "returned a NoneType from backward at layer 'a'; expected the pair"),
 ])
 def test_broken_forward_and_backward_results_are_named(fresh, tmp_path, forward, backward, needle):
     body = (f"import cnngraph\nfrom cnngraph.op import Op\nclass B(Op):\n    type = 'broken_result'\n"
