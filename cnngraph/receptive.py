@@ -38,7 +38,8 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
 
 class _Spatial:
     """How a layer's output positions draw on its inputs' positions, per axis: ("input",),
-    ("same",), ("window", k, s, d, pad) or ("transposed", k, s, d, pad)."""
+    ("same",), ("window", k, s, d, pad), ("transposed", k, s, d, pad) or ("op", op, axis, n_in, n_out)
+    for an op with a ``source_positions`` method."""
 
     def __init__(self, axes):
         self.axes = axes
@@ -57,6 +58,8 @@ def _mapping(g, node, maps):
     k = getattr(p, "kernel_size", None)
     op = attrs.get("op")
     shapes = attrs.get("in_shapes") or []
+    if hasattr(op, "source_positions"):   # the op maps output to input positions itself (upsampling)
+        return _Spatial([("op", op, axis, shapes[0][1 + axis], attrs["out_shape"][1 + axis]) for axis in (0, 1)])
     if k is not None:
         k = _pair(k)
         s = _pair((getattr(p, "stride", None) or k) if hasattr(p, "stride") else (_shrink_factor(attrs) or k))
@@ -113,6 +116,9 @@ def _input_range(rule, a, b):
     if kind == "transposed":   # output o = i * s - pad + d * j
         _, k, s, d, pad = rule
         return -(-(a + pad - d * (k - 1)) // s), (b - 1 + pad) // s + 1
+    if kind == "op":           # monotone maps: the first and last output's taps bound the rest
+        taps = _taps(rule, np.array([a, b - 1]))
+        return int(min(t[0].min() for t in taps)), int(max(t[0].max() for t in taps)) + 1
     return a, b
 
 
@@ -159,4 +165,7 @@ def _taps(rule, pos):
         _, k, s, d, pad = rule
         num = [pos + pad - d * j for j in range(k)]
         return [(v // s, v % s == 0) for v in num]
+    if kind == "op":
+        _, op, axis, n_in, n_out = rule
+        return op.source_positions(axis, pos, n_in, n_out)
     return [(pos, np.ones(len(pos), bool))]

@@ -76,6 +76,12 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
                             training=training, momentum=layer.get("momentum", 0.1), eps=layer.get("eps", 1e-5))
     if typ == "flatten":
         return torch.flatten(t[0], 1)
+    if typ == "upsample2d":
+        mode = layer.get("mode", "nearest")
+        extra = {"align_corners": layer.get("align_corners", False)} if mode == "bilinear" else {}
+        scale = layer.get("scale_factor", 2.0)
+        scale = (float(scale),) * 2 if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
+        return F.interpolate(t[0], scale_factor=scale, mode=mode, **extra)
     simple = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
     if typ in simple:
         return simple[typ](t[0])

@@ -222,3 +222,21 @@ def test_receptive_field_through_transposed_convolutions_matches_the_gradients()
     for layer, size in (("up", 16), ("dec", 16), ("up3", 31), ("after", 31)):
         centre = [(size // 2 + a, size // 2 + a) for a in range(-2, 3)]
         assert _measured_field(spec, layer, centre) == rf[layer], layer
+
+
+def test_receptive_field_through_upsampling_matches_the_gradients():
+    from cnngraph.summary import receptive_fields
+    spec = cnngraph.load_spec({
+        "inputs": {"image": {"shape": [1, 12, 12]}},
+        "layers": [{"id": "c0", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "pool", "type": "avg_pool2d", "kernel_size": 2},
+                   {"id": "up", "type": "upsample2d", "scale_factor": 2},
+                   {"id": "c", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "upb", "type": "upsample2d", "scale_factor": 2, "mode": "bilinear"},
+                   {"id": "c2", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}],
+        "outputs": ["c2"]})
+    rf = receptive_fields(spec.graph)
+    assert [rf[n] for n in ("up", "c", "upb", "c2")] == [(4, 4), (6, 6), (8, 8), (8, 8)]
+    for layer, size in (("c", 12), ("c2", 24)):
+        centre = [(size // 2 + a, size // 2 + a) for a in range(-3, 3)]
+        assert _measured_field(spec, layer, centre) == rf[layer], layer

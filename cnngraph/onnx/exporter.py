@@ -270,6 +270,19 @@ def _pad(c, lid, op, ins, attrs):
     return lid
 
 
+@exports("upsample2d")
+def _upsample(c, lid, op, ins, attrs):
+    p = op.p
+    scales = c.const(lid, "scales", np.array([1.0, 1.0, *p.scale_factor], np.float32))
+    if p.mode == "nearest":
+        modes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    else:
+        modes = {"mode": "linear",
+                 "coordinate_transformation_mode": "align_corners" if p.align_corners else "pytorch_half_pixel"}
+    c.node("Resize", [ins[0], "", scales], [lid], lid, **modes)
+    return lid
+
+
 @exports("slice")
 def _slice(c, lid, op, ins, attrs):
     p = op.p

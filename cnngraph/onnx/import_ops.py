@@ -609,6 +609,42 @@ def split(imp, node, a):
     return outs
 
 
+@handles("Resize", "Upsample")
+def resize(imp, node, a):
+    """Nearest (floor of dst / scale) and bilinear resizing of H and W, as torch exports F.interpolate."""
+    x = imp.dyn_of(node.input[0])
+    if len(x.shape) != 3:
+        raise imp.fail(f"only 4-D (N, C, H, W) inputs can be resized, found per-sample shape {tuple(x.shape)}")
+    if node.op_type == "Upsample" and imp.opset < 9:
+        scales = a.get("scales")
+    else:   # Upsample 9 / Resize 10: X, scales; Resize 11+: X, roi, scales, sizes
+        at = 1 if node.op_type == "Upsample" or imp.opset < 11 else 2
+        scales = imp.const(node.input[at], "scales") if len(node.input) > at and node.input[at] else None
+        if (scales is None or np.size(scales) == 0) and len(node.input) > 3 and node.input[3]:
+            sizes = [int(v) for v in imp.const(node.input[3], "sizes")]
+            scales = [1.0, 1.0] + [sizes[i + 2] / x.shape[i + 1] for i in range(2)] if len(sizes) == 4 else None
+    scales = [float(v) for v in (scales if scales is not None else [])]
+    if len(scales) != 4 or scales[:2] != [1.0, 1.0]:
+        raise imp.fail(f"only scales of the form [1, 1, h, w] are supported, found {scales}")
+    mode = a.get("mode", "nearest")
+    transform = a.get("coordinate_transformation_mode", "half_pixel" if imp.opset >= 11 else "asymmetric")
+    nearest = a.get("nearest_mode", "round_prefer_floor")
+    if node.op_type == "Upsample" or imp.opset < 11:
+        transform, nearest = "asymmetric", "floor"     # the old ops' only behaviour
+    params = {"scale_factor": scales[2:]}
+    if mode == "nearest" and transform == "asymmetric" and nearest == "floor":
+        pass
+    elif mode in ("linear", "bilinear") and transform in ("align_corners", "pytorch_half_pixel", "half_pixel"):
+        if transform == "half_pixel" and any(round(n * s) == 1 for n, s in zip(x.shape[1:], scales[2:])):
+            raise imp.fail("half_pixel resizing to a size of 1 differs from PyTorch's; not supported")
+        params.update(mode="bilinear", align_corners=transform == "align_corners")
+    else:
+        raise imp.fail(f"resizing with mode {mode!r}, coordinate_transformation_mode {transform!r} and nearest_mode "
+                       f"{nearest!r} is not supported (nearest asymmetric floor, and linear with align_corners, "
+                       f"half_pixel or pytorch_half_pixel, are)")
+    return [imp.emit("upsample2d", [x], params)]
+
+
 @handles("Pad")
 def pad(imp, node, a):
     x = imp.dyn_of(node.input[0])

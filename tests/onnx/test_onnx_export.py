@@ -65,6 +65,8 @@ TENSOR = {
         {"id": "y", "type": "broadcast_add", "inputs": ["q", "bias"]},
         {"id": "rev", "type": "slice", "axis": 3, "step": -1},            # x[..., ::-1]
         {"id": "cut", "type": "slice", "axis": 2, "start": 4, "step": -2},  # rows 4, 2, 0
+        {"id": "up", "type": "upsample2d", "scale_factor": [2, 1.5], "mode": "bilinear"},
+        {"id": "near", "type": "upsample2d", "scale_factor": 2},
         {"id": "hs", "type": "hard_sigmoid", "alpha": 0.3},
         {"id": "out", "type": "identity"},
     ],

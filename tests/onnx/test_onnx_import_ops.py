@@ -151,6 +151,16 @@ CASES = {
     "split13_equal": ([N("Split", ["x"], ["a", "b"], axis=1), N("Sub", ["a", "b"], ["y"])], {"x": X4}, {}, 13),
     "split18_num_outputs": ([N("Split", ["x"], ["a", "b", "c"], axis=2, num_outputs=3),
                              N("Concat", ["c", "a", "b"], ["y"], axis=2)], {"x": X4}, {}, 18),
+    "upsample7_nearest": ([N("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 3.0])], {"x": X4}, {}, 7),
+    "upsample9_nearest": ([N("Upsample", ["x", "s"], ["y"])], {"x": X4}, {"s": np.array([1, 1, 2, 2], np.float32)}, 9),
+    "resize10_nearest": ([N("Resize", ["x", "s"], ["y"])], {"x": X4}, {"s": np.array([1, 1, 2, 1], np.float32)}, 10),
+    "resize13_linear_half_pixel": ([N("Resize", ["x", "", "s"], ["y"], mode="linear")], {"x": X4},
+                                   {"s": np.array([1, 1, 1.5, 2.5], np.float32)}, 13),
+    "resize13_sizes_align_corners": ([N("Resize", ["x", "", "", "z"], ["y"], mode="linear",
+                                        coordinate_transformation_mode="align_corners")], {"x": X4},
+                                     {"z": np.array([2, 4, 7, 9], np.int64)}, 13),
+    "resize18_nearest_floor": ([N("Resize", ["x", "", "s"], ["y"], coordinate_transformation_mode="asymmetric",
+                                  nearest_mode="floor")], {"x": X4}, {"s": np.array([1, 1, 3, 2], np.float32)}, 18),
     "hard_sigmoid": ([N("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)], {"x": X4}, {}, 13),
     "hard_sigmoid_defaults": ([N("HardSigmoid", ["x"], ["y"])], {"x": X4}, {}, 7),
     "hard_swish": ([N("HardSwish", ["x"], ["y"])], {"x": X4}, {}, 14),
@@ -184,3 +194,14 @@ def test_lrn_even_size_matches_onnx_formula():
     want = x / (bias + alpha / size * sq) ** beta
     got = import_onnx(model).forward({"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_resize_modes_without_an_upsample2d_form_are_named():
+    """Linear resizing with asymmetric coordinates (old Upsample) or cubic has no cnngraph op: one clear error."""
+    from cnngraph.onnx import OnnxError, import_onnx
+    scales = {"s": np.array([1, 1, 2, 2], np.float32)}
+    for node, opset in ((N("Upsample", ["x", "s"], ["y"], mode="linear"), 9),
+                        (N("Resize", ["x", "", "s"], ["y"], mode="cubic"), 13)):
+        with pytest.raises(OnnxError, match=r"resizing with mode '(linear|cubic)'.* is not supported "
+                                            r"\(nearest asymmetric floor"):
+            import_onnx(make_model([node], {"x": X4}, scales, opset=opset))

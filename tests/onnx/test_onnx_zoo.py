@@ -142,6 +142,21 @@ class Decoderish(nn.Module):
         return self.d2(torch.cat([y, a], 1))
 
 
+class FPNish(nn.Module):
+    """A feature pyramid / U-Net decoder that upsamples with F.interpolate (Resize): nearest and bilinear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        a = F.relu(self.c1(x))
+        b = F.relu(self.c2(a))
+        top = a + F.interpolate(b, scale_factor=2, mode="nearest")
+        return self.head(F.interpolate(top, scale_factor=2, mode="bilinear", align_corners=False))
+
+
 class GoogLeNetish(nn.Module):
     def __init__(self):
         super().__init__()
@@ -179,7 +194,7 @@ def _export(net, path, opset, dynamic):
 
 @pytest.mark.parametrize("opset,dynamic", [(11, True), (13, False), (17, True)])
 @pytest.mark.parametrize("net_cls", [ShuffleNetish, GoogLeNetish, ShuffleNetV2ish, DenseNetish, SqueezeNetish,
-                                     VGGish, AlexNetish, MobileNetV3ish, Decoderish])
+                                     VGGish, AlexNetish, MobileNetV3ish, Decoderish, FPNish])
 def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_path):
     torch.manual_seed(1)
     net = net_cls()
@@ -194,6 +209,8 @@ def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_pat
         assert {"reshape", "transpose", "global_avg_pool2d"} <= set(types)
     elif net_cls is ShuffleNetV2ish:
         assert types.count("slice") == 2 and "concat" in types
+    elif net_cls is FPNish:
+        assert types.count("upsample2d") == 2
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         want = net(x).numpy()

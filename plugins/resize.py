@@ -1,0 +1,134 @@
+"""Upsampling (decoders, U-Nets, feature pyramids): nearest and bilinear, as torch.nn.functional.interpolate
+with ``scale_factor`` (and ONNX Resize)."""
+from __future__ import annotations
+
+import math
+from typing import Literal, Union
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.op import Op, OpParams
+
+__all__ = ["Upsample2d", "interpolation_matrix"]
+
+
+class UpsampleParams(OpParams):
+    scale_factor: Union[float, tuple[float, float]] = Field((2.0, 2.0), description="(h, w) or one factor for both")
+    mode: Literal["nearest", "bilinear"] = "nearest"
+    align_corners: bool = Field(False, description="bilinear only: corner pixels of input and output line up")
+
+    @field_validator("scale_factor")
+    @classmethod
+    def _positive(cls, v):
+        pair = (v, v) if isinstance(v, (int, float)) else tuple(v)
+        if len(pair) != 2 or min(pair) <= 0 or not all(math.isfinite(s) for s in pair):
+            raise ValueError(f"expected one or two factors > 0, found {v!r}")
+        return tuple(float(s) for s in pair)
+
+
+def interpolation_matrix(n_in: int, n_out: int, scale: float, mode: str, align_corners: bool) -> np.ndarray:
+    """(n_out, n_in) float64 matrix A with y = A @ x along one axis, with PyTorch's source coordinates:
+    nearest floor(dst / scale); bilinear (dst + 0.5) / scale - 0.5 clamped at 0, or with align_corners
+    dst * (n_in - 1) / (n_out - 1)."""
+    dst = np.arange(n_out, dtype=np.float64)
+    a = np.zeros((n_out, n_in))
+    if mode == "nearest":
+        a[np.arange(n_out), np.minimum(np.floor(dst / scale).astype(np.int64), n_in - 1)] = 1.0
+        return a
+    if align_corners:
+        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        src = np.maximum((dst + 0.5) / scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    np.add.at(a, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(a, (np.arange(n_out), hi), frac)
+    return a
+
+
+class Upsample2d(Op):
+    """Enlarges H and W by ``scale_factor`` (output floor(H * s)): nearest copies the pixel at
+    floor(dst / s), bilinear blends the four nearest, as torch.nn.functional.interpolate(x,
+    scale_factor=s, mode=...). Separable, so each mode is two small matrix products per map (whole
+    nearest factors are a repeat); backward is their transpose."""
+
+    type = "upsample2d"
+    Params = UpsampleParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4, 5)]), ({"scale_factor": [2, 3], "mode": "bilinear"}, [(2, 3, 4)]),
+                ({"scale_factor": 1.5, "mode": "bilinear", "align_corners": True}, [(2, 4, 4)]),
+                ({"scale_factor": 2.5}, [(2, 3, 2)])]
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) != 3:
+            raise ShapeError(f"upsample2d expects a (C, H, W) input per sample, found {tuple(shape)}")
+        c, h, w = shape
+        # floor(n * s), robust to a factor that is a size ratio rounded in float (an ONNX Resize's sizes)
+        out = tuple(int(math.floor(n * s * (1 + 1e-9))) for n, s in zip((h, w), self.p.scale_factor))
+        if min(out) < 1:
+            raise ShapeError(f"scale_factor {self.p.scale_factor} leaves no output from {h}x{w}")
+        return (c, *out)
+
+    def _whole(self):
+        """The integer factors when nearest can repeat pixels, else None."""
+        if self.p.mode == "nearest" and all(float(s).is_integer() for s in self.p.scale_factor):
+            return tuple(int(s) for s in self.p.scale_factor)
+        return None
+
+    def _matrices(self, xp, dtype, h, w, ho, wo):
+        p = self.p
+        return tuple(xp.asarray(interpolation_matrix(n, m, s, p.mode, p.align_corners), dtype=dtype)
+                     for n, m, s in ((h, ho, p.scale_factor[0]), (w, wo, p.scale_factor[1])))
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        n, c, h, w = x.shape
+        _, ho, wo = self.infer_shape([x.shape[1:]])
+        ctx.save(shape=x.shape)
+        whole = self._whole()
+        if whole is not None:
+            sh, sw = whole
+            y = xp.broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw))
+            return xp.ascontiguousarray(y.reshape(n, c, h * sh, w * sw))
+        ah, aw = self._matrices(xp, x.dtype, h, w, ho, wo)
+        return xp.ascontiguousarray(ah @ (x @ aw.T))
+
+    def backward(self, ctx, gy):
+        xp = xp_of(gy)
+        n, c, h, w = ctx.saved["shape"]
+        whole = self._whole()
+        if whole is not None:
+            sh, sw = whole
+            return [gy.reshape(n, c, h, sh, w, sw).sum(axis=(3, 5))], {}
+        ah, aw = self._matrices(xp, gy.dtype, h, w, gy.shape[2], gy.shape[3])
+        return [xp.ascontiguousarray(ah.T @ (gy @ aw))], {}
+
+    def source_positions(self, axis, pos, n_in, n_out):
+        """Input positions each output position in ``pos`` reads, as [(positions, tap exists)] (receptive
+        fields; any integer position, as if the map went on beyond its edges)."""
+        s = self.p.scale_factor[axis]
+        if self.p.mode == "nearest":
+            return [(np.floor(pos / s).astype(np.int64), np.ones(len(pos), bool))]
+        if self.p.align_corners:
+            src = pos * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(len(pos))
+        else:
+            src = (pos + 0.5) / s - 0.5
+        lo = np.floor(src).astype(np.int64)
+        return [(lo, np.ones(len(pos), bool)), (lo + 1, src > lo)]   # the upper pixel only with a weight
+
+    def flops(self, in_shapes, out_shape):
+        return 4 * math.prod(out_shape)
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(Upsample2d)
