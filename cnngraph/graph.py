@@ -88,7 +88,13 @@ def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> 
                    inputs=resolved[layer.id], order=layer.index, plugin=op_cls.plugin)
     bad_arity: set[str] = set()
     for layer in layers:
+        op_cls = registry.ops[layer.type]
         for port, src in enumerate(resolved[layer.id]):
+            if (g.nodes[src].get("dtype") == "int64" and port not in op_cls.int_inputs
+                    and not (op_cls.reduces_batch and port > 0)):
+                problems.append(spec.problem(f"input '{src}' is int64 (class labels), but '{layer.type}' takes "
+                                             f"floats there; only a loss's target may be int64 (declare the input "
+                                             f"float32 for image data)", ("layers", layer.index), layer.id))
             if g.has_edge(src, layer.id):
                 g.edges[src, layer.id]["ports"].append(port)
             else:

@@ -79,6 +79,9 @@ class Op:
     index_targets : bool
         For a loss used by ``cnngraph train`` with class-index targets: True to receive them as int64
         (cross_entropy), False as floats in the model's dtype (binary_cross_entropy, mse).
+    int_inputs : tuple[int, ...]
+        Input ports that may take an int64 model input (a loss's class-index target always may);
+        a spec feeding int64 anywhere else is refused (conv2d on integer labels).
     transposed : bool
         True for an upsampling window op (conv_transpose2d): its ``stride`` spreads the input apart
         instead of skipping over it (used for receptive fields).
@@ -93,6 +96,7 @@ class Op:
     buffers: ClassVar[tuple[str, ...]] = ()
     index_targets: ClassVar[bool] = False
     transposed: ClassVar[bool] = False
+    int_inputs: ClassVar[tuple[int, ...]] = ()
     plugin: ClassVar[str] = ""  # set by the registry: which plugin registered the op
 
     def __init__(self, params: OpParams | None = None, layer_id: str = ""):

@@ -426,6 +426,7 @@ class Constant(Op):
     repeated to that input's batch size (a view; the input only lends its batch size)."""
 
     type = "constant"
+    int_inputs = (0,)   # the input only lends its batch size
     Params = ConstantParams
     arity = (0, 1)
     grad_inputs = ()

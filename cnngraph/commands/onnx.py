@@ -96,23 +96,34 @@ def _check(model_path, result) -> None:
                             "pip install 'cnngraph[onnx]' (the spec and weights above were written)") from None
     from ..model import Model
     from ..spec import load_spec
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     model = Model(load_spec(result.spec))
     model.load_params(result.weights)
     rng = np.random.default_rng(0)
     feeds = {}
-    batches = {i.name: i.shape[0] for i in sess.get_inputs()}
-    for onnx_name, name in result.input_names.items():
-        inp = result.spec["inputs"][name]
-        batch = batches.get(onnx_name)
-        batch = batch if isinstance(batch, int) and batch > 0 else 2   # a fixed batch, else 2 samples
-        feeds[onnx_name] = rng.standard_normal((batch, *inp["shape"])).astype(np.float32)
-    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    try:
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        for i in sess.get_inputs():   # each in the type the model declares: float, double, float16 or integers
+            if i.name not in result.input_names:
+                continue
+            inp = result.spec["inputs"][result.input_names[i.name]]
+            batch = i.shape[0] if isinstance(i.shape[0], int) and i.shape[0] > 0 else 2   # fixed, else 2 samples
+            shape = (batch, *inp["shape"])
+            if "int" in i.type:
+                feeds[i.name] = rng.integers(0, 3, shape).astype(np.dtype(i.type[7:-1]))   # tensor(int64)
+            else:
+                dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(i.type, np.float32)
+                feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+        want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    except Exception as exc:  # noqa: BLE001 - ORT's own failure, reported without a traceback
+        raise CnnGraphError(f"--check: ONNX Runtime could not run {model_path}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''} (the spec and weights were written)") from None
     got = model.forward({result.input_names[k]: v for k, v in feeds.items()})
     worst = 0.0
     for onnx_name, name in result.output_names.items():
-        a, b = got[name], want[onnx_name]
-        worst = max(worst, float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)))
+        a, b = np.asarray(got[name], np.float64), np.asarray(want[onnx_name], np.float64)
+        if a.shape != b.shape:
+            raise CnnGraphError(f"output '{onnx_name}' has shape {a.shape} in cnngraph and {b.shape} in ONNX Runtime")
+        worst = max(worst, float(np.max(np.abs(a - b), initial=0.0) / (np.max(np.abs(b), initial=0.0) + 1e-12)))
     n = next(iter(feeds.values())).shape[0] if feeds else 0
     print(f"check vs ONNX Runtime (batch {n}, random input): max relative difference {worst:.2e}")
     if worst > 1e-3:

@@ -361,6 +361,8 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
     if not MIN_OPSET <= opset <= newest:
         raise OnnxError(f"--opset must lie in {MIN_OPSET}…{newest} (the onnx package's newest), found {opset}")
     g = spec.graph
+    if isinstance(outputs, str):
+        outputs = [outputs]
     if outputs is None:
         outputs = [o for o in spec.outputs if not g.nodes[o].get("reduces_batch")]
         dropped = [o for o in spec.outputs if g.nodes[o].get("reduces_batch")]
@@ -493,5 +495,7 @@ def export_onnx(model_or_spec, path: Union[str, Path, None] = None, *, params: U
         _prepend_normalization(proto, dataset["mean"], dataset["std"])
     if path is not None:
         import onnx
+        if not Path(path).parent.is_dir():
+            raise OnnxError(f"{path}: the folder {Path(path).parent} does not exist")
         onnx.save(proto, str(path))
     return proto

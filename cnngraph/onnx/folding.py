@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BATCH", "Dyn", "f32", "evaluate"]
+__all__ = ["BATCH", "BATCH_ALT", "Dyn", "f32", "evaluate"]
 
 BATCH = 999983   # stand-in for the batch size inside folded shape computations (a prime no real dim uses)
+BATCH_ALT = 999979   # a second stand-in: a folded value that changes with it depends on the batch size
 
 
 def f32(v) -> float:

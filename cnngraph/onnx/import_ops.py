@@ -12,13 +12,13 @@ import math
 import numpy as np
 
 from .common import register_once
-from .folding import BATCH, Dyn, f32
+from .folding import BATCH, BATCH_ALT, Dyn, f32
 
 __all__ = ["HANDLERS", "FOLD_NEVER", "handles"]
 
 HANDLERS: dict = {}
 FOLD_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-              "Bernoulli"}
+              "Bernoulli", "If", "Loop", "Scan"}   # random, or control flow: listed as unsupported
 
 
 def handles(*names):
@@ -226,8 +226,9 @@ def global_pool(imp, node, a):
 def batch_norm(imp, node, a):
     x = imp.dyn_of(node.input[0])
     scale, bias, mean, var = (imp.const(n, "statistic") for n in node.input[1:5])
-    if any(o and imp.consumers[o] for o in node.output[1:]):
-        raise imp.fail("training-mode outputs (running statistics) are not supported")
+    if any(node.output[1:]):   # opset <= 13 marks training mode by these outputs alone
+        raise imp.fail("a training-mode BatchNormalization (with running-statistics outputs) is not supported; "
+                       "export the model in inference mode (model.eval())")
     if a.get("training_mode", 0):
         raise imp.fail("training_mode=1 is not supported; export the model in inference mode")
     if len(x.shape) not in (1, 3):
@@ -338,6 +339,9 @@ def dropout(imp, node, a):
     ratio = a.get("ratio", 0.5)
     if len(node.input) > 1 and node.input[1]:
         ratio = f32(np.asarray(imp.const(node.input[1], "ratio")).reshape(()))
+    if len(node.input) > 2 and node.input[2] and bool(np.asarray(imp.const(node.input[2], "training_mode"))):
+        raise imp.fail("a training-mode Dropout (training_mode true) is not supported; export the model in "
+                       "inference mode (model.eval())")
     return [imp.emit("dropout", [x], {"p": float(ratio)} if ratio != 0.5 else {}), None]
 
 
@@ -352,7 +356,13 @@ def cast(imp, node, a):
     from onnx import TensorProto
     if a.get("to") not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
         raise imp.fail("casting a computed tensor to a non-float type is not supported")
-    return [imp.get(node.input[0])]
+    x = imp.get(node.input[0])
+    if isinstance(x, Dyn) and imp.spec_inputs.get(x.id, {}).get("dtype") == "int64":
+        # integer image data cast to float: the spec input takes floats (cnngraph converts arrays itself)
+        if any(n.op_type != "Cast" for n in imp.graph.node if node.input[0] in n.input):
+            raise imp.fail(f"input '{node.input[0]}' is int64 and also used uncast; not supported")
+        del imp.spec_inputs[x.id]["dtype"]
+    return [x]
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
@@ -433,14 +443,19 @@ def concat(imp, node, a):
 @handles("Shape")
 def shape(imp, node, a):
     x = imp.get(node.input[0])
-    full = np.array([BATCH, *x.shape], dtype=np.int64)
     start, end = a.get("start", 0), a.get("end")
-    return [full[start:end]]
+    if isinstance(x, Dyn):   # the batch size: two stand-ins tell which folded values depend on it
+        imp.alt[node.output[0]] = np.array([BATCH_ALT, *x.shape], dtype=np.int64)[start:end]
+        return [np.array([BATCH, *x.shape], dtype=np.int64)[start:end]]
+    return [np.array(np.shape(x), dtype=np.int64)[start:end]]
 
 
 @handles("Size")
 def size(imp, node, a):
     x = imp.get(node.input[0])
+    if not isinstance(x, Dyn):
+        return [np.array(np.size(x), dtype=np.int64)]
+    imp.alt[node.output[0]] = np.array(BATCH_ALT * math.prod(x.shape), dtype=np.int64)
     return [np.array(BATCH * math.prod(x.shape), dtype=np.int64)]
 
 
@@ -503,6 +518,9 @@ def squeeze(imp, node, a):
     full = [None, *x.shape]
     if node.op_type == "Squeeze":
         if axes is None:
+            if imp.declared_batch == 1:
+                raise imp.fail("Squeeze without axes removes the batch axis of this batch-1 model, which cnngraph "
+                               "keeps; export with a dynamic batch or squeeze named axes")
             out = [d for d in x.shape if d != 1]
         else:
             axes = {ax % len(full) for ax in axes}

@@ -48,6 +48,8 @@ class Importer:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.input_shapes = dict(input_shapes or {})
         self.consts: dict[str, np.ndarray] = {}
+        self.alt: dict[str, np.ndarray] = {}     # batch-dependent constants, as folded with BATCH_ALT
+        self.spec_inputs: dict[str, dict] = {}
         self.dyn: dict[str, Dyn] = {}
         self.failed: set[str] = set()
         self.layers: list[dict] = []
@@ -88,6 +90,8 @@ class Importer:
 
     def fail(self, message: str) -> OnnxError:
         n = self.current_node
+        for k in range(8, 0, -1):   # the batch stand-in means nothing to the user: say N (2N, ...)
+            message = message.replace(str(k * BATCH), f"{k if k > 1 else ''}N")
         return OnnxError(f"{n.op_type} node '{n.name or n.output[0]}': {message}")
 
     def dyn_of(self, name: str, rank: int | None = None, like: Dyn | None = None) -> Dyn:
@@ -96,6 +100,10 @@ class Importer:
         v = self.get(name)
         if isinstance(v, Dyn):
             return v
+        if name in self.alt:
+            raise self.fail(f"'{name}' is computed from the batch size (Shape of a tensor, then arithmetic), which "
+                            f"is known only at run time; cnngraph cannot use it as a value. Export with a fixed "
+                            f"batch size or without that arithmetic")
         arr = np.asarray(v)
         if rank is not None and arr.ndim >= rank:
             if arr.ndim > rank or arr.shape[0] != 1:
@@ -166,10 +174,23 @@ class Importer:
         except Exception as exc:
             raise self.fail(f"could not fold this constant computation: {type(exc).__name__}: {exc}") from None
 
+    def _fold_alt(self, node, results) -> None:
+        """Fold ``node`` again with the other batch stand-in: outputs that change depend on the batch size."""
+        if not any(n in self.alt for n in node.input if n):
+            return
+        feeds = {n: self.alt.get(n, self.consts[n]) for n in node.input if n}
+        try:
+            alt = evaluate([node], feeds, [o for o in node.output if o], self.opset)
+        except Exception:  # noqa: BLE001 - then treat every output as batch-dependent
+            alt = [None] * len(results)
+        for name, r, ra in zip([o for o in node.output if o], [r for r, o in zip(results, node.output) if o], alt):
+            if ra is None or not np.array_equal(np.asarray(r), np.asarray(ra)):
+                self.alt[name] = np.asarray(ra) if ra is not None else np.asarray(r)
+
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> ImportResult:
         from .import_ops import FOLD_NEVER, HANDLERS
-        spec_inputs = read_inputs(self)
+        spec_inputs = self.spec_inputs = read_inputs(self)
         outputs = [o.name for o in self.graph.output]
         reserved = {}
         for o in outputs:
@@ -210,11 +231,11 @@ class Importer:
                 handler = HANDLERS.get(node.op_type)
                 if (all(v is None or isinstance(v, np.ndarray) for v in ins) and node.op_type not in FOLD_NEVER
                         and not (handler is not None and getattr(handler, "prefers_handler", False))):
-                    results = self.fold(node)
-                    if any(isinstance(r, np.ndarray) and r.size and BATCH in np.abs(r.astype(np.float64, copy=False)).ravel()
-                           and node.op_type == "ConstantOfShape" for r in results):
+                    if node.op_type == "ConstantOfShape" and node.input and node.input[0] in self.alt:
                         raise self.fail("the shape depends on the batch size; only shapes known at import "
                                         "time can be built")
+                    results = self.fold(node)
+                    self._fold_alt(node, results)
                 elif handler is None:
                     self.unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])
                     self.failed.update(node.output)
@@ -255,6 +276,10 @@ class Importer:
                 src = self.dyn[o]
                 self.add_layer({"id": lid, "type": "identity", "inputs": [src.id]}, src.shape)
                 self.output_names[o] = lid
+            if o in self.consts:
+                raise OnnxError(f"graph output '{o}' is a constant (an initializer, or computed at import time such "
+                                f"as a Shape), not computed from the inputs; cnngraph outputs are per-sample "
+                                f"tensors, so such an output is not supported")
             if o not in self.output_names:
                 raise OnnxError(f"graph output '{o}' is produced by no node, initializer or input of the model")
             spec_outputs.append(self.output_names[o])
@@ -272,12 +297,8 @@ class Importer:
         elif isinstance(r, Dyn):
             self.add_layer({"id": lid, "type": "identity", "inputs": [r.id]}, r.shape)
             self.dyn[name] = Dyn(lid, r.shape)
-        else:
-            arr = np.asarray(r, dtype=np.float32)
-            self.add_layer({"id": lid, "type": "constant", "inputs": [], "shape": list(arr.shape)}, arr.shape,
-                           {"value": arr})
-            self.dyn[name] = Dyn(lid, arr.shape)
-            del self.consts[name]
+        else:   # a constant: refused at the end (see run), unless it fails before
+            return
         self.output_names[name] = lid
 
     def _rename(self, old: str, new: str) -> None:

@@ -5,6 +5,8 @@ dimension may be dynamic, and the spec keeps the per-sample shape.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .common import OnnxError
 from .folding import Dyn
 
@@ -40,7 +42,11 @@ def read_inputs(imp) -> dict[str, dict]:
             raise OnnxError(f"input '{inp.name}' has element type "
                             f"{TensorProto.DataType.Name(elem)}; supported: float, double, float16, int32, int64")
         if inp.name in imp.input_shapes:
-            dims = [int(d) for d in imp.input_shapes[inp.name]]
+            given = list(imp.input_shapes[inp.name])
+            if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in given):
+                raise OnnxError(f"the input shape given for '{inp.name}' (--input-shape / input_shapes=) must be "
+                                f"whole numbers >= 1, found {given}")
+            dims = [int(d) for d in given]
             if tt.HasField("shape") and len(tt.shape.dim) != len(dims):
                 raise OnnxError(f"--input-shape for '{inp.name}' has {len(dims)} dimensions, the model "
                                 f"declares {len(tt.shape.dim)}")
@@ -61,11 +67,11 @@ def read_inputs(imp) -> dict[str, dict]:
                     dims.append(-1)   # dynamic batch
                 else:
                     sym = d.dim_param or "?"
+                    example = ",".join("1" if j == 0 else str(x.dim_value) if x.HasField("dim_value") else "224"
+                                       for j, x in enumerate(tt.shape.dim))
                     raise OnnxError(f"input '{inp.name}' has a symbolic dimension {i} ('{sym}'); only the "
-                                    f"batch dimension may be dynamic. Fix it with "
-                                    f"--input-shape {inp.name}=" + ",".join(
-                                        "1" if j == 0 else (str(x.dim_value) if x.HasField('dim_value') else (x.dim_param or "N"))
-                                        for j, x in enumerate(tt.shape.dim)))
+                                    f"batch dimension may be dynamic. Fix the others with --input-shape (Python: "
+                                    f"input_shapes=), e.g. --input-shape {inp.name}={example} with your sizes")
         if len(dims) < 1:
             raise OnnxError(f"input '{inp.name}' is a scalar; inputs need a batch dimension")
         if dims[0] > 0:

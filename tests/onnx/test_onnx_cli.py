@@ -113,8 +113,11 @@ def _symbolic_model():
 
 def test_symbolic_dims_need_input_shape(capsys):
     model = _symbolic_model()
-    with pytest.raises(OnnxError, match=r"symbolic dimension 2 \('H'\).*--input-shape x=1,3,H,W"):
+    with pytest.raises(OnnxError, match=r"symbolic dimension 2 \('H'\).*--input-shape x=1,3,224,224 with your"):
         import_onnx(model)
+    with pytest.raises(OnnxError, match="--input-shape"):   # the suggestion runs as written
+        import_onnx(model, input_shapes={"x": [1, 3, "H", "W"]})
+    assert import_onnx(model, input_shapes={"x": [1, 3, 224, 224]}).spec.inputs["x"].shape == [3, 224, 224]
     m = import_onnx(model, input_shapes={"x": [1, 3, 5, 6]})
     assert m.spec.inputs["x"].shape == [3, 5, 6]
     assert main_error(model, ["--input-shape", "x=1,3,5,6"]) == 0

@@ -1,0 +1,95 @@
+"""Models cnngraph must refuse clearly rather than import with wrong numbers (from an ONNX probe), and
+the one it now imports (integer image data cast to float)."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto as T
+from onnx import helper as H
+from onnx import numpy_helper as NH
+
+from cnngraph.onnx import OnnxError, import_onnx
+from onnx_build import ort_run
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    m = H.make_model(H.make_graph(nodes, "g", inputs, outputs, list(inits)), opset_imports=[H.make_opsetid("", opset)])
+    m.ir_version = 9
+    return m
+
+
+def _vi(name, shape, elem=T.FLOAT):
+    return H.make_tensor_value_info(name, elem, shape)
+
+
+def _torch(module, opset=17, **kw):
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 4, 6, 6),), f, input_names=["x"], dynamic_axes={"x": {0: "N"}},
+                          dynamo=False, opset_version=opset, **kw)
+    return onnx.load_from_string(f.getvalue())
+
+
+class _DivByBatch(torch.nn.Module):
+    def forward(self, t):
+        return t / t.shape[0]
+
+
+class _ZerosOfBatch(torch.nn.Module):
+    def forward(self, t):
+        return t + torch.zeros(t.shape[0], 4, 1, 1)
+
+
+def test_the_batch_size_used_as_a_value_is_refused_and_never_shown_as_the_stand_in():
+    with pytest.raises(OnnxError, match=r"is computed from the batch size .* cannot use it as a value"):
+        import_onnx(_torch(_DivByBatch()))
+    with pytest.raises(OnnxError, match=r"the shape depends on the batch size") as info:
+        import_onnx(_torch(_ZerosOfBatch()))
+    assert "999983" not in str(info.value)
+
+
+def test_training_mode_exports_are_refused():
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    with pytest.raises(OnnxError, match="training-mode BatchNormalization"):
+        import_onnx(_torch(net, opset=13, training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False))
+    m = _model([H.make_node("Dropout", ["x", "r", "t"], ["y"])], [_vi("x", ["N", 4])], [_vi("y", None)],
+               [NH.from_array(np.array(0.3, np.float32), "r"), NH.from_array(np.array(True), "t")], opset=13)
+    with pytest.raises(OnnxError, match="training-mode Dropout"):
+        import_onnx(m)
+
+
+def test_constant_graph_outputs_control_flow_and_batch_one_squeeze_are_refused():
+    x = [_vi("x", ["N", 4, 6, 6])]
+    shape_out = _model([H.make_node("Shape", ["x"], ["s"]), H.make_node("Relu", ["x"], ["y"])], x,
+                       [_vi("y", None), _vi("s", None, T.INT64)])
+    init_out = _model([H.make_node("Relu", ["x"], ["y"])], x, [_vi("y", None), _vi("B", [4])],
+                      [NH.from_array(np.ones(4, np.float32), "B")])
+    for m, name in ((shape_out, "s"), (init_out, "B")):
+        with pytest.raises(OnnxError, match=f"graph output '{name}' is a constant"):
+            import_onnx(m)
+    then = H.make_graph([H.make_node("Relu", ["x"], ["t"])], "then", [], [_vi("t", None)])
+    other = H.make_graph([H.make_node("Sigmoid", ["x"], ["e"])], "else", [], [_vi("e", None)])
+    branch = _model([H.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], x, [_vi("y", None)],
+                    [NH.from_array(np.array(True), "c")])
+    with pytest.raises(OnnxError, match=r"unsupported op type.*\n\s+If ×1"):
+        import_onnx(branch)
+    squeeze = _model([H.make_node("GlobalAveragePool", ["x"], ["g"]), H.make_node("Squeeze", ["g"], ["s"])],
+                     [_vi("x", [1, 4, 6, 6])], [_vi("s", [4])], opset=13)
+    with pytest.raises(OnnxError, match="Squeeze without axes removes the batch axis"):
+        import_onnx(squeeze)
+
+
+def test_integer_image_data_cast_to_float_imports_as_a_float_input():
+    w = np.random.default_rng(0).standard_normal((4, 4, 3, 3)).astype(np.float32)
+    m = _model([H.make_node("Cast", ["img"], ["x"], to=T.FLOAT), H.make_node("Conv", ["x", "W"], ["y"])],
+               [_vi("img", ["N", 4, 6, 6], T.INT64)], [_vi("y", None)], [NH.from_array(w, "W")])
+    model = import_onnx(m)
+    assert model.spec.inputs["img"].dtype == "float32"
+    img = np.random.default_rng(1).integers(0, 3, (2, 4, 6, 6))
+    np.testing.assert_allclose(model.forward({"img": img})["y"], ort_run(m, {"img": img})["y"], rtol=1e-5, atol=1e-5)
