@@ -29,7 +29,7 @@ def find_patterns(imp) -> dict:
 
 def find_gelu(imp) -> dict:
     """The exact-GELU subgraph x · 0.5 · (1 + erf(x / √2)) as PyTorch and cnngraph write it:
-    Div(x, √2) → Erf → Add(·, 1) → Mul(x, ·) → Mul(·, 0.5). Returns index of each inner node → None,
+    Div(x, √2) → Erf → Add(·, 1) → Mul(x, ·) → Mul(·, 0.5), or the Muls the other way round. Returns index of each inner node → None,
     index of the last Mul → x's name."""
     nodes = list(imp.graph.node)
     producer = {o: k for k, n in enumerate(nodes) for o in n.output}
@@ -69,13 +69,16 @@ def find_gelu(imp) -> dict:
         add = node_of(ka, "Add")
         if add is None or not scalar(add.input[1] if add.input[0] == erf.output[0] else add.input[0], 1.0):
             continue
+        # then two Muls by x and by 0.5, in either order (TorchScript: x first; dynamo: 0.5 first)
         km = only_user(add.output[0])
         mul1 = node_of(km, "Mul")
-        if mul1 is None or x not in mul1.input:
+        first = None if mul1 is None else (mul1.input[1] if mul1.input[0] == add.output[0] else mul1.input[0])
+        if first is None or not (first == x or scalar(first, 0.5)):
             continue
         kh = only_user(mul1.output[0])
         mul2 = node_of(kh, "Mul")
-        if mul2 is None or not scalar(mul2.input[1] if mul2.input[0] == mul1.output[0] else mul2.input[0], 0.5):
+        second = None if mul2 is None else (mul2.input[1] if mul2.input[0] == mul1.output[0] else mul2.input[0])
+        if second is None or not (second == x if first != x else scalar(second, 0.5)):
             continue
         out.update({kd: None, ke: None, ka: None, km: None, kh: x})
     return out

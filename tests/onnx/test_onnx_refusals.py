@@ -93,3 +93,18 @@ def test_integer_image_data_cast_to_float_imports_as_a_float_input():
     assert model.spec.inputs["img"].dtype == "float32"
     img = np.random.default_rng(1).integers(0, 3, (2, 4, 6, 6))
     np.testing.assert_allclose(model.forward({"img": img})["y"], ort_run(m, {"img": img})["y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_first", [True, False])
+def test_exact_gelu_is_one_layer_whichever_mul_comes_first(x_first):
+    """TorchScript writes Mul(x, 1 + erf) then Mul(., 0.5); the dynamo exporter Mul(0.5, 1 + erf) then Mul(x, .)."""
+    c = {"r2": np.array(np.sqrt(2), np.float32), "one": np.array(1, np.float32), "half": np.array(0.5, np.float32)}
+    muls = ([H.make_node("Mul", ["x", "a"], ["m"]), H.make_node("Mul", ["m", "half"], ["y"])] if x_first else
+            [H.make_node("Mul", ["half", "a"], ["m"]), H.make_node("Mul", ["x", "m"], ["y"])])
+    m = _model([H.make_node("Div", ["x", "r2"], ["d"]), H.make_node("Erf", ["d"], ["e"]),
+                H.make_node("Add", ["e", "one"], ["a"]), *muls], [_vi("x", ["N", 5])], [_vi("y", None)],
+               [NH.from_array(v, k) for k, v in c.items()], opset=18)
+    model = import_onnx(m)
+    assert [layer.type for layer in model.spec.layers] == ["gelu"]
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.forward({"x": x})["y"], ort_run(m, {"x": x})["y"], rtol=1e-5, atol=1e-6)
