@@ -283,3 +283,22 @@ outputs: [p]
     import re
     assert [re.search(r"did you mean '(\w+)'", p.message).group(1) for p in err.problems] == [
         "conv2d", "relu", "max_pool2d"]
+
+
+def test_scalars_of_the_wrong_type_are_refused_not_converted(tmp_path):
+    """Lax conversion would build a 1-channel conv from `out_channels: true` and turn `affine: "off"` off."""
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: c1, type: conv2d, out_channels: true, kernel_size: 3}
+  - {id: c2, type: conv2d, out_channels: "8", kernel_size: 3, bias: "yes"}
+  - {id: bn, type: batch_norm2d, affine: "off"}
+  - {id: a, type: leaky_relu, negative_slope: true}
+  - {id: c3, type: conv2d, out_channels: 4, kernel_size: 3, bias: 0}
+outputs: [c3]
+""")
+    assert [(p.path, p.message.split(") ", 1)[1]) for p in err.problems] == [
+        ("layers[0].out_channels", "Input should be a valid integer (found True)"),
+        ("layers[1].out_channels", "Input should be a valid integer (found '8')"),
+        ("layers[1].bias", "Input should be a valid boolean (found 'yes')"),
+        ("layers[2].affine", "Input should be a valid boolean (found 'off')"),
+        ("layers[3].negative_slope", "Input should be a valid number (found True)"),
+        ("layers[4].bias", "Input should be a valid boolean (found 0)")]
