@@ -74,8 +74,16 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         stats = [p[k] if update_stats else p[k].clone() for k in ("running_mean", "running_var")]
         return F.batch_norm(t[0], *stats, p.get("weight"), p.get("bias"),
                             training=training, momentum=layer.get("momentum", 0.1), eps=layer.get("eps", 1e-5))
+    if typ == "group_norm":
+        return F.group_norm(t[0], layer["num_groups"], p.get("weight"), p.get("bias"), layer.get("eps", 1e-5))
     if typ == "flatten":
         return torch.flatten(t[0], 1)
+    if typ == "pixel_shuffle":
+        r = layer["upscale_factor"]
+        if layer.get("mode", "crd") == "crd":
+            return F.pixel_shuffle(t[0], r)
+        n, c, h, w = t[0].shape   # DCR (ONNX DepthToSpace's default): the block offset is the slow channel index
+        return t[0].reshape(n, r, r, c // (r * r), h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, -1, h * r, w * r)
     if typ == "upsample2d":
         mode = layer.get("mode", "nearest")
         extra = {"align_corners": layer.get("align_corners", False)} if mode == "bilinear" else {}
@@ -89,6 +97,10 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         return F.leaky_relu(t[0], layer["negative_slope"])
     if typ == "elu":
         return F.elu(t[0], layer["alpha"])
+    if typ == "prelu":
+        return F.prelu(t[0], p["weight"])
+    if typ == "softplus":
+        return F.softplus(t[0], layer.get("beta", 1.0), layer.get("threshold", 20.0))
     if typ == "gelu":
         return F.gelu(t[0], approximate=layer.get("approximate", "none"))
     if typ == "softmax":

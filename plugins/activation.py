@@ -12,7 +12,8 @@ from cnngraph.hookspecs import hookimpl
 from cnngraph.kernels._parallel import contiguous_alike, run_blocks
 from cnngraph.op import Context, Op, OpParams
 
-__all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "sigmoid", "erf"]
+__all__ = ["ReLU", "LeakyReLU", "PReLU", "ELU", "GELU", "Softplus", "Tanh", "Sigmoid", "Softmax", "LogSoftmax",
+           "sigmoid", "erf"]
 
 
 def sigmoid(x):
@@ -98,6 +99,51 @@ class LeakyReLU(_Elementwise):
         return [xp_of(x).where(x > 0, gy, gy * x.dtype.type(self.p.negative_slope))], {}
 
 
+class PReLUParams(OpParams):
+    shared: bool = Field(False, description="one slope for every channel instead of one per channel")
+
+
+class PReLU(_Elementwise):
+    """x if x > 0 else weight[c] * x, with a learnable slope per channel (axis 1), or one shared slope,
+    initialised to 0.25, as torch.nn.PReLU(num_parameters=C or 1)."""
+
+    type = "prelu"
+    Params = PReLUParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({"shared": True}, [(3, 4, 4)]), ({}, [(7,)])]
+
+    def infer_shape(self, in_shapes):
+        from cnngraph.errors import ShapeError
+        (shape,) = in_shapes
+        if len(shape) < 1:
+            raise ShapeError("prelu needs a channel axis: found a scalar per sample")
+        return shape
+
+    def init_params(self, in_shapes, rng):
+        return {"weight": np.full(1 if self.p.shared else in_shapes[0][0], 0.25, np.float32)}
+
+    def _slope(self, w, x):
+        return w.astype(x.dtype, copy=False).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        w = self._slope(params["weight"], x)
+        ctx.save(x=x, w=w)
+        return xp_of(x).where(x > 0, x, w * x)
+
+    def backward(self, ctx, gy):
+        x, w = ctx.saved["x"], ctx.saved["w"]
+        xp = xp_of(x)
+        gw = gy * xp.minimum(x, 0)
+        gw = gw.sum() if self.p.shared else gw.sum(axis=(0,) + tuple(range(2, gy.ndim)))
+        return [xp.where(x > 0, gy, w * gy)], {"weight": gw.reshape(-1)}
+
+    def flops(self, in_shapes, out_shape):
+        return 2 * math.prod(out_shape)
+
+
 class ELUParams(OpParams):
     alpha: float = 1.0
 
@@ -163,6 +209,38 @@ class GELU(_Elementwise):
             return [gy * (t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * d_inner)], {}
         pdf = xp.exp(t(-0.5) * x * x) * t(1 / math.sqrt(2 * math.pi))
         return [gy * (ctx.saved["cdf"] + x * pdf)], {}
+
+
+class SoftplusParams(OpParams):
+    beta: float = Field(1.0, gt=0)
+    threshold: float = Field(20.0, description="linear (y = x) where beta * x exceeds it, for stability")
+
+
+class Softplus(_Elementwise):
+    """log(1 + exp(beta * x)) / beta, as torch.nn.Softplus (ONNX Softplus is beta 1 without the
+    threshold; above it the two differ by less than exp(-20))."""
+
+    type = "softplus"
+    Params = SoftplusParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({"beta": 2.0, "threshold": 1.0}, [(7,)])]
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        bx = x * x.dtype.type(self.p.beta)
+        linear = bx > self.p.threshold
+        ctx.save(bx=bx, linear=linear)
+        return xp.where(linear, x, xp.logaddexp(x.dtype.type(0), bx) / x.dtype.type(self.p.beta))
+
+    def backward(self, ctx, gy):
+        bx, linear = ctx.saved["bx"], ctx.saved["linear"]
+        return [xp_of(gy).where(linear, gy, gy * sigmoid(bx))], {}
+
+    def flops(self, in_shapes, out_shape):
+        return 3 * math.prod(out_shape)
 
 
 class Tanh(_Elementwise):
@@ -280,5 +358,5 @@ class LogSoftmax(_AxisOp):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (ReLU, LeakyReLU, ELU, GELU, Tanh, Sigmoid, HardSigmoid, Softmax, LogSoftmax):
+    for op in (ReLU, LeakyReLU, PReLU, ELU, GELU, Softplus, Tanh, Sigmoid, HardSigmoid, Softmax, LogSoftmax):
         registry.add(op)

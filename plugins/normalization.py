@@ -1,4 +1,4 @@
-"""Batch normalisation."""
+"""Batch and group normalisation."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
 
-__all__ = ["BatchNorm2d"]
+__all__ = ["BatchNorm2d", "GroupNorm"]
 
 
 class BatchNormParams(OpParams):
@@ -114,6 +114,72 @@ class BatchNorm2d(Op):
         return 2 * math.prod(out_shape)
 
 
+class GroupNormParams(OpParams):
+    num_groups: int = Field(..., ge=1, description="channels are split into this many groups (C for instance norm)")
+    eps: float = Field(1e-5, gt=0)
+    affine: bool = True
+
+
+class GroupNorm(Op):
+    """Normalises each sample over groups of channels (and all positions), then scales and shifts per
+    channel, as torch.nn.GroupNorm; num_groups = C is instance norm, 1 layer norm over (C, H, W). The
+    same in training and inference, and independent of the batch."""
+
+    type = "group_norm"
+    Params = GroupNormParams
+
+    @classmethod
+    def examples(cls):
+        return [({"num_groups": 2}, [(4, 3, 3)]), ({"num_groups": 3, "affine": False, "eps": 1e-3}, [(3, 2, 5)]),
+                ({"num_groups": 1}, [(6,)])]
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) < 1:
+            raise ShapeError("group_norm needs a channel axis: found a scalar per sample")
+        if shape[0] % self.p.num_groups:
+            raise ShapeError(f"group_norm: {shape[0]} channels do not split into num_groups={self.p.num_groups} "
+                             f"equal groups")
+        return shape
+
+    def init_params(self, in_shapes, rng):
+        c = in_shapes[0][0]
+        return {"weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)} if self.p.affine else {}
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        n, g = x.shape[0], self.p.num_groups
+        xg = x.reshape(n, g, -1)
+        xc = xg - xg.mean(axis=2, keepdims=True)
+        inv_std = 1 / xp.sqrt((xc * xc).mean(axis=2, keepdims=True) + x.dtype.type(self.p.eps))
+        xhat = (xc * inv_std).reshape(x.shape)
+        ctx.save(xhat=xhat, inv_std=inv_std, weight=params.get("weight"))
+        if not self.p.affine:
+            return xhat
+        return xhat * BatchNorm2d._bc(params["weight"], x) + BatchNorm2d._bc(params["bias"], x)
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        xhat = s["xhat"]
+        grads = {}
+        g = gy
+        if self.p.affine:
+            axes = (0,) + tuple(range(2, gy.ndim))
+            grads = {"weight": (gy * xhat).sum(axis=axes), "bias": gy.sum(axis=axes)}
+            g = gy * BatchNorm2d._bc(s["weight"], gy)
+        if not ctx.need_grad(0):
+            return [None], grads
+        n, groups = gy.shape[0], self.p.num_groups
+        g, xh = g.reshape(n, groups, -1), xhat.reshape(n, groups, -1)
+        dx = (g - g.mean(axis=2, keepdims=True) - xh * (g * xh).mean(axis=2, keepdims=True)) * s["inv_std"]
+        return [dx.reshape(gy.shape)], grads
+
+    def flops(self, in_shapes, out_shape):
+        return 4 * math.prod(out_shape)
+
+
 @hookimpl
 def cnngraph_register_ops(registry):
     registry.add(BatchNorm2d)
+    registry.add(GroupNorm)

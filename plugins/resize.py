@@ -1,5 +1,5 @@
-"""Upsampling (decoders, U-Nets, feature pyramids): nearest and bilinear, as torch.nn.functional.interpolate
-with ``scale_factor`` (and ONNX Resize)."""
+"""Upsampling (decoders, U-Nets, feature pyramids, super-resolution): nearest and bilinear, as
+torch.nn.functional.interpolate with ``scale_factor`` (and ONNX Resize), and pixel shuffle (ONNX DepthToSpace)."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
 
-__all__ = ["Upsample2d", "interpolation_matrix"]
+__all__ = ["Upsample2d", "PixelShuffle", "interpolation_matrix"]
 
 
 class UpsampleParams(OpParams):
@@ -129,6 +129,66 @@ class Upsample2d(Op):
         return 4 * math.prod(out_shape)
 
 
+class PixelShuffleParams(OpParams):
+    upscale_factor: int = Field(..., ge=1)
+    mode: Literal["crd", "dcr"] = Field("crd", description="channel order of each r x r block: crd as "
+                                                           "torch.nn.PixelShuffle, dcr as ONNX DepthToSpace's default")
+
+
+class PixelShuffle(Op):
+    """Rearranges (C·r², H, W) into (C, H·r, W·r): each input channel fills one offset of the r x r blocks
+    of one output channel (sub-pixel convolution). A pure permutation, so backward is its inverse."""
+
+    type = "pixel_shuffle"
+    Params = PixelShuffleParams
+
+    @classmethod
+    def examples(cls):
+        return [({"upscale_factor": 2}, [(8, 3, 2)]), ({"upscale_factor": 3, "mode": "dcr"}, [(9, 2, 2)]),
+                ({"upscale_factor": 1}, [(2, 2, 3)])]
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        r = self.p.upscale_factor
+        if len(shape) != 3:
+            raise ShapeError(f"pixel_shuffle expects a (C, H, W) input per sample, found {tuple(shape)}")
+        if shape[0] % (r * r):
+            raise ShapeError(f"pixel_shuffle with upscale_factor {r} needs channels divisible by {r * r}, "
+                             f"found {shape[0]}")
+        return (shape[0] // (r * r), shape[1] * r, shape[2] * r)
+
+    def _split(self, n, c, h, w):
+        """The 6-D view of the input, and the permutation that takes it to (n, c, h, r, w, r)."""
+        r = self.p.upscale_factor
+        if self.p.mode == "crd":
+            return (n, c, r, r, h, w), (0, 1, 4, 2, 5, 3)
+        return (n, r, r, c, h, w), (0, 3, 4, 1, 5, 2)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        n, _, h, w = x.shape
+        c, ho, wo = self.infer_shape([x.shape[1:]])
+        view, perm = self._split(n, c, h, w)
+        return xp.ascontiguousarray(x.reshape(view).transpose(perm)).reshape(n, c, ho, wo)
+
+    def backward(self, ctx, gy):
+        xp = xp_of(gy)
+        n, c, ho, wo = gy.shape
+        r = self.p.upscale_factor
+        _, perm = self._split(n, c, ho // r, wo // r)
+        g = gy.reshape(n, c, ho // r, r, wo // r, r).transpose(tuple(np.argsort(perm)))
+        return [xp.ascontiguousarray(g).reshape(n, -1, ho // r, wo // r)], {}
+
+    def source_positions(self, axis, pos, n_in, n_out):
+        """Output position o reads input position o // r (receptive fields)."""
+        return [(np.floor_divide(pos, self.p.upscale_factor).astype(np.int64), np.ones(len(pos), bool))]
+
+    def flops(self, in_shapes, out_shape):
+        return 0
+
+
 @hookimpl
 def cnngraph_register_ops(registry):
     registry.add(Upsample2d)
+    registry.add(PixelShuffle)

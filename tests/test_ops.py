@@ -46,6 +46,9 @@ CASES = {
     "global_max_pool2d": ({"type": "global_max_pool2d"}, [(3, 4, 5)], {}, False),
     "batch_norm2d_train": ({"type": "batch_norm2d"}, [(3, 4, 4)], {}, True),
     "batch_norm2d_eval": ({"type": "batch_norm2d"}, [(3, 4, 4)], {}, False),
+    "group_norm": ({"type": "group_norm", "num_groups": 2}, [(4, 3, 3)], {}, False),
+    "group_norm_instance": ({"type": "group_norm", "num_groups": 3, "eps": 1e-3}, [(3, 2, 5)], {}, True),
+    "group_norm_plain_flat": ({"type": "group_norm", "num_groups": 1, "affine": False}, [(6,)], {}, False),
     "dropout_train": ({"type": "dropout", "p": 0.3}, [(4, 5)], {}, True),
     "flatten": ({"type": "flatten"}, [(2, 3, 4)], {}, False),
     "upsample2d_nearest": ({"type": "upsample2d", "scale_factor": [2, 3]}, [(2, 3, 4)], {}, False),
@@ -53,9 +56,15 @@ CASES = {
     "upsample2d_bilinear": ({"type": "upsample2d", "scale_factor": 2, "mode": "bilinear"}, [(2, 3, 4)], {}, False),
     "upsample2d_bilinear_corners": ({"type": "upsample2d", "scale_factor": [2.5, 1.5], "mode": "bilinear",
                                      "align_corners": True}, [(2, 3, 4)], {}, False),
+    "pixel_shuffle": ({"type": "pixel_shuffle", "upscale_factor": 2}, [(8, 3, 2)], {}, False),
+    "pixel_shuffle_dcr": ({"type": "pixel_shuffle", "upscale_factor": 3, "mode": "dcr"}, [(18, 2, 3)], {}, False),
     "relu": ({"type": "relu"}, [(3, 4)], {}, False),
     "leaky_relu": ({"type": "leaky_relu", "negative_slope": 0.2}, [(3, 4)], {}, False),
+    "prelu": ({"type": "prelu"}, [(3, 4, 5)], {}, False),
+    "prelu_shared": ({"type": "prelu", "shared": True}, [(3, 4)], {}, False),
     "elu": ({"type": "elu", "alpha": 0.7}, [(3, 4)], {}, False),
+    "softplus": ({"type": "softplus"}, [(3, 4)], {}, False),
+    "softplus_beta_threshold": ({"type": "softplus", "beta": 2.0, "threshold": 1.5}, [(3, 4)], {}, False),
     "gelu": ({"type": "gelu"}, [(3, 4)], {}, False),
     "gelu_tanh": ({"type": "gelu", "approximate": "tanh"}, [(3, 4)], {}, False),
     "tanh": ({"type": "tanh"}, [(3, 4)], {}, False),
@@ -95,9 +104,10 @@ def test_backward_matches_finite_differences(case):
     layer, shapes, ints, training = CASES[case]
     spec = one_layer_spec(layer, shapes, ints)
     feeds = _feeds(shapes, ints)
-    if layer["type"] in ("max_pool2d", "global_max_pool2d", "relu", "leaky_relu"):
+    if layer["type"] in ("max_pool2d", "global_max_pool2d", "relu", "leaky_relu", "prelu", "softplus"):
         # keep values away from ties/kinks so finite differences are well defined
-        # (k + 0.5) / 7 - 2 is never 0 (the kink of relu and leaky_relu) and never ties
+        # (k + 0.5) / 7 - 2 is never 0 (the kink of relu, leaky_relu and prelu), never ties and never
+        # softplus_beta_threshold's switch at 0.75
         feeds["x0"] = ((RNG.permutation(feeds["x0"].size).reshape(feeds["x0"].shape) + 0.5) / 7.0 - 2).astype(np.float32)
     check_gradients(spec, feeds, training=training)
 
@@ -123,6 +133,10 @@ def test_forward_matches_torch(case):
         pytest.skip("random; covered by test_dropout_statistics")
     model = cnngraph.compile(one_layer_spec(layer, shapes, ints), seed=1)
     feeds = _feeds(shapes, ints, batch=4)
+    if layer["type"] in ("prelu", "group_norm") and "op.weight" in model.params:   # not the constant init
+        model.params["op.weight"] = rand(*model.params["op.weight"].shape)
+    if layer["type"] == "group_norm" and "op.bias" in model.params:
+        model.params["op.bias"] = rand(shapes[0][0])
     if layer["type"] == "batch_norm2d":
         model.params["op.running_mean"] = rand(shapes[0][0])
         model.params["op.running_var"] = RNG.uniform(0.5, 2, shapes[0][0]).astype(np.float32)
@@ -131,6 +145,26 @@ def test_forward_matches_torch(case):
     params = {k.split(".", 1)[1]: torch.from_numpy(np.asarray(v)) for k, v in model.params.items()}
     ref = torch_layer(layer, [torch.from_numpy(feeds[f"x{i}"]) for i in range(len(shapes))], params, training).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["prelu", "prelu_shared", "softplus", "softplus_beta_threshold", "group_norm",
+                                  "group_norm_instance", "group_norm_plain_flat", "pixel_shuffle", "pixel_shuffle_dcr"])
+def test_forward_and_gradients_match_torch_in_float64(case):
+    """The newer ops against torch autograd in float64, with random (not the initial constant) weights."""
+    from cnngraph.torchref import torch_graph
+    layer, shapes, ints, training = CASES[case]
+    model = cnngraph.compile(one_layer_spec(layer, shapes, ints), dtype="float64", seed=1)
+    for name in model.trainable_names:
+        model.params[name] = RNG.standard_normal(model.params[name].shape)
+    feeds = {k: v.astype(np.float64) * 3 for k, v in _feeds(shapes, ints, batch=4).items()}
+    out = model.forward(feeds, training=training, grad=True)["op"]
+    gy = RNG.standard_normal(out.shape)
+    grads = model.backward({"op": gy})
+    ref, leaves, inputs = torch_graph(model, feeds, training=training)
+    np.testing.assert_allclose(out, ref["op"].detach().numpy(), rtol=1e-12, atol=1e-12)
+    ref["op"].backward(torch.from_numpy(gy))
+    for name, t in {**leaves, **inputs}.items():
+        np.testing.assert_allclose(grads[name], t.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 def test_batch_norm_running_stats_match_torch():

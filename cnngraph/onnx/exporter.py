@@ -78,6 +78,7 @@ _ONE_NODE = {
     "relu": ("Relu", None), "sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
     "leaky_relu": ("LeakyRelu", lambda p: {"alpha": float(p.negative_slope)}),
     "elu": ("Elu", lambda p: {"alpha": float(p.alpha)}),
+    "pixel_shuffle": ("DepthToSpace", lambda p: {"blocksize": int(p.upscale_factor), "mode": p.mode.upper()}),
     "hard_sigmoid": ("HardSigmoid", lambda p: {"alpha": float(p.alpha), "beta": float(p.beta)}),
     "softmax": ("Softmax", lambda p: {"axis": int(p.axis)}),
     "log_softmax": ("LogSoftmax", lambda p: {"axis": int(p.axis)}),
@@ -146,6 +147,61 @@ def _bn(c, lid, op, ins, attrs):
         bias = c.const(lid, "shift", np.zeros(ch, np.float32))
     c.node("BatchNormalization", [ins[0], scale, bias, c.weight(lid, "running_mean"), c.weight(lid, "running_var")],
            [lid], lid, epsilon=float(op.p.eps), momentum=float(1 - op.p.momentum))
+    return lid
+
+
+@exports("group_norm")
+def _group_norm(c, lid, op, ins, attrs):
+    """InstanceNormalization when each channel is a group; otherwise GroupNormalization from opset 21 (per-channel
+    scale), and before it PyTorch's form: Reshape to (N, G, -1), InstanceNormalization, Reshape, Mul, Add."""
+    shape = list(attrs["in_shapes"][0])
+    ch, groups, eps = shape[0], op.p.num_groups, float(op.p.eps)
+    if (groups == ch and len(shape) >= 2) or c.opset >= 21:
+        if op.p.affine:
+            scale, bias = c.weight(lid, "weight"), c.weight(lid, "bias")
+        else:
+            scale = c.const(lid, "scale", np.ones(ch, np.float32))
+            bias = c.const(lid, "shift", np.zeros(ch, np.float32))
+        if groups == ch and len(shape) >= 2:
+            c.node("InstanceNormalization", [ins[0], scale, bias], [lid], lid, epsilon=eps)
+        else:
+            c.node("GroupNormalization", [ins[0], scale, bias], [lid], lid, epsilon=eps, num_groups=groups)
+        return lid
+    c.node("Reshape", [ins[0], c.const(lid, "groups", np.array([0, groups, -1], np.int64))], [f"{lid}::g"],
+           f"{lid}::g")
+    c.node("InstanceNormalization", [f"{lid}::g", c.const(lid, "ones", np.ones(groups, np.float32)),
+                                     c.const(lid, "zeros", np.zeros(groups, np.float32))], [f"{lid}::n"],
+           f"{lid}::norm", epsilon=eps)
+    c.node("Reshape", [f"{lid}::n", c.const(lid, "shape", np.array([0, *shape], np.int64))],
+           [f"{lid}::x" if op.p.affine else lid], f"{lid}::x" if op.p.affine else lid)
+    if not op.p.affine:
+        return lid
+    per_channel = (ch,) + (1,) * (len(shape) - 1)
+    c.node("Mul", [f"{lid}::x", c.init(f"{lid}.weight", np.asarray(c.params[f"{lid}.weight"], np.float32)
+                                      .reshape(per_channel))], [f"{lid}::s"], f"{lid}::scale")
+    c.node("Add", [f"{lid}::s", c.init(f"{lid}.bias", np.asarray(c.params[f"{lid}.bias"], np.float32)
+                                      .reshape(per_channel))], [lid], lid)
+    return lid
+
+
+@exports("prelu")
+def _prelu(c, lid, op, ins, attrs):
+    # the slope broadcasts from the right in ONNX: one per channel is (C, 1, ..., 1)
+    w = np.asarray(c.params[f"{lid}.weight"], np.float32)
+    rest = 0 if op.p.shared else len(attrs["in_shapes"][0]) - 1
+    c.node("PRelu", [ins[0], c.init(f"{lid}.weight", w.reshape(w.shape + (1,) * rest))], [lid], lid)
+    return lid
+
+
+@exports("softplus")
+def _softplus(c, lid, op, ins, attrs):
+    beta = float(op.p.beta)
+    if beta == 1.0:
+        c.node("Softplus", ins, [lid], lid)
+        return lid
+    c.node("Mul", [ins[0], c.const(lid, "beta", np.array(beta, np.float32))], [f"{lid}::bx"], f"{lid}::bx")
+    c.node("Softplus", [f"{lid}::bx"], [f"{lid}::sp"], f"{lid}::sp")
+    c.node("Div", [f"{lid}::sp", c.const(lid, "beta_div", np.array(beta, np.float32))], [lid], lid)
     return lid
 
 

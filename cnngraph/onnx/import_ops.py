@@ -244,6 +244,50 @@ def batch_norm(imp, node, a):
     return [imp.emit("batch_norm2d", [x], params, weights)] + [None] * (len(node.output) - 1)
 
 
+def _channel_vector(imp, x, value, what):
+    """A per-channel input of an (N, C, ...) node (scale, bias, slope) as a (C,) array."""
+    v = np.asarray(value, np.float32).reshape(-1)
+    if v.size != x.shape[0]:
+        raise imp.fail(f"{what} has {v.size} values for {x.shape[0]} channels")
+    return v
+
+
+@handles("InstanceNormalization")
+def instance_norm(imp, node, a):
+    """Per-sample, per-channel normalisation over the positions: group_norm with one group per channel."""
+    x = imp.dyn_of(node.input[0])
+    if len(x.shape) < 2:
+        raise imp.fail(f"InstanceNormalization needs (N, C, D1, ...) inputs, found per-sample shape {x.shape}")
+    scale, bias = (_channel_vector(imp, x, imp.const(n, w), w) for n, w in zip(node.input[1:3], ("scale", "B")))
+    params = {"num_groups": int(x.shape[0])}
+    eps = float(a.get("epsilon", 1e-5))
+    if abs(eps - 1e-5) > 1e-12:
+        params["eps"] = eps
+    return [imp.emit("group_norm", [x], params, {"weight": scale, "bias": bias})]
+
+
+@handles("GroupNormalization")
+def group_norm(imp, node, a):
+    """Opset 21's per-channel scale and bias, or opset 18's per-group ones (each repeated over its group's
+    channels, which is the same function)."""
+    x = imp.dyn_of(node.input[0])
+    groups = int(a["num_groups"])
+    if len(x.shape) < 1 or groups < 1 or x.shape[0] % groups:
+        raise imp.fail(f"{groups} groups do not split per-sample shape {x.shape} into equal channel groups")
+    scale, bias = (np.asarray(imp.const(n, w), np.float32).reshape(-1) for n, w in zip(node.input[1:3], ("scale", "bias")))
+    if imp.opset < 21:
+        if scale.size != groups or bias.size != groups:
+            raise imp.fail(f"opset {imp.opset}'s GroupNormalization takes one scale and bias per group ({groups}), "
+                           f"found {scale.size} and {bias.size}")
+        scale, bias = (np.repeat(v, x.shape[0] // groups) for v in (scale, bias))
+    scale, bias = _channel_vector(imp, x, scale, "scale"), _channel_vector(imp, x, bias, "bias")
+    params = {"num_groups": groups}
+    eps = float(a.get("epsilon", 1e-5))
+    if abs(eps - 1e-5) > 1e-12:
+        params["eps"] = eps
+    return [imp.emit("group_norm", [x], params, {"weight": scale, "bias": bias})]
+
+
 @handles("LRN")
 def lrn(imp, node, a):
     x = imp.dyn_of(node.input[0])
@@ -278,6 +322,27 @@ def hard_swish(imp, node, a):
 @handles("LeakyRelu")
 def leaky(imp, node, a):
     return [imp.emit("leaky_relu", [imp.dyn_of(node.input[0])], {"negative_slope": float(a.get("alpha", 0.01))})]
+
+
+@handles("PRelu")
+def prelu(imp, node, a):
+    """A constant slope that is one value, or one per channel (axis 1) after ONNX's right-aligned broadcast:
+    (C, 1, 1) for images, (C,) only for (N, C) inputs."""
+    x = imp.dyn_of(node.input[0])
+    slope = np.asarray(imp.const(node.input[1], "slope"), np.float32)
+    rank = len(x.shape) + 1
+    if slope.size == 1 and slope.ndim <= rank:
+        return [imp.emit("prelu", [x], {"shared": True}, {"weight": slope.reshape(1)})]
+    full = (1,) * (rank - slope.ndim) + slope.shape
+    if len(full) != rank or full[1] != x.shape[0] or math.prod(full) != x.shape[0]:
+        raise imp.fail(f"only a shared slope or one per channel is supported: slope of shape {slope.shape} "
+                       f"against per-sample shape {x.shape} (per channel would be {(x.shape[0],) + (1,) * (rank - 2)})")
+    return [imp.emit("prelu", [x], {}, {"weight": slope.reshape(-1)})]
+
+
+@handles("Softplus")
+def softplus(imp, node, a):
+    return [imp.emit("softplus", [imp.dyn_of(node.input[0])])]
 
 
 @handles("Elu")
@@ -661,6 +726,18 @@ def resize(imp, node, a):
                        f"{nearest!r} is not supported (nearest asymmetric floor, and linear with align_corners, "
                        f"half_pixel or pytorch_half_pixel, are)")
     return [imp.emit("upsample2d", [x], params)]
+
+
+@handles("DepthToSpace")
+def depth_to_space(imp, node, a):
+    """pixel_shuffle: mode CRD is torch.nn.PixelShuffle's channel order, DCR (the default, and the only mode
+    before opset 11) the other one."""
+    x = imp.dyn_of(node.input[0])
+    mode = str(a.get("mode", "DCR")).upper() if imp.opset >= 11 else "DCR"
+    if mode not in ("CRD", "DCR"):
+        raise imp.fail(f"unknown DepthToSpace mode {mode!r} (CRD and DCR are)")
+    params = {"upscale_factor": int(a["blocksize"])} | ({"mode": "dcr"} if mode == "DCR" else {})
+    return [imp.emit("pixel_shuffle", [x], params)]
 
 
 @handles("Pad")

@@ -73,6 +73,23 @@ TENSOR = {
     "outputs": ["out"],
 }
 
+NORM = {
+    "name": "norm_ops",
+    "inputs": {"x": {"shape": [8, 5, 6]}},
+    "layers": [
+        {"id": "c1", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"id": "p1", "type": "prelu"},
+        {"id": "gn", "type": "group_norm", "num_groups": 4, "eps": 0.001},
+        {"id": "inorm", "type": "group_norm", "num_groups": 8},
+        {"id": "ps", "type": "pixel_shuffle", "upscale_factor": 2},
+        {"id": "c2", "type": "conv2d", "out_channels": 8, "kernel_size": 1},
+        {"id": "ps2", "type": "pixel_shuffle", "upscale_factor": 2, "mode": "dcr"},
+        {"id": "sp", "type": "softplus"},
+        {"id": "p2", "type": "prelu", "shared": True},
+    ],
+    "outputs": ["p2"],
+}
+
 
 def _random_params(model):
     for name in model.params:
@@ -107,7 +124,7 @@ def _structure(spec):
     return out
 
 
-@pytest.mark.parametrize("spec_dict,opset", [(CNN, 13), (CNN, 17), (CNN, 20), (TENSOR, 17), (TENSOR, 18)])
+@pytest.mark.parametrize("spec_dict,opset", [(CNN, 13), (CNN, 17), (CNN, 20), (TENSOR, 17), (TENSOR, 18), (NORM, 21)])
 def test_export_runs_in_onnxruntime_and_round_trips(spec_dict, opset, tmp_path):
     model = cnngraph.compile(spec_dict)
     _random_params(model)
@@ -144,3 +161,26 @@ def test_export_rejects_bad_opset_and_loss_only_outputs():
 def test_export_without_weights_warns(tmp_path):
     with pytest.warns(UserWarning, match="random"):
         export_onnx(TENSOR, tmp_path / "t.onnx")
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_group_norm_before_opset_21_exports_as_torch_does_and_imports_back(opset, tmp_path):
+    """Below opset 21 a group_norm with several channels per group is PyTorch's Reshape → InstanceNormalization
+    → Reshape → Mul → Add (and softplus with beta ≠ 1 scales around Softplus): ONNX Runtime and the import agree."""
+    spec = {**NORM, "layers": NORM["layers"] + [
+        {"id": "flat_gn", "type": "group_norm", "num_groups": 2, "affine": False, "inputs": "gn"},
+        {"id": "sp2", "type": "softplus", "beta": 2.0, "threshold": 40}], "outputs": ["p2", "flat_gn", "sp2"]}
+    model = cnngraph.compile(spec)
+    _random_params(model)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, opset=opset)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"InstanceNormalization", "PRelu", "Softplus", "DepthToSpace"} <= ops and "GroupNormalization" not in ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    feeds = _feeds(spec, 3)
+    want = model.forward(feeds, outputs=names)
+    back = import_onnx(path).forward(feeds)
+    for k, got in zip(names, sess.run(None, feeds)):
+        np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(back[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)

@@ -164,6 +164,21 @@ CASES = {
     "hard_sigmoid": ([N("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)], {"x": X4}, {}, 13),
     "hard_sigmoid_defaults": ([N("HardSigmoid", ["x"], ["y"])], {"x": X4}, {}, 7),
     "hard_swish": ([N("HardSwish", ["x"], ["y"])], {"x": X4}, {}, 14),
+    "softplus": ([N("Softplus", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "prelu_per_channel": ([N("PRelu", ["x", "s"], ["y"])], {"x": X4}, {"s": rand(4, 1, 1)}, 16),
+    "prelu_shared": ([N("PRelu", ["x", "s"], ["y"])], {"x": X4}, {"s": rand(1)}, 9),
+    "prelu_dense": ([N("PRelu", ["x", "s"], ["y"])], {"x": (3, 5)}, {"s": rand(5)}, 13),
+    "instance_norm": ([N("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)], {"x": X4},
+                      {"s": rand(4), "b": rand(4)}, 13),
+    "instance_norm_opset7": ([N("InstanceNormalization", ["x", "s", "b"], ["y"])], {"x": (2, 3, 5)},
+                             {"s": rand(3), "b": rand(3)}, 7),
+    "group_norm21": ([N("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2, epsilon=1e-4)], {"x": X4},
+                     {"s": rand(4), "b": rand(4)}, 21),
+    "group_norm18_per_group": ([N("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2)], {"x": X4},
+                               {"s": rand(2), "b": rand(2)}, 18),
+    "depth_to_space_crd": ([N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 8, 3, 5)}, {}, 13),
+    "depth_to_space_dcr": ([N("DepthToSpace", ["x"], ["y"], blocksize=2)], {"x": (2, 8, 3, 5)}, {}, 13),
+    "depth_to_space_opset1": ([N("DepthToSpace", ["x"], ["y"], blocksize=3)], {"x": (2, 9, 2, 2)}, {}, 7),
     "clip_relu6": ([N("Clip", ["x", "lo", "hi"], ["y"])], {"x": X4},
                    {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}, 13),
     "clip_min_only": ([N("Clip", ["x", "lo"], ["y"])], {"x": X4}, {"lo": np.array(-0.3, np.float32)}, 13),
@@ -205,3 +220,10 @@ def test_resize_modes_without_an_upsample2d_form_are_named():
         with pytest.raises(OnnxError, match=r"resizing with mode '(linear|cubic)'.* is not supported "
                                             r"\(nearest asymmetric floor"):
             import_onnx(make_model([node], {"x": X4}, scales, opset=opset))
+
+
+def test_prelu_slope_that_is_not_per_channel_is_named():
+    from cnngraph.onnx import OnnxError, import_onnx
+    model = make_model([N("PRelu", ["x", "s"], ["y"])], {"x": X4}, {"s": rand(10)}, opset=13)   # per column W
+    with pytest.raises(OnnxError, match=r"PRelu node .*only a shared slope or one per channel .*\(10,\)"):
+        import_onnx(model)

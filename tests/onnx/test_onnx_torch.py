@@ -119,3 +119,40 @@ def test_fixed_batch_export_runs_at_any_batch(tmp_path):
     with torch.no_grad():
         want = net(x).numpy()
     np.testing.assert_allclose(model.forward({"x": x.numpy()})["y"], want, rtol=1e-4, atol=1e-5)
+
+
+class NormNet(nn.Module):
+    """GroupNorm, InstanceNorm2d(affine=True), PReLU (per channel and shared), Softplus and PixelShuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn, self.act = nn.GroupNorm(4, 8), nn.PReLU(8)
+        self.inorm, self.act2 = nn.InstanceNorm2d(8, affine=True), nn.PReLU()
+        self.shuffle = nn.PixelShuffle(2)
+        self.head = nn.Conv2d(2, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.act(self.gn(self.conv(x)))
+        y = self.shuffle(self.act2(self.inorm(y)))
+        return F.softplus(self.head(y))
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_torch_norms_prelu_softplus_and_pixel_shuffle_import_and_match(opset, tmp_path):
+    torch.manual_seed(2)
+    net = NormNet()
+    with torch.no_grad():   # affine parameters and slopes away from their initial constants
+        for m in (net.gn, net.inorm):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+        net.act.weight.uniform_(-0.5, 0.5)
+    _export(net, torch.randn(2, 3, 8, 8), tmp_path / "norm.onnx", opset, ["y"])
+    model = import_onnx(tmp_path / "norm.onnx")
+    types = [layer["type"] for layer in model.import_result.spec["layers"]]
+    assert {"group_norm", "prelu", "pixel_shuffle", "softplus"} <= set(types)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            want = net(x).numpy()
+        np.testing.assert_allclose(model.forward({"input.image": x.numpy()})["y"], want, rtol=1e-4, atol=1e-5)

@@ -50,70 +50,61 @@ def test_a_plugin_cannot_replace_a_builtin_export():
     assert exporter.EXPORTERS["relu"] is not export_channel_scale
 
 
-class _PReluParams(cnngraph.OpParams):
-    pass
+class _ThresholdedReluParams(cnngraph.OpParams):
+    alpha: float = 1.0
 
 
-class _PRelu(cnngraph.Op):
-    """max(x, 0) + slope * min(x, 0) with one learnable slope per channel (ONNX PRelu)."""
+class _ThresholdedRelu(cnngraph.Op):
+    """x where x > alpha, else 0 (ONNX ThresholdedRelu, which cnngraph does not import itself)."""
 
-    type = "test_prelu"
-    Params = _PReluParams
-
-    def init_params(self, in_shapes, rng):
-        return {"slope": np.full(in_shapes[0][0], 0.25, np.float32)}
+    type = "test_thresholded_relu"
+    Params = _ThresholdedReluParams
 
     def forward(self, ctx, inputs, params):
         x = inputs[0]
-        s = params["slope"].reshape((1, -1) + (1,) * (x.ndim - 2))
-        ctx.save(x=x, s=s)
-        return np.where(x > 0, x, s * x)
+        keep = x > self.p.alpha
+        ctx.save(keep=keep)
+        return x * keep
 
     def backward(self, ctx, gy):
-        x, s = ctx.saved["x"], ctx.saved["s"]
-        axes = (0,) + tuple(range(2, x.ndim))
-        return [np.where(x > 0, gy, s * gy)], {"slope": (gy * np.minimum(x, 0)).sum(axis=axes)}
+        return [gy * ctx.saved["keep"]], {}
 
 
-class _PReluPlugin:
+class _ThresholdedReluPlugin:
     @cnngraph.hookimpl
     def cnngraph_register_ops(self, registry):
-        registry.add(_PRelu)
+        registry.add(_ThresholdedRelu)
 
 
-def import_prelu(imp, node, a):                        # as in docs/plugins.md
+def import_thresholded_relu(imp, node, a):             # as in docs/plugins.md
     x = imp.dyn_of(node.input[0])
-    slope = imp.const(node.input[1], "slope")
-    return [imp.emit("test_prelu", [x], {}, {"slope": slope.reshape(-1)})]
+    return [imp.emit("test_thresholded_relu", [x], {"alpha": a.get("alpha", 1.0)})]
 
 
-def export_prelu(c, lid, op, ins, attrs):
-    slope = np.asarray(c.params[f"{lid}.slope"], np.float32).reshape(-1, 1, 1)
-    c.node("PRelu", [ins[0], c.const(lid, "slope", slope)], [lid], lid)
+def export_thresholded_relu(c, lid, op, ins, attrs):
+    c.node("ThresholdedRelu", ins, [lid], lid, alpha=float(op.p.alpha))
     return lid
 
 
 def test_a_plugin_op_imports_once_it_registers_a_handler(tmp_path, monkeypatch):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
     from cnngraph.onnx import import_ops
-    slope = np.array([0.1, -0.5, 2.0], np.float32).reshape(3, 1, 1)
     graph = helper.make_graph(
-        [helper.make_node("PRelu", ["x", "slope"], ["y"], name="act")], "prelu_net",
+        [helper.make_node("ThresholdedRelu", ["x"], ["y"], name="act", alpha=0.5)], "thresholded_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
-        [numpy_helper.from_array(slope, "slope")])
-    path = tmp_path / "prelu.onnx"
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])])
+    path = tmp_path / "thresholded.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(OnnxError, match=r"PRelu"):
+    with pytest.raises(OnnxError, match=r"ThresholdedRelu"):
         cnngraph.import_onnx(path)
-    cnngraph.register_plugin(_PReluPlugin(), name="test-prelu-plugin")
-    monkeypatch.setitem(import_ops.HANDLERS, "PRelu", import_prelu)
+    cnngraph.register_plugin(_ThresholdedReluPlugin(), name="test-thresholded-relu-plugin")
+    monkeypatch.setitem(import_ops.HANDLERS, "ThresholdedRelu", import_thresholded_relu)
     model = cnngraph.import_onnx(path)
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
     (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(model.forward({"x": x})["y"], want, rtol=1e-6, atol=1e-7)
-    # and back out: the same PRelu through the plugin's exporter
-    monkeypatch.setitem(exporter.EXPORTERS, "test_prelu", export_prelu)
+    # and back out: the same ThresholdedRelu through the plugin's exporter
+    monkeypatch.setitem(exporter.EXPORTERS, "test_thresholded_relu", export_thresholded_relu)
     exporter.export_onnx(model, tmp_path / "back.onnx")
     (again,) = ort.InferenceSession(str(tmp_path / "back.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(again, want, rtol=1e-6, atol=1e-7)
@@ -123,4 +114,4 @@ def test_a_plugin_cannot_replace_a_builtin_import():
     from cnngraph.errors import PluginError
     from cnngraph.onnx import import_ops
     with pytest.raises(PluginError, match=r"the import of ONNX op type 'Conv' already has"):
-        import_ops.handles("Conv")(import_prelu)
+        import_ops.handles("Conv")(import_thresholded_relu)

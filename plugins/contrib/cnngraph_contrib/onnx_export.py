@@ -1,8 +1,10 @@
-"""ONNX forms of the contrib ops, registered with ``cnngraph.onnx.exporter.exports`` (needs the onnx extra)."""
+"""ONNX forms of the contrib ops, registered with ``cnngraph.onnx.exporter.exports``, and the import of ONNX Mish
+(``cnngraph.onnx.import_ops.handles``), so a contrib export reads back (needs the onnx extra)."""
 from __future__ import annotations
 
 import numpy as np
 from cnngraph.onnx.exporter import exports
+from cnngraph.onnx.import_ops import handles
 
 
 def _gated(c, lid, x, steps):
@@ -32,6 +34,12 @@ def export_mish(c, lid, op, ins, attrs):
         c.node("Mish", [ins[0]], [lid], lid)
         return lid
     return _gated(c, lid, ins[0], [("Softplus", {}), ("Tanh", {})])
+
+
+@handles("Mish")
+def import_mish(imp, node, a):
+    """Opset 18's Mish; below 18 the export is Softplus → Tanh → Mul, which imports as those layers."""
+    return [imp.emit("mish", [imp.dyn_of(node.input[0])])]
 
 
 @exports("hard_swish")

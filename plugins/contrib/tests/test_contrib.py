@@ -152,3 +152,19 @@ def test_contrib_ops_export_to_onnx_and_run_in_onnxruntime(opset, tmp_path):
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, model.forward({"x": x})["se"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset,types", [(18, ["mish"]), (17, ["softplus", "tanh", "mul"])])
+def test_mish_export_imports_back(opset, types, tmp_path):
+    """Opset 18's Mish node imports as mish (the handler this package registers); below 18 the gated
+    Softplus → Tanh → Mul chain imports as those three layers. Both compute the same function."""
+    pytest.importorskip("onnxruntime")
+    from cnngraph.onnx import export_onnx, import_onnx
+    model = cnngraph.compile({"inputs": {"x": {"shape": [3, 4, 4]}}, "layers": [{"id": "m", "type": "mish"}],
+                              "outputs": ["m"]})
+    path = tmp_path / "mish.onnx"
+    export_onnx(model, path, opset=opset)
+    back = import_onnx(path)
+    assert [layer["type"] for layer in back.import_result.spec["layers"]] == types
+    x = (np.random.default_rng(1).standard_normal((2, 3, 4, 4)) * 4).astype(np.float32)
+    np.testing.assert_allclose(back.forward({"x": x})["m"], model.forward({"x": x})["m"], rtol=1e-5, atol=1e-6)
