@@ -47,6 +47,7 @@ _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SUBST = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 _WHOLE = re.compile(r"^(?:\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*))$")
 MAX_DEPTH = 32
+BROKEN_INSTANCE = "__broken_block_instance__"   # marks the placeholder of an instance that failed to expand
 
 
 class _Ref:
@@ -281,6 +282,12 @@ class _Expander:
             if "block" in raw:
                 prev_output = self.expand_instance(raw, path, scope, implicit, default_first if prev_output is None
                                                    else None, chain)
+                if prev_output is None and isinstance(lid, str):
+                    # reported already: a placeholder keeps its place and id, so the rest of the spec is
+                    # still checked without echoing this problem (see spec._validate_layers)
+                    prev_output = scope.prefix + lid
+                    self.emit({"id": prev_output, BROKEN_INSTANCE: True}, path, chain)
+                    scope.local[lid] = prev_output
                 continue
             layer = dict(raw)
             lid = layer.get("id")
@@ -352,10 +359,14 @@ class _Expander:
             self.problem("a layer has either 'type' (an op) or 'block' (a block instance), not both",
                          path + ("type",), full, note, key=True)
             return None
-        if len(chain) >= MAX_DEPTH or any(b == name for b, _, _ in chain):
+        if any(b == name for b, _, _ in chain):
             cycle = " -> ".join([b for b, _, _ in chain] + [name])
             self.problem(f"block '{name}' uses itself ({cycle}); blocks cannot be recursive", path + ("block",),
                          full, note)
+            return None
+        if len(chain) >= MAX_DEPTH:
+            self.problem(f"blocks are nested more than {MAX_DEPTH} deep here (instance '{full}' of block '{name}'); "
+                         f"flatten some levels", path + ("block",), full)
             return None
         block = self.blocks[name]
         # arguments

@@ -290,9 +290,7 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     if data.get("blocks") is not None or any(isinstance(l, dict) and "block" in l for l in data.get("layers") or []):
         from .blocks import expand_blocks
         data, positions, notes, block_problems = expand_blocks(data, positions, file)
-        problems += block_problems
-        if block_problems:   # a broken instance is missing from the layers: later checks would only echo it
-            raise SpecError(problems)
+        problems += block_problems   # failed instances stay as placeholders: the rest is still checked
 
     try:
         top = _TopLevel.model_validate(data)
@@ -305,6 +303,12 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
                                                       plugins_missing=bool(plugin_problems))
     problems += layer_problems
     outputs = [top.outputs] if isinstance(top.outputs, str) else list(top.outputs)
+    if not outputs:
+        problems.append(_locate("outputs is empty; name the layer(s) the model returns", ("outputs",), positions,
+                                file))
+    for j, out in enumerate(outputs):
+        if out in outputs[:j]:
+            problems.append(_locate(f"output '{out}' is listed twice", ("outputs", j), positions, file))
 
     train = None
     if top.train is not None:
@@ -333,9 +337,13 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
     layers: list[LayerSpec] = []
     broken: set[str] = set()
     seen: dict[str, int] = {}
+    from .blocks import BROKEN_INSTANCE
     for i, raw in enumerate(raw_layers):
         where = ("layers", i)
         lid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        if raw.get(BROKEN_INSTANCE):   # a block instance that failed to expand (reported already)
+            broken.add(lid)
+            continue
         n_before = len(problems)
         try:
             head = _LayerHead.model_validate(raw)

@@ -302,3 +302,50 @@ outputs: [c3]
         ("layers[2].affine", "Input should be a valid boolean (found 'off')"),
         ("layers[3].negative_slope", "Input should be a valid number (found True)"),
         ("layers[4].bias", "Input should be a valid boolean (found 0)")]
+
+
+def test_a_broken_block_instance_does_not_hide_the_other_problems(tmp_path):
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [3, 16, 16]}
+blocks:
+  cb:
+    args: {c: null}
+    layers:
+      - {id: conv, type: conv2d, out_channels: $c, kernel_size: 3}
+layers:
+  - {id: a, block: cb, c: 4, bogus: 1}
+  - {id: b, block: cb, c: "x"}
+  - {id: d, type: conv2d, out_channels: -3, kernel_size: 3}
+  - {id: e, type: relu, inputs: a}
+outputs: [d, e]
+""")
+    assert [p.layer for p in err.problems] == ["a", "b.conv", "d"]   # nothing echoed for e, fed by the broken a
+    assert "unknown argument 'bogus'" in err.problems[0].message
+
+
+def test_deep_block_nesting_is_not_called_recursion(tmp_path):
+    levels = "\n".join(f"  b{i}:\n    layers:\n      - {{id: x, block: b{i + 1}}}" for i in range(40))
+    err, _ = load(tmp_path, f"""\
+name: t
+inputs:
+  image: {{shape: [3, 8, 8]}}
+blocks:
+{levels}
+  b40:
+    layers:
+      - {{id: r, type: relu}}
+layers:
+  - {{id: top, block: b0}}
+outputs: [top]
+""")
+    (p,) = err.problems
+    assert "nested more than 32 deep" in p.message and "uses itself" not in p.message
+
+
+def test_outputs_must_name_something_once(tmp_path):
+    for outputs, message in (("[]", "outputs is empty"), ("[r, r]", "output 'r' is listed twice")):
+        err, _ = load(tmp_path, HEAD + f"  - {{id: r, type: relu}}\noutputs: {outputs}\n")
+        assert [p.message for p in err.problems] == [message + ("; name the layer(s) the model returns"
+                                                                 if outputs == "[]" else "")]

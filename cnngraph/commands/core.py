@@ -70,7 +70,12 @@ def cmd_summary(args) -> int:
     spec = load_spec_args(args, args.spec)
     if args.batch_size < 1:
         raise CnnGraphError(f"--batch-size must be >= 1, found {args.batch_size}")
-    training = training_memory(spec, args.batch_size) if args.training_memory else None
+    try:   # measured by running a training step of the network on zeros
+        training = training_memory(spec, args.batch_size) if args.training_memory else None
+    except MemoryError:
+        raise CnnGraphError(f"{args.spec}: a training step at batch {args.batch_size} does not fit in this "
+                            f"machine's memory, so its training memory cannot be measured; use "
+                            f"--no-training-memory (or a smaller --batch-size)") from None
     print(format_summary(summarize(spec.graph, spec.name, args.batch_size, training=training), args.format))
     return 0
 

@@ -113,6 +113,11 @@ class SqueezeExcitation(Op):
     type = "squeeze_excitation"
     Params = SEParams
 
+    def source_positions(self, axis, pos, n_in, n_out):
+        """Every output pixel depends on the whole input map through the pooled gate (receptive fields)."""
+        every = np.ones(len(pos), bool)
+        return [(np.zeros(len(pos), np.int64), every), (np.full(len(pos), n_in - 1), every)]
+
     @classmethod
     def examples(cls):
         return [({}, [(8, 4, 4)]), ({"reduction": 2}, [(6, 3, 5)]), ({"reduction": 16}, [(3, 2, 2)])]

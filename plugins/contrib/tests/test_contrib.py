@@ -168,3 +168,12 @@ def test_mish_export_imports_back(opset, types, tmp_path):
     assert [layer["type"] for layer in back.import_result.spec["layers"]] == types
     x = (np.random.default_rng(1).standard_normal((2, 3, 4, 4)) * 4).astype(np.float32)
     np.testing.assert_allclose(back.forward({"x": x})["m"], model.forward({"x": x})["m"], rtol=1e-5, atol=1e-6)
+
+
+def test_squeeze_excitation_sees_the_whole_map_in_summary():
+    from cnngraph.summary import receptive_fields
+    spec = cnngraph.load_spec({"inputs": {"x": {"shape": [4, 16, 12]}},
+                               "layers": [{"id": "c", "type": "conv2d", "out_channels": 8, "kernel_size": 3,
+                                           "padding": 1},
+                                          {"id": "se", "type": "squeeze_excitation"}], "outputs": ["se"]})
+    assert receptive_fields(spec.graph)["se"] == (18, 14)   # the whole 16x12 map plus the conv's border
