@@ -114,6 +114,7 @@ class _Expander:
         self.out_pos: dict = {}
         self.notes: dict = {}
         self.blocks: dict[str, dict] = {}
+        self.used: set[str] = set()          # blocks instantiated at least once
         inputs = data.get("inputs")
         self.model_inputs = list(inputs) if isinstance(inputs, dict) else []
 
@@ -246,6 +247,42 @@ class _Expander:
                 v = layer["inputs"]
                 layer["inputs"] = ([_resolve_source(s) for s in v] if isinstance(v, list) else _resolve_source(v))
         self.top = top
+        for name in self.blocks:
+            if name not in self.used:
+                self.check_unused(name)
+        self.check_unused_cycles()
+
+    def check_unused_cycles(self) -> None:
+        """Blocks using each other in a circle, when no layer instantiates them (expansion finds the rest)."""
+        import networkx as nx
+        g = nx.DiGraph()
+        for name, block in self.blocks.items():
+            for layer in block["layers"]:
+                if isinstance(layer.get("block"), str) and layer["block"] in self.blocks:
+                    g.add_edge(name, layer["block"])
+        for cycle in nx.simple_cycles(g):
+            if not set(cycle) & self.used:
+                chain = " -> ".join(cycle + [cycle[0]])
+                self.problem(f"blocks use each other in a circle ({chain}); blocks cannot be recursive",
+                             self.blocks[cycle[0]]["path"], key=True)
+
+    def check_unused(self, name: str) -> None:
+        """What can be checked of a block no layer instantiates: op and block types, and $arguments."""
+        from .registry import did_you_mean, get_registry
+        block, ops = self.blocks[name], get_registry().ops
+        for i, layer in enumerate(block["layers"]):
+            lp = block["path"] + ("layers", i)
+            kind, known, table = ("type", ops, "op type") if "type" in layer else ("block", self.blocks, "block")
+            value = layer.get(kind)
+            if isinstance(value, str) and "$" not in value and value not in known:
+                self.problem(f"unknown {table} '{value}'{did_you_mean(value, known)} in block '{name}' (which no "
+                             f"layer uses yet)", lp + (kind,))
+            for key, text in layer.items():
+                for m in _SUBST.finditer(text) if isinstance(text, str) else ():
+                    arg = m.group(1) or m.group(2)
+                    if arg and arg not in block["args"]:
+                        self.problem(f"'${arg}' is not an argument of block '{name}'{did_you_mean(arg, block['args'])}"
+                                     f"; its arguments: {', '.join(block['args']) or 'none'}", lp + (key,))
 
     def expand_list(self, layers: list, base: tuple, scope: _Scope, first_inputs, default_first, chain: list,
                     subst) -> str | None:
@@ -369,6 +406,7 @@ class _Expander:
                          f"flatten some levels", path + ("block",), full)
             return None
         block = self.blocks[name]
+        self.used.add(name)
         # arguments
         args = {}
         bad = False

@@ -349,3 +349,29 @@ def test_outputs_must_name_something_once(tmp_path):
         err, _ = load(tmp_path, HEAD + f"  - {{id: r, type: relu}}\noutputs: {outputs}\n")
         assert [p.message for p in err.problems] == [message + ("; name the layer(s) the model returns"
                                                                  if outputs == "[]" else "")]
+
+
+def test_blocks_no_layer_uses_are_still_checked(tmp_path):
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [3, 8, 8]}
+blocks:
+  ping:
+    layers:
+      - {id: p, block: pong}
+  pong:
+    layers:
+      - {id: q, block: ping}
+  unused_bad:
+    args: {c: 1}
+    layers:
+      - {id: z, type: conv2dd, out_channels: $d}
+layers:
+  - {id: a, type: relu}
+outputs: [a]
+""")
+    messages = [p.message for p in err.problems]
+    assert any("unknown op type 'conv2dd' (did you mean 'conv2d'?) in block 'unused_bad'" in m for m in messages)
+    assert any("'$d' is not an argument of block 'unused_bad'" in m for m in messages)
+    assert any("blocks use each other in a circle (ping -> pong -> ping)" in m for m in messages)
