@@ -19,6 +19,7 @@ Positions = dict  # Path_ -> (line, column)
 
 
 _SAFE_TAGS = {"tag:yaml.org,2002:" + t for t in ("map", "seq", "str", "int", "float", "bool", "null")}
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _construct(node: yaml.Node, path: Path_, pos: Positions, file: str | None, problems: list[Problem]) -> Any:
@@ -29,16 +30,33 @@ def _construct(node: yaml.Node, path: Path_, pos: Positions, file: str | None, p
         return None
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
-        for key_node, value_node in node.value:
+        own = [(k, v) for k, v in node.value if k.tag != _MERGE]
+        here = pos[path]   # merged mappings must not move this mapping's own position to their anchor
+        for key_node, value_node in node.value:   # `<<: *anchor` (or a list of them): keys written here win
+            if key_node.tag != _MERGE:
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for src in sources:
+                merged = _construct(src, path, pos, file, problems) if isinstance(src, yaml.MappingNode) else None
+                if not isinstance(merged, dict):
+                    problems.append(Problem("'<<' merges a mapping (an anchored '&name {...}') or a list of them",
+                                            path_to_str(path), file, src.start_mark.line + 1, src.start_mark.column + 1))
+                    continue
+                for key, value in merged.items():
+                    out.setdefault(key, value)
+        pos[path] = here
+        explicit: set = set()
+        for key_node, value_node in own:
             key = _construct(key_node, path + ("<key>",), {}, file, problems)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 problems.append(Problem(f"mapping keys must be plain strings, found {key!r}", path_to_str(path), file,
                                         key_node.start_mark.line + 1, key_node.start_mark.column + 1))
                 continue
             key = str(key) if not isinstance(key, str) else key
-            if key in out:
+            if key in explicit:
                 problems.append(Problem(f"key '{key}' appears twice in the same mapping", path_to_str(path + (key,)), file,
                                         key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+            explicit.add(key)
             pos[path + (key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _construct(value_node, path + (key,), pos, file, problems)
         return out

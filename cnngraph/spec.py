@@ -279,6 +279,8 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     if not isinstance(data, dict):
         raise SpecError(_locate(f"expected a mapping with 'inputs', 'layers' and 'outputs' at the top level, "
                                 f"found {type(data).__name__}", (), positions, file))
+    # top-level keys starting with "x-" are the user's own (a home for YAML anchors), as in Compose files
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     notes: dict = {}
     problems: list[Problem] = []
     plugin_names = data.get("plugins") if isinstance(data.get("plugins"), list) else []

@@ -375,3 +375,26 @@ outputs: [a]
     assert any("unknown op type 'conv2dd' (did you mean 'conv2d'?) in block 'unused_bad'" in m for m in messages)
     assert any("'$d' is not an argument of block 'unused_bad'" in m for m in messages)
     assert any("blocks use each other in a circle (ping -> pong -> ping)" in m for m in messages)
+
+
+def test_yaml_merge_keys_and_x_keys_for_anchors(tmp_path):
+    """`<<: *anchor` fills in what a layer does not write itself; top-level `x-...` keys are free for anchors."""
+    path = tmp_path / "vgg.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: vgg
+        x-conv: &conv3 {type: conv2d, kernel_size: 3, padding: 1, bias: false}
+        inputs:
+          image: {shape: [3, 8, 8]}
+        layers:
+          - {<<: *conv3, id: c1, out_channels: 4}
+          - {<<: *conv3, id: c2, out_channels: 6, kernel_size: 1, kernal: 5}
+        outputs: [c2]
+        """))
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    (p,) = info.value.problems
+    assert p.line == 7 and "unknown key 'kernal'" in p.message
+    path.write_text(path.read_text().replace(", kernal: 5", ""))
+    spec = cnngraph.load_spec(path)
+    assert spec.graph.nodes["c1"]["out_shape"] == (4, 8, 8) and spec.graph.nodes["c2"]["out_shape"] == (6, 10, 10)
+    assert not spec.layers[0].params.bias and spec.layers[1].params.kernel_size == (1, 1)
