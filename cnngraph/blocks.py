@@ -260,7 +260,10 @@ class _Expander:
             for layer in block["layers"]:
                 if isinstance(layer.get("block"), str) and layer["block"] in self.blocks:
                     g.add_edge(name, layer["block"])
+        order = {name: i for i, name in enumerate(self.blocks)}
         for cycle in nx.simple_cycles(g):
+            k = min(range(len(cycle)), key=lambda i: order[cycle[i]])   # start where the spec does
+            cycle = cycle[k:] + cycle[:k]
             if not set(cycle) & self.used:
                 chain = " -> ".join(cycle + [cycle[0]])
                 self.problem(f"blocks use each other in a circle ({chain}); blocks cannot be recursive",
