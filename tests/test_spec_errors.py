@@ -398,3 +398,25 @@ def test_yaml_merge_keys_and_x_keys_for_anchors(tmp_path):
     spec = cnngraph.load_spec(path)
     assert spec.graph.nodes["c1"]["out_shape"] == (4, 8, 8) and spec.graph.nodes["c2"]["out_shape"] == (6, 10, 10)
     assert not spec.layers[0].params.bias and spec.layers[1].params.kernel_size == (1, 1)
+
+
+def test_expand_shows_a_spec_whose_shapes_do_not_fit(tmp_path, capsys):
+    """The expansion is what a user needs to see to find a shape error inside a block."""
+    from cnngraph.cli import main
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: t
+        inputs:
+          image: {shape: [3, 8, 8]}
+        blocks:
+          res:
+            layers:
+              - {id: conv, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+              - {id: add, type: add, inputs: [conv, input]}
+        layers:
+          - {id: a, block: res}
+        outputs: [a]
+        """))
+    assert main(["validate", str(path)]) == 1
+    assert main(["expand", str(path)]) == 0
+    assert "{id: a.add, type: add, inputs: [a.conv, image]}" in capsys.readouterr().out

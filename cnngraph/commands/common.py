@@ -37,13 +37,13 @@ def add_spec_options(p: argparse.ArgumentParser) -> None:
                    help="consent to import the plugin files the spec names under `plugins:`")
 
 
-def load_spec_args(args: argparse.Namespace, path: str):
+def load_spec_args(args: argparse.Namespace, path: str, check_shapes: bool = True):
     """Load plugins named on the command line (explicit consent), then the spec."""
     from ..registry import load_plugin_file
     from ..spec import load_spec
     for plugin in getattr(args, "plugin", []) or []:
         load_plugin_file(plugin)
-    return load_spec(path, allow_plugins=getattr(args, "allow_plugins", False))
+    return load_spec(path, allow_plugins=getattr(args, "allow_plugins", False), check_shapes=check_shapes)
 
 
 def read_array(path: str) -> np.ndarray:

@@ -88,7 +88,7 @@ def dump_spec(data: dict) -> str:
 
 
 def cmd_expand(args) -> int:
-    spec = load_spec_args(args, args.spec)
+    spec = load_spec_args(args, args.spec, check_shapes=False)   # seeing the expansion helps find a shape error
     data = spec.to_dict()
     if spec.base_dir and data.get("plugins"):
         # plugin paths are relative to the spec file: make them absolute so the output stands alone
