@@ -48,6 +48,7 @@ _SUBST = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9
 _WHOLE = re.compile(r"^(?:\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*))$")
 MAX_DEPTH = 32
 BROKEN_INSTANCE = "__broken_block_instance__"   # marks the placeholder of an instance that failed to expand
+DISPLAY = ("<display>",)   # key in the notes: expanded layer path → the path it was written at in the file
 
 
 class _Ref:
@@ -356,6 +357,7 @@ class _Expander:
         j = len(self.out_layers)
         self.out_layers.append(layer)
         dst = ("layers", j)
+        self.notes.setdefault(DISPLAY, {})[dst] = src_path   # errors name the file's path, not the expanded one
         n = len(src_path)
         for p, lc in self.pos.items():
             if p[:n] == src_path:

@@ -135,14 +135,19 @@ def _locate(message: str, path: tuple, positions: Positions, file: str | None,
                 break
             probe = probe[:-1]
     note = None
+    shown = tuple(path)
     if notes:
+        from .blocks import DISPLAY
         p = tuple(path)
         while p:
             if p in notes:
                 note = notes[p]
                 break
             p = p[:-1]
-    return Problem(message, path_to_str(tuple(path)), file, line, col, layer, note)
+        written = notes.get(DISPLAY, {}).get(tuple(path[:2]))   # an expanded layer: where the file wrote it
+        if written is not None:
+            shown = written + tuple(path[2:])
+    return Problem(message, path_to_str(shown), file, line, col, layer, note)
 
 
 def _data_path(loc: tuple, data: Any) -> tuple[tuple, tuple]:
@@ -339,7 +344,7 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
     layers: list[LayerSpec] = []
     broken: set[str] = set()
     seen: dict[str, int] = {}
-    from .blocks import BROKEN_INSTANCE
+    from .blocks import BROKEN_INSTANCE, DISPLAY
     for i, raw in enumerate(raw_layers):
         where = ("layers", i)
         lid = raw.get("id") if isinstance(raw.get("id"), str) else None
@@ -353,7 +358,8 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
             problems += spec_problems_from_validation(exc, raw, where, positions, file, lid, notes=notes)
             head = None
         if head is not None and head.id in seen:
-            problems.append(_locate(f"duplicate layer id '{head.id}' (first used by layers[{seen[head.id]}])",
+            first = (notes or {}).get(DISPLAY, {}).get(("layers", seen[head.id]), ("layers", seen[head.id]))
+            problems.append(_locate(f"duplicate layer id '{head.id}' (first used by {path_to_str(first)})",
                                     where + ("id",), positions, file, head.id, notes))
         elif head is not None and head.id in input_names:
             problems.append(_locate(f"layer id '{head.id}' is already the name of a model input",

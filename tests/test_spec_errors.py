@@ -420,3 +420,25 @@ def test_expand_shows_a_spec_whose_shapes_do_not_fit(tmp_path, capsys):
     assert main(["validate", str(path)]) == 1
     assert main(["expand", str(path)]) == 0
     assert "{id: a.add, type: add, inputs: [a.conv, image]}" in capsys.readouterr().out
+
+
+def test_errors_after_blocks_name_the_path_written_in_the_file(tmp_path):
+    """Blocks expand into more layers; an error must not say layers[6] for the file's layers[2]."""
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [3, 8, 8]}
+blocks:
+  cbr:
+    args: {c: null}
+    layers:
+      - {id: conv, type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}
+      - {id: act, type: relu}
+layers:
+  - {id: s, block: cbr, c: 4}
+  - {id: t, block: cbr, c: "x"}
+  - {id: d, type: conv2d, out_channels: -3, kernel_size: 3}
+outputs: [d]
+""")
+    assert [p.path for p in err.problems] == ["blocks.cbr.layers[0].out_channels", "layers[2].out_channels"]
+    assert "instantiated as 't'" in err.problems[0].note
