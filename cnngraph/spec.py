@@ -203,6 +203,8 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
             text = "; or ".join(msgs)
             if "found" not in text and not isinstance(found, (dict, list)) or (isinstance(found, list) and len(str(found)) < 60 and "found" not in text):
                 text += f" (found {found!r})"
+            if isinstance(found, bool) and first["type"] == "string_type":   # id: on, mode: no
+                text += "; YAML reads yes/no/on/off/true/false as booleans: quote the word"
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
 
