@@ -18,7 +18,11 @@ def read_inputs(imp) -> dict[str, dict]:
     per-sample shape from the declaration or ``--input-shape``); returns the spec's ``inputs``."""
     from onnx import numpy_helper
     for init in imp.graph.initializer:
-        imp.consts[init.name] = numpy_helper.to_array(init)
+        try:
+            imp.consts[init.name] = numpy_helper.to_array(init)
+        except Exception as exc:  # noqa: BLE001 - onnx's own errors: external data not loaded, a bad tensor
+            raise OnnxError(f"initializer '{init.name}' cannot be read ({type(exc).__name__}: {exc}); if its data "
+                            f"is in a separate file, import the model from its path (beside that file)") from None
     for sp in getattr(imp.graph, "sparse_initializer", []):
         raise OnnxError(f"sparse initializer '{sp.values.name}' is not supported")
     spec_inputs = {}
