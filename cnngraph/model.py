@@ -1,6 +1,8 @@
 """Model: a compiled graph with its parameters, forward, backward and save/load."""
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -112,6 +114,8 @@ class Model:
         self._tape = None
         self._tape_inputs: set[str] = set()
         self._tape_dropped = ""
+        for problem in spec.warnings:   # valid but likely wrong (an activation applied twice)
+            warnings.warn(problem.format(), UserWarning, stacklevel=3)
 
     # -- parameters ----------------------------------------------------------------------------
     def _init_params(self, rng: np.random.Generator) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Spec:
     data: dict = field(default_factory=dict, repr=False)    # the expanded spec as plain data
     graph: Any = field(default=None, repr=False)             # networkx.DiGraph with inferred shapes
     broken_layers: set = field(default_factory=set, repr=False)   # ids of layers whose definition failed
+    warnings: list = field(default_factory=list, repr=False)       # Problems of a valid but likely wrong spec
 
     def layer(self, layer_id: str) -> LayerSpec:
         for layer in self.layers:
@@ -335,7 +336,24 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     problems += graph_problems
     if problems:
         raise SpecError(problems)
+    spec.warnings = _double_activations(spec)
     return spec
+
+
+# a loss computes its activation itself: applied to that activation's output, it is applied twice
+_ACTIVATION_INSIDE = {"cross_entropy": ("softmax",), "binary_cross_entropy": ("sigmoid",)}   # (log_softmax is harmless)
+
+
+def _double_activations(spec: Spec) -> list[Problem]:
+    out = []
+    for layer in spec.layers:
+        inside = _ACTIVATION_INSIDE.get(layer.type)
+        src = spec.graph.nodes[layer.id]["inputs"][0] if inside else None
+        if src is not None and spec.graph.nodes[src].get("type") in inside:
+            out.append(spec.problem(f"'{layer.type}' takes logits and applies {inside[0]} itself, but its input "
+                                    f"'{src}' is a {spec.graph.nodes[src]['type']} layer: the activation is applied "
+                                    f"twice; feed it the layer before '{src}'", ("layers", layer.index), layer.id))
+    return out
 
 
 def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Positions, file: str | None,

@@ -442,3 +442,25 @@ outputs: [d]
 """)
     assert [p.path for p in err.problems] == ["blocks.cbr.layers[0].out_channels", "layers[2].out_channels"]
     assert "instantiated as 't'" in err.problems[0].note
+
+
+def test_a_loss_after_its_own_activation_is_a_warning(tmp_path, capsys):
+    from cnngraph.cli import main
+    path = tmp_path / "dbl.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: dbl
+        inputs:
+          x: {shape: [4]}
+          y: {shape: [], dtype: int64}
+        layers:
+          - {id: fc, type: dense, out_features: 3, inputs: x}
+          - {id: p, type: softmax}
+          - {id: loss, type: cross_entropy, inputs: [p, y]}
+        outputs: [loss]
+        """))
+    assert main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="the activation is applied twice; feed it the layer before 'p'"):
+        cnngraph.compile(path)
+    path.write_text(path.read_text().replace("inputs: [p, y]", "inputs: [fc, y]"))
+    assert cnngraph.load_spec(path).warnings == []

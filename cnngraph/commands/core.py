@@ -61,6 +61,8 @@ def cmd_validate(args) -> int:
                 print("  " + problem.format().replace("\n", "\n  "))
             continue
         print(f"OK   {path} ({spec.name}: {len(spec.layers)} layers)")
+        for problem in spec.warnings:
+            print("  warning: " + problem.format().replace("\n", "\n  "))
     return 1 if failed else 0
 
 
