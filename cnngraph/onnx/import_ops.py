@@ -259,11 +259,15 @@ def instance_norm(imp, node, a):
     if len(x.shape) < 2:
         raise imp.fail(f"InstanceNormalization needs (N, C, D1, ...) inputs, found per-sample shape {x.shape}")
     scale, bias = (_channel_vector(imp, x, imp.const(n, w), w) for n, w in zip(node.input[1:3], ("scale", "B")))
-    params = {"num_groups": int(x.shape[0])}
+    return [_group_norm(imp, x, int(x.shape[0]), a, scale, bias)]
+
+
+def _group_norm(imp, x, groups: int, a, scale, bias):
+    params = {"num_groups": groups}
     eps = float(a.get("epsilon", 1e-5))
     if abs(eps - 1e-5) > 1e-12:
         params["eps"] = eps
-    return [imp.emit("group_norm", [x], params, {"weight": scale, "bias": bias})]
+    return imp.emit("group_norm", [x], params, {"weight": scale, "bias": bias})
 
 
 @handles("GroupNormalization")
@@ -281,11 +285,7 @@ def group_norm(imp, node, a):
                            f"found {scale.size} and {bias.size}")
         scale, bias = (np.repeat(v, x.shape[0] // groups) for v in (scale, bias))
     scale, bias = _channel_vector(imp, x, scale, "scale"), _channel_vector(imp, x, bias, "bias")
-    params = {"num_groups": groups}
-    eps = float(a.get("epsilon", 1e-5))
-    if abs(eps - 1e-5) > 1e-12:
-        params["eps"] = eps
-    return [imp.emit("group_norm", [x], params, {"weight": scale, "bias": bias})]
+    return [_group_norm(imp, x, groups, a, scale, bias)]
 
 
 @handles("LRN")
