@@ -206,6 +206,8 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
                 text += f" (found {found!r})"
             if isinstance(found, bool) and first["type"] == "string_type":   # id: on, mode: no
                 text += "; YAML reads yes/no/on/off/true/false as booleans: quote the word"
+            if isinstance(found, str) and found.startswith("$"):
+                text += "; $arguments are substituted only in the layers of a block (see blocks:)"
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
 
