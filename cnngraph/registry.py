@@ -37,7 +37,7 @@ DEFAULT_PLUGINS = (
     "cnngraph.plugins.shape",
     "cnngraph.plugins.merge",
     "cnngraph.plugins.loss",
-    "cnngraph.plugins.tensor", "cnngraph.plugins.lrn", "cnngraph.plugins.resize",
+    "cnngraph.plugins.tensor", "cnngraph.plugins.lrn", "cnngraph.plugins.resize", "cnngraph.plugins.mathops",
     "cnngraph.train.builtins",
 )
 

@@ -36,6 +36,16 @@ def _avg_pool(layer, x):
     return _pool(layer, x, avg, 0.0) / _pool(layer, ones, avg, 0.0)
 
 
+def _per_sample_aligned(ts):
+    """cnngraph broadcasts per-sample shapes aligned right, after the batch axis: unit axes go after the batch."""
+    rank = max(v.dim() for v in ts)
+    return [v.reshape(v.shape[:1] + (1,) * (rank - v.dim()) + v.shape[1:]) for v in ts]
+
+
+_UNARY = {"sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log, "abs": torch.abs, "neg": torch.neg,
+          "reciprocal": torch.reciprocal, "erf": torch.special.erf}
+
+
 def torch_layer(layer, t, p, training=False, update_stats=False):
     """Apply one cnngraph layer (spec dict) with PyTorch to torch tensors ``t`` and params ``p``.
     ``update_stats``: batch norm in training updates ``p``'s running statistics in place (else copies)."""
@@ -76,6 +86,9 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
                             training=training, momentum=layer.get("momentum", 0.1), eps=layer.get("eps", 1e-5))
     if typ == "group_norm":
         return F.group_norm(t[0], layer["num_groups"], p.get("weight"), p.get("bias"), layer.get("eps", 1e-5))
+    if typ == "layer_norm":
+        return F.layer_norm(t[0], t[0].shape[t[0].dim() - layer.get("axes", 1):], p.get("weight"), p.get("bias"),
+                            layer.get("eps", 1e-5))
     if typ == "flatten":
         return torch.flatten(t[0], 1)
     if typ == "pixel_shuffle":
@@ -101,6 +114,22 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         return F.prelu(t[0], p["weight"])
     if typ == "softplus":
         return F.softplus(t[0], layer.get("beta", 1.0), layer.get("threshold", 20.0))
+    if typ == "selu":
+        return layer.get("scale", 1.0507009873554805) * F.elu(t[0], layer.get("alpha", 1.6732632423543772))
+    if typ == "celu":
+        return F.celu(t[0], layer.get("alpha", 1.0))
+    if typ == "softsign":
+        return F.softsign(t[0])
+    if typ == "unary":
+        return _UNARY[layer["fn"]](t[0])
+    if typ == "pow":
+        return torch.pow(t[0], layer["exponent"])
+    if typ in ("maximum", "minimum"):
+        return getattr(torch, typ)(*_per_sample_aligned(t))
+    if typ == "reduce":
+        axes, keep = list(layer["axes"]), layer.get("keepdims", False)
+        how = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax}[layer.get("op", "mean")]
+        return how(t[0], dim=axes, keepdim=keep)
     if typ == "gelu":
         return F.gelu(t[0], approximate=layer.get("approximate", "none"))
     if typ == "softmax":

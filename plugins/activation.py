@@ -12,8 +12,8 @@ from cnngraph.hookspecs import hookimpl
 from cnngraph.kernels._parallel import contiguous_alike, run_blocks
 from cnngraph.op import Context, Op, OpParams
 
-__all__ = ["ReLU", "LeakyReLU", "PReLU", "ELU", "GELU", "Softplus", "Tanh", "Sigmoid", "Softmax", "LogSoftmax",
-           "sigmoid", "erf"]
+__all__ = ["ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "Softplus", "Softsign", "Tanh", "Sigmoid",
+           "Softmax", "LogSoftmax", "sigmoid", "erf"]
 
 
 def sigmoid(x):
@@ -172,6 +172,68 @@ class ELU(_Elementwise):
         return [xp_of(x).where(x > 0, gy, gy * (y + a))], {}
 
 
+class SELUParams(OpParams):
+    alpha: float = 1.6732632423543772
+    scale: float = Field(1.0507009873554805, description="ONNX Selu's gamma")
+
+
+class SELU(_Elementwise):
+    """scale * (x if x > 0 else alpha * (exp(x) - 1)), with torch.nn.SELU's constants by default
+    (ONNX Selu's alpha and gamma)."""
+
+    type = "selu"
+    Params = SELUParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({"alpha": 1.5, "scale": 2.0}, [(7,)])]
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        t = x.dtype.type
+        e = t(self.p.alpha) * xp.exp(xp.minimum(x, 0))     # alpha * exp(x) on the negative side
+        ctx.save(x=x, e=e)
+        return t(self.p.scale) * xp.where(x > 0, x, e - t(self.p.alpha))
+
+    def backward(self, ctx, gy):
+        x, e = ctx.saved["x"], ctx.saved["e"]
+        return [gy * (xp_of(x).where(x > 0, 1, e) * x.dtype.type(self.p.scale))], {}
+
+    def flops(self, in_shapes, out_shape):
+        return 3 * math.prod(out_shape)
+
+
+class CELUParams(OpParams):
+    alpha: float = Field(1.0, gt=0)
+
+
+class CELU(_Elementwise):
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1)), as torch.nn.CELU and ONNX Celu."""
+
+    type = "celu"
+    Params = CELUParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 5, 5)]), ({"alpha": 0.5}, [(7,)])]
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        a = x.dtype.type(self.p.alpha)
+        e = xp.exp(xp.minimum(x, 0) / a)
+        ctx.save(x=x, e=e)
+        return xp.where(x > 0, x, a * (e - 1))
+
+    def backward(self, ctx, gy):
+        x, e = ctx.saved["x"], ctx.saved["e"]
+        return [xp_of(x).where(x > 0, gy, gy * e)], {}
+
+    def flops(self, in_shapes, out_shape):
+        return 3 * math.prod(out_shape)
+
+
 class GELUParams(OpParams):
     approximate: Literal["none", "tanh"] = "none"
 
@@ -241,6 +303,25 @@ class Softplus(_Elementwise):
 
     def flops(self, in_shapes, out_shape):
         return 3 * math.prod(out_shape)
+
+
+class Softsign(_Elementwise):
+    """x / (1 + |x|)."""
+
+    type = "softsign"
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        d = 1 + xp_of(x).abs(x)
+        ctx.save(d=d)
+        return x / d
+
+    def backward(self, ctx, gy):
+        d = ctx.saved["d"]
+        return [gy / (d * d)], {}
+
+    def flops(self, in_shapes, out_shape):
+        return 2 * math.prod(out_shape)
 
 
 class Tanh(_Elementwise):
@@ -358,5 +439,6 @@ class LogSoftmax(_AxisOp):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (ReLU, LeakyReLU, PReLU, ELU, GELU, Softplus, Tanh, Sigmoid, HardSigmoid, Softmax, LogSoftmax):
+    for op in (ReLU, LeakyReLU, PReLU, ELU, SELU, CELU, GELU, Softplus, Softsign, Tanh, Sigmoid, HardSigmoid, Softmax,
+               LogSoftmax):
         registry.add(op)

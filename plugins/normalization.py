@@ -1,4 +1,4 @@
-"""Batch and group normalisation."""
+"""Batch, group and layer normalisation."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
 
-__all__ = ["BatchNorm2d", "GroupNorm"]
+__all__ = ["BatchNorm2d", "GroupNorm", "LayerNorm"]
 
 
 class BatchNormParams(OpParams):
@@ -179,7 +179,76 @@ class GroupNorm(Op):
         return 4 * math.prod(out_shape)
 
 
+class LayerNormParams(OpParams):
+    axes: int = Field(1, ge=1, description="how many trailing axes are normalised together (torch's "
+                                           "normalized_shape is the input's last `axes` dimensions)")
+    eps: float = Field(1e-5, gt=0)
+    affine: bool = True
+
+
+class LayerNorm(Op):
+    """Normalises each sample over its last ``axes`` dimensions, then scales and shifts element-wise with
+    weight and bias of those dimensions' shape, as torch.nn.LayerNorm(x.shape[-axes:]) and ONNX
+    LayerNormalization. axes 1 on (H, W, C) is the channels-last layer norm of ConvNeXt-style blocks; axes 3
+    on (C, H, W) normalises whole feature maps. The same in training and inference."""
+
+    type = "layer_norm"
+    Params = LayerNormParams
+
+    @classmethod
+    def examples(cls):
+        return [({}, [(3, 4, 5)]), ({"axes": 3}, [(2, 3, 4)]), ({"axes": 2, "affine": False, "eps": 1e-3}, [(4, 3, 2)]),
+                ({}, [(6,)])]
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if self.p.axes > len(shape):
+            raise ShapeError(f"layer_norm over the last {self.p.axes} axes needs at least {self.p.axes} dimensions per "
+                             f"sample, found {tuple(shape)}")
+        return shape
+
+    def init_params(self, in_shapes, rng):
+        normalized = tuple(in_shapes[0][len(in_shapes[0]) - self.p.axes:])
+        if not self.p.affine:
+            return {}
+        return {"weight": np.ones(normalized, np.float32), "bias": np.zeros(normalized, np.float32)}
+
+    def _red(self, x):
+        return tuple(range(x.ndim - self.p.axes, x.ndim))
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        red = self._red(x)
+        xc = x - x.mean(axis=red, keepdims=True)
+        inv_std = 1 / xp.sqrt((xc * xc).mean(axis=red, keepdims=True) + x.dtype.type(self.p.eps))
+        xhat = xc * inv_std
+        ctx.save(xhat=xhat, inv_std=inv_std, weight=params.get("weight"))
+        if not self.p.affine:
+            return xhat
+        return xhat * params["weight"].astype(x.dtype, copy=False) + params["bias"].astype(x.dtype, copy=False)
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        xhat = s["xhat"]
+        red = self._red(gy)
+        grads = {}
+        g = gy
+        if self.p.affine:
+            lead = tuple(range(gy.ndim - self.p.axes))
+            grads = {"weight": (gy * xhat).sum(axis=lead), "bias": gy.sum(axis=lead)}
+            g = gy * s["weight"].astype(gy.dtype, copy=False)
+        if not ctx.need_grad(0):
+            return [None], grads
+        dx = (g - g.mean(axis=red, keepdims=True) - xhat * (g * xhat).mean(axis=red, keepdims=True)) * s["inv_std"]
+        return [dx], grads
+
+    def flops(self, in_shapes, out_shape):
+        return 4 * math.prod(out_shape)
+
+
 @hookimpl
 def cnngraph_register_ops(registry):
     registry.add(BatchNorm2d)
     registry.add(GroupNorm)
+    registry.add(LayerNorm)

@@ -49,6 +49,9 @@ CASES = {
     "group_norm": ({"type": "group_norm", "num_groups": 2}, [(4, 3, 3)], {}, False),
     "group_norm_instance": ({"type": "group_norm", "num_groups": 3, "eps": 1e-3}, [(3, 2, 5)], {}, True),
     "group_norm_plain_flat": ({"type": "group_norm", "num_groups": 1, "affine": False}, [(6,)], {}, False),
+    "layer_norm": ({"type": "layer_norm"}, [(3, 4, 5)], {}, False),
+    "layer_norm_chw": ({"type": "layer_norm", "axes": 3, "eps": 1e-3}, [(2, 3, 4)], {}, True),
+    "layer_norm_plain": ({"type": "layer_norm", "axes": 2, "affine": False}, [(4, 3, 2)], {}, False),
     "dropout_train": ({"type": "dropout", "p": 0.3}, [(4, 5)], {}, True),
     "flatten": ({"type": "flatten"}, [(2, 3, 4)], {}, False),
     "upsample2d_nearest": ({"type": "upsample2d", "scale_factor": [2, 3]}, [(2, 3, 4)], {}, False),
@@ -67,6 +70,28 @@ CASES = {
     "softplus_beta_threshold": ({"type": "softplus", "beta": 2.0, "threshold": 1.5}, [(3, 4)], {}, False),
     "gelu": ({"type": "gelu"}, [(3, 4)], {}, False),
     "gelu_tanh": ({"type": "gelu", "approximate": "tanh"}, [(3, 4)], {}, False),
+    "selu": ({"type": "selu"}, [(3, 4)], {}, False),
+    "selu_params": ({"type": "selu", "alpha": 1.5, "scale": 2.0}, [(3, 4)], {}, False),
+    "celu": ({"type": "celu", "alpha": 0.5}, [(3, 4)], {}, False),
+    "softsign": ({"type": "softsign"}, [(3, 4)], {}, False),
+    "unary_sqrt": ({"type": "unary", "fn": "sqrt"}, [(3, 4)], {}, False),
+    "unary_exp": ({"type": "unary", "fn": "exp"}, [(3, 4)], {}, False),
+    "unary_log": ({"type": "unary", "fn": "log"}, [(3, 4)], {}, False),
+    "unary_abs": ({"type": "unary", "fn": "abs"}, [(3, 4)], {}, False),
+    "unary_neg": ({"type": "unary", "fn": "neg"}, [(3, 4)], {}, False),
+    "unary_reciprocal": ({"type": "unary", "fn": "reciprocal"}, [(3, 4)], {}, False),
+    "unary_erf": ({"type": "unary", "fn": "erf"}, [(3, 4)], {}, False),
+    "maximum": ({"type": "maximum"}, [(2, 3, 4), (2, 1, 4)], {}, False),
+    "maximum_rank": ({"type": "maximum"}, [(3, 4), (4,)], {}, False),
+    "minimum": ({"type": "minimum"}, [(2, 3, 4), (1, 3, 1)], {}, False),
+    "pow_square": ({"type": "pow", "exponent": 2.0}, [(3, 4)], {}, False),
+    "pow_sqrt": ({"type": "pow", "exponent": 0.5}, [(3, 4)], {}, False),
+    "pow_negative": ({"type": "pow", "exponent": -1.5}, [(3, 4)], {}, False),
+    "pow_cube": ({"type": "pow", "exponent": 3.0}, [(3, 4)], {}, False),
+    "reduce_mean_channels": ({"type": "reduce", "axes": [1], "keepdims": True}, [(4, 3, 3)], {}, False),
+    "reduce_sum": ({"type": "reduce", "op": "sum", "axes": [-1, 2]}, [(2, 3, 4)], {}, False),
+    "reduce_max_channels": ({"type": "reduce", "op": "max", "axes": [1], "keepdims": True}, [(4, 3, 3)], {}, False),
+    "reduce_max_all": ({"type": "reduce", "op": "max", "axes": [1, 2]}, [(3, 4)], {}, False),
     "tanh": ({"type": "tanh"}, [(3, 4)], {}, False),
     "sigmoid": ({"type": "sigmoid"}, [(3, 4)], {}, False),
     "softmax": ({"type": "softmax"}, [(5,)], {}, False),
@@ -86,7 +111,13 @@ CASES = {
 }
 
 
-def _feeds(shapes, ints, batch=3):
+def _positive(layer):
+    """Ops defined (or differentiable) for positive inputs only in these cases."""
+    return (layer.get("fn") in ("sqrt", "log", "reciprocal")
+            or (layer["type"] == "pow" and layer["exponent"] != int(layer["exponent"])))
+
+
+def _feeds(shapes, ints, batch=3, layer=None):
     feeds = {}
     for i, s in enumerate(shapes):
         name = f"x{i}"
@@ -96,6 +127,8 @@ def _feeds(shapes, ints, batch=3):
             feeds[name] = RNG.uniform(0, 1, (batch, *s)).astype(np.float32)   # loss targets
         else:
             feeds[name] = rand(batch, *s)
+    if layer is not None and _positive(layer):
+        feeds["x0"] = (np.abs(feeds["x0"]) + 0.5).astype(np.float32)
     return feeds
 
 
@@ -103,7 +136,7 @@ def _feeds(shapes, ints, batch=3):
 def test_backward_matches_finite_differences(case):
     layer, shapes, ints, training = CASES[case]
     spec = one_layer_spec(layer, shapes, ints)
-    feeds = _feeds(shapes, ints)
+    feeds = _feeds(shapes, ints, layer=layer)
     if layer["type"] in ("max_pool2d", "global_max_pool2d", "relu", "leaky_relu", "prelu", "softplus"):
         # keep values away from ties/kinks so finite differences are well defined
         # (k + 0.5) / 7 - 2 is never 0 (the kink of relu, leaky_relu and prelu), never ties and never
@@ -132,11 +165,11 @@ def test_forward_matches_torch(case):
     if layer["type"] == "dropout":
         pytest.skip("random; covered by test_dropout_statistics")
     model = cnngraph.compile(one_layer_spec(layer, shapes, ints), seed=1)
-    feeds = _feeds(shapes, ints, batch=4)
-    if layer["type"] in ("prelu", "group_norm") and "op.weight" in model.params:   # not the constant init
+    feeds = _feeds(shapes, ints, batch=4, layer=layer)
+    if layer["type"] in ("prelu", "group_norm", "layer_norm") and "op.weight" in model.params:   # not the constant init
         model.params["op.weight"] = rand(*model.params["op.weight"].shape)
-    if layer["type"] == "group_norm" and "op.bias" in model.params:
-        model.params["op.bias"] = rand(shapes[0][0])
+    if layer["type"] in ("group_norm", "layer_norm") and "op.bias" in model.params:
+        model.params["op.bias"] = rand(*model.params["op.bias"].shape)
     if layer["type"] == "batch_norm2d":
         model.params["op.running_mean"] = rand(shapes[0][0])
         model.params["op.running_var"] = RNG.uniform(0.5, 2, shapes[0][0]).astype(np.float32)
@@ -148,7 +181,12 @@ def test_forward_matches_torch(case):
 
 
 @pytest.mark.parametrize("case", ["prelu", "prelu_shared", "softplus", "softplus_beta_threshold", "group_norm",
-                                  "group_norm_instance", "group_norm_plain_flat", "pixel_shuffle", "pixel_shuffle_dcr"])
+                                  "group_norm_instance", "group_norm_plain_flat", "pixel_shuffle", "pixel_shuffle_dcr",
+                                  "layer_norm", "layer_norm_chw", "layer_norm_plain", "selu", "selu_params", "celu",
+                                  "softsign", "unary_sqrt", "unary_exp", "unary_log", "unary_abs", "unary_neg",
+                                  "unary_reciprocal", "unary_erf", "maximum", "maximum_rank", "minimum", "pow_square",
+                                  "pow_sqrt", "pow_negative", "pow_cube", "reduce_mean_channels", "reduce_sum",
+                                  "reduce_max_channels", "reduce_max_all"])
 def test_forward_and_gradients_match_torch_in_float64(case):
     """The newer ops against torch autograd in float64, with random (not the initial constant) weights."""
     from cnngraph.torchref import torch_graph
@@ -156,7 +194,7 @@ def test_forward_and_gradients_match_torch_in_float64(case):
     model = cnngraph.compile(one_layer_spec(layer, shapes, ints), dtype="float64", seed=1)
     for name in model.trainable_names:
         model.params[name] = RNG.standard_normal(model.params[name].shape)
-    feeds = {k: v.astype(np.float64) * 3 for k, v in _feeds(shapes, ints, batch=4).items()}
+    feeds = {k: v.astype(np.float64) * 3 for k, v in _feeds(shapes, ints, batch=4, layer=layer).items()}
     out = model.forward(feeds, training=training, grad=True)["op"]
     gy = RNG.standard_normal(out.shape)
     grads = model.backward({"op": gy})

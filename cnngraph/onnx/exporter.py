@@ -78,6 +78,11 @@ _ONE_NODE = {
     "relu": ("Relu", None), "sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
     "leaky_relu": ("LeakyRelu", lambda p: {"alpha": float(p.negative_slope)}),
     "elu": ("Elu", lambda p: {"alpha": float(p.alpha)}),
+    "selu": ("Selu", lambda p: {"alpha": float(p.alpha), "gamma": float(p.scale)}),
+    "celu": ("Celu", lambda p: {"alpha": float(p.alpha)}),
+    "softsign": ("Softsign", None),
+    "unary": (None, None),   # ONNX op from the fn parameter
+    "maximum": ("Max", None), "minimum": ("Min", None),
     "pixel_shuffle": ("DepthToSpace", lambda p: {"blocksize": int(p.upscale_factor), "mode": p.mode.upper()}),
     "hard_sigmoid": ("HardSigmoid", lambda p: {"alpha": float(p.alpha), "beta": float(p.beta)}),
     "softmax": ("Softmax", lambda p: {"axis": int(p.axis)}),
@@ -88,10 +93,67 @@ _ONE_NODE = {
 }
 
 
+_UNARY = {"sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "neg": "Neg", "reciprocal": "Reciprocal",
+          "erf": "Erf"}
+
+
 @exports(*_ONE_NODE)
 def _one_node(c, lid, op, ins, attrs):
     onnx_op, attributes = _ONE_NODE[op.type]
+    if op.type == "unary":
+        onnx_op = _UNARY[op.p.fn]
+    if op.type in ("maximum", "minimum"):
+        ins = _align_ranks(c, lid, ins, attrs)
     c.node(onnx_op, ins, [lid], lid, **(attributes(op.p) if attributes else {}))
+    return lid
+
+
+@exports("pow")
+def _pow(c, lid, op, ins, attrs):
+    c.node("Pow", [ins[0], c.const(lid, "exponent", np.array(op.p.exponent, np.float32))], [lid], lid)
+    return lid
+
+
+@exports("reduce")
+def _reduce(c, lid, op, ins, attrs):
+    """ReduceSum takes its axes as an input from opset 13, ReduceMean and ReduceMax from opset 18."""
+    onnx_op = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax"}[op.p.op]
+    axes = list(op._axes(len(attrs["in_shapes"][0]) + 1))
+    if onnx_op == "ReduceSum" or c.opset >= 18:
+        c.node(onnx_op, [ins[0], c.const(lid, "axes", np.array(axes, np.int64))], [lid], lid,
+               keepdims=int(op.p.keepdims))
+    else:
+        c.node(onnx_op, ins, [lid], lid, axes=axes, keepdims=int(op.p.keepdims))
+    return lid
+
+
+@exports("layer_norm")
+def _layer_norm(c, lid, op, ins, attrs):
+    """LayerNormalization from opset 17; before it the decomposition PyTorch writes (ReduceMean, Sub, Mul,
+    ReduceMean, Add, Sqrt, Div, then Mul and Add by the weight and bias)."""
+    shape = list(attrs["in_shapes"][0])
+    k, eps = op.p.axes, float(op.p.eps)
+    normalized = shape[len(shape) - k:]
+    if op.p.affine:
+        scale, bias = c.weight(lid, "weight"), c.weight(lid, "bias")
+    if c.opset >= 17:
+        if not op.p.affine:
+            scale = c.const(lid, "scale", np.ones(normalized, np.float32))
+            bias = c.const(lid, "shift", np.zeros(normalized, np.float32))
+        c.node("LayerNormalization", [ins[0], scale, bias], [lid], lid, axis=-k, epsilon=eps)
+        return lid
+    axes = list(range(-k, 0))
+    last = lid if not op.p.affine else f"{lid}::xhat"
+    c.node("ReduceMean", ins, [f"{lid}::mean"], f"{lid}::mean", axes=axes, keepdims=1)
+    c.node("Sub", [ins[0], f"{lid}::mean"], [f"{lid}::xc"], f"{lid}::center")
+    c.node("Mul", [f"{lid}::xc", f"{lid}::xc"], [f"{lid}::sq"], f"{lid}::square")
+    c.node("ReduceMean", [f"{lid}::sq"], [f"{lid}::var"], f"{lid}::var", axes=axes, keepdims=1)
+    c.node("Add", [f"{lid}::var", c.const(lid, "eps", np.array(eps, np.float32))], [f"{lid}::vareps"], f"{lid}::eps")
+    c.node("Sqrt", [f"{lid}::vareps"], [f"{lid}::std"], f"{lid}::std")
+    c.node("Div", [f"{lid}::xc", f"{lid}::std"], [last], last)
+    if op.p.affine:
+        c.node("Mul", [last, scale], [f"{lid}::scaled"], f"{lid}::scale")
+        c.node("Add", [f"{lid}::scaled", bias], [lid], lid)
     return lid
 
 

@@ -288,6 +288,36 @@ def group_norm(imp, node, a):
     return [_group_norm(imp, x, groups, a, scale, bias)]
 
 
+@handles("LayerNormalization")
+def layer_norm(imp, node, a):
+    """Normalisation over the axes from ``axis`` to the last (never the batch) as ``layer_norm``; the scale and
+    bias broadcast to the normalised shape (a missing bias is zero)."""
+    x = imp.dyn_of(node.input[0])
+    if any(o and imp.consumers[o] for o in node.output[1:]):
+        raise imp.fail("the Mean and InvStdDev outputs are not supported")
+    rank = len(x.shape) + 1
+    axis = int(a.get("axis", -1))
+    if not -rank <= axis < rank or axis % rank == 0:
+        raise imp.fail(f"axis {axis} normalises over the batch axis (or is out of range for a rank-{rank} tensor); "
+                       f"only axes after the batch are supported")
+    k = rank - axis % rank
+    normalized = tuple(x.shape[len(x.shape) - k:])
+    weights = {}
+    for i, what in ((1, "weight"), (2, "bias")):
+        v = imp.const(node.input[i], "scale" if i == 1 else "bias") if len(node.input) > i and node.input[i] else None
+        v = np.zeros(normalized, np.float32) if v is None else np.asarray(v, np.float32)
+        try:
+            weights[what] = np.broadcast_to(v, normalized)
+        except ValueError:
+            raise imp.fail(f"{'scale' if i == 1 else 'bias'} of shape {v.shape} does not broadcast to the normalised "
+                           f"shape {normalized}") from None
+    params = {"axes": k} if k != 1 else {}
+    eps = float(a.get("epsilon", 1e-5))
+    if abs(eps - 1e-5) > 1e-12:
+        params["eps"] = eps
+    return [imp.emit("layer_norm", [x], params, weights)] + [None] * (len(node.output) - 1)
+
+
 @handles("LRN")
 def lrn(imp, node, a):
     x = imp.dyn_of(node.input[0])
@@ -787,9 +817,10 @@ def const_ops(imp, node, a):   # only reached with dynamic inputs
     raise imp.fail("the shape must be known at import time")
 
 
-@handles("ReduceMean", "ReduceMax")
-def reduce_spatial(imp, node, a):
-    """Mean / max over H and W (``x.mean([2, 3])`` in ShuffleNet and MobileNetV2) as a global pooling."""
+@handles("ReduceMean", "ReduceMax", "ReduceSum")
+def reduce(imp, node, a):
+    """Mean / max over H and W of an (N, C, H, W) tensor (``x.mean([2, 3])`` in ShuffleNet and MobileNetV2) as a
+    global pooling; any other reduction that keeps the batch axis (CBAM's ``x.mean(1, keepdim=True)``) as ``reduce``."""
     x = imp.dyn_of(node.input[0])
     axes = a.get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
@@ -798,11 +829,75 @@ def reduce_spatial(imp, node, a):
         return [x]
     rank = len(x.shape) + 1
     axes = sorted({int(ax) % rank for ax in axes}) if axes else list(range(rank))
-    if rank != 4 or axes != [2, 3]:
-        raise imp.fail(f"only a reduction over the spatial axes [2, 3] of an (N, C, H, W) tensor is supported "
-                       f"(as global pooling), found axes {axes} of a rank-{rank} tensor")
-    kind = "global_avg_pool2d" if node.op_type == "ReduceMean" else "global_max_pool2d"
-    if a.get("keepdims", 1):
-        return [imp.emit(kind, [x])]
-    y = imp.emit(kind, [x], suffix=".pool")
-    return [imp.emit("flatten", [y])]
+    if 0 in axes:
+        raise imp.fail(f"reducing over the batch axis is not supported (axes {axes} of a rank-{rank} tensor)")
+    keep = bool(a.get("keepdims", 1))
+    kind = {"ReduceMean": "mean", "ReduceMax": "max", "ReduceSum": "sum"}[node.op_type]
+    if rank == 4 and axes == [2, 3] and kind != "sum":
+        pool = "global_avg_pool2d" if kind == "mean" else "global_max_pool2d"
+        if keep:
+            return [imp.emit(pool, [x])]
+        y = imp.emit(pool, [x], suffix=".pool")
+        return [imp.emit("flatten", [y])]
+    params = {"axes": axes} | ({"op": kind} if kind != "mean" else {}) | ({"keepdims": True} if keep else {})
+    return [imp.emit("reduce", [x], params)]
+
+
+# ---- element-wise math --------------------------------------------------------------------------
+UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Abs": "abs", "Neg": "neg", "Reciprocal": "reciprocal",
+         "Erf": "erf"}
+
+
+@handles(*UNARY)
+def unary(imp, node, a):
+    return [imp.emit("unary", [imp.dyn_of(node.input[0])], {"fn": UNARY[node.op_type]})]
+
+
+@handles("Max", "Min")
+def extremum(imp, node, a):
+    """Element-wise max / min of one or more inputs, as a chain of two-input ``maximum`` / ``minimum`` layers."""
+    vals = [imp.get(n) for n in node.input]
+    if len(vals) == 1:
+        return [vals[0]]
+    rank = max(_rank(v) for v in vals)
+    ops = _operands(imp, node.input, rank)
+    kind = "maximum" if node.op_type == "Max" else "minimum"
+    y = ops[0]
+    for i, v in enumerate(ops[1:], 1):
+        y = imp.emit(kind, [y, v], suffix=f".{i}" if i < len(vals) - 1 else "")
+    return [y]
+
+
+@handles("Pow")
+def pow_(imp, node, a):
+    e = imp.get(node.input[1])
+    if not isinstance(e, np.ndarray):
+        raise imp.fail("a computed exponent is not supported; only Pow with a constant scalar exponent is")
+    if np.size(e) != 1:
+        raise imp.fail(f"only a scalar exponent is supported, found one of shape {np.shape(e)}")
+    return [imp.emit("pow", [imp.dyn_of(node.input[0])], {"exponent": f32(np.asarray(e, np.float64).reshape(()))})]
+
+
+@handles("Softsign")
+def softsign(imp, node, a):
+    return [imp.emit("softsign", [imp.dyn_of(node.input[0])])]
+
+
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805
+
+
+@handles("Selu")
+def selu(imp, node, a):
+    params = {}
+    alpha, gamma = float(a.get("alpha", SELU_ALPHA)), float(a.get("gamma", SELU_GAMMA))
+    if abs(alpha - SELU_ALPHA) > 1e-6:   # ONNX's defaults are torch's constants rounded to float32
+        params["alpha"] = alpha
+    if abs(gamma - SELU_GAMMA) > 1e-6:
+        params["scale"] = gamma
+    return [imp.emit("selu", [imp.dyn_of(node.input[0])], params)]
+
+
+@handles("Celu")
+def celu(imp, node, a):
+    alpha = float(a.get("alpha", 1.0))
+    return [imp.emit("celu", [imp.dyn_of(node.input[0])], {"alpha": alpha} if alpha != 1.0 else {})]

@@ -90,6 +90,38 @@ NORM = {
     "outputs": ["p2"],
 }
 
+MATH = {
+    "name": "math_ops",
+    "inputs": {"x": {"shape": [4, 5, 6]}},
+    "layers": [
+        {"id": "ln", "type": "layer_norm", "axes": 3, "eps": 0.001},
+        {"id": "ln1", "type": "layer_norm"},
+        {"id": "ln2", "type": "layer_norm", "axes": 2},
+        {"id": "avg", "type": "reduce", "axes": [1], "keepdims": True},          # CBAM's channel statistics
+        {"id": "top", "type": "reduce", "op": "max", "axes": [1], "keepdims": True, "inputs": "ln2"},
+        {"id": "both", "type": "maximum", "inputs": ["avg", "top"]},
+        {"id": "low", "type": "minimum", "inputs": ["ln2", "both"]},
+        {"id": "total", "type": "reduce", "op": "sum", "axes": [3]},
+        {"id": "row", "type": "reduce", "op": "max", "axes": [3], "inputs": "ln1"},
+        {"id": "rowmax", "type": "maximum", "inputs": ["total", "row"]},
+        {"id": "a", "type": "unary", "fn": "abs"},
+        {"id": "s", "type": "unary", "fn": "sqrt"},
+        {"id": "e", "type": "unary", "fn": "exp"},
+        {"id": "l", "type": "unary", "fn": "log"},
+        {"id": "r", "type": "unary", "fn": "reciprocal"},
+        {"id": "n", "type": "unary", "fn": "neg"},
+        {"id": "erf", "type": "unary", "fn": "erf"},
+        {"id": "p2", "type": "pow", "exponent": 2.0},
+        {"id": "p3", "type": "pow", "exponent": 1.5, "inputs": "s"},
+        {"id": "prod", "type": "mul", "inputs": ["p2", "p3"]},
+        {"id": "ss", "type": "softsign"},
+        {"id": "se", "type": "selu"},
+        {"id": "ce", "type": "celu", "alpha": 0.5},
+        {"id": "se2", "type": "selu", "alpha": 1.5, "scale": 2.0},
+    ],
+    "outputs": ["se2", "low"],
+}
+
 
 def _random_params(model):
     for name in model.params:
@@ -124,7 +156,8 @@ def _structure(spec):
     return out
 
 
-@pytest.mark.parametrize("spec_dict,opset", [(CNN, 13), (CNN, 17), (CNN, 20), (TENSOR, 17), (TENSOR, 18), (NORM, 21)])
+@pytest.mark.parametrize("spec_dict,opset", [(CNN, 13), (CNN, 17), (CNN, 20), (TENSOR, 17), (TENSOR, 18), (NORM, 21),
+                                             (MATH, 17), (MATH, 18)])
 def test_export_runs_in_onnxruntime_and_round_trips(spec_dict, opset, tmp_path):
     model = cnngraph.compile(spec_dict)
     _random_params(model)
@@ -184,3 +217,27 @@ def test_group_norm_before_opset_21_exports_as_torch_does_and_imports_back(opset
     for k, got in zip(names, sess.run(None, feeds)):
         np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
         np.testing.assert_allclose(back[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_layer_norm_below_opset_17_exports_as_its_decomposition():
+    """Before LayerNormalization (opset 17) a layer_norm is ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div (and
+    Mul, Add by its weights); ONNX Runtime and the import (now as primitive layers) agree with cnngraph. A layer_norm
+    without affine weights exports with unit scale and zero bias (and so imports back with weights)."""
+    spec = {**MATH, "layers": MATH["layers"] + [
+        {"id": "plain", "type": "layer_norm", "axes": 2, "affine": False, "eps": 0.01, "inputs": "ln"}],
+        "outputs": MATH["outputs"] + ["plain"]}
+    model = cnngraph.compile(spec)
+    _random_params(model)
+    for opset in (13, 16, 17):
+        proto = export_onnx(model, opset=opset)
+        ops = {n.op_type for n in proto.graph.node}
+        assert ("LayerNormalization" in ops) == (opset >= 17)
+        assert {"ReduceMean", "Max", "Min", "ReduceSum", "Pow", "Sqrt", "Erf", "Selu", "Celu", "Softsign"} <= ops
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        feeds = _feeds(spec, 3)
+        want = model.forward(feeds, outputs=names)
+        back = import_onnx(proto).forward(feeds)
+        for k, got in zip(names, sess.run(None, feeds)):
+            np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+            np.testing.assert_allclose(back[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)

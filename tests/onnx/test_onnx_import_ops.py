@@ -179,6 +179,37 @@ CASES = {
     "depth_to_space_crd": ([N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD")], {"x": (2, 8, 3, 5)}, {}, 13),
     "depth_to_space_dcr": ([N("DepthToSpace", ["x"], ["y"], blocksize=2)], {"x": (2, 8, 3, 5)}, {}, 13),
     "depth_to_space_opset1": ([N("DepthToSpace", ["x"], ["y"], blocksize=3)], {"x": (2, 9, 2, 2)}, {}, 7),
+    "sqrt": ([N("Abs", ["x"], ["a"]), N("Sqrt", ["a"], ["y"])], {"x": X4}, {}, 13),
+    "exp": ([N("Exp", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "log_reciprocal": ([N("Abs", ["x"], ["a"]), N("Log", ["a"], ["l"]), N("Reciprocal", ["a"], ["r"]),
+                        N("Sub", ["l", "r"], ["y"])], {"x": X4}, {}, 13),
+    "neg": ([N("Neg", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "erf": ([N("Erf", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "softsign": ([N("Softsign", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "selu_defaults": ([N("Selu", ["x"], ["y"])], {"x": X4}, {}, 13),
+    "selu_attrs": ([N("Selu", ["x"], ["y"], alpha=1.5, gamma=2.0)], {"x": X4}, {}, 13),
+    "celu": ([N("Celu", ["x"], ["y"], alpha=0.5)], {"x": X4}, {}, 13),
+    "max2": ([N("Max", ["x", "z"], ["y"])], {"x": X4, "z": (2, 4, 1, 10)}, {}, 13),
+    "max3_const": ([N("Max", ["x", "c", "z"], ["y"])], {"x": X4, "z": X4}, {"c": rand(10)}, 13),
+    "min_const": ([N("Min", ["c", "x"], ["y"])], {"x": X4}, {"c": rand(4, 1, 1)}, 13),
+    "min_one": ([N("Min", ["x"], ["m"]), N("Relu", ["m"], ["y"])], {"x": X4}, {}, 13),
+    "pow_square": ([N("Pow", ["x", "e"], ["y"])], {"x": X4}, {"e": np.array(2, np.float32)}, 13),
+    "pow_sqrt_int_exponent": ([N("Abs", ["x"], ["a"]), N("Pow", ["a", "e"], ["y"])], {"x": X4},
+                              {"e": np.array([0.5], np.float32)}, 15),
+    "pow_cube_int64": ([N("Pow", ["x", "e"], ["y"])], {"x": X4}, {"e": np.array(3, np.int64)}, 13),
+    "reduce_mean_channels": ([N("ReduceMean", ["x"], ["y"], axes=[1])], {"x": X4}, {}, 13),
+    "reduce_max_channels_keep0": ([N("ReduceMax", ["x"], ["y"], axes=[1], keepdims=0)], {"x": X4}, {}, 13),
+    "reduce_sum13": ([N("ReduceSum", ["x", "a"], ["y"])], {"x": X4}, {"a": np.array([1, -1], np.int64)}, 13),
+    "reduce_sum_hw": ([N("ReduceSum", ["x", "a"], ["y"], keepdims=0)], {"x": X4}, {"a": np.array([2, 3], np.int64)}, 13),
+    "reduce_mean18_input": ([N("ReduceMean", ["x", "a"], ["y"])], {"x": X4}, {"a": np.array([-3], np.int64)}, 18),
+    "reduce_max18_noop": ([N("ReduceMax", ["x", "a"], ["y"], noop_with_empty_axes=1)], {"x": X4},
+                          {"a": np.array([], np.int64)}, 18),
+    "layer_norm_last": ([N("LayerNormalization", ["x", "s", "b"], ["y"])], {"x": X4}, {"s": rand(10), "b": rand(10)},
+                        17),
+    "layer_norm_chw": ([N("LayerNormalization", ["x", "s", "b"], ["y"], axis=1, epsilon=1e-3)], {"x": X4},
+                       {"s": rand(4, 9, 10), "b": rand(4, 9, 10)}, 17),
+    "layer_norm_no_bias_bcast_scale": ([N("LayerNormalization", ["x", "s"], ["y"], axis=-2)], {"x": X4},
+                                       {"s": rand(10)}, 17),
     "clip_relu6": ([N("Clip", ["x", "lo", "hi"], ["y"])], {"x": X4},
                    {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}, 13),
     "clip_min_only": ([N("Clip", ["x", "lo"], ["y"])], {"x": X4}, {"lo": np.array(-0.3, np.float32)}, 13),
@@ -227,3 +258,17 @@ def test_prelu_slope_that_is_not_per_channel_is_named():
     model = make_model([N("PRelu", ["x", "s"], ["y"])], {"x": X4}, {"s": rand(10)}, opset=13)   # per column W
     with pytest.raises(OnnxError, match=r"PRelu node .*only a shared slope or one per channel .*\(10,\)"):
         import_onnx(model)
+
+
+def test_pow_with_a_computed_exponent_and_layer_norm_over_the_batch_are_named():
+    from cnngraph.onnx import OnnxError, import_onnx
+    with pytest.raises(OnnxError, match=r"Pow node .*a computed exponent is not supported"):
+        import_onnx(make_model([N("Pow", ["x", "z"], ["y"])], {"x": X4, "z": X4}, opset=13))
+    with pytest.raises(OnnxError, match=r"Pow node .*only a scalar exponent"):
+        import_onnx(make_model([N("Pow", ["x", "e"], ["y"])], {"x": X4}, {"e": rand(10)}, opset=13))
+    with pytest.raises(OnnxError, match=r"LayerNormalization node .*batch axis"):
+        import_onnx(make_model([N("LayerNormalization", ["x", "s"], ["y"], axis=0)], {"x": (2, 3)},
+                               {"s": rand(2, 3)}, opset=17))
+    with pytest.raises(OnnxError, match=r"ReduceSum node .*batch axis"):
+        import_onnx(make_model([N("ReduceSum", ["x", "a"], ["y"])], {"x": X4}, {"a": np.array([0, 1], np.int64)},
+                               opset=13))

@@ -156,3 +156,49 @@ def test_torch_norms_prelu_softplus_and_pixel_shuffle_import_and_match(opset, tm
         with torch.no_grad():
             want = net(x).numpy()
         np.testing.assert_allclose(model.forward({"input.image": x.numpy()})["y"], want, rtol=1e-4, atol=1e-5)
+
+
+class LayerNormNet(nn.Module):
+    """nn.LayerNorm over (C, H, W), and over the channels after a permute to channels-last (ConvNeXt-style),
+    CBAM-style channel statistics (mean and max over C), and the element-wise math ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln_chw = nn.LayerNorm((8, 6, 6))
+        self.ln_c = nn.LayerNorm(8, eps=1e-3)
+        self.spatial = nn.Conv2d(2, 1, 3, padding=1)
+        self.act = nn.SELU()
+
+    def forward(self, x):
+        y = self.ln_chw(self.conv(x))
+        y = self.ln_c(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        stats = torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1)
+        y = y * torch.sigmoid(self.spatial(stats))
+        y = torch.maximum(self.act(y), F.celu(y, 0.5)) + torch.sqrt(y.abs() + 1) - torch.exp(-y.pow(2)) + torch.erf(y)
+        return F.softsign(y) + y.sum(dim=(2, 3), keepdim=True) / torch.log(y.abs() + 2)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_torch_layer_norm_cbam_statistics_and_math_import_and_match(opset, tmp_path):
+    """At opset 17 nn.LayerNorm exports as LayerNormalization (axis -3, and -1 after the permute); at 13 as its
+    decomposition, which imports as reduce / pow / unary layers."""
+    torch.manual_seed(3)
+    net = LayerNormNet()
+    with torch.no_grad():
+        for m in (net.ln_chw, net.ln_c):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+    _export(net, torch.randn(2, 3, 6, 6), tmp_path / "ln.onnx", opset, ["y"])
+    model = import_onnx(tmp_path / "ln.onnx")
+    types = [layer["type"] for layer in model.import_result.spec["layers"]]
+    assert {"reduce", "maximum", "unary", "selu", "celu"} <= set(types)   # torch writes softsign as Div, Abs, Add
+    assert ("layer_norm" in types) == (opset >= 17)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 6, 6)
+        with torch.no_grad():
+            want = net(x).numpy()
+        np.testing.assert_allclose(model.forward({"input.image": x.numpy()})["y"], want, rtol=1e-4, atol=1e-5)
+    out = model.forward({"input.image": x.numpy()}, training=True)
+    grads = model.backward({"y": np.ones_like(out["y"])})
+    assert all(np.isfinite(grads[n]).all() for n in model.trainable_names)
