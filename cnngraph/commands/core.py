@@ -39,7 +39,8 @@ def register(sub) -> None:
     add_spec_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("ops", help="list every registered op with its parameters and plugin")
+    p = sub.add_parser("ops", help="list every registered op (or the named ones) with its parameters and plugin")
+    p.add_argument("types", nargs="*", metavar="TYPE", help="show only these op types")
     p.add_argument("--format", choices=("text", "json"), default="text")
     add_spec_options(p)
     p.set_defaults(func=cmd_ops)
@@ -137,9 +138,28 @@ def _describe_params(op_cls) -> list[dict]:
         default = None if required else f.get_default(call_default_factory=True)
         if isinstance(default, tuple):
             default = list(default)
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-        rows.append({"name": name, "required": required, "default": default, "type": ann})
+        kind = _type_text(f.annotation)
+        if kind == "[int, int]" and f.metadata:   # IntPair: its validator also takes one number for both
+            kind = "int or [int, int]"
+        rows.append({"name": name, "required": required, "default": default, "type": kind})
     return rows
+
+
+def _type_text(ann) -> str:
+    """A parameter's type as a spec writer reads it: int, float, a|b (choices), [int, int], x or null."""
+    import typing
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [_type_text(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin in (tuple, list):
+        variadic = origin is list or Ellipsis in args
+        return "[" + ", ".join(_type_text(a) for a in args if a is not Ellipsis) + (", ..." if variadic else "") + "]"
+    return getattr(ann, "__name__", str(ann).replace("typing.", ""))
 
 
 def cmd_ops(args) -> int:
@@ -147,8 +167,13 @@ def cmd_ops(args) -> int:
     for plugin in args.plugin:
         load_plugin_file(plugin)
     reg = get_registry()
+    unknown = [t for t in args.types if t not in reg.ops]
+    if unknown:
+        from ..registry import did_you_mean
+        raise CnnGraphError("; ".join(f"unknown op type '{t}'{did_you_mean(t, reg.ops)}" for t in unknown)
+                            + " (`cnngraph ops` lists them all)")
     ops = [{"type": t, "plugin": cls.plugin, "inputs": list(cls.arity), "doc": cls.describe(),
-            "params": _describe_params(cls)} for t, cls in sorted(reg.ops.items())]
+            "params": _describe_params(cls)} for t, cls in sorted(reg.ops.items()) if not args.types or t in args.types]
     if args.format == "json":
         print(json.dumps(ops, indent=2, default=str))
         return 0
@@ -160,7 +185,7 @@ def cmd_ops(args) -> int:
             print(f"    {op['doc']}")
         for prm in op["params"]:
             val = "required" if prm["required"] else f"default {json.dumps(prm['default'], default=str)}"
-            print(f"    {prm['name']}: {val}")
+            print(f"    {prm['name']} ({prm['type']}): {val}")
     return 0
 
 
