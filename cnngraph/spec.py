@@ -53,6 +53,15 @@ class _TopLevel(BaseModel):
     outputs: Union[str, list[str]]
     train: Optional[dict[str, Any]] = None
 
+    @field_validator("inputs")
+    @classmethod
+    def _input_names_ok(cls, v: dict) -> dict:
+        bad = [k for k in v if not ID_PATTERN.match(k)]
+        if bad:   # they are referenced from layers' inputs like layer ids
+            raise ValueError(f"input names follow the layer-id rule (start with an ASCII letter or '_', then "
+                             f"letters, digits, '_', '.', '-'); found {', '.join(map(repr, bad))}")
+        return v
+
 
 class _LayerHead(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -64,7 +73,8 @@ class _LayerHead(BaseModel):
     @classmethod
     def _id_ok(cls, v: str) -> str:
         if not ID_PATTERN.match(v):
-            raise ValueError(f"layer ids start with a letter or '_' and use letters, digits, '_', '.', '-'; found {v!r}")
+            raise ValueError(f"layer ids start with an ASCII letter or '_' and use letters, digits, '_', '.', '-'; "
+                             f"found {v!r}")
         return v
 
 

@@ -464,3 +464,16 @@ def test_a_loss_after_its_own_activation_is_a_warning(tmp_path, capsys):
         cnngraph.compile(path)
     path.write_text(path.read_text().replace("inputs: [p, y]", "inputs: [fc, y]"))
     assert cnngraph.load_spec(path).warnings == []
+
+
+def test_input_names_follow_the_layer_id_rule(tmp_path):
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  my image: {shape: [1, 4, 4]}
+layers:
+  - {id: r, type: relu}
+outputs: [r]
+""")
+    assert any("input names follow the layer-id rule" in p.message and "'my image'" in p.message
+               for p in err.problems)
