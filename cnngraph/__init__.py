@@ -7,6 +7,7 @@
 from .errors import (BackendError, CheckpointError, CnnGraphError, DataError, PluginError, Problem, RunError,
                      ShapeError, SpecError)
 from .hookspecs import hookimpl
+from .losses import loss_and_grad
 from .model import Model, ParamStore, compile
 from .op import Context, Op, OpParams
 from .registry import get_registry, load_plugin_file, register_plugin
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "load_spec", "compile", "Model", "ParamStore", "Spec", "Op", "OpParams", "Context", "hookimpl",
-    "get_registry", "register_plugin", "load_plugin_file", "register_op",
+    "get_registry", "register_plugin", "load_plugin_file", "register_op", "loss_and_grad",
     "CnnGraphError", "SpecError", "ShapeError", "PluginError", "RunError", "BackendError", "DataError",
     "CheckpointError", "Problem", "train", "load_model", "import_onnx", "export_onnx", "__version__",
 ]

@@ -185,3 +185,27 @@ def test_allocator_tuning_is_applied_on_glibc_and_can_be_turned_off():
     assert off == "False"
     if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
         assert on == "True"
+
+
+def test_loss_and_grad_on_plain_arrays_matches_torch():
+    """For hand-written loops whose spec has no loss layer: the value and d/d(prediction) of any loss op."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 4))
+    labels, soft = rng.integers(0, 4, 5), rng.random((5, 4))
+    cases = [("cross_entropy", labels, {"label_smoothing": 0.1},
+              lambda t: F.cross_entropy(t, torch.tensor(labels), label_smoothing=0.1)),
+             ("cross_entropy", soft, {}, lambda t: F.cross_entropy(t, torch.tensor(soft))),
+             ("binary_cross_entropy", soft > 0.5, {"reduction": "sum"},
+              lambda t: F.binary_cross_entropy_with_logits(t, torch.tensor((soft > 0.5) * 1.0), reduction="sum")),
+             ("mse", soft, {}, lambda t: F.mse_loss(t, torch.tensor(soft)))]
+    for kind, target, params, ref in cases:
+        value, grad = cnngraph.loss_and_grad(kind, x, target, **params)
+        t = torch.tensor(x, requires_grad=True)
+        want = ref(t)
+        want.backward()
+        assert abs(value - want.item()) < 1e-12, kind
+        np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14, err_msg=kind)
+    with pytest.raises(cnngraph.CnnGraphError, match="unknown loss 'crossentropy' \\(did you mean 'cross_entropy'"):
+        cnngraph.loss_and_grad("crossentropy", x, labels)
