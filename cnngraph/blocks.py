@@ -433,6 +433,15 @@ class _Expander:
                     bad = True
                 else:
                     args[key] = default
+        for key in block["args"]:   # defaults may use the instance's other arguments: hidden: ${c}*${t}
+            if key not in raw and isinstance(args.get(key), str) and "$" in args[key]:
+                given = {k: v for k, v in args.items() if k != key}
+                whole = _WHOLE.match(args[key])
+                if whole and (whole.group(1) or whole.group(2)) in given:   # `$c` keeps c's value and type
+                    args[key] = given[whole.group(1) or whole.group(2)]
+                else:
+                    args[key] = _arithmetic(_SUBST.sub(lambda m: "$" if m.group(0) == "$$" else
+                                                       str(given.get(m.group(1) or m.group(2), m.group(0))), args[key]))
         repeat = raw.get("repeat", 1)
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
             self.problem(f"'repeat' must be an integer >= 1, found {repeat!r}", path + ("repeat",), full, note)
@@ -520,7 +529,7 @@ class _Expander:
                     missing.append(arg)
                     return m.group(0)
                 return str(args[arg])
-            out = _SUBST.sub(repl, value)
+            out = _arithmetic(_SUBST.sub(repl, value)) if not missing else _SUBST.sub(repl, value)
             for arg in missing:
                 from .registry import did_you_mean
                 declared = ", ".join(args) or "none"
@@ -536,6 +545,34 @@ class _Expander:
             if whole and (whole.group(1) or whole.group(2)) in args:
                 return args[whole.group(1) or whole.group(2)]
         return value
+
+
+_ARITHMETIC = re.compile(r"^[\d\s.+\-*/()]+$")
+
+
+def _arithmetic(text: str):
+    """``"8*6"`` (what ``"${c}*${t}"`` becomes) as the number 48; other text unchanged. Only numbers,
+    + - * / // and parentheses are evaluated (an AST walk, never eval)."""
+    if not isinstance(text, str) or not _ARITHMETIC.match(text) or not any(c in text for c in "+-*/"):
+        return text
+    import ast
+    import operator
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in ops:
+            return ops[type(node.op)](value(node.operand))
+        raise ValueError("not arithmetic")
+    try:
+        result = value(ast.parse(text.strip(), mode="eval").body)
+    except (ValueError, SyntaxError, ZeroDivisionError):
+        return text
+    return int(result) if isinstance(result, float) and result.is_integer() else result
 
 
 def _order_keys(layer: dict) -> dict:

@@ -526,3 +526,22 @@ def test_resnet18_cifar_equals_a_hand_written_torch_resnet18():
     ref = run(torch.from_numpy(x)).detach().numpy()
     assert y.shape == ref.shape == (2, 10)
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_block_arguments_compute_and_defaults_use_other_arguments():
+    """MobileNetV2's inverted residual: hidden = c * t, written once in the block."""
+    spec = cnngraph.load_spec({
+        "inputs": {"image": {"shape": [8, 4, 4]}},
+        "blocks": {"ir": {"args": {"c": None, "t": 6, "hidden": "${c}*${t}", "same": "$c"},
+                          "layers": [{"id": "expand", "type": "conv2d", "out_channels": "$hidden", "kernel_size": 1},
+                                     {"id": "dw", "type": "conv2d", "out_channels": "$hidden", "kernel_size": 3,
+                                      "padding": 1, "groups": "$hidden"},
+                                     {"id": "project", "type": "conv2d", "out_channels": "$same",
+                                      "kernel_size": 1},
+                                     {"id": "half", "type": "conv2d", "out_channels": "${hidden} // 2 - 1",
+                                      "kernel_size": 1}]}},
+        "layers": [{"id": "a", "block": "ir", "c": 8}, {"id": "b", "block": "ir", "c": 4, "t": 2}],
+        "outputs": ["b"]})
+    shapes = {n: spec.graph.nodes[n]["out_shape"][0] for n in spec.graph if "." in n}
+    assert shapes == {"a.expand": 48, "a.dw": 48, "a.project": 8, "a.half": 23,
+                      "b.expand": 8, "b.dw": 8, "b.project": 4, "b.half": 3}
