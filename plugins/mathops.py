@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from cnngraph.backend import xp_of
