@@ -16,7 +16,6 @@ curves.png); ``epochs`` is the part spent in the epochs themselves (training + v
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
