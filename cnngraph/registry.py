@@ -283,14 +283,16 @@ class _Plugins:
                 self.registry.skipped[ep.name] = f"disabled by {DISABLE_ENV}"
                 continue
             try:
+                plugin = ep.load()
+                why = None
+            except Exception as exc:  # noqa: BLE001 - whatever the package raises on import
+                why = f"failed to import: {type(exc).__name__}: {exc}"
+            if why is None:
                 try:
-                    plugin = ep.load()
-                except Exception as exc:
-                    raise PluginError(f"failed to import: {type(exc).__name__}: {exc}") from exc
-                origin = f"entry point {ep.value}" + (f" ({package})" if package else "")
-                self.register(plugin, ep.name, origin)
-            except PluginError as exc:
-                why = str(exc)
+                    self.register(plugin, ep.name, f"entry point {ep.value}" + (f" ({package})" if package else ""))
+                except PluginError as exc:
+                    why = str(exc)
+            if why is not None:
                 self.registry.skipped[ep.name] = why
                 print(f"warning: installed plugin '{ep.name}' (entry point {ep.value}{', ' + package if package else ''})"
                       f" is skipped: {why}. Fix or uninstall it, or set {DISABLE_ENV}={ep.name} to silence this.",

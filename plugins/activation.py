@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.kernels._parallel import contiguous_alike, run_blocks
 from cnngraph.op import Context, Op, OpParams
@@ -115,7 +116,6 @@ class PReLU(_Elementwise):
         return [({}, [(3, 5, 5)]), ({"shared": True}, [(3, 4, 4)]), ({}, [(7,)])]
 
     def infer_shape(self, in_shapes):
-        from cnngraph.errors import ShapeError
         (shape,) = in_shapes
         if len(shape) < 1:
             raise ShapeError("prelu needs a channel axis: found a scalar per sample")

@@ -114,6 +114,18 @@ class BatchNorm2d(Op):
         return 2 * math.prod(out_shape)
 
 
+def _standardize(x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over ``axes`` (kept), and the 1 / std it used."""
+    xc = x - x.mean(axis=axes, keepdims=True)
+    inv_std = 1 / xp_of(x).sqrt((xc * xc).mean(axis=axes, keepdims=True) + x.dtype.type(eps))
+    return xc * inv_std, inv_std
+
+
+def _standardize_grad(g, xhat, inv_std, axes):
+    """The gradient of :func:`_standardize` for the incoming gradient ``g`` of its output."""
+    return (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True)) * inv_std
+
+
 class GroupNormParams(OpParams):
     num_groups: int = Field(..., ge=1, description="channels are split into this many groups (C for instance norm)")
     eps: float = Field(1e-5, gt=0)
@@ -148,12 +160,8 @@ class GroupNorm(Op):
 
     def forward(self, ctx, inputs, params):
         x, = inputs
-        xp = xp_of(x)
-        n, g = x.shape[0], self.p.num_groups
-        xg = x.reshape(n, g, -1)
-        xc = xg - xg.mean(axis=2, keepdims=True)
-        inv_std = 1 / xp.sqrt((xc * xc).mean(axis=2, keepdims=True) + x.dtype.type(self.p.eps))
-        xhat = (xc * inv_std).reshape(x.shape)
+        xhat, inv_std = _standardize(x.reshape(x.shape[0], self.p.num_groups, -1), 2, self.p.eps)
+        xhat = xhat.reshape(x.shape)
         ctx.save(xhat=xhat, inv_std=inv_std, weight=params.get("weight"))
         if not self.p.affine:
             return xhat
@@ -170,9 +178,8 @@ class GroupNorm(Op):
             g = gy * BatchNorm2d._bc(s["weight"], gy)
         if not ctx.need_grad(0):
             return [None], grads
-        n, groups = gy.shape[0], self.p.num_groups
-        g, xh = g.reshape(n, groups, -1), xhat.reshape(n, groups, -1)
-        dx = (g - g.mean(axis=2, keepdims=True) - xh * (g * xh).mean(axis=2, keepdims=True)) * s["inv_std"]
+        grouped = (gy.shape[0], self.p.num_groups, -1)
+        dx = _standardize_grad(g.reshape(grouped), xhat.reshape(grouped), s["inv_std"], 2)
         return [dx.reshape(gy.shape)], grads
 
     def flops(self, in_shapes, out_shape):
@@ -218,11 +225,7 @@ class LayerNorm(Op):
 
     def forward(self, ctx, inputs, params):
         x, = inputs
-        xp = xp_of(x)
-        red = self._red(x)
-        xc = x - x.mean(axis=red, keepdims=True)
-        inv_std = 1 / xp.sqrt((xc * xc).mean(axis=red, keepdims=True) + x.dtype.type(self.p.eps))
-        xhat = xc * inv_std
+        xhat, inv_std = _standardize(x, self._red(x), self.p.eps)
         ctx.save(xhat=xhat, inv_std=inv_std, weight=params.get("weight"))
         if not self.p.affine:
             return xhat
@@ -240,8 +243,7 @@ class LayerNorm(Op):
             g = gy * s["weight"].astype(gy.dtype, copy=False)
         if not ctx.need_grad(0):
             return [None], grads
-        dx = (g - g.mean(axis=red, keepdims=True) - xhat * (g * xhat).mean(axis=red, keepdims=True)) * s["inv_std"]
-        return [dx], grads
+        return [_standardize_grad(g, xhat, s["inv_std"], red)], grads
 
     def flops(self, in_shapes, out_shape):
         return 4 * math.prod(out_shape)
