@@ -393,7 +393,6 @@ class _AxisOp(_Elementwise):
         return [({}, [(4, 3, 3)]), ({"axis": -1}, [(2, 5)]), ({"axis": 2}, [(3, 4, 2)])]
 
     def infer_shape(self, in_shapes):
-        from cnngraph.errors import ShapeError
         nd = len(in_shapes[0]) + 1
         if not -nd <= self.p.axis < nd or self.p.axis % nd == 0:
             raise ShapeError(f"axis {self.p.axis} is out of range for a tensor of {nd} dimensions "
