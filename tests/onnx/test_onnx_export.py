@@ -136,6 +136,20 @@ def _feeds(spec, batch):
             for k, v in spec["inputs"].items() if v.get("dtype") != "int64"}
 
 
+def _runtime_and_import_agree(model, spec, exported):
+    """ONNX Runtime on the exported model (a path or a ModelProto), and cnngraph on its re-import, both
+    give the model's own outputs."""
+    source = exported.SerializeToString() if isinstance(exported, onnx.ModelProto) else exported
+    sess = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    feeds = _feeds(spec, 3)
+    want = model.forward(feeds, outputs=names)
+    back = import_onnx(exported).forward(feeds)
+    for k, got in zip(names, sess.run(None, feeds)):
+        np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(back[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
 def _structure(spec):
     """Layer id → (type, resolved inputs, params with paddings resolved) of the exported part."""
     g = spec.graph
@@ -209,14 +223,7 @@ def test_group_norm_before_opset_21_exports_as_torch_does_and_imports_back(opset
     export_onnx(model, path, opset=opset)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"InstanceNormalization", "PRelu", "Softplus", "DepthToSpace"} <= ops and "GroupNormalization" not in ops
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    feeds = _feeds(spec, 3)
-    want = model.forward(feeds, outputs=names)
-    back = import_onnx(path).forward(feeds)
-    for k, got in zip(names, sess.run(None, feeds)):
-        np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
-        np.testing.assert_allclose(back[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    _runtime_and_import_agree(model, spec, str(path))
 
 
 def test_layer_norm_below_opset_17_exports_as_its_decomposition():
@@ -233,11 +240,4 @@ def test_layer_norm_below_opset_17_exports_as_its_decomposition():
         ops = {n.op_type for n in proto.graph.node}
         assert ("LayerNormalization" in ops) == (opset >= 17)
         assert {"ReduceMean", "Max", "Min", "ReduceSum", "Pow", "Sqrt", "Erf", "Selu", "Celu", "Softsign"} <= ops
-        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        feeds = _feeds(spec, 3)
-        want = model.forward(feeds, outputs=names)
-        back = import_onnx(proto).forward(feeds)
-        for k, got in zip(names, sess.run(None, feeds)):
-            np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
-            np.testing.assert_allclose(back[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        _runtime_and_import_agree(model, spec, proto)
