@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import PluginError, Problem, SpecError
 from .op import OpParams
+from .blocks import BROKEN_INSTANCE, DISPLAY, expand_blocks
 from .positions import Positions, parse_text, path_to_str
 from .registry import Registry, did_you_mean, get_registry, load_plugin_file, plugin_loaded
 
@@ -148,7 +149,6 @@ def _locate(message: str, path: tuple, positions: Positions, file: str | None,
     note = None
     shown = tuple(path)
     if notes:
-        from .blocks import DISPLAY
         p = tuple(path)
         while p:
             if p in notes:
@@ -310,7 +310,6 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     registry = get_registry()
 
     if data.get("blocks") is not None or any(isinstance(l, dict) and "block" in l for l in data.get("layers") or []):
-        from .blocks import expand_blocks
         data, positions, notes, block_problems = expand_blocks(data, positions, file)
         problems += block_problems   # failed instances stay as placeholders: the rest is still checked
 
@@ -376,7 +375,6 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
     layers: list[LayerSpec] = []
     broken: set[str] = set()
     seen: dict[str, int] = {}
-    from .blocks import BROKEN_INSTANCE, DISPLAY
     for i, raw in enumerate(raw_layers):
         where = ("layers", i)
         lid = raw.get("id") if isinstance(raw.get("id"), str) else None
