@@ -118,3 +118,18 @@ def test_weights_of_another_network_are_refused_before_any_is_loaded():
         b.load_params(arrays)
     for k, v in b.params.numpy().items():
         np.testing.assert_array_equal(v, before[k])                # nothing was half-loaded
+
+
+def test_summary_of_a_network_too_big_to_measure_is_one_line(monkeypatch, capsys):
+    """The training-memory measurement runs a real step; a MemoryError there must not be a traceback."""
+    from cnngraph import summary
+    from cnngraph.cli import main
+
+    def too_big(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(summary, "training_memory", too_big)
+    assert main(["summary", "specs/lenet5.yaml", "--batch-size", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "a training step at batch 8 does not fit in this machine's memory" in err and "--no-training-memory" in err
+    assert "Traceback" not in err

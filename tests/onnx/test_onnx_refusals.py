@@ -108,3 +108,30 @@ def test_exact_gelu_is_one_layer_whichever_mul_comes_first(x_first):
     assert [layer.type for layer in model.spec.layers] == ["gelu"]
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
     np.testing.assert_allclose(model.forward({"x": x})["y"], ort_run(m, {"x": x})["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_check_feeds_integer_inputs_in_their_own_type(tmp_path, capsys):
+    """--check used to feed float32 to every input, and ONNX Runtime's refusal was a traceback."""
+    from cnngraph.cli import main
+    w = np.random.default_rng(0).standard_normal((4, 4, 3, 3)).astype(np.float32)
+    m = _model([H.make_node("Cast", ["img"], ["x"], to=T.FLOAT), H.make_node("Conv", ["x", "W"], ["y"])],
+               [_vi("img", ["N", 4, 6, 6], T.INT64)], [_vi("y", None)], [NH.from_array(w, "W")])
+    onnx.save(m, str(tmp_path / "int.onnx"))
+    assert main(["import-onnx", str(tmp_path / "int.onnx"), "-o", str(tmp_path / "int.yaml"), "--check"]) == 0
+    assert "check vs ONNX Runtime" in capsys.readouterr().out
+
+
+def test_unreadable_initializer_and_missing_export_folder_are_named(tmp_path):
+    from cnngraph.onnx import export_onnx
+    init = NH.from_array(np.ones((4, 4, 1, 1), np.float32), "W")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.ClearField("raw_data")
+    init.external_data.add(key="location", value="missing_weights.bin")
+    m = _model([H.make_node("Conv", ["x", "W"], ["y"])], [_vi("x", ["N", 4, 6, 6])], [_vi("y", None)], [init])
+    with pytest.raises(OnnxError, match="initializer 'W' cannot be read .*import the model from its path"):
+        import_onnx(m)
+    import cnngraph
+    model = cnngraph.compile({"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "r", "type": "relu"}],
+                              "outputs": ["r"]})
+    with pytest.raises(OnnxError, match=r"the folder .*no_such_folder does not exist"):
+        export_onnx(model, tmp_path / "no_such_folder" / "m.onnx")
