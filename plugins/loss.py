@@ -41,7 +41,9 @@ class CrossEntropyParams(LossParams):
 
 class CrossEntropy(_Loss):
     """Softmax cross-entropy of logits (N, C) against integer class targets (N,) or class
-    probabilities (N, C), with label smoothing, as torch.nn.functional.cross_entropy."""
+    probabilities (N, C), with label smoothing, as torch.nn.functional.cross_entropy; also per
+    position, for segmentation: logits (N, C, d1, ...) against targets (N, d1, ...) or
+    probabilities (N, C, d1, ...), the mean taken over every position of every sample."""
 
     type = "cross_entropy"
     Params = CrossEntropyParams
@@ -54,20 +56,28 @@ class CrossEntropy(_Loss):
             ({}, [(5,), {"shape": (), "dtype": "int64", "high": 5}]),
             ({"label_smoothing": 0.1, "reduction": "sum"}, [(4,), {"shape": (), "dtype": "int64", "high": 4}]),
             ({"label_smoothing": 0.2}, [(3,), {"shape": (3,), "low": 0, "high": 1}]),
+            ({}, [(3, 4, 5), {"shape": (4, 5), "dtype": "int64", "high": 3}]),
+            ({"label_smoothing": 0.1}, [(3, 2, 4), {"shape": (3, 2, 4), "low": 0, "high": 1}]),
         ]
 
     def infer_shape(self, in_shapes):
-        logits, target = in_shapes
-        if len(logits) != 1:
-            raise ShapeError(f"cross_entropy expects logits of shape (classes,) per sample, found {logits}")
-        if tuple(target) not in ((), tuple(logits)):
-            raise ShapeError(f"cross_entropy expects targets of shape () (class index) or {tuple(logits)} "
-                             f"(probabilities) per sample, found {tuple(target)}")
+        logits, target = (tuple(s) for s in in_shapes)
+        if len(logits) < 1:
+            raise ShapeError(f"cross_entropy expects logits of shape (classes,) or (classes, d1, ...) per sample, "
+                             f"found {logits}")
+        if target not in (logits[1:], logits):
+            raise ShapeError(f"cross_entropy expects targets of shape {logits[1:]} (class indices) or {logits} "
+                             f"(probabilities) per sample, found {target}")
         return ()
 
     def forward(self, ctx, inputs, params):
         x, target = inputs
         xp = xp_of(x)
+        shape = x.shape
+        if x.ndim > 2:   # per position: classes last, positions become samples
+            x = xp.moveaxis(x, 1, -1).reshape(-1, shape[1])
+            target = (xp.moveaxis(target, 1, -1) if target.ndim == len(shape) else target).reshape(-1, *(
+                (shape[1],) if target.ndim == len(shape) else ()))
         n, c = x.shape
         z = x - x.max(axis=1, keepdims=True)
         logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
@@ -83,7 +93,8 @@ class CrossEntropy(_Loss):
         if eps:
             q = q * (1 - eps) + eps / c
         loss = -(q * logp).sum()
-        ctx.save(p=xp.exp(logp), q=q, n=n, logp=logp if target.ndim == 2 else None, tdtype=target.dtype)
+        ctx.save(p=xp.exp(logp), q=q, n=n, logp=logp if target.ndim == 2 else None, tdtype=target.dtype,
+                 shape=shape)
         return self._reduce(loss, n).astype(x.dtype)
 
     def backward(self, ctx, gy):
@@ -91,11 +102,20 @@ class CrossEntropy(_Loss):
         scale = self._scale(gy, s["n"], s["p"].dtype)
         dt = None
         if s["logp"] is not None and ctx.need_grad(1):   # d/dq of -sum(q' logp), q' = q (1 - eps) + eps / c
-            dt = (s["logp"] * (-(1 - self.p.label_smoothing) * scale)).astype(s["tdtype"], copy=False)
+            dt = _unflatten((s["logp"] * (-(1 - self.p.label_smoothing) * scale)).astype(s["tdtype"], copy=False),
+                            s["shape"])
         p, q = s["p"], s["q"]
         if s["logp"] is not None:   # probabilities need not sum to 1: d/dx = p * sum(q) - q
             p = p * q.sum(axis=1, keepdims=True)
-        return [(p - q) * scale, dt], {}
+        return [_unflatten((p - q) * scale, s["shape"]), dt], {}
+
+
+def _unflatten(g, shape):
+    """(positions, C) back to the logits' (N, C, d1, ...) layout."""
+    if len(shape) <= 2:
+        return g
+    xp = xp_of(g)
+    return xp.ascontiguousarray(xp.moveaxis(g.reshape(shape[0], *shape[2:], shape[1]), -1, 1))
 
 
 class BinaryCrossEntropy(_Loss):
@@ -115,7 +135,7 @@ class BinaryCrossEntropy(_Loss):
 
     def infer_shape(self, in_shapes):
         x, t = in_shapes
-        if tuple(t) != tuple(x) and not (tuple(x) == (1,) and tuple(t) == ()):
+        if tuple(t) != tuple(x) and not (tuple(x)[:1] == (1,) and tuple(t) == tuple(x)[1:]):
             raise ShapeError(f"binary_cross_entropy expects targets shaped like the logits {tuple(x)}, found {tuple(t)}")
         return ()
 

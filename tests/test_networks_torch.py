@@ -36,6 +36,7 @@ NETWORKS = {
     "resnet_small": ("specs/resnet_small.yaml", True),
     "inception_small": ("specs/inception_small.yaml", False),   # has dropout: compare in inference mode
     "depthwise_separable": (DEPTHWISE, True),
+    "digits_segmentation": ("specs/digits_segmentation.yaml", True),   # per-pixel logits, upsampling, skip
 }
 
 

@@ -108,6 +108,9 @@ CASES = {
     "cross_entropy_sum": ({"type": "cross_entropy", "reduction": "sum"}, [(5,), ()], {"x1": 5}, False),
     "binary_cross_entropy_sum": ({"type": "binary_cross_entropy", "reduction": "sum"}, [(4,), (4,)], {}, False),
     "mse_sum": ({"type": "mse", "reduction": "sum"}, [(4,), (4,)], {}, False),
+    # per-pixel (segmentation) cross-entropy: logits (C, H, W) against masks (H, W) or probabilities
+    "cross_entropy_pixels": ({"type": "cross_entropy", "label_smoothing": 0.1}, [(3, 4, 5), (4, 5)], {"x1": 3}, False),
+    "cross_entropy_pixels_soft": ({"type": "cross_entropy"}, [(3, 2, 4), (3, 2, 4)], {}, False),
 }
 
 
@@ -186,7 +189,8 @@ def test_forward_matches_torch(case):
                                   "softsign", "unary_sqrt", "unary_exp", "unary_log", "unary_abs", "unary_neg",
                                   "unary_reciprocal", "unary_erf", "maximum", "maximum_rank", "minimum", "pow_square",
                                   "pow_sqrt", "pow_negative", "pow_cube", "reduce_mean_channels", "reduce_sum",
-                                  "reduce_max_channels", "reduce_max_all"])
+                                  "reduce_max_channels", "reduce_max_all",
+                                  "cross_entropy_pixels_soft"])
 def test_forward_and_gradients_match_torch_in_float64(case):
     """The newer ops against torch autograd in float64, with random (not the initial constant) weights."""
     from cnngraph.torchref import torch_graph

@@ -67,7 +67,11 @@ def register(sub) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best")
     p.add_argument("--invert", action="store_true",
                    help="images are dark ink on a light background (the digits/MNIST data are light on dark)")
-    p.add_argument("--top", type=_positive_int, default=3, help="probabilities to show per input (default 3)")
+    p.add_argument("--top", type=_positive_int, default=3,
+                   help="probabilities (for a segmentation model: classes by area) to show per input (default 3)")
+    p.add_argument("--masks-out", metavar="DIR",
+                   help="segmentation models: write the predicted class masks there, masks.npy (N, H, W) and one "
+                        "colour PNG per input")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--format", choices=("text", "json"), default="text")
     add_spec_options(p)
@@ -89,8 +93,10 @@ def cmd_train(args) -> int:
     parts = [f"{spec.name}: {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'} "
              f"({s['stopped'].replace('_', ' ')})"]
     if s.get("test_accuracy") is not None:
-        parts.append(f"test accuracy {s['test_accuracy']:.4f}, test loss {s['test_loss']:.4f} "
-                     f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
+        seg = s.get("test_mean_iou") is not None
+        parts.append(f"test {'pixel ' if seg else ''}accuracy {s['test_accuracy']:.4f}, "
+                     + (f"mean IoU {s['test_mean_iou']:.4f}, " if seg else "")
+                     + f"test loss {s['test_loss']:.4f} ({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s["stopped"] != "diverged":
         parts.append("no test split (set train.data.test_fraction to carve one from the training data)")
     parts.append(f"{s['train_seconds']:.1f}s, {s['images_per_second'] or 0:,.0f} images/s")
@@ -157,7 +163,7 @@ def cmd_evaluate(args) -> int:
     if len(classes) != ds.num_classes:
         raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
                         f"{ds.num_classes}")
-    loss = prepare_loss(spec, ts, ds.num_classes)
+    loss = prepare_loss(spec, ts, ds.num_classes, y.shape[1:] if ds.dense else None)
     n_cls = max(ds.num_classes, 2) if loss.units == 1 else ds.num_classes
     acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=effective_top_k(ts.top_k, n_cls),
                           num_classes=n_cls)
@@ -167,20 +173,22 @@ def cmd_evaluate(args) -> int:
                      "confusion": cm.tolist(), "classes": classes, "checkpoint": str(ckdir),
                      "epoch": meta.get("epoch")})
     out_dir = Path(args.out) if args.out else run_folder(ckdir)
+    what = "pixel accuracy" if ds.dense else "accuracy"
     png = plot_confusion(cm, classes, out_dir / "confusion.png",
-                         title=f"{spec.name} ({args.split}): accuracy {acc.accuracy:.4f}")
+                         title=f"{spec.name} ({args.split}): {what} {acc.accuracy:.4f}"
+                         + (f", mean IoU {report['mean_iou']:.4f}" if ds.dense else ""))
     result["confusion_png"] = str(png)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
     print(f"{spec.name}: checkpoint {ckdir}" + (f" (epoch {meta['epoch']})" if meta.get("epoch") else ""))
-    print(f"{args.split} split of {ds.source}: {len(y)} images")
+    print(f"{args.split} split of {ds.source}: {len(y)} images" + (f" ({y.size:,} pixels)" if ds.dense else ""))
     for k, v in acc.result(f"{args.split}_").items():
         print(f"  {k:<22} {v:.4f}")
     print()
-    print(format_per_class(report, classes))
+    print(format_per_class(report, classes, iou=ds.dense))
     print()
-    print("confusion matrix (rows: true class, columns: predicted)")
+    print(f"confusion matrix of {'pixels' if ds.dense else 'images'} (rows: true class, columns: predicted)")
     print(format_confusion(cm, classes))
     print(f"\nwrote {png}")
     return 0
@@ -231,8 +239,14 @@ def cmd_predict(args) -> int:
         x = apply_normalization(x, stats["mean"], stats["std"])
     scores = np.concatenate([to_numpy(model.forward({name: x[i:i + 256]}, outputs=[output])[output])
                              for i in range(0, len(x), 256)])
+    if scores.ndim == 4:
+        return _predict_masks(args, scores, labels, stats, loss_meta.get("type") or (ts.loss.type if ts else None))
+    if args.masks_out:
+        raise CnnGraphError(f"--masks-out: output '{output}' gives one class per image, not per pixel; "
+                            f"--masks-out is for segmentation models")
     if scores.ndim != 2:
-        raise CnnGraphError(f"output '{output}' has shape {scores.shape[1:]} per sample; predict expects class scores")
+        raise CnnGraphError(f"output '{output}' has shape {scores.shape[1:]} per sample; predict expects class scores "
+                            f"(classes,) or, for segmentation, (classes, H, W)")
     probs = _probabilities(scores, loss_meta.get("type") or (ts.loss.type if ts else None))
     n_cls = probs.shape[1]
     classes = list(stats.get("classes") or [str(i) for i in range(n_cls)])
@@ -253,3 +267,54 @@ def cmd_predict(args) -> int:
         top = ", ".join(f"{classes[i]} {p[i]:.4f}" for i in order)
         print(f"{r['input'].ljust(width)}  class {r['class']} ({r['probability']:.4f})  top: {top}")
     return 0
+
+
+def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, loss_type: str | None) -> int:
+    """Segmentation: each pixel's class; prints each input's classes by area, writes the masks on request."""
+    from ..train.metrics import predicted_classes
+    masks = predicted_classes(scores)                                  # (N, H, W)
+    n_cls = max(scores.shape[1], 2)
+    classes = list(stats.get("classes") or [])
+    if len(classes) != n_cls:
+        classes = [str(i) for i in range(n_cls)]
+    results = []
+    for label, m in zip(labels, masks):
+        share = np.bincount(m.ravel(), minlength=n_cls) / m.size
+        results.append({"input": label, "pixels": {classes[i]: float(share[i]) for i in range(n_cls) if share[i] > 0}})
+    if args.masks_out:
+        for r, path in zip(results, _write_masks(Path(args.masks_out), masks, labels, n_cls)):
+            r["mask_png"] = str(path)
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return 0
+    width = max(len(r["input"]) for r in results)
+    for r in results:
+        top = sorted(r["pixels"].items(), key=lambda kv: -kv[1])[:args.top]
+        print(f"{r['input'].ljust(width)}  pixels: " + ", ".join(f"{c} {v:.1%}" for c, v in top))
+    if args.masks_out:
+        print(f"wrote {Path(args.masks_out) / 'masks.npy'} and {len(results)} mask PNG{'s' * (len(results) != 1)}")
+    return 0
+
+
+def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int) -> list[Path]:
+    """masks.npy plus one palette PNG per input (class k in colour k of tab20; class 0 black)."""
+    import re
+
+    import matplotlib
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "masks.npy", masks)
+    colours = [(0, 0, 0)] + [tuple(int(255 * c) for c in matplotlib.colormaps["tab20"](i % 20)[:3])
+                             for i in range(max(n_cls - 1, 1))]
+    palette = [v for c in colours for v in c]
+    paths = []
+    for i, (label, m) in enumerate(zip(labels, masks)):
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(label).name.replace("[", "_").replace("]", ""))
+        img = Image.fromarray(m.astype(np.uint8), mode="P") if n_cls <= 256 else None
+        if img is None:
+            raise CnnGraphError(f"--masks-out: {n_cls} classes do not fit a palette PNG (at most 256); masks.npy "
+                                f"was written")
+        img.putpalette(palette)
+        paths.append(folder / f"{i:04d}_{stem}.mask.png")
+        img.save(paths[-1])
+    return paths

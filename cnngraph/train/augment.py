@@ -15,9 +15,15 @@ normalised data, where a blank (raw 0) pixel is ``Dataset.background`` and not 0
 Geometry: row 0 is the top; a positive shift moves content down/right; a positive rotation
 angle turns the content counter-clockwise (``np.rot90`` for +90 degrees) about the image centre;
 a scale factor > 1 zooms in about the centre. Rotation and scale sample bilinearly.
+
+Segmentation masks (``Compose(x, rng, masks)``) move with their images: each geometric step runs a
+second time, with the same random draws, on the masks' one-hot planes, and every pixel takes the
+class of highest weight (nearest-like, never a blend of two labels). Pixels that come from outside
+the image take class 0 (``constant`` fill) or the nearest border pixel's class (``edge``).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
@@ -122,10 +128,16 @@ def zoom(x: np.ndarray, factors: np.ndarray, fill: Fill = "constant", background
 # --------------------------------------------------------------------------- augmentations
 
 class Augmentation:
-    """Base class: ``type`` names it in specs, ``Params`` validates its parameters."""
+    """Base class: ``type`` names it in specs, ``Params`` validates its parameters.
+
+    ``geometric``: the step moves pixels, so segmentation masks must move with it; it is then run on
+    the masks too, with the same random draws, which must therefore depend on the batch size only
+    (not on the pixel values or the channel count). Photometric steps (brightness, noise) set False.
+    """
 
     type: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = _Params
+    geometric: ClassVar[bool] = True
 
     def __init__(self, params: BaseModel | dict | None = None, background=None, **kwargs: Any):
         if params is None or isinstance(params, dict):
@@ -228,21 +240,44 @@ AUGMENTATIONS: dict[str, type[Augmentation]] = {
 
 
 class Compose:
-    """Apply augmentations in order; ``Compose([])`` returns its input unchanged."""
+    """Apply augmentations in order; ``Compose([])`` returns its input unchanged.
+
+    ``compose(x, rng)`` returns the augmented images; ``compose(x, rng, masks)`` returns
+    ``(images, masks)``, the (N, H, W) class masks moved by the same geometric steps.
+    """
 
     def __init__(self, steps: Sequence[Augmentation]):
         self.steps = list(steps)
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None):
+        planes = None if masks is None else _one_hot_planes(masks)
         for step in self.steps:
-            x = step(x, rng)
-        return np.asarray(x, dtype=np.float32)
+            if planes is not None and getattr(step, "geometric", True):
+                same_draws = copy.deepcopy(rng)
+                x = step(x, rng)
+                on_planes = copy.copy(step)
+                on_planes.background = None    # outside the image: no class plane, i.e. class 0
+                planes = on_planes(planes, same_draws)
+            else:
+                x = step(x, rng)
+        x = np.asarray(x, dtype=np.float32)
+        if masks is None:
+            return x
+        return x, (masks.copy() if planes is None else np.asarray(planes).argmax(axis=1).astype(masks.dtype))
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __repr__(self) -> str:
         return f"Compose({self.steps!r})"
+
+
+def _one_hot_planes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) class masks as (N, K, H, W) float32 planes, 1 where the pixel has class k."""
+    k = int(masks.max(initial=0)) + 1
+    planes = np.zeros((masks.shape[0], k) + masks.shape[1:], np.float32)
+    np.put_along_axis(planes, masks[:, None].astype(np.int64), 1.0, axis=1)
+    return planes
 
 
 class AugmentConfigError(ValueError):

@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import DataError
-from .datasets import (RawSplits, load_cifar10, load_digits, load_fashion_mnist, load_image_folder,
-                       load_mnist, load_npz, stratified_split)
+from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_segmentation, load_fashion_mnist,
+                       load_image_folder, load_mnist, load_npz, stratified_split)
 
 __all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "RAW_LOADERS", "RawSplits", "load_dataset",
            "finish_dataset",
@@ -26,6 +26,7 @@ RawLoader = Callable[..., RawSplits]
 # Built-in sources: ``raw_loader(cfg, input_shape, base_dir) -> RawSplits``.
 RAW_LOADERS: dict[str, RawLoader] = {
     "digits": load_digits,
+    "digits_segmentation": load_digits_segmentation,
     "npz": load_npz,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
@@ -102,7 +103,7 @@ class DataConfig(BaseModel):
             known = _known_datasets()
             raise ValueError(f"unknown dataset '{self.dataset}'{did_you_mean(self.dataset, known)}; "
                              f"known: {', '.join(known)}")
-        if self.dataset in RAW_LOADERS and self.dataset != "digits" and self.path is None:
+        if self.dataset in RAW_LOADERS and not self.dataset.startswith("digits") and self.path is None:
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
@@ -113,7 +114,8 @@ class DataConfig(BaseModel):
 class Dataset:
     """Loaded, split and normalised data.
 
-    ``train`` / ``val`` / ``test`` are ``(x, y)``: x float32 (N, C, H, W) normalised, y int64.
+    ``train`` / ``val`` / ``test`` are ``(x, y)``: x float32 (N, C, H, W) normalised, y int64: one
+    class per image (N,), or for segmentation one per pixel (N, H, W) (``dense``).
     A split the source lacks and that was not carved is empty (N == 0).
     ``mean`` / ``std`` are the per-channel values applied: ``(raw - mean) / std``.
     ``pixel_scale`` maps an image in [0, 1] to raw units (``read_image(..., scale=pixel_scale)``).
@@ -132,6 +134,11 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of classes (``len(classes)``)."""
         return len(self.classes)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the labels are masks (one class per pixel) rather than one class per image."""
+        return self.train[1].ndim > 1
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -171,8 +178,9 @@ def apply_normalization(x: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return x
 
 
-def _empty(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty((0,) + tuple(shape), np.float32), np.empty(0, np.int64)
+def _empty(like: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """An empty split with the samples and labels (or masks) shaped like those of ``like``."""
+    return np.empty((0,) + like[0].shape[1:], np.float32), np.empty((0,) + like[1].shape[1:], np.int64)
 
 
 def _take(split, idx):
@@ -191,8 +199,7 @@ def _carve_missing(raw: RawSplits, cfg: DataConfig, seed: int):
         if f_val:
             val = _take(train, v_idx)
         train = _take(train, rest)
-    shape = train[0].shape[1:]
-    return train, val if val is not None else _empty(shape), test if test is not None else _empty(shape)
+    return train, val if val is not None else _empty(train), test if test is not None else _empty(train)
 
 
 def _stats(cfg: DataConfig, x_train: np.ndarray) -> tuple[list[float], list[float]]:

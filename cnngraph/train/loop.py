@@ -46,7 +46,7 @@ from ..backend import to_numpy
 from ..errors import DataError, SpecError
 from .checkpoint import META_FILE, CheckpointWriter, load_checkpoint, resolve_checkpoint, run_folder
 from .evaluate import evaluate_arrays, load_model
-from .metrics import effective_top_k, json_safe, predicted_classes
+from .metrics import correct_per_sample, effective_top_k, json_safe
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
 from .run_state import Best, checkpoint_meta, open_resume, restore, schedule_change_note, spec_differences
@@ -139,7 +139,7 @@ class _Run:
         ds = self.dataset
         if len(ds.train[1]) == 0:
             raise DataError(f"dataset '{st.data.dataset}': the training split is empty")
-        self.loss = prepare_loss(spec, self.ts, ds.num_classes)
+        self.loss = prepare_loss(spec, self.ts, ds.num_classes, ds.train[1].shape[1:] if ds.dense else None)
         if ds.num_classes and self.ts.top_k > max(ds.num_classes, 3):   # 3: the default, kept for 2 classes
             raise SpecError(spec.problem(f"top_k ({self.ts.top_k}) is more than the {ds.num_classes} classes of the "
                                          f"dataset; its top-k accuracy would always be 1", ("train", "top_k")))
@@ -148,7 +148,7 @@ class _Run:
         self.top_k = effective_top_k(self.ts.top_k, ds.num_classes)
         self.has_val = len(ds.val[1]) > 0
 
-        self.best = Best.for_run(spec, self.ts, self.has_val, self.top_k)
+        self.best = Best.for_run(spec, self.ts, self.has_val, self.top_k, dense=ds.dense)
 
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()
@@ -255,7 +255,10 @@ class _Run:
             idx = order[step * st.batch_size:(step + 1) * st.batch_size if step < steps - 1 else None]
             xb, yb = x[idx], y[idx]
             if len(self.augment):
-                xb = self.augment(xb, self.rng)
+                if self.dataset.dense:    # masks move with their images
+                    xb, yb = self.augment(xb, self.rng, yb)
+                else:
+                    xb = self.augment(xb, self.rng)
             rate = self.schedule.lr(st.lr, epoch, step, steps, st.epochs)
             if prof:
                 t1 = time.perf_counter()
@@ -283,9 +286,7 @@ class _Run:
                 if not math.isfinite(norm):
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
             self.optimizer.step(weights, grads, rate)
-            s_np = to_numpy(scores)
-            correct = int((predicted_classes(s_np) == yb).sum())
-            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), correct)
+            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), correct_per_sample(to_numpy(scores), yb))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
         train_seconds = time.perf_counter() - t_epoch
@@ -294,7 +295,7 @@ class _Run:
         if self.has_val:
             t = time.perf_counter()
             acc = evaluate_arrays(model, self.input_name, *self.dataset.val, loss, max(st.batch_size, 256),
-                                  top_k=self.top_k)
+                                  top_k=self.top_k, num_classes=self._confusion_classes() if self.dataset.dense else None)
             row.update(acc.result("val_"))
             timer.add("validation", time.perf_counter() - t)
         else:
@@ -372,10 +373,14 @@ class _Run:
         ck = load_checkpoint(self.ckpt_dir / which)
         self.model.load_params(ck.arrays)
         acc = evaluate_arrays(self.model, self.input_name, *ds.test, self.loss, max(self.settings.batch_size, 256),
-                              top_k=self.top_k, num_classes=max(ds.num_classes, 2) if self.loss.units == 1 else ds.num_classes)
+                              top_k=self.top_k, num_classes=self._confusion_classes())
         cm = acc.confusion()
         return json_safe({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
                        "classes": list(ds.classes), "checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))})
+
+    def _confusion_classes(self) -> int:
+        """Rows of the confusion matrix: the classes (two for a one-unit binary classifier)."""
+        return max(self.dataset.num_classes, 2) if self.loss.units == 1 else self.dataset.num_classes
 
     def _write_outputs(self, test: dict | None) -> History:
         hist = self.history
@@ -407,8 +412,10 @@ class _Run:
         if self.timer.enabled and not self.quiet:
             print(self.timer.report(), file=self.stream)
         if not self.quiet and test:
+            iou = f" mean IoU {test['test_mean_iou']:.4f}" if test.get("test_mean_iou") is not None else ""
+            pixel = "pixel " if self.dataset.dense else ""
             print(f"test ({test['checkpoint']} checkpoint, epoch {test['epoch']}): loss {test['test_loss']:.4f} "
-                  f"accuracy {test['test_accuracy']:.4f}; wrote {self.out}", file=self.stream)
+                  f"{pixel}accuracy {test['test_accuracy']:.4f}{iou}; wrote {self.out}", file=self.stream)
         return hist
 
 

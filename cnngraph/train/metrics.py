@@ -5,6 +5,8 @@ Conventions
 -----------
 ``scores`` are a model output of shape (N, C): logits or probabilities, one column per class.
 A single column (N, 1) is a binary classifier on logits: class 1 when the score is > 0.
+Segmentation scores (N, C, H, W) with masks (N, H, W) count every pixel as one prediction
+(pixel accuracy, a confusion matrix of pixels); ``iou`` = TP / (TP + FP + FN) per class.
 ``confusion[i, j]`` counts samples of true class ``i`` predicted as class ``j`` (rows: truth).
 Precision / recall of a class with no predicted / no true samples is undefined; it is reported
 as 0.0 (scikit-learn's ``zero_division=0``) and listed in ``undefined``.
@@ -17,37 +19,53 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["predicted_classes", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
+__all__ = ["predicted_classes", "correct_per_sample", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
            "precision_recall", "MetricAccumulator", "format_confusion", "format_per_class", "json_safe"]
 
 
 def _scores(scores) -> np.ndarray:
     s = np.asarray(scores)
-    if s.ndim != 2:
-        raise ValueError(f"scores must have shape (N, classes), found {s.shape}")
+    if s.ndim < 2:
+        raise ValueError(f"scores must have shape (N, classes) or (N, classes, H, W), found {s.shape}")
     return s
 
 
-def _labels(y, n: int) -> np.ndarray:
+def _labels(y, scores: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"labels must have shape ({n},), found {y.shape}")
+    want = (len(scores),) + scores.shape[2:]
+    if y.shape != want:
+        raise ValueError(f"labels must have shape {want}, found {y.shape}")
     return y.astype(np.int64, copy=False)
 
 
+def _per_position(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segmentation scores and masks as (positions, C) scores and (positions,) labels."""
+    if s.ndim == 2:
+        return s, y
+    return np.moveaxis(s, 1, -1).reshape(-1, s.shape[1]), y.reshape(-1)
+
+
 def predicted_classes(scores) -> np.ndarray:
-    """Predicted class per sample: argmax over columns (first one on ties); for one column, score > 0."""
+    """Predicted class per sample (or pixel): argmax over the class axis (first one on ties); for one
+    class column, score > 0."""
     s = _scores(scores)
     if s.shape[1] == 1:
         return (s[:, 0] > 0).astype(np.int64)
     return s.argmax(axis=1).astype(np.int64)
 
 
+def correct_per_sample(scores, y) -> float:
+    """How many samples were classified right: for masks, each image counts its fraction of right pixels."""
+    s = _scores(scores)
+    hits = predicted_classes(s) == _labels(y, s)
+    return float(hits.reshape(len(s), -1).mean(axis=1).sum()) if s.ndim > 2 else int(hits.sum())
+
+
 def accuracy(scores, y) -> float:
     """Fraction of samples whose predicted class equals the label (nan for no samples)."""
     s = _scores(scores)
-    y = _labels(y, len(s))
-    return float((predicted_classes(s) == y).mean()) if len(y) else float("nan")
+    y = _labels(y, s)
+    return float((predicted_classes(s) == y).mean()) if y.size else float("nan")
 
 
 def _top_k_hits(s: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
@@ -68,8 +86,7 @@ def top_k_accuracy(scores, y, k: int) -> float:
     """Fraction of samples whose label is among the ``k`` highest scores."""
     if k < 1:
         raise ValueError(f"k must be >= 1, found {k}")
-    s = _scores(scores)
-    y = _labels(y, len(s))
+    s, y = _per_position(_scores(scores), _labels(y, _scores(scores)))
     return float(_top_k_hits(s, y, k).mean()) if len(y) else float("nan")
 
 
@@ -86,8 +103,9 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 
 def precision_recall(confusion) -> dict:
-    """Per-class ``precision``, ``recall``, ``f1`` and ``support`` lists from a confusion matrix,
-    their unweighted means (``macro_*``) and ``undefined`` (which class/metric was 0/0)."""
+    """Per-class ``precision``, ``recall``, ``f1``, ``iou`` and ``support`` lists from a confusion matrix,
+    their unweighted means (``macro_*``, ``mean_iou``) and ``undefined`` (which class/metric was 0/0;
+    a class that is neither present nor predicted has no IoU and is left out of ``mean_iou``)."""
     cm = np.asarray(confusion, np.float64)
     tp = np.diag(cm)
     predicted = cm.sum(axis=0)
@@ -97,10 +115,13 @@ def precision_recall(confusion) -> dict:
         recall = np.where(actual > 0, tp / actual, 0.0)
         denom = precision + recall
         f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
+        union = predicted + actual - tp
+        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), 0.0)
     undefined = [f"precision[{i}]" for i in np.flatnonzero(predicted == 0)] + \
                 [f"recall[{i}]" for i in np.flatnonzero(actual == 0)]
-    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "iou": iou.tolist(),
             "support": actual.astype(np.int64).tolist(),
+            "mean_iou": float(iou[union > 0].mean()) if (union > 0).any() else float("nan"),
             "macro_precision": float(precision.mean()) if len(cm) else float("nan"),
             "macro_recall": float(recall.mean()) if len(cm) else float("nan"),
             "macro_f1": float(f1.mean()) if len(cm) else float("nan"),
@@ -114,20 +135,26 @@ class MetricAccumulator:
     ``add(scores, y, loss_sum)`` takes the *sum* of the per-sample losses of the batch (the loss
     op's mean times the batch size). ``result(prefix)`` gives ``{prefix}loss``, ``{prefix}accuracy``,
     ``{prefix}top{k}_accuracy`` (when ``top_k`` > 1); with ``num_classes`` set the confusion matrix
-    is accumulated too (``confusion()``, ``per_class()``).
+    is accumulated too (``confusion()``, ``per_class()``), and for segmentation masks the result
+    has ``{prefix}mean_iou``. ``loss`` is per image, ``accuracy`` per prediction (pixel for masks).
     """
 
     top_k: int = 1
     num_classes: int | None = None
-    count: int = 0
+    count: int = 0           # predictions: images, or pixels for masks
+    images: int = 0
     loss_sum: float = 0.0
     correct: int = 0
     top_k_correct: int = 0
+    dense: bool = False      # masks seen
     _cm: np.ndarray | None = field(default=None, repr=False)
 
     def add(self, scores, y, loss_sum: float | None = None) -> None:
         s = _scores(scores)
-        y = _labels(y, len(s))
+        y = _labels(y, s)
+        self.images += len(s)
+        self.dense = self.dense or s.ndim > 2
+        s, y = _per_position(s, y)
         pred = predicted_classes(s)
         self.count += len(y)
         if loss_sum is not None:
@@ -141,7 +168,7 @@ class MetricAccumulator:
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / self.count if self.count else float("nan")
+        return self.loss_sum / self.images if self.images else float("nan")
 
     @property
     def accuracy(self) -> float:
@@ -151,6 +178,8 @@ class MetricAccumulator:
         out = {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}
         if self.top_k > 1:
             out[f"{prefix}top{self.top_k}_accuracy"] = self.top_k_correct / self.count if self.count else float("nan")
+        if self.dense and self.num_classes is not None:
+            out[f"{prefix}mean_iou"] = self.per_class()["mean_iou"]
         return out
 
     def confusion(self) -> np.ndarray:
@@ -162,15 +191,18 @@ class MetricAccumulator:
         return precision_recall(self.confusion())
 
 
-def format_per_class(report: dict, classes: Sequence[str]) -> str:
-    """A text table: class, precision, recall, f1, support."""
+def format_per_class(report: dict, classes: Sequence[str], iou: bool = False) -> str:
+    """A text table: class, precision, recall, f1 (and IoU with ``iou``), support."""
     width = max([len(str(c)) for c in classes] + [5])
-    lines = [f"{'class'.ljust(width)}  precision  recall     f1  support"]
+    extra = "     iou" if iou else ""
+    lines = [f"{'class'.ljust(width)}  precision  recall     f1{extra}  support"]
     for i, name in enumerate(classes):
+        cell = f"  {report['iou'][i]:6.4f}" if iou else ""
         lines.append(f"{str(name).ljust(width)}  {report['precision'][i]:9.4f}  {report['recall'][i]:6.4f}  "
-                     f"{report['f1'][i]:5.4f}  {report['support'][i]:7d}")
+                     f"{report['f1'][i]:5.4f}{cell}  {report['support'][i]:7d}")
+    cell = f"  {report['mean_iou']:6.4f}" if iou else ""
     lines.append(f"{'macro'.ljust(width)}  {report['macro_precision']:9.4f}  {report['macro_recall']:6.4f}  "
-                 f"{report['macro_f1']:5.4f}  {sum(report['support']):7d}")
+                 f"{report['macro_f1']:5.4f}{cell}  {sum(report['support']):7d}")
     return "\n".join(lines)
 
 

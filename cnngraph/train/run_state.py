@@ -43,7 +43,7 @@ class Best:
     tiebreak: float | None = None
 
     @classmethod
-    def for_run(cls, spec, ts, has_val: bool, top_k: int | None = None) -> "Best":
+    def for_run(cls, spec, ts, has_val: bool, top_k: int | None = None, dense: bool = False) -> "Best":
         """The state ``ts.early_stopping`` asks for; without it, the best ``val_accuracy`` (or
         ``train_accuracy`` without a validation split) and no early stopping. SpecError for a metric
         the run does not compute."""
@@ -52,9 +52,12 @@ class Best:
         known = ["train_loss", "train_accuracy"]
         if has_val:
             k = ts.top_k if top_k is None else top_k   # the k the run computes (1: none)
-            known += ["val_loss", "val_accuracy"] + ([f"val_top{k}_accuracy"] if k > 1 else [])
+            known += ["val_loss", "val_accuracy"] + ([f"val_top{k}_accuracy"] if k > 1 else []) + (
+                ["val_mean_iou"] if dense else [])
         if metric not in known:
             why = " (the dataset has no validation split)" if metric.startswith("val_") and not has_val else ""
+            if metric == "val_mean_iou" and has_val and not dense:
+                why = " (it is measured for segmentation masks; this dataset has one label per image)"
             raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}'{why}; expected one of "
                                          f"{', '.join(known)}", ("train", "early_stopping", "metric")))
         if es is None:

@@ -143,10 +143,10 @@ class LossSetup:
         y = np.asarray(y)
         if self.encoding == "one_hot":
             if self.units == 1:
-                t = y.astype(dtype).reshape(-1, 1)
-            else:
-                t = np.zeros((len(y), self.units), dtype)
-                t[np.arange(len(y)), y] = 1
+                t = y.astype(dtype).reshape(len(y), 1, *y.shape[1:])
+            else:   # masks too: (N, H, W) -> (N, units, H, W)
+                t = np.zeros((len(y), self.units) + y.shape[1:], dtype)
+                np.put_along_axis(t, y[:, None].astype(np.int64), 1, axis=1)
         elif self.op.index_targets:
             t = y.astype(np.int64)
         else:
@@ -169,8 +169,11 @@ class LossSetup:
         return value * n if self.reduction == "mean" else value
 
 
-def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
-    """Build the loss op of ``ts.loss`` for the output it names; checks the output and target shapes."""
+def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int, int] | None = None) -> LossSetup:
+    """Build the loss op of ``ts.loss`` for the output it names; checks the output and target shapes.
+
+    ``mask_shape`` (H, W): the labels are segmentation masks, so the output must give class scores
+    per pixel, (classes, H, W)."""
     from ..errors import ShapeError
     from ..registry import get_registry
     output = ts.loss_output or spec.outputs[0]
@@ -180,9 +183,16 @@ def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
                                      f"outputs ({known}) or a layer id", ("train", "loss", "output")))
     output, note = _logits_behind(spec, ts.loss.type, output)
     shape = tuple(spec.graph.nodes[output]["out_shape"])
-    if len(shape) != 1:
+    if mask_shape is not None:
+        mask_shape = tuple(mask_shape)
+        if len(shape) != 3 or shape[1:] != mask_shape:
+            raise TrainingError(f"the dataset's labels are masks of {mask_shape[0]}x{mask_shape[1]} pixels, so loss "
+                                f"output '{output}' must give class scores per pixel, (classes, {mask_shape[0]}, "
+                                f"{mask_shape[1]}); it has per-sample shape {shape}")
+    elif len(shape) != 1:
         raise SpecError(spec.problem(f"loss output '{output}' has per-sample shape {shape}; training needs a "
-                                     f"vector of class scores (classes,) — add a flatten/dense layer",
+                                     f"vector of class scores (classes,) — add a flatten/dense layer (or, to "
+                                     f"train segmentation, give the data per-pixel masks)",
                                      ("train", "loss", "output")))
     units = shape[0]
     op = get_registry().ops[ts.loss.type](ts.loss.params)
@@ -192,15 +202,17 @@ def prepare_loss(spec, ts, num_classes: int | None = None) -> LossSetup:
     if encoding not in TARGET_ENCODINGS:
         raise SpecError(spec.problem(f"unknown target encoding '{encoding}'; expected one of "
                                      f"{', '.join(TARGET_ENCODINGS)}", ("train", "loss", "target")))
-    target_shape = (units,) if encoding == "one_hot" else ()
+    target_shape = shape if encoding == "one_hot" else shape[1:]
     try:
         op.infer_shape([shape, target_shape])
     except ShapeError as exc:
         raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with '{encoding}' "
                                      f"targets: {exc}", ("train", "loss"))) from None
     if num_classes is not None and units != num_classes and not (units == 1 and num_classes == 2):
-        raise TrainingError(f"loss output '{output}' has {units} units per sample but the dataset has "
-                            f"{num_classes} classes; expected out_features: {num_classes}"
+        what = "channels" if mask_shape else "units per sample"
+        raise TrainingError(f"loss output '{output}' has {units} {what} but the dataset has "
+                            f"{num_classes} classes; expected {'out_channels' if mask_shape else 'out_features'}: "
+                            f"{num_classes}"
                             + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
     return LossSetup(op=op, output=output, encoding=encoding, units=units,
                      reduction=getattr(op.p, "reduction", "mean"), note=note)

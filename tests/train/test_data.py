@@ -116,7 +116,7 @@ def test_npz_three_dim_gets_channel_axis(tmp_path):
 
 
 @pytest.mark.parametrize("arrays,message", [
-    ({"x": np.zeros((4, 1, 4, 4)), "z": np.zeros(4)}, r"expected key 'y' \(labels\), found keys \['x', 'z'\]"),
+    ({"x": np.zeros((4, 1, 4, 4)), "z": np.zeros(4)}, r"expected key 'y' \(labels or masks\), found keys \['x', 'z'\]"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(3)}, "expected 4 labels .* found 3"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, -1, 0])}, r"labels in .*found values in \[-1, 1\]"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, 2, 0]), "classes": np.array(["a", "b"])},

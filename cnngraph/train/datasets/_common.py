@@ -80,20 +80,30 @@ def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
     return out
 
 
-def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str) -> np.ndarray:
-    """Validate a label vector (1-D, integral, length ``n``, in [0, n_classes)) and return int64."""
+def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
+                 mask_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate class labels (integral, ``n`` of them, in [0, n_classes)) and return them as int64.
+
+    A label is one class per image: a 1-D vector. With ``mask_shape`` = (H, W) it may also be one
+    class per pixel (segmentation masks): (N, H, W), or (N, 1, H, W).
+    """
     y = np.asarray(y)
-    if y.ndim != 1:
-        raise DataError(f"{what}: expected a 1-D vector of integer class labels, found shape "
-                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax. `cnngraph train` "
-                        f"trains classifiers: dense targets such as masks are not supported)")
+    if mask_shape is not None and y.ndim == 4 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 and not (mask_shape is not None and y.ndim == 3):
+        masks = f" or masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per pixel)" if mask_shape else ""
+        raise DataError(f"{what}: expected a 1-D vector of integer class labels{masks}, found shape "
+                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax)")
+    if y.ndim == 3 and tuple(y.shape[1:]) != tuple(mask_shape):
+        raise DataError(f"{what}: expected masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per "
+                        f"pixel of the input image), found shape {fmt_shape(y.shape)}")
     if y.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
             raise DataError(f"{what}: expected integer class labels, found non-integral float values")
     if len(y) != n:
-        raise DataError(f"{what}: expected {n} labels (one per image), found {len(y)}")
+        raise DataError(f"{what}: expected {n} {'masks' if y.ndim == 3 else 'labels'} (one per image), found {len(y)}")
     y = y.astype(np.int64)
     if len(y):
         lo, hi = int(y.min()), int(y.max())
@@ -115,12 +125,23 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
     return order[~take], order[take]
 
 
+def strata(y: np.ndarray) -> np.ndarray:
+    """What a split is stratified by: the label, or for a mask its most frequent class."""
+    y = np.asarray(y)
+    if y.ndim == 1 or len(y) == 0:
+        return y
+    flat = y.reshape(len(y), -1)
+    k = int(flat.max()) + 1
+    counts = np.bincount((flat + k * np.arange(len(y))[:, None]).ravel(), minlength=k * len(y))
+    return counts.reshape(len(y), k).argmax(axis=1)
+
+
 def stratified_split(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Stratified, seeded split of ``range(len(y))``.
 
     Parameters
     ----------
-    y : labels.
+    y : labels (masks are stratified by their most frequent class).
     fractions : the share of the *whole* set for each carved part, e.g. ``[0.25, 0.15]``.
     seed : seed for ``np.random.default_rng`` (the within-class order).
 
@@ -129,7 +150,7 @@ def stratified_split(y: np.ndarray, fractions: list[float], seed: int) -> list[n
     ``[rest, part_1, part_2, ...]`` as sorted int64 index arrays; part k holds
     ``ceil(fraction_k * n_left)`` samples, carved in the order given.
     """
-    y = np.asarray(y)
+    y = strata(y)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
     # Group by class, random order within each class: systematic sampling then stratifies.

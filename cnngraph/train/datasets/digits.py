@@ -14,7 +14,7 @@ import numpy as np
 from ...errors import DataError
 from ._common import RawSplits, require_shape, stratified_split
 
-__all__ = ["DIGITS_PATH", "load_digits", "build_digits_npz", "DIGITS_SPLIT_SEED"]
+__all__ = ["DIGITS_PATH", "load_digits", "load_digits_segmentation", "build_digits_npz", "DIGITS_SPLIT_SEED"]
 
 DIGITS_PATH = Path(__file__).resolve().parents[2] / "data" / "digits.npz"
 DIGITS_SPLIT_SEED = 1998
@@ -37,6 +37,30 @@ def load_digits(cfg, input_shape, base_dir=None) -> RawSplits:
     return RawSplits(train=splits[0], val=splits[1], test=splits[2],
                      classes=[str(d) for d in range(10)], source="digits (UCI, bundled)",
                      pixel_scale=16.0)
+
+
+PAIRS_SHAPE = (1, 8, 16)
+INK = 4   # grey levels above this (of 16) are the digit's pixels
+
+
+def load_digits_segmentation(cfg, input_shape, base_dir=None) -> RawSplits:
+    """Segmentation on the bundled digits: each image is two digits side by side (1, 8, 16) and each
+    pixel's class is the digit it belongs to (1 + the digit, for its ink) or 0 (background).
+
+    Every digit of a split is the left half of one pair; its right partner is another digit of the same
+    split (a fixed permutation), so the splits stay apart and never change.
+    """
+    require_shape(PAIRS_SHAPE, input_shape, "dataset 'digits_segmentation'")
+    raw = load_digits(cfg, (1, 8, 8), base_dir)
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    splits = []
+    for x, y in (raw.train, raw.val, raw.test):
+        partner = (np.arange(len(y)) + 1 + rng.permutation(len(y))) % len(y) if len(y) > 1 else np.arange(len(y))
+        masks = np.where(x[:, 0] > INK, y[:, None, None] + 1, 0).astype(np.int64)
+        splits.append((np.concatenate([x, x[partner]], axis=3), np.concatenate([masks, masks[partner]], axis=2)))
+    return RawSplits(train=splits[0], val=splits[1], test=splits[2],
+                     classes=["background"] + [str(d) for d in range(10)],
+                     source="digits segmentation (UCI digits in pairs, bundled)", pixel_scale=16.0)
 
 
 def build_digits_npz(csv_gz: str | Path, out: str | Path = DIGITS_PATH) -> dict[str, int]:

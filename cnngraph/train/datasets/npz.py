@@ -1,4 +1,6 @@
-"""User ``.npz`` files: ``x``/``y`` plus optional ``x_val``/``y_val``, ``x_test``/``y_test``, ``classes``."""
+"""User ``.npz`` files: ``x``/``y`` plus optional ``x_val``/``y_val``, ``x_test``/``y_test``, ``classes``.
+
+``y`` is one class per image (N,), or one class per pixel (N, H, W): segmentation masks."""
 from __future__ import annotations
 
 import zipfile
@@ -39,7 +41,7 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
     arrays = _read(p)
     for key in ("x", "y"):
         if key not in arrays:
-            raise DataError(f"'{p}': expected key '{key}' ({'images' if key == 'x' else 'labels'}), "
+            raise DataError(f"'{p}': expected key '{key}' ({'images' if key == 'x' else 'labels or masks'}), "
                             f"found keys {sorted(arrays)}")
     classes = None
     if "classes" in arrays:
@@ -58,8 +60,13 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
                             f"'{missing}' with it; found keys {sorted(arrays)}")
         x = to_nchw(arrays[kx], input_shape, cfg.layout, f"'{p}' key '{kx}'")
         x = as_float_images(x, f"'{p}' key '{kx}'")
-        y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'")
+        y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'",
+                         mask_shape=tuple(input_shape[1:]))
         splits[name] = (np.ascontiguousarray(x), y)
+    kinds = {name: "masks" if y.ndim > 1 else "labels" for name, (_, y) in splits.items()}
+    if len(set(kinds.values())) > 1:
+        raise DataError(f"'{p}': the splits mix class labels and masks ({', '.join(f'{_PAIRS[k][1]}: {v}' for k, v in kinds.items())}); "
+                        f"expected one kind for all")
     if classes is None:
         n = max((int(y.max()) + 1 for _, y in splits.values() if len(y)), default=1)
         classes = [str(i) for i in range(n)]
