@@ -49,16 +49,21 @@ _WHOLE = re.compile(r"^(?:\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_
 MAX_DEPTH = 32
 BROKEN_INSTANCE = "__broken_block_instance__"   # marks the placeholder of an instance that failed to expand
 DISPLAY = ("<display>",)   # key in the notes: expanded layer path → the path it was written at in the file
+UNRESOLVED = ("<unresolved>",)   # key in the notes: input names reported here (graph checks stay silent on them)
 
 
 class _Ref:
     """A layer name written in some scope, resolved once every instance is expanded."""
 
-    __slots__ = ("name", "scope")
+    __slots__ = ("name", "scope", "path", "note", "of_instance")
 
-    def __init__(self, name: str, scope: "_Scope"):
+    def __init__(self, name: str, scope: "_Scope", path: tuple = (), note: str | None = None,
+                 of_instance: bool = False):
         self.name = name
         self.scope = scope
+        self.path = path     # where the file wrote it
+        self.note = note     # the enclosing block instances, for messages
+        self.of_instance = of_instance   # a block instance's `inputs`, used by layers written elsewhere
 
 
 class _Scope:
@@ -88,6 +93,25 @@ class _Scope:
         found = self._lookup(name, seen)
         return found if found is not None else self.prefix + name
 
+    def alias_for(self, name: str):
+        """The block input ``name`` stands for when resolving it goes through one, else None."""
+        scope = self
+        while scope is not None:
+            if scope._lookup(name, 0) is not None:
+                return None
+            if name in scope.aliases:
+                return scope.aliases[name]
+            scope = scope.parent
+        return None
+
+    def visible(self) -> list[str]:
+        """Every name a layer of this scope may use as an input (for did-you-mean)."""
+        names, scope = [], self
+        while scope is not None:
+            names += [n for n in (*scope.local, *scope.aliases, *scope.children) if n not in names]
+            scope = scope.parent
+        return names
+
     def _lookup(self, name: str, seen: int) -> str | None:
         """``name`` as a local name of this scope or a dotted path into a child instance; else None."""
         if name in self.local:
@@ -102,6 +126,16 @@ class _Scope:
 
 def _resolve_source(src: Any, seen: int = 0) -> str:
     return src.scope.resolve(src.name, seen) if isinstance(src, _Ref) else src
+
+
+def _written_ref(src: Any) -> Any:
+    """The reference whose name is finally looked up: block inputs followed to what the instance passed."""
+    for _ in range(64):
+        nxt = src.scope.alias_for(src.name) if isinstance(src, _Ref) else None
+        if not isinstance(nxt, _Ref):
+            return src
+        src = nxt
+    return src
 
 
 class _Expander:
@@ -243,6 +277,7 @@ class _Expander:
         default = [self.model_inputs[0]] if len(self.model_inputs) == 1 else None
         self.expand_list(layers, ("layers",), top, first_inputs=None, default_first=default, chain=[],
                          subst=None)
+        self.report_unresolved()
         for layer in self.out_layers:
             if "inputs" in layer:
                 v = layer["inputs"]
@@ -252,6 +287,31 @@ class _Expander:
             if name not in self.used:
                 self.check_unused(name)
         self.check_unused_cycles()
+
+    def report_unresolved(self) -> None:
+        """Input names that resolve to nothing, once where each was written (a name inside a block is
+        reported once for all its instances), with a did-you-mean from the names visible there. Plain
+        top-level inputs are left to the graph checks, which say the same."""
+        from .registry import did_you_mean
+        ids = {layer.get("id") for layer in self.out_layers if isinstance(layer, dict)} | set(self.model_inputs)
+        found: dict[tuple, tuple[_Ref, list[str]]] = {}
+        for layer in self.out_layers:
+            v = layer.get("inputs") if isinstance(layer, dict) else None
+            for src in (v if isinstance(v, list) else [v]):
+                if not isinstance(src, _Ref) or _resolve_source(src) in ids:
+                    continue
+                ref = _written_ref(src)
+                if ref.scope.parent is None and not ref.of_instance:
+                    continue
+                found.setdefault((ref.path, ref.name), (ref, []))[1].append(str(layer.get("id")))
+        for (path, name), (ref, users) in found.items():
+            visible = ref.scope.visible() + [n for n in self.model_inputs if n not in ref.scope.visible()]
+            note = ref.note
+            if len(users) > 1:
+                note = (note + "; " if note else "") + f"used by {len(users)} expanded layers: {', '.join(users)}"
+            self.problem(f"input '{name}' is neither a layer id nor a model input{did_you_mean(name, visible)}",
+                         path, users[0], note)
+            self.notes.setdefault(UNRESOLVED, set()).add(_resolve_source(ref))
 
     def check_unused_cycles(self) -> None:
         """Blocks using each other in a circle, when no layer instantiates them (expansion finds the rest)."""
@@ -337,10 +397,12 @@ class _Expander:
                 layer["id"] = full
             if "inputs" in layer:
                 v = layer["inputs"]
+                note = self.note(chain) if chain else None
                 if isinstance(v, str):
-                    layer["inputs"] = _Ref(v, scope)
+                    layer["inputs"] = _Ref(v, scope, path + ("inputs",), note)
                 elif isinstance(v, list):
-                    layer["inputs"] = [_Ref(s, scope) if isinstance(s, str) else s for s in v]
+                    layer["inputs"] = [_Ref(s, scope, path + ("inputs", j), note) if isinstance(s, str) else s
+                                       for j, s in enumerate(v)]
             elif implicit is not None and ((subst is not None and prev_output is None) or not self.out_layers
                                            or self.out_layers[-1].get("id") != implicit[0] or len(implicit) > 1):
                 layer["inputs"] = implicit[0] if len(implicit) == 1 else list(implicit)
@@ -458,7 +520,8 @@ class _Expander:
                 self.problem(f"block '{name}' takes {n_in} input{'s' if n_in != 1 else ''} "
                              f"({', '.join(block['inputs'])}), found {len(vals)}", path + ("inputs",), full, note)
                 return None
-            sources = [_Ref(s, scope) for s in vals]
+            sources = [_Ref(s, scope, path + ("inputs",) + ((j,) if isinstance(v, list) else ()), note, True)
+                       for j, s in enumerate(vals)]
         elif implicit is not None and len(implicit) == n_in:
             sources = list(implicit)
         elif implicit is None and default_first is not None and n_in == 1:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import PluginError, Problem, SpecError
 from .op import OpParams
-from .blocks import BROKEN_INSTANCE, DISPLAY, expand_blocks
+from .blocks import BROKEN_INSTANCE, DISPLAY, UNRESOLVED, expand_blocks
 from .positions import Positions, parse_text, path_to_str
 from .registry import Registry, did_you_mean, get_registry, load_plugin_file, plugin_loaded
 
@@ -340,7 +340,7 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
 
     spec = Spec(name=top.name, inputs=dict(top.inputs), layers=layers, outputs=outputs, train=train,
                 plugins=list(top.plugins), description=top.description, file=file, base_dir=base_dir,
-                positions=positions, notes=notes, data=data, broken_layers=broken)
+                positions=positions, notes=notes, data=data, broken_layers=broken | notes.get(UNRESOLVED, set()))
     # the layers that did validate are still compiled and shape-checked, so every problem shows at once
     from .graph import build_graph
     spec.graph, graph_problems = build_graph(spec, registry, check_shapes=check_shapes)

@@ -545,3 +545,28 @@ def test_block_arguments_compute_and_defaults_use_other_arguments():
     shapes = {n: spec.graph.nodes[n]["out_shape"][0] for n in spec.graph if "." in n}
     assert shapes == {"a.expand": 48, "a.dw": 48, "a.project": 8, "a.half": 23,
                       "b.expand": 8, "b.dw": 8, "b.project": 4, "b.half": 3}
+
+
+@pytest.mark.parametrize("old, new, line, name, hint, users", [
+    # a typo inside a block definition: once, at the line written, for every instance
+    ("{id: b3, block: conv_relu, channels: $c3, kernel_size: 3, padding: 1}",
+     "{id: b3, block: conv_relu, channels: $c3, kernel_size: 3, padding: 1, inputs: b3_reduse}",
+     18, "b3_reduse", "b3_reduce", 4),
+    ("{id: b3_reduce, block: conv_relu, channels: $c3_reduce, inputs: input}",
+     "{id: b3_reduce, block: conv_relu, channels: $c3_reduce, inputs: inptu}", 17, "inptu", "input", 4),
+    # a typo in an instance's inputs: at the instance, not in the block its layers come from
+    ("{id: mixed3a, block: inception, c1: 16", "{id: mixed3a, block: inception, inputs: pol1, c1: 16", 27, "pol1",
+     "pool1", 4),
+])
+def test_unknown_input_in_blocks_is_reported_once_where_written(tmp_path, old, new, line, name, hint, users):
+    text = open("specs/inception_blocks.yaml").read()
+    assert old in text
+    path = tmp_path / "typo.yaml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(SpecError) as err:
+        cnngraph.load_spec(path)
+    probs = err.value.problems
+    assert len(probs) == 1, probs
+    p = probs[0]
+    assert p.line == line and f"input '{name}' is neither a layer id nor a model input (did you mean '{hint}'?)" in p.message
+    assert f"used by {users} expanded layers" in p.note
