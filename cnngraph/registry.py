@@ -86,6 +86,9 @@ class Registry:
         self.owner: dict[tuple[str, str], str] = {}   # (table, name) → plugin name
         self.plugins: dict[str, str] = {}             # plugin name → where it came from
         self.skipped: dict[str, str] = {}             # installed plugin name → why it was not loaded
+        # (table, name) → the installed plugins that all registered it: none of them is used
+        self.contested: dict[tuple[str, str], list[str]] = {}
+        self.installing = False                       # registering an installed (entry-point) plugin
         self.current_plugin = "<runtime>"
 
     def _put(self, table: str, name: str, value: Any) -> None:
@@ -95,6 +98,15 @@ class Registry:
                               f"{kind} without a name ({getattr(value, '__name__', value)!r}: set its class "
                               f"attribute `type`)")
         entries = getattr(self, table)
+        if (table, name) in self.contested:
+            self.contested[(table, name)].append(self.current_plugin)
+            return
+        if name in entries and self.installing and self.plugins.get(self.owner[(table, name)], "").startswith("entry point"):
+            # Two installed packages claim one name: which would win is an accident of load order, so
+            # neither does; each package keeps its other components, and a spec using the name is told.
+            self.contested[(table, name)] = [self.owner.pop((table, name)), self.current_plugin]
+            del entries[name]
+            return
         if name in entries:
             first = self.owner[(table, name)]
             where = self.plugins.get(first, "")
@@ -146,7 +158,17 @@ class Registry:
         try:
             return self.ops[name]
         except KeyError:
-            raise KeyError(f"unknown op type '{name}'{did_you_mean(name, self.ops)}") from None
+            why = self.contested_note("ops", name)
+            raise KeyError(why or f"unknown op type '{name}'{did_you_mean(name, self.ops)}") from None
+
+    def contested_note(self, table: str, name: str) -> str | None:
+        """Why ``name`` is missing when installed plugins registered it more than once, else None."""
+        owners = self.contested.get((table, name))
+        if not owners:
+            return None
+        listed = " and ".join(f"'{o}' ({self.plugins.get(o, 'installed')})" for o in owners)
+        return (f"{table[:-1]} '{name}' is registered by more than one installed plugin: {listed}; neither is used. "
+                f"Uninstall one, or disable one with {DISABLE_ENV}={owners[-1]}")
 
 
 RESERVED_KEYS = ("id", "type", "inputs", "block")   # keys a spec layer uses itself
@@ -270,6 +292,8 @@ class _Plugins:
             self.register(importlib.import_module(modname), modname, "built-in")
         self._load_entry_points()
         self.pm.check_pending()
+        for (table, name) in self.registry.contested:
+            print(f"warning: {self.registry.contested_note(table, name)}.", file=sys.stderr)
 
     def _load_entry_points(self) -> None:
         """Load every installed plugin. A broken or disabled one is skipped (with one warning for the
@@ -289,9 +313,12 @@ class _Plugins:
                 why = f"failed to import: {type(exc).__name__}: {exc}"
             if why is None:
                 try:
+                    self.registry.installing = True
                     self.register(plugin, ep.name, f"entry point {ep.value}" + (f" ({package})" if package else ""))
                 except PluginError as exc:
                     why = str(exc)
+                finally:
+                    self.registry.installing = False
             if why is not None:
                 self.registry.skipped[ep.name] = why
                 print(f"warning: installed plugin '{ep.name}' (entry point {ep.value}{', ' + package if package else ''})"

@@ -150,6 +150,47 @@ def test_an_installed_plugin_clashing_with_a_built_in_is_skipped_and_can_be_disa
     assert reg.skipped == {"epclash_ep": "disabled by CNNGRAPH_DISABLE_PLUGINS"}
 
 
+def test_two_installed_plugins_claiming_one_op_name_use_neither(tmp_path, monkeypatch, fresh, capsys):
+    """Which package would win is an accident of load order: neither does, each keeps its other ops, and a
+    spec using the name is told which packages clash."""
+    body = """
+        import cnngraph
+
+        class Swish(cnngraph.Op):
+            type = "ep_swish"
+            def forward(self, ctx, inputs, params):
+                return inputs[0] * FACTOR
+
+        class Own(cnngraph.Op):
+            type = "ep_own_NAME"
+            def forward(self, ctx, inputs, params):
+                return inputs[0]
+
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(registry):
+            registry.add(Swish)
+            registry.add(Own)
+    """
+    for name, factor in (("epone", 1), ("eptwo", 2)):
+        (tmp_path / name).mkdir()
+        make_dist(tmp_path / name, name, body.replace("FACTOR", str(factor)).replace("NAME", name))
+        monkeypatch.syspath_prepend(str(tmp_path / name))
+    registry._STATE = None
+    reg = registry.get_registry()
+    err = capsys.readouterr().err
+    assert "op 'ep_swish' is registered by more than one installed plugin: " in err
+    assert "'epone_ep'" in err and "'eptwo_ep'" in err
+    assert "ep_swish" not in reg.ops and {"ep_own_epone", "ep_own_eptwo"} <= set(reg.ops)
+    assert not reg.skipped
+    with pytest.raises(SpecError, match=r"op 'ep_swish' is registered by more than one installed plugin.*neither is "
+                                        r"used. Uninstall one, or disable one with CNNGRAPH_DISABLE_PLUGINS="):
+        cnngraph.load_spec(one_layer("ep_swish"))
+    monkeypatch.setenv("CNNGRAPH_DISABLE_PLUGINS", "eptwo_ep")
+    registry._STATE = None
+    assert registry.get_registry().ops["ep_swish"].plugin == "epone_ep"
+    capsys.readouterr()
+
+
 def test_contrib_package_when_installed(capsys):
     from importlib.metadata import entry_points
     if not any(ep.name == "contrib" for ep in entry_points(group="cnngraph")):

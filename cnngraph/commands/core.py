@@ -203,4 +203,6 @@ def cmd_plugins(args) -> int:
         print(f"{name}  ({origin}): {what}")
     for name, why in reg.skipped.items():
         print(f"{name}  (installed, not loaded): {why}")
+    for table, name in reg.contested:
+        print(f"not used: {reg.contested_note(table, name)}")
     return 0

@@ -85,7 +85,11 @@ def _typed(raw: Any, table: dict, path: tuple, what: str, positions, file, defau
         return None, [_locate(f"missing required key 'type' (one of: {', '.join(sorted(table))})", path,
                               positions, file)]
     if kind not in table:
-        return None, [_locate(f"unknown {what} type '{kind}'{did_you_mean(kind, table)}; known: "
+        from ..registry import get_registry
+        reg = get_registry()
+        names = [t for t in ("optimizers", "schedules", "augmentations", "ops") if getattr(reg, t) is table]
+        why = reg.contested_note(names[0], kind) if names else None
+        return None, [_locate(why or f"unknown {what} type '{kind}'{did_you_mean(kind, table)}; known: "
                               f"{', '.join(sorted(table))}", path + ("type",), positions, file)]
     params_model = table[kind].Params
     rest = {k: v for k, v in raw.items() if k != "type" and k not in skip}
