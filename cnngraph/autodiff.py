@@ -80,6 +80,11 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
         for local, pg in p_grads.items():
             param_grads[names[local]] = pg
         for i, (src, dx) in enumerate(zip(step.inputs, in_grads)):
+            if dx is None and ctx.needs_input_grad[i]:   # a silent zero would stop everything upstream learning
+                raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned no gradient (None) "
+                                  f"for input {i} ('{src}') from backward at layer '{node}', but that input needs one "
+                                  f"(ctx.need_grad({i}) is True); return the gradient, or declare the input "
+                                  f"non-differentiable with the class attribute grad_inputs")
             if dx is None or not ctx.needs_input_grad[i]:
                 continue
             want = tape.shapes.get(src)

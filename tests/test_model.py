@@ -174,6 +174,26 @@ def test_backward_with_wrong_parameter_gradient_names_names_the_plugin():
         model.backward({"m": np.ones_like(out)})
 
 
+def test_backward_returning_none_for_a_needed_input_gradient_is_an_error_not_a_zero():
+    """A None gradient would silently stop every layer upstream from learning."""
+    class NoGrad(cnngraph.Op):
+        type = "no_grad_for_test"
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0] * 2
+
+        def backward(self, ctx, gy):
+            return [None], {}
+    cnngraph.register_op(NoGrad)
+    spec = {"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "fc", "type": "dense", "out_features": 3},
+                                                        {"id": "m", "type": "no_grad_for_test"}], "outputs": ["m"]}
+    model = cnngraph.compile(spec)
+    out = model.forward({"x": np.ones((2, 3), np.float32)}, training=True, grad=True)["m"]
+    with pytest.raises(cnngraph.PluginError, match=r"op 'no_grad_for_test' \(plugin '.*'\) returned no gradient "
+                                                   r"\(None\) for input 0 \('fc'\) from backward at layer 'm'"):
+        model.backward({"m": np.ones_like(out)})
+
+
 def test_allocator_tuning_is_applied_on_glibc_and_can_be_turned_off():
     import os
     import subprocess
