@@ -150,21 +150,30 @@ def cmd_evaluate(args) -> int:
     settings = meta.get("settings") or {}
     base = DataConfig.model_validate(settings["data"]) if "data" in settings else ts.data
     cfg = parse_data_arg(args.data, base)
+    if args.data is not None:   # the user's own file: evaluate what it holds, carve nothing off
+        cfg = cfg.model_copy(update={"val_fraction": 0.0, "test_fraction": None, "limit": None})
     stats = meta.get("dataset") or {}
     if stats.get("mean") is not None and stats.get("std") is not None:
         # Normalise exactly as training did, whatever data is evaluated.
         cfg = DataConfig.model_validate({**cfg.model_dump(), "normalize": {"mean": stats["mean"], "std": stats["std"]}})
     ds = load_dataset(cfg, shape, seed=int(settings.get("seed", ts.seed)), base_dir=spec.base_dir)
     x, y = getattr(ds, args.split)
+    whole = args.data is not None and args.split == "test" and len(y) == 0
+    if whole:   # a file without a separate test split is itself the test data
+        x, y = ds.train
+        print(f"note: {ds.source} has no separate test split; evaluating all {len(y)} of its images",
+              file=sys.stderr)
     if len(y) == 0:
         raise DataError(f"dataset '{cfg.dataset}' ({ds.source}) has an empty {args.split} split; choose another "
                         f"with --split, or set train.data.test_fraction / val_fraction to carve one")
     classes = list(stats.get("classes") or ds.classes)
-    if len(classes) != ds.num_classes:
+    numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
+    if len(classes) != ds.num_classes and not (ds.num_classes < len(classes) and
+                                                (numbered or ds.classes == classes[:ds.num_classes])):
         raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
                         f"{ds.num_classes}")
-    loss = prepare_loss(spec, ts, ds.num_classes, y.shape[1:] if ds.dense else None)
-    n_cls = max(ds.num_classes, 2) if loss.units == 1 else ds.num_classes
+    loss = prepare_loss(spec, ts, len(classes), y.shape[1:] if ds.dense else None)
+    n_cls = max(len(classes), 2) if loss.units == 1 else len(classes)
     acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=effective_top_k(ts.top_k, n_cls),
                           num_classes=n_cls)
     cm = acc.confusion()
@@ -182,7 +191,8 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{spec.name}: checkpoint {ckdir}" + (f" (epoch {meta['epoch']})" if meta.get("epoch") else ""))
-    print(f"{args.split} split of {ds.source}: {len(y)} images" + (f" ({y.size:,} pixels)" if ds.dense else ""))
+    what = f"all of {ds.source}" if whole else f"{args.split} split of {ds.source}"
+    print(f"{what}: {len(y)} images" + (f" ({y.size:,} pixels)" if ds.dense else ""))
     for k, v in acc.result(f"{args.split}_").items():
         print(f"  {k:<22} {v:.4f}")
     print()

@@ -69,6 +69,15 @@ class Checkpoint:
 
 # --- saving --------------------------------------------------------------------------
 
+def _file_mode() -> int:
+    umask = os.umask(0o022)   # read it (no other way) and put it back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()   # what open() would give a new file under this process's umask
+
+
 class CheckpointWriter:
     """Runs checkpoint saves on a background thread, one at a time, so training goes on while a
     save serialises and fsyncs (about 6 ms per save here, mostly fsync, which releases the GIL).
@@ -128,16 +137,26 @@ def save_checkpoint(directory, arrays: dict, meta: dict,
         raise CheckpointError(f"checkpoint {directory}: cannot create directory: {exc}"
                               ) from exc
 
-    files = {"weights": _write_npz(directory, "weights", arrays)}
-    if optimizer_state is not None:
-        files["optimizer"] = _write_npz(directory, "optimizer", optimizer_state)
-    _fsync_dir(directory)  # data files' directory entries are durable before the commit
+    try:
+        files = {"weights": _write_npz(directory, "weights", arrays)}
+        if optimizer_state is not None:
+            files["optimizer"] = _write_npz(directory, "optimizer", optimizer_state)
+        _fsync_dir(directory)  # data files' directory entries are durable before the commit
 
-    record = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "meta": meta}
-    text = json.dumps(record, indent=2, default=_json_default) + "\n"
-    _atomic_write(directory, "meta", META_FILE, lambda f: f.write(text.encode("utf-8")))
-    _fsync_dir(directory)
+        record = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "meta": meta}
+        text = json.dumps(record, indent=2, default=_json_default) + "\n"
+        _atomic_write(directory, "meta", META_FILE, lambda f: f.write(text.encode("utf-8")))
+        _fsync_dir(directory)
+    except OSError as exc:   # a full disk, a read-only folder: the previous checkpoint is untouched
+        raise CheckpointError(f"checkpoint {directory} could not be written ({exc.strerror or exc}); any "
+                              f"checkpoint there before is unchanged") from None
     _remove_stale(directory, keep={entry["name"] for entry in files.values()})
+
+
+def copy_checkpoint(src, dst) -> None:
+    """Copy the checkpoint in ``src`` to ``dst`` (verified on load, written atomically)."""
+    ck = load_checkpoint(src)
+    save_checkpoint(dst, ck.arrays, ck.meta, ck.optimizer_state)
 
 
 def _write_npz(directory: Path, part: str, arrays: dict) -> dict:
@@ -188,6 +207,7 @@ def _atomic_write(directory: Path, tag: str, final: str | None, write) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{tag}-", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, FILE_MODE)   # mkstemp makes it private (0600); a checkpoint is as shareable as any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -107,6 +107,8 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np
         extra = f", ({h}, {w}) or (N, {h}, {w})" if c == 1 else ""
         raise DataError(f"'{path}': expected an array of shape (N, {c}, {h}, {w}) or ({c}, {h}, {w}){extra} "
                         f"for the model's input_shape {fmt_shape(input_shape)}, found {fmt_shape(arr.shape)}")
+    if len(arr) == 0:
+        raise DataError(f"'{path}': holds no images (shape {fmt_shape(arr.shape)}); expected at least one")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) * np.float32(scale / 255.0)
     out = arr.astype(np.float32)

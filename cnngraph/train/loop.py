@@ -43,13 +43,16 @@ from typing import TextIO
 import numpy as np
 
 from ..backend import to_numpy
-from ..errors import DataError, SpecError
-from .checkpoint import META_FILE, CheckpointWriter, load_checkpoint, resolve_checkpoint, run_folder
+from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
+from .checkpoint import (META_FILE, CheckpointWriter, copy_checkpoint, load_checkpoint, resolve_checkpoint,
+                         run_folder)
 from .evaluate import evaluate_arrays, load_model
 from .metrics import correct_per_sample, effective_top_k, json_safe
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
-from .run_state import Best, checkpoint_meta, open_resume, restore, schedule_change_note, spec_differences
+from .runlock import RunLock, holder
+from .run_state import (Best, checkpoint_meta, open_resume, restore, resume_changes, resume_settings,
+                        schedule_change_note, spec_differences)
 from .settings import (LossSetup, TrainingError, as_spec, parse_data_arg, prepare_loss, resolve_settings,
                        train_spec_of)
 
@@ -113,8 +116,13 @@ class _Run:
             self.resume_dir, self.resume_ckpt = open_resume(resume, spec, quiet, self.stream)
             if out is None:
                 out = run_folder(self.resume_dir)
-        saved = self.resume_ckpt.meta.get("settings", {}) if self.resume_ckpt is not None else {}
+        saved = resume_settings(self.resume_ckpt.meta, spec) if self.resume_ckpt is not None else {}
         self.settings = st = resolve_settings(self.ts, saved, epochs, batch_size, lr, seed, data, device)
+        if self.resume_ckpt is not None and not quiet:
+            changed = resume_changes(self.resume_ckpt.meta.get("settings") or {}, st)
+            if changed:
+                print(f"note: resuming with {', '.join(changed)}; the continuation is not bit-for-bit the original "
+                      f"run", file=self.stream)
 
         # --- the model's input
         float_inputs = [n for n, i in spec.inputs.items() if i.dtype != "int64"]
@@ -139,6 +147,10 @@ class _Run:
         ds = self.dataset
         if len(ds.train[1]) == 0:
             raise DataError(f"dataset '{st.data.dataset}': the training split is empty")
+        if ds.num_classes < 2:
+            raise DataError(f"dataset '{st.data.dataset}' ({ds.source}) has {ds.num_classes} class"
+                            f"{'' if ds.num_classes == 1 else 'es'} ({', '.join(ds.classes)}); a classifier needs at "
+                            f"least 2")
         self.loss = prepare_loss(spec, self.ts, ds.num_classes, ds.train[1].shape[1:] if ds.dense else None)
         if ds.num_classes and self.ts.top_k > max(ds.num_classes, 3):   # 3: the default, kept for 2 classes
             raise SpecError(spec.problem(f"top_k ({self.ts.top_k}) is more than the {ds.num_classes} classes of the "
@@ -163,6 +175,7 @@ class _Run:
         self.out = Path(out) if out is not None else Path("runs") / spec.name
         self.ckpt_dir = self.out / "checkpoint"
         self.last_saved: int | None = None   # epoch of the newest complete last/ checkpoint
+        self.copy_best_from: Path | None = None   # a resumed run's best checkpoint, copied into this folder
         self.writer = CheckpointWriter()
 
         if self.resume_ckpt is not None:
@@ -223,6 +236,10 @@ class _Run:
         """A new run never overwrites an earlier one: an --out folder that already holds a run (other than
         the one being resumed) is renamed to OUT.1 (or .2, ...) first, and the user is told."""
         out = self.out
+        busy = holder(out)
+        if busy is not None:
+            raise TrainingError(f"{out} is in use by another training run ({busy}); wait for it to finish or "
+                                f"choose another --out")
         if not ((out / "checkpoint").is_dir() or (out / "metrics.json").is_file()):
             return
         if self.resume_dir is not None and run_folder(self.resume_dir).resolve() == out.resolve():
@@ -309,10 +326,7 @@ class _Run:
         cause = nonfinite_cause(self.model, self.input_name, xb, self.loss, grad_norm)
         what = f"the loss is {value}" if grad_norm is None or not math.isfinite(value) else \
             f"the gradient norm is {grad_norm}"
-        if getattr(self, "_progress", None) is not None:
-            self._progress.clear()
-        self.stopped = "diverged"
-        self._write_outputs(None)
+        self._stop("diverged")
         raise TrainingError(f"training diverged at epoch {epoch + 1}, step {step + 1} (lr {rate:.4g}): {what}; "
                             f"{cause}. {self._last_good().capitalize()}. Lower the learning rate "
                             f"(train.optimizer.lr / --lr, now {self.settings.lr:g})"
@@ -320,10 +334,23 @@ class _Run:
 
     # -- the whole run ---------------------------------------------------------------------
     def fit(self) -> History:
-        st = self.settings
         self.stopped = "completed"
         self._keep_previous_run()
         self.out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.out)
+        busy = lock.acquire()
+        if busy is not None:
+            raise TrainingError(f"{self.out} is in use by another training run ({busy}); wait for it to finish or "
+                                f"choose another --out")
+        try:
+            if self.copy_best_from is not None:   # resumed into another folder: it starts with the previous best
+                copy_checkpoint(self.copy_best_from, self.ckpt_dir / "best")
+            return self._fit()
+        finally:
+            lock.release()
+
+    def _fit(self) -> History:
+        st = self.settings
         if not self.quiet:
             ds = self.dataset
             what = "resuming from epoch " + str(self.start_epoch) + ", " if self.start_epoch else ""
@@ -356,14 +383,34 @@ class _Run:
             self._finish_saves()
             test = self._test()       # inside: Ctrl-C during the final test evaluation is reported too
         except KeyboardInterrupt:
-            if getattr(self, "_progress", None) is not None:
-                self._progress.clear()
-            self.stopped = "interrupted"
-            self._write_outputs(None)
-            print(f"interrupted: training stopped cleanly; {self._last_good()}. Resume with "
-                  f"`cnngraph train {self.spec.file or 'SPEC'} --resume {self.out}`", file=self.stream)
+            self._stop("interrupted")
+            print(f"interrupted: training stopped cleanly; {self._last_good()}. {self._how_to_go_on()}",
+                  file=self.stream)
             raise
-        return self._write_outputs(test)
+        except CheckpointError as exc:   # a full disk, a folder made read-only ...
+            self._stop("failed")
+            raise TrainingError(f"{exc}. Training stopped; {self._last_good()}. {self._how_to_go_on()}") from None
+        try:
+            return self._write_outputs(test)
+        except KeyboardInterrupt:
+            print(f"interrupted while writing metrics.json, history.csv and curves.png; the checkpoints in "
+                  f"{self.ckpt_dir} are complete", file=self.stream)
+            raise
+
+    def _stop(self, why: str) -> None:
+        """Training stops early: what was trained so far is still written down (as far as the disk allows)."""
+        if getattr(self, "_progress", None) is not None:
+            self._progress.clear()
+        self.stopped = why
+        try:
+            self._write_outputs(None)
+        except (OSError, CnnGraphError):
+            pass
+
+    def _how_to_go_on(self) -> str:
+        if self.last_saved is None:
+            return "Start it again (there is nothing to resume yet)"
+        return f"Resume with `cnngraph train {self.spec.file or 'SPEC'} --resume {self.out}`"
 
     def _test(self) -> dict | None:
         ds = self.dataset
@@ -377,6 +424,22 @@ class _Run:
         cm = acc.confusion()
         return json_safe({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
                        "classes": list(ds.classes), "checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))})
+
+    def _write_reports(self, hist: History) -> None:
+        """metrics.json, history.csv and curves.png in the run folder."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "metrics.json").write_text(json.dumps(hist.summary, indent=2) + "\n")
+        keys: list[str] = []
+        for r in hist:
+            keys += [k for k in r if k not in keys]
+        with open(self.out / "history.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys or ["epoch"])
+            w.writeheader()
+            for r in hist:
+                w.writerow({k: "" if r.get(k) is None else r.get(k) for k in keys})
+        if hist:
+            from ..viz.curves import plot_curves
+            plot_curves(hist, self.out / "curves.png", title=self.spec.name)
 
     def _confusion_classes(self) -> int:
         """Rows of the confusion matrix: the classes (two for a one-unit binary classifier)."""
@@ -396,19 +459,11 @@ class _Run:
             summary.update(test)
         summary["history"] = list(hist)
         hist.summary = json_safe(summary)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "metrics.json").write_text(json.dumps(hist.summary, indent=2) + "\n")
-        keys: list[str] = []
-        for r in hist:
-            keys += [k for k in r if k not in keys]
-        with open(self.out / "history.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys or ["epoch"])
-            w.writeheader()
-            for r in hist:
-                w.writerow({k: "" if r.get(k) is None else r.get(k) for k in keys})
-        if hist:
-            from ..viz.curves import plot_curves
-            plot_curves(hist, self.out / "curves.png", title=self.spec.name)
+        try:
+            self._write_reports(hist)
+        except OSError as exc:
+            raise TrainingError(f"{exc.filename or self.out}: could not be written ({exc.strerror or exc}); the "
+                                f"checkpoints in {self.ckpt_dir} are complete") from None
         if self.timer.enabled and not self.quiet:
             print(self.timer.report(), file=self.stream)
         if not self.quiet and test:

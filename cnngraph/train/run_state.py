@@ -17,7 +17,7 @@ from typing import TextIO
 
 from ..errors import CheckpointError, SpecError
 from .checkpoint import (META_FILE, Checkpoint, load_checkpoint, resolve_checkpoint, rng_state_from_json,
-                         rng_state_to_json, run_folder, save_checkpoint)
+                         rng_state_to_json, run_folder)
 from .metrics import json_safe
 
 __all__ = ["Best", "spec_differences", "check_same_network", "checkpoint_meta", "open_resume", "restore",
@@ -170,10 +170,14 @@ def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkp
     """
     rdir = resolve_checkpoint(resume, prefer="last")
     ck = load_checkpoint(rdir)
+    if rdir.name == "best" and Path(resume).name != "best" and not quiet:
+        print(f"note: {rdir.parent / 'last'} is missing; resuming from the best checkpoint (epoch "
+              f"{ck.meta.get('epoch')}), not from where the run stopped", file=stream)
     meta = ck.meta
     if meta.get("kind") != "training" or "rng" not in meta:
         raise CheckpointError(f"{rdir}: not a training checkpoint (no optimizer/RNG state); "
                               f"resume needs OUT/checkpoint/last of a `cnngraph train` run")
+    _check_resume_meta(meta, rdir)
     check_same_network(meta.get("spec", {}), spec, rdir, spec.file or "this spec")
     old_train, new_train = (meta.get("spec") or {}).get("train") or {}, spec.to_dict().get("train") or {}
     changed = sorted(k for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
@@ -181,6 +185,61 @@ def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkp
         print(f"note: resuming with a changed train section ({', '.join('train.' + k for k in changed)}); "
               f"the continuation is not bit-for-bit the original run", file=stream)
     return rdir, ck
+
+
+# where each run setting is written in a spec's train section
+_SETTING_IN_SPEC = {"epochs": ("epochs",), "batch_size": ("batch_size",), "seed": ("seed",),
+                    "lr": ("optimizer", "lr"), "data": ("data",)}
+
+
+def _at(d, path):
+    for key in path:
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def resume_settings(meta: dict, spec) -> dict:
+    """The settings a resumed run starts from: the checkpoint's, except those edited in the spec since
+    (a value changed in the spec file is what the user means now)."""
+    saved = dict(meta.get("settings") or {})
+    old_train = (meta.get("spec") or {}).get("train") or {}
+    new_train = spec.to_dict().get("train") or {}
+    for key, path in _SETTING_IN_SPEC.items():
+        if _at(old_train, path) != _at(new_train, path):
+            saved.pop(key, None)
+    return saved
+
+
+def resume_changes(saved: dict, st) -> list[str]:
+    """The settings of a resumed run that differ from the checkpoint's (epochs has its own note)."""
+    now = st.to_json()
+    return [f"{k} {now[k]!r} (was {saved[k]!r})" for k in ("batch_size", "lr", "seed", "data")
+            if k in saved and saved[k] != now[k]]
+
+
+def _check_resume_meta(meta: dict, rdir: Path) -> None:
+    """The parts of meta.json a resume relies on, checked up front (a hand-edited file must not end in a
+    traceback or in a misleading error much later)."""
+    def bad(key: str, expected: str):
+        raise CheckpointError(f"{rdir / META_FILE}: meta.{key}: expected {expected}, found "
+                              f"{json.dumps(meta.get(key))[:60]}; the checkpoint's meta is damaged or was edited")
+    epoch = meta.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        bad("epoch", "a whole number >= 0 (the epochs trained)")
+    rng = meta.get("rng")
+    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), dict) for k in ("loop", "model")):
+        bad("rng", "the generators' states {loop: {...}, model: {...}}")
+    try:
+        rng_state_from_json(rng["loop"]), rng_state_from_json(rng["model"])
+    except Exception:   # noqa: BLE001 - whatever NumPy says about a state it cannot take
+        bad("rng", "the generators' states as written by cnngraph")
+    history = meta.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                                                for r in history):
+        bad("history", "a list of per-epoch records")
+    for key in ("best", "settings"):
+        if meta.get(key) is not None and not isinstance(meta.get(key), dict):
+            bad(key, "a mapping")
 
 
 def restore(run, ck: Checkpoint, rdir: Path) -> None:
@@ -207,12 +266,10 @@ def restore(run, ck: Checkpoint, rdir: Path) -> None:
     if ds and (ds.get("mean") != run.dataset.mean or ds.get("std") != run.dataset.std):
         print(f"note: the data normalisation differs from the checkpoint's (mean {ds.get('mean')} → "
               f"{run.dataset.mean}); the data changed since the checkpoint was written", file=run.stream)
-    # Keep the previous best when resuming into another folder.
+    # Keep the previous best when resuming into another folder (copied by fit, once the folder is the run's).
     src_best = run_folder(rdir) / "checkpoint" / "best"
-    dst_best = run.ckpt_dir / "best"
-    if src_best.resolve() != dst_best.resolve() and (src_best / META_FILE).is_file():
-        prev = load_checkpoint(src_best)
-        save_checkpoint(dst_best, prev.arrays, prev.meta, prev.optimizer_state)
+    if src_best.resolve() != (run.ckpt_dir / "best").resolve() and (src_best / META_FILE).is_file():
+        run.copy_best_from = src_best
 
 
 def schedule_change_note(schedule, kind: str, saved: dict, st, done: int, steps: int) -> str | None:

@@ -1,0 +1,157 @@
+"""A run's folder and data stay safe: resuming into a folder with another run, two runs on one folder,
+a full disk, edited specs and hand-edited checkpoints, held-out files to evaluate."""
+import errno
+import io
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.errors import CheckpointError, DataError
+from cnngraph.train import checkpoint as ckpt_mod
+from cnngraph.train.loop import TrainingError
+from cnngraph.train.runlock import RunLock
+
+
+def spec(**train):
+    t = {"data": {"dataset": "digits", "limit": 96}, "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9},
+         "batch_size": 32, "epochs": 2, "seed": 1}
+    t.update(train)
+    return {"name": "safe", "inputs": {"image": {"shape": [1, 8, 8]}},
+            "layers": [{"id": "flat", "type": "flatten"}, {"id": "fc", "type": "dense", "out_features": 16},
+                       {"id": "act", "type": "relu"}, {"id": "logits", "type": "dense", "out_features": 10}],
+            "outputs": ["logits"], "train": t}
+
+
+def train(tmp_path, out, s=None, **kw):
+    stream = kw.pop("stream", io.StringIO())
+    return cnngraph.train(s or spec(), out=tmp_path / out, stream=stream, **kw)
+
+
+def meta_of(folder):
+    return json.loads((folder / "meta.json").read_text())["meta"]
+
+
+def test_resuming_into_a_folder_with_another_run_keeps_that_run_whole(tmp_path):
+    train(tmp_path, "victim", seed=5)
+    train(tmp_path, "other", epochs=2)
+    log = io.StringIO()
+    train(tmp_path, "victim", resume=tmp_path / "other", epochs=3, stream=log)
+    kept = tmp_path / "victim.1" / "checkpoint"
+    assert meta_of(kept / "best")["settings"]["seed"] == 5 and meta_of(kept / "last")["settings"]["seed"] == 5
+    assert meta_of(tmp_path / "victim" / "checkpoint" / "best")["settings"]["seed"] == 1
+    assert "held an earlier run; it is kept as" in log.getvalue()
+    # an empty --out: no earlier run to keep, none claimed
+    log = io.StringIO()
+    train(tmp_path, "fresh", resume=tmp_path / "other", epochs=3, stream=log)
+    assert "held an earlier run" not in log.getvalue() and not (tmp_path / "fresh.1").exists()
+    assert (tmp_path / "fresh" / "checkpoint" / "best" / "meta.json").is_file()
+
+
+def test_a_folder_in_use_by_another_run_is_refused_and_left_alone(tmp_path):
+    train(tmp_path, "busy")
+    lock = RunLock(tmp_path / "busy")
+    assert lock.acquire() is None          # as a running training would hold it
+    try:
+        with pytest.raises(TrainingError, match=rf"busy is in use by another training run \(PID {os.getpid()}\)"):
+            train(tmp_path, "busy")
+    finally:
+        lock.release()
+    assert not (tmp_path / "busy.1").exists()   # not renamed under the running run
+    train(tmp_path, "busy")                     # released: the next run goes ahead
+    assert (tmp_path / "busy.1").is_dir()
+
+
+def test_a_full_disk_stops_with_the_last_good_checkpoint_named(tmp_path, monkeypatch):
+    real = ckpt_mod._write_npz
+    calls = {"n": 0}
+
+    def full(directory, part, arrays):
+        calls["n"] += 1
+        if calls["n"] > 4:        # epoch 1 wrote best/ and last/ (two files each), then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(directory, part, arrays)
+    monkeypatch.setattr(ckpt_mod, "_write_npz", full)
+    with pytest.raises(TrainingError, match=r"could not be written \(No space left on device\).*last good checkpoint: "
+                                            r".*last \(epoch 1\). Resume with `cnngraph train"):
+        train(tmp_path, "run", epochs=3)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "failed"
+    assert meta_of(tmp_path / "run" / "checkpoint" / "last")["epoch"] == 1
+
+
+def test_resume_takes_values_edited_in_the_spec_and_says_what_differs(tmp_path):
+    train(tmp_path, "run", epochs=2)
+    log = io.StringIO()
+    edited = spec(optimizer={"type": "sgd", "lr": 0.01, "momentum": 0.9})
+    hist = train(tmp_path, "run", s=edited, resume=tmp_path / "run", epochs=3, stream=log)
+    assert hist[-1]["lr"] == pytest.approx(0.01)
+    assert "resuming with lr 0.01 (was 0.05)" in log.getvalue()
+    log = io.StringIO()
+    train(tmp_path, "run", resume=tmp_path / "run", epochs=4, batch_size=16, stream=log)
+    assert "resuming with batch_size 16 (was 32)" in log.getvalue()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("epoch", "abc", r"meta.epoch: expected a whole number >= 0"),
+    ("epoch", -5, r"meta.epoch: expected a whole number >= 0 \(the epochs trained\), found -5"),
+    ("rng", {"a": 1}, r"meta.rng: expected the generators' states"),
+    ("history", 5, r"meta.history: expected a list of per-epoch records, found 5"),
+])
+def test_hand_edited_checkpoint_meta_is_named_not_a_traceback(tmp_path, key, value, expected):
+    train(tmp_path, "run")
+    path = tmp_path / "run" / "checkpoint" / "last" / "meta.json"
+    record = json.loads(path.read_text())
+    record["meta"][key] = value
+    path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=expected):
+        train(tmp_path, "run", resume=tmp_path / "run", epochs=3)
+
+
+def test_resume_without_last_says_it_starts_from_best(tmp_path):
+    import shutil
+    train(tmp_path, "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoint" / "last")
+    log = io.StringIO()
+    train(tmp_path, "run", resume=tmp_path / "run", epochs=3, stream=log)
+    assert "checkpoint/last is missing; resuming from the best checkpoint (epoch" in log.getvalue()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    train(tmp_path, "run")
+    for f in (tmp_path / "run" / "checkpoint" / "best").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == ckpt_mod.FILE_MODE == 0o666 & ~_umask(), f
+
+
+def _umask():
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_evaluate_a_held_out_file_whole_even_with_fewer_classes(tmp_path, capsys):
+    train(tmp_path, "run")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "held.npz", x=rng.integers(0, 17, (40, 1, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 3, 40))
+    spec_file = tmp_path / "s.json"
+    spec_file.write_text(json.dumps(spec()))
+    assert main(["evaluate", str(spec_file), "--checkpoint", str(tmp_path / "run"), "--data",
+                 f"npz:{tmp_path / 'held.npz'}", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["samples"] == 40 and len(out["classes"]) == 10 and np.asarray(out["confusion"]).sum() == 40
+
+
+def test_one_class_and_empty_inputs_are_refused_clearly(tmp_path, capsys):
+    np.savez(tmp_path / "one.npz", x=np.zeros((20, 1, 8, 8), np.float32), y=np.zeros(20, np.int64))
+    with pytest.raises(DataError, match=r"has 1 class \(0\); a classifier needs at least 2"):
+        train(tmp_path, "one", data=f"npz:{tmp_path / 'one.npz'}")
+    train(tmp_path, "run")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 8, 8), np.float32))
+    spec_file = tmp_path / "s.json"
+    spec_file.write_text(json.dumps(spec()))
+    assert main(["predict", str(spec_file), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "empty.npy")]) == 1
+    assert "holds no images (shape (0, 1, 8, 8)); expected at least one" in capsys.readouterr().err
