@@ -11,13 +11,14 @@ from typing import Any
 
 import networkx as nx
 
-from .errors import PluginError
+from .errors import PluginError, RunError
 from .graph import topological_order
 from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
-           "training_memory"]
+           "training_memory", "add_training_memory", "available_memory_bytes", "measurement_cost",
+           "why_not_measure"]
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Summary:
     extra: dict = field(default_factory=dict)
     training_peak_bytes: int | None = None     # measured activation peak of a training forward
     training_memory: dict | None = None        # how it was measured (see TrainingMemory)
+    training_memory_skipped: str | None = None  # why the measurement was skipped (see add_training_memory)
+    training_estimate_bytes: int | None = None  # static estimate given instead: every layer output at batch_size
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,6 +225,11 @@ def training_memory(spec_or_model, batch_size: int = 1, seed: int = 0) -> Traini
     rng_state = model.rng.bit_generator.state
     try:
         results = {b: _measure(model, b, seed) for b in (1, 2)}
+    except RunError as exc:
+        # the runner names the failing layer; out of memory is still out of memory for the caller
+        if isinstance(exc.__cause__, MemoryError):
+            raise MemoryError(str(exc)) from exc
+        raise
     finally:
         for n, v in snapshot.items():
             model.params._data[n] = v
@@ -232,6 +240,62 @@ def training_memory(spec_or_model, batch_size: int = 1, seed: int = 0) -> Traini
     return TrainingMemory(batch_size, int(fixed + per * batch_size), {1: p1, 2: p2},
                           {b: r[1] for b, r in results.items()}, {b: r[2] for b, r in results.items()},
                           int(per), int(fixed))
+
+
+# When to skip the measurement: it runs a real training step at batch 1 and 2, which on a big input
+# can take minutes or get the process killed for memory before anything is printed.
+MEASURE_SAFETY = 3            # tape + gradients + kernel workspace, relative to the layer outputs alone
+MEASURE_MEMORY_SHARE = 0.5    # of the memory available now
+MEASURE_MAX_SECONDS = 30.0
+MACS_PER_SECOND = 20e9        # a training step of NumPy kernels on a couple of CPU cores (rough)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def measurement_cost(s: Summary) -> tuple[int, float]:
+    """(bytes, seconds) that :func:`training_memory` is expected to need, from the static table: the
+    layer outputs at batch 2 times a safety factor, and batch 1 + 2 of forward + backward (~3 forwards)."""
+    per_sample = sum(r.act_bytes for r in s.rows) / s.batch_size
+    return int(per_sample * 2 * MEASURE_SAFETY), 3 * 3 * s.total_flops / MACS_PER_SECOND
+
+
+def why_not_measure(s: Summary, available: int | None) -> str | None:
+    """Why measuring the training memory should be skipped on this machine, or None to measure."""
+    need, seconds = measurement_cost(s)
+    if available is not None and need > available * MEASURE_MEMORY_SHARE:
+        return (f"measuring needs about {human_bytes(need)}, more than {MEASURE_MEMORY_SHARE:.0%} of the "
+                f"{human_bytes(available)} of memory available")
+    if seconds > MEASURE_MAX_SECONDS:
+        return f"measuring would take about {seconds:.0f} s (a training step at batch 1 and 2)"
+    return None
+
+
+def add_training_memory(s: Summary, spec_or_model, available: int | None = None) -> Summary:
+    """Measure the training memory into ``s`` (see :func:`training_memory`), or, when
+    :func:`why_not_measure` says so or memory runs out, record why not and a static estimate.
+    ``available`` defaults to :func:`available_memory_bytes`."""
+    why = why_not_measure(s, available_memory_bytes() if available is None else available)
+    if why is None:
+        try:
+            tm = training_memory(spec_or_model, s.batch_size)
+        except MemoryError:
+            why = "measuring ran out of memory (a training step at batch 1 and 2)"
+        else:
+            s.training_peak_bytes, s.training_memory = tm.peak_bytes, tm.to_dict()
+            return s
+    s.training_memory_skipped = why
+    s.training_estimate_bytes = sum(r.act_bytes for r in s.rows)
+    return s
 
 
 def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, itemsize: int = 4,

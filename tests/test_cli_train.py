@@ -1,5 +1,6 @@
 """`cnngraph train / evaluate / predict` on real files."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -77,6 +78,44 @@ def test_evaluate_prints_metrics_and_writes_confusion(trained, capsys, tmp_path)
                      "--out", str(tmp_path)]) == 0
         res = json.loads(capsys.readouterr().out)
         assert res["test_accuracy"] == pytest.approx(acc) and len(res["per_class"]["precision"]) == 10
+
+
+def _metrics_then_warning(capsys):
+    out, err = capsys.readouterr()
+    assert "test_accuracy" in out and "confusion matrix" in out and "wrote" not in out
+    assert err.startswith("warning: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_evaluate_without_matplotlib_prints_the_metrics_and_skips_the_picture(trained, capsys, tmp_path,
+                                                                              monkeypatch):
+    spec, run = trained
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["evaluate", str(spec), "--checkpoint", str(run), "--out", str(tmp_path)]) == 0
+    err = _metrics_then_warning(capsys)
+    assert f"{tmp_path / 'confusion.png'} not written" in err and "pip install matplotlib" in err
+    assert not (tmp_path / "confusion.png").exists()
+    assert main(["evaluate", str(spec), "--checkpoint", str(run), "--out", str(tmp_path), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["confusion_png"] is None and "pip install matplotlib" in err
+
+
+def test_evaluate_into_an_unwritable_folder_warns_after_the_metrics(trained, capsys, tmp_path, monkeypatch):
+    """A read-only run folder (simulated: tests may run as root) must not hide the metrics."""
+    from cnngraph.viz import curves
+    spec, run = trained
+
+    def read_only(cm, classes, path, title=None):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(curves, "plot_confusion", read_only)
+    assert main(["evaluate", str(spec), "--checkpoint", str(run)]) == 0
+    err = _metrics_then_warning(capsys)
+    assert f"cannot write {run / 'confusion.png'} (Permission denied)" in err and "--out" in err
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("x")
+    assert main(["evaluate", str(spec), "--checkpoint", str(run), "--out", str(tmp_path / "file" / "sub")]) == 0
+    assert "'file' is a file, not a folder" in _metrics_then_warning(capsys).replace(str(tmp_path) + "/", "")
 
 
 def test_predict_png_and_npy(trained, capsys, tmp_path):

@@ -5,11 +5,13 @@ import json
 import tracemalloc
 
 import numpy as np
+import pytest
 
 import cnngraph
 from cnngraph.cli import main
 from cnngraph.commands.summary_format import format_summary
-from cnngraph.summary import inference_peak_bytes, summarize, training_memory
+from cnngraph.summary import (add_training_memory, inference_peak_bytes, summarize, training_memory,
+                              why_not_measure)
 
 
 def test_training_memory_is_measured_and_linear():
@@ -240,3 +242,68 @@ def test_receptive_field_through_upsampling_matches_the_gradients():
     for layer, size in (("c", 12), ("c2", 24)):
         centre = [(size // 2 + a, size // 2 + a) for a in range(-3, 3)]
         assert _measured_field(spec, layer, centre) == rf[layer], layer
+
+
+def test_summary_prints_the_table_before_measuring(monkeypatch, capsys):
+    """Measuring may be slow or get the process killed: the static table must already be out."""
+    from cnngraph import summary
+    seen = []
+
+    def measure(*args, **kwargs):
+        seen.append(capsys.readouterr().out)
+        raise MemoryError
+
+    monkeypatch.setattr(summary, "training_memory", measure)
+    assert main(["summary", "specs/lenet5.yaml"]) == 0
+    assert "conv2 " in seen[0] and "total FLOPs" in seen[0]
+
+
+def test_summary_skips_a_measurement_that_would_not_fit(monkeypatch, capsys):
+    from cnngraph import summary
+    monkeypatch.setattr(summary, "available_memory_bytes", lambda: 100_000)     # lenet5 needs ~400 KiB
+    monkeypatch.setattr(summary, "training_memory", lambda *a, **k: pytest.fail("measured anyway"))
+    assert main(["summary", "specs/lenet5.yaml", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    line = out.splitlines()[-1]
+    assert line.startswith("peak activation memory (training, batch 4): not measured: measuring needs about")
+    assert "of the 97.7 KiB of memory available" in line and "--no-training-memory" in line
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    estimate = sum(r.act_bytes for r in summarize(spec.graph, spec.name, 4).rows)
+    assert f"static estimate {summary.human_bytes(estimate)}" in line
+    for fmt in ("json", "markdown"):
+        assert main(["summary", "specs/lenet5.yaml", "--batch-size", "4", "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        if fmt == "json":
+            d = json.loads(out)
+            assert d["training_peak_bytes"] is None and d["training_estimate_bytes"] == estimate
+            assert d["training_memory_skipped"].startswith("measuring needs about")
+        else:
+            assert out.splitlines()[-1].startswith("- peak activation memory (training, batch 4): not measured")
+    assert main(["summary", "specs/lenet5.yaml", "--no-training-memory"]) == 0
+    assert "training" not in capsys.readouterr().out
+
+
+def test_summary_skips_a_measurement_that_would_take_long():
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    s = summarize(spec.graph, spec.name)
+    assert why_not_measure(s, None) is None and why_not_measure(s, 10 ** 12) is None
+    s.total_flops = 10 ** 13        # about a 3x1024x1024 input through two 256-channel 3x3 convs, times 16
+    assert why_not_measure(s, None).startswith("measuring would take about")
+    add_training_memory(s, spec, available=10 ** 12)
+    assert s.training_peak_bytes is None and s.training_memory_skipped.startswith("measuring would take")
+
+
+def test_training_memory_reports_running_out_of_memory_as_memory_error(monkeypatch):
+    """The runner wraps a kernel's MemoryError in a RunError naming the layer; measuring turns it back."""
+    from cnngraph import summary
+
+    def oom(*args, **kwargs):
+        raise MemoryError("Unable to allocate 64.0 GiB")
+
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    model = cnngraph.compile(spec)
+    monkeypatch.setattr(model.graph.nodes["conv1"]["op"], "forward", oom)
+    with pytest.raises(MemoryError, match="while running conv1.*Unable to allocate 64.0 GiB"):
+        training_memory(model)
+    s = add_training_memory(summarize(spec.graph, spec.name), model, available=10 ** 12)
+    assert s.training_memory_skipped == "measuring ran out of memory (a training step at batch 1 and 2)"

@@ -68,18 +68,22 @@ def cmd_validate(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from ..summary import summarize, training_memory
-    from .summary_format import format_summary
+    from ..summary import add_training_memory, summarize
+    from .summary_format import format_summary, training_totals
     spec = load_spec_args(args, args.spec)
     if args.batch_size < 1:
         raise CnnGraphError(f"--batch-size must be >= 1, found {args.batch_size}")
-    try:   # measured by running a training step of the network on zeros
-        training = training_memory(spec, args.batch_size) if args.training_memory else None
-    except MemoryError:
-        raise CnnGraphError(f"{args.spec}: a training step at batch {args.batch_size} does not fit in this "
-                            f"machine's memory, so its training memory cannot be measured; use "
-                            f"--no-training-memory (or a smaller --batch-size)") from None
-    print(format_summary(summarize(spec.graph, spec.name, args.batch_size, training=training), args.format))
+    s = summarize(spec.graph, spec.name, args.batch_size)
+    text = args.format != "json"    # JSON is one document, printed at the end
+    if text:   # the static table first: measuring may take long on a big network
+        print(format_summary(s, args.format), flush=True)
+    if args.training_memory:   # runs a training step at batch 1 and 2, unless too big for this machine
+        add_training_memory(s, spec)
+    if text:
+        for line in training_totals(s):
+            print(("- " if args.format == "markdown" else "") + line)
+    else:
+        print(format_summary(s, "json"))
     return 0
 
 

@@ -5,7 +5,7 @@ import json
 
 from ..summary import Summary, human_bytes, human_count
 
-__all__ = ["format_summary"]
+__all__ = ["format_summary", "training_totals"]
 
 BAR = 12
 
@@ -22,6 +22,23 @@ def _rows(s: Summary) -> list[list[str]]:
     return out
 
 
+def training_totals(s: Summary) -> list[str]:
+    """The training-memory line: measured, skipped (why, and a static estimate instead) or none."""
+    b = s.batch_size
+    if s.training_memory_skipped is not None:
+        return [f"peak activation memory (training, batch {b}): not measured: {s.training_memory_skipped}; "
+                f"static estimate {human_bytes(s.training_estimate_bytes or 0)} (every layer's output kept for "
+                f"backward); --no-training-memory leaves this out"]
+    if s.training_peak_bytes is None:
+        return []
+    tm = s.training_memory or {}
+    m = tm.get("measured", {})
+    how = (f"measured {human_bytes(m['1'])} at batch 1, {human_bytes(m['2'])} at batch 2; "
+           f"{human_bytes(tm.get('per_sample_bytes', 0))} per sample" if "1" in m and "2" in m else "measured")
+    return [f"peak activation memory (training, batch {b}): {human_bytes(s.training_peak_bytes)} ({how}; live "
+            f"tensors + tape, parameters, gradients and optimizer state excluded)"]
+
+
 HEAD = ["layer", "type", "inputs", "output", "params", "FLOPs", "FLOPs share", "recept.", "act. memory"]
 
 
@@ -33,14 +50,7 @@ def format_summary(s: Summary, fmt: str = "table") -> str:
     totals = [f"total params {s.total_params:,} ({human_bytes(s.param_bytes)} with buffers, float32)",
               f"total FLOPs {human_count(s.total_flops)} multiply-adds per sample",
               f"peak activation memory (inference, batch {s.batch_size}): {human_bytes(s.inference_peak_bytes)}"]
-    if s.training_peak_bytes is not None:
-        tm = s.training_memory or {}
-        m = tm.get("measured", {})
-        how = (f"measured {human_bytes(m['1'])} at batch 1, {human_bytes(m['2'])} at batch 2; "
-               f"{human_bytes(tm.get('per_sample_bytes', 0))} per sample" if "1" in m and "2" in m else "measured")
-        totals.append(f"peak activation memory (training, batch {s.batch_size}): "
-                      f"{human_bytes(s.training_peak_bytes)} ({how}; live tensors + tape, parameters, "
-                      f"gradients and optimizer state excluded)")
+    totals += training_totals(s)
     for k, v in s.extra.items():
         totals.append(f"{k}: {v}")
     if fmt == "markdown":

@@ -142,7 +142,6 @@ def cmd_evaluate(args) -> int:
     from ..train.evaluate import evaluate_arrays
     from ..train.metrics import effective_top_k, format_confusion, format_per_class, json_safe
     from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
-    from ..viz.curves import plot_confusion
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
     model, ckdir, meta = _load_checkpointed_model(args, spec)
@@ -183,11 +182,10 @@ def cmd_evaluate(args) -> int:
                      "epoch": meta.get("epoch")})
     out_dir = Path(args.out) if args.out else run_folder(ckdir)
     what = "pixel accuracy" if ds.dense else "accuracy"
-    png = plot_confusion(cm, classes, out_dir / "confusion.png",
-                         title=f"{spec.name} ({args.split}): {what} {acc.accuracy:.4f}"
-                         + (f", mean IoU {report['mean_iou']:.4f}" if ds.dense else ""))
-    result["confusion_png"] = str(png)
+    title = (f"{spec.name} ({args.split}): {what} {acc.accuracy:.4f}"
+             + (f", mean IoU {report['mean_iou']:.4f}" if ds.dense else ""))
     if args.format == "json":
+        result["confusion_png"] = _save_confusion(cm, classes, out_dir / "confusion.png", title)
         print(json.dumps(result, indent=2))
         return 0
     print(f"{spec.name}: checkpoint {ckdir}" + (f" (epoch {meta['epoch']})" if meta.get("epoch") else ""))
@@ -199,9 +197,27 @@ def cmd_evaluate(args) -> int:
     print(format_per_class(report, classes, iou=ds.dense))
     print()
     print(f"confusion matrix of {'pixels' if ds.dense else 'images'} (rows: true class, columns: predicted)")
-    print(format_confusion(cm, classes))
-    print(f"\nwrote {png}")
+    print(format_confusion(cm, classes), flush=True)   # the metrics stand even if the picture fails below
+    png = _save_confusion(cm, classes, out_dir / "confusion.png", title)
+    if png:
+        print(f"\nwrote {png}")
     return 0
+
+
+def _save_confusion(cm, classes, path: Path, title: str) -> str | None:
+    """Write the confusion-matrix picture; a warning instead where it cannot be (no matplotlib, a
+    read-only run folder): the metrics are the result, the picture is extra."""
+    from ..viz import require_matplotlib
+    from ..viz.curves import plot_confusion
+    try:
+        require_matplotlib(f"the picture {path.name}")
+        return str(plot_confusion(cm, classes, path, title=title))
+    except CnnGraphError as exc:
+        print(f"warning: {path} not written: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"warning: cannot write {path} ({exc.strerror or exc}); choose another folder with --out",
+              file=sys.stderr)
+    return None
 
 
 # --------------------------------------------------------------------------- predict

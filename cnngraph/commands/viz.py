@@ -56,13 +56,20 @@ def register(sub) -> None:
 
 def cmd_viz(args) -> int:
     from ..registry import load_plugin_file
-    from ..viz.graph import draw_network
+    from ..viz.graph import MAX_PNG_PIXELS, MAX_PNG_SIDE, draw_network
     for plugin in args.plugin:
         load_plugin_file(plugin)
     if args.dpi < 20 or args.dpi > 1200:
         raise CnnGraphError(f"--dpi must be between 20 and 1200, found {args.dpi}")
     res = draw_network(args.spec, args.output, direction=args.direction, collapse=args.collapse,
                        show_params=args.params, allow_plugins=args.allow_plugins, dpi=args.dpi)
+    if res.dpi is not None and res.dpi < args.dpi:
+        print(f"note: lowered the PNG resolution from {args.dpi} to {res.dpi} dpi to stay within "
+              f"{MAX_PNG_SIDE:,} px a side and {MAX_PNG_PIXELS:,} pixels ({res.size[0]}x{res.size[1]} px); for "
+              f"more detail use --collapse, or write .svg or .html", file=sys.stderr)
+    if args.collapse and not res.collapsed:
+        print("note: --collapse found no block instances to group (layer ids 'name.rest'); drawn layer by "
+              "layer", file=sys.stderr)
     if res.valid:
         print(f"wrote {res.path} ({res.nodes} nodes)")
         return 0
@@ -78,6 +85,8 @@ def cmd_explain(args) -> int:
     from ..model import Model
     from ..viz import explain as ex
     from .common import load_spec_args
+    from ..viz import require_matplotlib
+    require_matplotlib("explain")   # every picture it draws is a matplotlib figure
     spec = load_spec_args(args, args.spec)
     model = Model(spec, seed=args.seed)
     weights = ex.load_weights(model, args.checkpoint, args.params)

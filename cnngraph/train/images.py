@@ -3,7 +3,9 @@
 Mapping of a PNG/JPEG to an input: the image is converted to grey ("L") when C == 1, RGB when
 C == 3 and RGBA when C == 4 (transparent pixels are composited over white first for C 1 and 3),
 resized to (H, W) (shrinking by area averaging, which keeps block-drawn images such as
-docs/images/digit3.png exact; enlarging bilinearly), and scaled to [0, 1] by /255. ``invert`` turns
+docs/images/digit3.png exact; enlarging bilinearly), and scaled to [0, 1] by /255. 16-bit grey images
+(Pillow modes I;16 and I, e.g. 16-bit PNGs) are scaled by /65535 instead and float images (mode F) are
+taken as they are when within [0, 1]; other values in those modes are refused. ``invert`` turns
 dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits use: 0 = background).
 ``scale`` then maps [0, 1] to the dataset's raw range (16 for the digits' grey levels 0..16;
 ``Dataset.pixel_scale`` gives it). Normalisation (mean/std) is applied afterwards by the caller.
@@ -22,6 +24,7 @@ __all__ = ["IMAGE_SUFFIXES", "read_image", "read_inputs"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # grey modes that convert("L") would clip at 255
 
 
 def fmt_shape(shape) -> str:
@@ -60,20 +63,54 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
         raise DataError(f"'{path}': images can feed 1 (grey), 3 (RGB) or 4 (RGBA) channels; "
                         f"the model's input_shape {fmt_shape(input_shape)} has {c}")
     im = _open(Path(path))
+    if im.mode in _WIDE_MODES:
+        grey = np.asarray(_resize(Image.fromarray(_wide_grey(im, path)), w, h), dtype=np.float32)
+        planes = [grey] * min(c, 3) + [np.ones_like(grey)] * (c == 4)    # grey as RGB(A): opaque
+        arr = np.stack(planes)
+    else:
+        arr = _eight_bit(im, c, w, h)
+    if invert:
+        arr = 1.0 - arr
+    return np.ascontiguousarray(arr * np.float32(scale), dtype=np.float32)
+
+
+def _resize(im, w: int, h: int):
+    """Shrink by area averaging, enlarge bilinearly (see the module docstring)."""
+    from PIL import Image
+    if im.size == (w, h):
+        return im
+    shrink = im.size[0] >= w and im.size[1] >= h
+    return im.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+
+
+def _eight_bit(im, c: int, w: int, h: int) -> np.ndarray:
+    """An 8-bit image as float32 (C, H, W) in [0, 1]."""
+    from PIL import Image
     if c != 4 and ("A" in im.getbands() or "transparency" in im.info):
         # Transparent pixels have arbitrary colour (often black): show them as a viewer would, on white.
         rgba = im.convert("RGBA")
         im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im.alpha_composite(rgba)
-    im = im.convert(_MODES[c])
-    if im.size != (w, h):
-        shrink = im.size[0] >= w and im.size[1] >= h
-        im = im.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / np.float32(255.0)
-    arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
-    if invert:
-        arr = 1.0 - arr
-    return np.ascontiguousarray(arr * np.float32(scale), dtype=np.float32)
+    arr = np.asarray(_resize(im.convert(_MODES[c]), w, h), dtype=np.float32) / np.float32(255.0)
+    return arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
+
+
+def _wide_grey(im, path) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image as float32 (H, W) in [0, 1]."""
+    raw = np.asarray(im)
+    lo, hi = (float(raw.min()), float(raw.max())) if raw.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        arr = raw.astype(np.float32) / np.float32(65535.0)   # I: how Pillow may hold a 16-bit PNG
+    elif im.mode == "F" and np.isfinite(raw).all() and lo >= 0 and hi <= 1:
+        arr = raw.astype(np.float32)
+    else:
+        expected = "0..65535 (16-bit)" if im.mode == "I" else "finite values in [0, 1]"
+        raise DataError(f"'{path}': grey image of mode {im.mode} holds values {lo:g}..{hi:g}; expected "
+                        f"{expected}: save it as an 8- or 16-bit PNG")
+    t = im.info.get("transparency")
+    if isinstance(t, int):   # a transparent grey level: on white, as for 8-bit images
+        arr[raw == t] = 1.0
+    return arr
 
 
 def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np.ndarray:

@@ -167,6 +167,7 @@ def plot_confusion(confusion, classes: Sequence[str], path, title: str | None = 
                         color="white" if top and cm[i, j] > top / 2 else "black")
     ax.set_title(title or "confusion matrix", fontsize=10)
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.92)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from . import make_parent
+    make_parent(path)
     fig.savefig(path, format="png")
     return path

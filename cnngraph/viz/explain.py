@@ -269,9 +269,10 @@ def _display(raw: np.ndarray, scale: float):
 
 
 def _save(fig, path) -> None:
+    from . import make_parent
     path = Path(path)
+    make_parent(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=fig.dpi, facecolor="white", format=path.suffix.lower().lstrip(".") or "png")
     except (OSError, ValueError) as exc:
         raise CnnGraphError(f"cannot write '{path}': {exc}") from None

@@ -9,25 +9,35 @@ An invalid spec is still drawn as far as it parses, with the failing layers in r
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CnnGraphError, Problem, SpecError
+from . import make_parent, require_matplotlib
 from .layout import Layout, layered_layout
 from .netgraph import (FAMILY_COLORS, FAMILY_LABELS, VGraph, VNode, collapse_blocks, fmt_shape, from_raw,
                        from_spec, total_params)
 from .scene import Box, Curve, Poly, Scene, Text, render_matplotlib, render_svg, text_width
 
 __all__ = ["FORMATS", "DrawResult", "build_vgraph", "draw_network", "to_dot", "to_mermaid", "to_html", "to_svg",
-           "make_scene"]
+           "make_scene", "png_dpi", "MAX_PNG_SIDE", "MAX_PNG_PIXELS"]
 
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".mmd", ".html")
 
 ID_SIZE, LINE_SIZE, SMALL_SIZE, EDGE_SIZE = 11.5, 10.0, 9.0, 8.5
 PAD_X, PAD_Y, LINE_GAP = 10.0, 7.0, 3.5
 ERR_COLOR = "#c53030"
+OUTPUT_RING = 3.5   # gap between a model output's box and its second border
+OUTPUT_LABEL = "model output"
+
+# A PNG's size is capped by lowering its dpi: past these, Pillow refuses to open the file (a
+# "decompression bomb", 179 M pixels) or warns (89 M), and few viewers cope. Tall graphs hit the side.
+MAX_PNG_SIDE = 32_768
+MAX_PNG_PIXELS = 80_000_000
+MIN_PNG_DPI = 10    # below this a PNG shows nothing legible: refused instead
 
 
 @dataclass
@@ -38,6 +48,8 @@ class DrawResult:
     problems: list[Problem] = field(default_factory=list)
     nodes: int = 0
     size: tuple | None = None      # PNG pixels / PDF points / SVG points
+    dpi: int | None = None         # PNG: the dpi used (lower than asked when the picture was capped)
+    collapsed: int = 0             # boxes that --collapse made from block instances
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,6 +112,11 @@ def _layer_count(vg: VGraph) -> int:
     return sum(len(v.members) or 1 for v in vg.nodes.values() if v.type not in ("input", "missing"))
 
 
+def _layers_text(vg: VGraph) -> str:
+    n = _layer_count(vg)
+    return f"{n} layer{'' if n == 1 else 's'}"
+
+
 def _box_size(lines) -> tuple[float, float]:
     w = max(text_width(t, s, b) for t, s, b, _ in lines) + 2 * PAD_X
     h = sum(s for _, s, _, _ in lines) + LINE_GAP * (len(lines) - 1) + 2 * PAD_Y + 2
@@ -122,6 +139,8 @@ def _tooltip(node: VNode) -> str:
         parts.append(f"{node.params:,} params")
     if node.members:
         parts.append("layers: " + ", ".join(node.members))
+    if node.is_output:
+        parts.append("model output")
     if node.error:
         parts.append("ERROR: " + node.error)
     return "\n".join(parts)
@@ -150,7 +169,7 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
     header = []
     title = vg.name
     tp = total_params(vg) if show_params else None
-    sub = f"{_layer_count(vg)} layers"
+    sub = _layers_text(vg)
     if tp is not None:
         sub += f"  ·  {tp:,} trainable params"
     if not vg.valid:
@@ -167,8 +186,10 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
         if f not in families:
             families.append(f)
     legend_h = 26.0
+    has_outputs = any(v.is_output for v in vg.nodes.values())
+    legend = [FAMILY_LABELS.get(f, f) for f in families] + [OUTPUT_LABEL] * has_outputs
     width = max(lay.width, max(text_width(t, s, b) for t, s, b, _ in header) + 40,
-                sum(text_width(FAMILY_LABELS.get(f, f), SMALL_SIZE) + 34 for f in families) + 40)
+                sum(text_width(label, SMALL_SIZE) + 34 for label in legend) + 40)
     height = head_h + lay.height + legend_h
     dx = (width - lay.width) / 2
     scene = Scene(width, height, title=f"{vg.name} network graph")
@@ -252,6 +273,9 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
         x, y_, w, h = rect(n)
         fam = "error" if v.error else v.family
         fill, stroke = FAMILY_COLORS.get(fam, FAMILY_COLORS["other"])
+        if v.is_output:   # a second border marks the model's outputs (several in multi-output graphs)
+            r = OUTPUT_RING
+            scene.add(Box(x - r, y_ - r, w + 2 * r, h + 2 * r, "none", stroke, 1.3, radius=6.0 + r, node=n))
         scene.add(Box(x, y_, w, h, fill, stroke, 2.6 if v.error else 1.3, node=n, title=_tooltip(v),
                       dash=bool(v.members)))
         ty = y_ + PAD_Y
@@ -275,6 +299,10 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
         label = FAMILY_LABELS.get(f, f)
         scene.add(Text(lx + 19, ly + 10, label, SMALL_SIZE, color="#2d3748"))
         lx += text_width(label, SMALL_SIZE) + 34
+    if has_outputs:   # a double-bordered swatch, like the output boxes
+        scene.add(Box(lx - 2, ly - 2, 18, 16, "none", "#4a5568", 1.0, radius=4))
+        scene.add(Box(lx, ly, 14, 12, "#ffffff", "#4a5568", 1.0, radius=3))
+        scene.add(Text(lx + 19, ly + 10, OUTPUT_LABEL, SMALL_SIZE, color="#2d3748"))
     return scene, lay
 
 
@@ -301,6 +329,8 @@ def to_dot(vg: VGraph, direction: str = "TB", show_params: bool = False) -> str:
             attrs += ", penwidth=2.5, fontcolor=\"#9b2c2c\""
         if v.members:
             attrs += ', style="rounded,filled,dashed"'
+        if v.is_output:
+            attrs += ", peripheries=2"   # a second border, as in the drawings
         out.append(f"  {_dot_str(n)} [{attrs}];")
     for s, d, label in vg.edges:
         extra = f" [label={_dot_str(label)}]" if label else ""
@@ -328,7 +358,8 @@ def to_mermaid(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
         label = "<br/>".join([lines[0]] + [_mmd_text(l) for l in lines[1:]])
         if v.error:
             label += "<br/>ERROR: " + _mmd_text(v.error)
-        shape = ('(["', '"])') if v.type == "input" else ('["', '"]')
+        # inputs are stadiums; outputs get Mermaid's double-bordered "subroutine" box
+        shape = ('(["', '"])') if v.type == "input" else ('[["', '"]]') if v.is_output else ('["', '"]')
         out.append(f"  {ids[n]}{shape[0]}{label}{shape[1]}")
     for s, d, label in vg.edges:
         out.append(f"  {ids[s]} -->|\"{_mmd_text(label)}\"| {ids[d]}" if label else f"  {ids[s]} --> {ids[d]}")
@@ -404,6 +435,7 @@ window.addEventListener('mousemove',function(e){
 window.addEventListener('mouseup',function(){view.classList.remove('drag');setTimeout(function(){drag=null;},0);});
 function esc(s){return String(s).replace(/[&<>"]/g,function(c){return{'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c];});}
 function text(n){var t=n.id+'  ('+n.type+')';if(n.detail)t+='\\n'+n.detail;t+='\\noutput '+n.shape;
+ if(n.output)t+='\\nmodel output';
  if(n.params!==null)t+='\\n'+n.params.toLocaleString()+' params';if(n.error)t+='\\nERROR: '+n.error;return t;}
 function show(n){var rows=[['type',n.type],['family',n.family],['parameters',n.detail||'-'],['output',n.shape]];
  if(n.params!==null)rows.push(['param count',n.params.toLocaleString()]);
@@ -412,6 +444,7 @@ function show(n){var rows=[['type',n.type],['family',n.family],['parameters',n.d
  if(n.members&&n.members.length)rows.push(['layers',n.members.join(', ')]);
  if(n.all_params&&Object.keys(n.all_params).length)rows.push(['spec',esc(JSON.stringify(n.all_params))]);
  if(n.plugin)rows.push(['plugin',n.plugin]);
+ if(n.output)rows.push(['model output','yes']);
  var h='<h2>'+esc(n.id)+'</h2><table>'+rows.map(function(r){return '<tr><td>'+r[0]+'</td><td>'+(r[0]==='spec'?r[1]:esc(r[1]))+'</td></tr>';}).join('')+'</table>';
  if(n.error)h+='<p class="err">'+esc(n.error)+'</p>';info.innerHTML=h;}
 var groups=svg.querySelectorAll('g.node');
@@ -441,11 +474,11 @@ def to_html(vg: VGraph, direction: str = "TB", show_params: bool = False) -> str
     nodes = {n: {"id": n, "type": v.type, "family": FAMILY_LABELS.get(v.family, v.family), "detail": v.detail,
                  "shape": fmt_shape(v.shape), "params": v.params, "error": v.error, "members": v.members,
                  "inputs": v.info.get("inputs", []), "consumers": consumers.get(n, []),
-                 "all_params": v.info.get("params", {}), "plugin": v.info.get("plugin")}
+                 "all_params": v.info.get("params", {}), "plugin": v.info.get("plugin"), "output": v.is_output}
              for n, v in vg.nodes.items()}
     blob = json.dumps(nodes, default=str).replace("</", "<\\/")
     tp = total_params(vg) if show_params else None
-    summary = f"<p>{_layer_count(vg)} layers"
+    summary = f"<p>{_layers_text(vg)}"
     if tp is not None:
         summary += f", {tp:,} trainable parameters"
     summary += ".</p>"
@@ -468,7 +501,9 @@ def draw_network(source, out, direction: str = "TB", collapse: bool = False, sho
     """Draw a spec (path or dict) to ``out``; the format follows the extension (see ``FORMATS``).
 
     An invalid spec is drawn as far as it parses; the result's ``valid`` is False and ``problems``
-    lists why. Raises CnnGraphError for an unknown extension or bad options.
+    lists why. Raises CnnGraphError, writing nothing, for an unknown extension, bad options, a spec
+    path that is missing or not a text file, or PNG/PDF without matplotlib. A PNG's dpi is lowered
+    where needed to stay within MAX_PNG_SIDE and MAX_PNG_PIXELS (the result's ``dpi`` is the one used).
     """
     out = Path(out)
     ext = out.suffix.lower()
@@ -478,15 +513,16 @@ def draw_network(source, out, direction: str = "TB", collapse: bool = False, sho
     direction = direction.upper()
     if direction not in ("TB", "LR"):
         raise CnnGraphError(f"direction must be TB or LR, found {direction!r}")
+    if not isinstance(source, dict):
+        _check_spec_file(Path(source))
+    if ext in (".png", ".pdf"):
+        require_matplotlib("PNG/PDF output")
     vg, problems = build_vgraph(source, show_params, collapse, allow_plugins)
     if not vg.nodes:
         vg.nodes["spec"] = VNode("spec", "unreadable", "error", "", None,
                                  error="\n".join(p.format() for p in problems) or "nothing to draw")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CnnGraphError(f"cannot create folder for '{out}': {exc}") from None
-    size = None
+    make_parent(out)
+    size = used_dpi = None
     try:
         if ext == ".svg":
             scene, _ = make_scene(vg, direction, show_params)
@@ -494,7 +530,8 @@ def draw_network(source, out, direction: str = "TB", collapse: bool = False, sho
             size = (scene.width, scene.height)
         elif ext in (".png", ".pdf"):
             scene, _ = make_scene(vg, direction, show_params)
-            size = render_matplotlib(scene, out, ext[1:], dpi=dpi)
+            used_dpi = png_dpi(scene.width, scene.height, dpi) if ext == ".png" else None
+            size = render_matplotlib(scene, out, ext[1:], dpi=used_dpi or dpi)
         elif ext in (".dot", ".gv"):
             out.write_text(to_dot(vg, direction, show_params), encoding="utf-8")
         elif ext == ".mmd":
@@ -503,4 +540,42 @@ def draw_network(source, out, direction: str = "TB", collapse: bool = False, sho
             out.write_text(to_html(vg, direction, show_params), encoding="utf-8")
     except OSError as exc:
         raise CnnGraphError(f"cannot write '{out}': {exc}") from None
-    return DrawResult(out, ext[1:], not problems, problems, len(vg.nodes), size)
+    collapsed = sum(1 for v in vg.nodes.values() if v.members)
+    return DrawResult(out, ext[1:], not problems, problems, len(vg.nodes), size, used_dpi, collapsed)
+
+
+def _check_spec_file(path: Path) -> None:
+    """A spec path that is missing, not a file or not text is an error, not a drawing: an error card
+    written to ``out`` would replace what is there (often the last good drawing) over a typo."""
+    if not path.exists():
+        raise CnnGraphError(f"spec file not found: {path}")
+    if not path.is_file():
+        raise CnnGraphError(f"{path} is a {'folder' if path.is_dir() else 'special file'}, not a spec file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CnnGraphError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+    if not _is_text(data):
+        raise CnnGraphError(f"{path} is not a text file (a spec is YAML or JSON text)")
+
+
+def _is_text(data: bytes) -> bool:
+    """UTF-8 without NUL bytes (which YAML never holds and binary files nearly always do)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in data
+
+
+def png_dpi(width_pt: float, height_pt: float, dpi: int) -> int:
+    """``dpi``, lowered where needed so that a drawing of this size (points) stays within
+    MAX_PNG_SIDE pixels a side and MAX_PNG_PIXELS in all; CnnGraphError below MIN_PNG_DPI."""
+    w, h = width_pt / 72 * dpi, height_pt / 72 * dpi
+    scale = min(1.0, MAX_PNG_SIDE / max(w, h), math.sqrt(MAX_PNG_PIXELS / (w * h)))
+    used = int(dpi * scale)
+    if used < MIN_PNG_DPI:
+        raise CnnGraphError(f"the drawing ({width_pt:.0f}x{height_pt:.0f} pt) is too large for a PNG: even at "
+                            f"{MIN_PNG_DPI} dpi it exceeds {MAX_PNG_SIDE:,} px a side or {MAX_PNG_PIXELS:,} "
+                            f"pixels; use --collapse, or write .svg or .html")
+    return used

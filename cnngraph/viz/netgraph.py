@@ -93,6 +93,11 @@ class VNode:
     def failing(self) -> bool:
         return self.error is not None
 
+    @property
+    def is_output(self) -> bool:
+        """One of the spec's outputs (drawn with a second border)."""
+        return bool(self.info.get("output"))
+
 
 @dataclass
 class VGraph:
@@ -320,6 +325,10 @@ def from_raw(data: Any, problems: list, name_hint: str = "network") -> VGraph:
             node.error = (node.error + "\n" if node.error else "") + where + msg
         else:
             notes.append(where + (f"{prob.path}: " if prob.path else "") + msg)
+    outputs = data.get("outputs")
+    for o in outputs if isinstance(outputs, list) else [outputs]:
+        if isinstance(o, str) and o in nodes:
+            nodes[o].info["output"] = True
     return VGraph(name, nodes, edges, notes, valid=False)
 
 
@@ -354,7 +363,7 @@ def collapse_blocks(vg: VGraph) -> VGraph:
             gid = gid + " (block)"
         nodes[gid] = VNode(gid, f"block · {len(members)} layers", "error" if errors else "block", detail,
                            last.shape, params, "\n".join(errors) or None, members=list(members),
-                           info={"layers": list(members)})
+                           info={"layers": list(members), "output": any(m.is_output for m in sub)})
     where = {m: gid for gid, node in nodes.items() for m in (node.members or [gid])}
     edges = []
     seen = set()

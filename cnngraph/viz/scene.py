@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from html import escape
 
-__all__ = ["Scene", "Box", "Text", "Curve", "Poly", "text_width", "render_svg", "render_matplotlib", "FONT"]
+__all__ = ["Scene", "Box", "Text", "Curve", "Poly", "text_width", "render_svg", "render_matplotlib", "png_size",
+           "FONT"]
 
 FONT = "DejaVu Sans"
 SVG_FONT = "'DejaVu Sans', Verdana, 'Segoe UI', Arial, sans-serif"
@@ -182,6 +183,13 @@ def render_matplotlib(scene: Scene, path, fmt: str, dpi: int = 150) -> tuple[int
         fig.savefig(path, format="pdf")
         return int(round(scene.width)), int(round(scene.height))
     fig.savefig(path, format="png", dpi=dpi, facecolor="white")
-    from PIL import Image
-    with Image.open(path) as im:
-        return im.size
+    return png_size(path)
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from a PNG's header. Not Pillow: opening a big drawing would trip its
+    decompression-bomb check (a warning, or an error past 179 M pixels) on a file we just wrote."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return struct.unpack(">II", head[16:24])

@@ -364,6 +364,49 @@ def test_read_inputs_errors(tmp_path):
         read_inputs([tmp_path / "missing.png"], (1, 8, 8))
 
 
+def _digit_8_and_16_bit(folder):
+    """docs/images/digit3.png as an 8-bit and a 16-bit PNG (each 8-bit level v becomes v * 257)."""
+    grey = np.asarray(Image.open("docs/images/digit3.png").convert("L"))
+    Image.fromarray(grey).save(folder / "d8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "d16.png")
+    assert Image.open(folder / "d16.png").mode == "I;16"
+    return folder / "d8.png", folder / "d16.png"
+
+
+def test_16_bit_png_reads_like_its_8_bit_version(tmp_path):
+    """convert("L") clips 16-bit values at 255 (a 50 % grey read as 1.0); they are scaled by 65535."""
+    d8, d16 = _digit_8_and_16_bit(tmp_path)
+    for shape in ((1, 64, 64), (1, 8, 8), (3, 96, 96), (4, 64, 64)):
+        a, b = read_image(d8, shape), read_image(d16, shape)
+        assert a.shape == b.shape == shape and np.abs(a - b).max() <= 1 / 255
+    half = tmp_path / "half.png"
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(half)
+    assert np.allclose(read_inputs([half], (1, 4, 4), invert=True), 1 - 32768 / 65535)
+
+
+def test_image_folder_reads_16_bit_pngs(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        _digit_8_and_16_bit(tmp_path / "imgs" / cls)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none"),
+                      (1, 16, 16))
+    x = np.concatenate([ds.train[0], ds.val[0], ds.test[0]])
+    assert len(x) == 4 and np.abs(x - x[0]).max() <= 1 / 255     # one picture, twice 8-bit and twice 16-bit
+
+
+def test_float_and_32_bit_images_in_range_or_refused(tmp_path):
+    """Mode F is used as it is within [0, 1]; other ranges cannot be mapped sensibly: refused by name."""
+    ramp = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    Image.fromarray(ramp).save(tmp_path / "f.tif")
+    assert np.allclose(read_image(tmp_path / "f.tif", (1, 4, 4))[0], ramp)
+    Image.fromarray(ramp * 1000).save(tmp_path / "big.tif")
+    with pytest.raises(DataError, match=r"big.tif': grey image of mode F holds values 0..1000; expected finite"):
+        read_image(tmp_path / "big.tif", (1, 4, 4))
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "i.tif")
+    with pytest.raises(DataError, match=r"i.tif': grey image of mode I holds values 70000..70000; expected 0..65535"):
+        read_image(tmp_path / "i.tif", (1, 4, 4))
+
+
 # --------------------------------------------------------------------------- batching / normalisation
 
 def test_iterate_batches():

@@ -154,13 +154,15 @@ def test_mermaid_structure(tmp_path, spec):
     draw_network(spec, out, direction="LR")
     lines = [l.strip() for l in out.read_text().splitlines() if l.strip() and not l.strip().startswith("%%")]
     assert lines[0] == "flowchart LR"
-    node_re = re.compile(r'^(n\d+)(\(\[|\[)"(.*)"(\]\)|\])$')
+    node_re = re.compile(r'^(n\d+)(\(\[|\[\[|\[)"(.*)"(\]\)|\]\]|\])$')
     edge_re = re.compile(r'^(n\d+) -->(?:\|"[^"]*"\|)? (n\d+)$')
-    nodes, edges, classes = {}, [], set()
+    nodes, edges, classes, double = {}, [], set(), set()
     for l in lines[1:]:
         if m := node_re.match(l):
             assert '"' not in m.group(3)          # quotes are escaped inside labels
             nodes[m.group(1)] = m.group(3)
+            if m.group(2) == "[[":                # a double-bordered box: a model output
+                double.add(m.group(1))
         elif m := edge_re.match(l):
             edges.append((m.group(1), m.group(2)))
         elif l.startswith("classDef ") or l.startswith("class "):
@@ -172,6 +174,7 @@ def test_mermaid_structure(tmp_path, spec):
     assert set(by_id) == set(g.nodes)
     assert {(by_id_inv, b) for by_id_inv, b in edges} == {(by_id[a], by_id[b]) for a, b in g.edges}
     assert {"conv", "input"} <= classes
+    assert double == {by_id[o] for o in g.graph["outputs"]}
 
 
 def test_html_is_self_contained_and_interactive(tmp_path):
@@ -351,3 +354,144 @@ def test_every_label_fits_on_the_canvas(direction):
             x0, x1 = _text_extent(t)
             assert 0 <= x0 and x1 <= scene.width, (t.text, x0, x1, scene.width)
             assert t.size <= t.y <= scene.height, (t.text, t.y, scene.height)
+
+
+# ---------------------------------------------------------------------- probe fixes: paths, sizes, outputs
+TWO_HEADS = """name: two_heads
+inputs:
+  image: {shape: [1, 8, 8]}
+layers:
+  - {id: conv, type: conv2d, out_channels: 4, kernel_size: 3}
+  - {id: act, type: relu}
+  - {id: flat, type: flatten}
+  - {id: digit, type: dense, out_features: 10}
+  - {id: parity, type: dense, out_features: 2, inputs: flat}
+outputs: [act, digit, parity]
+"""
+
+
+def test_a_spec_path_that_is_not_a_readable_text_file_writes_nothing(tmp_path, capsys):
+    """A typo in the spec path must not replace the last good drawing with an error card."""
+    keep = tmp_path / "keep.svg"
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(keep)]) == 0
+    good = keep.read_bytes()
+    capsys.readouterr()
+    (tmp_path / "blob.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    for spec, message in (("specs/lenet5.yml", "spec file not found: specs/lenet5.yml"),
+                          (str(tmp_path), f"{tmp_path} is a folder, not a spec file"),
+                          (str(tmp_path / "blob.yaml"), "blob.yaml is not a text file"),
+                          (str(tmp_path / "latin1.yaml"), "latin1.yaml is not a text file")):
+        for out in (keep, tmp_path / "new.png"):
+            assert main(["viz", spec, "-o", str(out)]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert keep.read_bytes() == good and not (tmp_path / "new.png").exists()
+
+
+def test_output_in_a_file_where_a_folder_should_be_is_named(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "file" / "x.svg")]) == 1
+    assert f"'{tmp_path / 'file'}' is a file, not a folder" in capsys.readouterr().err
+
+
+def test_png_is_sized_without_reopening_it_with_pillow(tmp_path, monkeypatch):
+    """Reopening the PNG tripped Pillow's decompression-bomb check on big drawings (an error past
+    179 M pixels, a warning past 89 M): the size comes from the PNG header instead."""
+    import warnings
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # every drawing would be a "bomb" now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = draw_network("specs/lenet5.yaml", tmp_path / "g.png", dpi=40)
+    monkeypatch.undo()
+    assert Image.open(tmp_path / "g.png").size == res.size and res.dpi == 40
+
+
+def test_png_dpi_is_lowered_to_keep_the_picture_within_the_limits():
+    from cnngraph.viz.graph import MAX_PNG_PIXELS, MAX_PNG_SIDE, png_dpi
+    assert png_dpi(600, 900, 150) == 150
+    # specs/resnet18_cifar.yaml at --dpi 600 was 5,161 x 54,821 px (283 M pixels)
+    dpi = png_dpi(619.3, 6578.5, 600)
+    w, h = 619.3 / 72 * dpi, 6578.5 / 72 * dpi
+    assert dpi < 600 and max(w, h) <= MAX_PNG_SIDE and w * h <= MAX_PNG_PIXELS and w * h > 0.9 * MAX_PNG_PIXELS
+    # an 800-layer chain at the default dpi was 959 x 173,483 px: the side is what limits it
+    dpi = png_dpi(460.3, 83272, 150)
+    assert 83272 / 72 * dpi <= MAX_PNG_SIDE < 83272 / 72 * (dpi + 1)
+    with pytest.raises(cnngraph.errors.CnnGraphError, match="too large for a PNG.*--collapse"):
+        png_dpi(400, 10_000_000, 150)
+
+
+def test_cli_notes_a_lowered_dpi_and_refuses_past_the_floor(tmp_path, capsys, monkeypatch):
+    from cnngraph.viz import graph
+    monkeypatch.setattr(graph, "MAX_PNG_SIDE", 600)         # small limits keep the test fast
+    monkeypatch.setattr(graph, "MAX_PNG_PIXELS", 150_000)
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: lowered the PNG resolution from 150 to ") and "--collapse" in err
+    w, h = Image.open(tmp_path / "g.png").size
+    assert max(w, h) <= 600 and w * h <= 150_000
+    monkeypatch.setattr(graph, "MAX_PNG_SIDE", 50)
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "h.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the drawing") and err.count("\n") == 1 and not (tmp_path / "h.png").exists()
+
+
+def test_one_layer_is_not_plural(tmp_path):
+    one = {"name": "one", "inputs": {"x": {"shape": [1, 4, 4]}}, "layers": [{"id": "a", "type": "relu"}],
+           "outputs": ["a"]}
+    draw_network(one, tmp_path / "one.svg")
+    draw_network(one, tmp_path / "one.html")
+    assert ">1 layer<" in (tmp_path / "one.svg").read_text() and "1 layers" not in (tmp_path / "one.svg").read_text()
+    assert "<p>1 layer." in (tmp_path / "one.html").read_text()
+    from cnngraph.viz.graph import to_svg
+    assert ">12 layers<" in to_svg(build_vgraph("specs/lenet5.yaml")[0])
+
+
+def test_collapse_without_blocks_says_so(tmp_path, capsys):
+    assert main(["viz", "specs/lenet5.yaml", "--collapse", "-o", str(tmp_path / "g.svg")]) == 0
+    assert "note: --collapse found no block instances" in capsys.readouterr().err
+    import yaml
+    (tmp_path / "blocky.yaml").write_text(yaml.safe_dump(BLOCKY))
+    assert main(["viz", str(tmp_path / "blocky.yaml"), "--collapse", "-o", str(tmp_path / "b.svg")]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
+def test_every_model_output_is_marked_in_every_format(tmp_path):
+    """Multi-output graphs: each spec output gets a second border (SVG/PNG/HTML), peripheries=2 (DOT)
+    and a double-bordered box (Mermaid), and the legend says what it means."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text(TWO_HEADS)
+    outputs = {"act", "digit", "parity"}
+    sv = "{http://www.w3.org/2000/svg}"
+    draw_network(str(spec), tmp_path / "g.svg")
+    root = ET.fromstring((tmp_path / "g.svg").read_text())
+    rects = {g.get("data-id"): list(g.iter(sv + "rect")) for g in root.iter(sv + "g") if g.get("class") == "node"}
+    assert {n for n, rs in rects.items() if len(rs) == 2} == outputs
+    assert all(rs[0].get("fill") == "none" for n, rs in rects.items() if n in outputs)
+    assert "model output" in (tmp_path / "g.svg").read_text()           # legend and tooltips
+    scene, _ = make_scene(build_vgraph(str(spec))[0])                   # what PNG and PDF paint
+    assert {b.node for b in scene.items if getattr(b, "fill", None) == "none" and b.node} == outputs
+    draw_network(str(spec), tmp_path / "g.dot")
+    marked = re.findall(r'^\s*"([^"]+)" \[.*peripheries=2', (tmp_path / "g.dot").read_text(), re.M)
+    assert set(marked) == outputs
+    draw_network(str(spec), tmp_path / "g.html")
+    page = (tmp_path / "g.html").read_text()
+    blob = json.loads(re.search(r'<script id="nodes" type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert {n for n, v in blob.items() if v["output"]} == outputs
+    # invalid specs and collapsed blocks keep the mark
+    spec.write_text(TWO_HEADS.replace("out_features: 2", "out_featurez: 2"))
+    vg, problems = build_vgraph(str(spec))
+    assert problems and {n for n, v in vg.nodes.items() if v.is_output} == outputs
+    vg, _ = build_vgraph(BLOCKY, collapse=True)
+    assert [n for n, v in vg.nodes.items() if v.is_output] == ["logits"]
+
+
+def test_png_and_explain_without_matplotlib_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # `import matplotlib` fails
+    for ext in ("png", "pdf"):
+        assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / f"g.{ext}")]) == 1
+        assert capsys.readouterr().err == "error: PNG/PDF output needs matplotlib (pip install matplotlib)\n"
+        assert not (tmp_path / f"g.{ext}").exists()
+    assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.svg")]) == 0   # SVG never needed it
+    assert main(["explain", "specs/digits_cnn.yaml", "--filters", "-o", str(tmp_path / "f.png")]) == 1
+    assert capsys.readouterr().err.endswith("error: explain needs matplotlib (pip install matplotlib)\n")
