@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import networkx as nx
 
+from .blame import source_line
 from .errors import CnnGraphError, PluginError, RunError
 from .runner import Tape, describe_call
 
@@ -58,8 +59,8 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
             raise
         except Exception as exc:
             shapes = [tape.shapes.get(s, "?") for s in step.inputs]
-            raise RunError(f"{describe_call(g, node, shapes).replace('while running', 'while differentiating')}: "
-                           f"{type(exc).__name__}: {exc}") from exc
+            raise RunError(f"{describe_call(g, node, shapes).replace('while running', 'while differentiating')}"
+                           f"{source_line(exc, op)}: {type(exc).__name__}: {exc}") from exc
         in_grads, p_grads = returned if isinstance(returned, (list, tuple)) and len(returned) == 2 else (returned, None)
         if not isinstance(in_grads, (list, tuple)) or not isinstance(p_grads, dict):
             got = (f"({type(in_grads).__name__}, {type(p_grads).__name__})" if p_grads is not None else
@@ -75,8 +76,11 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
         unknown = [local for local in p_grads if local not in trainable]
         missing = [local for local in trainable if local not in p_grads]
         if unknown or missing:
+            hint = (f" (if {', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} state, not trainable, "
+                    f"list {'it' if len(missing) == 1 else 'them'} in the op's class attribute `buffers`)"
+                    if missing else "")
             raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned parameter gradients "
-                              f"{sorted(p_grads)} from backward at layer '{node}', expected exactly {trainable}")
+                              f"{sorted(p_grads)} from backward at layer '{node}', expected exactly {trainable}{hint}")
         for local, pg in p_grads.items():
             param_grads[names[local]] = pg
         for i, (src, dx) in enumerate(zip(step.inputs, in_grads)):

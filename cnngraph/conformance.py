@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Context, Op
+from .runner import LayerParams, MissingParam, replaced_buffers
 
 __all__ = ["CheckResult", "InputSample", "check_op", "check_ops", "examples_for", "format_results"]
 
@@ -154,7 +155,16 @@ class _Case:
 
     def forward(self, xs, params, training, grad=False, rng_seed=None):
         ctx = Context(training=training, grad=grad, rng=np.random.default_rng(self.seed + 1 if rng_seed is None else rng_seed))
-        y = self.op.forward(ctx, list(xs), {k: v.copy() for k, v in params.items()})
+        given = LayerParams({k: v.copy() for k, v in params.items()})
+        buffers = {k: given[k] for k in self.buffers if k in given}
+        try:
+            y = self.op.forward(ctx, list(xs), given)
+        except MissingParam as exc:
+            raise PluginError(f"forward read parameter {exc.args[0]!r}, but init_params returned no "
+                              f"{exc.args[0]!r}") from None
+        replaced = replaced_buffers(buffers, given)
+        if replaced:   # the runtime refuses this too: a replaced buffer would be lost
+            raise PluginError(replaced)
         return ctx, y
 
     def backward(self, ctx, gy):
@@ -281,6 +291,9 @@ def _run_case(case: _Case, add) -> None:
         before = [x.copy() for x in case.xs]
         try:
             _, y = case.forward(case.xs, case.params, training)
+        except PluginError as exc:   # a broken contract, said in full
+            add(label, f"shape ({mode})", False, str(exc))
+            return
         except Exception as exc:
             add(label, f"shape ({mode})", False, f"forward raised {_err(exc)}")
             return

@@ -49,7 +49,8 @@ def cnngraph_register_schedules(registry: "Registry") -> None:
 @hookspec
 def cnngraph_register_datasets(registry: "Registry") -> None:
     """Register dataset loaders: ``registry.add_dataset(name, loader)`` where
-    ``loader(cfg, input_shape, seed, base_dir)`` returns a :class:`cnngraph.train.data.Dataset`."""
+    ``loader(cfg, input_shape, seed, base_dir)`` returns a :class:`cnngraph.train.data.Dataset`, built with
+    ``finish_dataset(RawSplits(...), cfg, seed)``; the spec's ``data: {options: {...}}`` is ``cfg.options``."""
 
 
 @hookspec

@@ -97,7 +97,7 @@ class Op:
     buffers : tuple[str, ...]
         Names among the op's arrays that are state, not trainable parameters (running statistics).
         Update them in place in ``forward`` (``params["running_mean"][...] = ...``): rebinding the
-        dict entry changes nothing.
+        dict entry would be lost, so the runner refuses it (a PluginError naming the buffer).
     index_targets : bool
         For a loss used by ``cnngraph train`` with class-index targets: True to receive them as int64
         (cross_entropy), False as floats in the model's dtype (binary_cross_entropy, mse).

@@ -177,6 +177,8 @@ RESERVED_KEYS = ("id", "type", "inputs", "block")   # keys a spec layer uses its
 def _check_params(op_cls: type[Op], plugin: str) -> None:
     """An op's ``Params`` must be an OpParams model (unknown keys are then errors), use no key the spec
     itself uses for a layer, and have defaults that pass its own validation."""
+    from typing import Annotated
+
     from pydantic import TypeAdapter, ValidationError
     from .op import OpParams
     Params = op_cls.Params
@@ -192,7 +194,9 @@ def _check_params(op_cls: type[Op], plugin: str) -> None:
         if field.is_required():
             continue
         try:
-            TypeAdapter(field.annotation).validate_python(field.get_default(call_default_factory=True))
+            # with the field's constraints (Field(0, gt=0)): the bare annotation would accept the 0
+            checked = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            TypeAdapter(checked).validate_python(field.get_default(call_default_factory=True))
         except ValidationError as exc:
             reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
             raise PluginError(f"{where}: the default of parameter '{name}' ({field.default!r}) is invalid: "
@@ -219,7 +223,8 @@ def _guard(op_cls: type[Op]) -> None:
             except CnnGraphError:
                 raise
             except Exception as exc:
-                raise _err(f"{_meth} of op '{self.type}' (plugin '{type(self).plugin}') raised "
+                at = f" at layer '{self.layer_id}'" if _meth == "flops" and self.layer_id else ""
+                raise _err(f"{_meth} of op '{self.type}' (plugin '{type(self).plugin}'){at} raised "
                            f"{type(exc).__name__}: {exc}") from exc
 
         functools.update_wrapper(wrapper, fn)

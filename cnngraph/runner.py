@@ -11,10 +11,12 @@ from typing import Any, Callable
 import networkx as nx
 
 from .errors import CnnGraphError, PluginError, RunError
+from .blame import source_line
 from .op import Context
 from .schedule import Plan
 
-__all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call", "batch_of"]
+__all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call", "batch_of", "LayerParams",
+           "MissingParam", "replaced_buffers"]
 
 
 @dataclass
@@ -34,16 +36,50 @@ def describe_call(g: nx.DiGraph, node: str, shapes: list) -> str:
     return f"while running {node} ({attrs['type']}, plugin '{plugin}') on {s}"
 
 
+class MissingParam(KeyError):
+    """A parameter the op read in forward but its init_params did not return."""
+
+
+class LayerParams(dict):
+    """The arrays passed to an op's forward: reading a name init_params did not return names it."""
+
+    def __missing__(self, key):
+        raise MissingParam(key)
+
+
 def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
     """One layer's forward, with failures named by layer, op, plugin and input shapes."""
+    op = g.nodes[node]["op"]
+    source = getattr(op, "inner", op)   # a fused activation: the line is in the producer op's file
+    params = LayerParams(params)
+    buffers = {name: params[name] for name in op.buffers if name in params}
     try:
-        y = g.nodes[node]["op"].forward(ctx, xs, params)
+        y = op.forward(ctx, xs, params)
     except CnnGraphError:
         raise
+    except MissingParam as exc:
+        raise PluginError(f"{_who(g.nodes[node])} read parameter {exc.args[0]!r} in forward at layer '{node}'"
+                          f"{source_line(exc, source)}, but its init_params returned no {exc.args[0]!r} (it returned: "
+                          f"{', '.join(map(repr, params)) or 'nothing'})") from None
     except Exception as exc:
-        raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}: {type(exc).__name__}: {exc}") from exc
+        raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}{source_line(exc, source)}: "
+                       f"{type(exc).__name__}: {exc}") from exc
+    replaced = replaced_buffers(buffers, params)
+    if replaced:
+        raise PluginError(f"{_who(g.nodes[node])} at layer '{node}': {replaced}")
     _check_output(g, node, y, xs)
     return y
+
+
+def replaced_buffers(before: dict, after: dict) -> str:
+    """Why forward broke the buffer contract: it assigned a new array to a buffer's entry of its params
+    (lost: the model keeps the old array), instead of writing into it. '' when it did not."""
+    names = [name for name, array in before.items() if after.get(name) is not array]
+    if not names:
+        return ""
+    name = names[0]
+    return (f"forward replaced buffer {', '.join(map(repr, names))} (params[{name!r}] = new array), which is "
+            f"lost: the model keeps the old array; update it in place: params[{name!r}][...] = value")
 
 
 def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Callable[[str], dict],

@@ -99,8 +99,8 @@ def test_run_error_names_layer_op_and_shapes():
             raise ZeroDivisionError("kaboom")
     cnngraph.register_op(Boom)
     spec = {"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "b", "type": "boom_for_test"}], "outputs": ["b"]}
-    with pytest.raises(RunError, match=r"while running b \(boom_for_test, plugin '.*'\) on \(2, 3\): "
-                                       r"ZeroDivisionError: kaboom"):
+    with pytest.raises(RunError, match=r"while running b \(boom_for_test, plugin '.*'\) on \(2, 3\) at "
+                                       r"test_model.py:\d+: ZeroDivisionError: kaboom"):
         cnngraph.compile(spec).forward({"x": np.zeros((2, 3))})
 
 

@@ -396,8 +396,8 @@ def test_exception_inside_a_plugin_op_names_layer_and_plugin(fresh):
     cnngraph.register_plugin(type("P", (), {"cnngraph_register_ops": staticmethod(
         cnngraph.hookimpl(lambda registry: registry.add(Crashes)))})(), name="crash-plugin")
     model = cnngraph.compile(one_layer("crashes"))
-    with pytest.raises(RunError, match=r"while running a \(crashes, plugin 'crash-plugin'\) on \(1, 3, 4, 4\): "
-                                       r"ValueError: boom"):
+    with pytest.raises(RunError, match=r"while running a \(crashes, plugin 'crash-plugin'\) on \(1, 3, 4, 4\) "
+                                       r"at test_plugins.py:\d+: ValueError: boom"):
         model.forward({"x": np.zeros((1, 3, 4, 4), np.float32)})
 
 
@@ -475,7 +475,7 @@ def _train_spec(tmp_path, op_type):
     ("backward_raises", "train", "while differentiating a (backward_raises, plugin '{p}')"),
     ("infer_shape_crashes", "validate", "(layer 'a') infer_shape of op 'infer_shape_crashes' (plugin '{p}') raised "
                                         "IndexError: list index out of range"),
-    ("flops_crashes", "summary", "flops of op 'flops_crashes' (plugin '{p}') raised TypeError: bad flops"),
+    ("flops_crashes", "summary", "flops of op 'flops_crashes' (plugin '{p}') at layer 'a' raised TypeError: bad flops"),
 ])
 def test_broken_ops_at_run_time_name_plugin_and_op(fresh, capsys, tmp_path, op_type, command, needle):
     spec = _train_spec(tmp_path, op_type)
@@ -546,7 +546,7 @@ def test_duplicate_of_an_installed_plugin_names_its_package(tmp_path, monkeypatc
 
 def test_a_plugin_specs_checkpoint_loads_from_anywhere_and_after_expand(fresh, tmp_path, monkeypatch, capsys):
     """The checkpoint finds the spec's plugin file next to the spec, not in the current directory, and
-    `cnngraph expand` (which writes plugin paths absolute) keeps the checkpoint usable."""
+    `cnngraph expand` (which rewrites plugin paths for the output file) keeps the checkpoint usable."""
     work = tmp_path / "work"
     work.mkdir()
     for name in ("my_layers.py", "uses_my_layers.yaml"):

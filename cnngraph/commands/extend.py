@@ -91,10 +91,7 @@ def cmd_expand(args) -> int:
     spec = load_spec_args(args, args.spec, check_shapes=False)   # seeing the expansion helps find a shape error
     data = spec.to_dict()
     if spec.base_dir and data.get("plugins"):
-        # plugin paths are relative to the spec file: make them absolute so the output stands alone
-        from pathlib import Path
-        data["plugins"] = [str(Path(spec.base_dir, p)) if p.endswith(".py") and not Path(p).is_absolute() else p
-                           for p in data["plugins"]]
+        data["plugins"] = [_plugin_path(p, spec.base_dir, args.output) for p in data["plugins"]]
     text = f"# expanded from {args.spec} by `cnngraph expand`\n" + dump_spec(data)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
@@ -103,3 +100,20 @@ def cmd_expand(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _plugin_path(path: str, base_dir, output) -> str:
+    """A plugin file named in the spec (relative to the spec's folder) as the expanded spec must name it:
+    relative to the output file's folder (the project moves as a whole), else absolute (stdout, or on
+    another drive)."""
+    import os
+    from pathlib import Path
+    if not path.endswith(".py") or Path(path).is_absolute():
+        return path
+    full = os.path.abspath(os.path.join(base_dir, path))
+    if not output:
+        return full
+    try:
+        return Path(os.path.relpath(full, os.path.dirname(os.path.abspath(output)))).as_posix()
+    except ValueError:   # Windows: another drive has no relative path
+        return full

@@ -514,7 +514,7 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
             continue
         if attrs["type"] == "constant" and not attrs["inputs"]:
             ctx.const_outputs.add(n)
-        EXPORTERS[attrs["type"]](ctx, n, attrs["op"], list(attrs["inputs"]), attrs)
+        _run_exporter(ctx, n, attrs)
     graph_outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", *g.nodes[o]["out_shape"]])
                      for o in outputs]
     for o in outputs:   # a constant output without inputs has batch 1
@@ -530,8 +530,59 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise OnnxError(f"the exported model fails the ONNX checker (please report): {exc}") from None
+        used = sorted({f"{t} (plugin '{_plugin_of(EXPORTERS[t])}')" for t in (g.nodes[n].get("type") for n in order)
+                       if t in EXPORTERS and not _builtin(EXPORTERS[t])})
+        blame = (f"; plugin exporters were used for {', '.join(used)}: check them first" if used
+                 else " (please report)")
+        raise OnnxError(f"the exported model fails the ONNX checker{blame}: {exc}") from None
     return model
+
+
+def _builtin(fn) -> bool:
+    return fn.__module__ == __name__
+
+
+def _plugin_of(fn) -> str:
+    """The plugin an exporter function comes from: the name its file was loaded under (--plugin FILE),
+    else its module."""
+    from ..blame import source_file
+    from ..registry import _state
+    return _state().files.get(source_file(fn) or "", fn.__module__)
+
+
+def _run_exporter(ctx, lid: str, attrs: dict) -> None:
+    """Run the export function of layer ``lid`` and check what it added, so that a broken plugin exporter is
+    named here rather than by the ONNX checker at the end: it must not raise, its last node's outputs
+    must include the layer id, and every node type must exist in the opset."""
+    from ..blame import failed
+    from ..errors import CnnGraphError, PluginError
+    fn = EXPORTERS[attrs["type"]]
+    subject = f"the ONNX exporter of op '{attrs['type']}' (plugin '{_plugin_of(fn)}') at layer '{lid}'"
+    start = len(ctx.nodes)
+    try:
+        fn(ctx, lid, attrs["op"], list(attrs["inputs"]), attrs)
+    except CnnGraphError:
+        raise
+    except Exception as exc:
+        raise PluginError(failed(subject, fn.__name__, exc, fn)) from exc
+    added = ctx.nodes[start:]
+    if not added or lid not in added[-1].output:
+        last = f"its last node's outputs are {list(added[-1].output)}" if added else "it added no node"
+        raise PluginError(f"{subject}: {last}; the last node must output the layer id '{lid}' (the name the next "
+                          f"layers read)")
+    for node in added:
+        if not _known_op(node.op_type, node.domain, ctx.opset):
+            raise PluginError(f"{subject} added node '{node.name}' of type '{node.op_type}', which ONNX opset "
+                              f"{ctx.opset} does not have (domain '{node.domain or 'ai.onnx'}')")
+
+
+def _known_op(op_type: str, domain: str, opset: int) -> bool:
+    from onnx import defs
+    try:
+        defs.get_schema(op_type, opset, domain)
+        return True
+    except defs.SchemaError:
+        return False
 
 
 def _version() -> str:

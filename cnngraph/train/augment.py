@@ -251,15 +251,15 @@ class Compose:
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None):
         planes = None if masks is None else _one_hot_planes(masks)
-        for step in self.steps:
+        for i, step in enumerate(self.steps):
             if planes is not None and getattr(step, "geometric", True):
                 same_draws = copy.deepcopy(rng)
-                x = step(x, rng)
+                x = _run_step(i, step, x, rng, "batch")
                 on_planes = copy.copy(step)
                 on_planes.background = None    # outside the image: no class plane, i.e. class 0
-                planes = on_planes(planes, same_draws)
+                planes = _run_step(i, on_planes, planes, same_draws, "masks' one-hot planes")
             else:
-                x = step(x, rng)
+                x = _run_step(i, step, x, rng, "batch")
         x = np.asarray(x, dtype=np.float32)
         if masks is None:
             return x
@@ -270,6 +270,28 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({self.steps!r})"
+
+
+def _run_step(i: int, step, x, rng, what: str):
+    """One step of the pipeline on ``x``. A step that raises, or returns anything but an array of ``x``'s
+    shape (the model's input shape is fixed), is a TrainingError naming the step, its plugin and entry."""
+    from ..blame import failed, who
+    from ..errors import CnnGraphError
+    from .settings import TrainingError
+    name = getattr(step, "type", type(step).__name__)
+    subject = who("augmentation", name, "augmentations") + f" (train.augment[{i}])"
+    try:
+        y = step(x, rng)
+    except CnnGraphError:
+        raise
+    except Exception as exc:
+        raise TrainingError(failed(subject, f"__call__ on a {what} of shape {tuple(x.shape)}", exc, step)) from exc
+    shape = getattr(y, "shape", None)
+    if shape is None or tuple(shape) != tuple(x.shape):
+        got = f"shape {tuple(shape)}" if shape is not None else f"a {type(y).__name__}"
+        raise TrainingError(f"{subject} returned {got} from a {what} of shape {tuple(x.shape)}; an augmentation "
+                            f"must return an array of its input's shape (the model's input shape is fixed)")
+    return y
 
 
 def _one_hot_planes(masks: np.ndarray) -> np.ndarray:

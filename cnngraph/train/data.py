@@ -9,7 +9,7 @@ float32 NCHW arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,6 +95,8 @@ class DataConfig(BaseModel):
     test_fraction: float | None = Field(None, ge=0.0, lt=1.0)
     normalize: Literal["auto", "none"] | NormalizeStats = "auto"
     limit: int | None = Field(None, ge=1)
+    # a plugin dataset's own settings, passed through to its loader as ``cfg.options``
+    options: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _check(self):
@@ -105,6 +107,8 @@ class DataConfig(BaseModel):
                              f"known: {', '.join(known)}")
         if self.dataset in RAW_LOADERS and not self.dataset.startswith("digits") and self.path is None:
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
+        if self.options and self.dataset in RAW_LOADERS:   # a built-in would ignore them silently
+            raise ValueError(f"dataset '{self.dataset}' takes no options (options: is for plugin datasets)")
         if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
         return self
@@ -237,7 +241,25 @@ def load_dataset(cfg: DataConfig, input_shape: tuple[int, int, int], seed: int =
     loader = _find_loader(cfg.dataset)
     if loader is None:
         raise DataError(f"unknown dataset '{cfg.dataset}' (known: {', '.join(_known_datasets())})")
-    return loader(cfg, shape, seed, base_dir)
+    return _call_loader(loader, cfg, shape, seed, base_dir)
+
+
+def _call_loader(loader, cfg: DataConfig, shape, seed: int, base_dir) -> Dataset:
+    """Run a dataset loader (built-in or a plugin's); an exception inside it, or a result that is not a
+    Dataset, names the dataset, its plugin and the plugin file's line instead of a traceback."""
+    from ..blame import failed, who
+    from ..errors import CnnGraphError, PluginError
+    subject = who("dataset loader", cfg.dataset, "datasets")
+    try:
+        ds = loader(cfg, shape, seed, base_dir)
+    except CnnGraphError:
+        raise
+    except Exception as exc:
+        raise DataError(failed(subject, "loading", exc, loader)) from exc
+    if not isinstance(ds, Dataset):
+        raise PluginError(f"{subject} returned a {type(ds).__name__}; expected a cnngraph.train.data.Dataset "
+                          f"(build it with cnngraph.train.data.finish_dataset(RawSplits(...), cfg, seed))")
+    return ds
 
 
 def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:

@@ -47,6 +47,7 @@ from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
 from .checkpoint import (META_FILE, CheckpointWriter, copy_checkpoint, load_checkpoint, resolve_checkpoint,
                          run_folder)
 from .evaluate import evaluate_arrays, load_model
+from .guards import optimizer_step, schedule_rate
 from .metrics import correct_per_sample, effective_top_k, json_safe
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
@@ -276,7 +277,7 @@ class _Run:
                     xb, yb = self.augment(xb, self.rng, yb)
                 else:
                     xb = self.augment(xb, self.rng)
-            rate = self.schedule.lr(st.lr, epoch, step, steps, st.epochs)
+            rate = schedule_rate(self.schedule, st.lr, epoch, step, steps, st.epochs)
             if prof:
                 t1 = time.perf_counter()
                 timer.add("data + augment", t1 - t0)
@@ -302,7 +303,7 @@ class _Run:
                 norm = clip_grad_norm(grads, self.ts.grad_clip)
                 if not math.isfinite(norm):
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
-            self.optimizer.step(weights, grads, rate)
+            optimizer_step(self.optimizer, weights, grads, rate)
             progress.update(len(yb), loss.per_sample_sum(value, len(yb)), correct_per_sample(to_numpy(scores), yb))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)

@@ -96,7 +96,7 @@ def parse_data_arg(data, base):
     ``data`` is a dataset name (``"digits"``), ``"name:path"`` (``"mnist:/data/mnist"``,
     ``"npz:file.npz"``; the path is relative to the current folder), a dict of DataConfig fields
     (paths relative to the spec's folder) or a DataConfig. Fields not given keep ``base``'s values,
-    except ``path``, which is cleared when the dataset changes.
+    except ``path`` and ``options``, which are cleared when the dataset changes.
     """
     from pydantic import ValidationError
 
@@ -118,6 +118,8 @@ def parse_data_arg(data, base):
     else:
         raise DataError(f"data: expected a dataset name, 'name:path', a dict or a DataConfig, found "
                         f"{type(data).__name__}")
+    if change.get("dataset", base.dataset) != base.dataset:   # another dataset's options would not fit
+        change.setdefault("options", {})
     merged = base.model_dump()
     merged.update(change)
     try:
