@@ -92,7 +92,10 @@ def cmd_train(args) -> int:
     s = hist.summary
     parts = [f"{spec.name}: {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'} "
              f"({s['stopped'].replace('_', ' ')})"]
-    if s.get("test_accuracy") is not None:
+    if s.get("test_mae") is not None:
+        parts.append(f"test loss {s['test_loss']:.4f}, mae {s['test_mae']:.4f}, rmse {s['test_rmse']:.4f} "
+                     f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
+    elif s.get("test_accuracy") is not None:
         seg = s.get("test_mean_iou") is not None
         parts.append(f"test {'pixel ' if seg else ''}accuracy {s['test_accuracy']:.4f}, "
                      + (f"mean IoU {s['test_mean_iou']:.4f}, " if seg else "")
@@ -165,6 +168,9 @@ def cmd_evaluate(args) -> int:
     if len(y) == 0:
         raise DataError(f"dataset '{cfg.dataset}' ({ds.source}) has an empty {args.split} split; choose another "
                         f"with --split, or set train.data.test_fraction / val_fraction to carve one")
+    where = f"all of {ds.source}" if whole else f"{args.split} split of {ds.source}"
+    if ds.values:
+        return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where)
     classes = list(stats.get("classes") or ds.classes)
     numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
     if len(classes) != ds.num_classes and not (ds.num_classes < len(classes) and
@@ -188,11 +194,8 @@ def cmd_evaluate(args) -> int:
         result["confusion_png"] = _save_confusion(cm, classes, out_dir / "confusion.png", title)
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{spec.name}: checkpoint {ckdir}" + (f" (epoch {meta['epoch']})" if meta.get("epoch") else ""))
-    what = f"all of {ds.source}" if whole else f"{args.split} split of {ds.source}"
-    print(f"{what}: {len(y)} images" + (f" ({y.size:,} pixels)" if ds.dense else ""))
-    for k, v in acc.result(f"{args.split}_").items():
-        print(f"  {k:<22} {v:.4f}")
+    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} images" + (f" ({y.size:,} pixels)" if ds.dense else ""),
+                   acc.result(f"{args.split}_"))
     print()
     print(format_per_class(report, classes, iou=ds.dense))
     print()
@@ -201,6 +204,28 @@ def cmd_evaluate(args) -> int:
     png = _save_confusion(cm, classes, out_dir / "confusion.png", title)
     if png:
         print(f"\nwrote {png}")
+    return 0
+
+
+def _print_metrics(spec, ckdir, meta, what: str, metrics: dict) -> None:
+    print(f"{spec.name}: checkpoint {ckdir}" + (f" (epoch {meta['epoch']})" if meta.get("epoch") else ""))
+    print(what)
+    for k, v in metrics.items():
+        print(f"  {k:<22} {v:.4f}")
+
+
+def _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where: str) -> int:
+    """evaluate for a regression: loss, mean absolute error and RMSE (no classes, no confusion matrix)."""
+    from ..train.evaluate import evaluate_arrays
+    from ..train.metrics import json_safe
+    from ..train.settings import prepare_loss
+    loss = prepare_loss(spec, ts, value_shape=y.shape[1:])
+    metrics = evaluate_arrays(model, name, x, y, loss, args.batch_size).result(f"{args.split}_")
+    if args.format == "json":
+        print(json.dumps(json_safe({**metrics, "samples": int(len(y)), "checkpoint": str(ckdir),
+                                    "epoch": meta.get("epoch")}), indent=2))
+        return 0
+    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} images, {y.size:,} target values", metrics)
     return 0
 
 
@@ -265,6 +290,8 @@ def cmd_predict(args) -> int:
         x = apply_normalization(x, stats["mean"], stats["std"])
     scores = np.concatenate([to_numpy(model.forward({name: x[i:i + 256]}, outputs=[output])[output])
                              for i in range(0, len(x), 256)])
+    if loss_meta.get("target") == "values":
+        return _predict_values(args, scores, labels)
     if scores.ndim == 4:
         return _predict_masks(args, scores, labels, stats, loss_meta.get("type") or (ts.loss.type if ts else None))
     if args.masks_out:
@@ -292,6 +319,19 @@ def cmd_predict(args) -> int:
         order = np.argsort(-p, kind="stable")[:args.top]
         top = ", ".join(f"{classes[i]} {p[i]:.4f}" for i in order)
         print(f"{r['input'].ljust(width)}  class {r['class']} ({r['probability']:.4f})  top: {top}")
+    return 0
+
+
+def _predict_values(args, scores: np.ndarray, labels: list[str]) -> int:
+    """A regression model: each input's predicted values."""
+    results = [{"input": label, "values": v.tolist()} for label, v in zip(labels, scores.astype(np.float64))]
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return 0
+    width = max(len(r["input"]) for r in results)
+    for label, v in zip(labels, scores.reshape(len(scores), -1)):
+        shown = ", ".join(f"{a:.6g}" for a in v[:8]) + (f", ... ({v.size} values)" if v.size > 8 else "")
+        print(f"{label.ljust(width)}  {shown}")
     return 0
 
 

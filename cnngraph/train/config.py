@@ -176,7 +176,7 @@ def _network_problems(top, data, layer_ids, input_shapes, positions, file) -> li
     es = top.early_stopping
     if es is not None:
         known = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"] + (
-            [f"val_top{top.top_k}_accuracy"] if top.top_k > 1 else []) + ["val_mean_iou"]
+            [f"val_top{top.top_k}_accuracy"] if top.top_k > 1 else []) + ["val_mean_iou", "train_mae", "val_mae", "val_rmse"]
         if es.metric not in known:
             problems.append(_locate(f"unknown early-stopping metric '{es.metric}'{did_you_mean(es.metric, known)}; "
                                     f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),

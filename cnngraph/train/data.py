@@ -95,6 +95,8 @@ class DataConfig(BaseModel):
     test_fraction: float | None = Field(None, ge=0.0, lt=1.0)
     normalize: Literal["auto", "none"] | NormalizeStats = "auto"
     limit: int | None = Field(None, ge=1)
+    # what y holds: class labels / masks, or values to regress (npz); auto: values when y has fractions
+    targets: Literal["auto", "classes", "values"] = "auto"
     # a plugin dataset's own settings, passed through to its loader as ``cfg.options``
     options: dict[str, Any] = {}
 
@@ -109,6 +111,9 @@ class DataConfig(BaseModel):
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.options and self.dataset in RAW_LOADERS:   # a built-in would ignore them silently
             raise ValueError(f"dataset '{self.dataset}' takes no options (options: is for plugin datasets)")
+        if self.targets == "values" and self.dataset in RAW_LOADERS and self.dataset != "npz":
+            raise ValueError(f"targets: values (regression) needs your own data (dataset: npz); dataset "
+                             f"'{self.dataset}' has class labels")
         if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
         return self
@@ -119,7 +124,8 @@ class Dataset:
     """Loaded, split and normalised data.
 
     ``train`` / ``val`` / ``test`` are ``(x, y)``: x float32 (N, C, H, W) normalised, y int64: one
-    class per image (N,), or for segmentation one per pixel (N, H, W) (``dense``).
+    class per image (N,), or for segmentation one per pixel (N, H, W) (``dense``); or y float32 values
+    to regress, any shape per sample (``values``; ``classes`` is then empty).
     A split the source lacks and that was not carved is empty (N == 0).
     ``mean`` / ``std`` are the per-channel values applied: ``(raw - mean) / std``.
     ``pixel_scale`` maps an image in [0, 1] to raw units (``read_image(..., scale=pixel_scale)``).
@@ -140,9 +146,14 @@ class Dataset:
         return len(self.classes)
 
     @property
+    def values(self) -> bool:
+        """Whether the targets are values to regress (float) rather than classes."""
+        return self.train[1].dtype.kind == "f"
+
+    @property
     def dense(self) -> bool:
         """Whether the labels are masks (one class per pixel) rather than one class per image."""
-        return self.train[1].ndim > 1
+        return self.train[1].ndim > 1 and not self.values
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -184,7 +195,7 @@ def apply_normalization(x: np.ndarray, mean: Sequence[float], std: Sequence[floa
 
 def _empty(like: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """An empty split with the samples and labels (or masks) shaped like those of ``like``."""
-    return np.empty((0,) + like[0].shape[1:], np.float32), np.empty((0,) + like[1].shape[1:], np.int64)
+    return np.empty((0,) + like[0].shape[1:], np.float32), np.empty((0,) + like[1].shape[1:], like[1].dtype)
 
 
 def _take(split, idx):

@@ -48,7 +48,7 @@ from .checkpoint import (META_FILE, CheckpointWriter, copy_checkpoint, load_chec
                          run_folder)
 from .evaluate import evaluate_arrays, load_model
 from .guards import optimizer_step, schedule_rate
-from .metrics import correct_per_sample, effective_top_k, json_safe
+from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
 from .runlock import RunLock, holder
@@ -148,20 +148,21 @@ class _Run:
         ds = self.dataset
         if len(ds.train[1]) == 0:
             raise DataError(f"dataset '{st.data.dataset}': the training split is empty")
-        if ds.num_classes < 2:
+        if ds.num_classes < 2 and not ds.values:
             raise DataError(f"dataset '{st.data.dataset}' ({ds.source}) has {ds.num_classes} class"
                             f"{'' if ds.num_classes == 1 else 'es'} ({', '.join(ds.classes)}); a classifier needs at "
                             f"least 2")
-        self.loss = prepare_loss(spec, self.ts, ds.num_classes, ds.train[1].shape[1:] if ds.dense else None)
+        self.loss = prepare_loss(spec, self.ts, ds.num_classes, ds.train[1].shape[1:] if ds.dense else None,
+                                 value_shape=ds.train[1].shape[1:] if ds.values else None)
         if ds.num_classes and self.ts.top_k > max(ds.num_classes, 3):   # 3: the default, kept for 2 classes
             raise SpecError(spec.problem(f"top_k ({self.ts.top_k}) is more than the {ds.num_classes} classes of the "
                                          f"dataset; its top-k accuracy would always be 1", ("train", "top_k")))
         if self.loss.note and not quiet:
             print(self.loss.note, file=self.stream)
-        self.top_k = effective_top_k(self.ts.top_k, ds.num_classes)
+        self.top_k = 1 if ds.values else effective_top_k(self.ts.top_k, ds.num_classes)
         self.has_val = len(ds.val[1]) > 0
 
-        self.best = Best.for_run(spec, self.ts, self.has_val, self.top_k, dense=ds.dense)
+        self.best = Best.for_run(spec, self.ts, self.has_val, self.top_k, dense=ds.dense, values=ds.values)
 
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()
@@ -170,6 +171,9 @@ class _Run:
         self.schedule = reg.schedules[self.ts.schedule.type](self.ts.schedule.params)
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
+        if ds.values and any(getattr(step, "geometric", True) for step in self.augment.steps) and not quiet:
+            print("note: augmentation moves the images, not the target values; use geometric augmentation only "
+                  "when the values do not depend on where things are in the image", file=self.stream)
         self.rng = np.random.default_rng([st.seed, 1])
         self.history = History()
         self.start_epoch = 0
@@ -259,7 +263,9 @@ class _Run:
         st, model, loss, timer = self.settings, self.model, self.loss, self.timer
         x, y = self.dataset.train
         steps = epoch_steps(len(x), st.batch_size)
-        progress = EpochProgress(epoch + 1, st.epochs, steps, stream=self.stream, quiet=self.quiet)
+        values = self.dataset.values
+        progress = EpochProgress(epoch + 1, st.epochs, steps, stream=self.stream, quiet=self.quiet,
+                                 metric="mae" if values else "acc")
         self._progress = progress
         weights = {n: model.params._data[n] for n in model.trainable_names}
         xp, dtype = model.xp, model.dtype
@@ -304,12 +310,13 @@ class _Run:
                 if not math.isfinite(norm):
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
             optimizer_step(self.optimizer, weights, grads, rate)
-            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), correct_per_sample(to_numpy(scores), yb))
+            score = abs_error_per_sample if values else correct_per_sample
+            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), score(to_numpy(scores), yb))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
         train_seconds = time.perf_counter() - t_epoch
-        row = {"epoch": epoch + 1, "lr": rate,
-               "train_loss": progress.loss_sum / progress.images, "train_accuracy": progress.correct / progress.images}
+        row = {"epoch": epoch + 1, "lr": rate, "train_loss": progress.loss_sum / progress.images,
+               ("train_mae" if values else "train_accuracy"): progress.correct / progress.images}
         if self.has_val:
             t = time.perf_counter()
             acc = evaluate_arrays(model, self.input_name, *self.dataset.val, loss, max(st.batch_size, 256),
@@ -317,7 +324,7 @@ class _Run:
             row.update(acc.result("val_"))
             timer.add("validation", time.perf_counter() - t)
         else:
-            row.update({"val_loss": None, "val_accuracy": None})
+            row.update({"val_loss": None, ("val_mae" if values else "val_accuracy"): None})
         row["seconds"] = time.perf_counter() - t_epoch
         row["train_seconds"] = train_seconds
         row["images_per_second"] = progress.images / max(train_seconds, 1e-9)
@@ -421,10 +428,13 @@ class _Run:
         ck = load_checkpoint(self.ckpt_dir / which)
         self.model.load_params(ck.arrays)
         acc = evaluate_arrays(self.model, self.input_name, *ds.test, self.loss, max(self.settings.batch_size, 256),
-                              top_k=self.top_k, num_classes=self._confusion_classes())
+                              top_k=self.top_k, num_classes=None if ds.values else self._confusion_classes())
+        where = {"checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))}
+        if ds.values:
+            return json_safe({**acc.result("test_"), **where})
         cm = acc.confusion()
         return json_safe({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
-                       "classes": list(ds.classes), "checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))})
+                       "classes": list(ds.classes), **where})
 
     def _write_reports(self, hist: History) -> None:
         """metrics.json, history.csv and curves.png in the run folder."""
@@ -468,10 +478,13 @@ class _Run:
         if self.timer.enabled and not self.quiet:
             print(self.timer.report(), file=self.stream)
         if not self.quiet and test:
-            iou = f" mean IoU {test['test_mean_iou']:.4f}" if test.get("test_mean_iou") is not None else ""
-            pixel = "pixel " if self.dataset.dense else ""
+            if self.dataset.values:
+                score = f"mae {test['test_mae']:.4f} rmse {test['test_rmse']:.4f}"
+            else:
+                iou = f" mean IoU {test['test_mean_iou']:.4f}" if test.get("test_mean_iou") is not None else ""
+                score = f"{'pixel ' if self.dataset.dense else ''}accuracy {test['test_accuracy']:.4f}{iou}"
             print(f"test ({test['checkpoint']} checkpoint, epoch {test['epoch']}): loss {test['test_loss']:.4f} "
-                  f"{pixel}accuracy {test['test_accuracy']:.4f}{iou}; wrote {self.out}", file=self.stream)
+                  f"{score}; wrote {self.out}", file=self.stream)
         return hist
 
 

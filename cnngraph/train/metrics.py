@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["predicted_classes", "correct_per_sample", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
+__all__ = ["predicted_classes", "correct_per_sample", "abs_error_per_sample", "ValueAccumulator", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
            "precision_recall", "MetricAccumulator", "format_confusion", "format_per_class", "json_safe"]
 
 
@@ -189,6 +189,49 @@ class MetricAccumulator:
 
     def per_class(self) -> dict:
         return precision_recall(self.confusion())
+
+
+@dataclass
+class ValueAccumulator:
+    """:class:`MetricAccumulator`'s counterpart for regression: streams (predictions, target values,
+    batch loss) and reports ``{prefix}loss`` (per image), ``{prefix}mae`` and ``{prefix}rmse`` (per value)."""
+
+    count: int = 0           # values compared
+    images: int = 0
+    loss_sum: float = 0.0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+
+    def add(self, predictions, y, loss_sum: float | None = None) -> None:
+        p = np.asarray(predictions, np.float64).reshape(len(predictions), -1)
+        t = np.asarray(y, np.float64).reshape(len(y), -1)
+        if p.shape != t.shape:
+            raise ValueError(f"predictions {np.shape(predictions)} and targets {np.shape(y)} differ in size")
+        d = p - t
+        self.images += len(p)
+        self.count += d.size
+        self.abs_sum += float(np.abs(d).sum())
+        self.sq_sum += float((d * d).sum())
+        if loss_sum is not None:
+            self.loss_sum += float(loss_sum)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.images if self.images else float("nan")
+
+    @property
+    def mae(self) -> float:
+        return self.abs_sum / self.count if self.count else float("nan")
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        rmse = math.sqrt(self.sq_sum / self.count) if self.count else float("nan")
+        return {f"{prefix}loss": self.loss, f"{prefix}mae": self.mae, f"{prefix}rmse": rmse}
+
+
+def abs_error_per_sample(predictions, y) -> float:
+    """Sum over the batch of each sample's mean absolute error (the running ``mae`` of the progress line)."""
+    d = np.abs(np.asarray(predictions, np.float64).reshape(len(y), -1) - np.asarray(y, np.float64).reshape(len(y), -1))
+    return float(d.mean(axis=1).sum())
 
 
 def format_per_class(report: dict, classes: Sequence[str], iou: bool = False) -> str:

@@ -22,8 +22,8 @@ def _short(key: str) -> str:
 def format_epoch(row: dict, epochs: int) -> str:
     """One summary line for a history row, e.g.
     ``epoch  3/20  loss 0.1234 acc 0.9650 | val_loss 0.0812 val_acc 0.9777 | lr 0.04500  3,421 img/s  0.3s``."""
-    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}",
-             f"loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"]
+    score = f"mae {row['train_mae']:.4f}" if "train_mae" in row else f"acc {row['train_accuracy']:.4f}"
+    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}", f"loss {row['train_loss']:.4f} {score}"]
     val = [f"{_short(k)} {v:.4f}" for k, v in row.items() if k.startswith("val_") and v is not None]
     if val:
         parts.append("| " + " ".join(val))
@@ -37,8 +37,9 @@ class EpochProgress:
     """Progress of one epoch: ``update`` after each step, ``finish(row)`` at the end."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO | None = None, quiet: bool = False,
-                 refresh: float = 10.0, tty: bool | None = None):
+                 refresh: float = 10.0, tty: bool | None = None, metric: str = "acc"):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.metric = metric    # what ``correct`` sums per image: "acc" (right or not) or "mae" (its error)
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         if tty is None:
@@ -71,7 +72,7 @@ class EpochProgress:
         bar = "#" * int(frac * 24)
         rate = self.images / max(now - self.start, 1e-9)
         text = (f"epoch {self.epoch}/{self.epochs} [{bar:<24}] {self.step}/{self.steps}  "
-                f"loss {self.loss_sum / max(self.images, 1):.4f} acc {self.correct / max(self.images, 1):.4f}  "
+                f"loss {self.loss_sum / max(self.images, 1):.4f} {self.metric} {self.correct / max(self.images, 1):.4f}  "
                 f"{rate:,.0f} img/s")
         self._write("\r" + text.ljust(self._width))
         self._width = len(text)

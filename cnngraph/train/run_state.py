@@ -43,11 +43,19 @@ class Best:
     tiebreak: float | None = None
 
     @classmethod
-    def for_run(cls, spec, ts, has_val: bool, top_k: int | None = None, dense: bool = False) -> "Best":
+    def for_run(cls, spec, ts, has_val: bool, top_k: int | None = None, dense: bool = False,
+                values: bool = False) -> "Best":
         """The state ``ts.early_stopping`` asks for; without it, the best ``val_accuracy`` (or
         ``train_accuracy`` without a validation split) and no early stopping. SpecError for a metric
         the run does not compute."""
         es = ts.early_stopping
+        if values:   # regression: no accuracy; the best checkpoint has the lowest loss
+            metric = es.metric if es is not None else ("val_loss" if has_val else "train_loss")
+            known = ["train_loss", "train_mae"] + (["val_loss", "val_mae", "val_rmse"] if has_val else [])
+            if metric not in known:
+                raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}' for values to regress; "
+                                             f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric")))
+            return cls(metric, False) if es is None else cls(metric, es.maximize, es.min_delta, es.patience)
         metric = es.metric if es is not None else ("val_accuracy" if has_val else "train_accuracy")
         known = ["train_loss", "train_accuracy"]
         if has_val:

@@ -136,13 +136,16 @@ class LossSetup:
 
     op: Any
     output: str
-    encoding: str            # "index" or "one_hot"
+    encoding: str            # "index", "one_hot" or "values" (regression: the targets as they are)
     units: int               # output units per sample
     reduction: str = "mean"
+    shape: tuple = ()        # the output's per-sample shape
     note: str | None = None  # said once when training starts
 
     def targets(self, y: np.ndarray, xp, dtype) -> Any:
         y = np.asarray(y)
+        if self.encoding == "values":
+            return to_device(y.astype(dtype).reshape((len(y),) + self.shape), xp)
         if self.encoding == "one_hot":
             if self.units == 1:
                 t = y.astype(dtype).reshape(len(y), 1, *y.shape[1:])
@@ -171,11 +174,13 @@ class LossSetup:
         return value * n if self.reduction == "mean" else value
 
 
-def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int, int] | None = None) -> LossSetup:
+def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int, int] | None = None,
+                 value_shape: tuple | None = None) -> LossSetup:
     """Build the loss op of ``ts.loss`` for the output it names; checks the output and target shapes.
 
     ``mask_shape`` (H, W): the labels are segmentation masks, so the output must give class scores
-    per pixel, (classes, H, W)."""
+    per pixel, (classes, H, W). ``value_shape``: the targets are values to regress, of this shape per
+    sample; the output must hold as many values (they are compared in the output's shape)."""
     from ..errors import ShapeError
     from ..registry import get_registry
     output = ts.loss_output or spec.outputs[0]
@@ -185,6 +190,8 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
                                      f"outputs ({known}) or a layer id", ("train", "loss", "output")))
     output, note = _logits_behind(spec, ts.loss.type, output)
     shape = tuple(spec.graph.nodes[output]["out_shape"])
+    if value_shape is not None:
+        return _value_loss(spec, ts, output, shape, tuple(value_shape), note)
     if mask_shape is not None:
         mask_shape = tuple(mask_shape)
         if len(shape) != 3 or shape[1:] != mask_shape:
@@ -217,7 +224,27 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
                             f"{num_classes}"
                             + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
     return LossSetup(op=op, output=output, encoding=encoding, units=units,
-                     reduction=getattr(op.p, "reduction", "mean"), note=note)
+                     reduction=getattr(op.p, "reduction", "mean"), note=note, shape=shape)
+
+
+def _value_loss(spec, ts, output: str, shape: tuple, value_shape: tuple, note) -> LossSetup:
+    """The loss of a regression run: the targets, reshaped to the output's shape, compared as they are."""
+    from ..errors import ShapeError
+    from ..registry import get_registry
+    if math.prod(value_shape) != math.prod(shape):
+        raise TrainingError(f"the dataset's targets are values of shape {value_shape} per sample, so loss output "
+                            f"'{output}' must give {math.prod(value_shape)} value(s); it has per-sample shape {shape}")
+    op = get_registry().ops[ts.loss.type](ts.loss.params)
+    if type(op).index_targets and ts.loss.type == "cross_entropy" and len(shape) != 1:
+        raise TrainingError(f"loss '{ts.loss.type}' takes class scores; regress values with mse (or "
+                            f"binary_cross_entropy for targets in [0, 1])")
+    try:
+        op.infer_shape([shape, shape])
+    except ShapeError as exc:
+        raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with value targets: {exc}",
+                                     ("train", "loss"))) from None
+    return LossSetup(op=op, output=output, encoding="values", units=math.prod(shape),
+                     reduction=getattr(op.p, "reduction", "mean"), note=note, shape=shape)
 
 
 # The losses take scores (logits) and apply their own sigmoid/softmax, stably. A network that ends in

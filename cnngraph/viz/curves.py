@@ -122,7 +122,8 @@ def _panel(draw, box, series, ylabel, fonts):
 
 
 def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path:
-    """Write ``path`` (PNG, 1000x400): loss (left) and accuracy (right) per epoch, train vs validation."""
+    """Write ``path`` (PNG, 1000x400): loss (left) and accuracy (right; mean absolute error for a
+    regression) per epoch, train vs validation."""
     from PIL import Image, ImageDraw
     path = Path(path)
     width, height = 1000, 400
@@ -132,7 +133,8 @@ def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path
     top = 60 if title else 40
     if title:
         draw.text((width / 2 - draw.textlength(title, font=_font(16)) / 2, 10), title, fill=_INK, font=_font(16))
-    for i, metric in enumerate(("loss", "accuracy")):
+    second = "mae" if any("train_mae" in row for row in history) else "accuracy"   # regression: no accuracy
+    for i, metric in enumerate(("loss", second)):
         series = []
         for split, colour, square in (("train", _TRAIN, False), ("val", _VAL, True)):
             xs, ys = _series(history, f"{split}_{metric}")

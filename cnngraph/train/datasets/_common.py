@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import DataError
 
-__all__ = ["RawSplits", "to_nchw", "as_float_images", "check_labels", "stratified_split",
+__all__ = ["RawSplits", "to_nchw", "as_float_images", "check_labels", "check_values", "stratified_split",
            "require_shape", "fmt_shape"]
 
 
@@ -101,7 +101,8 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
         raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
-            raise DataError(f"{what}: expected integer class labels, found non-integral float values")
+            raise DataError(f"{what}: expected integer class labels, found non-integral float values (values to "
+                            f"regress: set train.data.targets: values)")
     if len(y) != n:
         raise DataError(f"{what}: expected {n} {'masks' if y.ndim == 3 else 'labels'} (one per image), found {len(y)}")
     y = y.astype(np.int64)
@@ -111,6 +112,19 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
             limit = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
             raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]")
     return y
+
+
+def check_values(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Validate regression targets (numeric, finite, ``n`` of them) and return them as float32."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{what}: expected numeric target values, found dtype {y.dtype}")
+    if y.ndim == 0 or len(y) != n:
+        raise DataError(f"{what}: expected {n} target values (one per image), found shape {fmt_shape(y.shape)}")
+    out = y.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"{what}: expected finite target values, found {int((~np.isfinite(out)).sum())} NaN/inf")
+    return out
 
 
 def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +142,8 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
 def strata(y: np.ndarray) -> np.ndarray:
     """What a split is stratified by: the label, or for a mask its most frequent class."""
     y = np.asarray(y)
+    if y.dtype.kind == "f":    # values to regress: no classes to balance, a plain seeded split
+        return np.zeros(len(y), np.int64)
     if y.ndim == 1 or len(y) == 0:
         return y
     flat = y.reshape(len(y), -1)

@@ -1,6 +1,8 @@
 """User ``.npz`` files: ``x``/``y`` plus optional ``x_val``/``y_val``, ``x_test``/``y_test``, ``classes``.
 
-``y`` is one class per image (N,), or one class per pixel (N, H, W): segmentation masks."""
+``y`` is one class per image (N,), or one class per pixel (N, H, W): segmentation masks; or values to
+regress (float, any shape per sample) with ``targets: values`` (the default ``auto`` takes y with
+fractions as values)."""
 from __future__ import annotations
 
 import zipfile
@@ -9,7 +11,7 @@ import numpy as np
 
 from ...arrayfile import array_file_kind
 from ...errors import DataError
-from ._common import RawSplits, as_float_images, check_labels, resolve, to_nchw
+from ._common import RawSplits, as_float_images, check_labels, check_values, resolve, to_nchw
 
 __all__ = ["load_npz"]
 
@@ -60,9 +62,15 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
                             f"'{missing}' with it; found keys {sorted(arrays)}")
         x = to_nchw(arrays[kx], input_shape, cfg.layout, f"'{p}' key '{kx}'")
         x = as_float_images(x, f"'{p}' key '{kx}'")
-        y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'",
-                         mask_shape=tuple(input_shape[1:]))
+        if _as_values(cfg.targets, arrays["y"]):
+            y = check_values(arrays[ky], len(x), f"'{p}' key '{ky}'")
+        else:
+            y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'",
+                             mask_shape=tuple(input_shape[1:]))
         splits[name] = (np.ascontiguousarray(x), y)
+    if splits["train"][1].dtype.kind == "f":
+        return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"), classes=[],
+                         source=f"npz:{p}")
     kinds = {name: "masks" if y.ndim > 1 else "labels" for name, (_, y) in splits.items()}
     if len(set(kinds.values())) > 1:
         raise DataError(f"'{p}': the splits mix class labels and masks ({', '.join(f'{_PAIRS[k][1]}: {v}' for k, v in kinds.items())}); "
@@ -72,3 +80,11 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
         classes = [str(i) for i in range(n)]
     return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                      classes=classes, source=f"npz:{p}")
+
+
+def _as_values(targets: str, y: np.ndarray) -> bool:
+    """Whether ``y`` holds values to regress: as configured, or (auto) floats with fractions."""
+    if targets != "auto":
+        return targets == "values"
+    y = np.asarray(y)
+    return y.dtype.kind == "f" and bool(np.isfinite(y).all()) and not np.array_equal(y, np.round(y))

@@ -1,0 +1,110 @@
+"""Regression training from the CLI: npz value targets, mse, mae/rmse metrics checked against NumPy,
+evaluate and predict of a regression checkpoint, and the errors a wrong setup gets."""
+import json
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.errors import DataError, SpecError
+from cnngraph.train.data import DataConfig, load_dataset
+from cnngraph.train.loop import TrainingError
+
+
+def blobs(n=240, seed=0):
+    """16x16 images of one bright blob; the target is its centre (row, column) scaled to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:16, 0:16]
+    c = rng.uniform(2, 13, (n, 2))
+    x = np.exp(-((yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2) / 4.0)
+    return x[:, None].astype(np.float32), (c / 15).astype(np.float32)
+
+
+def spec(**train):
+    t = {"data": {"dataset": "npz", "path": "blobs.npz", "test_fraction": 0.2},
+         "loss": {"type": "mse", "output": "position"}, "optimizer": {"type": "adam", "lr": 0.005},
+         "batch_size": 32, "epochs": 12, "seed": 0}
+    t.update(train)
+    return {"name": "blob", "inputs": {"image": {"shape": [1, 16, 16]}},
+            "layers": [{"id": "conv", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                       {"id": "act", "type": "relu"}, {"id": "pool", "type": "max_pool2d", "kernel_size": 2},
+                       {"id": "flat", "type": "flatten"}, {"id": "fc", "type": "dense", "out_features": 32},
+                       {"id": "act2", "type": "relu"}, {"id": "position", "type": "dense", "out_features": 2}],
+            "outputs": ["position"], "train": t}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    x, y = blobs()
+    np.savez(tmp_path / "blobs.npz", x=x, y=y)
+    (tmp_path / "blob.json").write_text(json.dumps(spec()))
+    return tmp_path
+
+
+def test_value_targets_are_found_or_declared_and_split_without_classes(tmp_path):
+    x, y = blobs(40)
+    np.savez(tmp_path / "v.npz", x=x, y=y)
+    ds = load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "v.npz")), (1, 16, 16))
+    assert ds.values and not ds.dense and ds.classes == [] and ds.train[1].dtype == np.float32
+    assert len(ds.train[1]) + len(ds.val[1]) == 40 and ds.val[1].shape[1:] == (2,)
+    np.savez(tmp_path / "ints.npz", x=x, y=np.arange(40) % 7)       # whole numbers: classes unless declared
+    assert not load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "ints.npz")), (1, 16, 16)).values
+    ds = load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "ints.npz"), targets="values"), (1, 16, 16))
+    assert ds.values and ds.train[1].dtype == np.float32
+    np.savez(tmp_path / "v1.npz", x=x, y=y[:, 0])
+    with pytest.raises(DataError, match="found non-integral float values \\(values to regress: set "
+                                        "train.data.targets: values\\)"):
+        load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "v1.npz"), targets="classes"), (1, 16, 16))
+    with pytest.raises(ValueError, match="targets: values \\(regression\\) needs your own data"):
+        DataConfig(dataset="digits", targets="values")
+
+
+def test_train_evaluate_predict_a_regression(folder, capsys):
+    run = folder / "run"
+    assert main(["train", str(folder / "blob.json"), "--out", str(run), "--quiet"]) == 0
+    assert "test loss" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_metric"] == "val_loss" and metrics["test_accuracy"] is None
+    assert metrics["test_mae"] < 0.05 and {"train_mae", "val_mae", "val_rmse"} <= set(metrics["history"][-1])
+    assert (run / "curves.png").is_file()
+
+    # mae and rmse of a held-out file against NumPy on the model's own outputs
+    x, y = blobs(50, seed=9)
+    np.savez(folder / "held.npz", x=x, y=y)
+    assert main(["evaluate", str(folder / "blob.json"), "--checkpoint", str(run), "--data",
+                 f"npz:{folder / 'held.npz'}", "--format", "json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    model = cnngraph.load_model(run)
+    stats = model.checkpoint_meta["dataset"]
+    pred = np.asarray(model.forward({"image": (x - np.float32(stats["mean"][0])) / np.float32(stats["std"][0])})
+                      ["position"], np.float64)
+    err = pred - y
+    assert ev["samples"] == 50
+    assert ev["test_mae"] == pytest.approx(np.abs(err).mean(), rel=1e-4)
+    assert ev["test_rmse"] == pytest.approx(np.sqrt((err ** 2).mean()), rel=1e-4)
+    assert ev["test_loss"] == pytest.approx((err ** 2).mean(), rel=1e-3)
+
+    np.save(folder / "few.npy", x[:3])
+    assert main(["predict", str(folder / "blob.json"), "--checkpoint", str(run), str(folder / "few.npy"),
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([r["values"] for r in out], pred[:3], rtol=1e-5, atol=1e-6)
+
+
+def test_a_regression_setup_that_cannot_work_is_named(folder):
+    wrong = spec()
+    wrong["layers"][-1]["out_features"] = 3
+    with pytest.raises(TrainingError, match=r"targets are values of shape \(2,\) per sample, so loss output "
+                                            r"'position' must give 2 value\(s\); it has per-sample shape \(3,\)"):
+        cnngraph.train(cnngraph.load_spec(_write(folder, wrong)), out=folder / "r", quiet=True)
+    stop = spec(early_stopping={"metric": "val_accuracy"})
+    with pytest.raises(SpecError, match="unknown early-stopping metric 'val_accuracy' for values to regress; "
+                                        "expected one of train_loss, train_mae, val_loss, val_mae, val_rmse"):
+        cnngraph.train(cnngraph.load_spec(_write(folder, stop)), out=folder / "r", quiet=True)
+
+
+def _write(folder, s):
+    path = folder / "s.json"
+    path.write_text(json.dumps(s))
+    return path
