@@ -368,7 +368,11 @@ def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int)
 
     import matplotlib
     from PIL import Image
+    if folder.exists() and not folder.is_dir():
+        raise CnnGraphError(f"--masks-out {folder}: is a file; expected a folder (it is created if missing)")
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("[0-9][0-9][0-9][0-9]_*.mask.png"):   # an earlier prediction's pictures: never mixed
+        old.unlink()
     np.save(folder / "masks.npy", masks)
     colours = [(0, 0, 0)] + [tuple(int(255 * c) for c in matplotlib.colormaps["tab20"](i % 20)[:3])
                              for i in range(max(n_cls - 1, 1))]

@@ -115,7 +115,10 @@ def cmd_explain(args) -> int:
         k = res["class_index"]
         pred = int(res["scores"].reshape(-1).argmax())
         label = (lambda i: prep.classes[i] if prep.classes and i < len(prep.classes) else i)
-        how = "predicted" if k == pred else f"chosen; the network predicts {label(pred)}"
+        if res.get("pixels") is not None:   # segmentation: a class is explained over its predicted pixels
+            how = f"over its {res['pixels']} predicted pixels"
+        else:
+            how = "predicted" if k == pred else f"chosen; the network predicts {label(pred)}"
         print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for class {label(k)} ({how})")
         if not res["raw_cam"].any():
             print(f"note: the Grad-CAM map is zero everywhere: no positive evidence for class {label(k)} at "

@@ -256,7 +256,8 @@ class Compose:
                 same_draws = copy.deepcopy(rng)
                 x = _run_step(i, step, x, rng, "batch")
                 on_planes = copy.copy(step)
-                on_planes.background = None    # outside the image: no class plane, i.e. class 0
+                # outside the image is class 0: its plane is 1 there, every other plane 0
+                on_planes.background = [1.0] + [0.0] * (planes.shape[1] - 1)
                 planes = _run_step(i, on_planes, planes, same_draws, "masks' one-hot planes")
             else:
                 x = _run_step(i, step, x, rng, "batch")

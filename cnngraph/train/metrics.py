@@ -105,7 +105,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
 def precision_recall(confusion) -> dict:
     """Per-class ``precision``, ``recall``, ``f1``, ``iou`` and ``support`` lists from a confusion matrix,
     their unweighted means (``macro_*``, ``mean_iou``) and ``undefined`` (which class/metric was 0/0;
-    a class that is neither present nor predicted has no IoU and is left out of ``mean_iou``)."""
+    a class that is neither present nor predicted has no IoU (None) and is left out of ``mean_iou``)."""
     cm = np.asarray(confusion, np.float64)
     tp = np.diag(cm)
     predicted = cm.sum(axis=0)
@@ -118,8 +118,9 @@ def precision_recall(confusion) -> dict:
         union = predicted + actual - tp
         iou = np.where(union > 0, tp / np.where(union > 0, union, 1), 0.0)
     undefined = [f"precision[{i}]" for i in np.flatnonzero(predicted == 0)] + \
-                [f"recall[{i}]" for i in np.flatnonzero(actual == 0)]
-    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "iou": iou.tolist(),
+                [f"recall[{i}]" for i in np.flatnonzero(actual == 0)] + \
+                [f"iou[{i}]" for i in np.flatnonzero(union == 0)]
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "iou": [float(v) if u > 0 else None for v, u in zip(iou, union)],
             "support": actual.astype(np.int64).tolist(),
             "mean_iou": float(iou[union > 0].mean()) if (union > 0).any() else float("nan"),
             "macro_precision": float(precision.mean()) if len(cm) else float("nan"),
@@ -240,7 +241,7 @@ def format_per_class(report: dict, classes: Sequence[str], iou: bool = False) ->
     extra = "     iou" if iou else ""
     lines = [f"{'class'.ljust(width)}  precision  recall     f1{extra}  support"]
     for i, name in enumerate(classes):
-        cell = f"  {report['iou'][i]:6.4f}" if iou else ""
+        cell = ("  " + (f"{report['iou'][i]:6.4f}" if report["iou"][i] is not None else "     -")) if iou else ""
         lines.append(f"{str(name).ljust(width)}  {report['precision'][i]:9.4f}  {report['recall'][i]:6.4f}  "
                      f"{report['f1'][i]:5.4f}{cell}  {report['support'][i]:7d}")
     cell = f"  {report['mean_iou']:6.4f}" if iou else ""

@@ -218,10 +218,12 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
         raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with '{encoding}' "
                                      f"targets: {exc}", ("train", "loss"))) from None
     if num_classes is not None and units != num_classes and not (units == 1 and num_classes == 2):
-        what = "channels" if mask_shape else "units per sample"
+        what = ("channel" if units == 1 else "channels") if mask_shape else "units per sample"
+        other = (f" (a single {'channel' if mask_shape else 'unit'} with {ts.loss.type} suits two classes; for "
+                 f"{num_classes}, use cross_entropy)" if units == 1 and ts.loss.type != "cross_entropy" else "")
         raise TrainingError(f"loss output '{output}' has {units} {what} but the dataset has "
                             f"{num_classes} classes; expected {'out_channels' if mask_shape else 'out_features'}: "
-                            f"{num_classes}"
+                            f"{num_classes}{other}"
                             + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
     return LossSetup(op=op, output=output, encoding=encoding, units=units,
                      reduction=getattr(op.p, "reduction", "mean"), note=note, shape=shape)

@@ -159,17 +159,43 @@ def first_conv(model) -> str:
 
 
 def class_output(model) -> str:
-    """The output that gives class scores: the first spec output with a flat (K,) shape; for a network
-    that ends in softmax, the softmax's input (the class scores, not their probabilities)."""
-    for o in model.spec.outputs:
-        a = model.graph.nodes[o]
-        if len(a["out_shape"]) == 1 and not a.get("reduces_batch"):
-            src = a["inputs"][0] if a["type"] == "softmax" and len(a["inputs"]) == 1 else None
-            if src is not None and model.graph.nodes[src]["kind"] == "layer":
-                return src
-            return o
-    raise CnnGraphError(f"no output of {model.spec.name} gives class scores of shape (K,); "
-                        f"outputs: {', '.join(model.spec.outputs)}")
+    """The output that gives class scores: the first spec output with a flat (K,) shape, else the first
+    with per-pixel scores (K, H, W) (segmentation); for a network that ends in softmax, the softmax's
+    input (the class scores, not their probabilities)."""
+    for rank in (1, 3):
+        for o in model.spec.outputs:
+            a = model.graph.nodes[o]
+            if len(a["out_shape"]) == rank and not a.get("reduces_batch"):
+                src = a["inputs"][0] if a["type"] == "softmax" and len(a["inputs"]) == 1 else None
+                if src is not None and model.graph.nodes[src]["kind"] == "layer":
+                    return src
+                return o
+    raise CnnGraphError(f"no output of {model.spec.name} gives class scores of shape (K,) or per-pixel scores "
+                        f"(K, H, W); outputs: {', '.join(model.spec.outputs)}")
+
+
+def _class_seed(scores: np.ndarray, class_index: int | None, output: str) -> tuple[int, np.ndarray, int | None]:
+    """The class explained and the output gradient that selects it: its score, or for per-pixel scores
+    (segmentation) the sum of its scores over the pixels predicted as it (Seg-Grad-CAM, Vinogradova et
+    al. 2020; all pixels when none is). Returns (class, seed of shape (1, *scores.shape), pixels or None)."""
+    if scores.ndim == 3:
+        pred = scores.argmax(axis=0)
+        area = np.bincount(pred.ravel(), minlength=scores.shape[0])
+        if class_index is None:   # the largest predicted class other than class 0 (background), if any
+            k = int(np.argmax(area[1:]) + 1) if area[1:].any() else 0
+        else:
+            k = int(class_index)
+    else:
+        k = int(np.argmax(scores)) if class_index is None else int(class_index)
+    if not 0 <= k < scores.shape[0]:
+        raise CnnGraphError(f"--class {k} is out of range: the output '{output}' has {scores.shape[0]} classes")
+    seed = np.zeros((1,) + scores.shape, np.float32)
+    if scores.ndim == 3:
+        region = pred == k
+        seed[0, k] = region if region.any() else 1.0
+        return k, seed, int(region.sum())
+    seed[0, k] = 1.0
+    return k, seed, None
 
 
 def default_cam_layer(model, output: str) -> str:
@@ -222,12 +248,8 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
     outs = model.forward({name: x}, training=False, grad=True, outputs=[layer, output])
     scores = np.asarray(to_numpy(outs[output]))[0]
     acts = np.asarray(to_numpy(outs[layer]))[0]
-    k = int(np.argmax(scores)) if class_index is None else int(class_index)
-    if not 0 <= k < scores.shape[0]:
-        raise CnnGraphError(f"--class {k} is out of range: the output '{output}' has {scores.shape[0]} classes")
-    onehot = np.zeros((1,) + scores.shape, np.float32)
-    onehot[0, k] = 1.0
-    grads = model.backward({output: onehot}, input_grads=True, wrt=[layer])
+    k, seed, pixels = _class_seed(scores, class_index, output)
+    grads = model.backward({output: seed}, input_grads=True, wrt=[layer])
     g = np.asarray(to_numpy(grads[layer]))[0]                  # (C, h, w)
     weights = g.mean(axis=(1, 2))                              # global-average-pooled gradients
     cam = np.maximum((weights[:, None, None] * acts).sum(axis=0), 0.0)
@@ -236,8 +258,10 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
     up = up / up.max() if up.max() > 0 else up
     gx = np.abs(np.asarray(to_numpy(grads[name]))[0]).max(axis=0)
     sal = gx / gx.max() if gx.max() > 0 else gx
+    if pixels is not None:   # per-pixel scores: the headline compares classes by their mean score
+        scores = scores.reshape(scores.shape[0], -1).mean(axis=1)
     return {"cam": up, "raw_cam": cam, "class_index": k, "scores": scores, "layer": layer, "output": output,
-            "saliency": sal.astype(np.float32)}
+            "saliency": sal.astype(np.float32), "pixels": pixels}
 
 
 def saliency(model, x: np.ndarray, class_index: int | None = None, output: str | None = None) -> np.ndarray:
@@ -246,10 +270,8 @@ def saliency(model, x: np.ndarray, class_index: int | None = None, output: str |
     output = output or class_output(model)
     name = next(iter(model.spec.inputs))
     scores = np.asarray(to_numpy(model.forward({name: x}, training=False, grad=True, outputs=[output])[output]))[0]
-    k = int(np.argmax(scores)) if class_index is None else int(class_index)
-    onehot = np.zeros((1,) + scores.shape, np.float32)
-    onehot[0, k] = 1.0
-    gx = np.abs(np.asarray(to_numpy(model.backward({output: onehot})[name]))[0]).max(axis=0)
+    _, seed, _ = _class_seed(scores, class_index, output)
+    gx = np.abs(np.asarray(to_numpy(model.backward({output: seed})[name]))[0]).max(axis=0)
     return gx / gx.max() if gx.max() > 0 else gx
 
 
@@ -405,9 +427,14 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     return fig.canvas.get_width_height()
 
 
-def attribution_title(scores: np.ndarray, k: int, output: str, classes=None) -> str:
+def attribution_title(scores: np.ndarray, k: int, output: str, classes=None, pixels: int | None = None) -> str:
     """Headline of a Grad-CAM figure: the explained class, whether it is the predicted one, and
-    the prediction when another class was chosen (``--class``)."""
+    the prediction when another class was chosen (``--class``); for a segmentation output, the class
+    and the pixels predicted as it (``pixels``)."""
+    if pixels is not None:
+        name = str(classes[k]) if classes and k < len(classes) else str(k)
+        return (f"class {name} over the {pixels} pixels predicted as it ({output})" if pixels else
+                f"class {name} over all pixels ({output}; no pixel is predicted as it)")
     scores = np.asarray(scores, np.float64).reshape(-1)
     e = np.exp(scores - scores.max())
     p = e / e.sum()
@@ -440,7 +467,7 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
-    fig.suptitle(attribution_title(scores, k, result["output"], classes) + (f"\n{subtitle}" if subtitle else ""),
+    fig.suptitle(attribution_title(scores, k, result["output"], classes, result.get("pixels")) + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)
     fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)
     _save(fig, path)

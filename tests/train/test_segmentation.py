@@ -73,6 +73,15 @@ def test_augmented_masks_follow_their_images():
     np.testing.assert_array_equal(xa, turn(x, np.random.default_rng(1)))
 
 
+def test_pixels_from_outside_the_image_are_class_0_in_the_masks():
+    """Where most of a pixel comes from outside the image (zoomed out, turned corners), its class is 0, as
+    the image there is mostly the blank fill."""
+    x = np.ones((4, 1, 8, 8), np.float32)
+    for aug in ({"type": "random_scale", "min": 0.6, "max": 0.6}, {"type": "random_rotation", "degrees": 45}):
+        xa, ma = build_augmentations([aug], background=[0.0])(x, np.random.default_rng(3), np.ones((4, 8, 8), np.int64))
+        np.testing.assert_array_equal(ma, (xa[:, 0] > 0.5).astype(np.int64))
+
+
 def test_pixel_metrics_and_iou_by_hand():
     scores = np.zeros((1, 3, 2, 2))
     pred = np.array([[0, 1], [1, 2]])
@@ -87,7 +96,8 @@ def test_pixel_metrics_and_iou_by_hand():
     np.testing.assert_allclose(acc.per_class()["iou"], [1.0, 0.5, 0.5])
     assert res["val_mean_iou"] == pytest.approx(2 / 3)
     # a class neither present nor predicted has no IoU and does not count
-    assert precision_recall(np.diag([2, 0, 3]))["mean_iou"] == 1.0
+    report = precision_recall(np.diag([2, 0, 3]))
+    assert report["mean_iou"] == 1.0 and report["iou"] == [1.0, None, 1.0] and "iou[1]" in report["undefined"]
 
 
 def test_train_evaluate_predict_segmentation_from_the_cli(tmp_path, capsys):

@@ -250,3 +250,30 @@ def test_training_curves_and_confusion_pictures_have_content(tmp_path):
     assert a.shape[0] >= 300 and a.shape[1] >= 300
     dark = (a[..., 2] > 60) & (a[..., 0] < 40)     # the dark-blue diagonal cells
     assert dark.sum() > 1000
+
+
+def test_seg_gradcam_matches_torch_autograd_over_the_predicted_region():
+    """Segmentation (per-pixel scores): Grad-CAM of a class is the gradient of the sum of its scores over
+    the pixels predicted as it (Seg-Grad-CAM), computed here independently with torch autograd."""
+    torch = pytest.importorskip("torch")
+    model = cnngraph.compile({"inputs": {"image": {"shape": [1, 6, 6]}},
+                              "layers": [{"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                                         {"id": "a1", "type": "relu"},
+                                         {"id": "logits", "type": "conv2d", "out_channels": 3, "kernel_size": 1}],
+                              "outputs": ["logits"]}, seed=4, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((1, 1, 6, 6))
+    res = ex.gradcam(model, x, layer="a1")
+    F = torch.nn.functional
+    w = {k: torch.from_numpy(np.array(v)).requires_grad_() for k, v in model.params.items()}
+    a1 = F.relu(F.conv2d(torch.from_numpy(x), w["c1.weight"], w["c1.bias"], padding=1))
+    a1.retain_grad()
+    scores = F.conv2d(a1, w["logits.weight"], w["logits.bias"])
+    pred = scores.detach().numpy()[0].argmax(0)
+    area = np.bincount(pred.ravel(), minlength=3)
+    k = int(np.argmax(area[1:]) + 1) if area[1:].any() else 0
+    assert res["class_index"] == k and res["pixels"] == int((pred == k).sum()) > 0
+    (scores[0, k] * torch.from_numpy((pred == k).astype(np.float64))).sum().backward()
+    a, g = a1.detach().numpy()[0], a1.grad.numpy()[0]
+    ref = np.maximum((g.mean(axis=(1, 2))[:, None, None] * a).sum(axis=0), 0)
+    assert ref.max() > 0
+    np.testing.assert_allclose(res["raw_cam"], ref, rtol=1e-8, atol=1e-12)

@@ -90,6 +90,8 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     y = np.asarray(y)
     if mask_shape is not None and y.ndim == 4 and y.shape[1] == 1:
         y = y[:, 0]
+    elif mask_shape is not None and y.ndim == 4 and y.shape[3] == 1 and tuple(y.shape[1:3]) == tuple(mask_shape):
+        y = y[..., 0]    # channels-last masks, as images may be
     if y.ndim != 1 and not (mask_shape is not None and y.ndim == 3):
         masks = f" or masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per pixel)" if mask_shape else ""
         raise DataError(f"{what}: expected a 1-D vector of integer class labels{masks}, found shape "
@@ -110,7 +112,11 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or (n_classes is not None and hi >= n_classes):
             limit = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
-            raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]")
+            raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]{_void_hint(y)}")
+        if y.ndim == 3 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2:
+            raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks; cnngraph "
+                            f"trains on every pixel and has no ignore label: map them to a class first (e.g. "
+                            f"y[y == 255] = 0), or list every class in a 'classes' key if 255 is one")
     return y
 
 
@@ -137,6 +143,12 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
     i = np.arange(n)
     take = np.ceil((i + 1) * fraction - 1e-9) - np.ceil(i * fraction - 1e-9) > 0
     return order[~take], order[take]
+
+
+def _void_hint(y: np.ndarray) -> str:
+    if y.ndim == 3 and int(y.max()) == 255:
+        return " (255 is the 'void' label of VOC-style masks; cnngraph has no ignore label: map it to a class first)"
+    return ""
 
 
 def strata(y: np.ndarray) -> np.ndarray:
