@@ -18,7 +18,7 @@ def _cupy():
         import cupy
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise BackendError(
-            "device 'cuda' needs CuPy, which is not installed: pip install 'cnngraph[gpu]'"
+            "device 'cuda' needs CuPy, which is not installed: pip install 'cnngraph[gpu]' (in a source checkout: pip install -e '.[gpu]')"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()

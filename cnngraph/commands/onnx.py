@@ -23,6 +23,8 @@ def register(sub) -> None:
                    help="full shape (batch first) of an input with symbolic dimensions (repeatable)")
     p.add_argument("--check", action="store_true",
                    help="also run the model in ONNX Runtime and cnngraph on random input and compare")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load a plugin file or module first, for the ONNX ops its importers handle (repeatable)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export-onnx", help="export a spec with trained weights to ONNX")
@@ -66,11 +68,15 @@ def cmd_import(args) -> int:
         raise CnnGraphError(f"-o names the spec to write (.yaml, .yml or .json), found {args.output}")
     if Path(args.model).is_file() and Path(args.model).stat().st_size == 0:
         raise CnnGraphError(f"{args.model}: the file is empty; expected an ONNX model")
+    from ..registry import load_plugin_file
+    for plugin in args.plugin:
+        load_plugin_file(plugin)
     result = onnx_to_spec(args.model, _parse_shapes(args.input_shape))
     weights_path = out.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (f"Imported from {Path(args.model).name} by `cnngraph import-onnx`; weights: {weights_path.name}\n"
-              f"run: cnngraph run {out.name} --params {weights_path.name} --input x.npy")
+              f"run: cnngraph run {out.name} --params {weights_path.name} --input x.npy"
+              + "".join(f" --plugin {p}" for p in args.plugin))
     renamed = {k: v for k, v in {**result.input_names, **result.output_names}.items() if k != v}
     if renamed:
         header += "\nONNX names changed to valid ids: " + ", ".join(f"{k!r} → {v}" for k, v in renamed.items())

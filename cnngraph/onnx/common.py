@@ -19,7 +19,8 @@ def require_onnx():
     try:
         import onnx
     except ImportError:  # pragma: no cover - depends on the environment
-        raise OnnxError("ONNX support needs the onnx package: pip install 'cnngraph[onnx]'") from None
+        raise OnnxError("ONNX support needs the onnx package: pip install 'cnngraph[onnx]' (in a source checkout: "
+                        "pip install -e '.[onnx]')") from None
     return onnx
 
 

@@ -115,3 +115,53 @@ def test_a_plugin_cannot_replace_a_builtin_import():
     from cnngraph.onnx import import_ops
     with pytest.raises(PluginError, match=r"the import of ONNX op type 'Conv' already has"):
         import_ops.handles("Conv")(import_thresholded_relu)
+
+
+PLUGIN_FILE = '''
+import cnngraph
+from cnngraph.onnx.import_ops import handles
+
+
+class ThresholdedReluParams(cnngraph.OpParams):
+    alpha: float = 1.0
+
+
+class ThresholdedRelu(cnngraph.Op):
+    type = "cli_thresholded_relu"
+    Params = ThresholdedReluParams
+
+    def forward(self, ctx, inputs, params):
+        return inputs[0] * (inputs[0] > self.p.alpha)
+
+
+@cnngraph.hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(ThresholdedRelu)
+
+
+@handles("ThresholdedRelu")
+def import_thresholded_relu(imp, node, a):
+    return [imp.emit("cli_thresholded_relu", [imp.dyn_of(node.input[0])], {"alpha": a.get("alpha", 1.0)})]
+'''
+
+
+def test_import_onnx_cli_loads_plugin_files_for_their_importers(tmp_path, capsys):
+    from onnx import TensorProto, helper
+    from cnngraph.cli import main
+    from cnngraph.onnx import import_ops
+    graph = helper.make_graph(
+        [helper.make_node("ThresholdedRelu", ["x"], ["y"], name="act", alpha=0.25)], "thresholded_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])])
+    model = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    plugin = tmp_path / "thresholded.py"
+    plugin.write_text(PLUGIN_FILE)
+    try:
+        assert main(["import-onnx", str(model), "-o", str(tmp_path / "t.yaml"), "--plugin", str(plugin),
+                     "--check"]) == 0
+    finally:
+        import_ops.HANDLERS.pop("ThresholdedRelu", None)   # other tests import without the plugin
+    out = capsys.readouterr().out
+    assert "cli_thresholded_relu" in (tmp_path / "t.yaml").read_text() and "--plugin" in (tmp_path / "t.yaml").read_text()
+    assert "max" in out.lower()
