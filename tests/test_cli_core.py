@@ -24,6 +24,7 @@ def test_run_with_random_and_given_weights(tmp_path):
     model = cnngraph.compile("specs/lenet5.yaml", seed=0)
     np.testing.assert_allclose(y, model.forward(x)["logits"], rtol=1e-5)
     assert "logits: shape (3, 10)" in r.stdout
+    assert "warning: no weights given, so the layers have their random initial weights (seed 0)" in r.stderr
 
     model.params["logits.bias"] = np.arange(10, dtype=np.float32) * 100   # make argmax predictable
     np.savez(tmp_path / "w.npz", **model.params.numpy())

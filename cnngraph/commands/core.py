@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +101,12 @@ def cmd_run(args) -> int:
         if stats.get("mean") is not None:
             print(f"note: run feeds --input to the network as given; training normalised its inputs ((x - mean) / std, "
                   f"mean {stats['mean']}, std {stats['std']}): `cnngraph predict` applies that", file=sys.stderr)
+    elif model.trainable_names or model.buffer_names:
+        beside = Path(args.spec).with_suffix(".npz")
+        hint = (f"; {beside} lies beside the spec (import-onnx writes the weights there): pass --params {beside}"
+                if beside.is_file() else "; pass --params WEIGHTS (an .npz or a training run's folder)")
+        print(f"warning: no weights given, so the layers have their random initial weights (seed {args.seed}){hint}",
+              file=sys.stderr)
     if args.output and not args.output.endswith((".npy", ".npz")):
         raise CnnGraphError(f"--output {args.output}: expected a .npy file (or .npz, which also holds "
                             f"several outputs)")
