@@ -2,8 +2,9 @@
 
 Both paths lower the convolution to GEMM over im2col columns built from kh*kw shifted strided
 views of the padded input (one Python iteration per kernel offset, never per pixel/channel/sample).
-NumPy with groups == 1 uses the chunked, threaded path of ``_conv_fast``; everything else (CuPy,
-grouped/depthwise) the generic path below, which keeps the whole column buffer for backward.
+NumPy with groups == 1 uses the chunked, threaded path of ``_conv_fast``, NumPy depthwise convs (one
+input channel per group) the shifted multiply-adds of ``_depthwise``; everything else (CuPy, other
+grouped convs) the generic path below, which keeps the whole column buffer for backward.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..backend import xp_of
 from ._conv_fast import FastConv
+from ._depthwise import DepthwiseConv
 from ._parallel import run_parallel, split_chunks, workers_for
 from .pool import pool_output_size
 
@@ -35,6 +37,15 @@ class _ConvSaved:
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
+
+
+class _DepthwiseSaved:
+    """What the depthwise backward needs: its geometry, the padded input and w."""
+
+    __slots__ = ("conv", "xpad", "w", "dtypes")
+
+    def __init__(self, conv, xpad, w, dtypes):
+        self.conv, self.xpad, self.w, self.dtypes = conv, xpad, w, dtypes
 
 
 class _FastSaved:
@@ -117,6 +128,11 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False)
         else:
             y = fast.forward(x, w, b, relu)
         return y, (_FastSaved(fast, x, w, dtypes) if save else None)
+    if xp is np and groups == C and Cg == 1 and groups > 1:
+        conv = DepthwiseConv(x.shape, w.shape, stride, padding, dilation, out)
+        xpad = conv.pad(x)
+        y = conv.forward(xpad, w, b, relu)
+        return y, (_DepthwiseSaved(conv, xpad, w, dtypes) if save else None)
     y, saved = _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
     if relu:
         xp.maximum(y, 0, out=y)
@@ -160,6 +176,8 @@ def conv2d_backward(gy, saved, need_dx=True):
     if isinstance(saved, _FastSaved):
         gy = np.asarray(gy, dtype=saved.fast.dtype)
         dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx)
+    elif isinstance(saved, _DepthwiseSaved):
+        dx, dw, db = saved.conv.backward(np.asarray(gy, dtype=saved.xpad.dtype), saved.xpad, saved.w, need_dx)
     else:
         dx, dw, db = _generic_backward(gy, saved, need_dx)
     w_dtype, b_dtype = saved.dtypes

@@ -226,3 +226,31 @@ def test_threaded_backward_is_bit_for_bit_repeatable():
     for a, b_ in zip(results[1::2], results[3::2]):
         for u, v in zip(a, b_):
             np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("cfg", [(5, 4, 9, 7, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4, True),
+                                 (5, 3, 11, 10, 6, (3, 3), (2, 1), (2, 1, 0, 2), (2, 1), 3, True),
+                                 (5, 4, 9, 9, 4, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 4, False)],
+                         ids=["3x3", "x2-stride-dilation", "7x7"])
+def test_depthwise_path_matches_the_generic_path_in_any_chunking(cfg, threads, monkeypatch):
+    """Depthwise convs take the shifted multiply-add path, which keeps no column buffer; tiny chunks on one
+    or two threads give the generic path's numbers, and the weight gradient is the same bit for bit."""
+    from cnngraph.kernels import _depthwise, conv
+    monkeypatch.setattr(_depthwise, "_CHUNK_BYTES", 1)
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    monkeypatch.setattr(_depthwise, "workers_for", lambda flops, serial: int(threads))
+    x, w, b, stride, padding, dilation, groups = make(cfg, np.float64, seed=5)
+    y, saved = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
+    assert isinstance(saved, conv._DepthwiseSaved) and not hasattr(saved, "cols")
+    out = conv.conv_output_shape(x.shape, w.shape, stride, padding, dilation)
+    y_ref, s_ref = conv._generic_forward(x, w, b, stride, padding, dilation, groups, out, True)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    gy = np.random.default_rng(6).standard_normal(y.shape)
+    ours = conv2d_backward(gy, saved)
+    for a, ref in zip(ours, conv._generic_backward(gy, s_ref, True)):
+        if ref is not None:
+            np.testing.assert_allclose(a, ref, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(_depthwise, "workers_for", lambda flops, serial: 1)
+    y1, s1 = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
+    np.testing.assert_array_equal(conv2d_backward(gy, s1)[1], ours[1])     # same sum order on any threads
