@@ -142,7 +142,10 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         return torch.cat(t, dim=layer.get("axis", 1))
     reduction = layer.get("reduction", "mean")
     if typ == "cross_entropy":
-        return F.cross_entropy(t[0], t[1], label_smoothing=layer.get("label_smoothing", 0.0), reduction=reduction)
+        weight = layer.get("weight")
+        extra = {} if layer.get("ignore_index") is None else {"ignore_index": layer["ignore_index"]}
+        return F.cross_entropy(t[0], t[1], label_smoothing=layer.get("label_smoothing", 0.0), reduction=reduction,
+                               weight=None if weight is None else torch.tensor(weight, dtype=t[0].dtype), **extra)
     if typ == "binary_cross_entropy":
         return F.binary_cross_entropy_with_logits(t[0], t[1].reshape(t[0].shape), reduction=reduction)
     if typ == "mse":

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
@@ -37,13 +37,25 @@ class _Loss(Op):
 
 class CrossEntropyParams(LossParams):
     label_smoothing: float = Field(0.0, ge=0, le=1)
+    weight: Optional[list[float]] = Field(None, min_length=1, description="a weight per class (rare classes "
+                                          "count more); the mean divides by the targets' summed weights")
+    ignore_index: Optional[int] = Field(None, description="class targets of this value add nothing (void "
+                                        "pixels); the mean is over the others")
+
+    @field_validator("weight")
+    @classmethod
+    def _non_negative(cls, v):
+        if v is not None and any(not (w >= 0 and math.isfinite(w)) for w in v):
+            raise ValueError(f"every class weight must be a finite number >= 0, found {v}")
+        return v
 
 
 class CrossEntropy(_Loss):
     """Softmax cross-entropy of logits (N, C) against integer class targets (N,) or class
     probabilities (N, C), with label smoothing, as torch.nn.functional.cross_entropy; also per
     position, for segmentation: logits (N, C, d1, ...) against targets (N, d1, ...) or
-    probabilities (N, C, d1, ...), the mean taken over every position of every sample."""
+    probabilities (N, C, d1, ...), the mean taken over every position of every sample. ``weight`` and
+    ``ignore_index`` as torch: the mean divides by the summed weights of the counted class targets."""
 
     type = "cross_entropy"
     Params = CrossEntropyParams
@@ -58,6 +70,9 @@ class CrossEntropy(_Loss):
             ({"label_smoothing": 0.2}, [(3,), {"shape": (3,), "low": 0, "high": 1}]),
             ({}, [(3, 4, 5), {"shape": (4, 5), "dtype": "int64", "high": 3}]),
             ({"label_smoothing": 0.1}, [(3, 2, 4), {"shape": (3, 2, 4), "low": 0, "high": 1}]),
+            ({"weight": [0.5, 2.0, 1.0], "label_smoothing": 0.1, "ignore_index": 1},
+             [(3, 2, 3), {"shape": (2, 3), "dtype": "int64", "high": 3}]),
+            ({"weight": [1.0, 3.0, 0.5, 2.0]}, [(4,), {"shape": (4,), "low": 0, "high": 1}]),
         ]
 
     def infer_shape(self, in_shapes):
@@ -82,31 +97,53 @@ class CrossEntropy(_Loss):
         z = x - x.max(axis=1, keepdims=True)
         logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
         eps = x.dtype.type(self.p.label_smoothing)
+        w = None
+        if self.p.weight is not None:
+            if len(self.p.weight) != c:
+                raise ValueError(f"weight has {len(self.p.weight)} values but the logits have {c} classes")
+            w = xp.asarray(self.p.weight, dtype=x.dtype)
+        count = n
         if target.ndim == 1:
             t = target.astype(xp.int64, copy=False)
+            keep = None if self.p.ignore_index is None else t != self.p.ignore_index
+            if keep is not None:
+                t = xp.where(keep, t, 0)
             if n and (int(t.min()) < 0 or int(t.max()) >= c):
                 raise ValueError(f"class targets must lie in [0, {c}), found values in [{int(t.min())}, {int(t.max())}]")
             q = xp.zeros_like(x)
             q[xp.arange(n), t] = 1
+            if eps:
+                q = q * (1 - eps) + eps / c
+            if w is not None:   # torch: the target's weight on its term, each class's on the smoothing
+                q = q * w
+            row = (w[t] if w is not None else xp.ones(n, x.dtype))
+            if keep is not None:
+                q = q * keep[:, None]
+                row = row * keep
+            count = float(row.sum()) if (w is not None or keep is not None) else n
         else:
             q = target.astype(x.dtype, copy=False)
-        if eps:
-            q = q * (1 - eps) + eps / c
+            if eps:
+                q = q * (1 - eps) + eps / c
+            if w is not None:
+                q = q * w
         loss = -(q * logp).sum()
-        ctx.save(p=xp.exp(logp), q=q, n=n, logp=logp if target.ndim == 2 else None, tdtype=target.dtype,
-                 shape=shape)
-        return self._reduce(loss, n).astype(x.dtype)
+        ctx.save(p=xp.exp(logp), q=q, n=count, logp=logp if target.ndim == 2 else None, tdtype=target.dtype,
+                 shape=shape, w=w)
+        return self._reduce(loss, count).astype(x.dtype)
 
     def backward(self, ctx, gy):
         s = ctx.saved
         scale = self._scale(gy, s["n"], s["p"].dtype)
         dt = None
-        if s["logp"] is not None and ctx.need_grad(1):   # d/dq of -sum(q' logp), q' = q (1 - eps) + eps / c
-            dt = _unflatten((s["logp"] * (-(1 - self.p.label_smoothing) * scale)).astype(s["tdtype"], copy=False),
-                            s["shape"])
+        if s["logp"] is not None and ctx.need_grad(1):   # d/dq of -sum(w q' logp), q' = q (1 - eps) + eps / c
+            g = s["logp"] * (-(1 - self.p.label_smoothing) * scale)
+            if s["w"] is not None:
+                g = g * s["w"]
+            dt = _unflatten(g.astype(s["tdtype"], copy=False), s["shape"])
         p, q = s["p"], s["q"]
-        if s["logp"] is not None:   # probabilities need not sum to 1: d/dx = p * sum(q) - q
-            p = p * q.sum(axis=1, keepdims=True)
+        if s["logp"] is not None or s["w"] is not None or self.p.ignore_index is not None:
+            p = p * q.sum(axis=1, keepdims=True)   # the weights need not sum to 1: d/dx = p * sum(q) - q
         return [_unflatten((p - q) * scale, s["shape"]), dt], {}
 
 

@@ -111,6 +111,10 @@ CASES = {
     # per-pixel (segmentation) cross-entropy: logits (C, H, W) against masks (H, W) or probabilities
     "cross_entropy_pixels": ({"type": "cross_entropy", "label_smoothing": 0.1}, [(3, 4, 5), (4, 5)], {"x1": 3}, False),
     "cross_entropy_pixels_soft": ({"type": "cross_entropy"}, [(3, 2, 4), (3, 2, 4)], {}, False),
+    "cross_entropy_weighted": ({"type": "cross_entropy", "weight": [0.5, 2.0, 1.0, 3.0], "label_smoothing": 0.1},
+                               [(4,), ()], {"x1": 4}, False),
+    "cross_entropy_ignore": ({"type": "cross_entropy", "ignore_index": 2, "weight": [1.0, 0.5, 2.0]},
+                             [(3, 3, 4), (3, 4)], {"x1": 3}, False),
 }
 
 
@@ -285,3 +289,30 @@ def test_big_elementwise_passes_in_pieces_match_numpy(threads, monkeypatch):
     s = add.forward(Context(), [x, b], {}, relu=True)
     np.testing.assert_array_equal(s, np.maximum(x + b, 0))
     assert s is not x          # no overwrite allowed without the runner's say-so
+
+
+@pytest.mark.parametrize("params", [
+    {"weight": [0.5, 2.0, 1.0]}, {"ignore_index": 1}, {"weight": [0.5, 2.0, 1.0], "label_smoothing": 0.2},
+    {"weight": [0.5, 2.0, 1.0], "label_smoothing": 0.1, "ignore_index": 255},
+    {"weight": [0.5, 2.0, 1.0], "label_smoothing": 0.1, "ignore_index": 2, "reduction": "sum"}])
+def test_cross_entropy_class_weights_and_ignored_targets_match_torch(params):
+    """Per pixel, with a void label (255) that is no class: the value and both gradients as torch's."""
+    from cnngraph.op import Context
+    op_cls = cnngraph.get_registry().ops["cross_entropy"]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 5))
+    t = rng.integers(0, 3, (2, 4, 5))
+    t[0, 0, :3] = 255 if params.get("ignore_index") == 255 else t[0, 0, :3]
+    op = op_cls(op_cls.Params(**params))
+    ctx = Context(training=True, grad=True)
+    ctx.needs_input_grad = (True, False)
+    value = op.forward(ctx, [x, t], {})
+    (gx, _), _ = op.backward(ctx, 1.0)
+    tx = torch.tensor(x, requires_grad=True)
+    kw = {k: v for k, v in params.items() if k in ("ignore_index", "label_smoothing", "reduction")}
+    if "weight" in params:
+        kw["weight"] = torch.tensor(params["weight"], dtype=torch.float64)
+    ref = torch.nn.functional.cross_entropy(tx, torch.tensor(t), **kw)
+    ref.backward()
+    assert float(value) == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-10, atol=1e-14)

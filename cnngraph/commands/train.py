@@ -180,7 +180,7 @@ def cmd_evaluate(args) -> int:
     loss = prepare_loss(spec, ts, len(classes), y.shape[1:] if ds.dense else None)
     n_cls = max(len(classes), 2) if loss.units == 1 else len(classes)
     acc = evaluate_arrays(model, name, x, y, loss, args.batch_size, top_k=effective_top_k(ts.top_k, n_cls),
-                          num_classes=n_cls)
+                          num_classes=n_cls, ignore=getattr(ts.loss.params, "ignore_index", None))
     cm = acc.confusion()
     report = acc.per_class()
     result = json_safe({**acc.result(f"{args.split}_"), "samples": int(len(y)), "per_class": report,

@@ -249,8 +249,9 @@ class Compose:
     def __init__(self, steps: Sequence[Augmentation]):
         self.steps = list(steps)
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None):
-        planes = None if masks is None else _one_hot_planes(masks)
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None,
+                 ignore: int | None = None):
+        planes = None if masks is None else _one_hot_planes(masks, ignore)
         for i, step in enumerate(self.steps):
             if planes is not None and getattr(step, "geometric", True):
                 same_draws = copy.deepcopy(rng)
@@ -264,7 +265,12 @@ class Compose:
         x = np.asarray(x, dtype=np.float32)
         if masks is None:
             return x
-        return x, (masks.copy() if planes is None else np.asarray(planes).argmax(axis=1).astype(masks.dtype))
+        if planes is None:
+            return x, masks.copy()
+        moved = np.asarray(planes).argmax(axis=1).astype(masks.dtype)
+        if ignore is not None:   # the last plane is the void pixels'
+            moved[moved == planes.shape[1] - 1] = ignore
+        return x, moved
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -295,11 +301,18 @@ def _run_step(i: int, step, x, rng, what: str):
     return y
 
 
-def _one_hot_planes(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) class masks as (N, K, H, W) float32 planes, 1 where the pixel has class k."""
-    k = int(masks.max(initial=0)) + 1
+def _one_hot_planes(masks: np.ndarray, ignore: int | None = None) -> np.ndarray:
+    """(N, H, W) class masks as (N, K, H, W) float32 planes, 1 where the pixel has class k; with ``ignore``,
+    the void pixels get a last plane of their own."""
+    labels = masks.astype(np.int64)
+    if ignore is not None:
+        void = labels == ignore
+        k = int(labels[~void].max(initial=0)) + 2
+        labels = np.where(void, k - 1, labels)
+    else:
+        k = int(labels.max(initial=0)) + 1
     planes = np.zeros((masks.shape[0], k) + masks.shape[1:], np.float32)
-    np.put_along_axis(planes, masks[:, None].astype(np.int64), 1.0, axis=1)
+    np.put_along_axis(planes, labels[:, None], 1.0, axis=1)
     return planes
 
 

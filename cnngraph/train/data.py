@@ -97,6 +97,8 @@ class DataConfig(BaseModel):
     limit: int | None = Field(None, ge=1)
     # what y holds: class labels / masks, or values to regress (npz); auto: values when y has fractions
     targets: Literal["auto", "classes", "values"] = "auto"
+    # a mask value that is no class (void pixels); set by training from train.loss.ignore_index
+    ignore_label: int | None = None
     # a plugin dataset's own settings, passed through to its loader as ``cfg.options``
     options: dict[str, Any] = {}
 

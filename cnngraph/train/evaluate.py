@@ -15,11 +15,12 @@ __all__ = ["evaluate_arrays", "load_model"]
 
 
 def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: LossSetup, batch_size: int,
-                    top_k: int = 1, num_classes: int | None = None):
+                    top_k: int = 1, num_classes: int | None = None, ignore: int | None = None):
     """Inference-mode metrics of ``model`` on (x, y) in batches; returns the accumulator (a
     :class:`ValueAccumulator` when ``y`` holds values to regress)."""
     from ..op import Context
-    acc = ValueAccumulator() if y.dtype.kind == "f" else MetricAccumulator(top_k=top_k, num_classes=num_classes)
+    acc = ValueAccumulator() if y.dtype.kind == "f" else MetricAccumulator(top_k=top_k, num_classes=num_classes,
+                                                                           ignore=ignore)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]

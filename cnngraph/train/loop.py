@@ -138,6 +138,9 @@ class _Run:
 
         # --- data
         try:
+            self.ignore = getattr(self.ts.loss.params, "ignore_index", None)   # void mask pixels
+            if self.ignore is not None:
+                st.data = st.data.model_copy(update={"ignore_label": self.ignore})
             self.dataset = load_dataset(st.data, shape, seed=st.seed, base_dir=spec.base_dir)
         except DataError as exc:
             if not has_train and data is None:
@@ -280,7 +283,7 @@ class _Run:
             xb, yb = x[idx], y[idx]
             if len(self.augment):
                 if self.dataset.dense:    # masks move with their images
-                    xb, yb = self.augment(xb, self.rng, yb)
+                    xb, yb = self.augment(xb, self.rng, yb, ignore=self.ignore)
                 else:
                     xb = self.augment(xb, self.rng)
             rate = schedule_rate(self.schedule, st.lr, epoch, step, steps, st.epochs)
@@ -310,8 +313,9 @@ class _Run:
                 if not math.isfinite(norm):
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
             optimizer_step(self.optimizer, weights, grads, rate)
-            score = abs_error_per_sample if values else correct_per_sample
-            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), score(to_numpy(scores), yb))
+            s_np = to_numpy(scores)
+            score = abs_error_per_sample(s_np, yb) if values else correct_per_sample(s_np, yb, self.ignore)
+            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), score)
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
         train_seconds = time.perf_counter() - t_epoch
@@ -320,7 +324,8 @@ class _Run:
         if self.has_val:
             t = time.perf_counter()
             acc = evaluate_arrays(model, self.input_name, *self.dataset.val, loss, max(st.batch_size, 256),
-                                  top_k=self.top_k, num_classes=self._confusion_classes() if self.dataset.dense else None)
+                                  top_k=self.top_k, num_classes=self._confusion_classes() if self.dataset.dense else None,
+                                  ignore=self.ignore)
             row.update(acc.result("val_"))
             timer.add("validation", time.perf_counter() - t)
         else:
@@ -428,7 +433,8 @@ class _Run:
         ck = load_checkpoint(self.ckpt_dir / which)
         self.model.load_params(ck.arrays)
         acc = evaluate_arrays(self.model, self.input_name, *ds.test, self.loss, max(self.settings.batch_size, 256),
-                              top_k=self.top_k, num_classes=None if ds.values else self._confusion_classes())
+                              top_k=self.top_k, num_classes=None if ds.values else self._confusion_classes(),
+                              ignore=self.ignore)
         where = {"checkpoint": which, "epoch": int(ck.meta.get("epoch", 0))}
         if ds.values:
             return json_safe({**acc.result("test_"), **where})

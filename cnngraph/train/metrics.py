@@ -54,11 +54,17 @@ def predicted_classes(scores) -> np.ndarray:
     return s.argmax(axis=1).astype(np.int64)
 
 
-def correct_per_sample(scores, y) -> float:
-    """How many samples were classified right: for masks, each image counts its fraction of right pixels."""
+def correct_per_sample(scores, y, ignore: int | None = None) -> float:
+    """How many samples were classified right: for masks, each image counts its fraction of right pixels
+    (of those that are not void, ``ignore``)."""
     s = _scores(scores)
-    hits = predicted_classes(s) == _labels(y, s)
-    return float(hits.reshape(len(s), -1).mean(axis=1).sum()) if s.ndim > 2 else int(hits.sum())
+    y = _labels(y, s)
+    hits = predicted_classes(s) == y
+    if s.ndim <= 2:
+        return int(hits.sum())
+    counted = np.ones_like(hits) if ignore is None else y != ignore
+    per_image = hits.reshape(len(s), -1).sum(axis=1) / np.maximum(counted.reshape(len(s), -1).sum(axis=1), 1)
+    return float(per_image.sum())
 
 
 def accuracy(scores, y) -> float:
@@ -148,6 +154,7 @@ class MetricAccumulator:
     correct: int = 0
     top_k_correct: int = 0
     dense: bool = False      # masks seen
+    ignore: int | None = None   # the mask value of void pixels, left out of every metric
     _cm: np.ndarray | None = field(default=None, repr=False)
 
     def add(self, scores, y, loss_sum: float | None = None) -> None:
@@ -156,6 +163,9 @@ class MetricAccumulator:
         self.images += len(s)
         self.dense = self.dense or s.ndim > 2
         s, y = _per_position(s, y)
+        if self.ignore is not None:
+            keep = y != self.ignore
+            s, y = s[keep], y[keep]
         pred = predicted_classes(s)
         self.count += len(y)
         if loss_sum is not None:

@@ -167,3 +167,35 @@ def test_bundled_digit_pairs_are_fixed_and_consistent():
     assert (halves[0] > 0).all() and (halves[1] > 0).all()
     again = load_dataset(DataConfig(dataset="digits_segmentation", normalize="none"), (1, 8, 16))
     np.testing.assert_array_equal(again.test[1], y)
+
+
+def test_void_pixels_are_left_out_of_loss_metrics_and_move_with_augmentation(tmp_path, capsys):
+    """VOC-style masks mark void pixels (object borders) 255: with train.loss.ignore_index they load,
+    move with their images, and count in neither the loss nor any metric."""
+    x, y = squares(96)
+    border = (y > 0) & ~(np.roll(y > 0, 1, axis=1) & np.roll(y > 0, -1, axis=1))
+    y = np.where(border, 255, y)
+    np.savez(tmp_path / "seg.npz", x=x, y=y, x_test=x[:16], y_test=y[:16])
+    xa, ya = build_augmentations([{"type": "random_shift", "pixels": 2}])(x, np.random.default_rng(0), y, ignore=255)
+    shifted_void = build_augmentations([{"type": "random_shift", "pixels": 2}])(
+        (y == 255)[:, None].astype(np.float32), np.random.default_rng(0))
+    np.testing.assert_array_equal(ya == 255, shifted_void[:, 0] > 0.5)
+    assert set(np.unique(ya)) <= {0, 1, 2, 255}
+
+    spec = seg_spec(epochs=20, optimizer={"type": "adam", "lr": 0.03}, augment=[{"type": "horizontal_flip"}],
+                    loss={"type": "cross_entropy", "output": "logits", "ignore_index": 255})
+    (tmp_path / "seg.yaml").write_text(json.dumps(spec))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "seg.yaml"), "--out", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["classes"]) == 3 and np.asarray(metrics["confusion"]).sum() == int((y[:16] != 255).sum())
+    np.save(tmp_path / "xt.npy", x[:16])
+    assert main(["predict", str(tmp_path / "seg.yaml"), "--checkpoint", str(run), str(tmp_path / "xt.npy"),
+                 "--masks-out", str(tmp_path / "m")]) == 0
+    pred, truth = np.load(tmp_path / "m" / "masks.npy"), y[:16]
+    counted = truth != 255
+    assert metrics["test_accuracy"] == pytest.approx((pred == truth)[counted].mean())
+    capsys.readouterr()
+    np.savez(tmp_path / "bare.npz", x=x, y=y)       # without ignore_index: refused, with the way out named
+    with pytest.raises(DataError, match="set train.loss.ignore_index: 255"):
+        load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "bare.npz")), (1, 8, 8))

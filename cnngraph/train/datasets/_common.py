@@ -81,11 +81,12 @@ def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
-                 mask_shape: tuple[int, int] | None = None) -> np.ndarray:
+                 mask_shape: tuple[int, int] | None = None, ignore: int | None = None) -> np.ndarray:
     """Validate class labels (integral, ``n`` of them, in [0, n_classes)) and return them as int64.
 
     A label is one class per image: a 1-D vector. With ``mask_shape`` = (H, W) it may also be one
-    class per pixel (segmentation masks): (N, H, W), or (N, 1, H, W).
+    class per pixel (segmentation masks): (N, H, W), or (N, 1, H, W). Masks may also hold ``ignore``,
+    the value of void pixels, which is no class.
     """
     y = np.asarray(y)
     if mask_shape is not None and y.ndim == 4 and y.shape[1] == 1:
@@ -108,15 +109,16 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     if len(y) != n:
         raise DataError(f"{what}: expected {n} {'masks' if y.ndim == 3 else 'labels'} (one per image), found {len(y)}")
     y = y.astype(np.int64)
-    if len(y):
-        lo, hi = int(y.min()), int(y.max())
+    classes = y if ignore is None or y.ndim == 1 else y[y != ignore]
+    if classes.size:
+        lo, hi = int(classes.min()), int(classes.max())
         if lo < 0 or (n_classes is not None and hi >= n_classes):
             limit = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
             raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]{_void_hint(y)}")
-        if y.ndim == 3 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2:
-            raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks; cnngraph "
-                            f"trains on every pixel and has no ignore label: map them to a class first (e.g. "
-                            f"y[y == 255] = 0), or list every class in a 'classes' key if 255 is one")
+        if y.ndim == 3 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2 and ignore is None:
+            raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks: set "
+                            f"train.loss.ignore_index: 255 to leave them out of the loss and the metrics, or list "
+                            f"every class in a 'classes' key if 255 is one")
     return y
 
 
@@ -147,7 +149,7 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
 
 def _void_hint(y: np.ndarray) -> str:
     if y.ndim == 3 and int(y.max()) == 255:
-        return " (255 is the 'void' label of VOC-style masks; cnngraph has no ignore label: map it to a class first)"
+        return " (255 is the 'void' label of VOC-style masks: set train.loss.ignore_index: 255 to leave it out)"
     return ""
 
 

@@ -66,7 +66,7 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             y = check_values(arrays[ky], len(x), f"'{p}' key '{ky}'")
         else:
             y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'",
-                             mask_shape=tuple(input_shape[1:]))
+                             mask_shape=tuple(input_shape[1:]), ignore=cfg.ignore_label)
         splits[name] = (np.ascontiguousarray(x), y)
     if splits["train"][1].dtype.kind == "f":
         return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"), classes=[],
@@ -76,7 +76,8 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
         raise DataError(f"'{p}': the splits mix class labels and masks ({', '.join(f'{_PAIRS[k][1]}: {v}' for k, v in kinds.items())}); "
                         f"expected one kind for all")
     if classes is None:
-        n = max((int(y.max()) + 1 for _, y in splits.values() if len(y)), default=1)
+        n = max((int(_classes_in(y, cfg.ignore_label).max(initial=-1)) + 1 for _, y in splits.values() if len(y)),
+                default=1)
         classes = [str(i) for i in range(n)]
     return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                      classes=classes, source=f"npz:{p}")
@@ -88,3 +89,8 @@ def _as_values(targets: str, y: np.ndarray) -> bool:
         return targets == "values"
     y = np.asarray(y)
     return y.dtype.kind == "f" and bool(np.isfinite(y).all()) and not np.array_equal(y, np.round(y))
+
+
+def _classes_in(y: np.ndarray, ignore: int | None) -> np.ndarray:
+    """The labels that are classes: all but the ignored (void) value."""
+    return y if ignore is None else y[y != ignore]
