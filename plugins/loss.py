@@ -121,6 +121,8 @@ class CrossEntropy(_Loss):
                 q = q * keep[:, None]
                 row = row * keep
             count = float(row.sum()) if (w is not None or keep is not None) else n
+            if count == 0:   # every target ignored (or weighted 0): nothing to learn from, a loss of 0, not 0/0
+                count = 1.0
         else:
             q = target.astype(x.dtype, copy=False)
             if eps:

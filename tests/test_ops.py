@@ -316,3 +316,26 @@ def test_cross_entropy_class_weights_and_ignored_targets_match_torch(params):
     ref.backward()
     assert float(value) == pytest.approx(ref.item(), rel=1e-12)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_cross_entropy_with_every_target_ignored_is_zero_not_nan():
+    """A batch of void pixels only (or weights of 0) has nothing to learn from: loss and gradient 0."""
+    from cnngraph.op import Context
+    op_cls = cnngraph.get_registry().ops["cross_entropy"]
+    for params, t in (({"ignore_index": 255}, np.full((2, 3, 3), 255)), ({"weight": [0.0, 0.0, 0.0]}, np.zeros((2, 3, 3), int))):
+        op = op_cls(op_cls.Params(**params))
+        ctx = Context(training=True, grad=True)
+        ctx.needs_input_grad = (True, False)
+        value = op.forward(ctx, [np.random.default_rng(0).standard_normal((2, 3, 3, 3)), t], {})
+        (gx, _), _ = op.backward(ctx, 1.0)
+        assert float(value) == 0.0 and not gx.any()
+
+
+def test_a_class_weight_per_output_class_is_checked_before_training(tmp_path):
+    spec = {"name": "w", "inputs": {"image": {"shape": [1, 8, 8]}},
+            "layers": [{"id": "flat", "type": "flatten"}, {"id": "logits", "type": "dense", "out_features": 10}],
+            "outputs": ["logits"],
+            "train": {"data": {"dataset": "digits", "limit": 64}, "epochs": 1,
+                      "loss": {"type": "cross_entropy", "output": "logits", "weight": [1.0, 2.0]}}}
+    with pytest.raises(cnngraph.SpecError, match=r"weight has 2 values, but loss output 'logits' gives 10 classes"):
+        cnngraph.train(spec, out=tmp_path / "r", quiet=True)

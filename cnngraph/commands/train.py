@@ -194,7 +194,9 @@ def cmd_evaluate(args) -> int:
         result["confusion_png"] = _save_confusion(cm, classes, out_dir / "confusion.png", title)
         print(json.dumps(result, indent=2))
         return 0
-    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} images" + (f" ({y.size:,} pixels)" if ds.dense else ""),
+    ignore = getattr(ts.loss.params, "ignore_index", None)
+    pixels = int(y.size if ignore is None else (y != ignore).sum())
+    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} images" + (f" ({pixels:,} pixels scored)" if ds.dense else ""),
                    acc.result(f"{args.split}_"))
     print()
     print(format_per_class(report, classes, iou=ds.dense))
@@ -291,6 +293,10 @@ def cmd_predict(args) -> int:
     scores = np.concatenate([to_numpy(model.forward({name: x[i:i + 256]}, outputs=[output])[output])
                              for i in range(0, len(x), 256)])
     if loss_meta.get("target") == "values":
+        if args.masks_out:
+            raise CnnGraphError("--masks-out: this model regresses values, it predicts no class masks")
+        if loss_meta.get("type") == "binary_cross_entropy":   # trained on logits: report probabilities
+            scores = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
         return _predict_values(args, scores, labels)
     if scores.ndim == 4:
         return _predict_masks(args, scores, labels, stats, loss_meta.get("type") or (ts.loss.type if ts else None))

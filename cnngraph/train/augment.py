@@ -243,26 +243,30 @@ class Compose:
     """Apply augmentations in order; ``Compose([])`` returns its input unchanged.
 
     ``compose(x, rng)`` returns the augmented images; ``compose(x, rng, masks)`` returns
-    ``(images, masks)``, the (N, H, W) class masks moved by the same geometric steps.
+    ``(images, masks)``, the (N, H, W) class masks moved by the same geometric steps;
+    ``compose(x, rng, maps=y)`` returns ``(images, maps)``, (N, C, H, W) value maps (regression targets
+    such as a clean image or a depth map) moved by them too, resampled like the images, 0 outside.
     """
 
     def __init__(self, steps: Sequence[Augmentation]):
         self.steps = list(steps)
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None,
-                 ignore: int | None = None):
-        planes = None if masks is None else _one_hot_planes(masks, ignore)
+                 ignore: int | None = None, maps: np.ndarray | None = None):
+        planes = _one_hot_planes(masks, ignore) if masks is not None else maps
         for i, step in enumerate(self.steps):
             if planes is not None and getattr(step, "geometric", True):
                 same_draws = copy.deepcopy(rng)
                 x = _run_step(i, step, x, rng, "batch")
                 on_planes = copy.copy(step)
-                # outside the image is class 0: its plane is 1 there, every other plane 0
-                on_planes.background = [1.0] + [0.0] * (planes.shape[1] - 1)
-                planes = _run_step(i, on_planes, planes, same_draws, "masks' one-hot planes")
+                # outside the image: class 0 for masks (its plane 1, every other 0), value 0 for maps
+                on_planes.background = None if masks is None else [1.0] + [0.0] * (planes.shape[1] - 1)
+                planes = _run_step(i, on_planes, planes, same_draws, "targets" if masks is None else "masks' one-hot planes")
             else:
                 x = _run_step(i, step, x, rng, "batch")
         x = np.asarray(x, dtype=np.float32)
+        if maps is not None:
+            return x, np.asarray(planes, dtype=maps.dtype)
         if masks is None:
             return x
         if planes is None:

@@ -24,7 +24,8 @@ class EarlyStopping(BaseModel):
 
     @property
     def maximize(self) -> bool:
-        return self.mode == "max" or (self.mode == "auto" and "loss" not in self.metric)
+        # auto: errors (loss, mae, rmse) go down, scores (accuracy, IoU) go up
+        return self.mode == "max" or (self.mode == "auto" and not self.metric.endswith(("loss", "mae", "rmse")))
 
 
 class _TrainTop(BaseModel):

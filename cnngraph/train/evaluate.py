@@ -25,7 +25,8 @@ def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: 
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]
         value = loss.value(Context(training=False, grad=False), scores, loss.targets(yb, model.xp, model.dtype))
-        acc.add(to_numpy(scores), yb, loss.per_sample_sum(value, len(yb)))
+        s = to_numpy(loss.predictions(scores) if isinstance(acc, ValueAccumulator) else scores)
+        acc.add(s, yb, loss.per_sample_sum(value, len(yb)))
     return acc
 
 

@@ -157,6 +157,11 @@ class _Run:
                             f"least 2")
         self.loss = prepare_loss(spec, self.ts, ds.num_classes, ds.train[1].shape[1:] if ds.dense else None,
                                  value_shape=ds.train[1].shape[1:] if ds.values else None)
+        if ds.values and self.loss.op.type == "binary_cross_entropy":
+            lo, hi = float(ds.train[1].min()), float(ds.train[1].max())
+            if lo < 0 or hi > 1:
+                raise DataError(f"loss 'binary_cross_entropy' takes target values in [0, 1] (probabilities, multi-label "
+                                f"0/1); the dataset's values lie in [{lo:g}, {hi:g}]: use mse")
         if ds.num_classes and self.ts.top_k > max(ds.num_classes, 3):   # 3: the default, kept for 2 classes
             raise SpecError(spec.problem(f"top_k ({self.ts.top_k}) is more than the {ds.num_classes} classes of the "
                                          f"dataset; its top-k accuracy would always be 1", ("train", "top_k")))
@@ -174,7 +179,10 @@ class _Run:
         self.schedule = reg.schedules[self.ts.schedule.type](self.ts.schedule.params)
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
-        if ds.values and any(getattr(step, "geometric", True) for step in self.augment.steps) and not quiet:
+        # regression targets that are maps of the image's size (a clean image, a depth map) move with it
+        self.value_maps = ds.values and ds.train[1].ndim == 4 and ds.train[1].shape[2:] == ds.train[0].shape[2:]
+        if ds.values and not self.value_maps and not quiet and any(getattr(step, "geometric", True)
+                                                                   for step in self.augment.steps):
             print("note: augmentation moves the images, not the target values; use geometric augmentation only "
                   "when the values do not depend on where things are in the image", file=self.stream)
         self.rng = np.random.default_rng([st.seed, 1])
@@ -284,6 +292,8 @@ class _Run:
             if len(self.augment):
                 if self.dataset.dense:    # masks move with their images
                     xb, yb = self.augment(xb, self.rng, yb, ignore=self.ignore)
+                elif self.value_maps:     # so do value maps of the image's size
+                    xb, yb = self.augment(xb, self.rng, maps=yb)
                 else:
                     xb = self.augment(xb, self.rng)
             rate = schedule_rate(self.schedule, st.lr, epoch, step, steps, st.epochs)
@@ -314,7 +324,7 @@ class _Run:
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
             optimizer_step(self.optimizer, weights, grads, rate)
             s_np = to_numpy(scores)
-            score = abs_error_per_sample(s_np, yb) if values else correct_per_sample(s_np, yb, self.ignore)
+            score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
             progress.update(len(yb), loss.per_sample_sum(value, len(yb)), score)
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)

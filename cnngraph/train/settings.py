@@ -169,6 +169,14 @@ class LossSetup:
                                 f"{tuple(scores.shape)} and {targets.dtype} targets {tuple(targets.shape)}: "
                                 f"{type(exc).__name__}: {exc}") from exc
 
+    def predictions(self, scores):
+        """What the model predicts from the loss output: for binary_cross_entropy (on logits) the
+        probabilities, else the output itself (the regressed values)."""
+        if self.op.type == "binary_cross_entropy":
+            from ..plugins.activation import sigmoid
+            return sigmoid(scores)
+        return scores
+
     def per_sample_sum(self, value: float, n: int) -> float:
         """Sum over the batch's samples of the loss the op reported for it."""
         return value * n if self.reduction == "mean" else value
@@ -216,14 +224,21 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
         op.infer_shape([shape, target_shape])
     except ShapeError as exc:
         raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with '{encoding}' "
-                                     f"targets: {exc}", ("train", "loss"))) from None
+                                     f"targets: {exc} (if the data's y holds values to regress, set "
+                                     f"train.data.targets: values)", ("train", "loss"))) from None
+    weight = getattr(op.p, "weight", None)
+    if weight is not None and len(weight) != max(units, 2):
+        raise SpecError(spec.problem(f"weight has {len(weight)} values, but loss output '{output}' gives "
+                                     f"{units} classes; expected one weight per class", ("train", "loss", "weight")))
     if num_classes is not None and units != num_classes and not (units == 1 and num_classes == 2):
         what = ("channel" if units == 1 else "channels") if mask_shape else "units per sample"
         other = (f" (a single {'channel' if mask_shape else 'unit'} with {ts.loss.type} suits two classes; for "
                  f"{num_classes}, use cross_entropy)" if units == 1 and ts.loss.type != "cross_entropy" else "")
+        void = (f" (the masks hold values up to {num_classes - 1}; if that is a void label, set "
+                f"train.loss.ignore_index: {num_classes - 1})" if mask_shape and num_classes > units + 1 else "")
         raise TrainingError(f"loss output '{output}' has {units} {what} but the dataset has "
                             f"{num_classes} classes; expected {'out_channels' if mask_shape else 'out_features'}: "
-                            f"{num_classes}{other}"
+                            f"{num_classes}{other}{void}"
                             + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
     return LossSetup(op=op, output=output, encoding=encoding, units=units,
                      reduction=getattr(op.p, "reduction", "mean"), note=note, shape=shape)
@@ -237,9 +252,10 @@ def _value_loss(spec, ts, output: str, shape: tuple, value_shape: tuple, note) -
         raise TrainingError(f"the dataset's targets are values of shape {value_shape} per sample, so loss output "
                             f"'{output}' must give {math.prod(value_shape)} value(s); it has per-sample shape {shape}")
     op = get_registry().ops[ts.loss.type](ts.loss.params)
-    if type(op).index_targets and ts.loss.type == "cross_entropy" and len(shape) != 1:
-        raise TrainingError(f"loss '{ts.loss.type}' takes class scores; regress values with mse (or "
-                            f"binary_cross_entropy for targets in [0, 1])")
+    if type(op).index_targets:
+        raise TrainingError(f"the dataset's targets are values to regress, but loss '{ts.loss.type}' takes class "
+                            f"labels; use mse (or binary_cross_entropy for values in [0, 1]), or set "
+                            f"train.data.targets: classes if the values are class labels")
     try:
         op.infer_shape([shape, shape])
     except ShapeError as exc:

@@ -108,3 +108,48 @@ def _write(folder, s):
     path = folder / "s.json"
     path.write_text(json.dumps(s))
     return path
+
+
+def test_error_metrics_stop_early_downwards_and_bce_values_are_probabilities(folder, capsys):
+    """val_mae is an error: lower is better. A binary_cross_entropy regression (multi-label 0/1) reports
+    its metrics and predictions as probabilities, not logits."""
+    from cnngraph.train.config import EarlyStopping
+    assert not EarlyStopping(metric="val_mae").maximize and not EarlyStopping(metric="val_rmse").maximize
+    assert EarlyStopping(metric="val_mean_iou").maximize
+    x, _ = blobs(200)
+    labels = (x.reshape(200, -1).max(axis=1, keepdims=True) > np.array([[0.5, 0.8, 0.95]])).astype(np.float32)
+    np.savez(folder / "multi.npz", x=x, y=labels)
+    s = spec(loss={"type": "binary_cross_entropy", "output": "position"}, epochs=6,
+             data={"dataset": "npz", "path": "multi.npz", "targets": "values", "test_fraction": 0.2})
+    s["layers"][-1]["out_features"] = 3
+    run = folder / "multi"
+    assert main(["train", str(_write(folder, s)), "--out", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["test_mae"] <= 1                          # errors of probabilities, never of logits
+    np.save(folder / "one.npy", x[:2])
+    capsys.readouterr()
+    assert main(["predict", str(folder / "s.json"), "--checkpoint", str(run), str(folder / "one.npy"),
+                 "--format", "json"]) == 0
+    values = np.array([r["values"] for r in json.loads(capsys.readouterr().out)])
+    assert ((values >= 0) & (values <= 1)).all()
+
+
+def test_regression_losses_that_do_not_fit_the_values_are_refused(folder):
+    for loss, match in (("binary_cross_entropy", r"takes target values in \[0, 1\].*use mse"),
+                        ("cross_entropy", r"targets are values to regress, but loss 'cross_entropy' takes class labels")):
+        s = spec(loss={"type": loss, "output": "position"})
+        with pytest.raises((DataError, TrainingError), match=match):
+            x, y = blobs()
+            np.savez(folder / "wide.npz", x=x, y=y * 15)          # positions in pixels, beyond [0, 1]
+            s["train"]["data"]["path"] = "wide.npz"
+            cnngraph.train(cnngraph.load_spec(_write(folder, s)), out=folder / "r", quiet=True)
+
+
+def test_value_maps_move_with_geometric_augmentation():
+    """A regression target that is an image-sized map (denoising, depth) moves with its image."""
+    from cnngraph.train.augment import build_augmentations
+    rng = np.random.default_rng(1)
+    clean = rng.random((6, 1, 10, 10)).astype(np.float32)
+    aug = build_augmentations([{"type": "random_shift", "pixels": 2}, {"type": "horizontal_flip"}])
+    xa, ya = aug(clean.copy(), np.random.default_rng(4), maps=clean.copy())
+    np.testing.assert_array_equal(xa, ya)

@@ -96,7 +96,8 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     if y.ndim != 1 and not (mask_shape is not None and y.ndim == 3):
         masks = f" or masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per pixel)" if mask_shape else ""
         raise DataError(f"{what}: expected a 1-D vector of integer class labels{masks}, found shape "
-                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax)")
+                        f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax. Values to regress or "
+                        f"multi-label 0/1 targets: set train.data.targets: values)")
     if y.ndim == 3 and tuple(y.shape[1:]) != tuple(mask_shape):
         raise DataError(f"{what}: expected masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per "
                         f"pixel of the input image), found shape {fmt_shape(y.shape)}")
