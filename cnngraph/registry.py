@@ -87,7 +87,7 @@ class Registry:
         self.plugins: dict[str, str] = {}             # plugin name → where it came from
         self.skipped: dict[str, str] = {}             # installed plugin name → why it was not loaded
         # (table, name) → the installed plugins that all registered it: none of them is used
-        self.contested: dict[tuple[str, str], list[str]] = {}
+        self.contested: dict[tuple[str, str], dict[str, Any]] = {}   # ... → {plugin: what it registered}
         self.installing = False                       # registering an installed (entry-point) plugin
         self.current_plugin = "<runtime>"
 
@@ -99,13 +99,16 @@ class Registry:
                               f"attribute `type`)")
         entries = getattr(self, table)
         if (table, name) in self.contested:
-            self.contested[(table, name)].append(self.current_plugin)
+            if not self.installing:
+                raise PluginError(f"{kind} '{name}' is registered by installed plugins "
+                                  f"{', '.join(map(repr, self.contested[(table, name)]))} already; rename it")
+            self.contested[(table, name)][self.current_plugin] = value
             return
         if name in entries and self.installing and self.plugins.get(self.owner[(table, name)], "").startswith("entry point"):
             # Two installed packages claim one name: which would win is an accident of load order, so
             # neither does; each package keeps its other components, and a spec using the name is told.
-            self.contested[(table, name)] = [self.owner.pop((table, name)), self.current_plugin]
-            del entries[name]
+            self.contested[(table, name)] = {self.owner.pop((table, name)): entries.pop(name),
+                                             self.current_plugin: value}
             return
         if name in entries:
             first = self.owner[(table, name)]
@@ -163,7 +166,7 @@ class Registry:
 
     def contested_note(self, table: str, name: str) -> str | None:
         """Why ``name`` is missing when installed plugins registered it more than once, else None."""
-        owners = self.contested.get((table, name))
+        owners = list(self.contested.get((table, name)) or ())
         if not owners:
             return None
         listed = " and ".join(f"'{o}' ({self.plugins.get(o, 'installed')})" for o in owners)
@@ -271,6 +274,13 @@ class _Plugins:
             if owner == name:
                 getattr(reg, table).pop(entry, None)
                 del reg.owner[(table, entry)]
+        for key, claims in list(reg.contested.items()):   # a name it contested goes back to the one other claimant
+            claims.pop(name, None)
+            if len(claims) == 1:
+                (owner, value), = claims.items()
+                getattr(reg, key[0])[key[1]] = value
+                reg.owner[key] = owner
+                del reg.contested[key]
         reg.plugins.pop(name, None)
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)

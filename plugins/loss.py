@@ -124,6 +124,8 @@ class CrossEntropy(_Loss):
             if count == 0:   # every target ignored (or weighted 0): nothing to learn from, a loss of 0, not 0/0
                 count = 1.0
         else:
+            if self.p.ignore_index is not None:
+                raise ValueError("ignore_index applies to class targets, not to probabilities (as in PyTorch)")
             q = target.astype(x.dtype, copy=False)
             if eps:
                 q = q * (1 - eps) + eps / c

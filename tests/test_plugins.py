@@ -185,9 +185,42 @@ def test_two_installed_plugins_claiming_one_op_name_use_neither(tmp_path, monkey
     with pytest.raises(SpecError, match=r"op 'ep_swish' is registered by more than one installed plugin.*neither is "
                                         r"used. Uninstall one, or disable one with CNNGRAPH_DISABLE_PLUGINS="):
         cnngraph.load_spec(one_layer("ep_swish"))
+    class Late(cnngraph.Op):      # a plugin file loaded later may not take the name either
+        type = "ep_swish"
+    with pytest.raises(cnngraph.PluginError, match="'ep_swish' is registered by installed plugins"):
+        reg.current_plugin = "late.py"
+        try:
+            reg.add(Late)
+        finally:
+            reg.current_plugin = "<runtime>"
     monkeypatch.setenv("CNNGRAPH_DISABLE_PLUGINS", "eptwo_ep")
     registry._STATE = None
     assert registry.get_registry().ops["ep_swish"].plugin == "epone_ep"
+    capsys.readouterr()
+
+
+def test_a_skipped_plugin_gives_a_contested_name_back(tmp_path, monkeypatch, fresh, capsys):
+    """The second claimant fails after claiming the name: it is skipped, so the first one keeps it."""
+    good = """
+        import cnngraph
+
+        class Swish(cnngraph.Op):
+            type = "ep_keep"
+            def forward(self, ctx, inputs, params):
+                return inputs[0]
+
+        @cnngraph.hookimpl
+        def cnngraph_register_ops(registry):
+            registry.add(Swish)
+    """
+    broken = good.replace("registry.add(Swish)", "registry.add(Swish)\n            raise RuntimeError('late failure')")
+    for name, body in (("epgood", good), ("epbad", broken)):
+        (tmp_path / name).mkdir()
+        make_dist(tmp_path / name, name, body)
+        monkeypatch.syspath_prepend(str(tmp_path / name))
+    registry._STATE = None
+    reg = registry.get_registry()
+    assert "epbad_ep" in reg.skipped and reg.ops["ep_keep"].plugin == "epgood_ep" and not reg.contested
     capsys.readouterr()
 
 

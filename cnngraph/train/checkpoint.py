@@ -70,8 +70,12 @@ class Checkpoint:
 # --- saving --------------------------------------------------------------------------
 
 def _file_mode() -> int:
-    umask = os.umask(0o022)   # read it (no other way) and put it back
-    os.umask(umask)
+    try:   # Linux says it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -206,8 +210,11 @@ def _atomic_write(directory: Path, tag: str, final: str | None, write) -> Path:
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{tag}-", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
+    try:   # mkstemp makes it private (0600); a checkpoint is as shareable as any file (where modes exist)
+        os.fchmod(fd, FILE_MODE)
+    except (OSError, AttributeError):
+        pass
     try:
-        os.chmod(tmp, FILE_MODE)   # mkstemp makes it private (0600); a checkpoint is as shareable as any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

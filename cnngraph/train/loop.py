@@ -365,6 +365,9 @@ class _Run:
         if busy is not None:
             raise TrainingError(f"{self.out} is in use by another training run ({busy}); wait for it to finish or "
                                 f"choose another --out")
+        if lock.unlocked_why and not self.quiet:
+            print(f"note: {lock.unlocked_why}; this run is not protected from a second run into the same folder",
+                  file=self.stream)
         try:
             if self.copy_best_from is not None:   # resumed into another folder: it starts with the previous best
                 copy_checkpoint(self.copy_best_from, self.ckpt_dir / "best")

@@ -59,10 +59,10 @@ def correct_per_sample(scores, y, ignore: int | None = None) -> float:
     (of those that are not void, ``ignore``)."""
     s = _scores(scores)
     y = _labels(y, s)
-    hits = predicted_classes(s) == y
-    if s.ndim <= 2:
-        return int(hits.sum())
-    counted = np.ones_like(hits) if ignore is None else y != ignore
+    counted = np.ones(y.shape, bool) if ignore is None else y != ignore
+    hits = (predicted_classes(s) == y) & counted
+    if s.ndim <= 2:   # scaled so that dividing by the batch size gives the accuracy of the counted samples
+        return int(hits.sum()) if ignore is None else float(hits.sum() * len(y) / max(int(counted.sum()), 1))
     per_image = hits.reshape(len(s), -1).sum(axis=1) / np.maximum(counted.reshape(len(s), -1).sum(axis=1), 1)
     return float(per_image.sum())
 

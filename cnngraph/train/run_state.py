@@ -220,7 +220,13 @@ def resume_settings(meta: dict, spec) -> dict:
 
 def resume_changes(saved: dict, st) -> list[str]:
     """The settings of a resumed run that differ from the checkpoint's (epochs has its own note)."""
+    from .data import DataConfig
     now = st.to_json()
+    if isinstance(saved.get("data"), dict):   # an older checkpoint lacks keys added since: compare with defaults
+        try:
+            saved = {**saved, "data": DataConfig.model_validate(saved["data"]).model_dump(mode="json")}
+        except Exception:  # noqa: BLE001 - unreadable: reported as changed, below
+            pass
     return [f"{k} {now[k]!r} (was {saved[k]!r})" for k in ("batch_size", "lr", "seed", "data")
             if k in saved and saved[k] != now[k]]
 

@@ -6,6 +6,7 @@ not locked.
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -19,12 +20,17 @@ __all__ = ["RunLock", "holder"]
 LOCK_FILE = ".lock"
 
 
-def _try_lock(f) -> bool:
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _try_lock(f) -> bool | None:
+    """True: locked now; False: another process holds it; None: this filesystem cannot lock (NFS
+    without locking, some FUSE/SMB mounts), so runs there go unlocked."""
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:
-        return False
+    except OSError as exc:
+        return False if exc.errno in _HELD else None
 
 
 def holder(folder: Path) -> str | None:
@@ -33,9 +39,9 @@ def holder(folder: Path) -> str | None:
     if fcntl is None or not path.is_file():
         return None
     try:
-        with open(path, "r+") as f:
-            if _try_lock(f):
-                return None     # closing the file drops the lock again
+        with open(path, "r") as f:     # read-only: the lock file may belong to another user
+            if _try_lock(f) is not False:
+                return None            # closing the file drops the lock again
             pid = f.read().strip()
     except OSError:
         return None
@@ -48,18 +54,28 @@ class RunLock:
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_FILE
         self._file = None
+        self.unlocked_why: str | None = None   # set when the filesystem cannot lock
 
     def acquire(self) -> str | None:
         if fcntl is None:
             return None
-        f = open(self.path, "a+")
-        if not _try_lock(f):
+        try:
+            f = open(self.path, "a+")
+        except PermissionError:          # another user's lock file: flock works on a read-only file too
+            f = open(self.path, "r")
+        got = _try_lock(f)
+        if got is False:
             f.close()
             return holder(self.path.parent) or "another process"
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        if got is None:
+            f.close()
+            self.unlocked_why = f"{self.path.parent}'s filesystem does not support file locks"
+            return None
+        if f.writable():
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
         self._file = f
         return None
 

@@ -89,3 +89,13 @@ def test_text_tables():
     assert "cat" in text.splitlines()[1] and text.splitlines()[1].split()[-2:] == ["3", "1"]
     table = format_per_class(precision_recall(cm), ["cat", "dog"])
     assert "macro" in table and "0.7500" in table   # recall of cat = 3/4
+
+
+def test_correct_per_sample_leaves_out_ignored_targets_even_when_the_value_is_a_class():
+    from cnngraph.train.metrics import correct_per_sample
+    scores = np.zeros((1, 2, 2, 2))
+    scores[0, 1] = 1.0                                   # every pixel predicted as class 1
+    y = np.array([[[1, 1], [1, 0]]])
+    assert correct_per_sample(scores, y, ignore=1) == 0.0     # the one counted pixel (class 0) is wrong
+    assert correct_per_sample(scores, y) == 0.75
+    assert correct_per_sample(np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 9, 0]), ignore=9) == pytest.approx(4 * 2 / 3)

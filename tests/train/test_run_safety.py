@@ -155,3 +155,45 @@ def test_one_class_and_empty_inputs_are_refused_clearly(tmp_path, capsys):
     spec_file.write_text(json.dumps(spec()))
     assert main(["predict", str(spec_file), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "empty.npy")]) == 1
     assert "holds no images (shape (0, 1, 8, 8)); expected at least one" in capsys.readouterr().err
+
+
+def test_the_lock_on_filesystems_without_locks_and_on_another_users_lock_file(tmp_path, monkeypatch):
+    import errno as errno_mod
+    import fcntl
+    from cnngraph.train import runlock
+    lock = RunLock(tmp_path)
+    assert lock.acquire() is None
+    try:   # held: a second opener (read-only, as for another user's file) sees the holder
+        assert runlock.holder(tmp_path) == f"PID {os.getpid()}"
+    finally:
+        lock.release()
+    real = fcntl.flock
+
+    def no_locks(fd, op):
+        raise OSError(errno_mod.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = RunLock(tmp_path)
+    assert lock.acquire() is None and "does not support file locks" in lock.unlocked_why
+    assert runlock.holder(tmp_path) is None
+    monkeypatch.setattr(fcntl, "flock", real)
+
+
+def test_a_checkpoint_is_saved_where_modes_cannot_be_set(tmp_path, monkeypatch):
+    """FAT/exFAT refuse chmod: the checkpoint is still written, and no file descriptor leaks."""
+    def refuse(fd, mode):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(ckpt_mod.os, "fchmod", refuse)
+    ckpt_mod.save_checkpoint(tmp_path / "c", {"w": np.ones(3, np.float32)}, {"epoch": 1})
+    assert ckpt_mod.load_checkpoint(tmp_path / "c").meta["epoch"] == 1
+
+
+def test_resuming_an_older_checkpoint_without_the_newer_data_keys_is_not_called_changed(tmp_path):
+    train(tmp_path, "run")
+    path = tmp_path / "run" / "checkpoint" / "last" / "meta.json"
+    record = json.loads(path.read_text())
+    for key in ("targets", "ignore_label", "options"):
+        record["meta"]["settings"]["data"].pop(key, None)
+    path.write_text(json.dumps(record))
+    log = io.StringIO()
+    train(tmp_path, "run", resume=tmp_path / "run", epochs=3, stream=log)
+    assert "not bit-for-bit" not in log.getvalue()
