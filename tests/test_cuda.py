@@ -122,6 +122,34 @@ def test_gpu_and_cpu_training_agree(tmp_path):
         assert err <= 1e-3 * max(float(np.abs(to_numpy(p)).max()), 1e-6), f"{name}: {err:.3g}"
 
 
+@pytest.mark.parametrize("kind", ["segmentation", "regression"])
+def test_segmentation_and_regression_training_on_gpu_agree_with_cpu(tmp_path, kind):
+    """Per-pixel cross-entropy with class weights and void pixels, and an mse regression, on both devices."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 1, 8, 8)).astype(np.float32)
+    if kind == "segmentation":
+        y = (x[:, 0] > 0.5).astype(np.int64) + (x[:, 0] > 0.8)
+        y[:, 0, 0] = 255
+        out, loss = 3, {"type": "cross_entropy", "output": "logits", "weight": [0.5, 1.0, 2.0], "ignore_index": 255}
+        layers = [{"id": "c", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                  {"id": "a", "type": "relu"}, {"id": "logits", "type": "conv2d", "out_channels": out, "kernel_size": 1}]
+    else:
+        y = x.mean(axis=(1, 2, 3))[:, None] + np.float32(0.01) * rng.random((64, 1), np.float32)
+        loss = {"type": "mse", "output": "logits"}
+        layers = [{"id": "flat", "type": "flatten"}, {"id": "h", "type": "dense", "out_features": 8},
+                  {"id": "a", "type": "relu"}, {"id": "logits", "type": "dense", "out_features": 1}]
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    spec = {"name": kind, "inputs": {"image": {"shape": [1, 8, 8]}}, "layers": layers, "outputs": ["logits"],
+            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "d.npz"), "test_fraction": 0.25},
+                      "loss": loss, "optimizer": {"type": "adam", "lr": 0.01}, "batch_size": 16, "epochs": 2}}
+    tests = {}
+    for device in ("cpu", "cuda"):
+        tests[device] = cnngraph.train(spec, device=device, out=tmp_path / device, quiet=True).test
+    key = "test_mean_iou" if kind == "segmentation" else "test_mae"
+    assert tests["cuda"][key] == pytest.approx(tests["cpu"][key], rel=1e-3, abs=1e-4), tests
+    assert tests["cuda"]["test_loss"] == pytest.approx(tests["cpu"]["test_loss"], rel=1e-3)
+
+
 def test_cli_train_and_run_on_cuda(tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "cnngraph.cli", "train", "specs/digits_cnn.yaml", "--device", "cuda",
