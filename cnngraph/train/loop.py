@@ -325,11 +325,12 @@ class _Run:
             optimizer_step(self.optimizer, weights, grads, rate)
             s_np = to_numpy(scores)
             score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
-            progress.update(len(yb), loss.per_sample_sum(value, len(yb)), score)
+            total, weight = loss.batch_loss(value, yb)
+            progress.update(len(yb), total, score, loss_weight=weight)
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
         train_seconds = time.perf_counter() - t_epoch
-        row = {"epoch": epoch + 1, "lr": rate, "train_loss": progress.loss_sum / progress.images,
+        row = {"epoch": epoch + 1, "lr": rate, "train_loss": progress.loss,
                ("train_mae" if values else "train_accuracy"): progress.correct / progress.images}
         if self.has_val:
             t = time.perf_counter()

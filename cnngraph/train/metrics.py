@@ -151,16 +151,18 @@ class MetricAccumulator:
     count: int = 0           # predictions: images, or pixels for masks
     images: int = 0
     loss_sum: float = 0.0
+    loss_weight: float = 0.0    # what loss_sum counts: images, or a weighted loss's summed weights
     correct: int = 0
     top_k_correct: int = 0
     dense: bool = False      # masks seen
     ignore: int | None = None   # the mask value of void pixels, left out of every metric
     _cm: np.ndarray | None = field(default=None, repr=False)
 
-    def add(self, scores, y, loss_sum: float | None = None) -> None:
+    def add(self, scores, y, loss_sum: float | None = None, loss_weight: float | None = None) -> None:
         s = _scores(scores)
         y = _labels(y, s)
         self.images += len(s)
+        self.loss_weight += len(s) if loss_weight is None else loss_weight
         self.dense = self.dense or s.ndim > 2
         s, y = _per_position(s, y)
         if self.ignore is not None:
@@ -179,7 +181,7 @@ class MetricAccumulator:
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / self.images if self.images else float("nan")
+        return self.loss_sum / self.loss_weight if self.loss_weight else float("nan")
 
     @property
     def accuracy(self) -> float:

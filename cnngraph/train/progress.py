@@ -55,12 +55,18 @@ class EpochProgress:
         self.step = 0
         self.images = 0
         self.loss_sum = 0.0
+        self.loss_weight = 0.0   # what loss_sum counts: images, or a weighted loss's summed weights
         self.correct = 0
 
-    def update(self, images: int, loss_sum: float, correct: int) -> None:
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.loss_weight if self.loss_weight else float("nan")
+
+    def update(self, images: int, loss_sum: float, correct: int, loss_weight: float | None = None) -> None:
         self.step += 1
         self.images += images
         self.loss_sum += loss_sum
+        self.loss_weight += images if loss_weight is None else loss_weight
         self.correct += correct
         if not self.tty:
             return
@@ -72,7 +78,7 @@ class EpochProgress:
         bar = "#" * int(frac * 24)
         rate = self.images / max(now - self.start, 1e-9)
         text = (f"epoch {self.epoch}/{self.epochs} [{bar:<24}] {self.step}/{self.steps}  "
-                f"loss {self.loss_sum / max(self.images, 1):.4f} {self.metric} {self.correct / max(self.images, 1):.4f}  "
+                f"loss {self.loss:.4f} {self.metric} {self.correct / max(self.images, 1):.4f}  "
                 f"{rate:,.0f} img/s")
         self._write("\r" + text.ljust(self._width))
         self._width = len(text)

@@ -177,6 +177,20 @@ class LossSetup:
             return sigmoid(scores)
         return scores
 
+    def batch_loss(self, value: float, y: np.ndarray) -> tuple[float, float]:
+        """(the batch's loss total, what it counts) to accumulate across batches, for labels ``y``: a
+        cross_entropy mean over class targets with weights or ignored targets divides by the targets' summed
+        weights, so that is its count; any other loss counts the images. Summed totals over summed counts
+        then equal the loss of the whole set, as one call over all of it would give."""
+        y = np.asarray(y)
+        p = self.op.p
+        weight, ignore = getattr(p, "weight", None), getattr(p, "ignore_index", None)
+        if self.reduction != "mean" or (weight is None and ignore is None) or y.dtype.kind not in "iu":
+            return self.per_sample_sum(value, len(y)), float(len(y))
+        t = y if ignore is None else y[y != ignore]
+        count = float(len(t.ravel()) if weight is None else np.asarray(weight, np.float64)[t.ravel()].sum())
+        return value * count, count
+
     def per_sample_sum(self, value: float, n: int) -> float:
         """Sum over the batch's samples of the loss the op reported for it."""
         return value * n if self.reduction == "mean" else value

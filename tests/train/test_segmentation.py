@@ -199,3 +199,25 @@ def test_void_pixels_are_left_out_of_loss_metrics_and_move_with_augmentation(tmp
     np.savez(tmp_path / "bare.npz", x=x, y=y)       # without ignore_index: refused, with the way out named
     with pytest.raises(DataError, match="set train.loss.ignore_index: 255"):
         load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "bare.npz")), (1, 8, 8))
+
+
+def test_the_loss_over_many_batches_is_torchs_loss_over_the_whole_set_with_weights_and_void():
+    """Batches are weighed by their summed class weights (void pixels count 0), as one call would."""
+    torch = pytest.importorskip("torch")
+    from cnngraph.train.evaluate import evaluate_arrays
+    from cnngraph.train.settings import prepare_loss
+    rng = np.random.default_rng(0)
+    spec = {"name": "w", "inputs": {"image": {"shape": [1, 4, 4]}},
+            "layers": [{"id": "logits", "type": "conv2d", "out_channels": 3, "kernel_size": 1}], "outputs": ["logits"],
+            "train": {"loss": {"type": "cross_entropy", "output": "logits", "weight": [0.5, 2.0, 1.0],
+                               "ignore_index": 255, "label_smoothing": 0.1}}}
+    model = cnngraph.compile(spec, dtype="float64")
+    x = rng.standard_normal((50, 1, 4, 4))
+    y = rng.integers(0, 3, (50, 4, 4))
+    y[:20, :2] = 255                                   # the first batches hold most of the void pixels
+    loss = prepare_loss(model.spec, model.spec.train, 3, (4, 4))
+    acc = evaluate_arrays(model, "image", x, y, loss, 7, num_classes=3, ignore=255)
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(np.asarray(model.forward({"image": x})["logits"])),
+                                            torch.from_numpy(y), weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64),
+                                            ignore_index=255, label_smoothing=0.1)
+    assert acc.loss == pytest.approx(ref.item(), rel=1e-12)
