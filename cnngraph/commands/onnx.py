@@ -157,6 +157,7 @@ def cmd_export(args) -> int:
     if "cnngraph.dataset" in meta and not args.include_normalization:
         ds = json.loads(meta["cnngraph.dataset"])
         print(f"note: the model takes normalised inputs, (x - mean) / std per channel with mean {ds.get('mean')} and "
-              f"std {ds.get('std')} (stored in its metadata as cnngraph.dataset, with the class names); "
+              f"std {ds.get('std')} (stored in its metadata as cnngraph.dataset"
+              f"{', with the class names' if ds.get('classes') else ''}); "
               f"--include-normalization builds this into the graph")
     return 0
