@@ -111,10 +111,15 @@ def cmd_explain(args) -> int:
     subtitle = f"{spec.name} · {Path(args.image).name} · {weights.source} · {prep.note}"
     if args.gradcam:
         res = ex.gradcam(model, x, args.layer, args.class_index)
+        res["regression"] = ((weights.meta or {}).get("loss") or {}).get("target") == "values"
         size = ex.plot_attribution(raw[0], res, out, prep.scale, prep.classes, subtitle)
         k = res["class_index"]
         pred = int(res["scores"].reshape(-1).argmax())
         label = (lambda i: prep.classes[i] if prep.classes and i < len(prep.classes) else i)
+        if res["regression"]:   # a regression: the output value explained, not a class
+            print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for output value {k} "
+                  f"(= {float(res['scores'].reshape(-1)[k]):.4g}; --class picks another)")
+            return 0
         if res.get("pixels") is not None:   # segmentation: a class is explained over its predicted pixels
             how = f"over its {res['pixels']} predicted pixels"
         else:

@@ -467,7 +467,9 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
-    fig.suptitle(attribution_title(scores, k, result["output"], classes, result.get("pixels")) + (f"\n{subtitle}" if subtitle else ""),
+    title = (f"output value {k} = {float(np.asarray(scores).reshape(-1)[k]):.4g} ({result['output']})"
+             if result.get("regression") else attribution_title(scores, k, result["output"], classes, result.get("pixels")))
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)
     fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)
     _save(fig, path)

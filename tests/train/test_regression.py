@@ -91,6 +91,11 @@ def test_train_evaluate_predict_a_regression(folder, capsys):
     out = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose([r["values"] for r in out], pred[:3], rtol=1e-5, atol=1e-6)
 
+    np.save(folder / "one.npy", x[:1])
+    assert main(["explain", str(folder / "blob.json"), "--checkpoint", str(run), "--image", str(folder / "one.npy"),
+                 "--gradcam", "--class", "1", "-o", str(folder / "cam.png")]) == 0
+    assert f"for output value 1 (= {pred[0, 1]:.4g}" in capsys.readouterr().out
+
 
 def test_a_regression_setup_that_cannot_work_is_named(folder):
     wrong = spec()
