@@ -48,7 +48,7 @@ from .checkpoint import (META_FILE, CheckpointWriter, copy_checkpoint, load_chec
                          run_folder)
 from .evaluate import evaluate_arrays, load_model
 from .guards import optimizer_step, schedule_rate
-from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe
+from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe, scored_per_batch
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
 from .runlock import RunLock, holder
@@ -180,7 +180,7 @@ class _Run:
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
         # regression targets that are maps of the image's size (a clean image, a depth map) move with it
-        self.value_maps = ds.values and ds.train[1].ndim == 4 and ds.train[1].shape[2:] == ds.train[0].shape[2:]
+        self.value_maps = ds.values and ds.train[1].ndim in (3, 4) and ds.train[1].shape[-2:] == ds.train[0].shape[2:]
         if ds.values and not self.value_maps and not quiet and any(getattr(step, "geometric", True)
                                                                    for step in self.augment.steps):
             print("note: augmentation moves the images, not the target values; use geometric augmentation only "
@@ -293,7 +293,9 @@ class _Run:
                 if self.dataset.dense:    # masks move with their images
                     xb, yb = self.augment(xb, self.rng, yb, ignore=self.ignore)
                 elif self.value_maps:     # so do value maps of the image's size
-                    xb, yb = self.augment(xb, self.rng, maps=yb)
+                    maps = yb if yb.ndim == 4 else yb[:, None]
+                    xb, maps = self.augment(xb, self.rng, maps=maps)
+                    yb = maps if yb.ndim == 4 else maps[:, 0]
                 else:
                     xb = self.augment(xb, self.rng)
             rate = schedule_rate(self.schedule, st.lr, epoch, step, steps, st.epochs)
@@ -326,12 +328,13 @@ class _Run:
             s_np = to_numpy(scores)
             score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
             total, weight = loss.batch_loss(value, yb)
-            progress.update(len(yb), total, score, loss_weight=weight)
+            progress.update(len(yb), total, score, loss_weight=weight,
+                            scored=len(yb) if values else scored_per_batch(yb, self.ignore))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
         train_seconds = time.perf_counter() - t_epoch
         row = {"epoch": epoch + 1, "lr": rate, "train_loss": progress.loss,
-               ("train_mae" if values else "train_accuracy"): progress.correct / progress.images}
+               ("train_mae" if values else "train_accuracy"): progress.score}
         if self.has_val:
             t = time.perf_counter()
             acc = evaluate_arrays(model, self.input_name, *self.dataset.val, loss, max(st.batch_size, 256),

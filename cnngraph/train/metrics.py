@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["predicted_classes", "correct_per_sample", "abs_error_per_sample", "ValueAccumulator", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
+__all__ = ["predicted_classes", "correct_per_sample", "scored_per_batch", "abs_error_per_sample", "ValueAccumulator", "accuracy", "effective_top_k", "top_k_accuracy", "confusion_matrix",
            "precision_recall", "MetricAccumulator", "format_confusion", "format_per_class", "json_safe"]
 
 
@@ -54,6 +54,13 @@ def predicted_classes(scores) -> np.ndarray:
     return s.argmax(axis=1).astype(np.int64)
 
 
+def scored_per_batch(y, ignore: int | None = None) -> int:
+    """The samples an accuracy counts in a batch of labels: all, or for class labels all but ``ignore``
+    (an image of masks always counts once, as the fraction of its scored pixels)."""
+    y = np.asarray(y)
+    return len(y) if ignore is None or y.ndim > 1 else int((y != ignore).sum())
+
+
 def correct_per_sample(scores, y, ignore: int | None = None) -> float:
     """How many samples were classified right: for masks, each image counts its fraction of right pixels
     (of those that are not void, ``ignore``)."""
@@ -61,8 +68,8 @@ def correct_per_sample(scores, y, ignore: int | None = None) -> float:
     y = _labels(y, s)
     counted = np.ones(y.shape, bool) if ignore is None else y != ignore
     hits = (predicted_classes(s) == y) & counted
-    if s.ndim <= 2:   # scaled so that dividing by the batch size gives the accuracy of the counted samples
-        return int(hits.sum()) if ignore is None else float(hits.sum() * len(y) / max(int(counted.sum()), 1))
+    if s.ndim <= 2:   # the right ones among the counted samples (see scored_per_batch)
+        return int(hits.sum())
     per_image = hits.reshape(len(s), -1).sum(axis=1) / np.maximum(counted.reshape(len(s), -1).sum(axis=1), 1)
     return float(per_image.sum())
 

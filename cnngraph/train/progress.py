@@ -56,17 +56,24 @@ class EpochProgress:
         self.images = 0
         self.loss_sum = 0.0
         self.loss_weight = 0.0   # what loss_sum counts: images, or a weighted loss's summed weights
+        self.scored = 0          # what ``correct`` counts: images, less those whose label is ignored
         self.correct = 0
 
     @property
     def loss(self) -> float:
         return self.loss_sum / self.loss_weight if self.loss_weight else float("nan")
 
-    def update(self, images: int, loss_sum: float, correct: int, loss_weight: float | None = None) -> None:
+    @property
+    def score(self) -> float:
+        return self.correct / self.scored if self.scored else float("nan")
+
+    def update(self, images: int, loss_sum: float, correct: int, loss_weight: float | None = None,
+               scored: int | None = None) -> None:
         self.step += 1
         self.images += images
         self.loss_sum += loss_sum
         self.loss_weight += images if loss_weight is None else loss_weight
+        self.scored += images if scored is None else scored
         self.correct += correct
         if not self.tty:
             return
@@ -78,7 +85,7 @@ class EpochProgress:
         bar = "#" * int(frac * 24)
         rate = self.images / max(now - self.start, 1e-9)
         text = (f"epoch {self.epoch}/{self.epochs} [{bar:<24}] {self.step}/{self.steps}  "
-                f"loss {self.loss:.4f} {self.metric} {self.correct / max(self.images, 1):.4f}  "
+                f"loss {self.loss:.4f} {self.metric} {self.score:.4f}  "
                 f"{rate:,.0f} img/s")
         self._write("\r" + text.ljust(self._width))
         self._width = len(text)

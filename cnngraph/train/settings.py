@@ -185,7 +185,7 @@ class LossSetup:
         y = np.asarray(y)
         p = self.op.p
         weight, ignore = getattr(p, "weight", None), getattr(p, "ignore_index", None)
-        if self.reduction != "mean" or (weight is None and ignore is None) or y.dtype.kind not in "iu":
+        if self.reduction != "mean" or (weight is None and ignore is None) or self.encoding != "index":
             return self.per_sample_sum(value, len(y)), float(len(y))
         t = y if ignore is None else y[y != ignore]
         count = float(len(t.ravel()) if weight is None else np.asarray(weight, np.float64)[t.ravel()].sum())

@@ -98,4 +98,11 @@ def test_correct_per_sample_leaves_out_ignored_targets_even_when_the_value_is_a_
     y = np.array([[[1, 1], [1, 0]]])
     assert correct_per_sample(scores, y, ignore=1) == 0.0     # the one counted pixel (class 0) is wrong
     assert correct_per_sample(scores, y) == 0.75
-    assert correct_per_sample(np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 9, 0]), ignore=9) == pytest.approx(4 * 2 / 3)
+    labels = np.array([0, 1, 9, 0])
+    assert correct_per_sample(np.eye(3)[[0, 1, 2, 2]], labels, ignore=9) == 2
+    from cnngraph.train.metrics import scored_per_batch
+    from cnngraph.train.progress import EpochProgress
+    progress = EpochProgress(1, 1, 2, quiet=True)       # an epoch's accuracy is over the counted samples
+    for scores, y in ((np.eye(3)[[0, 1, 1, 1]], np.array([0, 9, 9, 9])), (np.eye(3)[[1, 1, 1, 1]], np.zeros(4, int))):
+        progress.update(4, 0.0, correct_per_sample(scores, y, ignore=9), scored=scored_per_batch(y, ignore=9))
+    assert progress.score == pytest.approx(1 / 5)

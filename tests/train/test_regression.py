@@ -158,3 +158,36 @@ def test_value_maps_move_with_geometric_augmentation():
     aug = build_augmentations([{"type": "random_shift", "pixels": 2}, {"type": "horizontal_flip"}])
     xa, ya = aug(clean.copy(), np.random.default_rng(4), maps=clean.copy())
     np.testing.assert_array_equal(xa, ya)
+
+
+def test_one_hot_targets_with_class_weights_report_torchs_loss():
+    torch = pytest.importorskip("torch")
+    from cnngraph.train.evaluate import evaluate_arrays
+    from cnngraph.train.settings import prepare_loss
+    rng = np.random.default_rng(0)
+    spec_ = {"name": "oh", "inputs": {"image": {"shape": [4]}}, "outputs": ["logits"],
+             "layers": [{"id": "logits", "type": "dense", "out_features": 3}],
+             "train": {"loss": {"type": "cross_entropy", "output": "logits", "weight": [0.5, 2.0, 1.0],
+                                "target": "one_hot"}}}
+    model = cnngraph.compile(spec_, dtype="float64")
+    x, y = rng.standard_normal((50, 4)), rng.integers(0, 3, 50)
+    acc = evaluate_arrays(model, "image", x, y, prepare_loss(model.spec, model.spec.train, 3), 7)
+    s = torch.from_numpy(np.asarray(model.forward({"image": x})["logits"]))
+    ref = torch.nn.functional.cross_entropy(s, torch.nn.functional.one_hot(torch.from_numpy(y), 3).double(),
+                                            weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64))
+    assert acc.loss == pytest.approx(ref.item(), rel=1e-12)
+
+
+def test_value_maps_without_a_channel_axis_move_with_their_images(tmp_path):
+    """(N, H, W) targets of the image's size are maps too: a flip moves them with the image."""
+    rng = np.random.default_rng(2)
+    x = rng.random((40, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=x[:, 0] * np.float32(0.5) + np.float32(0.01))
+    spec_ = {"name": "den", "inputs": {"image": {"shape": [1, 8, 8]}}, "outputs": ["out"],
+             "layers": [{"id": "out", "type": "conv2d", "out_channels": 1, "kernel_size": 1}],
+             "train": {"data": {"dataset": "npz", "path": str(tmp_path / "d.npz"), "normalize": "none"},
+                       "loss": {"type": "mse", "output": "out"}, "optimizer": {"type": "adam", "lr": 0.05},
+                       "augment": [{"type": "horizontal_flip"}, {"type": "random_shift", "pixels": 1}],
+                       "batch_size": 8, "epochs": 30}}
+    hist = cnngraph.train(spec_, out=tmp_path / "r", quiet=True)
+    assert hist[-1]["val_mae"] < 0.01          # y = 0.5 x + 0.01 pixel by pixel is learnt only if y moves with x

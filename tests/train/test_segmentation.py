@@ -221,3 +221,11 @@ def test_the_loss_over_many_batches_is_torchs_loss_over_the_whole_set_with_weigh
                                             torch.from_numpy(y), weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64),
                                             ignore_index=255, label_smoothing=0.1)
     assert acc.loss == pytest.approx(ref.item(), rel=1e-12)
+
+
+def test_pytorchs_default_void_label_minus_100_loads_and_splits(tmp_path):
+    x, y = squares(30)
+    y[:, 0, :] = -100
+    np.savez(tmp_path / "seg.npz", x=x, y=y)
+    ds = load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "seg.npz"), ignore_label=-100), (1, 8, 8))
+    assert ds.classes == ["0", "1", "2"] and len(ds.train[1]) + len(ds.val[1]) == 30

@@ -110,7 +110,7 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     if len(y) != n:
         raise DataError(f"{what}: expected {n} {'masks' if y.ndim == 3 else 'labels'} (one per image), found {len(y)}")
     y = y.astype(np.int64)
-    classes = y if ignore is None or y.ndim == 1 else y[y != ignore]
+    classes = y if ignore is None else y[y != ignore]
     if classes.size:
         lo, hi = int(classes.min()), int(classes.max())
         if lo < 0 or (n_classes is not None and hi >= n_classes):
@@ -163,6 +163,8 @@ def strata(y: np.ndarray) -> np.ndarray:
         return y
     flat = y.reshape(len(y), -1)
     k = int(flat.max()) + 1
+    flat = np.where(flat < 0, k, flat)   # a negative void label (PyTorch's -100) counts as one more value
+    k += 1
     counts = np.bincount((flat + k * np.arange(len(y))[:, None]).ravel(), minlength=k * len(y))
     return counts.reshape(len(y), k).argmax(axis=1)
 
