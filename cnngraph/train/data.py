@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import DataError
-from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_segmentation, load_fashion_mnist,
-                       load_image_folder, load_mnist, load_npz, stratified_split)
+from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_rotation, load_digits_segmentation,
+                       load_fashion_mnist, load_image_folder, load_mnist, load_npz, stratified_split)
 
 __all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "RAW_LOADERS", "RawSplits", "load_dataset",
            "finish_dataset",
@@ -27,6 +27,7 @@ RawLoader = Callable[..., RawSplits]
 RAW_LOADERS: dict[str, RawLoader] = {
     "digits": load_digits,
     "digits_segmentation": load_digits_segmentation,
+    "digits_rotation": load_digits_rotation,
     "npz": load_npz,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
@@ -113,7 +114,7 @@ class DataConfig(BaseModel):
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.options and self.dataset in RAW_LOADERS:   # a built-in would ignore them silently
             raise ValueError(f"dataset '{self.dataset}' takes no options (options: is for plugin datasets)")
-        if self.targets == "values" and self.dataset in RAW_LOADERS and self.dataset != "npz":
+        if self.targets == "values" and self.dataset in RAW_LOADERS and self.dataset not in ("npz", "digits_rotation"):
             raise ValueError(f"targets: values (regression) needs your own data (dataset: npz); dataset "
                              f"'{self.dataset}' has class labels")
         if self.val_fraction + (self.test_fraction or 0.0) >= 1.0:

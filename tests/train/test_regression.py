@@ -191,3 +191,15 @@ def test_value_maps_without_a_channel_axis_move_with_their_images(tmp_path):
                        "batch_size": 8, "epochs": 30}}
     hist = cnngraph.train(spec_, out=tmp_path / "r", quiet=True)
     assert hist[-1]["val_mae"] < 0.01          # y = 0.5 x + 0.01 pixel by pixel is learnt only if y moves with x
+
+
+def test_bundled_digit_rotations_are_fixed_and_learnable(tmp_path):
+    """digits_rotation: digits turned by known angles; the angle / 45 is the target, in [-1, 1]."""
+    ds = load_dataset(DataConfig(dataset="digits_rotation"), (1, 8, 8))
+    assert ds.values and [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [1077, 270, 450]
+    assert ds.train[1].shape == (1077, 1) and -1 <= ds.train[1].min() < -0.9 and 0.9 < ds.train[1].max() <= 1
+    again = load_dataset(DataConfig(dataset="digits_rotation"), (1, 8, 8))
+    np.testing.assert_array_equal(again.test[1], ds.test[1])
+    hist = cnngraph.train("specs/digits_rotation.yaml", epochs=6, out=tmp_path / "r", quiet=True)
+    baseline = float(np.abs(ds.test[1] - ds.train[1].mean()).mean())       # always guessing the mean angle
+    assert hist.test["test_mae"] < 0.5 * baseline, (hist.test, baseline)

@@ -14,7 +14,8 @@ import numpy as np
 from ...errors import DataError
 from ._common import RawSplits, require_shape, stratified_split
 
-__all__ = ["DIGITS_PATH", "load_digits", "load_digits_segmentation", "build_digits_npz", "DIGITS_SPLIT_SEED"]
+__all__ = ["DIGITS_PATH", "load_digits", "load_digits_segmentation", "load_digits_rotation", "build_digits_npz",
+           "DIGITS_SPLIT_SEED"]
 
 DIGITS_PATH = Path(__file__).resolve().parents[2] / "data" / "digits.npz"
 DIGITS_SPLIT_SEED = 1998
@@ -61,6 +62,25 @@ def load_digits_segmentation(cfg, input_shape, base_dir=None) -> RawSplits:
     return RawSplits(train=splits[0], val=splits[1], test=splits[2],
                      classes=["background"] + [str(d) for d in range(10)],
                      source="digits segmentation (UCI digits in pairs, bundled)", pixel_scale=16.0)
+
+
+MAX_TURN = 45.0   # degrees either way
+
+
+def load_digits_rotation(cfg, input_shape, base_dir=None) -> RawSplits:
+    """Regression on the bundled digits: each digit is turned by a fixed random angle in [-45, 45] degrees
+    (bilinear, about its centre) and the target is that angle / 45, in [-1, 1]. The angles are drawn once
+    per split from a fixed seed, so the data never change between runs."""
+    from ..augment import rotate
+    require_shape(DIGITS_SHAPE, input_shape, "dataset 'digits_rotation'")
+    raw = load_digits(cfg, DIGITS_SHAPE, base_dir)
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED + 1)
+    splits = []
+    for x, _ in (raw.train, raw.val, raw.test):
+        angles = rng.uniform(-MAX_TURN, MAX_TURN, len(x))
+        splits.append((rotate(x, angles), (angles / MAX_TURN).astype(np.float32)[:, None]))
+    return RawSplits(train=splits[0], val=splits[1], test=splits[2], classes=[],
+                     source="digits rotation (UCI digits turned by known angles, bundled)", pixel_scale=16.0)
 
 
 def build_digits_npz(csv_gz: str | Path, out: str | Path = DIGITS_PATH) -> dict[str, int]:
