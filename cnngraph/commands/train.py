@@ -296,7 +296,8 @@ def cmd_predict(args) -> int:
         if args.masks_out:
             raise CnnGraphError("--masks-out: this model regresses values, it predicts no class masks")
         if loss_meta.get("type") == "binary_cross_entropy":   # trained on logits: report probabilities
-            scores = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
+            from ..plugins.activation import sigmoid
+            scores = sigmoid(scores.astype(np.float64))
         return _predict_values(args, scores, labels)
     if scores.ndim == 4:
         return _predict_masks(args, scores, labels, stats, loss_meta.get("type") or (ts.loss.type if ts else None))

@@ -244,8 +244,9 @@ class Compose:
 
     ``compose(x, rng)`` returns the augmented images; ``compose(x, rng, masks)`` returns
     ``(images, masks)``, the (N, H, W) class masks moved by the same geometric steps;
-    ``compose(x, rng, maps=y)`` returns ``(images, maps)``, (N, C, H, W) value maps (regression targets
-    such as a clean image or a depth map) moved by them too, resampled like the images, 0 outside.
+    ``compose(x, rng, maps=y)`` returns ``(images, maps)``, (N, C, H, W) or (N, H, W) value maps
+    (regression targets such as a clean image or a depth map) moved by them too, resampled like the
+    images, 0 outside.
     """
 
     def __init__(self, steps: Sequence[Augmentation]):
@@ -253,6 +254,9 @@ class Compose:
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None,
                  ignore: int | None = None, maps: np.ndarray | None = None):
+        if maps is not None and maps.ndim == 3:   # one map per image: a channel axis for the steps
+            x, moved = self(x, rng, maps=maps[:, None])
+            return x, moved[:, 0]
         planes = _one_hot_planes(masks, ignore) if masks is not None else maps
         for i, step in enumerate(self.steps):
             if planes is not None and getattr(step, "geometric", True):

@@ -26,10 +26,7 @@ def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: 
         scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]
         value = loss.value(Context(training=False, grad=False), scores, loss.targets(yb, model.xp, model.dtype))
         s = to_numpy(loss.predictions(scores) if isinstance(acc, ValueAccumulator) else scores)
-        if isinstance(acc, ValueAccumulator):
-            acc.add(s, yb, loss.per_sample_sum(value, len(yb)))
-        else:
-            acc.add(s, yb, *loss.batch_loss(value, yb))
+        acc.add(s, yb, *loss.batch_loss(value, yb))
     return acc
 
 

@@ -252,10 +252,7 @@ class _Run:
         """A new run never overwrites an earlier one: an --out folder that already holds a run (other than
         the one being resumed) is renamed to OUT.1 (or .2, ...) first, and the user is told."""
         out = self.out
-        busy = holder(out)
-        if busy is not None:
-            raise TrainingError(f"{out} is in use by another training run ({busy}); wait for it to finish or "
-                                f"choose another --out")
+        self._refuse_if_busy(holder(out))
         if not ((out / "checkpoint").is_dir() or (out / "metrics.json").is_file()):
             return
         if self.resume_dir is not None and run_folder(self.resume_dir).resolve() == out.resolve():
@@ -293,9 +290,7 @@ class _Run:
                 if self.dataset.dense:    # masks move with their images
                     xb, yb = self.augment(xb, self.rng, yb, ignore=self.ignore)
                 elif self.value_maps:     # so do value maps of the image's size
-                    maps = yb if yb.ndim == 4 else yb[:, None]
-                    xb, maps = self.augment(xb, self.rng, maps=maps)
-                    yb = maps if yb.ndim == 4 else maps[:, 0]
+                    xb, yb = self.augment(xb, self.rng, maps=yb)
                 else:
                     xb = self.augment(xb, self.rng)
             rate = schedule_rate(self.schedule, st.lr, epoch, step, steps, st.epochs)
@@ -328,8 +323,7 @@ class _Run:
             s_np = to_numpy(scores)
             score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
             total, weight = loss.batch_loss(value, yb)
-            progress.update(len(yb), total, score, loss_weight=weight,
-                            scored=len(yb) if values else scored_per_batch(yb, self.ignore))
+            progress.update(len(yb), total, score, loss_weight=weight, scored=scored_per_batch(yb, self.ignore))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
         train_seconds = time.perf_counter() - t_epoch
@@ -365,10 +359,7 @@ class _Run:
         self._keep_previous_run()
         self.out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.out)
-        busy = lock.acquire()
-        if busy is not None:
-            raise TrainingError(f"{self.out} is in use by another training run ({busy}); wait for it to finish or "
-                                f"choose another --out")
+        self._refuse_if_busy(lock.acquire())
         if lock.unlocked_why and not self.quiet:
             print(f"note: {lock.unlocked_why}; this run is not protected from a second run into the same folder",
                   file=self.stream)
@@ -378,6 +369,11 @@ class _Run:
             return self._fit()
         finally:
             lock.release()
+
+    def _refuse_if_busy(self, busy: str | None) -> None:
+        if busy is not None:
+            raise TrainingError(f"{self.out} is in use by another training run ({busy}); wait for it to finish or "
+                                f"choose another --out")
 
     def _fit(self) -> History:
         st = self.settings

@@ -219,16 +219,18 @@ class ValueAccumulator:
     count: int = 0           # values compared
     images: int = 0
     loss_sum: float = 0.0
+    loss_weight: float = 0.0    # what loss_sum counts (images)
     abs_sum: float = 0.0
     sq_sum: float = 0.0
 
-    def add(self, predictions, y, loss_sum: float | None = None) -> None:
+    def add(self, predictions, y, loss_sum: float | None = None, loss_weight: float | None = None) -> None:
         p = np.asarray(predictions, np.float64).reshape(len(predictions), -1)
         t = np.asarray(y, np.float64).reshape(len(y), -1)
         if p.shape != t.shape:
             raise ValueError(f"predictions {np.shape(predictions)} and targets {np.shape(y)} differ in size")
         d = p - t
         self.images += len(p)
+        self.loss_weight += len(p) if loss_weight is None else loss_weight
         self.count += d.size
         self.abs_sum += float(np.abs(d).sum())
         self.sq_sum += float((d * d).sum())
@@ -237,7 +239,7 @@ class ValueAccumulator:
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / self.images if self.images else float("nan")
+        return self.loss_sum / self.loss_weight if self.loss_weight else float("nan")
 
     @property
     def mae(self) -> float:

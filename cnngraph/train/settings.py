@@ -203,7 +203,6 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
     ``mask_shape`` (H, W): the labels are segmentation masks, so the output must give class scores
     per pixel, (classes, H, W). ``value_shape``: the targets are values to regress, of this shape per
     sample; the output must hold as many values (they are compared in the output's shape)."""
-    from ..errors import ShapeError
     from ..registry import get_registry
     output = ts.loss_output or spec.outputs[0]
     if output not in spec.graph or spec.graph.nodes[output].get("kind") != "layer":
@@ -233,13 +232,8 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
     if encoding not in TARGET_ENCODINGS:
         raise SpecError(spec.problem(f"unknown target encoding '{encoding}'; expected one of "
                                      f"{', '.join(TARGET_ENCODINGS)}", ("train", "loss", "target")))
-    target_shape = shape if encoding == "one_hot" else shape[1:]
-    try:
-        op.infer_shape([shape, target_shape])
-    except ShapeError as exc:
-        raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with '{encoding}' "
-                                     f"targets: {exc} (if the data's y holds values to regress, set "
-                                     f"train.data.targets: values)", ("train", "loss"))) from None
+    _check_targets(spec, ts, op, output, shape, shape if encoding == "one_hot" else shape[1:],
+                   f"'{encoding}' targets", " (if the data's y holds values to regress, set train.data.targets: values)")
     weight = getattr(op.p, "weight", None)
     if weight is not None and len(weight) != max(units, 2):
         raise SpecError(spec.problem(f"weight has {len(weight)} values, but loss output '{output}' gives "
@@ -258,9 +252,18 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
                      reduction=getattr(op.p, "reduction", "mean"), note=note, shape=shape)
 
 
+def _check_targets(spec, ts, op, output: str, shape: tuple, target_shape: tuple, what: str, hint: str = "") -> None:
+    """The loss op's own shape check of (output, targets), as a located spec problem."""
+    from ..errors import ShapeError
+    try:
+        op.infer_shape([shape, target_shape])
+    except ShapeError as exc:
+        raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with {what}: {exc}{hint}",
+                                     ("train", "loss"))) from None
+
+
 def _value_loss(spec, ts, output: str, shape: tuple, value_shape: tuple, note) -> LossSetup:
     """The loss of a regression run: the targets, reshaped to the output's shape, compared as they are."""
-    from ..errors import ShapeError
     from ..registry import get_registry
     if math.prod(value_shape) != math.prod(shape):
         raise TrainingError(f"the dataset's targets are values of shape {value_shape} per sample, so loss output "
@@ -270,11 +273,7 @@ def _value_loss(spec, ts, output: str, shape: tuple, value_shape: tuple, note) -
         raise TrainingError(f"the dataset's targets are values to regress, but loss '{ts.loss.type}' takes class "
                             f"labels; use mse (or binary_cross_entropy for values in [0, 1]), or set "
                             f"train.data.targets: classes if the values are class labels")
-    try:
-        op.infer_shape([shape, shape])
-    except ShapeError as exc:
-        raise SpecError(spec.problem(f"loss '{ts.loss.type}' on output '{output}' {shape} with value targets: {exc}",
-                                     ("train", "loss"))) from None
+    _check_targets(spec, ts, op, output, shape, shape, "value targets")
     return LossSetup(op=op, output=output, encoding="values", units=math.prod(shape),
                      reduction=getattr(op.p, "reduction", "mean"), note=note, shape=shape)
 
