@@ -72,19 +72,22 @@ def cmd_import(args) -> int:
     for plugin in args.plugin:
         load_plugin_file(plugin)
     result = onnx_to_spec(args.model, _parse_shapes(args.input_shape))
+    # the written spec names the plugins, whose ops it needs to load (the check below runs them loaded already)
+    spec = _with_plugins(result.spec, args.plugin, out.parent) if args.plugin else result.spec
     weights_path = out.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
+    allow = " --allow-plugins" if args.plugin else ""   # the spec names its plugins, which run code
     header = (f"Imported from {Path(args.model).name} by `cnngraph import-onnx`; weights: {weights_path.name}\n"
-              f"run: cnngraph run {out.name} --params {weights_path.name} --input x.npy"
-              + "".join(f" --plugin {p}" for p in args.plugin))
+              f"run: cnngraph run {out.name} --params {weights_path.name} --input x.npy{allow}\n"
+              f"fine-tune: add a train: section, then cnngraph train {out.name} --init {weights_path.name}{allow}")
     renamed = {k: v for k, v in {**result.input_names, **result.output_names}.items() if k != v}
     if renamed:
         header += "\nONNX names changed to valid ids: " + ", ".join(f"{k!r} → {v}" for k, v in renamed.items())
     if out.suffix == ".json":
         import json
-        out.write_text(json.dumps(result.spec, indent=2), encoding="utf-8")
+        out.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     else:
-        write_spec(result.spec, out, header)
+        write_spec(spec, out, header)
     np.savez(weights_path, **result.weights)
     n = sum(int(v.size) for v in result.weights.values())
     print(f"wrote {out} ({len(result.spec['layers'])} layers) and {weights_path} ({len(result.weights)} arrays, "
@@ -92,6 +95,16 @@ def cmd_import(args) -> int:
     if args.check:
         _check(args.model, result)
     return 0
+
+
+def _with_plugins(spec: dict, plugins: list[str], spec_dir: Path) -> dict:
+    """``spec`` with a ``plugins:`` entry after its description: plugin files relative to the spec's folder
+    (as the spec loader reads them), module names as given."""
+    import os
+    names = [os.path.relpath(p, spec_dir.resolve()) if p.endswith(".py") else p
+             for p in (str(Path(p).resolve()) if p.endswith(".py") else p for p in plugins)]
+    head = {k: spec[k] for k in ("name", "description") if k in spec}
+    return {**head, "plugins": names, **{k: v for k, v in spec.items() if k not in head}}
 
 
 def _check(model_path, result) -> None:

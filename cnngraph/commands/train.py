@@ -36,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--lr", type=_positive_float, help="base learning rate (overrides train.optimizer.lr)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<spec name>/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR (a run folder or checkpoint) bit-for-bit")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from these weights (an .npz as import-onnx writes, or a run/checkpoint folder) "
+                        "instead of random ones; overrides train.init; ignored with --resume")
+    p.add_argument("--init-partial", action="store_true",
+                   help="with --init: parameters missing from the file keep their initial values and arrays the "
+                        "network lacks are ignored (a new head for transfer learning)")
     p.add_argument("--data", metavar="NAME[:PATH]",
                    help="dataset override: a name (digits) or name:path (mnist:/data/mnist, npz:file.npz)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -86,7 +92,8 @@ def cmd_train(args) -> int:
     try:
         hist = train(spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out,
                      resume=args.resume, data=args.data, device=args.device, seed=args.seed, quiet=args.quiet,
-                     profile=args.profile, allow_plugins=args.allow_plugins)
+                     profile=args.profile, allow_plugins=args.allow_plugins, init=args.init,
+                     init_partial=args.init_partial)
     except KeyboardInterrupt:
         return 130      # the loop said what was kept and how to resume
     s = hist.summary

@@ -41,6 +41,8 @@ class _TrainTop(BaseModel):
     grad_clip: Optional[float] = Field(None, gt=0, description="max global L2 norm of the gradients")
     top_k: int = Field(3, ge=1, description="k of the top-k accuracy metric")
     seed: int = 0
+    init: Optional[str] = Field(None, description="weights to start from (.npz or checkpoint folder), relative "
+                                                  "to the spec's folder")
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TrainSpec:
     top_k: int
     seed: int
     raw: dict
+    init: Optional[str] = None     # weights to start from, as written in the spec
 
 
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.05, "momentum": 0.9}
@@ -141,7 +144,7 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
     return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
-                     raw=raw), []
+                     raw=raw, init=top.init), []
 
 
 def _lenient_top(raw: Any):

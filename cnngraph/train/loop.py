@@ -101,7 +101,7 @@ class _Run:
     """One training run: everything is checked and built in the constructor; :meth:`fit` trains."""
 
     def __init__(self, spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
-                 allow_plugins):
+                 allow_plugins, init=None, init_partial=False):
         from ..model import Model
         from ..registry import get_registry
         from .data import load_dataset
@@ -194,6 +194,7 @@ class _Run:
         self.copy_best_from: Path | None = None   # a resumed run's best checkpoint, copied into this folder
         self.writer = CheckpointWriter()
 
+        self._start_weights(init, init_partial)
         if self.resume_ckpt is not None:
             restore(self, self.resume_ckpt, self.resume_dir)
             note = schedule_change_note(self.schedule, self.ts.schedule.type, saved, st, self.start_epoch,
@@ -354,6 +355,28 @@ class _Run:
                             + ("" if self.ts.grad_clip else " or set train.grad_clip") + ".")
 
     # -- the whole run ---------------------------------------------------------------------
+    def _start_weights(self, init, partial: bool) -> None:
+        """Load the ``--init`` / ``train.init`` weights into the new model; a resume's checkpoint wins over them.
+        Without any, warn about constant layers whose values only such a file holds (they would start at 0)."""
+        from .init_weights import constants_without_values, init_path, load_init
+        path = init_path(init, self.spec)
+        if self.resume_ckpt is not None:
+            if init is not None and not self.quiet:
+                print(f"note: --init {init} is ignored: a resumed run continues from its checkpoint's weights",
+                      file=self.stream)
+            return
+        if path is not None:
+            note = load_init(self.model, path, partial)
+            if note and not self.quiet:
+                print(note, file=self.stream)
+            return
+        consts = constants_without_values(self.spec)
+        if consts and not self.quiet:
+            shown = ", ".join(consts[:10]) + (f", … ({len(consts) - 10} more)" if len(consts) > 10 else "")
+            print(f"warning: {len(consts)} constant layer{'s' * (len(consts) != 1)} ({shown}) set no fill and no "
+                  f"weights were given, so they start at 0; for an imported model pass its weights: "
+                  f"cnngraph train {self.spec.file or 'SPEC'} --init WEIGHTS.npz", file=self.stream)
+
     def fit(self) -> History:
         self.stopped = "completed"
         self._keep_previous_run()
@@ -509,7 +532,8 @@ class _Run:
 
 def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           out=None, resume=None, data=None, device: str = "cpu", seed: int | None = None, quiet: bool = False,
-          *, profile: bool = False, stream: TextIO | None = None, allow_plugins: bool = False) -> History:
+          *, init=None, init_partial: bool = False, profile: bool = False, stream: TextIO | None = None,
+          allow_plugins: bool = False) -> History:
     """Train the network of ``spec`` as its ``train:`` section says (defaults when it has none).
 
     Parameters
@@ -520,6 +544,10 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
         number of epochs, counting those done before a resume.
     out : run folder (default ``runs/<spec name>``; on resume, the resumed run's folder).
     resume : a run folder or checkpoint to continue from (its ``last/`` checkpoint by default).
+    init : weights to start from instead of the random initialisation: an ``.npz`` (as ``import-onnx``
+        writes) or a run/checkpoint folder (its ``best/``); overrides the spec's ``train.init``. Every
+        parameter and buffer must be there with its shape; ``init_partial`` lets some be missing and the
+        file hold others (a new head). Ignored on resume: the checkpoint's weights win.
     data : dataset override: ``"digits"``, ``"mnist:/data/mnist"``, ``"npz:file.npz"``, a dict or DataConfig.
     device : "cpu" or "cuda".
     quiet : print nothing (progress and summary go to ``stream``, default stderr).
@@ -548,7 +576,7 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     """
     with _blas_threads():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
-                    allow_plugins).fit()
+                    allow_plugins, init, init_partial).fit()
 
 
 def epoch_steps(n: int, batch_size: int) -> int:
