@@ -144,7 +144,7 @@ class _Case:
         self.out_shape: tuple | None = None
         grad_ports = op_cls.grad_inputs if op_cls.grad_inputs is not None else range(len(samples))
         self.diff_inputs = [i for i in grad_ports if i < len(samples) and samples[i].dtype == "float"]
-        self.buffers = set(op_cls.buffers)
+        self.buffers = set(self.op.buffers)   # an instance may declare its own (constant, trainable: false)
 
     def cast(self, dtype, xs=None, params=None):
         xs = self.xs if xs is None else xs

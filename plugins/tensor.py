@@ -411,6 +411,8 @@ class Clip(Op):
 class ConstantParams(OpParams):
     shape: list[int] = Field(description="shape of the tensor (no batch dimension: it broadcasts over the batch)")
     fill: float = Field(0.0, description="initial value of every element (imported models load the real values)")
+    trainable: bool = Field(True, description="false: a fixed tensor (a buffer: no gradient, optimizers leave it "
+                                              "alone), as ONNX constants import")
 
     @field_validator("shape")
     @classmethod
@@ -421,7 +423,7 @@ class ConstantParams(OpParams):
 
 
 class Constant(Op):
-    """A learnable tensor ``value`` of the given shape. With no input its output has batch size 1
+    """A learnable tensor ``value`` of the given shape (fixed with ``trainable: false``). With no input its output has batch size 1
     (it broadcasts in ``broadcast_add``/``sub``/``mul``/``div``/``matmul``); with an input it is
     repeated to that input's batch size (a view; the input only lends its batch size)."""
 
@@ -430,6 +432,11 @@ class Constant(Op):
     Params = ConstantParams
     arity = (0, 1)
     grad_inputs = ()
+
+    def __init__(self, params=None, layer_id: str = ""):
+        super().__init__(params, layer_id)
+        if not self.p.trainable:   # per layer: a fixed value is state, like running statistics
+            self.buffers = ("value",)
 
     def infer_shape(self, in_shapes):
         return tuple(self.p.shape)
@@ -445,11 +452,11 @@ class Constant(Op):
         return v.reshape((1,) + tuple(v.shape))
 
     def backward(self, ctx, gy):
-        return [None] * ctx.saved["n"], {"value": gy.sum(axis=0)}
+        return [None] * ctx.saved["n"], ({"value": gy.sum(axis=0)} if self.p.trainable else {})
 
     @classmethod
     def examples(cls):
-        return [({"shape": [3, 1, 1]}, []), ({"shape": [2]}, [(4,)])]
+        return [({"shape": [3, 1, 1]}, []), ({"shape": [2]}, [(4,)]), ({"shape": [2], "trainable": False}, [(4,)])]
 
 
 class SliceParams(OpParams):

@@ -453,8 +453,9 @@ def _lrn(c, lid, op, ins, attrs):
 def _constant(c, lid, op, ins, attrs):
     # the value with a leading unit (batch) axis: it broadcasts against any batch in ONNX too
     value = np.asarray(c.params[f"{lid}.value"], np.float32)
-    c.init(f"{lid}.value", value)
-    c.node("Unsqueeze", [f"{lid}.value", c.const(lid, "axes", np.array([0], np.int64))], [lid], lid)
+    # a fixed value gets a made-up name (lid::value), which the importer reads as not a parameter
+    name = c.init(f"{lid}.value", value) if op.p.trainable else c.const(lid, "value", value)
+    c.node("Unsqueeze", [name, c.const(lid, "axes", np.array([0], np.int64))], [lid], lid)
     return lid
 
 

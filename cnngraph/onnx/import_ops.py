@@ -175,7 +175,9 @@ def matmul(imp, node, a):
         return [imp.emit("dense", [av], {"out_features": int(bv.shape[1]), "bias": False}, {"weight": bv.T})]
     rank = 1 + max(len(av.shape) if isinstance(av, Dyn) else av.ndim - 1,
                    len(bv.shape) if isinstance(bv, Dyn) else bv.ndim - 1)
-    return [imp.emit("matmul", _operands(imp, node.input[:2], rank))]
+    # a constant multiplied into a computed tensor is a weight, whatever the exporter named it (onnx::MatMul_82)
+    weight = [n in imp.initializers or n in imp.params for n in node.input[:2]]
+    return [imp.emit("matmul", _operands(imp, node.input[:2], rank, weight))]
 
 
 # ---- pooling ------------------------------------------------------------------------------------
@@ -481,11 +483,12 @@ def binary(imp, node, a):
     return [imp.emit("broadcast_add" if op == "Add" else op.lower(), _operands(imp, node.input[:2], rank))]
 
 
-def _operands(imp, names, rank):
-    """Layer outputs for the inputs ``names``; constants take their batch size from a computed one."""
+def _operands(imp, names, rank, trainable=None):
+    """Layer outputs for the inputs ``names``; constants take their batch size from a computed one (and are
+    trainable as ``trainable`` says per input, by default as :func:`is_parameter_name` does)."""
     vals = [imp.get(n) for n in names]
     like = next((v for v in vals if isinstance(v, Dyn)), None)
-    return [imp.dyn_of(n, rank, like) for n in names]
+    return [imp.dyn_of(n, rank, like, t or None) for n, t in zip(names, trainable or [None] * len(names))]
 
 
 def _fuse_bias(imp, node, av, bv):

@@ -8,6 +8,7 @@ handlers (``import_ops.py``) map the remaining nodes to cnngraph layers through 
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,17 @@ class ImportResult:
     weights: dict[str, np.ndarray]
     input_names: dict[str, str]    # ONNX graph input name → spec input name
     output_names: dict[str, str]   # ONNX graph output name → spec output (layer id)
+
+
+_GENERATED = re.compile(r"_?val_\d+|.*_output_\d+")
+
+
+def is_parameter_name(name: str) -> bool:
+    """Whether an initializer holds a trainable parameter, judged by its name: PyTorch names parameters (and
+    buffers, which thus import as trainable too) by their module path (``fc.weight``, ``cls_token``), and the
+    values it makes up ``onnx::Mul_12``, ``/Constant_output_0``, ``val_3``. Constant nodes and values folded
+    from them are never parameters; MatMul weights always are (see the MatMul import)."""
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", name)) and not _GENERATED.fullmatch(name)
 
 
 class _Skip(Exception):
@@ -66,6 +78,8 @@ class Importer:
         self.current_node = None
         self.current_layers: list[str] = []
         self.names = UniqueNames()
+        self.initializers = {t.name for t in self.graph.initializer}
+        self.params = {t.name for t in self.graph.initializer if is_parameter_name(t.name)}
         from ..registry import get_registry
         self.registry = get_registry()
 
@@ -94,9 +108,10 @@ class Importer:
             message = message.replace(str(k * BATCH), f"{k if k > 1 else ''}N")
         return OnnxError(f"{n.op_type} node '{n.name or n.output[0]}': {message}")
 
-    def dyn_of(self, name: str, rank: int | None = None, like: Dyn | None = None) -> Dyn:
+    def dyn_of(self, name: str, rank: int | None = None, like: Dyn | None = None, trainable: bool | None = None) -> Dyn:
         """A tensor as a layer output; constants become ``constant`` layers broadcasting against a
-        tensor of ``rank`` dimensions (batch included), taking their batch size from ``like``."""
+        tensor of ``rank`` dimensions (batch included), taking their batch size from ``like``. They are
+        trainable when they hold a parameter (see :func:`is_parameter_name`), unless ``trainable`` says."""
         v = self.get(name)
         if isinstance(v, Dyn):
             return v
@@ -111,12 +126,13 @@ class Importer:
             arr = arr[0]
         elif rank is not None and arr.ndim >= 1 and arr.shape[0] == 1:
             arr = arr[0]   # a leading unit axis broadcasts either way; drop it (as the exporter adds one)
-        key = (name, arr.shape, like.id if like is not None else None)
+        trainable = name in self.params if trainable is None else trainable
+        key = (name, arr.shape, like.id if like is not None else None, trainable)
         if key in self.const_layers:
             return Dyn(self.const_layers[key], arr.shape)
         lid = self.names.take(name, "const")
         self.add_layer({"id": lid, "type": "constant", "inputs": [like.id] if like is not None else [],
-                        "shape": list(arr.shape)}, arr.shape,
+                        "shape": list(arr.shape)} | ({} if trainable else {"trainable": False}), arr.shape,
                        {"value": arr.astype(np.float32)})
         self.const_layers[key] = lid
         return Dyn(lid, arr.shape)
@@ -187,6 +203,14 @@ class Importer:
             if ra is None or not np.array_equal(np.asarray(r), np.asarray(ra)):
                 self.alt[name] = np.asarray(ra) if ra is not None else np.asarray(r)
 
+    def _track_params(self, node, results) -> None:
+        """A folded copy of a parameter (reshaped, transposed, unsqueezed: as many float values) is one too:
+        PyTorch exports ``gamma[:, None, None]`` and ``x @ W.T`` so."""
+        sizes = {np.size(self.consts[n]) for n in node.input if n in self.params}
+        for name, r in zip(node.output, results):
+            if name and r is not None and np.asarray(r).dtype.kind == "f" and np.size(r) in sizes:
+                self.params.add(name)
+
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> ImportResult:
         from .import_ops import FOLD_NEVER, HANDLERS
@@ -236,6 +260,7 @@ class Importer:
                                         "time can be built")
                     results = self.fold(node)
                     self._fold_alt(node, results)
+                    self._track_params(node, results)
                 elif handler is None:
                     self.unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])
                     self.failed.update(node.output)

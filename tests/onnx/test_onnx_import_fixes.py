@@ -1,0 +1,65 @@
+"""Import fixes found by probing: fixed constants, refused attributes, opsets, casts, readable ids."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cnngraph.onnx import OnnxError, export_onnx, import_onnx
+from cnngraph.train.optim import SGD
+from onnx_build import make_model, ort_run, rand
+
+N = helper.make_node
+
+
+def _step(m, feeds, out="y"):
+    """One SGD step on the sum of the output; the parameters before it."""
+    before = {k: np.array(m.params[k]) for k in m.params}
+    y = m.forward(feeds, training=True)[out]
+    grads = m.backward({out: np.ones_like(y)}, input_grads=False)
+    SGD(lr=0.1).step({n: m.params[n] for n in m.trainable_names}, grads, 0.1)
+    return before
+
+
+def test_exporter_made_up_constants_are_fixed_and_parameters_train():
+    # y = (x * blk.gamma[:, None, None] - 0.5) @ W + onnx::Mul_3 * 2, with W named as torch names a folded weight
+    x_shape = (2, 3, 4, 5)
+    nodes = [N("Constant", [], ["half"], name="/Constant", value=numpy_helper.from_array(np.array(0.5, np.float32))),
+             N("Unsqueeze", ["blk.gamma", "ax"], ["g3"], name="/blk/Unsqueeze"),
+             N("Mul", ["x", "g3"], ["a"], name="/blk/Mul"),
+             N("Sub", ["a", "half"], ["b"], name="/Sub"),
+             N("MatMul", ["b", "onnx::MatMul_7"], ["c"], name="/MatMul"),
+             N("Mul", ["c", "onnx::Mul_3"], ["y"], name="/Mul")]
+    inits = {"blk.gamma": rand(3), "ax": np.array([1, 2], np.int64), "onnx::MatMul_7": rand(5, 6),
+             "onnx::Mul_3": np.array(2.0, np.float32)}
+    model = make_model(nodes, {"x": x_shape}, inits)
+    feeds = {"x": rand(*x_shape)}
+    m = import_onnx(model)
+    np.testing.assert_allclose(m.forward(feeds)["y"], ort_run(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+    fixed = {lay["id"] for lay in m.import_result.spec["layers"] if lay.get("trainable") is False}
+    assert len(fixed) == 2, m.import_result.spec["layers"]   # 0.5 and onnx::Mul_3
+    before = _step(m, feeds)
+    for k in m.params:
+        changed = not np.array_equal(before[k], np.asarray(m.params[k]))
+        assert changed == (k.split(".value")[0] not in fixed), k
+    assert len(m.trainable_names) == 2   # gamma (through the Unsqueeze) and the MatMul weight
+
+
+def test_a_fixed_constant_exports_and_imports_back_fixed(tmp_path):
+    import cnngraph
+    spec = {"name": "k", "inputs": {"x": {"shape": [3, 4]}},
+            "layers": [{"id": "k", "type": "constant", "shape": [3, 1], "trainable": False},
+                       {"id": "w", "type": "constant", "shape": [3, 1]},
+                       {"id": "m", "type": "mul", "inputs": ["x", "k"]},
+                       {"id": "y", "type": "broadcast_add", "inputs": ["m", "w"]}], "outputs": ["y"]}
+    model = cnngraph.compile(spec)
+    assert model.trainable_names == ["w.value"]
+    model.load_params({"k.value": rand(3, 1), "w.value": rand(3, 1)})
+    proto = export_onnx(model, tmp_path / "k.onnx")
+    x = rand(2, 3, 4)
+    np.testing.assert_allclose(ort_run(proto, {"x": x})["y"], model.forward(x)["y"], rtol=1e-6)
+    back = import_onnx(proto)
+    layers = {lay["id"]: lay for lay in back.import_result.spec["layers"]}
+    assert layers["k"].get("trainable") is False and "trainable" not in layers["w"]
+    assert back.trainable_names == ["w.value"]
