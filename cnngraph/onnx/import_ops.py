@@ -14,11 +14,33 @@ import numpy as np
 from .common import register_once
 from .folding import BATCH, BATCH_ALT, Dyn, f32
 
-__all__ = ["HANDLERS", "FOLD_NEVER", "handles"]
+__all__ = ["HANDLERS", "FOLD_NEVER", "handles", "unknown_attributes"]
 
 HANDLERS: dict = {}
 FOLD_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
               "Bernoulli", "If", "Loop", "Scan"}   # random, or control flow: listed as unsupported
+
+
+# The attributes each of these handlers reads (or, for Resize, checks have no effect); any other one is refused
+# rather than ignored, so an attribute a newer opset adds cannot change the result silently.
+WINDOW = {"auto_pad", "dilations", "kernel_shape", "pads", "strides"}
+ATTRIBUTES = {
+    "Conv": WINDOW | {"group"},
+    "ConvTranspose": WINDOW | {"group", "output_padding", "output_shape"},
+    "MaxPool": WINDOW | {"ceil_mode", "storage_order"},   # storage_order: the layout of Indices (refused)
+    "AveragePool": WINDOW | {"ceil_mode", "count_include_pad"},
+    "Pad": {"mode", "pads", "value", "paddings"},
+    "Resize": {"mode", "coordinate_transformation_mode", "nearest_mode", "antialias", "keep_aspect_ratio_policy",
+               "exclude_outside", "axes",
+               "cubic_coeff_a", "extrapolation_value"},   # cubic and tf_crop_and_resize only (refused modes)
+    "Upsample": {"mode", "scales"},
+}
+
+
+def unknown_attributes(node, attrs: dict) -> list[str]:
+    """Attributes of ``node`` its handler does not implement (none for op types not audited)."""
+    known = ATTRIBUTES.get(node.op_type)
+    return [] if known is None else sorted(set(attrs) - known)
 
 
 def handles(*names):
@@ -488,6 +510,10 @@ def _operands(imp, names, rank, trainable=None):
     trainable as ``trainable`` says per input, by default as :func:`is_parameter_name` does)."""
     vals = [imp.get(n) for n in names]
     like = next((v for v in vals if isinstance(v, Dyn)), None)
+    if rank > max(_rank(v) for v in vals if isinstance(v, Dyn)):
+        raise imp.fail(f"a constant of rank {rank} broadcasts a computed tensor of rank "
+                       f"{max(_rank(v) for v in vals if isinstance(v, Dyn))} to a higher rank, which moves its batch "
+                       f"axis; not supported")
     return [imp.dyn_of(n, rank, like, t or None) for n, t in zip(names, trainable or [None] * len(names))]
 
 
@@ -731,6 +757,7 @@ def resize(imp, node, a):
     x = imp.dyn_of(node.input[0])
     if len(x.shape) != 3:
         raise imp.fail(f"only 4-D (N, C, H, W) inputs can be resized, found per-sample shape {tuple(x.shape)}")
+    _refuse_resize_options(imp, a)
     if node.op_type == "Upsample" and imp.opset < 9:
         scales = a.get("scales")
     else:   # Upsample 9 / Resize 10: X, scales; Resize 11+: X, roi, scales, sizes
@@ -738,8 +765,16 @@ def resize(imp, node, a):
         scales = imp.const(node.input[at], "scales") if len(node.input) > at and node.input[at] else None
         if (scales is None or np.size(scales) == 0) and len(node.input) > 3 and node.input[3]:
             sizes = [int(v) for v in imp.const(node.input[3], "sizes")]
-            scales = [1.0, 1.0] + [sizes[i + 2] / x.shape[i + 1] for i in range(2)] if len(sizes) == 4 else None
+            full = [1, *x.shape]
+            axes = [int(ax) % 4 for ax in a.get("axes", range(4))]
+            # the batch entry (the exported batch size, or a shape computed from it) never resizes
+            scales = [1.0 if ax == 0 else sz / full[ax] for ax, sz in zip(axes, sizes)] if len(sizes) == len(axes) else None
     scales = [float(v) for v in (scales if scales is not None else [])]
+    if a.get("axes") is not None and scales:   # opset 18: scales or sizes for these axes only
+        full = [1.0] * 4
+        for ax, v in zip(a["axes"], scales):
+            full[int(ax) % 4] = v
+        scales = full
     if len(scales) != 4 or scales[:2] != [1.0, 1.0]:
         raise imp.fail(f"only scales of the form [1, 1, h, w] are supported, found {scales}")
     mode = a.get("mode", "nearest")
@@ -759,6 +794,18 @@ def resize(imp, node, a):
                        f"{nearest!r} is not supported (nearest asymmetric floor, and linear with align_corners, "
                        f"half_pixel or pytorch_half_pixel, are)")
     return [imp.emit("upsample2d", [x], params)]
+
+
+def _refuse_resize_options(imp, a) -> None:
+    """Resize options that change the result and that upsample2d lacks (the rest only matter for the
+    cubic and tf_crop_and_resize modes, which are refused anyway)."""
+    if a.get("antialias", 0):
+        raise imp.fail("antialias=1 (F.interpolate(..., antialias=True)) is not supported")
+    policy = a.get("keep_aspect_ratio_policy", "stretch")
+    if policy != "stretch":
+        raise imp.fail(f"keep_aspect_ratio_policy {policy!r} is not supported (only 'stretch')")
+    if a.get("exclude_outside", 0):
+        raise imp.fail("exclude_outside=1 is not supported")
 
 
 @handles("DepthToSpace")

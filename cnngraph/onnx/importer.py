@@ -213,7 +213,7 @@ class Importer:
 
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> ImportResult:
-        from .import_ops import FOLD_NEVER, HANDLERS
+        from .import_ops import FOLD_NEVER, HANDLERS, unknown_attributes
         spec_inputs = self.spec_inputs = read_inputs(self)
         outputs = [o.name for o in self.graph.output]
         reserved = {}
@@ -266,7 +266,11 @@ class Importer:
                     self.failed.update(node.output)
                     continue
                 else:
-                    results = handler(self, node, self.attrs(node))
+                    attrs = self.attrs(node)
+                    unknown = unknown_attributes(node, attrs)
+                    if unknown:
+                        raise self.fail(f"attribute{'s' * (len(unknown) > 1)} {', '.join(unknown)} not supported")
+                    results = handler(self, node, attrs)
             except _Skip:
                 if node.op_type not in HANDLERS:   # still worth listing: every unsupported node at once
                     self.unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])

@@ -63,3 +63,31 @@ def test_a_fixed_constant_exports_and_imports_back_fixed(tmp_path):
     layers = {lay["id"]: lay for lay in back.import_result.spec["layers"]}
     assert layers["k"].get("trainable") is False and "trainable" not in layers["w"]
     assert back.trainable_names == ["w.value"]
+
+
+def test_resize_and_broadcast_forms_without_an_exact_import_are_refused_together():
+    x = (2, 3, 8, 8)
+    scales = np.array([1, 1, 0.5, 0.5], np.float32)
+    nodes = [N("Resize", ["x", "", "s"], ["a"], name="aa", mode="linear", antialias=1),
+             N("Resize", ["x", "", "", "sz"], ["b"], name="keep", mode="nearest", axes=[2, 3],
+               keep_aspect_ratio_policy="not_larger"),
+             N("Mul", ["x", "c5"], ["c"], name="rank5"),
+             N("Conv", ["x", "w"], ["d"], name="conv", kernel_shape=[1, 1], unknown_attr=3)]
+    model = make_model(nodes, {"x": x}, {"s": scales, "sz": np.array([4, 6], np.int64), "c5": rand(1, 1, 1, 1, 8),
+                                         "w": rand(3, 3, 1, 1)}, outputs=("a", "b", "c", "d"), opset=19)
+    with pytest.raises(OnnxError) as e:
+        import_onnx(model)
+    msg = str(e.value)
+    assert "Resize node 'aa': antialias=1" in msg
+    assert "Resize node 'keep': keep_aspect_ratio_policy 'not_larger' is not supported" in msg
+    assert "Mul node 'rank5': a constant of rank 5 broadcasts a computed tensor of rank 4" in msg
+    assert "Conv node 'conv': attribute unknown_attr not supported" in msg
+
+
+def test_resize_with_axes_matches_onnxruntime():
+    from onnx_build import compare
+    x = (2, 3, 5, 6)
+    for inputs, inits in ((["x", "", "s"], {"s": np.array([2, 1.5], np.float32)}),
+                          (["x", "", "", "sz"], {"sz": np.array([10, 9], np.int64)})):
+        model = make_model([N("Resize", inputs, ["y"], mode="linear", axes=[2, 3])], {"x": x}, inits, opset=18)
+        compare(model, {"x": rand(*x)})
