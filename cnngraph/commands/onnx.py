@@ -71,7 +71,11 @@ def cmd_import(args) -> int:
     from ..registry import load_plugin_file
     for plugin in args.plugin:
         load_plugin_file(plugin)
-    result = onnx_to_spec(args.model, _parse_shapes(args.input_shape))
+    with warnings.catch_warnings(record=True) as caught:   # each as one line, not Python's two
+        warnings.simplefilter("always")
+        result = onnx_to_spec(args.model, _parse_shapes(args.input_shape))
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     # the written spec names the plugins, whose ops it needs to load (the check below runs them loaded already)
     spec = _with_plugins(result.spec, args.plugin, out.parent) if args.plugin else result.spec
     weights_path = out.with_suffix(".npz")

@@ -57,7 +57,7 @@ class Importer:
         self.onnx = onnx
         self.model = model
         self.graph = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.opset = _default_opset(model)
         self.input_shapes = dict(input_shapes or {})
         self.consts: dict[str, np.ndarray] = {}
         self.alt: dict[str, np.ndarray] = {}     # batch-dependent constants, as folded with BATCH_ALT
@@ -380,6 +380,25 @@ class Importer:
         # keep key order: id, type, inputs, params
         return [{k: lay[k] for k in ("id", "type", "inputs") if k in lay} |
                 {k: v for k, v in lay.items() if k not in ("id", "type", "inputs")} for lay in out]
+
+
+def _default_opset(model) -> int:
+    """The model's opset of the default domain. None declared is an error (the ops' meaning depends on it); one
+    newer than the onnx package knows is read as the newest it knows, with a warning."""
+    import warnings
+    from onnx.defs import onnx_opset_version
+    declared = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not declared:
+        if any(n.domain in ("", "ai.onnx") for n in model.graph.node):
+            raise OnnxError("the model declares no opset for the default ONNX domain (opset_import), so the "
+                            "meaning of its ops is unknown; export it again, or add the opset it was written for")
+        return onnx_opset_version()
+    newest = onnx_opset_version()
+    if declared[0] > newest:
+        warnings.warn(f"the model's opset {declared[0]} is newer than the installed onnx package knows ({newest}); "
+                      f"its ops are read with opset {newest}'s semantics", UserWarning, stacklevel=4)
+        return newest
+    return declared[0]
 
 
 def _load(source):

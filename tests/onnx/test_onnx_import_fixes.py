@@ -91,3 +91,17 @@ def test_resize_with_axes_matches_onnxruntime():
                           (["x", "", "", "sz"], {"sz": np.array([10, 9], np.int64)})):
         model = make_model([N("Resize", inputs, ["y"], mode="linear", axes=[2, 3])], {"x": x}, inits, opset=18)
         compare(model, {"x": rand(*x)})
+
+
+def test_a_missing_default_opset_is_an_error_and_a_newer_one_warns():
+    from onnx.defs import onnx_opset_version
+    model = make_model([N("Relu", ["x"], ["y"])], {"x": (2, 3)})
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(OnnxError, match="declares no opset for the default ONNX domain"):
+        import_onnx(model)
+    model.opset_import.append(helper.make_opsetid("", 99))
+    with pytest.warns(UserWarning, match=f"opset 99 is newer .* read with opset {onnx_opset_version()}'s semantics"):
+        m = import_onnx(model)
+    x = rand(2, 3)
+    np.testing.assert_array_equal(m.forward({"x": x})["y"], np.maximum(x, 0))
