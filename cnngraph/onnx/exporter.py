@@ -257,13 +257,23 @@ def _prelu(c, lid, op, ins, attrs):
 
 @exports("softplus")
 def _softplus(c, lid, op, ins, attrs):
-    beta = float(op.p.beta)
-    if beta == 1.0:
-        c.node("Softplus", ins, [lid], lid)
-        return lid
-    c.node("Mul", [ins[0], c.const(lid, "beta", np.array(beta, np.float32))], [f"{lid}::bx"], f"{lid}::bx")
-    c.node("Softplus", [f"{lid}::bx"], [f"{lid}::sp"], f"{lid}::sp")
-    c.node("Div", [f"{lid}::sp", c.const(lid, "beta_div", np.array(beta, np.float32))], [lid], lid)
+    beta, threshold = float(op.p.beta), float(op.p.threshold)
+    # ONNX Softplus has no threshold; above one of 15 or more the two forms differ by under float32's resolution
+    exact = threshold < 15
+    x = bx = ins[0]
+    if beta != 1.0:
+        bx = f"{lid}::bx"
+        c.node("Mul", [x, c.const(lid, "beta", np.array(beta, np.float32))], [bx], bx)
+    sp = f"{lid}::sp" if beta != 1.0 or exact else lid
+    c.node("Softplus", [bx], [sp], sp)
+    y = sp
+    if beta != 1.0:
+        y = f"{lid}::div" if exact else lid
+        c.node("Div", [sp, c.const(lid, "beta_div", np.array(beta, np.float32))], [y], y)
+    if exact:   # torch's form: x itself where beta * x > threshold
+        c.node("Greater", [bx, c.const(lid, "threshold", np.array(threshold, np.float32))], [f"{lid}::linear"],
+               f"{lid}::linear")
+        c.node("Where", [f"{lid}::linear", x, y], [lid], lid)
     return lid
 
 

@@ -105,3 +105,17 @@ def test_a_missing_default_opset_is_an_error_and_a_newer_one_warns():
         m = import_onnx(model)
     x = rand(2, 3)
     np.testing.assert_array_equal(m.forward({"x": x})["y"], np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("beta, threshold", [(1.0, 1.0), (2.0, 0.5), (0.5, -1.0), (2.0, 20.0)])
+def test_softplus_threshold_exports_exactly(beta, threshold, tmp_path):
+    torch = pytest.importorskip("torch")
+    import cnngraph
+    spec = {"name": "sp", "inputs": {"x": {"shape": [50]}},
+            "layers": [{"id": "y", "type": "softplus", "beta": beta, "threshold": threshold}], "outputs": ["y"]}
+    model = cnngraph.compile(spec)
+    proto = export_onnx(model, tmp_path / "sp.onnx")
+    onnx.checker.check_model(proto, full_check=True)
+    x = np.linspace(-4, 4, 100, dtype=np.float32).reshape(2, 50)
+    want = torch.nn.functional.softplus(torch.from_numpy(x), beta=beta, threshold=threshold).numpy()
+    np.testing.assert_allclose(ort_run(proto, {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
