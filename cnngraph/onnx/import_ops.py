@@ -473,8 +473,12 @@ def identity(imp, node, a):
 @handles("Cast")
 def cast(imp, node, a):
     from onnx import TensorProto
-    if a.get("to") not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-        raise imp.fail("casting a computed tensor to a non-float type is not supported")
+    to = a.get("to")
+    if to not in (TensorProto.FLOAT, TensorProto.DOUBLE):   # float32 holds float64's values as cnngraph computes
+        name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else str(to)
+        why = "rounds to float16's precision" if to in (TensorProto.FLOAT16, TensorProto.BFLOAT16) else \
+            "truncates or thresholds the values"
+        raise imp.fail(f"casting a computed tensor to {name} {why}, which cnngraph does not do; not supported")
     x = imp.get(node.input[0])
     if isinstance(x, Dyn) and imp.spec_inputs.get(x.id, {}).get("dtype") == "int64":
         # integer image data cast to float: the spec input takes floats (cnngraph converts arrays itself)

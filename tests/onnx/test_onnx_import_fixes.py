@@ -119,3 +119,15 @@ def test_softplus_threshold_exports_exactly(beta, threshold, tmp_path):
     x = np.linspace(-4, 4, 100, dtype=np.float32).reshape(2, 50)
     want = torch.nn.functional.softplus(torch.from_numpy(x), beta=beta, threshold=threshold).numpy()
     np.testing.assert_allclose(ort_run(proto, {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_casts_that_change_values_are_refused():
+    for to, why in ((TensorProto.FLOAT16, "FLOAT16 rounds"), (TensorProto.INT64, "INT64 truncates"),
+                    (TensorProto.BOOL, "BOOL truncates")):
+        model = make_model([N("Cast", ["x"], ["c"], name="cast", to=to), N("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
+                           {"x": (2, 3)})
+        with pytest.raises(OnnxError, match=f"Cast node 'cast': casting a computed tensor to {why}"):
+            import_onnx(model)
+    model = make_model([N("Cast", ["x"], ["y"], to=TensorProto.DOUBLE)], {"x": (2, 3)})
+    x = rand(2, 3)
+    np.testing.assert_array_equal(import_onnx(model).forward({"x": x})["y"], x)
