@@ -5,7 +5,7 @@ import re
 
 from ..errors import CnnGraphError
 
-__all__ = ["OnnxError", "require_onnx", "sanitize", "node_base_name", "UniqueNames", "ID_RE", "register_once"]
+__all__ = ["OnnxError", "require_onnx", "sanitize", "node_base_name", "torch_scope", "UniqueNames", "ID_RE", "register_once"]
 
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -66,6 +66,31 @@ def node_base_name(name: str, op_type: str) -> str:
         if len(parts) == 1 and re.fullmatch(re.escape(op_type) + r"(_\d+)?", parts[0]):
             return op_type.lower()
     return name
+
+
+def torch_scope(node) -> str:
+    """A readable id for a node of PyTorch's dynamo exporter, whose names say only the op (``node_conv2d``),
+    from its metadata: ``pkg.torch.onnx.name_scopes`` ``['', 'stem', 'stem.0', 'conv2d']`` gives the module
+    path ``stem.0`` for an op inside a torch.nn layer (``pkg.torch.onnx.class_hierarchy``), and path plus op
+    (``b1.gelu``) for one in a model's own forward. '' without that metadata."""
+    scopes, classes = (_literal_list(node, key) for key in ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"))
+    if not scopes:
+        return ""
+    path = ".".join(s for s in scopes[-2:-1] if s)
+    if path and len(classes) >= 2 and classes[-2].startswith("torch.nn.modules."):
+        return path
+    return f"{path}.{scopes[-1]}" if path else scopes[-1]
+
+
+def _literal_list(node, key: str) -> list[str]:
+    """A metadata entry of ``node`` written as a Python list of strings; [] if absent or not that."""
+    import ast
+    raw = next((p.value for p in getattr(node, "metadata_props", ()) if p.key == key), None)
+    try:
+        value = ast.literal_eval(raw) if raw else []
+    except (ValueError, SyntaxError):
+        return []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def register_once(table: dict, key: str, fn, what: str) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import CnnGraphError, RunError, ShapeError
 from ..model import Model
-from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize
+from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize, torch_scope
 from .folding import BATCH, Dyn, evaluate, f32
 from .inputs import read_inputs
 from .patterns import dead_nodes, find_patterns
@@ -159,7 +159,7 @@ class Importer:
             raise self.fail(f"{exc} (input shapes: {', '.join(str(s.shape) for s in srcs)})") from None
         except Exception as exc:   # pydantic validation
             raise self.fail(f"cannot express as a '{type_}' layer: {exc}") from None
-        base = node_base_name(node.name, node.op_type) if node.name else node.op_type.lower()
+        base = torch_scope(node) or (node_base_name(node.name, node.op_type) if node.name else node.op_type.lower())
         lid = self.names.take(base + suffix, node.op_type.lower())
         layer = {"id": lid, "type": type_, "inputs": [s.id for s in srcs], **params}
         self.add_layer(layer, shape, weights)

@@ -131,3 +131,18 @@ def test_casts_that_change_values_are_refused():
     model = make_model([N("Cast", ["x"], ["y"], to=TensorProto.DOUBLE)], {"x": (2, 3)})
     x = rand(2, 3)
     np.testing.assert_array_equal(import_onnx(model).forward({"x": x})["y"], x)
+
+
+def test_dynamo_node_ids_come_from_the_module_path():
+    def node(op, ins, outs, name, scopes, classes):
+        n = N(op, ins, outs, name=name)
+        for key, value in (("pkg.torch.onnx.name_scopes", scopes), ("pkg.torch.onnx.class_hierarchy", classes)):
+            p = n.metadata_props.add()
+            p.key, p.value = key, repr(value)
+        return n
+    nodes = [node("Conv", ["x", "stem.0.weight"], ["a"], "node_conv2d", ["", "stem", "stem.0", "conv2d"],
+                  ["M", "torch.nn.modules.container.Sequential", "torch.nn.modules.conv.Conv2d", "aten.conv2d.default"]),
+             node("Relu", ["a"], ["b"], "node_relu", ["", "b1", "relu"], ["M", "models.Block", "aten.relu.default"]),
+             node("Sigmoid", ["b"], ["y"], "node_sigmoid", ["", "sigmoid"], ["M", "aten.sigmoid.default"])]
+    m = import_onnx(make_model(nodes, {"x": (2, 3, 4, 4)}, {"stem.0.weight": rand(2, 3, 1, 1)}))
+    assert [lay["id"] for lay in m.import_result.spec["layers"]] == ["stem.0", "b1.relu", "y"]
