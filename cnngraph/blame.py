@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 
-__all__ = ["source_file", "source_line", "owner", "who", "failed"]
+__all__ = ["source_file", "source_line", "defined_at", "owner", "who", "failed"]
 
 
 def source_file(obj) -> str | None:
@@ -29,6 +29,15 @@ def source_line(exc: BaseException, obj) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     return f" at {os.path.basename(path)}:{line}" if line else ""
+
+
+def defined_at(fn) -> str:
+    """'file.py:12', where function ``fn`` is defined (for what it returned: no traceback points there), else ''."""
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if code is None or source_file(fn) is None:
+        return ""
+    return f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
 
 
 def owner(table: str, name: str) -> str | None:

@@ -10,15 +10,18 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import numbers
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pluggy
 
 from . import hookspecs
+from .blame import defined_at, source_line
 from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Op
 
@@ -222,17 +225,44 @@ def _guard(op_cls: type[Op]) -> None:
 
         def wrapper(self, *args, _fn=fn, _meth=meth, _err=err, **kwargs):
             try:
-                return _fn(self, *args, **kwargs)
+                out = _fn(self, *args, **kwargs)
             except CnnGraphError:
                 raise
             except Exception as exc:
                 at = f" at layer '{self.layer_id}'" if _meth == "flops" and self.layer_id else ""
-                raise _err(f"{_meth} of op '{self.type}' (plugin '{type(self).plugin}'){at} raised "
+                line = source_line(exc, _fn).removeprefix(" at ")
+                raise _err(f"{_meth} of op '{self.type}' ({_plugin_at(self, line)}){at} raised "
                            f"{type(exc).__name__}: {exc}") from exc
+            return _shape_of(self, out, _fn) if _meth == "infer_shape" else out
 
         functools.update_wrapper(wrapper, fn)
         wrapper._cnngraph_guarded = True
         setattr(op_cls, meth, wrapper)
+
+
+def _plugin_at(op: Op, line: str) -> str:
+    """"plugin 'p', p.py:12" (the line left out when unknown)."""
+    return f"plugin '{type(op).plugin}'" + (f", {line}" if line else "")
+
+
+def _shape_of(op: Op, out: Any, fn: Callable) -> tuple[int, ...]:
+    """What ``infer_shape`` returned as a tuple of ints; anything else (5, None, a dimension of 1.5) is a
+    ShapeError naming the op: int() would crash on the first or silently truncate the last."""
+    dims = list(out) if isinstance(out, (tuple, list)) else None
+    whole = dims is not None and all(_is_whole(d) for d in dims)
+    if not whole:
+        raise ShapeError(f"infer_shape of op '{op.type}' ({_plugin_at(op, defined_at(fn))}) returned {out!r}; "
+                         f"expected a tuple of whole numbers")
+    return tuple(int(d) for d in dims)
+
+
+def _is_whole(d: Any) -> bool:
+    """An int (NumPy's too) or an integral float such as 3.0; not a bool, not 1.5."""
+    if isinstance(d, (bool, np.bool_)):
+        return False
+    if isinstance(d, numbers.Integral):
+        return True
+    return isinstance(d, numbers.Real) and float(d).is_integer()
 
 
 class _Plugins:

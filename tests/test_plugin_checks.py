@@ -1,0 +1,140 @@
+"""A plugin breaking the contract in a quiet way is named where it breaks it, never a traceback or a silent
+wrong result: infer_shape's return value, init_params' arrays, backward's dtype, an optimizer that updates
+nothing, and what check-op says about them."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.errors import SpecError
+
+BASE = '''
+import math
+import numpy as np
+import cnngraph
+from cnngraph import Op, OpParams
+
+
+class P(OpParams):
+    init: float = 1.0
+
+
+class Scale(Op):
+    type = "pc_scale"
+    Params = P
+
+    def infer_shape(self, in_shapes):
+        return in_shapes[0]                                               # MARK infer
+
+    def init_params(self, in_shapes, rng):
+        return {"scale": np.full(in_shapes[0][0], self.p.init, np.float32)}   # MARK init
+
+    def forward(self, ctx, inputs, params):
+        x = inputs[0]
+        s = params["scale"].reshape((1, -1) + (1,) * (x.ndim - 2))
+        ctx.save(x=x, s=s)
+        return x * s                                                      # MARK forward
+
+    def backward(self, ctx, gy):
+        x, s = ctx.saved["x"], ctx.saved["s"]
+        axes = tuple(i for i in range(gy.ndim) if i != 1)
+        return [gy * s], {"scale": (gy * x).sum(axis=axes)}               # MARK backward
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(out_shape)
+
+
+@cnngraph.hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(Scale)
+'''
+
+SPEC = """
+name: t
+inputs: {image: {shape: [3, 6, 6]}}
+layers:
+  - {id: conv, type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+  - {id: sc, type: pc_scale, init: 0.5}
+  - {id: flat, type: flatten}
+  - {id: logits, type: dense, out_features: 3}
+outputs: [logits]
+train: {data: {dataset: npz, path: d.npz}, epochs: 1, batch_size: 8}
+"""
+
+
+def _line(text: str, mark: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if f"MARK {mark}" in line)
+
+
+def _def_line(text: str, name: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if line.strip().startswith(f"def {name}("))
+
+
+def _plugin(tmp_path, mark: str = "", new: str = "", name: str = "bad.py") -> tuple:
+    """The BASE plugin with the statement on the MARK line replaced by ``new``: (path, source)."""
+    lines = BASE.splitlines()
+    if mark:
+        i = _line(BASE, mark) - 1
+        indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+        lines[i] = indent + new + f"   # MARK {mark}"
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / name
+    path.write_text(text)
+    return path, text
+
+
+def _spec(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((16, 3, 6, 6)).astype(np.float32), y=rng.integers(0, 3, 16))
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    return tmp_path / "spec.yaml"
+
+
+def _spec_dict() -> dict:
+    data = yaml.safe_load(SPEC)
+    del data["train"]
+    return data
+
+
+def _cli(capsys, argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out + err
+
+
+# -- 1. infer_shape's return value ------------------------------------------------------------------------
+@pytest.mark.parametrize("returned,shown", [("5", "5"), ("None", "None"),
+                                            ("(in_shapes[0][0], 1.5, 6)", r"\(4, 1\.5, 6\)"),
+                                            ("(4, True, 6)", r"\(4, True, 6\)")])
+@pytest.mark.parametrize("command", ["validate", "summary", "train"])
+def test_infer_shape_returning_no_shape_is_a_located_problem(fresh, capsys, tmp_path, returned, shown, command):
+    path, text = _plugin(tmp_path, "infer", f"return {returned}")
+    spec = _spec(tmp_path)
+    extra = ["--out", tmp_path / "run", "--quiet"] if command == "train" else []
+    rc, out = _cli(capsys, [command, spec, "--plugin", path, *extra])
+    assert rc == 1
+    assert re.search(rf"spec\.yaml:6:\d+: layers\[1\]: \(layer 'sc'\) infer_shape of op 'pc_scale' \(plugin "
+                     rf"'[^']*bad\.py', bad\.py:{_def_line(text, 'infer_shape')}\) returned {shown}; expected a tuple "
+                     rf"of whole numbers", out), out
+
+
+def test_infer_shape_may_return_a_list_or_integral_floats(fresh, tmp_path):
+    path, _ = _plugin(tmp_path, "infer", "return [in_shapes[0][0], in_shapes[0][1] / 1, np.int64(6)]")
+    cnngraph.load_plugin_file(path)
+    spec = cnngraph.load_spec(_spec_dict())
+    assert spec.graph.nodes["sc"]["out_shape"] == (4, 6, 6)
+    assert all(type(d) is int for d in spec.graph.nodes["sc"]["out_shape"])
+
+
+def test_an_exception_in_infer_shape_names_the_plugin_line(fresh, tmp_path):
+    path, text = _plugin(tmp_path, "infer", "return in_shapes[1]")
+    cnngraph.load_plugin_file(path)
+    with pytest.raises(SpecError, match=rf"\(plugin '[^']*bad\.py', bad\.py:{_line(text, 'infer')}\) raised "
+                                        rf"IndexError"):
+        cnngraph.load_spec(_spec_dict())
