@@ -138,3 +138,63 @@ def test_an_exception_in_infer_shape_names_the_plugin_line(fresh, tmp_path):
     with pytest.raises(SpecError, match=rf"\(plugin '[^']*bad\.py', bad\.py:{_line(text, 'infer')}\) raised "
                                         rf"IndexError"):
         cnngraph.load_spec(_spec_dict())
+
+
+# -- 2. an optimizer that updates nothing -----------------------------------------------------------------
+SIGN_SGD = '''
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+import cnngraph
+from cnngraph.train.optim import Optimizer
+
+
+class SignSGD(Optimizer):
+    type = "pc_sign_sgd"
+    SLOTS = ()
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        lr: float = Field(0.01, ge=0)
+
+    def _update(self, w, g, state, lr):
+        state["step"] += 1
+        w -= lr * np.sign(g)
+
+
+@cnngraph.hookimpl
+def cnngraph_register_optimizers(registry):
+    registry.add_optimizer(SignSGD)
+'''
+
+
+def _train_optimizer(capsys, tmp_path, source, optimizer):
+    (tmp_path / "opt.py").write_text(source)
+    spec = _spec(tmp_path)
+    spec.write_text(SPEC.replace("pc_scale, init: 0.5", "relu").replace("epochs: 1,", f"epochs: 1, optimizer: {optimizer},"))
+    return _cli(capsys, ["train", spec, "--plugin", tmp_path / "opt.py", "--out", tmp_path / "run", "--quiet"])
+
+
+def test_an_optimizer_that_rebinds_its_weight_is_an_error(fresh, capsys, tmp_path):
+    source = SIGN_SGD.replace("w -= lr * np.sign(g)", "w = w - lr * np.sign(g)")
+    rc, out = _train_optimizer(capsys, tmp_path, source, "{type: pc_sign_sgd, lr: 0.01}")
+    line = _def_line(source, "_update")
+    assert rc == 1 and re.search(rf"^error: optimizer 'pc_sign_sgd' \(plugin '[^']*opt\.py'\) changed no weight in its "
+                                 rf"first step \(learning rate 0\.01, non-zero gradients\) \(_update at opt\.py:{line}\); "
+                                 rf"update the weight in place", out, flags=re.M), out
+
+
+@pytest.mark.parametrize("optimizer", ["{type: pc_sign_sgd, lr: 0.01}", "{type: pc_sign_sgd, lr: 0}",
+                                       "{type: sgd, lr: 0}", "{type: sgd, lr: 1.0e-30}"])
+def test_an_optimizer_that_updates_in_place_or_has_nothing_to_do_trains(fresh, capsys, tmp_path, optimizer):
+    rc, out = _train_optimizer(capsys, tmp_path, SIGN_SGD, optimizer)
+    assert rc == 0, out
+
+
+def test_zero_gradients_are_not_an_unchanged_update():
+    from cnngraph.train.guards import optimizer_step
+    from cnngraph.train.optim import SGD
+    w = {"a": np.ones(3, np.float32)}
+    assert not optimizer_step(SGD(lr=0.1), w, {"a": np.zeros(3, np.float32)}, 0.1, check_update=True)
+    assert optimizer_step(SGD(lr=0.1), w, {"a": np.ones(3, np.float32)}, 0.1, check_update=True)
+    assert np.allclose(w["a"], 0.9)
