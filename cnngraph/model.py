@@ -146,6 +146,11 @@ class Model:
         data = self.params._data
         return {local: data[full] for local, full in self._names[node].items()}
 
+    def _op_of(self, param: str) -> str:
+        """"op 'x' (plugin 'p')": the op whose layer owns parameter ``param``."""
+        attrs = self.graph.nodes[param.rsplit(".", 1)[0]]
+        return f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
+
     def _trainable(self, node: str) -> bool:
         return any(full not in self.buffer_names for full in self._names.get(node, {}).values())
 
@@ -326,10 +331,11 @@ class Model:
             if g is None:
                 g = self.xp.zeros_like(p)
             elif not hasattr(g, "shape") or tuple(g.shape) != tuple(p.shape):
-                node = name.rsplit(".", 1)[0]
-                raise PluginError(f"op '{self.graph.nodes[node]['type']}' (plugin '{self.graph.nodes[node].get('plugin')}') "
-                                  f"returned a gradient of {_shape_text(g)} for parameter '{name}' of shape "
-                                  f"{tuple(p.shape)}")
+                raise PluginError(f"{self._op_of(name)} returned a gradient of {_shape_text(g)} for parameter "
+                                  f"'{name}' of shape {tuple(p.shape)}")
+            elif g.dtype != p.dtype:   # as forward: one op must not change the model's precision
+                raise PluginError(f"{self._op_of(name)} returned a {g.dtype} gradient for parameter '{name}' from "
+                                  f"backward in a {p.dtype} model; compute in the model's dtype")
             result[name] = g
         if input_grads:
             for name in sorted(float_inputs):

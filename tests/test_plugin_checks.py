@@ -11,7 +11,7 @@ import yaml
 
 import cnngraph
 from cnngraph.cli import main
-from cnngraph.errors import SpecError
+from cnngraph.errors import PluginError, SpecError
 
 BASE = '''
 import math
@@ -99,6 +99,10 @@ def _spec_dict() -> dict:
     data = yaml.safe_load(SPEC)
     del data["train"]
     return data
+
+
+def _one_layer() -> dict:
+    return {"inputs": {"x": {"shape": [3, 4, 4]}}, "layers": [{"id": "sc", "type": "pc_scale"}], "outputs": ["sc"]}
 
 
 def _cli(capsys, argv):
@@ -198,3 +202,19 @@ def test_zero_gradients_are_not_an_unchanged_update():
     assert not optimizer_step(SGD(lr=0.1), w, {"a": np.zeros(3, np.float32)}, 0.1, check_update=True)
     assert optimizer_step(SGD(lr=0.1), w, {"a": np.ones(3, np.float32)}, 0.1, check_update=True)
     assert np.allclose(w["a"], 0.9)
+
+
+# -- 3. backward in another dtype -------------------------------------------------------------------------
+@pytest.mark.parametrize("returned,pattern", [
+    ('return [(gy * s).astype(np.float64)], {"scale": (gy * x).sum(axis=axes)}',
+     r"returned a float64 gradient for input 0 \('x'\) from backward at layer 'sc' on float32 inputs"),
+    ('return [gy * s], {"scale": (gy * x).sum(axis=axes).astype(np.float64)}',
+     r"returned a float64 gradient for parameter 'sc.scale' from backward in a float32 model"),
+])
+def test_a_gradient_in_another_dtype_is_refused_as_in_forward(fresh, tmp_path, returned, pattern):
+    path, _ = _plugin(tmp_path, "backward", returned)
+    cnngraph.load_plugin_file(path)
+    model = cnngraph.compile(_one_layer())
+    y = model.forward({"x": np.ones((2, 3, 4, 4), np.float32)}, training=True)["sc"]
+    with pytest.raises(PluginError, match=r"op 'pc_scale' \(plugin '[^']*bad\.py'\) " + pattern):
+        model.backward({"sc": np.ones_like(y)})
