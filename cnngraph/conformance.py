@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Context, Op
-from .runner import LayerParams, MissingParam, replaced_buffers
+from .runner import LayerParams, MissingParam, init_params_problem, replaced_buffers
 
 __all__ = ["CheckResult", "InputSample", "check_op", "check_ops", "examples_for", "format_results"]
 
@@ -264,11 +264,11 @@ def _run_case(case: _Case, add) -> None:
         return
     try:
         init = op.init_params([tuple(s) for s in case.shapes], np.random.default_rng(case.seed + 3))
-        bad = [k for k, v in (init or {}).items() if not isinstance(v, np.ndarray)]
-        if bad:
-            add(label, "params", False, f"init_params returned non-NumPy values for {', '.join(bad)}")
+        problem = init_params_problem(init)
+        if problem:
+            add(label, "params", False, problem)
             return
-        case.params = {k: v.astype(np.float64) for k, v in (init or {}).items()}
+        case.params = {k: v.astype(np.float64) for k, v in init.items()}
         # perturb so zero-initialised biases and unit scales do not hide mistakes (buffers stay valid)
         rng = np.random.default_rng(case.seed + 5)
         for k, v in case.params.items():

@@ -218,3 +218,18 @@ def test_a_gradient_in_another_dtype_is_refused_as_in_forward(fresh, tmp_path, r
     y = model.forward({"x": np.ones((2, 3, 4, 4), np.float32)}, training=True)["sc"]
     with pytest.raises(PluginError, match=r"op 'pc_scale' \(plugin '[^']*bad\.py'\) " + pattern):
         model.backward({"sc": np.ones_like(y)})
+
+
+# -- 4. init_params' arrays --------------------------------------------------------------------------------
+@pytest.mark.parametrize("returned,what", [('return {"scale": 1.0}', "a float for 'scale'"),
+                                           ('return {"scale": [self.p.init] * in_shapes[0][0]}', "a list for 'scale'"),
+                                           ("return None", "NoneType")])
+def test_init_params_must_return_arrays_in_compile_and_check_op(fresh, tmp_path, returned, what):
+    from cnngraph.conformance import check_op
+    path, text = _plugin(tmp_path, "init", returned)
+    cnngraph.load_plugin_file(path)
+    with pytest.raises(PluginError, match=rf"op 'pc_scale' \(plugin '[^']*bad\.py'\) at layer 'sc' \(bad\.py:"
+                                          rf"{_def_line(text, 'init_params')}\): init_params returned {what}"):
+        cnngraph.compile(_one_layer())
+    failed = [r for r in check_op("pc_scale") if r.ok is False]
+    assert [r.check for r in failed] == ["params"] and f"init_params returned {what}" in failed[0].detail, failed
