@@ -101,6 +101,8 @@ class Registry:
                               f"{kind} without a name ({getattr(value, '__name__', value)!r}: set its class "
                               f"attribute `type`)")
         entries = getattr(self, table)
+        if entries.get(name) is value:   # the very same object again (a re-run cell, a plugin loaded twice): a no-op
+            return
         if (table, name) in self.contested:
             if not self.installing:
                 raise PluginError(f"{kind} '{name}' is registered by installed plugins "
@@ -133,6 +135,8 @@ class Registry:
         """Register a layer op class under ``op_cls.type``. Returns the class (usable as decorator)."""
         if not (isinstance(op_cls, type) and issubclass(op_cls, Op)):
             raise PluginError(f"plugin '{self.current_plugin}' registered {op_cls!r}, which is not a cnngraph.Op subclass")
+        if self.ops.get(op_cls.type) is op_cls:   # registered already: keep its plugin (see _put)
+            return op_cls
         if op_cls.type and not _OP_TYPE.fullmatch(op_cls.type):
             raise PluginError(f"plugin '{self.current_plugin}' registered op type {op_cls.type!r} "
                               f"({op_cls.__qualname__}); op types are snake_case: lower-case letters, digits and '_', "

@@ -233,3 +233,24 @@ def test_init_params_must_return_arrays_in_compile_and_check_op(fresh, tmp_path,
         cnngraph.compile(_one_layer())
     failed = [r for r in check_op("pc_scale") if r.ok is False]
     assert [r.check for r in failed] == ["params"] and f"init_params returned {what}" in failed[0].detail, failed
+
+
+# -- 5. the same class twice ----------------------------------------------------------------------------------
+def test_registering_the_same_op_class_again_is_a_no_op(fresh):
+    class Idn(cnngraph.Op):
+        type = "pc_identity"
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0] + 0
+
+    cnngraph.register_op(Idn)
+    plugin = Idn.plugin
+    assert cnngraph.register_op(Idn) is Idn
+    fresh.add(Idn)
+    assert fresh.ops["pc_identity"] is Idn and Idn.plugin == plugin == fresh.owner[("ops", "pc_identity")]
+
+    class Other(Idn):
+        pass
+
+    with pytest.raises(PluginError, match="'pc_identity' is registered twice"):   # another class still clashes
+        cnngraph.register_op(Other)
