@@ -254,3 +254,17 @@ def test_registering_the_same_op_class_again_is_a_no_op(fresh):
 
     with pytest.raises(PluginError, match="'pc_identity' is registered twice"):   # another class still clashes
         cnngraph.register_op(Other)
+
+
+# -- 6. check-op names the line that raised ------------------------------------------------------------------
+def test_check_op_names_the_plugin_line_that_raised(fresh, capsys, tmp_path):
+    path, text = _plugin(tmp_path, "forward", 'raise ValueError("boom")')
+    rc, out = _cli(capsys, ["check-op", "pc_scale", "--plugin", path, "-q"])
+    assert rc == 1 and f"forward raised ValueError at bad.py:{_line(text, 'forward')}: boom" in out, out
+
+
+def test_check_op_names_where_init_params_is(fresh, capsys, tmp_path):
+    path, text = _plugin(tmp_path, "init", 'return {"scale": 1.0}')
+    rc, out = _cli(capsys, ["check-op", "pc_scale", "--plugin", path, "-q"])
+    assert rc == 1 and "init_params returned a float for 'scale'" in out, out
+    assert f"(bad.py:{_def_line(text, 'init_params')})" in out, out
