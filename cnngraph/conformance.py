@@ -117,15 +117,18 @@ def examples_for(op_cls: type[Op]) -> tuple[list[tuple[dict, list[InputSample]]]
                           f"[(params dict, [per-sample input shapes]), ...]") from None
     op = op_cls(p, f"check.{op_cls.type}")
     n = max(op_cls.arity[0], 1)
+    first = None   # the first refusal: a crashing infer_shape must not pass for an op that wants other shapes
     for shape in GENERIC_SHAPES:
         try:
             op.infer_shape([shape] * n)
-        except Exception:
+        except Exception as exc:
+            if first is None:
+                first = f"on {shape}: {exc if isinstance(exc, CnnGraphError) else _err(exc, op)}"
             continue
         return [({}, [InputSample(shape)] * n)], "generic guess"
     raise PluginError(f"op '{op_cls.type}' (plugin '{op_cls.plugin}') declares no examples() and accepts none of "
-                      f"the generic input shapes {', '.join(map(str, GENERIC_SHAPES))} with default parameters; "
-                      f"add a classmethod examples()")
+                      f"the generic input shapes {', '.join(map(str, GENERIC_SHAPES))} with default parameters "
+                      f"(the first refusal, {first}); add a classmethod examples()")
 
 
 class _Case:

@@ -268,3 +268,12 @@ def test_check_op_names_where_init_params_is(fresh, capsys, tmp_path):
     rc, out = _cli(capsys, ["check-op", "pc_scale", "--plugin", path, "-q"])
     assert rc == 1 and "init_params returned a float for 'scale'" in out, out
     assert f"(bad.py:{_def_line(text, 'init_params')})" in out, out
+
+
+# -- 7. an infer_shape crash behind the generic guess --------------------------------------------------------
+def test_check_op_shows_why_no_generic_shape_was_accepted(fresh, capsys, tmp_path):
+    path, text = _plugin(tmp_path, "infer", "return in_shapes[1]")
+    rc, out = _cli(capsys, ["check-op", "pc_scale", "--plugin", path, "-q"])
+    assert rc == 1 and "accepts none of the generic input shapes" in out, out
+    assert re.search(rf"the first refusal, on \(3, 6, 6\): infer_shape of op 'pc_scale' \(plugin '[^']*bad\.py', "
+                     rf"bad\.py:{_line(text, 'infer')}\) raised IndexError: list index out of range\)", out), out
