@@ -277,3 +277,28 @@ def test_check_op_shows_why_no_generic_shape_was_accepted(fresh, capsys, tmp_pat
     assert rc == 1 and "accepts none of the generic input shapes" in out, out
     assert re.search(rf"the first refusal, on \(3, 6, 6\): infer_shape of op 'pc_scale' \(plugin '[^']*bad\.py', "
                      rf"bad\.py:{_line(text, 'infer')}\) raised IndexError: list index out of range\)", out), out
+
+
+# -- 8. a method the op class does not implement ------------------------------------------------------------
+def test_a_missing_forward_or_backward_is_named(fresh):
+    class NoForward(cnngraph.Op):
+        type = "pc_no_forward"
+
+    class NoBackward(cnngraph.Op):
+        type = "pc_no_backward"
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0] * 2
+
+    cnngraph.register_op(NoForward)   # validate and summary need no forward: registering is fine
+    cnngraph.register_op(NoBackward)
+    x = {"x": np.ones((1, 3, 4, 4), np.float32)}
+    model = cnngraph.compile({**_one_layer(), "layers": [{"id": "sc", "type": "pc_no_forward"}]})
+    with pytest.raises(cnngraph.RunError, match=r"while running sc \(pc_no_forward, plugin '[^']*'\) on \(1, 3, 4, 4\): "
+                                                r"NotImplementedError: op class .*NoForward does not implement forward$"):
+        model.forward(x)
+    model = cnngraph.compile({**_one_layer(), "layers": [{"id": "sc", "type": "pc_no_backward"}]})
+    y = model.forward(x, training=True)["sc"]
+    with pytest.raises(cnngraph.RunError, match=r"NotImplementedError: op class .*NoBackward does not implement "
+                                                r"backward \(needed to train or differentiate through it\)"):
+        model.backward({"sc": np.ones_like(y)})
