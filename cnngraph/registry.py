@@ -21,7 +21,7 @@ import numpy as np
 import pluggy
 
 from . import hookspecs
-from .blame import defined_at, source_line
+from .blame import class_name, defined_at, source_line
 from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Op
 
@@ -121,8 +121,8 @@ class Registry:
             where = f" ({where})" if where.startswith("entry point") else ""   # say which package
             if first == self.current_plugin and isinstance(value, type):   # one plugin, two classes: name them
                 old = entries[name]
-                where += f" as {old.__module__}.{old.__qualname__}"
-                here = f" as {value.__module__}.{value.__qualname__}"
+                where += f" as {class_name(old)}"
+                here = f" as {class_name(value)}"
             else:
                 here = ""
             raise PluginError(
@@ -195,7 +195,7 @@ def _check_params(op_cls: type[Op], plugin: str) -> None:
     where = f"op '{op_cls.type}' (plugin '{plugin}')"
     if not (isinstance(Params, type) and issubclass(Params, OpParams)):
         raise PluginError(f"{where}: Params must be a subclass of cnngraph.OpParams (a pydantic model that "
-                          f"refuses unknown keys), found {Params!r}")
+                          f"refuses unknown keys), found {class_name(Params)}")
     clash = [k for k in Params.model_fields if k in RESERVED_KEYS]
     if clash:
         raise PluginError(f"{where}: parameter name {', '.join(map(repr, clash))} is reserved for the spec's own "

@@ -302,3 +302,23 @@ def test_a_missing_forward_or_backward_is_named(fresh):
     with pytest.raises(cnngraph.RunError, match=r"NotImplementedError: op class .*NoBackward does not implement "
                                                 r"backward \(needed to train or differentiate through it\)"):
         model.backward({"sc": np.ones_like(y)})
+
+
+# -- 9. a Params class named as the user wrote it --------------------------------------------------------------
+def test_a_params_class_that_is_no_op_params_is_named_by_its_file(fresh, capsys, tmp_path):
+    source = BASE.replace("class P(OpParams):", "from pydantic import BaseModel\nclass P(BaseModel):")
+    (tmp_path / "bad.py").write_text(source)
+    rc, out = _cli(capsys, ["check-op", "pc_scale", "--plugin", tmp_path / "bad.py"])
+    line = _def_line(source.replace("class P(", "def P("), "P")
+    assert rc == 1 and out.strip().endswith(f"Params must be a subclass of cnngraph.OpParams (a pydantic model that "
+                                            f"refuses unknown keys), found 'P' (bad.py:{line})"), out
+    assert "cnngraph_userplugin" not in out
+
+
+def test_two_classes_of_one_plugin_under_one_name_are_named_by_file_and_line(fresh, capsys, tmp_path):
+    source = BASE.replace("@cnngraph.hookimpl", "class Scale2(Scale):\n    pass\n\n\n@cnngraph.hookimpl")
+    source = source.replace("registry.add(Scale)", "registry.add(Scale)\n    registry.add(Scale2)")
+    (tmp_path / "bad.py").write_text(source)
+    rc, out = _cli(capsys, ["ops", "--plugin", tmp_path / "bad.py"])
+    assert rc == 1 and re.search(r"'pc_scale' is registered twice: by plugin '[^']*' as 'Scale' \(bad\.py:\d+\) and by "
+                                 r"plugin '[^']*' as 'Scale2' \(bad\.py:\d+\)", out), out
