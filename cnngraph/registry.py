@@ -152,6 +152,13 @@ class Registry:
         return cls
 
     def add_schedule(self, cls: type) -> type:
+        from .train.schedules import Schedule
+        # the base class applies the warmup from its Params: checked here, not by an AttributeError mid-training
+        if isinstance(cls, type) and issubclass(cls, Schedule) and not (
+                isinstance(cls.Params, type) and issubclass(cls.Params, Schedule.Params)):
+            raise PluginError(f"schedule '{getattr(cls, 'type', '?')}' (plugin '{self.current_plugin}'): Params must "
+                              f"extend Schedule.Params (it brings warmup_epochs, which the base class applies), found "
+                              f"{class_name(cls.Params)}; write `class Params(Schedule.Params):`")
         self._put("schedules", cls.type, cls)
         return cls
 

@@ -322,3 +322,32 @@ def test_two_classes_of_one_plugin_under_one_name_are_named_by_file_and_line(fre
     rc, out = _cli(capsys, ["ops", "--plugin", tmp_path / "bad.py"])
     assert rc == 1 and re.search(r"'pc_scale' is registered twice: by plugin '[^']*' as 'Scale' \(bad\.py:\d+\) and by "
                                  r"plugin '[^']*' as 'Scale2' \(bad\.py:\d+\)", out), out
+
+
+# -- 10. a schedule's Params -------------------------------------------------------------------------------------
+def test_a_schedule_whose_params_do_not_extend_schedule_params_is_refused(fresh):
+    from pydantic import BaseModel
+
+    from cnngraph.train.schedules import Schedule
+
+    class Halving(Schedule):
+        type = "pc_halving"
+
+        class Params(BaseModel):
+            every: int = 1
+
+        def _lr(self, base_lr, pos):
+            return base_lr * 0.5 ** (pos.epoch // self.params.every)
+
+    with pytest.raises(PluginError, match=r"schedule 'pc_halving' \(plugin '[^']*'\): Params must extend "
+                                          r"Schedule\.Params .*found '.*Halving\.Params' \(test_plugin_checks\.py:\d+\); "
+                                          r"write `class Params\(Schedule\.Params\):`"):
+        fresh.add_schedule(Halving)
+    assert "pc_halving" not in fresh.schedules
+
+    class Good(Halving):
+        class Params(Schedule.Params):
+            every: int = 1
+
+    fresh.add_schedule(Good)
+    assert fresh.schedules["pc_halving"] is Good
