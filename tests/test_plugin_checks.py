@@ -351,3 +351,32 @@ def test_a_schedule_whose_params_do_not_extend_schedule_params_is_refused(fresh)
 
     fresh.add_schedule(Good)
     assert fresh.schedules["pc_halving"] is Good
+
+
+# -- 11. a dataset of the wrong image size -------------------------------------------------------------------------
+DATASET = '''
+import numpy as np
+
+import cnngraph
+from cnngraph.train.data import RawSplits, finish_dataset
+
+
+def load_tall(cfg, input_shape, seed, base_dir):
+    c, h, w = input_shape
+    x = np.random.default_rng(seed).random((20, c, h + 1, w)).astype(np.float32)
+    return finish_dataset(RawSplits(train=(x, np.arange(20) % 3), classes=["a", "b", "c"], source="tall"), cfg, seed)
+
+
+@cnngraph.hookimpl
+def cnngraph_register_datasets(registry):
+    registry.add_dataset("pc_tall", load_tall)
+'''
+
+
+def test_a_dataset_of_another_image_size_is_named(fresh, capsys, tmp_path):
+    (tmp_path / "data.py").write_text(DATASET)
+    spec = _spec(tmp_path)
+    spec.write_text(SPEC.replace("pc_scale, init: 0.5", "relu").replace("{dataset: npz, path: d.npz}", "{dataset: pc_tall}"))
+    rc, out = _cli(capsys, ["train", spec, "--plugin", tmp_path / "data.py", "--out", tmp_path / "run", "--quiet"])
+    assert rc == 1 and re.search(r"^error: dataset loader 'pc_tall' \(plugin '[^']*data\.py'\) returned train images of "
+                                 r"shape \(\d+, 3, 7, 6\); the model's input takes \(N, 3, 6, 6\)$", out, flags=re.M), out
