@@ -456,6 +456,12 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
         add(case.label, check, True, f"max rel. error {worst:.1e} over {', '.join(details)}")
 
 
+_BATCH_HINT_TRAINING = ("; if the op uses the rest of the batch in training by design (as batch norm does), declare "
+                        "the class attribute batch_dependent = True")
+_BATCH_HINT_INFERENCE = ("; in inference a sample's output must not depend on the rest of the batch (batch_dependent "
+                         "= True exempts training only: batch norm uses running statistics in inference)")
+
+
 def _check_batch(case: _Case, add) -> None:
     op_cls = case.op_cls
     if op_cls.reduces_batch:
@@ -500,7 +506,8 @@ def _check_batch(case: _Case, add) -> None:
             return
         ok = worst <= 1e-9
         add(case.label, check, ok, f"max difference {worst:.1e} between a sample alone, in its batch and "
-            f"among other samples (batch sizes 1, {BATCH}, {BATCH + 3})" + ("" if ok else " > 1e-9"))
+            f"among other samples (batch sizes 1, {BATCH}, {BATCH + 3})" + ("" if ok else " > 1e-9" + (
+                _BATCH_HINT_TRAINING if training else _BATCH_HINT_INFERENCE)))
     if skip_training:
         add(case.label, "batch independence (training)", None, skip_training)
 

@@ -380,3 +380,14 @@ def test_a_dataset_of_another_image_size_is_named(fresh, capsys, tmp_path):
     rc, out = _cli(capsys, ["train", spec, "--plugin", tmp_path / "data.py", "--out", tmp_path / "run", "--quiet"])
     assert rc == 1 and re.search(r"^error: dataset loader 'pc_tall' \(plugin '[^']*data\.py'\) returned train images of "
                                  r"shape \(\d+, 3, 7, 6\); the model's input takes \(N, 3, 6, 6\)$", out, flags=re.M), out
+
+
+# -- 12. check-op's batch independence hints at batch_dependent -----------------------------------------------------
+def test_a_batch_dependence_failure_hints_at_batch_dependent(fresh, capsys, tmp_path):
+    path, _ = _plugin(tmp_path, "forward", "return x * s - (x.mean(axis=0, keepdims=True) if ctx.training else 0)")
+    rc, out = _cli(capsys, ["check-op", "pc_scale", "--plugin", path, "-q"])
+    line = next(line for line in out.splitlines() if "batch independence (training)" in line)
+    assert rc == 1 and line.startswith("FAIL") and line.endswith(
+        "; if the op uses the rest of the batch in training by design (as batch norm does), declare the class "
+        "attribute batch_dependent = True"), out
+    assert "batch independence (inference)" not in out   # passed: -q shows failures only
