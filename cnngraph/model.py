@@ -94,6 +94,7 @@ class Model:
     def __init__(self, spec: Spec, device: str = "cpu", seed: int = 0, dtype: str = "float32"):
         if spec.graph is None or any("out_shape" not in spec.graph.nodes[n] for n in spec.graph):
             raise CnnGraphError("the spec has not been shape-checked; load it with cnngraph.load_spec")
+        dtype = _dtype_name(dtype)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
         if not is_whole(seed, 0):
@@ -409,6 +410,13 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.spec.name!r}, layers={len(self.spec.layers)}, params={self.param_count():,}, "
                 f"device={self.device!r}, dtype={self.dtype.name})")
+
+
+def _dtype_name(dtype):
+    """'float32' for np.float32 or np.dtype('float32') too (a NumPy user's natural spelling); other values as given."""
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        return np.dtype(dtype).name
+    return dtype
 
 
 def _read_only(a):

@@ -391,3 +391,15 @@ def test_a_batch_dependence_failure_hints_at_batch_dependent(fresh, capsys, tmp_
         "; if the op uses the rest of the batch in training by design (as batch norm does), declare the class "
         "attribute batch_dependent = True"), out
     assert "batch independence (inference)" not in out   # passed: -q shows failures only
+
+
+# -- 13. compile's dtype as NumPy spells it ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,name", [(np.float64, "float64"), (np.dtype("float32"), "float32"),
+                                        (np.dtype(np.float64), "float64"), ("float32", "float32")])
+def test_compile_takes_numpy_dtypes(dtype, name):
+    spec = {"inputs": {"x": {"shape": [3]}}, "layers": [{"id": "fc", "type": "dense", "out_features": 2}],
+            "outputs": ["fc"]}
+    model = cnngraph.compile(spec, dtype=dtype)
+    assert model.dtype == np.dtype(name) and model.params["fc.weight"].dtype == np.dtype(name)
+    with pytest.raises(ValueError, match="dtype must be one of float32, float64, found 'float16'"):
+        cnngraph.compile(spec, dtype=np.float16)
