@@ -95,6 +95,11 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
             if want is not None and tuple(dx.shape) != tuple(want):
                 raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned a gradient of shape "
                                   f"{tuple(dx.shape)} for input {i} ('{src}') at layer '{node}', expected {tuple(want)}")
+            given = tape.dtypes.get(src)
+            if given is not None and dx.dtype != given:   # as forward: one op must not change the model's precision
+                raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned a {dx.dtype} gradient "
+                                  f"for input {i} ('{src}') from backward at layer '{node}' on {given} inputs; compute "
+                                  f"in the inputs' dtype (the model's)")
             if src in grads:
                 grads[src] = grads[src] + dx
             else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 
-__all__ = ["source_file", "source_line", "owner", "who", "failed"]
+__all__ = ["source_file", "source_line", "defined_at", "class_name", "owner", "who", "failed"]
 
 
 def source_file(obj) -> str | None:
@@ -29,6 +29,29 @@ def source_line(exc: BaseException, obj) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     return f" at {os.path.basename(path)}:{line}" if line else ""
+
+
+def defined_at(fn) -> str:
+    """'file.py:12', where function ``fn`` is defined (for what it returned: no traceback points there), else ''."""
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if code is None or source_file(fn) is None:
+        return ""
+    return f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+
+
+def class_name(obj) -> str:
+    """"'P' (my_ops.py:7)": a class by its own name and where it is written (a plugin file's module name is
+    made up by the loader, so it means nothing to the user); anything else by its repr."""
+    if not inspect.isclass(obj):
+        return repr(obj)
+    path = source_file(obj)
+    try:
+        line = inspect.getsourcelines(obj)[1] if path else None
+    except (OSError, TypeError):
+        line = None
+    where = f"{os.path.basename(path)}:{line}" if line else (os.path.basename(path) if path else obj.__module__)
+    return f"'{obj.__qualname__}' ({where})"
 
 
 def owner(table: str, name: str) -> str | None:

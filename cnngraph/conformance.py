@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Context, Op
-from .runner import LayerParams, MissingParam, replaced_buffers
+from .blame import defined_at, source_line
+from .runner import LayerParams, MissingParam, init_params_problem, replaced_buffers
 
 __all__ = ["CheckResult", "InputSample", "check_op", "check_ops", "examples_for", "format_results"]
 
@@ -116,15 +117,18 @@ def examples_for(op_cls: type[Op]) -> tuple[list[tuple[dict, list[InputSample]]]
                           f"[(params dict, [per-sample input shapes]), ...]") from None
     op = op_cls(p, f"check.{op_cls.type}")
     n = max(op_cls.arity[0], 1)
+    first = None   # the first refusal: a crashing infer_shape must not pass for an op that wants other shapes
     for shape in GENERIC_SHAPES:
         try:
             op.infer_shape([shape] * n)
-        except Exception:
+        except Exception as exc:
+            if first is None:
+                first = f"on {shape}: {exc if isinstance(exc, CnnGraphError) else _err(exc, op)}"
             continue
         return [({}, [InputSample(shape)] * n)], "generic guess"
     raise PluginError(f"op '{op_cls.type}' (plugin '{op_cls.plugin}') declares no examples() and accepts none of "
-                      f"the generic input shapes {', '.join(map(str, GENERIC_SHAPES))} with default parameters; "
-                      f"add a classmethod examples()")
+                      f"the generic input shapes {', '.join(map(str, GENERIC_SHAPES))} with default parameters "
+                      f"(the first refusal, {first}); add a classmethod examples()")
 
 
 class _Case:
@@ -177,8 +181,9 @@ class _Case:
         return (n if self.xs else 1, *self.out_shape)   # an op without inputs makes a batch of 1
 
 
-def _err(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def _err(exc: Exception, op) -> str:
+    """"ValueError at my_op.py:25: boom": the line of the op's file that raised, as train names it."""
+    return f"{type(exc).__name__}{source_line(exc, op)}: {exc}"
 
 
 def _fmt_shape(s) -> str:
@@ -210,7 +215,7 @@ def check_op(op: str | type[Op], seed: int = 0, registry=None) -> list[CheckResu
         add("", "examples", False, str(exc))
         return results
     except Exception as exc:
-        add("", "examples", False, f"examples() raised {_err(exc)}")
+        add("", "examples", False, f"examples() raised {_err(exc, op_cls)}")
         return results
     for k, (params, samples) in enumerate(examples):
         label = f"#{k + 1}"
@@ -260,15 +265,16 @@ def _run_case(case: _Case, add) -> None:
         add(label, "shape", False, f"infer_shape rejected the example: {exc}")
         return
     except Exception as exc:
-        add(label, "shape", False, f"infer_shape raised {_err(exc)}")
+        add(label, "shape", False, f"infer_shape raised {_err(exc, case.op)}")
         return
     try:
         init = op.init_params([tuple(s) for s in case.shapes], np.random.default_rng(case.seed + 3))
-        bad = [k for k, v in (init or {}).items() if not isinstance(v, np.ndarray)]
-        if bad:
-            add(label, "params", False, f"init_params returned non-NumPy values for {', '.join(bad)}")
+        problem = init_params_problem(init)
+        if problem:
+            at = defined_at(type(op).init_params)
+            add(label, "params", False, problem + (f" ({at})" if at else ""))
             return
-        case.params = {k: v.astype(np.float64) for k, v in (init or {}).items()}
+        case.params = {k: v.astype(np.float64) for k, v in init.items()}
         # perturb so zero-initialised biases and unit scales do not hide mistakes (buffers stay valid)
         rng = np.random.default_rng(case.seed + 5)
         for k, v in case.params.items():
@@ -282,7 +288,7 @@ def _run_case(case: _Case, add) -> None:
                 f"{', '.join(f'{k}{_fmt_shape(v.shape)}' for k, v in case.params.items()) or '(none)'}; "
                 f"{int(flops)} FLOPs/sample")
     except Exception as exc:
-        add(label, "params", False, f"init_params/flops raised {_err(exc)}")
+        add(label, "params", False, f"init_params/flops raised {_err(exc, case.op)}")
         return
 
     # forward shape in both modes
@@ -295,7 +301,7 @@ def _run_case(case: _Case, add) -> None:
             add(label, f"shape ({mode})", False, str(exc))
             return
         except Exception as exc:
-            add(label, f"shape ({mode})", False, f"forward raised {_err(exc)}")
+            add(label, f"shape ({mode})", False, f"forward raised {_err(exc, case.op)}")
             return
         changed = [i for i, (x, b) in enumerate(zip(case.xs, before)) if not np.array_equal(x, b, equal_nan=True)]
         if changed:   # another layer reading the same tensor would see the change
@@ -332,7 +338,7 @@ def _check_dtype(case: _Case, dt, add) -> None:
     try:
         ctx, y = case.forward(xs, params, True, grad=True)
     except Exception as exc:
-        add(case.label, check, False, f"forward raised {_err(exc)}")
+        add(case.label, check, False, f"forward raised {_err(exc, case.op)}")
         return
     if getattr(y, "dtype", None) != np.dtype(dt):
         add(case.label, check, False, f"forward returned {getattr(y, 'dtype', type(y).__name__)} for "
@@ -342,7 +348,7 @@ def _check_dtype(case: _Case, dt, add) -> None:
     try:
         in_grads, p_grads = case.backward(ctx, gy)
     except Exception as exc:
-        add(case.label, check, False, f"backward raised {_err(exc)}")
+        add(case.label, check, False, f"backward raised {_err(exc, case.op)}")
         return
     problems = _grad_structure(case, in_grads, p_grads, xs, params, dt)
     if problems:
@@ -391,7 +397,7 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
         r = np.asarray(r, dtype=np.float64)
         in_grads, p_grads = case.backward(ctx, r)
     except Exception as exc:
-        add(case.label, check, False, f"forward/backward raised {_err(exc)}")
+        add(case.label, check, False, f"forward/backward raised {_err(exc, case.op)}")
         return
     problems = _grad_structure(case, in_grads, p_grads, xs, params, None)
     if problems:
@@ -442,12 +448,18 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
             worst = max(worst, err)
             details.append(f"{label} ({how})")
     except Exception as exc:
-        add(case.label, check, False, f"forward raised during finite differences: {_err(exc)}")
+        add(case.label, check, False, f"forward raised during finite differences: {_err(exc, case.op)}")
         return
     if failed:
         add(case.label, check, False, f"max rel. error {worst:.1e} > {RTOL:.0e}; " + "; ".join(failed))
     else:
         add(case.label, check, True, f"max rel. error {worst:.1e} over {', '.join(details)}")
+
+
+_BATCH_HINT_TRAINING = ("; if the op uses the rest of the batch in training by design (as batch norm does), declare "
+                        "the class attribute batch_dependent = True")
+_BATCH_HINT_INFERENCE = ("; in inference a sample's output must not depend on the rest of the batch (batch_dependent "
+                         "= True exempts training only: batch norm uses running statistics in inference)")
 
 
 def _check_batch(case: _Case, add) -> None:
@@ -471,7 +483,7 @@ def _check_batch(case: _Case, add) -> None:
             else:
                 skip_training = "stochastic in training (uses ctx.rng); checked in inference mode only"
         except Exception as exc:
-            add(case.label, "batch independence (training)", False, f"forward raised {_err(exc)}")
+            add(case.label, "batch independence (training)", False, f"forward raised {_err(exc, case.op)}")
             return
     for training in modes:
         mode = "training" if training else "inference"
@@ -490,11 +502,12 @@ def _check_batch(case: _Case, add) -> None:
             _, y2 = case.forward(mixed, case.params, training)
             worst = max(worst, _diff(y2[0], full[0]))
         except Exception as exc:
-            add(case.label, check, False, f"forward raised {_err(exc)}")
+            add(case.label, check, False, f"forward raised {_err(exc, case.op)}")
             return
         ok = worst <= 1e-9
         add(case.label, check, ok, f"max difference {worst:.1e} between a sample alone, in its batch and "
-            f"among other samples (batch sizes 1, {BATCH}, {BATCH + 3})" + ("" if ok else " > 1e-9"))
+            f"among other samples (batch sizes 1, {BATCH}, {BATCH + 3})" + ("" if ok else " > 1e-9" + (
+                _BATCH_HINT_TRAINING if training else _BATCH_HINT_INFERENCE)))
     if skip_training:
         add(case.label, "batch independence (training)", None, skip_training)
 

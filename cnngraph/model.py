@@ -10,10 +10,11 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from .autodiff import requires_grad, run_backward
+from .blame import defined_at, source_line
 from .backend import get_xp, to_device, to_numpy, tune_allocator
 from .errors import CnnGraphError, PluginError, RunError
 from .kernels._parallel import blas_held_for
-from .runner import batch_of, run_forward, run_forward_parallel
+from .runner import batch_of, init_params_problem, run_forward, run_forward_parallel
 from .paramtypes import is_whole
 from .schedule import Plan, make_plan
 from .spec import Spec, load_spec
@@ -93,6 +94,7 @@ class Model:
     def __init__(self, spec: Spec, device: str = "cpu", seed: int = 0, dtype: str = "float32"):
         if spec.graph is None or any("out_shape" not in spec.graph.nodes[n] for n in spec.graph):
             raise CnnGraphError("the spec has not been shape-checked; load it with cnngraph.load_spec")
+        dtype = _dtype_name(dtype)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
         if not is_whole(seed, 0):
@@ -123,11 +125,16 @@ class Model:
         for node in self._layer_order():
             attrs = self.graph.nodes[node]
             op = attrs["op"]
+            who = f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
             try:
                 local = op.init_params(attrs["in_shapes"], rng)
             except Exception as exc:
-                raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') failed to initialise "
-                                  f"parameters of layer '{node}': {type(exc).__name__}: {exc}") from exc
+                raise PluginError(f"{who} failed to initialise parameters of layer '{node}'{source_line(exc, op)}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            problem = init_params_problem(local)
+            if problem:
+                at = defined_at(type(op).init_params)
+                raise PluginError(f"{who} at layer '{node}'{' (' + at + ')' if at else ''}: {problem}")
             names = {}
             for name, value in local.items():
                 full = f"{node}.{name}"
@@ -145,6 +152,11 @@ class Model:
     def _params_of(self, node: str) -> dict[str, Any]:
         data = self.params._data
         return {local: data[full] for local, full in self._names[node].items()}
+
+    def _op_of(self, param: str) -> str:
+        """"op 'x' (plugin 'p')": the op whose layer owns parameter ``param``."""
+        attrs = self.graph.nodes[param.rsplit(".", 1)[0]]
+        return f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
 
     def _trainable(self, node: str) -> bool:
         return any(full not in self.buffer_names for full in self._names.get(node, {}).values())
@@ -326,10 +338,11 @@ class Model:
             if g is None:
                 g = self.xp.zeros_like(p)
             elif not hasattr(g, "shape") or tuple(g.shape) != tuple(p.shape):
-                node = name.rsplit(".", 1)[0]
-                raise PluginError(f"op '{self.graph.nodes[node]['type']}' (plugin '{self.graph.nodes[node].get('plugin')}') "
-                                  f"returned a gradient of {_shape_text(g)} for parameter '{name}' of shape "
-                                  f"{tuple(p.shape)}")
+                raise PluginError(f"{self._op_of(name)} returned a gradient of {_shape_text(g)} for parameter "
+                                  f"'{name}' of shape {tuple(p.shape)}")
+            elif g.dtype != p.dtype:   # as forward: one op must not change the model's precision
+                raise PluginError(f"{self._op_of(name)} returned a {g.dtype} gradient for parameter '{name}' from "
+                                  f"backward in a {p.dtype} model; compute in the model's dtype")
             result[name] = g
         if input_grads:
             for name in sorted(float_inputs):
@@ -397,6 +410,13 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.spec.name!r}, layers={len(self.spec.layers)}, params={self.param_count():,}, "
                 f"device={self.device!r}, dtype={self.dtype.name})")
+
+
+def _dtype_name(dtype):
+    """'float32' for np.float32 or np.dtype('float32') too (a NumPy user's natural spelling); other values as given."""
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        return np.dtype(dtype).name
+    return dtype
 
 
 def _read_only(a):

@@ -136,11 +136,12 @@ class Op:
 
     def forward(self, ctx: Context, inputs: list, params: dict[str, Any]):
         """Compute the output from batched inputs; ``ctx.save(...)`` what backward needs."""
-        raise NotImplementedError
+        raise NotImplementedError(f"op class {type(self).__qualname__} does not implement forward")
 
     def backward(self, ctx: Context, grad_out) -> tuple[list, dict[str, Any]]:
         """Return (gradient per input, None where there is none; gradient per parameter)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"op class {type(self).__qualname__} does not implement backward (needed to "
+                                  f"train or differentiate through it)")
 
     def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:
         """Multiply-adds per sample (0 for data movement)."""

@@ -10,15 +10,18 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import numbers
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pluggy
 
 from . import hookspecs
+from .blame import class_name, defined_at, source_line
 from .errors import CnnGraphError, PluginError, ShapeError
 from .op import Op
 
@@ -98,6 +101,8 @@ class Registry:
                               f"{kind} without a name ({getattr(value, '__name__', value)!r}: set its class "
                               f"attribute `type`)")
         entries = getattr(self, table)
+        if entries.get(name) is value:   # the very same object again (a re-run cell, a plugin loaded twice): a no-op
+            return
         if (table, name) in self.contested:
             if not self.installing:
                 raise PluginError(f"{kind} '{name}' is registered by installed plugins "
@@ -116,8 +121,8 @@ class Registry:
             where = f" ({where})" if where.startswith("entry point") else ""   # say which package
             if first == self.current_plugin and isinstance(value, type):   # one plugin, two classes: name them
                 old = entries[name]
-                where += f" as {old.__module__}.{old.__qualname__}"
-                here = f" as {value.__module__}.{value.__qualname__}"
+                where += f" as {class_name(old)}"
+                here = f" as {class_name(value)}"
             else:
                 here = ""
             raise PluginError(
@@ -130,6 +135,8 @@ class Registry:
         """Register a layer op class under ``op_cls.type``. Returns the class (usable as decorator)."""
         if not (isinstance(op_cls, type) and issubclass(op_cls, Op)):
             raise PluginError(f"plugin '{self.current_plugin}' registered {op_cls!r}, which is not a cnngraph.Op subclass")
+        if self.ops.get(op_cls.type) is op_cls:   # registered already: keep its plugin (see _put)
+            return op_cls
         if op_cls.type and not _OP_TYPE.fullmatch(op_cls.type):
             raise PluginError(f"plugin '{self.current_plugin}' registered op type {op_cls.type!r} "
                               f"({op_cls.__qualname__}); op types are snake_case: lower-case letters, digits and '_', "
@@ -145,6 +152,13 @@ class Registry:
         return cls
 
     def add_schedule(self, cls: type) -> type:
+        from .train.schedules import Schedule
+        # the base class applies the warmup from its Params: checked here, not by an AttributeError mid-training
+        if isinstance(cls, type) and issubclass(cls, Schedule) and not (
+                isinstance(cls.Params, type) and issubclass(cls.Params, Schedule.Params)):
+            raise PluginError(f"schedule '{getattr(cls, 'type', '?')}' (plugin '{self.current_plugin}'): Params must "
+                              f"extend Schedule.Params (it brings warmup_epochs, which the base class applies), found "
+                              f"{class_name(cls.Params)}; write `class Params(Schedule.Params):`")
         self._put("schedules", cls.type, cls)
         return cls
 
@@ -188,7 +202,7 @@ def _check_params(op_cls: type[Op], plugin: str) -> None:
     where = f"op '{op_cls.type}' (plugin '{plugin}')"
     if not (isinstance(Params, type) and issubclass(Params, OpParams)):
         raise PluginError(f"{where}: Params must be a subclass of cnngraph.OpParams (a pydantic model that "
-                          f"refuses unknown keys), found {Params!r}")
+                          f"refuses unknown keys), found {class_name(Params)}")
     clash = [k for k in Params.model_fields if k in RESERVED_KEYS]
     if clash:
         raise PluginError(f"{where}: parameter name {', '.join(map(repr, clash))} is reserved for the spec's own "
@@ -222,17 +236,44 @@ def _guard(op_cls: type[Op]) -> None:
 
         def wrapper(self, *args, _fn=fn, _meth=meth, _err=err, **kwargs):
             try:
-                return _fn(self, *args, **kwargs)
+                out = _fn(self, *args, **kwargs)
             except CnnGraphError:
                 raise
             except Exception as exc:
                 at = f" at layer '{self.layer_id}'" if _meth == "flops" and self.layer_id else ""
-                raise _err(f"{_meth} of op '{self.type}' (plugin '{type(self).plugin}'){at} raised "
+                line = source_line(exc, _fn).removeprefix(" at ")
+                raise _err(f"{_meth} of op '{self.type}' ({_plugin_at(self, line)}){at} raised "
                            f"{type(exc).__name__}: {exc}") from exc
+            return _shape_of(self, out, _fn) if _meth == "infer_shape" else out
 
         functools.update_wrapper(wrapper, fn)
         wrapper._cnngraph_guarded = True
         setattr(op_cls, meth, wrapper)
+
+
+def _plugin_at(op: Op, line: str) -> str:
+    """"plugin 'p', p.py:12" (the line left out when unknown)."""
+    return f"plugin '{type(op).plugin}'" + (f", {line}" if line else "")
+
+
+def _shape_of(op: Op, out: Any, fn: Callable) -> tuple[int, ...]:
+    """What ``infer_shape`` returned as a tuple of ints; anything else (5, None, a dimension of 1.5) is a
+    ShapeError naming the op: int() would crash on the first or silently truncate the last."""
+    dims = list(out) if isinstance(out, (tuple, list)) else None
+    whole = dims is not None and all(_is_whole(d) for d in dims)
+    if not whole:
+        raise ShapeError(f"infer_shape of op '{op.type}' ({_plugin_at(op, defined_at(fn))}) returned {out!r}; "
+                         f"expected a tuple of whole numbers")
+    return tuple(int(d) for d in dims)
+
+
+def _is_whole(d: Any) -> bool:
+    """An int (NumPy's too) or an integral float such as 3.0; not a bool, not 1.5."""
+    if isinstance(d, (bool, np.bool_)):
+        return False
+    if isinstance(d, numbers.Integral):
+        return True
+    return isinstance(d, numbers.Real) and float(d).is_integer()
 
 
 class _Plugins:

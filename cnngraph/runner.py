@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import networkx as nx
+import numpy as np
 
 from .errors import CnnGraphError, PluginError, RunError
 from .blame import source_line
@@ -16,7 +17,7 @@ from .op import Context
 from .schedule import Plan
 
 __all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call", "batch_of", "LayerParams",
-           "MissingParam", "replaced_buffers"]
+           "MissingParam", "replaced_buffers", "init_params_problem"]
 
 
 @dataclass
@@ -69,6 +70,16 @@ def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
         raise PluginError(f"{_who(g.nodes[node])} at layer '{node}': {replaced}")
     _check_output(g, node, y, xs)
     return y
+
+
+def init_params_problem(local: Any) -> str:
+    """Why what an op's init_params returned is not a dict of NumPy arrays ('' when it is): a Python scalar
+    or list would become an array of a shape the op never meant, found only later, by backward."""
+    if not isinstance(local, dict):
+        return f"init_params returned {type(local).__name__}; expected a dict of NumPy arrays by name"
+    bad = [f"a {type(v).__name__} for {k!r}" for k, v in local.items() if not isinstance(v, np.ndarray)]
+    return (f"init_params returned {', '.join(bad)}; expected NumPy arrays (np.full(shape, value, np.float32))"
+            if bad else "")
 
 
 def replaced_buffers(before: dict, after: dict) -> str:

@@ -183,8 +183,8 @@ def test_register_op_mistakes_are_named(fresh):
         type = "Bad Name!"
 
     cnngraph.register_op(First)
-    with pytest.raises(PluginError, match=r"as test_api_bad_input\.test_register_op_mistakes_are_named\.<locals>\.First "
-                                          r"and by plugin 'test_api_bad_input' as .*Second"):
+    with pytest.raises(PluginError, match=r"as 'test_register_op_mistakes_are_named\.<locals>\.First' "
+                                          r"\(test_api_bad_input\.py:\d+\) and by plugin 'test_api_bad_input' as .*Second"):
         cnngraph.register_op(Second)
     with pytest.raises(PluginError, match="takes an Op subclass, found an instance of First"):
         cnngraph.register_op(First())

@@ -221,7 +221,7 @@ def test_crashing_infer_shape_and_flops_fail_check_op_by_name(fresh, capsys):
     assert rc == 1 and "backward returned 2 input gradients, expected 1" in out
     cnngraph.load_plugin_file(PLUGINS / "more_broken_ops.py")
     fails = [r for r in check_op("backward_raises") if r.ok is False]
-    assert fails and all("ValueError: oops in backward" in r.detail for r in fails)
+    assert fails and all("ValueError at more_broken_ops.py:25: oops in backward" in r.detail for r in fails)
 
 
 def test_readme_walkthrough_matches_the_example_and_its_commands_work(fresh, capsys):

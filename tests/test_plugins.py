@@ -506,9 +506,10 @@ def _train_spec(tmp_path, op_type):
     ("grad_count", "train", "op 'grad_count' (plugin '{p}') returned 2 input gradients from backward at layer 'a', "
                             "expected 1"),
     ("backward_raises", "train", "while differentiating a (backward_raises, plugin '{p}')"),
-    ("infer_shape_crashes", "validate", "(layer 'a') infer_shape of op 'infer_shape_crashes' (plugin '{p}') raised "
-                                        "IndexError: list index out of range"),
-    ("flops_crashes", "summary", "flops of op 'flops_crashes' (plugin '{p}') at layer 'a' raised TypeError: bad flops"),
+    ("infer_shape_crashes", "validate", "(layer 'a') infer_shape of op 'infer_shape_crashes' (plugin '{p}', "
+                                        "ops.py:34) raised IndexError: list index out of range"),
+    ("flops_crashes", "summary", "flops of op 'flops_crashes' (plugin '{p}', ops.py:50) at layer 'a' raised TypeError: "
+                                 "bad flops"),
 ])
 def test_broken_ops_at_run_time_name_plugin_and_op(fresh, capsys, tmp_path, op_type, command, needle):
     spec = _train_spec(tmp_path, op_type)

@@ -273,6 +273,11 @@ def _call_loader(loader, cfg: DataConfig, shape, seed: int, base_dir) -> Dataset
     if not isinstance(ds, Dataset):
         raise PluginError(f"{subject} returned a {type(ds).__name__}; expected a cnngraph.train.data.Dataset "
                           f"(build it with cnngraph.train.data.finish_dataset(RawSplits(...), cfg, seed))")
+    for split in ("train", "val", "test"):   # else the model refuses the first batch, naming no dataset
+        x = getattr(ds, split)[0]
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise DataError(f"{subject} returned {split} images of shape {tuple(x.shape)}; the model's input takes "
+                            f"(N, {', '.join(map(str, shape))})")
     return ds
 
 

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import math
 
-from ..blame import failed, who
+from ..blame import defined_at, failed, who
 from ..errors import CnnGraphError
 from .settings import TrainingError
 
 __all__ = ["optimizer_step", "schedule_rate"]
 
 
-def optimizer_step(optimizer, weights: dict, grads: dict, rate: float) -> None:
-    """``optimizer.step(weights, grads, rate)``; an exception inside it names the optimizer."""
+def optimizer_step(optimizer, weights: dict, grads: dict, rate: float, check_update: bool = False) -> bool:
+    """``optimizer.step(weights, grads, rate)``; an exception inside it names the optimizer. With
+    ``check_update`` (the first steps), a step that changes no weight at all is an error: an ``_update``
+    that rebinds ``w = w - ...`` instead of writing into ``w`` would otherwise train nothing, silently.
+    Returns whether the step was checked (False while no gradient step would visibly move a weight)."""
+    subject = who("optimizer", type(optimizer).type, "optimizers")
+    before = _visibly_moved(weights, grads, rate) if check_update else {}
     try:
         optimizer.step(weights, grads, rate)
     except CnnGraphError:
         raise
     except Exception as exc:
-        subject = who("optimizer", type(optimizer).type, "optimizers")
         raise TrainingError(failed(subject, "step", exc, type(optimizer))) from exc
+    if before and all(bool((weights[name] == old).all()) for name, old in before.items()):
+        at = defined_at(type(optimizer)._update)
+        raise TrainingError(f"{subject} changed no weight in its first step (learning rate {rate:g}, non-zero "
+                            f"gradients){' (_update at ' + at + ')' if at else ''}; update the weight in place "
+                            f"(w -= lr * g, w[...] = value): assigning a new array (w = w - lr * g) is lost")
+    return bool(before)
+
+
+def _visibly_moved(weights: dict, grads: dict, rate: float) -> dict:
+    """Copies of the weights that a plain gradient step at ``rate`` would change (a zero gradient or a rate
+    too small for the weights' precision changes nothing, rightly): what the first step is checked on."""
+    if not rate > 0:
+        return {}
+    return {name: w.copy() for name, w in weights.items()
+            if grads.get(name) is not None and bool((w - rate * grads[name] != w).any())}
 
 
 def schedule_rate(schedule, base_lr: float, epoch: int, step: int, steps: int, epochs: int) -> float:

@@ -176,6 +176,7 @@ class _Run:
         reg = get_registry()
         self.model = Model(spec, device=device, seed=st.seed)
         self.optimizer = reg.optimizers[self.ts.optimizer.type](self.ts.optimizer.params)
+        self.update_checked = False   # the first step that should move a weight checks that it does
         self.schedule = reg.schedules[self.ts.schedule.type](self.ts.schedule.params)
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
@@ -320,7 +321,8 @@ class _Run:
                 norm = clip_grad_norm(grads, self.ts.grad_clip)
                 if not math.isfinite(norm):
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
-            optimizer_step(self.optimizer, weights, grads, rate)
+            checked = optimizer_step(self.optimizer, weights, grads, rate, check_update=not self.update_checked)
+            self.update_checked = self.update_checked or checked
             s_np = to_numpy(scores)
             score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
             total, weight = loss.batch_loss(value, yb)
