@@ -159,6 +159,8 @@ def cmd_evaluate(args) -> int:
         # Normalise exactly as training did, whatever data is evaluated.
         cfg = DataConfig.model_validate({**cfg.model_dump(), "normalize": {"mean": stats["mean"], "std": stats["std"]}})
     ds = load_dataset(cfg, shape, seed=int(settings.get("seed", ts.seed)), base_dir=spec.base_dir)
+    for note in ds.notes:
+        print(note, file=sys.stderr)
     x, y = getattr(ds, args.split)
     whole = args.data is not None and args.split == "test" and len(y) == 0
     if whole:   # a file without a separate test split is itself the test data
@@ -265,8 +267,8 @@ def _probabilities(scores: np.ndarray, loss_type: str | None) -> np.ndarray:
 
 def cmd_predict(args) -> int:
     from ..backend import to_numpy
-    from ..train.data import apply_normalization
-    from ..train.images import read_inputs
+    from ..train.data import apply_normalization, pixel_range_fits
+    from ..train.images import image_units_warning, read_inputs
     from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
@@ -281,9 +283,13 @@ def cmd_predict(args) -> int:
     if stats.get("mean") is None:
         print(f"note: {ckdir} holds no dataset normalisation (not written by `cnngraph train`); inputs are fed "
               f"as read, in [0, 1]", file=sys.stderr)
+    units = image_units_warning(args.inputs, stats.get("pixel_range"), scale)
+    if units:
+        print(units, file=sys.stderr)
+    eight_bit = pixel_range_fits(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
     labels, parts = [], []
     for path in args.inputs:
-        x = read_inputs([path], shape, scale=scale, invert=args.invert)
+        x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit)
         parts.append(x)
         labels += [path] if len(x) == 1 and not path.lower().endswith(".npy") else \
             [f"{path}[{i}]" for i in range(len(x))]

@@ -149,6 +149,8 @@ class _Run:
                                     f"data: entry, or pass --data NAME:PATH") from None
             raise
         ds = self.dataset
+        for note in ds.notes if not quiet else ():
+            print(note, file=self.stream)
         if len(ds.train[1]) == 0:
             raise DataError(f"dataset '{st.data.dataset}': the training split is empty")
         if ds.num_classes < 2 and not ds.values:

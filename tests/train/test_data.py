@@ -456,3 +456,32 @@ def test_read_inputs_accepts_channels_last_npy_like_the_npz_dataset(tmp_path):
     want = read_inputs([tmp_path / "nchw.npy"], (3, 16, 16))
     np.testing.assert_array_equal(read_inputs([tmp_path / "nhwc.npy"], (3, 16, 16)), want)
     np.testing.assert_array_equal(read_inputs([tmp_path / "hwc.npy"], (3, 16, 16)), want[:1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int16])
+def test_npz_eight_bit_values_in_wider_dtypes_read_like_uint8(tmp_path, dtype):
+    """uint8 images saved as float or int64 hold 0..255: read in [0, 1] like uint8, with a note (PNGs at
+    predict time are read in [0, 1], so [0, 255] training data would silently mismatch them)."""
+    x = RNG.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8)
+    y = np.arange(20) % 2
+    u8 = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u8.npz", x=x, y=y)), normalize="none"),
+                      (1, 4, 4))
+    wide = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "w.npz", x=x.astype(dtype), y=y,
+                                                                 x_test=x[:4].astype(dtype), y_test=y[:4])),
+                                   normalize="none"), (1, 4, 4))
+    assert np.array_equal(wide.train[0], u8.train[0]) and wide.pixel_scale == 1.0
+    assert wide.test[0].max() <= 1.0 and wide.pixel_range[1] <= 1.0
+    assert len(wide.notes) == 1 and "w.npz' key 'x'" in wide.notes[0] and "scaled by 1/255" in wide.notes[0]
+    assert u8.notes == []
+
+
+def test_npz_floats_outside_eight_bit_range_are_kept(tmp_path):
+    """Standardised data (negatives) and [0, 1] data are taken as they are, and the raw range is recorded."""
+    x = RNG.standard_normal((20, 1, 4, 4)).astype(np.float32) * 3
+    y = np.arange(20) % 2
+    ds = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=x, y=y)), normalize="none",
+                                 val_fraction=0), (1, 4, 4))
+    assert ds.notes == [] and ds.pixel_range == (float(x.min()), float(x.max()))
+    unit = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u.npz", x=np.abs(x) / 100, y=y)),
+                                   normalize="none", val_fraction=0), (1, 4, 4))
+    assert unit.notes == [] and np.allclose(unit.train[0], np.abs(x) / 100)

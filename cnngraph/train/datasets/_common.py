@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import DataError
 
-__all__ = ["RawSplits", "to_nchw", "as_float_images", "check_labels", "check_values", "stratified_split",
+__all__ = ["RawSplits", "to_nchw", "as_float_images", "looks_8bit", "check_labels", "check_values", "stratified_split",
            "require_shape", "fmt_shape"]
 
 
@@ -78,6 +78,17 @@ def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
         bad = int((~np.isfinite(out)).sum())
         raise DataError(f"{what}: expected finite pixel values, found {bad} NaN/inf values")
     return out
+
+
+def looks_8bit(arr: np.ndarray) -> bool:
+    """Whether non-uint8 numbers are 8-bit pixel values: integers or floats, all within [0, 255], with
+    a maximum above 1. Such data (uint8 images saved as float or int64) is scaled by 1/255 like uint8,
+    so that it is in the same units as the images ``predict`` reads in [0, 1]. Fractions are allowed
+    (resized 0..255 images have them); data with negative values (already standardised) is not 8-bit."""
+    if arr.dtype == np.uint8 or arr.dtype.kind not in "iuf" or arr.size == 0:
+        return False
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    return 0.0 <= lo and 1.0 < hi <= 255.0
 
 
 def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
