@@ -371,3 +371,35 @@ def test_predict_and_explain_warn_when_images_do_not_match_the_training_pixels(t
     assert main(["explain", str(spec), "--checkpoint", str(run), "--image", str(png), "-o",
                  str(tmp_path / "e.png")]) == 0
     assert "warning: the model was trained on pixel values" in capsys.readouterr().err
+
+
+def _colour_folders(root, colours: dict, n=6):
+    for c, colour in colours.items():
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), colour).save(root / c / f"{i}.png")
+
+
+def test_evaluate_image_folder_matches_class_folders_by_name(tmp_path, capsys):
+    """Held-out class folders are matched to the checkpoint's class names, not to their sorted
+    position: a folder with some of the classes works, an unknown name is refused naming the known ones."""
+    _colour_folders(tmp_path / "train", {"a_dark": 20, "b_mid": 120, "c_bright": 240})
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = 3
+    spec["train"]["data"] = {"dataset": "image_folder", "path": "train", "val_fraction": 0}
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    capsys.readouterr()
+    _colour_folders(tmp_path / "held", {"c_bright": 240})       # position 0 here, class 2 in the checkpoint
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
+                 f"image_folder:{tmp_path / 'held'}", "--format", "json", "--out", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["classes"] == ["a_dark", "b_mid", "c_bright"] and res["per_class"]["support"] == [0, 0, 6]
+    assert res["test_accuracy"] == 1.0
+    _colour_folders(tmp_path / "other", {"b_mid": 120, "C_bright": 240})
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
+                 f"image_folder:{tmp_path / 'other'}"]) == 1
+    err = capsys.readouterr().err
+    assert "class 'C_bright' is not among the checkpoint's classes" in err and "a_dark, b_mid, c_bright" in err
+    assert "Traceback" not in err

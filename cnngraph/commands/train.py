@@ -142,7 +142,7 @@ def _input_of(spec) -> tuple[str, tuple]:
 def cmd_evaluate(args) -> int:
     from ..train.data import DataConfig, load_dataset
     from ..train.checkpoint import run_folder
-    from ..train.evaluate import evaluate_arrays
+    from ..train.evaluate import evaluate_arrays, match_classes
     from ..train.metrics import effective_top_k, format_confusion, format_per_class, json_safe
     from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
     spec = load_spec_args(args, args.spec)
@@ -175,8 +175,9 @@ def cmd_evaluate(args) -> int:
         return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where)
     classes = list(stats.get("classes") or ds.classes)
     numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
-    if len(classes) != ds.num_classes and not (ds.num_classes < len(classes) and
-                                                (numbered or ds.classes == classes[:ds.num_classes])):
+    if not numbered and ds.classes != classes:   # named classes (folders, an npz 'classes' key): match by name
+        y = match_classes(y, ds.classes, classes, ds.source)
+    elif ds.num_classes > len(classes):
         raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
                         f"{ds.num_classes}")
     loss = prepare_loss(spec, ts, len(classes), y.shape[1:] if ds.dense else None)
