@@ -485,3 +485,23 @@ def test_npz_floats_outside_eight_bit_range_are_kept(tmp_path):
     unit = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u.npz", x=np.abs(x) / 100, y=y)),
                                    normalize="none", val_fraction=0), (1, 4, 4))
     assert unit.notes == [] and np.allclose(unit.train[0], np.abs(x) / 100)
+
+
+def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):
+    """macOS's ``._x.png`` / ``.DS_Store`` are skipped like dot-folders; images in sub-folders of a class
+    folder belong to it (as in torchvision's ImageFolder)."""
+    _write_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "imgs" / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "imgs" / "dog" / ".thumbs").mkdir()
+    (tmp_path / "imgs" / "dog" / ".thumbs" / "0.png").write_bytes(b"not an image")
+    sub = tmp_path / "imgs" / "dog" / "2023" / "june"
+    sub.mkdir(parents=True)
+    Image.new("RGB", (12, 10), (10, 10, 200)).save(sub / "5.png")
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), val_fraction=0),
+                      (3, 8, 8))
+    assert ds.classes == ["cat", "dog"] and np.bincount(ds.train[1]).tolist() == [4, 5]
+    (tmp_path / "only_sub" / "cat" / "a").mkdir(parents=True)
+    (tmp_path / "only_sub" / "dog").mkdir()
+    with pytest.raises(DataError, match=r"\(or their sub-folders\), found none"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "only_sub")), (3, 8, 8))
