@@ -207,10 +207,13 @@ class _Run:
                                 f"{st.epochs}; pass a larger --epochs to train further")
         warm = getattr(self.schedule.params, "warmup_epochs", 0) or 0
         if warm and warm >= st.epochs:
-            if st.epochs >= self.ts.epochs:   # the spec's own numbers disagree
-                raise SpecError(spec.problem(f"warmup_epochs ({warm}) must be less than the number of epochs "
-                                             f"({st.epochs})", ("train", "schedule", "warmup_epochs")))
-            # --epochs / epochs= made the run shorter than the spec's warmup: keep warmup's share of the run
+            if warm >= self.ts.epochs:   # the warmup outlasts the spec's own (or the default) number of epochs
+                raise SpecError(spec.problem(f"warmup_epochs ({warm:g}) must be less than the run's {_epochs(st.epochs)} "
+                                             f"(--epochs or train.epochs, {self.ts.epochs} in the spec"
+                                             f"{'' if 'epochs' in self.ts.raw else ' by default'})",
+                                             ("train", "schedule", "warmup_epochs")))
+            # --epochs / epochs= made the run shorter than the spec's warmup: keep warmup's share of the
+            # run, which is then strictly shorter than the run (warm < ts.epochs)
             fitted = warm * st.epochs / self.ts.epochs
             self.schedule = reg.schedules[self.ts.schedule.type](
                 self.ts.schedule.params.model_copy(update={"warmup_epochs": fitted}))

@@ -434,8 +434,21 @@ def test_fewer_epochs_than_the_warmup_shorten_it_in_proportion(tmp_path):
     hist = run(spec, tmp_path, epochs=1, stream=stream)
     assert len(hist) == 1
     assert "warmup shortened to 0.5 epochs, the same share of the run" in stream.getvalue()
-    with pytest.raises(SpecError, match=r"warmup_epochs \(2.0\) must be less than the number of epochs \(2\)"):
-        run(tiny_spec(epochs=2, schedule={"type": "cosine", "warmup_epochs": 2}), tmp_path, name="bad")
+    # the spec's own numbers disagree: a located spec problem, found by validate already
+    with pytest.raises(SpecError, match=r"train.schedule.warmup_epochs: warmup_epochs \(2\) must be less than "
+                                        r"train.epochs \(2\)") as e:
+        cnngraph.load_spec(tiny_spec(epochs=2, schedule={"type": "cosine", "warmup_epochs": 2}))
+    assert len(e.value.problems) == 1
+
+
+def test_a_warmup_longer_than_the_default_epochs_is_refused_not_shortened_to_the_run(tmp_path):
+    """Without train.epochs (20 by default) a warmup of 25 passes validate; --epochs 5 cannot shorten it in
+    proportion (6.25 epochs, still the whole run): refused naming the flag and the key."""
+    spec = tiny_spec(schedule={"type": "cosine", "warmup_epochs": 25})
+    del spec["train"]["epochs"]
+    with pytest.raises(SpecError, match=r"warmup_epochs: warmup_epochs \(25\) must be less than the run's 5 epochs "
+                                        r"\(--epochs or train.epochs, 20 in the spec by default\)"):
+        run(spec, tmp_path, epochs=5)
 
 
 def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
