@@ -205,6 +205,12 @@ class _Run:
         if self.start_epoch >= st.epochs and self.resume_ckpt is not None:
             raise TrainingError(f"{self.resume_dir}: the checkpoint already finished epoch {self.start_epoch} of "
                                 f"{st.epochs}; pass a larger --epochs to train further")
+        if self.best.should_stop and self.resume_ckpt is not None:   # spec edits (patience, metric) count
+            b = self.best
+            raise TrainingError(f"{self.resume_dir}: the run already finished: it stopped by early stopping at epoch "
+                                f"{self.start_epoch} ({b.metric} did not improve on epoch {b.epoch} for "
+                                f"{_epochs(b.bad_epochs)}, patience {b.patience}); to train further raise "
+                                f"train.early_stopping.patience or remove train.early_stopping in the spec")
         warm = getattr(self.schedule.params, "warmup_epochs", 0) or 0
         if warm and warm >= st.epochs:
             if warm >= self.ts.epochs:   # the warmup outlasts the spec's own (or the default) number of epochs

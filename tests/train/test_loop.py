@@ -175,6 +175,22 @@ def test_early_stopping_stops(tmp_path):
                      r"epoch 1\)\n", stream.getvalue())
 
 
+def test_resume_of_an_early_stopped_run_is_refused_unless_patience_is_raised(tmp_path):
+    """Like a completed run: resuming would train one epoch and stop again. Raising the patience in the
+    spec (spec edits win on resume) lets it go on."""
+    spec = tiny_spec(epochs=10, early_stopping={"metric": "val_accuracy", "patience": 2})
+    assert run(spec, tmp_path, lr=0.0).stopped == "early_stopping"
+    with pytest.raises(TrainingError, match=r"the run already finished: it stopped by early stopping at epoch 3 "
+                                            r"\(val_accuracy did not improve on epoch 1 for 2 epochs, patience 2\); "
+                                            r"to train further raise train.early_stopping.patience"):
+        cnngraph.train(spec, resume=tmp_path / "run", stream=io.StringIO())
+    with pytest.raises(TrainingError, match="stopped by early stopping"):     # more epochs do not change that
+        cnngraph.train(spec, resume=tmp_path / "run", epochs=20, stream=io.StringIO())
+    patient = tiny_spec(epochs=10, early_stopping={"metric": "val_accuracy", "patience": 3})
+    hist = cnngraph.train(patient, resume=tmp_path / "run", lr=0.0, stream=io.StringIO())
+    assert len(hist) == 4 and hist.stopped == "early_stopping"
+
+
 def test_unknown_early_stopping_metric_is_located(tmp_path):
     with pytest.raises(SpecError, match="early_stopping.*val_acc.*expected one of"):
         run(tiny_spec(early_stopping={"metric": "val_acc"}), tmp_path)
