@@ -30,7 +30,7 @@ _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # grey modes that 
 
 def fmt_shape(shape) -> str:
     """Render a shape as ``(1, 28, 28)``."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))   # (1200,) for one dimension, as Python writes it
 
 
 def _open(path: Path):

@@ -185,7 +185,7 @@ def test_idx_truncated_and_wrong_magic(tmp_path):
         load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
     g = tmp_path / "m" / "t10k-labels-idx1-ubyte"
     g.write_bytes(b"\x00\x00\x08\x03" + g.read_bytes()[4:])
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte'.*magic number 0x00000801, found 0x00000803"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte'.*magic number 0x00000801 .*, found 0x00000803"):
         read_idx(g, ndim=1)
     h = tmp_path / "junk.gz"
     h.write_bytes(b"not gzip at all")
@@ -194,6 +194,21 @@ def test_idx_truncated_and_wrong_magic(tmp_path):
     with pytest.raises(DataError, match="expected the IDX file 't10k-images-idx3-ubyte'"):
         (tmp_path / "m" / "t10k-images-idx3-ubyte").unlink()
         load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+
+
+def test_idx_wrong_type_byte_is_named_before_the_size(tmp_path):
+    """A float32 labels file has a valid IDX header: its type byte is reported, not a 'truncated' file;
+    1-D shapes print as Python tuples."""
+    _write_mnist(tmp_path / "m", gz=False)
+    g = tmp_path / "m" / "train-labels-idx1-ubyte"
+    g.write_bytes(b"\x00\x00\x0D\x01" + g.read_bytes()[4:])
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte': expected an IDX file with magic number "
+                                        r"0x00000801 \(uint8, 1 dimension: labels\), found 0x00000D01 "
+                                        r"\(float32, 1 dimension: labels\)"):
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+    g.write_bytes(b"\x00\x00\x08\x01" + g.read_bytes()[4:] + b"x")
+    with pytest.raises(DataError, match=r"has trailing data: expected 38 bytes \(header \+ \(30,\) uint8"):
+        read_idx(g, ndim=1, dtype="uint8")
 
 
 def test_mnist_wrong_input_shape(tmp_path):

@@ -31,7 +31,7 @@ class RawSplits:
 
 def fmt_shape(shape) -> str:
     """Render a shape as ``(1, 28, 28)``."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))   # (1200,) for one dimension, as Python writes it
 
 
 def require_shape(found: tuple[int, ...], input_shape: tuple[int, int, int], what: str) -> None:
