@@ -118,7 +118,7 @@ def test_npz_three_dim_gets_channel_axis(tmp_path):
 @pytest.mark.parametrize("arrays,message", [
     ({"x": np.zeros((4, 1, 4, 4)), "z": np.zeros(4)}, r"expected key 'y' \(labels or masks\), found keys \['x', 'z'\]"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(3)}, "expected 4 labels .* found 3"),
-    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, -1, 0])}, r"labels in .*found values in \[-1, 1\]"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, -1, 0])}, r"expected labels >= 0, found -1 at index 2"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, 2, 0]), "classes": np.array(["a", "b"])},
      r"expected labels in \[0, 1\], found values in \[0, 2\]"),
     ({"x": np.zeros((4, 1, 5, 4)), "y": np.zeros(4)}, r"expected images of shape .*\(N, 1, 4, 4\).*found shape \(4, 1, 5, 4\)"),
@@ -520,3 +520,28 @@ def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):
     (tmp_path / "only_sub" / "dog").mkdir()
     with pytest.raises(DataError, match=r"\(or their sub-folders\), found none"):
         load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "only_sub")), (3, 8, 8))
+
+
+def test_loader_failures_are_named_not_wrapped(tmp_path):
+    """Failures that used to reach the generic 'loader failed' wrapper, or read oddly, name the file and what
+    was expected."""
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(DataError, match=r"folder.npz': is a folder; expected an .npz file"):
+        load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "folder.npz")), (1, 4, 4))
+    y = np.array([0, 1, np.nan, 0])
+    with pytest.raises(DataError, match=r"key 'y': expected integer class labels, found NaN at index 2$"):
+        load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=np.zeros((4, 1, 4, 4)), y=y))), (1, 4, 4))
+    y = np.array([0, 1, 1, -1])
+    with pytest.raises(DataError, match=r"key 'y': expected labels >= 0, found -1 at index 3$"):
+        load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=np.zeros((4, 1, 4, 4)), y=y))), (1, 4, 4))
+    folder = tmp_path / "c"
+    _write_cifar(folder)
+    (folder / "data_batch_2").write_bytes(_py2_style({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 2 ** 70]}))
+    with pytest.raises(DataError, match=r"data_batch_2' labels: expected labels in \[0, 9\], found "
+                                        rf"{2 ** 70} at index 1$"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+    _write_cifar(folder)
+    (folder / "batches.meta").write_bytes(b"\x80\x02}q\x00(")
+    with pytest.raises(DataError, match=r"batches.meta': expected the CIFAR-10 meta file \(a pickled dict with "
+                                        r"'label_names'\), found an unreadable"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))

@@ -115,7 +115,12 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     if y.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
     if y.dtype.kind == "f":
-        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+        if not np.isfinite(y).all():
+            i = int(np.flatnonzero(~np.isfinite(y.reshape(-1)))[0])
+            v = y.reshape(-1)[i]
+            raise DataError(f"{what}: expected integer class labels, found {'NaN' if np.isnan(v) else v} at index "
+                            f"{_index(y, i)}")
+        if not np.array_equal(y, np.round(y)):
             raise DataError(f"{what}: expected integer class labels, found non-integral float values (values to "
                             f"regress: set train.data.targets: values)")
     if len(y) != n:
@@ -124,9 +129,13 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     classes = y if ignore is None else y[y != ignore]
     if classes.size:
         lo, hi = int(classes.min()), int(classes.max())
+        if lo < 0 and n_classes is None:
+            flat = y.reshape(-1)
+            i = int(np.flatnonzero((flat < 0) & (flat != ignore))[0])   # the first negative class value
+            raise DataError(f"{what}: expected labels >= 0, found {int(flat[i])} at index {_index(y, i)}")
         if lo < 0 or (n_classes is not None and hi >= n_classes):
-            limit = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
-            raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]{_void_hint(y)}")
+            raise DataError(f"{what}: expected labels in [0, {n_classes - 1}], found values in [{lo}, {hi}]"
+                            f"{_void_hint(y)}")
         if y.ndim == 3 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2 and ignore is None:
             raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks: set "
                             f"train.loss.ignore_index: 255 to leave them out of the loss and the metrics, or list "
@@ -157,6 +166,11 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
     i = np.arange(n)
     take = np.ceil((i + 1) * fraction - 1e-9) - np.ceil(i * fraction - 1e-9) > 0
     return order[~take], order[take]
+
+
+def _index(y: np.ndarray, flat: int):
+    """The position of flat index ``flat`` in ``y``: an int for labels, a tuple for masks."""
+    return flat if y.ndim == 1 else tuple(int(v) for v in np.unravel_index(flat, y.shape))
 
 
 def _void_hint(y: np.ndarray) -> str:

@@ -41,6 +41,8 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
     """Load an npz dataset; uint8 images are scaled by 1/255, and so are other numbers that look like
     8-bit pixels (:func:`looks_8bit`); other floats are used as they are."""
     p = resolve(cfg.path, base_dir, "npz")
+    if p.is_dir():
+        raise DataError(f"'{p}': is a folder; expected an .npz file (np.savez) with x and y")
     arrays = _read(p)
     for key in ("x", "y"):
         if key not in arrays:
