@@ -114,10 +114,11 @@ def _load_checkpointed_model(args, spec):
     """Model of ``spec`` with the checkpoint's weights; returns (model, checkpoint dir, meta)."""
     from ..model import Model
     from ..train.checkpoint import load_checkpoint, resolve_checkpoint
-    from ..train.run_state import check_same_network
+    from ..train.run_state import check_meta, check_same_network, input_channels
     ckdir = resolve_checkpoint(args.checkpoint, prefer=args.which)
     ck = load_checkpoint(ckdir)
     check_same_network(ck.meta.get("spec"), spec, ckdir, args.spec)
+    check_meta(ck.meta, ckdir, input_channels(spec))
     model = Model(spec, device=args.device)
     try:
         model.load_params(ck.arrays)

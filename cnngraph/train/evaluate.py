@@ -80,6 +80,8 @@ def load_model(path, device: str = "cpu", allow_plugins: bool = False, which: st
         spec = load_spec(raw, allow_plugins=allow_plugins)
     except SpecError as exc:
         raise CheckpointError(f"{ckpt_dir}: the spec stored in the checkpoint does not load here:\n{exc}") from None
+    from .run_state import check_meta, input_channels
+    check_meta(ck.meta, ckpt_dir, input_channels(spec))
     dtype = str(ck.meta.get("dtype", "float32"))
     model = Model(spec, device=device, dtype=dtype if dtype in ("float32", "float64") else "float32")
     try:

@@ -59,6 +59,8 @@ def load_weights(model, checkpoint=None, params=None) -> Weights:
     if checkpoint or (params and Path(params).is_dir()):
         folder = resolve_checkpoint(checkpoint or params)
         arrays, meta = read_weights(folder)
+        from ..train.run_state import check_meta, input_channels
+        check_meta(meta or {}, folder, input_channels(model.spec))
         try:
             model.load_params(arrays)
         except CnnGraphError as exc:
