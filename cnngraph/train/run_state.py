@@ -67,6 +67,11 @@ class Best:
             why = " (the dataset has no validation split)" if metric.startswith("val_") and not has_val else ""
             if metric == "val_mean_iou" and has_val and not dense:
                 why = " (it is measured for segmentation masks; this dataset has one label per image)"
+            if metric == f"val_top{ts.top_k}_accuracy" and has_val and k == 1:   # k covers every class
+                raise SpecError(spec.problem(
+                    f"early-stopping metric '{metric}' needs more than {ts.top_k} classes (with {ts.top_k} or fewer "
+                    f"it is always 1, so it is not measured); expected one of {', '.join(known)}",
+                    ("train", "early_stopping", "metric")))
             raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}'{why}; expected one of "
                                          f"{', '.join(known)}", ("train", "early_stopping", "metric")))
         if es is None:

@@ -545,3 +545,9 @@ def test_loader_failures_are_named_not_wrapped(tmp_path):
     with pytest.raises(DataError, match=r"batches.meta': expected the CIFAR-10 meta file \(a pickled dict with "
                                         r"'label_names'\), found an unreadable"):
         load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+
+
+def test_read_inputs_refuses_a_folder_by_name(tmp_path):
+    (tmp_path / "pics").mkdir()
+    with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg\) or an .npy"):
+        read_inputs([tmp_path / "pics"], (1, 4, 4))

@@ -191,6 +191,14 @@ def test_resume_of_an_early_stopped_run_is_refused_unless_patience_is_raised(tmp
     assert len(hist) == 4 and hist.stopped == "early_stopping"
 
 
+def test_top_k_early_stopping_metric_with_too_few_classes_says_why(tmp_path):
+    """val_top10_accuracy passes validate (top_k: 10) but is not measured for 10 classes: the message says
+    so instead of calling it unknown."""
+    with pytest.raises(SpecError, match=r"train.early_stopping.metric: early-stopping metric 'val_top10_accuracy' "
+                                        r"needs more than 10 classes \(with 10 or fewer it is always 1"):
+        run(tiny_spec(top_k=10, early_stopping={"metric": "val_top10_accuracy"}), tmp_path)
+
+
 def test_unknown_early_stopping_metric_is_located(tmp_path):
     with pytest.raises(SpecError, match="early_stopping.*val_acc.*expected one of"):
         run(tiny_spec(early_stopping={"metric": "val_acc"}), tmp_path)
