@@ -18,6 +18,7 @@ class RawSplits:
 
     ``val`` / ``test`` are None when the source has none (``load_dataset`` then carves them).
     ``pixel_scale`` maps an image read in [0, 1] to the raw units (16 for digits, else 1).
+    ``notes`` are remarks for the user on how the data was read (printed by train and evaluate).
     """
 
     train: tuple[np.ndarray, np.ndarray]
