@@ -324,3 +324,82 @@ def test_train_on_each_real_file_format_via_data_flag(kind, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [{k: float(v) for k, v in r.items() if v} for r in rows] == \
         [{k: float(v) for k, v in h.items() if v is not None} for h in m["history"]]
+
+
+def _npz_run(tmp_path, capsys, x, y, name="d", epochs=1):
+    """A short CLI training run on an npz file; returns (spec path, run folder)."""
+    np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = int(y.max()) + 1
+    spec["train"]["data"] = {"dataset": "npz", "path": f"{name}.npz"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--epochs", str(epochs), "--out", str(tmp_path / name), "--quiet"]) == 0
+    capsys.readouterr()
+    return path, tmp_path / name
+
+
+def test_float_0_255_training_data_matches_png_inputs(tmp_path, capsys):
+    """Float pixels in 0..255 are trained in [0, 1] units, so a PNG of the same image predicts the same."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 1, 8, 8), dtype=np.uint8)
+    spec, run = _npz_run(tmp_path, capsys, x.astype(np.float32), np.arange(60) % 3)
+    png = tmp_path / "a.png"
+    Image.fromarray(x[0, 0]).save(png)
+    np.save(tmp_path / "a.npy", x[:1].astype(np.float64))
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(png), str(tmp_path / "a.npy"),
+                 "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert res[0]["probabilities"] == pytest.approx(res[1]["probabilities"], abs=1e-5)
+    assert "warning" not in err and "scaled by 1/255" in err    # the .npy of 0..255 floats too
+
+
+def test_predict_and_explain_warn_when_images_do_not_match_the_training_pixels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 1, 8, 8)).astype(np.float32)      # already standardised: negatives
+    spec, run = _npz_run(tmp_path, capsys, x, np.arange(60) % 3)
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(png)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: the model was trained on pixel values in [") and "a.png" in err
+    assert err.count("\n") == 1
+    np.save(tmp_path / "a.npy", np.abs(x[:1]) * 50)    # kept as it is: no 8-bit reading for such a model
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "a.npy")]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["explain", str(spec), "--checkpoint", str(run), "--image", str(png), "-o",
+                 str(tmp_path / "e.png")]) == 0
+    assert "warning: the model was trained on pixel values" in capsys.readouterr().err
+
+
+def _colour_folders(root, colours: dict, n=6):
+    for c, colour in colours.items():
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), colour).save(root / c / f"{i}.png")
+
+
+def test_evaluate_image_folder_matches_class_folders_by_name(tmp_path, capsys):
+    """Held-out class folders are matched to the checkpoint's class names, not to their sorted
+    position: a folder with some of the classes works, an unknown name is refused naming the known ones."""
+    _colour_folders(tmp_path / "train", {"a_dark": 20, "b_mid": 120, "c_bright": 240})
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = 3
+    spec["train"]["data"] = {"dataset": "image_folder", "path": "train", "val_fraction": 0}
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    capsys.readouterr()
+    _colour_folders(tmp_path / "held", {"c_bright": 240})       # position 0 here, class 2 in the checkpoint
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
+                 f"image_folder:{tmp_path / 'held'}", "--format", "json", "--out", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["classes"] == ["a_dark", "b_mid", "c_bright"] and res["per_class"]["support"] == [0, 0, 6]
+    assert res["test_accuracy"] == 1.0
+    _colour_folders(tmp_path / "other", {"b_mid": 120, "C_bright": 240})
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
+                 f"image_folder:{tmp_path / 'other'}"]) == 1
+    err = capsys.readouterr().err
+    assert "class 'C_bright' is not among the checkpoint's classes" in err and "a_dark, b_mid, c_bright" in err
+    assert "Traceback" not in err

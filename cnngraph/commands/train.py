@@ -121,10 +121,11 @@ def _load_checkpointed_model(args, spec):
     """Model of ``spec`` with the checkpoint's weights; returns (model, checkpoint dir, meta)."""
     from ..model import Model
     from ..train.checkpoint import load_checkpoint, resolve_checkpoint
-    from ..train.run_state import check_same_network
+    from ..train.run_state import check_meta, check_same_network, input_channels
     ckdir = resolve_checkpoint(args.checkpoint, prefer=args.which)
     ck = load_checkpoint(ckdir)
     check_same_network(ck.meta.get("spec"), spec, ckdir, args.spec)
+    check_meta(ck.meta, ckdir, input_channels(spec))
     model = Model(spec, device=args.device)
     try:
         model.load_params(ck.arrays)
@@ -149,7 +150,7 @@ def _input_of(spec) -> tuple[str, tuple]:
 def cmd_evaluate(args) -> int:
     from ..train.data import DataConfig, load_dataset
     from ..train.checkpoint import run_folder
-    from ..train.evaluate import evaluate_arrays
+    from ..train.evaluate import evaluate_arrays, match_classes
     from ..train.metrics import effective_top_k, format_confusion, format_per_class, json_safe
     from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
     spec = load_spec_args(args, args.spec)
@@ -166,6 +167,8 @@ def cmd_evaluate(args) -> int:
         # Normalise exactly as training did, whatever data is evaluated.
         cfg = DataConfig.model_validate({**cfg.model_dump(), "normalize": {"mean": stats["mean"], "std": stats["std"]}})
     ds = load_dataset(cfg, shape, seed=int(settings.get("seed", ts.seed)), base_dir=spec.base_dir)
+    for note in ds.notes:
+        print(note, file=sys.stderr)
     x, y = getattr(ds, args.split)
     whole = args.data is not None and args.split == "test" and len(y) == 0
     if whole:   # a file without a separate test split is itself the test data
@@ -180,8 +183,9 @@ def cmd_evaluate(args) -> int:
         return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where)
     classes = list(stats.get("classes") or ds.classes)
     numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
-    if len(classes) != ds.num_classes and not (ds.num_classes < len(classes) and
-                                                (numbered or ds.classes == classes[:ds.num_classes])):
+    if not numbered and ds.classes != classes:   # named classes (folders, an npz 'classes' key): match by name
+        y = match_classes(y, ds.classes, classes, ds.source)
+    elif ds.num_classes > len(classes):
         raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
                         f"{ds.num_classes}")
     loss = prepare_loss(spec, ts, len(classes), y.shape[1:] if ds.dense else None)
@@ -272,8 +276,8 @@ def _probabilities(scores: np.ndarray, loss_type: str | None) -> np.ndarray:
 
 def cmd_predict(args) -> int:
     from ..backend import to_numpy
-    from ..train.data import apply_normalization
-    from ..train.images import read_inputs
+    from ..train.data import apply_normalization, pixel_range_fits
+    from ..train.images import image_units_warning, read_inputs
     from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
@@ -288,9 +292,13 @@ def cmd_predict(args) -> int:
     if stats.get("mean") is None:
         print(f"note: {ckdir} holds no dataset normalisation (not written by `cnngraph train`); inputs are fed "
               f"as read, in [0, 1]", file=sys.stderr)
+    units = image_units_warning(args.inputs, stats.get("pixel_range"), scale)
+    if units:
+        print(units, file=sys.stderr)
+    eight_bit = pixel_range_fits(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
     labels, parts = [], []
     for path in args.inputs:
-        x = read_inputs([path], shape, scale=scale, invert=args.invert)
+        x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit)
         parts.append(x)
         labels += [path] if len(x) == 1 and not path.lower().endswith(".npy") else \
             [f"{path}[{i}]" for i in range(len(x))]

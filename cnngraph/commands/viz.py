@@ -107,6 +107,10 @@ def cmd_explain(args) -> int:
     if not args.image:
         raise CnnGraphError("give --image IMG (PNG/JPEG or .npy sample); or --filters to draw the kernels")
     prep = ex.preprocessing(spec, weights.meta)
+    from ..train.images import image_units_warning
+    units = image_units_warning([args.image], prep.pixel_range, prep.scale)
+    if units:
+        print(units, file=sys.stderr)
     raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index)
     subtitle = f"{spec.name} · {Path(args.image).name} · {weights.source} · {prep.note}"
     if args.gradcam:

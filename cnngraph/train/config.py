@@ -132,7 +132,7 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
     problems += p
     sched, p = _typed(top.schedule or {"type": "constant"}, registry.schedules, base + ("schedule",), "schedule",
                       positions, file, None)
-    problems += p
+    problems += p + _warmup_problems(raw, sched, positions, file)
     augs = []
     for i, entry in enumerate(top.augment):
         a, p = _typed(entry, registry.augmentations, base + ("augment", i), "augmentation", positions, file, None)
@@ -145,6 +145,18 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
                      raw=raw, init=top.init), []
+
+
+def _warmup_problems(raw: Any, sched: Optional[Typed], positions, file) -> list[Problem]:
+    """A warmup that lasts the whole run (when the spec gives both numbers): no epoch would reach the
+    full rate, and the schedule would refuse it only once training started."""
+    from ..spec import _locate
+    warm = getattr(getattr(sched, "params", None), "warmup_epochs", 0) or 0
+    epochs = raw.get("epochs") if isinstance(raw, dict) else None
+    if not warm or isinstance(epochs, bool) or not isinstance(epochs, int) or warm < epochs:
+        return []
+    return [_locate(f"warmup_epochs ({warm:g}) must be less than train.epochs ({epochs}); the warmup would last the "
+                    f"whole run", ("train", "schedule", "warmup_epochs"), positions, file)]
 
 
 def _lenient_top(raw: Any):

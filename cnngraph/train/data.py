@@ -8,7 +8,7 @@ float32 NCHW arrays.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_rotatio
 
 __all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "RAW_LOADERS", "RawSplits", "load_dataset",
            "finish_dataset",
-           "iterate_batches", "compute_normalization", "apply_normalization", "stratified_split"]
+           "iterate_batches", "pixel_range_fits", "compute_normalization", "apply_normalization", "stratified_split"]
 
 RawLoader = Callable[..., RawSplits]
 # Built-in sources: ``raw_loader(cfg, input_shape, base_dir) -> RawSplits``.
@@ -132,6 +132,9 @@ class Dataset:
     A split the source lacks and that was not carved is empty (N == 0).
     ``mean`` / ``std`` are the per-channel values applied: ``(raw - mean) / std``.
     ``pixel_scale`` maps an image in [0, 1] to raw units (``read_image(..., scale=pixel_scale)``).
+    ``pixel_range`` is (min, max) of the raw training images: outside [0, pixel_scale], images read
+    from PNG/JPEG files are not in the units the model learned. ``notes`` are the loader's remarks
+    (how it read the data) for the user.
     """
 
     train: tuple[np.ndarray, np.ndarray]
@@ -142,6 +145,8 @@ class Dataset:
     std: list[float]
     source: str
     pixel_scale: float = 1.0
+    pixel_range: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -171,6 +176,14 @@ class Dataset:
     def prepare(self, x_raw: np.ndarray) -> np.ndarray:
         """Normalise new raw inputs (e.g. from ``read_inputs(..., scale=pixel_scale)``) like training data."""
         return apply_normalization(np.array(x_raw, dtype=np.float32), self.mean, self.std)
+
+
+def pixel_range_fits(pixel_range, pixel_scale: float) -> bool:
+    """Whether raw training pixels in ``pixel_range`` lie within [0, pixel_scale] (unknown: assume so)."""
+    if not isinstance(pixel_range, (list, tuple)) or len(pixel_range) != 2:
+        return True
+    lo, hi = pixel_range
+    return lo >= 0 and hi <= pixel_scale * (1 + 1e-6)
 
 
 def compute_normalization(x: np.ndarray) -> tuple[list[float], list[float]]:
@@ -297,11 +310,13 @@ def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:
                         f"{total} training example{'' if total == 1 else 's'}"
                         + (", all carved off for validation/test" if total else "") + ")")
     mean, std = _stats(cfg, train[0])
+    pixel_range = (float(train[0].min()), float(train[0].max()))   # raw units, before normalising
     # Normalise in place: for CIFAR-10 a copy would cost another 600 MB.
     splits = [(apply_normalization(np.ascontiguousarray(x, dtype=np.float32), mean, std), y)
               for x, y in (train, val, test)]
     return Dataset(train=splits[0], val=splits[1], test=splits[2], classes=list(raw.classes),
-                   mean=mean, std=std, source=raw.source, pixel_scale=raw.pixel_scale)
+                   mean=mean, std=std, source=raw.source, pixel_scale=raw.pixel_scale, pixel_range=pixel_range,
+                   notes=list(raw.notes))
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,

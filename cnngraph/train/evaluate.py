@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_numpy
-from ..errors import CheckpointError, CnnGraphError, SpecError
+from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .metrics import MetricAccumulator, ValueAccumulator
 from .settings import LossSetup
 
-__all__ = ["evaluate_arrays", "load_model"]
+__all__ = ["evaluate_arrays", "load_model", "match_classes"]
 
 
 def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: LossSetup, batch_size: int,
@@ -28,6 +28,23 @@ def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: 
         s = to_numpy(loss.predictions(scores) if isinstance(acc, ValueAccumulator) else scores)
         acc.add(s, yb, *loss.batch_loss(value, yb))
     return acc
+
+
+def match_classes(y: np.ndarray, names: list[str], known: list[str], source: str) -> np.ndarray:
+    """Labels ``y`` that index ``names`` (the evaluated data's classes, e.g. its class folders) turned
+    into indices of ``known`` (the checkpoint's classes), matched by name: held-out data may hold only
+    some classes, in another order. A name the checkpoint does not know is a DataError. Values outside
+    the names (void mask pixels) are kept."""
+    inside = (y >= 0) & (y < len(names))
+    unknown = [names[i] for i in np.unique(y[inside]) if names[i] not in known]
+    if unknown:
+        raise DataError(f"{source}: class{'es' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)} "
+                        f"{'are' if len(unknown) > 1 else 'is'} not among the checkpoint's classes; expected "
+                        f"names from: {', '.join(known)}")
+    lut = np.array([known.index(n) if n in known else -1 for n in names], dtype=np.int64)
+    out = y.copy()
+    out[inside] = lut[y[inside]]
+    return out
 
 
 def _plugins_from(raw: dict, spec_dir) -> dict:
@@ -63,6 +80,8 @@ def load_model(path, device: str = "cpu", allow_plugins: bool = False, which: st
         spec = load_spec(raw, allow_plugins=allow_plugins)
     except SpecError as exc:
         raise CheckpointError(f"{ckpt_dir}: the spec stored in the checkpoint does not load here:\n{exc}") from None
+    from .run_state import check_meta, input_channels
+    check_meta(ck.meta, ckpt_dir, input_channels(spec))
     dtype = str(ck.meta.get("dtype", "float32"))
     model = Model(spec, device=device, dtype=dtype if dtype in ("float32", "float64") else "float32")
     try:

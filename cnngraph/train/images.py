@@ -12,6 +12,7 @@ dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits us
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,7 @@ import numpy as np
 from ..arrayfile import array_file_kind
 from ..errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_inputs"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_inputs", "image_units_warning"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -29,7 +30,7 @@ _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # grey modes that 
 
 def fmt_shape(shape) -> str:
     """Render a shape as ``(1, 28, 28)``."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))   # (1200,) for one dimension, as Python writes it
 
 
 def _open(path: Path):
@@ -113,11 +114,12 @@ def _wide_grey(im, path) -> np.ndarray:
     return arr
 
 
-def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np.ndarray:
+def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float, eight_bit: bool) -> np.ndarray:
     """A .npy batch: (N, C, H, W), (C, H, W) or (H, W) (and (N, H, W) when C == 1).
 
-    uint8 arrays are mapped like images (/255 * scale); float arrays are taken to be in the
-    dataset's raw units already and are used as they are.
+    uint8 arrays are mapped like images (/255 * scale); so are other numbers that look like 8-bit
+    pixels when ``eight_bit`` and ``scale`` is 1 (the npz dataset's rule, ``looks_8bit``); other
+    arrays are taken to be in the dataset's raw units already and are used as they are.
     """
     try:
         kind, head = array_file_kind(path)
@@ -148,6 +150,11 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np
         raise DataError(f"'{path}': holds no images (shape {fmt_shape(arr.shape)}); expected at least one")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) * np.float32(scale / 255.0)
+    from .datasets._common import looks_8bit
+    if eight_bit and scale == 1.0 and looks_8bit(arr):   # as the npz loader read the training data
+        print(f"note: '{path}' holds {arr.dtype} values in [{arr.min():g}, {arr.max():g}]; taken as 8-bit pixels "
+              f"and scaled by 1/255 like uint8 images", file=sys.stderr)
+        return arr.astype(np.float32) / np.float32(255.0)
     out = arr.astype(np.float32)
     if not np.isfinite(out).all():
         raise DataError(f"'{path}': expected finite values, found NaN or inf")
@@ -155,17 +162,21 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float) -> np
 
 
 def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
-                invert: bool = False) -> np.ndarray:
+                invert: bool = False, eight_bit: bool = True) -> np.ndarray:
     """Read PNG/JPEG files and .npy batches into one float32 (N, C, H, W) array (not normalised).
 
-    Images are read with :func:`read_image`; ``invert`` applies to images only.
+    Images are read with :func:`read_image`; ``invert`` applies to images only. ``eight_bit``: .npy
+    numbers in 0..255 are scaled to [0, 1] (see ``_read_npy``); pass False for a model trained on
+    data outside [0, 1] (:func:`image_units_warning` tells).
     """
     shape = tuple(int(v) for v in input_shape)
     parts = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise DataError(f"'{p}': is a folder; expected image files (.png, .jpg, .jpeg) or an .npy file")
         if p.suffix.lower() == ".npy":
-            parts.append(_read_npy(p, shape, scale))
+            parts.append(_read_npy(p, shape, scale, eight_bit))
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             parts.append(read_image(p, shape, scale=scale, invert=invert)[None])
         else:
@@ -174,3 +185,16 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: 
     if not parts:
         raise DataError("no input files given; expected at least one .png, .jpg, .jpeg or .npy file")
     return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def image_units_warning(paths: Sequence[str | Path], pixel_range, scale: float) -> str | None:
+    """A warning when PNG/JPEG ``paths`` feed a model whose raw training pixels spanned ``pixel_range``
+    (the checkpoint's ``dataset.pixel_range``), outside the [0, scale] images are read in."""
+    from .data import pixel_range_fits
+    images = [str(p) for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    if not images or pixel_range_fits(pixel_range, scale):
+        return None
+    lo, hi = pixel_range
+    return (f"warning: the model was trained on pixel values in [{lo:g}, {hi:g}], not images in [0, {scale:g}]; "
+            f"{images[0]}{' and the other images' if len(images) > 1 else ''} (read in [0, {scale:g}]) may be "
+            f"predicted wrongly: feed .npy arrays in the training data's units instead")

@@ -149,6 +149,8 @@ class _Run:
                                     f"data: entry, or pass --data NAME:PATH") from None
             raise
         ds = self.dataset
+        for note in ds.notes if not quiet else ():
+            print(note, file=self.stream)
         if len(ds.train[1]) == 0:
             raise DataError(f"dataset '{st.data.dataset}': the training split is empty")
         if ds.num_classes < 2 and not ds.values:
@@ -205,12 +207,21 @@ class _Run:
         if self.start_epoch >= st.epochs and self.resume_ckpt is not None:
             raise TrainingError(f"{self.resume_dir}: the checkpoint already finished epoch {self.start_epoch} of "
                                 f"{st.epochs}; pass a larger --epochs to train further")
+        if self.best.should_stop and self.resume_ckpt is not None:   # spec edits (patience, metric) count
+            b = self.best
+            raise TrainingError(f"{self.resume_dir}: the run already finished: it stopped by early stopping at epoch "
+                                f"{self.start_epoch} ({b.metric} did not improve on epoch {b.epoch} for "
+                                f"{_epochs(b.bad_epochs)}, patience {b.patience}); to train further raise "
+                                f"train.early_stopping.patience or remove train.early_stopping in the spec")
         warm = getattr(self.schedule.params, "warmup_epochs", 0) or 0
         if warm and warm >= st.epochs:
-            if st.epochs >= self.ts.epochs:   # the spec's own numbers disagree
-                raise SpecError(spec.problem(f"warmup_epochs ({warm}) must be less than the number of epochs "
-                                             f"({st.epochs})", ("train", "schedule", "warmup_epochs")))
-            # --epochs / epochs= made the run shorter than the spec's warmup: keep warmup's share of the run
+            if warm >= self.ts.epochs:   # the warmup outlasts the spec's own (or the default) number of epochs
+                raise SpecError(spec.problem(f"warmup_epochs ({warm:g}) must be less than the run's {_epochs(st.epochs)} "
+                                             f"(--epochs or train.epochs, {self.ts.epochs} in the spec"
+                                             f"{'' if 'epochs' in self.ts.raw else ' by default'})",
+                                             ("train", "schedule", "warmup_epochs")))
+            # --epochs / epochs= made the run shorter than the spec's warmup: keep warmup's share of the
+            # run, which is then strictly shorter than the run (warm < ts.epochs)
             fitted = warm * st.epochs / self.ts.epochs
             self.schedule = reg.schedules[self.ts.schedule.type](
                 self.ts.schedule.params.model_copy(update={"warmup_epochs": fitted}))

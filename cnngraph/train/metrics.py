@@ -117,29 +117,38 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 def precision_recall(confusion) -> dict:
     """Per-class ``precision``, ``recall``, ``f1``, ``iou`` and ``support`` lists from a confusion matrix,
-    their unweighted means (``macro_*``, ``mean_iou``) and ``undefined`` (which class/metric was 0/0;
-    a class that is neither present nor predicted has no IoU (None) and is left out of ``mean_iou``)."""
+    their unweighted means (``macro_*``, ``mean_iou``) and ``undefined`` (which class/metric was 0/0).
+
+    As scikit-learn defines them: precision is undefined (None) for a class never predicted, recall for a
+    class with no samples, and F1 (``2 tp / (2 tp + fp + fn)``) and IoU for a class neither present nor
+    predicted. Undefined values are left out of the means (scikit-learn's ``zero_division=np.nan``): held-out
+    data with only some classes is not scored 0 on the others."""
     cm = np.asarray(confusion, np.float64)
     tp = np.diag(cm)
     predicted = cm.sum(axis=0)
     actual = cm.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(actual > 0, tp / actual, 0.0)
-        denom = precision + recall
-        f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-        union = predicted + actual - tp
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), 0.0)
-    undefined = [f"precision[{i}]" for i in np.flatnonzero(predicted == 0)] + \
-                [f"recall[{i}]" for i in np.flatnonzero(actual == 0)] + \
-                [f"iou[{i}]" for i in np.flatnonzero(union == 0)]
-    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "iou": [float(v) if u > 0 else None for v, u in zip(iou, union)],
+    union = predicted + actual - tp          # tp + fp + fn
+    precision = _ratio(tp, predicted)
+    recall = _ratio(tp, actual)
+    f1 = _ratio(2 * tp, predicted + actual)
+    iou = _ratio(tp, union)
+    undefined = [f"{name}[{i}]" for name, values in (("precision", precision), ("recall", recall), ("f1", f1),
+                                                     ("iou", iou)) for i, v in enumerate(values) if v is None]
+    return {"precision": precision, "recall": recall, "f1": f1, "iou": iou,
             "support": actual.astype(np.int64).tolist(),
-            "mean_iou": float(iou[union > 0].mean()) if (union > 0).any() else float("nan"),
-            "macro_precision": float(precision.mean()) if len(cm) else float("nan"),
-            "macro_recall": float(recall.mean()) if len(cm) else float("nan"),
-            "macro_f1": float(f1.mean()) if len(cm) else float("nan"),
-            "undefined": undefined}
+            "mean_iou": _mean(iou), "macro_precision": _mean(precision), "macro_recall": _mean(recall),
+            "macro_f1": _mean(f1), "undefined": undefined}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> list:
+    """``num / den`` per class as floats, None where ``den`` is 0 (undefined)."""
+    return [float(n / d) if d > 0 else None for n, d in zip(num, den)]
+
+
+def _mean(values: list) -> float:
+    """The mean of the defined values (NaN when none is)."""
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 @dataclass
@@ -262,13 +271,20 @@ def format_per_class(report: dict, classes: Sequence[str], iou: bool = False) ->
     extra = "     iou" if iou else ""
     lines = [f"{'class'.ljust(width)}  precision  recall     f1{extra}  support"]
     for i, name in enumerate(classes):
-        cell = ("  " + (f"{report['iou'][i]:6.4f}" if report["iou"][i] is not None else "     -")) if iou else ""
-        lines.append(f"{str(name).ljust(width)}  {report['precision'][i]:9.4f}  {report['recall'][i]:6.4f}  "
-                     f"{report['f1'][i]:5.4f}{cell}  {report['support'][i]:7d}")
-    cell = f"  {report['mean_iou']:6.4f}" if iou else ""
-    lines.append(f"{'macro'.ljust(width)}  {report['macro_precision']:9.4f}  {report['macro_recall']:6.4f}  "
-                 f"{report['macro_f1']:5.4f}{cell}  {sum(report['support']):7d}")
+        cell = "  " + _cell(report["iou"][i], 6) if iou else ""
+        lines.append(f"{str(name).ljust(width)}  {_cell(report['precision'][i], 9)}  {_cell(report['recall'][i], 6)}  "
+                     f"{_cell(report['f1'][i], 5)}{cell}  {report['support'][i]:7d}")
+    cell = "  " + _cell(report["mean_iou"], 6) if iou else ""
+    lines.append(f"{'macro'.ljust(width)}  {_cell(report['macro_precision'], 9)}  {_cell(report['macro_recall'], 6)}  "
+                 f"{_cell(report['macro_f1'], 5)}{cell}  {sum(report['support']):7d}")
     return "\n".join(lines)
+
+
+def _cell(value, width: int) -> str:
+    """A table value; ``-`` where it is undefined (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-".rjust(width)
+    return f"{value:{width}.4f}"
 
 
 def format_confusion(cm, classes: Sequence[str]) -> str:

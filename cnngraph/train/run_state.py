@@ -20,8 +20,9 @@ from .checkpoint import (META_FILE, Checkpoint, load_checkpoint, resolve_checkpo
                          rng_state_to_json, run_folder)
 from .metrics import json_safe
 
-__all__ = ["Best", "spec_differences", "check_same_network", "checkpoint_meta", "open_resume", "restore",
-           "schedule_change_note"]
+__all__ = ["Best", "spec_differences", "check_same_network", "checkpoint_meta", "check_meta", "input_channels",
+           "open_resume",
+           "restore", "schedule_change_note"]
 
 
 @dataclass
@@ -66,6 +67,11 @@ class Best:
             why = " (the dataset has no validation split)" if metric.startswith("val_") and not has_val else ""
             if metric == "val_mean_iou" and has_val and not dense:
                 why = " (it is measured for segmentation masks; this dataset has one label per image)"
+            if metric == f"val_top{ts.top_k}_accuracy" and has_val and k == 1:   # k covers every class
+                raise SpecError(spec.problem(
+                    f"early-stopping metric '{metric}' needs more than {ts.top_k} classes (with {ts.top_k} or fewer "
+                    f"it is always 1, so it is not measured); expected one of {', '.join(known)}",
+                    ("train", "early_stopping", "metric")))
             raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}'{why}; expected one of "
                                          f"{', '.join(known)}", ("train", "early_stopping", "metric")))
         if es is None:
@@ -163,10 +169,74 @@ def checkpoint_meta(run, epoch: int) -> dict:
         "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
         "history": list(run.history), "best": run.best.state(),
         "dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale,
-                    "source": ds.source, "input": run.input_name},
+                    "pixel_range": ds.pixel_range, "source": ds.source, "input": run.input_name},
         "loss": {"type": run.ts.loss.type, "output": run.loss.output, "target": run.loss.encoding},
         "dtype": str(run.model.dtype), "cnngraph_version": __version__,
     })
+
+
+# --------------------------------------------------------------------------- reading it back
+
+def _bad(ckdir: Path, key: str, expected: str, value) -> CheckpointError:
+    return CheckpointError(f"{Path(ckdir) / META_FILE}: meta.{key}: expected {expected}, found "
+                           f"{json.dumps(value)[:60]}; the checkpoint's meta is damaged or was edited")
+
+
+def _finite(v, above: float | None = None) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (above is None or v > above)
+
+
+def input_channels(spec) -> int | None:
+    """C of the spec's one (C, H, W) input, else None."""
+    shapes = [tuple(i.shape) for i in spec.inputs.values()]
+    return int(shapes[0][0]) if len(shapes) == 1 and len(shapes[0]) == 3 else None
+
+
+def check_meta(meta: dict, ckdir, channels: int | None = None) -> None:
+    """The meta keys that evaluate, predict, explain, load_model and resume read, checked up front: a
+    hand-edited or damaged ``meta.json`` is named with its key, instead of failing later, feeding NaN
+    (a std of 0) or silently using other data (a missing ``settings``). ``channels``: the model's input
+    channels, which ``dataset.mean``/``std`` must match (1 value, or one per channel)."""
+    from ..paramtypes import is_whole
+    if meta.get("kind") == "training":
+        st = meta.get("settings")
+        if not isinstance(st, dict):
+            raise _bad(ckdir, "settings", "the run's settings {epochs, batch_size, lr, seed, data}", st)
+        for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            if key in st and not is_whole(st[key], minimum):
+                raise _bad(ckdir, f"settings.{key}", f"a whole number >= {minimum}", st[key])
+        if "lr" in st and not (_finite(st["lr"]) and st["lr"] >= 0):
+            raise _bad(ckdir, "settings.lr", "a finite number >= 0", st["lr"])
+        if "data" in st:
+            from pydantic import ValidationError
+
+            from .data import DataConfig
+            try:
+                DataConfig.model_validate(st["data"])
+            except ValidationError as exc:
+                why = exc.errors()[0]
+                where = ".".join(str(k) for k in why["loc"])
+                raise _bad(ckdir, "settings.data" + (f".{where}" if where else ""), f"a train.data section "
+                           f"({why['msg'].removeprefix('Value error, ')})", st["data"]) from None
+    ds = meta.get("dataset")
+    if ds is None:
+        return
+    if not isinstance(ds, dict):
+        raise _bad(ckdir, "dataset", "a mapping (mean, std, classes, pixel_scale)", ds)
+    if ds.get("mean") is not None or ds.get("std") is not None:
+        for key in ("mean", "std"):
+            values = ds.get(key)
+            if not isinstance(values, list) or not values or not all(_finite(v) for v in values):
+                raise _bad(ckdir, f"dataset.{key}", "a list of finite numbers, one per input channel", values)
+            n = channels or len(ds["mean"])
+            if len(values) not in (1, n):
+                raise _bad(ckdir, f"dataset.{key}", f"1 value or {n} (one per input channel)" if n > 1 else
+                           "1 value (the input has one channel)", values)
+        if not all(v > 0 for v in ds["std"]):   # each channel is divided by it: 0 gives NaN predictions
+            raise _bad(ckdir, "dataset.std", "values > 0", ds["std"])
+    if "pixel_scale" in ds and not _finite(ds["pixel_scale"], above=0):
+        raise _bad(ckdir, "dataset.pixel_scale", "a number > 0", ds["pixel_scale"])
 
 
 # --------------------------------------------------------------------------- resume
@@ -186,6 +256,7 @@ def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkp
         raise CheckpointError(f"{rdir}: not a training checkpoint (no optimizer/RNG state); "
                               f"resume needs OUT/checkpoint/last of a `cnngraph train` run")
     _check_resume_meta(meta, rdir)
+    check_meta(meta, rdir, input_channels(spec))
     check_same_network(meta.get("spec", {}), spec, rdir, spec.file or "this spec")
     old_train, new_train = (meta.get("spec") or {}).get("train") or {}, spec.to_dict().get("train") or {}
     changed = sorted(k for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
@@ -235,8 +306,7 @@ def _check_resume_meta(meta: dict, rdir: Path) -> None:
     """The parts of meta.json a resume relies on, checked up front (a hand-edited file must not end in a
     traceback or in a misleading error much later)."""
     def bad(key: str, expected: str):
-        raise CheckpointError(f"{rdir / META_FILE}: meta.{key}: expected {expected}, found "
-                              f"{json.dumps(meta.get(key))[:60]}; the checkpoint's meta is damaged or was edited")
+        raise _bad(rdir, key, expected, meta.get(key))
     epoch = meta.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         bad("epoch", "a whole number >= 0 (the epochs trained)")
@@ -251,9 +321,8 @@ def _check_resume_meta(meta: dict, rdir: Path) -> None:
     if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
                                                 for r in history):
         bad("history", "a list of per-epoch records")
-    for key in ("best", "settings"):
-        if meta.get(key) is not None and not isinstance(meta.get(key), dict):
-            bad(key, "a mapping")
+    if meta.get("best") is not None and not isinstance(meta.get("best"), dict):
+        bad("best", "a mapping")
 
 
 def restore(run, ck: Checkpoint, rdir: Path) -> None:

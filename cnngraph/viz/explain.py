@@ -36,6 +36,7 @@ class Preprocess:
     std: list | None = None
     classes: list | None = None
     note: str = ""
+    pixel_range: list | None = None   # the raw training pixels' (min, max), when the checkpoint tells
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         x = np.array(raw, dtype=np.float32)
@@ -58,6 +59,8 @@ def load_weights(model, checkpoint=None, params=None) -> Weights:
     if checkpoint or (params and Path(params).is_dir()):
         folder = resolve_checkpoint(checkpoint or params)
         arrays, meta = read_weights(folder)
+        from ..train.run_state import check_meta, input_channels
+        check_meta(meta or {}, folder, input_channels(model.spec))
         try:
             model.load_params(arrays)
         except CnnGraphError as exc:
@@ -88,7 +91,9 @@ def preprocessing(spec, meta: dict | None = None) -> Preprocess:
     scale = _meta_value(meta, "pixel_scale")
     classes = _meta_value(meta, "classes")
     if mean is not None and std is not None:
-        return Preprocess(float(scale or 1.0), list(mean), list(std), classes, "normalisation from the checkpoint")
+        pixel_range = _meta_value(meta, "pixel_range")
+        return Preprocess(float(scale or 1.0), list(mean), list(std), classes, "normalisation from the checkpoint",
+                          list(pixel_range) if isinstance(pixel_range, (list, tuple)) else None)
     train = getattr(spec, "train", None)
     data = getattr(train, "data", None) if train is not None else None
     if data is not None:
@@ -122,9 +127,11 @@ def _single_image_input(spec) -> tuple[str, tuple]:
 
 def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Read a PNG/JPEG or .npy sample as (raw (1, C, H, W) in raw units, normalised model input)."""
+    from ..train.data import pixel_range_fits
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
-    raw = read_inputs([path], shape, scale=prep.scale, invert=invert)
+    raw = read_inputs([path], shape, scale=prep.scale, invert=invert, 
+                      eight_bit=pixel_range_fits(prep.pixel_range, prep.scale))
     if not 0 <= index < len(raw):
         raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range")
     raw = raw[index:index + 1]

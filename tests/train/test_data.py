@@ -118,7 +118,7 @@ def test_npz_three_dim_gets_channel_axis(tmp_path):
 @pytest.mark.parametrize("arrays,message", [
     ({"x": np.zeros((4, 1, 4, 4)), "z": np.zeros(4)}, r"expected key 'y' \(labels or masks\), found keys \['x', 'z'\]"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(3)}, "expected 4 labels .* found 3"),
-    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, -1, 0])}, r"labels in .*found values in \[-1, 1\]"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, -1, 0])}, r"expected labels >= 0, found -1 at index 2"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.array([0, 1, 2, 0]), "classes": np.array(["a", "b"])},
      r"expected labels in \[0, 1\], found values in \[0, 2\]"),
     ({"x": np.zeros((4, 1, 5, 4)), "y": np.zeros(4)}, r"expected images of shape .*\(N, 1, 4, 4\).*found shape \(4, 1, 5, 4\)"),
@@ -185,7 +185,7 @@ def test_idx_truncated_and_wrong_magic(tmp_path):
         load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
     g = tmp_path / "m" / "t10k-labels-idx1-ubyte"
     g.write_bytes(b"\x00\x00\x08\x03" + g.read_bytes()[4:])
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte'.*magic number 0x00000801, found 0x00000803"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte'.*magic number 0x00000801 .*, found 0x00000803"):
         read_idx(g, ndim=1)
     h = tmp_path / "junk.gz"
     h.write_bytes(b"not gzip at all")
@@ -194,6 +194,21 @@ def test_idx_truncated_and_wrong_magic(tmp_path):
     with pytest.raises(DataError, match="expected the IDX file 't10k-images-idx3-ubyte'"):
         (tmp_path / "m" / "t10k-images-idx3-ubyte").unlink()
         load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+
+
+def test_idx_wrong_type_byte_is_named_before_the_size(tmp_path):
+    """A float32 labels file has a valid IDX header: its type byte is reported, not a 'truncated' file;
+    1-D shapes print as Python tuples."""
+    _write_mnist(tmp_path / "m", gz=False)
+    g = tmp_path / "m" / "train-labels-idx1-ubyte"
+    g.write_bytes(b"\x00\x00\x0D\x01" + g.read_bytes()[4:])
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte': expected an IDX file with magic number "
+                                        r"0x00000801 \(uint8, 1 dimension: labels\), found 0x00000D01 "
+                                        r"\(float32, 1 dimension: labels\)"):
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+    g.write_bytes(b"\x00\x00\x08\x01" + g.read_bytes()[4:] + b"x")
+    with pytest.raises(DataError, match=r"has trailing data: expected 38 bytes \(header \+ \(30,\) uint8"):
+        read_idx(g, ndim=1, dtype="uint8")
 
 
 def test_mnist_wrong_input_shape(tmp_path):
@@ -456,3 +471,83 @@ def test_read_inputs_accepts_channels_last_npy_like_the_npz_dataset(tmp_path):
     want = read_inputs([tmp_path / "nchw.npy"], (3, 16, 16))
     np.testing.assert_array_equal(read_inputs([tmp_path / "nhwc.npy"], (3, 16, 16)), want)
     np.testing.assert_array_equal(read_inputs([tmp_path / "hwc.npy"], (3, 16, 16)), want[:1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int16])
+def test_npz_eight_bit_values_in_wider_dtypes_read_like_uint8(tmp_path, dtype):
+    """uint8 images saved as float or int64 hold 0..255: read in [0, 1] like uint8, with a note (PNGs at
+    predict time are read in [0, 1], so [0, 255] training data would silently mismatch them)."""
+    x = RNG.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8)
+    y = np.arange(20) % 2
+    u8 = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u8.npz", x=x, y=y)), normalize="none"),
+                      (1, 4, 4))
+    wide = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "w.npz", x=x.astype(dtype), y=y,
+                                                                 x_test=x[:4].astype(dtype), y_test=y[:4])),
+                                   normalize="none"), (1, 4, 4))
+    assert np.array_equal(wide.train[0], u8.train[0]) and wide.pixel_scale == 1.0
+    assert wide.test[0].max() <= 1.0 and wide.pixel_range[1] <= 1.0
+    assert len(wide.notes) == 1 and "w.npz' key 'x'" in wide.notes[0] and "scaled by 1/255" in wide.notes[0]
+    assert u8.notes == []
+
+
+def test_npz_floats_outside_eight_bit_range_are_kept(tmp_path):
+    """Standardised data (negatives) and [0, 1] data are taken as they are, and the raw range is recorded."""
+    x = RNG.standard_normal((20, 1, 4, 4)).astype(np.float32) * 3
+    y = np.arange(20) % 2
+    ds = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=x, y=y)), normalize="none",
+                                 val_fraction=0), (1, 4, 4))
+    assert ds.notes == [] and ds.pixel_range == (float(x.min()), float(x.max()))
+    unit = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u.npz", x=np.abs(x) / 100, y=y)),
+                                   normalize="none", val_fraction=0), (1, 4, 4))
+    assert unit.notes == [] and np.allclose(unit.train[0], np.abs(x) / 100)
+
+
+def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):
+    """macOS's ``._x.png`` / ``.DS_Store`` are skipped like dot-folders; images in sub-folders of a class
+    folder belong to it (as in torchvision's ImageFolder)."""
+    _write_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "imgs" / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "imgs" / "dog" / ".thumbs").mkdir()
+    (tmp_path / "imgs" / "dog" / ".thumbs" / "0.png").write_bytes(b"not an image")
+    sub = tmp_path / "imgs" / "dog" / "2023" / "june"
+    sub.mkdir(parents=True)
+    Image.new("RGB", (12, 10), (10, 10, 200)).save(sub / "5.png")
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), val_fraction=0),
+                      (3, 8, 8))
+    assert ds.classes == ["cat", "dog"] and np.bincount(ds.train[1]).tolist() == [4, 5]
+    (tmp_path / "only_sub" / "cat" / "a").mkdir(parents=True)
+    (tmp_path / "only_sub" / "dog").mkdir()
+    with pytest.raises(DataError, match=r"\(or their sub-folders\), found none"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "only_sub")), (3, 8, 8))
+
+
+def test_loader_failures_are_named_not_wrapped(tmp_path):
+    """Failures that used to reach the generic 'loader failed' wrapper, or read oddly, name the file and what
+    was expected."""
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(DataError, match=r"folder.npz': is a folder; expected an .npz file"):
+        load_dataset(DataConfig(dataset="npz", path=str(tmp_path / "folder.npz")), (1, 4, 4))
+    y = np.array([0, 1, np.nan, 0])
+    with pytest.raises(DataError, match=r"key 'y': expected integer class labels, found NaN at index 2$"):
+        load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=np.zeros((4, 1, 4, 4)), y=y))), (1, 4, 4))
+    y = np.array([0, 1, 1, -1])
+    with pytest.raises(DataError, match=r"key 'y': expected labels >= 0, found -1 at index 3$"):
+        load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=np.zeros((4, 1, 4, 4)), y=y))), (1, 4, 4))
+    folder = tmp_path / "c"
+    _write_cifar(folder)
+    (folder / "data_batch_2").write_bytes(_py2_style({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 2 ** 70]}))
+    with pytest.raises(DataError, match=r"data_batch_2' labels: expected labels in \[0, 9\], found "
+                                        rf"{2 ** 70} at index 1$"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+    _write_cifar(folder)
+    (folder / "batches.meta").write_bytes(b"\x80\x02}q\x00(")
+    with pytest.raises(DataError, match=r"batches.meta': expected the CIFAR-10 meta file \(a pickled dict with "
+                                        r"'label_names'\), found an unreadable"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(folder)), (3, 32, 32))
+
+
+def test_read_inputs_refuses_a_folder_by_name(tmp_path):
+    (tmp_path / "pics").mkdir()
+    with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg\) or an .npy"):
+        read_inputs([tmp_path / "pics"], (1, 4, 4))

@@ -28,12 +28,26 @@ def test_precision_recall_hand_computed():
     assert r["undefined"] == []
 
 
-def test_undefined_precision_is_zero_and_reported():
+def test_undefined_precision_is_none_and_reported():
     cm = np.array([[2, 0], [1, 0]])          # class 1 never predicted
     r = precision_recall(cm)
-    assert r["precision"] == [pytest.approx(2 / 3), 0.0]
-    assert r["recall"] == [1.0, 0.0]
-    assert "precision[1]" in r["undefined"]
+    assert r["precision"] == [pytest.approx(2 / 3), None] and r["macro_precision"] == pytest.approx(2 / 3)
+    assert r["recall"] == [1.0, 0.0] and r["f1"] == [pytest.approx(0.8), 0.0]
+    assert r["undefined"] == ["precision[1]"]
+
+
+def test_absent_classes_are_undefined_and_left_out_of_the_macro_means():
+    """Held-out data with some classes only: a class with no samples and no predictions has no
+    precision, recall or F1 ('-'); one with predictions but no samples has precision 0 and no recall
+    (scikit-learn's definitions); the macro means are over the defined values."""
+    cm = np.array([[3, 1, 0], [0, 0, 0], [0, 0, 0]])    # class 1 predicted once, class 2 neither
+    r = precision_recall(cm)
+    assert r["precision"] == [1.0, 0.0, None] and r["recall"] == [0.75, None, None]
+    assert r["f1"] == [pytest.approx(6 / 7), 0.0, None]
+    assert r["macro_precision"] == 0.5 and r["macro_recall"] == 0.75 and r["macro_f1"] == pytest.approx(3 / 7)
+    lines = format_per_class(r, ["a", "b", "c"]).splitlines()
+    assert lines[3].split() == ["c", "-", "-", "-", "0"] and lines[2].split()[1:3] == ["0.0000", "-"]
+    assert lines[4].split()[:4] == ["macro", "0.5000", "0.7500", "0.4286"]
 
 
 def test_accuracy_and_top_k_against_torch():

@@ -4,6 +4,7 @@ import errno
 import io
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -109,6 +110,43 @@ def test_hand_edited_checkpoint_meta_is_named_not_a_traceback(tmp_path, key, val
     path.write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=expected):
         train(tmp_path, "run", resume=tmp_path / "run", epochs=3)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("settings.batch_size", -3, r"meta.settings.batch_size: expected a whole number >= 1, found -3"),
+    ("settings", None, r"meta.settings: expected the run's settings \{epochs, batch_size, lr, seed, data\}"),
+    ("dataset.mean", [0.1, 0.2], r"meta.dataset.mean: expected 1 value \(the input has one channel\), "
+                                 r"found \[0.1, 0.2\]"),
+    ("dataset.std", [0.0], r"meta.dataset.std: expected values > 0, found \[0.0\]"),
+])
+def test_hand_edited_settings_and_dataset_meta_are_named_by_every_command(tmp_path, capsys, key, value, expected):
+    """evaluate, predict, explain and resume read meta.settings / meta.dataset: a bad value is named with
+    the file and key (a missing settings no longer falls back to the spec's data, a std of 0 no longer
+    gives NaN predictions)."""
+    train(tmp_path, "run")
+    for which in ("best", "last"):
+        path = tmp_path / "run" / "checkpoint" / which / "meta.json"
+        record = json.loads(path.read_text())
+        section, _, name = key.rpartition(".")
+        target = record["meta"][section] if section else record["meta"]
+        if value is None:
+            del target[name]
+        else:
+            target[name] = value
+        path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"last/meta.json: " + expected):
+        train(tmp_path, "run", resume=tmp_path / "run", epochs=3)
+    (tmp_path / "s.json").write_text(json.dumps(spec()))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    for argv in (["evaluate", str(tmp_path / "s.json"), "--checkpoint", str(tmp_path / "run")],
+                 ["predict", str(tmp_path / "s.json"), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "x.npy")],
+                 ["explain", str(tmp_path / "s.json"), "--checkpoint", str(tmp_path / "run"), "--image",
+                  str(tmp_path / "x.npy"), "-o", str(tmp_path / "e.png")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert re.search(r"best/meta.json: " + expected, err) and err.count("\n") == 1, (argv, err)
+    with pytest.raises(CheckpointError, match=expected):
+        cnngraph.load_model(tmp_path / "run")
 
 
 def test_resume_without_last_says_it_starts_from_best(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import DataError
 
-__all__ = ["RawSplits", "to_nchw", "as_float_images", "check_labels", "check_values", "stratified_split",
+__all__ = ["RawSplits", "to_nchw", "as_float_images", "looks_8bit", "check_labels", "check_values", "stratified_split",
            "require_shape", "fmt_shape"]
 
 
@@ -18,6 +18,7 @@ class RawSplits:
 
     ``val`` / ``test`` are None when the source has none (``load_dataset`` then carves them).
     ``pixel_scale`` maps an image read in [0, 1] to the raw units (16 for digits, else 1).
+    ``notes`` are remarks for the user on how the data was read (printed by train and evaluate).
     """
 
     train: tuple[np.ndarray, np.ndarray]
@@ -31,7 +32,7 @@ class RawSplits:
 
 def fmt_shape(shape) -> str:
     """Render a shape as ``(1, 28, 28)``."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))   # (1200,) for one dimension, as Python writes it
 
 
 def require_shape(found: tuple[int, ...], input_shape: tuple[int, int, int], what: str) -> None:
@@ -80,6 +81,17 @@ def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
     return out
 
 
+def looks_8bit(arr: np.ndarray) -> bool:
+    """Whether non-uint8 numbers are 8-bit pixel values: integers or floats, all within [0, 255], with
+    a maximum above 1. Such data (uint8 images saved as float or int64) is scaled by 1/255 like uint8,
+    so that it is in the same units as the images ``predict`` reads in [0, 1]. Fractions are allowed
+    (resized 0..255 images have them); data with negative values (already standardised) is not 8-bit."""
+    if arr.dtype == np.uint8 or arr.dtype.kind not in "iuf" or arr.size == 0:
+        return False
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    return 0.0 <= lo and 1.0 < hi <= 255.0
+
+
 def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
                  mask_shape: tuple[int, int] | None = None, ignore: int | None = None) -> np.ndarray:
     """Validate class labels (integral, ``n`` of them, in [0, n_classes)) and return them as int64.
@@ -104,7 +116,12 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     if y.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
     if y.dtype.kind == "f":
-        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+        if not np.isfinite(y).all():
+            i = int(np.flatnonzero(~np.isfinite(y.reshape(-1)))[0])
+            v = y.reshape(-1)[i]
+            raise DataError(f"{what}: expected integer class labels, found {'NaN' if np.isnan(v) else v} at index "
+                            f"{_index(y, i)}")
+        if not np.array_equal(y, np.round(y)):
             raise DataError(f"{what}: expected integer class labels, found non-integral float values (values to "
                             f"regress: set train.data.targets: values)")
     if len(y) != n:
@@ -113,9 +130,13 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
     classes = y if ignore is None else y[y != ignore]
     if classes.size:
         lo, hi = int(classes.min()), int(classes.max())
+        if lo < 0 and n_classes is None:
+            flat = y.reshape(-1)
+            i = int(np.flatnonzero((flat < 0) & (flat != ignore))[0])   # the first negative class value
+            raise DataError(f"{what}: expected labels >= 0, found {int(flat[i])} at index {_index(y, i)}")
         if lo < 0 or (n_classes is not None and hi >= n_classes):
-            limit = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
-            raise DataError(f"{what}: expected labels in {limit}, found values in [{lo}, {hi}]{_void_hint(y)}")
+            raise DataError(f"{what}: expected labels in [0, {n_classes - 1}], found values in [{lo}, {hi}]"
+                            f"{_void_hint(y)}")
         if y.ndim == 3 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2 and ignore is None:
             raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks: set "
                             f"train.loss.ignore_index: 255 to leave them out of the loss and the metrics, or list "
@@ -146,6 +167,11 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
     i = np.arange(n)
     take = np.ceil((i + 1) * fraction - 1e-9) - np.ceil(i * fraction - 1e-9) > 0
     return order[~take], order[take]
+
+
+def _index(y: np.ndarray, flat: int):
+    """The position of flat index ``flat`` in ``y``: an int for labels, a tuple for masks."""
+    return flat if y.ndim == 1 else tuple(int(v) for v in np.unravel_index(flat, y.shape))
 
 
 def _void_hint(y: np.ndarray) -> str:

@@ -52,16 +52,20 @@ class SafeUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refused global '{module}.{name}'") from None
 
 
-def safe_load_pickle(path: Path):
-    """Load a pickle with :class:`SafeUnpickler` (Python 2 strings come back as bytes)."""
+_BATCH = "a CIFAR-10 python batch (a pickled dict of numpy data and labels)"
+_META = "the CIFAR-10 meta file (a pickled dict with 'label_names')"
+
+
+def safe_load_pickle(path: Path, expected: str = _BATCH):
+    """Load a pickle with :class:`SafeUnpickler` (Python 2 strings come back as bytes); ``expected``
+    says what the file should be, for the error message."""
     try:
         with open(path, "rb") as f:
             return SafeUnpickler(f, encoding="bytes").load()
     except OSError as exc:
         raise DataError(f"'{path}': cannot read ({exc})") from None
     except Exception as exc:  # any malformed pickle: EOFError, UnpicklingError, ValueError, ...
-        raise DataError(f"'{path}': expected a CIFAR-10 python batch (a pickled dict of numpy "
-                        f"data and labels), found an unreadable or unsafe pickle ({exc})") from None
+        raise DataError(f"'{path}': expected {expected}, found an unreadable or unsafe pickle ({exc})") from None
 
 
 def _get(d: dict, key: str):
@@ -87,6 +91,10 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(labels, (list, tuple, np.ndarray)) or not all(
             isinstance(v, (int, np.integer)) for v in labels):
         raise DataError(f"'{path}': expected 'labels' as a list of ints, found {type(labels).__name__}")
+    # Check the range before converting: a value beyond int64 would overflow in NumPy.
+    bad = next(((i, int(v)) for i, v in enumerate(labels) if not 0 <= int(v) <= 9), None)
+    if bad is not None:
+        raise DataError(f"'{path}' labels: expected labels in [0, 9], found {bad[1]} at index {bad[0]}")
     y = check_labels(np.asarray(labels, dtype=np.int64), len(data), 10, f"'{path}' labels")
     # Rows are channel-major 32x32 planes, so a reshape gives NCHW directly (still uint8).
     return data.reshape((-1,) + _SHAPE), y
@@ -103,7 +111,7 @@ def _classes(folder: Path) -> list[str]:
     meta = folder / "batches.meta"
     if not meta.is_file():
         return list(CIFAR10_CLASSES)
-    d = safe_load_pickle(meta)
+    d = safe_load_pickle(meta, _META)
     names = _get(d, "label_names") if isinstance(d, dict) else None
     if not isinstance(names, list) or len(names) != 10:
         raise DataError(f"'{meta}': expected 'label_names' as a list of 10 names, found {names!r:.80}")

@@ -1,5 +1,11 @@
-"""``image_folder``: ``root/<class>/*.png|jpg|jpeg``, classes sorted by folder name."""
+"""``image_folder``: ``root/<class>/**/*.png|jpg|jpeg``, classes sorted by folder name.
+
+Images in sub-folders of a class folder belong to that class (as in torchvision's ImageFolder).
+Hidden files and folders (names starting with a dot: ``.DS_Store``, macOS's ``._x.png``) are skipped."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +27,7 @@ def load_image_folder(cfg, input_shape, base_dir=None) -> RawSplits:
         raise DataError(f"'{root}': expected one sub-folder per class (root/<class>/*.png), found none")
     xs, ys, empty = [], [], []
     for label, d in enumerate(class_dirs):
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = _images_in(d)
         if not files:
             empty.append(d.name)
         for f in files:
@@ -29,9 +35,19 @@ def load_image_folder(cfg, input_shape, base_dir=None) -> RawSplits:
             ys.append(label)
     if not xs:
         raise DataError(f"'{root}': expected .png/.jpg/.jpeg images in the class folders "
-                        f"{', '.join(d.name for d in class_dirs)}, found none")
+                        f"{', '.join(d.name for d in class_dirs)} (or their sub-folders), found none")
     if empty:   # a class with no examples cannot be learned, and it would shift every later label
-        raise DataError(f"'{root}': class folder(s) {', '.join(empty)} hold no .png/.jpg/.jpeg images; "
-                        f"add images or remove the folder(s)")
+        raise DataError(f"'{root}': class folder(s) {', '.join(empty)} hold no .png/.jpg/.jpeg images (sub-folders "
+                        f"included); add images or remove the folder(s)")
     return RawSplits(train=(np.stack(xs), np.asarray(ys, dtype=np.int64)),
                      classes=[d.name for d in class_dirs], source=f"image_folder:{root}")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The class folder's image files, sub-folders included, in sorted path order; hidden files and
+    folders skipped (they are system files: ``._x.png`` holds no image)."""
+    found = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)

@@ -15,6 +15,8 @@ __all__ = ["read_idx", "load_mnist", "load_fashion_mnist", "FASHION_CLASSES"]
 
 # IDX type codes -> big-endian dtypes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CODES = {np.dtype(t).name: code for code, t in _IDX_TYPES.items()}    # "uint8" -> 0x08
+_MEANING = {1: ": labels", 3: ": images"}
 _FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
           "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -32,10 +34,11 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"'{path}': expected a gzip-compressed IDX file, found unreadable data ({exc})") from None
 
 
-def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
+def read_idx(path: str | Path, ndim: int | None = None, dtype: str | None = None) -> np.ndarray:
     """Parse an IDX file: magic ``00 00 <type> <ndim>``, ndim big-endian uint32 sizes, data.
 
-    ``ndim`` (when given) is the number of dimensions the caller expects.
+    ``ndim`` and ``dtype`` (e.g. "uint8"), when given, are what the caller expects; the magic number
+    is checked against them before the size, so a wrong type byte is not reported as a truncated file.
     Truncated files, trailing bytes and a wrong magic number raise DataError.
     """
     path = Path(path)
@@ -43,10 +46,14 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
     if len(data) < 4:
         raise DataError(f"'{path}': expected an IDX header of at least 4 bytes, found {len(data)} bytes")
     zero0, zero1, code, nd = data[0], data[1], data[2], data[3]
-    if zero0 or zero1 or code not in _IDX_TYPES or (ndim is not None and nd != ndim):
-        want = f"0x0000080{ndim}" if ndim is not None else "0x000008NN"
-        raise DataError(f"'{path}': expected an IDX file with magic number {want}, found "
-                        f"0x{data[:4].hex()} (not an IDX file, or the wrong one)")
+    want_code = _CODES[dtype] if dtype is not None else None
+    if zero0 or zero1 or code not in _IDX_TYPES or (ndim is not None and nd != ndim) or \
+            (want_code is not None and code != want_code):
+        want = f"0x0000{want_code or 0x08:02X}{ndim:02X}" if ndim is not None else "0x0000TTNN"
+        what = f" ({_describe(want_code, ndim)})" if ndim is not None else ""
+        found = _describe(code, nd) if not (zero0 or zero1) and code in _IDX_TYPES else "not an IDX file"
+        raise DataError(f"'{path}': expected an IDX file with magic number {want}{what}, found "
+                        f"0x{data[:4].hex().upper()} ({found})")
     head = 4 + 4 * nd
     if len(data) < head:
         raise DataError(f"'{path}': truncated: expected a {head}-byte header, found {len(data)} bytes")
@@ -58,6 +65,12 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
         raise DataError(f"'{path}': {state}: expected {need} bytes (header + {fmt_shape(dims)} "
                         f"{dtype.name} values), found {len(data)}")
     return np.frombuffer(data, dtype=dtype, offset=head).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _describe(code: int | None, ndim: int) -> str:
+    """What a magic number's type and dimension bytes mean: "uint8, 1 dimension: labels"."""
+    kind = np.dtype(_IDX_TYPES[code]).name if code is not None else "any type"
+    return f"{kind}, {ndim} dimension{'' if ndim == 1 else 's'}{_MEANING.get(ndim, '')}"
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -75,7 +88,7 @@ def _load(cfg, input_shape, base_dir, name: str, classes: list[str]) -> RawSplit
     if not folder.is_dir():
         raise DataError(f"dataset '{name}': expected a folder with the IDX files, found file '{folder}'")
     paths = {k: _find(folder, v) for k, v in _FILES.items()}
-    arrays = {k: read_idx(p, ndim=3 if k.endswith("_x") else 1) for k, p in paths.items()}
+    arrays = {k: read_idx(p, ndim=3 if k.endswith("_x") else 1, dtype="uint8") for k, p in paths.items()}
     require_shape((1,) + arrays["train_x"].shape[1:], input_shape, f"dataset '{name}' ('{paths['train_x']}')")
     splits = {}
     for part in ("train", "test"):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...arrayfile import array_file_kind
 from ...errors import DataError
-from ._common import RawSplits, as_float_images, check_labels, check_values, resolve, to_nchw
+from ._common import RawSplits, as_float_images, check_labels, check_values, looks_8bit, resolve, to_nchw
 
 __all__ = ["load_npz"]
 
@@ -38,8 +38,11 @@ def _read(path) -> dict[str, np.ndarray]:
 
 
 def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
-    """Load an npz dataset; uint8 images are scaled by 1/255, floats are used as they are."""
+    """Load an npz dataset; uint8 images are scaled by 1/255, and so are other numbers that look like
+    8-bit pixels (:func:`looks_8bit`); other floats are used as they are."""
     p = resolve(cfg.path, base_dir, "npz")
+    if p.is_dir():
+        raise DataError(f"'{p}': is a folder; expected an .npz file (np.savez) with x and y")
     arrays = _read(p)
     for key in ("x", "y"):
         if key not in arrays:
@@ -52,16 +55,27 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             raise DataError(f"'{p}': key 'classes' must be a 1-D array of names, found "
                             f"dtype {c.dtype} shape {c.shape}")
         classes = [str(v) for v in c.tolist()]
-    splits = {}
-    for name, (kx, ky) in _PAIRS.items():
-        if kx not in arrays and ky not in arrays:
-            continue
+    present = [name for name, (kx, ky) in _PAIRS.items() if kx in arrays or ky in arrays]
+    for name in present:
+        kx, ky = _PAIRS[name]
         if kx not in arrays or ky not in arrays:
             missing = kx if kx not in arrays else ky
             raise DataError(f"'{p}': found '{ky if missing == kx else kx}' but expected key "
                             f"'{missing}' with it; found keys {sorted(arrays)}")
+    notes = []
+    # One decision for the whole file, so that every split is in the same units.
+    eight_bit = all(looks_8bit(arrays[_PAIRS[name][0]]) for name in present)
+    if eight_bit:
+        x = arrays["x"]
+        notes.append(f"note: '{p}' key 'x' holds {x.dtype} values in [{x.min():g}, {x.max():g}]; taken as 8-bit "
+                     f"pixels and scaled by 1/255 like uint8 images")
+    splits = {}
+    for name in present:
+        kx, ky = _PAIRS[name]
         x = to_nchw(arrays[kx], input_shape, cfg.layout, f"'{p}' key '{kx}'")
         x = as_float_images(x, f"'{p}' key '{kx}'")
+        if eight_bit:
+            x /= np.float32(255.0)
         if _as_values(cfg.targets, arrays["y"]):
             y = check_values(arrays[ky], len(x), f"'{p}' key '{ky}'")
         else:
@@ -70,7 +84,7 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
         splits[name] = (np.ascontiguousarray(x), y)
     if splits["train"][1].dtype.kind == "f":
         return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"), classes=[],
-                         source=f"npz:{p}")
+                         source=f"npz:{p}", notes=notes)
     kinds = {name: "masks" if y.ndim > 1 else "labels" for name, (_, y) in splits.items()}
     if len(set(kinds.values())) > 1:
         raise DataError(f"'{p}': the splits mix class labels and masks ({', '.join(f'{_PAIRS[k][1]}: {v}' for k, v in kinds.items())}); "
@@ -80,7 +94,7 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
                 default=1)
         classes = [str(i) for i in range(n)]
     return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
-                     classes=classes, source=f"npz:{p}")
+                     classes=classes, source=f"npz:{p}", notes=notes)
 
 
 def _as_values(targets: str, y: np.ndarray) -> bool:
