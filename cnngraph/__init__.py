@@ -4,14 +4,20 @@
 >>> spec = cnngraph.load_spec("specs/lenet5.yaml")            # doctest: +SKIP
 >>> model = cnngraph.compile(spec, device="cpu", seed=0)       # doctest: +SKIP
 """
+import importlib
+
 from .errors import (BackendError, CheckpointError, CnnGraphError, DataError, PluginError, Problem, RunError,
                      ShapeError, SpecError)
-from .hookspecs import hookimpl
-from .losses import loss_and_grad
-from .model import Model, ParamStore, compile
-from .op import Context, Op, OpParams
-from .registry import get_registry, load_plugin_file, register_plugin
-from .spec import Spec, load_spec
+
+# The rest of the API loads on first use (PEP 562): `import cnngraph.cli` then costs milliseconds, so the
+# command catches a Ctrl-C during its start-up imports instead of Python printing a traceback.
+_LAZY = {
+    "hookimpl": ".hookspecs", "loss_and_grad": ".losses", "Model": ".model", "ParamStore": ".model",
+    "compile": ".model", "Context": ".op", "Op": ".op", "OpParams": ".op", "get_registry": ".registry",
+    "load_plugin_file": ".registry", "register_plugin": ".registry", "Spec": ".spec", "load_spec": ".spec",
+    "train": ".train.loop", "load_model": ".train.loop",
+    "import_onnx": ".onnx", "export_onnx": ".onnx",   # the optional onnx package loads only when used
+}
 
 __version__ = "0.1.0"
 
@@ -27,6 +33,7 @@ def register_op(op_cls):
     """Register one op class at run time (also usable as a class decorator). Registering a class of the
     same module and name again replaces the earlier one (re-running a notebook cell); any other class
     under a taken op type is an error."""
+    from .registry import get_registry
     registry = get_registry()
     if not isinstance(op_cls, type):
         raise PluginError(f"register_op takes an Op subclass, found an instance of {type(op_cls).__name__} "
@@ -44,14 +51,14 @@ def register_op(op_cls):
 
 
 def __getattr__(name):
-    # training pulls in data/optimizer modules: import on first use
-    if name == "train":
-        from .train.loop import train
-        return train
-    if name == "load_model":
-        from .train.loop import load_model
-        return load_model
-    if name in ("import_onnx", "export_onnx"):   # the optional onnx package loads only when used
-        from . import onnx
-        return getattr(onnx, name)
-    raise AttributeError(name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:   # a submodule (cnngraph.model, ...), as when the package imported them eagerly
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value

@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:   # also during the start-up imports (see cnngraph/__init__.py)
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:   # the benchmark parses its own options (argparse cannot forward them)
         from .bench import main as bench_main
@@ -58,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     except CnnGraphError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # e.g. `cnngraph ops | head`
         return 0
     except OSError as exc:   # a path the user gave cannot be read or written (missing folder, read-only, ...)
