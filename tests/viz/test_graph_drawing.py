@@ -495,3 +495,37 @@ def test_png_and_explain_without_matplotlib_are_one_line_errors(tmp_path, capsys
     assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.svg")]) == 0   # SVG never needed it
     assert main(["explain", "specs/digits_cnn.yaml", "--filters", "-o", str(tmp_path / "f.png")]) == 1
     assert capsys.readouterr().err.endswith("error: explain needs matplotlib (pip install matplotlib)\n")
+
+
+CYCLE = """name: t
+inputs:
+  image: {shape: [3, 8, 8]}
+layers:
+  - {id: a, type: conv2d, out_channels: 3, kernel_size: 1, inputs: c}
+  - {id: b, type: relu, inputs: a}
+  - {id: c, type: add, inputs: [b, image]}
+outputs: [c]
+"""
+
+
+@pytest.mark.parametrize("ext,collapse", [(".svg", False), (".png", False), (".html", False), (".svg", True)])
+def test_a_spec_with_a_cycle_is_drawn_with_the_cycle_in_red(tmp_path, capsys, ext, collapse):
+    spec = tmp_path / "cycle.yaml"
+    spec.write_text(CYCLE)
+    out = tmp_path / f"cycle{ext}"
+    rc = main(["viz", str(spec), "-o", str(out), "--dpi", "60"] + ["--collapse"] * collapse)
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "the layers form a cycle: c -> a -> b -> c" in err and out.stat().st_size > 0
+    if ext == ".svg":
+        root = ET.fromstring(out.read_text())
+        red = [p for p in root.iter("{http://www.w3.org/2000/svg}path") if p.get("stroke") == "#c53030"]
+        assert len(red) == 3          # c -> a, a -> b and the edge closing the cycle, b -> c
+
+
+def test_layout_breaks_cycles_and_keeps_the_rest_in_order():
+    g = nx.DiGraph([("image", "c"), ("c", "a"), ("a", "b"), ("b", "c")])
+    order = {"image": 0, "a": 1, "b": 2, "c": 3}
+    lay = layered_layout(g, {n: (90.0, 40.0) for n in g}, order_key=order.get)
+    assert lay.back_edges == [("b", "c")]
+    assert lay.ranks == {"image": 0, "c": 1, "a": 2, "b": 3}
