@@ -477,3 +477,44 @@ outputs: [r]
 """)
     assert any("input names follow the layer-id rule" in p.message and "'my image'" in p.message
                for p in err.problems)
+
+
+COMBO_LAYERS = """\
+layers:
+  - {id: a, type: conv2d, out_channels: 4, kernel_size: 3, stirde: 1}
+  - {id: b, type: relu, inputs: aa}
+"""
+
+
+@pytest.mark.parametrize("head,tail,first", [
+    ("inputs:\n  image: {shape: [3, 8, 8]}\n", "outputs: [b]\ntrian:\n  epochs: 0\n",
+     "unknown key 'trian' (did you mean 'train'?)"),
+    ("inputs:\n  image: {shape: [3, 8, 8]}\n", "output: [b]\ntrain:\n  epochs: 0\n",
+     "unknown key 'output' (did you mean 'outputs'?)"),
+    ("version: 2\ninputs:\n  image: {shape: [3, 8, 8]}\n", "outputs: [b]\ntrain:\n  epochs: 0\n",
+     "unknown key 'version'"),
+    ("inputs:\n  image: {shape: [3, 8, 8], dtype: flaot32}\n", "outputs: [b]\ntrain:\n  epochs: 0\n",
+     "(found 'flaot32') (did you mean 'float32'?)"),
+])
+def test_a_top_level_problem_hides_no_other_problem(tmp_path, head, tail, first):
+    """A mistyped top-level key or input dtype is reported, and the layers and the train section (under
+    the key the typo stands for) are still checked."""
+    err, _ = load(tmp_path, head + COMBO_LAYERS + tail)
+    text = str(err)
+    assert first in text
+    assert "unknown key 'stirde' (did you mean 'stride'?)" in text
+    assert "input 'aa' is neither a layer id nor a model input" in text
+    assert "train.epochs: Input should be greater than or equal to 1" in text
+    trained = [p for p in err.problems if p.path == "train.epochs"]
+    assert trained[0].line == len((head + COMBO_LAYERS + tail).splitlines())   # located in the file as written
+
+
+def test_a_near_miss_among_choices_is_suggested_and_a_far_one_is_not(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: u, type: upsample2d, mode: bilnear}
+  - {id: c, type: conv2d, out_channels: 2, kernel_size: 1, init: kaiming_normal}
+outputs: [c]
+""")
+    mode, init = err.problems
+    assert mode.message.endswith("(did you mean 'bilinear'?)")
+    assert "did you mean" not in init.message
