@@ -361,8 +361,30 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     problems += graph_problems
     if problems:
         raise SpecError(problems)
-    spec.warnings = _double_activations(spec)
+    spec.warnings = _double_activations(spec) + _unused(spec)
     return spec
+
+
+def _unused(spec: Spec) -> list[Problem]:
+    """Layers and inputs that reach none of the outputs (nor the train section's loss output): never
+    computed, as inference prunes them, so most likely a wrong ``inputs`` or a forgotten output."""
+    import networkx as nx
+    g = spec.graph
+    ends = list(spec.outputs) + ([spec.train.loss_output] if spec.train and spec.train.loss_output else [])
+    used = set(ends).union(*(nx.ancestors(g, o) for o in ends if o in g))
+    out = []
+    layers = [layer for layer in spec.layers if layer.id not in used]
+    if layers:
+        names = ", ".join(f"'{layer.id}'" for layer in layers)
+        them = "them" if len(layers) > 1 else "it"
+        what = f"layers {names} reach" if len(layers) > 1 else f"layer {names} reaches"
+        out.append(spec.problem(f"{what} no output ({', '.join(spec.outputs)}), so the model never computes {them}: "
+                                f"add {them} to outputs, or remove {them}", ("layers", layers[0].index), layers[0].id))
+    for name in spec.inputs:
+        if name not in used:
+            out.append(spec.problem(f"input '{name}' feeds no layer that reaches an output: the model does not use "
+                                    f"it", ("inputs", name)))
+    return out
 
 
 # a loss computes its activation itself: applied to that activation's output, it is applied twice

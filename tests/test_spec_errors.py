@@ -518,3 +518,32 @@ outputs: [c]
     mode, init = err.problems
     assert mode.message.endswith("(did you mean 'bilinear'?)")
     assert "did you mean" not in init.message
+
+
+def test_unused_layers_and_inputs_are_warnings(tmp_path, capsys):
+    from cnngraph.cli import main
+    path = tmp_path / "unused.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: t
+        inputs:
+          image: {shape: [3, 8, 8]}
+          extra: {shape: [3, 8, 8]}
+        layers:
+          - {id: a, type: conv2d, out_channels: 3, kernel_size: 1, inputs: image}
+          - {id: dead, type: conv2d, out_channels: 3, kernel_size: 1, inputs: image}
+          - {id: dead2, type: relu}
+          - {id: b, type: relu, inputs: a}
+        outputs: [b]
+        """))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {path}:7:5: layers[1]: (layer 'dead') layers 'dead', 'dead2' reach no output (b)" in out
+    assert f"warning: {path}:4:10: inputs.extra: input 'extra' feeds no layer that reaches an output" in out
+    with pytest.warns(UserWarning, match="reach no output"):
+        cnngraph.compile(path)
+    # a layer that only the train section's loss reads is used
+    spec = cnngraph.load_spec({"inputs": {"x": {"shape": [4]}},
+                               "layers": [{"id": "fc", "type": "dense", "out_features": 2},
+                                          {"id": "head", "type": "dense", "inputs": "x", "out_features": 3}],
+                               "outputs": ["fc"], "train": {"loss": {"type": "cross_entropy", "output": "head"}}})
+    assert spec.warnings == []
