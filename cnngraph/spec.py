@@ -200,7 +200,7 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
         if kind == "extra_forbidden":
             key = path[-1]
             known = list(_fields_of(model, path[:-1])) if model else []
-            hint = did_you_mean(key, known)
+            hint = _foreign_key_hint(key, known, model) or did_you_mean(key, known)
             exp = f"; expected one of: {', '.join(known)}" if known and not hint else ""
             problems.append(_locate(f"unknown key '{key}'{hint}{exp}", full, positions, file, layer, notes, key=True))
         elif kind == "missing":
@@ -223,6 +223,29 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
                 text += "; $arguments are substituted only in the layers of a block (see blocks:)"
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
+
+
+# keys that Keras and PyTorch habits bring to a layer: (the key meant here, or None; the hint)
+_FOREIGN_KEYS = {
+    "in_channels": (None, "input channels are inferred from the previous layer; remove in_channels"),
+    "in_features": (None, "input features are inferred from the previous layer; remove in_features"),
+    "activation": (None, "add a separate activation layer after it (e.g. {type: relu})"),
+    "units": ("out_features", "write out_features (Keras' units)"),
+    "filters": ("out_channels", "write out_channels (Keras' filters)"),
+    "pool_size": ("kernel_size", "write kernel_size (Keras' pool_size)"),
+    "strides": ("stride", "write stride (Keras' strides)"),
+    "rate": ("p", "write p, the probability of dropping (Keras' rate)"),
+    "use_bias": ("bias", "write bias (Keras' use_bias)"),
+    "kernel_initializer": ("init", "write init (Keras' kernel_initializer)"),
+}
+
+
+def _foreign_key_hint(key: str, known: list[str], model) -> str:
+    """The hint for a layer key from another framework, where the op has what it stands for."""
+    meant, hint = _FOREIGN_KEYS.get(key, (None, None))
+    if hint is None or not (isinstance(model, type) and issubclass(model, OpParams)) or (meant and meant not in known):
+        return ""
+    return f": {hint}"
 
 
 def _close_choice(found: str, choices: list[str]) -> str:

@@ -547,3 +547,20 @@ def test_unused_layers_and_inputs_are_warnings(tmp_path, capsys):
                                           {"id": "head", "type": "dense", "inputs": "x", "out_features": 3}],
                                "outputs": ["fc"], "train": {"loss": {"type": "cross_entropy", "output": "head"}}})
     assert spec.warnings == []
+
+
+def test_keras_and_pytorch_keys_get_a_hint_instead_of_a_misleading_did_you_mean(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: c, type: conv2d, in_channels: 1, out_channels: 8, kernel_size: 3, activation: relu}
+  - {id: p, type: max_pool2d, kernel_size: 2, strides: 2}
+  - {id: f, type: flatten}
+  - {id: fc, type: dense, units: 10}
+outputs: [fc]
+""")
+    msgs = {p.path: p.message for p in err.problems}
+    assert msgs["layers[0].in_channels"] == ("unknown key 'in_channels': input channels are inferred from the "
+                                             "previous layer; remove in_channels")
+    assert msgs["layers[0].activation"] == ("unknown key 'activation': add a separate activation layer after it "
+                                            "(e.g. {type: relu})")
+    assert msgs["layers[1].strides"] == "unknown key 'strides': write stride (Keras' strides)"
+    assert msgs["layers[3].units"] == "unknown key 'units': write out_features (Keras' units)"
