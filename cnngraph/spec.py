@@ -220,7 +220,10 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
             if isinstance(found, bool) and first["type"] == "string_type":   # id: on, mode: no
                 text += "; YAML reads yes/no/on/off/true/false as booleans: quote the word"
             if isinstance(found, str) and found.startswith("$"):
-                text += "; $arguments are substituted only in the layers of a block (see blocks:)"
+                written = (notes or {}).get(DISPLAY, {}).get(tuple(full[:2]), ())
+                text += ("; $arguments are not substituted in the arguments of a block instance"
+                         if written[:1] == ("blocks",) else  # a block's own $names are substituted before
+                         "; $arguments are substituted only in the layers of a block (see blocks:)")
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
 

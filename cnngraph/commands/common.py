@@ -78,8 +78,8 @@ def read_model_inputs(path: str, inputs: dict) -> dict[str, np.ndarray]:
         arrays = _read_named_arrays(path, list(inputs))
     for name, x in arrays.items():
         if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise DataError(f"{path}: {int((~np.isfinite(x)).sum())} of {x.size} values of '{name}' are NaN or "
-                            f"infinite")
+            which = f" of '{name}'" if len(inputs) > 1 else ""
+            raise DataError(f"{path}: {int((~np.isfinite(x)).sum())} of {x.size} values{which} are NaN or infinite")
         if x.ndim == len(inputs[name].shape):
             arrays[name] = x[None]
     return arrays

@@ -244,6 +244,7 @@ def from_raw(data: Any, problems: list, name_hint: str = "network") -> VGraph:
     named by a problem (``Problem.layer`` or a ``layers[i]`` path) are marked failing with the
     problem's message; other problems become notes.
     """
+    from ..blocks import BROKEN_INSTANCE
     from ..registry import get_registry
     registry = get_registry()
     if not isinstance(data, dict):
@@ -279,7 +280,7 @@ def from_raw(data: Any, problems: list, name_hint: str = "network") -> VGraph:
         else:
             srcs = [ins] if isinstance(ins, str) else [s for s in ins if isinstance(s, str)] if isinstance(ins, list) else []
         prev = lid
-        op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs")}
+        op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs", BROKEN_INSTANCE)}
         op = None
         detail = key_params(op_type, op_raw)
         plugin = None
