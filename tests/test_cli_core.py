@@ -108,10 +108,14 @@ def test_ops_and_plugins_listing():
     assert "conv2d  [cnngraph.plugins.connection]" in r.stdout and "out_channels (int): required" in r.stdout
     ops = json.loads(cli("ops", "--format", "json").stdout)
     conv = next(o for o in ops if o["type"] == "conv2d")
-    assert {"name": "stride", "required": False, "default": [1, 1], "type": "int or [int, int]"} in conv["params"]
+    assert {"name": "stride", "required": False, "default": [1, 1], "type": "int or [int, int]",
+            "description": None} in conv["params"]
     r = cli("ops", "upsample2d", "slice")   # named ones only, with readable types and choices
     assert r.stdout.count("  [cnngraph.plugins.") == 2 and "mode (nearest|bilinear)" in r.stdout
     assert "start (int or null): default null" in r.stdout
+    r = cli("ops", "pad")   # a parameter's description says its form
+    assert "pads ([[int, int], ...]): required — [before, after] for each per-sample dimension, channels " \
+           "included" in r.stdout
     r = cli("ops", "conv2dd")
     assert r.returncode == 1 and "unknown op type 'conv2dd' (did you mean 'conv2d'?)" in r.stderr
     r = cli("plugins")

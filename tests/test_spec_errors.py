@@ -564,3 +564,14 @@ outputs: [fc]
                                             "(e.g. {type: relu})")
     assert msgs["layers[1].strides"] == "unknown key 'strides': write stride (Keras' strides)"
     assert msgs["layers[3].units"] == "unknown key 'units': write out_features (Keras' units)"
+
+
+def test_pads_as_a_flat_list_is_one_error_that_shows_the_form(tmp_path):
+    err, _ = load(tmp_path, HEAD.replace("[1, 8, 8]", "[3, 8, 8]") + """\
+  - {id: p, type: pad, pads: [1, 1, 1, 1]}
+outputs: [p]
+""")
+    (p,) = err.problems
+    assert p.path == "layers[0].pads" and p.message.startswith(
+        "pads takes one [before, after] pair for each per-sample dimension, channels included: "
+        "[[0, 0], [1, 1], [1, 1]] pads H and W of a (C, H, W) input by 1; found [1, 1, 1, 1]")

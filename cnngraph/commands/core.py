@@ -146,7 +146,8 @@ def _describe_params(op_cls) -> list[dict]:
         kind = _type_text(f.annotation)
         if kind == "[int, int]" and f.metadata:   # IntPair: its validator also takes one number for both
             kind = "int or [int, int]"
-        rows.append({"name": name, "required": required, "default": default, "type": kind})
+        rows.append({"name": name, "required": required, "default": default, "type": kind,
+                     "description": f.description})
     return rows
 
 
@@ -190,7 +191,8 @@ def cmd_ops(args) -> int:
             print(f"    {op['doc']}")
         for prm in op["params"]:
             val = "required" if prm["required"] else f"default {json.dumps(prm['default'], default=str)}"
-            print(f"    {prm['name']} ({prm['type']}): {val}")
+            about = f" — {prm['description']}" if prm["description"] else ""
+            print(f"    {prm['name']} ({prm['type']}): {val}{about}")
     return 0
 
 
