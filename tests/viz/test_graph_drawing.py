@@ -106,6 +106,18 @@ def test_labels_show_kernel_stride_channels_shapes_and_params():
     assert sum(n.params for n in lenet.nodes.values()) == cnngraph.compile("specs/lenet5.yaml").param_count()
 
 
+def test_labels_show_both_values_where_height_and_width_differ():
+    spec = cnngraph.load_spec({"inputs": {"image": {"shape": [1, 16, 16]}},
+                               "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": [3, 5],
+                                           "stride": [2, 1], "dilation": [2, 1]},
+                                          {"id": "p", "type": "max_pool2d", "kernel_size": 2, "stride": 1,
+                                           "dilation": [1, 2]}],
+                               "outputs": ["p"]})
+    vg = from_spec(spec)
+    assert vg.nodes["c"].detail == "3x5 /2,1 dil 2,1 → 4"
+    assert vg.nodes["p"].detail == "2x2 /1 dil 1,2"
+
+
 def test_png_and_pdf_render(tmp_path):
     res = draw_network("specs/resnet_small.yaml", tmp_path / "g.png", show_params=True, dpi=72)
     im, a = _png_ok(tmp_path / "g.png")
