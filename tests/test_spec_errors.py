@@ -575,3 +575,14 @@ outputs: [p]
     assert p.path == "layers[0].pads" and p.message.startswith(
         "pads takes one [before, after] pair for each per-sample dimension, channels included: "
         "[[0, 0], [1, 1], [1, 1]] pads H and W of a (C, H, W) input by 1; found [1, 1, 1, 1]")
+
+
+def test_out_of_range_sizes_show_the_value_as_written(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: a, type: conv2d, out_channels: 3, kernel_size: 0, stride: [1, 0], padding: -1}
+outputs: [a]
+""")
+    msgs = {p.path: p.message for p in err.problems}
+    assert msgs == {"layers[0].kernel_size": "expected an integer >= 1, found 0",
+                    "layers[0].stride": "expected integers >= 1, found [1, 0]",
+                    "layers[0].padding": "padding must be >= 0, found -1"}
