@@ -94,8 +94,7 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
             return _parse_json(text, file)
         mark = getattr(exc, "problem_mark", None)
         msg = getattr(exc, "problem", None) or str(exc)
-        ctx = getattr(exc, "context", None)
-        raise SpecError(Problem(f"not valid YAML: {msg}" + (f" ({ctx})" if ctx else ""), "", file,
+        raise SpecError(Problem(f"not valid YAML: {msg}{_yaml_context(exc)}", "", file,
                                 mark.line + 1 if mark else None, mark.column + 1 if mark else None)) from None
     if root is None:
         raise SpecError(Problem("the spec is empty; expected a mapping with 'inputs', 'layers' and 'outputs'",
@@ -106,6 +105,19 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     if problems:
         raise SpecError(problems)
     return data, pos
+
+
+def _yaml_context(exc) -> str:
+    """What PyYAML was reading, and where that began when it is on another line (a '{' never closed is
+    reported where the next line starts); a hint for a tab in the indentation."""
+    ctx, start, mark = getattr(exc, "context", None), getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)
+    text = ""
+    if ctx:
+        opened = f", opened at {start.line + 1}:{start.column + 1}" if start and mark and start.line != mark.line else ""
+        text = f" ({ctx}{opened})"
+    if "'\\t'" in str(getattr(exc, "problem", "")):
+        text += "; indent with spaces, not tabs"
+    return text
 
 
 def _parse_json(text: str, file: str) -> tuple[Any, Positions]:

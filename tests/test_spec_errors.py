@@ -586,3 +586,20 @@ outputs: [a]
     assert msgs == {"layers[0].kernel_size": "expected an integer >= 1, found 0",
                     "layers[0].stride": "expected integers >= 1, found [1, 0]",
                     "layers[0].padding": "padding must be >= 0, found -1"}
+
+
+def test_yaml_syntax_errors_say_where_the_open_mapping_began_and_about_tabs(tmp_path):
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [3, 8, 8]
+layers:
+  - {id: a, type: relu}
+outputs: [a]
+""")
+    (p,) = err.problems
+    assert (p.line, p.column) == (4, 1)
+    assert p.message.endswith("(while parsing a flow mapping, opened at 3:10)")
+    err, _ = load(tmp_path, HEAD + "\t- {id: a, type: relu}\noutputs: [a]\n")
+    (p,) = err.problems
+    assert p.line == 5 and p.message.endswith("; indent with spaces, not tabs")
