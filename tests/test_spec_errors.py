@@ -604,3 +604,23 @@ outputs: [a]
     err, _ = load(tmp_path, HEAD + "\t- {id: a, type: relu}\noutputs: [a]\n")
     (p,) = err.problems
     assert p.line == 5 and p.message.endswith("; indent with spaces, not tabs")
+
+
+def test_a_json_file_is_strict_json_and_still_located(tmp_path):
+    """.json goes through the json module: a trailing comma is an error (YAML would take it), 1e-2 is a
+    number (YAML 1.1 reads a string), and problems keep their line and column."""
+    err, path = load(tmp_path, """\
+{"name": "j", "inputs": {"image": {"shape": [3, 8, 8]}},
+ "layers": [ {"id": "a", "type": "relu"}, ],
+ "outputs": ["a"]}
+""", name="net.json")
+    (p,) = err.problems
+    assert (p.line, p.column) == (2, 43)
+    assert p.message == "not valid JSON: Expecting value (JSON allows no comma before a closing ] or })"
+    err, _ = load(tmp_path, """\
+{"name": "j", "inputs": {"image": {"shape": [3, 8, 8]}},
+ "layers": [{"id": "a", "type": "leaky_relu", "negative_slope": 1e-2, "kernal": 3}],
+ "outputs": ["a"]}
+""", name="net.json")
+    (p,) = err.problems
+    assert "unknown key 'kernal'" in p.message and (p.line, p.column) == (2, 71)
