@@ -364,9 +364,9 @@ class _Expander:
                 self.emit(raw, path, chain)
                 prev_output = None
                 continue
-            overrides = {}
+            overrides, unresolved = {}, False
             if subst is not None:
-                raw, overrides = self.substitute(raw, path, subst, chain)
+                raw, overrides, unresolved = self.substitute(raw, path, subst, chain)
             lid = raw.get("id")
             if isinstance(lid, str):
                 is_instance = "block" in raw
@@ -407,6 +407,8 @@ class _Expander:
                                            or self.out_layers[-1].get("id") != implicit[0] or len(implicit) > 1):
                 layer["inputs"] = implicit[0] if len(implicit) == 1 else list(implicit)
             layer = _order_keys(layer)
+            if unresolved:   # a $argument the block lacks, reported already: not validated again as a value
+                layer[BROKEN_INSTANCE] = True
             self.emit(layer, path, chain, overrides)
             if isinstance(lid, str):
                 scope.local[lid] = full
@@ -561,11 +563,13 @@ class _Expander:
         return out
 
     # -- substitution -----------------------------------------------------------------------
-    def substitute(self, raw: dict, path: tuple, subst, chain: list) -> tuple[dict, dict]:
-        """Replace $args in one layer of a block; returns (layer, {relative path: position of the argument})."""
+    def substitute(self, raw: dict, path: tuple, subst, chain: list) -> tuple[dict, dict, bool]:
+        """Replace $args in one layer of a block; returns (layer, {relative path: position of the argument},
+        whether a $name was not an argument (reported here))."""
         args, block, inst_path = subst
         note = self.note(chain) if chain else None
         overrides: dict = {}
+        unresolved = []
 
         def walk(value, p):
             if isinstance(value, dict):
@@ -593,13 +597,15 @@ class _Expander:
                     return m.group(0)
                 return str(args[arg])
             out = _arithmetic(_SUBST.sub(repl, value)) if not missing else _SUBST.sub(repl, value)
+            unresolved.extend(missing)
             for arg in missing:
                 from .registry import did_you_mean
                 declared = ", ".join(args) or "none"
                 self.problem(f"'${arg}' is not an argument of block '{block}'{did_you_mean(arg, args)}; "
                              f"its arguments: {declared}", p, note=note)
             return out
-        return walk(raw, path), overrides
+        layer = walk(raw, path)
+        return layer, overrides, bool(unresolved)
 
     @staticmethod
     def _subst_value(value: Any, args: dict) -> Any:

@@ -107,6 +107,9 @@ class Op:
     transposed : bool
         True for an upsampling window op (conv_transpose2d): its ``stride`` spreads the input apart
         instead of skipping over it (used for receptive fields).
+    mixes_space : bool
+        True when each output position depends on the whole (H, W) input map, through statistics or a
+        gate pooled over it (group_norm, squeeze_excitation): its receptive field is global.
     """
 
     type: ClassVar[str] = ""
@@ -118,6 +121,7 @@ class Op:
     buffers: ClassVar[tuple[str, ...]] = ()
     index_targets: ClassVar[bool] = False
     transposed: ClassVar[bool] = False
+    mixes_space: ClassVar[bool] = False
     int_inputs: ClassVar[tuple[int, ...]] = ()
     plugin: ClassVar[str] = ""  # set by the registry: which plugin registered the op
 

@@ -22,14 +22,19 @@ def is_whole(v: Any, minimum: int) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
 
 
+def _written(v: Any) -> Any:
+    """The value as the spec wrote it, for messages (a tuple read from ONNX or Python shown as a list)."""
+    return list(v) if isinstance(v, tuple) else v
+
+
 def _pair(minimum: int):
     def check(v: Any):
-        if _is_int(v):
-            v = [v, v]
-        if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(e) for e in v):
-            if min(v) < minimum:
-                raise ValueError(f"expected integers >= {minimum}, found {list(v)}")
-            return tuple(v)
+        pair = [v, v] if _is_int(v) else v
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and all(_is_int(e) for e in pair):
+            if min(pair) < minimum:
+                what = "an integer" if _is_int(v) else "integers"
+                raise ValueError(f"expected {what} >= {minimum}, found {_written(v)}")
+            return tuple(pair)
         raise ValueError(f"expected an integer >= {minimum} or a list [h, w] of them, found {v!r}")
     return check
 
@@ -39,12 +44,11 @@ def _padding(v: Any):
         if v in ("same", "valid"):
             return v
         raise ValueError(f"expected 'same', 'valid', an integer, [h, w] or [top, bottom, left, right], found {v!r}")
-    if _is_int(v):
-        v = [v, v]
-    if isinstance(v, (list, tuple)) and len(v) in (2, 4) and all(_is_int(e) for e in v):
-        if min(v) < 0:
-            raise ValueError(f"padding must be >= 0, found {list(v)}")
-        return tuple(v)
+    pads = [v, v] if _is_int(v) else v
+    if isinstance(pads, (list, tuple)) and len(pads) in (2, 4) and all(_is_int(e) for e in pads):
+        if min(pads) < 0:
+            raise ValueError(f"padding must be >= 0, found {_written(v)}")
+        return tuple(pads)
     raise ValueError(f"expected 'same', 'valid', an integer, [h, w] or [top, bottom, left, right], found {v!r}")
 
 

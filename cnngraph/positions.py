@@ -86,31 +86,48 @@ def path_to_str(path: Path_) -> str:
 
 
 def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
-    """Parse YAML (or JSON, a YAML subset) safely, returning (data, positions)."""
+    """Parse YAML (or JSON, a YAML subset) safely, returning (data, positions). A ``.json`` file is read
+    by the json module (YAML would accept a trailing comma and read 1e-3 as a string); YAML only
+    locates its values."""
+    is_json = bool(file and file.endswith(".json") and text.strip())   # an empty file: "the spec is empty"
+    data = _parse_json(text, file) if is_json else None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        if file and file.endswith(".json"):
-            return _parse_json(text, file)
+        if is_json:   # valid JSON that YAML cannot read: its problems go without positions
+            return data, {}
         mark = getattr(exc, "problem_mark", None)
         msg = getattr(exc, "problem", None) or str(exc)
-        ctx = getattr(exc, "context", None)
-        raise SpecError(Problem(f"not valid YAML: {msg}" + (f" ({ctx})" if ctx else ""), "", file,
+        raise SpecError(Problem(f"not valid YAML: {msg}{_yaml_context(exc)}", "", file,
                                 mark.line + 1 if mark else None, mark.column + 1 if mark else None)) from None
     if root is None:
         raise SpecError(Problem("the spec is empty; expected a mapping with 'inputs', 'layers' and 'outputs'",
                                 "", file, 1, 1))
     pos: Positions = {}
     problems: list[Problem] = []
-    data = _construct(root, (), pos, file, problems)
+    constructed = _construct(root, (), pos, file, problems)
     if problems:
         raise SpecError(problems)
-    return data, pos
+    return (data if is_json else constructed), pos
 
 
-def _parse_json(text: str, file: str) -> tuple[Any, Positions]:
+def _yaml_context(exc) -> str:
+    """What PyYAML was reading, and where that began when it is on another line (a '{' never closed is
+    reported where the next line starts); a hint for a tab in the indentation."""
+    ctx, start, mark = getattr(exc, "context", None), getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)
+    text = ""
+    if ctx:
+        opened = f", opened at {start.line + 1}:{start.column + 1}" if start and mark and start.line != mark.line else ""
+        text = f" ({ctx}{opened})"
+    if "'\\t'" in str(getattr(exc, "problem", "")):
+        text += "; indent with spaces, not tabs"
+    return text
+
+
+def _parse_json(text: str, file: str) -> Any:
     try:
-        return json.loads(text), {}
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(Problem(f"not valid JSON: {exc.msg}", "", file, exc.lineno, exc.colno)) from None
+        hint = " (JSON allows no comma before a closing ] or })" if text[:exc.pos].rstrip().endswith(",") else ""
+        raise SpecError(Problem(f"not valid JSON: {exc.msg}{hint}", "", file, exc.lineno, exc.colno)) from None
 

@@ -20,7 +20,9 @@ GLOBAL = "global"
 
 
 def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
-    """(h, w) per node; "global" after global pooling, flatten or dense; None where an op changes the
+    """(h, w) per node; "global" from a layer that mixes the whole map (global pooling, an op with
+    ``mixes_space``: group_norm, squeeze_excitation) or a flat layer after flatten (dense), whose input's
+    field flatten itself keeps; None where an op changes the
     map in a way the field cannot follow (a plugin op without kernel_size that shrinks it by a
     non-integer factor). A plugin op without kernel_size that shrinks the map by a whole factor f
     (space_to_depth) counts as an f x f window with stride f."""
@@ -33,6 +35,10 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
     per_axis = [_fields_along(g, spatial, maps, axis) for axis in (0, 1)]
     for n in spatial:
         fields[n] = (per_axis[0][n], per_axis[1][n])
+    for n in order:   # flatten only lays the pixels out in a row: each value sees what it saw before
+        src = g.nodes[n].get("inputs") or [None]
+        if g.nodes[n].get("type") == "flatten" and isinstance(maps.get(src[0]), _Spatial):
+            fields[n] = fields[src[0]]
     return fields
 
 
@@ -50,13 +56,14 @@ def _mapping(g, node, maps):
     if attrs["kind"] == "input":
         return _Spatial([("input",), ("input",)]) if len(attrs["out_shape"]) == 3 else GLOBAL
     ins = [maps[s] for s in attrs["inputs"]]
-    if GLOBAL in ins or attrs["type"].startswith("global_") or len(attrs["out_shape"]) != 3:
+    op = attrs.get("op")
+    if GLOBAL in ins or attrs["type"].startswith("global_") or getattr(op, "mixes_space", False) \
+            or len(attrs["out_shape"]) != 3:
         return GLOBAL
     if None in ins or any(len(s) != 3 for s in attrs.get("in_shapes") or []):
         return None
     p = attrs["params"]
     k = getattr(p, "kernel_size", None)
-    op = attrs.get("op")
     shapes = attrs.get("in_shapes") or []
     if hasattr(op, "source_positions"):   # the op maps output to input positions itself (upsampling)
         return _Spatial([("op", op, axis, shapes[0][1 + axis], attrs["out_shape"][1 + axis]) for axis in (0, 1)])

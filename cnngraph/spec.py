@@ -7,6 +7,7 @@ compiles the graph and runs shape inference, collecting every problem before rai
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import re
@@ -199,7 +200,7 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
         if kind == "extra_forbidden":
             key = path[-1]
             known = list(_fields_of(model, path[:-1])) if model else []
-            hint = did_you_mean(key, known)
+            hint = _foreign_key_hint(key, known, model) or did_you_mean(key, known)
             exp = f"; expected one of: {', '.join(known)}" if known and not hint else ""
             problems.append(_locate(f"unknown key '{key}'{hint}{exp}", full, positions, file, layer, notes, key=True))
         elif kind == "missing":
@@ -214,12 +215,48 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
             text = "; or ".join(msgs)
             if "found" not in text and not isinstance(found, (dict, list)) or (isinstance(found, list) and len(str(found)) < 60 and "found" not in text):
                 text += f" (found {found!r})"
+            if isinstance(found, str) and kind == "literal_error":   # dtype: flaot32, mode: bilnear
+                text += _close_choice(found, re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", "")))
             if isinstance(found, bool) and first["type"] == "string_type":   # id: on, mode: no
                 text += "; YAML reads yes/no/on/off/true/false as booleans: quote the word"
             if isinstance(found, str) and found.startswith("$"):
-                text += "; $arguments are substituted only in the layers of a block (see blocks:)"
+                written = (notes or {}).get(DISPLAY, {}).get(tuple(full[:2]), ())
+                text += ("; $arguments are not substituted in the arguments of a block instance"
+                         if written[:1] == ("blocks",) else  # a block's own $names are substituted before
+                         "; $arguments are substituted only in the layers of a block (see blocks:)")
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
+
+
+# keys that Keras and PyTorch habits bring to a layer: (the key meant here, or None; the hint)
+_FOREIGN_KEYS = {
+    "in_channels": (None, "input channels are inferred from the previous layer; remove in_channels"),
+    "in_features": (None, "input features are inferred from the previous layer; remove in_features"),
+    "activation": (None, "add a separate activation layer after it (e.g. {type: relu})"),
+    "units": ("out_features", "write out_features (Keras' units)"),
+    "filters": ("out_channels", "write out_channels (Keras' filters)"),
+    "pool_size": ("kernel_size", "write kernel_size (Keras' pool_size)"),
+    "strides": ("stride", "write stride (Keras' strides)"),
+    "rate": ("p", "write p, the probability of dropping (Keras' rate)"),
+    "use_bias": ("bias", "write bias (Keras' use_bias)"),
+    "kernel_initializer": ("init", "write init (Keras' kernel_initializer)"),
+}
+
+
+def _foreign_key_hint(key: str, known: list[str], model) -> str:
+    """The hint for a layer key from another framework, where the op has what it stands for."""
+    meant, hint = _FOREIGN_KEYS.get(key, (None, None))
+    if hint is None or not (isinstance(model, type) and issubclass(model, OpParams)) or (meant and meant not in known):
+        return ""
+    return f": {hint}"
+
+
+def _close_choice(found: str, choices: list[str]) -> str:
+    """did-you-mean among a parameter's choices, for near misses only: choices often share words, and
+    'kaiming_normal' is not 'xavier_normal'."""
+    close = [c for c in choices if c.lower() == found.lower()] or \
+        difflib.get_close_matches(found, choices, n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _fields_of(model: type[BaseModel] | None, sub: tuple) -> list[str]:
@@ -313,18 +350,21 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
         data, positions, notes, block_problems = expand_blocks(data, positions, file)
         problems += block_problems   # failed instances stay as placeholders: the rest is still checked
 
+    top_failed = False
     try:
         top = _TopLevel.model_validate(data)
     except ValidationError as exc:
         problems += spec_problems_from_validation(exc, data, (), positions, file, model=_TopLevel, notes=notes)
-        raise SpecError(problems) from None
+        top, top_failed = _salvage_top_level(data, exc, positions), True
+        if top is None:   # no usable inputs or layers: nothing more to check
+            raise SpecError(problems) from None
     data.pop("blocks", None)
 
     layers, layer_problems, broken = _validate_layers(top.layers, registry, positions, file, notes, set(top.inputs),
                                                       plugins_missing=bool(plugin_problems))
     problems += layer_problems
     outputs = [top.outputs] if isinstance(top.outputs, str) else list(top.outputs)
-    if not outputs:
+    if not outputs and not top_failed:   # a missing or mistyped outputs key is reported already
         problems.append(_locate("outputs is empty; name the layer(s) the model returns", ("outputs",), positions,
                                 file))
     for j, out in enumerate(outputs):
@@ -347,8 +387,30 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     problems += graph_problems
     if problems:
         raise SpecError(problems)
-    spec.warnings = _double_activations(spec)
+    spec.warnings = _double_activations(spec) + _unused(spec)
     return spec
+
+
+def _unused(spec: Spec) -> list[Problem]:
+    """Layers and inputs that reach none of the outputs (nor the train section's loss output): never
+    computed, as inference prunes them, so most likely a wrong ``inputs`` or a forgotten output."""
+    import networkx as nx
+    g = spec.graph
+    ends = list(spec.outputs) + ([spec.train.loss_output] if spec.train and spec.train.loss_output else [])
+    used = set(ends).union(*(nx.ancestors(g, o) for o in ends if o in g))
+    out = []
+    layers = [layer for layer in spec.layers if layer.id not in used]
+    if layers:
+        names = ", ".join(f"'{layer.id}'" for layer in layers)
+        them = "them" if len(layers) > 1 else "it"
+        what = f"layers {names} reach" if len(layers) > 1 else f"layer {names} reaches"
+        out.append(spec.problem(f"{what} no output ({', '.join(spec.outputs)}), so the model never computes {them}: "
+                                f"add {them} to outputs, or remove {them}", ("layers", layers[0].index), layers[0].id))
+    for name in spec.inputs:
+        if name not in used:
+            out.append(spec.problem(f"input '{name}' feeds no layer that reaches an output: the model does not use "
+                                    f"it", ("inputs", name)))
+    return out
 
 
 # a loss computes its activation itself: applied to that activation's output, it is applied twice
@@ -365,6 +427,38 @@ def _double_activations(spec: Spec) -> list[Problem]:
                                     f"'{src}' is a {spec.graph.nodes[src]['type']} layer: the activation is applied "
                                     f"twice; feed it the layer before '{src}'", ("layers", layer.index), layer.id))
     return out
+
+
+def _salvage_top_level(data: dict, exc: ValidationError, positions: Positions) -> _TopLevel | None:
+    """The top level again after it failed (each failure is reported already), so that the layers and
+    the train section are still checked: a mistyped key that is close to a missing one (``trian``)
+    stands for it, other unknown keys and failing optional keys are left out, an input's bad dtype
+    takes the default, and missing outputs are none. None when the inputs or layers are unusable."""
+    clean = dict(data)
+    inputs = clean.get("inputs")
+    if isinstance(inputs, dict):
+        clean["inputs"] = inputs = {k: dict(v) if isinstance(v, dict) else v for k, v in inputs.items()}
+    errors = exc.errors(include_url=False)
+    for err in errors:   # typos first: their value fills a missing key
+        key = err["loc"][0]
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            meant = re.search(r"did you mean '(.+)'\?", did_you_mean(key, _TopLevel.model_fields))
+            clean.pop(key)
+            if meant and meant[1] not in data:
+                clean[meant[1]] = data[key]
+                positions.update({(meant[1],) + p[1:]: lc for p, lc in list(positions.items()) if p[:1] == (key,)})
+    for err in errors:
+        loc = err["loc"]
+        if loc[0] == "inputs" and len(loc) >= 3 and loc[2] != "shape" and isinstance(inputs.get(loc[1]), dict):
+            inputs[loc[1]].pop(loc[2], None)            # the default dtype serves for the shape checks
+        elif loc[0] == "outputs" and loc[0] not in clean:
+            clean["outputs"] = []
+        elif loc[0] not in ("inputs", "layers", "outputs") and loc[0] in data:
+            clean.pop(loc[0], None)
+    try:
+        return _TopLevel.model_validate(clean)
+    except ValidationError:
+        return None
 
 
 def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Positions, file: str | None,

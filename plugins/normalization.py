@@ -139,6 +139,7 @@ class GroupNorm(Op):
 
     type = "group_norm"
     Params = GroupNormParams
+    mixes_space = True   # statistics over all positions of a group
 
     @classmethod
     def examples(cls):
@@ -201,6 +202,10 @@ class LayerNorm(Op):
 
     type = "layer_norm"
     Params = LayerNormParams
+
+    @property
+    def mixes_space(self) -> bool:
+        return self.p.axes >= 2   # statistics over (H, W) of a (C, H, W) map
 
     @classmethod
     def examples(cls):

@@ -293,9 +293,20 @@ class Transpose(Op):
 
 
 class PadParams(OpParams):
-    pads: list[tuple[int, int]] = Field(description="[before, after] per per-sample dimension (batch excluded)")
+    pads: list[tuple[int, int]] = Field(description="[before, after] for each per-sample dimension, channels "
+                                                    "included (not the batch): [[0, 0], [1, 1], [1, 1]] pads H and W "
+                                                    "of a (C, H, W) input by 1")
     mode: Literal["constant", "reflect", "edge"] = "constant"
     value: float = 0.0
+
+    @field_validator("pads", mode="before")
+    @classmethod
+    def _pairs(cls, v):
+        # a flat list (conv2d's padding habit) would give one "not a tuple" error per number
+        if isinstance(v, list) and v and not any(isinstance(p, (list, tuple)) for p in v):
+            raise ValueError(f"pads takes one [before, after] pair for each per-sample dimension, channels included: "
+                             f"[[0, 0], [1, 1], [1, 1]] pads H and W of a (C, H, W) input by 1; found {v}")
+        return v
 
     @field_validator("pads")
     @classmethod

@@ -213,6 +213,35 @@ def test_unknown_block_and_unknown_substitution(tmp_path):
     assert "instantiated as 'b'" in subst.note
 
 
+def test_a_mistyped_argument_is_reported_once(tmp_path):
+    """'$strde' is named as no argument of the block, and the value left behind is not reported again
+    as a wrong stride (nor told that $arguments work only inside blocks: it is inside one)."""
+    path = write(tmp_path, """
+        inputs:
+          x: {shape: [3, 8, 8]}
+        blocks:
+          cbr:
+            args: {stride: 1}
+            layers:
+              - {id: conv, type: conv2d, out_channels: 4, kernel_size: 3, stride: $strde}
+              - {id: act, type: relu}
+          plain:
+            args: {stride: 1}
+            layers:
+              - {id: conv, type: conv2d, out_channels: 4, kernel_size: 3, stride: $stride}
+        layers:
+          - {id: b, block: cbr}
+          - {id: c, block: plain, stride: "$stride"}
+        outputs: [c]
+        """)
+    probs = problems_of(path)
+    assert [p.message for p in probs if "strde" in p.message] == [
+        "'$strde' is not an argument of block 'cbr' (did you mean 'stride'?); its arguments: stride"]
+    (left,) = [p for p in probs if "strde" not in p.message]   # an instance's argument is not substituted
+    assert left.message.endswith("found '$stride'; $arguments are not substituted in the arguments of a block "
+                                 "instance")
+
+
 def test_recursive_blocks_are_reported(tmp_path):
     path = write(tmp_path, """
         inputs:

@@ -44,6 +44,31 @@ def test_run_reads_a_single_array_npz(tmp_path):
     assert np.load(tmp_path / "y.npy").shape == (3, 10)
 
 
+TWO_INPUTS = {"name": "two", "inputs": {"rgb": {"shape": [3, 8, 8]}, "depth": {"shape": [1, 8, 8]}},
+              "layers": [{"id": "cat", "type": "concat", "inputs": ["rgb", "depth"]},
+                         {"id": "c", "type": "conv2d", "out_channels": 2, "kernel_size": 1}],
+              "outputs": ["c"]}
+
+
+def test_run_feeds_a_model_with_several_inputs_from_an_npz_named_by_input(tmp_path, capsys):
+    from cnngraph.cli import main
+    spec = tmp_path / "two.json"
+    spec.write_text(json.dumps(TWO_INPUTS))
+    rng = np.random.default_rng(0)
+    x = {"rgb": rng.random((2, 3, 8, 8), dtype=np.float32), "depth": rng.random((2, 1, 8, 8), dtype=np.float32)}
+    np.savez(tmp_path / "x.npz", **x)
+    assert main(["run", str(spec), "--input", str(tmp_path / "x.npz"), "--output", str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), cnngraph.compile(TWO_INPUTS).forward(x)["c"], rtol=1e-6)
+    np.savez(tmp_path / "bad.npz", rgb=x["rgb"], dpth=x["depth"])
+    np.save(tmp_path / "one.npy", x["rgb"])
+    capsys.readouterr()
+    assert main(["run", str(spec), "--input", str(tmp_path / "bad.npz")]) == 1
+    assert "bad.npz: missing 'depth'; unknown 'dpth'; expected an .npz holding one array per model input, " \
+           "named rgb, depth" in capsys.readouterr().err
+    assert main(["run", str(spec), "--input", str(tmp_path / "one.npy")]) == 1
+    assert "one.npy: this model takes 2 inputs; give an .npz" in capsys.readouterr().err
+
+
 def test_run_errors_are_clean(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 28, 28), np.float32))
     r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "bad.npy")
@@ -83,10 +108,14 @@ def test_ops_and_plugins_listing():
     assert "conv2d  [cnngraph.plugins.connection]" in r.stdout and "out_channels (int): required" in r.stdout
     ops = json.loads(cli("ops", "--format", "json").stdout)
     conv = next(o for o in ops if o["type"] == "conv2d")
-    assert {"name": "stride", "required": False, "default": [1, 1], "type": "int or [int, int]"} in conv["params"]
+    assert {"name": "stride", "required": False, "default": [1, 1], "type": "int or [int, int]",
+            "description": None} in conv["params"]
     r = cli("ops", "upsample2d", "slice")   # named ones only, with readable types and choices
     assert r.stdout.count("  [cnngraph.plugins.") == 2 and "mode (nearest|bilinear)" in r.stdout
     assert "start (int or null): default null" in r.stdout
+    r = cli("ops", "pad")   # a parameter's description says its form
+    assert "pads ([[int, int], ...]): required — [before, after] for each per-sample dimension, channels " \
+           "included" in r.stdout
     r = cli("ops", "conv2dd")
     assert r.returncode == 1 and "unknown op type 'conv2dd' (did you mean 'conv2d'?)" in r.stderr
     r = cli("plugins")

@@ -463,7 +463,8 @@ def test_a_loss_after_its_own_activation_is_a_warning(tmp_path, capsys):
     with pytest.warns(UserWarning, match="the activation is applied twice; feed it the layer before 'p'"):
         cnngraph.compile(path)
     path.write_text(path.read_text().replace("inputs: [p, y]", "inputs: [fc, y]"))
-    assert cnngraph.load_spec(path).warnings == []
+    assert [w.message for w in cnngraph.load_spec(path).warnings] == [   # only that 'p' is now unused
+        "layer 'p' reaches no output (loss), so the model never computes it: add it to outputs, or remove it"]
 
 
 def test_input_names_follow_the_layer_id_rule(tmp_path):
@@ -477,3 +478,149 @@ outputs: [r]
 """)
     assert any("input names follow the layer-id rule" in p.message and "'my image'" in p.message
                for p in err.problems)
+
+
+COMBO_LAYERS = """\
+layers:
+  - {id: a, type: conv2d, out_channels: 4, kernel_size: 3, stirde: 1}
+  - {id: b, type: relu, inputs: aa}
+"""
+
+
+@pytest.mark.parametrize("head,tail,first", [
+    ("inputs:\n  image: {shape: [3, 8, 8]}\n", "outputs: [b]\ntrian:\n  epochs: 0\n",
+     "unknown key 'trian' (did you mean 'train'?)"),
+    ("inputs:\n  image: {shape: [3, 8, 8]}\n", "output: [b]\ntrain:\n  epochs: 0\n",
+     "unknown key 'output' (did you mean 'outputs'?)"),
+    ("version: 2\ninputs:\n  image: {shape: [3, 8, 8]}\n", "outputs: [b]\ntrain:\n  epochs: 0\n",
+     "unknown key 'version'"),
+    ("inputs:\n  image: {shape: [3, 8, 8], dtype: flaot32}\n", "outputs: [b]\ntrain:\n  epochs: 0\n",
+     "(found 'flaot32') (did you mean 'float32'?)"),
+])
+def test_a_top_level_problem_hides_no_other_problem(tmp_path, head, tail, first):
+    """A mistyped top-level key or input dtype is reported, and the layers and the train section (under
+    the key the typo stands for) are still checked."""
+    err, _ = load(tmp_path, head + COMBO_LAYERS + tail)
+    text = str(err)
+    assert first in text
+    assert "unknown key 'stirde' (did you mean 'stride'?)" in text
+    assert "input 'aa' is neither a layer id nor a model input" in text
+    assert "train.epochs: Input should be greater than or equal to 1" in text
+    trained = [p for p in err.problems if p.path == "train.epochs"]
+    assert trained[0].line == len((head + COMBO_LAYERS + tail).splitlines())   # located in the file as written
+
+
+def test_a_near_miss_among_choices_is_suggested_and_a_far_one_is_not(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: u, type: upsample2d, mode: bilnear}
+  - {id: c, type: conv2d, out_channels: 2, kernel_size: 1, init: kaiming_normal}
+outputs: [c]
+""")
+    mode, init = err.problems
+    assert mode.message.endswith("(did you mean 'bilinear'?)")
+    assert "did you mean" not in init.message
+
+
+def test_unused_layers_and_inputs_are_warnings(tmp_path, capsys):
+    from cnngraph.cli import main
+    path = tmp_path / "unused.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: t
+        inputs:
+          image: {shape: [3, 8, 8]}
+          extra: {shape: [3, 8, 8]}
+        layers:
+          - {id: a, type: conv2d, out_channels: 3, kernel_size: 1, inputs: image}
+          - {id: dead, type: conv2d, out_channels: 3, kernel_size: 1, inputs: image}
+          - {id: dead2, type: relu}
+          - {id: b, type: relu, inputs: a}
+        outputs: [b]
+        """))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {path}:7:5: layers[1]: (layer 'dead') layers 'dead', 'dead2' reach no output (b)" in out
+    assert f"warning: {path}:4:10: inputs.extra: input 'extra' feeds no layer that reaches an output" in out
+    with pytest.warns(UserWarning, match="reach no output"):
+        cnngraph.compile(path)
+    # a layer that only the train section's loss reads is used
+    spec = cnngraph.load_spec({"inputs": {"x": {"shape": [4]}},
+                               "layers": [{"id": "fc", "type": "dense", "out_features": 2},
+                                          {"id": "head", "type": "dense", "inputs": "x", "out_features": 3}],
+                               "outputs": ["fc"], "train": {"loss": {"type": "cross_entropy", "output": "head"}}})
+    assert spec.warnings == []
+
+
+def test_keras_and_pytorch_keys_get_a_hint_instead_of_a_misleading_did_you_mean(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: c, type: conv2d, in_channels: 1, out_channels: 8, kernel_size: 3, activation: relu}
+  - {id: p, type: max_pool2d, kernel_size: 2, strides: 2}
+  - {id: f, type: flatten}
+  - {id: fc, type: dense, units: 10}
+outputs: [fc]
+""")
+    msgs = {p.path: p.message for p in err.problems}
+    assert msgs["layers[0].in_channels"] == ("unknown key 'in_channels': input channels are inferred from the "
+                                             "previous layer; remove in_channels")
+    assert msgs["layers[0].activation"] == ("unknown key 'activation': add a separate activation layer after it "
+                                            "(e.g. {type: relu})")
+    assert msgs["layers[1].strides"] == "unknown key 'strides': write stride (Keras' strides)"
+    assert msgs["layers[3].units"] == "unknown key 'units': write out_features (Keras' units)"
+
+
+def test_pads_as_a_flat_list_is_one_error_that_shows_the_form(tmp_path):
+    err, _ = load(tmp_path, HEAD.replace("[1, 8, 8]", "[3, 8, 8]") + """\
+  - {id: p, type: pad, pads: [1, 1, 1, 1]}
+outputs: [p]
+""")
+    (p,) = err.problems
+    assert p.path == "layers[0].pads" and p.message.startswith(
+        "pads takes one [before, after] pair for each per-sample dimension, channels included: "
+        "[[0, 0], [1, 1], [1, 1]] pads H and W of a (C, H, W) input by 1; found [1, 1, 1, 1]")
+
+
+def test_out_of_range_sizes_show_the_value_as_written(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: a, type: conv2d, out_channels: 3, kernel_size: 0, stride: [1, 0], padding: -1}
+outputs: [a]
+""")
+    msgs = {p.path: p.message for p in err.problems}
+    assert msgs == {"layers[0].kernel_size": "expected an integer >= 1, found 0",
+                    "layers[0].stride": "expected integers >= 1, found [1, 0]",
+                    "layers[0].padding": "padding must be >= 0, found -1"}
+
+
+def test_yaml_syntax_errors_say_where_the_open_mapping_began_and_about_tabs(tmp_path):
+    err, _ = load(tmp_path, """\
+name: t
+inputs:
+  image: {shape: [3, 8, 8]
+layers:
+  - {id: a, type: relu}
+outputs: [a]
+""")
+    (p,) = err.problems
+    assert (p.line, p.column) == (4, 1)
+    assert p.message.endswith("(while parsing a flow mapping, opened at 3:10)")
+    err, _ = load(tmp_path, HEAD + "\t- {id: a, type: relu}\noutputs: [a]\n")
+    (p,) = err.problems
+    assert p.line == 5 and p.message.endswith("; indent with spaces, not tabs")
+
+
+def test_a_json_file_is_strict_json_and_still_located(tmp_path):
+    """.json goes through the json module: a trailing comma is an error (YAML would take it), 1e-2 is a
+    number (YAML 1.1 reads a string), and problems keep their line and column."""
+    err, path = load(tmp_path, """\
+{"name": "j", "inputs": {"image": {"shape": [3, 8, 8]}},
+ "layers": [ {"id": "a", "type": "relu"}, ],
+ "outputs": ["a"]}
+""", name="net.json")
+    (p,) = err.problems
+    assert (p.line, p.column) == (2, 43)
+    assert p.message == "not valid JSON: Expecting value (JSON allows no comma before a closing ] or })"
+    err, _ = load(tmp_path, """\
+{"name": "j", "inputs": {"image": {"shape": [3, 8, 8]}},
+ "layers": [{"id": "a", "type": "leaky_relu", "negative_slope": 1e-2, "kernal": 3}],
+ "outputs": ["a"]}
+""", name="net.json")
+    (p,) = err.problems
+    assert "unknown key 'kernal'" in p.message and (p.line, p.column) == (2, 71)

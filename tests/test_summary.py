@@ -307,3 +307,18 @@ def test_training_memory_reports_running_out_of_memory_as_memory_error(monkeypat
         training_memory(model)
     s = add_training_memory(summarize(spec.graph, spec.name), model, available=10 ** 12)
     assert s.training_memory_skipped == "measuring ran out of memory (a training step at batch 1 and 2)"
+
+
+def test_receptive_field_is_global_where_a_layer_mixes_the_whole_map_and_kept_by_flatten():
+    from cnngraph.summary import receptive_fields
+    spec = cnngraph.load_spec({"inputs": {"x": {"shape": [4, 16, 12]}},
+                               "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                                          {"id": "gn", "type": "group_norm", "num_groups": 2},
+                                          {"id": "after", "type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                                          {"id": "ln", "type": "layer_norm", "axes": 3, "inputs": "c"},
+                                          {"id": "flat", "type": "flatten", "inputs": "c"},
+                                          {"id": "fc", "type": "dense", "out_features": 2}],
+                               "outputs": ["after", "ln", "fc"]})
+    rf = receptive_fields(spec.graph)
+    assert rf["c"] == (3, 3) and rf["gn"] == rf["after"] == rf["ln"] == "global"
+    assert rf["flat"] == (3, 3) and rf["fc"] == "global"

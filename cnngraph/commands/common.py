@@ -10,7 +10,7 @@ import numpy as np
 from ..arrayfile import array_file_kind
 from ..errors import CnnGraphError, DataError
 
-__all__ = ["add_spec_options", "load_spec_args", "read_array"]
+__all__ = ["add_spec_options", "load_spec_args", "read_array", "read_model_inputs"]
 
 
 def whole_number(minimum: int):
@@ -66,6 +66,44 @@ def read_array(path: str) -> np.ndarray:
         return data
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npy/.npz array ({exc})") from None
+
+
+def read_model_inputs(path: str, inputs: dict) -> dict[str, np.ndarray]:
+    """The arrays for a model's ``inputs`` (name -> InputSpec): for one input a .npy, or an .npz holding
+    one array; for several an .npz holding one array per input, named as the spec names them. A single
+    sample (no batch axis) becomes a batch of one."""
+    if len(inputs) == 1:
+        arrays = {next(iter(inputs)): read_array(path)}
+    else:
+        arrays = _read_named_arrays(path, list(inputs))
+    for name, x in arrays.items():
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            which = f" of '{name}'" if len(inputs) > 1 else ""
+            raise DataError(f"{path}: {int((~np.isfinite(x)).sum())} of {x.size} values{which} are NaN or infinite")
+        if x.ndim == len(inputs[name].shape):
+            arrays[name] = x[None]
+    return arrays
+
+
+def _read_named_arrays(path: str, names: list[str]) -> dict[str, np.ndarray]:
+    want = f"an .npz holding one array per model input, named {', '.join(names)}"
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    if array_file_kind(p)[0] != "npz":
+        raise DataError(f"{path}: this model takes {len(names)} inputs; give {want} "
+                        f"(np.savez(FILE, {', '.join(f'{n}=...' for n in names)}))")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            missing = [n for n in names if n not in data.files]
+            extra = [n for n in data.files if n not in names]
+            if missing or extra:
+                parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                        ([f"unknown {', '.join(map(repr, extra))}"] if extra else [])
+                raise DataError(f"{path}: {'; '.join(parts)}; expected {want}")
+            return {n: data[n] for n in names}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz array file ({exc})") from None
 
 
 def fail(message: str) -> None:

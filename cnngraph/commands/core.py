@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CnnGraphError, DataError, SpecError
-from .common import add_spec_options, load_spec_args, read_array, seed_value
+from ..errors import CnnGraphError, SpecError
+from .common import add_spec_options, load_spec_args, read_model_inputs, seed_value
 
 __all__ = ["register"]
 
@@ -31,7 +31,8 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run the network forward on an .npy input")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--input", required=True, metavar="X.npy",
-                   help="(N, C, H, W) or a single (C, H, W) sample: a .npy, or an .npz holding one array")
+                   help="(N, C, H, W) or a single (C, H, W) sample: a .npy, or an .npz holding one array; "
+                        "for a model with several inputs, an .npz with one array per input, named as in the spec")
     p.add_argument("--params", metavar="WEIGHTS", help=".npz of parameters, or a checkpoint or run folder")
     p.add_argument("--output", metavar="Y.npy", help="write the output (.npy; .npz for several outputs)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -110,19 +111,12 @@ def cmd_run(args) -> int:
     if args.output and not args.output.endswith((".npy", ".npz")):
         raise CnnGraphError(f"--output {args.output}: expected a .npy file (or .npz, which also holds "
                             f"several outputs)")
-    x = read_array(args.input)
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"{args.input}: {int((~np.isfinite(x)).sum())} of {x.size} values are NaN or infinite")
-    if len(spec.inputs) != 1:
-        raise CnnGraphError(f"`cnngraph run` feeds one input; this model takes {', '.join(spec.inputs)}")
-    name, inp = next(iter(spec.inputs.items()))
-    if x.ndim == len(inp.shape):
-        x = x[None]
+    inputs = read_model_inputs(args.input, spec.inputs)
     profiler = None
     if args.profile:
         from ..profile import Profiler
         profiler = Profiler(model)
-    outputs = model.forward({name: x}, on_output=profiler.record if profiler else None)
+    outputs = model.forward(inputs, on_output=profiler.record if profiler else None)
     outputs = {k: to_numpy(v) for k, v in outputs.items()}
     if profiler:
         print(profiler.report(), file=sys.stderr)
@@ -152,7 +146,8 @@ def _describe_params(op_cls) -> list[dict]:
         kind = _type_text(f.annotation)
         if kind == "[int, int]" and f.metadata:   # IntPair: its validator also takes one number for both
             kind = "int or [int, int]"
-        rows.append({"name": name, "required": required, "default": default, "type": kind})
+        rows.append({"name": name, "required": required, "default": default, "type": kind,
+                     "description": f.description})
     return rows
 
 
@@ -196,7 +191,8 @@ def cmd_ops(args) -> int:
             print(f"    {op['doc']}")
         for prm in op["params"]:
             val = "required" if prm["required"] else f"default {json.dumps(prm['default'], default=str)}"
-            print(f"    {prm['name']} ({prm['type']}): {val}")
+            about = f" — {prm['description']}" if prm["description"] else ""
+            print(f"    {prm['name']} ({prm['type']}): {val}{about}")
     return 0
 
 

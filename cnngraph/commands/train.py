@@ -137,7 +137,8 @@ def _load_checkpointed_model(args, spec):
 def _input_of(spec) -> tuple[str, tuple]:
     if len(spec.inputs) != 1:
         raise CnnGraphError(f"this command feeds one image input; spec '{spec.name}' has inputs "
-                            f"{', '.join(spec.inputs)}")
+                            f"{', '.join(spec.inputs)} (`cnngraph run SPEC --input X.npz` runs a model with "
+                            f"several inputs, one array per input in the .npz)")
     name, inp = next(iter(spec.inputs.items()))
     if len(inp.shape) != 3:
         raise CnnGraphError(f"this command needs an image input of shape (C, H, W); input '{name}' has "

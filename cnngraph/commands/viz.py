@@ -114,8 +114,9 @@ def cmd_explain(args) -> int:
     raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index)
     subtitle = f"{spec.name} · {Path(args.image).name} · {weights.source} · {prep.note}"
     if args.gradcam:
-        res = ex.gradcam(model, x, args.layer, args.class_index)
-        res["regression"] = ((weights.meta or {}).get("loss") or {}).get("target") == "values"
+        regression = ((weights.meta or {}).get("loss") or {}).get("target") == "values"
+        res = ex.gradcam(model, x, args.layer, args.class_index, values=regression)
+        res["regression"] = regression
         size = ex.plot_attribution(raw[0], res, out, prep.scale, prep.classes, subtitle)
         k = res["class_index"]
         pred = int(res["scores"].reshape(-1).argmax())

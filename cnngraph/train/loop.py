@@ -128,8 +128,9 @@ class _Run:
         # --- the model's input
         float_inputs = [n for n, i in spec.inputs.items() if i.dtype != "int64"]
         if len(spec.inputs) != 1 or len(float_inputs) != 1:
-            raise TrainingError(f"training feeds one image input; spec '{spec.name}' has inputs "
-                                f"{', '.join(spec.inputs)}")
+            raise TrainingError(f"`cnngraph train` supports models with one image input only; spec '{spec.name}' "
+                                f"has inputs {', '.join(spec.inputs)}. Train it from Python with your own loop "
+                                f"(README, Python API)")
         self.input_name = float_inputs[0]
         shape = tuple(spec.inputs[self.input_name].shape)
         if len(shape) != 3:

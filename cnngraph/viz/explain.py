@@ -165,15 +165,17 @@ def first_conv(model) -> str:
     raise CnnGraphError(f"{model.spec.name} has no convolution layer (no 4-D weight)")
 
 
-def class_output(model) -> str:
+def class_output(model, values: bool = False) -> str:
     """The output that gives class scores: the first spec output with a flat (K,) shape, else the first
-    with per-pixel scores (K, H, W) (segmentation); for a network that ends in softmax, the softmax's
-    input (the class scores, not their probabilities)."""
+    with per-pixel scores (K, H, W) (segmentation); for a network that ends in softmax or sigmoid, that
+    layer's input (the class scores or logits, not their probabilities). With ``values`` (a regression)
+    a final sigmoid is kept: its output is the value explained."""
+    final = ("softmax",) if values else ("softmax", "sigmoid")
     for rank in (1, 3):
         for o in model.spec.outputs:
             a = model.graph.nodes[o]
             if len(a["out_shape"]) == rank and not a.get("reduces_batch"):
-                src = a["inputs"][0] if a["type"] == "softmax" and len(a["inputs"]) == 1 else None
+                src = a["inputs"][0] if a["type"] in final and len(a["inputs"]) == 1 else None
                 if src is not None and model.graph.nodes[src]["kind"] == "layer":
                     return src
                 return o
@@ -205,12 +207,35 @@ def _class_seed(scores: np.ndarray, class_index: int | None, output: str) -> tup
     return k, seed, None
 
 
+def _binary_seed(logit: np.ndarray, class_index: int | None, output: str) -> tuple[int, np.ndarray, int | None]:
+    """One logit per sample (or pixel) is a binary classifier, read as predict reads it: class 1 where
+    the logit is > 0 (p > 0.5). Class 1 is explained by the logit, class 0 by its negative (the evidence
+    against class 1). Per pixel, the default is class 1 when any pixel is predicted as it."""
+    positive = logit[0] > 0
+    if class_index is None:
+        k = int(positive.any())
+    elif class_index in (0, 1):
+        k = int(class_index)
+    else:
+        raise CnnGraphError(f"--class {class_index} is out of range: the output '{output}' has one unit, a "
+                            f"binary classifier (class 1 where p > 0.5); use --class 0 or 1")
+    sign = 1.0 if k == 1 else -1.0
+    seed = np.full((1,) + logit.shape, sign, np.float32)
+    if logit.ndim == 1:
+        return k, seed, None
+    region = positive == bool(k)
+    if region.any():
+        seed[0, 0] *= region
+    return k, seed, int(region.sum())
+
+
 def default_cam_layer(model, output: str) -> str:
     """The last layer before ``output`` with a spatial (C, H, W) output larger than 1x1, pooling
-    layers skipped when another candidate exists (the last convolution block, as in the paper)."""
+    layers skipped when another candidate exists (the last convolution block, as in the paper).
+    For per-pixel scores, the classifier head is skipped too (see :func:`_score_head`)."""
     import networkx as nx
     from ..graph import topological_order
-    ancestors = nx.ancestors(model.graph, output)
+    ancestors = nx.ancestors(model.graph, output) - _score_head(model, output)
     best = best_any = None
     for n in topological_order(model.graph):
         a = model.graph.nodes[n]
@@ -224,6 +249,22 @@ def default_cam_layer(model, output: str) -> str:
     return best
 
 
+def _score_head(model, output: str) -> set:
+    """The chain of single-input layers ending at a per-pixel ``output`` that carry its K class channels
+    (a 1x1 classifier conv, an upsampling of its scores): they hold scores, not features."""
+    g = model.graph
+    shape = g.nodes[output]["out_shape"]
+    head: set = set()
+    n = output
+    while len(shape) == 3 and g.nodes[n]["kind"] == "layer" and len(g.nodes[n]["inputs"]) == 1:
+        n = g.nodes[n]["inputs"][0]
+        a = g.nodes[n]
+        if a["kind"] != "layer" or len(a["out_shape"]) != 3 or a["out_shape"][0] != shape[0]:
+            break
+        head.add(n)
+    return head
+
+
 def _resize(m: np.ndarray, hw: tuple) -> np.ndarray:
     from PIL import Image
     if m.shape == tuple(hw):
@@ -233,15 +274,17 @@ def _resize(m: np.ndarray, hw: tuple) -> np.ndarray:
 
 
 def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | None = None,
-            output: str | None = None) -> dict:
+            output: str | None = None, values: bool = False) -> dict:
     """Grad-CAM (Selvaraju et al. 2017) for one sample.
 
     Returns a dict with ``cam`` (H, W) at the input resolution in [0, 1], ``raw_cam`` at the layer's
     resolution, ``class_index``, ``scores`` (the class output), ``layer``, and ``saliency`` (H, W):
-    the largest absolute input gradient over channels, scaled to [0, 1].
+    the largest absolute input gradient over channels, scaled to [0, 1]. An output of one unit is a
+    binary classifier (``binary``: its ``scores`` are [0, logit], whose softmax is [1 - p, p]) unless
+    ``values`` says the model regresses values (``class_index`` then picks the output value).
     """
     from ..backend import to_numpy
-    output = output or class_output(model)
+    output = output or class_output(model, values)
     layer = layer or default_cam_layer(model, output)
     _check_layer(model, layer)
     a = model.graph.nodes[layer]
@@ -255,7 +298,8 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
     outs = model.forward({name: x}, training=False, grad=True, outputs=[layer, output])
     scores = np.asarray(to_numpy(outs[output]))[0]
     acts = np.asarray(to_numpy(outs[layer]))[0]
-    k, seed, pixels = _class_seed(scores, class_index, output)
+    binary = scores.shape[0] == 1 and not values
+    k, seed, pixels = (_binary_seed if binary else _class_seed)(scores, class_index, output)
     grads = model.backward({output: seed}, input_grads=True, wrt=[layer])
     g = np.asarray(to_numpy(grads[layer]))[0]                  # (C, h, w)
     weights = g.mean(axis=(1, 2))                              # global-average-pooled gradients
@@ -267,17 +311,21 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
     sal = gx / gx.max() if gx.max() > 0 else gx
     if pixels is not None:   # per-pixel scores: the headline compares classes by their mean score
         scores = scores.reshape(scores.shape[0], -1).mean(axis=1)
+    if binary:   # the two classes' scores: softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]
+        scores = np.array([0.0, float(scores.reshape(-1)[0])], np.float32)
     return {"cam": up, "raw_cam": cam, "class_index": k, "scores": scores, "layer": layer, "output": output,
-            "saliency": sal.astype(np.float32), "pixels": pixels}
+            "saliency": sal.astype(np.float32), "pixels": pixels, "binary": binary}
 
 
-def saliency(model, x: np.ndarray, class_index: int | None = None, output: str | None = None) -> np.ndarray:
+def saliency(model, x: np.ndarray, class_index: int | None = None, output: str | None = None,
+             values: bool = False) -> np.ndarray:
     """Plain input-gradient saliency (Simonyan et al. 2014): max over channels of |d score / d input|."""
     from ..backend import to_numpy
-    output = output or class_output(model)
+    output = output or class_output(model, values)
     name = next(iter(model.spec.inputs))
     scores = np.asarray(to_numpy(model.forward({name: x}, training=False, grad=True, outputs=[output])[output]))[0]
-    _, seed, _ = _class_seed(scores, class_index, output)
+    binary = scores.shape[0] == 1 and not values
+    _, seed, _ = (_binary_seed if binary else _class_seed)(scores, class_index, output)
     gx = np.abs(np.asarray(to_numpy(model.backward({output: seed})[name]))[0]).max(axis=0)
     return gx / gx.max() if gx.max() > 0 else gx
 
@@ -434,7 +482,8 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     return fig.canvas.get_width_height()
 
 
-def attribution_title(scores: np.ndarray, k: int, output: str, classes=None, pixels: int | None = None) -> str:
+def attribution_title(scores: np.ndarray, k: int, output: str, classes=None, pixels: int | None = None,
+                      binary: bool = False) -> str:
     """Headline of a Grad-CAM figure: the explained class, whether it is the predicted one, and
     the prediction when another class was chosen (``--class``); for a segmentation output, the class
     and the pixels predicted as it (``pixels``)."""
@@ -447,9 +496,10 @@ def attribution_title(scores: np.ndarray, k: int, output: str, classes=None, pix
     p = e / e.sum()
     pred = int(np.argmax(scores))
     label = (lambda i: str(classes[i]) if classes and i < len(classes) else str(i))
+    how = "sigmoid" if binary else "softmax"   # a binary output's scores are [0, logit]: the same p
     if k == pred:
-        return f"predicted class {label(k)} (softmax {p[k]:.2f} of {output})"
-    return (f"chosen class {label(k)} (softmax {p[k]:.2f} of {output}) · "
+        return f"predicted class {label(k)} ({how} {p[k]:.2f} of {output})"
+    return (f"chosen class {label(k)} ({how} {p[k]:.2f} of {output}) · "
             f"the network predicts {label(pred)} ({p[pred]:.2f})")
 
 
@@ -475,7 +525,8 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
     fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     title = (f"output value {k} = {float(np.asarray(scores).reshape(-1)[k]):.4g} ({result['output']})"
-             if result.get("regression") else attribution_title(scores, k, result["output"], classes, result.get("pixels")))
+             if result.get("regression") else attribution_title(scores, k, result["output"], classes, result.get("pixels"),
+                                                      result.get("binary", False)))
     fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)
     fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)

@@ -234,15 +234,26 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
             return (x + w / 2 + off, y_ + h if side == "out" else y_)
         return (x + w if side == "out" else x, y_ + h / 2 + off)
 
+    def back_port(n, side):   # a point on the right of the side where edges of ``side`` normally attach
+        x, y_, w, h = rect(n)
+        if direction == "TB":
+            return (x + w * 0.85, y_ + h if side == "out" else y_)
+        return (x + w if side == "out" else x, y_ + h * 0.85)
+
+    back = set(lay.back_edges)
+    in_cycle = _cycle_edges(g) if not vg.valid else set()
     labels = []
     for s, d, label in vg.edges:
         if s not in lay.pos or d not in lay.pos:
             continue
-        p0 = port(s, (s, d, label), "out")
-        p1 = port(d, (s, d, label), "in")
+        # an edge closing a cycle runs against the flow: from the source's far side to the target's near one
+        up = -1 if (s, d) in back else 1
+        if up == 1:
+            p0, tip = port(s, (s, d, label), "out"), port(d, (s, d, label), "in")
+        else:
+            p0, tip = back_port(s, "in"), back_port(d, "out")
         mids = [(px + dx, py + head_h) for px, py in lay.routes.get((s, d), [])]
-        tip = p1
-        p1 = (p1[0], p1[1] - 7) if direction == "TB" else (p1[0] - 7, p1[1])
+        p1 = (tip[0], tip[1] - 7 * up) if direction == "TB" else (tip[0] - 7 * up, tip[1])
         pts = [p0] + mids + [p1]
         path = [pts[0]]
         for a, b in zip(pts, pts[1:]):
@@ -253,12 +264,12 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
                 mx = (a[0] + b[0]) / 2
                 path += [(mx, a[1]), (mx, b[1]), b]
         failing = vg.nodes[d].error is not None and vg.nodes[s].shape is None
-        color = "#718096"
+        color = ERR_COLOR if (s, d) in in_cycle else "#718096"
         scene.add(Curve(path, color, 1.2))
         if direction == "TB":
-            scene.add(Poly([(tip[0] - 4, tip[1] - 8), (tip[0] + 4, tip[1] - 8), tip], color))
+            scene.add(Poly([(tip[0] - 4, tip[1] - 8 * up), (tip[0] + 4, tip[1] - 8 * up), tip], color))
         else:
-            scene.add(Poly([(tip[0] - 8, tip[1] - 4), (tip[0] - 8, tip[1] + 4), tip], color))
+            scene.add(Poly([(tip[0] - 8 * up, tip[1] - 4), (tip[0] - 8 * up, tip[1] + 4), tip], color))
         if label and not failing:
             a, b = pts[0], pts[1]
             if direction == "TB":
@@ -304,6 +315,16 @@ def make_scene(vg: VGraph, direction: str = "TB", show_params: bool = False) -> 
         scene.add(Box(lx, ly, 14, 12, "#ffffff", "#4a5568", 1.0, radius=3))
         scene.add(Text(lx + 19, ly + 10, OUTPUT_LABEL, SMALL_SIZE, color="#2d3748"))
     return scene, lay
+
+
+def _cycle_edges(g) -> set:
+    """The edges that lie on a cycle of ``g`` (drawn in red: an invalid spec may have one)."""
+    import networkx as nx
+    edges = set()
+    for comp in nx.strongly_connected_components(g):
+        if len(comp) > 1:
+            edges |= {(s, d) for s, d in g.subgraph(comp).edges}
+    return edges
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,6 +26,35 @@ class Layout:
     height: float = 0.0
     ranks: dict[str, int] = field(default_factory=dict)
     crossings: int = 0
+    back_edges: list[tuple[str, str]] = field(default_factory=list)   # edges left out to break cycles
+
+
+def _break_cycles(g: nx.DiGraph, order_key) -> tuple[nx.DiGraph, list[tuple[str, str]]]:
+    """``g`` without the edges that close a cycle (found depth-first in ``order_key`` order), and those
+    edges. An invalid spec's layers may form a cycle, and it is still drawn."""
+    if nx.is_directed_acyclic_graph(g):
+        return g, []
+    dag = g.copy()
+    back: list[tuple[str, str]] = []
+    state: dict = {}   # node -> 1 while on the depth-first stack, 2 when done
+    for root in sorted(g.nodes, key=order_key):
+        if root in state:
+            continue
+        state[root] = 1
+        stack = [(root, iter(sorted(g.successors(root), key=order_key)))]
+        while stack:
+            n, it = stack[-1]
+            m = next(it, None)
+            if m is None:
+                state[n] = 2
+                stack.pop()
+            elif state.get(m) == 1:
+                back.append((n, m))
+            elif m not in state:
+                state[m] = 1
+                stack.append((m, iter(sorted(g.successors(m), key=order_key))))
+    dag.remove_edges_from(back)
+    return dag, back
 
 
 def _ranks(g: nx.DiGraph, order_key) -> dict[str, int]:
@@ -81,6 +110,7 @@ def layered_layout(g: nx.DiGraph, sizes: dict[str, tuple[float, float]], directi
     if direction not in ("TB", "LR"):
         raise ValueError(f"direction must be TB or LR, found {direction!r}")
     order_key = order_key or (lambda n: 0)
+    g, back = _break_cycles(g, order_key)   # back edges are drawn, but take no part in the layout
     rank = _ranks(g, order_key)
     # dummy chains for long edges
     ext = nx.DiGraph()
@@ -202,4 +232,4 @@ def layered_layout(g: nx.DiGraph, sizes: dict[str, tuple[float, float]], directi
     width, height = (total_order, total_rank) if direction == "TB" else (total_rank, total_order)
     routes = {e: [pos_abs[d] for d in chain] for e, chain in chains.items()}
     return Layout({n: p for n, p in pos_abs.items() if not isinstance(n, tuple)}, dict(sizes), routes,
-                  width, height, {n: r for n, r in rank.items() if not isinstance(n, tuple)}, best_c)
+                  width, height, {n: r for n, r in rank.items() if not isinstance(n, tuple)}, best_c, back)

@@ -135,11 +135,21 @@ def _hw(p) -> str:
     return f"{p[0]}x{p[1]}" if len(p) == 2 else "x".join(map(str, p))
 
 
+def _one_or_both(p: tuple) -> str:
+    """``2`` for (2, 2), ``2,1`` for (2, 1): both values where height and width differ."""
+    return str(p[0]) if len(set(p)) == 1 else ",".join(map(str, p))
+
+
 def _stride(s, default=(1, 1)) -> str:
     s = _pair(s)
     if s is None or tuple(s) == tuple(default):
         return ""
-    return f" /{s[0]}" if len(set(s)) == 1 else f" /{s[0]},{s[1]}"
+    return f" /{_one_or_both(s)}"
+
+
+def _dilation(d) -> str:
+    d = _pair(d)
+    return f" dil {_one_or_both(d)}" if d and tuple(d) != (1, 1) else ""
 
 
 def key_params(op_type: str, p: dict) -> str:
@@ -150,9 +160,7 @@ def key_params(op_type: str, p: dict) -> str:
         pad = p.get("padding")
         if isinstance(pad, str) and pad == "same":
             s += " same"
-        d = _pair(p.get("dilation"))
-        if d and tuple(d) != (1, 1):
-            s += f" dil {d[0]}"
+        s += _dilation(p.get("dilation"))
         if p.get("groups", 1) not in (1, None):
             s += f" g{p['groups']}"
         if "out_channels" in p:
@@ -162,7 +170,7 @@ def key_params(op_type: str, p: dict) -> str:
         return f"→ {p.get('out_features', '?')}"
     if "pool" in t and "kernel_size" in p:
         stride = p.get("stride") or p.get("kernel_size")
-        return f"{_hw(p.get('kernel_size'))}{_stride(stride, _pair(p.get('kernel_size')))}"
+        return f"{_hw(p.get('kernel_size'))}{_stride(stride, _pair(p.get('kernel_size')))}{_dilation(p.get('dilation'))}"
     if "dropout" in t and "p" in p:
         return f"p={p['p']}"
     if t in ("leaky_relu",) and "negative_slope" in p:
@@ -244,6 +252,7 @@ def from_raw(data: Any, problems: list, name_hint: str = "network") -> VGraph:
     named by a problem (``Problem.layer`` or a ``layers[i]`` path) are marked failing with the
     problem's message; other problems become notes.
     """
+    from ..blocks import BROKEN_INSTANCE
     from ..registry import get_registry
     registry = get_registry()
     if not isinstance(data, dict):
@@ -279,7 +288,7 @@ def from_raw(data: Any, problems: list, name_hint: str = "network") -> VGraph:
         else:
             srcs = [ins] if isinstance(ins, str) else [s for s in ins if isinstance(s, str)] if isinstance(ins, list) else []
         prev = lid
-        op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs")}
+        op_raw = {k: v for k, v in raw.items() if k not in ("id", "type", "inputs", BROKEN_INSTANCE)}
         op = None
         detail = key_params(op_type, op_raw)
         plugin = None

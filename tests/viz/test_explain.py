@@ -277,3 +277,57 @@ def test_seg_gradcam_matches_torch_autograd_over_the_predicted_region():
     ref = np.maximum((g.mean(axis=(1, 2))[:, None, None] * a).sum(axis=0), 0)
     assert ref.max() > 0
     np.testing.assert_allclose(res["raw_cam"], ref, rtol=1e-8, atol=1e-12)
+
+
+def _binary_net(seg: bool):
+    """A one-unit sigmoid classifier (dense(1)) or binary segmenter (1-channel 1x1 conv), float64."""
+    head = ([{"id": "logits", "type": "conv2d", "out_channels": 1, "kernel_size": 1}] if seg else
+            [{"id": "gap", "type": "global_avg_pool2d"}, {"id": "flat", "type": "flatten"},
+             {"id": "logits", "type": "dense", "out_features": 1}])
+    return cnngraph.compile({"inputs": {"image": {"shape": [1, 6, 6]}},
+                             "layers": [{"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3,
+                                         "padding": 1},
+                                        {"id": "a1", "type": "relu"}] + head + [{"id": "prob", "type": "sigmoid"}],
+                             "outputs": ["prob"]}, seed=4, dtype="float64")
+
+
+@pytest.mark.parametrize("bias", [4.0, -4.0])
+def test_gradcam_reads_a_one_unit_sigmoid_output_as_predict_does(bias):
+    """One sigmoid unit is a binary classifier: class 1 when p > 0.5, class 0 explained by the negative
+    logit; --class 0 and 1 are both accepted; the default layer is not the classifier itself."""
+    model = _binary_net(seg=False)
+    model.params["logits.bias"] = np.full(1, bias)
+    x = np.random.default_rng(2).random((1, 1, 6, 6))
+    p = float(model.forward({"image": x})["prob"][0, 0])
+    res = ex.gradcam(model, x)
+    assert res["output"] == "logits" and res["layer"] == "a1" and res["binary"]
+    assert res["class_index"] == int(p > 0.5)
+    assert f"predicted class {int(p > 0.5)} (sigmoid {max(p, 1 - p):.2f}" in \
+        ex.attribution_title(res["scores"], res["class_index"], res["output"], binary=True)
+    one, zero = ex.gradcam(model, x, class_index=1), ex.gradcam(model, x, class_index=0)
+    # class 0's evidence is class 1's negated: the two maps are the two halves of one signed map
+    assert (one["raw_cam"] + zero["raw_cam"]).any()
+    assert not np.any((one["raw_cam"] > 0) & (zero["raw_cam"] > 0))
+    with pytest.raises(CnnGraphError, match="one unit, a binary classifier.*--class 0 or 1"):
+        ex.gradcam(model, x, class_index=2)
+
+
+def test_gradcam_of_a_binary_segmenter_explains_the_predicted_pixels():
+    model = _binary_net(seg=True)
+    x = np.random.default_rng(2).standard_normal((1, 1, 6, 6))
+    logit = model.forward({"image": x}, outputs=["logits"])["logits"][0, 0]
+    assert 0 < (logit > 0).sum() < logit.size
+    res = ex.gradcam(model, x)
+    assert res["layer"] == "a1" and res["class_index"] == 1 and res["pixels"] == int((logit > 0).sum())
+    res0 = ex.gradcam(model, x, class_index=0)
+    assert res0["class_index"] == 0 and res0["pixels"] == int((logit <= 0).sum())
+
+
+def test_the_default_gradcam_layer_skips_the_per_pixel_classifier_head():
+    model = cnngraph.compile({"inputs": {"image": {"shape": [1, 6, 6]}},
+                              "layers": [{"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                                         {"id": "a1", "type": "relu"},
+                                         {"id": "logits", "type": "conv2d", "out_channels": 3, "kernel_size": 1},
+                                         {"id": "up", "type": "upsample2d", "scale_factor": 2}],
+                              "outputs": ["up"]})
+    assert ex.default_cam_layer(model, "up") == "a1"

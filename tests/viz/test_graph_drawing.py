@@ -106,6 +106,18 @@ def test_labels_show_kernel_stride_channels_shapes_and_params():
     assert sum(n.params for n in lenet.nodes.values()) == cnngraph.compile("specs/lenet5.yaml").param_count()
 
 
+def test_labels_show_both_values_where_height_and_width_differ():
+    spec = cnngraph.load_spec({"inputs": {"image": {"shape": [1, 16, 16]}},
+                               "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": [3, 5],
+                                           "stride": [2, 1], "dilation": [2, 1]},
+                                          {"id": "p", "type": "max_pool2d", "kernel_size": 2, "stride": 1,
+                                           "dilation": [1, 2]}],
+                               "outputs": ["p"]})
+    vg = from_spec(spec)
+    assert vg.nodes["c"].detail == "3x5 /2,1 dil 2,1 → 4"
+    assert vg.nodes["p"].detail == "2x2 /1 dil 1,2"
+
+
 def test_png_and_pdf_render(tmp_path):
     res = draw_network("specs/resnet_small.yaml", tmp_path / "g.png", show_params=True, dpi=72)
     im, a = _png_ok(tmp_path / "g.png")
@@ -495,3 +507,37 @@ def test_png_and_explain_without_matplotlib_are_one_line_errors(tmp_path, capsys
     assert main(["viz", "specs/lenet5.yaml", "-o", str(tmp_path / "g.svg")]) == 0   # SVG never needed it
     assert main(["explain", "specs/digits_cnn.yaml", "--filters", "-o", str(tmp_path / "f.png")]) == 1
     assert capsys.readouterr().err.endswith("error: explain needs matplotlib (pip install matplotlib)\n")
+
+
+CYCLE = """name: t
+inputs:
+  image: {shape: [3, 8, 8]}
+layers:
+  - {id: a, type: conv2d, out_channels: 3, kernel_size: 1, inputs: c}
+  - {id: b, type: relu, inputs: a}
+  - {id: c, type: add, inputs: [b, image]}
+outputs: [c]
+"""
+
+
+@pytest.mark.parametrize("ext,collapse", [(".svg", False), (".png", False), (".html", False), (".svg", True)])
+def test_a_spec_with_a_cycle_is_drawn_with_the_cycle_in_red(tmp_path, capsys, ext, collapse):
+    spec = tmp_path / "cycle.yaml"
+    spec.write_text(CYCLE)
+    out = tmp_path / f"cycle{ext}"
+    rc = main(["viz", str(spec), "-o", str(out), "--dpi", "60"] + ["--collapse"] * collapse)
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "the layers form a cycle: c -> a -> b -> c" in err and out.stat().st_size > 0
+    if ext == ".svg":
+        root = ET.fromstring(out.read_text())
+        red = [p for p in root.iter("{http://www.w3.org/2000/svg}path") if p.get("stroke") == "#c53030"]
+        assert len(red) == 3          # c -> a, a -> b and the edge closing the cycle, b -> c
+
+
+def test_layout_breaks_cycles_and_keeps_the_rest_in_order():
+    g = nx.DiGraph([("image", "c"), ("c", "a"), ("a", "b"), ("b", "c")])
+    order = {"image": 0, "a": 1, "b": 2, "c": 3}
+    lay = layered_layout(g, {n: (90.0, 40.0) for n in g}, order_key=order.get)
+    assert lay.back_edges == [("b", "c")]
+    assert lay.ranks == {"image": 0, "c": 1, "a": 2, "b": 3}

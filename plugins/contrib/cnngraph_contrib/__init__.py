@@ -112,11 +112,7 @@ class SqueezeExcitation(Op):
 
     type = "squeeze_excitation"
     Params = SEParams
-
-    def source_positions(self, axis, pos, n_in, n_out):
-        """Every output pixel depends on the whole input map through the pooled gate (receptive fields)."""
-        every = np.ones(len(pos), bool)
-        return [(np.zeros(len(pos), np.int64), every), (np.full(len(pos), n_in - 1), every)]
+    mixes_space = True   # every output pixel depends on the whole map through the pooled gate
 
     @classmethod
     def examples(cls):
