@@ -153,13 +153,13 @@ def cmd_evaluate(args) -> int:
     from ..train.checkpoint import run_folder
     from ..train.evaluate import evaluate_arrays, match_classes
     from ..train.metrics import effective_top_k, format_confusion, format_per_class, json_safe
-    from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
+    from ..train.settings import parse_data_arg, prepare_loss, saved_data, train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
     model, ckdir, meta = _load_checkpointed_model(args, spec)
     ts, _ = train_spec_of(spec)
     settings = meta.get("settings") or {}
-    base = DataConfig.model_validate(settings["data"]) if "data" in settings else ts.data
+    base = saved_data(settings, ts.data, args.data is not None)
     cfg = parse_data_arg(args.data, base)
     if args.data is not None:   # the user's own file: evaluate what it holds, carve nothing off
         cfg = cfg.model_copy(update={"val_fraction": 0.0, "test_fraction": None, "limit": None})
