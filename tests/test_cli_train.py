@@ -403,3 +403,24 @@ def test_evaluate_image_folder_matches_class_folders_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "class 'C_bright' is not among the checkpoint's classes" in err and "a_dark, b_mid, c_bright" in err
     assert "Traceback" not in err
+
+
+def test_evaluate_named_folders_with_a_checkpoint_of_unnamed_classes_takes_positions(tmp_path, capsys):
+    """A model trained on an npz without class names has classes '0', '1': held-out class folders have
+    no names to match there, so they are taken in sorted order (as before name matching), with a note."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.full((12, 1, 8, 8), 0.1), np.full((12, 1, 8, 8), 0.9)]).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x + rng.normal(0, 0.01, x.shape).astype(np.float32), y=np.repeat([0, 1], 12))
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = 2
+    spec["train"]["data"] = {"dataset": "npz", "path": "d.npz", "val_fraction": 0}
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    capsys.readouterr()
+    _colour_folders(tmp_path / "held", {"dark": 25, "light": 230})
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
+                 f"image_folder:{tmp_path / 'held'}", "--format", "json", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "classes dark, light are taken in their sorted order, as classes 0 to 1" in err
+    assert json.loads(out)["per_class"]["support"] == [6, 6]

@@ -184,7 +184,13 @@ def cmd_evaluate(args) -> int:
         return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where)
     classes = list(stats.get("classes") or ds.classes)
     numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
-    if not numbered and ds.classes != classes:   # named classes (folders, an npz 'classes' key): match by name
+    by_name = not numbered and ds.classes != classes   # named classes (folders, an npz 'classes' key)
+    if by_name and classes == [str(i) for i in range(len(classes))] and not set(ds.classes) <= set(classes):
+        by_name = False   # the checkpoint's own data named no classes: there is nothing to match names to
+        print(f"note: the checkpoint's classes are numbered (its training data named none); {ds.source}'s classes "
+              f"{', '.join(ds.classes)} are taken in their sorted order, as classes 0 to {ds.num_classes - 1}",
+              file=sys.stderr)
+    if by_name:
         y = match_classes(y, ds.classes, classes, ds.source)
     elif ds.num_classes > len(classes):
         raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
