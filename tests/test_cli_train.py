@@ -355,6 +355,25 @@ def test_float_0_255_training_data_matches_png_inputs(tmp_path, capsys):
     assert "warning" not in err and "scaled by 1/255" in err    # the .npy of 0..255 floats too
 
 
+def test_a_checkpoint_without_pixel_range_gets_npy_inputs_as_they_are(tmp_path, capsys):
+    """Checkpoints written before the 8-bit rule (no dataset.pixel_range) were trained on float data as it
+    was: predict and explain must not rescale a .npy of such numbers now."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 200, (60, 1, 8, 8)).astype(np.float32)
+    spec, run = _npz_run(tmp_path, capsys, x, np.arange(60) % 3)
+    for which in ("best", "last"):
+        path = run / "checkpoint" / which / "meta.json"
+        record = json.loads(path.read_text())
+        del record["meta"]["dataset"]["pixel_range"]
+        path.write_text(json.dumps(record))
+    np.save(tmp_path / "a.npy", x[:1])
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "a.npy")]) == 0
+    assert "1/255" not in capsys.readouterr().err
+    assert main(["explain", str(spec), "--checkpoint", str(run), "--image", str(tmp_path / "a.npy"), "-o",
+                 str(tmp_path / "e.png")]) == 0
+    assert "1/255" not in capsys.readouterr().err
+
+
 def test_predict_and_explain_warn_when_images_do_not_match_the_training_pixels(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 1, 8, 8)).astype(np.float32)      # already standardised: negatives

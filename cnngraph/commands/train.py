@@ -283,7 +283,7 @@ def _probabilities(scores: np.ndarray, loss_type: str | None) -> np.ndarray:
 
 def cmd_predict(args) -> int:
     from ..backend import to_numpy
-    from ..train.data import apply_normalization, pixel_range_fits
+    from ..train.data import apply_normalization, npy_eight_bit
     from ..train.images import image_units_warning, read_inputs
     from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
@@ -302,7 +302,7 @@ def cmd_predict(args) -> int:
     units = image_units_warning(args.inputs, stats.get("pixel_range"), scale)
     if units:
         print(units, file=sys.stderr)
-    eight_bit = pixel_range_fits(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
+    eight_bit = npy_eight_bit(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
     labels, parts = [], []
     for path in args.inputs:
         x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit)
