@@ -15,7 +15,7 @@ _LAZY = {
     "hookimpl": ".hookspecs", "loss_and_grad": ".losses", "Model": ".model", "ParamStore": ".model",
     "compile": ".model", "Context": ".op", "Op": ".op", "OpParams": ".op", "get_registry": ".registry",
     "load_plugin_file": ".registry", "register_plugin": ".registry", "Spec": ".spec", "load_spec": ".spec",
-    "train": ".train.loop", "load_model": ".train.loop",
+    "load_model": ".train.loop",
     "import_onnx": ".onnx", "export_onnx": ".onnx",   # the optional onnx package loads only when used
 }
 
@@ -53,7 +53,8 @@ def register_op(op_cls):
 def __getattr__(name):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    else:   # a submodule (cnngraph.model, ...), as when the package imported them eagerly
+    else:   # a submodule (cnngraph.model, ...), as when the package imported them eagerly; cnngraph.train is
+        # its package, which is callable (the training function), so cnngraph.train.loop keeps resolving
         try:
             value = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as exc:

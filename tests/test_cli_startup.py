@@ -30,3 +30,13 @@ def test_the_lazy_api_names_and_submodules_resolve():
         assert "no_such_name" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_cnngraph_train_is_the_callable_package_whatever_is_imported_first():
+    # The lazy name must not bind cnngraph.train to the bare function: cnngraph.train.<submodule> (and
+    # mock.patch("cnngraph.train.loop....")) would then fail depending on import order.
+    code = ("import cnngraph; f = cnngraph.train; import cnngraph.train.metrics; "
+            "assert callable(cnngraph.train) and cnngraph.train.metrics.__name__ == 'cnngraph.train.metrics'; "
+            "assert cnngraph.train is f; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

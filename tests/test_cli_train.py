@@ -355,6 +355,25 @@ def test_float_0_255_training_data_matches_png_inputs(tmp_path, capsys):
     assert "warning" not in err and "scaled by 1/255" in err    # the .npy of 0..255 floats too
 
 
+def test_a_checkpoint_without_pixel_range_gets_npy_inputs_as_they_are(tmp_path, capsys):
+    """Checkpoints written before the 8-bit rule (no dataset.pixel_range) were trained on float data as it
+    was: predict and explain must not rescale a .npy of such numbers now."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 200, (60, 1, 8, 8)).astype(np.float32)
+    spec, run = _npz_run(tmp_path, capsys, x, np.arange(60) % 3)
+    for which in ("best", "last"):
+        path = run / "checkpoint" / which / "meta.json"
+        record = json.loads(path.read_text())
+        del record["meta"]["dataset"]["pixel_range"]
+        path.write_text(json.dumps(record))
+    np.save(tmp_path / "a.npy", x[:1])
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "a.npy")]) == 0
+    assert "1/255" not in capsys.readouterr().err
+    assert main(["explain", str(spec), "--checkpoint", str(run), "--image", str(tmp_path / "a.npy"), "-o",
+                 str(tmp_path / "e.png")]) == 0
+    assert "1/255" not in capsys.readouterr().err
+
+
 def test_predict_and_explain_warn_when_images_do_not_match_the_training_pixels(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 1, 8, 8)).astype(np.float32)      # already standardised: negatives
@@ -403,3 +422,24 @@ def test_evaluate_image_folder_matches_class_folders_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "class 'C_bright' is not among the checkpoint's classes" in err and "a_dark, b_mid, c_bright" in err
     assert "Traceback" not in err
+
+
+def test_evaluate_named_folders_with_a_checkpoint_of_unnamed_classes_takes_positions(tmp_path, capsys):
+    """A model trained on an npz without class names has classes '0', '1': held-out class folders have
+    no names to match there, so they are taken in sorted order (as before name matching), with a note."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.full((12, 1, 8, 8), 0.1), np.full((12, 1, 8, 8), 0.9)]).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x + rng.normal(0, 0.01, x.shape).astype(np.float32), y=np.repeat([0, 1], 12))
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = 2
+    spec["train"]["data"] = {"dataset": "npz", "path": "d.npz", "val_fraction": 0}
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    capsys.readouterr()
+    _colour_folders(tmp_path / "held", {"dark": 25, "light": 230})
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
+                 f"image_folder:{tmp_path / 'held'}", "--format", "json", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "classes dark, light are taken in their sorted order, as classes 0 to 1" in err
+    assert json.loads(out)["per_class"]["support"] == [6, 6]

@@ -153,13 +153,13 @@ def cmd_evaluate(args) -> int:
     from ..train.checkpoint import run_folder
     from ..train.evaluate import evaluate_arrays, match_classes
     from ..train.metrics import effective_top_k, format_confusion, format_per_class, json_safe
-    from ..train.settings import parse_data_arg, prepare_loss, train_spec_of
+    from ..train.settings import parse_data_arg, prepare_loss, saved_data, train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
     model, ckdir, meta = _load_checkpointed_model(args, spec)
     ts, _ = train_spec_of(spec)
     settings = meta.get("settings") or {}
-    base = DataConfig.model_validate(settings["data"]) if "data" in settings else ts.data
+    base = saved_data(settings, ts.data, args.data is not None)
     cfg = parse_data_arg(args.data, base)
     if args.data is not None:   # the user's own file: evaluate what it holds, carve nothing off
         cfg = cfg.model_copy(update={"val_fraction": 0.0, "test_fraction": None, "limit": None})
@@ -184,7 +184,13 @@ def cmd_evaluate(args) -> int:
         return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where)
     classes = list(stats.get("classes") or ds.classes)
     numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
-    if not numbered and ds.classes != classes:   # named classes (folders, an npz 'classes' key): match by name
+    by_name = not numbered and ds.classes != classes   # named classes (folders, an npz 'classes' key)
+    if by_name and classes == [str(i) for i in range(len(classes))] and not set(ds.classes) <= set(classes):
+        by_name = False   # the checkpoint's own data named no classes: there is nothing to match names to
+        print(f"note: the checkpoint's classes are numbered (its training data named none); {ds.source}'s classes "
+              f"{', '.join(ds.classes)} are taken in their sorted order, as classes 0 to {ds.num_classes - 1}",
+              file=sys.stderr)
+    if by_name:
         y = match_classes(y, ds.classes, classes, ds.source)
     elif ds.num_classes > len(classes):
         raise DataError(f"the checkpoint was trained on {len(classes)} classes but dataset '{cfg.dataset}' has "
@@ -277,7 +283,7 @@ def _probabilities(scores: np.ndarray, loss_type: str | None) -> np.ndarray:
 
 def cmd_predict(args) -> int:
     from ..backend import to_numpy
-    from ..train.data import apply_normalization, pixel_range_fits
+    from ..train.data import apply_normalization, npy_eight_bit
     from ..train.images import image_units_warning, read_inputs
     from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
@@ -296,7 +302,7 @@ def cmd_predict(args) -> int:
     units = image_units_warning(args.inputs, stats.get("pixel_range"), scale)
     if units:
         print(units, file=sys.stderr)
-    eight_bit = pixel_range_fits(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
+    eight_bit = npy_eight_bit(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
     labels, parts = [], []
     for path in args.inputs:
         x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit)

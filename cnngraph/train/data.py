@@ -20,7 +20,7 @@ from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_rotatio
 
 __all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "RAW_LOADERS", "RawSplits", "load_dataset",
            "finish_dataset",
-           "iterate_batches", "pixel_range_fits", "compute_normalization", "apply_normalization", "stratified_split"]
+           "iterate_batches", "pixel_range_fits", "npy_eight_bit", "compute_normalization", "apply_normalization", "stratified_split"]
 
 RawLoader = Callable[..., RawSplits]
 # Built-in sources: ``raw_loader(cfg, input_shape, base_dir) -> RawSplits``.
@@ -184,6 +184,14 @@ def pixel_range_fits(pixel_range, pixel_scale: float) -> bool:
         return True
     lo, hi = pixel_range
     return lo >= 0 and hi <= pixel_scale * (1 + 1e-6)
+
+
+def npy_eight_bit(pixel_range, pixel_scale: float) -> bool:
+    """Whether predict and explain read .npy numbers in 0..255 as 8-bit pixels (the npz loader's rule,
+    ``looks_8bit``): for a checkpoint that records its raw training pixels' range within [0, pixel_scale].
+    Checkpoints from before that record, and weights without a training checkpoint (an imported model),
+    get .npy arrays as they are, as those models were trained on and fed."""
+    return isinstance(pixel_range, (list, tuple)) and pixel_range_fits(pixel_range, pixel_scale)
 
 
 def compute_normalization(x: np.ndarray) -> tuple[list[float], list[float]]:

@@ -199,6 +199,7 @@ def check_meta(meta: dict, ckdir, channels: int | None = None) -> None:
     (a std of 0) or silently using other data (a missing ``settings``). ``channels``: the model's input
     channels, which ``dataset.mean``/``std`` must match (1 value, or one per channel)."""
     from ..paramtypes import is_whole
+    from .data import _find_loader
     if meta.get("kind") == "training":
         st = meta.get("settings")
         if not isinstance(st, dict):
@@ -208,7 +209,11 @@ def check_meta(meta: dict, ckdir, channels: int | None = None) -> None:
                 raise _bad(ckdir, f"settings.{key}", f"a whole number >= {minimum}", st[key])
         if "lr" in st and not (_finite(st["lr"]) and st["lr"] >= 0):
             raise _bad(ckdir, "settings.lr", "a finite number >= 0", st["lr"])
-        if "data" in st:
+        data = st.get("data")
+        if isinstance(data, dict) and isinstance(data.get("dataset"), str) and _find_loader(data["dataset"]) is None:
+            pass   # a plugin dataset whose plugin is not loaded here: predict and load_model need no data; a
+            #        command that loads it (evaluate, resume) names the unknown dataset itself
+        elif "data" in st:
             from pydantic import ValidationError
 
             from .data import DataConfig

@@ -13,7 +13,7 @@ from ..backend import to_device
 from ..errors import CnnGraphError, DataError, SpecError
 from ..paramtypes import is_whole
 
-__all__ = ["TrainingError", "Settings", "resolve_settings", "as_spec", "train_spec_of", "parse_data_arg",
+__all__ = ["TrainingError", "Settings", "resolve_settings", "as_spec", "train_spec_of", "parse_data_arg", "saved_data",
            "LossSetup", "prepare_loss", "TARGET_ENCODINGS"]
 
 TARGET_ENCODINGS = ("index", "one_hot")
@@ -63,7 +63,6 @@ class Settings:
 def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device: str) -> Settings:
     """Settings from the arguments (``None``: not given), else ``saved`` (a resumed checkpoint's
     ``settings``), else the TrainSpec ``ts``; checked."""
-    from .data import DataConfig
 
     def pick(arg, key, spec_value):
         return arg if arg is not None else saved.get(key, spec_value)
@@ -79,7 +78,7 @@ def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device
         except (TypeError, ValueError):
             raise TrainingError(f"{name} must be a number, found {value!r}") from None
 
-    base_data = DataConfig.model_validate(saved["data"]) if "data" in saved else ts.data
+    base_data = saved_data(saved, ts.data, data is not None)
     st = Settings(epochs=whole("epochs", pick(epochs, "epochs", ts.epochs), 1),
                   batch_size=whole("batch_size", pick(batch_size, "batch_size", ts.batch_size), 1),
                   lr=number("lr", pick(lr, "lr", getattr(ts.optimizer.params, "lr", 0.01))),
@@ -88,6 +87,23 @@ def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device
     if not (st.lr >= 0 and math.isfinite(st.lr)):
         raise TrainingError(f"lr must be a finite number >= 0, found {st.lr}")
     return st
+
+
+def saved_data(settings: dict, default, overridden: bool):
+    """The DataConfig a checkpoint's ``settings`` say the run trained on, else ``default``. A plugin
+    dataset whose plugin is not loaded here is a DataError naming it, unless ``overridden`` (--data
+    replaces it; ``default`` then lends the other fields)."""
+    from .data import DataConfig, _find_loader
+    data = settings.get("data")
+    if not isinstance(data, dict):
+        return default
+    name = data.get("dataset")
+    if isinstance(name, str) and _find_loader(name) is None:
+        if overridden:
+            return default
+        raise DataError(f"the checkpoint was trained on dataset '{name}', which no loaded plugin provides; load "
+                        f"the plugin that registers it (--plugin FILE), or pass --data")
+    return DataConfig.model_validate(data)
 
 
 def parse_data_arg(data, base):

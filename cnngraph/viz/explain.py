@@ -127,11 +127,11 @@ def _single_image_input(spec) -> tuple[str, tuple]:
 
 def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Read a PNG/JPEG or .npy sample as (raw (1, C, H, W) in raw units, normalised model input)."""
-    from ..train.data import pixel_range_fits
+    from ..train.data import npy_eight_bit
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
-    raw = read_inputs([path], shape, scale=prep.scale, invert=invert, 
-                      eight_bit=pixel_range_fits(prep.pixel_range, prep.scale))
+    raw = read_inputs([path], shape, scale=prep.scale, invert=invert,
+                      eight_bit=npy_eight_bit(prep.pixel_range, prep.scale))
     if not 0 <= index < len(raw):
         raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range")
     raw = raw[index:index + 1]

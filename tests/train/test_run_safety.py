@@ -149,6 +149,32 @@ def test_hand_edited_settings_and_dataset_meta_are_named_by_every_command(tmp_pa
         cnngraph.load_model(tmp_path / "run")
 
 
+def test_a_run_on_a_plugin_dataset_predicts_without_its_plugin(tmp_path, capsys):
+    """meta.settings.data naming a dataset no loaded plugin provides is not a damaged meta: predict,
+    explain and load_model need no data; evaluate and resume name the dataset (or take --data)."""
+    train(tmp_path, "run")
+    for which in ("best", "last"):
+        path = tmp_path / "run" / "checkpoint" / which / "meta.json"
+        record = json.loads(path.read_text())
+        record["meta"]["settings"]["data"] = {"dataset": "stripes_from_a_plugin", "options": {"n": 3}}
+        path.write_text(json.dumps(record))
+    (tmp_path / "s.json").write_text(json.dumps(spec()))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    run, s = str(tmp_path / "run"), str(tmp_path / "s.json")
+    assert main(["predict", s, "--checkpoint", run, str(tmp_path / "x.npy")]) == 0
+    capsys.readouterr()
+    main(["explain", s, "--checkpoint", run, "--image", str(tmp_path / "x.npy"), "-o", str(tmp_path / "e.png")])
+    assert "meta" not in capsys.readouterr().err   # (this model has no convolution to explain)
+    cnngraph.load_model(tmp_path / "run")
+    expected = "the checkpoint was trained on dataset 'stripes_from_a_plugin', which no loaded plugin provides"
+    assert main(["evaluate", s, "--checkpoint", run]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+    with pytest.raises(DataError, match=expected):
+        train(tmp_path, "run", resume=tmp_path / "run", epochs=3)
+    assert main(["evaluate", s, "--checkpoint", run, "--data", "digits"]) == 0
+
+
 def test_resume_without_last_says_it_starts_from_best(tmp_path):
     import shutil
     train(tmp_path, "run")
