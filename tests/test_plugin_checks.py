@@ -175,7 +175,8 @@ def cnngraph_register_optimizers(registry):
 def _train_optimizer(capsys, tmp_path, source, optimizer):
     (tmp_path / "opt.py").write_text(source)
     spec = _spec(tmp_path)
-    spec.write_text(SPEC.replace("pc_scale, init: 0.5", "relu").replace("epochs: 1,", f"epochs: 1, optimizer: {optimizer},"))
+    spec.write_text(SPEC.replace("pc_scale, init: 0.5", "relu").replace("epochs: 1,", f"optimizer: {optimizer},"
+                                                                         + ("" if "epochs" in optimizer else " epochs: 1,")))
     return _cli(capsys, ["train", spec, "--plugin", tmp_path / "opt.py", "--out", tmp_path / "run", "--quiet"])
 
 
@@ -184,7 +185,7 @@ def test_an_optimizer_that_rebinds_its_weight_is_an_error(fresh, capsys, tmp_pat
     rc, out = _train_optimizer(capsys, tmp_path, source, "{type: pc_sign_sgd, lr: 0.01}")
     line = _def_line(source, "_update")
     assert rc == 1 and re.search(rf"^error: optimizer 'pc_sign_sgd' \(plugin '[^']*opt\.py'\) changed no weight in its "
-                                 rf"first step \(learning rate 0\.01, non-zero gradients\) \(_update at opt\.py:{line}\); "
+                                 rf"first 2 steps \(learning rate 0\.01, non-zero gradients\) \(_update at opt\.py:{line}\); "
                                  rf"update the weight in place", out, flags=re.M), out
 
 
@@ -195,12 +196,29 @@ def test_an_optimizer_that_updates_in_place_or_has_nothing_to_do_trains(fresh, c
     assert rc == 0, out
 
 
+ACCUMULATING = SIGN_SGD.replace("""        state["step"] += 1
+        w -= lr * np.sign(g)""", """        state["step"] += 1
+        state.setdefault("sum", np.zeros_like(g))[...] += g
+        if state["step"] % 4 == 0:   # one update per 4 steps' gradients
+            w -= lr * np.sign(state.pop("sum"))""")
+
+
+@pytest.mark.parametrize("epochs,ok", [(3, True), (1, False)])
+def test_an_optimizer_may_accumulate_steps_but_a_run_that_changes_nothing_is_an_error(fresh, capsys, tmp_path,
+                                                                                       epochs, ok):
+    # 2 steps per epoch: the first update comes at step 4, which a 1-epoch run never reaches
+    rc, out = _train_optimizer(capsys, tmp_path, ACCUMULATING, f"{{type: pc_sign_sgd, lr: 0.01}}, epochs: {epochs}")
+    assert (rc == 0) == ok, out
+    if not ok:
+        assert "changed no weight in its first 2 steps" in out
+
+
 def test_zero_gradients_are_not_an_unchanged_update():
     from cnngraph.train.guards import optimizer_step
     from cnngraph.train.optim import SGD
     w = {"a": np.ones(3, np.float32)}
-    assert not optimizer_step(SGD(lr=0.1), w, {"a": np.zeros(3, np.float32)}, 0.1, check_update=True)
-    assert optimizer_step(SGD(lr=0.1), w, {"a": np.ones(3, np.float32)}, 0.1, check_update=True)
+    assert optimizer_step(SGD(lr=0.1), w, {"a": np.zeros(3, np.float32)}, 0.1, check_update=True) is None
+    assert optimizer_step(SGD(lr=0.1), w, {"a": np.ones(3, np.float32)}, 0.1, check_update=True) is True
     assert np.allclose(w["a"], 0.9)
 
 

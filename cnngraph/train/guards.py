@@ -8,14 +8,20 @@ from ..blame import defined_at, failed, who
 from ..errors import CnnGraphError
 from .settings import TrainingError
 
-__all__ = ["optimizer_step", "schedule_rate"]
+__all__ = ["optimizer_step", "unchanged_weights_error", "schedule_rate", "UNCHANGED_STEPS"]
 
 
-def optimizer_step(optimizer, weights: dict, grads: dict, rate: float, check_update: bool = False) -> bool:
+# A step may rightly change nothing (an optimizer that accumulates gradients over a few steps), so only
+# this many checked steps without any change, or a whole run that changed nothing, are an error.
+UNCHANGED_STEPS = 8
+
+
+def optimizer_step(optimizer, weights: dict, grads: dict, rate: float, check_update: bool = False) -> bool | None:
     """``optimizer.step(weights, grads, rate)``; an exception inside it names the optimizer. With
-    ``check_update`` (the first steps), a step that changes no weight at all is an error: an ``_update``
-    that rebinds ``w = w - ...`` instead of writing into ``w`` would otherwise train nothing, silently.
-    Returns whether the step was checked (False while no gradient step would visibly move a weight)."""
+    ``check_update`` (the first steps), returns whether the step changed a weight that a plain gradient step
+    would visibly move (None where none would: zero gradients, a zero or tiny rate). The loop errors after
+    a run of unchanged steps (``unchanged_weights_error``): an ``_update`` that rebinds ``w = w - ...``
+    instead of writing into ``w`` would otherwise train nothing, silently."""
     subject = who("optimizer", type(optimizer).type, "optimizers")
     before = _visibly_moved(weights, grads, rate) if check_update else {}
     try:
@@ -24,12 +30,18 @@ def optimizer_step(optimizer, weights: dict, grads: dict, rate: float, check_upd
         raise
     except Exception as exc:
         raise TrainingError(failed(subject, "step", exc, type(optimizer))) from exc
-    if before and all(bool((weights[name] == old).all()) for name, old in before.items()):
-        at = defined_at(type(optimizer)._update)
-        raise TrainingError(f"{subject} changed no weight in its first step (learning rate {rate:g}, non-zero "
-                            f"gradients){' (_update at ' + at + ')' if at else ''}; update the weight in place "
-                            f"(w -= lr * g, w[...] = value): assigning a new array (w = w - lr * g) is lost")
-    return bool(before)
+    if not before:
+        return None
+    return not all(bool((weights[name] == old).all()) for name, old in before.items())
+
+
+def unchanged_weights_error(optimizer, steps: int, rate: float) -> TrainingError:
+    """The error for an optimizer whose first ``steps`` checked steps changed no weight."""
+    subject = who("optimizer", type(optimizer).type, "optimizers")
+    at = defined_at(type(optimizer)._update)
+    return TrainingError(f"{subject} changed no weight in its first {steps} step{'s' * (steps != 1)} (learning rate {rate:g}, non-zero "
+                         f"gradients){' (_update at ' + at + ')' if at else ''}; update the weight in place "
+                         f"(w -= lr * g, w[...] = value): assigning a new array (w = w - lr * g) is lost")
 
 
 def _visibly_moved(weights: dict, grads: dict, rate: float) -> dict:

@@ -47,7 +47,7 @@ from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
 from .checkpoint import (META_FILE, CheckpointWriter, copy_checkpoint, load_checkpoint, resolve_checkpoint,
                          run_folder)
 from .evaluate import evaluate_arrays, load_model
-from .guards import optimizer_step, schedule_rate
+from .guards import UNCHANGED_STEPS, optimizer_step, schedule_rate, unchanged_weights_error
 from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe, scored_per_batch
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
@@ -179,7 +179,8 @@ class _Run:
         reg = get_registry()
         self.model = Model(spec, device=device, seed=st.seed)
         self.optimizer = reg.optimizers[self.ts.optimizer.type](self.ts.optimizer.params)
-        self.update_checked = False   # the first step that should move a weight checks that it does
+        self.update_checked = False   # the first steps that should move a weight check that one does
+        self.unchanged_steps = 0
         self.schedule = reg.schedules[self.ts.schedule.type](self.ts.schedule.params)
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
@@ -333,14 +334,20 @@ class _Run:
                 norm = clip_grad_norm(grads, self.ts.grad_clip)
                 if not math.isfinite(norm):
                     self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
-            checked = optimizer_step(self.optimizer, weights, grads, rate, check_update=not self.update_checked)
-            self.update_checked = self.update_checked or checked
+            moved = optimizer_step(self.optimizer, weights, grads, rate, check_update=not self.update_checked)
+            self.update_checked = self.update_checked or bool(moved)
+            if moved is False:
+                self.unchanged_steps += 1
+                if self.unchanged_steps >= UNCHANGED_STEPS:
+                    raise unchanged_weights_error(self.optimizer, self.unchanged_steps, rate)
             s_np = to_numpy(scores)
             score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
             total, weight = loss.batch_loss(value, yb)
             progress.update(len(yb), total, score, loss_weight=weight, scored=scored_per_batch(yb, self.ignore))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
+        if self.unchanged_steps and not self.update_checked and epoch + 1 == st.epochs:   # a short run trained nothing
+            raise unchanged_weights_error(self.optimizer, self.unchanged_steps, rate)
         train_seconds = time.perf_counter() - t_epoch
         row = {"epoch": epoch + 1, "lr": rate, "train_loss": progress.loss,
                ("train_mae" if values else "train_accuracy"): progress.score}
