@@ -441,7 +441,24 @@ def _pad(c, lid, op, ins, attrs):
     inputs = [ins[0], c.const(lid, "pads", np.array(pads, np.int64))]
     if op.p.mode == "constant" and op.p.value:
         inputs.append(c.const(lid, "value", np.array(op.p.value, np.float32)))
+    if op.p.mode == "wrap" and c.opset < 19:
+        raise OnnxError(f"layer '{lid}': pad mode wrap needs --opset 19 or newer (ONNX Pad has it from opset 19)")
     c.node("Pad", inputs, [lid], lid, mode=op.p.mode)
+    return lid
+
+
+@exports("expand")
+def _expand(c, lid, op, ins, attrs):
+    # the input's batch size, then the per-sample shape (ONNX aligns right, a 1 keeps the other side's size)
+    shape = c.const(lid, "shape", np.array([1, *op.p.shape], np.int64))
+    c.node("Expand", [_align_ranks(c, lid, ins, {"in_shapes": [attrs["in_shapes"][0], op.p.shape]})[0], shape],
+           [lid], lid)
+    return lid
+
+
+@exports("tile")
+def _tile(c, lid, op, ins, attrs):
+    c.node("Tile", [ins[0], c.const(lid, "repeats", np.array([1, *op.p.repeats], np.int64))], [lid], lid)
     return lid
 
 

@@ -872,10 +872,8 @@ def pad(imp, node, a):
         raise imp.fail(f"pads has {len(pads)} entries, expected {2 * rank}")
     if pads[0] or pads[rank]:
         raise imp.fail("padding the batch axis is not supported")
-    if any(p < 0 for p in pads):
-        raise imp.fail("negative pads (cropping) are not supported")
-    if mode not in ("constant", "reflect", "edge"):
-        raise imp.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge are)")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise imp.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge, wrap are)")
     if not any(pads):
         return [x]
     params = {"pads": [[pads[i], pads[rank + i]] for i in range(1, rank)]}
@@ -884,6 +882,45 @@ def pad(imp, node, a):
     if value:
         params["value"] = value
     return [imp.emit("pad", [x], params)]
+
+
+@handles("Expand")
+def expand(imp, node, a):
+    """Broadcasting after the batch axis (ONNX's bidirectional rule: a 1 in the shape keeps the input's size)."""
+    x, target = imp.get(node.input[0]), [int(d) for d in imp.const(node.input[1], "shape")]
+    if isinstance(x, np.ndarray):
+        if node.input[1] in imp.alt:
+            raise imp.fail("expanding a constant to the batch size (a shape computed with Shape) is not supported")
+        return imp.fold(node)
+    full = [BATCH, *x.shape]
+    if len(target) > len(full):
+        raise imp.fail(f"expanding per-sample shape {x.shape} to the higher rank of {target} moves the batch axis; "
+                       f"not supported")
+    if len(target) == len(full) and target[0] not in (1, BATCH, imp.declared_batch):
+        raise imp.fail(f"expanding the batch axis to {target[0]} is not supported")
+    rest = target[1:] if len(target) == len(full) else target
+    if any(d % BATCH == 0 for d in rest):
+        raise imp.fail(f"shape {target} uses the batch size after the batch axis; not supported")
+    out = [d if t == 1 else t for d, t in zip(x.shape[len(x.shape) - len(rest):], rest)]
+    if tuple(x.shape[:len(x.shape) - len(rest)]) + tuple(out) == tuple(x.shape):
+        return [x]
+    return [imp.emit("expand", [x], {"shape": rest})]
+
+
+expand.prefers_handler = True   # a constant expanded to Shape(x)'s batch size must not fold (nor fill memory)
+
+
+@handles("Tile")
+def tile(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    repeats = [int(r) for r in imp.const(node.input[1], "repeats")]
+    if len(repeats) != len(x.shape) + 1:
+        raise imp.fail(f"repeats {repeats} name {len(repeats)} axes, the input has {len(x.shape) + 1}")
+    if repeats[0] != 1:
+        raise imp.fail(f"tiling the batch axis ({repeats[0]} times) is not supported")
+    if all(r == 1 for r in repeats):
+        return [x]
+    return [imp.emit("tile", [x], {"repeats": repeats[1:]})]
 
 
 @handles("Gather")

@@ -59,6 +59,26 @@ TYPED = {
                    N("Cast", ["i"], ["y"], to=TensorProto.FLOAT)], {"x": X4}, ZERO, 17, TensorProto.FLOAT),
 }
 
+PADS = {"p1": np.array([0, 0, -1, 2, 0, 0, 3, -2], np.int64)}   # crop 1 row on top, 2 columns on the right
+CASES |= {
+    **{f"pad_crop_{mode}": ([N("Pad", ["x", "p1"], ["y"], mode=mode)], {"x": X4}, PADS, 19)
+       for mode in ("constant", "reflect", "edge", "wrap")},
+    "pad_wrap_wide": ([N("Pad", ["x", "p"], ["y"], mode="wrap")], {"x": X4},
+                      {"p": np.array([0, 1, 7, 2, 0, 2, 1, 8], np.int64)}, 19),   # wider than the input: wraps again
+    "pad_crop_only": ([N("Pad", ["x", "p"], ["y"])], {"x": X4}, {"p": np.array([0, 0, -1, -2, 0, -1, 0, 0], np.int64)},
+                      13),
+    "expand_hw": ([N("Expand", ["x", "s"], ["y"])], {"x": (2, 4, 1, 6)}, {"s": np.array([5, 1], np.int64)}, 13),
+    "expand_full_batch1": ([N("Expand", ["x", "s"], ["y"])], {"x": (2, 1, 5, 1)}, {"s": np.array([1, 4, 1, 6], np.int64)},
+                           13),
+    "expand_shape_of_x": ([N("Shape", ["x"], ["sx"]), N("Gather", ["sx", "i0"], ["n"]), N("Concat", ["n", "s3"], ["s"], axis=0),
+                           N("Expand", ["x", "s"], ["y"])], {"x": (2, 1, 5, 1)},
+                          {"i0": np.array([0], np.int64), "s3": np.array([3, 5, 2], np.int64)}, 13),
+    "expand_keeps_larger": ([N("Expand", ["x", "s"], ["y"])], {"x": X4}, {"s": np.array([1, 1, 1], np.int64)}, 13),
+    "tile": ([N("Tile", ["x", "r"], ["y"])], {"x": X4}, {"r": np.array([1, 2, 1, 3], np.int64)}, 13),
+    "tile_const_into_add": ([N("Tile", ["c", "r"], ["t"]), N("Add", ["x", "t"], ["y"])], {"x": X4},
+                            {"c": rand(1, 4, 5, 2), "r": np.array([1, 1, 1, 3], np.int64)}, 13),
+}
+
 
 def feeds_for(case, inputs):
     feeds = {k: rand(*s) * 2 for k, s in inputs.items()}
@@ -94,7 +114,8 @@ def test_bool_and_index_outputs_match_onnxruntime(case):
     assert m.forward(feeds)["y"].dtype == np.float32
 
 
-EXPORTED = ["ReduceL213_attr", "ReduceProd18_input", "ReduceLogSumExp13_keep0_hw", "Round", "Atan"]
+EXPORTED = ["ReduceL213_attr", "ReduceProd18_input", "ReduceLogSumExp13_keep0_hw", "Round", "Atan",
+            "pad_crop_reflect", "pad_crop_only", "expand_hw", "expand_shape_of_x", "tile"]
 
 
 @pytest.mark.parametrize("case", EXPORTED + sorted(TYPED))
@@ -114,3 +135,26 @@ def test_export_matches_onnxruntime(case, opset):
     np.testing.assert_allclose(got, m.forward(feeds)["y"], rtol=1e-5, atol=1e-6)
     again = cnngraph.onnx.import_onnx(proto)   # and back
     np.testing.assert_array_equal(again.forward(feeds)["y"], m.forward(feeds)["y"])
+
+
+def test_pad_wrap_exports_from_opset_19():
+    nodes, inputs, inits, opset = CASES["pad_crop_wrap"]
+    m = cnngraph.onnx.import_onnx(make_model(nodes, inputs, inits, opset=opset))
+    with pytest.raises(cnngraph.onnx.OnnxError, match="wrap needs --opset 19"):
+        export_onnx(m, opset=18)
+    feeds = feeds_for("pad_crop_wrap", inputs)
+    np.testing.assert_allclose(ort_run(export_onnx(m, opset=19), feeds)["y"], m.forward(feeds)["y"])
+
+
+@pytest.mark.parametrize("nodes, inits, message", [
+    ([N("Expand", ["x", "s"], ["y"])], {"s": np.array([3, 2, 4, 5, 6], np.int64)}, "moves the batch axis"),
+    ([N("Expand", ["x", "s"], ["y"])], {"s": np.array([7, 4, 5, 6], np.int64)}, "expanding the batch axis to 7"),
+    ([N("Tile", ["x", "r"], ["y"])], {"r": np.array([2, 1, 1, 1], np.int64)}, "tiling the batch axis"),
+    ([N("Shape", ["x"], ["sx"]), N("Expand", ["c", "sx"], ["y"])], {"c": rand(1, 4, 5, 6)},
+     "expanding a constant to the batch size"),
+    ([N("ArgMax", ["x"], ["y"])], {}, "searching the batch axis"),
+])
+def test_batch_axis_changes_are_refused_clearly(nodes, inits, message):
+    model = make_model(nodes, {"x": X4}, inits, opset=13)
+    with pytest.raises(cnngraph.onnx.OnnxError, match=message):
+        cnngraph.onnx.import_onnx(model)
