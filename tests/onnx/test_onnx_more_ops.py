@@ -158,3 +158,47 @@ def test_batch_axis_changes_are_refused_clearly(nodes, inits, message):
     model = make_model(nodes, {"x": X4}, inits, opset=13)
     with pytest.raises(cnngraph.onnx.OnnxError, match=message):
         cnngraph.onnx.import_onnx(model)
+
+
+def mask_net(torch):
+    """The ops of this file as PyTorch writes them: an embedding norm, masks, torch.where, softshrink, circular
+    padding, expand/repeat, element-wise math and a segmentation head's argmax."""
+    F = torch.nn.functional
+
+    class MaskNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.shrink = torch.nn.Softshrink(0.3)
+
+        def forward(self, x):
+            h = F.pad(self.conv(x), (1, 1, 1, 1), mode="circular")
+            e = F.normalize(h, dim=1)
+            m = torch.where((h > 0) & ~(h > 0.5), e, self.shrink(h))
+            s = m + torch.floor(h) * 0.1 + torch.sin(h) + torch.atan(h) + torch.round(h) + torch.sign(h)
+            s = s + h.amin(1, keepdim=True) + torch.logsumexp(h, 1, keepdim=True) + h[:, :1].expand(-1, 4, -1, -1)
+            s = s + h.mean(1, keepdim=True).repeat(1, 4, 1, 1)
+            return s, s.argmax(1)
+
+    return MaskNet().eval()
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_torch_export_matches_torch(tmp_path, opset):
+    torch = pytest.importorskip("torch")
+    import warnings
+    net = mask_net(torch)
+    x = torch.randn(2, 3, 8, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(tmp_path / "m.onnx"), dynamo=False, opset_version=opset, input_names=["x"],
+                          output_names=["s", "label"], dynamic_axes={"x": {0: "batch"}})
+    m = cnngraph.onnx.import_onnx(tmp_path / "m.onnx")
+    x = torch.randn(3, 3, 8, 9)
+    with torch.no_grad():
+        want = [t.numpy() for t in net(x)]
+    got = m.forward({"x": x.numpy()})
+    np.testing.assert_allclose(got["s"], want[0], rtol=1e-5, atol=2e-5)
+    np.testing.assert_array_equal(got["label"], want[1])
+    feeds = {"x": x.numpy()}
+    np.testing.assert_allclose(ort_run(export_onnx(m, opset=19), feeds)["s"], got["s"], rtol=1e-5, atol=2e-5)
