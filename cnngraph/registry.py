@@ -41,6 +41,7 @@ DEFAULT_PLUGINS = (
     "cnngraph.plugins.merge",
     "cnngraph.plugins.loss",
     "cnngraph.plugins.tensor", "cnngraph.plugins.lrn", "cnngraph.plugins.resize", "cnngraph.plugins.mathops",
+    "cnngraph.plugins.logic",
     "cnngraph.train.builtins",
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from cnngraph.backend import xp_of
@@ -21,17 +22,45 @@ from cnngraph.plugins.tensor import _Binary, unbroadcast
 
 __all__ = ["Unary", "Maximum", "Minimum", "Pow", "Reduce", "UNARY_FUNCTIONS"]
 
-UNARY_FUNCTIONS = ("sqrt", "exp", "log", "abs", "neg", "reciprocal", "erf")
+def _zero(xp, v):
+    return 0   # piecewise constant (floor, ceil, round, sign): zero gradient almost everywhere, as torch
+
+
+# fn: (forward(xp, x), derivative dy/dx from the saved value, which value it needs: "x" or "y")
+_UNARY = {
+    "sqrt": (lambda xp, x: xp.sqrt(x), lambda xp, y: 0.5 / y, "y"),
+    "exp": (lambda xp, x: xp.exp(x), lambda xp, y: y, "y"),
+    "log": (lambda xp, x: xp.log(x), lambda xp, x: 1 / x, "x"),
+    "abs": (lambda xp, x: xp.abs(x), lambda xp, x: xp.sign(x), "x"),
+    "neg": (lambda xp, x: -x, lambda xp, x: -1, None),
+    "reciprocal": (lambda xp, x: xp.reciprocal(x), lambda xp, y: -y * y, "y"),
+    "erf": (lambda xp, x: erf(x), lambda xp, x: (2 / math.sqrt(math.pi)) * xp.exp(-x * x), "x"),
+    "floor": (lambda xp, x: xp.floor(x), _zero, None),
+    "ceil": (lambda xp, x: xp.ceil(x), _zero, None),
+    "round": (lambda xp, x: xp.round(x), _zero, None),   # halves to even, as ONNX Round and torch.round
+    "sign": (lambda xp, x: xp.sign(x), _zero, None),
+    "sin": (lambda xp, x: xp.sin(x), lambda xp, x: xp.cos(x), "x"),
+    "cos": (lambda xp, x: xp.cos(x), lambda xp, x: -xp.sin(x), "x"),
+    "tan": (lambda xp, x: xp.tan(x), lambda xp, y: 1 + y * y, "y"),
+    "asin": (lambda xp, x: xp.arcsin(x), lambda xp, x: 1 / xp.sqrt(1 - x * x), "x"),
+    "acos": (lambda xp, x: xp.arccos(x), lambda xp, x: -1 / xp.sqrt(1 - x * x), "x"),
+    "atan": (lambda xp, x: xp.arctan(x), lambda xp, x: 1 / (1 + x * x), "x"),
+}
+UNARY_FUNCTIONS = tuple(_UNARY)
+UnaryFn = Literal["sqrt", "exp", "log", "abs", "neg", "reciprocal", "erf", "floor", "ceil", "round", "sign",
+                  "sin", "cos", "tan", "asin", "acos", "atan"]
+assert set(UnaryFn.__args__) == set(_UNARY)
 
 
 class UnaryParams(OpParams):
-    fn: Literal["sqrt", "exp", "log", "abs", "neg", "reciprocal", "erf"] = Field(
-        description="sqrt, exp, log, abs, neg (-x), reciprocal (1 / x) or erf")
+    fn: UnaryFn = Field(description="sqrt, exp, log, abs, neg (-x), reciprocal (1 / x), erf, floor, ceil, round "
+                                    "(halves to even), sign, sin, cos, tan, asin, acos or atan")
 
 
 class Unary(Op):
-    """One element-wise function ``fn`` of the input, as torch.<fn> and ONNX's op of that name. sqrt, log and
-    reciprocal follow IEEE arithmetic outside their domain (NaN, ±inf), as both do."""
+    """One element-wise function ``fn`` of the input, as torch.<fn> and ONNX's op of that name. sqrt, log,
+    reciprocal, asin and acos follow IEEE arithmetic outside their domain (NaN, ±inf), as both do. floor, ceil,
+    round and sign are piecewise constant: their gradient is zero (as torch's), so nothing learns through them."""
 
     type = "unary"
     Params = UnaryParams
@@ -39,44 +68,28 @@ class Unary(Op):
     @classmethod
     def examples(cls):
         positive = {"shape": (3, 4, 4), "low": 0.5, "high": 2.0}
+        inside = {"shape": (2, 5), "low": -0.9, "high": 0.9}   # asin / acos: |x| < 1
         return [({"fn": "sqrt"}, [positive]), ({"fn": "exp"}, [(3, 4, 4)]), ({"fn": "log"}, [positive]),
                 ({"fn": "abs"}, [(7,)]), ({"fn": "neg"}, [(7,)]), ({"fn": "reciprocal"}, [positive]),
-                ({"fn": "erf"}, [(2, 5)])]
+                ({"fn": "erf"}, [(2, 5)]), ({"fn": "floor"}, [(2, 5)]), ({"fn": "ceil"}, [(2, 5)]),
+                ({"fn": "round"}, [(2, 5)]), ({"fn": "sign"}, [(2, 5)]), ({"fn": "sin"}, [(2, 5)]),
+                ({"fn": "cos"}, [(2, 5)]), ({"fn": "tan"}, [inside]), ({"fn": "asin"}, [inside]),
+                ({"fn": "acos"}, [inside]), ({"fn": "atan"}, [(2, 5)])]
 
     def forward(self, ctx, inputs, params):
         x, = inputs
-        xp = xp_of(x)
-        fn = self.p.fn
-        if fn == "neg":
-            return -x
-        if fn == "erf":
-            ctx.save(x=x)
-            return erf(x)
-        if fn in ("log", "abs"):
-            ctx.save(x=x)
-            return xp.log(x) if fn == "log" else xp.abs(x)
-        y = {"sqrt": xp.sqrt, "exp": xp.exp, "reciprocal": xp.reciprocal}[fn](x)
-        ctx.save(y=y)
+        f, _, uses = _UNARY[self.p.fn]
+        y = f(xp_of(x), x)
+        if uses:
+            ctx.save(v=x if uses == "x" else y)
         return y
 
     def backward(self, ctx, gy):
-        fn, s = self.p.fn, ctx.saved
+        _, d, uses = _UNARY[self.p.fn]
         xp = xp_of(gy)
-        t = gy.dtype.type
-        if fn == "neg":
-            return [-gy], {}
-        if fn == "sqrt":
-            return [gy * t(0.5) / s["y"]], {}
-        if fn == "exp":
-            return [gy * s["y"]], {}
-        if fn == "reciprocal":
-            return [-gy * s["y"] * s["y"]], {}
-        if fn == "log":
-            return [gy / s["x"]], {}
-        if fn == "abs":
-            return [gy * xp.sign(s["x"])], {}
-        x = s["x"]   # erf: 2 / √π · exp(-x²)
-        return [gy * (t(2 / math.sqrt(math.pi)) * xp.exp(-x * x))], {}
+        if d is _zero:
+            return [xp.zeros_like(gy)], {}
+        return [gy * d(xp, ctx.saved["v"] if uses else None)], {}
 
     def flops(self, in_shapes, out_shape):
         return math.prod(out_shape)
@@ -167,7 +180,9 @@ class Pow(Op):
 
 
 class ReduceParams(OpParams):
-    op: Literal["mean", "sum", "max"] = "mean"
+    op: Literal["mean", "sum", "max", "min", "prod", "l1", "l2", "sum_square", "log_sum", "log_sum_exp"] = Field(
+        "mean", description="mean, sum, max, min, prod, l1 (sum of |x|), l2 (√(sum of x²)), sum_square, log_sum "
+                            "(log of the sum) or log_sum_exp, as ONNX's Reduce<Op>")
     axes: list[int] = Field(description="axes to reduce, batch included as axis 0 (never reduced); negative "
                                         "counts from the end")
     keepdims: bool = Field(False, description="keep each reduced axis with size 1 (torch's keepdim)")
@@ -180,18 +195,57 @@ class ReduceParams(OpParams):
         return v
 
 
+def _exclusive_prod(x, axes):
+    """For each element, the product of the others in its reduced group (prod's gradient, zeros included)."""
+    xp = xp_of(x)
+    kept = [i for i in range(x.ndim) if i not in axes]
+    moved = xp.transpose(x, kept + list(axes))
+    flat = moved.reshape(moved.shape[:len(kept)] + (-1,))
+    ones = xp.ones(flat.shape[:-1] + (1,), dtype=x.dtype)
+    before = xp.cumprod(xp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
+    after = xp.cumprod(xp.concatenate([ones, flat[..., :0:-1]], axis=-1), axis=-1)[..., ::-1]
+    out = (before * after).reshape(moved.shape)
+    return xp.transpose(out, list(np.argsort(kept + list(axes))))
+
+
+# op: (forward(xp, x, axes) with keepdims, dy/dx from (xp, x, y, axes)); None: mean and sum (no x needed)
+_REDUCE = {
+    "max": (lambda xp, x, a: x.max(axis=a, keepdims=True), None),
+    "min": (lambda xp, x, a: x.min(axis=a, keepdims=True), None),
+    "prod": (lambda xp, x, a: x.prod(axis=a, keepdims=True), lambda xp, x, y, a: _exclusive_prod(x, a)),
+    "l1": (lambda xp, x, a: xp.abs(x).sum(axis=a, keepdims=True), lambda xp, x, y, a: xp.sign(x)),
+    "l2": (lambda xp, x, a: xp.sqrt((x * x).sum(axis=a, keepdims=True)),
+           lambda xp, x, y, a: x / xp.where(y == 0, 1, y)),   # 0 at a zero norm, as torch.linalg.norm
+    "sum_square": (lambda xp, x, a: (x * x).sum(axis=a, keepdims=True), lambda xp, x, y, a: 2 * x),
+    "log_sum": (lambda xp, x, a: xp.log(x.sum(axis=a, keepdims=True)), lambda xp, x, y, a: xp.broadcast_to(xp.exp(-y), x.shape)),
+    "log_sum_exp": (lambda xp, x, a: _log_sum_exp(xp, x, a), lambda xp, x, y, a: xp.exp(x - y)),
+}
+
+
+def _log_sum_exp(xp, x, axes):
+    m = x.max(axis=axes, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)   # all -inf (or an inf) in a group: no shift
+    return m + xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
+
+
 class Reduce(Op):
-    """Mean, sum or max over ``axes`` of each sample, as x.mean / x.sum / x.amax(dim=axes, keepdim=keepdims);
-    CBAM's channel statistics are ``{op: mean, axes: [1], keepdims: true}``. max shares the gradient evenly
-    among tied maxima (as torch.amax)."""
+    """Reduces ``axes`` of each sample by ``op``, as ONNX's Reduce<Op> and x.mean / x.sum / x.amax / x.amin / x.prod /
+    torch.logsumexp(dim=axes, keepdim=keepdims); CBAM's channel statistics are ``{op: mean, axes: [1],
+    keepdims: true}``, F.normalize's norm ``{op: l2, axes: [1], keepdims: true}``. max and min share the gradient
+    evenly among tied extrema (as torch.amax); l2's gradient at a zero norm is 0."""
 
     type = "reduce"
     Params = ReduceParams
 
     @classmethod
     def examples(cls):
+        positive = {"shape": (3, 4), "low": 0.5, "high": 2.0}
         return [({"axes": [1], "keepdims": True}, [(4, 3, 3)]), ({"op": "sum", "axes": [-1, 2]}, [(2, 3, 4)]),
-                ({"op": "max", "axes": [1], "keepdims": True}, [(5, 2, 3)]), ({"op": "max", "axes": [1, 2]}, [(3, 4)])]
+                ({"op": "max", "axes": [1], "keepdims": True}, [(5, 2, 3)]), ({"op": "max", "axes": [1, 2]}, [(3, 4)]),
+                ({"op": "min", "axes": [2]}, [(3, 4)]), ({"op": "prod", "axes": [1, 3]}, [(3, 2, 4)]),
+                ({"op": "l1", "axes": [1]}, [(3, 4)]), ({"op": "l2", "axes": [1], "keepdims": True}, [(4, 3, 3)]),
+                ({"op": "sum_square", "axes": [2]}, [(3, 4)]), ({"op": "log_sum", "axes": [1, 2]}, [positive]),
+                ({"op": "log_sum_exp", "axes": [-1]}, [(2, 3, 4)])]
 
     def _axes(self, rank: int) -> tuple[int, ...]:
         """Reduced axes of a tensor of ``rank`` dimensions (batch included), sorted."""
@@ -214,27 +268,30 @@ class Reduce(Op):
 
     def forward(self, ctx, inputs, params):
         x, = inputs
+        xp = xp_of(x)
         axes = self._axes(x.ndim)
-        if self.p.op == "max":
-            y = x.max(axis=axes, keepdims=True)
-            ctx.save(x=x, y=y)
-        else:
+        if self.p.op in ("mean", "sum"):
             y = x.sum(axis=axes, keepdims=True) if self.p.op == "sum" else x.mean(axis=axes, keepdims=True)
             ctx.save(shape=x.shape)
+        else:
+            y = _REDUCE[self.p.op][0](xp, x, axes)
+            ctx.save(x=x, y=y, shape=x.shape)
         return y if self.p.keepdims else y.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
     def backward(self, ctx, gy):
         s = ctx.saved
         xp = xp_of(gy)
-        shape = s["x"].shape if self.p.op == "max" else s["shape"]
+        shape = s["shape"]
         axes = self._axes(len(shape))
         g = gy.reshape(tuple(1 if i in axes else d for i, d in enumerate(shape)))
-        if self.p.op == "max":
+        if self.p.op in ("max", "min"):
             hit = s["x"] == s["y"]
             return [hit * (g / hit.sum(axis=axes, keepdims=True).astype(gy.dtype))], {}
-        if self.p.op == "mean":
-            g = g / gy.dtype.type(math.prod(shape[i] for i in axes))
-        return [xp.broadcast_to(g, shape).copy()], {}
+        if self.p.op in ("mean", "sum"):
+            if self.p.op == "mean":
+                g = g / gy.dtype.type(math.prod(shape[i] for i in axes))
+            return [xp.broadcast_to(g, shape).copy()], {}
+        return [g * _REDUCE[self.p.op][1](xp, s["x"], s["y"], axes)], {}
 
     def flops(self, in_shapes, out_shape):
         return math.prod(in_shapes[0])

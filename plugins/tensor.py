@@ -1,4 +1,4 @@
-"""General tensor ops: reshape, transpose, slice, broadcasting arithmetic, matmul, pad, clip, constants.
+"""General tensor ops: reshape, transpose, slice, broadcasting arithmetic, matmul, pad, expand, tile, clip, constants.
 
 They exist mostly so that ONNX graphs survive import as trainable specs, but they are ordinary
 ops usable in any spec. Conventions: shapes in ``infer_shape`` are per sample; axes named in
@@ -22,8 +22,8 @@ from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
 
-__all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul", "Pad", "Clip", "Constant",
-           "Identity", "broadcast_shapes", "unbroadcast"]
+__all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul", "Pad", "Expand", "Tile", "Clip",
+           "Constant", "Identity", "broadcast_shapes", "unbroadcast"]
 
 
 def broadcast_shapes(shapes, what: str = "inputs") -> tuple[int, ...]:
@@ -295,8 +295,8 @@ class Transpose(Op):
 class PadParams(OpParams):
     pads: list[tuple[int, int]] = Field(description="[before, after] for each per-sample dimension, channels "
                                                     "included (not the batch): [[0, 0], [1, 1], [1, 1]] pads H and W "
-                                                    "of a (C, H, W) input by 1")
-    mode: Literal["constant", "reflect", "edge"] = "constant"
+                                                    "of a (C, H, W) input by 1; a negative entry crops that many")
+    mode: Literal["constant", "reflect", "edge", "wrap"] = "constant"
     value: float = 0.0
 
     @field_validator("pads", mode="before")
@@ -308,70 +308,171 @@ class PadParams(OpParams):
                              f"[[0, 0], [1, 1], [1, 1]] pads H and W of a (C, H, W) input by 1; found {v}")
         return v
 
-    @field_validator("pads")
-    @classmethod
-    def _nonneg(cls, v):
-        if any(p < 0 for pair in v for p in pair):
-            raise ValueError(f"pads must be >= 0, found {[list(p) for p in v]}")
-        return v
-
 
 class Pad(Op):
-    """Pads each sample: ``constant`` (``value``), ``reflect`` (mirror without the edge) or
-    ``edge`` (repeat the border), as ONNX Pad / numpy.pad."""
+    """Pads each sample: ``constant`` (``value``), ``reflect`` (mirror without the edge), ``edge`` (repeat the
+    border) or ``wrap`` (circular: torch's ``mode="circular"``), as ONNX Pad / numpy.pad. Negative pads crop,
+    before the padding (as ONNX Runtime), so ``reflect`` and ``wrap`` read the cropped tensor."""
 
     type = "pad"
     Params = PadParams
+
+    def _split(self):
+        """(crop, pad) [before, after] pairs per dimension: the negative and the positive parts of ``pads``."""
+        crop = [(max(-b, 0), max(-a, 0)) for b, a in self.p.pads]
+        pad = [(max(b, 0), max(a, 0)) for b, a in self.p.pads]
+        return crop, pad
 
     def infer_shape(self, in_shapes):
         shape = tuple(in_shapes[0])
         if len(self.p.pads) != len(shape):
             raise ShapeError(f"pads names {len(self.p.pads)} dimensions, the input has {len(shape)} per sample {shape}")
-        for d, (b, a) in zip(shape, self.p.pads):
-            if self.p.mode == "reflect" and max(b, a) > d - 1:
-                raise ShapeError(f"reflect padding ({b}, {a}) needs a dimension larger than the pad, found {d}")
+        crop, pad = self._split()
+        for d, (cb, ca), (b, a) in zip(shape, crop, pad):
+            if d - cb - ca < 1:
+                raise ShapeError(f"negative pads ({-cb}, {-ca}) crop away all {d} values of a dimension")
+            if self.p.mode == "reflect" and max(b, a) > d - cb - ca - 1:
+                raise ShapeError(f"reflect padding ({b}, {a}) needs a dimension larger than the pad, found "
+                                 f"{d - cb - ca}")
         return tuple(d + b + a for d, (b, a) in zip(shape, self.p.pads))
 
     def _index(self, size, b, a):
         i = np.arange(-b, size + a)
         if self.p.mode == "edge":
             return np.clip(i, 0, size - 1)
+        if self.p.mode == "wrap":
+            return i % size
         i = np.abs(i)   # reflect
         return np.where(i > size - 1, 2 * (size - 1) - i, i)
+
+    @staticmethod
+    def _crop_key(shape, crop):
+        return (slice(None),) + tuple(slice(b, d - a) for d, (b, a) in zip(shape[1:], crop))
 
     def forward(self, ctx, inputs, params):
         x, = inputs
         xp = xp_of(x)
-        width = [(0, 0)] + [tuple(p) for p in self.p.pads]
+        crop, pad = self._split()
         ctx.save(shape=x.shape)
+        x = x[self._crop_key(x.shape, crop)]
+        width = [(0, 0)] + pad
         if self.p.mode == "constant":
             return xp.pad(x, width, mode="constant", constant_values=x.dtype.type(self.p.value))
-        return xp.pad(x, width, mode="reflect" if self.p.mode == "reflect" else "edge")
+        return xp.pad(x, width, mode=self.p.mode)
 
     def backward(self, ctx, gy):
         shape = ctx.saved["shape"]
+        crop, pad = self._split()
+        cropped = (shape[0],) + tuple(d - b - a for d, (b, a) in zip(shape[1:], crop))
         xp = xp_of(gy)
         if self.p.mode == "constant":
-            idx = (slice(None),) + tuple(slice(b, b + d) for d, (b, _) in zip(shape[1:], self.p.pads))
-            return [gy[idx]], {}
-        g = gy
-        for axis, (d, (b, a)) in enumerate(zip(shape[1:], self.p.pads), start=1):
-            if b == 0 and a == 0:
-                continue
-            idx = self._index(d, b, a)
-            out_shape = list(g.shape)
-            out_shape[axis] = d
-            acc = xp.zeros(out_shape, dtype=g.dtype)
-            moved = xp.moveaxis(acc, axis, 0)
-            xp.add.at(moved, xp.asarray(idx), xp.moveaxis(g, axis, 0))
-            g = acc
-        return [g], {}
+            g = gy[(slice(None),) + tuple(slice(b, b + d) for d, (b, _) in zip(cropped[1:], pad))]
+        else:
+            g = gy
+            for axis, (d, (b, a)) in enumerate(zip(cropped[1:], pad), start=1):
+                if b == 0 and a == 0:
+                    continue
+                idx = self._index(d, b, a)
+                out_shape = list(g.shape)
+                out_shape[axis] = d
+                acc = xp.zeros(out_shape, dtype=g.dtype)
+                moved = xp.moveaxis(acc, axis, 0)
+                xp.add.at(moved, xp.asarray(idx), xp.moveaxis(g, axis, 0))
+                g = acc
+        if not any(b or a for b, a in crop):
+            return [g], {}
+        dx = xp.zeros(shape, dtype=gy.dtype)   # the cropped values get no gradient
+        dx[self._crop_key(shape, crop)] = g
+        return [dx], {}
 
     @classmethod
     def examples(cls):
         return [({"pads": [[0, 0], [1, 2], [2, 1]]}, [(2, 4, 5)]),
                 ({"pads": [[0, 0], [1, 2], [2, 1]], "mode": "reflect"}, [(2, 4, 5)]),
-                ({"pads": [[1, 0], [0, 2]], "mode": "edge"}, [(3, 4)])]
+                ({"pads": [[1, 0], [0, 2]], "mode": "edge"}, [(3, 4)]),
+                ({"pads": [[0, 0], [3, 1], [7, 2]], "mode": "wrap"}, [(2, 4, 5)]),
+                ({"pads": [[-1, 1], [2, -2]], "mode": "reflect"}, [(4, 6)]),
+                ({"pads": [[0, -1], [-2, 3]], "value": 0.5}, [(3, 5)])]
+
+
+class ExpandParams(OpParams):
+    shape: list[int] = Field(description="per-sample shape to broadcast to (batch excluded), with NumPy's rules "
+                                         "(aligned right; a 1 keeps the input's size), as torch's x.expand")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v):
+        if any(d < 1 for d in v):
+            raise ValueError(f"every dimension must be >= 1, found {v}")
+        return v
+
+
+class Expand(Op):
+    """Broadcasts each sample to ``shape`` (ONNX Expand, which also keeps a larger input dimension where
+    ``shape`` says 1); extra leading dimensions go after the batch. The gradient sums over the copies."""
+
+    type = "expand"
+    Params = ExpandParams
+
+    @classmethod
+    def examples(cls):
+        return [({"shape": [3, 4, 5]}, [(3, 1, 5)]), ({"shape": [2, 1, 4]}, [(3, 1)])]
+
+    def infer_shape(self, in_shapes):
+        return broadcast_shapes([in_shapes[0], tuple(self.p.shape)], "expand input and shape")
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        out = self.infer_shape([x.shape[1:]])
+        ctx.save(shape=x.shape)
+        return xp.ascontiguousarray(xp.broadcast_to(_expand(x, len(out)), (x.shape[0],) + out))
+
+    def backward(self, ctx, gy):
+        return [unbroadcast(gy, ctx.saved["shape"])], {}
+
+
+class TileParams(OpParams):
+    repeats: list[int] = Field(description="how many copies along each per-sample dimension (batch excluded), "
+                                           "as torch's x.repeat(1, *repeats)")
+
+    @field_validator("repeats")
+    @classmethod
+    def _positive(cls, v):
+        if any(r < 1 for r in v):
+            raise ValueError(f"every repeat must be >= 1, found {v}")
+        return v
+
+
+class Tile(Op):
+    """Repeats each sample ``repeats[i]`` times along dimension i (ONNX Tile, numpy.tile). The gradient sums
+    over the copies."""
+
+    type = "tile"
+    Params = TileParams
+
+    @classmethod
+    def examples(cls):
+        return [({"repeats": [1, 2, 3]}, [(2, 3, 2)]), ({"repeats": [3]}, [(4,)])]
+
+    def infer_shape(self, in_shapes):
+        shape = tuple(in_shapes[0])
+        if len(self.p.repeats) != len(shape):
+            raise ShapeError(f"repeats names {len(self.p.repeats)} dimensions, the input has {len(shape)} per "
+                             f"sample {shape}")
+        return tuple(d * r for d, r in zip(shape, self.p.repeats))
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        ctx.save(shape=x.shape)
+        return xp_of(x).tile(x, (1, *self.p.repeats))
+
+    def backward(self, ctx, gy):
+        shape = ctx.saved["shape"]
+        # (N, r1·d1, r2·d2, …) → (N, r1, d1, r2, d2, …), summed over the r axes
+        split = (shape[0],) + tuple(v for r, d in zip(self.p.repeats, shape[1:]) for v in (r, d))
+        g = gy.reshape(split).sum(axis=tuple(range(1, 2 * len(self.p.repeats), 2)))
+        return [g], {}
 
 
 class ClipParams(OpParams):
@@ -548,5 +649,6 @@ class Identity(Op):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (Reshape, Transpose, Slice, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Clip, Constant, Identity):
+    for op in (Reshape, Transpose, Slice, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Expand, Tile, Clip, Constant,
+               Identity):
         registry.add(op)

@@ -15,6 +15,7 @@ from typing import Any, Union
 import numpy as np
 
 from .common import OnnxError, register_once, require_onnx
+from .import_ops import COMPARE, LOGICAL, REDUCE, UNARY
 
 __all__ = ["spec_to_onnx", "export_onnx", "EXPORTERS", "MIN_OPSET"]
 
@@ -93,8 +94,13 @@ _ONE_NODE = {
 }
 
 
-_UNARY = {"sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "neg": "Neg", "reciprocal": "Reciprocal",
-          "erf": "Erf"}
+def _onnx_names(table: dict) -> dict:
+    """Invert an importer table (ONNX op → cnngraph name)."""
+    return {v: k for k, v in table.items()}
+
+
+_UNARY = _onnx_names(UNARY)
+_REDUCE = _onnx_names(REDUCE)
 
 
 @exports(*_ONE_NODE)
@@ -116,8 +122,8 @@ def _pow(c, lid, op, ins, attrs):
 
 @exports("reduce")
 def _reduce(c, lid, op, ins, attrs):
-    """ReduceSum takes its axes as an input from opset 13, ReduceMean and ReduceMax from opset 18."""
-    onnx_op = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax"}[op.p.op]
+    """ReduceSum takes its axes as an input from opset 13, the other Reduce ops from opset 18."""
+    onnx_op = _REDUCE[op.p.op]
     axes = list(op._axes(len(attrs["in_shapes"][0]) + 1))
     if onnx_op == "ReduceSum" or c.opset >= 18:
         c.node(onnx_op, [ins[0], c.const(lid, "axes", np.array(axes, np.int64))], [lid], lid,
@@ -125,6 +131,47 @@ def _reduce(c, lid, op, ins, attrs):
     else:
         c.node(onnx_op, ins, [lid], lid, axes=axes, keepdims=int(op.p.keepdims))
     return lid
+
+
+def _to_float(c, lid, make) -> str:
+    """``make(out)`` writes a bool or int64 tensor to ``out``; Cast it to the float 0/1 or index cnngraph holds."""
+    from onnx import TensorProto
+    make(f"{lid}::raw")
+    c.node("Cast", [f"{lid}::raw"], [lid], f"{lid}::float", to=TensorProto.FLOAT)
+    return lid
+
+
+def _to_bool(c, lid, name: str, i: int) -> str:
+    from onnx import TensorProto
+    c.node("Cast", [name], [f"{lid}::b{i}"], f"{lid}::bool{i}", to=TensorProto.BOOL)
+    return f"{lid}::b{i}"
+
+
+@exports("compare")
+def _compare(c, lid, op, ins, attrs):
+    ins = _align_ranks(c, lid, ins, attrs)
+    return _to_float(c, lid, lambda out: c.node(_onnx_names(COMPARE)[op.p.op], ins, [out], lid))
+
+
+@exports("logical")
+def _logical(c, lid, op, ins, attrs):
+    ins = [_to_bool(c, lid, name, i) for i, name in enumerate(_align_ranks(c, lid, ins, attrs))]
+    return _to_float(c, lid, lambda out: c.node(_onnx_names(LOGICAL)[op.p.op], ins, [out], lid))
+
+
+@exports("where")
+def _where(c, lid, op, ins, attrs):
+    cond, a, b = _align_ranks(c, lid, ins, attrs)
+    c.node("Where", [_to_bool(c, lid, cond, 0), a, b], [lid], lid)
+    return lid
+
+
+@exports("argmax", "argmin")
+def _arg_extremum(c, lid, op, ins, attrs):
+    p = op.p
+    return _to_float(c, lid, lambda out: c.node("ArgMax" if op.type == "argmax" else "ArgMin", ins, [out], lid,
+                                                 axis=op._axis(len(attrs["in_shapes"][0]) + 1),
+                                                 keepdims=int(p.keepdims), select_last_index=int(p.select_last_index)))
 
 
 @exports("layer_norm")
@@ -394,7 +441,24 @@ def _pad(c, lid, op, ins, attrs):
     inputs = [ins[0], c.const(lid, "pads", np.array(pads, np.int64))]
     if op.p.mode == "constant" and op.p.value:
         inputs.append(c.const(lid, "value", np.array(op.p.value, np.float32)))
+    if op.p.mode == "wrap" and c.opset < 19:
+        raise OnnxError(f"layer '{lid}': pad mode wrap needs --opset 19 or newer (ONNX Pad has it from opset 19)")
     c.node("Pad", inputs, [lid], lid, mode=op.p.mode)
+    return lid
+
+
+@exports("expand")
+def _expand(c, lid, op, ins, attrs):
+    # the input's batch size, then the per-sample shape (ONNX aligns right, a 1 keeps the other side's size)
+    shape = c.const(lid, "shape", np.array([1, *op.p.shape], np.int64))
+    c.node("Expand", [_align_ranks(c, lid, ins, {"in_shapes": [attrs["in_shapes"][0], op.p.shape]})[0], shape],
+           [lid], lid)
+    return lid
+
+
+@exports("tile")
+def _tile(c, lid, op, ins, attrs):
+    c.node("Tile", [ins[0], c.const(lid, "repeats", np.array([1, *op.p.repeats], np.int64))], [lid], lid)
     return lid
 
 

@@ -198,7 +198,7 @@ def matmul(imp, node, a):
     rank = 1 + max(len(av.shape) if isinstance(av, Dyn) else av.ndim - 1,
                    len(bv.shape) if isinstance(bv, Dyn) else bv.ndim - 1)
     # a constant multiplied into a computed tensor is a weight, whatever the exporter named it (onnx::MatMul_82)
-    weight = [n in imp.initializers or n in imp.params for n in node.input[:2]]
+    weight = [(n in imp.initializers or n in imp.params) or None for n in node.input[:2]]
     return [imp.emit("matmul", _operands(imp, node.input[:2], rank, weight))]
 
 
@@ -474,6 +474,8 @@ def identity(imp, node, a):
 def cast(imp, node, a):
     from onnx import TensorProto
     to = a.get("to")
+    if _exact_cast(imp, imp.get(node.input[0]), to):
+        return [imp.get(node.input[0])]
     if to not in (TensorProto.FLOAT, TensorProto.DOUBLE):   # float32 holds float64's values as cnngraph computes
         name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else str(to)
         why = "rounds to float16's precision" if to in (TensorProto.FLOAT16, TensorProto.BFLOAT16) else \
@@ -486,6 +488,29 @@ def cast(imp, node, a):
             raise imp.fail(f"input '{node.input[0]}' is int64 and also used uncast; not supported")
         del imp.spec_inputs[x.id]["dtype"]
     return [x]
+
+
+INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+
+
+def _values_kind(imp, x) -> str:
+    """'bool' for a layer output that is 0.0 or 1.0 (comparisons, logic), 'int' for one of whole numbers (indices,
+    floor, round, ...), else 'float'."""
+    layer = imp.by_id.get(x.id, {}) if isinstance(x, Dyn) else {}
+    if layer.get("type") in ("compare", "logical"):
+        return "bool"
+    if layer.get("type") in ("argmax", "argmin") or layer.get("fn") in ("floor", "ceil", "round", "sign"):
+        return "int"
+    return "float"
+
+
+def _exact_cast(imp, x, to) -> bool:
+    """Whether casting layer output ``x`` to ONNX type ``to`` keeps its values (cnngraph holds booleans and
+    indices as floats): to bool from a comparison, to an integer type from booleans or whole numbers."""
+    from onnx import TensorProto
+    name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else ""
+    kind = _values_kind(imp, x)
+    return (name == "BOOL" and kind == "bool") or (name in INT_TYPES and kind in ("bool", "int"))
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
@@ -511,14 +536,14 @@ def binary(imp, node, a):
 
 def _operands(imp, names, rank, trainable=None):
     """Layer outputs for the inputs ``names``; constants take their batch size from a computed one (and are
-    trainable as ``trainable`` says per input, by default as :func:`is_parameter_name` does)."""
+    trainable as ``trainable`` says per input: True, False, or None for as :func:`is_parameter_name` does)."""
     vals = [imp.get(n) for n in names]
     like = next((v for v in vals if isinstance(v, Dyn)), None)
     if rank > max(_rank(v) for v in vals if isinstance(v, Dyn)):
         raise imp.fail(f"a constant of rank {rank} broadcasts a computed tensor of rank "
                        f"{max(_rank(v) for v in vals if isinstance(v, Dyn))} to a higher rank, which moves its batch "
                        f"axis; not supported")
-    return [imp.dyn_of(n, rank, like, t or None) for n, t in zip(names, trainable or [None] * len(names))]
+    return [imp.dyn_of(n, rank, like, t) for n, t in zip(names, trainable or [None] * len(names))]
 
 
 def _fuse_bias(imp, node, av, bv):
@@ -847,10 +872,8 @@ def pad(imp, node, a):
         raise imp.fail(f"pads has {len(pads)} entries, expected {2 * rank}")
     if pads[0] or pads[rank]:
         raise imp.fail("padding the batch axis is not supported")
-    if any(p < 0 for p in pads):
-        raise imp.fail("negative pads (cropping) are not supported")
-    if mode not in ("constant", "reflect", "edge"):
-        raise imp.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge are)")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise imp.fail(f"pad mode {mode!r} is not supported (constant, reflect, edge, wrap are)")
     if not any(pads):
         return [x]
     params = {"pads": [[pads[i], pads[rank + i]] for i in range(1, rank)]}
@@ -859,6 +882,45 @@ def pad(imp, node, a):
     if value:
         params["value"] = value
     return [imp.emit("pad", [x], params)]
+
+
+@handles("Expand")
+def expand(imp, node, a):
+    """Broadcasting after the batch axis (ONNX's bidirectional rule: a 1 in the shape keeps the input's size)."""
+    x, target = imp.get(node.input[0]), [int(d) for d in imp.const(node.input[1], "shape")]
+    if isinstance(x, np.ndarray):
+        if node.input[1] in imp.alt:
+            raise imp.fail("expanding a constant to the batch size (a shape computed with Shape) is not supported")
+        return imp.fold(node)
+    full = [BATCH, *x.shape]
+    if len(target) > len(full):
+        raise imp.fail(f"expanding per-sample shape {x.shape} to the higher rank of {target} moves the batch axis; "
+                       f"not supported")
+    if len(target) == len(full) and target[0] not in (1, BATCH, imp.declared_batch):
+        raise imp.fail(f"expanding the batch axis to {target[0]} is not supported")
+    rest = target[1:] if len(target) == len(full) else target
+    if any(d % BATCH == 0 for d in rest):
+        raise imp.fail(f"shape {target} uses the batch size after the batch axis; not supported")
+    out = [d if t == 1 else t for d, t in zip(x.shape[len(x.shape) - len(rest):], rest)]
+    if tuple(x.shape[:len(x.shape) - len(rest)]) + tuple(out) == tuple(x.shape):
+        return [x]
+    return [imp.emit("expand", [x], {"shape": rest})]
+
+
+expand.prefers_handler = True   # a constant expanded to Shape(x)'s batch size must not fold (nor fill memory)
+
+
+@handles("Tile")
+def tile(imp, node, a):
+    x = imp.dyn_of(node.input[0])
+    repeats = [int(r) for r in imp.const(node.input[1], "repeats")]
+    if len(repeats) != len(x.shape) + 1:
+        raise imp.fail(f"repeats {repeats} name {len(repeats)} axes, the input has {len(x.shape) + 1}")
+    if repeats[0] != 1:
+        raise imp.fail(f"tiling the batch axis ({repeats[0]} times) is not supported")
+    if all(r == 1 for r in repeats):
+        return [x]
+    return [imp.emit("tile", [x], {"repeats": repeats[1:]})]
 
 
 @handles("Gather")
@@ -871,23 +933,34 @@ def const_ops(imp, node, a):   # only reached with dynamic inputs
     raise imp.fail("the shape must be known at import time")
 
 
-@handles("ReduceMean", "ReduceMax", "ReduceSum")
+REDUCE = {"ReduceMean": "mean", "ReduceMax": "max", "ReduceSum": "sum", "ReduceMin": "min", "ReduceProd": "prod",
+          "ReduceL1": "l1", "ReduceL2": "l2", "ReduceSumSquare": "sum_square", "ReduceLogSum": "log_sum",
+          "ReduceLogSumExp": "log_sum_exp"}
+REDUCE_NONE = {"l1": ("unary", {"fn": "abs"}), "l2": ("unary", {"fn": "abs"}), "log_sum": ("unary", {"fn": "log"}),
+               "sum_square": ("pow", {"exponent": 2.0})}   # each value reduced alone
+
+
+@handles(*REDUCE)
 def reduce(imp, node, a):
     """Mean / max over H and W of an (N, C, H, W) tensor (``x.mean([2, 3])`` in ShuffleNet and MobileNetV2) as a
-    global pooling; any other reduction that keeps the batch axis (CBAM's ``x.mean(1, keepdim=True)``) as ``reduce``."""
+    global pooling; any other reduction that keeps the batch axis (CBAM's ``x.mean(1, keepdim=True)``, F.normalize's
+    ReduceL2 over the channels) as ``reduce``. The axes are an attribute, or an input from opset 18 (ReduceSum: 13)."""
     x = imp.dyn_of(node.input[0])
     axes = a.get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = [int(v) for v in imp.const(node.input[1], "axes")]
+    kind = REDUCE[node.op_type]
     if not axes and a.get("noop_with_empty_axes", 0):
+        if kind in REDUCE_NONE:   # no axes still applies the element-wise part, as ONNX Runtime and onnx.reference do
+            type_, params = REDUCE_NONE[kind]
+            return [imp.emit(type_, [x], params)]
         return [x]
     rank = len(x.shape) + 1
     axes = sorted({int(ax) % rank for ax in axes}) if axes else list(range(rank))
     if 0 in axes:
         raise imp.fail(f"reducing over the batch axis is not supported (axes {axes} of a rank-{rank} tensor)")
     keep = bool(a.get("keepdims", 1))
-    kind = {"ReduceMean": "mean", "ReduceMax": "max", "ReduceSum": "sum"}[node.op_type]
-    if rank == 4 and axes == [2, 3] and kind != "sum":
+    if rank == 4 and axes == [2, 3] and kind in ("mean", "max"):
         pool = "global_avg_pool2d" if kind == "mean" else "global_max_pool2d"
         if keep:
             return [imp.emit(pool, [x])]
@@ -899,12 +972,48 @@ def reduce(imp, node, a):
 
 # ---- element-wise math --------------------------------------------------------------------------
 UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Abs": "abs", "Neg": "neg", "Reciprocal": "reciprocal",
-         "Erf": "erf"}
+         "Erf": "erf", "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign", "Sin": "sin", "Cos": "cos",
+         "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan"}
 
 
 @handles(*UNARY)
 def unary(imp, node, a):
     return [imp.emit("unary", [imp.dyn_of(node.input[0])], {"fn": UNARY[node.op_type]})]
+
+
+COMPARE = {"Greater": "greater", "Less": "less", "Equal": "equal", "GreaterOrEqual": "greater_or_equal",
+           "LessOrEqual": "less_or_equal"}
+LOGICAL = {"And": "and", "Or": "or", "Xor": "xor", "Not": "not"}
+
+
+@handles(*COMPARE, *LOGICAL)
+def compare(imp, node, a):
+    """Comparisons and logic give 1.0 / 0.0 in the model's dtype (see plugins/logic.py); constants compared with
+    (thresholds, masks) stay fixed."""
+    rank = max(_rank(imp.get(n)) for n in node.input)
+    ops = _operands(imp, node.input, rank, [False] * len(node.input))
+    type_ = "compare" if node.op_type in COMPARE else "logical"
+    return [imp.emit(type_, ops, {"op": (COMPARE | LOGICAL)[node.op_type]})]
+
+
+@handles("Where")
+def where(imp, node, a):
+    rank = max(_rank(imp.get(n)) for n in node.input)
+    return [imp.emit("where", _operands(imp, node.input, rank, [False, None, None]))]
+
+
+@handles("ArgMax", "ArgMin")
+def arg_extremum(imp, node, a):
+    """The index as a float in the model's dtype (ONNX's is int64; equal values)."""
+    x = imp.dyn_of(node.input[0])
+    rank = len(x.shape) + 1
+    axis = int(a.get("axis", 0))
+    if axis % rank == 0:
+        raise imp.fail(f"searching the batch axis (axis {axis}) is not supported")
+    params = ({"axis": axis % rank} if axis % rank != 1 else {}) | ({"keepdims": True} if a.get("keepdims", 1) else {})
+    if a.get("select_last_index", 0):
+        params["select_last_index"] = True
+    return [imp.emit(node.op_type.lower(), [x], params)]
 
 
 @handles("Max", "Min")
