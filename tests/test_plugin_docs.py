@@ -34,3 +34,9 @@ def test_the_documented_training_components_train_a_spec(fresh, tmp_path):
         set(reg.optimizers) | set(reg.schedules) | set(reg.datasets) | set(reg.augmentations))
     # the spec's data options reached the loader (n_samples: 300), and the plugin optimizer ran
     assert "(stripes, 300 images)" in log.getvalue() and "sign_sgd lr 0.01" in log.getvalue(), log.getvalue()
+
+
+def test_the_bundled_example_files_are_the_documented_blocks():
+    examples = DOCS.parent.parent / "specs" / "examples"
+    assert (examples / "my_training.py").read_text(encoding="utf-8") == "\n\n".join(_blocks("python"))
+    assert (examples / "uses_my_training.yaml").read_text(encoding="utf-8") == _blocks("yaml")[0]

@@ -391,8 +391,12 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
     return 0
 
 
+MASK_PNG_MIN_SIDE = 128
+
+
 def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int) -> list[Path]:
-    """masks.npy plus one palette PNG per input (class k in colour k of tab20; class 0 black)."""
+    """masks.npy plus one palette PNG per input (class k in colour k of tab20; class 0 black), enlarged by a
+    whole factor to at least MASK_PNG_MIN_SIDE pixels on its shorter side (masks.npy keeps the model's size)."""
     import re
 
     import matplotlib
@@ -415,5 +419,8 @@ def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int)
                                 f"was written")
         img.putpalette(palette)
         paths.append(folder / f"{i:04d}_{stem}.mask.png")
+        zoom = -(-MASK_PNG_MIN_SIDE // min(m.shape))   # whole pixels per mask pixel, so small masks can be seen
+        if zoom > 1:
+            img = img.resize((m.shape[1] * zoom, m.shape[0] * zoom), Image.NEAREST)
         img.save(paths[-1])
     return paths

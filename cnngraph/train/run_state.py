@@ -375,5 +375,5 @@ def schedule_change_note(schedule, kind: str, saved: dict, st, done: int, steps:
     if same:
         return None
     return (f"note: the '{kind}' learning-rate schedule depends on the number of epochs; epochs 1-{done} ran "
-            f"under a {old}-epoch schedule, so these {st.epochs} epochs will not equal a straight "
+            f"on a schedule for {old} epochs, so these {st.epochs} epochs will not equal a straight "
             f"{st.epochs}-epoch run (resuming an interrupted run with its own epoch count does)")

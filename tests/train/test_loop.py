@@ -427,7 +427,7 @@ def test_resume_with_more_epochs_notes_an_epoch_dependent_schedule(tmp_path):
     run(tiny_spec(augment=[], epochs=2), tmp_path, "cos")
     stream = io.StringIO()
     cnngraph.train(tiny_spec(augment=[], epochs=2), resume=tmp_path / "cos", epochs=4, stream=stream)
-    assert "'cosine' learning-rate schedule depends on the number of epochs; epochs 1-2 ran under a 2-epoch" \
+    assert "'cosine' learning-rate schedule depends on the number of epochs; epochs 1-2 ran on a schedule for 2 epochs" \
         in stream.getvalue()
     # a constant schedule does not depend on it: no note (test_resume_extends_a_finished_run checks equality)
     spec = tiny_spec(augment=[], epochs=2, schedule={"type": "constant"})

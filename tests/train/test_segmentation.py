@@ -133,8 +133,9 @@ def test_train_evaluate_predict_segmentation_from_the_cli(tmp_path, capsys):
     pngs = sorted(masks.glob("*.mask.png"))
     assert len(pngs) == 3
     with Image.open(pngs[0]) as im:
-        assert im.mode == "P" and im.size == (8, 8)
-        np.testing.assert_array_equal(np.asarray(im), expected[0])
+        # enlarged 16x (8 -> 128 pixels) by repeating each mask pixel, so that it can be seen
+        assert im.mode == "P" and im.size == (128, 128)
+        np.testing.assert_array_equal(np.asarray(im), expected[0].repeat(16, axis=0).repeat(16, axis=1))
 
 
 def test_segmentation_needs_per_pixel_scores_and_iou_needs_masks(tmp_path):
