@@ -355,10 +355,13 @@ class Pad(Op):
         crop, pad = self._split()
         ctx.save(shape=x.shape)
         x = x[self._crop_key(x.shape, crop)]
-        width = [(0, 0)] + pad
         if self.p.mode == "constant":
-            return xp.pad(x, width, mode="constant", constant_values=x.dtype.type(self.p.value))
-        return xp.pad(x, width, mode=self.p.mode)
+            return xp.pad(x, [(0, 0)] + pad, mode="constant", constant_values=x.dtype.type(self.p.value))
+        # Gathers by the same indices backward scatters to (CuPy's pad "wrap" is wrong for pads wider than the axis).
+        for axis, (b, a) in enumerate(pad, start=1):
+            if b or a:
+                x = xp.take(x, xp.asarray(self._index(x.shape[axis], b, a)), axis=axis)
+        return x
 
     def backward(self, ctx, gy):
         shape = ctx.saved["shape"]
