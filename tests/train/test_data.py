@@ -500,6 +500,10 @@ def test_npz_floats_outside_eight_bit_range_are_kept(tmp_path):
     unit = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u.npz", x=np.abs(x) / 100, y=y)),
                                    normalize="none", val_fraction=0), (1, 4, 4))
     assert unit.notes == [] and np.allclose(unit.train[0], np.abs(x) / 100)
+    over = np.clip(RNG.random((20, 1, 4, 4)) * 1.05, 0, None).astype(np.float32)   # [0, 1] data overshooting a little
+    kept = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "o.npz", x=over, y=y)),
+                                   normalize="none", val_fraction=0), (1, 4, 4))
+    assert over.max() > 1 and kept.notes == [] and np.allclose(kept.train[0], over)
 
 
 def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):

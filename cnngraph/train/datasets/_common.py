@@ -83,13 +83,14 @@ def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
 
 def looks_8bit(arr: np.ndarray) -> bool:
     """Whether non-uint8 numbers are 8-bit pixel values: integers or floats, all within [0, 255], with
-    a maximum above 1. Such data (uint8 images saved as float or int64) is scaled by 1/255 like uint8,
+    a maximum of 2 or more (so that [0, 1] data overshooting a little, as interpolation does, stays [0, 1]
+    data). Such data (uint8 images saved as float or int64) is scaled by 1/255 like uint8,
     so that it is in the same units as the images ``predict`` reads in [0, 1]. Fractions are allowed
     (resized 0..255 images have them); data with negative values (already standardised) is not 8-bit."""
     if arr.dtype == np.uint8 or arr.dtype.kind not in "iuf" or arr.size == 0:
         return False
     lo, hi = float(np.min(arr)), float(np.max(arr))
-    return 0.0 <= lo and 1.0 < hi <= 255.0
+    return 0.0 <= lo and 2.0 <= hi <= 255.0
 
 
 def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
