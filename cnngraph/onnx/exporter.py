@@ -485,6 +485,12 @@ def _slice(c, lid, op, ins, attrs):
     return lid
 
 
+@exports("take")
+def _take(c, lid, op, ins, attrs):
+    # a 0-d initializer for a single int: ONNX Gather then removes the axis, as take does
+    c.node("Gather", [ins[0], c.const(lid, "indices", np.array(op.p.indices, np.int64))], [lid], lid, axis=op.p.axis)
+    return lid
+
 @exports("clip")
 def _clip(c, lid, op, ins, attrs):
     inputs = [ins[0], c.const(lid, "min", np.array(op.p.min, np.float32)) if op.p.min is not None else ""]

@@ -925,7 +925,17 @@ def tile(imp, node, a):
 
 @handles("Gather")
 def gather(imp, node, a):
-    raise imp.fail("Gather on a computed tensor is not supported (only constant Gathers are folded)")
+    if not isinstance(imp.get(node.input[1]), np.ndarray):
+        raise imp.fail("Gather with computed indices (an embedding lookup) is not supported; only constant indices")
+    x = imp.dyn_of(node.input[0])
+    idx = imp.const(node.input[1], "indices")
+    axis = int(a.get("axis", 0)) % (len(x.shape) + 1)
+    if axis == 0:
+        raise imp.fail("Gather along the batch axis (picking samples) is not supported")
+    if idx.ndim > 1:
+        raise imp.fail(f"indices of shape {idx.shape} are not supported (only a scalar or a 1-D list)")
+    indices = int(idx) if idx.ndim == 0 else [int(i) for i in idx]
+    return [imp.emit("take", [x], {"axis": axis, "indices": indices})]
 
 
 @handles("ConstantOfShape", "Constant")
