@@ -218,7 +218,8 @@ def _conv_transpose(c, lid, op, ins, attrs):
     p = op.p
     inputs = [ins[0], c.weight(lid, "weight")] + ([c.weight(lid, "bias")] if p.bias else [])
     c.node("ConvTranspose", inputs, [lid], lid, kernel_shape=list(p.kernel_size), strides=list(p.stride),
-           pads=_pads_onnx(op._pads()), dilations=list(p.dilation), output_padding=list(p.output_padding))
+           pads=_pads_onnx(op._pads()), dilations=list(p.dilation), output_padding=list(p.output_padding),
+           group=p.groups)
     return lid
 
 
