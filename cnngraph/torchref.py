@@ -63,7 +63,7 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         pad = layer.get("padding", 0)
         y = F.conv_transpose2d(t[0], p["weight"], p.get("bias"), layer.get("stride", 1),
                                0 if isinstance(pad, (list, tuple)) and len(pad) == 4 else pad,
-                               layer.get("output_padding", 0), 1, layer.get("dilation", 1))
+                               layer.get("output_padding", 0), layer.get("groups", 1), layer.get("dilation", 1))
         if isinstance(pad, (list, tuple)) and len(pad) == 4:      # torch pads symmetrically: crop the rest
             top, bottom, left, right = pad
             y = y[:, :, top:y.shape[2] - bottom, left:y.shape[3] - right]

@@ -123,13 +123,14 @@ class ConvTranspose2dParams(OpParams):
     padding: Padding = (0, 0)
     output_padding: NonNegativePair = (0, 0)
     dilation: IntPair = (1, 1)
+    groups: int = Field(1, ge=1)
     bias: bool = True
     init: InitScheme = "pytorch"
 
 
 class ConvTranspose2d(Op):
     """Transposed 2-D convolution (the gradient of conv2d with respect to its input), NCHW, weights
-    (C_in, C_out, kH, kW) as torch.nn.ConvTranspose2d (groups 1): output (H - 1) * stride - pad_top -
+    (C_in, C_out/groups, kH, kW) as torch.nn.ConvTranspose2d: output (H - 1) * stride - pad_top -
     pad_bottom + dilation * (kH - 1) + output_padding + 1. Decoders and upsampling; ONNX ConvTranspose.
     Computed as a stride-1 conv2d of the zero-interleaved input with the flipped kernels (so it costs
     stride² times the multiply-adds of a direct kernel), cropped by the padding."""
@@ -142,7 +143,8 @@ class ConvTranspose2d(Op):
     def examples(cls):
         return [({"out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}, [(4, 4, 4)]),
                 ({"out_channels": 2, "kernel_size": [2, 3], "stride": [2, 1], "padding": [0, 1, 1, 0],
-                  "dilation": [1, 2], "bias": False}, [(3, 3, 4)])]
+                  "dilation": [1, 2], "bias": False}, [(3, 3, 4)]),
+                ({"out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 1, "groups": 2}, [(4, 3, 3)])]
 
     def pads(self, in_shape=None):
         """(top, bottom, left, right) cropped from the full transposed output."""
@@ -159,6 +161,9 @@ class ConvTranspose2d(Op):
         if len(shape) != 3:
             raise ShapeError(f"conv_transpose2d expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
         p, (t, b, l, r) = self.p, self._pads()
+        if shape[0] % p.groups or p.out_channels % p.groups:
+            raise ShapeError(f"groups={p.groups} must divide both input channels ({shape[0]}) and out_channels "
+                             f"({p.out_channels})")
         out = []
         for size, k, s, d, op, pad in zip(shape[1:], p.kernel_size, p.stride, p.dilation, p.output_padding,
                                           (t + b, l + r)):
@@ -173,10 +178,10 @@ class ConvTranspose2d(Op):
     def init_params(self, in_shapes, rng):
         p = self.p
         kh, kw = p.kernel_size
-        cin = in_shapes[0][0]
-        # torch.nn.ConvTranspose2d computes its fan-in from weight dim 1 (out_channels) x kernel
-        fan_in, fan_out = p.out_channels * kh * kw, cin * kh * kw
-        params = {"weight": init_weight((cin, p.out_channels, kh, kw), fan_in, fan_out, p.init, rng)}
+        cin, cout = in_shapes[0][0], p.out_channels // p.groups
+        # torch.nn.ConvTranspose2d computes its fan-in from weight dim 1 (out_channels / groups) x kernel
+        fan_in, fan_out = cout * kh * kw, cin * kh * kw
+        params = {"weight": init_weight((cin, cout, kh, kw), fan_in, fan_out, p.init, rng)}
         if p.bias:
             params["bias"] = init_bias(p.out_channels, fan_in, rng)
         return params
@@ -190,6 +195,13 @@ class ConvTranspose2d(Op):
         eh, ew = dh * (kh - 1), dw * (kw - 1)
         return (N, C, (H - 1) * sh + 1, (W - 1) * sw + 1), (eh, eh + oh, ew, ew + ow), (t, b, l, r)
 
+    def _swap(self, w):
+        """(C_a, C_b/groups, kH, kW) → (C_b, C_a/groups, kH, kW): in and out channels swapped within each
+        group, between this op's weight layout and the grouped conv2d that computes it (its own inverse)."""
+        g = self.p.groups
+        a, b, kh, kw = w.shape
+        return w.reshape(g, a // g, b, kh, kw).transpose(0, 2, 1, 3, 4).reshape(b * g, a // g, kh, kw)
+
     def forward(self, ctx, inputs, params):
         x, = inputs
         xp = xp_of(x)
@@ -197,10 +209,9 @@ class ConvTranspose2d(Op):
         shape, pads, (t, b, l, r) = self._geometry(x.shape)
         xd = xp.zeros(shape, dtype=x.dtype)
         xd[:, :, ::p.stride[0], ::p.stride[1]] = x
-        w = params["weight"]
-        wc = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
-        y, saved = conv2d_forward(xd, xp.ascontiguousarray(wc), params.get("bias"), (1, 1), pads, p.dilation, 1,
-                                  save=ctx.grad)
+        wc = self._swap(params["weight"])[:, :, ::-1, ::-1]
+        y, saved = conv2d_forward(xd, xp.ascontiguousarray(wc), params.get("bias"), (1, 1), pads, p.dilation,
+                                  p.groups, save=ctx.grad)
         ctx.save(conv=saved, full=y.shape, dilated=shape)
         H, W = y.shape[2:]
         return xp.ascontiguousarray(y[:, :, t:H - b, l:W - r])
@@ -212,7 +223,7 @@ class ConvTranspose2d(Op):
         H, W = full.shape[2:]
         full[:, :, t:H - b, l:W - r] = gy
         dxd, dwc, db = conv2d_backward(full, ctx.saved["conv"], need_dx=ctx.need_grad(0))
-        grads = {"weight": xp.ascontiguousarray(dwc[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))}
+        grads = {"weight": xp.ascontiguousarray(self._swap(dwc[:, :, ::-1, ::-1]))}
         if db is not None:
             grads["bias"] = db
         dx = None if dxd is None else xp.ascontiguousarray(dxd[:, :, ::p.stride[0], ::p.stride[1]])
@@ -220,7 +231,7 @@ class ConvTranspose2d(Op):
 
     def flops(self, in_shapes, out_shape):
         kh, kw = self.p.kernel_size
-        return math.prod(in_shapes[0]) * self.p.out_channels * kh * kw
+        return math.prod(in_shapes[0]) * (self.p.out_channels // self.p.groups) * kh * kw
 
 
 class DenseParams(OpParams):

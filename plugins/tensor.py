@@ -1,4 +1,4 @@
-"""General tensor ops: reshape, transpose, slice, broadcasting arithmetic, matmul, pad, expand, tile, clip, constants.
+"""General tensor ops: reshape, transpose, slice, take, broadcasting arithmetic, matmul, pad, expand, tile, clip, constants.
 
 They exist mostly so that ONNX graphs survive import as trainable specs, but they are ordinary
 ops usable in any spec. Conventions: shapes in ``infer_shape`` are per sample; axes named in
@@ -12,7 +12,7 @@ the per-sample shapes; an input with fewer per-sample dimensions is aligned to t
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -23,7 +23,7 @@ from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
 
 __all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul", "Pad", "Expand", "Tile", "Clip",
-           "Constant", "Identity", "broadcast_shapes", "unbroadcast"]
+           "Constant", "Identity", "Take", "broadcast_shapes", "unbroadcast"]
 
 
 def broadcast_shapes(shapes, what: str = "inputs") -> tuple[int, ...]:
@@ -634,6 +634,66 @@ class Slice(Op):
         return [dx], {}
 
 
+class TakeParams(OpParams):
+    axis: int = 1
+    indices: Union[int, list[int]] = Field(description="positions along axis (negative = from the end; repeats "
+                                                       "allowed); a single int removes the axis, as x[:, i]")
+
+    @field_validator("indices")
+    @classmethod
+    def _nonempty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("indices must not be empty")
+        return v
+
+
+class Take(Op):
+    """Picks ``indices`` along one ``axis`` (batch = 0 is not allowed; default 1 = channels), as
+    ``x[:, [2, 0, 1]]``, ``x.index_select`` or ONNX Gather with constant indices; a single int index removes
+    the axis (``x[:, :, -1]``). The gradient adds into the picked positions, so repeated indices accumulate."""
+
+    type = "take"
+    Params = TakeParams
+
+    @classmethod
+    def examples(cls):
+        return [({"indices": [2, 0, 1]}, [(3, 2, 2)]), ({"axis": 2, "indices": -1}, [(2, 3, 4)]),
+                ({"axis": -1, "indices": [0, -1, 0, 1]}, [(2, 3)]), ({"axis": 3, "indices": [1, 1]}, [(2, 2, 3)])]
+
+    def _index(self, shape):
+        """(per-sample axis, indices made non-negative) for a per-sample ``shape``."""
+        nd = len(shape) + 1
+        if not -nd <= self.p.axis < nd or self.p.axis % nd == 0:
+            raise ShapeError(f"axis {self.p.axis} is out of range or the batch axis for {nd}-D tensors")
+        a = self.p.axis % nd - 1
+        idx = self.p.indices
+        bad = [i for i in (idx if isinstance(idx, list) else [idx]) if not -shape[a] <= i < shape[a]]
+        if bad:
+            raise ShapeError(f"indices {bad} are out of range for axis {self.p.axis} of size {shape[a]}")
+        return a, ([i % shape[a] for i in idx] if isinstance(idx, list) else idx % shape[a])
+
+    def infer_shape(self, in_shapes):
+        shape = list(in_shapes[0])
+        a, idx = self._index(shape)
+        return tuple(shape[:a] + ([len(idx)] if isinstance(idx, list) else []) + shape[a + 1:])
+
+    def _key(self, x):
+        a, idx = self._index(x.shape[1:])
+        # a device array for CuPy; one advanced index among slices keeps its place in the result
+        return (slice(None),) * (a + 1) + (xp_of(x).asarray(idx) if isinstance(idx, list) else idx,)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        ctx.save(shape=x.shape)
+        return x[self._key(x)]
+
+    def backward(self, ctx, gy):
+        xp = xp_of(gy)
+        dx = xp.zeros(ctx.saved["shape"], dtype=gy.dtype)
+        xp.add.at(dx, self._key(dx), gy)   # not dx[key] += gy: a repeated index must add each time
+        return [dx], {}
+
+
 class Identity(Op):
     """Passes its input through unchanged."""
 
@@ -652,6 +712,6 @@ class Identity(Op):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (Reshape, Transpose, Slice, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Expand, Tile, Clip, Constant,
+    for op in (Reshape, Transpose, Slice, Take, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Expand, Tile, Clip, Constant,
                Identity):
         registry.add(op)

@@ -218,7 +218,8 @@ def _conv_transpose(c, lid, op, ins, attrs):
     p = op.p
     inputs = [ins[0], c.weight(lid, "weight")] + ([c.weight(lid, "bias")] if p.bias else [])
     c.node("ConvTranspose", inputs, [lid], lid, kernel_shape=list(p.kernel_size), strides=list(p.stride),
-           pads=_pads_onnx(op._pads()), dilations=list(p.dilation), output_padding=list(p.output_padding))
+           pads=_pads_onnx(op._pads()), dilations=list(p.dilation), output_padding=list(p.output_padding),
+           group=p.groups)
     return lid
 
 
@@ -484,6 +485,12 @@ def _slice(c, lid, op, ins, attrs):
     c.node("Slice", [ins[0]] + [c.const(lid, k, np.array([v], np.int64)) for k, v in consts.items()], [lid], lid)
     return lid
 
+
+@exports("take")
+def _take(c, lid, op, ins, attrs):
+    # a 0-d initializer for a single int: ONNX Gather then removes the axis, as take does
+    c.node("Gather", [ins[0], c.const(lid, "indices", np.array(op.p.indices, np.int64))], [lid], lid, axis=op.p.axis)
+    return lid
 
 @exports("clip")
 def _clip(c, lid, op, ins, attrs):

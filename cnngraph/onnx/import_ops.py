@@ -123,8 +123,6 @@ def conv_transpose(imp, node, a):
     b = imp.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
     if w.ndim != 4:
         raise imp.fail(f"only 2-D transposed convolution is supported (weight of shape {w.shape})")
-    if int(a.get("group", 1)) != 1:
-        raise imp.fail("grouped ConvTranspose is not supported")
     if a.get("output_shape") is not None:
         raise imp.fail("output_shape is not supported; export with pads and output_padding instead")
     auto = a.get("auto_pad", "NOTSET")
@@ -136,11 +134,14 @@ def conv_transpose(imp, node, a):
     out_pad = list(a.get("output_padding", [0, 0]))
     if len(kernel) != 2 or len(strides) != 2 or len(dil) != 2 or len(pads) != 4 or len(out_pad) != 2:
         raise imp.fail("only 2-D windows are supported")
-    params = {"out_channels": int(w.shape[1]), "kernel_size": _pair(kernel)}
+    group = int(a.get("group", 1))
+    params = {"out_channels": int(w.shape[1]) * group, "kernel_size": _pair(kernel)}   # w: (C_in, C_out/group, ...)
     if strides != [1, 1]:
         params["stride"] = _pair(strides)
     if any(pads):
         params["padding"] = _pads_tblr(pads)
+    if group != 1:
+        params["groups"] = group
     if any(out_pad):
         params["output_padding"] = _pair(out_pad)
     if dil != [1, 1]:
@@ -925,7 +926,17 @@ def tile(imp, node, a):
 
 @handles("Gather")
 def gather(imp, node, a):
-    raise imp.fail("Gather on a computed tensor is not supported (only constant Gathers are folded)")
+    if not isinstance(imp.get(node.input[1]), np.ndarray):
+        raise imp.fail("Gather with computed indices (an embedding lookup) is not supported; only constant indices")
+    x = imp.dyn_of(node.input[0])
+    idx = imp.const(node.input[1], "indices")
+    axis = int(a.get("axis", 0)) % (len(x.shape) + 1)
+    if axis == 0:
+        raise imp.fail("Gather along the batch axis (picking samples) is not supported")
+    if idx.ndim > 1:
+        raise imp.fail(f"indices of shape {idx.shape} are not supported (only a scalar or a 1-D list)")
+    indices = int(idx) if idx.ndim == 0 else [int(i) for i in idx]
+    return [imp.emit("take", [x], {"axis": axis, "indices": indices})]
 
 
 @handles("ConstantOfShape", "Constant")
