@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import CheckpointError
 from .checkpoint import load_weights
 
-__all__ = ["init_path", "load_init", "constants_without_values"]
+__all__ = ["init_path", "load_init", "constants_without_values", "listed"]
 
 SHOWN = 10   # names listed per kind of mismatch; the rest are counted
 
@@ -26,7 +26,8 @@ def init_path(flag, spec) -> Path | None:
     return p if p.is_absolute() or not spec.base_dir else Path(spec.base_dir) / p
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
+    """The first SHOWN names, then how many more."""
     more = f", … ({len(names) - SHOWN} more)" if len(names) > SHOWN else ""
     return ", ".join(names[:SHOWN]) + more
 
@@ -44,11 +45,11 @@ def load_init(model, path, partial: bool = False) -> str:
              for n in names if n in arrays and tuple(np.shape(arrays[n])) != tuple(model.params[n].shape)]
     parts = []
     if missing and not partial:
-        parts.append(f"{len(missing)} missing: {_listed(missing)}")
+        parts.append(f"{len(missing)} missing: {listed(missing)}")
     if unexpected and not partial:
-        parts.append(f"{len(unexpected)} unexpected: {_listed(unexpected)}")
+        parts.append(f"{len(unexpected)} unexpected: {listed(unexpected)}")
     if wrong:
-        parts.append(f"{len(wrong)} of another shape: {_listed(wrong)}")
+        parts.append(f"{len(wrong)} of another shape: {listed(wrong)}")
     if parts:
         hint = "" if partial or wrong else " (--init-partial loads the ones that match, for a new head)"
         raise CheckpointError(f"initial weights {path}: they do not fit this network: {'; '.join(parts)}{hint}")
@@ -58,8 +59,8 @@ def load_init(model, path, partial: bool = False) -> str:
     if not (missing or unexpected):
         return ""
     return (f"note: initial weights {path}: {len(missing)} parameter{'s' * (len(missing) != 1)} not in the file keep their "
-            f"initial values ({_listed(missing) or 'none'}); {len(unexpected)} array{'s' * (len(unexpected) != 1)} "
-            f"of the file unused ({_listed(unexpected) or 'none'})")
+            f"initial values ({listed(missing) or 'none'}); {len(unexpected)} array{'s' * (len(unexpected) != 1)} "
+            f"of the file unused ({listed(unexpected) or 'none'})")
 
 
 def constants_without_values(spec) -> list[str]:

@@ -379,7 +379,7 @@ class _Run:
     def _start_weights(self, init, partial: bool) -> None:
         """Load the ``--init`` / ``train.init`` weights into the new model; a resume's checkpoint wins over them.
         Without any, warn about constant layers whose values only such a file holds (they would start at 0)."""
-        from .init_weights import constants_without_values, init_path, load_init
+        from .init_weights import constants_without_values, init_path, listed, load_init
         path = init_path(init, self.spec)
         if self.resume_ckpt is not None:
             if init is not None and not self.quiet:
@@ -393,8 +393,7 @@ class _Run:
             return
         consts = constants_without_values(self.spec)
         if consts and not self.quiet:
-            shown = ", ".join(consts[:10]) + (f", … ({len(consts) - 10} more)" if len(consts) > 10 else "")
-            print(f"warning: {len(consts)} constant layer{'s' * (len(consts) != 1)} ({shown}) set no fill and no "
+            print(f"warning: {len(consts)} constant layer{'s' * (len(consts) != 1)} ({listed(consts)}) set no fill and no "
                   f"weights were given, so they start at 0; for an imported model pass its weights: "
                   f"cnngraph train {self.spec.file or 'SPEC'} --init WEIGHTS.npz", file=self.stream)
 
