@@ -530,13 +530,43 @@ def _lrn(c, lid, op, ins, attrs):
     return lid
 
 
+_BROADCASTING = {"broadcast_add", "sub", "mul", "div", "matmul", "maximum", "minimum", "where", "compare", "logical",
+                 "pow", "constant"}   # (a constant only takes its input's batch size)
+
+
+def _needs_batch(g, lid) -> bool:
+    """Whether a constant layer with an input must be repeated to its batch size in ONNX: it feeds an op
+    that does not broadcast a unit batch axis (a concat)."""
+    return _batch_source(g, lid) is not None and any(g.nodes[s].get("type") not in _BROADCASTING
+                                                   for s in g.successors(lid))
+
+
+def _batch_source(g, lid):
+    """The computed layer a constant takes its batch size from (through other constants), or None."""
+    src = next(iter(g.predecessors(lid)), None)
+    while src is not None and g.nodes[src].get("type") == "constant":
+        src = next(iter(g.predecessors(src)), None)
+    return src
+
+
 @exports("constant")
 def _constant(c, lid, op, ins, attrs):
     # the value with a leading unit (batch) axis: it broadcasts against any batch in ONNX too
     value = np.asarray(c.params[f"{lid}.value"], np.float32)
     # a fixed value gets a made-up name (lid::value), which the importer reads as not a parameter
     name = c.init(f"{lid}.value", value) if op.p.trainable else c.const(lid, "value", value)
-    c.node("Unsqueeze", [name, c.const(lid, "axes", np.array([0], np.int64))], [lid], lid)
+    if not (ins and _needs_batch(c.g, lid)):
+        c.node("Unsqueeze", [name, c.const(lid, "axes", np.array([0], np.int64))], [lid], lid)
+        return lid
+    # feeding a concat (or another op that does not broadcast): repeated to the input's batch size,
+    # Expand(value, [Shape(input)[0], *shape])
+    c.node("Unsqueeze", [name, c.const(lid, "axes", np.array([0], np.int64))], [f"{lid}::one"], lid + "_unsqueeze")
+    c.node("Shape", [_batch_source(c.g, lid)], [f"{lid}::shape_in"], lid + "_shape")
+    c.node("Slice", [f"{lid}::shape_in", c.const(lid, "start", np.array([0], np.int64)),
+                     c.const(lid, "end", np.array([1], np.int64))], [f"{lid}::batch"], lid + "_batch")
+    c.node("Concat", [f"{lid}::batch", c.const(lid, "per_sample", np.array(value.shape, np.int64))],
+           [f"{lid}::shape"], lid + "_target", axis=0)
+    c.node("Expand", [f"{lid}::one", f"{lid}::shape"], [lid], lid)
     return lid
 
 
@@ -577,7 +607,7 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
     order = _export_order(g, outputs)
     ctx = _Ctx(opset, g, params)
     ctx.const_outputs = set()
-    ctx.constants = {n for n in order if g.nodes[n].get("type") == "constant"}
+    ctx.constants = {n for n in order if g.nodes[n].get("type") == "constant" and not _needs_batch(g, n)}
     unsupported: dict[str, list[str]] = {}
     for n in order:
         attrs = g.nodes[n]

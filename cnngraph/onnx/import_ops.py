@@ -600,6 +600,7 @@ def shape(imp, node, a):
     start, end = a.get("start", 0), a.get("end")
     if isinstance(x, Dyn):   # the batch size: two stand-ins tell which folded values depend on it
         imp.alt[node.output[0]] = np.array([BATCH_ALT, *x.shape], dtype=np.int64)[start:end]
+        imp.batch_of[node.output[0]] = x
         return [np.array([BATCH, *x.shape], dtype=np.int64)[start:end]]
     return [np.array(np.shape(x), dtype=np.int64)[start:end]]
 
@@ -610,6 +611,7 @@ def size(imp, node, a):
     if not isinstance(x, Dyn):
         return [np.array(np.size(x), dtype=np.int64)]
     imp.alt[node.output[0]] = np.array(BATCH_ALT * math.prod(x.shape), dtype=np.int64)
+    imp.batch_of[node.output[0]] = x
     return [np.array(BATCH * math.prod(x.shape), dtype=np.int64)]
 
 
@@ -891,7 +893,7 @@ def expand(imp, node, a):
     x, target = imp.get(node.input[0]), [int(d) for d in imp.const(node.input[1], "shape")]
     if isinstance(x, np.ndarray):
         if node.input[1] in imp.alt:
-            raise imp.fail("expanding a constant to the batch size (a shape computed with Shape) is not supported")
+            return [_expand_constant_to_batch(imp, node, x, target)]
         return imp.fold(node)
     full = [BATCH, *x.shape]
     if len(target) > len(full):
@@ -906,6 +908,29 @@ def expand(imp, node, a):
     if tuple(x.shape[:len(x.shape) - len(rest)]) + tuple(out) == tuple(x.shape):
         return [x]
     return [imp.emit("expand", [x], {"shape": rest})]
+
+
+def _expand_constant_to_batch(imp, node, x: np.ndarray, target: list[int]) -> Dyn:
+    """A constant (a class token, CoordConv's coordinates) expanded to a shape whose leading entry is the batch
+    size, Shape(t)[0]: a ``constant`` layer that t lends its batch size to, then ``expand`` for the per-sample
+    dims of a parameter (a fixed constant is stored expanded)."""
+    alt = [int(d) for d in imp.alt[node.input[1]]]
+    try:
+        full = np.broadcast_shapes(np.shape(x), tuple(target))
+        full_alt = np.broadcast_shapes(np.shape(x), tuple(alt))
+    except ValueError:
+        raise imp.fail(f"cannot expand a constant of shape {np.shape(x)} to {target}") from None
+    if (len(full) < 1 or full[0] != BATCH or full_alt[0] != BATCH_ALT or tuple(full[1:]) != tuple(full_alt[1:])
+            or any(d % BATCH == 0 for d in full[1:])):
+        raise imp.fail(f"expanding a constant to {target} uses the batch size other than as the leading "
+                       f"dimension; only a constant expanded to Shape(x)[0] along the batch axis is supported")
+    arr = np.asarray(x, dtype=np.float32).reshape((1,) * (len(full) - np.ndim(x)) + np.shape(x))[0]
+    per = tuple(int(d) for d in full[1:])
+    like = imp.batch_of.get(node.input[1]) or next(iter(imp.dyn.values()))
+    if node.input[0] in imp.params:   # a parameter stays one tensor (trainable), expanded per sample after
+        y = imp.const_layer(node.input[0], arr, like, True)
+        return y if tuple(arr.shape) == per else imp.emit("expand", [y], {"shape": list(per)})
+    return imp.const_layer(node.input[0], np.ascontiguousarray(np.broadcast_to(arr, per)), like, False)
 
 
 expand.prefers_handler = True   # a constant expanded to Shape(x)'s batch size must not fold (nor fill memory)

@@ -61,6 +61,7 @@ class Importer:
         self.input_shapes = dict(input_shapes or {})
         self.consts: dict[str, np.ndarray] = {}
         self.alt: dict[str, np.ndarray] = {}     # batch-dependent constants, as folded with BATCH_ALT
+        self.batch_of: dict[str, Dyn] = {}       # for those: the computed tensor whose batch size they hold
         self.spec_inputs: dict[str, dict] = {}
         self.dyn: dict[str, Dyn] = {}
         self.failed: set[str] = set()
@@ -127,6 +128,11 @@ class Importer:
         elif rank is not None and arr.ndim >= 1 and arr.shape[0] == 1:
             arr = arr[0]   # a leading unit axis broadcasts either way; drop it (as the exporter adds one)
         trainable = name in self.params if trainable is None else trainable
+        return self.const_layer(name, arr, like, trainable)
+
+    def const_layer(self, name: str, arr: np.ndarray, like: Dyn | None, trainable: bool) -> Dyn:
+        """A ``constant`` layer holding the per-sample value ``arr`` (made once per name, shape, ``like``
+        and trainability), repeated to ``like``'s batch size when given."""
         key = (name, arr.shape, like.id if like is not None else None, trainable)
         if key in self.const_layers:
             return Dyn(self.const_layers[key], arr.shape)
@@ -202,6 +208,9 @@ class Importer:
         for name, r, ra in zip([o for o in node.output if o], [r for r, o in zip(results, node.output) if o], alt):
             if ra is None or not np.array_equal(np.asarray(r), np.asarray(ra)):
                 self.alt[name] = np.asarray(ra) if ra is not None else np.asarray(r)
+                src = next((self.batch_of[n] for n in node.input if n in self.batch_of), None)
+                if src is not None:
+                    self.batch_of[name] = src
 
     def _track_params(self, node, results) -> None:
         """A folded copy of a parameter (reshaped, transposed, unsqueezed: as many float values) is one too:

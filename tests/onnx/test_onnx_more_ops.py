@@ -150,8 +150,6 @@ def test_pad_wrap_exports_from_opset_19():
     ([N("Expand", ["x", "s"], ["y"])], {"s": np.array([3, 2, 4, 5, 6], np.int64)}, "moves the batch axis"),
     ([N("Expand", ["x", "s"], ["y"])], {"s": np.array([7, 4, 5, 6], np.int64)}, "expanding the batch axis to 7"),
     ([N("Tile", ["x", "r"], ["y"])], {"r": np.array([2, 1, 1, 1], np.int64)}, "tiling the batch axis"),
-    ([N("Shape", ["x"], ["sx"]), N("Expand", ["c", "sx"], ["y"])], {"c": rand(1, 4, 5, 6)},
-     "expanding a constant to the batch size"),
     ([N("ArgMax", ["x"], ["y"])], {}, "searching the batch axis"),
 ])
 def test_batch_axis_changes_are_refused_clearly(nodes, inits, message):
