@@ -26,6 +26,13 @@ __all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul"
            "Constant", "Identity", "Take", "broadcast_shapes", "unbroadcast"]
 
 
+def _all_at_least_one(values: list[int], what: str) -> list[int]:
+    """A Params check shared by shapes and repeat counts: every entry >= 1."""
+    if any(v < 1 for v in values):
+        raise ValueError(f"every {what} must be >= 1, found {values}")
+    return values
+
+
 def broadcast_shapes(shapes, what: str = "inputs") -> tuple[int, ...]:
     """NumPy broadcast of per-sample shapes (aligned right); ShapeError naming them when impossible."""
     rank = max(len(s) for s in shapes)
@@ -402,12 +409,7 @@ class ExpandParams(OpParams):
     shape: list[int] = Field(description="per-sample shape to broadcast to (batch excluded), with NumPy's rules "
                                          "(aligned right; a 1 keeps the input's size), as torch's x.expand")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v):
-        if any(d < 1 for d in v):
-            raise ValueError(f"every dimension must be >= 1, found {v}")
-        return v
+    _positive = field_validator("shape")(classmethod(lambda cls, v: _all_at_least_one(v, "dimension")))
 
 
 class Expand(Op):
@@ -439,12 +441,7 @@ class TileParams(OpParams):
     repeats: list[int] = Field(description="how many copies along each per-sample dimension (batch excluded), "
                                            "as torch's x.repeat(1, *repeats)")
 
-    @field_validator("repeats")
-    @classmethod
-    def _positive(cls, v):
-        if any(r < 1 for r in v):
-            raise ValueError(f"every repeat must be >= 1, found {v}")
-        return v
+    _positive = field_validator("repeats")(classmethod(lambda cls, v: _all_at_least_one(v, "repeat")))
 
 
 class Tile(Op):
@@ -529,12 +526,7 @@ class ConstantParams(OpParams):
     trainable: bool = Field(True, description="false: a fixed tensor (a buffer: no gradient, optimizers leave it "
                                               "alone), as ONNX constants import")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v):
-        if any(d < 1 for d in v):
-            raise ValueError(f"every dimension must be >= 1, found {v}")
-        return v
+    _positive = field_validator("shape")(classmethod(lambda cls, v: _all_at_least_one(v, "dimension")))
 
 
 class Constant(Op):
