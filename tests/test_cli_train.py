@@ -392,6 +392,18 @@ def test_predict_and_explain_warn_when_images_do_not_match_the_training_pixels(t
     assert "warning: the model was trained on pixel values" in capsys.readouterr().err
 
 
+def _trained_run(tmp_path, capsys, classes: int, data: dict):
+    """SPEC with ``classes`` outputs trained 30 epochs on ``data`` into tmp_path/r; returns the spec's path."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["layers"][-1]["out_features"] = classes
+    spec["train"]["data"] = data
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    capsys.readouterr()
+    return path
+
+
 def _colour_folders(root, colours: dict, n=6):
     for c, colour in colours.items():
         (root / c).mkdir(parents=True)
@@ -403,13 +415,7 @@ def test_evaluate_image_folder_matches_class_folders_by_name(tmp_path, capsys):
     """Held-out class folders are matched to the checkpoint's class names, not to their sorted
     position: a folder with some of the classes works, an unknown name is refused naming the known ones."""
     _colour_folders(tmp_path / "train", {"a_dark": 20, "b_mid": 120, "c_bright": 240})
-    spec = json.loads(json.dumps(SPEC))
-    spec["layers"][-1]["out_features"] = 3
-    spec["train"]["data"] = {"dataset": "image_folder", "path": "train", "val_fraction": 0}
-    path = tmp_path / "net.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
-    capsys.readouterr()
+    path = _trained_run(tmp_path, capsys, 3, {"dataset": "image_folder", "path": "train", "val_fraction": 0})
     _colour_folders(tmp_path / "held", {"c_bright": 240})       # position 0 here, class 2 in the checkpoint
     assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
                  f"image_folder:{tmp_path / 'held'}", "--format", "json", "--out", str(tmp_path)]) == 0
@@ -430,13 +436,7 @@ def test_evaluate_named_folders_with_a_checkpoint_of_unnamed_classes_takes_posit
     rng = np.random.default_rng(0)
     x = np.concatenate([np.full((12, 1, 8, 8), 0.1), np.full((12, 1, 8, 8), 0.9)]).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x + rng.normal(0, 0.01, x.shape).astype(np.float32), y=np.repeat([0, 1], 12))
-    spec = json.loads(json.dumps(SPEC))
-    spec["layers"][-1]["out_features"] = 2
-    spec["train"]["data"] = {"dataset": "npz", "path": "d.npz", "val_fraction": 0}
-    path = tmp_path / "net.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    assert main(["train", str(path), "--epochs", "30", "--out", str(tmp_path / "r"), "--quiet"]) == 0
-    capsys.readouterr()
+    path = _trained_run(tmp_path, capsys, 2, {"dataset": "npz", "path": "d.npz", "val_fraction": 0})
     _colour_folders(tmp_path / "held", {"dark": 25, "light": 230})
     assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "r"), "--data",
                  f"image_folder:{tmp_path / 'held'}", "--format", "json", "--out", str(tmp_path)]) == 0
