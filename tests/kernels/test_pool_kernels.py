@@ -18,6 +18,9 @@ MAX_CONFIGS = [
     (2, 2, 5, 5, (5, 5), (5, 5), (0, 0), (1, 1), False),     # kernel == input (global)
     (2, 2, 6, 5, (2, 2), (3, 3), (1, 0), (1, 1), True),      # ceil drop rule
     (1, 1, 28, 28, (2, 2), (2, 2), (0, 0), (1, 1), False),   # LeNet
+    (2, 3, 6, 9, (3, 3), (3, 3), (0, 0), (1, 1), False),     # tiled, 3 rows x 3 columns per window
+    (2, 2, 4, 6, (1, 2), (1, 2), (0, 0), (1, 1), False),     # tiled, one row per window
+    (2, 2, 6, 4, (2, 1), (2, 1), (0, 0), (1, 1), False),     # tiled, one column per window
 ]
 AVG_CONFIGS = [
     (2, 3, 8, 8, (2, 2), (2, 2), (0, 0), False, True),
@@ -74,6 +77,20 @@ def test_avg_pool_vs_torch(cfg, dtype):
     dx = avg_pool2d_backward(gy, saved)
     assert dx.dtype == dtype and dx.shape == x.shape
     np.testing.assert_allclose(dx, tx.grad.numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("k", [(2, 2), (3, 2), (2, 3), (1, 3), (3, 1)])
+def test_tiled_max_pool_many_ties_like_torch(k):
+    """Small integers tie in most windows: the gradient must go to the first maximum in raster order."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(5).integers(0, 3, (3, 4, 6, 6)).astype(np.float32)
+    y, saved = max_pool2d_forward(x, k, k, (0,) * 4, (1, 1), False, save=True)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, k, k)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    gy = rand(y.shape, np.float32, 3)
+    ty.backward(torch.tensor(gy))
+    np.testing.assert_array_equal(max_pool2d_backward(gy, saved), tx.grad.numpy())
 
 
 def test_max_pool_ties_first_max():
@@ -206,7 +223,7 @@ def test_max_pool_nan_like_torch():
     x = rand((2, 2, 4, 6), np.float32, 11)
     x[0, 0, 0, 1] = np.nan
     x[1, 1, 2:, 4:] = np.nan
-    for k, s in [((2, 2), (2, 2)), ((3, 3), (1, 1))]:
+    for k, s in [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((1, 2), (1, 2)), ((2, 3), (2, 3))]:
         y, saved = max_pool2d_forward(x, k, s, (0,) * 4, (1, 1), False, True)
         tx = torch.tensor(x, requires_grad=True)
         ty = torch.nn.functional.max_pool2d(tx, k, s)
