@@ -102,6 +102,9 @@ class DataConfig(BaseModel):
     ignore_label: int | None = None
     # a plugin dataset's own settings, passed through to its loader as ``cfg.options``
     options: dict[str, Any] = {}
+    # npz: how x's numbers map to pixel units. auto: uint8, and other numbers within [0, 255] with a
+    # maximum >= 2, are 8-bit pixels (/255); 8bit: always /255; as_is: never scaled (e.g. depths in metres)
+    pixels: Literal["auto", "8bit", "as_is"] = "auto"
 
     @model_validator(mode="after")
     def _check(self):
@@ -114,6 +117,8 @@ class DataConfig(BaseModel):
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.options and self.dataset in RAW_LOADERS:   # a built-in would ignore them silently
             raise ValueError(f"dataset '{self.dataset}' takes no options (options: is for plugin datasets)")
+        if self.pixels != "auto" and self.dataset != "npz":
+            raise ValueError(f"pixels: {self.pixels} is for dataset: npz (dataset '{self.dataset}' has fixed pixel units)")
         if self.targets == "values" and self.dataset in RAW_LOADERS and self.dataset not in ("npz", "digits_rotation"):
             raise ValueError(f"targets: values (regression) needs your own data (dataset: npz); dataset "
                              f"'{self.dataset}' has class labels")

@@ -506,6 +506,35 @@ def test_npz_floats_outside_eight_bit_range_are_kept(tmp_path):
     assert over.max() > 1 and kept.notes == [] and np.allclose(kept.train[0], over)
 
 
+def test_npz_pixels_setting_overrides_the_eight_bit_rule(tmp_path):
+    """pixels: as_is keeps numbers in [0, 255] that are not pixels (depths, counts) and uint8 as they are;
+    8bit scales even data whose maximum is below 2; 8bit on numbers outside [0, 255] is an error."""
+    y = np.arange(20) % 2
+    depth = (RNG.random((20, 1, 4, 4)) * 200).astype(np.float32)
+    path = str(_npz(tmp_path, "d.npz", x=depth, y=y))
+    auto = load_dataset(DataConfig(dataset="npz", path=path, normalize="none", val_fraction=0), (1, 4, 4))
+    kept = load_dataset(DataConfig(dataset="npz", path=path, normalize="none", val_fraction=0, pixels="as_is"),
+                        (1, 4, 4))
+    assert np.allclose(auto.train[0], depth / 255) and "pixels: as_is" in auto.notes[0]
+    assert kept.notes == [] and np.array_equal(kept.train[0], depth) and kept.pixel_range[1] == float(depth.max())
+    u8 = RNG.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8)
+    raw = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u.npz", x=u8, y=y)), normalize="none",
+                                  val_fraction=0, pixels="as_is"), (1, 4, 4))
+    assert np.array_equal(raw.train[0], u8.astype(np.float32))
+    dark = np.full((20, 1, 4, 4), 1.0, np.float32)    # a dark 8-bit image: max 1 < 2, auto would keep it
+    forced = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "k.npz", x=dark, y=y)),
+                                     normalize="none", val_fraction=0, pixels="8bit"), (1, 4, 4))
+    assert np.allclose(forced.train[0], 1 / 255)
+    scaled_u8 = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "u2.npz", x=u8, y=y)),
+                                        normalize="none", val_fraction=0, pixels="8bit"), (1, 4, 4))
+    assert np.allclose(scaled_u8.train[0], u8 / 255)    # uint8 is scaled once, not twice
+    with pytest.raises(DataError, match=r"n.npz'.*pixels is 8bit.*\[-1, 3\].*expected values in \[0, 255\]"):
+        load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "n.npz", x=np.linspace(-1, 3, 320).reshape(
+            20, 1, 4, 4), y=y)), normalize="none", val_fraction=0, pixels="8bit"), (1, 4, 4))
+    with pytest.raises(ValueError, match="pixels: as_is is for dataset: npz"):
+        DataConfig(dataset="digits", pixels="as_is")
+
+
 def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):
     """macOS's ``._x.png`` / ``.DS_Store`` are skipped like dot-folders; images in sub-folders of a class
     folder belong to it (as in torchvision's ImageFolder)."""

@@ -68,9 +68,10 @@ def to_nchw(arr: np.ndarray, input_shape: tuple[int, int, int], layout: str, wha
                     f"{fmt_shape(input_shape)}, found shape {fmt_shape(shape)}")
 
 
-def as_float_images(arr: np.ndarray, what: str) -> np.ndarray:
-    """Convert image data to float32: uint8 is scaled by 1/255, other numbers kept as they are."""
-    if arr.dtype == np.uint8:
+def as_float_images(arr: np.ndarray, what: str, scale_uint8: bool = True) -> np.ndarray:
+    """Convert image data to float32: uint8 is scaled by 1/255 (if ``scale_uint8``), other numbers kept
+    as they are."""
+    if arr.dtype == np.uint8 and scale_uint8:
         return arr.astype(np.float32) / np.float32(255.0)
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected numeric image data (uint8 or float), found dtype {arr.dtype}")

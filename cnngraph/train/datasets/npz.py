@@ -63,18 +63,18 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             raise DataError(f"'{p}': found '{ky if missing == kx else kx}' but expected key "
                             f"'{missing}' with it; found keys {sorted(arrays)}")
     notes = []
-    # One decision for the whole file, so that every split is in the same units.
-    eight_bit = all(looks_8bit(arrays[_PAIRS[name][0]]) for name in present)
-    if eight_bit:
+    eight_bit = _eight_bit(cfg.pixels, p, [arrays[_PAIRS[name][0]] for name in present])
+    if eight_bit and cfg.pixels == "auto":
         x = arrays["x"]
         notes.append(f"note: '{p}' key 'x' holds {x.dtype} values in [{x.min():g}, {x.max():g}]; taken as 8-bit "
-                     f"pixels and scaled by 1/255 like uint8 images")
+                     f"pixels and scaled by 1/255 like uint8 images (train.data.pixels: as_is keeps them)")
     splits = {}
     for name in present:
         kx, ky = _PAIRS[name]
         x = to_nchw(arrays[kx], input_shape, cfg.layout, f"'{p}' key '{kx}'")
-        x = as_float_images(x, f"'{p}' key '{kx}'")
-        if eight_bit:
+        wide_8bit = eight_bit and x.dtype != np.uint8
+        x = as_float_images(x, f"'{p}' key '{kx}'", scale_uint8=cfg.pixels != "as_is")
+        if wide_8bit:
             x /= np.float32(255.0)
         if _as_values(cfg.targets, arrays["y"]):
             y = check_values(arrays[ky], len(x), f"'{p}' key '{ky}'")
@@ -95,6 +95,21 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
         classes = [str(i) for i in range(n)]
     return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                      classes=classes, source=f"npz:{p}", notes=notes)
+
+
+def _eight_bit(pixels: str, path, xs: list[np.ndarray]) -> bool:
+    """Whether x arrays of other types than uint8 are 8-bit pixels, to divide by 255 (uint8 is, unless
+    as_is). One decision for the whole file, so that every split is in the same units: ``pixels`` auto
+    follows :func:`looks_8bit`, 8bit needs values in [0, 255], as_is never scales."""
+    if pixels == "as_is":
+        return False
+    if pixels == "8bit":
+        for x in xs:
+            if x.size and (x.dtype.kind not in "iuf" or float(np.min(x)) < 0 or float(np.max(x)) > 255):
+                raise DataError(f"'{path}': train.data.pixels is 8bit but x holds {x.dtype} values in "
+                                f"[{np.min(x):g}, {np.max(x):g}]; expected values in [0, 255]")
+        return True
+    return all(looks_8bit(x) for x in xs)
 
 
 def _as_values(targets: str, y: np.ndarray) -> bool:
