@@ -1,7 +1,8 @@
 """Reusable parameter types for op ``Params`` models, with one clear message each.
 
 Spec authors write ``kernel_size: 3`` or ``kernel_size: [3, 5]``; ``padding`` also takes
-``"same"``/``"valid"`` or four numbers ``[top, bottom, left, right]``.
+``"same"``/``"valid"`` or four numbers ``[top, bottom, left, right]``. The 1-D ops take ``kernel_size: 5``
+(or ``[5]``) and ``padding: 2``, ``[begin, end]``, ``"same"`` or ``"valid"``.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated, Any, Union
 import numpy as np
 from pydantic import BeforeValidator
 
-__all__ = ["IntPair", "Padding", "is_whole"]
+__all__ = ["IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
@@ -39,20 +40,39 @@ def _pair(minimum: int):
     return check
 
 
-def _padding(v: Any):
-    if isinstance(v, str):
-        if v in ("same", "valid"):
-            return v
-        raise ValueError(f"expected 'same', 'valid', an integer, [h, w] or [top, bottom, left, right], found {v!r}")
-    pads = [v, v] if _is_int(v) else v
-    if isinstance(pads, (list, tuple)) and len(pads) in (2, 4) and all(_is_int(e) for e in pads):
-        if min(pads) < 0:
-            raise ValueError(f"padding must be >= 0, found {_written(v)}")
-        return tuple(pads)
-    raise ValueError(f"expected 'same', 'valid', an integer, [h, w] or [top, bottom, left, right], found {v!r}")
+def _single(minimum: int):
+    """One integer, also written as a list of one (``[5]``, as torch.nn.Conv1d's ``kernel_size=(5,)``)."""
+    def check(v: Any):
+        one = v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v
+        if _is_int(one):
+            if one < minimum:
+                raise ValueError(f"expected an integer >= {minimum}, found {_written(v)}")
+            return one
+        raise ValueError(f"expected an integer >= {minimum} (or a list of one), found {v!r}")
+    return check
+
+
+def _padding(lengths: tuple[int, ...], forms: str):
+    """An int (the same on every side), a list of ``lengths`` entries, or 'same' / 'valid'."""
+    def check(v: Any):
+        if isinstance(v, str):
+            if v in ("same", "valid"):
+                return v
+        else:
+            pads = [v, v] if _is_int(v) else v
+            if isinstance(pads, (list, tuple)) and len(pads) in lengths and all(_is_int(e) for e in pads):
+                if min(pads) < 0:
+                    raise ValueError(f"padding must be >= 0, found {_written(v)}")
+                return tuple(pads)
+        raise ValueError(f"expected 'same', 'valid', an integer{forms}, found {v!r}")
+    return check
 
 
 IntPair = Annotated[tuple[int, int], BeforeValidator(_pair(1))]
 NonNegativePair = Annotated[tuple[int, int], BeforeValidator(_pair(0))]
-Padding = Annotated[Union[str, tuple[int, ...]], BeforeValidator(_padding)]
+Padding = Annotated[Union[str, tuple[int, ...]],
+                    BeforeValidator(_padding((2, 4), ", [h, w] or [top, bottom, left, right]"))]
+Int1 = Annotated[int, BeforeValidator(_single(1))]
+NonNegativeInt1 = Annotated[int, BeforeValidator(_single(0))]
+Padding1 = Annotated[Union[str, tuple[int, int]], BeforeValidator(_padding((2,), " or [begin, end]"))]
 

@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "cnngraph.plugins.activation",
     "cnngraph.plugins.connection",
     "cnngraph.plugins.pooling",
+    "cnngraph.plugins.window1d",
     "cnngraph.plugins.normalization",
     "cnngraph.plugins.regularization",
     "cnngraph.plugins.shape",

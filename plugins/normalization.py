@@ -21,8 +21,9 @@ class BatchNormParams(OpParams):
 
 
 class BatchNorm2d(Op):
-    """Per-channel normalisation over (N, H, W): batch statistics in training (updating running
-    statistics with the unbiased variance, as PyTorch), running statistics in inference."""
+    """Per-channel normalisation over the batch and the positions: (N, H, W) of (C, H, W) samples, (N, L) of
+    (C, L) ones and N of (C,) ones, as torch.nn.BatchNorm2d and BatchNorm1d. Batch statistics in training
+    (updating running statistics with the unbiased variance, as PyTorch), running statistics in inference."""
 
     type = "batch_norm2d"
     Params = BatchNormParams
@@ -31,12 +32,12 @@ class BatchNorm2d(Op):
 
     @classmethod
     def examples(cls):
-        return [({}, [(3, 4, 4)]), ({"affine": False, "eps": 0.001}, [(5,)])]
+        return [({}, [(3, 4, 4)]), ({"affine": False, "eps": 0.001}, [(5,)]), ({"momentum": 0.3}, [(3, 6)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
-        if len(shape) not in (1, 3):
-            raise ShapeError(f"batch_norm2d expects a (C, H, W) or (C,) input per sample, found {shape}")
+        if len(shape) not in (1, 2, 3):
+            raise ShapeError(f"batch_norm2d expects a (C, H, W), (C, L) or (C,) input per sample, found {shape}")
         return shape
 
     def init_params(self, in_shapes, rng):
@@ -48,7 +49,7 @@ class BatchNorm2d(Op):
 
     @staticmethod
     def _axes(x):
-        return (0,) if x.ndim == 2 else (0, 2, 3)
+        return (0, *range(2, x.ndim))
 
     @staticmethod
     def _bc(v, x):

@@ -121,55 +121,59 @@ class AvgPool2d(_Pool2d):
 
 
 class _GlobalPool(Op):
+    """Over all positions of (C, H, W) samples, or of (C, L) ones (ONNX's GlobalAveragePool on (N, C, L),
+    torch.nn.AdaptiveAvgPool1d(1)): (C, 1, 1) or (C, 1)."""
+
     @classmethod
     def examples(cls):
-        return [({}, [(3, 5, 5)]), ({}, [(2, 1, 3)])]
+        return [({}, [(3, 5, 5)]), ({}, [(2, 1, 3)]), ({}, [(3, 7)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
-        if len(shape) != 3:
-            raise ShapeError(f"{self.type} expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
-        return (shape[0], 1, 1)
+        if len(shape) not in (2, 3):
+            raise ShapeError(f"{self.type} expects a (C, H, W) or (C, L) input per sample, found {len(shape)}-D "
+                             f"{shape}")
+        return (shape[0],) + (1,) * (len(shape) - 1)
 
     def flops(self, in_shapes, out_shape):
         return math.prod(in_shapes[0])
 
 
 class GlobalAvgPool2d(_GlobalPool):
-    """Mean over H and W → (C, 1, 1)."""
+    """Mean over H and W (or L) → (C, 1, 1) (or (C, 1))."""
 
     type = "global_avg_pool2d"
 
     def forward(self, ctx, inputs, params):
         x, = inputs
-        ctx.save(hw=x.shape[2:])
-        return x.mean(axis=(2, 3), keepdims=True)
+        ctx.save(positions=x.shape[2:])
+        return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
 
     def backward(self, ctx, gy):
-        h, w = ctx.saved["hw"]
+        positions = ctx.saved["positions"]
         xp = xp_of(gy)
-        return [xp.broadcast_to(gy / gy.dtype.type(h * w), gy.shape[:2] + (h, w)).copy()], {}
+        return [xp.broadcast_to(gy / gy.dtype.type(math.prod(positions)), gy.shape[:2] + positions).copy()], {}
 
 
 class GlobalMaxPool2d(_GlobalPool):
-    """Maximum over H and W → (C, 1, 1); the gradient goes to the first maximum."""
+    """Maximum over H and W (or L) → (C, 1, 1) (or (C, 1)); the gradient goes to the first maximum."""
 
     type = "global_max_pool2d"
 
     def forward(self, ctx, inputs, params):
         x, = inputs
-        n, c, h, w = x.shape
-        flat = x.reshape(n, c, h * w)
+        n, c = x.shape[:2]
+        flat = x.reshape(n, c, math.prod(x.shape[2:]))   # spelled out: -1 fails on an empty batch
         idx = flat.argmax(axis=2)
         ctx.save(idx=idx, shape=x.shape)
-        return xp_of(x).take_along_axis(flat, idx[..., None], axis=2).reshape(n, c, 1, 1)
+        return xp_of(x).take_along_axis(flat, idx[..., None], axis=2).reshape((n, c) + (1,) * (x.ndim - 2))
 
     def backward(self, ctx, gy):
-        n, c, h, w = ctx.saved["shape"]
+        shape = ctx.saved["shape"]
         xp = xp_of(gy)
-        dx = xp.zeros((n, c, h * w), dtype=gy.dtype)
-        xp.put_along_axis(dx, ctx.saved["idx"][..., None], gy.reshape(n, c, 1), axis=2)
-        return [dx.reshape(n, c, h, w)], {}
+        dx = xp.zeros((shape[0], shape[1], math.prod(shape[2:])), dtype=gy.dtype)
+        xp.put_along_axis(dx, ctx.saved["idx"][..., None], gy.reshape(shape[0], shape[1], 1), axis=2)
+        return [dx.reshape(shape)], {}
 
 
 @hookimpl

@@ -204,23 +204,32 @@ def _layer_norm(c, lid, op, ins, attrs):
     return lid
 
 
-@exports("conv2d")
+def _as_2d(op, in_shape):
+    """A window op and its per-sample input shape in 2-D: a 1-D op (plugins/window1d.py) runs as its 2-D form
+    on (C, 1, L)."""
+    two_d = getattr(op, "as_2d", None)
+    return (op, in_shape) if two_d is None else (two_d, (in_shape[0], 1, *in_shape[1:]))
+
+
+def _window_node(c, lid, onnx_op, op, ins, window: dict, **attrs) -> str:
+    """Add a Conv, ConvTranspose or pooling node; the ``window`` attributes, of ``op``'s 2-D form, keep only their
+    L entries for a 1-D op (its H axis is the unit axis it adds; pads [top, left, bottom, right] → [left, right])."""
+    if hasattr(op, "as_2d"):
+        window = {k: v[1::2] if k == "pads" else v[1:] for k, v in window.items()}
+    c.node(onnx_op, ins, [lid], lid, **window, **attrs)
+    return lid
+
+
+@exports("conv2d", "conv1d", "conv_transpose2d", "conv_transpose1d")
 def _conv(c, lid, op, ins, attrs):
-    p = op.p
+    two_d, shape = _as_2d(op, attrs["in_shapes"][0])
+    p = two_d.p
     inputs = [ins[0], c.weight(lid, "weight")] + ([c.weight(lid, "bias")] if p.bias else [])
-    c.node("Conv", inputs, [lid], lid, kernel_shape=list(p.kernel_size), strides=list(p.stride),
-           pads=_pads_onnx(op.pads(attrs["in_shapes"][0])), dilations=list(p.dilation), group=p.groups)
-    return lid
-
-
-@exports("conv_transpose2d")
-def _conv_transpose(c, lid, op, ins, attrs):
-    p = op.p
-    inputs = [ins[0], c.weight(lid, "weight")] + ([c.weight(lid, "bias")] if p.bias else [])
-    c.node("ConvTranspose", inputs, [lid], lid, kernel_shape=list(p.kernel_size), strides=list(p.stride),
-           pads=_pads_onnx(op._pads()), dilations=list(p.dilation), output_padding=list(p.output_padding),
-           group=p.groups)
-    return lid
+    window = dict(kernel_shape=list(p.kernel_size), strides=list(p.stride), pads=_pads_onnx(two_d.pads(shape)),
+                  dilations=list(p.dilation))
+    if two_d.transposed:
+        window["output_padding"] = list(p.output_padding)
+    return _window_node(c, lid, "ConvTranspose" if two_d.transposed else "Conv", op, inputs, window, group=p.groups)
 
 
 @exports("dense")
@@ -230,21 +239,21 @@ def _dense(c, lid, op, ins, attrs):
     return lid
 
 
-@exports("max_pool2d", "avg_pool2d")
+@exports("max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d")
 def _pool(c, lid, op, ins, attrs):
-    k, s, pads, d = op.window()
-    kw = dict(kernel_shape=list(k), strides=list(s), pads=_pads_onnx(pads), ceil_mode=int(op.p.ceil_mode))
-    if op.type == "max_pool2d":
+    two_d, _ = _as_2d(op, attrs["in_shapes"][0])
+    k, s, pads, d = two_d.window()
+    window = dict(kernel_shape=list(k), strides=list(s), pads=_pads_onnx(pads))
+    if two_d.type == "max_pool2d":
         if tuple(d) != (1, 1):
-            kw["dilations"] = list(d)
-        c.node("MaxPool", ins, [lid], lid, **kw)
-    else:
-        if op.p.ceil_mode and any(pads) and op.p.count_include_pad and c.opset < 19:
-            # before opset 19 runtimes disagree on the divisor of windows overhanging the padding
-            raise OnnxError(f"layer '{lid}': avg_pool2d with ceil_mode, padding and count_include_pad needs "
-                            f"--opset 19 or newer")
-        c.node("AveragePool", ins, [lid], lid, count_include_pad=int(op.p.count_include_pad), **kw)
-    return lid
+            window["dilations"] = list(d)
+        return _window_node(c, lid, "MaxPool", op, ins, window, ceil_mode=int(op.p.ceil_mode))
+    if op.p.ceil_mode and any(pads) and op.p.count_include_pad and c.opset < 19:
+        # before opset 19 runtimes disagree on the divisor of windows overhanging the padding
+        raise OnnxError(f"layer '{lid}': {op.type} with ceil_mode, padding and count_include_pad needs "
+                        f"--opset 19 or newer")
+    return _window_node(c, lid, "AveragePool", op, ins, window, ceil_mode=int(op.p.ceil_mode),
+                        count_include_pad=int(op.p.count_include_pad))
 
 
 @exports("batch_norm2d")

@@ -54,24 +54,38 @@ def handles(*names):
     return deco
 
 
-def _pair(v):
-    return int(v[0]) if v[0] == v[1] else [int(x) for x in v]
+def _compact(v):
+    """Per-axis values as one int when they are all equal (``kernel_size: 3``), else as a list."""
+    return int(v[0]) if all(x == v[0] for x in v) else [int(x) for x in v]
 
 
-def _pads_tblr(pads):
-    """ONNX [top, left, bottom, right] → cnngraph [top, bottom, left, right] (compact when symmetric)."""
-    t, l, b, r = (int(p) for p in pads)
-    if t == b and l == r:
-        return t if t == l else [t, l]
-    return [t, b, l, r]
+def _padding(pads):
+    """ONNX pads [begin..., end...] → cnngraph's padding: [begin, end] in 1-D, [top, bottom, left, right] in 2-D
+    (compact when each axis is symmetric)."""
+    n = len(pads) // 2
+    pairs = [(int(pads[i]), int(pads[n + i])) for i in range(n)]
+    if all(b == e for b, e in pairs):
+        return _compact([b for b, _ in pairs])
+    return [p for pair in pairs for p in pair]
 
 
-def _spatial(imp, node, x: Dyn, kernel, a, dilations=None):
-    """Resolved (strides, dilations, ONNX-order pads) of a 2-D window op."""
-    if len(x.shape) != 3:
-        raise imp.fail(f"only 2-D (N, C, H, W) inputs are supported, found per-sample shape {x.shape}")
-    strides = list(a.get("strides", [1, 1]))
-    dil = list(dilations or a.get("dilations", [1, 1]))
+def _spatial_rank(imp, x: Dyn) -> int:
+    """1 or 2: the spatial axes of an (N, C, L) or (N, C, H, W) input. 1-D ops import as the 1-D layers
+    (conv1d, max_pool1d, ...; see plugins/window1d.py), keeping the ONNX shapes and weight layouts."""
+    if len(x.shape) not in (2, 3):
+        raise imp.fail(f"only 1-D (N, C, L) and 2-D (N, C, H, W) inputs are supported, found per-sample shape "
+                       f"{x.shape}")
+    return len(x.shape) - 1
+
+
+def _spatial(imp, node, x: Dyn, kernel, a):
+    """Resolved (strides, dilations, ONNX-order pads) of a 1-D or 2-D window op."""
+    n = _spatial_rank(imp, x)
+    strides = list(a.get("strides", [1] * n))
+    dil = list(a.get("dilations", [1] * n))
+    if not len(kernel) == len(strides) == len(dil) == n:
+        raise imp.fail(f"kernel_shape {kernel}, strides {strides} and dilations {dil} need one entry per spatial "
+                       f"axis of the input ({n})")
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         pads_b, pads_e = [], []
@@ -83,78 +97,63 @@ def _spatial(imp, node, x: Dyn, kernel, a, dilations=None):
             pads_e.append(big if auto == "SAME_UPPER" else small)
         pads = pads_b + pads_e
     elif auto == "VALID":
-        pads = [0, 0, 0, 0]
+        pads = [0] * (2 * n)
     elif auto in ("NOTSET", ""):
-        pads = list(a.get("pads", [0, 0, 0, 0]))
+        pads = list(a.get("pads", [0] * (2 * n)))
     else:
         raise imp.fail(f"unknown auto_pad {auto!r}")
-    if len(pads) != 4 or len(strides) != 2 or len(dil) != 2:
-        raise imp.fail("only 2-D windows are supported")
+    if len(pads) != 2 * n:
+        raise imp.fail(f"pads {pads} need a begin and an end for each spatial axis of the input ({2 * n} entries)")
     return strides, dil, pads
 
 
 # ---- convolution, dense -------------------------------------------------------------------------
-@handles("Conv")
-def conv(imp, node, a):
+def _conv_layer(imp, node, a, transposed: bool) -> Dyn:
+    """Conv as conv1d/conv2d, ConvTranspose as conv_transpose1d/conv_transpose2d; the weights keep their layout:
+    (C_out, C_in/group, k...), transposed (C_in, C_out/group, k...)."""
     x = imp.dyn_of(node.input[0])
     w = imp.const(node.input[1], "weight")
-    b = imp.const(node.input[2], "bias") if len(node.input) > 2 else None
-    if w.ndim != 4:
-        raise imp.fail(f"only 2-D convolution is supported (weight of shape {w.shape})")
+    b = imp.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    if w.ndim not in (3, 4):
+        raise imp.fail(f"only 1-D and 2-D {'transposed ' * transposed}convolutions are supported (weight of shape "
+                       f"{w.shape})")
     kernel = list(a.get("kernel_shape", w.shape[2:]))
     strides, dil, pads = _spatial(imp, node, x, kernel, a)
-    group = int(a.get("group", 1))
-    params = {"out_channels": int(w.shape[0]), "kernel_size": _pair(kernel)}
-    if strides != [1, 1]:
-        params["stride"] = _pair(strides)
+    n, group = len(kernel), int(a.get("group", 1))
+    params = {"out_channels": int(w.shape[1]) * group if transposed else int(w.shape[0]),
+              "kernel_size": _compact(kernel)}
+    if strides != [1] * n:
+        params["stride"] = _compact(strides)
     if any(pads):
-        params["padding"] = _pads_tblr(pads)
-    if dil != [1, 1]:
-        params["dilation"] = _pair(dil)
+        params["padding"] = _padding(pads)
+    if dil != [1] * n:
+        params["dilation"] = _compact(dil)
     if group != 1:
         params["groups"] = group
-    return [imp.emit("conv2d", [x], params, _weights(params, w, b))]
+    out_pad = list(a.get("output_padding", [0] * n))
+    if len(out_pad) != n:
+        raise imp.fail(f"output_padding {out_pad} needs one entry per spatial axis of the input ({n})")
+    if any(out_pad):
+        params["output_padding"] = _compact(out_pad)
+    if b is None:
+        params["bias"] = False
+    weights = {"weight": w} | ({} if b is None else {"bias": b})
+    return imp.emit(f"conv{'_transpose' * transposed}{n}d", [x], params, weights)
+
+
+@handles("Conv")
+def conv(imp, node, a):
+    return [_conv_layer(imp, node, a, transposed=False)]
 
 
 @handles("ConvTranspose")
 def conv_transpose(imp, node, a):
-    x = imp.dyn_of(node.input[0])
-    w = imp.const(node.input[1], "weight")
-    b = imp.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
-    if w.ndim != 4:
-        raise imp.fail(f"only 2-D transposed convolution is supported (weight of shape {w.shape})")
     if a.get("output_shape") is not None:
         raise imp.fail("output_shape is not supported; export with pads and output_padding instead")
     auto = a.get("auto_pad", "NOTSET")
     if auto not in ("NOTSET", "", "VALID"):
         raise imp.fail(f"auto_pad {auto!r} is not supported for ConvTranspose (NOTSET and VALID are)")
-    kernel = list(a.get("kernel_shape", w.shape[2:]))
-    strides, dil = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
-    pads = [0, 0, 0, 0] if auto == "VALID" else list(a.get("pads", [0, 0, 0, 0]))
-    out_pad = list(a.get("output_padding", [0, 0]))
-    if len(kernel) != 2 or len(strides) != 2 or len(dil) != 2 or len(pads) != 4 or len(out_pad) != 2:
-        raise imp.fail("only 2-D windows are supported")
-    group = int(a.get("group", 1))
-    params = {"out_channels": int(w.shape[1]) * group, "kernel_size": _pair(kernel)}   # w: (C_in, C_out/group, ...)
-    if strides != [1, 1]:
-        params["stride"] = _pair(strides)
-    if any(pads):
-        params["padding"] = _pads_tblr(pads)
-    if group != 1:
-        params["groups"] = group
-    if any(out_pad):
-        params["output_padding"] = _pair(out_pad)
-    if dil != [1, 1]:
-        params["dilation"] = _pair(dil)
-    return [imp.emit("conv_transpose2d", [x], params, _weights(params, w, b))]
-
-
-def _weights(params: dict, w, b) -> dict:
-    """A conv's weights; without a bias input the layer gets ``bias: false``."""
-    if b is None:
-        params["bias"] = False
-        return {"weight": w}
-    return {"weight": w, "bias": b}
+    return [_conv_layer(imp, node, a, transposed=True)]
 
 
 @handles("Gemm")
@@ -208,24 +207,25 @@ def _pool(imp, node, a, kind):
     x = imp.dyn_of(node.input[0])
     kernel = list(a["kernel_shape"])
     strides, dil, pads = _spatial(imp, node, x, kernel, a)
-    params = {"kernel_size": _pair(kernel)}
+    n = len(kernel)
+    params = {"kernel_size": _compact(kernel)}
     if strides != kernel:   # cnngraph's default stride is the kernel size, ONNX's is 1
-        params["stride"] = _pair(strides)
+        params["stride"] = _compact(strides)
     if any(pads):
-        params["padding"] = _pads_tblr(pads)
+        params["padding"] = _padding(pads)
     if a.get("ceil_mode", 0):
         params["ceil_mode"] = True
     if kind == "max":
-        if dil != [1, 1]:
-            params["dilation"] = _pair(dil)
+        if dil != [1] * n:
+            params["dilation"] = _compact(dil)
         if len(node.output) > 1 and node.output[1] and imp.consumers[node.output[1]]:
             raise imp.fail("the Indices output is not supported")
-        return [imp.emit("max_pool2d", [x], params), None]
-    if dil != [1, 1]:
+        return [imp.emit(f"max_pool{n}d", [x], params), None]
+    if dil != [1] * n:
         raise imp.fail("dilated average pooling is not supported")
     if not a.get("count_include_pad", 0):   # ONNX's default is 0, cnngraph's True
         params["count_include_pad"] = False
-    return [imp.emit("avg_pool2d", [x], params)]
+    return [imp.emit(f"avg_pool{n}d", [x], params)]
 
 
 @handles("MaxPool")
@@ -241,8 +241,7 @@ def avg_pool(imp, node, a):
 @handles("GlobalAveragePool", "GlobalMaxPool")
 def global_pool(imp, node, a):
     x = imp.dyn_of(node.input[0])
-    if len(x.shape) != 3:
-        raise imp.fail(f"only 2-D (N, C, H, W) inputs are supported, found per-sample shape {x.shape}")
+    _spatial_rank(imp, x)   # (N, C, L) gives (N, C, 1), as ONNX
     return [imp.emit("global_avg_pool2d" if node.op_type == "GlobalAveragePool" else "global_max_pool2d", [x])]
 
 
@@ -256,8 +255,8 @@ def batch_norm(imp, node, a):
                        "export the model in inference mode (model.eval())")
     if a.get("training_mode", 0):
         raise imp.fail("training_mode=1 is not supported; export the model in inference mode")
-    if len(x.shape) not in (1, 3):
-        raise imp.fail(f"batch_norm2d takes (C, H, W) or (C,) per sample, found {x.shape}")
+    if len(x.shape) not in (1, 2, 3):
+        raise imp.fail(f"batch_norm2d takes (C, H, W), (C, L) or (C,) per sample, found {x.shape}")
     params = {}
     eps = float(a.get("epsilon", 1e-5))
     if abs(eps - 1e-5) > 1e-12:
