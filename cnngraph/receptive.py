@@ -1,4 +1,5 @@
-"""Receptive fields: how many input pixels (h, w) one output pixel of each layer can see.
+"""Receptive fields: how many input pixels (h, w) one output pixel of each layer can see; (l,) for the
+(C, L) maps of 1-D layers, which are followed as (C, 1, L) maps, as the 1-D ops compute them.
 
 Exact for any mix of strided, dilated and transposed (upsampling) windows: each layer's map from
 output positions to input positions is followed back to the model input, one axis at a time, and
@@ -34,7 +35,7 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
     fields: dict[str, Any] = {n: m for n, m in maps.items() if not isinstance(m, _Spatial)}
     per_axis = [_fields_along(g, spatial, maps, axis) for axis in (0, 1)]
     for n in spatial:
-        fields[n] = (per_axis[0][n], per_axis[1][n])
+        fields[n] = (per_axis[1][n],) if len(g.nodes[n]["out_shape"]) == 2 else (per_axis[0][n], per_axis[1][n])
     for n in order:   # flatten only lays the pixels out in a row: each value sees what it saw before
         src = g.nodes[n].get("inputs") or [None]
         if g.nodes[n].get("type") == "flatten" and isinstance(maps.get(src[0]), _Spatial):
@@ -51,22 +52,29 @@ class _Spatial:
         self.axes = axes
 
 
+def _as_map(shape):
+    """(C, H, W) as it is, (C, L) as (C, 1, L); None for other shapes (no map)."""
+    return tuple(shape) if len(shape) == 3 else (shape[0], 1, shape[1]) if len(shape) == 2 else None
+
+
 def _mapping(g, node, maps):
     attrs = g.nodes[node]
     if attrs["kind"] == "input":
-        return _Spatial([("input",), ("input",)]) if len(attrs["out_shape"]) == 3 else GLOBAL
+        return _Spatial([("input",), ("input",)]) if _as_map(attrs["out_shape"]) else GLOBAL
     ins = [maps[s] for s in attrs["inputs"]]
     op = attrs.get("op")
     if GLOBAL in ins or attrs["type"].startswith("global_") or getattr(op, "mixes_space", False) \
-            or len(attrs["out_shape"]) != 3:
+            or not _as_map(attrs["out_shape"]):
         return GLOBAL
-    if None in ins or any(len(s) != 3 for s in attrs.get("in_shapes") or []):
+    shapes = [_as_map(s) for s in attrs.get("in_shapes") or []]
+    if None in ins or None in shapes:
         return None
     p = attrs["params"]
+    if hasattr(op, "as_2d"):   # a 1-D window op: its 2-D form on (C, 1, L)
+        op, p = op.as_2d, op.as_2d.p
     k = getattr(p, "kernel_size", None)
-    shapes = attrs.get("in_shapes") or []
     if hasattr(op, "source_positions"):   # the op maps output to input positions itself (upsampling)
-        return _Spatial([("op", op, axis, shapes[0][1 + axis], attrs["out_shape"][1 + axis]) for axis in (0, 1)])
+        return _Spatial([("op", op, axis, shapes[0][1 + axis], _as_map(attrs["out_shape"])[1 + axis]) for axis in (0, 1)])
     if k is not None:
         k = _pair(k)
         s = _pair((getattr(p, "stride", None) or k) if hasattr(p, "stride") else (_shrink_factor(attrs) or k))
@@ -104,9 +112,9 @@ def _shrink_factor(attrs: dict):
     """(fh, fw) when the layer's first input map is exactly f times its output map per axis; (1, 1) when the
     map is kept or grows (padding adds no field) or the input is not a map; None for another shrink."""
     shapes = attrs.get("in_shapes") or []
-    if not shapes or len(shapes[0]) != 3:
+    if not shapes or not _as_map(shapes[0]) or not _as_map(attrs["out_shape"]):
         return (1, 1)
-    (_, h, w), (_, ho, wo) = shapes[0], attrs["out_shape"]
+    (_, h, w), (_, ho, wo) = _as_map(shapes[0]), _as_map(attrs["out_shape"])
     if ho >= h and wo >= w:
         return (1, 1)
     if ho <= 0 or wo <= 0 or h % ho or w % wo:
@@ -131,7 +139,7 @@ def _input_range(rule, a, b):
 
 def _fields_along(g, nodes, maps, axis):
     """Field along one axis for each spatial node."""
-    size = {n: g.nodes[n]["out_shape"][1 + axis] for n in nodes}
+    size = {n: _as_map(g.nodes[n]["out_shape"])[1 + axis] for n in nodes}
     need = {n: (0, size[n]) for n in nodes}                    # output positions each node must cover
     for n in reversed(nodes):
         rule = maps[n].axes[axis]

@@ -30,7 +30,7 @@ class LayerRow:
     params: int
     flops: int              # multiply-adds per sample
     act_bytes: int          # output activation bytes for the whole batch
-    receptive_field: Any    # (h, w) in input pixels, "global" or None
+    receptive_field: Any    # (h, w) in input pixels ((l,) for 1-D maps), "global" or None
 
 
 @dataclass
@@ -311,7 +311,8 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
         attrs = graph.nodes[node]
         if attrs["kind"] == "input":
             rows.append(LayerRow(node, "input", [], tuple(attrs["out_shape"]), 0, 0,
-                                 _tensor_bytes(attrs, batch_size, itemsize), (1, 1)))
+                                 _tensor_bytes(attrs, batch_size, itemsize),
+                                 rfs[node] if isinstance(rfs[node], tuple) else None))
             continue
         trainable, allp = _param_counts(graph, node, rng)
         flops = attrs["op"].flops(attrs["in_shapes"], attrs["out_shape"])

@@ -226,6 +226,36 @@ def test_receptive_field_through_transposed_convolutions_matches_the_gradients()
         assert _measured_field(spec, layer, centre) == rf[layer], layer
 
 
+def test_receptive_field_of_1d_layers_matches_the_gradients():
+    """(C, L) maps of 1-D layers get one-number fields (l,), as wide as the gradients reach."""
+    from cnngraph.summary import receptive_fields
+    spec = cnngraph.load_spec({
+        "inputs": {"signal": {"shape": [2, 40]}},
+        "layers": [{"id": "c1", "type": "conv1d", "out_channels": 2, "kernel_size": 5, "padding": 2},
+                   {"id": "c2", "type": "conv1d", "out_channels": 2, "kernel_size": 3, "dilation": 2, "padding": 2},
+                   {"id": "pool", "type": "avg_pool1d", "kernel_size": 2},
+                   {"id": "c3", "type": "conv1d", "out_channels": 2, "kernel_size": 3, "stride": 2},
+                   {"id": "up", "type": "conv_transpose1d", "out_channels": 2, "kernel_size": 2, "stride": 2},
+                   {"id": "g", "type": "global_avg_pool2d"}],
+        "outputs": ["g"]})
+    rf = receptive_fields(spec.graph)
+    assert (rf["c1"], rf["c2"], rf["pool"], rf["c3"], rf["g"]) == ((5,), (9,), (10,), (14,), "global")
+    model = cnngraph.compile(spec, dtype="float64", seed=1)
+    for name in model.params:
+        model.params[name] = np.abs(np.asarray(model.params[name])) + 0.1
+    for layer in ("c1", "c2", "pool", "c3", "up"):
+        widest = 0
+        for offset in range(-2, 3):
+            out = model.forward({"signal": np.ones((1, 2, 40))}, grad=True, outputs=[layer])[layer]
+            pos = out.shape[2] // 2 + offset
+            g = np.zeros_like(out)
+            g[0, 0, pos] = 1
+            hit = np.nonzero(model.backward({layer: g}, input_grads=True)["signal"][0].sum(0))[0]
+            widest = max(widest, hit.max() - hit.min() + 1)
+        assert (widest,) == rf[layer], layer
+    assert " 14 " in format_summary(summarize(spec.graph))
+
+
 def test_receptive_field_through_upsampling_matches_the_gradients():
     from cnngraph.summary import receptive_fields
     spec = cnngraph.load_spec({

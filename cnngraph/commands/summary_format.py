@@ -16,7 +16,7 @@ def _rows(s: Summary) -> list[list[str]]:
         share = r.flops / s.total_flops if s.total_flops else 0.0
         bar = "█" * round(share * BAR)
         rf = r.receptive_field
-        rf = "global" if rf == "global" else (f"{rf[0]}x{rf[1]}" if rf else "-")
+        rf = "global" if rf == "global" else ("x".join(map(str, rf)) if rf else "-")
         out.append([r.id, r.type, ", ".join(r.inputs) or "-", "x".join(map(str, r.out_shape)) or "scalar",
                     f"{r.params:,}", human_count(r.flops), f"{share * 100:4.1f}% {bar}", rf, human_bytes(r.act_bytes)])
     return out
