@@ -1,6 +1,7 @@
 """Reading image files and .npy batches as model inputs (used by datasets, ``predict`` and ``explain``).
 
-Mapping of a PNG/JPEG to an input: the image is converted to grey ("L") when C == 1, RGB when
+Mapping of a PNG/JPEG to an input: the image is turned upright as its EXIF orientation tag says (what
+viewers show), converted to grey ("L") when C == 1, RGB when
 C == 3 and RGBA when C == 4 (transparent pixels are composited over white first for C 1 and 3),
 resized to (H, W) (shrinking by area averaging, which keeps block-drawn images such as
 docs/images/digit3.png exact; enlarging bilinearly), and scaled to [0, 1] by /255. 16-bit grey images
@@ -34,12 +35,13 @@ def fmt_shape(shape) -> str:
 
 
 def _open(path: Path):
-    """Open and fully decode an image with Pillow; DataError naming the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """Open and fully decode an image with Pillow, turned upright as its EXIF orientation says (as viewers
+    show it); DataError naming the file otherwise. A multi-frame file (GIF, TIFF, WebP) gives its first frame."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
-        im = Image.open(path)
-        im.load()  # decode now, so a truncated file fails here and not later
-        return im
+        with Image.open(path) as im:
+            im.load()  # decode now, so a truncated file fails here and not later
+            return ImageOps.exif_transpose(im)   # a copy, upright; it outlives the file
     except FileNotFoundError:
         raise DataError(f"'{path}': image file does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cnngraph.errors import DataError
 from cnngraph.train.data import (DataConfig, apply_normalization, iterate_batches, load_dataset,
@@ -553,6 +553,56 @@ def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):
     (tmp_path / "only_sub" / "dog").mkdir()
     with pytest.raises(DataError, match=r"\(or their sub-folders\), found none"):
         load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "only_sub")), (3, 8, 8))
+
+
+def _bar_with_orientation(path, orientation=None):
+    """A 6x10 grey picture whose stored pixels show a horizontal bar (and a dot that tells every flip apart),
+    saved with EXIF Orientation ``orientation`` (none: no EXIF)."""
+    a = np.zeros((6, 10), np.uint8)
+    a[2, 1:9], a[4, 8] = 255, 128
+    if orientation is None:
+        Image.fromarray(a).save(path)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(a).save(path, exif=exif.tobytes())
+    return a
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_images_are_read_upright_as_their_exif_orientation_says(tmp_path, suffix, orientation):
+    """Viewers show an image turned by its EXIF orientation: training data, predict and explain read it so too
+    (Pillow's exif_transpose is the reference)."""
+    path = tmp_path / f"bar{suffix}"
+    stored = _bar_with_orientation(path, orientation)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)), np.float32) / 255
+    assert upright.shape == ((10, 6) if orientation >= 5 else (6, 10))
+    if orientation > 1 and upright.shape == stored.shape:
+        assert not np.array_equal(upright, np.asarray(Image.open(path), np.float32) / 255)
+    shape = (1,) + upright.shape
+    assert np.array_equal(read_image(path, shape)[0], upright)
+    assert np.array_equal(read_inputs([path], shape)[0, 0], upright)      # predict and explain read this way
+
+
+def test_an_image_without_exif_is_read_as_stored(tmp_path):
+    stored = _bar_with_orientation(tmp_path / "plain.png")
+    assert "exif" not in Image.open(tmp_path / "plain.png").info
+    assert np.array_equal(read_image(tmp_path / "plain.png", (1, 6, 10))[0], stored / np.float32(255))
+
+
+def test_image_folder_reads_a_rotated_jpeg_upright(tmp_path):
+    """The probe's case: stored as a horizontal bar, EXIF orientation 6 (shown turned a quarter clockwise)."""
+    for cls, orientation in (("flat", None), ("turned", 6)):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        _bar_with_orientation(tmp_path / "imgs" / cls / "0.jpg", orientation)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none",
+                                 val_fraction=0), (1, 10, 10))
+    x, y = ds.train
+    turned = x[y == 1][0, 0]
+    rows, cols = (turned > 0.5).sum(axis=1).max(), (turned > 0.5).sum(axis=0).max()
+    assert cols > rows      # a vertical bar: one column holds most of it
+    assert np.array_equal(x[y == 1][0], read_image(tmp_path / "imgs" / "turned" / "0.jpg", (1, 10, 10)))
 
 
 def test_loader_failures_are_named_not_wrapped(tmp_path):
