@@ -368,7 +368,7 @@ def test_read_image_and_inputs(tmp_path):
 
 def test_read_inputs_errors(tmp_path):
     (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(DataError, match="c.png'.*PNG or JPEG"):
+    with pytest.raises(DataError, match=r"c.png'.*expected an image Pillow can read \(.png, .jpg, .jpeg, .bmp"):
         read_inputs([tmp_path / "c.png"], (1, 8, 8))
     np.save(tmp_path / "w.npy", np.zeros((2, 3, 8, 8), np.float32))
     with pytest.raises(DataError, match=r"w.npy'.*\(N, 1, 8, 8\).*found \(2, 3, 8, 8\)"):
@@ -605,6 +605,40 @@ def test_image_folder_reads_a_rotated_jpeg_upright(tmp_path):
     assert np.array_equal(x[y == 1][0], read_image(tmp_path / "imgs" / "turned" / "0.jpg", (1, 10, 10)))
 
 
+def test_image_folder_reads_every_common_format_and_notes_the_skipped_files(tmp_path):
+    """BMP, GIF (first frame), TIFF and WebP besides PNG and JPEG, as predict reads them; other files are
+    counted in one note, hidden files left out silently."""
+    from cnngraph.train.images import image_suffixes
+    red, blue = (200, 0, 0), (0, 0, 200)
+    (tmp_path / "imgs" / "c0").mkdir(parents=True)
+    (tmp_path / "imgs" / "c1" / "more").mkdir(parents=True)
+    Image.new("RGB", (8, 8), blue).save(tmp_path / "imgs" / "c0" / "0.png")
+    c1 = tmp_path / "imgs" / "c1"
+    Image.new("RGB", (8, 8), red).save(c1 / "a.bmp")
+    Image.new("RGB", (8, 8), red).save(c1 / "b.TIF")
+    Image.new("RGB", (8, 8), red).save(c1 / "more" / "c.JPG")
+    Image.new("RGB", (8, 8), red).save(c1 / "d.gif", save_all=True, append_images=[Image.new("RGB", (8, 8), blue)])
+    webp = ".webp" in image_suffixes()
+    if webp:
+        Image.new("RGB", (8, 8), red).save(c1 / "e.webp", lossless=True)
+    for name in ("notes.txt", "labels.csv", "more/extra.csv", "README"):
+        (c1 / name).write_text("not an image")
+    (c1 / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none",
+                                 val_fraction=0), (3, 4, 4))
+    x, y = ds.train
+    assert np.bincount(y).tolist() == [1, 4 + webp]
+    assert np.allclose(x[y == 1][:, 0], 200 / 255, atol=0.02) and np.allclose(x[y == 1][:, 2], 0, atol=0.02)
+    assert ds.notes == [f"note: '{tmp_path / 'imgs'}': skipped 4 file(s) that are not images "
+                        f"({', '.join(image_suffixes())}): 2 .csv, 1 (no suffix), 1 .txt"]
+    images = sorted(p for p in c1.rglob("*") if p.suffix.lower() in image_suffixes())
+    assert np.allclose(read_inputs(images, (3, 4, 4)), x[y == 1], atol=1e-6)   # what predict reads
+    for f in c1.rglob("*"):
+        if f.is_file() and f.suffix.lower() not in image_suffixes():
+            f.unlink()
+    assert load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (3, 4, 4)).notes == []
+
+
 def test_loader_failures_are_named_not_wrapped(tmp_path):
     """Failures that used to reach the generic 'loader failed' wrapper, or read oddly, name the file and what
     was expected."""
@@ -632,5 +666,6 @@ def test_loader_failures_are_named_not_wrapped(tmp_path):
 
 def test_read_inputs_refuses_a_folder_by_name(tmp_path):
     (tmp_path / "pics").mkdir()
-    with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg\) or an .npy"):
+    with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg, .bmp, .gif, "
+                                         r"\.tif, .tiff(, .webp)?\) or an .npy"):
         read_inputs([tmp_path / "pics"], (1, 4, 4))
