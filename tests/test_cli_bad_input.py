@@ -53,4 +53,4 @@ def test_an_image_class_folder_without_images_is_refused(tmp_path, capsys):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / cls / "0.png")
     (tmp_path / "imgs" / "c").mkdir()
     _fails(["train", "specs/digits_cnn.yaml", "--data", f"image_folder:{tmp_path / 'imgs'}", "--out",
-            tmp_path / "r", "--quiet"], capsys, "class folder(s) c hold no .png/.jpg/.jpeg images")
+            tmp_path / "r", "--quiet"], capsys, "class folder(s) c hold no images (.png, .jpg")

@@ -65,9 +65,9 @@ def register(sub) -> None:
     add_spec_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy batches with a trained checkpoint")
+    p = sub.add_parser("predict", help="classify images (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy batches with a trained checkpoint")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".png/.jpg/.jpeg images or .npy arrays")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (.png, .jpg, .bmp, .gif, .tif, .webp, ...) or .npy arrays")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="run folder, its checkpoint/ folder, or a best/ or last/ checkpoint")
     p.add_argument("--which", choices=("best", "last"), default="best")

@@ -36,7 +36,7 @@ def register(sub) -> None:
     w.add_argument("--checkpoint", metavar="DIR",
                    help="run folder, DIR/checkpoint, or a best/ or last/ checkpoint folder")
     w.add_argument("--params", metavar="WEIGHTS.npz", help=".npz of parameters")
-    p.add_argument("--image", metavar="IMG", help="PNG/JPEG or .npy sample (resized and normalised as in training)")
+    p.add_argument("--image", metavar="IMG", help="image (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy sample (resized and normalised as in training)")
     p.add_argument("--index", type=int, default=0, help="sample of a .npy batch to use (default 0)")
     p.add_argument("--invert", action="store_true",
                    help="invert the image (dark ink on white → light on dark, as MNIST and the digits)")
@@ -105,7 +105,7 @@ def cmd_explain(args) -> int:
         print(f"wrote {out} ({size[0]}x{size[1]} px): filters of {args.layer or ex.first_conv(model)}")
         return 0
     if not args.image:
-        raise CnnGraphError("give --image IMG (PNG/JPEG or .npy sample); or --filters to draw the kernels")
+        raise CnnGraphError("give --image IMG (an image file or .npy sample); or --filters to draw the kernels")
     prep = ex.preprocessing(spec, weights.meta)
     from ..train.images import image_units_warning
     units = image_units_warning([args.image], prep.pixel_range, prep.scale)

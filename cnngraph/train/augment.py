@@ -16,6 +16,11 @@ Geometry: row 0 is the top; a positive shift moves content down/right; a positiv
 angle turns the content counter-clockwise (``np.rot90`` for +90 degrees) about the image centre;
 a scale factor > 1 zooms in about the centre. Rotation and scale sample bilinearly.
 
+Limits: a shift (``random_shift.pixels``, ``random_crop.padding``) must be smaller than the image's
+height and width, else a draw can move the whole image out of view (checked against the spec's input
+by ``input_problems`` when the spec is validated); rotations lie within [-180, 180] degrees and scale
+factors within [1/4, 4] (``SCALE_LIMITS``): beyond, the image is mostly fill or a few enlarged pixels.
+
 Segmentation masks (``Compose(x, rng, masks)``) move with their images: each geometric step runs a
 second time, with the same random draws, on the masks' one-hot planes, and every pixel takes the
 class of highest weight (nearest-like, never a blend of two labels). Pixels that come from outside
@@ -27,13 +32,14 @@ import copy
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["Augmentation", "RandomShift", "RandomCrop", "HorizontalFlip", "RandomRotation",
            "RandomScale", "Compose", "AUGMENTATIONS", "AugmentConfigError", "build_augmentations",
            "shift", "affine", "rotate", "zoom"]
 
 Fill = Literal["constant", "edge"]
+SCALE_LIMITS = (0.25, 4.0)
 
 
 class _Params(BaseModel):
@@ -148,6 +154,12 @@ class Augmentation:
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def input_problems(cls, params: BaseModel, shape: tuple[int, int, int]) -> list[tuple[str, str]]:
+        """Settings that cannot make sense on per-sample inputs of ``shape`` (C, H, W), as (parameter,
+        message) pairs; validation reports each at the parameter. None by default."""
+        return []
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
         return f"{type(self).__name__}({args})"
@@ -168,6 +180,10 @@ class RandomShift(Augmentation):
         dx = rng.integers(-p, p + 1, size=len(x))
         return shift(x, dy, dx, self.params.fill, self.background)
 
+    @classmethod
+    def input_problems(cls, params, shape):
+        return _shift_within(shape, "pixels", params.pixels)
+
 
 class RandomCrop(Augmentation):
     """Pad by ``padding`` on every side, then crop back to (H, W) at a random offset per sample."""
@@ -184,6 +200,19 @@ class RandomCrop(Augmentation):
         oy = rng.integers(0, 2 * p + 1, size=len(x))
         ox = rng.integers(0, 2 * p + 1, size=len(x))
         return shift(x, p - oy, p - ox, self.params.fill, self.background)
+
+    @classmethod
+    def input_problems(cls, params, shape):
+        return _shift_within(shape, "padding", params.padding)
+
+
+def _shift_within(shape, name: str, pixels: int) -> list[tuple[str, str]]:
+    """A shift of up to ``pixels`` must leave part of the image in view: less than its height and width."""
+    side = min(shape[-2:])
+    if pixels < side:
+        return []
+    return [(name, f"{name} ({pixels}) must be less than the image's height and width (at most {side - 1} for the "
+                   f"input {tuple(shape)}): a draw could move the whole image out of view, leaving only fill")]
 
 
 class HorizontalFlip(Augmentation):
@@ -219,9 +248,18 @@ class RandomScale(Augmentation):
     type = "random_scale"
 
     class Params(_Params):
-        min: float = Field(0.9, gt=0.0)
-        max: float = Field(1.1, gt=0.0)
+        min: float = 0.9
+        max: float = 1.1
         fill: Fill = "constant"
+
+        @field_validator("min", "max")
+        @classmethod
+        def _sane(cls, v):
+            lo, hi = SCALE_LIMITS
+            if not lo <= v <= hi:
+                raise ValueError(f"expected a scale factor in [{lo:g}, {hi:g}]: beyond, the image is mostly fill "
+                                 f"or a few enlarged pixels")
+            return v
 
         @model_validator(mode="after")
         def _order(self):

@@ -138,7 +138,7 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
         a, p = _typed(entry, registry.augmentations, base + ("augment", i), "augmentation", positions, file, None)
         problems += p
         augs.append(a)
-    problems += _network_problems(top, data, layer_ids, input_shapes or {}, positions, file)
+    problems += _network_problems(top, data, augs, registry, layer_ids, input_shapes or {}, positions, file)
     if problems:
         return None, problems
     return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
@@ -179,9 +179,9 @@ def _lenient_top(raw: Any):
     return SimpleNamespace(**values)
 
 
-def _network_problems(top, data, layer_ids, input_shapes, positions, file) -> list[Problem]:
-    """Checks of the train section against the network: the loss output, the early-stopping metric
-    and the number of normalisation values."""
+def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positions, file) -> list[Problem]:
+    """Checks of the train section against the network: the loss output, the early-stopping metric,
+    the number of normalisation values and the augmentations' settings for the image size."""
     from ..registry import did_you_mean
     from ..spec import _locate
     problems = []
@@ -197,12 +197,16 @@ def _network_problems(top, data, layer_ids, input_shapes, positions, file) -> li
             problems.append(_locate(f"unknown early-stopping metric '{es.metric}'{did_you_mean(es.metric, known)}; "
                                     f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),
                                     positions, file))
-    stats = getattr(data, "normalize", None)
     shapes = [tuple(s) for s in input_shapes.values()]
-    if hasattr(stats, "mean") and len(shapes) == 1 and len(shapes[0]) == 3:
-        c = shapes[0][0]
-        if len(stats.mean) not in (1, c):
-            problems.append(_locate(f"normalize: expected 1 or {c} mean/std values (one per channel of the input "
-                                    f"{shapes[0]}), found {len(stats.mean)}", ("train", "data", "normalize"),
-                                    positions, file))
+    if len(shapes) != 1 or len(shapes[0]) != 3:   # not one (C, H, W) image: training refuses it
+        return problems
+    image = shapes[0]
+    stats = getattr(data, "normalize", None)
+    if hasattr(stats, "mean") and len(stats.mean) not in (1, image[0]):
+        problems.append(_locate(f"normalize: expected 1 or {image[0]} mean/std values (one per channel of the input "
+                                f"{image}), found {len(stats.mean)}", ("train", "data", "normalize"), positions, file))
+    for i, a in enumerate(augs):
+        check = a and getattr(registry.augmentations[a.type], "input_problems", None)   # None: a failed entry
+        for name, message in (check(a.params, image) if check else ()):
+            problems.append(_locate(f"({a.type}) {message}", ("train", "augment", i, name), positions, file))
     return problems

@@ -138,7 +138,7 @@ class Dataset:
     ``mean`` / ``std`` are the per-channel values applied: ``(raw - mean) / std``.
     ``pixel_scale`` maps an image in [0, 1] to raw units (``read_image(..., scale=pixel_scale)``).
     ``pixel_range`` is (min, max) of the raw training images: outside [0, pixel_scale], images read
-    from PNG/JPEG files are not in the units the model learned. ``notes`` are the loader's remarks
+    from image files are not in the units the model learned. ``notes`` are the loader's remarks
     (how it read the data) for the user.
     """
 

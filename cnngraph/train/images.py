@@ -1,7 +1,9 @@
 """Reading image files and .npy batches as model inputs (used by datasets, ``predict`` and ``explain``).
 
-Mapping of a PNG/JPEG to an input: the image is converted to grey ("L") when C == 1, RGB when
-C == 3 and RGBA when C == 4 (transparent pixels are composited over white first for C 1 and 3),
+Images: PNG, JPEG, BMP, GIF, TIFF and WebP (where Pillow was built with it); :func:`image_suffixes`.
+Mapping of an image to an input: the image is turned upright as its EXIF orientation tag says (what
+viewers show; a GIF, TIFF or WebP with several frames gives its first), converted to grey ("L") when
+C == 1, RGB when C == 3 and RGBA when C == 4 (transparent pixels are composited over white first for C 1 and 3),
 resized to (H, W) (shrinking by area averaging, which keeps block-drawn images such as
 docs/images/digit3.png exact; enlarging bilinearly), and scaled to [0, 1] by /255. 16-bit grey images
 (Pillow modes I;16 and I, e.g. 16-bit PNGs) are scaled by /65535 instead and float images (mode F) are
@@ -13,6 +15,7 @@ dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits us
 from __future__ import annotations
 
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +24,9 @@ import numpy as np
 from ..arrayfile import array_file_kind
 from ..errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_inputs", "image_units_warning"]
+__all__ = ["image_suffixes", "read_image", "read_inputs", "image_units_warning"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # grey modes that convert("L") would clip at 255
 
@@ -33,17 +36,29 @@ def fmt_shape(shape) -> str:
     return str(tuple(int(s) for s in shape))   # (1200,) for one dimension, as Python writes it
 
 
+@cache
+def image_suffixes() -> tuple[str, ...]:
+    """The (lower-case) suffixes of the image files read: .webp only where Pillow can decode WebP."""
+    from PIL import features
+    return tuple(s for s in _SUFFIXES if s != ".webp" or features.check_module("webp"))
+
+
+def _suffix_list() -> str:
+    return ", ".join(image_suffixes())
+
+
 def _open(path: Path):
-    """Open and fully decode an image with Pillow; DataError naming the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """Open and fully decode an image with Pillow, turned upright as its EXIF orientation says (as viewers
+    show it); DataError naming the file otherwise. A multi-frame file (GIF, TIFF, WebP) gives its first frame."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
-        im = Image.open(path)
-        im.load()  # decode now, so a truncated file fails here and not later
-        return im
+        with Image.open(path) as im:
+            im.load()  # decode now, so a truncated file fails here and not later
+            return ImageOps.exif_transpose(im)   # a copy, upright; it outlives the file
     except FileNotFoundError:
         raise DataError(f"'{path}': image file does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"'{path}': expected a PNG or JPEG image Pillow can read, found unreadable "
+        raise DataError(f"'{path}': expected an image Pillow can read ({_suffix_list()}), found unreadable "
                         f"data ({exc})") from None
 
 
@@ -53,7 +68,7 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
 
     Parameters
     ----------
-    path : PNG or JPEG file.
+    path : an image file (:func:`image_suffixes`).
     input_shape : the model's (C, H, W); C picks grey (1), RGB (3) or RGBA (4).
     scale : multiply the [0, 1] values by this (the dataset's raw range, e.g. 16 for digits).
     invert : use 1 - value (dark ink on white -> light on dark) before scaling.
@@ -163,7 +178,7 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float, eight
 
 def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
                 invert: bool = False, eight_bit: bool = True) -> np.ndarray:
-    """Read PNG/JPEG files and .npy batches into one float32 (N, C, H, W) array (not normalised).
+    """Read image files and .npy batches into one float32 (N, C, H, W) array (not normalised).
 
     Images are read with :func:`read_image`; ``invert`` applies to images only. ``eight_bit``: .npy
     numbers in 0..255 are scaled to [0, 1] (see ``_read_npy``); pass False for a model trained on
@@ -174,24 +189,24 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: 
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            raise DataError(f"'{p}': is a folder; expected image files (.png, .jpg, .jpeg) or an .npy file")
+            raise DataError(f"'{p}': is a folder; expected image files ({_suffix_list()}) or an .npy file")
         if p.suffix.lower() == ".npy":
             parts.append(_read_npy(p, shape, scale, eight_bit))
-        elif p.suffix.lower() in IMAGE_SUFFIXES:
+        elif p.suffix.lower() in image_suffixes():
             parts.append(read_image(p, shape, scale=scale, invert=invert)[None])
         else:
-            raise DataError(f"'{p}': expected a .png, .jpg, .jpeg or .npy file, found suffix "
+            raise DataError(f"'{p}': expected an image ({_suffix_list()}) or an .npy file, found suffix "
                             f"'{p.suffix or '(none)'}'")
     if not parts:
-        raise DataError("no input files given; expected at least one .png, .jpg, .jpeg or .npy file")
+        raise DataError(f"no input files given; expected at least one image ({_suffix_list()}) or .npy file")
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def image_units_warning(paths: Sequence[str | Path], pixel_range, scale: float) -> str | None:
-    """A warning when PNG/JPEG ``paths`` feed a model whose raw training pixels spanned ``pixel_range``
+    """A warning when image ``paths`` feed a model whose raw training pixels spanned ``pixel_range``
     (the checkpoint's ``dataset.pixel_range``), outside the [0, scale] images are read in."""
     from .data import pixel_range_fits
-    images = [str(p) for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    images = [str(p) for p in paths if Path(p).suffix.lower() in image_suffixes()]
     if not images or pixel_range_fits(pixel_range, scale):
         return None
     lo, hi = pixel_range

@@ -2,17 +2,24 @@
 
 On a terminal (``stream.isatty()``) a bar is redrawn in place at most ``refresh`` times a second
 with the running loss, accuracy and images/s, and replaced by the epoch's summary line at the end.
+The bar line stays shorter than the terminal is wide (a longer one would wrap, and each redraw would
+leave a line behind): the bar shrinks first, then images/s, the accuracy, the bar itself, the loss and
+the step count are dropped in that order.
 Anywhere else (logs, pipes, CI) exactly one line is written per epoch. ``quiet`` writes nothing.
 :class:`PhaseTimer` collects the ``--profile`` report (time per phase and per layer).
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
 __all__ = ["EpochProgress", "format_epoch", "PhaseTimer"]
+
+BAR_CELLS, MIN_BAR_CELLS = 24, 8
 
 
 def _short(key: str) -> str:
@@ -81,14 +88,25 @@ class EpochProgress:
         if now - self._last_draw < self.min_interval and self.step < self.steps:
             return
         self._last_draw = now
-        frac = self.step / max(self.steps, 1)
-        bar = "#" * int(frac * 24)
-        rate = self.images / max(now - self.start, 1e-9)
-        text = (f"epoch {self.epoch}/{self.epochs} [{bar:<24}] {self.step}/{self.steps}  "
-                f"loss {self.loss:.4f} {self.metric} {self.score:.4f}  "
-                f"{rate:,.0f} img/s")
-        self._write("\r" + text.ljust(self._width))
+        limit = _columns(self.stream) - 1   # the last column would wrap the line on some terminals
+        text = self._bar_line(self.images / max(now - self.start, 1e-9), limit)
+        self._write("\r" + text.ljust(min(self._width, limit)))
         self._width = len(text)
+
+    def _bar_line(self, rate: float, limit: int) -> str:
+        """The bar line in at most ``limit`` characters (see the module docstring)."""
+        head = f"epoch {self.epoch}/{self.epochs}"
+        fields = [f"{self.step}/{self.steps}", f"loss {self.loss:.4f}", f"{self.metric} {self.score:.4f}",
+                  f"{rate:,.0f} img/s"]
+        for bar, n in ((True, 4), (True, 3), (True, 2), (False, 2), (False, 1)):   # richest first
+            tail = "  ".join(fields[:n])
+            if bar:
+                cells = min(BAR_CELLS, limit - len(head) - len(tail) - 4)   # 4: " [" and "] "
+                if cells >= MIN_BAR_CELLS:
+                    return f"{head} [{'#' * int(self.step / max(self.steps, 1) * cells):<{cells}}] {tail}"
+            elif len(head) + 2 + len(tail) <= limit:
+                return f"{head}  {tail}"
+        return head[:max(limit, 0)]
 
     def finish(self, row: dict) -> None:
         if self.quiet:
@@ -111,6 +129,18 @@ class EpochProgress:
             self.stream.flush()
         except (OSError, ValueError):  # closed pipe / stream: progress is best effort
             pass
+
+
+def _columns(stream) -> int:
+    """The terminal's width: $COLUMNS or stdout's terminal (``shutil.get_terminal_size``), else the
+    progress stream's own terminal (stdout redirected), else 80."""
+    cols = shutil.get_terminal_size((0, 0)).columns
+    if cols <= 0:
+        try:
+            cols = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            pass
+    return cols if cols > 0 else 80
 
 
 @dataclass

@@ -126,7 +126,7 @@ def _single_image_input(spec) -> tuple[str, tuple]:
 
 
 def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Read a PNG/JPEG or .npy sample as (raw (1, C, H, W) in raw units, normalised model input)."""
+    """Read an image file or .npy sample as (raw (1, C, H, W) in raw units, normalised model input)."""
     from ..train.data import npy_eight_bit
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)

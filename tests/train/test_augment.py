@@ -114,6 +114,10 @@ def test_chain_and_empty():
     ([{"type": "horizontal_flip", "p": 2}], 0, "p", "less than or equal to 1"),
     ([{"pixels": 1}], 0, None, "'type' key"),
     ([{"type": "random_rotation", "fill": "wrap"}], 0, "fill", "constant"),
+    ([{"type": "random_scale", "min": 0.2}], 0, "min", r"expected a scale factor in \[0.25, 4\]"),
+    ([{"type": "random_scale", "max": 4.5}], 0, "max", r"expected a scale factor in \[0.25, 4\]"),
+    ([{"type": "random_scale", "max": float("nan")}], 0, "max", r"expected a scale factor in \[0.25, 4\]"),
+    ([{"type": "random_rotation", "degrees": 181}], 0, "degrees", "less than or equal to 180"),
 ])
 def test_config_errors(entries, index, field, message):
     with pytest.raises(AugmentConfigError, match=message) as e:
@@ -142,3 +146,36 @@ def test_prevalidated_entries_and_custom_table():
                               table={**AUGMENTATIONS, "negate": Negate})
     assert np.array_equal(aug(X, np.random.default_rng(0)), -X)
     assert aug.steps[0].background == [0.5]
+
+
+def _spec(augment, shape=(1, 8, 8)):
+    return {"name": "t", "inputs": {"image": {"shape": list(shape)}},
+            "layers": [{"id": "flat", "type": "flatten"}, {"id": "logits", "type": "dense", "out_features": 10}],
+            "outputs": ["logits"], "train": {"augment": augment}}
+
+
+def test_a_shift_or_crop_as_large_as_the_image_is_refused_at_validation():
+    """The probe: random_shift pixels 1000 on an 8x8 input validated, trained at chance and 40x slower. A shift
+    must stay below the image's height and width; each problem is located at its parameter."""
+    import cnngraph
+    with pytest.raises(cnngraph.SpecError) as e:
+        cnngraph.load_spec(_spec([{"type": "random_shift", "pixels": 1000}, "horizontal_flip",
+                                  {"type": "random_crop", "padding": 4}], shape=(3, 4, 16)))
+    assert [(p.path, p.message) for p in e.value.problems] == [
+        ("train.augment[0].pixels", "(random_shift) pixels (1000) must be less than the image's height and width "
+         "(at most 3 for the input (3, 4, 16)): a draw could move the whole image out of view, leaving only fill"),
+        ("train.augment[2].padding", "(random_crop) padding (4) must be less than the image's height and width "
+         "(at most 3 for the input (3, 4, 16)): a draw could move the whole image out of view, leaving only fill")]
+    spec = cnngraph.load_spec(_spec([{"type": "random_shift", "pixels": 7}, {"type": "random_crop", "padding": 7},
+                                     {"type": "random_scale", "min": 0.25, "max": 4}, {"type": "random_rotation",
+                                                                                        "degrees": 180}]))
+    assert [a.type for a in spec.train.augment] == ["random_shift", "random_crop", "random_scale", "random_rotation"]
+
+
+def test_every_built_in_augmentation_checks_its_settings_against_the_input():
+    shape = (1, 8, 8)
+    for name, cls in AUGMENTATIONS.items():
+        assert cls.input_problems(cls.Params(), shape) == [], name          # the defaults fit an 8x8 image
+    assert RandomShift.input_problems(RandomShift.Params(pixels=8), shape)[0][0] == "pixels"
+    assert RandomCrop.input_problems(RandomCrop.Params(padding=8), shape)[0][0] == "padding"
+    assert RandomCrop.input_problems(RandomCrop.Params(), (3, 32, 32)) == []

@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cnngraph.errors import DataError
 from cnngraph.train.data import (DataConfig, apply_normalization, iterate_batches, load_dataset,
@@ -368,7 +368,7 @@ def test_read_image_and_inputs(tmp_path):
 
 def test_read_inputs_errors(tmp_path):
     (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(DataError, match="c.png'.*PNG or JPEG"):
+    with pytest.raises(DataError, match=r"c.png'.*expected an image Pillow can read \(.png, .jpg, .jpeg, .bmp"):
         read_inputs([tmp_path / "c.png"], (1, 8, 8))
     np.save(tmp_path / "w.npy", np.zeros((2, 3, 8, 8), np.float32))
     with pytest.raises(DataError, match=r"w.npy'.*\(N, 1, 8, 8\).*found \(2, 3, 8, 8\)"):
@@ -555,6 +555,90 @@ def test_image_folder_skips_hidden_files_and_reads_sub_folders(tmp_path):
         load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "only_sub")), (3, 8, 8))
 
 
+def _bar_with_orientation(path, orientation=None):
+    """A 6x10 grey picture whose stored pixels show a horizontal bar (and a dot that tells every flip apart),
+    saved with EXIF Orientation ``orientation`` (none: no EXIF)."""
+    a = np.zeros((6, 10), np.uint8)
+    a[2, 1:9], a[4, 8] = 255, 128
+    if orientation is None:
+        Image.fromarray(a).save(path)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(a).save(path, exif=exif.tobytes())
+    return a
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_images_are_read_upright_as_their_exif_orientation_says(tmp_path, suffix, orientation):
+    """Viewers show an image turned by its EXIF orientation: training data, predict and explain read it so too
+    (Pillow's exif_transpose is the reference)."""
+    path = tmp_path / f"bar{suffix}"
+    stored = _bar_with_orientation(path, orientation)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)), np.float32) / 255
+    assert upright.shape == ((10, 6) if orientation >= 5 else (6, 10))
+    if orientation > 1 and upright.shape == stored.shape:
+        assert not np.array_equal(upright, np.asarray(Image.open(path), np.float32) / 255)
+    shape = (1,) + upright.shape
+    assert np.array_equal(read_image(path, shape)[0], upright)
+    assert np.array_equal(read_inputs([path], shape)[0, 0], upright)      # predict and explain read this way
+
+
+def test_an_image_without_exif_is_read_as_stored(tmp_path):
+    stored = _bar_with_orientation(tmp_path / "plain.png")
+    assert "exif" not in Image.open(tmp_path / "plain.png").info
+    assert np.array_equal(read_image(tmp_path / "plain.png", (1, 6, 10))[0], stored / np.float32(255))
+
+
+def test_image_folder_reads_a_rotated_jpeg_upright(tmp_path):
+    """The probe's case: stored as a horizontal bar, EXIF orientation 6 (shown turned a quarter clockwise)."""
+    for cls, orientation in (("flat", None), ("turned", 6)):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        _bar_with_orientation(tmp_path / "imgs" / cls / "0.jpg", orientation)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none",
+                                 val_fraction=0), (1, 10, 10))
+    x, y = ds.train
+    turned = x[y == 1][0, 0]
+    rows, cols = (turned > 0.5).sum(axis=1).max(), (turned > 0.5).sum(axis=0).max()
+    assert cols > rows      # a vertical bar: one column holds most of it
+    assert np.array_equal(x[y == 1][0], read_image(tmp_path / "imgs" / "turned" / "0.jpg", (1, 10, 10)))
+
+
+def test_image_folder_reads_every_common_format_and_notes_the_skipped_files(tmp_path):
+    """BMP, GIF (first frame), TIFF and WebP besides PNG and JPEG, as predict reads them; other files are
+    counted in one note, hidden files left out silently."""
+    from cnngraph.train.images import image_suffixes
+    red, blue = (200, 0, 0), (0, 0, 200)
+    (tmp_path / "imgs" / "c0").mkdir(parents=True)
+    (tmp_path / "imgs" / "c1" / "more").mkdir(parents=True)
+    Image.new("RGB", (8, 8), blue).save(tmp_path / "imgs" / "c0" / "0.png")
+    c1 = tmp_path / "imgs" / "c1"
+    Image.new("RGB", (8, 8), red).save(c1 / "a.bmp")
+    Image.new("RGB", (8, 8), red).save(c1 / "b.TIF")
+    Image.new("RGB", (8, 8), red).save(c1 / "more" / "c.JPG")
+    Image.new("RGB", (8, 8), red).save(c1 / "d.gif", save_all=True, append_images=[Image.new("RGB", (8, 8), blue)])
+    webp = ".webp" in image_suffixes()
+    if webp:
+        Image.new("RGB", (8, 8), red).save(c1 / "e.webp", lossless=True)
+    for name in ("notes.txt", "labels.csv", "more/extra.csv", "README"):
+        (c1 / name).write_text("not an image")
+    (c1 / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none",
+                                 val_fraction=0), (3, 4, 4))
+    x, y = ds.train
+    assert np.bincount(y).tolist() == [1, 4 + webp]
+    assert np.allclose(x[y == 1][:, 0], 200 / 255, atol=0.02) and np.allclose(x[y == 1][:, 2], 0, atol=0.02)
+    assert ds.notes == [f"note: '{tmp_path / 'imgs'}': skipped 4 file(s) that are not images "
+                        f"({', '.join(image_suffixes())}): 2 .csv, 1 (no suffix), 1 .txt"]
+    images = sorted(p for p in c1.rglob("*") if p.suffix.lower() in image_suffixes())
+    assert np.allclose(read_inputs(images, (3, 4, 4)), x[y == 1], atol=1e-6)   # what predict reads
+    for f in c1.rglob("*"):
+        if f.is_file() and f.suffix.lower() not in image_suffixes():
+            f.unlink()
+    assert load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (3, 4, 4)).notes == []
+
+
 def test_loader_failures_are_named_not_wrapped(tmp_path):
     """Failures that used to reach the generic 'loader failed' wrapper, or read oddly, name the file and what
     was expected."""
@@ -582,5 +666,6 @@ def test_loader_failures_are_named_not_wrapped(tmp_path):
 
 def test_read_inputs_refuses_a_folder_by_name(tmp_path):
     (tmp_path / "pics").mkdir()
-    with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg\) or an .npy"):
+    with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg, .bmp, .gif, "
+                                         r"\.tif, .tiff(, .webp)?\) or an .npy"):
         read_inputs([tmp_path / "pics"], (1, 4, 4))

@@ -317,7 +317,8 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_bar_on_a_terminal(tmp_path):
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")   # a wide terminal shows every field (test_progress.py: narrow ones)
     stream = _Tty()
     run(tiny_spec(epochs=2), tmp_path, stream=stream)
     text = stream.getvalue()
