@@ -12,7 +12,7 @@ import numpy as np
 from .autodiff import requires_grad, run_backward
 from .blame import defined_at, source_line
 from .backend import get_xp, to_device, to_numpy, tune_allocator
-from .errors import CnnGraphError, PluginError, RunError
+from .errors import CheckpointError, CnnGraphError, PluginError, RunError
 from .kernels._parallel import blas_held_for
 from .runner import batch_of, init_params_problem, run_forward, run_forward_parallel
 from .paramtypes import is_whole
@@ -367,12 +367,17 @@ class Model:
         return np.concatenate(parts) if parts else np.zeros((0,) + self.graph.nodes[out_name]["out_shape"])
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, path: Union[str, Path], meta: dict | None = None) -> None:
+    def save(self, path: Union[str, Path], meta: dict | None = None, overwrite: bool = False) -> None:
         """Save spec and parameters to a checkpoint directory (atomic; no pickle). A model loaded from a
         training checkpoint keeps its data preparation (``"dataset"``: mean, std, classes, pixel scale), so
-        ``cnngraph predict`` on the saved copy answers as on the original; ``meta`` adds or overrides keys."""
+        ``cnngraph predict`` on the saved copy answers as on the original; ``meta`` adds or overrides keys.
+
+        ``path`` must be new, empty, or an earlier ``Model.save`` checkpoint, which is replaced (as saving a
+        file again replaces it). A training run or checkpoint, or a folder of other files, raises
+        CheckpointError unless ``overwrite=True``; a folder a running training holds is always refused."""
         from .train.checkpoint import save_checkpoint
         import json
+        path = _save_target(path, overwrite)
         reserved = {"spec", "spec_sha256", "spec_dir", "kind", "dtype"} & set(meta or {})
         if reserved:
             raise ValueError(f"meta may not set {', '.join(sorted(reserved))}: the checkpoint needs them to load")
@@ -410,6 +415,37 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.spec.name!r}, layers={len(self.spec.layers)}, params={self.param_count():,}, "
                 f"device={self.device!r}, dtype={self.dtype.name})")
+
+
+def _save_target(path, overwrite: bool) -> Path:
+    """``path`` as the folder Model.save may write into; a CheckpointError naming what it would replace otherwise.
+    Replacing a training run's or checkpoint's weights would lose its optimizer state (resume fails) or make
+    load_model, evaluate and predict use these weights instead of the trained ones, with no sign of it."""
+    from .train.checkpoint import holds_run, read_meta, run_folder
+    from .train.runlock import holder
+    if not str(path).strip():   # "" would be the current folder
+        raise ValueError("Model.save: the path is empty; name the checkpoint folder")
+    p = Path(path)
+    busy = holder(run_folder(p))
+    if busy:
+        raise CheckpointError(f"{p}: a training run ({busy}) is writing there; save elsewhere")
+    if overwrite or not p.is_dir():
+        return p
+    meta = read_meta(p)
+    if holds_run(p):
+        what = "holds a training run: load_model, evaluate and predict would use these weights instead of the run's"
+    elif meta is not None:
+        if meta.get("kind") == "model":   # an earlier Model.save checkpoint
+            return p
+        what = ("holds a training checkpoint: its optimizer state and epoch, which resume needs, would be lost"
+                if meta.get("kind") == "training" else "holds a checkpoint that Model.save did not write")
+    elif any(p.iterdir()):
+        from .train.init_weights import listed
+        what = f"is not empty and holds no checkpoint ({listed(sorted(c.name for c in p.iterdir()))})"
+    else:
+        return p
+    raise CheckpointError(f"{p}: {what}. Model.save replaces it only with overwrite=True; save to a new or empty "
+                          f"folder instead")
 
 
 def _dtype_name(dtype):

@@ -55,6 +55,15 @@ class _TopLevel(BaseModel):
     outputs: Union[str, list[str]]
     train: Optional[dict[str, Any]] = None
 
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        # `cnngraph train` writes to runs/<name>/: a name that is not one plain folder name could write elsewhere
+        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0"):
+            raise ValueError(f"expected one plain folder name (`cnngraph train` writes to runs/<name>/): not empty, "
+                             f"'.' or '..', and without '/', '\\' or NUL; found {v!r}")
+        return v
+
     @field_validator("inputs")
     @classmethod
     def _input_names_ok(cls, v: dict) -> dict:

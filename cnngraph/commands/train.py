@@ -94,8 +94,8 @@ def cmd_train(args) -> int:
                      resume=args.resume, data=args.data, device=args.device, seed=args.seed, quiet=args.quiet,
                      profile=args.profile, allow_plugins=args.allow_plugins, init=args.init,
                      init_partial=args.init_partial)
-    except KeyboardInterrupt:
-        return 130      # the loop said what was kept and how to resume
+    except KeyboardInterrupt as exc:   # the loop said what was kept and how to resume
+        return 128 + getattr(exc, "signum", 2)   # 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP
     s = hist.summary
     parts = [f"{spec.name}: {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'} "
              f"({s['stopped'].replace('_', ' ')})"]

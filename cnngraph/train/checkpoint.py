@@ -14,9 +14,12 @@ point. New data files never overwrite the ones the current ``meta.json`` names, 
 ``meta.json`` itself is replaced atomically (temp file, fsync, ``os.replace``, directory
 fsync) only after they are durable. So a crash at any moment of a save leaves the
 previous checkpoint complete and loadable; files left by an interrupted save are ignored
-and removed by the next successful save. Loading reads no code (``allow_pickle=False``)
-and verifies every file's sha256 against ``meta.json``, so files from two different saves
-or a truncated copy are reported as a :class:`CheckpointError`, never loaded silently.
+and removed by the next successful save. A save holds a lock on its directory
+(:func:`~cnngraph.train.runlock.folder_lock`), so concurrent saves into one folder, from threads
+or processes, run one after the other instead of deleting each other's files. Loading reads no
+code (``allow_pickle=False``) and verifies every file's sha256 against ``meta.json``, so files from
+two different saves or a truncated copy are reported as a :class:`CheckpointError`, never loaded
+silently.
 
 Finding and reading weights: :func:`resolve_checkpoint` turns whatever a user passes (a run
 folder, its ``checkpoint/`` folder, a ``best/`` or ``last/`` checkpoint) into the checkpoint
@@ -41,11 +44,12 @@ import numpy as np
 from ..arrayfile import array_file_kind
 from ..backend import to_numpy
 from ..errors import CheckpointError
+from .runlock import folder_lock
 
 __all__ = [
     "CheckpointWriter",
-    "Checkpoint", "save_checkpoint", "load_checkpoint",
-    "resolve_checkpoint", "run_folder", "load_weights",
+    "Checkpoint", "save_checkpoint", "load_checkpoint", "atomic_write", "fsync_dir", "read_meta",
+    "resolve_checkpoint", "run_folder", "holds_run", "load_weights",
     "rng_state_to_json", "rng_state_from_json",
     "META_FILE", "FORMAT", "FORMAT_VERSION",
 ]
@@ -141,20 +145,29 @@ def save_checkpoint(directory, arrays: dict, meta: dict,
         raise CheckpointError(f"checkpoint {directory}: cannot create directory: {exc}"
                               ) from exc
 
-    try:
-        files = {"weights": _write_npz(directory, "weights", arrays)}
-        if optimizer_state is not None:
-            files["optimizer"] = _write_npz(directory, "optimizer", optimizer_state)
-        _fsync_dir(directory)  # data files' directory entries are durable before the commit
+    # One save at a time in a folder (another thread or process, Model.save or train): two interleaved saves
+    # would each remove the other's new files as stale and leave a meta.json naming a deleted file.
+    with folder_lock(directory) as locked:
+        replaced = _named_files(directory)
+        try:
+            files = {"weights": _write_npz(directory, "weights", arrays)}
+            if optimizer_state is not None:
+                files["optimizer"] = _write_npz(directory, "optimizer", optimizer_state)
+            fsync_dir(directory)  # data files' directory entries are durable before the commit
 
-        record = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "meta": meta}
-        text = json.dumps(record, indent=2, default=_json_default) + "\n"
-        _atomic_write(directory, "meta", META_FILE, lambda f: f.write(text.encode("utf-8")))
-        _fsync_dir(directory)
-    except OSError as exc:   # a full disk, a read-only folder: the previous checkpoint is untouched
-        raise CheckpointError(f"checkpoint {directory} could not be written ({exc.strerror or exc}); any "
-                              f"checkpoint there before is unchanged") from None
-    _remove_stale(directory, keep={entry["name"] for entry in files.values()})
+            record = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "meta": meta}
+            text = json.dumps(record, indent=2, default=_json_default) + "\n"
+            atomic_write(directory, "meta", META_FILE, lambda f: f.write(text.encode("utf-8")))
+            fsync_dir(directory)
+        except OSError as exc:   # a full disk, a read-only folder: meta.json was not replaced
+            kept = "any checkpoint there before is unchanged" if locked else \
+                "this save did not replace the checkpoint there before"
+            raise CheckpointError(f"checkpoint {directory} could not be written ({exc.strerror or exc}); "
+                                  f"{kept}") from None
+        keep = {entry["name"] for entry in files.values()}
+        # Unlocked (a filesystem without locks), another save may be writing here: remove only the files
+        # of the checkpoint this save replaced, never files that may be another save's.
+        _remove_stale(directory, keep, only=None if locked else replaced)
 
 
 def copy_checkpoint(src, dst) -> None:
@@ -166,7 +179,7 @@ def copy_checkpoint(src, dst) -> None:
 def _write_npz(directory: Path, part: str, arrays: dict) -> dict:
     """Write ``arrays`` as ``<part>-<hash>.npz``; return its meta.json entry."""
     host = _host_arrays(directory, part, arrays)
-    tmp = _atomic_write(directory, part, None, lambda f: _write_npz_stream(f, host))
+    tmp = atomic_write(directory, part, None, lambda f: _write_npz_stream(f, host))
     digest, size = _sha256(tmp)
     name = f"{part}-{digest[:16]}.npz"
     try:
@@ -202,8 +215,9 @@ def _write_npz_stream(f, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, a, allow_pickle=False)
 
 
-def _atomic_write(directory: Path, tag: str, final: str | None, write) -> Path:
-    """Write via a temp file in ``directory``, fsync it, and move it onto ``final``.
+def atomic_write(directory: Path, tag: str, final: str | None, write) -> Path:
+    """Write via a temp file in ``directory``, fsync it, and move it onto ``final``: ``final`` is either
+    the old file, whole, or the new one, whole (a full disk or a crash never leaves it truncated).
 
     With ``final=None`` the fsynced temp file is returned for the caller to name.
     The temp file is removed if anything fails.
@@ -227,7 +241,7 @@ def _atomic_write(directory: Path, tag: str, final: str | None, write) -> Path:
     return directory / final if final is not None else tmp
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make renames in ``directory`` durable (a no-op where directories can't be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -241,11 +255,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _remove_stale(directory: Path, keep: set[str]) -> None:
-    """Delete data files no longer named by meta.json and temps of interrupted saves."""
+def _named_files(directory: Path) -> set[str]:
+    """The data files the checkpoint now in ``directory`` names (none when it has no valid meta.json)."""
+    record = _record_or_none(directory)
+    return {entry["name"] for entry in record["files"].values()} if record else set()
+
+
+def _remove_stale(directory: Path, keep: set[str], only: set[str] | None = None) -> None:
+    """Delete data files no longer named by meta.json and temps of interrupted saves (of ``only``, when given)."""
     for path in directory.iterdir():
         name = path.name
-        if name in keep or not (_DATA_NAME.match(name) or _TEMP_NAME.match(name)):
+        if name in keep or not (_DATA_NAME.match(name) or _TEMP_NAME.match(name)) or \
+                (only is not None and name not in only):
             continue
         try:
             path.unlink()
@@ -319,6 +340,19 @@ def _read_record(directory: Path) -> dict:
     return record
 
 
+def _record_or_none(directory: Path) -> dict | None:
+    try:
+        return _read_record(Path(directory))
+    except CheckpointError:
+        return None
+
+
+def read_meta(directory) -> dict | None:
+    """The meta of the checkpoint in ``directory`` (its arrays are not read); None without a valid meta.json."""
+    record = _record_or_none(directory)
+    return record["meta"] if record else None
+
+
 def _valid_entry(entry) -> bool:
     # The name must be a plain file in this directory: meta.json never points elsewhere.
     return (isinstance(entry, dict) and isinstance(entry.get("name"), str)
@@ -364,12 +398,15 @@ _LAYOUTS = ("a run folder (with checkpoint/best/ or checkpoint/last/), its check
             f"or a checkpoint folder containing {META_FILE} (best/, last/)")
 
 
-def resolve_checkpoint(path, prefer: str = "best") -> Path:
+def resolve_checkpoint(path, prefer: str = "best", fall_back: bool = False) -> Path:
     """The checkpoint directory ``path`` names.
 
     ``path`` may be a checkpoint directory itself (it holds ``meta.json``), a run folder written by
     ``cnngraph train`` (its ``checkpoint/<prefer>``, else the other of best/last), the run's
-    ``checkpoint/`` folder, or any folder holding ``best/`` or ``last/``. Raises CheckpointError
+    ``checkpoint/`` folder, or any folder holding ``best/`` or ``last/``. A ``<prefer>`` folder without
+    ``meta.json`` (incomplete: its first save never finished, or damaged) is an error, as the other
+    checkpoint holds other weights; with ``fall_back`` (resume: best/ holds the epoch last/'s first save
+    was writing) the other one is taken, as when ``<prefer>`` is missing. Raises CheckpointError
     naming ``path`` and the layouts looked for.
     """
     if prefer not in ("best", "last"):
@@ -384,12 +421,19 @@ def resolve_checkpoint(path, prefer: str = "best") -> Path:
                  p / "checkpoint"):
         if (cand / META_FILE).is_file():
             return cand
-        if cand.name == prefer and cand.is_dir():   # there, but damaged: never use the other one silently
+        if cand.name == prefer and cand.is_dir() and not (fall_back and cand != p):
+            # there, but incomplete or damaged: never use the other one silently
             raise CheckpointError(f"{cand}: this {prefer} checkpoint has no {META_FILE} (incomplete or damaged); "
                                   f"name the {other} checkpoint explicitly if you want it: {cand.parent / other}")
     raise CheckpointError(f"{path}: no checkpoint found: no {META_FILE} found in {p}, {p / 'checkpoint'} or their "
                           f"best/ and last/ folders (the folder holds no checkpoint written by `cnngraph train` "
                           f"or Model.save). Expected {_LAYOUTS}")
+
+
+def holds_run(folder) -> bool:
+    """Whether ``folder`` holds a run written by ``cnngraph train`` (its checkpoint/ folder or metrics.json)."""
+    folder = Path(folder)
+    return (folder / "checkpoint").is_dir() or (folder / "metrics.json").is_file()
 
 
 def run_folder(checkpoint_dir) -> Path:

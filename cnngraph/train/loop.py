@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -44,22 +47,31 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
-from .checkpoint import (META_FILE, CheckpointWriter, copy_checkpoint, load_checkpoint, resolve_checkpoint,
-                         run_folder)
+from .checkpoint import (META_FILE, CheckpointWriter, atomic_write, copy_checkpoint, fsync_dir, holds_run,
+                         load_checkpoint, read_meta, resolve_checkpoint, run_folder)
 from .evaluate import evaluate_arrays, load_model
 from .guards import UNCHANGED_STEPS, optimizer_step, schedule_rate, unchanged_weights_error
 from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe, scored_per_batch
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
-from .runlock import RunLock, holder
+from .runlock import LOCK_FILE, RunLock, holder
 from .run_state import (Best, checkpoint_meta, open_resume, restore, resume_changes, resume_settings,
                         schedule_change_note, spec_differences)
 from .settings import (LossSetup, TrainingError, as_spec, parse_data_arg, prepare_loss, resolve_settings,
                        train_spec_of)
 
 # Public names of the training API, importable from here as before the loop was split up.
-__all__ = ["train", "load_model", "History", "TrainingError", "resolve_checkpoint", "parse_data_arg",
+__all__ = ["train", "load_model", "History", "TrainingError", "Terminated", "resolve_checkpoint", "parse_data_arg",
            "evaluate_arrays", "prepare_loss", "LossSetup", "spec_differences"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during :func:`train`: handled as Ctrl-C is (the run stops cleanly, keeps its last
+    good checkpoint and writes its reports); ``signum`` is the signal, so the process can exit 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class History(list):
@@ -105,6 +117,8 @@ class _Run:
         from ..model import Model
         from ..registry import get_registry
         from .data import load_dataset
+        if isinstance(out, str) and not out.strip():   # Path("") would be the current folder
+            raise TrainingError("--out is empty; name the run folder (default runs/<spec name>/)")
         self.spec = spec = as_spec(spec, allow_plugins)
         self.ts, has_train = train_spec_of(spec)
         self.quiet = quiet
@@ -194,6 +208,8 @@ class _Run:
         self.history = History()
         self.start_epoch = 0
         self.out = Path(out) if out is not None else Path("runs") / spec.name
+        if self.out.name in ("", ".."):   # '.', 'a/..': an earlier run renamed there takes the current folder along
+            self.out = self.out.resolve()
         self.ckpt_dir = self.out / "checkpoint"
         self.last_saved: int | None = None   # epoch of the newest complete last/ checkpoint
         self.copy_best_from: Path | None = None   # a resumed run's best checkpoint, copied into this folder
@@ -254,29 +270,47 @@ class _Run:
                 self.last_saved = self.writer.done
             self.timer.add("checkpoints", time.perf_counter() - t)
 
-    def _last_good(self) -> str:
+    def _settle_saves(self) -> None:
+        """Wait for the background save when stopping anyway: its error only means last/ did not move on."""
         try:
             self._finish_saves()
         except Exception:  # noqa: BLE001 - already failing; report what is on disk
             pass
+
+    def _last_good(self) -> str:
+        self._settle_saves()
         if self.last_saved is None:
             return "no checkpoint was saved yet"
         return f"last good checkpoint: {self.ckpt_dir / 'last'} (epoch {self.last_saved})"
 
     def _keep_previous_run(self) -> None:
         """A new run never overwrites an earlier one: an --out folder that already holds a run (other than
-        the one being resumed) is renamed to OUT.1 (or .2, ...) first, and the user is told."""
+        the one being resumed) is renamed to OUT.1 (or .2, ...) first, and the user is told. Any other folder
+        that is not empty is refused: its files are the user's, and a run would replace some of them."""
         out = self.out
         self._refuse_if_busy(holder(out))
-        if not ((out / "checkpoint").is_dir() or (out / "metrics.json").is_file()):
-            return
         if self.resume_dir is not None and run_folder(self.resume_dir).resolve() == out.resolve():
             return
+        if not holds_run(out):
+            if out.exists() and not out.is_dir():
+                raise TrainingError(f"--out {out} is a file; name a folder for the run")
+            others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
+            if others:
+                from .init_weights import listed
+                raise TrainingError(f"--out {out} is not empty and holds no cnngraph run ({listed(others)}); a run "
+                                    f"writes checkpoint/, metrics.json, history.csv and curves.png there, replacing "
+                                    f"files of those names. Choose a new or empty folder")
+            return
         k = 1
-        while out.with_name(f"{out.name}.{k}").exists():
+        while os.path.lexists(out.with_name(f"{out.name}.{k}")):   # a dangling link holds its name too
             k += 1
         kept = out.with_name(f"{out.name}.{k}")
-        out.rename(kept)
+        try:
+            out.rename(kept)
+        except OSError as exc:
+            raise TrainingError(f"{out} holds an earlier run, which could not be kept as {kept} "
+                                f"({exc.strerror or exc}); nothing was changed. Move that run away or choose "
+                                f"another --out") from None
         print(f"note: {out} held an earlier run; it is kept as {kept}", file=self.stream)
 
     # -- one epoch -------------------------------------------------------------------------
@@ -451,9 +485,10 @@ class _Run:
                     break
             self._finish_saves()
             test = self._test()       # inside: Ctrl-C during the final test evaluation is reported too
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self._stop("interrupted")
-            print(f"interrupted: training stopped cleanly; {self._last_good()}. {self._how_to_go_on()}",
+            why = f"stopped by {signal.Signals(exc.signum).name}" if isinstance(exc, Terminated) else "interrupted"
+            print(f"{why}: training stopped cleanly; {self._last_good()}. {self._how_to_go_on()}",
                   file=self.stream)
             raise
         except CheckpointError as exc:   # a full disk, a folder made read-only ...
@@ -467,14 +502,16 @@ class _Run:
             raise
 
     def _stop(self, why: str) -> None:
-        """Training stops early: what was trained so far is still written down (as far as the disk allows)."""
+        """Training stops early: the epochs saved so far are still written down; where that fails too (a full
+        disk), a warning says so before the stop's own message."""
         if getattr(self, "_progress", None) is not None:
             self._progress.clear()
         self.stopped = why
+        self._settle_saves()
         try:
             self._write_outputs(None)
-        except (OSError, CnnGraphError):
-            pass
+        except CnnGraphError as exc:
+            print(f"warning: {exc}", file=self.stream)
 
     def _how_to_go_on(self) -> str:
         if self.last_saved is None:
@@ -498,21 +535,32 @@ class _Run:
         return json_safe({**acc.result("test_"), "per_class": acc.per_class(), "confusion": cm.tolist(),
                        "classes": list(ds.classes), **where})
 
-    def _write_reports(self, hist: History) -> None:
-        """metrics.json, history.csv and curves.png in the run folder."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "metrics.json").write_text(json.dumps(hist.summary, indent=2) + "\n")
+    def _write_reports(self, summary: dict) -> None:
+        """metrics.json, history.csv and curves.png in the run folder, each replaced atomically as checkpoints
+        are: a full disk leaves the earlier file whole, and the error names the file."""
+        rows = summary["history"]
         keys: list[str] = []
-        for r in hist:
+        for r in rows:
             keys += [k for k in r if k not in keys]
-        with open(self.out / "history.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys or ["epoch"])
-            w.writeheader()
-            for r in hist:
-                w.writerow({k: "" if r.get(k) is None else r.get(k) for k in keys})
-        if hist:
-            from ..viz.curves import plot_curves
-            plot_curves(hist, self.out / "curves.png", title=self.spec.name)
+        table = io.StringIO(newline="")
+        w = csv.DictWriter(table, fieldnames=keys or ["epoch"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in keys})
+        texts = {"metrics.json": json.dumps(summary, indent=2) + "\n", "history.csv": table.getvalue()}
+        writes = {name: (lambda f, t=text: f.write(t.encode("utf-8"))) for name, text in texts.items()}
+        if rows:
+            from ..viz.curves import curves_image
+            image = curves_image(rows, title=self.spec.name)
+            writes["curves.png"] = lambda f: image.save(f, format="PNG")
+        for name, write in writes.items():
+            try:
+                atomic_write(self.out, name.partition(".")[0], name, write)
+            except OSError as exc:
+                raise TrainingError(f"{self.out / name}: could not be written ({exc.strerror or exc}); the {name} "
+                                    f"there before, if any, is unchanged; the checkpoints in {self.ckpt_dir} are "
+                                    f"complete") from None
+        fsync_dir(self.out)
 
     def _confusion_classes(self) -> int:
         """Rows of the confusion matrix: the classes (two for a one-unit binary classifier)."""
@@ -520,23 +568,24 @@ class _Run:
 
     def _write_outputs(self, test: dict | None) -> History:
         hist = self.history
-        hist.out, hist.test, hist.best_epoch, hist.stopped = self.out, test, self.best.epoch, self.stopped
-        train_s = sum(r.get("train_seconds") or 0 for r in hist)
-        images = sum((r.get("images_per_second") or 0) * (r.get("train_seconds") or 0) for r in hist)
-        summary = {"spec": self.spec.name, "epochs_run": len(hist), "best_epoch": self.best.epoch,
+        # The reports describe what the checkpoints hold: a run stopped by a failed (background) save trained
+        # epochs, and maybe found a best one, that no checkpoint has.
+        best_epoch = (read_meta(self.ckpt_dir / "best") or {}).get("epoch")
+        saved = max(self.last_saved or 0, best_epoch or 0)
+        rows = [r for r in hist if r["epoch"] <= saved]
+        hist.out, hist.test, hist.best_epoch, hist.stopped = self.out, test, best_epoch, self.stopped
+        train_s = sum(r.get("train_seconds") or 0 for r in rows)
+        images = sum((r.get("images_per_second") or 0) * (r.get("train_seconds") or 0) for r in rows)
+        summary = {"spec": self.spec.name, "epochs_run": len(rows), "best_epoch": best_epoch,
                    "best_metric": self.best.metric, "stopped": self.stopped,
-                   "train_seconds": sum(r.get("seconds") or 0 for r in hist),
+                   "train_seconds": sum(r.get("seconds") or 0 for r in rows),
                    "images_per_second": images / train_s if train_s else None,
                    "test_accuracy": None, "test_loss": None}
         if test:
             summary.update(test)
-        summary["history"] = list(hist)
+        summary["history"] = rows
         hist.summary = json_safe(summary)
-        try:
-            self._write_reports(hist)
-        except OSError as exc:
-            raise TrainingError(f"{exc.filename or self.out}: could not be written ({exc.strerror or exc}); the "
-                                f"checkpoints in {self.ckpt_dir} are complete") from None
+        self._write_reports(hist.summary)
         if self.timer.enabled and not self.quiet:
             print(self.timer.report(), file=self.stream)
         if not self.quiet and test:
@@ -583,8 +632,10 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     ------
     TrainingError
         The loss became NaN/inf (the message names the first non-finite layer) or the settings
-        cannot work. KeyboardInterrupt is re-raised after the outputs of the completed epochs are
-        written; ``checkpoint/last`` then holds the last completed epoch.
+        cannot work. KeyboardInterrupt is re-raised after the outputs of the saved epochs are
+        written; ``checkpoint/last`` then holds the last completed epoch. SIGTERM and SIGHUP are handled
+        the same way (when ``train`` runs in the main thread) and raise :class:`Terminated`, a
+        KeyboardInterrupt whose ``signum`` says which.
 
     Notes
     -----
@@ -594,7 +645,7 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     nothing is changed). The limit is process-wide, so BLAS calls made by other threads during
     training are limited too.
     """
-    with _blas_threads():
+    with _blas_threads(), _termination_as_interrupt():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
                     allow_plugins, init, init_partial).fit()
 
@@ -608,6 +659,26 @@ def epoch_steps(n: int, batch_size: int) -> int:
 
 def _epochs(n) -> str:
     return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """SIGTERM (a scheduler or `kill`) and SIGHUP (a closed terminal) raise :class:`Terminated`, which the loop
+    handles as Ctrl-C, instead of ending the process with nothing written. Python lets only the main thread set
+    signal handlers, so elsewhere nothing changes; the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+    signums = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, stop) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)   # None: a handler set outside Python
 
 
 def _blas_threads():

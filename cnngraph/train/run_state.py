@@ -113,13 +113,14 @@ class Best:
 
 # --------------------------------------------------------------------------- same network?
 
-NOT_THE_NETWORK = {"train", "plugins", "description"}   # spec keys that do not change the network's weights
+NOT_THE_NETWORK = {"train", "plugins", "description", "name"}   # spec keys that do not change the network's weights
 
 
 def spec_differences(a: dict, b: dict, limit: int = 6) -> list[str]:
     """Human-readable differences between two spec dicts, ignoring their ``train`` sections, their
-    descriptions and where their plugin files lie (``cnngraph expand`` writes those paths absolute);
-    the op types the plugins provide are compared with the layers."""
+    names and descriptions (renaming a network keeps its weights) and where their plugin files lie
+    (``cnngraph expand`` writes those paths absolute); the op types the plugins provide are compared
+    with the layers."""
     out: list[str] = []
     keys = sorted((set(a) | set(b)) - NOT_THE_NETWORK)
     for key in keys:
@@ -251,11 +252,13 @@ def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkp
 
     Checks that it is a training checkpoint of the same network; notes a changed train section.
     """
-    rdir = resolve_checkpoint(resume, prefer="last")
+    rdir = resolve_checkpoint(resume, prefer="last", fall_back=True)
     ck = load_checkpoint(rdir)
+    last = rdir.parent / "last"
     if rdir.name == "best" and Path(resume).name != "best" and not quiet:
-        print(f"note: {rdir.parent / 'last'} is missing; resuming from the best checkpoint (epoch "
-              f"{ck.meta.get('epoch')}), not from where the run stopped", file=stream)
+        why = "holds no complete checkpoint (its first save did not finish)" if last.is_dir() else "is missing"
+        print(f"note: {last} {why}; resuming from the best checkpoint (epoch {ck.meta.get('epoch')}), "
+              f"not from where the run stopped", file=stream)
     meta = ck.meta
     if meta.get("kind") != "training" or "rng" not in meta:
         raise CheckpointError(f"{rdir}: not a training checkpoint (no optimizer/RNG state); "

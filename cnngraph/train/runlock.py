@@ -1,11 +1,13 @@
-"""One training run per output folder: an advisory lock on ``OUT/.lock``.
+"""One training run per output folder: an advisory lock on ``OUT/.lock``; one save at a time per
+checkpoint folder: :func:`folder_lock`.
 
-The lock is an ``flock`` on an open file, so the operating system drops it when the process ends,
-however it ends (a killed run leaves no stale lock). Where ``fcntl`` is missing (Windows) runs are
-not locked.
+The locks are ``flock`` locks on open files, so the operating system drops them when the process
+ends, however it ends (a killed run leaves no stale lock). Where ``fcntl`` is missing (Windows) runs
+are not locked.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -15,7 +17,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["RunLock", "holder"]
+__all__ = ["RunLock", "holder", "folder_lock"]
 
 LOCK_FILE = ".lock"
 
@@ -83,3 +85,26 @@ class RunLock:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` itself (its directory, so no lock file is added to it) while the
+    block runs, waiting first for another holder, thread or process. Yields True when locked, False where the
+    OS or the filesystem cannot lock a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
+    except OSError:
+        fd = None
+    try:
+        locked = False
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
+            except OSError:   # this filesystem cannot lock a directory (some network filesystems)
+                pass
+        yield locked
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_confusion"]
+__all__ = ["plot_curves", "curves_image", "plot_confusion"]
 
 
 def _figure(width: float, height: float):
@@ -124,8 +124,16 @@ def _panel(draw, box, series, ylabel, fonts):
 def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path:
     """Write ``path`` (PNG, 1000x400): loss (left) and accuracy (right; mean absolute error for a
     regression) per epoch, train vs validation."""
-    from PIL import Image, ImageDraw
     path = Path(path)
+    img = curves_image(history, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def curves_image(history: Sequence[dict], title: str | None = None):
+    """The picture :func:`plot_curves` writes, as a Pillow image."""
+    from PIL import Image, ImageDraw
     width, height = 1000, 400
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
@@ -141,9 +149,7 @@ def plot_curves(history: Sequence[dict], path, title: str | None = None) -> Path
             series.append((xs, ys, colour, square))
         left = 75 + i * width // 2
         _panel(draw, (left, top, left + width // 2 - 105, height - 55), series, metric, fonts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    return img
 
 
 def plot_confusion(confusion, classes: Sequence[str], path, title: str | None = None) -> Path:

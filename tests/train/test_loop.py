@@ -144,7 +144,7 @@ def test_resume_with_a_different_network_is_refused(tmp_path):
 
 
 def test_interrupted_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
-    real = ckpt_mod._atomic_write
+    real = ckpt_mod.atomic_write
     metas = {"n": 0}
 
     def atomic_write(directory, tag, final, write):
@@ -153,7 +153,7 @@ def test_interrupted_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
             if metas["n"] == 3:          # the commit of the first save of epoch 2
                 raise KeyboardInterrupt
         return real(directory, tag, final, write)
-    monkeypatch.setattr(ckpt_mod, "_atomic_write", atomic_write)
+    monkeypatch.setattr(ckpt_mod, "atomic_write", atomic_write)
     spec = tiny_spec(epochs=3, early_stopping={"metric": "train_loss", "patience": 3})
     stream = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
