@@ -18,6 +18,10 @@ Path_ = tuple
 Positions = dict  # Path_ -> (line, column)
 
 
+# An alias (*name) repeats its anchored node: nested aliases ("billion laughs") make a few lines stand for
+# billions of values. Aliases may add this many values to a spec in all, far more than any network needs.
+MAX_ALIAS_VALUES = 100_000
+
 _SAFE_TAGS = {"tag:yaml.org,2002:" + t for t in ("map", "seq", "str", "int", "float", "bool", "null")}
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -103,12 +107,46 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     if root is None:
         raise SpecError(Problem("the spec is empty; expected a mapping with 'inputs', 'layers' and 'outputs'",
                                 "", file, 1, 1))
+    _check_aliases(root, file)
     pos: Positions = {}
     problems: list[Problem] = []
     constructed = _construct(root, (), pos, file, problems)
     if problems:
         raise SpecError(problems)
     return (data if is_json else constructed), pos
+
+
+def _check_aliases(root: yaml.Node, file: str | None) -> None:
+    """Refuse an alias inside its own anchor, and aliases that expand the spec by more than
+    MAX_ALIAS_VALUES values, before anything is expanded; each anchored node is sized once."""
+    size: dict[int, int] = {}   # id(node) -> how many values the node expands to
+    uses: dict[int, int] = {}   # id(node) -> how many times it is written or aliased
+    nodes: dict[int, yaml.Node] = {}
+
+    def expand(node: yaml.Node) -> int:
+        key = id(node)
+        uses[key] = uses.get(key, 0) + 1
+        if key in size:
+            if size[key] < 0:
+                raise SpecError(_at(node, file, "an alias is used inside its own anchored node, which would "
+                                                "repeat forever; expected plain nested data"))
+            return size[key]
+        size[key], nodes[key] = -1, node
+        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        size[key] = 1 + sum(expand(child) for child in children)
+        return size[key]
+
+    added = expand(root) - len(size)
+    if added > MAX_ALIAS_VALUES:
+        key = max((k for k in uses if uses[k] > 1), key=lambda k: uses[k] * size[k])
+        raise SpecError(_at(nodes[key], file, f"alias expansion too large: aliases would add {added:,} values to the "
+                                              f"spec (this anchored node of {size[key]:,} values is repeated by "
+                                              f"{uses[key] - 1} aliases); expected at most {MAX_ALIAS_VALUES:,}"))
+
+
+def _at(node: yaml.Node, file: str | None, message: str) -> Problem:
+    return Problem(message, "", file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def _yaml_context(exc) -> str:

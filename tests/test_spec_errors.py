@@ -400,6 +400,39 @@ def test_yaml_merge_keys_and_x_keys_for_anchors(tmp_path):
     assert not spec.layers[0].params.bias and spec.layers[1].params.kernel_size == (1, 1)
 
 
+def _alias_bomb(levels: int) -> str:
+    """A "billion laughs" spec: each x- key holds nine aliases of the one before (9**levels strings)."""
+    lines = ["name: bomb", "x-l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"x-l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    lines += ["inputs: {image: {shape: [1, 8, 8]}}",
+              "layers: [{id: f, type: flatten}, {id: logits, type: dense, out_features: 10}]", "outputs: [logits]"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9])
+def test_nested_aliases_that_expand_too_far_are_refused_before_expanding(tmp_path, levels):
+    import time
+    start = time.perf_counter()
+    err, path = load(tmp_path, _alias_bomb(levels))
+    assert time.perf_counter() - start < 5   # sized without expanding: milliseconds, not minutes
+    (p,) = err.problems
+    assert (p.file, p.line) == (path, levels) and "alias expansion too large" in p.message, p.format()
+    assert "repeated by 9 aliases" in p.message and "expected at most 100,000" in p.message
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path):
+    err, path = load(tmp_path, "name: t\nx-loop: &a [1, *a]\n")
+    (p,) = err.problems
+    assert (p.line, p.column) == (2, 9) and "alias is used inside its own anchored node" in p.message
+
+
+def test_aliases_below_the_limit_still_load(tmp_path):
+    """The limit is on what aliases add: 9**5 strings under an x- key are below it."""
+    path = tmp_path / "net.yaml"
+    path.write_text(_alias_bomb(5))
+    assert cnngraph.load_spec(path).name == "bomb"
+
+
 def test_expand_shows_a_spec_whose_shapes_do_not_fit(tmp_path, capsys):
     """The expansion is what a user needs to see to find a shape error inside a block."""
     from cnngraph.cli import main
