@@ -54,3 +54,54 @@ def test_an_image_class_folder_without_images_is_refused(tmp_path, capsys):
     (tmp_path / "imgs" / "c").mkdir()
     _fails(["train", "specs/digits_cnn.yaml", "--data", f"image_folder:{tmp_path / 'imgs'}", "--out",
             tmp_path / "r", "--quiet"], capsys, "class folder(s) c hold no images (.png, .jpg")
+
+
+def _forged_npy(shape=(10**12, 1, 8, 8)) -> bytes:
+    """A .npy of a few bytes whose header declares ``shape`` (233 TiB of float32 for the default)."""
+    import io
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return head.getvalue() + bytes(64)
+
+
+def test_forged_array_headers_are_refused_before_numpy_allocates(tmp_path, capsys):
+    import zipfile
+    (tmp_path / "h.npy").write_bytes(_forged_npy())
+    with zipfile.ZipFile(tmp_path / "h.npz", "w") as z:
+        z.writestr("x.npy", _forged_npy())
+        z.writestr("y.npy", _forged_npy((10**12,)))
+    declares = "the header declares float32 data of shape (1000000000000, 1, 8, 8) (256,000,000,000,000 bytes), " \
+               "but only 64 bytes follow it"
+    spec, out = "specs/digits_cnn.yaml", ["--out", tmp_path / "r", "--quiet"]
+    _fails(["run", spec, "--input", tmp_path / "h.npy"], capsys, f"h.npy: not a readable .npy/.npz array ({declares}")
+    _fails(["run", spec, "--input", tmp_path / "h.npz"], capsys, f"h.npz: not a readable .npy/.npz array "
+                                                                 f"(member 'x.npy': {declares}")
+    _fails(["run", spec, "--input", tmp_path / "h.npy", "--params", tmp_path / "h.npz"], capsys,
+           f"h.npz: not a readable .npz of parameters (member 'x.npy': {declares}")
+    _fails(["train", spec, "--init", tmp_path / "h.npz", *out], capsys, f"member 'x.npy': {declares}")
+    _fails(["train", spec, "--data", f"npz:{tmp_path / 'h.npz'}", *out], capsys, f"member 'x.npy': {declares}")
+
+
+def test_forged_inputs_to_predict_and_forged_zip_sizes_are_refused(tmp_path):
+    """predict and explain read .npy batches through read_inputs; a zip member may also lie about its
+    size (NumPy allocates a member's array before decompressing it)."""
+    import struct
+    import zipfile
+
+    from cnngraph.arrayfile import load_arrays
+    from cnngraph.errors import DataError
+    from cnngraph.train.images import read_inputs
+    (tmp_path / "h.npy").write_bytes(_forged_npy())
+    with pytest.raises(DataError, match="h.npy': expected a .npy array .*but only 64 bytes follow it"):
+        read_inputs([tmp_path / "h.npy"], (1, 8, 8))
+    with zipfile.ZipFile(tmp_path / "f.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", _forged_npy((10**9,)))
+    data = bytearray((tmp_path / "f.npz").read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):   # the local and central sizes
+        struct.pack_into("<I", data, data.find(signature) + offset, 4 * 10**9)
+    (tmp_path / "f.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="member 'x.npy': claims 4,000,000,000 bytes from"):
+        load_arrays(tmp_path / "f.npz")
+    np.savez_compressed(tmp_path / "ok.npz", x=np.zeros((1000, 1000), np.float32), y=np.arange(3))
+    np.save(tmp_path / "ok.npy", np.ones((2, 3), np.float64))
+    assert load_arrays(tmp_path / "ok.npz")["x"].shape == (1000, 1000) and load_arrays(tmp_path / "ok.npy").sum() == 6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrayfile import array_file_kind
+from ..arrayfile import array_file_kind, load_arrays
 from ..errors import CnnGraphError, DataError
 
 __all__ = ["add_spec_options", "load_spec_args", "read_array", "read_model_inputs"]
@@ -56,13 +56,12 @@ def read_array(path: str) -> np.ndarray:
     if kind is None:
         raise DataError(f"{path}: not a .npy or .npz array file (it starts with {head!r})")
     try:
-        data = np.load(p, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                if len(data.files) != 1:
-                    raise DataError(f"{path}: an .npz must hold exactly one array here, found "
-                                    f"{len(data.files)} ({', '.join(data.files) or 'none'})")
-                data = data[data.files[0]]
+        data = load_arrays(p)
+        if isinstance(data, dict):
+            if len(data) != 1:
+                raise DataError(f"{path}: an .npz must hold exactly one array here, found "
+                                f"{len(data)} ({', '.join(data) or 'none'})")
+            (data,) = data.values()
         return data
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npy/.npz array ({exc})") from None
@@ -94,16 +93,16 @@ def _read_named_arrays(path: str, names: list[str]) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: this model takes {len(names)} inputs; give {want} "
                         f"(np.savez(FILE, {', '.join(f'{n}=...' for n in names)}))")
     try:
-        with np.load(p, allow_pickle=False) as data:
-            missing = [n for n in names if n not in data.files]
-            extra = [n for n in data.files if n not in names]
-            if missing or extra:
-                parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
-                        ([f"unknown {', '.join(map(repr, extra))}"] if extra else [])
-                raise DataError(f"{path}: {'; '.join(parts)}; expected {want}")
-            return {n: data[n] for n in names}
+        data = load_arrays(p)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz array file ({exc})") from None
+    missing = [n for n in names if n not in data]
+    extra = [n for n in data if n not in names]
+    if missing or extra:
+        parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unknown {', '.join(map(repr, extra))}"] if extra else [])
+        raise DataError(f"{path}: {'; '.join(parts)}; expected {want}")
+    return {n: data[n] for n in names}
 
 
 def fail(message: str) -> None:

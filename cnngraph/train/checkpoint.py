@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrayfile import array_file_kind
+from ..arrayfile import array_file_kind, load_arrays
 from ..backend import to_numpy
 from ..errors import CheckpointError
 from .runlock import folder_lock
@@ -387,9 +387,7 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     if kind != "npz":
         raise ValueError("a single .npy array, not an .npz archive" if kind == "npy" else
                          f"not an .npz archive: the file starts with {head!r}")
-    loaded = np.load(path, allow_pickle=False)
-    with loaded as npz:
-        return {key: npz[key] for key in npz.files}
+    return load_arrays(path)
 
 
 # --- finding checkpoints, reading weights -------------------------------------------

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..arrayfile import array_file_kind
+from ..arrayfile import array_file_kind, load_arrays
 from ..errors import DataError
 
 __all__ = ["image_suffixes", "read_image", "read_inputs", "image_units_warning"]
@@ -141,7 +141,7 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float, eight
         if kind != "npy":
             raise DataError(f"'{path}': expected a .npy array (np.save), found " +
                             ("an .npz archive" if kind == "npz" else f"a file starting with {head!r}"))
-        arr = np.load(path, allow_pickle=False)
+        arr = load_arrays(path)
     except FileNotFoundError:
         raise DataError(f"'{path}': file does not exist") from None
     except (OSError, ValueError, EOFError) as exc:

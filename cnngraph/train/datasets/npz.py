@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 
-from ...arrayfile import array_file_kind
+from ...arrayfile import array_file_kind, load_arrays
 from ...errors import DataError
 from ._common import RawSplits, as_float_images, check_labels, check_values, looks_8bit, resolve, to_nchw
 
@@ -26,8 +26,7 @@ def _read(path) -> dict[str, np.ndarray]:
     if kind is None:
         raise DataError(f"'{path}': expected an .npz archive (np.savez), found a file starting with {head!r}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return load_arrays(path)
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(f"'{path}': contains object (pickled) arrays, which are not loaded for "
