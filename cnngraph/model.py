@@ -10,11 +10,10 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from .autodiff import requires_grad, run_backward
-from .blame import defined_at, source_line
 from .backend import get_xp, to_device, to_numpy, tune_allocator
 from .errors import CheckpointError, CnnGraphError, PluginError, RunError
 from .kernels._parallel import blas_held_for
-from .runner import batch_of, init_params_problem, run_forward, run_forward_parallel
+from .runner import batch_of, init_layer_params, run_forward, run_forward_parallel
 from .paramtypes import is_whole
 from .schedule import Plan, make_plan
 from .spec import Spec, load_spec
@@ -125,16 +124,7 @@ class Model:
         for node in self._layer_order():
             attrs = self.graph.nodes[node]
             op = attrs["op"]
-            who = f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
-            try:
-                local = op.init_params(attrs["in_shapes"], rng)
-            except Exception as exc:
-                raise PluginError(f"{who} failed to initialise parameters of layer '{node}'{source_line(exc, op)}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            problem = init_params_problem(local)
-            if problem:
-                at = defined_at(type(op).init_params)
-                raise PluginError(f"{who} at layer '{node}'{' (' + at + ')' if at else ''}: {problem}")
+            local = init_layer_params(self.graph, node, rng)
             names = {}
             for name, value in local.items():
                 full = f"{node}.{name}"

@@ -12,7 +12,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import CnnGraphError, PluginError, RunError
-from .blame import source_line
+from .blame import defined_at, source_line
 from .op import Context
 from .schedule import Plan
 
@@ -70,6 +70,25 @@ def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
         raise PluginError(f"{_who(g.nodes[node])} at layer '{node}': {replaced}")
     _check_output(g, node, y, xs)
     return y
+
+
+def init_layer_params(g: nx.DiGraph, node: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The op's ``init_params`` for layer ``node``, checked: parameters too large for memory are a RunError
+    naming the layer, any other failure, or a result that is not a dict of arrays, a PluginError."""
+    attrs = g.nodes[node]
+    op = attrs["op"]
+    try:
+        local = op.init_params(attrs["in_shapes"], rng)
+    except MemoryError as exc:
+        raise RunError(f"layer '{node}' ({attrs['type']}): its parameters do not fit in memory ({exc})") from None
+    except Exception as exc:
+        raise PluginError(f"{_who(attrs)} failed to initialise parameters of layer '{node}'{source_line(exc, op)}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    problem = init_params_problem(local)
+    if problem:
+        at = defined_at(type(op).init_params)
+        raise PluginError(f"{_who(attrs)} at layer '{node}'{' (' + at + ')' if at else ''}: {problem}")
+    return local
 
 
 def init_params_problem(local: Any) -> str:

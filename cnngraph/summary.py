@@ -17,7 +17,7 @@ from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
-           "training_memory", "add_training_memory", "available_memory_bytes", "measurement_cost",
+           "training_memory", "add_training_memory", "param_counts", "available_memory_bytes", "measurement_cost",
            "why_not_measure"]
 
 
@@ -57,10 +57,11 @@ class Summary:
         return d
 
 
-def _param_counts(g: nx.DiGraph, node: str, rng) -> tuple[int, int]:
-    attrs = g.nodes[node]
-    op = attrs["op"]
-    arrays = op.init_params(attrs["in_shapes"], rng)
+def param_counts(g: nx.DiGraph, node: str, rng) -> tuple[int, int]:
+    """(trainable, all) parameter values of layer ``node``, from its op's init_params (checked)."""
+    from .runner import init_layer_params
+    op = g.nodes[node]["op"]
+    arrays = init_layer_params(g, node, rng)
     trainable = sum(a.size for k, a in arrays.items() if k not in op.buffers)
     total = sum(a.size for a in arrays.values())
     return int(trainable), int(total)
@@ -314,7 +315,7 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
                                  _tensor_bytes(attrs, batch_size, itemsize),
                                  rfs[node] if isinstance(rfs[node], tuple) else None))
             continue
-        trainable, allp = _param_counts(graph, node, rng)
+        trainable, allp = param_counts(graph, node, rng)
         flops = attrs["op"].flops(attrs["in_shapes"], attrs["out_shape"])
         if not isinstance(flops, (int, float, np.integer, np.floating)) or not flops >= 0:
             raise PluginError(f"flops of op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {flops!r} "

@@ -352,3 +352,18 @@ def test_receptive_field_is_global_where_a_layer_mixes_the_whole_map_and_kept_by
     rf = receptive_fields(spec.graph)
     assert rf["c"] == (3, 3) and rf["gn"] == rf["after"] == rf["ln"] == "global"
     assert rf["flat"] == (3, 3) and rf["fc"] == "global"
+
+
+def test_parameters_too_large_for_memory_are_one_line_in_summary_viz_and_compile(tmp_path, capsys):
+    """summary counts parameters by making them: a layer whose weights cannot be allocated is named in one
+    line (as compile names it), and viz --params draws it without a count."""
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\ninputs: {image: {shape: [1, 8, 8]}}\n"
+                    "layers: [{id: c, type: conv2d, out_channels: 1000000000000000, kernel_size: 3}]\noutputs: [c]\n")
+    assert main(["summary", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("error: layer 'c' (conv2d): its parameters do not fit in memory (Unable to allocate")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(cnngraph.RunError, match="layer 'c' .* do not fit in memory"):
+        cnngraph.compile(cnngraph.load_spec(path))
+    assert main(["viz", str(path), "-o", str(tmp_path / "big.dot"), "--params"]) == 0

@@ -200,13 +200,16 @@ def _dump_params(params) -> dict:
     return short
 
 
-def _count_params(op, in_shapes) -> int | None:
+def _count_params(g, node: str) -> int | None:
+    """The layer's trainable parameter count; None when its op cannot make them (the drawing goes on)."""
     import numpy as np
+
+    from ..errors import CnnGraphError
+    from ..summary import param_counts
     try:
-        arrays = op.init_params(list(in_shapes), np.random.default_rng(0))
-    except Exception:
+        return param_counts(g, node, np.random.default_rng(0))[0]
+    except CnnGraphError:
         return None
-    return int(sum(a.size for k, a in arrays.items() if k not in op.buffers))
 
 
 def from_spec(spec, with_params: bool = False) -> VGraph:
@@ -222,7 +225,7 @@ def from_spec(spec, with_params: bool = False) -> VGraph:
                              info={"kind": "input", "dtype": a.get("dtype")})
             continue
         p = _dump_params(a.get("params"))
-        count = _count_params(a["op"], a["in_shapes"]) if with_params else None
+        count = _count_params(g, n) if with_params else None
         nodes[n] = VNode(n, a["type"], family_of(a["type"], a.get("plugin")), key_params(a["type"], p),
                          tuple(a["out_shape"]), count,
                          info={"params": p, "inputs": list(a["inputs"]), "plugin": a.get("plugin")})
