@@ -1,8 +1,9 @@
 """The ``cnngraph`` command: parses arguments, calls the API, prints. No logic lives here.
 
 Each command family lives in ``cnngraph/commands/<family>.py`` with a ``register(subparsers)``
-function. Errors raised on purpose (CnnGraphError), and OSErrors on a path the user gave, are printed
-without a traceback and give exit 1.
+function. Errors raised on purpose (CnnGraphError), OSErrors on a path the user gave, and standard output
+that cannot be written (a full disk) are printed without a traceback and give exit 1. Characters that
+the output's encoding lacks print as '?'.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):   # an ASCII terminal: table bars, '—', non-ASCII paths
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
         return _main(argv)
     except KeyboardInterrupt:   # also during the start-up imports (see cnngraph/__init__.py)
@@ -58,8 +62,14 @@ def _main(argv: list[str] | None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()   # now, not at exit: a full disk is reported like any other error
+        return code
+    except _StdoutError as exc:
+        print(f"error: cannot write to standard output: {exc}", file=sys.stderr)
+        return 1
     except SpecError as exc:   # already "N problems in spec:" with one located line each
         print(exc, file=sys.stderr)
         return 1
@@ -73,6 +83,38 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        sys.stdout = stdout
+
+
+class _StdoutError(Exception):
+    """Standard output cannot be written (a full disk, /dev/full)."""
+
+
+class _Stdout:
+    """sys.stdout while a command runs, telling a failed write apart from other OSErrors without a file
+    name (a closed pipe stays a BrokenPipeError: `cnngraph ops | head` ends quietly)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    @staticmethod
+    def _guard(call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc.strerror or exc) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

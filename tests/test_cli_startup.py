@@ -1,6 +1,10 @@
-"""The command's start-up: Ctrl-C while it imports prints one line, not a traceback."""
+"""The command's start-up and output: Ctrl-C while it imports, an output that cannot take some characters
+or any more bytes: one line each, not a traceback."""
+import os
 import subprocess
 import sys
+
+import pytest
 
 from cnngraph import cli
 
@@ -40,3 +44,48 @@ def test_cnngraph_train_is_the_callable_package_whatever_is_imported_first():
             "assert cnngraph.train is f; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_output_the_terminal_cannot_encode_prints_as_question_marks(tmp_path):
+    """An ASCII stdout (PYTHONIOENCODING=ascii, an old terminal): the table bars, '—' and non-ASCII paths
+    must not end the command with a UnicodeEncodeError."""
+    import os
+    import shutil
+    spec = tmp_path / "sp€c.yaml"
+    shutil.copy("specs/digits_cnn.yaml", spec)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for argv in (["summary", str(spec)], ["ops"], ["validate", str(spec)]):
+        run = subprocess.run([sys.executable, "-m", "cnngraph.cli", *argv], capture_output=True, env=env)
+        assert run.returncode == 0 and b"Traceback" not in run.stderr, (argv, run.stderr.decode())
+    assert run.stdout.startswith(b"OK   ") and b"sp?c.yaml" in run.stdout
+
+
+class _Full:
+    """A standard output on a full disk (as `> /dev/full`)."""
+
+    def __init__(self, error=OSError(28, "No space left on device")):
+        self.error = error
+
+    def write(self, text):
+        raise self.error
+
+    def flush(self):
+        pass
+
+
+def test_standard_output_that_cannot_be_written_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _Full())
+    assert cli.main(["ops"]) == 1
+    assert capsys.readouterr().err == "error: cannot write to standard output: No space left on device\n"
+    monkeypatch.setattr(sys, "stdout", _Full(BrokenPipeError(32, "Broken pipe")))   # `| head`: quiet
+    assert cli.main(["ops"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_short_output_to_a_full_disk_is_reported_before_exit():
+    """A few lines stay in the buffer until the command ends: the failure comes when they are flushed."""
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", "specs/lenet5.yaml"], stdout=full,
+                             stderr=subprocess.PIPE, text=True)
+    assert run.returncode == 1 and run.stderr == "error: cannot write to standard output: No space left on device\n"
