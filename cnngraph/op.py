@@ -10,39 +10,20 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ConfigDict
+
+from .paramtypes import StrictScalars
 
 __all__ = ["Op", "OpParams", "Context", "Shape"]
 
 Shape = tuple[int, ...]
 
 
-class OpParams(BaseModel):
+class OpParams(StrictScalars):
     """Base of every op's parameter model: unknown keys are errors, values are immutable, and a spec's
     scalar must have the field's own type (no ``true`` as 1 channel, no ``"8"`` or ``"yes"``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _no_lax_scalars(cls, data, handler):
-        result = handler(data)
-        if isinstance(data, dict):
-            errors = [{"type": kind, "loc": (key,), "input": raw} for key, raw in data.items()
-                      if key in cls.model_fields and (kind := _lax_conversion(raw, getattr(result, key)))]
-            if errors:
-                raise ValidationError.from_exception_data(cls.__name__, errors)
-        return result
-
-
-def _lax_conversion(raw, value) -> str | None:
-    """The pydantic error type when ``raw`` only became ``value`` by lax conversion (bool <-> number,
-    string -> number/bool), else None."""
-    if isinstance(value, bool) and not isinstance(raw, bool):
-        return "bool_type"
-    if isinstance(raw, (bool, str)) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return "int_type" if isinstance(value, int) else "float_type"
-    return None
 
 
 class Context:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Union
 
 import numpy as np
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
+from pydantic_core import PydanticKnownError
 
-__all__ = ["IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "is_whole"]
+__all__ = ["StrictScalars", "StrictSettings", "IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
@@ -76,3 +77,35 @@ Int1 = Annotated[int, BeforeValidator(_single(1))]
 NonNegativeInt1 = Annotated[int, BeforeValidator(_single(0))]
 Padding1 = Annotated[Union[str, tuple[int, int]], BeforeValidator(_padding((2,), " or [begin, end]"))]
 
+
+
+class StrictScalars(BaseModel):
+    """A model whose numbers and booleans must be written as such, in its fields and their lists: pydantic's
+    lax mode would take ``true`` as 1, ``"8"`` as 8 and ``"yes"`` as true."""
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _no_lax_scalars(cls, raw, handler):
+        value = handler(raw)
+        kind = _lax_conversion(raw, value)
+        if kind:   # a field's own error: reported with the other fields' problems
+            raise PydanticKnownError(kind)
+        return value
+
+
+class StrictSettings(StrictScalars):
+    """A training setting (the spec's ``train:`` section): strict scalars, finite numbers, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _lax_conversion(raw, value) -> str | None:
+    """The pydantic error type when ``raw`` only became ``value`` by lax conversion (bool <-> number,
+    string -> number/bool, also inside a list), else None."""
+    if isinstance(raw, (list, tuple)) and isinstance(value, (list, tuple)) and len(raw) == len(value):
+        return next(filter(None, map(_lax_conversion, raw, value)), None)
+    if isinstance(value, bool) and not isinstance(raw, bool):
+        return "bool_type"
+    if isinstance(raw, (bool, str)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "int_type" if isinstance(value, int) else "float_type"
+    return None

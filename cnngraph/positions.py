@@ -6,6 +6,7 @@ Result: plain Python data plus a map from path tuples (``("layers", 3, "kernel_s
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
@@ -70,7 +71,14 @@ def _construct(node: yaml.Node, path: Path_, pos: Positions, file: str | None, p
     return _scalar(node)
 
 
-_SCALAR_LOADER = yaml.SafeLoader("")
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading numbers as YAML 1.2 and JSON do: ``1e-3`` is a float (YAML 1.1 wants a dot,
+    ``1.0e-3``, and reads ``1e-3`` as a string, which the spec's number fields would refuse)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+_SCALAR_LOADER = _Loader("")
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:
@@ -96,7 +104,7 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     is_json = bool(file and file.endswith(".json") and text.strip())   # an empty file: "the spec is empty"
     data = _parse_json(text, file) if is_json else None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         if is_json:   # valid JSON that YAML cannot read: its problems go without positions
             return data, {}

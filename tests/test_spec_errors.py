@@ -304,6 +304,55 @@ outputs: [c3]
         ("layers[4].bias", "Input should be a valid boolean (found 0)")]
 
 
+def test_train_section_numbers_are_strict_and_finite(tmp_path):
+    """What `train` would refuse (or silently convert: `batch_size: true` as 1) is a located problem at
+    validation, every one at once, with a layer's own mistakes too."""
+    err, path = load(tmp_path, HEAD + """\
+  - {id: c, type: conv2d, out_channels: true, kernel_size: "3"}
+  - {id: f, type: flatten}
+  - {id: logits, type: dense, out_features: 10}
+outputs: [logits]
+train:
+  batch_size: true
+  epochs: "2"
+  seed: -5
+  grad_clip: .nan
+  optimizer: {type: sgd, lr: .inf, nesterov: "yes"}
+  schedule: {type: step, step_size: 1, gamma: 1e999}
+  early_stopping: {patience: "3"}
+  augment: [{type: random_shift, pixels: true}]
+  data: {dataset: digits, val_fraction: "0.1"}
+""")
+    got = {p.path: (p.line, p.message) for p in err.problems}
+    assert got == {
+        "layers[0].out_channels": (5, "Input should be a valid integer (found True)"),
+        "layers[0].kernel_size": (5, "expected an integer >= 1 or a list [h, w] of them, found '3'"),
+        "train.batch_size": (10, "Input should be a valid integer (found True)"),
+        "train.epochs": (11, "Input should be a valid integer (found '2')"),
+        "train.seed": (12, "Input should be greater than or equal to 0 (found -5)"),
+        "train.grad_clip": (13, "Input should be a finite number (found nan)"),
+        "train.optimizer.lr": (14, "Input should be a finite number (found inf)"),
+        "train.optimizer.nesterov": (14, "Input should be a valid boolean (found 'yes')"),
+        "train.schedule.gamma": (15, "Input should be a finite number (found inf)"),
+        "train.early_stopping.patience": (16, "Input should be a valid integer (found '3')"),
+        "train.augment[0].pixels": (17, "Input should be a valid integer (found True)"),
+        "train.data.val_fraction": (18, "Input should be a valid number (found '0.1')"),
+    }, err
+
+
+def test_numbers_with_an_exponent_but_no_dot_are_floats(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string (it wants `1.0e-3`); specs read it as YAML 1.2 and JSON do."""
+    path = tmp_path / "net.yaml"
+    path.write_text(HEAD + """\
+  - {id: bn, type: batch_norm2d, eps: 1e-5}
+outputs: [bn]
+train: {optimizer: {type: adam, lr: 1e-3, weight_decay: 5E-4}, grad_clip: 2e0}
+""")
+    spec = cnngraph.load_spec(path)
+    assert spec.layers[0].params.eps == 1e-5 and spec.train.optimizer.params.lr == 1e-3
+    assert spec.train.optimizer.params.weight_decay == 5e-4 and spec.train.grad_clip == 2.0
+
+
 def test_a_broken_block_instance_does_not_hide_the_other_problems(tmp_path):
     err, _ = load(tmp_path, """\
 name: t

@@ -32,7 +32,9 @@ import copy
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from ..paramtypes import StrictSettings
 
 __all__ = ["Augmentation", "RandomShift", "RandomCrop", "HorizontalFlip", "RandomRotation",
            "RandomScale", "Compose", "AUGMENTATIONS", "AugmentConfigError", "build_augmentations",
@@ -42,8 +44,8 @@ Fill = Literal["constant", "edge"]
 SCALE_LIMITS = (0.25, 4.0)
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Params(StrictSettings):
+    """Base of the augmentations' parameters."""
 
 
 def _bg(background, c: int) -> np.ndarray:

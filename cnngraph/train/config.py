@@ -8,15 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from ..errors import Problem
+from ..paramtypes import StrictSettings
 
 __all__ = ["TrainSpec", "Typed", "EarlyStopping", "validate_train"]
 
 
-class EarlyStopping(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EarlyStopping(StrictSettings):
     metric: str = "val_accuracy"
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0)
@@ -28,8 +28,7 @@ class EarlyStopping(BaseModel):
         return self.mode == "max" or (self.mode == "auto" and not self.metric.endswith(("loss", "mae", "rmse")))
 
 
-class _TrainTop(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _TrainTop(StrictSettings):
     data: dict[str, Any] = {}
     loss: dict[str, Any] = {}
     optimizer: dict[str, Any] = {}
@@ -40,7 +39,7 @@ class _TrainTop(BaseModel):
     early_stopping: Optional[EarlyStopping] = None
     grad_clip: Optional[float] = Field(None, gt=0, description="max global L2 norm of the gradients")
     top_k: int = Field(3, ge=1, description="k of the top-k accuracy metric")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     init: Optional[str] = Field(None, description="weights to start from (.npz or checkpoint folder), relative "
                                                   "to the spec's folder")
 

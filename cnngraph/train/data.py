@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..errors import DataError
+from ..paramtypes import StrictSettings
 from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_rotation, load_digits_segmentation,
                        load_fashion_mnist, load_image_folder, load_mnist, load_npz, stratified_split)
 
@@ -69,10 +70,9 @@ def _known_datasets() -> list[str]:
     return names
 
 
-class NormalizeStats(BaseModel):
+class NormalizeStats(StrictSettings):
     """Explicit normalisation: one value per channel, or one value for all channels."""
 
-    model_config = ConfigDict(extra="forbid")
     mean: list[float] = Field(min_length=1)
     std: list[float] = Field(min_length=1)
 
@@ -85,10 +85,9 @@ class NormalizeStats(BaseModel):
         return self
 
 
-class DataConfig(BaseModel):
+class DataConfig(StrictSettings):
     """The spec's ``train.data`` section."""
 
-    model_config = ConfigDict(extra="forbid")
     dataset: str = "digits"
     path: str | None = None
     layout: Literal["auto", "nchw", "nhwc"] = "auto"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..backend import to_device, to_numpy, xp_of
 from ..errors import CheckpointError
+from ..paramtypes import StrictSettings
 from ..registry import did_you_mean, format_validation_errors
 
 __all__ = [
@@ -26,8 +27,8 @@ __all__ = [
 Betas = tuple[float, float]
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Params(StrictSettings):
+    model_config = ConfigDict(frozen=True)
 
 
 class Optimizer:

@@ -23,8 +23,9 @@ import bisect
 import math
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from ..paramtypes import StrictSettings
 from .optim import build_from_registry, make_params
 
 __all__ = [
@@ -33,8 +34,8 @@ __all__ = [
 ]
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Params(StrictSettings):
+    model_config = ConfigDict(frozen=True)
 
     warmup_epochs: float = Field(0.0, ge=0)
 
