@@ -105,3 +105,27 @@ def test_forged_inputs_to_predict_and_forged_zip_sizes_are_refused(tmp_path):
     np.savez_compressed(tmp_path / "ok.npz", x=np.zeros((1000, 1000), np.float32), y=np.arange(3))
     np.save(tmp_path / "ok.npy", np.ones((2, 3), np.float64))
     assert load_arrays(tmp_path / "ok.npz")["x"].shape == (1000, 1000) and load_arrays(tmp_path / "ok.npy").sum() == 6
+
+
+def test_labels_beyond_the_models_classes_are_named_with_file_key_and_index(tmp_path, capsys):
+    """Without class names the classes are numbered up to the largest label: one stray label (57 among
+    0..9) must be named where it is, not only as '58 classes'."""
+    x = np.random.default_rng(0).random((60, 1, 8, 8)).astype(np.float32)
+    y = np.arange(60) % 10
+    y[5] = 57
+    np.savez(tmp_path / "good.npz", x=x, y=y, x_test=x[:10], y_test=np.r_[np.arange(9), 12])
+    _fails(["train", "specs/digits_cnn.yaml", "--data", f"npz:{tmp_path / 'good.npz'}", "--out", tmp_path / "r",
+            "--quiet"], capsys,
+           f"error: '{tmp_path / 'good.npz'}' key 'y': 1 label >= 10 (57 at index 5); '{tmp_path / 'good.npz'}' key "
+           f"'y_test': 1 label >= 10 (12 at index 9); loss output 'logits' has 10 units per sample. The data names "
+           f"no classes, so they are numbered up to its largest label: correct those labels, or set out_features: "
+           f"58 if the data has 58 classes")
+
+
+def test_labels_beyond_lists_a_few_and_counts_all():
+    from cnngraph.train.datasets._common import labels_beyond
+    masks = np.zeros((2, 3, 3), np.int64)
+    masks[1, 2, 0], masks[0, 0, 1] = 7, 255
+    assert labels_beyond([("m", masks)], 4, ignore=255) == "m: 1 label >= 4 (7 at index (1, 2, 0))"
+    assert labels_beyond([("y", np.arange(8))], 3) == "y: 5 labels >= 3 (3 at index 3, 4 at index 4, 5 at index 5, ...)"
+    assert labels_beyond([("y", np.arange(3))], 3) == ""

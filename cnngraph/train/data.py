@@ -138,7 +138,7 @@ class Dataset:
     ``pixel_scale`` maps an image in [0, 1] to raw units (``read_image(..., scale=pixel_scale)``).
     ``pixel_range`` is (min, max) of the raw training images: outside [0, pixel_scale], images read
     from image files are not in the units the model learned. ``notes`` are the loader's remarks
-    (how it read the data) for the user.
+    (how it read the data) for the user; ``label_sources`` as in RawSplits.
     """
 
     train: tuple[np.ndarray, np.ndarray]
@@ -151,6 +151,7 @@ class Dataset:
     pixel_scale: float = 1.0
     pixel_range: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+    label_sources: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -328,7 +329,7 @@ def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:
               for x, y in (train, val, test)]
     return Dataset(train=splits[0], val=splits[1], test=splits[2], classes=list(raw.classes),
                    mean=mean, std=std, source=raw.source, pixel_scale=raw.pixel_scale, pixel_range=pixel_range,
-                   notes=list(raw.notes))
+                   notes=list(raw.notes), label_sources=list(raw.label_sources))
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,

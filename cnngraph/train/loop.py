@@ -173,7 +173,8 @@ class _Run:
                             f"{'' if ds.num_classes == 1 else 'es'} ({', '.join(ds.classes)}); a classifier needs at "
                             f"least 2")
         self.loss = prepare_loss(spec, self.ts, ds.num_classes, ds.train[1].shape[1:] if ds.dense else None,
-                                 value_shape=ds.train[1].shape[1:] if ds.values else None)
+                                 value_shape=ds.train[1].shape[1:] if ds.values else None,
+                                 label_sources=ds.label_sources)
         if ds.values and self.loss.op.type == "binary_cross_entropy":
             lo, hi = float(ds.train[1].min()), float(ds.train[1].max())
             if lo < 0 or hi > 1:

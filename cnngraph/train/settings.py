@@ -213,12 +213,13 @@ class LossSetup:
 
 
 def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int, int] | None = None,
-                 value_shape: tuple | None = None) -> LossSetup:
+                 value_shape: tuple | None = None, label_sources=()) -> LossSetup:
     """Build the loss op of ``ts.loss`` for the output it names; checks the output and target shapes.
 
     ``mask_shape`` (H, W): the labels are segmentation masks, so the output must give class scores
     per pixel, (classes, H, W). ``value_shape``: the targets are values to regress, of this shape per
-    sample; the output must hold as many values (they are compared in the output's shape)."""
+    sample; the output must hold as many values (they are compared in the output's shape).
+    ``label_sources``: the dataset's (Dataset.label_sources), to name the labels beyond the output's classes."""
     from ..registry import get_registry
     output = ts.loss_output or spec.outputs[0]
     if output not in spec.graph or spec.graph.nodes[output].get("kind") != "layer":
@@ -260,8 +261,15 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
                  f"{num_classes}, use cross_entropy)" if units == 1 and ts.loss.type != "cross_entropy" else "")
         void = (f" (the masks hold values up to {num_classes - 1}; if that is a void label, set "
                 f"train.loss.ignore_index: {num_classes - 1})" if mask_shape and num_classes > units + 1 else "")
+        from .datasets._common import labels_beyond
+        field = "out_channels" if mask_shape else "out_features"
+        beyond = labels_beyond(label_sources, max(units, 2), getattr(op.p, "ignore_index", None))
+        if beyond:   # classes numbered from the labels: a few stray labels are as likely as a wrong model
+            raise TrainingError(f"{beyond}; loss output '{output}' has {units} {what}. The data names no classes, "
+                                f"so they are numbered up to its largest label: correct those labels, or set "
+                                f"{field}: {num_classes} if the data has {num_classes} classes{void}")
         raise TrainingError(f"loss output '{output}' has {units} {what} but the dataset has "
-                            f"{num_classes} classes; expected {'out_channels' if mask_shape else 'out_features'}: "
+                            f"{num_classes} classes; expected {field}: "
                             f"{num_classes}{other}{void}"
                             + (" (or 1 for a binary classifier)" if num_classes == 2 else ""))
     return LossSetup(op=op, output=output, encoding=encoding, units=units,

@@ -8,7 +8,8 @@ import numpy as np
 
 from ...errors import DataError
 
-__all__ = ["RawSplits", "to_nchw", "as_float_images", "looks_8bit", "check_labels", "check_values", "stratified_split",
+__all__ = ["RawSplits", "to_nchw", "as_float_images", "looks_8bit", "check_labels", "check_values", "labels_beyond",
+           "stratified_split",
            "require_shape", "fmt_shape"]
 
 
@@ -19,6 +20,8 @@ class RawSplits:
     ``val`` / ``test`` are None when the source has none (``load_dataset`` then carves them).
     ``pixel_scale`` maps an image read in [0, 1] to the raw units (16 for digits, else 1).
     ``notes`` are remarks for the user on how the data was read (printed by train and evaluate).
+    ``label_sources`` are (where, labels as read) when the classes are numbered from the labels (no class
+    names), so that labels beyond a model's classes can be named (:func:`labels_beyond`).
     """
 
     train: tuple[np.ndarray, np.ndarray]
@@ -28,6 +31,7 @@ class RawSplits:
     test: tuple[np.ndarray, np.ndarray] | None = None
     pixel_scale: float = 1.0
     notes: list[str] = field(default_factory=list)
+    label_sources: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 def fmt_shape(shape) -> str:
@@ -174,6 +178,20 @@ def _carve(y: np.ndarray, order: np.ndarray, fraction: float) -> tuple[np.ndarra
 def _index(y: np.ndarray, flat: int):
     """The position of flat index ``flat`` in ``y``: an int for labels, a tuple for masks."""
     return flat if y.ndim == 1 else tuple(int(v) for v in np.unravel_index(flat, y.shape))
+
+
+def labels_beyond(sources: list[tuple[str, np.ndarray]], limit: int, ignore: int | None = None,
+                  shown: int = 3) -> str:
+    """Where the labels >= ``limit`` (other than ``ignore``) are, per source: "'d.npz' key 'y': 1 label >= 10
+    (57 at index 5)"; '' when there are none."""
+    parts = []
+    for what, y in sources:
+        flat = np.asarray(y).reshape(-1)
+        bad = np.flatnonzero((flat >= limit) & (flat != ignore))
+        if len(bad):
+            at = ", ".join(f"{int(flat[i])} at index {_index(y, i)}" for i in bad[:shown])
+            parts.append(f"{what}: {len(bad)} label{'s' * (len(bad) > 1)} >= {limit} ({at}{', ...' * (len(bad) > shown)})")
+    return "; ".join(parts)
 
 
 def _void_hint(y: np.ndarray) -> str:

@@ -88,12 +88,14 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
     if len(set(kinds.values())) > 1:
         raise DataError(f"'{p}': the splits mix class labels and masks ({', '.join(f'{_PAIRS[k][1]}: {v}' for k, v in kinds.items())}); "
                         f"expected one kind for all")
-    if classes is None:
+    sources = []
+    if classes is None:   # numbered up to the largest label: say where the labels are if a model has fewer
         n = max((int(_classes_in(y, cfg.ignore_label).max(initial=-1)) + 1 for _, y in splits.values() if len(y)),
                 default=1)
         classes = [str(i) for i in range(n)]
+        sources = [(f"'{p}' key '{_PAIRS[name][1]}'", y) for name, (_, y) in splits.items()]
     return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
-                     classes=classes, source=f"npz:{p}", notes=notes)
+                     classes=classes, source=f"npz:{p}", notes=notes, label_sources=sources)
 
 
 def _eight_bit(pixels: str, path, xs: list[np.ndarray]) -> bool:
