@@ -15,6 +15,7 @@ dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits us
 from __future__ import annotations
 
 import sys
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Sequence
@@ -52,14 +53,27 @@ def _open(path: Path):
     show it); DataError naming the file otherwise. A multi-frame file (GIF, TIFF, WebP) gives its first frame."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # a note instead, naming the file
+            im = Image.open(path)
+        with im:
+            _note_large(path, im, Image.MAX_IMAGE_PIXELS)
             im.load()  # decode now, so a truncated file fails here and not later
             return ImageOps.exif_transpose(im)   # a copy, upright; it outlives the file
     except FileNotFoundError:
         raise DataError(f"'{path}': image file does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:   # above twice the warning limit
+        raise DataError(f"'{path}': the image is too large to read: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"'{path}': expected an image Pillow can read ({_suffix_list()}), found unreadable "
                         f"data ({exc})") from None
+
+
+def _note_large(path: Path, im, limit: int | None) -> None:
+    """One line instead of Pillow's DecompressionBombWarning: the image is read all the same."""
+    if limit and im.width * im.height > limit:
+        print(f"note: '{path}' is {im.width}x{im.height} pixels ({im.width * im.height / 1e6:.3g} megapixels, above "
+              f"Pillow's warning limit of {limit / 1e6:.3g}); reading it takes a while and much memory", file=sys.stderr)
 
 
 def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,

@@ -669,3 +669,21 @@ def test_read_inputs_refuses_a_folder_by_name(tmp_path):
     with pytest.raises(DataError, match=r"pics': is a folder; expected image files \(.png, .jpg, .jpeg, .bmp, .gif, "
                                          r"\.tif, .tiff(, .webp)?\) or an .npy"):
         read_inputs([tmp_path / "pics"], (1, 4, 4))
+
+
+def test_images_above_pillows_size_limits_get_a_note_or_a_clear_refusal(tmp_path, monkeypatch, capsys):
+    """Pillow warns above MAX_IMAGE_PIXELS (a raw warning line with its own path) and refuses above twice
+    that: the first is a one-line note naming the file (the image is still read), the second a DataError."""
+    import warnings
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # as a 9500x9500 image against the real limit
+    Image.new("L", (12, 12), 255).save(tmp_path / "big.png")
+    Image.new("L", (15, 15), 255).save(tmp_path / "huge.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = read_image(tmp_path / "big.png", (1, 4, 4))
+    assert x.shape == (1, 4, 4)
+    assert capsys.readouterr().err == (f"note: '{tmp_path / 'big.png'}' is 12x12 pixels (0.000144 megapixels, above Pillow's "
+                                       f"warning limit of 0.0001); reading it takes a while and much memory\n")
+    with pytest.raises(DataError, match=r"huge.png': the image is too large to read: Image size \(225 pixels\) "
+                                        r"exceeds limit of 200 pixels"):
+        read_image(tmp_path / "huge.png", (1, 4, 4))
