@@ -295,7 +295,8 @@ def load_dataset(cfg: DataConfig, input_shape: tuple[int, ...], seed: int = 0,
         cfg = DataConfig.model_validate(cfg)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) not in (2, 3):
-        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W) or (C, L), found {shape}")
+        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W) or (C, L), found "
+                        f"{shape}")
     why = image_only_reason(cfg.dataset, shape)
     if why:
         raise DataError(why)

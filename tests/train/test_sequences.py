@@ -232,6 +232,17 @@ def test_image_augmentations_are_refused_for_sequences_with_their_place(kind, tm
     assert ("use time_reversal" in problem.message) == (kind == "horizontal_flip")
 
 
+def test_a_shift_must_be_shorter_than_the_sequence(tmp_path):
+    spec = _spec(tmp_path, train={"data": {"dataset": "npz", "path": "w.npz"},
+                                  "augment": [{"type": "random_shift", "pixels": 63},
+                                              {"type": "random_crop", "padding": 64}]})
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    (problem,) = e.value.problems
+    assert problem.path == "train.augment[1].padding"
+    assert "padding (64) must be less than the sequence's length (at most 63 for the input (1, 64))" in problem.message
+
+
 def test_time_reversal_is_for_sequences_only(tmp_path):
     spec = _spec(tmp_path, shape=(1, 8, 8), train={"augment": ["time_reversal"]})
     with pytest.raises(SpecError, match=r"augmentation 'time_reversal' works on sequences, but the model's input is "
