@@ -109,7 +109,8 @@ def cmd_train(args) -> int:
                      + f"test loss {s['test_loss']:.4f} ({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s["stopped"] != "diverged":
         parts.append("no test split (set train.data.test_fraction to carve one from the training data)")
-    parts.append(f"{s['train_seconds']:.1f}s, {s['images_per_second'] or 0:,.0f} images/s")
+    samples = "sequences" if len(next(iter(spec.inputs.values())).shape) == 2 else "images"
+    parts.append(f"{s['train_seconds']:.1f}s, {s['images_per_second'] or 0:,.0f} {samples}/s")
     print("; ".join(parts))
     print(f"wrote {hist.out}/ (checkpoint/, metrics.json, history.csv, curves.png)")
     return 0
@@ -136,13 +137,13 @@ def _load_checkpointed_model(args, spec):
 
 def _input_of(spec) -> tuple[str, tuple]:
     if len(spec.inputs) != 1:
-        raise CnnGraphError(f"this command feeds one image input; spec '{spec.name}' has inputs "
+        raise CnnGraphError(f"this command feeds one input; spec '{spec.name}' has inputs "
                             f"{', '.join(spec.inputs)} (`cnngraph run SPEC --input X.npz` runs a model with "
                             f"several inputs, one array per input in the .npz)")
     name, inp = next(iter(spec.inputs.items()))
-    if len(inp.shape) != 3:
-        raise CnnGraphError(f"this command needs an image input of shape (C, H, W); input '{name}' has "
-                            f"shape {tuple(inp.shape)}")
+    if len(inp.shape) not in (2, 3):
+        raise CnnGraphError(f"this command needs an image input of shape (C, H, W) or a sequence input of shape "
+                            f"(C, L); input '{name}' has shape {tuple(inp.shape)}")
     return name, tuple(inp.shape)
 
 
@@ -174,14 +175,14 @@ def cmd_evaluate(args) -> int:
     whole = args.data is not None and args.split == "test" and len(y) == 0
     if whole:   # a file without a separate test split is itself the test data
         x, y = ds.train
-        print(f"note: {ds.source} has no separate test split; evaluating all {len(y)} of its images",
+        print(f"note: {ds.source} has no separate test split; evaluating all {len(y)} of its {ds.samples}",
               file=sys.stderr)
     if len(y) == 0:
         raise DataError(f"dataset '{cfg.dataset}' ({ds.source}) has an empty {args.split} split; choose another "
                         f"with --split, or set train.data.test_fraction / val_fraction to carve one")
     where = f"all of {ds.source}" if whole else f"{args.split} split of {ds.source}"
     if ds.values:
-        return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where)
+        return _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, f"{where}: {len(y)} {ds.samples}")
     classes = list(stats.get("classes") or ds.classes)
     numbered = ds.classes == [str(i) for i in range(ds.num_classes)]   # names guessed from the labels
     by_name = not numbered and ds.classes != classes   # named classes (folders, an npz 'classes' key)
@@ -214,12 +215,12 @@ def cmd_evaluate(args) -> int:
         return 0
     ignore = getattr(ts.loss.params, "ignore_index", None)
     pixels = int(y.size if ignore is None else (y != ignore).sum())
-    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} images" + (f" ({pixels:,} pixels scored)" if ds.dense else ""),
+    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} {ds.samples}" + (f" ({pixels:,} pixels scored)" if ds.dense else ""),
                    acc.result(f"{args.split}_"))
     print()
     print(format_per_class(report, classes, iou=ds.dense))
     print()
-    print(f"confusion matrix of {'pixels' if ds.dense else 'images'} (rows: true class, columns: predicted)")
+    print(f"confusion matrix of {'pixels' if ds.dense else ds.samples} (rows: true class, columns: predicted)")
     print(format_confusion(cm, classes), flush=True)   # the metrics stand even if the picture fails below
     png = _save_confusion(cm, classes, out_dir / "confusion.png", title)
     if png:
@@ -245,7 +246,7 @@ def _evaluate_values(args, spec, ts, model, name, x, y, ckdir, meta, where: str)
         print(json.dumps(json_safe({**metrics, "samples": int(len(y)), "checkpoint": str(ckdir),
                                     "epoch": meta.get("epoch")}), indent=2))
         return 0
-    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} images, {y.size:,} target values", metrics)
+    _print_metrics(spec, ckdir, meta, f"{where}, {y.size:,} target values", metrics)
     return 0
 
 
@@ -299,7 +300,7 @@ def cmd_predict(args) -> int:
     if stats.get("mean") is None:
         print(f"note: {ckdir} holds no dataset normalisation (not written by `cnngraph train`); inputs are fed "
               f"as read, in [0, 1]", file=sys.stderr)
-    units = image_units_warning(args.inputs, stats.get("pixel_range"), scale)
+    units = image_units_warning(args.inputs, stats.get("pixel_range"), scale) if len(shape) == 3 else None
     if units:
         print(units, file=sys.stderr)
     eight_bit = npy_eight_bit(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are

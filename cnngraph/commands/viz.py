@@ -108,7 +108,8 @@ def cmd_explain(args) -> int:
         raise CnnGraphError("give --image IMG (an image file or .npy sample); or --filters to draw the kernels")
     prep = ex.preprocessing(spec, weights.meta)
     from ..train.images import image_units_warning
-    units = image_units_warning([args.image], prep.pixel_range, prep.scale)
+    units = image_units_warning([args.image], prep.pixel_range, prep.scale) \
+        if len(next(iter(spec.inputs.values())).shape) == 3 else None
     if units:
         print(units, file=sys.stderr)
     raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index)

@@ -1,4 +1,5 @@
-"""Data augmentation for (N, C, H, W) float32 batches, one independent random draw per sample.
+"""Data augmentation for (N, C, H, W) float32 batches (and (N, C, L) sequences), one independent random
+draw per sample.
 
 Spec form (``train.augment``), each entry a dict with ``type`` plus that type's parameters::
 
@@ -17,9 +18,14 @@ angle turns the content counter-clockwise (``np.rot90`` for +90 degrees) about t
 a scale factor > 1 zooms in about the centre. Rotation and scale sample bilinearly.
 
 Limits: a shift (``random_shift.pixels``, ``random_crop.padding``) must be smaller than the image's
-height and width, else a draw can move the whole image out of view (checked against the spec's input
-by ``input_problems`` when the spec is validated); rotations lie within [-180, 180] degrees and scale
-factors within [1/4, 4] (``SCALE_LIMITS``): beyond, the image is mostly fill or a few enlarged pixels.
+height and width (a sequence's length), else a draw can move the whole image out of view (checked against
+the spec's input by ``input_problems`` when the spec is validated); rotations lie within [-180, 180]
+degrees and scale factors within [1/4, 4] (``SCALE_LIMITS``): beyond, the image is mostly fill or a few
+enlarged pixels.
+
+Sequences (N, C, L): ``random_shift`` and ``random_crop`` move them along L, ``random_noise`` works on both,
+``time_reversal`` on sequences only; the other steps are for images (``Augmentation.inputs`` says which;
+a spec that puts an image step on a sequence input is refused when it is validated).
 
 Segmentation masks (``Compose(x, rng, masks)``) move with their images: each geometric step runs a
 second time, with the same random draws, on the masks' one-hot planes, and every pixel takes the
@@ -37,8 +43,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from ..paramtypes import StrictSettings
 
 __all__ = ["Augmentation", "RandomShift", "RandomCrop", "HorizontalFlip", "RandomRotation",
-           "RandomScale", "Compose", "AUGMENTATIONS", "AugmentConfigError", "build_augmentations",
-           "shift", "affine", "rotate", "zoom"]
+           "RandomScale", "RandomNoise", "TimeReversal", "Compose", "AUGMENTATIONS", "AugmentConfigError",
+           "build_augmentations", "shift", "affine", "rotate", "zoom"]
 
 Fill = Literal["constant", "edge"]
 SCALE_LIMITS = (0.25, 4.0)
@@ -60,27 +66,31 @@ def _bg(background, c: int) -> np.ndarray:
 
 def shift(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, fill: Fill = "constant",
           background=None) -> np.ndarray:
-    """Shift each sample by integer (dy[n], dx[n]) pixels: ``out[n, :, i, j] = x[n, :, i - dy, j - dx]``.
+    """Shift each sample by integer (dy[n], dx[n]) pixels: ``out[n, :, i, j] = x[n, :, i - dy, j - dx]``;
+    a sequence (N, C, L) by dx[n] steps along L (``dy`` must then be 0).
 
     One pad, then one slice copy per distinct shift in the batch (at most (2p+1)^2; 9 for p = 1):
     ~10x faster than per-pixel gathers on small images.
     """
+    if x.ndim == 3:   # a sequence: a one-row image
+        return shift(x[:, :, None], dy, dx, fill, background)[:, :, 0]
     n, c, h, w = x.shape
-    dy, dx = np.asarray(dy, np.int64), np.asarray(dx, np.int64)
-    p = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
-    if p == 0:
+    dy, dx = np.broadcast_to(np.asarray(dy, np.int64), (n,)), np.asarray(dx, np.int64)
+    py, px = int(np.abs(dy).max(initial=0)), int(np.abs(dx).max(initial=0))
+    if py == px == 0:
         return x.copy()
     bg = _bg(background, c)
+    pads = ((0, 0), (0, 0), (py, py), (px, px))
     if fill == "edge":
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="edge")
+        padded = np.pad(x, pads, mode="edge")
     else:
         # Pad (x - bg) with zeros and add bg back: a per-channel constant fill in one pad.
-        padded = np.pad(x - bg, ((0, 0), (0, 0), (p, p), (p, p)))
+        padded = np.pad(x - bg, pads)
     out = np.empty_like(padded[:, :, :h, :w])
-    key = (dy + p) * (2 * p + 1) + (dx + p)
+    key = (dy + py) * (2 * px + 1) + (dx + px)
     for k in np.unique(key):
         sel = np.flatnonzero(key == k)
-        top, left = p - (k // (2 * p + 1) - p), p - (k % (2 * p + 1) - p)
+        top, left = py - (k // (2 * px + 1) - py), px - (k % (2 * px + 1) - px)
         out[sel] = padded[sel, :, top:top + h, left:left + w]
     return out if fill == "edge" else out + bg
 
@@ -141,11 +151,15 @@ class Augmentation:
     ``geometric``: the step moves pixels, so segmentation masks must move with it; it is then run on
     the masks too, with the same random draws, which must therefore depend on the batch size only
     (not on the pixel values or the channel count). Photometric steps (brightness, noise) set False.
+
+    ``inputs``: what the step can augment, "image" (N, C, H, W) and/or "sequence" (N, C, L). A spec
+    that uses it on another kind of input is refused when it is validated.
     """
 
     type: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = _Params
     geometric: ClassVar[bool] = True
+    inputs: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init__(self, params: BaseModel | dict | None = None, background=None, **kwargs: Any):
         if params is None or isinstance(params, dict):
@@ -157,9 +171,10 @@ class Augmentation:
         raise NotImplementedError
 
     @classmethod
-    def input_problems(cls, params: BaseModel, shape: tuple[int, int, int]) -> list[tuple[str, str]]:
-        """Settings that cannot make sense on per-sample inputs of ``shape`` (C, H, W), as (parameter,
-        message) pairs; validation reports each at the parameter. None by default."""
+    def input_problems(cls, params: BaseModel, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+        """Settings that cannot make sense on per-sample inputs of ``shape`` (C, H, W) (or (C, L) for a step
+        whose ``inputs`` take sequences), as (parameter, message) pairs; validation reports each at the
+        parameter. None by default."""
         return []
 
     def __repr__(self) -> str:
@@ -168,9 +183,10 @@ class Augmentation:
 
 
 class RandomShift(Augmentation):
-    """Shift by an integer in [-pixels, pixels] along each axis, drawn per sample."""
+    """Shift by an integer in [-pixels, pixels] along each axis (of a sequence: along L), drawn per sample."""
 
     type = "random_shift"
+    inputs = ("image", "sequence")
 
     class Params(_Params):
         pixels: int = Field(1, ge=0)
@@ -178,7 +194,7 @@ class RandomShift(Augmentation):
 
     def __call__(self, x, rng):
         p = self.params.pixels
-        dy = rng.integers(-p, p + 1, size=len(x))
+        dy = rng.integers(-p, p + 1, size=len(x)) if x.ndim == 4 else 0
         dx = rng.integers(-p, p + 1, size=len(x))
         return shift(x, dy, dx, self.params.fill, self.background)
 
@@ -188,9 +204,10 @@ class RandomShift(Augmentation):
 
 
 class RandomCrop(Augmentation):
-    """Pad by ``padding`` on every side, then crop back to (H, W) at a random offset per sample."""
+    """Pad by ``padding`` on every side, then crop back to (H, W) (or L) at a random offset per sample."""
 
     type = "random_crop"
+    inputs = ("image", "sequence")
 
     class Params(_Params):
         padding: int = Field(4, ge=0)
@@ -199,7 +216,7 @@ class RandomCrop(Augmentation):
     def __call__(self, x, rng):
         p = self.params.padding
         # A crop at offset o of the padded image is a shift by p - o.
-        oy = rng.integers(0, 2 * p + 1, size=len(x))
+        oy = rng.integers(0, 2 * p + 1, size=len(x)) if x.ndim == 4 else p
         ox = rng.integers(0, 2 * p + 1, size=len(x))
         return shift(x, p - oy, p - ox, self.params.fill, self.background)
 
@@ -209,12 +226,15 @@ class RandomCrop(Augmentation):
 
 
 def _shift_within(shape, name: str, pixels: int) -> list[tuple[str, str]]:
-    """A shift of up to ``pixels`` must leave part of the image in view: less than its height and width."""
-    side = min(shape[-2:])
+    """A shift of up to ``pixels`` must leave part of the image in view: less than its height and width (a
+    sequence's length)."""
+    side = min(shape[1:])
     if pixels < side:
         return []
-    return [(name, f"{name} ({pixels}) must be less than the image's height and width (at most {side - 1} for the "
-                   f"input {tuple(shape)}): a draw could move the whole image out of view, leaving only fill")]
+    sides = "the image's height and width" if len(shape) == 3 else "the sequence's length"
+    return [(name, f"{name} ({pixels}) must be less than {sides} (at most {side - 1} for the "
+                   f"input {tuple(shape)}): a draw could move the whole {'image' if len(shape) == 3 else 'sequence'} "
+                   f"out of view, leaving only fill")]
 
 
 class HorizontalFlip(Augmentation):
@@ -227,7 +247,15 @@ class HorizontalFlip(Augmentation):
 
     def __call__(self, x, rng):
         flip = rng.random(len(x)) < self.params.p
-        return np.where(flip[:, None, None, None], x[..., ::-1], x)
+        return np.where(flip.reshape((-1,) + (1,) * (x.ndim - 1)), x[..., ::-1], x)
+
+
+class TimeReversal(HorizontalFlip):
+    """Reverse a sequence along L with probability ``p`` per sample: only for signals whose class does not
+    depend on the direction of time (``horizontal_flip`` is refused on sequences, as it would do this)."""
+
+    type = "time_reversal"
+    inputs = ("sequence",)
 
 
 class RandomRotation(Augmentation):
@@ -274,8 +302,24 @@ class RandomScale(Augmentation):
                     self.params.fill, self.background)
 
 
+class RandomNoise(Augmentation):
+    """Add Gaussian noise of standard deviation ``std`` to every value (in the normalised units the step sees:
+    1 is one standard deviation of the channel's training data)."""
+
+    type = "random_noise"
+    geometric = False
+    inputs = ("image", "sequence")
+
+    class Params(_Params):
+        std: float = Field(0.1, gt=0.0)
+
+    def __call__(self, x, rng):
+        return x + np.float32(self.params.std) * rng.standard_normal(x.shape, dtype=np.float32)
+
+
 AUGMENTATIONS: dict[str, type[Augmentation]] = {
-    cls.type: cls for cls in (RandomShift, RandomCrop, HorizontalFlip, RandomRotation, RandomScale)
+    cls.type: cls for cls in (RandomShift, RandomCrop, HorizontalFlip, RandomRotation, RandomScale, RandomNoise,
+                              TimeReversal)
 }
 
 
@@ -294,7 +338,7 @@ class Compose:
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None,
                  ignore: int | None = None, maps: np.ndarray | None = None):
-        if maps is not None and maps.ndim == 3:   # one map per image: a channel axis for the steps
+        if maps is not None and maps.ndim == x.ndim - 1:   # one map per sample: a channel axis for the steps
             x, moved = self(x, rng, maps=maps[:, None])
             return x, moved[:, 0]
         planes = _one_hot_planes(masks, ignore) if masks is not None else maps

@@ -180,9 +180,11 @@ def _lenient_top(raw: Any):
 
 def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positions, file) -> list[Problem]:
     """Checks of the train section against the network: the loss output, the early-stopping metric,
-    the number of normalisation values and the augmentations' settings for the image size."""
+    the number of normalisation values, a dataset or augmentation for images on a sequence input (C, L)
+    (or one for sequences on an image) and the augmentations' settings for the input's size."""
     from ..registry import did_you_mean
     from ..spec import _locate
+    from .data import image_only_reason
     problems = []
     output = top.loss.get("output") if isinstance(top.loss, dict) else None
     if layer_ids and isinstance(output, str) and output not in layer_ids:
@@ -197,15 +199,37 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
                                     f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),
                                     positions, file))
     shapes = [tuple(s) for s in input_shapes.values()]
-    if len(shapes) != 1 or len(shapes[0]) != 3:   # not one (C, H, W) image: training refuses it
+    if len(shapes) != 1 or len(shapes[0]) not in (2, 3):   # not one image or sequence: training refuses it
         return problems
-    image = shapes[0]
+    shape = shapes[0]
+    kind = "sequence" if len(shape) == 2 else "image"
     stats = getattr(data, "normalize", None)
-    if hasattr(stats, "mean") and len(stats.mean) not in (1, image[0]):
-        problems.append(_locate(f"normalize: expected 1 or {image[0]} mean/std values (one per channel of the input "
-                                f"{image}), found {len(stats.mean)}", ("train", "data", "normalize"), positions, file))
+    if hasattr(stats, "mean") and len(stats.mean) not in (1, shape[0]):
+        problems.append(_locate(f"normalize: expected 1 or {shape[0]} mean/std values (one per channel of the input "
+                                f"{shape}), found {len(stats.mean)}", ("train", "data", "normalize"), positions, file))
+    why = image_only_reason(data.dataset, shape) if data is not None else None
+    if why:
+        given = isinstance(top.data, dict) and "dataset" in top.data
+        problems.append(_locate(why if given else f"train.data defaults to the bundled digits: {why}",
+                                ("train", "data", "dataset"), positions, file))
     for i, a in enumerate(augs):
-        check = a and getattr(registry.augmentations[a.type], "input_problems", None)   # None: a failed entry
-        for name, message in (check(a.params, image) if check else ()):
+        cls = a and registry.augmentations[a.type]   # None: a failed entry
+        if cls and kind not in getattr(cls, "inputs", ("image",)):
+            problems.append(_locate(_wrong_kind(a.type, cls, kind, shape, registry), ("train", "augment", i, "type"),
+                                    positions, file))
+            continue
+        check = cls and getattr(cls, "input_problems", None)
+        for name, message in (check(a.params, shape) if check else ()):
             problems.append(_locate(f"({a.type}) {message}", ("train", "augment", i, name), positions, file))
     return problems
+
+
+def _wrong_kind(name: str, cls, kind: str, shape, registry) -> str:
+    """Why augmentation ``name`` cannot run on the model's input, an image or a sequence (``kind``)."""
+    fits = sorted(n for n, c in registry.augmentations.items() if kind in getattr(c, "inputs", ("image",)))
+    hint = (" (it would reverse them in time: if that keeps their class, use time_reversal)"
+            if name == "horizontal_flip" else "")
+    takes = " and ".join(k + "s" for k in getattr(cls, "inputs", ("image",)))
+    return (f"augmentation '{name}' works on {takes}, but the model's input is "
+            f"{'a sequence (C, L)' if kind == 'sequence' else 'an image (C, H, W)'} = {shape}{hint}; "
+            f"augmentations for {kind}s: {', '.join(fits)}")

@@ -4,7 +4,7 @@
 register ``loader(cfg, input_shape, seed, base_dir) -> Dataset`` in the registry and can use
 ``finish_dataset``), carves any missing validation/test split (stratified, seeded), applies
 ``limit``, computes or takes the per-channel normalisation and returns a :class:`Dataset` of
-float32 NCHW arrays.
+float32 NCHW arrays (NCL for a model whose input is a sequence (C, L); only ``npz`` reads those).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .datasets import (RawSplits, load_cifar10, load_digits, load_digits_rotatio
 
 __all__ = ["DataConfig", "NormalizeStats", "Dataset", "LOADERS", "RAW_LOADERS", "RawSplits", "load_dataset",
            "finish_dataset",
-           "iterate_batches", "pixel_range_fits", "npy_eight_bit", "compute_normalization", "apply_normalization", "stratified_split"]
+           "iterate_batches", "image_only_reason", "pixel_range_fits", "npy_eight_bit", "compute_normalization", "apply_normalization", "stratified_split"]
 
 RawLoader = Callable[..., RawSplits]
 # Built-in sources: ``raw_loader(cfg, input_shape, base_dir) -> RawSplits``.
@@ -90,7 +90,7 @@ class DataConfig(StrictSettings):
 
     dataset: str = "digits"
     path: str | None = None
-    layout: Literal["auto", "nchw", "nhwc"] = "auto"
+    layout: Literal["auto", "nchw", "nhwc", "ncl", "nlc"] = "auto"   # ncl / nlc: a sequence's (C, L) / (L, C)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float | None = Field(None, ge=0.0, lt=1.0)
     normalize: Literal["auto", "none"] | NormalizeStats = "auto"
@@ -130,7 +130,8 @@ class DataConfig(StrictSettings):
 class Dataset:
     """Loaded, split and normalised data.
 
-    ``train`` / ``val`` / ``test`` are ``(x, y)``: x float32 (N, C, H, W) normalised, y int64: one
+    ``train`` / ``val`` / ``test`` are ``(x, y)``: x float32 (N, C, H, W) normalised (or (N, C, L) for a
+    model whose input is a sequence), y int64: one
     class per image (N,), or for segmentation one per pixel (N, H, W) (``dense``); or y float32 values
     to regress, any shape per sample (``values``; ``classes`` is then empty).
     A split the source lacks and that was not carved is empty (N == 0).
@@ -169,9 +170,14 @@ class Dataset:
         return self.train[1].ndim > 1 and not self.values
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every sample."""
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of every sample ((C, L) for sequences)."""
         return tuple(int(s) for s in self.train[0].shape[1:])
+
+    @property
+    def samples(self) -> str:
+        """What the samples are called in messages: images, or sequences for (C, L) inputs."""
+        return "sequences" if self.train[0].ndim == 3 else "images"
 
     @property
     def background(self) -> list[float]:
@@ -200,21 +206,23 @@ def npy_eight_bit(pixel_range, pixel_scale: float) -> bool:
 
 
 def compute_normalization(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, H, W) data (float64 sums; a std of 0 becomes 1)."""
+    """Per-channel mean and std of (N, C, H, W) or (N, C, L) data (float64 sums; a std of 0 becomes 1)."""
     if len(x) == 0:
         raise DataError("cannot compute normalisation: the training split is empty")
-    mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = x.std(axis=(0, 2, 3), dtype=np.float64)
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, dtype=np.float64)
+    std = x.std(axis=axes, dtype=np.float64)
     # A constant channel would divide by zero; leave it centred but unscaled.
     std = np.where(std > 1e-12, std, 1.0)
     return [float(m) for m in mean], [float(s) for s in std]
 
 
 def apply_normalization(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(x - mean) / std`` per channel, in place on float32 ``x``; returns ``x``."""
+    """``(x - mean) / std`` per channel (axis 1), in place on float32 ``x``; returns ``x``."""
     c = x.shape[1]
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    per_channel = (1, -1) + (1,) * (x.ndim - 2)
+    m = np.asarray(mean, dtype=np.float32).reshape(per_channel)
+    s = np.asarray(std, dtype=np.float32).reshape(per_channel)
     if m.shape[1] not in (1, c):
         raise DataError(f"normalize: expected 1 or {c} mean/std values (one per channel), found {m.shape[1]}")
     x -= m
@@ -261,23 +269,37 @@ def _stats(cfg: DataConfig, x_train: np.ndarray) -> tuple[list[float], list[floa
     return mean, std
 
 
-def load_dataset(cfg: DataConfig, input_shape: tuple[int, int, int], seed: int = 0,
+def image_only_reason(dataset: str, input_shape) -> str | None:
+    """Why a built-in dataset of images cannot feed a model whose input is a sequence (C, L); None when it can
+    (only ``npz`` holds sequences; a plugin dataset decides for itself)."""
+    if len(input_shape) != 2 or dataset not in RAW_LOADERS or dataset == "npz":
+        return None
+    return (f"dataset '{dataset}' holds images (C, H, W) but the model's input is a sequence (C, L) = "
+            f"{tuple(int(s) for s in input_shape)}; train sequences on your own data: dataset: npz with x of shape "
+            f"(N, C, L)")
+
+
+def load_dataset(cfg: DataConfig, input_shape: tuple[int, ...], seed: int = 0,
                  base_dir: str | None = None) -> Dataset:
     """Load, split and normalise the dataset described by ``cfg``.
 
     Parameters
     ----------
     cfg : the ``train.data`` section (a DataConfig or its dict).
-    input_shape : the model's (C, H, W); data of another shape is a DataError
-        (``image_folder`` images are resized to it instead).
+    input_shape : the model's (C, H, W), or (C, L) for sequences (``npz`` and plugin datasets only); data
+        of another shape is a DataError (``image_folder`` images are resized to it instead).
     seed : seeds the stratified carving of missing validation/test splits.
     base_dir : folder that relative ``cfg.path`` is resolved against (the spec's folder).
     """
     if isinstance(cfg, dict):
         cfg = DataConfig.model_validate(cfg)
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3:
-        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W), found {shape}")
+    if len(shape) not in (2, 3):
+        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W) or (C, L), found "
+                        f"{shape}")
+    why = image_only_reason(cfg.dataset, shape)
+    if why:
+        raise DataError(why)
     loader = _find_loader(cfg.dataset)
     if loader is None:
         raise DataError(f"unknown dataset '{cfg.dataset}' (known: {', '.join(_known_datasets())})")

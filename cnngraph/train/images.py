@@ -143,8 +143,9 @@ def _wide_grey(im, path) -> np.ndarray:
     return arr
 
 
-def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float, eight_bit: bool) -> np.ndarray:
-    """A .npy batch: (N, C, H, W), (C, H, W) or (H, W) (and (N, H, W) when C == 1).
+def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit: bool) -> np.ndarray:
+    """A .npy batch: (N, C, H, W), (C, H, W) or (H, W) (and (N, H, W) when C == 1), channels last too; for a
+    sequence input (C, L) likewise (N, C, L), (C, L), (L,), (N, L) and (N, L, C).
 
     uint8 arrays are mapped like images (/255 * scale); so are other numbers that look like 8-bit
     pixels when ``eight_bit`` and ``scale`` is 1 (the npz dataset's rule, ``looks_8bit``); other
@@ -162,21 +163,24 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float, eight
         raise DataError(f"'{path}': expected a .npy array (np.save), found unreadable data ({exc})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise DataError(f"'{path}': expected a numeric .npy array, found {getattr(arr, 'dtype', type(arr))}")
-    c, h, w = input_shape
-    if (h, w, c) != (c, h, w) and arr.shape[-3:] == (h, w, c) and arr.ndim in (3, 4):
-        arr = np.moveaxis(arr, -1, -3)   # channels-last (NHWC / HWC), as the npz dataset also accepts
-    if arr.shape == (c, h, w):
+    c, *space = input_shape
+    first, last, r = (c, *space), (*space, c), len(input_shape)
+    if last != first and arr.shape[-r:] == last and arr.ndim in (r, r + 1):
+        arr = np.moveaxis(arr, -1, -r)   # channels-last (NHWC / HWC, NLC / LC), as the npz dataset also accepts
+    if arr.shape == first:
         arr = arr[None]
-    elif c == 1 and arr.shape == (h, w):
+    elif c == 1 and arr.shape == tuple(space):
         arr = arr[None, None]
-    elif c == 1 and arr.ndim == 3 and arr.shape[1:] == (h, w):
+    elif c == 1 and arr.ndim == r and arr.shape[1:] == tuple(space):
         arr = arr[:, None]
-    elif not (arr.ndim == 4 and arr.shape[1:] == (c, h, w)):
-        extra = f", ({h}, {w}) or (N, {h}, {w})" if c == 1 else ""
-        raise DataError(f"'{path}': expected an array of shape (N, {c}, {h}, {w}) or ({c}, {h}, {w}){extra} "
+    elif not (arr.ndim == r + 1 and arr.shape[1:] == first):
+        dims = ", ".join(map(str, space))
+        extra = f", ({dims}{',' * (r == 2)}) or (N, {dims})" if c == 1 else ""
+        raise DataError(f"'{path}': expected an array of shape (N, {c}, {dims}) or ({c}, {dims}){extra} "
                         f"for the model's input_shape {fmt_shape(input_shape)}, found {fmt_shape(arr.shape)}")
     if len(arr) == 0:
-        raise DataError(f"'{path}': holds no images (shape {fmt_shape(arr.shape)}); expected at least one")
+        raise DataError(f"'{path}': holds no {'images' if r == 3 else 'sequences'} (shape {fmt_shape(arr.shape)}); "
+                        f"expected at least one")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) * np.float32(scale / 255.0)
     from .datasets._common import looks_8bit
@@ -192,11 +196,12 @@ def _read_npy(path: Path, input_shape: tuple[int, int, int], scale: float, eight
 
 def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
                 invert: bool = False, eight_bit: bool = True) -> np.ndarray:
-    """Read image files and .npy batches into one float32 (N, C, H, W) array (not normalised).
+    """Read image files and .npy batches into one float32 (N, C, H, W) array (not normalised); for a
+    sequence input (C, L), .npy batches into an (N, C, L) array.
 
     Images are read with :func:`read_image`; ``invert`` applies to images only. ``eight_bit``: .npy
-    numbers in 0..255 are scaled to [0, 1] (see ``_read_npy``); pass False for a model trained on
-    data outside [0, 1] (:func:`image_units_warning` tells).
+    numbers in 0..255 are scaled to [0, 1] (see ``_read_npy``; never for sequences); pass False for a model
+    trained on data outside [0, 1] (:func:`image_units_warning` tells).
     """
     shape = tuple(int(v) for v in input_shape)
     parts = []
@@ -204,8 +209,11 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: 
         p = Path(p)
         if p.is_dir():
             raise DataError(f"'{p}': is a folder; expected image files ({_suffix_list()}) or an .npy file")
-        if p.suffix.lower() == ".npy":
-            parts.append(_read_npy(p, shape, scale, eight_bit))
+        if p.suffix.lower() == ".npy":   # sequences have no 8-bit rule (as the npz dataset reads them)
+            parts.append(_read_npy(p, shape, scale, eight_bit and len(shape) == 3))
+        elif len(shape) == 2:
+            raise DataError(f"'{p}': the model's input is a sequence (C, L) = {fmt_shape(shape)}; expected an .npy "
+                            f"file of shape (N, C, L) or (C, L)")
         elif p.suffix.lower() in image_suffixes():
             parts.append(read_image(p, shape, scale=scale, invert=invert)[None])
         else:

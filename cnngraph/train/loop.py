@@ -142,14 +142,14 @@ class _Run:
         # --- the model's input
         float_inputs = [n for n, i in spec.inputs.items() if i.dtype != "int64"]
         if len(spec.inputs) != 1 or len(float_inputs) != 1:
-            raise TrainingError(f"`cnngraph train` supports models with one image input only; spec '{spec.name}' "
+            raise TrainingError(f"`cnngraph train` supports models with one input only; spec '{spec.name}' "
                                 f"has inputs {', '.join(spec.inputs)}. Train it from Python with your own loop "
                                 f"(README, Python API)")
         self.input_name = float_inputs[0]
         shape = tuple(spec.inputs[self.input_name].shape)
-        if len(shape) != 3:
-            raise TrainingError(f"training needs an image input of shape (C, H, W); input '{self.input_name}' "
-                                f"has shape {shape}")
+        if len(shape) not in (2, 3):
+            raise TrainingError(f"training needs an image input of shape (C, H, W) or a sequence input of shape "
+                                f"(C, L); input '{self.input_name}' has shape {shape}")
 
         # --- data
         try:
@@ -199,8 +199,11 @@ class _Run:
         self.schedule = reg.schedules[self.ts.schedule.type](self.ts.schedule.params)
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
-        # regression targets that are maps of the image's size (a clean image, a depth map) move with it
-        self.value_maps = ds.values and ds.train[1].ndim in (3, 4) and ds.train[1].shape[-2:] == ds.train[0].shape[2:]
+        # regression targets that are maps of the image's size (a clean image, a depth map; per step of a
+        # sequence) move with it
+        x_dims, y_shape = ds.train[0].shape[2:], ds.train[1].shape
+        self.value_maps = (ds.values and len(y_shape) - len(x_dims) in (1, 2)
+                           and y_shape[-len(x_dims):] == x_dims)
         if ds.values and not self.value_maps and not quiet and any(getattr(step, "geometric", True)
                                                                    for step in self.augment.steps):
             print("note: augmentation moves the images, not the target values; use geometric augmentation only "
@@ -459,7 +462,7 @@ class _Run:
             ds = self.dataset
             what = "resuming from epoch " + str(self.start_epoch) + ", " if self.start_epoch else ""
             print(f"training {self.spec.name}: {what}{len(ds.train[1])} train / {len(ds.val[1])} val / "
-                  f"{len(ds.test[1])} test images ({ds.source}), {_epochs(st.epochs)}, batch {st.batch_size}, "
+                  f"{len(ds.test[1])} test {ds.samples} ({ds.source}), {_epochs(st.epochs)}, batch {st.batch_size}, "
                   f"{self.ts.optimizer.type} lr {st.lr:g}, out {self.out}", file=self.stream)
         try:
             for epoch in range(self.start_epoch, st.epochs):

@@ -189,9 +189,9 @@ def _finite(v, above: float | None = None) -> bool:
 
 
 def input_channels(spec) -> int | None:
-    """C of the spec's one (C, H, W) input, else None."""
+    """C of the spec's one (C, H, W) or (C, L) input, else None."""
     shapes = [tuple(i.shape) for i in spec.inputs.values()]
-    return int(shapes[0][0]) if len(shapes) == 1 and len(shapes[0]) == 3 else None
+    return int(shapes[0][0]) if len(shapes) == 1 and len(shapes[0]) in (2, 3) else None
 
 
 def check_meta(meta: dict, ckdir, channels: int | None = None) -> None:

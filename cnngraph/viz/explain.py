@@ -3,7 +3,8 @@
 Everything runs on the engine: feature maps through ``Model.forward(outputs=[layer])``, Grad-CAM
 through ``Model.backward(..., wrt=[layer])`` (the gradient of the class score with respect to the
 layer's output) and saliency through the input gradient. Figures are drawn with matplotlib's Agg
-backend (no display needed).
+backend (no display needed). A model whose input is a sequence (C, L) gets the same views drawn over L:
+feature maps as a channels x L heat map, kernels and Grad-CAM and saliency as curves.
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ class Preprocess:
         x = np.array(raw, dtype=np.float32)
         if self.mean is not None and self.std is not None:
             c = x.shape[1]
-            m = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
-            s = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+            per_channel = (1, -1) + (1,) * (x.ndim - 2)
+            m = np.asarray(self.mean, np.float32).reshape(per_channel)
+            s = np.asarray(self.std, np.float32).reshape(per_channel)
             if m.shape[1] not in (1, c):
                 raise DataError(f"normalisation has {m.shape[1]} values but the input has {c} channels")
             x = (x - m) / s
@@ -120,13 +122,14 @@ def _single_image_input(spec) -> tuple[str, tuple]:
     if len(spec.inputs) != 1:
         raise CnnGraphError(f"explain works on models with one image input; this one takes {', '.join(spec.inputs)}")
     name, inp = next(iter(spec.inputs.items()))
-    if len(inp.shape) != 3:
-        raise CnnGraphError(f"explain needs a (C, H, W) image input; '{name}' has shape {tuple(inp.shape)}")
+    if len(inp.shape) not in (2, 3):
+        raise CnnGraphError(f"explain needs a (C, H, W) image input or a (C, L) sequence input; '{name}' has shape "
+                            f"{tuple(inp.shape)}")
     return name, tuple(inp.shape)
 
 
 def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image file or .npy sample as (raw (1, C, H, W) in raw units, normalised model input)."""
+    """Read an image file or .npy sample as (raw (1, C, H, W) (or (1, C, L)) in raw units, normalised model input)."""
     from ..train.data import npy_eight_bit
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
@@ -160,9 +163,9 @@ def first_conv(model) -> str:
     from ..graph import topological_order
     for n in topological_order(model.graph):
         a = model.graph.nodes[n]
-        if a["kind"] == "layer" and f"{n}.weight" in model.params and model.params[f"{n}.weight"].ndim == 4:
+        if a["kind"] == "layer" and f"{n}.weight" in model.params and model.params[f"{n}.weight"].ndim in (3, 4):
             return n
-    raise CnnGraphError(f"{model.spec.name} has no convolution layer (no 4-D weight)")
+    raise CnnGraphError(f"{model.spec.name} has no convolution layer (no 3-D or 4-D weight)")
 
 
 def class_output(model, values: bool = False) -> str:
@@ -230,23 +233,33 @@ def _binary_seed(logit: np.ndarray, class_index: int | None, output: str) -> tup
 
 
 def default_cam_layer(model, output: str) -> str:
-    """The last layer before ``output`` with a spatial (C, H, W) output larger than 1x1, pooling
-    layers skipped when another candidate exists (the last convolution block, as in the paper).
-    For per-pixel scores, the classifier head is skipped too (see :func:`_score_head`)."""
+    """The last layer before ``output`` with a spatial (C, H, W) output larger than 1x1 ((C, L) with L > 1
+    for a sequence input), pooling layers skipped when another candidate exists (the last convolution
+    block, as in the paper). For per-pixel scores, the classifier head is skipped too (see :func:`_score_head`)."""
     import networkx as nx
     from ..graph import topological_order
     ancestors = nx.ancestors(model.graph, output) - _score_head(model, output)
+    rank = _input_rank(model)
     best = best_any = None
     for n in topological_order(model.graph):
         a = model.graph.nodes[n]
-        if n in ancestors and a["kind"] == "layer" and len(a["out_shape"]) == 3 and a["out_shape"][1] * a["out_shape"][2] > 1:
+        if n in ancestors and a["kind"] == "layer" and len(a["out_shape"]) == rank and math.prod(a["out_shape"][1:]) > 1:
             best_any = n
             if "pool" not in a["type"] and "dropout" not in a["type"]:
                 best = n
     best = best or best_any
     if best is None:
-        raise CnnGraphError("no layer with a spatial (C, H, W) output feeds the class scores; pass --layer")
+        raise CnnGraphError(f"no layer with a spatial {_maps(rank)} output feeds the class scores; pass --layer")
     return best
+
+
+def _input_rank(model) -> int:
+    """Per-sample rank of the model's input: 3 for an image (C, H, W), 2 for a sequence (C, L)."""
+    return len(next(iter(model.spec.inputs.values())).shape)
+
+
+def _maps(rank: int) -> str:
+    return "(C, L)" if rank == 2 else "(C, H, W)"
 
 
 def _score_head(model, output: str) -> set:
@@ -269,6 +282,9 @@ def _resize(m: np.ndarray, hw: tuple) -> np.ndarray:
     from PIL import Image
     if m.shape == tuple(hw):
         return m.astype(np.float32)
+    if m.ndim == 1:   # a sequence: linear, on sample centres as PIL's bilinear resize
+        at = (np.arange(hw[0]) + 0.5) * len(m) / hw[0] - 0.5
+        return np.interp(at, np.arange(len(m)), m).astype(np.float32)
     im = Image.fromarray(m.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.float32)
 
@@ -279,7 +295,8 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
 
     Returns a dict with ``cam`` (H, W) at the input resolution in [0, 1], ``raw_cam`` at the layer's
     resolution, ``class_index``, ``scores`` (the class output), ``layer``, and ``saliency`` (H, W):
-    the largest absolute input gradient over channels, scaled to [0, 1]. An output of one unit is a
+    the largest absolute input gradient over channels, scaled to [0, 1]. For a sequence input (C, L)
+    the layer gives (C, l) and ``cam`` and ``saliency`` are (L,). An output of one unit is a
     binary classifier (``binary``: its ``scores`` are [0, logit], whose softmax is [1 - p, p]) unless
     ``values`` says the model regresses values (``class_index`` then picks the output value).
     """
@@ -288,8 +305,9 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
     layer = layer or default_cam_layer(model, output)
     _check_layer(model, layer)
     a = model.graph.nodes[layer]
-    if len(a["out_shape"]) != 3:
-        raise CnnGraphError(f"Grad-CAM needs a layer with a (C, H, W) output; '{layer}' gives "
+    rank = _input_rank(model)
+    if len(a["out_shape"]) != rank:
+        raise CnnGraphError(f"Grad-CAM needs a layer with a {_maps(rank)} output; '{layer}' gives "
                             f"{tuple(a['out_shape'])}")
     import networkx as nx
     if layer != output and layer not in nx.ancestors(model.graph, output):
@@ -301,9 +319,9 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
     binary = scores.shape[0] == 1 and not values
     k, seed, pixels = (_binary_seed if binary else _class_seed)(scores, class_index, output)
     grads = model.backward({output: seed}, input_grads=True, wrt=[layer])
-    g = np.asarray(to_numpy(grads[layer]))[0]                  # (C, h, w)
-    weights = g.mean(axis=(1, 2))                              # global-average-pooled gradients
-    cam = np.maximum((weights[:, None, None] * acts).sum(axis=0), 0.0)
+    g = np.asarray(to_numpy(grads[layer]))[0]                  # (C, h, w) or (C, l)
+    weights = g.mean(axis=tuple(range(1, g.ndim)))             # global-average-pooled gradients
+    cam = np.maximum((weights.reshape((-1,) + (1,) * (acts.ndim - 1)) * acts).sum(axis=0), 0.0)
     hw = tuple(x.shape[2:])
     up = _resize(cam, hw)
     up = up / up.max() if up.max() > 0 else up
@@ -345,6 +363,16 @@ def _display(raw: np.ndarray, scale: float):
     return img[0], "gray"
 
 
+def _plot_signal(ax, raw: np.ndarray, title: str = "input") -> None:
+    """A raw (C, L) sample as one curve per channel."""
+    for ch, line in enumerate(raw):
+        ax.plot(line, lw=1.0, label=f"ch {ch}" if len(raw) > 1 else None)
+    if len(raw) > 1:
+        ax.legend(fontsize=7, loc="upper right", ncol=min(len(raw), 4))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(0, raw.shape[1] - 1)
+
+
 def _save(fig, path) -> None:
     from . import make_parent
     path = Path(path)
@@ -374,8 +402,29 @@ def plot_feature_maps(maps: np.ndarray, path, layer: str, layer_type: str = "", 
         fig.tight_layout()
         _save(fig, path)
         return fig.canvas.get_width_height()
+    if maps.ndim == 2:      # a sequence layer (C, L): the channels as rows of one heat map, under the input
+        shown = maps[:max_maps]
+        fig = Figure(figsize=(9.0, 2.2 + min(6.0, 0.18 * len(shown) + 1.2)), dpi=110)
+        Canvas(fig)
+        top, bottom = fig.add_gridspec(2, 1, height_ratios=[1, 2.2], hspace=0.45).subplots() if image is not None \
+            else (None, fig.add_subplot(1, 1, 1))
+        if top is not None:
+            _plot_signal(top, image / (pixel_scale or 1.0))
+        norm = shown if scale == "shared" else (shown - shown.min(1, keepdims=True)) / np.maximum(
+            np.ptp(shown, axis=1, keepdims=True), 1e-12)
+        im = bottom.imshow(norm, aspect="auto", cmap="viridis", interpolation="nearest")
+        bottom.set_ylabel("channel")
+        bottom.set_xlabel("position along L")
+        fig.colorbar(im, ax=bottom, fraction=0.03, pad=0.01).ax.tick_params(labelsize=8)
+        title = f"{layer} ({layer_type}): {len(maps)} channels of length {maps.shape[1]}" + (
+            f", first {len(shown)} shown" if len(maps) > len(shown) else "")
+        fig.suptitle(f"{title} · {'shared' if scale == 'shared' else 'per-map'} colour scale"
+                     + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+        _save(fig, path)
+        return fig.canvas.get_width_height()
     if maps.ndim != 3:
-        raise CnnGraphError(f"layer '{layer}' has a {maps.ndim}-D output per sample; feature maps need (C, H, W)")
+        raise CnnGraphError(f"layer '{layer}' has a {maps.ndim}-D output per sample; feature maps need (C, H, W) "
+                            f"or (C, L)")
     c = maps.shape[0]
     shown = maps[:max_maps]
     n = len(shown) + (1 if image is not None else 0)
@@ -430,11 +479,31 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     layer = layer or first_conv(model)
     _check_layer(model, layer)
     key = f"{layer}.weight"
-    if key not in model.params or model.params[key].ndim != 4:
-        raise CnnGraphError(f"layer '{layer}' has no 4-D convolution weight")
+    if key not in model.params or model.params[key].ndim not in (3, 4):
+        raise CnnGraphError(f"layer '{layer}' has no convolution weight (3-D or 4-D)")
     w = np.asarray(to_numpy(model.params[key]), dtype=np.float32)
-    o, cin, kh, kw = w.shape
     Figure, Canvas = _plt()
+    if w.ndim == 3:   # a 1-D convolution: each filter's kernels as curves, one per input channel
+        shown = w[:max_filters]
+        cols = max(1, min(8, math.ceil(math.sqrt(len(shown) * 2))))
+        rows = math.ceil(len(shown) / cols)
+        fig = Figure(figsize=(cols * 1.6 + 0.6, rows * 1.3 + 0.9), dpi=110)
+        Canvas(fig)
+        lim = float(np.abs(shown).max()) or 1.0
+        for i, f in enumerate(shown):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            ax.plot(f.T[:, :12], lw=1.0, marker=".", ms=3)
+            ax.axhline(0, color="0.7", lw=0.6)
+            ax.set_ylim(-lim * 1.05, lim * 1.05)
+            ax.set_title(f"#{i}", fontsize=8.5)
+            ax.set_xticks([]), ax.set_yticks([])
+        fig.subplots_adjust(left=0.03, right=0.97, top=1 - 0.75 / (rows * 1.3 + 0.9), bottom=0.03, hspace=0.4)
+        fig.suptitle(f"{layer}: {w.shape[0]} filters of {w.shape[1]}x{w.shape[2]} (one curve per input channel"
+                     f"{', first 12' if w.shape[1] > 12 else ''}; shared scale)" + (f"\n{subtitle}" if subtitle else ""),
+                     fontsize=10)
+        _save(fig, path)
+        return fig.canvas.get_width_height()
+    o, cin, kh, kw = w.shape
     title = f"{layer}: {o} filters of {cin}x{kh}x{kw}"
     if cin in (1, 3):
         shown = w[:max_filters]
@@ -505,13 +574,33 @@ def attribution_title(scores: np.ndarray, k: int, output: str, classes=None, pix
 
 def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float = 1.0, classes=None,
                      subtitle: str = "") -> tuple[int, int]:
-    """Input, Grad-CAM heat map over the input, and input-gradient saliency, side by side."""
+    """Input, Grad-CAM heat map over the input, and input-gradient saliency, side by side; for a sequence
+    (C, L), one above the other as curves over L."""
     Figure, Canvas = _plt()
+    k = result["class_index"]
+    scores = result["scores"]
+    title = (f"output value {k} = {float(np.asarray(scores).reshape(-1)[k]):.4g} ({result['output']})"
+             if result.get("regression") else attribution_title(scores, k, result["output"], classes, result.get("pixels"),
+                                                      result.get("binary", False)))
+    if image.ndim == 2:
+        fig = Figure(figsize=(9.0, 6.4), dpi=110)
+        Canvas(fig)
+        axes = fig.add_gridspec(3, 1, hspace=0.55).subplots(sharex=True)
+        _plot_signal(axes[0], image / (pixel_scale or 1.0))
+        for ax, key, what, colour in ((axes[1], "cam", f"Grad-CAM at {result['layer']}", "tab:red"),
+                                      (axes[2], "saliency", "saliency |d score / d input|", "tab:purple")):
+            ax.fill_between(np.arange(len(result[key])), result[key], color=colour, alpha=0.35, lw=0)
+            ax.plot(result[key], color=colour, lw=1.2)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(what, fontsize=10)
+        axes[2].set_xlabel("position along L")
+        fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+        fig.subplots_adjust(left=0.07, right=0.97, top=0.86, bottom=0.08)
+        _save(fig, path)
+        return fig.canvas.get_width_height()
     fig = Figure(figsize=(11.0, 4.3), dpi=110)
     Canvas(fig)
     img, cmap = _display(image, pixel_scale)
-    k = result["class_index"]
-    scores = result["scores"]
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     axes[0].imshow(img, cmap=cmap, interpolation="nearest")
     axes[0].set_title("input", fontsize=11)
@@ -524,9 +613,6 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
-    title = (f"output value {k} = {float(np.asarray(scores).reshape(-1)[k]):.4g} ({result['output']})"
-             if result.get("regression") else attribution_title(scores, k, result["output"], classes, result.get("pixels"),
-                                                      result.get("binary", False)))
     fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)
     fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)

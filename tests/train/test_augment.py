@@ -127,7 +127,8 @@ def test_config_errors(entries, index, field, message):
 
 
 def test_registry_types():
-    assert set(AUGMENTATIONS) == {"random_shift", "random_crop", "horizontal_flip", "random_rotation", "random_scale"}
+    assert set(AUGMENTATIONS) == {"random_shift", "random_crop", "horizontal_flip", "random_rotation", "random_scale",
+                                  "random_noise", "time_reversal"}
     for name, cls in AUGMENTATIONS.items():
         assert cls.type == name and cls.Params.model_config.get("extra") == "forbid"
 

@@ -47,28 +47,35 @@ def require_shape(found: tuple[int, ...], input_shape: tuple[int, int, int], wha
             f"{fmt_shape(input_shape)}; set the input layer's shape to {fmt_shape(found)}")
 
 
-def to_nchw(arr: np.ndarray, input_shape: tuple[int, int, int], layout: str, what: str) -> np.ndarray:
-    """Return ``arr`` as (N, C, H, W) given the expected (C, H, W).
+def to_nchw(arr: np.ndarray, input_shape: tuple[int, ...], layout: str, what: str) -> np.ndarray:
+    """Return ``arr`` as (N, C, H, W) given the expected (C, H, W), or as (N, C, L) given a sequence's (C, L).
 
-    Accepts NCHW, NHWC (``layout`` "auto" tries NCHW first) and, when C == 1, (N, H, W).
-    ``what`` names the file and key for the error message.
+    Accepts channels first (NCHW / NCL), channels last (NHWC / NLC; ``layout`` "auto" tries channels
+    first first) and, when C == 1, no channel axis: (N, H, W) / (N, L). ``layout`` nchw and nhwc name
+    an image's layouts, ncl and nlc a sequence's. ``what`` names the file and key for the error message.
     """
-    c, h, w = input_shape
+    c, *space = (int(s) for s in input_shape)
+    space = tuple(space)
+    names = ("NCHW", "NHWC") if len(space) == 2 else ("NCL", "NLC")
+    if layout != "auto" and layout.upper() not in names:
+        raise DataError(f"{what}: layout {layout} is for {'sequences' if len(layout) == 3 else 'images'}; the "
+                        f"model's input_shape {fmt_shape(input_shape)} takes {names[0].lower()} or {names[1].lower()}")
+    first, last = layout in ("auto", names[0].lower()), layout in ("auto", names[1].lower())
     shape = tuple(arr.shape)
-    if arr.ndim == 3 and layout in ("auto", "nchw", "nhwc"):
-        if c == 1 and shape[1:] == (h, w):
-            return arr[:, None, :, :]
-    elif arr.ndim == 4:
-        if layout in ("auto", "nchw") and shape[1:] == (c, h, w):
+    if arr.ndim == len(space) + 1 and c == 1 and shape[1:] == space:
+        return arr[:, None]
+    if arr.ndim == len(space) + 2:
+        if first and shape[1:] == (c, *space):
             return arr
-        if layout in ("auto", "nhwc") and shape[1:] == (h, w, c):
-            return np.transpose(arr, (0, 3, 1, 2))
-    wanted = {"auto": f"(N, {c}, {h}, {w}) (NCHW) or (N, {h}, {w}, {c}) (NHWC)",
-              "nchw": f"(N, {c}, {h}, {w}) (NCHW)",
-              "nhwc": f"(N, {h}, {w}, {c}) (NHWC)"}[layout]
+        if last and shape[1:] == (*space, c):
+            return np.moveaxis(arr, -1, 1)
+    dims = (lambda *d: "(N, " + ", ".join(map(str, d)) + ")")
+    wanted = " or ".join(f"{dims(*order)} ({name})" for ok, order, name in
+                         ((first, (c, *space), names[0]), (last, (*space, c), names[1])) if ok)
     if c == 1:
-        wanted += f" or (N, {h}, {w})"
-    raise DataError(f"{what}: expected images of shape {wanted} for the model's input_shape "
+        wanted += f" or {dims(*space)}"
+    kind = "images" if len(space) == 2 else "sequences"
+    raise DataError(f"{what}: expected {kind} of shape {wanted} for the model's input_shape "
                     f"{fmt_shape(input_shape)}, found shape {fmt_shape(shape)}")
 
 

@@ -2,7 +2,8 @@
 
 ``y`` is one class per image (N,), or one class per pixel (N, H, W): segmentation masks; or values to
 regress (float, any shape per sample) with ``targets: values`` (the default ``auto`` takes y with
-fractions as values)."""
+fractions as values). For a model whose input is a sequence (C, L), x holds sequences (N, C, L), (N, L, C)
+or (N, L), and y one class per sequence (N,) or values."""
 from __future__ import annotations
 
 import zipfile
@@ -62,7 +63,7 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             raise DataError(f"'{p}': found '{ky if missing == kx else kx}' but expected key "
                             f"'{missing}' with it; found keys {sorted(arrays)}")
     notes = []
-    eight_bit = _eight_bit(cfg.pixels, p, [arrays[_PAIRS[name][0]] for name in present])
+    eight_bit = _eight_bit(cfg.pixels, p, [arrays[_PAIRS[name][0]] for name in present], len(input_shape) == 2)
     if eight_bit and cfg.pixels == "auto":
         x = arrays["x"]
         notes.append(f"note: '{p}' key 'x' holds {x.dtype} values in [{x.min():g}, {x.max():g}]; taken as 8-bit "
@@ -79,7 +80,8 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             y = check_values(arrays[ky], len(x), f"'{p}' key '{ky}'")
         else:
             y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'",
-                             mask_shape=tuple(input_shape[1:]), ignore=cfg.ignore_label)
+                             mask_shape=tuple(input_shape[1:]) if len(input_shape) == 3 else None,
+                             ignore=cfg.ignore_label)
         splits[name] = (np.ascontiguousarray(x), y)
     if splits["train"][1].dtype.kind == "f":
         return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"), classes=[],
@@ -98,11 +100,15 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
                      classes=classes, source=f"npz:{p}", notes=notes, label_sources=sources)
 
 
-def _eight_bit(pixels: str, path, xs: list[np.ndarray]) -> bool:
+def _eight_bit(pixels: str, path, xs: list[np.ndarray], sequences: bool = False) -> bool:
     """Whether x arrays of other types than uint8 are 8-bit pixels, to divide by 255 (uint8 is, unless
     as_is). One decision for the whole file, so that every split is in the same units: ``pixels`` auto
-    follows :func:`looks_8bit`, 8bit needs values in [0, 255], as_is never scales."""
-    if pixels == "as_is":
+    follows :func:`looks_8bit`, 8bit needs values in [0, 255], as_is never scales. ``sequences`` have no
+    pixel units: only their uint8 samples are scaled, and 8bit is refused."""
+    if pixels == "8bit" and sequences:
+        raise DataError(f"'{path}': train.data.pixels: 8bit is for images; the model's input is a sequence, whose "
+                        f"numbers are taken as they are (uint8 ones scaled by 1/255 unless pixels: as_is)")
+    if pixels == "as_is" or sequences:
         return False
     if pixels == "8bit":
         for x in xs:
