@@ -326,12 +326,12 @@ def test_train_on_each_real_file_format_via_data_flag(kind, tmp_path, capsys):
         [{k: float(v) for k, v in h.items() if v is not None} for h in m["history"]]
 
 
-def _npz_run(tmp_path, capsys, x, y, name="d", epochs=1):
-    """A short CLI training run on an npz file; returns (spec path, run folder)."""
+def _npz_run(tmp_path, capsys, x, y, name="d", epochs=1, **data):
+    """A short CLI training run on an npz file (``data``: more train.data settings); returns (spec path, run folder)."""
     np.savez(tmp_path / f"{name}.npz", x=x, y=y)
     spec = json.loads(json.dumps(SPEC))
     spec["layers"][-1]["out_features"] = int(y.max()) + 1
-    spec["train"]["data"] = {"dataset": "npz", "path": f"{name}.npz"}
+    spec["train"]["data"] = {"dataset": "npz", "path": f"{name}.npz", **data}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["train", str(path), "--epochs", str(epochs), "--out", str(tmp_path / name), "--quiet"]) == 0
@@ -353,6 +353,25 @@ def test_float_0_255_training_data_matches_png_inputs(tmp_path, capsys):
     res = json.loads(out)
     assert res[0]["probabilities"] == pytest.approx(res[1]["probabilities"], abs=1e-5)
     assert "warning" not in err and "scaled by 1/255" in err    # the .npy of 0..255 floats too
+
+
+def test_pixels_as_is_model_reads_npy_inputs_as_they_are_uint8_too(tmp_path, capsys):
+    """A model trained with train.data.pixels: as_is on uint8 data saw 0..255: predict and explain must feed
+    a uint8 .npy the same numbers (not /255), as a float .npy of them."""
+    x = np.random.default_rng(0).integers(0, 256, (60, 1, 8, 8), dtype=np.uint8)
+    spec, run = _npz_run(tmp_path, capsys, x, np.arange(60) % 3, pixels="as_is")
+    np.save(tmp_path / "u.npy", x[:2])
+    np.save(tmp_path / "f.npy", x[:2].astype(np.float32))
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "u.npy"), str(tmp_path / "f.npy"),
+                 "--format", "json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["probabilities"] for r in res[:2]] == [r["probabilities"] for r in res[2:]]
+    from cnngraph import load_spec
+    from cnngraph.train.checkpoint import read_meta
+    from cnngraph.viz.explain import load_input, preprocessing
+    prep = preprocessing(load_spec(spec), read_meta(run / "checkpoint" / "best"))
+    raw, _ = load_input(str(tmp_path / "u.npy"), load_spec(spec), prep)
+    np.testing.assert_array_equal(raw, x[:1].astype(np.float32))
 
 
 def test_a_checkpoint_without_pixel_range_gets_npy_inputs_as_they_are(tmp_path, capsys):

@@ -306,7 +306,8 @@ def cmd_predict(args) -> int:
     eight_bit = npy_eight_bit(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
     labels, parts = [], []
     for path in args.inputs:
-        x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit)
+        x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit,
+                        as_is=stats.get("pixels") == "as_is")
         parts.append(x)
         labels += [path] if len(x) == 1 and not path.lower().endswith(".npy") else \
             [f"{path}[{i}]" for i in range(len(x))]

@@ -151,6 +151,7 @@ class Dataset:
     source: str
     pixel_scale: float = 1.0
     pixel_range: tuple[float, float] | None = None
+    pixels: str = "auto"    # train.data.pixels: as_is means predict reads .npy numbers (uint8 too) as they are
     notes: list[str] = field(default_factory=list)
     label_sources: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
@@ -351,7 +352,7 @@ def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:
               for x, y in (train, val, test)]
     return Dataset(train=splits[0], val=splits[1], test=splits[2], classes=list(raw.classes),
                    mean=mean, std=std, source=raw.source, pixel_scale=raw.pixel_scale, pixel_range=pixel_range,
-                   notes=list(raw.notes), label_sources=list(raw.label_sources))
+                   pixels=cfg.pixels, notes=list(raw.notes), label_sources=list(raw.label_sources))
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,

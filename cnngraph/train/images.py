@@ -143,13 +143,14 @@ def _wide_grey(im, path) -> np.ndarray:
     return arr
 
 
-def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit: bool) -> np.ndarray:
+def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit: bool, as_is: bool = False) -> np.ndarray:
     """A .npy batch: (N, C, H, W), (C, H, W) or (H, W) (and (N, H, W) when C == 1), channels last too; for a
     sequence input (C, L) likewise (N, C, L), (C, L), (L,), (N, L) and (N, L, C).
 
     uint8 arrays are mapped like images (/255 * scale); so are other numbers that look like 8-bit
     pixels when ``eight_bit`` and ``scale`` is 1 (the npz dataset's rule, ``looks_8bit``); other
-    arrays are taken to be in the dataset's raw units already and are used as they are.
+    arrays are taken to be in the dataset's raw units already and are used as they are. ``as_is`` (a model
+    trained with train.data.pixels: as_is): every array, uint8 too, is used as it is.
     """
     try:
         kind, head = array_file_kind(path)
@@ -181,10 +182,10 @@ def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit:
     if len(arr) == 0:
         raise DataError(f"'{path}': holds no {'images' if r == 3 else 'sequences'} (shape {fmt_shape(arr.shape)}); "
                         f"expected at least one")
-    if arr.dtype == np.uint8:
+    if arr.dtype == np.uint8 and not as_is:
         return arr.astype(np.float32) * np.float32(scale / 255.0)
     from .datasets._common import looks_8bit
-    if eight_bit and scale == 1.0 and looks_8bit(arr):   # as the npz loader read the training data
+    if not as_is and eight_bit and scale == 1.0 and looks_8bit(arr):   # as the npz loader read the training data
         print(f"note: '{path}' holds {arr.dtype} values in [{arr.min():g}, {arr.max():g}]; taken as 8-bit pixels "
               f"and scaled by 1/255 like uint8 images", file=sys.stderr)
         return arr.astype(np.float32) / np.float32(255.0)
@@ -195,7 +196,7 @@ def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit:
 
 
 def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
-                invert: bool = False, eight_bit: bool = True) -> np.ndarray:
+                invert: bool = False, eight_bit: bool = True, as_is: bool = False) -> np.ndarray:
     """Read image files and .npy batches into one float32 (N, C, H, W) array (not normalised); for a
     sequence input (C, L), .npy batches into an (N, C, L) array.
 
@@ -210,7 +211,7 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: 
         if p.is_dir():
             raise DataError(f"'{p}': is a folder; expected image files ({_suffix_list()}) or an .npy file")
         if p.suffix.lower() == ".npy":   # sequences have no 8-bit rule (as the npz dataset reads them)
-            parts.append(_read_npy(p, shape, scale, eight_bit and len(shape) == 3))
+            parts.append(_read_npy(p, shape, scale, eight_bit and len(shape) == 3, as_is))
         elif len(shape) == 2:
             raise DataError(f"'{p}': the model's input is a sequence (C, L) = {fmt_shape(shape)}; expected an .npy "
                             f"file of shape (N, C, L) or (C, L)")

@@ -170,7 +170,7 @@ def checkpoint_meta(run, epoch: int) -> dict:
         "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
         "history": list(run.history), "best": run.best.state(),
         "dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale,
-                    "pixel_range": ds.pixel_range, "source": ds.source, "input": run.input_name},
+                    "pixel_range": ds.pixel_range, "pixels": ds.pixels, "source": ds.source, "input": run.input_name},
         "loss": {"type": run.ts.loss.type, "output": run.loss.output, "target": run.loss.encoding},
         "dtype": str(run.model.dtype), "cnngraph_version": __version__,
     })

@@ -38,6 +38,7 @@ class Preprocess:
     classes: list | None = None
     note: str = ""
     pixel_range: list | None = None   # the raw training pixels' (min, max), when the checkpoint tells
+    as_is: bool = False               # trained with train.data.pixels: as_is (.npy numbers used as they are)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         x = np.array(raw, dtype=np.float32)
@@ -95,7 +96,8 @@ def preprocessing(spec, meta: dict | None = None) -> Preprocess:
     if mean is not None and std is not None:
         pixel_range = _meta_value(meta, "pixel_range")
         return Preprocess(float(scale or 1.0), list(mean), list(std), classes, "normalisation from the checkpoint",
-                          list(pixel_range) if isinstance(pixel_range, (list, tuple)) else None)
+                          list(pixel_range) if isinstance(pixel_range, (list, tuple)) else None,
+                          _meta_value(meta, "pixels") == "as_is")
     train = getattr(spec, "train", None)
     data = getattr(train, "data", None) if train is not None else None
     if data is not None:
@@ -134,7 +136,7 @@ def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
     raw = read_inputs([path], shape, scale=prep.scale, invert=invert,
-                      eight_bit=npy_eight_bit(prep.pixel_range, prep.scale))
+                      eight_bit=npy_eight_bit(prep.pixel_range, prep.scale), as_is=prep.as_is)
     if not 0 <= index < len(raw):
         raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range")
     raw = raw[index:index + 1]
