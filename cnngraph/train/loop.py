@@ -326,7 +326,7 @@ class _Run:
         steps = epoch_steps(len(x), st.batch_size)
         values = self.dataset.values
         progress = EpochProgress(epoch + 1, st.epochs, steps, stream=self.stream, quiet=self.quiet,
-                                 metric="mae" if values else "acc")
+                                 metric="mae" if values else "acc", unit="seq" if x.ndim == 3 else "img")
         self._progress = progress
         weights = {n: model.params._data[n] for n in model.trainable_names}
         xp, dtype = model.xp, model.dtype

@@ -26,7 +26,7 @@ def _short(key: str) -> str:
     return key.replace("accuracy", "acc")
 
 
-def format_epoch(row: dict, epochs: int) -> str:
+def format_epoch(row: dict, epochs: int, unit: str = "img") -> str:
     """One summary line for a history row, e.g.
     ``epoch  3/20  loss 0.1234 acc 0.9650 | val_loss 0.0812 val_acc 0.9777 | lr 0.04500  3,421 img/s  0.3s``."""
     score = f"mae {row['train_mae']:.4f}" if "train_mae" in row else f"acc {row['train_accuracy']:.4f}"
@@ -35,7 +35,7 @@ def format_epoch(row: dict, epochs: int) -> str:
     if val:
         parts.append("| " + " ".join(val))
     parts.append(f"| lr {row['lr']:.5g}")
-    parts.append(f"{row['images_per_second']:,.0f} img/s")
+    parts.append(f"{row['images_per_second']:,.0f} {unit}/s")
     parts.append(f"{row['seconds']:.1f}s")
     return "  ".join(parts)
 
@@ -44,8 +44,9 @@ class EpochProgress:
     """Progress of one epoch: ``update`` after each step, ``finish(row)`` at the end."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO | None = None, quiet: bool = False,
-                 refresh: float = 10.0, tty: bool | None = None, metric: str = "acc"):
+                 refresh: float = 10.0, tty: bool | None = None, metric: str = "acc", unit: str = "img"):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.unit = unit        # what a sample is in the rate: "img" (images) or "seq" (sequences)
         self.metric = metric    # what ``correct`` sums per image: "acc" (right or not) or "mae" (its error)
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
@@ -97,7 +98,7 @@ class EpochProgress:
         """The bar line in at most ``limit`` characters (see the module docstring)."""
         head = f"epoch {self.epoch}/{self.epochs}"
         fields = [f"{self.step}/{self.steps}", f"loss {self.loss:.4f}", f"{self.metric} {self.score:.4f}",
-                  f"{rate:,.0f} img/s"]
+                  f"{rate:,.0f} {self.unit}/s"]
         for bar, n in ((True, 4), (True, 3), (True, 2), (False, 2), (False, 1)):   # richest first
             tail = "  ".join(fields[:n])
             if bar:
@@ -111,7 +112,7 @@ class EpochProgress:
     def finish(self, row: dict) -> None:
         if self.quiet:
             return
-        line = format_epoch(row, self.epochs)
+        line = format_epoch(row, self.epochs, self.unit)
         if self.tty:
             self._write("\r" + line.ljust(self._width) + "\n")
         else:

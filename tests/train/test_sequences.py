@@ -130,7 +130,10 @@ def test_a_sequence_regression_learns_its_values(tmp_path, capsys):
                     "optimizer": {"type": "adam", "lr": 0.01}, "epochs": 8, "batch_size": 32}
     spec = tmp_path / "r.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(spec), "--out", str(tmp_path / "run")]) == 0
+    log = capsys.readouterr().err
+    assert " seq/s " in log and "img/s" not in log       # the epoch lines count sequences
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["test_mae"] < 0.3 * np.abs(level - level.mean()).mean()   # far better than guessing the mean
     np.save(tmp_path / "x.npy", x[:2])
