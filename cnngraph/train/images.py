@@ -176,8 +176,12 @@ def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit:
         arr = arr[:, None]
     elif not (arr.ndim == r + 1 and arr.shape[1:] == first):
         dims = ", ".join(map(str, space))
-        extra = f", ({dims}{',' * (r == 2)}) or (N, {dims})" if c == 1 else ""
-        raise DataError(f"'{path}': expected an array of shape (N, {c}, {dims}) or ({c}, {dims}){extra} "
+        forms = [f"(N, {c}, {dims})", f"({c}, {dims})"]
+        if last != first:   # channels last, accepted above
+            forms += [f"(N, {dims}, {c})", f"({dims}, {c})"]
+        if c == 1:
+            forms += [f"({dims}{',' * (r == 2)})", f"(N, {dims})"]
+        raise DataError(f"'{path}': expected an array of shape {', '.join(forms[:-1])} or {forms[-1]} "
                         f"for the model's input_shape {fmt_shape(input_shape)}, found {fmt_shape(arr.shape)}")
     if len(arr) == 0:
         raise DataError(f"'{path}': holds no {'images' if r == 3 else 'sequences'} (shape {fmt_shape(arr.shape)}); "

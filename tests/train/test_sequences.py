@@ -81,7 +81,9 @@ def test_predict_npy_sequences_in_every_layout(run, capsys, tmp_path):
     assert "warning" not in err                           # no word about image pixel units
     np.save(tmp_path / "wrong.npy", x[:, :, :32])
     assert main(["predict", SPEC, "--checkpoint", str(run / "run"), str(tmp_path / "wrong.npy")]) == 1
-    assert "expected an array of shape (N, 1, 64) or (1, 64), (64,) or (N, 64)" in capsys.readouterr().err
+    # every layout predict reads is named, channels last included
+    assert ("expected an array of shape (N, 1, 64), (1, 64), (N, 64, 1), (64, 1), (64,) or (N, 64)"
+            in capsys.readouterr().err)
 
 
 def test_explain_draws_sequences_as_curves(run, capsys, tmp_path):
