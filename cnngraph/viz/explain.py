@@ -184,8 +184,10 @@ def class_output(model, values: bool = False) -> str:
                 if src is not None and model.graph.nodes[src]["kind"] == "layer":
                     return src
                 return o
-    raise CnnGraphError(f"no output of {model.spec.name} gives class scores of shape (K,) or per-pixel scores "
-                        f"(K, H, W); outputs: {', '.join(model.spec.outputs)}")
+    shapes = ", ".join(f"{o} {tuple(model.graph.nodes[o]['out_shape'])}" for o in model.spec.outputs)
+    raise CnnGraphError(f"no output of {model.spec.name} gives class scores or values of shape (K,), or per-pixel "
+                        f"scores (K, H, W), to explain; per-step outputs of sequences (K, L) are not supported; "
+                        f"outputs: {shapes}")
 
 
 def _class_seed(scores: np.ndarray, class_index: int | None, output: str) -> tuple[int, np.ndarray, int | None]:

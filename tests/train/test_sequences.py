@@ -287,3 +287,16 @@ def test_per_step_value_targets_move_with_their_sequences():
     moved, maps = build_augmentations([{"type": "random_shift", "pixels": 3}])(x, np.random.default_rng(2),
                                                                               maps=x[:, 0].copy())
     assert maps.shape == (4, 10) and np.array_equal(moved[:, 0], maps)
+
+
+def test_explain_refuses_per_step_sequence_outputs_naming_them():
+    """A sequence model whose output is one value per step (K, L) has no class scores to explain: the
+    message says so and lists the outputs with their shapes."""
+    import cnngraph
+    from cnngraph.errors import CnnGraphError
+    from cnngraph.viz.explain import class_output
+    model = cnngraph.compile({"name": "step", "inputs": {"s": {"shape": [2, 16]}},
+                              "layers": [{"id": "c", "type": "conv1d", "out_channels": 1, "kernel_size": 3,
+                                          "padding": 1}], "outputs": ["c"]})
+    with pytest.raises(CnnGraphError, match=r"per-step outputs of sequences \(K, L\).*outputs: c \(1, 16\)"):
+        class_output(model)
