@@ -43,6 +43,7 @@ class _Ctx:
         self.nodes: list = []
         self.inits: dict[str, Any] = {}
         self.counter = 0
+        self.outputs: set = set()   # the exported outputs (set by spec_to_onnx)
 
     def init(self, name: str, arr) -> str:
         if name not in self.inits:
@@ -543,11 +544,12 @@ _BROADCASTING = {"broadcast_add", "sub", "mul", "div", "matmul", "maximum", "min
                  "pow", "constant"}   # (a constant only takes its input's batch size)
 
 
-def _needs_batch(g, lid) -> bool:
+def _needs_batch(g, lid, outputs=()) -> bool:
     """Whether a constant layer with an input must be repeated to its batch size in ONNX: it feeds an op
-    that does not broadcast a unit batch axis (a concat)."""
-    return _batch_source(g, lid) is not None and any(g.nodes[s].get("type") not in _BROADCASTING
-                                                   for s in g.successors(lid))
+    that does not broadcast a unit batch axis (a concat), or it is an output of the model (whose batch axis
+    must be the input's, as cnngraph's forward gives it)."""
+    return _batch_source(g, lid) is not None and (lid in outputs or any(
+        g.nodes[s].get("type") not in _BROADCASTING for s in g.successors(lid)))
 
 
 def _batch_source(g, lid):
@@ -564,7 +566,7 @@ def _constant(c, lid, op, ins, attrs):
     value = np.asarray(c.params[f"{lid}.value"], np.float32)
     # a fixed value gets a made-up name (lid::value), which the importer reads as not a parameter
     name = c.init(f"{lid}.value", value) if op.p.trainable else c.const(lid, "value", value)
-    if not (ins and _needs_batch(c.g, lid)):
+    if not (ins and _needs_batch(c.g, lid, c.outputs)):
         c.node("Unsqueeze", [name, c.const(lid, "axes", np.array([0], np.int64))], [lid], lid)
         return lid
     # feeding a concat (or another op that does not broadcast): repeated to the input's batch size,
@@ -606,7 +608,8 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
         outputs = [o for o in spec.outputs if not g.nodes[o].get("reduces_batch")]
         dropped = [o for o in spec.outputs if g.nodes[o].get("reduces_batch")]
         if not outputs:
-            raise OnnxError(f"every output of the spec is a loss ({', '.join(dropped)}); losses are not exported. "
+            losses = ", ".join(f"{o}: {g.nodes[o]['type']}" for o in dropped)
+            raise OnnxError(f"every output of the spec is a loss ({losses}); losses are not exported. "
                             f"Name the outputs to export")
     for o in outputs:
         if o not in g:
@@ -616,7 +619,9 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
     order = _export_order(g, outputs)
     ctx = _Ctx(opset, g, params)
     ctx.const_outputs = set()
-    ctx.constants = {n for n in order if g.nodes[n].get("type") == "constant" and not _needs_batch(g, n)}
+    ctx.outputs = set(outputs)
+    ctx.constants = {n for n in order
+                     if g.nodes[n].get("type") == "constant" and not _needs_batch(g, n, ctx.outputs)}
     unsupported: dict[str, list[str]] = {}
     for n in order:
         attrs = g.nodes[n]
