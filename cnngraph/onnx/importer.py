@@ -329,7 +329,11 @@ class Importer:
     def _claim_output(self, name: str, lid: str) -> None:
         """Give the layer computing graph output ``name`` the id ``lid`` (the sanitised output name)."""
         r = self.get(name)
-        if isinstance(r, Dyn) and self.current_layers and r.id == self.current_layers[-1] and r.id not in self.input_names.values():
+        if isinstance(r, Dyn) and r.id not in self.input_names.values() and (
+                (self.current_layers and r.id == self.current_layers[-1])
+                or (r.id in self.by_id and r.id not in self.output_names.values())):
+            # the node's own layer, or a no-op node (a Cast to float, an Identity) passing on an earlier
+            # layer that is no output yet: that layer takes the output's name, no identity layer needed
             self._rename(r.id, lid)
             self.dyn[name] = Dyn(lid, r.shape)
         elif isinstance(r, Dyn):
