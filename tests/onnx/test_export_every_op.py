@@ -59,22 +59,40 @@ def _feeds(spec, samples, rng, batch):
     return {f"x{k}": s.draw(rng, batch, np.float32) for k, s in enumerate(samples)}
 
 
+_EXPORTS: dict[tuple[str, int], tuple] = {}
+
+
+def _export(op_type, index, params, samples):
+    """The case's model (random weights), spec, ONNX export (None where refused without an opset hint), the
+    refusal if any and the case's generator (for the parity test's feeds); cached, so the round-trip test
+    reuses the parity test's export."""
+    key = (op_type, index)
+    if key not in _EXPORTS:
+        rng = np.random.default_rng(zlib.crc32(f"{op_type}-{index}".encode()))
+        spec = _spec(op_type, params, samples)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # constant without inputs: the placeholder input feeds nothing
+            model = cnngraph.compile(spec, seed=0)
+        _random_params(model, rng)
+        proto, refusal = None, None
+        try:
+            proto = export_onnx(model)
+        except OnnxError as exc:
+            refusal = exc
+            newer = re.search(r"needs --opset (\d+) or newer", str(exc))
+            if newer is not None:
+                proto = export_onnx(model, opset=int(newer.group(1)))   # what it asks for must then work
+        _EXPORTS[key] = (model, spec, proto, refusal, rng)
+    return _EXPORTS[key]
+
+
 @pytest.mark.parametrize("op_type,index,params,samples", _cases())
 def test_every_op_exports_or_is_refused_clearly(op_type, index, params, samples):
-    rng = np.random.default_rng(zlib.crc32(f"{op_type}-{index}".encode()))
-    spec = _spec(op_type, params, samples)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # constant without inputs: the placeholder input feeds nothing
-        model = cnngraph.compile(spec, seed=0)
-    _random_params(model, rng)
-    try:
-        proto = export_onnx(model)
-    except OnnxError as exc:
-        assert op_type in str(exc), f"the refusal does not name the op type '{op_type}': {exc}"
-        newer = re.search(r"needs --opset (\d+) or newer", str(exc))
-        if newer is None:
-            return
-        proto = export_onnx(model, opset=int(newer.group(1)))   # what it asks for must then work
+    model, spec, proto, refusal, rng = _export(op_type, index, params, samples)
+    if refusal is not None:
+        assert op_type in str(refusal), f"the refusal does not name the op type '{op_type}': {refusal}"
+    if proto is None:
+        return
     onnx.checker.check_model(proto, full_check=True)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -86,3 +104,80 @@ def test_every_op_exports_or_is_refused_clearly(op_type, index, params, samples)
         assert got.shape == want.shape, f"batch {batch}: ONNX Runtime gives {got.shape}, cnngraph {want.shape}"
         scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=1.0))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=f"batch {batch}")
+
+
+# Round-trip problems, each with its reason: (op type, example index) -> reason.
+_RANK = ("exported with an Unsqueeze that aligns the lower-rank operand after the batch axis; imports as an "
+         "extra reshape layer before the op")
+_DECOMPOSED = "exported as its decomposition ({}); the importer has no pattern fusing it back, so it imports as {}"
+_BOOL = ("exported with Cast to BOOL of its inputs; the importer refuses Cast of a computed tensor to BOOL "
+         "(\"casting a computed tensor to BOOL truncates or thresholds the values\"), so the export cannot be "
+         "imported")
+ROUND_TRIP_KNOWN: dict[tuple[str, int], str] = {
+    ("broadcast_add", 1): _RANK, ("compare", 5): _RANK, ("expand", 1): _RANK, ("maximum", 1): _RANK,
+    ("minimum", 1): _RANK, ("sub", 1): _RANK,
+    ("matmul", 1): "vector matmul exported as Unsqueeze -> MatMul -> Squeeze; imports as reshape, matmul, flatten",
+    ("matmul", 2): "vector matmul exported as Unsqueeze -> MatMul -> Squeeze; imports as reshape, matmul, reshape",
+    ("flatten", 1): "exported as Reshape; the importer maps that Reshape to a reshape layer, not flatten",
+    ("flatten", 2): "exported as Reshape; the importer maps that Reshape to a reshape layer, not flatten",
+    ("reshape", 1): "a reshape to the flat size exports as Reshape; the importer maps it to flatten",
+    ("constant", 0): "a constant without inputs exports a graph with no inputs besides initializers; the importer "
+                     "refuses it ('the model has no inputs besides its initializers')",
+    ("gelu", 1): _DECOMPOSED.format("tanh approximation: Mul, Add, Tanh", "13 mul/add/tanh/constant layers"),
+    ("group_norm", 0): _DECOMPOSED.format("below opset 21: Reshape, InstanceNormalization, Reshape, Mul, Add",
+                                          "7 layers; weight/bias come back reshaped to (C,1,1), not bit-identical "
+                                          "arrays of the original shape"),
+    ("group_norm", 2): _DECOMPOSED.format("below opset 21: Reshape, InstanceNormalization, Reshape, Mul, Add",
+                                          "7 layers"),
+    ("hard_swish", 0): _DECOMPOSED.format("HardSigmoid, Mul", "hard_sigmoid, mul"),
+    ("hard_swish", 1): _DECOMPOSED.format("HardSigmoid, Mul", "hard_sigmoid, mul"),
+    ("mish", 0): _DECOMPOSED.format("Softplus, Tanh, Mul", "softplus, tanh, mul"),
+    ("mish", 1): _DECOMPOSED.format("Softplus, Tanh, Mul", "softplus, tanh, mul"),
+    ("swish", 0): _DECOMPOSED.format("Sigmoid, Mul", "sigmoid, mul"),
+    ("swish", 1): _DECOMPOSED.format("Mul, Sigmoid, Mul", "constant, mul, sigmoid, mul"),
+    ("swish", 2): _DECOMPOSED.format("Mul, Sigmoid, Mul", "constant, mul, sigmoid, mul"),
+    ("softplus", 1): _DECOMPOSED.format("beta != 1: Mul, Softplus, Div, Greater, Where",
+                                        "constant, mul, softplus, div, compare, where"),
+    **{("squeeze_excitation", i): _DECOMPOSED.format(
+        "GlobalAveragePool, Conv, Relu, Conv, Sigmoid, Mul", "6 layers; w1/w2 come back as (out, in, 1, 1) conv "
+        "weights, not bit-identical arrays of the original shape") for i in range(3)},
+    **{("logical", i): _BOOL for i in range(4)},
+    **{("where", i): _BOOL for i in range(2)},
+}
+
+
+def _round_trip_cases():
+    out = []
+    for case in _cases():
+        op_type, index = case.values[0], case.values[1]
+        marks = ([pytest.mark.xfail(strict=True, reason=ROUND_TRIP_KNOWN[(op_type, index)])]
+                 if (op_type, index) in ROUND_TRIP_KNOWN else list(case.marks))
+        out.append(pytest.param(*case.values, id=case.id, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("op_type,index,params,samples", _round_trip_cases())
+def test_every_exported_op_round_trips(op_type, index, params, samples):
+    """Export -> import gives the same layer type, bit-identical weights and the same outputs (batch 2)."""
+    model, spec, proto, _, _ = _export(op_type, index, params, samples)
+    if proto is None:
+        pytest.skip("refused by the exporter")
+    back = cnngraph.import_onnx(proto)
+    # (3) the same op type for the layer
+    types = [layer.type for layer in back.spec.layers]
+    assert types == [op_type], f"imported as {types}, exported from [{op_type}]"
+    # (2) every parameter array present bit-identically among the imported layer's parameters
+    theirs = back.params.numpy()
+    for name, arr in model.params.numpy().items():
+        same = [k for k, v in theirs.items()
+                if v.dtype == arr.dtype and v.shape == arr.shape and v.tobytes() == arr.tobytes()]
+        assert same, (f"{name} {arr.dtype}{arr.shape} has no bit-identical imported parameter; imported: "
+                      f"{ {k: (v.dtype.name, v.shape) for k, v in theirs.items()} }")
+    # (1) the same outputs at batch 2
+    rng = np.random.default_rng(zlib.crc32(f"{op_type}-{index}-round".encode()))
+    feeds = _feeds(spec, samples, rng, 2)
+    want = model.forward(feeds, outputs=["op"])["op"]
+    got = back.forward({k: feeds[k] for k in back.onnx_inputs})["op"]
+    assert got.shape == want.shape, f"import gives {got.shape}, cnngraph {want.shape}"
+    scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=1.0))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
