@@ -474,7 +474,7 @@ def identity(imp, node, a):
 def cast(imp, node, a):
     from onnx import TensorProto
     to = a.get("to")
-    if _exact_cast(imp, imp.get(node.input[0]), to):
+    if _exact_cast(imp, imp.get(node.input[0]), to, node.output[0]):
         return [imp.get(node.input[0])]
     if to not in (TensorProto.FLOAT, TensorProto.DOUBLE):   # float32 holds float64's values as cnngraph computes
         name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else str(to)
@@ -504,13 +504,26 @@ def _values_kind(imp, x) -> str:
     return "float"
 
 
-def _exact_cast(imp, x, to) -> bool:
+def _exact_cast(imp, x, to, output: str = "") -> bool:
     """Whether casting layer output ``x`` to ONNX type ``to`` keeps its values (cnngraph holds booleans and
-    indices as floats): to bool from a comparison, to an integer type from booleans or whole numbers."""
+    indices as floats): to bool from a comparison, to an integer type from booleans or whole numbers; also
+    to bool when the cast's ``output`` only feeds logical ops and Where's condition, which read nonzero as
+    true just as the cast does (cnngraph's own export writes such casts)."""
     from onnx import TensorProto
     name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else ""
     kind = _values_kind(imp, x)
+    if name == "BOOL" and output and _only_truth_tested(imp, output):
+        return True
     return (name == "BOOL" and kind == "bool") or (name in INT_TYPES and kind in ("bool", "int"))
+
+
+def _only_truth_tested(imp, tensor: str) -> bool:
+    """Whether every use of ``tensor`` is an input of And/Or/Xor/Not or the condition of a Where (and it is no
+    graph output)."""
+    uses = [(n, i) for n in imp.graph.node for i, name in enumerate(n.input) if name == tensor]
+    outputs = {o.name for o in imp.graph.output}
+    return bool(uses) and tensor not in outputs and all(
+        n.op_type in ("And", "Or", "Xor", "Not") or (n.op_type == "Where" and i == 0) for n, i in uses)
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------

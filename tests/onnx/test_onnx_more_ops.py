@@ -47,6 +47,12 @@ TYPED = {
               {}, 17, TensorProto.FLOAT),
     "where_const": ([N("Less", ["x", "zero"], ["c"]), N("Where", ["c", "zero", "x"], ["y"])], {"x": X4}, ZERO, 17,
                     TensorProto.FLOAT),
+    # a computed float cast to BOOL only for truth tests (nonzero is true, as in cnngraph's logic ops);
+    # Relu makes about half the values exactly 0
+    "bool_cast_truth_tests": ([N("Relu", ["x"], ["r"]), N("Cast", ["r"], ["b"], to=TensorProto.BOOL),
+                               N("Not", ["b"], ["n"]), N("Where", ["b", "x", "zero"], ["w"]),
+                               N("Cast", ["n"], ["nf"], to=TensorProto.FLOAT), N("Add", ["nf", "w"], ["y"])],
+                              {"x": X4}, ZERO, 17, TensorProto.FLOAT),
     "argmax": ([N("ArgMax", ["x"], ["y"], axis=1)], {"x": X4}, {}, 13, TensorProto.INT64),
     "argmax_keep0_last": ([N("Round", ["x"], ["r"]), N("ArgMax", ["r"], ["y"], axis=-1, keepdims=0, select_last_index=1)],
                           {"x": X4}, {}, 13, TensorProto.INT64),
@@ -103,6 +109,15 @@ def typed_model(case):
     model = make_model(nodes, inputs, inits, opset=opset)
     model.graph.output[0].type.tensor_type.elem_type = elem
     return model, inputs
+
+
+def test_a_computed_tensor_cast_to_bool_for_other_uses_is_still_refused():
+    """Cast to BOOL is taken as a no-op only where the result is only truth-tested (logic ops, Where's
+    condition): cast back to float it would threshold values that cnngraph would keep."""
+    model = make_model([N("Relu", ["x"], ["r"]), N("Cast", ["r"], ["b"], to=TensorProto.BOOL),
+                        N("Cast", ["b"], ["y"], to=TensorProto.FLOAT)], {"x": X4}, {}, opset=17)
+    with pytest.raises(cnngraph.CnnGraphError, match="casting a computed tensor to BOOL truncates or thresholds"):
+        cnngraph.onnx.import_onnx(model)
 
 
 @pytest.mark.parametrize("case", sorted(TYPED))
