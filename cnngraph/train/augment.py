@@ -333,9 +333,33 @@ class Compose:
 
     def __init__(self, steps: Sequence[Augmentation]):
         self.steps = list(steps)
+        self._fits: set[tuple[int, ...]] = set()   # per-sample shapes already checked
+
+    def check_input(self, shape: Sequence[int]) -> None:
+        """Raise AugmentConfigError for a step that cannot run on per-sample inputs of ``shape`` ((C, H, W) or
+        (C, L)): an image-only step on sequences, or settings its ``input_problems`` rejects (a shift as large as
+        the image). Spec validation does this for ``cnngraph train``; a pipeline built in Python checks its
+        first batch of each shape."""
+        shape = tuple(int(s) for s in shape)
+        if shape in self._fits:
+            return
+        kind = {2: "sequence", 3: "image"}.get(len(shape))
+        for i, step in enumerate(self.steps):
+            name = getattr(step, "type", type(step).__name__)
+            takes = getattr(step, "inputs", ("image",))
+            if kind not in takes:
+                forms = {"image": "images (C, H, W)", "sequence": "sequences (C, L)"}
+                raise AugmentConfigError(f"augment[{i}] ({name}) works on {' and '.join(forms.get(k, k) for k in takes)}"
+                                         f", not on samples of shape {shape}", i, "type")
+            params = getattr(step, "params", None)
+            for field, message in (step.input_problems(params, shape) if isinstance(params, BaseModel) else ()):
+                raise AugmentConfigError(f"augment[{i}].{field} ({name}): {message}", i, field)
+        self._fits.add(shape)
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None,
                  ignore: int | None = None, maps: np.ndarray | None = None):
+        if self.steps:
+            self.check_input(x.shape[1:])
         if maps is not None and maps.ndim == x.ndim - 1:   # one map per sample: a channel axis for the steps
             x, moved = self(x, rng, maps=maps[:, None])
             return x, moved[:, 0]

@@ -8,13 +8,14 @@ from cnngraph.train.augment import (AUGMENTATIONS, AugmentConfigError, Horizonta
                                     RandomRotation, RandomScale, RandomShift, build_augmentations,
                                     rotate, shift, zoom)
 
-X = np.random.default_rng(0).random((16, 3, 9, 9)).astype(np.float32)
+X = _X = np.random.default_rng(0).random((16, 3, 9, 9)).astype(np.float32)
 ALL = [{"type": t} for t in AUGMENTATIONS]
 
 
 @pytest.mark.parametrize("entry", ALL, ids=lambda e: e["type"])
 def test_shape_dtype_and_determinism(entry):
     aug = build_augmentations([entry])
+    X = _X if "image" in AUGMENTATIONS[entry["type"]].inputs else _X[:, :, 0]   # time_reversal: sequences
     before = X.copy()
     a = aug(X, np.random.default_rng(3))
     assert np.array_equal(X, before)                  # the input is never modified
@@ -200,3 +201,17 @@ def test_every_built_in_augmentation_checks_its_settings_against_the_input():
     assert RandomShift.input_problems(RandomShift.Params(pixels=8), shape)[0][0] == "pixels"
     assert RandomCrop.input_problems(RandomCrop.Params(padding=8), shape)[0][0] == "padding"
     assert RandomCrop.input_problems(RandomCrop.Params(), (3, 32, 32)) == []
+
+
+def test_a_pipeline_built_in_python_checks_its_input():
+    """Spec validation checks sizes and kinds for `cnngraph train`; a Compose from build_augmentations checks
+    its first batch of each shape instead of silently filling whole images."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(AugmentConfigError, match=r"augment\[1\]\.pixels \(random_shift\): pixels \(8\) must be less"):
+        build_augmentations(["horizontal_flip", {"type": "random_shift", "pixels": 8}])(np.zeros((2, 1, 8, 8), np.float32), rng)
+    with pytest.raises(AugmentConfigError, match=r"augment\[0\] \(horizontal_flip\) works on images \(C, H, W\), "
+                                                 r"not on samples of shape \(1, 8\)"):
+        build_augmentations(["horizontal_flip"])(np.zeros((2, 1, 8), np.float32), rng)
+    ok = build_augmentations([{"type": "random_shift", "pixels": 7}])
+    assert ok(np.ones((2, 1, 8, 8), np.float32), rng).shape == (2, 1, 8, 8)
+    assert ok(np.ones((2, 1, 9), np.float32), rng).shape == (2, 1, 9)
