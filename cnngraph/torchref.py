@@ -99,7 +99,7 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         return t[0].reshape(n, r, r, c // (r * r), h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, -1, h * r, w * r)
     if typ == "upsample2d":
         mode = layer.get("mode", "nearest")
-        extra = {"align_corners": layer.get("align_corners", False)} if mode == "bilinear" else {}
+        extra = {"align_corners": layer.get("align_corners", False)} if mode in ("bilinear", "bicubic") else {}
         scale = layer.get("scale_factor", 2.0)
         scale = (float(scale),) * 2 if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
         return F.interpolate(t[0], scale_factor=scale, mode=mode, **extra)

@@ -1,4 +1,4 @@
-"""Upsampling (decoders, U-Nets, feature pyramids, super-resolution): nearest and bilinear, as
+"""Upsampling (decoders, U-Nets, feature pyramids, super-resolution): nearest, bilinear and bicubic, as
 torch.nn.functional.interpolate with ``scale_factor`` (and ONNX Resize), and pixel shuffle (ONNX DepthToSpace)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from typing import Literal, Union
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
@@ -18,8 +18,10 @@ __all__ = ["Upsample2d", "PixelShuffle", "interpolation_matrix"]
 
 class UpsampleParams(OpParams):
     scale_factor: Union[float, tuple[float, float]] = Field((2.0, 2.0), description="(h, w) or one factor for both")
-    mode: Literal["nearest", "bilinear"] = "nearest"
-    align_corners: bool = Field(False, description="bilinear only: corner pixels of input and output line up")
+    mode: Literal["nearest", "bilinear", "bicubic"] = "nearest"
+    align_corners: bool = Field(False, description="bilinear and bicubic: corner pixels of input and output line up")
+    cubic_coeff_a: float = Field(-0.75, description="bicubic only: the cubic kernel's a (PyTorch's -0.75; "
+                                                    "TensorFlow's and Keys' -0.5)")
 
     @field_validator("scale_factor")
     @classmethod
@@ -29,31 +31,63 @@ class UpsampleParams(OpParams):
             raise ValueError(f"expected one or two factors > 0, found {v!r}")
         return tuple(float(s) for s in pair)
 
+    @model_validator(mode="after")
+    def _mode_settings(self):
+        # a setting the chosen mode ignores is a mistake, not a no-op
+        if self.align_corners and self.mode == "nearest":
+            raise ValueError("align_corners applies to bilinear and bicubic modes, not nearest")
+        if self.cubic_coeff_a != -0.75 and self.mode != "bicubic":
+            raise ValueError(f"cubic_coeff_a applies to mode bicubic only, not {self.mode}")
+        if not math.isfinite(self.cubic_coeff_a):
+            raise ValueError(f"cubic_coeff_a must be finite, found {self.cubic_coeff_a}")
+        return self
 
-def interpolation_matrix(n_in: int, n_out: int, scale: float, mode: str, align_corners: bool) -> np.ndarray:
+
+def interpolation_matrix(n_in: int, n_out: int, scale: float, mode: str, align_corners: bool,
+                         cubic_a: float = -0.75) -> np.ndarray:
     """(n_out, n_in) float64 matrix A with y = A @ x along one axis, with PyTorch's source coordinates:
-    nearest floor(dst / scale); bilinear (dst + 0.5) / scale - 0.5 clamped at 0, or with align_corners
-    dst * (n_in - 1) / (n_out - 1)."""
+    nearest floor(dst / scale); bilinear (dst + 0.5) / scale - 0.5 clamped at 0, bicubic the same unclamped,
+    or with align_corners dst * (n_in - 1) / (n_out - 1). Bicubic reads the 4 pixels around the source
+    (indices beyond the edge read the edge pixel, as PyTorch and ONNX Runtime do)."""
     dst = np.arange(n_out, dtype=np.float64)
     a = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
     if mode == "nearest":
-        a[np.arange(n_out), np.minimum(np.floor(dst / scale).astype(np.int64), n_in - 1)] = 1.0
+        a[rows, np.minimum(np.floor(dst / scale).astype(np.int64), n_in - 1)] = 1.0
         return a
     if align_corners:
         src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
     else:
-        src = np.maximum((dst + 0.5) / scale - 0.5, 0.0)
+        src = (dst + 0.5) / scale - 0.5
+    if mode == "bicubic":
+        lo = np.floor(src).astype(np.int64)
+        for k, weight in zip(range(-1, 3), cubic_weights(src - lo, cubic_a)):
+            np.add.at(a, (rows, np.clip(lo + k, 0, n_in - 1)), weight)
+        return a
+    src = np.maximum(src, 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
     frac = src - lo
-    np.add.at(a, (np.arange(n_out), lo), 1.0 - frac)
-    np.add.at(a, (np.arange(n_out), hi), frac)
+    np.add.at(a, (rows, lo), 1.0 - frac)
+    np.add.at(a, (rows, hi), frac)
     return a
+
+
+def cubic_weights(t: np.ndarray, a: float) -> tuple[np.ndarray, ...]:
+    """Weights of the pixels at floor(src) - 1 .. floor(src) + 2 for the fraction t = src - floor(src) in [0, 1):
+    Keys' cubic convolution kernel with parameter ``a`` (PyTorch's upsample_bicubic2d, ONNX Resize cubic)."""
+    def near(d):    # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):     # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
 
 
 class Upsample2d(Op):
     """Enlarges H and W by ``scale_factor`` (output floor(H * s)): nearest copies the pixel at
-    floor(dst / s), bilinear blends the four nearest, as torch.nn.functional.interpolate(x,
+    floor(dst / s), bilinear blends the four nearest, bicubic the 4x4 nearest, as torch.nn.functional.interpolate(x,
     scale_factor=s, mode=...). Separable, so each mode is two small matrix products per map (whole
     nearest factors are a repeat); backward is their transpose."""
 
@@ -64,7 +98,8 @@ class Upsample2d(Op):
     def examples(cls):
         return [({}, [(3, 4, 5)]), ({"scale_factor": [2, 3], "mode": "bilinear"}, [(2, 3, 4)]),
                 ({"scale_factor": 1.5, "mode": "bilinear", "align_corners": True}, [(2, 4, 4)]),
-                ({"scale_factor": 2.5}, [(2, 3, 2)])]
+                ({"scale_factor": 2.5}, [(2, 3, 2)]), ({"scale_factor": [2, 1.5], "mode": "bicubic"}, [(2, 3, 4)]),
+                ({"scale_factor": 3, "mode": "bicubic", "align_corners": True, "cubic_coeff_a": -0.5}, [(1, 2, 3)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
@@ -85,7 +120,7 @@ class Upsample2d(Op):
 
     def _matrices(self, xp, dtype, h, w, ho, wo):
         p = self.p
-        return tuple(xp.asarray(interpolation_matrix(n, m, s, p.mode, p.align_corners), dtype=dtype)
+        return tuple(xp.asarray(interpolation_matrix(n, m, s, p.mode, p.align_corners, p.cubic_coeff_a), dtype=dtype)
                      for n, m, s in ((h, ho, p.scale_factor[0]), (w, wo, p.scale_factor[1])))
 
     def forward(self, ctx, inputs, params):
@@ -123,10 +158,13 @@ class Upsample2d(Op):
         else:
             src = (pos + 0.5) / s - 0.5
         lo = np.floor(src).astype(np.int64)
-        return [(lo, np.ones(len(pos), bool)), (lo + 1, src > lo)]   # the upper pixel only with a weight
+        between = src > lo    # on a pixel exactly, only that pixel has a weight
+        if self.p.mode == "bicubic":
+            return [(lo - 1, between), (lo, np.ones(len(pos), bool)), (lo + 1, between), (lo + 2, between)]
+        return [(lo, np.ones(len(pos), bool)), (lo + 1, between)]
 
     def flops(self, in_shapes, out_shape):
-        return 4 * math.prod(out_shape)
+        return (16 if self.p.mode == "bicubic" else 4) * math.prod(out_shape)
 
 
 class PixelShuffleParams(OpParams):

@@ -706,3 +706,16 @@ def test_a_json_file_is_strict_json_and_still_located(tmp_path):
 """, name="net.json")
     (p,) = err.problems
     assert "unknown key 'kernal'" in p.message and (p.line, p.column) == (2, 71)
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ("mode: nearest, align_corners: true", "align_corners applies to bilinear and bicubic modes, not nearest"),
+    ("mode: bilinear, cubic_coeff_a: -0.5", "cubic_coeff_a applies to mode bicubic only, not bilinear"),
+])
+def test_upsample_setting_the_mode_ignores_is_refused(tmp_path, settings, expected):
+    err, path = load(tmp_path, HEAD + f"""\
+  - {{id: up, type: upsample2d, {settings}}}
+outputs: [up]
+""")
+    (p,) = err.problems
+    assert expected in p.message and p.line == 5 and p.layer == "up"

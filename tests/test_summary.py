@@ -367,3 +367,20 @@ def test_parameters_too_large_for_memory_are_one_line_in_summary_viz_and_compile
     with pytest.raises(cnngraph.RunError, match="layer 'c' .* do not fit in memory"):
         cnngraph.compile(cnngraph.load_spec(path))
     assert main(["viz", str(path), "-o", str(tmp_path / "big.dot"), "--params"]) == 0
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_receptive_field_through_bicubic_upsampling_matches_the_gradients(align_corners):
+    """Bicubic reads 4 pixels per axis (edges read the edge pixel): the field the summary states is the one
+    the gradients show."""
+    from cnngraph.summary import receptive_fields
+    spec = cnngraph.load_spec({
+        "inputs": {"image": {"shape": [1, 10, 10]}},
+        "layers": [{"id": "c0", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "up", "type": "upsample2d", "scale_factor": 2, "mode": "bicubic",
+                    "align_corners": align_corners},
+                   {"id": "c", "type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}],
+        "outputs": ["c"]})
+    rf = receptive_fields(spec.graph)
+    centre = [(10 + a, 10 + a) for a in range(-3, 3)]
+    assert _measured_field(spec, "c", centre) == rf["c"]

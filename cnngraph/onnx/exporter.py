@@ -480,8 +480,10 @@ def _upsample(c, lid, op, ins, attrs):
     if p.mode == "nearest":
         modes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
-        modes = {"mode": "linear",
+        modes = {"mode": "linear" if p.mode == "bilinear" else "cubic",
                  "coordinate_transformation_mode": "align_corners" if p.align_corners else "pytorch_half_pixel"}
+        if p.mode == "bicubic":
+            modes["cubic_coeff_a"] = p.cubic_coeff_a
     c.node("Resize", [ins[0], "", scales], [lid], lid, **modes)
     return lid
 

@@ -32,7 +32,7 @@ ATTRIBUTES = {
     "Pad": {"mode", "pads", "value", "paddings"},
     "Resize": {"mode", "coordinate_transformation_mode", "nearest_mode", "antialias", "keep_aspect_ratio_policy",
                "exclude_outside", "axes",
-               "cubic_coeff_a", "extrapolation_value"},   # cubic and tf_crop_and_resize only (refused modes)
+               "cubic_coeff_a", "extrapolation_value"},   # cubic; tf_crop_and_resize only (a refused mode)
     "Upsample": {"mode", "scales"},
 }
 
@@ -797,7 +797,7 @@ def split(imp, node, a):
 
 @handles("Resize", "Upsample")
 def resize(imp, node, a):
-    """Nearest (floor of dst / scale) and bilinear resizing of H and W, as torch exports F.interpolate."""
+    """Nearest (floor of dst / scale), bilinear and bicubic resizing of H and W, as torch exports F.interpolate."""
     x = imp.dyn_of(node.input[0])
     if len(x.shape) != 3:
         raise imp.fail(f"only 4-D (N, C, H, W) inputs can be resized, found per-sample shape {tuple(x.shape)}")
@@ -829,20 +829,22 @@ def resize(imp, node, a):
     params = {"scale_factor": scales[2:]}
     if mode == "nearest" and transform == "asymmetric" and nearest == "floor":
         pass
-    elif mode in ("linear", "bilinear") and transform in ("align_corners", "pytorch_half_pixel", "half_pixel"):
+    elif mode in ("linear", "bilinear", "cubic") and transform in ("align_corners", "pytorch_half_pixel", "half_pixel"):
         if transform == "half_pixel" and any(round(n * s) == 1 for n, s in zip(x.shape[1:], scales[2:])):
             raise imp.fail("half_pixel resizing to a size of 1 differs from PyTorch's; not supported")
-        params.update(mode="bilinear", align_corners=transform == "align_corners")
+        params.update(mode="bicubic" if mode == "cubic" else "bilinear", align_corners=transform == "align_corners")
+        if mode == "cubic" and float(a.get("cubic_coeff_a", -0.75)) != -0.75:
+            params["cubic_coeff_a"] = float(a["cubic_coeff_a"])
     else:
         raise imp.fail(f"resizing with mode {mode!r}, coordinate_transformation_mode {transform!r} and nearest_mode "
-                       f"{nearest!r} is not supported (nearest asymmetric floor, and linear with align_corners, "
-                       f"half_pixel or pytorch_half_pixel, are)")
+                       f"{nearest!r} is not supported (nearest asymmetric floor, and linear or cubic with "
+                       f"align_corners, half_pixel or pytorch_half_pixel, are)")
     return [imp.emit("upsample2d", [x], params)]
 
 
 def _refuse_resize_options(imp, a) -> None:
-    """Resize options that change the result and that upsample2d lacks (the rest only matter for the
-    cubic and tf_crop_and_resize modes, which are refused anyway)."""
+    """Resize options that change the result and that upsample2d lacks (extrapolation_value only matters for
+    tf_crop_and_resize, which is refused anyway)."""
     if a.get("antialias", 0):
         raise imp.fail("antialias=1 (F.interpolate(..., antialias=True)) is not supported")
     policy = a.get("keep_aspect_ratio_policy", "stretch")

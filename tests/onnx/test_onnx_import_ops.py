@@ -159,6 +159,14 @@ CASES = {
     "resize13_sizes_align_corners": ([N("Resize", ["x", "", "", "z"], ["y"], mode="linear",
                                         coordinate_transformation_mode="align_corners")], {"x": X4},
                                      {"z": np.array([2, 4, 7, 9], np.int64)}, 13),
+    "resize13_cubic_half_pixel": ([N("Resize", ["x", "", "s"], ["y"], mode="cubic")], {"x": X4},
+                                  {"s": np.array([1, 1, 1.5, 2.5], np.float32)}, 13),
+    "resize13_cubic_corners_keys": ([N("Resize", ["x", "", "", "z"], ["y"], mode="cubic", cubic_coeff_a=-0.5,
+                                       coordinate_transformation_mode="align_corners")], {"x": X4},
+                                    {"z": np.array([2, 4, 7, 9], np.int64)}, 13),
+    "resize18_cubic_pytorch_half_pixel_down": ([N("Resize", ["x", "", "s"], ["y"], mode="cubic",
+                                                  coordinate_transformation_mode="pytorch_half_pixel")], {"x": (2, 3, 8, 7)},
+                                               {"s": np.array([1, 1, 0.5, 0.75], np.float32)}, 18),
     "resize18_nearest_floor": ([N("Resize", ["x", "", "s"], ["y"], coordinate_transformation_mode="asymmetric",
                                   nearest_mode="floor")], {"x": X4}, {"s": np.array([1, 1, 3, 2], np.float32)}, 18),
     "hard_sigmoid": ([N("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)], {"x": X4}, {}, 13),
@@ -243,11 +251,11 @@ def test_lrn_even_size_matches_onnx_formula():
 
 
 def test_resize_modes_without_an_upsample2d_form_are_named():
-    """Linear resizing with asymmetric coordinates (old Upsample) or cubic has no cnngraph op: one clear error."""
+    """Linear or cubic resizing with asymmetric coordinates (old Upsample) has no cnngraph op: one clear error."""
     from cnngraph.onnx import OnnxError, import_onnx
     scales = {"s": np.array([1, 1, 2, 2], np.float32)}
     for node, opset in ((N("Upsample", ["x", "s"], ["y"], mode="linear"), 9),
-                        (N("Resize", ["x", "", "s"], ["y"], mode="cubic"), 13)):
+                        (N("Resize", ["x", "", "s"], ["y"], mode="cubic", coordinate_transformation_mode="asymmetric"), 13)):
         with pytest.raises(OnnxError, match=r"resizing with mode '(linear|cubic)'.* is not supported "
                                             r"\(nearest asymmetric floor"):
             import_onnx(make_model([node], {"x": X4}, scales, opset=opset))

@@ -143,7 +143,7 @@ class Decoderish(nn.Module):
 
 
 class FPNish(nn.Module):
-    """A feature pyramid / U-Net decoder that upsamples with F.interpolate (Resize): nearest and bilinear."""
+    """A feature pyramid / U-Net decoder that upsamples with F.interpolate (Resize): nearest, bilinear, bicubic."""
 
     def __init__(self):
         super().__init__()
@@ -154,7 +154,8 @@ class FPNish(nn.Module):
         a = F.relu(self.c1(x))
         b = F.relu(self.c2(a))
         top = a + F.interpolate(b, scale_factor=2, mode="nearest")
-        return self.head(F.interpolate(top, scale_factor=2, mode="bilinear", align_corners=False))
+        return self.head(F.interpolate(top, scale_factor=2, mode="bilinear", align_corners=False)
+                         + F.interpolate(top, scale_factor=2, mode="bicubic", align_corners=True))
 
 
 class GoogLeNetish(nn.Module):
@@ -210,7 +211,7 @@ def test_torch_nets_import_match_and_round_trip(net_cls, opset, dynamic, tmp_pat
     elif net_cls is ShuffleNetV2ish:
         assert types.count("slice") == 2 and "concat" in types
     elif net_cls is FPNish:
-        assert types.count("upsample2d") == 2
+        assert types.count("upsample2d") == 3
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         want = net(x).numpy()
