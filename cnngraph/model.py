@@ -115,6 +115,7 @@ class Model:
         self._tape = None
         self._tape_inputs: set[str] = set()
         self._tape_dropped = ""
+        self.frozen: frozenset[str] = frozenset()   # layers whose parameters stay fixed (see freeze)
         for problem in spec.warnings:   # valid but likely wrong (an activation applied twice)
             warnings.warn(problem.format(), UserWarning, stacklevel=3)
 
@@ -149,12 +150,25 @@ class Model:
         return f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}')"
 
     def _trainable(self, node: str) -> bool:
-        return any(full not in self.buffer_names for full in self._names.get(node, {}).values())
+        return node not in self.frozen and any(full not in self.buffer_names for full in self._names.get(node, {}).values())
 
     @property
     def trainable_names(self) -> list[str]:
-        """Names of trainable parameters (buffers such as running statistics excluded)."""
-        return [n for n in self.params if n not in self.buffer_names]
+        """Names of trainable parameters (buffers such as running statistics and frozen layers' parameters excluded)."""
+        fixed = {full for node in self.frozen for full in self._names.get(node, {}).values()}
+        return [n for n in self.params if n not in self.buffer_names and n not in fixed]
+
+    def freeze(self, layers) -> None:
+        """Keep the parameters of ``layers`` (layer ids; an empty list unfreezes all) fixed, as for transfer
+        learning: ``backward`` returns no gradients for them and skips the layers that only lead to them, and a
+        frozen layer runs in inference mode also in training (batch norm uses and keeps its running statistics,
+        as Keras does for a layer with ``trainable = False``)."""
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [n for n in layers if self.graph.nodes.get(n, {}).get("kind") != "layer"]
+        if unknown:
+            raise ValueError(f"freeze: {', '.join(map(repr, unknown))} {'is not a layer' if len(unknown) == 1 else 'are not layers'} "
+                             f"of the network")
+        self.frozen = frozenset(layers)
 
     def param_count(self) -> int:
         return int(sum(self.params[n].size for n in self.trainable_names))
@@ -260,7 +274,8 @@ class Model:
             if parallel:
                 self._tape_inputs = set(plan.inputs)
                 return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, int(parallel))
-            result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output)
+            result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output,
+                                       inference_layers=self.frozen)
         self._tape = tape
         self._tape_inputs = set(plan.inputs)
         if grad and self.xp is np:   # the tape holds these arrays: changing one in place would corrupt backward

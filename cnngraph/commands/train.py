@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--init-partial", action="store_true",
                    help="with --init: parameters missing from the file keep their initial values and arrays the "
                         "network lacks are ignored (a new head for transfer learning)")
+    p.add_argument("--freeze", metavar="LAYERS",
+                   help="comma-separated layer ids or globs (conv*,layer1.*) whose parameters stay fixed, e.g. a "
+                        "pretrained backbone (overrides train.freeze; '' trains every layer)")
     p.add_argument("--data", metavar="NAME[:PATH]",
                    help="dataset override: a name (digits) or name:path (mnist:/data/mnist, npz:file.npz)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -93,7 +96,8 @@ def cmd_train(args) -> int:
         hist = train(spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out,
                      resume=args.resume, data=args.data, device=args.device, seed=args.seed, quiet=args.quiet,
                      profile=args.profile, allow_plugins=args.allow_plugins, init=args.init,
-                     init_partial=args.init_partial)
+                     init_partial=args.init_partial,
+                     freeze=None if args.freeze is None else [p.strip() for p in args.freeze.split(",") if p.strip()])
     except KeyboardInterrupt as exc:   # the loop said what was kept and how to resume
         return 128 + getattr(exc, "signum", 2)   # 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP
     s = hist.summary

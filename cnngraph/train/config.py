@@ -42,6 +42,7 @@ class _TrainTop(StrictSettings):
     seed: int = Field(0, ge=0)
     init: Optional[str] = Field(None, description="weights to start from (.npz or checkpoint folder), relative "
                                                   "to the spec's folder")
+    freeze: list[str] = Field([], description="layer ids or globs (conv*, layer1.*) whose parameters stay fixed")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainSpec:
     seed: int
     raw: dict
     init: Optional[str] = None     # weights to start from, as written in the spec
+    freeze: list[str] = field(default_factory=list)   # layer ids / globs kept fixed (cnngraph.train.freeze)
 
 
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.05, "momentum": 0.9}
@@ -143,7 +145,7 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
     return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
-                     raw=raw, init=top.init), []
+                     raw=raw, init=top.init, freeze=list(top.freeze)), []
 
 
 def _warmup_problems(raw: Any, sched: Optional[Typed], positions, file) -> list[Problem]:
@@ -190,6 +192,10 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
     if layer_ids and isinstance(output, str) and output not in layer_ids:
         problems.append(_locate(f"loss output '{output}' is not a layer of the network{did_you_mean(output, layer_ids)}",
                                 ("train", "loss", "output"), positions, file))
+    if layer_ids:
+        from .freeze import unmatched_patterns
+        for i, message in unmatched_patterns(top.freeze, layer_ids):
+            problems.append(_locate(message, ("train", "freeze", i), positions, file))
     es = top.early_stopping
     if es is not None:
         known = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"] + (

@@ -113,7 +113,7 @@ class _Run:
     """One training run: everything is checked and built in the constructor; :meth:`fit` trains."""
 
     def __init__(self, spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
-                 allow_plugins, init=None, init_partial=False):
+                 allow_plugins, init=None, init_partial=False, freeze=None):
         from ..model import Model
         from ..registry import get_registry
         from .data import load_dataset
@@ -193,6 +193,7 @@ class _Run:
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()
         self.model = Model(spec, device=device, seed=st.seed)
+        self._freeze(self.ts.freeze if freeze is None else ([freeze] if isinstance(freeze, str) else list(freeze)))
         self.optimizer = reg.optimizers[self.ts.optimizer.type](self.ts.optimizer.params)
         self.update_checked = False   # the first steps that should move a weight check that one does
         self.unchanged_steps = 0
@@ -316,6 +317,18 @@ class _Run:
                                 f"({exc.strerror or exc}); nothing was changed. Move that run away or choose "
                                 f"another --out") from None
         print(f"note: {out} held an earlier run; it is kept as {kept}", file=self.stream)
+
+    def _freeze(self, patterns) -> None:
+        """Fix the parameters of the layers ``patterns`` match (``train.freeze`` / ``--freeze``) and say which."""
+        from .freeze import frozen_layers
+        layers = frozen_layers(patterns, self.model)
+        if layers and not self.quiet:
+            model = self.model
+            fixed = sum(model.params[n].size for lid in layers for n in model._names[lid].values()
+                        if n not in model.buffer_names)
+            shown = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
+            print(f"frozen: {shown} ({fixed:,} parameters fixed, {model.param_count():,} trained; frozen layers "
+                  f"run in inference mode)", file=self.stream)
 
     # -- one epoch -------------------------------------------------------------------------
     def _epoch(self, epoch: int) -> dict:
@@ -605,8 +618,8 @@ class _Run:
 
 def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           out=None, resume=None, data=None, device: str = "cpu", seed: int | None = None, quiet: bool = False,
-          *, init=None, init_partial: bool = False, profile: bool = False, stream: TextIO | None = None,
-          allow_plugins: bool = False) -> History:
+          *, init=None, init_partial: bool = False, freeze=None, profile: bool = False,
+          stream: TextIO | None = None, allow_plugins: bool = False) -> History:
     """Train the network of ``spec`` as its ``train:`` section says (defaults when it has none).
 
     Parameters
@@ -621,6 +634,8 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
         writes) or a run/checkpoint folder (its ``best/``); overrides the spec's ``train.init``. Every
         parameter and buffer must be there with its shape; ``init_partial`` lets some be missing and the
         file hold others (a new head). Ignored on resume: the checkpoint's weights win.
+    freeze : layer ids or globs (``"conv*"``) whose parameters stay fixed; overrides ``train.freeze`` (``[]``
+        trains every layer). Frozen layers run in inference mode (batch norm keeps its running statistics).
     data : dataset override: ``"digits"``, ``"mnist:/data/mnist"``, ``"npz:file.npz"``, a dict or DataConfig.
     device : "cpu" or "cuda".
     quiet : print nothing (progress and summary go to ``stream``, default stderr).
@@ -651,7 +666,7 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     """
     with _blas_threads(), _termination_as_interrupt():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
-                    allow_plugins, init, init_partial).fit()
+                    allow_plugins, init, init_partial, freeze).fit()
 
 
 def epoch_steps(n: int, batch_size: int) -> int:
