@@ -553,7 +553,8 @@ def _operands(imp, names, rank, trainable=None, min_rank: int = 0):
     trainable as ``trainable`` says per input: True, False, or None for as :func:`is_parameter_name` does).
     Unsqueezes that only align ranks are bypassed (see :func:`_drop_alignment`)."""
     vals = [imp.get(n) for n in names]
-    like = next((v for v in vals if isinstance(v, Dyn)), None)
+    # (a constant only takes its batch size from ``like``: not from an Unsqueeze that may be dropped)
+    like = next((_leading_units(imp, v) or v for v in vals if isinstance(v, Dyn)), None)
     if rank > max(_rank(v) for v in vals if isinstance(v, Dyn)):
         raise imp.fail(f"a constant of rank {rank} broadcasts a computed tensor of rank "
                        f"{max(_rank(v) for v in vals if isinstance(v, Dyn))} to a higher rank, which moves its batch "
