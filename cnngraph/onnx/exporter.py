@@ -348,7 +348,9 @@ def _flatten(c, lid, op, ins, attrs):
     if start == 1 and end == nd - 1:
         c.node("Flatten", ins, [lid], lid, axis=1)
     else:
-        shape = np.array([0, *attrs["out_shape"]], np.int64)
+        # ONNX's Flatten always merges into 2-D. The batch as -1 (inferred) tells the importer this Reshape is a
+        # flatten: a reshape layer's export copies the batch (0), see _reshape
+        shape = np.array([-1, *attrs["out_shape"]], np.int64)
         c.node("Reshape", [ins[0], c.const(lid, "shape", shape)], [lid], lid)
     return lid
 
@@ -442,7 +444,10 @@ def _matmul(c, lid, op, ins, attrs):
 
 @exports("reshape")
 def _reshape(c, lid, op, ins, attrs):
-    c.node("Reshape", [ins[0], c.const(lid, "shape", np.array([0, *op.p.shape], np.int64))], [lid], lid)
+    # the batch copied (0), the shape as written; but [0, -1] is the usual spelling of a flatten (and imports as
+    # one), so a reshape to [-1] writes its size
+    shape = list(attrs["out_shape"]) if list(op.p.shape) == [-1] else list(op.p.shape)
+    c.node("Reshape", [ins[0], c.const(lid, "shape", np.array([0, *shape], np.int64))], [lid], lid)
     return lid
 
 
@@ -637,12 +642,15 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
     for n in order:
         attrs = g.nodes[n]
         if attrs["kind"] == "input":
-            elem = TensorProto.INT64 if attrs.get("dtype") == "int64" else TensorProto.FLOAT
-            graph_inputs.append(helper.make_tensor_value_info(n, elem, ["batch", *attrs["out_shape"]]))
+            graph_inputs.append(_graph_input(n, attrs))
             continue
         if attrs["type"] == "constant" and not attrs["inputs"]:
             ctx.const_outputs.add(n)
         _run_exporter(ctx, n, attrs)
+    if not graph_inputs:
+        # only constants without inputs are exported: the spec's inputs stay declared (unused), so the model still
+        # takes what cnngraph's does and imports back (a model without inputs is no cnngraph model)
+        graph_inputs = [_graph_input(n, g.nodes[n]) for n in spec.inputs]
     graph_outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", *g.nodes[o]["out_shape"]])
                      for o in outputs]
     for o in outputs:   # a constant output without inputs has batch 1
@@ -664,6 +672,12 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
                  else " (please report)")
         raise OnnxError(f"the exported model fails the ONNX checker{blame}: {exc}") from None
     return model
+
+
+def _graph_input(name: str, attrs: dict):
+    from onnx import TensorProto, helper
+    elem = TensorProto.INT64 if attrs.get("dtype") == "int64" else TensorProto.FLOAT
+    return helper.make_tensor_value_info(name, elem, ["batch", *attrs["out_shape"]])
 
 
 def _builtin(fn) -> bool:

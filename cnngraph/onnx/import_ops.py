@@ -199,7 +199,7 @@ def matmul(imp, node, a):
                    len(bv.shape) if isinstance(bv, Dyn) else bv.ndim - 1)
     # a constant multiplied into a computed tensor is a weight, whatever the exporter named it (onnx::MatMul_82)
     weight = [(n in imp.initializers or n in imp.params) or None for n in node.input[:2]]
-    return [imp.emit("matmul", _operands(imp, node.input[:2], rank, weight))]
+    return [imp.emit("matmul", _operands(imp, node.input[:2], rank, weight, min_rank=2))]
 
 
 # ---- pooling ------------------------------------------------------------------------------------
@@ -538,25 +538,51 @@ def binary(imp, node, a):
     av, bv = imp.get(node.input[0]), imp.get(node.input[1])
     rank = max(_rank(av), _rank(bv))
     op = node.op_type
-    if op == "Add":
-        if isinstance(av, Dyn) and isinstance(bv, Dyn) and av.shape == bv.shape:
-            return [imp.emit("add", [av, bv])]
-        fused = _fuse_bias(imp, node, av, bv) if isinstance(av, Dyn) else None
+    if op == "Add" and isinstance(av, Dyn):
+        fused = _fuse_bias(imp, node, av, bv)
         if fused is not None:
             return [fused]
-    return [imp.emit("broadcast_add" if op == "Add" else op.lower(), _operands(imp, node.input[:2], rank))]
+    ops = _operands(imp, node.input[:2], rank)
+    if op == "Add" and isinstance(av, Dyn) and isinstance(bv, Dyn) and ops[0].shape == ops[1].shape:
+        return [imp.emit("add", ops)]
+    return [imp.emit("broadcast_add" if op == "Add" else op.lower(), ops)]
 
 
-def _operands(imp, names, rank, trainable=None):
+def _operands(imp, names, rank, trainable=None, min_rank: int = 0):
     """Layer outputs for the inputs ``names``; constants take their batch size from a computed one (and are
-    trainable as ``trainable`` says per input: True, False, or None for as :func:`is_parameter_name` does)."""
+    trainable as ``trainable`` says per input: True, False, or None for as :func:`is_parameter_name` does).
+    Unsqueezes that only align ranks are bypassed (see :func:`_drop_alignment`)."""
     vals = [imp.get(n) for n in names]
-    like = next((v for v in vals if isinstance(v, Dyn)), None)
+    # (a constant only takes its batch size from ``like``: not from an Unsqueeze that may be dropped)
+    like = next((_leading_units(imp, v) or v for v in vals if isinstance(v, Dyn)), None)
     if rank > max(_rank(v) for v in vals if isinstance(v, Dyn)):
         raise imp.fail(f"a constant of rank {rank} broadcasts a computed tensor of rank "
                        f"{max(_rank(v) for v in vals if isinstance(v, Dyn))} to a higher rank, which moves its batch "
                        f"axis; not supported")
-    return [imp.dyn_of(n, rank, like, t) for n, t in zip(names, trainable or [None] * len(names))]
+    ops = [imp.dyn_of(n, rank, like, t) for n, t in zip(names, trainable or [None] * len(names))]
+    return _drop_alignment(imp, ops, min_rank)
+
+
+def _leading_units(imp, x: Dyn) -> Dyn | None:
+    """The input of the Unsqueeze that made ``x`` when all it did was put unit axes right after the batch axis."""
+    src, axes = imp.unsqueezed.get(x.id, (None, ()))
+    return src if list(axes) == list(range(1, 1 + len(axes))) else None
+
+
+def _drop_alignment(imp, ops: list, min_rank: int = 0) -> list:
+    """ONNX broadcasting aligns whole tensors to the right, so an operand of fewer per-sample axes is unsqueezed
+    right after its batch axis to line up (cnngraph's exporter does so). cnngraph's broadcasting ops align the
+    per-sample shapes to the right themselves: those unit axes change nothing while another operand keeps the
+    result's rank, and the Unsqueeze's input is used instead (its reshape layer is dropped when nothing else reads
+    it). ``min_rank``: only sources of at least so many axes (matmul, where a 1-D operand is a vector)."""
+    ops = list(ops)
+    rank = max(len(o.shape) for o in ops)
+    for i, o in enumerate(ops):
+        src = _leading_units(imp, o)
+        others = [len(p.shape) for j, p in enumerate(ops) if j != i]
+        if src is not None and len(src.shape) >= min_rank and others and max(others) == rank:
+            ops[i] = src
+    return ops
 
 
 def _fuse_bias(imp, node, av, bv):
@@ -674,7 +700,30 @@ def reshape(imp, node, a):
             raise imp.fail(f"cannot reshape per-sample {x.shape} to {rest}")
     elif known != n:
         raise imp.fail(f"cannot reshape per-sample {x.shape} to {rest}")
-    return [_reshape_to(imp, node, x, rest)]
+    if tuple(rest) == tuple(x.shape):
+        return [x]
+    resolved = [n // known if d == -1 else d for d in rest]
+    # cnngraph's reshape layers export as the batch copied (0) and their shape: import them as written. A flatten
+    # exports with the batch inferred (-1), torch's x.flatten(2) and x.view(N, -1) with the batch size
+    written = target[0] == 0 and 0 not in target[1:] and rest != [-1]
+    merged = None if written else _merged_axes(x.shape, resolved)
+    if merged is not None:
+        return [imp.emit("flatten", [x], merged)]
+    return [imp.emit("reshape", [x], {"shape": rest})]
+
+
+def _merged_axes(shape: tuple, target: list[int]) -> dict | None:
+    """flatten's parameters when per-sample ``target`` is ``shape`` with one run of two or more axes merged, else
+    None (start_dim counts the batch as 0; end_dim from the end, as torch's default -1)."""
+    run = len(shape) - len(target) + 1
+    if run < 2:
+        return None
+    for i in range(len(target)):
+        if (list(shape[:i]) == target[:i] and math.prod(shape[i:i + run]) == target[i]
+                and list(shape[i + run:]) == target[i + 1:]):
+            end = i + run - len(shape) - 1   # the run's last axis, counted from the end
+            return ({"start_dim": i + 1} if i else {}) | ({"end_dim": end} if end != -1 else {})
+    return None
 
 
 @handles("Squeeze", "Unsqueeze")
@@ -689,14 +738,17 @@ def squeeze(imp, node, a):
             if imp.declared_batch == 1:
                 raise imp.fail("Squeeze without axes removes the batch axis of this batch-1 model, which cnngraph "
                                "keeps; export with a dynamic batch or squeeze named axes")
-            out = [d for d in x.shape if d != 1]
+            axes = {i + 1 for i, d in enumerate(x.shape) if d == 1}
         else:
             axes = {ax % len(full) for ax in axes}
             if 0 in axes:
                 raise imp.fail("squeezing the batch axis is not supported")
             if any(full[ax] != 1 for ax in axes):
                 raise imp.fail(f"cannot squeeze axes {sorted(axes)} of shape {tuple(full)}")
-            out = [d for i, d in enumerate(full) if i not in axes][1:]
+        out = [d for i, d in enumerate(full) if i not in axes][1:]
+        fused = _vector_matmul(imp, node, x, {ax - 1 for ax in axes}, out)
+        if fused is not None:
+            return [fused]
     else:
         rank = len(full) + len(axes)
         axes = sorted(ax % rank for ax in axes)
@@ -705,7 +757,50 @@ def squeeze(imp, node, a):
         out = list(x.shape)
         for ax in axes:
             out.insert(ax - 1, 1)
+        y = _reshape_to(imp, node, x, out)
+        imp.unsqueezed[y.id] = (x, tuple(axes))   # a broadcasting consumer may not need it (_drop_alignment)
+        return [y]
     return [_reshape_to(imp, node, x, out)]
+
+
+def _vector_matmul(imp, node, x, removed: set[int], out: list[int]):
+    """ONNX's MatMul treats a 1-D tensor as a vector, but a per-sample vector has a batch axis: exporters (cnngraph's
+    too) unsqueeze it to a (1, K) row or (K, 1) column after the batch axis, multiply, and squeeze that unit axis
+    away. cnngraph's matmul takes per-sample vectors itself: when ``x`` is such a product, read only by this
+    Squeeze, and the Squeeze removes exactly the axes the vectors gained, the matmul layer takes the vectors and
+    this Squeeze's shape (the Unsqueezes' reshape layers are then unused and dropped); else None."""
+    layer = imp.by_id.get(x.id) if isinstance(x, Dyn) else None
+    outputs = {o.name for o in imp.graph.output}
+    if (layer is None or layer["type"] != "matmul" or imp.consumers[node.input[0]] != 1 or node.input[0] in outputs
+            or not removed or not removed <= {len(x.shape) - 2, len(x.shape) - 1}):
+        return None
+    ins = [Dyn(i, imp.shapes[i]) for i in layer["inputs"]]
+    for i, axis in ((0, len(x.shape) - 2), (1, len(x.shape) - 1)):   # a row vector, a column vector
+        if axis in removed:
+            vec = _unsqueezed_vector(imp, ins[i], row=i == 0)
+            if vec is None:
+                return None
+            ins[i] = vec
+    op_cls = imp.registry.ops["matmul"]
+    try:
+        shape = tuple(op_cls(op_cls.Params()).infer_shape([v.shape for v in ins]))
+    except Exception:  # noqa: BLE001 - not a product of these shapes: keep the layers
+        return None
+    if shape != tuple(out):
+        return None
+    layer["inputs"] = [v.id for v in ins]
+    imp.shapes[x.id] = shape
+    return Dyn(x.id, shape)
+
+
+def _unsqueezed_vector(imp, v: Dyn, row: bool):
+    """The per-sample vector (K,) that an Unsqueeze made into ``v``: (1, ..., 1, K) for a row, (1, ..., K, 1) for a
+    column (unit axes after the batch axis, then the vector's own unit axis); else None."""
+    src, axes = imp.unsqueezed.get(v.id, (None, ()))
+    if src is None or len(src.shape) != 1:
+        return None
+    lead = list(range(1, len(v.shape) if row else len(v.shape) - 1))
+    return src if list(axes) == (lead if row else lead + [len(v.shape)]) else None
 
 
 @handles("Transpose")
@@ -921,6 +1016,9 @@ def expand(imp, node, a):
     out = [d if t == 1 else t for d, t in zip(x.shape[len(x.shape) - len(rest):], rest)]
     if tuple(x.shape[:len(x.shape) - len(rest)]) + tuple(out) == tuple(x.shape):
         return [x]
+    src = _leading_units(imp, x)
+    if src is not None and len(rest) >= len(x.shape):   # expand aligns to the right too (see _drop_alignment)
+        x = src
     return [imp.emit("expand", [x], {"shape": rest})]
 
 

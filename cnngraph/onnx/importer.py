@@ -72,6 +72,7 @@ class Importer:
         self.unsupported: dict[str, list[str]] = {}
         self.problems: list[str] = []
         self.const_layers: dict[tuple, str] = {}
+        self.unsqueezed: dict[str, tuple[Dyn, tuple[int, ...]]] = {}   # reshape layer of an Unsqueeze → input, axes
         self.consumers: Counter = Counter()
         self.declared_batch: int | None = None
         self.input_names: dict[str, str] = {}
@@ -305,6 +306,7 @@ class Importer:
                 if name in reserved:
                     self._claim_output(name, reserved[name])
         self._report()
+        self._drop_unused_unsqueezes()
         spec_outputs = []
         for o in outputs:
             if o in self.input_names:
@@ -314,10 +316,10 @@ class Importer:
                 src = self.dyn[o]
                 self.add_layer({"id": lid, "type": "identity", "inputs": [src.id]}, src.shape)
                 self.output_names[o] = lid
-            if o in self.consts:
+            if o in self.consts and not self._constant_output(o, reserved.get(o)):
                 raise OnnxError(f"graph output '{o}' is a constant (an initializer, or computed at import time such "
                                 f"as a Shape), not computed from the inputs; cnngraph outputs are per-sample "
-                                f"tensors, so such an output is not supported")
+                                f"tensors (or a constant's batch of 1), so such an output is not supported")
             if o not in self.output_names:
                 raise OnnxError(f"graph output '{o}' is produced by no node, initializer or input of the model")
             spec_outputs.append(self.output_names[o])
@@ -343,7 +345,30 @@ class Importer:
             return
         self.output_names[name] = lid
 
+    def _constant_output(self, name: str, lid: str | None) -> bool:
+        """A float constant graph output of batch size 1 is what a cnngraph ``constant`` layer without inputs gives
+        (cnngraph's export of one): make it that layer, named ``lid``. False for any other constant."""
+        value = np.asarray(self.consts[name])
+        if lid is None or value.dtype.kind != "f" or value.ndim < 2 or value.shape[0] != 1 or name in self.alt:
+            return False
+        self.current_node = type("N", (), {"op_type": "Output", "name": name, "output": [name]})()
+        self.current_layers = []
+        y = self.const_layer(name, value[0], None, name in self.params)
+        if y.id in self.output_names.values():   # the same value as another output: its own layer id
+            self.add_layer({"id": lid, "type": "identity", "inputs": [y.id]}, y.shape)
+        else:
+            self._rename(y.id, lid)
+        self.output_names[name] = lid
+        return True
+
+    def _drop_unused_unsqueezes(self) -> None:
+        """Remove the reshape layers of Unsqueeze nodes that every consumer bypassed (see ``_drop_alignment`` in
+        import_ops.py): nothing reads them any more."""
+        used = {s for lay in self.layers for s in lay["inputs"]} | set(self.output_names.values())
+        self.layers = [lay for lay in self.layers if lay["id"] in used or lay["id"] not in self.unsqueezed]
+
     def _rename(self, old: str, new: str) -> None:
+        self.unsqueezed.pop(old, None)   # (a renamed layer is an output: never dropped)
         layer = self.by_id.pop(old)
         layer["id"] = new
         self.by_id[new] = layer

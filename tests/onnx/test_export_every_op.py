@@ -107,19 +107,8 @@ def test_every_op_exports_or_is_refused_clearly(op_type, index, params, samples)
 
 
 # Round-trip problems, each with its reason: (op type, example index) -> reason.
-_RANK = ("exported with an Unsqueeze that aligns the lower-rank operand after the batch axis; imports as an "
-         "extra reshape layer before the op")
 _DECOMPOSED = "exported as its decomposition ({}); the importer has no pattern fusing it back, so it imports as {}"
 ROUND_TRIP_KNOWN: dict[tuple[str, int], str] = {
-    ("broadcast_add", 1): _RANK, ("compare", 5): _RANK, ("expand", 1): _RANK, ("maximum", 1): _RANK,
-    ("minimum", 1): _RANK, ("sub", 1): _RANK,
-    ("matmul", 1): "vector matmul exported as Unsqueeze -> MatMul -> Squeeze; imports as reshape, matmul, flatten",
-    ("matmul", 2): "vector matmul exported as Unsqueeze -> MatMul -> Squeeze; imports as reshape, matmul, reshape",
-    ("flatten", 1): "exported as Reshape; the importer maps that Reshape to a reshape layer, not flatten",
-    ("flatten", 2): "exported as Reshape; the importer maps that Reshape to a reshape layer, not flatten",
-    ("reshape", 1): "a reshape to the flat size exports as Reshape; the importer maps it to flatten",
-    ("constant", 0): "a constant without inputs exports a graph with no inputs besides initializers; the importer "
-                     "refuses it ('the model has no inputs besides its initializers')",
     ("gelu", 1): _DECOMPOSED.format("tanh approximation: Mul, Add, Tanh", "13 mul/add/tanh/constant layers"),
     ("group_norm", 0): _DECOMPOSED.format("below opset 21: Reshape, InstanceNormalization, Reshape, Mul, Add",
                                           "7 layers; weight/bias come back reshaped to (C,1,1), not bit-identical "
@@ -138,7 +127,6 @@ ROUND_TRIP_KNOWN: dict[tuple[str, int], str] = {
     **{("squeeze_excitation", i): _DECOMPOSED.format(
         "GlobalAveragePool, Conv, Relu, Conv, Sigmoid, Mul", "6 layers; w1/w2 come back as (out, in, 1, 1) conv "
         "weights, not bit-identical arrays of the original shape") for i in range(3)},
-    ("logical", 1): _RANK, ("where", 1): _RANK,
 }
 
 
