@@ -553,6 +553,12 @@ def _operands(imp, names, rank, trainable=None, min_rank: int = 0):
     trainable as ``trainable`` says per input: True, False, or None for as :func:`is_parameter_name` does).
     Unsqueezes that only align ranks are bypassed (see :func:`_drop_alignment`)."""
     vals = [imp.get(n) for n in names]
+    computed = sorted({_rank(v) for v in vals if isinstance(v, Dyn)})
+    if len(computed) > 1:
+        # ONNX right-aligns whole tensors: the lower-rank one's batch axis would meet a per-sample axis
+        raise imp.fail(f"computed tensors of ranks {' and '.join(map(str, computed))} broadcast against each other, "
+                       f"which lines the batch axis of one up with another axis of the other; not supported "
+                       f"(unsqueeze the lower-rank one after its batch axis first)")
     # (a constant only takes its batch size from ``like``: not from an Unsqueeze that may be dropped)
     like = next((_leading_units(imp, v) or v for v in vals if isinstance(v, Dyn)), None)
     if rank > max(_rank(v) for v in vals if isinstance(v, Dyn)):

@@ -136,3 +136,14 @@ def test_unreadable_initializer_and_missing_export_folder_are_named(tmp_path):
                               "outputs": ["r"]})
     with pytest.raises(OnnxError, match=r"the folder .*no_such_folder does not exist"):
         export_onnx(model, tmp_path / "no_such_folder" / "m.onnx")
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Max", "Greater"])
+def test_computed_tensors_of_different_ranks_are_refused(op):
+    """(N, 3, 4) + (N, 4): ONNX aligns the second one's batch axis with the first one's axis 1 (ONNX Runtime
+    adds b[j] to a[i, j] for N == 3), while a per-sample broadcast would add b[i]; refused, not imported wrong."""
+    model = _model([H.make_node(op, ["a", "b"], ["y"], name="mix")], [_vi("a", ["N", 3, 4]), _vi("b", ["N", 4])],
+                   [_vi("y", ["N", 3, 4], T.BOOL if op == "Greater" else T.FLOAT)])
+    with pytest.raises(OnnxError, match=rf"{op} node 'mix': computed tensors of ranks 2 and 3 broadcast against each "
+                                        rf"other, which lines the batch axis"):
+        import_onnx(model)
