@@ -31,9 +31,10 @@ def find_patterns(imp) -> dict:
     """Every fused pattern of ``imp``'s graph, as the map described in the module docstring."""
     fused = find_gelu(imp)
     fused.update(find_torch_lrn(imp, fused))
+    view = _View(imp, set(fused))
     for finder in (find_squeeze_excitation, find_group_norm, find_gelu_tanh, find_softplus, find_mish,
                    find_swish, find_hard_swish):
-        fused.update(finder(_View(imp, set(fused))))
+        fused.update(finder(view))
     return fused
 
 
@@ -306,6 +307,7 @@ class _View:
         self.outputs = {o.name for o in imp.graph.output}
         self.taken = set(taken)   # node indices already in a pattern
         self.ops = imp.registry.ops
+        self.folded: dict[str, np.ndarray | None] = {}
 
     def const(self, name):
         """The value of an initializer or of a Constant node's output, else None."""
@@ -314,11 +316,13 @@ class _View:
         k = self.producer.get(name)
         if k is None or self.nodes[k].op_type != "Constant":
             return None
-        try:
-            self.imp.current_node = self.nodes[k]
-            return np.asarray(self.imp.fold(self.nodes[k])[0])
-        except OnnxError:
-            return None
+        if name not in self.folded:   # (folding runs the reference evaluator: once per Constant)
+            try:
+                self.imp.current_node = self.nodes[k]
+                self.folded[name] = np.asarray(self.imp.fold(self.nodes[k])[0])
+            except OnnxError:
+                self.folded[name] = None
+        return self.folded[name]
 
     def scalar(self, name, value=None):
         """A constant of one element (shape () or (1,): no broadcast to a higher rank) as float32, or None;
