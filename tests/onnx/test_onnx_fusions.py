@@ -91,8 +91,9 @@ def test_torch_exports_import_as_one_layer_and_match(net, shape, opset, layer):
     if isinstance(net, SE):
         ours = model.params.numpy()
         lid = model.spec.layers[0].id
-        assert ours[f"{lid}.w1"].tobytes() == theirs["fc1.weight"].tobytes()
-        assert ours[f"{lid}.w2"].shape == theirs["fc2.weight"].shape[:2]
+        for k, t in (("w1", "fc1.weight"), ("b1", "fc1.bias"), ("w2", "fc2.weight"), ("b2", "fc2.bias")):
+            got = ours[f"{lid}.{k}"]
+            assert got.shape == theirs[t].shape[:2] and got.tobytes() == theirs[t].tobytes()
 
 
 class Block(nn.Module):
