@@ -367,8 +367,11 @@ def hard_sigmoid(imp, node, a):
 
 @handles("HardSwish")
 def hard_swish(imp, node, a):
-    """x * HardSigmoid(x) with alpha 1/6, beta 0.5 (the ONNX definition), as two layers."""
+    """One hard_swish layer where a plugin registers it (cnngraph-contrib); otherwise x * HardSigmoid(x) with
+    alpha 1/6, beta 0.5 (the ONNX definition), as two layers."""
     x = imp.dyn_of(node.input[0])
+    if "hard_swish" in imp.registry.ops:
+        return [imp.emit("hard_swish", [x])]
     gate = imp.emit("hard_sigmoid", [x], {"alpha": f32(1 / 6), "beta": 0.5}, suffix="_gate")
     return [imp.emit("mul", [x, gate])]
 

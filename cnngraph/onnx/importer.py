@@ -21,7 +21,7 @@ from ..model import Model
 from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize, torch_scope
 from .folding import BATCH, Dyn, evaluate, f32
 from .inputs import read_inputs
-from .patterns import dead_nodes, find_patterns
+from .patterns import Fusion, dead_nodes, find_patterns
 
 __all__ = ["BATCH", "Dyn", "f32", "onnx_to_spec", "import_onnx", "OnnxModel", "ImportResult"]
 
@@ -235,22 +235,29 @@ class Importer:
             for i in node.input:
                 self.consumers[i] += 1
         fused = find_patterns(self)
-        dead = dead_nodes(self.graph, fused)
+        # a Fusion may still be dropped at the walk, so the nodes feeding it (Constants, Shape) stay live
+        droppable = {j for f in fused.values() if isinstance(f, Fusion) for j in f.nodes}
+        dead = dead_nodes(self.graph, {k: v for k, v in fused.items() if k not in droppable})
+        starts = {min(f.nodes): f for f in fused.values() if isinstance(f, Fusion)}
         for k, node in enumerate(self.graph.node):
             self.current_node = node
             self.current_layers = []
             if k in dead:
                 continue   # reaches no graph output (or only feeds a fused pattern)
+            if k in starts:
+                self._confirm(starts[k], fused)
             if k in fused:
                 src = fused[k]
                 if src is None:
                     continue   # inside a fused pattern
-                src, type_, params = (src, "gelu", {}) if isinstance(src, str) else src
+                weights = src.weights if isinstance(src, Fusion) else None
+                src, type_, params = ((src, "gelu", {}) if isinstance(src, str) else
+                                      (src.src, src.type, src.params) if isinstance(src, Fusion) else src)
                 try:
                     x = self.get(src)
                     if isinstance(x, np.ndarray):
                         raise OnnxError(f"constant {type_} input")
-                    self.dyn[node.output[0]] = self.emit(type_, [x], params)
+                    self.dyn[node.output[0]] = self.emit(type_, [x], params, weights)
                 except (_Skip, OnnxError):
                     self.failed.update(node.output)
                 if node.output[0] in reserved:
@@ -327,6 +334,18 @@ class Importer:
                 "description": self._description(),
                 "inputs": spec_inputs, "layers": self._compact(self.layers), "outputs": spec_outputs}
         return ImportResult(spec, self.weights, dict(self.input_names), dict(self.output_names))
+
+    def _confirm(self, f: Fusion, fused: dict) -> None:
+        """At the first node of pattern ``f``: its input is known now. Keep the pattern with its final params and
+        weights, or drop it from ``fused`` (its nodes then import one by one) when the input is no computed tensor
+        or its shape rules the pattern out."""
+        x = self.dyn.get(f.src)
+        final = None if x is None else (f.params, f.weights) if f.finish is None else f.finish(x.shape)
+        if final is None:
+            for j in f.nodes:
+                fused.pop(j, None)
+        else:
+            f.params, f.weights = final
 
     def _claim_output(self, name: str, lid: str) -> None:
         """Give the layer computing graph output ``name`` the id ``lid`` (the sanitised output name)."""

@@ -107,26 +107,7 @@ def test_every_op_exports_or_is_refused_clearly(op_type, index, params, samples)
 
 
 # Round-trip problems, each with its reason: (op type, example index) -> reason.
-_DECOMPOSED = "exported as its decomposition ({}); the importer has no pattern fusing it back, so it imports as {}"
 ROUND_TRIP_KNOWN: dict[tuple[str, int], str] = {
-    ("gelu", 1): _DECOMPOSED.format("tanh approximation: Mul, Add, Tanh", "13 mul/add/tanh/constant layers"),
-    ("group_norm", 0): _DECOMPOSED.format("below opset 21: Reshape, InstanceNormalization, Reshape, Mul, Add",
-                                          "7 layers; weight/bias come back reshaped to (C,1,1), not bit-identical "
-                                          "arrays of the original shape"),
-    ("group_norm", 2): _DECOMPOSED.format("below opset 21: Reshape, InstanceNormalization, Reshape, Mul, Add",
-                                          "7 layers"),
-    ("hard_swish", 0): _DECOMPOSED.format("HardSigmoid, Mul", "hard_sigmoid, mul"),
-    ("hard_swish", 1): _DECOMPOSED.format("HardSigmoid, Mul", "hard_sigmoid, mul"),
-    ("mish", 0): _DECOMPOSED.format("Softplus, Tanh, Mul", "softplus, tanh, mul"),
-    ("mish", 1): _DECOMPOSED.format("Softplus, Tanh, Mul", "softplus, tanh, mul"),
-    ("swish", 0): _DECOMPOSED.format("Sigmoid, Mul", "sigmoid, mul"),
-    ("swish", 1): _DECOMPOSED.format("Mul, Sigmoid, Mul", "constant, mul, sigmoid, mul"),
-    ("swish", 2): _DECOMPOSED.format("Mul, Sigmoid, Mul", "constant, mul, sigmoid, mul"),
-    ("softplus", 1): _DECOMPOSED.format("beta != 1: Mul, Softplus, Div, Greater, Where",
-                                        "constant, mul, softplus, div, compare, where"),
-    **{("squeeze_excitation", i): _DECOMPOSED.format(
-        "GlobalAveragePool, Conv, Relu, Conv, Sigmoid, Mul", "6 layers; w1/w2 come back as (out, in, 1, 1) conv "
-        "weights, not bit-identical arrays of the original shape") for i in range(3)},
 }
 
 

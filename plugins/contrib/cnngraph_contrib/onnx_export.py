@@ -38,7 +38,8 @@ def export_mish(c, lid, op, ins, attrs):
 
 @handles("Mish")
 def import_mish(imp, node, a):
-    """Opset 18's Mish; below 18 the export is Softplus → Tanh → Mul, which imports as those layers."""
+    """Opset 18's Mish; below 18 the export is Softplus → Tanh → Mul, which the importer fuses back into one mish
+    (cnngraph/onnx/patterns.py)."""
     return [imp.emit("mish", [imp.dyn_of(node.input[0])])]
 
 
