@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--include-normalization", action="store_true",
                    help="build the training run's input normalisation into the graph, so the model takes raw "
                         "inputs as `cnngraph predict` does (needs a --checkpoint from training)")
+    p.add_argument("--check", action="store_true",
+                   help="run the exported model in ONNX Runtime and cnngraph on random input (batch 2 and 3) and "
+                        "compare (always done when a plugin's exporter wrote part of the model)")
     add_spec_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -141,20 +144,68 @@ def _check(model_path, result) -> None:
         raise CnnGraphError(f"--check: ONNX Runtime could not run {model_path}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''} (the spec and weights were written)") from None
     got = model.forward({result.input_names[k]: v for k, v in feeds.items()})
-    worst = 0.0
-    for onnx_name, name in result.output_names.items():
-        a, b = np.asarray(got[name], np.float64), np.asarray(want[onnx_name], np.float64)
-        if a.shape != b.shape:
-            raise CnnGraphError(f"output '{onnx_name}' has shape {a.shape} in cnngraph and {b.shape} in ONNX Runtime")
-        worst = max(worst, float(np.max(np.abs(a - b), initial=0.0) / (np.max(np.abs(b), initial=0.0) + 1e-12)))
+    worst, where = _worst_difference({onnx_name: (got[name], want[onnx_name])
+                                      for onnx_name, name in result.output_names.items()})
     n = next(iter(feeds.values())).shape[0] if feeds else 0
     print(f"check vs ONNX Runtime (batch {n}, random input): max relative difference {worst:.2e}")
     if worst > 1e-3:
-        raise CnnGraphError(f"outputs differ from ONNX Runtime by {worst:.2e} (relative)")
+        raise CnnGraphError(f"outputs differ from ONNX Runtime by {worst:.2e} (relative, output '{where}')")
+
+
+def _worst_difference(pairs: dict) -> tuple[float, str]:
+    """Largest relative difference (max |a - b| / max |b|) over output name -> (cnngraph's, ONNX Runtime's), and
+    its output; a shape mismatch is an error."""
+    worst, where = 0.0, ""
+    for name, (ours, theirs) in pairs.items():
+        a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+        if a.shape != b.shape:
+            raise CnnGraphError(f"output '{name}' has shape {a.shape} in cnngraph and {b.shape} in ONNX Runtime")
+        diff = float(np.max(np.abs(a - b), initial=0.0) / (np.max(np.abs(b), initial=0.0) + 1e-12))
+        if diff >= worst:
+            worst, where = diff, name
+    return worst, where
+
+
+def _check_export(path: str, model, proto, normalization: dict | None, plugins: list[str]) -> None:
+    """Run the written model in ONNX Runtime at batch 2 and 3 (its batch axis is dynamic) and compare with
+    cnngraph's forward of the same weights; ``normalization`` (mean/std) when the graph takes raw inputs."""
+    blame = f" (plugin exporters wrote {', '.join(plugins)}: check them first)" if plugins else ""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CnnGraphError(f"checking {path} runs it in ONNX Runtime, which is not installed: "
+                            f"pip install 'cnngraph[onnx]' ({path} was written)") from None
+    rng = np.random.default_rng(0)
+    outputs = [o.name for o in proto.graph.output]
+    worst, where = 0.0, ""
+    for batch in (2, 3):
+        feeds = {name: (rng.integers(0, 3, (batch, *inp.shape)) if inp.dtype == "int64"
+                        else rng.standard_normal((batch, *inp.shape)).astype(np.float32))
+                 for name, inp in model.spec.inputs.items() if name in {i.name for i in proto.graph.input}}
+        ours = dict(feeds)
+        if normalization:   # the graph normalises its first input itself
+            first = proto.graph.input[0].name
+            shape = (1, -1) + (1,) * (feeds[first].ndim - 2)
+            ours[first] = ((feeds[first] - np.reshape(normalization["mean"], shape))
+                           / np.reshape(normalization["std"], shape)).astype(np.float32)
+        try:
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            theirs = dict(zip(outputs, sess.run(outputs, feeds)))
+        except Exception as exc:  # noqa: BLE001 - ORT's own failure, reported without a traceback
+            raise CnnGraphError(f"ONNX Runtime could not run {path}{blame}: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        got = model.forward(ours, outputs=outputs)
+        diff, name = _worst_difference({o: (got[o], theirs[o]) for o in outputs})
+        if diff >= worst:
+            worst, where = diff, name
+    print(f"check vs ONNX Runtime (batch 2 and 3, random input): max relative difference {worst:.2e}")
+    if worst > 1e-4:
+        raise CnnGraphError(f"{path} gives other outputs in ONNX Runtime than cnngraph: output '{where}' differs by "
+                            f"{worst:.2e} (relative){blame}; the file is kept for inspection: do not deploy it")
 
 
 def cmd_export(args) -> int:
-    from ..onnx.exporter import export_onnx
+    from ..onnx.exporter import export_onnx, plugin_exporters_used
     from ..model import Model
     if not args.output.endswith(".onnx"):
         raise CnnGraphError(f"-o {args.output}: expected a file name ending in .onnx")
@@ -171,6 +222,10 @@ def cmd_export(args) -> int:
     outs = ", ".join(o.name for o in proto.graph.output)
     print(f"wrote {args.output} (opset {args.opset}, {len(proto.graph.node)} nodes, outputs: {outs})")
     meta = {e.key: e.value for e in proto.metadata_props}
+    plugins = plugin_exporters_used(spec)
+    if args.check or plugins:
+        dataset = json.loads(meta.get("cnngraph.dataset", "{}")) if args.include_normalization else None
+        _check_export(args.output, model, proto, dataset, plugins)
     if "cnngraph.dataset" in meta and not args.include_normalization:
         ds = json.loads(meta["cnngraph.dataset"])
         print(f"note: the model takes normalised inputs, (x - mean) / std per channel with mean {ds.get('mean')} and "

@@ -17,7 +17,7 @@ import numpy as np
 from .common import OnnxError, register_once, require_onnx
 from .import_ops import COMPARE, LOGICAL, REDUCE, UNARY
 
-__all__ = ["spec_to_onnx", "export_onnx", "EXPORTERS", "MIN_OPSET"]
+__all__ = ["spec_to_onnx", "export_onnx", "plugin_exporters_used", "EXPORTERS", "MIN_OPSET"]
 
 MIN_OPSET = 13
 EXPORTERS: dict = {}
@@ -666,8 +666,7 @@ def spec_to_onnx(spec, params: dict[str, np.ndarray], opset: int | None = None, 
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        used = sorted({f"{t} (plugin '{_plugin_of(EXPORTERS[t])}')" for t in (g.nodes[n].get("type") for n in order)
-                       if t in EXPORTERS and not _builtin(EXPORTERS[t])})
+        used = plugin_exporters_used(spec)
         blame = (f"; plugin exporters were used for {', '.join(used)}: check them first" if used
                  else " (please report)")
         raise OnnxError(f"the exported model fails the ONNX checker{blame}: {exc}") from None
@@ -682,6 +681,12 @@ def _graph_input(name: str, attrs: dict):
 
 def _builtin(fn) -> bool:
     return fn.__module__ == __name__
+
+
+def plugin_exporters_used(spec) -> list[str]:
+    """"op (plugin 'p')" for each layer type of ``spec`` that a plugin's exporter writes, not cnngraph's own."""
+    types = {attrs.get("type") for _, attrs in spec.graph.nodes(data=True) if attrs.get("kind") == "layer"}
+    return sorted(f"{t} (plugin '{_plugin_of(EXPORTERS[t])}')" for t in types if t in EXPORTERS and not _builtin(EXPORTERS[t]))
 
 
 def _plugin_of(fn) -> str:
@@ -754,7 +759,8 @@ def _prepend_normalization(proto, mean, std) -> None:
     for node in graph.node:
         node.input[:] = [normed if name == raw else name for name in node.input]
     for name, values in (("mean", mean), ("std", std)):
-        arr = np.asarray(values, np.float32).reshape(-1, 1, 1)
+        rank = len(graph.input[0].type.tensor_type.shape.dim)   # (N, C, H, W) or a sequence's (N, C, L)
+        arr = np.asarray(values, np.float32).reshape((-1,) + (1,) * (rank - 2))
         graph.initializer.append(numpy_helper.from_array(arr, f"{raw}__{name}"))
     steps = [helper.make_node("Sub", [raw, f"{raw}__mean"], [f"{raw}__centered"], name=f"{raw}__sub_mean"),
              helper.make_node("Div", [f"{raw}__centered", f"{raw}__std"], [normed], name=f"{raw}__div_std")]

@@ -170,3 +170,50 @@ def test_import_onnx_cli_loads_plugin_files_for_their_importers(tmp_path, capsys
     import yaml
     assert yaml.safe_load(text)["plugins"] == ["thresholded.py"]
     assert main(["validate", str(tmp_path / "t.yaml"), "--allow-plugins"]) == 0
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_export_onnx_checks_a_plugin_exporters_numbers_in_onnx_runtime(tmp_path, monkeypatch, capsys, wrong):
+    """The ONNX checker catches structure only: a plugin exporter with the wrong maths (here the scale left out)
+    must not give a model that silently computes something else. The CLI compares with ONNX Runtime whenever a
+    plugin exporter wrote part of the model."""
+    from cnngraph.cli import main
+
+    def export_without_scale(c, lid, op, ins, attrs):
+        c.node("Identity", [ins[0]], [lid], lid)
+        return lid
+    monkeypatch.setitem(exporter.EXPORTERS, "channel_scale", export_without_scale if wrong else export_channel_scale)
+    model = cnngraph.compile(SPEC, allow_plugins=True, seed=0)
+    params = model.params.numpy()
+    params["scale.scale"] = np.linspace(0.5, 2.0, params["scale.scale"].size).reshape(params["scale.scale"].shape)
+    np.savez(tmp_path / "w.npz", **params)
+    code = main(["export-onnx", SPEC, "--allow-plugins", "--params", str(tmp_path / "w.npz"), "-o", str(tmp_path / "m.onnx")])
+    out, err = capsys.readouterr()
+    assert "check vs ONNX Runtime (batch 2 and 3, random input)" in out
+    if wrong:
+        assert code == 1 and "gives other outputs in ONNX Runtime than cnngraph" in err
+        assert "plugin exporters wrote channel_scale (plugin" in err and "do not deploy it" in err
+    else:
+        assert code == 0, err
+
+
+def test_export_onnx_check_with_normalization_of_a_sequence_model(tmp_path, capsys):
+    """--check feeds ONNX Runtime raw inputs and cnngraph the normalised ones; a 1-D model's (C, L) input takes
+    the per-channel mean/std as (C, 1) (they were once shaped for images only)."""
+    from cnngraph.cli import main
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "seq.npz", x=rng.uniform(0, 9, (40, 2, 16)).astype(np.float32), y=rng.integers(0, 2, 40))
+    spec = {"name": "seq", "inputs": {"x": {"shape": [2, 16]}},
+            "layers": [{"id": "c", "type": "conv1d", "out_channels": 3, "kernel_size": 3},
+                       {"id": "p", "type": "global_avg_pool2d"}, {"id": "f", "type": "flatten"},
+                       {"id": "fc", "type": "dense", "out_features": 2}],
+            "outputs": ["fc"],
+            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "seq.npz")}, "epochs": 1, "batch_size": 8}}
+    import yaml
+    (tmp_path / "seq.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["train", str(tmp_path / "seq.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["export-onnx", str(tmp_path / "seq.yaml"), "--checkpoint", str(tmp_path / "run"),
+                 "--include-normalization", "--check", "-o", str(tmp_path / "seq.onnx")]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    diff = float(out.split("max relative difference ")[1].split()[0])
+    assert diff < 1e-5
