@@ -12,7 +12,7 @@ import networkx as nx
 
 from .blame import source_line
 from .errors import CnnGraphError, PluginError, RunError
-from .runner import Tape, describe_call
+from .runner import Tape, describe_call, is_builtin, read_only, wrote_in_place
 
 __all__ = ["run_backward", "requires_grad"]
 
@@ -54,10 +54,15 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
         grad_ports = set(op.grad_inputs if op.grad_inputs is not None else range(len(step.inputs)))
         ctx.needs_input_grad = tuple(i in grad_ports and s in need for i, s in enumerate(step.inputs))
         try:
-            returned = op.backward(ctx, gy)
+            with read_only(() if is_builtin(attrs) else (gy,)):
+                returned = op.backward(ctx, gy)
         except CnnGraphError:
             raise
         except Exception as exc:
+            if wrote_in_place(exc) and not is_builtin(attrs):
+                raise PluginError(f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') wrote into its incoming "
+                                  f"gradient gy in place in backward at layer '{node}'{source_line(exc, op)}; gy may "
+                                  f"be shared with other layers: compute into a new array (gx = gy * 2)") from None
             shapes = [tape.shapes.get(s, "?") for s in step.inputs]
             raise RunError(f"{describe_call(g, node, shapes).replace('while running', 'while differentiating')}"
                            f"{source_line(exc, op)}: {type(exc).__name__}: {exc}") from exc

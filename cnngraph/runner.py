@@ -48,6 +48,42 @@ class LayerParams(dict):
         raise MissingParam(key)
 
 
+def is_builtin(attrs: dict) -> bool:
+    """Whether a layer's op comes with cnngraph (plugins/), not from a plugin file or package."""
+    from .registry import DEFAULT_PLUGINS
+    return attrs.get("plugin") in DEFAULT_PLUGINS
+
+
+class read_only:
+    """Context that makes writeable NumPy arrays read-only and restores them after: a plugin op that writes into
+    an input (which other layers read too), a parameter or its incoming gradient raises at the write instead of
+    silently corrupting other branches. Built-in ops are trusted (they may reuse arrays the engine hands over)."""
+
+    def __init__(self, arrays):
+        self.arrays = [a for a in arrays if isinstance(a, np.ndarray) and a.flags.writeable]
+
+    def __enter__(self):
+        for a in self.arrays:
+            a.flags.writeable = False
+
+    def __exit__(self, *exc):
+        for a in self.arrays:
+            a.flags.writeable = True
+
+
+def wrote_in_place(exc: Exception) -> bool:
+    return isinstance(exc, ValueError) and "read-only" in str(exc)
+
+
+def _locked(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict, op):
+    """What a plugin op's forward must not write into: inputs it may not overwrite and its trainable parameters."""
+    if is_builtin(g.nodes[node]):
+        return read_only(())
+    may = getattr(ctx, "overwritable", None) or ()
+    inputs = [x for i, x in enumerate(xs) if not (i < len(may) and may[i])]
+    return read_only(inputs + [v for k, v in params.items() if k not in op.buffers])
+
+
 def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
     """One layer's forward, with failures named by layer, op, plugin and input shapes."""
     op = g.nodes[node]["op"]
@@ -55,9 +91,17 @@ def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
     params = LayerParams(params)
     buffers = {name: params[name] for name in op.buffers if name in params}
     try:
-        y = op.forward(ctx, xs, params)
+        with _locked(g, node, ctx, xs, params, op):
+            y = op.forward(ctx, xs, params)
     except CnnGraphError:
         raise
+    except ValueError as exc:
+        if not wrote_in_place(exc):
+            raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}{source_line(exc, source)}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"{_who(g.nodes[node])} wrote into an input or a parameter in place in forward at layer "
+                          f"'{node}'{source_line(exc, source)}; other layers read the same arrays, so compute into a "
+                          f"new one (y = x * 2, not x *= 2; ctx.can_overwrite(i) says when an input may be reused)") from None
     except MissingParam as exc:
         raise PluginError(f"{_who(g.nodes[node])} read parameter {exc.args[0]!r} in forward at layer '{node}'"
                           f"{source_line(exc, source)}, but its init_params returned no {exc.args[0]!r} (it returned: "

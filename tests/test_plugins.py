@@ -663,3 +663,67 @@ def test_broken_forward_and_backward_results_are_named(fresh, tmp_path, forward,
     with pytest.raises(PluginError, match=re.escape(needle)):
         model.forward({"x": x}, training=True)
         model.backward({"a": np.ones((2, 3), np.float32)})
+
+
+class _Twice(cnngraph.Op):
+    """2x, written badly on purpose in the ways ``mode`` says."""
+
+    type = "test_twice"
+
+    class Params(cnngraph.OpParams):
+        mode: str = "good"
+
+    def infer_shape(self, in_shapes):
+        return in_shapes[0]
+
+    def init_params(self, in_shapes, rng):
+        return {"w": np.ones(1, np.float32)}
+
+    def forward(self, ctx, inputs, params):
+        (x,) = inputs
+        if self.p.mode == "input" or (self.p.mode == "reuse" and ctx.can_overwrite(0)):
+            x *= 2                      # wrong unless the engine said the input may be reused
+            return x
+        if self.p.mode == "param":
+            params["w"] += 0            # a write into a trainable parameter
+        return x * 2
+
+    def backward(self, ctx, gy):
+        if self.p.mode == "grad":
+            gy *= 2
+            return [gy], {"w": np.zeros(1, np.float32)}
+        return [gy * 2], {"w": np.zeros(1, np.float32)}
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("input", "wrote into an input or a parameter in place in forward at layer 'bad'"),
+    ("param", "wrote into an input or a parameter in place in forward at layer 'bad'"),
+    ("grad", "wrote into its incoming gradient gy in place in backward at layer 'bad'"),
+])
+def test_a_plugin_op_writing_in_place_is_stopped_at_the_write(fresh, mode, message):
+    """conv feeds the plugin op and a relu branch: an in-place write would silently change the relu branch's
+    input (or, in backward, a gradient shared with it); it is a PluginError naming the op instead."""
+    fresh.add(_Twice)
+    spec = {"name": "t", "inputs": {"x": {"shape": [1, 4, 4]}},
+            "layers": [{"id": "conv", "type": "conv2d", "out_channels": 2, "kernel_size": 1},
+                       {"id": "bad", "type": "test_twice", "inputs": ["conv"], "mode": mode},
+                       {"id": "other", "type": "relu", "inputs": ["conv"]},
+                       {"id": "sum", "type": "add", "inputs": ["bad", "other"]}],
+            "outputs": ["sum"]}
+    model = cnngraph.compile(spec)
+    x = np.ones((2, 1, 4, 4), np.float32)
+    with pytest.raises(cnngraph.errors.PluginError, match=message):
+        model.forward({"x": x}, training=True)
+        model.backward({"sum": np.ones((2, 2, 4, 4), np.float32)})
+    assert all(p.flags.writeable for p in model.params.values())     # nothing left locked
+
+
+def test_a_plugin_op_may_reuse_an_input_the_engine_hands_over(fresh):
+    fresh.add(_Twice)
+    spec = {"name": "t", "inputs": {"x": {"shape": [1, 4, 4]}},
+            "layers": [{"id": "conv", "type": "conv2d", "out_channels": 2, "kernel_size": 1},
+                       {"id": "reuse", "type": "test_twice", "mode": "reuse"}], "outputs": ["reuse"]}
+    model = cnngraph.compile(spec)
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    want = 2 * model.forward({"x": x}, outputs=["conv"])["conv"]
+    np.testing.assert_allclose(model.forward({"x": x})["reuse"], want, rtol=1e-6)
