@@ -12,7 +12,7 @@ import networkx as nx
 
 from .blame import source_line
 from .errors import CnnGraphError, PluginError, RunError
-from .runner import Tape, describe_call, is_builtin, read_only, wrote_in_place
+from .runner import Tape, describe_call, is_builtin, read_only_view, wrote_in_place
 
 __all__ = ["run_backward", "requires_grad"]
 
@@ -54,8 +54,11 @@ def run_backward(g: nx.DiGraph, tape: Tape, grad_outputs: dict[str, Any], need: 
         grad_ports = set(op.grad_inputs if op.grad_inputs is not None else range(len(step.inputs)))
         ctx.needs_input_grad = tuple(i in grad_ports and s in need for i, s in enumerate(step.inputs))
         try:
-            with read_only(() if is_builtin(attrs) else (gy,)):
-                returned = op.backward(ctx, gy)
+            seen = gy if is_builtin(attrs) else read_only_view(gy)
+            returned = op.backward(ctx, seen)
+            if seen is not gy and isinstance(returned, (list, tuple)) and len(returned) == 2 \
+                    and isinstance(returned[0], (list, tuple)):   # gy passed on as an input gradient: the array itself
+                returned = ([gy if g is seen else g for g in returned[0]], returned[1])
         except CnnGraphError:
             raise
         except Exception as exc:

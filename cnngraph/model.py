@@ -13,7 +13,7 @@ from .autodiff import requires_grad, run_backward
 from .backend import get_xp, to_device, to_numpy, tune_allocator
 from .errors import CheckpointError, CnnGraphError, PluginError, RunError
 from .kernels._parallel import blas_held_for
-from .runner import batch_of, init_layer_params, run_forward, run_forward_parallel
+from .runner import batch_of, init_layer_params, read_only_view, run_forward, run_forward_parallel
 from .paramtypes import is_whole
 from .schedule import Plan, make_plan
 from .spec import Spec, load_spec
@@ -279,7 +279,7 @@ class Model:
         self._tape = tape
         self._tape_inputs = set(plan.inputs)
         if grad and self.xp is np:   # the tape holds these arrays: changing one in place would corrupt backward
-            result = {k: _read_only(v) for k, v in result.items()}
+            result = {k: read_only_view(v) for k, v in result.items()}
         return result
 
     __call__ = forward
@@ -458,15 +458,6 @@ def _dtype_name(dtype):
     if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
         return np.dtype(dtype).name
     return dtype
-
-
-def _read_only(a):
-    """A read-only view: writing into a result the tape still holds raises instead of corrupting backward."""
-    if not isinstance(a, np.ndarray):   # a loss's NumPy scalar is immutable already
-        return a
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 def _shape_text(g) -> str:

@@ -54,34 +54,30 @@ def is_builtin(attrs: dict) -> bool:
     return attrs.get("plugin") in DEFAULT_PLUGINS
 
 
-class read_only:
-    """Context that makes writeable NumPy arrays read-only and restores them after: a plugin op that writes into
-    an input (which other layers read too), a parameter or its incoming gradient raises at the write instead of
-    silently corrupting other branches. Built-in ops are trusted (they may reuse arrays the engine hands over)."""
-
-    def __init__(self, arrays):
-        self.arrays = [a for a in arrays if isinstance(a, np.ndarray) and a.flags.writeable]
-
-    def __enter__(self):
-        for a in self.arrays:
-            a.flags.writeable = False
-
-    def __exit__(self, *exc):
-        for a in self.arrays:
-            a.flags.writeable = True
+def read_only_view(a):
+    """``a`` as a read-only view (other objects, such as a loss's NumPy scalar, as they are). A plugin op gets its
+    inputs, trainable parameters and incoming gradient so, and a write into one (which other layers read too)
+    raises at the write instead of silently corrupting other branches; the arrays themselves stay writable
+    (built-in ops are trusted). A grad-mode forward returns its results so, as the tape still holds them."""
+    if not isinstance(a, np.ndarray):
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def wrote_in_place(exc: Exception) -> bool:
     return isinstance(exc, ValueError) and "read-only" in str(exc)
 
 
-def _locked(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict, op):
-    """What a plugin op's forward must not write into: inputs it may not overwrite and its trainable parameters."""
+def _guarded(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: "LayerParams", op):
+    """What a plugin op's forward gets: read-only views of the inputs it may not overwrite and of its trainable
+    parameters (buffers stay writable: it updates them in place)."""
     if is_builtin(g.nodes[node]):
-        return read_only(())
+        return xs, params
     may = getattr(ctx, "overwritable", None) or ()
-    inputs = [x for i, x in enumerate(xs) if not (i < len(may) and may[i])]
-    return read_only(inputs + [v for k, v in params.items() if k not in op.buffers])
+    views = [x if i < len(may) and may[i] else read_only_view(x) for i, x in enumerate(xs)]
+    return views, LayerParams({k: v if k in op.buffers else read_only_view(v) for k, v in params.items()})
 
 
 def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
@@ -91,8 +87,9 @@ def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
     params = LayerParams(params)
     buffers = {name: params[name] for name in op.buffers if name in params}
     try:
-        with _locked(g, node, ctx, xs, params, op):
-            y = op.forward(ctx, xs, params)
+        seen, passed = _guarded(g, node, ctx, xs, params, op)
+        y = op.forward(ctx, seen, passed)
+        y = next((x for x, v in zip(xs, seen) if y is v and x is not v), y)   # an input passed on: the array itself
     except CnnGraphError:
         raise
     except ValueError as exc:
