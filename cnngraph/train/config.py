@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError
 
 from ..errors import Problem
 from ..paramtypes import StrictSettings
+from .mixing import MixSettings
 
 __all__ = ["TrainSpec", "Typed", "EarlyStopping", "validate_train"]
 
@@ -43,6 +44,8 @@ class _TrainTop(StrictSettings):
     init: Optional[str] = Field(None, description="weights to start from (.npz or checkpoint folder), relative "
                                                   "to the spec's folder")
     freeze: list[str] = Field([], description="layer ids or globs (conv*, layer1.*) whose parameters stay fixed")
+    mixup: Optional[MixSettings] = None
+    cutmix: Optional[MixSettings] = None
 
 
 @dataclass
@@ -72,6 +75,8 @@ class TrainSpec:
     raw: dict
     init: Optional[str] = None     # weights to start from, as written in the spec
     freeze: list[str] = field(default_factory=list)   # layer ids / globs kept fixed (cnngraph.train.freeze)
+    mixup: Optional[MixSettings] = None   # batch mixing (cnngraph.train.mixing)
+    cutmix: Optional[MixSettings] = None
 
 
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.05, "momentum": 0.9}
@@ -145,7 +150,7 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
     return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
-                     raw=raw, init=top.init, freeze=list(top.freeze)), []
+                     raw=raw, init=top.init, freeze=list(top.freeze), mixup=top.mixup, cutmix=top.cutmix), []
 
 
 def _warmup_problems(raw: Any, sched: Optional[Typed], positions, file) -> list[Problem]:

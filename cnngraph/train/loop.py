@@ -45,7 +45,7 @@ from typing import TextIO
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import to_device, to_numpy
 from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
 from .checkpoint import (META_FILE, CheckpointWriter, atomic_write, copy_checkpoint, fsync_dir, holds_run,
                          load_checkpoint, read_meta, resolve_checkpoint, run_folder)
@@ -200,6 +200,13 @@ class _Run:
         self.schedule = reg.schedules[self.ts.schedule.type](self.ts.schedule.params)
         from .augment import build_augmentations
         self.augment = build_augmentations(self.ts.augment, background=ds.background, table=reg.augmentations)
+        from .mixing import BatchMixer, mixing_problem
+        self.mixer = BatchMixer(self.ts.mixup, self.ts.cutmix)
+        why = self.mixer and mixing_problem(self.loss, ds)
+        if why:
+            which = " and ".join(k for k in ("mixup", "cutmix") if getattr(self.ts, k) is not None)
+            raise TrainingError(f"train.{which} blends the class labels of two samples, which does not work here: "
+                                f"{why}")
         # regression targets that are maps of the image's size (a clean image, a depth map; per step of a
         # sequence) move with it
         x_dims, y_shape = ds.train[0].shape[2:], ds.train[1].shape
@@ -359,6 +366,9 @@ class _Run:
                     xb, yb = self.augment(xb, self.rng, maps=yb)
                 else:
                     xb = self.augment(xb, self.rng)
+            mixed = self.mixer(xb, self.rng) if self.mixer else None
+            if mixed is not None:
+                xb = mixed.x
             rate = schedule_rate(self.schedule, st.lr, epoch, step, steps, st.epochs)
             if prof:
                 t1 = time.perf_counter()
@@ -370,7 +380,8 @@ class _Run:
                 t2 = time.perf_counter()
                 timer.add("forward", t2 - t1)
             ctx = Context(training=True, grad=True)
-            value = loss.value(ctx, scores, loss.targets(yb, xp, dtype))
+            targets = loss.targets(yb, xp, dtype) if mixed is None else to_device(mixed.targets(loss, yb, dtype), xp)
+            value = loss.value(ctx, scores, targets)
             if not math.isfinite(value):
                 self._diverged(xb, epoch, step, value, rate)
             (g_out, *_), _ = loss.op.backward(ctx, 1.0)
@@ -392,8 +403,10 @@ class _Run:
                 if self.unchanged_steps >= UNCHANGED_STEPS:
                     raise unchanged_weights_error(self.optimizer, self.unchanged_steps, rate)
             s_np = to_numpy(scores)
-            score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, yb, self.ignore)
-            total, weight = loss.batch_loss(value, yb)
+            scored = yb if mixed is None else mixed.major_labels(yb)
+            score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, scored, self.ignore)
+            # a blend's loss is a mean over samples (class weights then do not count targets)
+            total, weight = loss.batch_loss(value, yb) if mixed is None else (loss.per_sample_sum(value, len(yb)), float(len(yb)))
             progress.update(len(yb), total, score, loss_weight=weight, scored=scored_per_batch(yb, self.ignore))
             if prof:
                 timer.add("optimizer + metrics", time.perf_counter() - t4)
