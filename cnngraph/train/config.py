@@ -39,6 +39,8 @@ class _TrainTop(StrictSettings):
     augment: list[Any] = []
     early_stopping: Optional[EarlyStopping] = None
     grad_clip: Optional[float] = Field(None, gt=0, description="max global L2 norm of the gradients")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="batches whose mean gradient makes "
+                                                                          "one optimizer step")
     top_k: int = Field(3, ge=1, description="k of the top-k accuracy metric")
     seed: int = Field(0, ge=0)
     init: Optional[str] = Field(None, description="weights to start from (.npz or checkpoint folder), relative "
@@ -76,6 +78,7 @@ class TrainSpec:
     init: Optional[str] = None     # weights to start from, as written in the spec
     freeze: list[str] = field(default_factory=list)   # layer ids / globs kept fixed (cnngraph.train.freeze)
     mixup: Optional[MixSettings] = None   # batch mixing (cnngraph.train.mixing)
+    gradient_accumulation_steps: int = 1
     cutmix: Optional[MixSettings] = None
 
 
@@ -150,7 +153,8 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
     return TrainSpec(data=data, loss=loss, loss_output=top.loss.get("output"), loss_target=top.loss.get("target"),
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
-                     raw=raw, init=top.init, freeze=list(top.freeze), mixup=top.mixup, cutmix=top.cutmix), []
+                     raw=raw, init=top.init, freeze=list(top.freeze), mixup=top.mixup, cutmix=top.cutmix,
+                     gradient_accumulation_steps=top.gradient_accumulation_steps), []
 
 
 def _warmup_problems(raw: Any, sched: Optional[Typed], positions, file) -> list[Problem]:

@@ -340,7 +340,6 @@ class _Run:
     # -- one epoch -------------------------------------------------------------------------
     def _epoch(self, epoch: int) -> dict:
         from ..op import Context
-        from .optim import clip_grad_norm
         st, model, loss, timer = self.settings, self.model, self.loss, self.timer
         x, y = self.dataset.train
         steps = epoch_steps(len(x), st.batch_size)
@@ -355,6 +354,7 @@ class _Run:
         rate = st.lr
         order = self.rng.permutation(len(x))
         prof = timer.enabled
+        accumulated = GradientAccumulator(self.ts.gradient_accumulation_steps)
         for step in range(steps):
             t0 = time.perf_counter()
             idx = order[step * st.batch_size:(step + 1) * st.batch_size if step < steps - 1 else None]
@@ -392,16 +392,9 @@ class _Run:
             if prof:
                 t4 = time.perf_counter()
                 timer.add("backward", t4 - t3)
-            if self.ts.grad_clip is not None:
-                norm = clip_grad_norm(grads, self.ts.grad_clip)
-                if not math.isfinite(norm):
-                    self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
-            moved = optimizer_step(self.optimizer, weights, grads, rate, check_update=not self.update_checked)
-            self.update_checked = self.update_checked or bool(moved)
-            if moved is False:
-                self.unchanged_steps += 1
-                if self.unchanged_steps >= UNCHANGED_STEPS:
-                    raise unchanged_weights_error(self.optimizer, self.unchanged_steps, rate)
+            grads = accumulated.add(grads, last=step == steps - 1)
+            if grads is not None:   # an optimizer step: every batch, or every gradient_accumulation_steps
+                self._optimizer_step(weights, grads, xb, epoch, step, value, rate)
             s_np = to_numpy(scores)
             scored = yb if mixed is None else mixed.major_labels(yb)
             score = abs_error_per_sample(loss.predictions(s_np), yb) if values else correct_per_sample(s_np, scored, self.ignore)
@@ -428,6 +421,20 @@ class _Run:
         row["train_seconds"] = train_seconds
         row["images_per_second"] = progress.images / max(train_seconds, 1e-9)
         return json_safe(row)
+
+    def _optimizer_step(self, weights, grads, xb, epoch: int, step: int, value: float, rate: float) -> None:
+        """Clip (train.grad_clip), update the weights, and stop a run whose updates change nothing."""
+        from .optim import clip_grad_norm
+        if self.ts.grad_clip is not None:
+            norm = clip_grad_norm(grads, self.ts.grad_clip)
+            if not math.isfinite(norm):
+                self._diverged(xb, epoch, step, value, rate, grad_norm=norm)
+        moved = optimizer_step(self.optimizer, weights, grads, rate, check_update=not self.update_checked)
+        self.update_checked = self.update_checked or bool(moved)
+        if moved is False:
+            self.unchanged_steps += 1
+            if self.unchanged_steps >= UNCHANGED_STEPS:
+                raise unchanged_weights_error(self.optimizer, self.unchanged_steps, rate)
 
     def _diverged(self, xb, epoch: int, step: int, value: float, rate: float, grad_norm: float | None = None):
         cause = nonfinite_cause(self.model, self.input_name, xb, self.loss, grad_norm)
@@ -680,6 +687,31 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     with _blas_threads(), _termination_as_interrupt():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
                     allow_plugins, init, init_partial, freeze).fit()
+
+
+class GradientAccumulator:
+    """``train.gradient_accumulation_steps``: the mean gradient of every ``steps`` batches makes one optimizer step
+    (a batch ``steps`` times larger in the memory of one; batch norm still sees single batches). An epoch's
+    leftover batches make a step of their own, so epochs (and resumes) stay independent."""
+
+    def __init__(self, steps: int):
+        self.steps, self.sum, self.count = steps, None, 0
+
+    def add(self, grads: dict, last: bool) -> dict | None:
+        """The gradients to step with now, or None while accumulating."""
+        if self.steps == 1:
+            return grads
+        if self.sum is None:
+            self.sum = {k: v.copy() for k, v in grads.items()}
+        else:
+            for k, v in grads.items():
+                self.sum[k] += v
+        self.count += 1
+        if self.count < self.steps and not last:
+            return None
+        mean = {k: v / self.count for k, v in self.sum.items()}
+        self.sum, self.count = None, 0
+        return mean
 
 
 def epoch_steps(n: int, batch_size: int) -> int:
