@@ -4,6 +4,9 @@ For each example of an op (``Op.examples()``, or a generic guess when it declare
 
 - **shape**: ``infer_shape`` agrees with the shape ``forward`` returns (training and inference);
 - **params**: ``init_params`` returns NumPy arrays, ``flops`` a non-negative integer;
+- **in-place writes**: ``forward`` leaves its inputs and trainable parameters unchanged (``buffers`` may be
+  updated), ``backward`` its incoming gradient;
+- **determinism**: two forwards with the same ``ctx.rng`` seed give the same output (no global random state);
 - **dtype**: float32 and float64 both run forward and backward, and outputs and gradients keep the
   dtype (and the shape) of what they belong to;
 - **gradient**: ``backward`` agrees with central finite differences in float64, for every float input
@@ -11,7 +14,9 @@ For each example of an op (``Op.examples()``, or a generic guess when it declare
   along random directions for larger ones), in training and in inference mode;
 - **batch**: a sample's output does not depend on the batch size or on the other samples of the batch
   (inference mode for ops declaring ``batch_dependent = True``; training mode too for the others unless
-  they are stochastic in training; skipped for losses, whose output is one number for the batch).
+  they are stochastic in training; skipped for losses, whose output is one number for the batch);
+- **receptive field**: on a (C, H, W) example, no output pixel reads input pixels further apart along both
+  axes than the op's declared geometry allows (``mixes_space`` for a map-wide statistic).
 
 Every op is called directly (no graph), with a fixed seed, so results are reproducible.
 
@@ -41,6 +46,7 @@ RTOL = 1e-5
 ATOL = 1e-8
 FULL_FD_MAX = 24        # tensors up to this size are checked coordinate by coordinate
 DIRECTIONS = 4          # random directions for larger tensors
+DETERMINISM_TOL = 1e-12  # two identical calls may differ by summation order (threaded BLAS), not by more
 GENERIC_SHAPES = ((3, 6, 6), (6,), (3, 6))
 
 
@@ -149,6 +155,7 @@ class _Case:
         grad_ports = op_cls.grad_inputs if op_cls.grad_inputs is not None else range(len(samples))
         self.diff_inputs = [i for i in grad_ports if i < len(samples) and samples[i].dtype == "float"]
         self.buffers = set(self.op.buffers)   # an instance may declare its own (constant, trainable: false)
+        self.given: dict = {}                  # the parameters the last forward was given
 
     def cast(self, dtype, xs=None, params=None):
         xs = self.xs if xs is None else xs
@@ -166,6 +173,7 @@ class _Case:
         except MissingParam as exc:
             raise PluginError(f"forward read parameter {exc.args[0]!r}, but init_params returned no "
                               f"{exc.args[0]!r}") from None
+        self.given = given   # what forward saw (and may have written into): the in-place check reads it
         replaced = replaced_buffers(buffers, given)
         if replaced:   # the runtime refuses this too: a replaced buffer would be lost
             raise PluginError(replaced)
@@ -198,8 +206,8 @@ def check_op(op: str | type[Op], seed: int = 0, registry=None) -> list[CheckResu
         try:
             op_cls = reg.op(op)
         except KeyError as exc:
-            raise CnnGraphError(exc.args[0] + "; `cnngraph ops` lists the known types (an op from a plugin file "
-                                "needs --plugin FILE)") from None
+            raise CnnGraphError(exc.args[0] + (reg.empty_note() or "; `cnngraph ops` lists the known types (an op "
+                                                "from a plugin file needs --plugin FILE)")) from None
     else:
         op_cls = op
     name = op_cls.type or op_cls.__name__
@@ -235,9 +243,9 @@ def check_op(op: str | type[Op], seed: int = 0, registry=None) -> list[CheckResu
     return results
 
 
-_CHECKS = ("params", "shape (inference)", "shape (training)", "dtype float32", "dtype float64",
+_CHECKS = ("params", "shape (inference)", "shape (training)", "in-place writes", "determinism", "dtype float32", "dtype float64",
            "gradient (float64, training)", "gradient (float64, inference)",
-           "batch independence (inference)", "batch independence (training)")
+           "batch independence (inference)", "batch independence (training)", "receptive field")
 
 
 def _report_not_run(case: _Case, results: list[CheckResult], add) -> None:
@@ -291,23 +299,22 @@ def _run_case(case: _Case, add) -> None:
         add(label, "params", False, f"init_params/flops raised {_err(exc, case.op)}")
         return
 
-    # forward shape in both modes
+    # forward shape in both modes (on copies of the inputs: a forward writing into them is the next check's)
+    changed: dict[int, str] = {}
     for training in (False, True):
         mode = "training" if training else "inference"
-        before = [x.copy() for x in case.xs]
+        xs = [x.copy() for x in case.xs]
         try:
-            _, y = case.forward(case.xs, case.params, training)
+            _, y = case.forward(xs, case.params, training)
         except PluginError as exc:   # a broken contract, said in full
             add(label, f"shape ({mode})", False, str(exc))
             return
         except Exception as exc:
             add(label, f"shape ({mode})", False, f"forward raised {_err(exc, case.op)}")
             return
-        changed = [i for i, (x, b) in enumerate(zip(case.xs, before)) if not np.array_equal(x, b, equal_nan=True)]
-        if changed:   # another layer reading the same tensor would see the change
-            add(label, f"shape ({mode})", False, f"forward modified its input {', '.join(map(str, changed))} in place; "
-                "write the result into a new array")
-            return
+        for i, (x, b) in enumerate(zip(xs, case.xs)):
+            if not np.array_equal(x, b, equal_nan=True):
+                changed.setdefault(i, mode)
         want = case.want_shape(BATCH)
         if not hasattr(y, "shape"):
             add(label, f"shape ({mode})", False, f"forward returned a {type(y).__name__}, expected one array")
@@ -320,6 +327,10 @@ def _run_case(case: _Case, add) -> None:
         add(label, f"shape ({mode})", True, f"forward {got} == " + (
             f"batch {want[0]} + infer_shape {case.out_shape}" if want else "() for the whole batch (a loss)"))
 
+    # what the later checks take for granted: nothing written in place, the same output for the same ctx.rng
+    if not _check_in_place(case, changed, add) or not _check_determinism(case, add):
+        return
+
     # dtypes
     for dt in (np.float32, np.float64):
         _check_dtype(case, dt, add)
@@ -330,6 +341,62 @@ def _run_case(case: _Case, add) -> None:
 
     # batch independence
     _check_batch(case, add)
+
+    # spatial reach vs the geometry summary's receptive fields assume
+    _check_reach(case, add)
+
+
+def _check_in_place(case: _Case, changed: dict[int, str], add) -> bool:
+    """Forward leaves its inputs and trainable parameters alone, backward its incoming gradient: another layer
+    reading the same tensor, the optimizer, or the caller reusing gy would see the change. False on a failure."""
+    check = "in-place writes"
+    if changed:
+        add(case.label, check, False, f"forward modified its input {', '.join(map(str, changed))} in place "
+            f"({changed[next(iter(changed))]} mode); write the result into a new array")
+        return False
+    trainable = [k for k in case.params if k not in case.buffers]
+    try:
+        ctx, y = case.forward(case.xs, case.params, True, grad=True)
+        given = case.given
+        gy = np.random.default_rng(case.seed + 13).standard_normal(np.shape(y))
+        sent = gy.copy()
+        case.backward(ctx, sent)
+    except Exception:   # a crash is the dtype/gradient checks' to report, with their context
+        return True
+    problems = [f"forward modified parameter '{k}' in place" for k in trainable
+                if not np.array_equal(given[k], case.params[k], equal_nan=True)]
+    if problems:
+        problems[-1] += (" (only the arrays listed in the op's `buffers` may be updated in forward; compute "
+                         "from the parameter into a new array)")
+    if not np.array_equal(sent, gy, equal_nan=True):
+        problems.append("backward modified its incoming gradient gy in place (the caller may still need it: "
+                        "write `gy * 2`, not `gy *= 2`)")
+    if problems:
+        add(case.label, check, False, "; ".join(problems))
+        return False
+    what = "inputs" + (" and trainable parameters" if trainable else "")
+    add(case.label, check, True, f"forward leaves its {what} unchanged, backward its incoming gradient")
+    return True
+
+
+def _check_determinism(case: _Case, add) -> bool:
+    """Two forwards with the same ctx.rng seed give the same output: randomness drawn elsewhere (np.random,
+    random, time) would make finite differences and the batch checks fail for reasons that are not theirs."""
+    check = "determinism"
+    try:
+        for training in (False, True):
+            _, a = case.forward(case.xs, case.params, training)
+            _, b = case.forward(case.xs, case.params, training)
+            diff = _diff(a, b)
+            if diff > DETERMINISM_TOL:
+                mode = "training" if training else "inference"
+                add(case.label, check, False, f"forward is not deterministic for a fixed ctx.rng (global random "
+                    f"state?); draw random numbers from ctx.rng (two {mode}-mode calls differ by {diff:.1e})")
+                return False
+    except Exception:   # a crash is the later checks' to report
+        return True
+    add(case.label, check, True, "the same output twice for the same ctx.rng seed, in inference and training")
+    return True
 
 
 def _check_dtype(case: _Case, dt, add) -> None:
@@ -510,6 +577,59 @@ def _check_batch(case: _Case, add) -> None:
                 _BATCH_HINT_TRAINING if training else _BATCH_HINT_INFERENCE)))
     if skip_training:
         add(case.label, "batch independence (training)", None, skip_training)
+
+
+def _check_reach(case: _Case, add) -> None:
+    """On a (C, H, W) example: no output reads input pixels further apart than the receptive field the op's
+    declared geometry gives (summary's); a map-wide statistic needs ``mixes_space = True``."""
+    from .receptive import GLOBAL, declared_field
+    check = "receptive field"
+    if case.op_cls.reduces_batch or not case.samples or case.samples[0].dtype != "float" \
+            or len(case.shapes[0]) != 3 or len(case.out_shape) != 3:
+        add(case.label, check, None, "input 0 and the output are not both (C, H, W) maps")
+        return
+    try:
+        declared = declared_field(case.op, case.shapes, case.out_shape)
+    except Exception:   # noqa: BLE001 - a plugin's own geometry helper; summary shows no field for it either
+        declared = None
+    if declared == GLOBAL or declared is None:
+        add(case.label, check, None, "the op mixes the whole map (mixes_space)" if declared == GLOBAL
+            else "the op's geometry is not one receptive fields can follow")
+        return
+    xs = [x[:1].copy() for x in case.xs]
+    _, h, w = case.shapes[0]
+    try:   # which input pixels (of input 0, all channels) each output pixel reads: one pixel moved at a time
+        _, y0 = case.forward(xs, case.params, False)
+        y0 = np.asarray(y0, dtype=np.float64)[0]
+        tol = 1e-9 * max(1.0, float(np.max(np.abs(y0), initial=0.0)))
+        reads = np.zeros(y0.shape[1:] + (h, w), bool)
+        for i in range(h):
+            for j in range(w):
+                moved = [x.copy() for x in xs]
+                moved[0][0, :, i, j] += 1.0
+                _, y1 = case.forward(moved, case.params, False)
+                reads[..., i, j] = np.abs(np.asarray(y1, dtype=np.float64)[0] - y0).max(axis=0) > tol
+    except Exception as exc:
+        add(case.label, check, False, f"forward raised {_err(exc, case.op)}")
+        return
+    field = []
+    for axis in (0, 1):   # the widest span of input rows (columns) one output pixel reads
+        along = reads.any(axis=3 - axis)   # (H', W', h or w)
+        spans = [int(np.ptp(np.nonzero(r)[0])) + 1 for r in along.reshape(-1, along.shape[-1]) if r.any()]
+        field.append(max(spans, default=0))
+    wider = [(name, got, want) for name, got, want in zip("HW", field, declared) if got > want]
+    if len(wider) == 2:   # beyond the declared field along both axes: the op mixes the map
+        add(case.label, check, False, f"an output pixel reads {field[0]}x{field[1]} input pixels, but the op's "
+            f"geometry (kernel_size, stride, source_positions) gives a receptive field of {declared[0]}x{declared[1]}; "
+            f"an op whose outputs depend on the whole map (statistics or a gate pooled over it) must set the class "
+            f"attribute mixes_space = True, or summary reports a wrong receptive field")
+    elif wider:   # one axis only: may be the channels of a channels-last tensor (layer_norm, softmax's axis)
+        name, got, want = wider[0]
+        add(case.label, check, None, f"an output pixel reads {got} input positions along {name}, beyond the declared "
+            f"field of {want}; not a failure: one axis may be the channels of a channels-last tensor")
+    else:
+        add(case.label, check, True, f"an output pixel reads at most {field[0]}x{field[1]} input pixels, within the "
+            f"declared field {declared[0]}x{declared[1]}")
 
 
 def _diff(a, b) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .graph import topological_order
 
-__all__ = ["receptive_fields"]
+__all__ = ["receptive_fields", "declared_field"]
 
 GLOBAL = "global"
 
@@ -41,6 +41,20 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
         if g.nodes[n].get("type") == "flatten" and isinstance(maps.get(src[0]), _Spatial):
             fields[n] = fields[src[0]]
     return fields
+
+
+def declared_field(op, in_shapes, out_shape):
+    """The receptive field (h, w) ``summary`` gives one layer of ``op`` on (C, H, W) maps, from the geometry the
+    op declares (kernel_size/stride, source_positions, a whole shrink factor ...); GLOBAL for an op that mixes
+    the whole map, None where the field cannot follow it. ``check-op`` compares it with what forward reads."""
+    g = nx.DiGraph()
+    names = [f"input{i}" for i in range(len(in_shapes))]
+    for name, shape in zip(names, in_shapes):
+        g.add_node(name, kind="input", out_shape=tuple(shape), order=len(g))
+    g.add_node("op", kind="layer", type=op.type, op=op, params=op.p, inputs=names, order=len(g),
+               in_shapes=[tuple(s) for s in in_shapes], out_shape=tuple(out_shape))
+    g.add_edges_from((name, "op") for name in names)
+    return receptive_fields(g)["op"]
 
 
 class _Spatial:

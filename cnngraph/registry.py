@@ -91,6 +91,7 @@ class Registry:
         self.owner: dict[tuple[str, str], str] = {}   # (table, name) → plugin name
         self.plugins: dict[str, str] = {}             # plugin name → where it came from
         self.skipped: dict[str, str] = {}             # installed plugin name → why it was not loaded
+        self.empty: dict[str, str] = {}               # loaded plugin name → why it registered nothing
         # (table, name) → the installed plugins that all registered it: none of them is used
         self.contested: dict[tuple[str, str], dict[str, Any]] = {}   # ... → {plugin: what it registered}
         self.installing = False                       # registering an installed (entry-point) plugin
@@ -179,6 +180,11 @@ class Registry:
         except KeyError:
             why = self.contested_note("ops", name)
             raise KeyError(why or f"unknown op type '{name}'{did_you_mean(name, self.ops)}") from None
+
+    def empty_note(self) -> str:
+        """'; plugin 'p.py' registered nothing: ...' for each loaded plugin that registered nothing (the likely
+        reason a name is unknown), else ''."""
+        return "".join(f"; {why}" for why in self.empty.values())
 
     def contested_note(self, table: str, name: str) -> str | None:
         """Why ``name`` is missing when installed plugins registered it more than once, else None."""
@@ -310,6 +316,8 @@ class _Plugins:
         except PluginError:
             self._forget(name)   # no half-registered plugin: fixing it and loading again works
             raise
+        if origin != "built-in" and name not in self.registry.owner.values() and not _converts(plugin):
+            self.registry.empty[name] = _nothing_note(plugin, name)
 
     def _forget(self, name: str) -> None:
         reg = self.registry
@@ -325,6 +333,7 @@ class _Plugins:
                 reg.owner[key] = owner
                 del reg.contested[key]
         reg.plugins.pop(name, None)
+        reg.empty.pop(name, None)
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
 
@@ -382,6 +391,27 @@ class _Plugins:
                 print(f"warning: installed plugin '{ep.name}' (entry point {ep.value}{', ' + package if package else ''})"
                       f" is skipped: {why}. Fix or uninstall it, or set {DISABLE_ENV}={ep.name} to silence this.",
                       file=sys.stderr)
+
+
+def _nothing_note(plugin: Any, name: str) -> str:
+    """Why a plugin registered nothing: no hook functions (a misspelled one named), or hooks that added nothing."""
+    hooks = [h for h in _HOOKS if callable(getattr(plugin, h, None))]
+    if hooks:
+        return f"plugin '{name}' registered nothing: its {', '.join(hooks)} added no component"
+    near = [f"'{n}'{did_you_mean(n, _HOOKS)}" for n in dir(plugin)
+            if n.startswith("cnngraph_") and callable(getattr(plugin, n)) and did_you_mean(n, _HOOKS)]
+    return (f"plugin '{name}' registered nothing: it has no @cnngraph.hookimpl functions (e.g. cnngraph_register_ops)"
+            + (f"; it defines {', '.join(near)}" if near else ""))
+
+
+def _converts(plugin: Any) -> bool:
+    """Whether a plugin module added ONNX export or import functions (a plugin may do only that)."""
+    module = getattr(plugin, "__name__", None)
+    for modname, table in (("cnngraph.onnx.exporter", "EXPORTERS"), ("cnngraph.onnx.import_ops", "HANDLERS")):
+        functions = getattr(sys.modules.get(modname), table, None) or {}
+        if any(getattr(fn, "__module__", None) == module for fn in functions.values()):
+            return True
+    return False
 
 
 _STATE: _Plugins | None = None

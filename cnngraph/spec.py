@@ -502,12 +502,8 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
             try:
                 op_cls = registry.op(head.type)
             except KeyError as exc:
-                empty = [n for n, origin in registry.plugins.items() if origin != "built-in"
-                         and not any(owner == n for owner in registry.owner.values())]
                 hint = ("; it may come from the spec's plugin files, which were not loaded" if plugins_missing
-                        else f"; plugin {', '.join(map(repr, empty))} registered nothing (is its hook function "
-                             f"decorated with @cnngraph.hookimpl and named cnngraph_register_ops?)" if empty
-                        else "; `cnngraph ops` lists the known types")
+                        else registry.empty_note() or "; `cnngraph ops` lists the known types")
                 hint += "".join(f"; installed plugin '{n}' was not loaded ({why})" for n, why in registry.skipped.items())
                 problems.append(_locate(exc.args[0] + hint,
                                         where + ("type",), positions, file, head.id, notes))

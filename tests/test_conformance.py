@@ -156,7 +156,7 @@ def test_cli_usage_errors(fresh, capsys):
 def test_quiet_prints_failures_and_the_count(fresh, capsys):
     assert main(["check-op", "relu", "-q"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("18 passed, 0 failed")
+    assert len(out) == 1 and out[0].startswith("23 passed, 0 failed")
 
 
 # -- the documented walk-through (docs/plugins.md) ----------------------------------------------------
@@ -204,11 +204,12 @@ def test_an_early_failure_lists_the_checks_it_did_not_run(fresh, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 1
     checks = [l.split("  ")[-1].split(":")[0] for l in lines[:-1]]
-    assert checks == ["params", "shape (inference)", "shape (training)", "dtype float32", "dtype float64",
-                      "gradient (float64, training)", "gradient (float64, inference)",
-                      "batch independence (inference)", "batch independence (training)"]   # one line per check
+    assert checks == ["params", "shape (inference)", "shape (training)", "in-place writes", "determinism",
+                      "dtype float32", "dtype float64", "gradient (float64, training)", "gradient (float64, inference)",
+                      "batch independence (inference)", "batch independence (training)",
+                      "receptive field"]   # one line per check
     assert all(l.startswith("SKIP") and "not run: the shape (inference) check failed" in l for l in lines[2:-1])
-    assert lines[-1].startswith("1 passed, 1 failed, 7 skipped (1 op); failing: bad_forward_shape (plugin '")
+    assert lines[-1].startswith("1 passed, 1 failed, 10 skipped (1 op); failing: bad_forward_shape (plugin '")
     assert lines[-1].endswith("broken_ops.py')")
 
 

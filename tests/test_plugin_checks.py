@@ -4,6 +4,7 @@ nothing, and what check-op says about them."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -421,3 +422,92 @@ def test_compile_takes_numpy_dtypes(dtype, name):
     assert model.dtype == np.dtype(name) and model.params["fc.weight"].dtype == np.dtype(name)
     with pytest.raises(ValueError, match="dtype must be one of float32, float64, found 'float16'"):
         cnngraph.compile(spec, dtype=np.float16)
+
+
+# -- check-op on quiet contract breaches: global randomness, in-place writes, undeclared map-wide ops -----------
+PROBE = Path(__file__).parent / "plugins" / "probe_contract_ops.py"
+
+
+def _check(capsys, op):
+    rc, out = _cli(capsys, ["check-op", op, "--plugin", PROBE])
+    return rc, out, [l for l in out.splitlines() if l.startswith("FAIL")]
+
+
+@pytest.mark.parametrize("op,mode", [("probe_noisy", "inference"), ("probe_global_rng_dropout", "training"),
+                                     ("probe_tiny_noise", "inference")])
+def test_a_forward_using_global_random_state_fails_determinism_alone(fresh, capsys, op, mode):
+    rc, out, fails = _check(capsys, op)
+    assert rc == 1 and len(fails) == 1, out
+    assert "  determinism: forward is not deterministic for a fixed ctx.rng (global random state?); draw random " \
+           f"numbers from ctx.rng (two {mode}-mode calls" in fails[0]
+    assert "stochastic in training (uses ctx.rng)" not in out and "gradient (float64, training): not run" in out
+
+
+def test_an_op_drawing_from_ctx_rng_passes_determinism(fresh, capsys):
+    rc, out = _cli(capsys, ["check-op", "dropout"])
+    assert rc == 0 and "determinism: the same output twice" in out
+    assert "stochastic in training (uses ctx.rng)" in out
+
+
+@pytest.mark.parametrize("op,needle", [
+    ("probe_grad_inplace", "  in-place writes: backward modified its incoming gradient gy in place"),
+    ("probe_param_inplace", "  in-place writes: forward modified parameter 'w' in place"),
+    ("probe_inplace_relu", "  in-place writes: forward modified its input 0 in place (inference mode)"),
+])
+def test_in_place_writes_are_named_not_reported_as_a_gradient_mismatch(fresh, capsys, op, needle):
+    rc, out, fails = _check(capsys, op)
+    assert rc == 1 and len(fails) == 1 and needle in fails[0], out
+    assert "analytic" not in out and "shape (inference): forward (" in out   # the shape check passes on its own
+
+
+def test_buffers_may_be_updated_in_place(fresh, capsys):
+    rc, out = _cli(capsys, ["check-op", "batch_norm2d"])
+    assert rc == 0 and "in-place writes: forward leaves its inputs and trainable parameters unchanged" in out
+
+
+def test_an_undeclared_map_wide_op_fails_the_receptive_field_check(fresh, capsys):
+    rc, out, fails = _check(capsys, "probe_spatial_center")
+    assert rc == 1 and len(fails) == 1 and "  receptive field: an output pixel reads 5x5 input pixels, but" in fails[0]
+    assert "set the class attribute mixes_space = True" in fails[0]
+    rc, out, fails = _check(capsys, "probe_spatial_center_declared")
+    assert rc == 0 and "receptive field: the op mixes the whole map (mixes_space)" in out
+    rc, out = _cli(capsys, ["check-op", "conv2d"])
+    assert rc == 0 and "receptive field: an output pixel reads at most 3x3 input pixels, within the declared" in out
+
+
+NOHOOK = "import cnngraph\nfrom cnngraph import Op\nclass X(Op):\n    type = 'nh_op'\n"
+
+
+@pytest.mark.parametrize("extra,why", [("", "it has no @cnngraph.hookimpl functions (e.g. cnngraph_register_ops)"),
+                                       ("def cnngraph_register_op(registry):\n    registry.add(X)\n",
+                                        "it defines 'cnngraph_register_op' (did you mean 'cnngraph_register_ops'?)")])
+def test_a_plugin_file_that_registers_nothing_says_so(fresh, capsys, tmp_path, monkeypatch, extra, why):
+    (tmp_path / "errs").mkdir()
+    (tmp_path / "errs" / "nohook.py").write_text(NOHOOK + extra)
+    monkeypatch.chdir(tmp_path)
+    note = "plugin 'errs/nohook.py' registered nothing: "
+    rc, out = _cli(capsys, ["check-op", "nh_op", "--plugin", "errs/nohook.py"])
+    assert rc == 1 and f"error: unknown op type 'nh_op'; {note}" in out and why in out
+    assert "needs --plugin FILE" not in out
+    assert main(["ops", "--plugin", "errs/nohook.py"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {note}" in err and why in err
+    rc, out = _cli(capsys, ["ops", "nh_op", "--plugin", "errs/nohook.py"])
+    assert rc == 1 and note in out
+
+
+def test_ops_lists_parameter_constraints(fresh, capsys, tmp_path):
+    (tmp_path / "c.py").write_text(
+        "from typing import Literal\nimport cnngraph\nfrom cnngraph import Op, OpParams\nfrom pydantic import Field\n"
+        "class P(OpParams):\n    gain: float = Field(1.0, gt=0)\n    p: float = Field(0.5, ge=0, lt=1)\n"
+        "    mode: Literal['a', 'b'] = 'a'\n"
+        "class G(Op):\n    type = 'cons_op'\n    Params = P\n"
+        "@cnngraph.hookimpl\ndef cnngraph_register_ops(registry):\n    registry.add(G)\n")
+    rc, out = _cli(capsys, ["ops", "cons_op", "--plugin", tmp_path / "c.py"])
+    assert rc == 0
+    assert "    gain (float, > 0): default 1.0" in out and "    p (float, >= 0, < 1): default 0.5" in out
+    assert '    mode (a|b): default "a"' in out
+    assert main(["ops", "cons_op", "--format", "json"]) == 0
+    import json
+    params = json.loads(capsys.readouterr().out)[0]["params"]
+    assert params[0]["constraints"] == ["> 0"] and params[2]["constraints"] == []

@@ -147,8 +147,18 @@ def _describe_params(op_cls) -> list[dict]:
         if kind == "[int, int]" and f.metadata:   # IntPair: its validator also takes one number for both
             kind = "int or [int, int]"
         rows.append({"name": name, "required": required, "default": default, "type": kind,
-                     "description": f.description})
+                     "constraints": _constraints(f.metadata), "description": f.description})
     return rows
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
+           ("min_length", "length >="), ("max_length", "length <="))
+
+
+def _constraints(metadata) -> list[str]:
+    """A field's bounds as a spec writer reads them: Field(1.0, gt=0) → ['> 0'] (Literal choices are its type)."""
+    return [f"{sym} {getattr(m, attr)}" for m in metadata for attr, sym in _BOUNDS
+            if getattr(m, attr, None) is not None]
 
 
 def _type_text(ann) -> str:
@@ -177,7 +187,8 @@ def cmd_ops(args) -> int:
     if unknown:
         from ..registry import did_you_mean
         raise CnnGraphError("; ".join(f"unknown op type '{t}'{did_you_mean(t, reg.ops)}" for t in unknown)
-                            + " (`cnngraph ops` lists them all)")
+                            + (reg.empty_note() or " (`cnngraph ops` lists them all)"))
+    _warn_empty(reg)
     ops = [{"type": t, "plugin": cls.plugin, "inputs": list(cls.arity), "doc": cls.describe(),
             "params": _describe_params(cls)} for t, cls in sorted(reg.ops.items()) if not args.types or t in args.types]
     if args.format == "json":
@@ -192,8 +203,15 @@ def cmd_ops(args) -> int:
         for prm in op["params"]:
             val = "required" if prm["required"] else f"default {json.dumps(prm['default'], default=str)}"
             about = f" — {prm['description']}" if prm["description"] else ""
-            print(f"    {prm['name']} ({prm['type']}): {val}{about}")
+            kind = ", ".join([prm["type"], *prm["constraints"]])
+            print(f"    {prm['name']} ({kind}): {val}{about}")
     return 0
+
+
+def _warn_empty(reg) -> None:
+    """A listing command names each loaded plugin that registered nothing (most likely a missing @hookimpl)."""
+    for why in reg.empty.values():
+        print(f"warning: {why}", file=sys.stderr)
 
 
 def cmd_plugins(args) -> int:
@@ -212,4 +230,5 @@ def cmd_plugins(args) -> int:
         print(f"{name}  (installed, not loaded): {why}")
     for table, name in reg.contested:
         print(f"not used: {reg.contested_note(table, name)}")
+    _warn_empty(reg)
     return 0
