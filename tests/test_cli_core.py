@@ -105,13 +105,13 @@ def test_summary_formats():
 def test_ops_and_plugins_listing():
     r = cli("ops")
     assert r.returncode == 0
-    assert "conv2d  [cnngraph.plugins.connection]" in r.stdout and "out_channels (int): required" in r.stdout
+    assert "conv2d  [cnngraph.plugins.connection]" in r.stdout and "out_channels (int, >= 1): required" in r.stdout
     ops = json.loads(cli("ops", "--format", "json").stdout)
     conv = next(o for o in ops if o["type"] == "conv2d")
-    assert {"name": "stride", "required": False, "default": [1, 1], "type": "int or [int, int]",
+    assert {"name": "stride", "required": False, "default": [1, 1], "type": "int or [int, int]", "constraints": [],
             "description": None} in conv["params"]
     r = cli("ops", "upsample2d", "slice")   # named ones only, with readable types and choices
-    assert r.stdout.count("  [cnngraph.plugins.") == 2 and "mode (nearest|bilinear)" in r.stdout
+    assert r.stdout.count("  [cnngraph.plugins.") == 2 and "mode (nearest|bilinear|bicubic)" in r.stdout
     assert "start (int or null): default null" in r.stdout
     r = cli("ops", "pad")   # a parameter's description says its form
     assert "pads ([[int, int], ...]): required — [before, after] for each per-sample dimension, channels " \
