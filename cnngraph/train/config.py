@@ -142,6 +142,7 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
     sched, p = _typed(top.schedule or {"type": "constant"}, registry.schedules, base + ("schedule",), "schedule",
                       positions, file, None)
     problems += p + _warmup_problems(raw, sched, positions, file)
+    problems += _schedule_metric_problems(sched, top.top_k if isinstance(top.top_k, int) else 3, positions, file)
     augs = []
     for i, entry in enumerate(top.augment):
         a, p = _typed(entry, registry.augmentations, base + ("augment", i), "augmentation", positions, file, None)
@@ -189,6 +190,24 @@ def _lenient_top(raw: Any):
     return SimpleNamespace(**values)
 
 
+def metric_names(top_k: int) -> list[str]:
+    """The per-epoch metrics a run records, which early stopping and reduce_on_plateau can follow."""
+    return (["train_loss", "train_accuracy", "val_loss", "val_accuracy"] + ([f"val_top{top_k}_accuracy"] if top_k > 1 else [])
+            + ["val_mean_iou", "train_mae", "val_mae", "val_rmse"])
+
+
+def _schedule_metric_problems(sched, top_k: int, positions, file) -> list[Problem]:
+    """A schedule that follows a metric (reduce_on_plateau) must name one the run records."""
+    from ..registry import did_you_mean
+    from ..spec import _locate
+    metric = getattr(getattr(sched, "params", None), "metric", None)
+    known = metric_names(top_k)
+    if sched is None or sched.type != "reduce_on_plateau" or metric in known:
+        return []
+    return [_locate(f"unknown metric '{metric}' for reduce_on_plateau{did_you_mean(metric, known)}; expected one of "
+                    f"{', '.join(known)}", ("train", "schedule", "metric"), positions, file)]
+
+
 def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positions, file) -> list[Problem]:
     """Checks of the train section against the network: the loss output, the early-stopping metric,
     the number of normalisation values, a dataset or augmentation for images on a sequence input (C, L)
@@ -207,8 +226,7 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
             problems.append(_locate(message, ("train", "freeze", i), positions, file))
     es = top.early_stopping
     if es is not None:
-        known = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"] + (
-            [f"val_top{top.top_k}_accuracy"] if top.top_k > 1 else []) + ["val_mean_iou", "train_mae", "val_mae", "val_rmse"]
+        known = metric_names(top.top_k)
         if es.metric not in known:
             problems.append(_locate(f"unknown early-stopping metric '{es.metric}'{did_you_mean(es.metric, known)}; "
                                     f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),

@@ -353,6 +353,9 @@ class _Run:
         t_epoch = time.perf_counter()
         rate = st.lr
         order = self.rng.permutation(len(x))
+        observe = getattr(self.schedule, "observe", None)
+        if observe is not None:   # a schedule that follows a metric (reduce_on_plateau) reads the epochs so far
+            observe(list(self.history))
         prof = timer.enabled
         accumulated = GradientAccumulator(self.ts.gradient_accumulation_steps)
         for step in range(steps):

@@ -11,6 +11,11 @@ step ``W``. Decays that depend on the end of training (``cosine``, ``linear``) s
 the warmup and run over the remaining epochs; the epoch-indexed decays (``step``,
 ``multistep``, ``exponential``) count epochs from the start of training, like PyTorch.
 
+``one_cycle`` is OneCycleLR stepped every batch (the base rate is its ``max_lr``). ``reduce_on_plateau`` is
+ReduceLROnPlateau stepped once per epoch with a metric: its rate is a pure function of the run's history of that
+metric, which the loop hands it before each epoch (:meth:`Schedule.observe`); a resumed run's history is saved
+in its checkpoint, so it needs no state of its own either.
+
 Per-epoch closed forms equal torch.optim.lr_scheduler stepped once per epoch:
 ``step`` = StepLR, ``multistep`` = MultiStepLR, ``exponential`` = ExponentialLR,
 ``cosine`` = CosineAnnealingLR(T_max=total_epochs), ``linear`` =
@@ -29,7 +34,7 @@ from ..paramtypes import StrictSettings
 from .optim import build_from_registry, make_params
 
 __all__ = [
-    "Schedule", "Constant", "Step", "MultiStep", "Exponential", "Cosine", "Linear",
+    "Schedule", "Constant", "Step", "MultiStep", "Exponential", "Cosine", "Linear", "OneCycle", "ReduceOnPlateau",
     "SCHEDULES", "build_schedule",
 ]
 
@@ -76,6 +81,10 @@ class Schedule:
 
     def _lr(self, base_lr: float, pos: "_Position") -> float:
         raise NotImplementedError
+
+    def observe(self, history: list[dict]) -> None:
+        """The per-epoch records of the run so far (``train_loss``, ``val_accuracy``, ...), before each epoch.
+        Only schedules that follow a metric use them."""
 
 
 class _Position:
@@ -188,8 +197,91 @@ class Linear(Schedule):
         return base_lr * (1.0 + (p.end_factor - 1.0) * frac)
 
 
+class OneCycle(Schedule):
+    """The 1cycle policy (Smith 2018; torch.optim.lr_scheduler.OneCycleLR stepped every batch, with the base rate
+    as ``max_lr``): from ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start`` of all steps, then
+    down to ``max_lr / div_factor / final_div_factor``; ``three_phase`` goes back to the start rate first."""
+
+    type = "one_cycle"
+
+    class Params(_Params):
+        pct_start: float = Field(0.3, gt=0, lt=1)
+        div_factor: float = Field(25.0, gt=0)
+        final_div_factor: float = Field(1e4, gt=0)
+        anneal: str = Field("cos", pattern="^(cos|linear)$", description="cos or linear")
+        three_phase: bool = False
+
+    def _lr(self, base_lr, pos):
+        p = self.params
+        total = pos.total_epochs * pos.steps_per_epoch
+        start = base_lr / p.div_factor
+        low = start / p.final_div_factor
+        up = p.pct_start * total - 1
+        phases = ([(up, start, base_lr), (2 * p.pct_start * total - 2, base_lr, start), (total - 1, start, low)]
+                  if p.three_phase else [(up, start, base_lr), (total - 1, base_lr, low)])
+        begin = 0.0
+        for i, (end, a, b) in enumerate(phases):   # as torch: the phase whose end is not yet passed
+            if pos.t <= end or i == len(phases) - 1:
+                frac = (pos.t - begin) / (end - begin) if end != begin else 1.0
+                if p.anneal == "cos":
+                    return b + (a - b) / 2.0 * (math.cos(math.pi * frac) + 1)
+                return a + (b - a) * frac
+            begin = end
+        return low   # pragma: no cover - the last phase always answers
+
+
+class ReduceOnPlateau(Schedule):
+    """Multiply the rate by ``factor`` when ``metric`` has not improved for more than ``patience`` epochs
+    (torch.optim.lr_scheduler.ReduceLROnPlateau stepped after each epoch with that metric; ``threshold`` in its
+    ``rel`` or ``abs`` mode, then ``cooldown`` epochs without counting, never below ``min_lr``). Epochs without
+    the metric (a val_ metric of a run without a validation split) are skipped."""
+
+    type = "reduce_on_plateau"
+
+    class Params(_Params):
+        metric: str = "val_loss"
+        mode: str = Field("auto", pattern="^(auto|min|max)$", description="auto: min for losses and errors")
+        factor: float = Field(0.1, gt=0, lt=1)
+        patience: int = Field(10, ge=0)
+        threshold: float = Field(1e-4, ge=0)
+        threshold_mode: str = Field("rel", pattern="^(rel|abs)$")
+        cooldown: int = Field(0, ge=0)
+        min_lr: float = Field(0.0, ge=0)
+
+    def __init__(self, params=None, **settings):
+        super().__init__(params, **settings)
+        self._values: list[float] = []
+
+    def observe(self, history):
+        self._values = [float(r[self.params.metric]) for r in history if r.get(self.params.metric) is not None]
+
+    def _better(self, value: float, best: float, maximize: bool) -> bool:
+        p = self.params
+        if p.threshold_mode == "rel":
+            return value > best * (1 + p.threshold) if maximize else value < best * (1 - p.threshold)
+        return value > best + p.threshold if maximize else value < best - p.threshold
+
+    def _lr(self, base_lr, pos):
+        p = self.params
+        maximize = p.mode == "max" or (p.mode == "auto" and not p.metric.endswith(("loss", "mae", "rmse")))
+        rate, best, bad, cooling = base_lr, -math.inf if maximize else math.inf, 0, 0
+        for value in self._values:   # torch's step(metric), epoch by epoch
+            if self._better(value, best, maximize):
+                best, bad = value, 0
+            else:
+                bad += 1
+            if cooling > 0:
+                cooling, bad = cooling - 1, 0
+            if bad > p.patience:
+                lowered = max(rate * p.factor, p.min_lr)
+                if rate - lowered > 1e-8:
+                    rate = lowered
+                cooling, bad = p.cooldown, 0
+        return rate
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
-    cls.type: cls for cls in (Constant, Step, MultiStep, Exponential, Cosine, Linear)
+    cls.type: cls for cls in (Constant, Step, MultiStep, Exponential, Cosine, Linear, OneCycle, ReduceOnPlateau)
 }
 
 

@@ -115,3 +115,58 @@ def test_errors():
         build_schedule({"type": "cosine", "warmup_epochs": 5}).lr(BASE, 0, 0, SPE, 5)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         Cosine().lr(BASE, 0, 0, 0, 5)
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    ({}, {}),
+    ({"pct_start": 0.25, "anneal": "linear"}, {"pct_start": 0.25, "anneal_strategy": "linear"}),
+    ({"three_phase": True, "div_factor": 10.0, "final_div_factor": 100.0},
+     {"three_phase": True, "div_factor": 10.0, "final_div_factor": 100.0}),
+])
+def test_one_cycle_matches_torch_every_step(ours, theirs):
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=BASE, total_steps=EPOCHS * SPE, **theirs)
+    want = []
+    for _ in range(EPOCHS * SPE):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    s = build_schedule({"type": "one_cycle", **ours})
+    got = [s.lr(BASE, e, k, SPE, EPOCHS) for e in range(EPOCHS) for k in range(SPE)]
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    ({"patience": 2}, {"patience": 2}),
+    ({"metric": "val_accuracy", "patience": 1, "factor": 0.5, "cooldown": 2, "min_lr": 0.02},
+     {"mode": "max", "patience": 1, "factor": 0.5, "cooldown": 2, "min_lr": 0.02}),
+    ({"patience": 0, "threshold": 0.05, "threshold_mode": "abs"}, {"patience": 0, "threshold": 0.05, "threshold_mode": "abs"}),
+])
+def test_reduce_on_plateau_follows_the_history_like_torch(ours, theirs):
+    """The rate of each epoch from the metric's history equals torch's ReduceLROnPlateau stepped after each epoch."""
+    torch = pytest.importorskip("torch")
+    metric = ours.get("metric", "val_loss")
+    values = [1.0, 0.8, 0.79, 0.81, 0.8, 0.8, 0.7, 0.71, 0.72, 0.73, 0.69, 0.69, 0.7, 0.7, 0.71]
+    if metric == "val_accuracy":
+        values = [1 - v for v in values]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **theirs)
+    s = build_schedule({"type": "reduce_on_plateau", **ours})
+    history = []
+    for epoch, v in enumerate(values):
+        s.observe(history)
+        assert s.lr(BASE, epoch, 0, SPE, len(values)) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), epoch
+        history.append({"epoch": epoch + 1, metric: v, "train_loss": 0.5})
+        sched.step(v)
+    assert opt.param_groups[0]["lr"] < BASE      # it did reduce
+
+
+def test_reduce_on_plateau_needs_a_metric_the_run_records():
+    import cnngraph
+    spec = {"name": "t", "inputs": {"x": {"shape": [4]}}, "layers": [{"id": "d", "type": "dense", "out_features": 2}],
+            "outputs": ["d"], "train": {"schedule": {"type": "reduce_on_plateau", "metric": "val_los"}}}
+    with pytest.raises(cnngraph.SpecError) as info:
+        cnngraph.load_spec(spec)
+    (p,) = info.value.problems
+    assert p.path == "train.schedule.metric" and "did you mean 'val_loss'" in p.message
