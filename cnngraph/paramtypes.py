@@ -2,7 +2,8 @@
 
 Spec authors write ``kernel_size: 3`` or ``kernel_size: [3, 5]``; ``padding`` also takes
 ``"same"``/``"valid"`` or four numbers ``[top, bottom, left, right]``. The 1-D ops take ``kernel_size: 5``
-(or ``[5]``) and ``padding: 2``, ``[begin, end]``, ``"same"`` or ``"valid"``.
+(or ``[5]``) and ``padding: 2``, ``[begin, end]``, ``"same"`` or ``"valid"``; the 3-D ops ``kernel_size: 3`` or
+``[d, h, w]`` and ``padding: 1``, ``[d, h, w]``, ``[front, back, top, bottom, left, right]``, ``"same"`` or ``"valid"``.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticKnownError
 
-__all__ = ["StrictScalars", "StrictSettings", "IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "is_whole"]
+__all__ = ["StrictScalars", "StrictSettings", "IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "IntTriple",
+           "Padding3", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
@@ -29,15 +31,18 @@ def _written(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _pair(minimum: int):
+def _pair(minimum: int, axes: str = "h, w"):
+    """One integer for every axis, or a list with one per axis (``axes`` names them in messages)."""
+    n = len(axes.split(", "))
+
     def check(v: Any):
-        pair = [v, v] if _is_int(v) else v
-        if isinstance(pair, (list, tuple)) and len(pair) == 2 and all(_is_int(e) for e in pair):
+        pair = [v] * n if _is_int(v) else v
+        if isinstance(pair, (list, tuple)) and len(pair) == n and all(_is_int(e) for e in pair):
             if min(pair) < minimum:
                 what = "an integer" if _is_int(v) else "integers"
                 raise ValueError(f"expected {what} >= {minimum}, found {_written(v)}")
             return tuple(pair)
-        raise ValueError(f"expected an integer >= {minimum} or a list [h, w] of them, found {v!r}")
+        raise ValueError(f"expected an integer >= {minimum} or a list [{axes}] of them, found {v!r}")
     return check
 
 
@@ -60,7 +65,7 @@ def _padding(lengths: tuple[int, ...], forms: str):
             if v in ("same", "valid"):
                 return v
         else:
-            pads = [v, v] if _is_int(v) else v
+            pads = [v] * lengths[0] if _is_int(v) else v
             if isinstance(pads, (list, tuple)) and len(pads) in lengths and all(_is_int(e) for e in pads):
                 if min(pads) < 0:
                     raise ValueError(f"padding must be >= 0, found {_written(v)}")
@@ -76,6 +81,9 @@ Padding = Annotated[Union[str, tuple[int, ...]],
 Int1 = Annotated[int, BeforeValidator(_single(1))]
 NonNegativeInt1 = Annotated[int, BeforeValidator(_single(0))]
 Padding1 = Annotated[Union[str, tuple[int, int]], BeforeValidator(_padding((2,), " or [begin, end]"))]
+IntTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(1, "d, h, w"))]
+Padding3 = Annotated[Union[str, tuple[int, ...]],
+                     BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]"))]
 
 
 

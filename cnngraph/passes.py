@@ -1,9 +1,9 @@
 """Graph-level optimisation passes for inference, each a small function on the compiled graph.
 
 - ``prune``: drop layers that reach no requested output.
-- ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/conv1d/dense before it.
-- ``fuse_activations``: run relu/leaky_relu in place on the output of the conv2d/conv1d/dense/add before it
-  (conv2d, conv1d and add apply a relu per cache-sized chunk inside their kernels).
+- ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/conv1d/conv3d/dense before it.
+- ``fuse_activations``: run relu/leaky_relu in place on the output of the conv2d/conv1d/conv3d/dense/add before it
+  (conv2d, conv1d, conv3d and add apply a relu per cache-sized chunk inside their kernels).
 
 ``optimize_for_inference(model)`` applies all three to a snapshot of the model's parameters and returns
 an :class:`InferenceModel` whose outputs equal ``model.forward(..., training=False)`` to float32 rounding.
@@ -24,10 +24,10 @@ from .schedule import make_plan
 __all__ = ["prune", "fold_batch_norm", "fuse_activations", "optimize_for_inference", "InferenceModel",
            "FusedActivation"]
 
-FOLDABLE = ("conv2d", "conv1d", "dense")
+FOLDABLE = ("conv2d", "conv1d", "conv3d", "dense")
 FUSABLE = ("relu", "leaky_relu")
-PRODUCERS = ("conv2d", "conv1d", "dense", "add")   # ops whose output an activation may be fused into
-NATIVE_RELU = ("conv2d", "conv1d", "add")          # their forward takes relu=True
+PRODUCERS = ("conv2d", "conv1d", "conv3d", "dense", "add")   # ops whose output an activation may be fused into
+NATIVE_RELU = ("conv2d", "conv1d", "conv3d", "add")          # their forward takes relu=True
 SHARD_MAX_MACS = 100e6                             # see InferenceModel._shards
 SHARD_THREADS = 2                                  # ... and only with this many kernel threads
 

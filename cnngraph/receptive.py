@@ -1,5 +1,6 @@
 """Receptive fields: how many input pixels (h, w) one output pixel of each layer can see; (l,) for the
-(C, L) maps of 1-D layers, which are followed as (C, 1, L) maps, as the 1-D ops compute them.
+(C, L) maps of 1-D layers and (d, h, w) for the (C, D, H, W) volumes of 3-D layers. Every map is followed as a
+(C, D, H, W) volume: (C, H, W) as (C, 1, H, W), (C, L) as (C, 1, 1, L) (as the 1-D ops compute them).
 
 Exact for any mix of strided, dilated and transposed (upsampling) windows: each layer's map from
 output positions to input positions is followed back to the model input, one axis at a time, and
@@ -18,6 +19,7 @@ from .graph import topological_order
 __all__ = ["receptive_fields", "declared_field"]
 
 GLOBAL = "global"
+AXES = 3   # (D, H, W)
 
 
 def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
@@ -33,9 +35,9 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
         maps[node] = _mapping(g, node, maps)
     spatial = [n for n in order if isinstance(maps[n], _Spatial)]
     fields: dict[str, Any] = {n: m for n, m in maps.items() if not isinstance(m, _Spatial)}
-    per_axis = [_fields_along(g, spatial, maps, axis) for axis in (0, 1)]
-    for n in spatial:
-        fields[n] = (per_axis[1][n],) if len(g.nodes[n]["out_shape"]) == 2 else (per_axis[0][n], per_axis[1][n])
+    per_axis = [_fields_along(g, spatial, maps, axis) for axis in range(AXES)]
+    for n in spatial:   # the map's own axes: the last len(shape) - 1 of (D, H, W)
+        fields[n] = tuple(field[n] for field in per_axis[AXES + 1 - len(g.nodes[n]["out_shape"]):])
     for n in order:   # flatten only lays the pixels out in a row: each value sees what it saw before
         src = g.nodes[n].get("inputs") or [None]
         if g.nodes[n].get("type") == "flatten" and isinstance(maps.get(src[0]), _Spatial):
@@ -67,14 +69,16 @@ class _Spatial:
 
 
 def _as_map(shape):
-    """(C, H, W) as it is, (C, L) as (C, 1, L); None for other shapes (no map)."""
-    return tuple(shape) if len(shape) == 3 else (shape[0], 1, shape[1]) if len(shape) == 2 else None
+    """(C, D, H, W) as it is, (C, H, W) as (C, 1, H, W), (C, L) as (C, 1, 1, L); None for other shapes (no map)."""
+    if not 2 <= len(shape) <= 1 + AXES:
+        return None
+    return (shape[0],) + (1,) * (1 + AXES - len(shape)) + tuple(shape[1:])
 
 
 def _mapping(g, node, maps):
     attrs = g.nodes[node]
     if attrs["kind"] == "input":
-        return _Spatial([("input",), ("input",)]) if _as_map(attrs["out_shape"]) else GLOBAL
+        return _Spatial([("input",)] * AXES) if _as_map(attrs["out_shape"]) else GLOBAL
     ins = [maps[s] for s in attrs["inputs"]]
     op = attrs.get("op")
     if GLOBAL in ins or attrs["type"].startswith("global_") or getattr(op, "mixes_space", False) \
@@ -87,53 +91,56 @@ def _mapping(g, node, maps):
     if hasattr(op, "as_2d"):   # a 1-D window op: its 2-D form on (C, 1, L)
         op, p = op.as_2d, op.as_2d.p
     k = getattr(p, "kernel_size", None)
-    if hasattr(op, "source_positions"):   # the op maps output to input positions itself (upsampling)
-        return _Spatial([("op", op, axis, shapes[0][1 + axis], _as_map(attrs["out_shape"])[1 + axis]) for axis in (0, 1)])
-    if k is not None:
-        k = _pair(k)
-        s = _pair((getattr(p, "stride", None) or k) if hasattr(p, "stride") else (_shrink_factor(attrs) or k))
-        d = _pair(getattr(p, "dilation", 1))
-        pads = _leading_pads(op, shapes)
+    if hasattr(op, "source_positions"):   # the op maps output to input positions itself (2-D upsampling)
+        out = _as_map(attrs["out_shape"])
+        return _Spatial([("same",)] + [("op", op, axis, shapes[0][2 + axis], out[2 + axis]) for axis in (0, 1)])
+    if k is not None:   # a 2-D window (also a 1-D op's 2-D form) keeps the depth axis, a 3-D one has its own
+        n = len(_axes(k, 2))
+        k = _axes(k, n)
+        shrink = _shrink_factor(attrs)
+        s = _axes((getattr(p, "stride", None) or k) if hasattr(p, "stride") else (shrink[-n:] if shrink else k), n)
+        d = _axes(getattr(p, "dilation", 1), n)
+        pads = _leading_pads(op, shapes, n)
         kind = "transposed" if getattr(op, "transposed", False) else "window"
-        return _Spatial([(kind, k[i], s[i], d[i], pads[i]) for i in range(2)])
+        return _Spatial([("same",)] * (AXES - n) + [(kind, k[i], s[i], d[i], pads[i]) for i in range(n)])
     factor = _shrink_factor(attrs)
     if factor is None:
         return None
-    if factor != (1, 1):
-        return _Spatial([("window", f, f, 1, 0) for f in factor])
-    return _Spatial([("same",), ("same",)])
+    return _Spatial([("window", f, f, 1, 0) if f != 1 else ("same",) for f in factor])
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _axes(v, n):
+    """A window parameter per axis: an int for all ``n`` axes, or a tuple as it is."""
+    return (v,) * n if isinstance(v, int) else tuple(v)
 
 
-def _leading_pads(op, shapes):
-    """(top, left) padding of a window op: where its first window starts (0 when the op does not say)."""
+def _leading_pads(op, shapes, n):
+    """Padding at the start of each of the ``n`` axes of a window op, (top, left) in 2-D: where its first window
+    starts (0 when the op does not say)."""
     try:
         if hasattr(op, "pads"):
-            t, _, l, _ = op.pads(shapes[0])
+            pads = op.pads(shapes[0] if n == 3 else shapes[0][:1] + shapes[0][2:])
         elif hasattr(op, "window"):
-            t, _, l, _ = op.window()[2]
+            pads = op.window()[2]
         else:
-            return (0, 0)
-        return (t, l)
+            return (0,) * n
+        return tuple(pads[0::2])
     except Exception:  # noqa: BLE001 - a plugin's own geometry helper: alignment only, not worth failing for
-        return (0, 0)
+        return (0,) * n
 
 
 def _shrink_factor(attrs: dict):
-    """(fh, fw) when the layer's first input map is exactly f times its output map per axis; (1, 1) when the
-    map is kept or grows (padding adds no field) or the input is not a map; None for another shrink."""
+    """(fd, fh, fw) when the layer's first input map is exactly f times its output map per axis ((1, 1, 1) when
+    the map is kept or grows, since padding adds no field, or the input is not a map); None for another shrink."""
     shapes = attrs.get("in_shapes") or []
     if not shapes or not _as_map(shapes[0]) or not _as_map(attrs["out_shape"]):
-        return (1, 1)
-    (_, h, w), (_, ho, wo) = _as_map(shapes[0]), _as_map(attrs["out_shape"])
-    if ho >= h and wo >= w:
-        return (1, 1)
-    if ho <= 0 or wo <= 0 or h % ho or w % wo:
+        return (1,) * AXES
+    sizes, outs = _as_map(shapes[0])[1:], _as_map(attrs["out_shape"])[1:]
+    if all(o >= i for i, o in zip(sizes, outs)):
+        return (1,) * AXES
+    if any(o <= 0 or i % o for i, o in zip(sizes, outs)):
         return None
-    return (h // ho, w // wo)
+    return tuple(i // o for i, o in zip(sizes, outs))
 
 
 def _input_range(rule, a, b):

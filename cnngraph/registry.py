@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "cnngraph.plugins.connection",
     "cnngraph.plugins.pooling",
     "cnngraph.plugins.window1d",
+    "cnngraph.plugins.window3d",
     "cnngraph.plugins.normalization",
     "cnngraph.plugins.regularization",
     "cnngraph.plugins.shape",

@@ -14,23 +14,33 @@ from .graph import topological_order
 F = torch.nn.functional
 
 
+def _torch_pads(pad, x):
+    """cnngraph's explicit (begin, end) per spatial axis, e.g. [top, bottom, left, right], as F.pad's argument
+    (last axis first); None for the other padding forms (an int, one per axis), which torch takes as they are."""
+    if not (isinstance(pad, (list, tuple)) and len(pad) == 2 * (x.dim() - 2)):
+        return None
+    return tuple(v for i in range(len(pad) - 2, -1, -2) for v in pad[i:i + 2])
+
+
 def _pool(layer, x, fn, fill):
-    """Pooling with cnngraph's padding forms: an int, [h, w] or asymmetric [top, bottom, left, right]
-    (padded explicitly with ``fill``, since torch pools pad symmetrically)."""
+    """Pooling with cnngraph's padding forms: an int, [h, w] or asymmetric [top, bottom, left, right] (3-D:
+    [d, h, w] or [front, back, top, bottom, left, right]), padded explicitly with ``fill``, since torch pools
+    pad symmetrically."""
     pad = layer.get("padding", 0)
-    if not (isinstance(pad, (list, tuple)) and len(pad) == 4):
+    explicit = _torch_pads(pad, x)
+    if explicit is None:
         return fn(x, pad)
-    top, bottom, left, right = pad
-    return fn(F.pad(x, (left, right, top, bottom), value=fill), 0)
+    return fn(F.pad(x, explicit, value=fill), 0)
 
 
 def _avg_pool(layer, x):
     pad, include = layer.get("padding", 0), layer.get("count_include_pad", True)
+    pool = F.avg_pool3d if layer["type"] == "avg_pool3d" else F.avg_pool2d
 
     def avg(v, padding):
-        return F.avg_pool2d(v, layer["kernel_size"], layer.get("stride"), padding,
-                            ceil_mode=layer.get("ceil_mode", False), count_include_pad=include)
-    if include or not (isinstance(pad, (list, tuple)) and len(pad) == 4):
+        return pool(v, layer["kernel_size"], layer.get("stride"), padding,
+                    ceil_mode=layer.get("ceil_mode", False), count_include_pad=include)
+    if include or _torch_pads(pad, x) is None:
         return _pool(layer, x, avg, 0.0)
     ones = torch.ones_like(x[:1, :1])      # sum over the real pixels / their number
     return _pool(layer, x, avg, 0.0) / _pool(layer, ones, avg, 0.0)
@@ -51,14 +61,13 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
     ``update_stats``: batch norm in training updates ``p``'s running statistics in place (else copies)."""
     t = list(t)
     typ = layer["type"]
-    if typ == "conv2d":
+    if typ in ("conv2d", "conv3d"):
         pad = layer.get("padding", 0)
-        if isinstance(pad, (list, tuple)) and len(pad) == 4:
-            top, bottom, left, right = pad
-            t[0] = F.pad(t[0], (left, right, top, bottom))
-            pad = 0
-        return F.conv2d(t[0], p["weight"], p.get("bias"), layer.get("stride", 1), pad, layer.get("dilation", 1),
-                        layer.get("groups", 1))
+        if _torch_pads(pad, t[0]) is not None:
+            t[0], pad = F.pad(t[0], _torch_pads(pad, t[0])), 0
+        conv = F.conv3d if typ == "conv3d" else F.conv2d
+        return conv(t[0], p["weight"], p.get("bias"), layer.get("stride", 1), pad, layer.get("dilation", 1),
+                    layer.get("groups", 1))
     if typ == "conv_transpose2d":
         pad = layer.get("padding", 0)
         y = F.conv_transpose2d(t[0], p["weight"], p.get("bias"), layer.get("stride", 1),
@@ -70,16 +79,17 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         return y
     if typ == "dense":
         return F.linear(t[0], p["weight"], p.get("bias"))
-    if typ == "max_pool2d":
-        return _pool(layer, t[0], lambda v, pad: F.max_pool2d(v, layer["kernel_size"], layer.get("stride"), pad,
-                                                              layer.get("dilation", 1),
-                                                              ceil_mode=layer.get("ceil_mode", False)), -torch.inf)
-    if typ == "avg_pool2d":
+    if typ in ("max_pool2d", "max_pool3d"):
+        pool = F.max_pool3d if typ == "max_pool3d" else F.max_pool2d
+        return _pool(layer, t[0], lambda v, pad: pool(v, layer["kernel_size"], layer.get("stride"), pad,
+                                                      layer.get("dilation", 1),
+                                                      ceil_mode=layer.get("ceil_mode", False)), -torch.inf)
+    if typ in ("avg_pool2d", "avg_pool3d"):
         return _avg_pool(layer, t[0])
-    if typ == "global_avg_pool2d":
-        return t[0].mean(dim=(2, 3), keepdim=True)
+    if typ == "global_avg_pool2d":   # (N, C, L), (N, C, H, W) or (N, C, D, H, W)
+        return t[0].mean(dim=tuple(range(2, t[0].dim())), keepdim=True)
     if typ == "global_max_pool2d":
-        return t[0].amax(dim=(2, 3), keepdim=True)
+        return t[0].amax(dim=tuple(range(2, t[0].dim())), keepdim=True)
     if typ == "batch_norm2d":
         stats = [p[k] if update_stats else p[k].clone() for k in ("running_mean", "running_var")]
         return F.batch_norm(t[0], *stats, p.get("weight"), p.get("bias"),

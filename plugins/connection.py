@@ -13,15 +13,28 @@ from cnngraph.op import Op, OpParams
 from cnngraph.backend import xp_of
 from cnngraph.paramtypes import IntPair, NonNegativePair, Padding
 
-__all__ = ["Conv2d", "ConvTranspose2d", "Dense", "resolve_padding", "conv_out_size"]
+__all__ = ["Conv2d", "ConvTranspose2d", "Dense", "resolve_padding", "conv_out_size", "conv_out_sizes"]
 
 
 def conv_out_size(size: int, k: int, s: int, pad: int, d: int) -> int:
     return (size + pad - d * (k - 1) - 1) // s + 1
 
 
+def conv_out_sizes(spatial, kernel, stride, dilation, pads, axes: str) -> list[int]:
+    """Output size per spatial axis (named by the letters of ``axes`` in messages); ``pads`` (begin, end) per axis.
+    Raises ShapeError when a kernel does not fit its padded input."""
+    out = []
+    for size, k, s, d, axis, i in zip(spatial, kernel, stride, dilation, axes, range(0, len(pads), 2)):
+        pad, span = pads[i] + pads[i + 1], d * (k - 1) + 1
+        if span > size + pad:
+            raise ShapeError(f"kernel extent {span} (kernel_size {k}, dilation {d}) is larger than the padded "
+                             f"input {axis}={size + pad}")
+        out.append(conv_out_size(size, k, s, pad, d))
+    return out
+
+
 def resolve_padding(padding, in_hw, kernel, stride, dilation) -> tuple[int, int, int, int]:
-    """Padding as (top, bottom, left, right). 'same' keeps ceil(size/stride) outputs, the odd pixel
+    """Padding as (top, bottom, left, right) (in 3-D (front, back, top, bottom, left, right)). 'same' keeps ceil(size/stride) outputs, the odd pixel
     going bottom/right (as PyTorch for stride 1 and ONNX SAME_UPPER)."""
     if padding == "valid":
         return (0, 0, 0, 0)
@@ -31,8 +44,8 @@ def resolve_padding(padding, in_hw, kernel, stride, dilation) -> tuple[int, int,
             total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
             pads += [total // 2, total - total // 2]
         return tuple(pads)
-    if len(padding) == 2:
-        return (padding[0], padding[0], padding[1], padding[1])
+    if len(padding) == len(in_hw):   # one number per axis: the same at both ends
+        return tuple(v for pad in padding for v in (pad, pad))
     return tuple(padding)
 
 
@@ -75,15 +88,7 @@ class Conv2d(Op):
         if c % p.groups or p.out_channels % p.groups:
             raise ShapeError(f"groups={p.groups} must divide both input channels ({c}) and out_channels "
                              f"({p.out_channels})")
-        t, b, l, r = self.pads(shape)
-        out = []
-        for size, k, s, d, pad, axis in zip(shape[1:], p.kernel_size, p.stride, p.dilation, (t + b, l + r), "HW"):
-            span = d * (k - 1) + 1
-            if span > size + pad:
-                raise ShapeError(f"kernel extent {span} (kernel_size {k}, dilation {d}) is larger than the padded "
-                                 f"input {axis}={size + pad}")
-            out.append(conv_out_size(size, k, s, pad, d))
-        return (p.out_channels, *out)
+        return (p.out_channels, *conv_out_sizes(shape[1:], p.kernel_size, p.stride, p.dilation, self.pads(shape), "HW"))
 
     def init_params(self, in_shapes, rng):
         p = self.p

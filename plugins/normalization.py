@@ -22,7 +22,8 @@ class BatchNormParams(OpParams):
 
 class BatchNorm2d(Op):
     """Per-channel normalisation over the batch and the positions: (N, H, W) of (C, H, W) samples, (N, L) of
-    (C, L) ones and N of (C,) ones, as torch.nn.BatchNorm2d and BatchNorm1d. Batch statistics in training
+    (C, L) ones, (N, D, H, W) of (C, D, H, W) volumes and N of (C,) ones, as torch.nn.BatchNorm2d, BatchNorm1d and
+    BatchNorm3d. Batch statistics in training
     (updating running statistics with the unbiased variance, as PyTorch), running statistics in inference."""
 
     type = "batch_norm2d"
@@ -32,12 +33,14 @@ class BatchNorm2d(Op):
 
     @classmethod
     def examples(cls):
-        return [({}, [(3, 4, 4)]), ({"affine": False, "eps": 0.001}, [(5,)]), ({"momentum": 0.3}, [(3, 6)])]
+        return [({}, [(3, 4, 4)]), ({"affine": False, "eps": 0.001}, [(5,)]), ({"momentum": 0.3}, [(3, 6)]),
+                ({}, [(2, 3, 2, 3)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
-        if len(shape) not in (1, 2, 3):
-            raise ShapeError(f"batch_norm2d expects a (C, H, W), (C, L) or (C,) input per sample, found {shape}")
+        if len(shape) not in (1, 2, 3, 4):
+            raise ShapeError(f"batch_norm2d expects a (C, H, W), (C, L), (C, D, H, W) or (C,) input per sample, "
+                             f"found {shape}")
         return shape
 
     def init_params(self, in_shapes, rng):

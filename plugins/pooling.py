@@ -12,7 +12,7 @@ from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_
 from cnngraph.op import Op, OpParams
 from cnngraph.paramtypes import IntPair, Padding
 
-__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d", "pool_out_sizes"]
 
 
 class PoolParams(OpParams):
@@ -30,45 +30,58 @@ class AvgPoolParams(PoolParams):
     count_include_pad: bool = True
 
 
+def pool_out_sizes(spatial, kernel, stride, pads, dilation, ceil_mode, axes: str) -> list[int]:
+    """Output size per spatial axis (named by the letters of ``axes``); ``pads`` (begin, end) per axis. Raises
+    ShapeError for a window larger than the padded input, padding over half the kernel (PyTorch's rule) or a
+    window that covers only padding."""
+    out = []
+    for size, kk, ss, dd, axis, a in zip(spatial, kernel, stride, dilation, axes, range(0, len(pads), 2)):
+        p0, p1 = pads[a], pads[a + 1]
+        span = dd * (kk - 1) + 1
+        if span > size + p0 + p1:
+            raise ShapeError(f"pooling window {span} is larger than the padded input {axis}={size + p0 + p1}")
+        if max(p0, p1) > kk // 2 and p0 == p1:
+            raise ShapeError(f"padding {p0} must be at most half the kernel size {kk}")
+        n = pool_output_size(size, kk, ss, p0, p1, dd, ceil_mode)
+        empty = next((o for o in range(n) if not any(0 <= o * ss - p0 + dd * i < size for i in range(kk))), None)
+        if empty is not None:   # max: -inf; average without the padding: 0 / 0
+            raise ShapeError(f"pooling window {empty} along {axis} covers only padding (input {axis}={size}, "
+                             f"kernel {kk}, stride {ss}, dilation {dd}, padding {p0}); reduce the padding or "
+                             f"the dilation")
+        out.append(n)
+    return out
+
+
 class _Pool2d(Op):
+    """A pooling window over the spatial ``axes`` of (C, *axes) samples (2-D here; 3-D in plugins/window3d.py)."""
+
+    axes = "HW"
+
     def window(self):
+        """(kernel, stride, pads (begin, end) per axis, dilation)."""
         p = self.p
-        dilation = getattr(p, "dilation", (1, 1))
+        n = len(self.axes)
+        dilation = getattr(p, "dilation", (1,) * n)
         stride = p.stride or p.kernel_size
         if p.padding == "valid":
-            pads = (0, 0, 0, 0)
+            pads = (0,) * (2 * n)
         elif p.padding == "same":
             raise ShapeError("padding 'same' is not supported for pooling; give explicit padding")
-        elif len(p.padding) == 2:
-            pads = (p.padding[0], p.padding[0], p.padding[1], p.padding[1])
+        elif len(p.padding) == n:
+            pads = tuple(v for pad in p.padding for v in (pad, pad))
         else:
             pads = tuple(p.padding)
         return p.kernel_size, stride, pads, dilation
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
-        if len(shape) != 3:
-            raise ShapeError(f"{self.type} expects a (C, H, W) input per sample, found {len(shape)}-D {shape}")
-        k, s, (t, b, l, r), d = self.window()
-        out = []
-        for size, kk, ss, p0, p1, dd, axis in zip(shape[1:], k, s, (t, l), (b, r), d, "HW"):
-            span = dd * (kk - 1) + 1
-            if span > size + p0 + p1:
-                raise ShapeError(f"pooling window {span} is larger than the padded input {axis}={size + p0 + p1}")
-            if max(p0, p1) > kk // 2 and p0 == p1:
-                raise ShapeError(f"padding {p0} must be at most half the kernel size {kk}")
-            n = pool_output_size(size, kk, ss, p0, p1, dd, self.p.ceil_mode)
-            empty = next((o for o in range(n) if not any(0 <= o * ss - p0 + dd * i < size for i in range(kk))), None)
-            if empty is not None:   # max: -inf; average without the padding: 0 / 0
-                raise ShapeError(f"pooling window {empty} along {axis} covers only padding (input {axis}={size}, "
-                                 f"kernel {kk}, stride {ss}, dilation {dd}, padding {p0}); reduce the padding or "
-                                 f"the dilation")
-            out.append(n)
-        return (shape[0], *out)
+        if len(shape) != 1 + len(self.axes):
+            raise ShapeError(f"{self.type} expects a (C, {', '.join(self.axes)}) input per sample, found "
+                             f"{len(shape)}-D {shape}")
+        return (shape[0], *pool_out_sizes(shape[1:], *self.window(), self.p.ceil_mode, self.axes))
 
     def flops(self, in_shapes, out_shape):
-        k = self.p.kernel_size
-        return math.prod(out_shape) * k[0] * k[1]
+        return math.prod(out_shape) * math.prod(self.p.kernel_size)
 
 
 class MaxPool2d(_Pool2d):
@@ -121,18 +134,19 @@ class AvgPool2d(_Pool2d):
 
 
 class _GlobalPool(Op):
-    """Over all positions of (C, H, W) samples, or of (C, L) ones (ONNX's GlobalAveragePool on (N, C, L),
-    torch.nn.AdaptiveAvgPool1d(1)): (C, 1, 1) or (C, 1)."""
+    """Over all positions of (C, H, W) samples, of (C, L) ones (ONNX's GlobalAveragePool on (N, C, L),
+    torch.nn.AdaptiveAvgPool1d(1)) or of (C, D, H, W) volumes (AdaptiveAvgPool3d(1)): (C, 1, 1), (C, 1) or
+    (C, 1, 1, 1)."""
 
     @classmethod
     def examples(cls):
-        return [({}, [(3, 5, 5)]), ({}, [(2, 1, 3)]), ({}, [(3, 7)])]
+        return [({}, [(3, 5, 5)]), ({}, [(2, 1, 3)]), ({}, [(3, 7)]), ({}, [(2, 3, 2, 4)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
-        if len(shape) not in (2, 3):
-            raise ShapeError(f"{self.type} expects a (C, H, W) or (C, L) input per sample, found {len(shape)}-D "
-                             f"{shape}")
+        if len(shape) not in (2, 3, 4):
+            raise ShapeError(f"{self.type} expects a (C, H, W), (C, L) or (C, D, H, W) input per sample, found "
+                             f"{len(shape)}-D {shape}")
         return (shape[0],) + (1,) * (len(shape) - 1)
 
     def flops(self, in_shapes, out_shape):
@@ -140,7 +154,7 @@ class _GlobalPool(Op):
 
 
 class GlobalAvgPool2d(_GlobalPool):
-    """Mean over H and W (or L) → (C, 1, 1) (or (C, 1))."""
+    """Mean over H and W (or L, or D, H and W) → (C, 1, 1) (or (C, 1), or (C, 1, 1, 1))."""
 
     type = "global_avg_pool2d"
 
@@ -156,7 +170,8 @@ class GlobalAvgPool2d(_GlobalPool):
 
 
 class GlobalMaxPool2d(_GlobalPool):
-    """Maximum over H and W (or L) → (C, 1, 1) (or (C, 1)); the gradient goes to the first maximum."""
+    """Maximum over H and W (or L, or D, H and W) → (C, 1, 1) (or (C, 1), or (C, 1, 1, 1)); the gradient goes to
+    the first maximum."""
 
     type = "global_max_pool2d"
 

@@ -27,7 +27,7 @@ from cnngraph.conformance import _Case, examples_for  # noqa: E402
 from cnngraph.registry import get_registry  # noqa: E402
 
 NETWORKS = ["specs/lenet5.yaml", "specs/resnet_small.yaml", "specs/inception_small.yaml",
-            "specs/cifarnet.yaml", "specs/digits_cnn.yaml"]
+            "specs/cifarnet.yaml", "specs/digits_cnn.yaml", "specs/examples/volumes3d.yaml"]
 
 
 def _close(gpu, cpu, what, rtol=1e-9):

@@ -47,6 +47,30 @@ CASES = {
                          "ceil_mode": True}, [(2, 6, 7)], {}, False),
     "avg_pool2d_asym_nopad": ({"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": [1, 0, 0, 1],
                                "count_include_pad": False, "ceil_mode": True}, [(2, 6, 7)], {}, False),
+    # 3-D (C, D, H, W) volumes: plugins/window3d.py, and batch norm / global pooling over D, H and W
+    "conv3d": ({"type": "conv3d", "out_channels": 4, "kernel_size": 3, "padding": 1}, [(2, 4, 4, 5)], {}, False),
+    "conv3d_stride_dilation_groups": ({"type": "conv3d", "out_channels": 4, "kernel_size": [2, 3, 2],
+                                       "stride": [2, 1, 2], "dilation": [2, 1, 1], "groups": 2, "padding": [1, 0, 1],
+                                       "bias": False}, [(4, 6, 5, 5)], {}, False),
+    "conv3d_depthwise_asym": ({"type": "conv3d", "out_channels": 6, "kernel_size": 3, "groups": 3,
+                               "padding": [1, 0, 0, 1, 2, 1]}, [(3, 4, 4, 5)], {}, False),
+    "conv3d_same": ({"type": "conv3d", "out_channels": 3, "kernel_size": [2, 3, 4], "padding": "same"},
+                    [(2, 3, 4, 5)], {}, False),
+    "max_pool3d": ({"type": "max_pool3d", "kernel_size": 2}, [(2, 4, 4, 4)], {}, False),
+    "max_pool3d_ceil_dilated": ({"type": "max_pool3d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                                 "dilation": [1, 1, 2]}, [(2, 6, 5, 8)], {}, False),
+    "max_pool3d_asym": ({"type": "max_pool3d", "kernel_size": [2, 3, 2], "stride": 1,
+                         "padding": [1, 0, 0, 1, 1, 0]}, [(2, 3, 4, 3)], {}, False),
+    "avg_pool3d": ({"type": "avg_pool3d", "kernel_size": 3, "stride": 2, "padding": 1}, [(2, 5, 5, 5)], {}, False),
+    "avg_pool3d_nopad_ceil": ({"type": "avg_pool3d", "kernel_size": 3, "stride": [2, 1, 2], "padding": 1,
+                               "count_include_pad": False, "ceil_mode": True}, [(2, 6, 4, 7)], {}, False),
+    "avg_pool3d_asym_nopad": ({"type": "avg_pool3d", "kernel_size": [2, 3, 2], "stride": 2,
+                               "padding": [1, 0, 0, 1, 1, 0], "count_include_pad": False, "ceil_mode": True},
+                              [(2, 5, 6, 5)], {}, False),
+    "global_avg_pool3d": ({"type": "global_avg_pool2d"}, [(3, 2, 3, 4)], {}, False),
+    "global_max_pool3d": ({"type": "global_max_pool2d"}, [(3, 2, 3, 4)], {}, False),
+    "batch_norm3d_train": ({"type": "batch_norm2d", "momentum": 0.3}, [(3, 2, 3, 3)], {}, True),
+    "batch_norm3d_eval": ({"type": "batch_norm2d"}, [(3, 2, 3, 3)], {}, False),
     "global_avg_pool2d": ({"type": "global_avg_pool2d"}, [(3, 4, 5)], {}, False),
     "global_max_pool2d": ({"type": "global_max_pool2d"}, [(3, 4, 5)], {}, False),
     "batch_norm2d_train": ({"type": "batch_norm2d"}, [(3, 4, 4)], {}, True),
@@ -153,7 +177,7 @@ def test_backward_matches_finite_differences(case):
     layer, shapes, ints, training = CASES[case]
     spec = one_layer_spec(layer, shapes, ints)
     feeds = _feeds(shapes, ints, layer=layer)
-    if layer["type"] in ("max_pool2d", "global_max_pool2d", "relu", "leaky_relu", "prelu", "softplus"):
+    if layer["type"] in ("max_pool2d", "max_pool3d", "global_max_pool2d", "relu", "leaky_relu", "prelu", "softplus"):
         # keep values away from ties/kinks so finite differences are well defined
         # (k + 0.5) / 7 - 2 is never 0 (the kink of relu, leaky_relu and prelu), never ties and never
         # softplus_beta_threshold's switch at 0.75
@@ -203,7 +227,7 @@ def test_forward_matches_torch(case):
                                   "unary_reciprocal", "unary_erf", "maximum", "maximum_rank", "minimum", "pow_square",
                                   "pow_sqrt", "pow_negative", "pow_cube", "reduce_mean_channels", "reduce_sum",
                                   "reduce_max_channels", "reduce_max_all",
-                                  "cross_entropy_pixels_soft"])
+                                  "cross_entropy_pixels_soft", *(c for c in CASES if "3d" in c)])
 def test_forward_and_gradients_match_torch_in_float64(case):
     """The newer ops against torch autograd in float64, with random (not the initial constant) weights."""
     from cnngraph.torchref import torch_graph
@@ -219,14 +243,17 @@ def test_forward_and_gradients_match_torch_in_float64(case):
     np.testing.assert_allclose(out, ref["op"].detach().numpy(), rtol=1e-12, atol=1e-12)
     ref["op"].backward(torch.from_numpy(gy))
     for name, t in {**leaves, **inputs}.items():
+        if not t.requires_grad:   # a buffer: batch norm's running statistics (test_batch_norm_running_stats_...)
+            continue
         np.testing.assert_allclose(grads[name], t.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_batch_norm_running_stats_match_torch():
-    model = cnngraph.compile(one_layer_spec({"type": "batch_norm2d", "momentum": 0.2}, [(3, 4, 4)]))
-    bn = torch.nn.BatchNorm2d(3, momentum=0.2)
+@pytest.mark.parametrize("shape,torch_bn", [((3, 4, 4), "BatchNorm2d"), ((3, 2, 4, 3), "BatchNorm3d")])
+def test_batch_norm_running_stats_match_torch(shape, torch_bn):
+    model = cnngraph.compile(one_layer_spec({"type": "batch_norm2d", "momentum": 0.2}, [shape]))
+    bn = getattr(torch.nn, torch_bn)(3, momentum=0.2)
     for _ in range(3):
-        x = rand(5, 3, 4, 4)
+        x = rand(5, *shape)
         model.forward({"x0": x}, training=True)
         bn.train()(torch.from_numpy(x))
     np.testing.assert_allclose(model.params["op.running_mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)

@@ -158,6 +158,25 @@ def test_conv1d_folds_batch_norm_and_fuses_relu_like_conv2d():
                                atol=1e-5)
 
 
+def test_conv3d_folds_batch_norm_and_fuses_relu_like_conv2d():
+    spec = {"name": "volume", "inputs": {"x": {"shape": [2, 6, 8, 8]}},
+            "layers": [{"id": "c1", "type": "conv3d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
+                       {"id": "bn", "type": "batch_norm2d"}, {"id": "r1", "type": "relu"},
+                       {"id": "c2", "type": "conv3d", "out_channels": 4, "kernel_size": 3, "groups": 4, "stride": 2},
+                       {"id": "r2", "type": "relu"}, {"id": "pool", "type": "global_avg_pool2d"},
+                       {"id": "flat", "type": "flatten"}, {"id": "logits", "type": "dense", "out_features": 3}],
+            "outputs": ["logits"]}
+    rng = np.random.default_rng(0)
+    model = cnngraph.compile(spec, seed=1)
+    _trained_like(model, rng)
+    x = rng.standard_normal((3, 2, 6, 8, 8)).astype(np.float32)
+    fast = optimize_for_inference(model)
+    assert fast.report["folded"] == [("c1", "bn")] and sorted(fast.report["fused"]) == [("c1", "r1"), ("c2", "r2")]
+    assert all(fast.graph.nodes[n]["op"].native for n in ("c1", "c2"))
+    np.testing.assert_allclose(fast.forward({"x": x})["logits"], model.forward({"x": x})["logits"], rtol=1e-4,
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("path", ["specs/resnet_small.yaml", "specs/inception_small.yaml"])
 def test_batch_shards_on_threads_give_the_same_outputs(path, monkeypatch):
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")

@@ -62,8 +62,8 @@ class _Ctx:
 
 
 def _pads_onnx(p) -> list[int]:
-    t, b, l, r = p
-    return [t, l, b, r]
+    """(begin, end) per axis, e.g. (top, bottom, left, right), as ONNX's [begins..., ends...]."""
+    return [*p[0::2], *p[1::2]]
 
 
 def _window_pads(op, in_shape):
@@ -207,7 +207,7 @@ def _layer_norm(c, lid, op, ins, attrs):
 
 def _as_2d(op, in_shape):
     """A window op and its per-sample input shape in 2-D: a 1-D op (plugins/window1d.py) runs as its 2-D form
-    on (C, 1, L)."""
+    on (C, 1, L); 2-D and 3-D ops (plugins/window3d.py) are their own form."""
     two_d = getattr(op, "as_2d", None)
     return (op, in_shape) if two_d is None else (two_d, (in_shape[0], 1, *in_shape[1:]))
 
@@ -221,7 +221,7 @@ def _window_node(c, lid, onnx_op, op, ins, window: dict, **attrs) -> str:
     return lid
 
 
-@exports("conv2d", "conv1d", "conv_transpose2d", "conv_transpose1d")
+@exports("conv2d", "conv1d", "conv3d", "conv_transpose2d", "conv_transpose1d")
 def _conv(c, lid, op, ins, attrs):
     two_d, shape = _as_2d(op, attrs["in_shapes"][0])
     p = two_d.p
@@ -240,13 +240,13 @@ def _dense(c, lid, op, ins, attrs):
     return lid
 
 
-@exports("max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d")
+@exports("max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d", "max_pool3d", "avg_pool3d")
 def _pool(c, lid, op, ins, attrs):
     two_d, _ = _as_2d(op, attrs["in_shapes"][0])
     k, s, pads, d = two_d.window()
     window = dict(kernel_shape=list(k), strides=list(s), pads=_pads_onnx(pads))
-    if two_d.type == "max_pool2d":
-        if tuple(d) != (1, 1):
+    if two_d.type.startswith("max_pool"):
+        if any(v != 1 for v in d):
             window["dilations"] = list(d)
         return _window_node(c, lid, "MaxPool", op, ins, window, ceil_mode=int(op.p.ceil_mode))
     if op.p.ceil_mode and any(pads) and op.p.count_include_pad and c.opset < 19:

@@ -60,8 +60,8 @@ def _compact(v):
 
 
 def _padding(pads):
-    """ONNX pads [begin..., end...] → cnngraph's padding: [begin, end] in 1-D, [top, bottom, left, right] in 2-D
-    (compact when each axis is symmetric)."""
+    """ONNX pads [begin..., end...] → cnngraph's padding: [begin, end] in 1-D, [top, bottom, left, right] in 2-D,
+    [front, back, top, bottom, left, right] in 3-D (compact when each axis is symmetric)."""
     n = len(pads) // 2
     pairs = [(int(pads[i]), int(pads[n + i])) for i in range(n)]
     if all(b == e for b, e in pairs):
@@ -70,16 +70,17 @@ def _padding(pads):
 
 
 def _spatial_rank(imp, x: Dyn) -> int:
-    """1 or 2: the spatial axes of an (N, C, L) or (N, C, H, W) input. 1-D ops import as the 1-D layers
-    (conv1d, max_pool1d, ...; see plugins/window1d.py), keeping the ONNX shapes and weight layouts."""
-    if len(x.shape) not in (2, 3):
-        raise imp.fail(f"only 1-D (N, C, L) and 2-D (N, C, H, W) inputs are supported, found per-sample shape "
-                       f"{x.shape}")
+    """1, 2 or 3: the spatial axes of an (N, C, L), (N, C, H, W) or (N, C, D, H, W) input. 1-D and 3-D ops import
+    as the 1-D and 3-D layers (conv1d, max_pool1d, ...; see plugins/window1d.py and window3d.py), keeping the ONNX
+    shapes and weight layouts."""
+    if len(x.shape) not in (2, 3, 4):
+        raise imp.fail(f"only 1-D (N, C, L), 2-D (N, C, H, W) and 3-D (N, C, D, H, W) inputs are supported, found "
+                       f"per-sample shape {x.shape}")
     return len(x.shape) - 1
 
 
 def _spatial(imp, node, x: Dyn, kernel, a):
-    """Resolved (strides, dilations, ONNX-order pads) of a 1-D or 2-D window op."""
+    """Resolved (strides, dilations, ONNX-order pads) of a 1-D, 2-D or 3-D window op."""
     n = _spatial_rank(imp, x)
     strides = list(a.get("strides", [1] * n))
     dil = list(a.get("dilations", [1] * n))
@@ -109,14 +110,14 @@ def _spatial(imp, node, x: Dyn, kernel, a):
 
 # ---- convolution, dense -------------------------------------------------------------------------
 def _conv_layer(imp, node, a, transposed: bool) -> Dyn:
-    """Conv as conv1d/conv2d, ConvTranspose as conv_transpose1d/conv_transpose2d; the weights keep their layout:
-    (C_out, C_in/group, k...), transposed (C_in, C_out/group, k...)."""
+    """Conv as conv1d/conv2d/conv3d, ConvTranspose as conv_transpose1d/conv_transpose2d; the weights keep their
+    layout: (C_out, C_in/group, k...), transposed (C_in, C_out/group, k...)."""
     x = imp.dyn_of(node.input[0])
     w = imp.const(node.input[1], "weight")
     b = imp.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
-    if w.ndim not in (3, 4):
-        raise imp.fail(f"only 1-D and 2-D {'transposed ' * transposed}convolutions are supported (weight of shape "
-                       f"{w.shape})")
+    if w.ndim not in ((3, 4) if transposed else (3, 4, 5)):
+        supported = "1-D and 2-D transposed convolutions are" if transposed else "1-D, 2-D and 3-D convolutions are"
+        raise imp.fail(f"only {supported} supported (weight of shape {w.shape})")
     kernel = list(a.get("kernel_shape", w.shape[2:]))
     strides, dil, pads = _spatial(imp, node, x, kernel, a)
     n, group = len(kernel), int(a.get("group", 1))
@@ -241,7 +242,7 @@ def avg_pool(imp, node, a):
 @handles("GlobalAveragePool", "GlobalMaxPool")
 def global_pool(imp, node, a):
     x = imp.dyn_of(node.input[0])
-    _spatial_rank(imp, x)   # (N, C, L) gives (N, C, 1), as ONNX
+    _spatial_rank(imp, x)   # (N, C, L) gives (N, C, 1), (N, C, D, H, W) (N, C, 1, 1, 1), as ONNX
     return [imp.emit("global_avg_pool2d" if node.op_type == "GlobalAveragePool" else "global_max_pool2d", [x])]
 
 
@@ -255,8 +256,8 @@ def batch_norm(imp, node, a):
                        "export the model in inference mode (model.eval())")
     if a.get("training_mode", 0):
         raise imp.fail("training_mode=1 is not supported; export the model in inference mode")
-    if len(x.shape) not in (1, 2, 3):
-        raise imp.fail(f"batch_norm2d takes (C, H, W), (C, L) or (C,) per sample, found {x.shape}")
+    if len(x.shape) not in (1, 2, 3, 4):
+        raise imp.fail(f"batch_norm2d takes (C, H, W), (C, L), (C, D, H, W) or (C,) per sample, found {x.shape}")
     params = {}
     eps = float(a.get("epsilon", 1e-5))
     if abs(eps - 1e-5) > 1e-12:
@@ -1099,8 +1100,8 @@ REDUCE_NONE = {"l1": ("unary", {"fn": "abs"}), "l2": ("unary", {"fn": "abs"}), "
 
 @handles(*REDUCE)
 def reduce(imp, node, a):
-    """Mean / max over H and W of an (N, C, H, W) tensor (``x.mean([2, 3])`` in ShuffleNet and MobileNetV2) as a
-    global pooling; any other reduction that keeps the batch axis (CBAM's ``x.mean(1, keepdim=True)``, F.normalize's
+    """Mean / max over H and W of an (N, C, H, W) tensor (``x.mean([2, 3])`` in ShuffleNet and MobileNetV2), or over
+    D, H and W of an (N, C, D, H, W) one, as a global pooling; any other reduction that keeps the batch axis (CBAM's ``x.mean(1, keepdim=True)``, F.normalize's
     ReduceL2 over the channels) as ``reduce``. The axes are an attribute, or an input from opset 18 (ReduceSum: 13)."""
     x = imp.dyn_of(node.input[0])
     axes = a.get("axes")
@@ -1117,7 +1118,7 @@ def reduce(imp, node, a):
     if 0 in axes:
         raise imp.fail(f"reducing over the batch axis is not supported (axes {axes} of a rank-{rank} tensor)")
     keep = bool(a.get("keepdims", 1))
-    if rank == 4 and axes == [2, 3] and kind in ("mean", "max"):
+    if rank in (4, 5) and axes == list(range(2, rank)) and kind in ("mean", "max"):   # over (H, W) or (D, H, W)
         pool = "global_avg_pool2d" if kind == "mean" else "global_max_pool2d"
         if keep:
             return [imp.emit(pool, [x])]

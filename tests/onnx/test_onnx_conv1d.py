@@ -203,21 +203,20 @@ def test_cli_imports_runs_and_reexports_a_conv1d_model(tmp_path):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("node,inits,message", [
-    (N("Conv", ["x", "w"], ["y"]), {"w": (3, 4, 2, 2, 2)},
-     "Conv node 'y': only 1-D and 2-D convolutions are supported (weight of shape (3, 4, 2, 2, 2))"),
-    (N("ConvTranspose", ["x", "w"], ["y"]), {"w": (4, 3, 2, 2, 2)},
+@pytest.mark.parametrize("node,inits,x,message", [
+    (N("ConvTranspose", ["x", "w"], ["y"]), {"w": (4, 3, 2, 2, 2)}, (2, 4, 5, 6, 7),
      "ConvTranspose node 'y': only 1-D and 2-D transposed convolutions are supported (weight of shape "
      "(4, 3, 2, 2, 2))"),
-    (N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2, 2]), {},
-     "MaxPool node 'y': only 1-D (N, C, L) and 2-D (N, C, H, W) inputs are supported, found per-sample shape "
-     "(4, 5, 6, 7)"),
-    (N("GlobalAveragePool", ["x"], ["y"]), {},
-     "GlobalAveragePool node 'y': only 1-D (N, C, L) and 2-D (N, C, H, W) inputs are supported, found per-sample "
-     "shape (4, 5, 6, 7)"),
-], ids=["conv3d", "conv_transpose3d", "max_pool3d", "global_avg_pool3d"])
-def test_3d_windows_are_refused_with_one_message(node, inits, message):
-    model = make_model([node, N("Relu", ["y"], ["z"])], {"x": (2, 4, 5, 6, 7)}, {k: rand(*s) for k, s in inits.items()},
+    (N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2, 2, 2]), {}, (2, 4, 5, 6, 7, 3),
+     "MaxPool node 'y': only 1-D (N, C, L), 2-D (N, C, H, W) and 3-D (N, C, D, H, W) inputs are supported, found "
+     "per-sample shape (4, 5, 6, 7, 3)"),
+    (N("GlobalAveragePool", ["x"], ["y"]), {}, (2, 4, 5, 6, 7, 3),
+     "GlobalAveragePool node 'y': only 1-D (N, C, L), 2-D (N, C, H, W) and 3-D (N, C, D, H, W) inputs are "
+     "supported, found per-sample shape (4, 5, 6, 7, 3)"),
+], ids=["conv_transpose3d", "max_pool4d", "global_avg_pool4d"])
+def test_other_windows_are_refused_with_one_message(node, inits, x, message):
+    """3-D windows import (tests/onnx/test_onnx_conv3d.py), but not transposed 3-D convolutions or 4-D windows."""
+    model = make_model([node, N("Relu", ["y"], ["z"])], {"x": x}, {k: rand(*s) for k, s in inits.items()},
                        outputs=("z",))
     with pytest.raises(OnnxError) as err:
         import_onnx(model)

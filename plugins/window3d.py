@@ -1,0 +1,236 @@
+"""3-D convolution and pooling on (C, D, H, W) samples (volumes: CT/MRI scans, video clips; C3D/I3D-style nets):
+conv3d, max_pool3d and avg_pool3d, with the parameters and weight layouts of torch.nn.Conv3d, MaxPool3d and
+AvgPool3d. Batch norm and global pooling take (C, D, H, W) as they are (BatchNorm3d, AdaptiveAvgPool3d(1)).
+
+All three run on the 2-D kernels (cnngraph/kernels), so they share their threading and fast paths:
+
+- conv3d gathers the kd depth taps of every output depth into channels, a (N*Do, C*kd, H, W) "slab" (an im2col
+  along depth only, kd times the input), and runs one conv2d on it with the weights (O, C/g, kd, kh, kw) viewed
+  as (O, C/g*kd, kh, kw): slab channel c*kd + i holds input channel c at depth tap i, which is the weights' own
+  order and keeps each group's channels contiguous. Its backward is conv2d's, then a scatter-add of the slab
+  gradient back along depth.
+- the pools pool each depth plane in (H, W) (the (N, C*D, H, W) view of the input), then pool that along depth
+  (a (kd, 1) window on the (N, C, D, Ho*Wo) view). Max is exact in this order: the (H, W) pass keeps each
+  plane's first maximum, the depth pass the first plane's, which is the first in PyTorch's (d, h, w) scan
+  order; NaN wins in both passes as in PyTorch. The average's divisor is a product of per-axis counts
+  (PyTorch's, with and without count_include_pad), so two averages are the 3-D one.
+"""
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+
+from cnngraph.backend import xp_of
+from cnngraph.errors import ShapeError
+from cnngraph.hookspecs import hookimpl
+from cnngraph.init import init_bias, init_weight
+from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
+from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
+                                   max_pool2d_forward)
+from cnngraph.op import Op
+from cnngraph.paramtypes import IntTriple, Padding3
+
+from cnngraph.plugins.connection import Conv2dParams, conv_out_sizes, resolve_padding
+from cnngraph.plugins.pooling import AvgPoolParams, MaxPoolParams, _Pool2d
+
+__all__ = ["Conv3d", "MaxPool3d", "AvgPool3d"]
+
+
+class Conv3dParams(Conv2dParams):
+    out_channels: int = Field(ge=1)
+    kernel_size: IntTriple
+    stride: IntTriple = (1, 1, 1)
+    padding: Padding3 = (0, 0, 0)
+    dilation: IntTriple = (1, 1, 1)
+
+
+class MaxPool3dParams(MaxPoolParams):
+    kernel_size: IntTriple
+    stride: IntTriple | None = None   # default: kernel_size
+    padding: Padding3 = (0, 0, 0)
+    dilation: IntTriple = (1, 1, 1)
+
+
+class AvgPool3dParams(AvgPoolParams):
+    kernel_size: IntTriple
+    stride: IntTriple | None = None   # default: kernel_size
+    padding: Padding3 = (0, 0, 0)
+
+
+def _depth_taps(n_out, k, s, d):
+    """(tap, slice of the depth-padded input) for each depth tap of the kernel."""
+    for i in range(k):
+        yield i, slice(i * d, i * d + (n_out - 1) * s + 1, s)
+
+
+def depth_slab(x, k, s, d, front, back, n_out):
+    """(N*Do, C*k, H, W): for output depth o, channel c*k + i is input channel c at padded depth o*s + i*d."""
+    xp = xp_of(x)
+    N, C, D, H, W = x.shape
+    if front or back:
+        xpad = xp.zeros((N, C, front + D + back, H, W), dtype=x.dtype)
+        xpad[:, :, front:front + D] = x
+    else:
+        xpad = x
+    slab = xp.empty((N, n_out, C, k, H, W), dtype=x.dtype)
+    for i, taps in _depth_taps(n_out, k, s, d):
+        slab[:, :, :, i] = xpad[:, :, taps].transpose(0, 2, 1, 3, 4)
+    return slab.reshape(N * n_out, C * k, H, W)
+
+
+def depth_slab_backward(dslab, x_shape, k, s, d, front, back, n_out):
+    """The adjoint of :func:`depth_slab`: each tap's gradient added back to the depths it was read from."""
+    xp = xp_of(dslab)
+    N, C, D, H, W = x_shape
+    g = dslab.reshape(N, n_out, C, k, H, W)
+    dpad = xp.zeros((N, C, front + D + back, H, W), dtype=dslab.dtype)
+    for i, taps in _depth_taps(n_out, k, s, d):
+        dpad[:, :, taps] += g[:, :, :, i].transpose(0, 2, 1, 3, 4)
+    return xp.ascontiguousarray(dpad[:, :, front:front + D])
+
+
+def _to_planes(y, n, n_out):
+    """(N*Do, O, Ho, Wo) → (N, O, Do, Ho, Wo)."""
+    xp = xp_of(y)
+    return xp.ascontiguousarray(y.reshape(n, n_out, *y.shape[1:]).transpose(0, 2, 1, 3, 4))
+
+
+def _from_planes(g):
+    """(N, O, Do, Ho, Wo) → (N*Do, O, Ho, Wo), the inverse of :func:`_to_planes`."""
+    N, O, Do, Ho, Wo = g.shape
+    return xp_of(g).ascontiguousarray(g.transpose(0, 2, 1, 3, 4)).reshape(N * Do, O, Ho, Wo)
+
+
+class Conv3d(Op):
+    """3-D convolution (cross-correlation), (C, D, H, W) samples, weights (C_out, C_in/groups, kD, kH, kW) as
+    torch.nn.Conv3d; padding an int, [d, h, w], [front, back, top, bottom, left, right], 'same' or 'valid'."""
+
+    type = "conv3d"
+    Params = Conv3dParams
+
+    @classmethod
+    def examples(cls):
+        return [({"out_channels": 3, "kernel_size": 3, "padding": 1}, [(2, 4, 4, 5)]),
+                ({"out_channels": 4, "kernel_size": [2, 3, 2], "stride": [2, 1, 2], "dilation": [2, 1, 1],
+                  "groups": 2, "padding": [1, 0, 1, 1, 0, 1], "bias": False}, [(4, 6, 4, 5)]),
+                ({"out_channels": 3, "kernel_size": 3, "groups": 3, "padding": "same"}, [(3, 3, 4, 4)])]
+
+    def pads(self, in_shape):
+        """(front, back, top, bottom, left, right)."""
+        p = self.p
+        return resolve_padding(p.padding, in_shape[1:], p.kernel_size, p.stride, p.dilation)
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        p = self.p
+        if len(shape) != 4:
+            raise ShapeError(f"conv3d expects a (C, D, H, W) input per sample, found {len(shape)}-D {shape}")
+        if shape[0] % p.groups or p.out_channels % p.groups:
+            raise ShapeError(f"groups={p.groups} must divide both input channels ({shape[0]}) and out_channels "
+                             f"({p.out_channels})")
+        return (p.out_channels, *conv_out_sizes(shape[1:], p.kernel_size, p.stride, p.dilation, self.pads(shape),
+                                                "DHW"))
+
+    def init_params(self, in_shapes, rng):
+        p = self.p
+        cin, taps = in_shapes[0][0] // p.groups, math.prod(p.kernel_size)
+        fan_in, fan_out = cin * taps, p.out_channels // p.groups * taps
+        params = {"weight": init_weight((p.out_channels, cin, *p.kernel_size), fan_in, fan_out, p.init, rng)}
+        if p.bias:
+            params["bias"] = init_bias(p.out_channels, fan_in, rng)
+        return params
+
+    def forward(self, ctx, inputs, params, relu=False):
+        """``relu=True`` (inference fusion, see cnngraph.passes) returns max(conv, 0)."""
+        x, = inputs
+        p = self.p
+        w = params["weight"]
+        (kd, kh, kw), (sd, *s2), (dd, *d2) = p.kernel_size, p.stride, p.dilation
+        front, back, *pads2 = self.pads(x.shape[1:])
+        n_out = conv_out_sizes(x.shape[2:3], (kd,), (sd,), (dd,), (front, back), "D")[0]
+        slab = depth_slab(x, kd, sd, dd, front, back, n_out)
+        y, saved = conv2d_forward(slab, w.reshape(w.shape[0], -1, kh, kw), params.get("bias"), s2, pads2, d2,
+                                  p.groups, save=ctx.grad, relu=relu)
+        ctx.save(conv=saved, x_shape=x.shape, w_shape=w.shape, n_out=n_out, depth=(kd, sd, dd, front, back))
+        return _to_planes(y, x.shape[0], n_out)
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        dslab, dw, db = conv2d_backward(_from_planes(gy), s["conv"], need_dx=ctx.need_grad(0))
+        grads = {"weight": dw.reshape(s["w_shape"])}
+        if db is not None:
+            grads["bias"] = db
+        dx = None if dslab is None else depth_slab_backward(dslab, s["x_shape"], *s["depth"], s["n_out"])
+        return [dx], grads
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(out_shape) * (in_shapes[0][0] // self.p.groups) * math.prod(self.p.kernel_size)
+
+
+class _Pool3d(_Pool2d):
+    """A 3-D pool as a 2-D pool of every depth plane, then a (kd, 1) pool of that along depth (module docstring)."""
+
+    axes = "DHW"
+    kernels = None   # (forward, backward) of the 2-D kernel
+
+    def _pool2d(self, x, k, s, pads, d, save):
+        forward = self.kernels[0]
+        if forward is max_pool2d_forward:
+            return forward(x, k, s, pads, d, self.p.ceil_mode, save=save)
+        return forward(x, k, s, pads, self.p.ceil_mode, self.p.count_include_pad, save=save)
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        N, C, D, H, W = x.shape
+        (kd, *k2), (sd, *s2), (front, back, *pads2), (dd, *d2) = self.window()
+        planes, saved_hw = self._pool2d(x.reshape(N, C * D, H, W), k2, s2, pads2, d2, ctx.grad)
+        Ho, Wo = planes.shape[2:]
+        y, saved_d = self._pool2d(planes.reshape(N, C, D, Ho * Wo), (kd, 1), (sd, 1), (front, back, 0, 0), (dd, 1),
+                                  ctx.grad)
+        ctx.save(hw=saved_hw, d=saved_d, x_shape=x.shape, planes_shape=planes.shape)
+        return y.reshape(N, C, y.shape[2], Ho, Wo)
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        N, C, Do, Ho, Wo = gy.shape
+        backward = self.kernels[1]
+        g_planes = backward(gy.reshape(N, C, Do, Ho * Wo), s["d"]).reshape(s["planes_shape"])
+        return [backward(g_planes, s["hw"]).reshape(s["x_shape"])], {}
+
+
+class MaxPool3d(_Pool3d):
+    """Maximum over each window of (C, D, H, W) samples (padding counts as -inf), as torch.nn.MaxPool3d: the
+    gradient goes to the first maximum in (d, h, w) order, NaN propagates."""
+
+    type = "max_pool3d"
+    Params = MaxPool3dParams
+    kernels = (max_pool2d_forward, max_pool2d_backward)
+
+    @classmethod
+    def examples(cls):
+        return [({"kernel_size": 2}, [(2, 4, 4, 4)]),
+                ({"kernel_size": [3, 2, 3], "stride": [2, 1, 2], "padding": [1, 0, 1], "dilation": [1, 2, 1],
+                  "ceil_mode": True}, [(2, 5, 5, 6)]),
+                ({"kernel_size": 2, "stride": 1, "padding": [1, 0, 0, 1, 1, 0]}, [(1, 3, 3, 4)])]
+
+
+class AvgPool3d(_Pool3d):
+    """Mean over each window of (C, D, H, W) samples; ``count_include_pad`` as torch.nn.AvgPool3d."""
+
+    type = "avg_pool3d"
+    Params = AvgPool3dParams
+    kernels = (avg_pool2d_forward, avg_pool2d_backward)
+
+    @classmethod
+    def examples(cls):
+        return [({"kernel_size": 2}, [(2, 4, 4, 4)]),
+                ({"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False, "ceil_mode": True},
+                 [(2, 5, 6, 6)]),
+                ({"kernel_size": [2, 3, 2], "stride": 1, "padding": [1, 0, 1, 1, 0, 1]}, [(1, 3, 4, 3)])]
+
+
+@hookimpl
+def cnngraph_register_ops(registry):
+    for op in (Conv3d, MaxPool3d, AvgPool3d):
+        registry.add(op)
