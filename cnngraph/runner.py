@@ -106,7 +106,7 @@ def _call(g: nx.DiGraph, node: str, ctx: Context, xs: list, params: dict):
     except Exception as exc:
         raise RunError(f"{describe_call(g, node, [x.shape for x in xs])}{source_line(exc, source)}: "
                        f"{type(exc).__name__}: {exc}") from exc
-    replaced = replaced_buffers(buffers, params)
+    replaced = replaced_buffers(buffers, passed)
     if replaced:
         raise PluginError(f"{_who(g.nodes[node])} at layer '{node}': {replaced}")
     _check_output(g, node, y, xs)
