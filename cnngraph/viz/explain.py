@@ -609,7 +609,7 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
     axes[0].imshow(img, cmap=cmap, interpolation="nearest")
     axes[0].set_title("input", fontsize=11)
     axes[1].imshow(img, cmap=cmap, interpolation="nearest")
-    hm = axes[1].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    hm = axes[1].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
     axes[1].set_title(f"Grad-CAM at {result['layer']}", fontsize=11)
     sm = axes[2].imshow(result["saliency"], cmap="hot", vmin=0, vmax=1, interpolation="nearest")
     axes[2].set_title("saliency |d score / d input|", fontsize=11)

@@ -233,6 +233,23 @@ def test_cli_gradcam_on_an_npy_sample_for_a_chosen_class(trained, tmp_path, caps
         "chosen class c (softmax 0.11 of logits) · the network predicts b (0.84)"
 
 
+def test_gradcam_overlay_is_drawn_pixel_for_pixel_like_the_input(tmp_path):
+    """The Grad-CAM overlay was drawn with bilinear interpolation over a nearest-drawn input: on an
+    8x8 map it invented sub-pixel peaks. A CAM hot in one pixel over a black image is one solid
+    square, the size of one input pixel."""
+    cam = np.zeros((8, 8), np.float32)
+    cam[3, 5] = 1.0
+    res = {"class_index": 0, "scores": np.zeros(10, np.float32), "output": "logits", "layer": "act2",
+           "cam": cam, "saliency": np.zeros((8, 8), np.float32)}
+    ex.plot_attribution(np.zeros((1, 8, 8), np.float32), res, tmp_path / "gc.png")
+    a = np.asarray(Image.open(tmp_path / "gc.png").convert("RGB")).astype(int)
+    a = a[:, a.shape[1] // 3:2 * a.shape[1] // 3]          # the middle panel (the saliency colour bar has this red too)
+    hot = np.abs(a - [64, 0, 0]).max(axis=2) <= 8          # jet's top colour at alpha 0.5 over black
+    rows, cols = np.nonzero(hot)
+    h, w = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert hot.sum() >= 0.9 * h * w and h >= 20 and abs(h - w) <= 2, (hot.sum(), h, w)
+
+
 def test_training_curves_and_confusion_pictures_have_content(tmp_path):
     from cnngraph.viz.curves import plot_confusion, plot_curves
     hist = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "train_accuracy": 1 - 0.5 / e,
