@@ -131,15 +131,17 @@ def _single_image_input(spec) -> tuple[str, tuple]:
 
 
 def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image file or .npy sample as (raw (1, C, H, W) (or (1, C, L)) in raw units, normalised model input)."""
+    """Read an image file or .npy sample as (raw (1, C, H, W) (or (1, C, L)) in raw units, normalised model input).
+    ``index`` picks a sample of a batch; a negative one counts from the end, as in Python."""
     from ..train.data import npy_eight_bit
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
     raw = read_inputs([path], shape, scale=prep.scale, invert=invert,
                       eight_bit=npy_eight_bit(prep.pixel_range, prep.scale), as_is=prep.as_is)
-    if not 0 <= index < len(raw):
-        raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range")
-    raw = raw[index:index + 1]
+    if not -len(raw) <= index < len(raw):
+        raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range "
+                        f"({-len(raw)} to {len(raw) - 1})")
+    raw = raw[index % len(raw):][:1]
     return raw, prep.apply(raw)
 
 

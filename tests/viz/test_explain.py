@@ -348,3 +348,37 @@ def test_the_default_gradcam_layer_skips_the_per_pixel_classifier_head():
                                          {"id": "up", "type": "upsample2d", "scale_factor": 2}],
                               "outputs": ["up"]})
     assert ex.default_cam_layer(model, "up") == "a1"
+
+
+def test_a_negative_index_counts_from_the_end_of_the_batch(trained, tmp_path, capsys):
+    model, ds = trained
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    raw = _raw(ds, ds.test[0][:5])
+    np.save(tmp_path / "x.npy", raw)
+    prep = ex.preprocessing(model.spec)
+    last, _ = ex.load_input(tmp_path / "x.npy", model.spec, prep, index=-1)
+    first, _ = ex.load_input(tmp_path / "x.npy", model.spec, prep, index=-5)
+    np.testing.assert_array_equal(last, ex.load_input(tmp_path / "x.npy", model.spec, prep, index=4)[0])
+    np.testing.assert_array_equal(first, ex.load_input(tmp_path / "x.npy", model.spec, prep, index=0)[0])
+    assert last.shape == (1, 1, 8, 8)
+    assert main(["explain", str(spec), "--image", str(tmp_path / "x.npy"), "--index", "-1", "-o",
+                 str(tmp_path / "m.png")]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(spec), "--image", str(tmp_path / "x.npy"), "--index", "-6", "-o",
+                 str(tmp_path / "m.png")]) == 1
+    assert "--index -6 is out of range (-5 to 4)" in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    """-o DIR said 'unknown format (no extension)' (viz) or 'use a .png, .pdf or .svg file' (explain)."""
+    for cmd in (["viz", "specs/digits_cnn.yaml"], ["explain", "specs/digits_cnn.yaml", "--filters"]):
+        for out in (str(tmp_path), str(tmp_path / "new") + "/"):
+            assert main(cmd + ["-o", out]) == 1
+            err = capsys.readouterr().err
+            assert f"cannot write '{out}': it is a folder; give a file name, such as" in err, err
+    assert not (tmp_path / "new").exists()
+    # a missing folder above a file name is created
+    assert main(["viz", "specs/digits_cnn.yaml", "-o", str(tmp_path / "a" / "b" / "g.svg")]) == 0
+    assert main(["explain", "specs/digits_cnn.yaml", "--filters", "-o", str(tmp_path / "c" / "f.png")]) == 0
+    assert (tmp_path / "a" / "b" / "g.svg").is_file() and (tmp_path / "c" / "f.png").is_file()
