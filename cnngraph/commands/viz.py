@@ -141,7 +141,22 @@ def cmd_explain(args) -> int:
         return 0
     layer = args.layer or ex.first_conv(model)
     maps = ex.feature_maps(model, x, layer)
+    names = prep.classes if maps.ndim == 1 and layer in _class_layers(model) else None
     size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale, raw[0],
-                                prep.scale, subtitle, args.max_maps)
-    print(f"wrote {out} ({size[0]}x{size[1]} px): {maps.shape[0]} maps of {layer}")
+                                prep.scale, subtitle, args.max_maps, unit_names=names)
+    if maps.ndim == 1:   # a bar chart of every unit
+        what = f"{len(maps)} units"
+    else:
+        shown = min(len(maps), args.max_maps)
+        what = f"{shown} of {len(maps)} maps" if shown < len(maps) else f"{len(maps)} maps"
+    print(f"wrote {out} ({size[0]}x{size[1]} px): {what} of {layer}")
     return 0
+
+
+def _class_layers(model) -> set:
+    """The layers that give class scores: the class output (a final softmax's input) and the spec's outputs."""
+    from ..viz.explain import class_output
+    try:
+        return {class_output(model), *model.spec.outputs}
+    except CnnGraphError:
+        return set(model.spec.outputs)
