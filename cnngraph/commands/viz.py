@@ -16,13 +16,14 @@ def register(sub) -> None:
                                    "spec is still drawn as far as it parses, failing layers in red (exit 1).")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="output file: .svg, .png, .pdf, .dot, .mmd (Mermaid) or .html (interactive)")
+                   help="output file: .svg, .png, .pdf, .dot, .mmd (Mermaid) or .html (interactive); a missing "
+                        "folder is created")
     p.add_argument("--direction", default="TB", type=str.upper, choices=("TB", "LR"),
                    help="top-to-bottom (default) or left-to-right")
     p.add_argument("--collapse", action="store_true",
                    help="one box per block instance (layer ids 'name.rest' grouped by 'name')")
     p.add_argument("--params", action="store_true", help="show parameter counts")
-    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution, 20 to 1200 (default 150)")
     add_spec_options(p)
     p.set_defaults(func=cmd_viz)
 
@@ -31,13 +32,15 @@ def register(sub) -> None:
                                    "--filters: the first convolution's kernels. --gradcam: Grad-CAM and input-"
                                    "gradient saliency for the predicted (or --class) class.")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="image to write (.png, .pdf, .svg)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="image to write (.png, .pdf, .svg); a missing folder is created")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--checkpoint", metavar="DIR",
                    help="run folder, DIR/checkpoint, or a best/ or last/ checkpoint folder")
     w.add_argument("--params", metavar="WEIGHTS.npz", help=".npz of parameters")
     p.add_argument("--image", metavar="IMG", help="image (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy sample (resized and normalised as in training)")
-    p.add_argument("--index", type=int, default=0, help="sample of a .npy batch to use (default 0)")
+    p.add_argument("--index", type=int, default=0,
+                   help="sample of a .npy batch to use (default 0; negative counts from the end)")
     p.add_argument("--invert", action="store_true",
                    help="invert the image (dark ink on white → light on dark, as MNIST and the digits)")
     p.add_argument("--layer", help="layer to show (feature maps: default the first convolution; "
@@ -85,7 +88,7 @@ def cmd_explain(args) -> int:
     from ..model import Model
     from ..viz import explain as ex
     from .common import load_spec_args
-    from ..viz import require_matplotlib
+    from ..viz import check_not_folder, require_matplotlib
     require_matplotlib("explain")   # every picture it draws is a matplotlib figure
     spec = load_spec_args(args, args.spec)
     model = Model(spec, seed=args.seed)
@@ -93,6 +96,7 @@ def cmd_explain(args) -> int:
     if weights.random:
         print(f"note: no --checkpoint or --params given: using {weights.source}; the pictures show an "
               f"untrained network", file=sys.stderr)
+    check_not_folder(args.output, "explain.png")
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise CnnGraphError(f"cannot write '{out}': use a .png, .pdf or .svg file")
@@ -137,7 +141,22 @@ def cmd_explain(args) -> int:
         return 0
     layer = args.layer or ex.first_conv(model)
     maps = ex.feature_maps(model, x, layer)
+    names = prep.classes if maps.ndim == 1 and layer in _class_layers(model) else None
     size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale, raw[0],
-                                prep.scale, subtitle, args.max_maps)
-    print(f"wrote {out} ({size[0]}x{size[1]} px): {maps.shape[0]} maps of {layer}")
+                                prep.scale, subtitle, args.max_maps, unit_names=names)
+    if maps.ndim == 1:   # a bar chart of every unit
+        what = f"{len(maps)} units"
+    else:
+        shown = min(len(maps), args.max_maps)
+        what = f"{shown} of {len(maps)} maps" if shown < len(maps) else f"{len(maps)} maps"
+    print(f"wrote {out} ({size[0]}x{size[1]} px): {what} of {layer}")
     return 0
+
+
+def _class_layers(model) -> set:
+    """The layers that give class scores: the class output (a final softmax's input) and the spec's outputs."""
+    from ..viz.explain import class_output
+    try:
+        return {class_output(model), *model.spec.outputs}
+    except CnnGraphError:
+        return set(model.spec.outputs)

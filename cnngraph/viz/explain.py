@@ -131,15 +131,17 @@ def _single_image_input(spec) -> tuple[str, tuple]:
 
 
 def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image file or .npy sample as (raw (1, C, H, W) (or (1, C, L)) in raw units, normalised model input)."""
+    """Read an image file or .npy sample as (raw (1, C, H, W) (or (1, C, L)) in raw units, normalised model input).
+    ``index`` picks a sample of a batch; a negative one counts from the end, as in Python."""
     from ..train.data import npy_eight_bit
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
     raw = read_inputs([path], shape, scale=prep.scale, invert=invert,
                       eight_bit=npy_eight_bit(prep.pixel_range, prep.scale), as_is=prep.as_is)
-    if not 0 <= index < len(raw):
-        raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range")
-    raw = raw[index:index + 1]
+    if not -len(raw) <= index < len(raw):
+        raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range "
+                        f"({-len(raw)} to {len(raw) - 1})")
+    raw = raw[index % len(raw):][:1]
     return raw, prep.apply(raw)
 
 
@@ -387,11 +389,78 @@ def _save(fig, path) -> None:
         raise CnnGraphError(f"cannot write '{path}': {exc}") from None
 
 
+def _wrap(text: str, width: float, size: float) -> list[str]:
+    """``text`` broken into lines at most ``width`` points wide at font ``size``: at its ' · '
+    separators first, then at spaces, then (a long path) after a '/' or anywhere."""
+    from .scene import text_width
+    fits = (lambda t: text_width(t, size) <= width)
+    out: list[str] = []
+    for line in text.split("\n"):
+        cur = ""
+        for part in line.split(" · "):
+            if fits(f"{cur} · {part}" if cur else part):
+                cur = f"{cur} · {part}" if cur else part
+                continue
+            if cur:
+                out.append(cur + " ·")
+            cur = ""
+            for word in part.split(" "):
+                if fits(f"{cur} {word}" if cur else word):
+                    cur = f"{cur} {word}" if cur else word
+                    continue
+                if cur:
+                    out.append(cur)
+                cur = word
+                while not fits(cur) and len(cur) > 1:
+                    k = max([i for i in range(1, len(cur)) if fits(cur[:i])] or [1])
+                    j = cur.rfind("/", 1, k)
+                    k = j + 1 if j > 0 else k
+                    out.append(cur[:k])
+                    cur = cur[k:]
+        out.append(cur)
+    return out
+
+
+def _headline(fig, title: str, subtitle: str = "", size: float = 10.5) -> None:
+    """``title`` and ``subtitle`` above the plots, wrapped to the figure's width; call once the layout is
+    set. Where the lines need more room than the layout left above the plots (their titles included),
+    the figure grows taller, the plots keep their size."""
+    w, h = fig.get_size_inches()
+    lines = _wrap(title, w * 72 - 24, size) + (_wrap(subtitle, w * 72 - 24, size) if subtitle else [])
+    need = (len(lines) * size * 1.22 + 12) / 72                      # inches, with a margin above and below
+    renderer = fig.canvas.get_renderer()
+    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes) / fig.dpi if fig.axes else 0.0
+    grow = need - (h - top)
+    if grow > 0:
+        fig.set_size_inches(w, h + grow)
+        for ax in fig.axes:
+            x0, y0, aw, ah = ax.get_position(original=True).bounds
+            ax.set_position((x0, y0 * h / (h + grow), aw, ah * h / (h + grow)))
+    fig.suptitle("\n".join(lines), fontsize=size, y=1 - 4 / 72 / fig.get_figheight(), va="top")
+
+
+def _label_units(ax, names: list[str]) -> None:
+    """A tick and label under every bar where the labels fit side by side, or turned upright; else
+    matplotlib's own (integer) ticks."""
+    from matplotlib.ticker import MaxNLocator
+    from .scene import text_width
+    fig = ax.get_figure()
+    room = fig.get_figwidth() * 72 * 0.85 / len(names)          # points per bar, roughly (before the layout)
+    size = 9.0
+    if max(text_width(n, size) for n in names) + 4 <= room:
+        ax.set_xticks(range(len(names)), names, fontsize=size)
+    elif size * 1.25 <= room:
+        ax.set_xticks(range(len(names)), names, fontsize=size, rotation=90)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_feature_maps(maps: np.ndarray, path, layer: str, layer_type: str = "", scale: str = "shared",
                       image: np.ndarray | None = None, pixel_scale: float = 1.0, subtitle: str = "",
-                      max_maps: int = 64) -> tuple[int, int]:
+                      max_maps: int = 64, unit_names=None) -> tuple[int, int]:
     """A grid of a layer's channels (labelled ``ch k``), the input first. ``scale`` "shared" uses one
-    colour range for every map (with a colour bar), "per-map" stretches each map on its own."""
+    colour range for every map (with a colour bar), "per-map" stretches each map on its own. A flat
+    layer is a bar chart, its units named by ``unit_names`` (class names) where it has one per unit."""
     if scale not in ("shared", "per-map"):
         raise CnnGraphError(f"--scale must be shared or per-map, found {scale!r}")
     Figure, Canvas = _plt()
@@ -400,10 +469,12 @@ def plot_feature_maps(maps: np.ndarray, path, layer: str, layer_type: str = "", 
         Canvas(fig)
         ax = fig.add_subplot(1, 1, 1)
         ax.bar(np.arange(len(maps)), maps, color=np.where(maps >= 0, "#2b6cb0", "#c53030"))
-        ax.set_xlabel("unit")
+        named = unit_names is not None and len(unit_names) == len(maps)
+        _label_units(ax, [str(u) for u in unit_names] if named else [str(i) for i in range(len(maps))])
+        ax.set_xlabel("class" if named else "unit")
         ax.set_ylabel("activation")
-        ax.set_title(f"{layer} ({layer_type}): {len(maps)} units" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
         fig.tight_layout()
+        _headline(fig, f"{layer} ({layer_type}): {len(maps)} units", subtitle, 11)
         _save(fig, path)
         return fig.canvas.get_width_height()
     if maps.ndim == 2:      # a sequence layer (C, L): the channels as rows of one heat map, under the input
@@ -422,8 +493,7 @@ def plot_feature_maps(maps: np.ndarray, path, layer: str, layer_type: str = "", 
         fig.colorbar(im, ax=bottom, fraction=0.03, pad=0.01).ax.tick_params(labelsize=8)
         title = f"{layer} ({layer_type}): {len(maps)} channels of length {maps.shape[1]}" + (
             f", first {len(shown)} shown" if len(maps) > len(shown) else "")
-        fig.suptitle(f"{title} · {'shared' if scale == 'shared' else 'per-map'} colour scale"
-                     + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+        _headline(fig, f"{title} · {'shared' if scale == 'shared' else 'per-map'} colour scale", subtitle, 10)
         _save(fig, path)
         return fig.canvas.get_width_height()
     if maps.ndim != 3:
@@ -467,13 +537,17 @@ def plot_feature_maps(maps: np.ndarray, path, layer: str, layer_type: str = "", 
     if c > len(shown):
         title += f", first {len(shown)} shown"
     title += f" · {'shared' if scale == 'shared' else 'per-map'} colour scale"
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10.5)
     if scale == "shared" and im is not None:
         cax = fig.add_axes((right + 0.005, 0.08, 0.018, 0.75))
         fig.colorbar(im, cax=cax)
         cax.tick_params(labelsize=8)
+    _headline(fig, title, subtitle, 10.5)
     _save(fig, path)
     return fig.canvas.get_width_height()
+
+
+def _first(shown: int, total: int) -> str:
+    return f", first {shown} shown" if shown < total else ""
 
 
 def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_filters: int = 64) -> tuple[int, int]:
@@ -502,9 +576,9 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
             ax.set_title(f"#{i}", fontsize=8.5)
             ax.set_xticks([]), ax.set_yticks([])
         fig.subplots_adjust(left=0.03, right=0.97, top=1 - 0.75 / (rows * 1.3 + 0.9), bottom=0.03, hspace=0.4)
-        fig.suptitle(f"{layer}: {w.shape[0]} filters of {w.shape[1]}x{w.shape[2]} (one curve per input channel"
-                     f"{', first 12' if w.shape[1] > 12 else ''}; shared scale)" + (f"\n{subtitle}" if subtitle else ""),
-                     fontsize=10)
+        _headline(fig, f"{layer}: {w.shape[0]} filters of {w.shape[1]}x{w.shape[2]}{_first(len(shown), w.shape[0])}"
+                       f" (one curve per input channel{', first 12' if w.shape[1] > 12 else ''}; shared scale)",
+                  subtitle, 10)
         _save(fig, path)
         return fig.canvas.get_width_height()
     o, cin, kh, kw = w.shape
@@ -512,6 +586,7 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     if cin in (1, 3):
         shown = w[:max_filters]
         n = len(shown)
+        title += _first(n, o)
         cols = max(1, math.ceil(math.sqrt(n * 1.5)))
         rows = math.ceil(n / cols)
         fig = Figure(figsize=(cols * 1.1 + 0.9, rows * 1.2 + 0.9), dpi=110)
@@ -536,21 +611,29 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
             cax.tick_params(labelsize=8)
     else:
         ro, ci = min(o, 16), min(cin, 12)
-        fig = Figure(figsize=(ci * 0.9 + 1.4, ro * 0.9 + 1.0), dpi=110)
+        width = ci * 0.9 + 2.0
+        fig = Figure(figsize=(width, ro * 0.9 + 1.0), dpi=110)
         Canvas(fig)
         lim = float(np.abs(w[:ro, :ci]).max()) or 1.0
         for r in range(ro):
             for c in range(ci):
                 ax = fig.add_subplot(ro, ci, r * ci + c + 1)
-                ax.imshow(w[r, c], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                im = ax.imshow(w[r, c], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
                 ax.set_xticks([]), ax.set_yticks([])
                 if c == 0:
                     ax.set_ylabel(f"#{r}", fontsize=8, rotation=0, labelpad=12)
                 if r == 0:
                     ax.set_title(f"in {c}", fontsize=8)
-        title += f" (rows: filters, columns: input channels{'; cropped' if (ro, ci) != (o, cin) else ''})"
-        fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.8 / (ro * 0.9 + 1.0), bottom=0.03, wspace=0.1, hspace=0.1)
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+        rows = f"filters #0-#{ro - 1} of {o}" if ro < o else "filters"
+        cols = f"input channels 0-{ci - 1} of {cin}" if ci < cin else "input channels"
+        title += f" · rows: {rows}, columns: {cols} · shared scale, blue < 0 < red"
+        right = 1 - 0.85 / width
+        fig.subplots_adjust(left=0.7 / width, right=right, top=1 - 0.8 / (ro * 0.9 + 1.0), bottom=0.03,
+                            wspace=0.1, hspace=0.1)
+        cax = fig.add_axes((right + 0.15 / width, 0.1, 0.2 / width, 0.7))
+        fig.colorbar(im, cax=cax)
+        cax.tick_params(labelsize=8)
+    _headline(fig, title, subtitle, 10)
     _save(fig, path)
     return fig.canvas.get_width_height()
 
@@ -598,8 +681,8 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
             ax.set_ylim(0, 1.05)
             ax.set_title(what, fontsize=10)
         axes[2].set_xlabel("position along L")
-        fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
         fig.subplots_adjust(left=0.07, right=0.97, top=0.86, bottom=0.08)
+        _headline(fig, title, subtitle, 11)
         _save(fig, path)
         return fig.canvas.get_width_height()
     fig = Figure(figsize=(11.0, 4.3), dpi=110)
@@ -609,7 +692,7 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
     axes[0].imshow(img, cmap=cmap, interpolation="nearest")
     axes[0].set_title("input", fontsize=11)
     axes[1].imshow(img, cmap=cmap, interpolation="nearest")
-    hm = axes[1].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    hm = axes[1].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
     axes[1].set_title(f"Grad-CAM at {result['layer']}", fontsize=11)
     sm = axes[2].imshow(result["saliency"], cmap="hot", vmin=0, vmax=1, interpolation="nearest")
     axes[2].set_title("saliency |d score / d input|", fontsize=11)
@@ -617,8 +700,7 @@ def plot_attribution(image: np.ndarray, result: dict, path, pixel_scale: float =
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(hm, ax=axes[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
     fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.03).ax.tick_params(labelsize=8)
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""),
-                 fontsize=11)
     fig.subplots_adjust(left=0.02, right=0.96, top=0.82, bottom=0.04, wspace=0.25)
+    _headline(fig, title, subtitle, 11)
     _save(fig, path)
     return fig.canvas.get_width_height()

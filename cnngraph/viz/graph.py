@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CnnGraphError, Problem, SpecError
-from . import make_parent, require_matplotlib
+from . import check_not_folder, make_parent, require_matplotlib
 from .layout import Layout, layered_layout
 from .netgraph import (FAMILY_COLORS, FAMILY_LABELS, VGraph, VNode, collapse_blocks, fmt_shape, from_raw,
                        from_spec, total_params)
@@ -526,6 +526,7 @@ def draw_network(source, out, direction: str = "TB", collapse: bool = False, sho
     path that is missing or not a text file, or PNG/PDF without matplotlib. A PNG's dpi is lowered
     where needed to stay within MAX_PNG_SIDE and MAX_PNG_PIXELS (the result's ``dpi`` is the one used).
     """
+    check_not_folder(out, "network.svg")
     out = Path(out)
     ext = out.suffix.lower()
     if ext not in FORMATS:

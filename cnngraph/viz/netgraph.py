@@ -178,8 +178,14 @@ def key_params(op_type: str, p: dict) -> str:
     if t == "concat" and "axis" in p:
         return f"axis {p['axis']}"
     skip = {"init", "bias", "affine", "eps", "momentum"}
-    items = [f"{k}={v}" for k, v in p.items() if k not in skip and not isinstance(v, (dict, list))]
+    items = [f"{k}={_printable(v)}" for k, v in p.items() if k not in skip and not isinstance(v, (dict, list))]
     return " ".join(items[:2])
+
+
+def _printable(v) -> str:
+    """``v`` as text on one line: control characters written as escapes (a newline as ``\\n``), which a
+    box label cannot show (the font has no glyph for them)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(v))
 
 
 def _dump_params(params) -> dict:

@@ -233,6 +233,23 @@ def test_cli_gradcam_on_an_npy_sample_for_a_chosen_class(trained, tmp_path, caps
         "chosen class c (softmax 0.11 of logits) · the network predicts b (0.84)"
 
 
+def test_gradcam_overlay_is_drawn_pixel_for_pixel_like_the_input(tmp_path):
+    """The Grad-CAM overlay was drawn with bilinear interpolation over a nearest-drawn input: on an
+    8x8 map it invented sub-pixel peaks. A CAM hot in one pixel over a black image is one solid
+    square, the size of one input pixel."""
+    cam = np.zeros((8, 8), np.float32)
+    cam[3, 5] = 1.0
+    res = {"class_index": 0, "scores": np.zeros(10, np.float32), "output": "logits", "layer": "act2",
+           "cam": cam, "saliency": np.zeros((8, 8), np.float32)}
+    ex.plot_attribution(np.zeros((1, 8, 8), np.float32), res, tmp_path / "gc.png")
+    a = np.asarray(Image.open(tmp_path / "gc.png").convert("RGB")).astype(int)
+    a = a[:, a.shape[1] // 3:2 * a.shape[1] // 3]          # the middle panel (the saliency colour bar has this red too)
+    hot = np.abs(a - [64, 0, 0]).max(axis=2) <= 8          # jet's top colour at alpha 0.5 over black
+    rows, cols = np.nonzero(hot)
+    h, w = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert hot.sum() >= 0.9 * h * w and h >= 20 and abs(h - w) <= 2, (hot.sum(), h, w)
+
+
 def test_training_curves_and_confusion_pictures_have_content(tmp_path):
     from cnngraph.viz.curves import plot_confusion, plot_curves
     hist = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "train_accuracy": 1 - 0.5 / e,
@@ -331,3 +348,113 @@ def test_the_default_gradcam_layer_skips_the_per_pixel_classifier_head():
                                          {"id": "up", "type": "upsample2d", "scale_factor": 2}],
                               "outputs": ["up"]})
     assert ex.default_cam_layer(model, "up") == "a1"
+
+
+def test_a_negative_index_counts_from_the_end_of_the_batch(trained, tmp_path, capsys):
+    model, ds = trained
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    raw = _raw(ds, ds.test[0][:5])
+    np.save(tmp_path / "x.npy", raw)
+    prep = ex.preprocessing(model.spec)
+    last, _ = ex.load_input(tmp_path / "x.npy", model.spec, prep, index=-1)
+    first, _ = ex.load_input(tmp_path / "x.npy", model.spec, prep, index=-5)
+    np.testing.assert_array_equal(last, ex.load_input(tmp_path / "x.npy", model.spec, prep, index=4)[0])
+    np.testing.assert_array_equal(first, ex.load_input(tmp_path / "x.npy", model.spec, prep, index=0)[0])
+    assert last.shape == (1, 1, 8, 8)
+    assert main(["explain", str(spec), "--image", str(tmp_path / "x.npy"), "--index", "-1", "-o",
+                 str(tmp_path / "m.png")]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(spec), "--image", str(tmp_path / "x.npy"), "--index", "-6", "-o",
+                 str(tmp_path / "m.png")]) == 1
+    assert "--index -6 is out of range (-5 to 4)" in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    """-o DIR said 'unknown format (no extension)' (viz) or 'use a .png, .pdf or .svg file' (explain)."""
+    for cmd in (["viz", "specs/digits_cnn.yaml"], ["explain", "specs/digits_cnn.yaml", "--filters"]):
+        for out in (str(tmp_path), str(tmp_path / "new") + "/"):
+            assert main(cmd + ["-o", out]) == 1
+            err = capsys.readouterr().err
+            assert f"cannot write '{out}': it is a folder; give a file name, such as" in err, err
+    assert not (tmp_path / "new").exists()
+    # a missing folder above a file name is created
+    assert main(["viz", "specs/digits_cnn.yaml", "-o", str(tmp_path / "a" / "b" / "g.svg")]) == 0
+    assert main(["explain", "specs/digits_cnn.yaml", "--filters", "-o", str(tmp_path / "c" / "f.png")]) == 0
+    assert (tmp_path / "a" / "b" / "g.svg").is_file() and (tmp_path / "c" / "f.png").is_file()
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures explain draws, kept instead of written."""
+    kept = []
+    monkeypatch.setattr(ex, "_save", lambda fig, path: kept.append(fig))
+    return kept
+
+
+def _headline_fits(fig):
+    """The figure's title lines lie within its width and above every plot (their titles included)."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = fig._suptitle.get_window_extent(r)
+    width = fig.get_figwidth() * fig.dpi
+    assert box.x0 >= 0 and box.x1 <= width, (box, width)
+    assert box.y0 >= max(ax.get_tightbbox(r).y1 for ax in fig.axes) - 1
+    assert box.y1 <= fig.get_figheight() * fig.dpi
+
+
+LONG = "digits_cnn · digit3.png · checkpoint /tmp/probe-plugins/run/checkpoint/best · normalisation from the checkpoint"
+
+
+def test_titles_wrap_to_fit_a_narrow_figure(trained, figures):
+    """The subtitle was clipped at both edges of a narrow grid ('igits_cnn · … from the checkpoin')."""
+    model, ds = trained
+    x = ds.test[0][:1]
+    image = _raw(ds, x)[0]
+    ex.plot_feature_maps(ex.feature_maps(model, x, "pool"), "m.png", "pool", "max_pool2d", "per-map", image, 16.0,
+                         LONG, max_maps=1)
+    ex.plot_feature_maps(ex.feature_maps(model, x, "logits"), "b.png", "logits", "dense", subtitle=LONG)
+    ex.plot_filters(model, "f.png", "conv1", subtitle=LONG + " /a/very/long/folder/name/without/any/spaces/in/it")
+    flat = (lambda t: t.replace("\n", "").replace(" ", ""))
+    for fig in figures:
+        _headline_fits(fig)
+        assert flat(LONG) in flat(fig._suptitle.get_text())        # all of it, only wrapped
+    from cnngraph.viz.scene import text_width
+    assert all(text_width(line, 10) <= 150 for line in ex._wrap(LONG, 150, 10))
+    assert "".join(ex._wrap("/a/b/" * 40, 100, 10)) == "/a/b/" * 40
+
+
+def test_cli_says_how_many_maps_are_drawn_and_names_the_classes(trained, tmp_path, capsys, figures):
+    model, ds = trained
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    model.save(tmp_path / "run" / "checkpoint" / "best",
+               meta={"dataset": {"mean": ds.mean, "std": ds.std, "classes": names, "pixel_scale": ds.pixel_scale}})
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    np.save(tmp_path / "x.npy", _raw(ds, ds.test[0][:1]))
+    base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(tmp_path / "x.npy")]
+    assert main(base + ["--layer", "conv2", "--max-maps", "8", "-o", str(tmp_path / "m.png")]) == 0
+    assert "8 of 16 maps of conv2" in capsys.readouterr().out
+    assert main(base + ["--layer", "logits", "-o", str(tmp_path / "b.png")]) == 0
+    assert "10 units of logits" in capsys.readouterr().out
+    ax = figures[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names     # every unit, by its class name
+    assert ax.get_xlabel() == "class"
+    # a hidden layer's units are numbered, each one where they fit
+    ex.plot_feature_maps(np.arange(12, dtype=np.float32) - 6, "u.png", "fc", "dense")
+    ax = figures[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in range(12)] and ax.get_xlabel() == "unit"
+
+
+def test_cropped_filters_say_what_is_shown_and_have_a_colour_bar(figures):
+    model = cnngraph.compile({"inputs": {"image": {"shape": [16, 8, 8]}},
+                              "layers": [{"id": "conv", "type": "conv2d", "out_channels": 32, "kernel_size": 3}],
+                              "outputs": ["conv"]})
+    ex.plot_filters(model, "f.png", "conv")
+    fig = figures[-1]
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "32 filters of 16x3x3" in title
+    assert "rows: filters #0-#15 of 32, columns: input channels 0-11 of 16" in title
+    assert len(fig.axes) == 16 * 12 + 1                        # the kernels and a colour bar
+    assert getattr(fig.axes[-1], "_colorbar", None) is not None
+    _headline_fits(fig)

@@ -541,3 +541,27 @@ def test_layout_breaks_cycles_and_keeps_the_rest_in_order():
     lay = layered_layout(g, {n: (90.0, 40.0) for n in g}, order_key=order.get)
     assert lay.back_edges == [("b", "c")]
     assert lay.ranks == {"image": 0, "c": 1, "a": 2, "b": 3}
+
+
+def test_control_characters_in_a_parameter_are_escaped_in_labels(tmp_path, fresh, capsys):
+    """A plugin's string parameter with a newline printed 'Glyph 10 missing' warnings on PNG output (the
+    font has no glyph for it): labels show control characters escaped, a newline as \\n."""
+    import warnings
+    from cnngraph.viz.netgraph import key_params
+    assert key_params("tagged", {"tag": "a\nb\tc é"}) == "tag=a\\nb\\tc é"
+    (tmp_path / "tagged.py").write_text(
+        "import cnngraph\nfrom cnngraph import Op, OpParams\n"
+        "class P(OpParams):\n    tag: str = 'plain'\n"
+        "class Tagged(Op):\n    type = 'tagged'\n    Params = P\n"
+        "    def infer_shape(self, s): return s[0]\n    def init_params(self, s, rng): return {}\n"
+        "    def forward(self, ctx, i, p): return i[0] + 0\n    def backward(self, ctx, gy): return [gy], {}\n"
+        "@cnngraph.hookimpl\ndef cnngraph_register_ops(registry):\n    registry.add(Tagged)\n")
+    (tmp_path / "s.yaml").write_text('plugins: [./tagged.py]\ninputs: {image: {shape: [1, 8, 8]}}\n'
+                                     'layers: [{id: t1, type: tagged, tag: "one\\ntwo"}]\noutputs: [t1]\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["viz", str(tmp_path / "s.yaml"), "--allow-plugins", "-o", str(tmp_path / "g.png")]) == 0
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
+    assert "Glyph" not in capsys.readouterr().err
+    vg, _ = build_vgraph(str(tmp_path / "s.yaml"), allow_plugins=True)
+    assert vg.nodes["t1"].detail == "tag=one\\ntwo"
