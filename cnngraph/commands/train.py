@@ -113,7 +113,8 @@ def cmd_train(args) -> int:
                      + f"test loss {s['test_loss']:.4f} ({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s["stopped"] != "diverged":
         parts.append("no test split (set train.data.test_fraction to carve one from the training data)")
-    samples = "sequences" if len(next(iter(spec.inputs.values())).shape) == 2 else "images"
+    from ..train.input_kinds import INPUT_KINDS
+    samples = INPUT_KINDS.get(len(next(iter(spec.inputs.values())).shape), ("", "images"))[1]
     parts.append(f"{s['train_seconds']:.1f}s, {s['images_per_second'] or 0:,.0f} {samples}/s")
     print("; ".join(parts))
     print(f"wrote {hist.out}/ (checkpoint/, metrics.json, history.csv, curves.png)")
@@ -145,9 +146,9 @@ def _input_of(spec) -> tuple[str, tuple]:
                             f"{', '.join(spec.inputs)} (`cnngraph run SPEC --input X.npz` runs a model with "
                             f"several inputs, one array per input in the .npz)")
     name, inp = next(iter(spec.inputs.items()))
-    if len(inp.shape) not in (2, 3):
-        raise CnnGraphError(f"this command needs an image input of shape (C, H, W) or a sequence input of shape "
-                            f"(C, L); input '{name}' has shape {tuple(inp.shape)}")
+    if len(inp.shape) not in (2, 3, 4):
+        raise CnnGraphError(f"this command needs an image input of shape (C, H, W), a sequence input of shape (C, L) "
+                            f"or a volume input of shape (C, D, H, W); input '{name}' has shape {tuple(inp.shape)}")
     return name, tuple(inp.shape)
 
 

@@ -306,7 +306,7 @@ class RandomNoise(Augmentation):
 
     type = "random_noise"
     geometric = False
-    inputs = ("image", "sequence")
+    inputs = ("image", "sequence", "volume")
 
     class Params(_Params):
         std: float = Field(0.1, gt=0.0)
@@ -343,12 +343,12 @@ class Compose:
         shape = tuple(int(s) for s in shape)
         if shape in self._fits:
             return
-        kind = {2: "sequence", 3: "image"}.get(len(shape))
+        kind = {2: "sequence", 3: "image", 4: "volume"}.get(len(shape))
         for i, step in enumerate(self.steps):
             name = getattr(step, "type", type(step).__name__)
             takes = getattr(step, "inputs", ("image",))
             if kind not in takes:
-                forms = {"image": "images (C, H, W)", "sequence": "sequences (C, L)"}
+                forms = {"image": "images (C, H, W)", "sequence": "sequences (C, L)", "volume": "volumes (C, D, H, W)"}
                 raise AugmentConfigError(f"augment[{i}] ({name}) works on {' and '.join(forms.get(k, k) for k in takes)}"
                                          f", not on samples of shape {shape}", i, "type")
             params = getattr(step, "params", None)

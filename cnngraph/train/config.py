@@ -215,6 +215,7 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
     from ..registry import did_you_mean
     from ..spec import _locate
     from .data import image_only_reason
+    from .input_kinds import input_kind
     problems = []
     output = top.loss.get("output") if isinstance(top.loss, dict) else None
     if layer_ids and isinstance(output, str) and output not in layer_ids:
@@ -232,10 +233,10 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
                                     f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),
                                     positions, file))
     shapes = [tuple(s) for s in input_shapes.values()]
-    if len(shapes) != 1 or len(shapes[0]) not in (2, 3):   # not one image or sequence: training refuses it
+    if len(shapes) != 1 or len(shapes[0]) not in (2, 3, 4):   # not one image, sequence or volume: training refuses it
         return problems
     shape = shapes[0]
-    kind = "sequence" if len(shape) == 2 else "image"
+    kind = input_kind(shape)
     stats = getattr(data, "normalize", None)
     if hasattr(stats, "mean") and len(stats.mean) not in (1, shape[0]):
         problems.append(_locate(f"normalize: expected 1 or {shape[0]} mean/std values (one per channel of the input "
@@ -258,11 +259,13 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
 
 
 def _wrong_kind(name: str, cls, kind: str, shape, registry) -> str:
-    """Why augmentation ``name`` cannot run on the model's input, an image or a sequence (``kind``)."""
+    """Why augmentation ``name`` cannot run on the model's input, an image, a sequence or a volume (``kind``)."""
+    from .input_kinds import INPUT_KINDS
     fits = sorted(n for n, c in registry.augmentations.items() if kind in getattr(c, "inputs", ("image",)))
     hint = (" (it would reverse them in time: if that keeps their class, use time_reversal)"
-            if name == "horizontal_flip" else "")
+            if name == "horizontal_flip" and kind == "sequence" else "")
     takes = " and ".join(k + "s" for k in getattr(cls, "inputs", ("image",)))
+    form = INPUT_KINDS[len(shape)][2]
     return (f"augmentation '{name}' works on {takes}, but the model's input is "
-            f"{'a sequence (C, L)' if kind == 'sequence' else 'an image (C, H, W)'} = {shape}{hint}; "
-            f"augmentations for {kind}s: {', '.join(fits)}")
+            f"{'an' if kind == 'image' else 'a'} {kind} {form} = {shape}{hint}; "
+            f"augmentations for {kind}s: {', '.join(fits) or 'none yet'}")

@@ -90,7 +90,7 @@ class DataConfig(StrictSettings):
 
     dataset: str = "digits"
     path: str | None = None
-    layout: Literal["auto", "nchw", "nhwc", "ncl", "nlc"] = "auto"   # ncl / nlc: a sequence's (C, L) / (L, C)
+    layout: Literal["auto", "nchw", "nhwc", "ncl", "nlc", "ncdhw", "ndhwc"] = "auto"   # a sequence's / a volume's too
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float | None = Field(None, ge=0.0, lt=1.0)
     normalize: Literal["auto", "none"] | NormalizeStats = "auto"
@@ -177,8 +177,9 @@ class Dataset:
 
     @property
     def samples(self) -> str:
-        """What the samples are called in messages: images, or sequences for (C, L) inputs."""
-        return "sequences" if self.train[0].ndim == 3 else "images"
+        """What the samples are called in messages: images, sequences for (C, L) inputs, volumes for (C, D, H, W)."""
+        from .input_kinds import INPUT_KINDS
+        return INPUT_KINDS.get(self.train[0].ndim - 1, ("", "images"))[1]
 
     @property
     def background(self) -> list[float]:
@@ -271,13 +272,15 @@ def _stats(cfg: DataConfig, x_train: np.ndarray) -> tuple[list[float], list[floa
 
 
 def image_only_reason(dataset: str, input_shape) -> str | None:
-    """Why a built-in dataset of images cannot feed a model whose input is a sequence (C, L); None when it can
-    (only ``npz`` holds sequences; a plugin dataset decides for itself)."""
-    if len(input_shape) != 2 or dataset not in RAW_LOADERS or dataset == "npz":
+    """Why a built-in dataset of images cannot feed a model whose input is a sequence (C, L) or a volume
+    (C, D, H, W); None when it can (only ``npz`` holds those; a plugin dataset decides for itself)."""
+    from .input_kinds import INPUT_KINDS
+    if len(input_shape) == 3 or dataset not in RAW_LOADERS or dataset == "npz":
         return None
-    return (f"dataset '{dataset}' holds images (C, H, W) but the model's input is a sequence (C, L) = "
-            f"{tuple(int(s) for s in input_shape)}; train sequences on your own data: dataset: npz with x of shape "
-            f"(N, C, L)")
+    kind, kinds, form = INPUT_KINDS[len(input_shape)][:3]
+    return (f"dataset '{dataset}' holds images (C, H, W) but the model's input is a {kind} {form} = "
+            f"{tuple(int(s) for s in input_shape)}; train {kinds} on your own data: dataset: npz with x of shape "
+            f"(N, {form[1:-1]})")
 
 
 def load_dataset(cfg: DataConfig, input_shape: tuple[int, ...], seed: int = 0,
@@ -295,9 +298,9 @@ def load_dataset(cfg: DataConfig, input_shape: tuple[int, ...], seed: int = 0,
     if isinstance(cfg, dict):
         cfg = DataConfig.model_validate(cfg)
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) not in (2, 3):
-        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W) or (C, L), found "
-                        f"{shape}")
+    if len(shape) not in (2, 3, 4):
+        raise DataError(f"dataset '{cfg.dataset}': expected the model input_shape as (C, H, W), (C, L) or "
+                        f"(C, D, H, W), found {shape}")
     why = image_only_reason(cfg.dataset, shape)
     if why:
         raise DataError(why)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..arrayfile import array_file_kind, load_arrays
 from ..errors import DataError
+from .input_kinds import INPUT_KINDS
 
 __all__ = ["image_suffixes", "read_image", "read_inputs", "image_units_warning"]
 
@@ -184,7 +185,7 @@ def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit:
         raise DataError(f"'{path}': expected an array of shape {', '.join(forms[:-1])} or {forms[-1]} "
                         f"for the model's input_shape {fmt_shape(input_shape)}, found {fmt_shape(arr.shape)}")
     if len(arr) == 0:
-        raise DataError(f"'{path}': holds no {'images' if r == 3 else 'sequences'} (shape {fmt_shape(arr.shape)}); "
+        raise DataError(f"'{path}': holds no {INPUT_KINDS[r][1]} (shape {fmt_shape(arr.shape)}); "
                         f"expected at least one")
     if arr.dtype == np.uint8 and not as_is:
         return arr.astype(np.float32) * np.float32(scale / 255.0)
@@ -202,7 +203,7 @@ def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit:
 def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
                 invert: bool = False, eight_bit: bool = True, as_is: bool = False) -> np.ndarray:
     """Read image files and .npy batches into one float32 (N, C, H, W) array (not normalised); for a
-    sequence input (C, L), .npy batches into an (N, C, L) array.
+    sequence input (C, L) or a volume input (C, D, H, W), .npy batches into an (N, C, L) / (N, C, D, H, W) array.
 
     Images are read with :func:`read_image`; ``invert`` applies to images only. ``eight_bit``: .npy
     numbers in 0..255 are scaled to [0, 1] (see ``_read_npy``; never for sequences); pass False for a model
@@ -215,10 +216,11 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: 
         if p.is_dir():
             raise DataError(f"'{p}': is a folder; expected image files ({_suffix_list()}) or an .npy file")
         if p.suffix.lower() == ".npy":   # sequences have no 8-bit rule (as the npz dataset reads them)
-            parts.append(_read_npy(p, shape, scale, eight_bit and len(shape) == 3, as_is))
-        elif len(shape) == 2:
-            raise DataError(f"'{p}': the model's input is a sequence (C, L) = {fmt_shape(shape)}; expected an .npy "
-                            f"file of shape (N, C, L) or (C, L)")
+            parts.append(_read_npy(p, shape, scale, eight_bit and len(shape) != 2, as_is))
+        elif len(shape) != 3:
+            kind, _, form = INPUT_KINDS.get(len(shape), ("input", "", str(shape)))[:3]
+            raise DataError(f"'{p}': the model's input is a {kind} {form} = {fmt_shape(shape)}; expected an .npy "
+                            f"file of shape (N, {form[1:-1]}) or {form}")
         elif p.suffix.lower() in image_suffixes():
             parts.append(read_image(p, shape, scale=scale, invert=invert)[None])
         else:

@@ -147,9 +147,9 @@ class _Run:
                                 f"(README, Python API)")
         self.input_name = float_inputs[0]
         shape = tuple(spec.inputs[self.input_name].shape)
-        if len(shape) not in (2, 3):
-            raise TrainingError(f"training needs an image input of shape (C, H, W) or a sequence input of shape "
-                                f"(C, L); input '{self.input_name}' has shape {shape}")
+        if len(shape) not in (2, 3, 4):
+            raise TrainingError(f"training needs an image input of shape (C, H, W), a sequence input of shape (C, L) "
+                                f"or a volume input of shape (C, D, H, W); input '{self.input_name}' has shape {shape}")
 
         # --- data
         try:
@@ -345,7 +345,7 @@ class _Run:
         steps = epoch_steps(len(x), st.batch_size)
         values = self.dataset.values
         progress = EpochProgress(epoch + 1, st.epochs, steps, stream=self.stream, quiet=self.quiet,
-                                 metric="mae" if values else "acc", unit="seq" if x.ndim == 3 else "img")
+                                 metric="mae" if values else "acc", unit={3: "seq", 5: "vol"}.get(x.ndim, "img"))
         self._progress = progress
         weights = {n: model.params._data[n] for n in model.trainable_names}
         xp, dtype = model.xp, model.dtype

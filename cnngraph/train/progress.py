@@ -46,7 +46,7 @@ class EpochProgress:
     def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO | None = None, quiet: bool = False,
                  refresh: float = 10.0, tty: bool | None = None, metric: str = "acc", unit: str = "img"):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
-        self.unit = unit        # what a sample is in the rate: "img" (images) or "seq" (sequences)
+        self.unit = unit        # what a sample is in the rate: "img" (images), "seq" (sequences) or "vol" (volumes)
         self.metric = metric    # what ``correct`` sums per image: "acc" (right or not) or "mae" (its error)
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet

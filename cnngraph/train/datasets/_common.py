@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
+from ..input_kinds import INPUT_KINDS
 
 __all__ = ["RawSplits", "to_nchw", "as_float_images", "looks_8bit", "check_labels", "check_values", "labels_beyond",
            "stratified_split",
@@ -48,17 +49,18 @@ def require_shape(found: tuple[int, ...], input_shape: tuple[int, int, int], wha
 
 
 def to_nchw(arr: np.ndarray, input_shape: tuple[int, ...], layout: str, what: str) -> np.ndarray:
-    """Return ``arr`` as (N, C, H, W) given the expected (C, H, W), or as (N, C, L) given a sequence's (C, L).
+    """Return ``arr`` as (N, C, H, W) given the expected (C, H, W), as (N, C, L) given a sequence's (C, L), or as
+    (N, C, D, H, W) given a volume's (C, D, H, W).
 
-    Accepts channels first (NCHW / NCL), channels last (NHWC / NLC; ``layout`` "auto" tries channels
-    first first) and, when C == 1, no channel axis: (N, H, W) / (N, L). ``layout`` nchw and nhwc name
-    an image's layouts, ncl and nlc a sequence's. ``what`` names the file and key for the error message.
+    Accepts channels first (NCHW / NCL / NCDHW), channels last (NHWC / NLC / NDHWC; ``layout`` "auto" tries
+    channels first first) and, when C == 1, no channel axis: (N, H, W) / (N, L) / (N, D, H, W). ``layout`` names
+    one of those. ``what`` names the file and key for the error message.
     """
     c, *space = (int(s) for s in input_shape)
     space = tuple(space)
-    names = ("NCHW", "NHWC") if len(space) == 2 else ("NCL", "NLC")
+    names = INPUT_KINDS[len(input_shape)][3:]
     if layout != "auto" and layout.upper() not in names:
-        raise DataError(f"{what}: layout {layout} is for {'sequences' if len(layout) == 3 else 'images'}; the "
+        raise DataError(f"{what}: layout {layout} is for {INPUT_KINDS[len(layout) - 1][1]}; the "
                         f"model's input_shape {fmt_shape(input_shape)} takes {names[0].lower()} or {names[1].lower()}")
     first, last = layout in ("auto", names[0].lower()), layout in ("auto", names[1].lower())
     shape = tuple(arr.shape)
@@ -74,7 +76,7 @@ def to_nchw(arr: np.ndarray, input_shape: tuple[int, ...], layout: str, what: st
                          ((first, (c, *space), names[0]), (last, (*space, c), names[1])) if ok)
     if c == 1:
         wanted += f" or {dims(*space)}"
-    kind = "images" if len(space) == 2 else "sequences"
+    kind = INPUT_KINDS[len(input_shape)][1]
     raise DataError(f"{what}: expected {kind} of shape {wanted} for the model's input_shape "
                     f"{fmt_shape(input_shape)}, found shape {fmt_shape(shape)}")
 

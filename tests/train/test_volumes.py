@@ -1,0 +1,75 @@
+"""`cnngraph train` / evaluate / predict on volumes (C, D, H, W) from an npz file."""
+import io
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.cli import main
+from cnngraph.errors import DataError
+
+
+def _spec(path, **train):
+    t = {"data": {"dataset": "npz", "path": str(path), "test_fraction": 0.2}, "batch_size": 8, "epochs": 1,
+         "optimizer": {"type": "adam", "lr": 0.01}, **train}
+    return {"name": "vol", "inputs": {"v": {"shape": [2, 4, 6, 6]}},
+            "layers": [{"id": "c", "type": "conv3d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                       {"id": "bn", "type": "batch_norm2d"}, {"id": "act", "type": "relu"},
+                       {"id": "pool", "type": "max_pool3d", "kernel_size": 2},
+                       {"id": "gap", "type": "global_avg_pool2d"}, {"id": "flat", "type": "flatten"},
+                       {"id": "fc", "type": "dense", "out_features": 3}],
+            "outputs": ["fc"], "train": t}
+
+
+def _data(tmp_path, layout="ncdhw"):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 2, 4, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    x[np.arange(60), 0, :, y, y] += 3.0          # a learnable cue
+    if layout == "ndhwc":
+        x = np.moveaxis(x, 1, -1)
+    np.savez(tmp_path / f"{layout}.npz", x=x, y=y)
+    return tmp_path / f"{layout}.npz"
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "ndhwc"])
+def test_volumes_train_evaluate_and_predict(tmp_path, capsys, layout):
+    path = _data(tmp_path, layout)
+    stream = io.StringIO()
+    hist = cnngraph.train(_spec(path, epochs=3, cutmix={"alpha": 1.0}, augment=[{"type": "random_noise", "std": 0.05}]),
+                          out=tmp_path / "run", stream=stream)
+    assert hist.test["test_accuracy"] is not None and "volumes" in stream.getvalue() and " vol/s" in stream.getvalue()
+    x = np.load(path)["x"][:2]
+    np.save(tmp_path / "two.npy", x)
+    import yaml
+    (tmp_path / "vol.yaml").write_text(yaml.safe_dump(_spec(path)))
+    assert main(["evaluate", str(tmp_path / "vol.yaml"), "--checkpoint", str(tmp_path / "run")]) == 0
+    assert main(["predict", str(tmp_path / "vol.yaml"), "--checkpoint", str(tmp_path / "run"),
+                 str(tmp_path / "two.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "test_accuracy" in out and "two.npy[1]  class" in out
+
+
+def test_image_steps_and_image_datasets_are_refused_for_volumes(tmp_path):
+    path = _data(tmp_path)
+    with pytest.raises(cnngraph.SpecError) as info:
+        cnngraph.load_spec(_spec(path, augment=[{"type": "random_shift", "pixels": 1}]))
+    (p,) = info.value.problems
+    assert p.path == "train.augment[0].type"
+    assert "the model's input is a volume (C, D, H, W) = (2, 4, 6, 6)" in p.message and "random_noise" in p.message
+    with pytest.raises(cnngraph.SpecError, match=r"dataset 'digits' holds images \(C, H, W\) but the model's input is "
+                                                 r"a volume \(C, D, H, W\).*npz with x of shape \(N, C, D, H, W\)"):
+        cnngraph.load_spec(_spec(path, data={"dataset": "digits"}))
+
+
+def test_a_volume_of_the_wrong_shape_or_an_image_file_is_named(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((10, 2, 4, 6, 5), np.float32), y=np.zeros(10, np.int64))
+    with pytest.raises(DataError, match=r"expected volumes of shape \(N, 2, 4, 6, 6\) \(NCDHW\) or \(N, 4, 6, 6, 2\) "
+                                        r"\(NDHWC\) for the model's input_shape"):
+        cnngraph.train(_spec(path), out=tmp_path / "run", stream=io.StringIO())
+    from cnngraph.train.images import read_inputs
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"the model's input is a volume \(C, D, H, W\) = .*expected an .npy file of "
+                                        r"shape \(N, C, D, H, W\)"):
+        read_inputs([tmp_path / "a.png"], (2, 4, 6, 6))
