@@ -384,3 +384,12 @@ def test_receptive_field_through_bicubic_upsampling_matches_the_gradients(align_
     rf = receptive_fields(spec.graph)
     centre = [(10 + a, 10 + a) for a in range(-3, 3)]
     assert _measured_field(spec, "c", centre) == rf["c"]
+
+
+def test_summary_says_what_train_freeze_keeps_fixed(tmp_path, capsys):
+    import yaml
+    spec = yaml.safe_load(open("specs/digits_cnn.yaml"))
+    spec["train"]["freeze"] = ["conv*"]
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["summary", str(tmp_path / "f.yaml"), "--no-training-memory"]) == 0
+    assert "frozen by train.freeze: conv1, conv2 (4,800 params; 33,482 trained)" in capsys.readouterr().out

@@ -69,6 +69,17 @@ def cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
+def frozen_rows(spec, s) -> str:
+    """What the spec's train.freeze keeps fixed, as Keras's non-trainable count: "conv1, bn1 (464 params; 650 trained)"."""
+    from fnmatch import fnmatchcase
+    patterns = spec.train.freeze if spec.train is not None else []
+    rows = [r for r in s.rows if r.params and any(fnmatchcase(r.id, p) for p in patterns)]
+    if not rows:
+        return ""
+    fixed = sum(r.params for r in rows)
+    return f"{', '.join(r.id for r in rows)} ({fixed:,} params; {s.total_params - fixed:,} trained)"
+
+
 def cmd_summary(args) -> int:
     from ..summary import add_training_memory, summarize
     from .summary_format import format_summary, training_totals
@@ -76,6 +87,9 @@ def cmd_summary(args) -> int:
     if args.batch_size < 1:
         raise CnnGraphError(f"--batch-size must be >= 1, found {args.batch_size}")
     s = summarize(spec.graph, spec.name, args.batch_size)
+    frozen = frozen_rows(spec, s)
+    if frozen:
+        s.extra["frozen by train.freeze"] = frozen
     text = args.format != "json"    # JSON is one document, printed at the end
     if text:   # the static table first: measuring may take long on a big network
         print(format_summary(s, args.format), flush=True)
