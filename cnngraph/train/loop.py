@@ -122,7 +122,7 @@ class _Run:
         self.spec = spec = as_spec(spec, allow_plugins)
         self.ts, has_train = train_spec_of(spec)
         self.quiet = quiet
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = BestEffortStream(stream if stream is not None else sys.stderr)
         self.timer = PhaseTimer(profile)
 
         # --- resume: the checkpoint's settings are the defaults the arguments override
@@ -690,6 +690,33 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     with _blas_threads(), _termination_as_interrupt():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
                     allow_plugins, init, init_partial, freeze).fit()
+
+
+class BestEffortStream:
+    """The run's message stream: once a write fails (a closed pipe, as in `cnngraph train ... 2>&1 | head`, or a
+    full disk), later messages are dropped and training goes on to save its run, instead of the first failed
+    message ending the run with nothing saved."""
+
+    def __init__(self, stream):
+        self._stream, self.failed = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                self._stream.write(text)
+            except (OSError, ValueError):   # ValueError: a closed file
+                self.failed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self.failed = True
+
+    def __getattr__(self, name):   # isatty, fileno, encoding: the real stream's
+        return getattr(self._stream, name)
 
 
 class GradientAccumulator:

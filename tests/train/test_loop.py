@@ -535,3 +535,17 @@ def test_no_top_k_metric_where_k_covers_every_class(tmp_path):
     spec["layers"][-1]["out_features"] = 1
     hist = run(spec, tmp_path)
     assert "val_accuracy" in hist[0] and not any("top" in k for k in hist[0]) and not any("top" in k for k in hist.test)
+
+
+def test_a_closed_message_stream_does_not_stop_the_run(tmp_path):
+    """`cnngraph train ... 2>&1 | head -2`: once the pipe closes, messages are dropped and the run still finishes
+    and saves (it used to end at the first failed message with nothing saved and exit 0)."""
+    class ClosingPipe(io.StringIO):
+        def write(self, text):
+            if len(self.getvalue()) > 10:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    hist = cnngraph.train(tiny_spec(epochs=2), out=tmp_path / "run", stream=ClosingPipe())
+    assert len(hist) == 2 and (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "run" / "checkpoint" / "best").is_dir()
