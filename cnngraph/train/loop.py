@@ -132,7 +132,7 @@ class _Run:
             if out is None:
                 out = run_folder(self.resume_dir)
         saved = resume_settings(self.resume_ckpt.meta, spec) if self.resume_ckpt is not None else {}
-        self.settings = st = resolve_settings(self.ts, saved, epochs, batch_size, lr, seed, data, device)
+        self.settings = st = resolve_settings(self.ts, saved, epochs, batch_size, lr, seed, data, device, freeze)
         if self.resume_ckpt is not None and not quiet:
             changed = resume_changes(self.resume_ckpt.meta.get("settings") or {}, st)
             if changed:
@@ -193,7 +193,7 @@ class _Run:
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()
         self.model = Model(spec, device=device, seed=st.seed)
-        self._freeze(self.ts.freeze if freeze is None else ([freeze] if isinstance(freeze, str) else list(freeze)))
+        self._freeze(st.freeze)
         self.optimizer = reg.optimizers[self.ts.optimizer.type](self.ts.optimizer.params)
         self.update_checked = False   # the first steps that should move a weight check that one does
         self.unchanged_steps = 0

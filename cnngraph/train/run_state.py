@@ -276,7 +276,7 @@ def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkp
 
 # where each run setting is written in a spec's train section
 _SETTING_IN_SPEC = {"epochs": ("epochs",), "batch_size": ("batch_size",), "seed": ("seed",),
-                    "lr": ("optimizer", "lr"), "data": ("data",)}
+                    "lr": ("optimizer", "lr"), "data": ("data",), "freeze": ("freeze",)}
 
 
 def _at(d, path):
@@ -306,7 +306,7 @@ def resume_changes(saved: dict, st) -> list[str]:
             saved = {**saved, "data": DataConfig.model_validate(saved["data"]).model_dump(mode="json")}
         except Exception:  # noqa: BLE001 - unreadable: reported as changed, below
             pass
-    return [f"{k} {now[k]!r} (was {saved[k]!r})" for k in ("batch_size", "lr", "seed", "data")
+    return [f"{k} {now[k]!r} (was {saved[k]!r})" for k in ("batch_size", "lr", "seed", "data", "freeze")
             if k in saved and saved[k] != now[k]]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,14 @@ class Settings:
     seed: int
     data: Any
     device: str
+    freeze: list = field(default_factory=list)   # layer ids / globs kept fixed (train.freeze / --freeze)
 
     def to_json(self) -> dict:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
-                "data": self.data.model_dump(mode="json"), "device": self.device}
+                "data": self.data.model_dump(mode="json"), "device": self.device, "freeze": list(self.freeze)}
 
 
-def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device: str) -> Settings:
+def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device: str, freeze=None) -> Settings:
     """Settings from the arguments (``None``: not given), else ``saved`` (a resumed checkpoint's
     ``settings``), else the TrainSpec ``ts``; checked."""
 
@@ -83,10 +84,20 @@ def resolve_settings(ts, saved: dict, epochs, batch_size, lr, seed, data, device
                   batch_size=whole("batch_size", pick(batch_size, "batch_size", ts.batch_size), 1),
                   lr=number("lr", pick(lr, "lr", getattr(ts.optimizer.params, "lr", 0.01))),
                   seed=whole("seed", pick(seed, "seed", ts.seed), 0),
-                  data=parse_data_arg(data, base_data), device=device)
+                  data=parse_data_arg(data, base_data), device=device,
+                  freeze=_patterns(pick(freeze, "freeze", getattr(ts, "freeze", []))))
     if not (st.lr >= 0 and math.isfinite(st.lr)):
         raise TrainingError(f"lr must be a finite number >= 0, found {st.lr}")
     return st
+
+
+def _patterns(freeze) -> list[str]:
+    """``--freeze`` / ``freeze=``: a list of layer ids or globs (one string is one pattern)."""
+    if isinstance(freeze, str):
+        return [freeze]
+    if not isinstance(freeze, (list, tuple)) or not all(isinstance(p, str) for p in freeze):
+        raise TrainingError(f"freeze takes a list of layer ids or globs, found {freeze!r}")
+    return list(freeze)
 
 
 def saved_data(settings: dict, default, overridden: bool):

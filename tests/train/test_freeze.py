@@ -1,4 +1,6 @@
 """Transfer learning: train.freeze / --freeze / cnngraph.train(freeze=...) / Model.freeze keep layers fixed."""
+import io
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,20 @@ def test_cli_freeze_overrides_the_spec_and_says_what_it_froze(tmp_path, capsys):
     start = cnngraph.compile(spec(), seed=3).params.numpy()
     trained, _ = load_weights(tmp_path / "b")
     assert not np.array_equal(trained["conv1.weight"], start["conv1.weight"])
+
+
+def test_a_resumed_run_keeps_its_freeze_unless_told_otherwise(tmp_path):
+    """--freeze is a setting like --lr: stored in the checkpoint, kept on --resume, and a change is noted."""
+    s = spec(schedule={"type": "constant"})
+    s["train"]["epochs"] = 3
+    cnngraph.train(s, out=tmp_path / "run", epochs=1, freeze=["conv1", "bn1"], quiet=True)
+    first, _ = load_weights(tmp_path / "run/checkpoint/last")
+    stream = io.StringIO()
+    cnngraph.train(s, resume=tmp_path / "run", epochs=2, stream=stream)
+    kept, _ = load_weights(tmp_path / "run/checkpoint/last")
+    assert np.array_equal(kept["conv1.weight"], first["conv1.weight"]) and "frozen: conv1, bn1" in stream.getvalue()
+    stream = io.StringIO()
+    cnngraph.train(s, resume=tmp_path / "run", epochs=3, freeze=[], stream=stream)
+    assert "note: resuming with freeze [] (was ['conv1', 'bn1'])" in stream.getvalue()
+    thawed, _ = load_weights(tmp_path / "run/checkpoint/last")
+    assert not np.array_equal(thawed["conv1.weight"], first["conv1.weight"])
