@@ -183,6 +183,10 @@ class _Run:
         if ds.num_classes and self.ts.top_k > max(ds.num_classes, 3):   # 3: the default, kept for 2 classes
             raise SpecError(spec.problem(f"top_k ({self.ts.top_k}) is more than the {ds.num_classes} classes of the "
                                          f"dataset; its top-k accuracy would always be 1", ("train", "top_k")))
+        k, steps = self.ts.gradient_accumulation_steps, epoch_steps(len(ds.train[1]), st.batch_size)
+        if k > steps and not quiet:
+            print(f"note: gradient_accumulation_steps ({k}) is more than the {steps} batches of an epoch: each epoch "
+                  f"makes one optimizer step of all its batches", file=self.stream)
         if self.loss.note and not quiet:
             print(self.loss.note, file=self.stream)
         self.top_k = 1 if ds.values else effective_top_k(self.ts.top_k, ds.num_classes)
@@ -357,7 +361,7 @@ class _Run:
         if observe is not None:   # a schedule that follows a metric (reduce_on_plateau) reads the epochs so far
             observe(list(self.history))
         prof = timer.enabled
-        accumulated = GradientAccumulator(self.ts.gradient_accumulation_steps)
+        accumulated = GradientAccumulator(self.ts.gradient_accumulation_steps, mean=loss.reduction == "mean")
         for step in range(steps):
             t0 = time.perf_counter()
             idx = order[step * st.batch_size:(step + 1) * st.batch_size if step < steps - 1 else None]
@@ -395,7 +399,7 @@ class _Run:
             if prof:
                 t4 = time.perf_counter()
                 timer.add("backward", t4 - t3)
-            grads = accumulated.add(grads, last=step == steps - 1)
+            grads = accumulated.add(grads, len(yb), last=step == steps - 1)
             if grads is not None:   # an optimizer step: every batch, or every gradient_accumulation_steps
                 self._optimizer_step(weights, grads, xb, epoch, step, value, rate)
             s_np = to_numpy(scores)
@@ -720,28 +724,32 @@ class BestEffortStream:
 
 
 class GradientAccumulator:
-    """``train.gradient_accumulation_steps``: the mean gradient of every ``steps`` batches makes one optimizer step
-    (a batch ``steps`` times larger in the memory of one; batch norm still sees single batches). An epoch's
+    """``train.gradient_accumulation_steps``: every ``steps`` batches make one optimizer step with the gradient one
+    batch of all their samples would give (a batch ``steps`` times larger in the memory of one; batch norm still
+    sees single batches). For a loss that averages over samples, each batch's gradient is weighted by its samples
+    (a short last batch counts less); for one that sums (``reduction: sum``), the gradients add up. An epoch's
     leftover batches make a step of their own, so epochs (and resumes) stay independent."""
 
-    def __init__(self, steps: int):
-        self.steps, self.sum, self.count = steps, None, 0
+    def __init__(self, steps: int, mean: bool = True):
+        self.steps, self.mean = steps, mean
+        self.sum, self.count, self.samples = None, 0, 0
 
-    def add(self, grads: dict, last: bool) -> dict | None:
-        """The gradients to step with now, or None while accumulating."""
+    def add(self, grads: dict, samples: int, last: bool) -> dict | None:
+        """The gradients to step with now, or None while accumulating; ``samples``: the batch's size."""
         if self.steps == 1:
             return grads
+        weight = samples if self.mean else 1
         if self.sum is None:
-            self.sum = {k: v.copy() for k, v in grads.items()}
+            self.sum = {k: v * weight for k, v in grads.items()}
         else:
             for k, v in grads.items():
-                self.sum[k] += v
-        self.count += 1
+                self.sum[k] += v * weight
+        self.count, self.samples = self.count + 1, self.samples + samples
         if self.count < self.steps and not last:
             return None
-        mean = {k: v / self.count for k, v in self.sum.items()}
-        self.sum, self.count = None, 0
-        return mean
+        total = {k: v / self.samples for k, v in self.sum.items()} if self.mean else self.sum
+        self.sum, self.count, self.samples = None, 0, 0
+        return total
 
 
 def epoch_steps(n: int, batch_size: int) -> int:

@@ -12,8 +12,8 @@ from test_loop import _params
 def spec(tmp_path, batch_size, accumulate, optimizer=None):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"
-    if not path.exists():   # 128 training samples: whole batches of 32 and 64
-        np.savez(path, x=rng.standard_normal((128, 1, 6, 6)).astype(np.float32), y=rng.integers(0, 3, 128))
+    if not path.exists():   # 120 training samples: batches of 64 + 56, or 32 + 32 + 32 + 24
+        np.savez(path, x=rng.standard_normal((120, 1, 6, 6)).astype(np.float32), y=rng.integers(0, 3, 120))
     return {"name": "acc", "inputs": {"image": {"shape": [1, 6, 6]}},
             "layers": [{"id": "conv", "type": "conv2d", "out_channels": 4, "kernel_size": 3},
                        {"id": "act", "type": "relu"}, {"id": "flat", "type": "flatten"},
@@ -34,13 +34,16 @@ def test_two_accumulated_batches_of_32_step_like_one_batch_of_64(tmp_path, optim
     assert any(not np.allclose(small[k], big[k], rtol=1e-3) for k in big)   # without it: twice the steps
 
 
-def test_leftover_batches_make_a_step_of_their_own():
+def test_batches_count_by_their_samples_and_leftovers_make_a_step_of_their_own():
     acc = GradientAccumulator(3)
     g = {"w": np.ones(2, np.float32)}
-    assert acc.add(g, last=False) is None and acc.add({"w": 3 * g["w"]}, last=False) is None
-    assert np.array_equal(acc.add({"w": 5 * g["w"]}, last=False)["w"], [3.0, 3.0])      # mean of 1, 3, 5
-    assert np.array_equal(acc.add({"w": 2 * g["w"]}, last=True)["w"], [2.0, 2.0])       # epoch end: 1 batch
-    assert GradientAccumulator(1).add(g, last=False) is g
+    assert acc.add(g, 4, last=False) is None and acc.add({"w": 3 * g["w"]}, 4, last=False) is None
+    # a short last batch of 2 samples counts half: (4*1 + 4*3 + 2*6) / 10
+    assert np.allclose(acc.add({"w": 6 * g["w"]}, 2, last=False)["w"], [2.8, 2.8])
+    assert np.array_equal(acc.add({"w": 2 * g["w"]}, 4, last=True)["w"], [2.0, 2.0])    # epoch end: 1 batch
+    assert GradientAccumulator(1).add(g, 4, last=False) is g
+    summed = GradientAccumulator(2, mean=False)                                       # reduction: sum adds up
+    assert summed.add(g, 4, last=False) is None and np.array_equal(summed.add(g, 2, last=False)["w"], [2.0, 2.0])
 
 
 def test_bad_accumulation_is_a_located_spec_error(tmp_path):
