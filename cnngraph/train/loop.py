@@ -55,7 +55,7 @@ from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, 
 from .nonfinite import nonfinite_cause
 from .progress import EpochProgress, PhaseTimer
 from .runlock import LOCK_FILE, RunLock, holder
-from .run_state import (Best, checkpoint_meta, open_resume, restore, resume_changes, resume_settings,
+from .run_state import (Best, recorded_metrics, checkpoint_meta, open_resume, restore, resume_changes, resume_settings,
                         schedule_change_note, spec_differences)
 from .settings import (LossSetup, TrainingError, as_spec, parse_data_arg, prepare_loss, resolve_settings,
                        train_spec_of)
@@ -193,6 +193,13 @@ class _Run:
         self.has_val = len(ds.val[1]) > 0
 
         self.best = Best.for_run(spec, self.ts, self.has_val, self.top_k, dense=ds.dense, values=ds.values)
+        followed = getattr(self.ts.schedule.params, "metric", None) if self.ts.schedule.type == "reduce_on_plateau" else None
+        recorded = recorded_metrics(self.has_val, self.top_k, ds.dense, ds.values)
+        if followed is not None and followed not in recorded:
+            why = " (the dataset has no validation split)" if followed.startswith("val_") and not self.has_val else ""
+            raise SpecError(spec.problem(f"reduce_on_plateau follows '{followed}', which this run does not record{why}, "
+                                         f"so the rate would never change; expected one of {', '.join(recorded)}",
+                                         ("train", "schedule", "metric")))
 
         # --- model, optimizer, schedule, augmentation, generators
         reg = get_registry()

@@ -52,17 +52,14 @@ class Best:
         es = ts.early_stopping
         if values:   # regression: no accuracy; the best checkpoint has the lowest loss
             metric = es.metric if es is not None else ("val_loss" if has_val else "train_loss")
-            known = ["train_loss", "train_mae"] + (["val_loss", "val_mae", "val_rmse"] if has_val else [])
+            known = recorded_metrics(has_val, 1, dense, values)
             if metric not in known:
                 raise SpecError(spec.problem(f"unknown early-stopping metric '{metric}' for values to regress; "
                                              f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric")))
             return cls(metric, False) if es is None else cls(metric, es.maximize, es.min_delta, es.patience)
         metric = es.metric if es is not None else ("val_accuracy" if has_val else "train_accuracy")
-        known = ["train_loss", "train_accuracy"]
-        if has_val:
-            k = ts.top_k if top_k is None else top_k   # the k the run computes (1: none)
-            known += ["val_loss", "val_accuracy"] + ([f"val_top{k}_accuracy"] if k > 1 else []) + (
-                ["val_mean_iou"] if dense else [])
+        k = ts.top_k if top_k is None else top_k   # the k the run computes (1: none)
+        known = recorded_metrics(has_val, k, dense, values)
         if metric not in known:
             why = " (the dataset has no validation split)" if metric.startswith("val_") and not has_val else ""
             if metric == "val_mean_iou" and has_val and not dense:
@@ -283,6 +280,16 @@ def _at(d, path):
     for key in path:
         d = d.get(key) if isinstance(d, dict) else None
     return d
+
+
+def recorded_metrics(has_val: bool, top_k: int, dense: bool, values: bool) -> list[str]:
+    """The per-epoch metrics a run records (what early stopping and reduce_on_plateau can follow): losses, then
+    accuracy (classes; top-k for k > 1, mean IoU for masks) or mae/rmse (values); val_ ones need a validation split."""
+    if values:
+        return ["train_loss", "train_mae"] + (["val_loss", "val_mae", "val_rmse"] if has_val else [])
+    val = ["val_loss", "val_accuracy"] + ([f"val_top{top_k}_accuracy"] if top_k > 1 else []) + (
+        ["val_mean_iou"] if dense else [])
+    return ["train_loss", "train_accuracy"] + (val if has_val else [])
 
 
 def resume_settings(meta: dict, spec) -> dict:

@@ -170,3 +170,21 @@ def test_reduce_on_plateau_needs_a_metric_the_run_records():
         cnngraph.load_spec(spec)
     (p,) = info.value.problems
     assert p.path == "train.schedule.metric" and "did you mean 'val_loss'" in p.message
+
+
+def test_reduce_on_plateau_on_a_metric_the_run_does_not_record_is_refused(tmp_path):
+    import io
+    import cnngraph
+    import numpy as np
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 40))
+    spec = {"name": "t", "inputs": {"x": {"shape": [1, 8, 8]}},
+            "layers": [{"id": "f", "type": "flatten"}, {"id": "d", "type": "dense", "out_features": 3}],
+            "outputs": ["d"],
+            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.0}, "epochs": 2,
+                      "schedule": {"type": "reduce_on_plateau"}}}
+    with pytest.raises(cnngraph.SpecError, match=r"reduce_on_plateau follows 'val_loss', which this run does not record "
+                                                 r"\(the dataset has no validation split\)"):
+        cnngraph.train(spec, out=tmp_path / "a", stream=io.StringIO())
+    spec["train"]["schedule"]["metric"] = "train_loss"
+    assert len(cnngraph.train(spec, out=tmp_path / "b", stream=io.StringIO())) == 2
