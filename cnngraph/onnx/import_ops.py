@@ -931,7 +931,8 @@ def resize(imp, node, a):
     nearest = a.get("nearest_mode", "round_prefer_floor")
     if node.op_type == "Upsample" or imp.opset < 11:
         transform, nearest = "asymmetric", "floor"     # the old ops' only behaviour
-    params = {"scale_factor": scales[2:]}
+    # ONNX holds float32 scales: 0.6 comes back as 0.6, not 0.6000000238418579 (the same float32 either way)
+    params = {"scale_factor": [float(str(np.float32(v))) for v in scales[2:]]}
     if mode == "nearest" and transform == "asymmetric" and nearest == "floor":
         pass
     elif mode in ("linear", "bilinear", "cubic") and transform in ("align_corners", "pytorch_half_pixel", "half_pixel"):

@@ -58,9 +58,11 @@ def load_init(model, path, partial: bool = False) -> str:
     model.load_params({n: arrays[n] for n in names if n in arrays}, strict=False)
     if not (missing or unexpected):
         return ""
-    return (f"note: initial weights {path}: {len(missing)} parameter{'s' * (len(missing) != 1)} not in the file keep their "
-            f"initial values ({listed(missing) or 'none'}); {len(unexpected)} array{'s' * (len(unexpected) != 1)} "
-            f"of the file unused ({listed(unexpected) or 'none'})")
+    parts = ([f"{len(missing)} parameter{'s' * (len(missing) != 1)} not in the file keep their initial values "
+              f"({listed(missing)})"] if missing else []) + (
+             [f"{len(unexpected)} array{'s' * (len(unexpected) != 1)} of the file unused ({listed(unexpected)})"]
+             if unexpected else [])
+    return f"note: initial weights {path}: {'; '.join(parts)}"
 
 
 def constants_without_values(spec) -> list[str]:

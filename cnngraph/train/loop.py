@@ -215,9 +215,9 @@ class _Run:
         self.mixer = BatchMixer(self.ts.mixup, self.ts.cutmix)
         why = self.mixer and mixing_problem(self.loss, ds)
         if why:
-            which = " and ".join(k for k in ("mixup", "cutmix") if getattr(self.ts, k) is not None)
-            raise TrainingError(f"train.{which} blends the class labels of two samples, which does not work here: "
-                                f"{why}")
+            which = [f"train.{k}" for k in ("mixup", "cutmix") if getattr(self.ts, k) is not None]
+            raise TrainingError(f"{' and '.join(which)} blend{'s' * (len(which) == 1)} the class labels of two samples, "
+                                f"which does not work here: {why}")
         # regression targets that are maps of the image's size (a clean image, a depth map; per step of a
         # sequence) move with it
         x_dims, y_shape = ds.train[0].shape[2:], ds.train[1].shape

@@ -50,7 +50,8 @@ class BatchMixer:
     """Draws the mixing of each batch from the run's generator (so a resumed run repeats it bit for bit)."""
 
     def __init__(self, mixup: MixSettings | None, cutmix: MixSettings | None):
-        self.mixup, self.cutmix = mixup, cutmix
+        # prob 0 mixes nothing: such a setting draws nothing either (the run equals one without it)
+        self.mixup, self.cutmix = (s if s is not None and s.prob > 0 else None for s in (mixup, cutmix))
 
     def __bool__(self) -> bool:
         return self.mixup is not None or self.cutmix is not None
@@ -58,6 +59,8 @@ class BatchMixer:
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> Mixed | None:
         """The mixed batch, or None when this batch stays as it is."""
         kinds = [k for k in ("mixup", "cutmix") if getattr(self, k) is not None]
+        if not kinds:
+            return None
         kind = kinds[0] if len(kinds) == 1 else kinds[int(rng.integers(2))]
         settings = getattr(self, kind)
         if len(x) < 2 or rng.random() >= settings.prob:

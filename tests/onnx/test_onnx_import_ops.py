@@ -280,3 +280,14 @@ def test_pow_with_a_computed_exponent_and_layer_norm_over_the_batch_are_named():
     with pytest.raises(OnnxError, match=r"ReduceSum node .*batch axis"):
         import_onnx(make_model([N("ReduceSum", ["x", "a"], ["y"])], {"x": X4}, {"a": np.array([0, 1], np.int64)},
                                opset=13))
+
+
+def test_float32_resize_scales_come_back_as_written():
+    """ONNX stores scales as float32: an exported scale_factor 0.6 imports as 0.6, not 0.6000000238418579."""
+    import cnngraph
+    from cnngraph.onnx.exporter import spec_to_onnx
+    spec = {"name": "t", "inputs": {"x": {"shape": [2, 7, 5]}},
+            "layers": [{"id": "u", "type": "upsample2d", "scale_factor": [0.6, 1.7], "mode": "bicubic"}], "outputs": ["u"]}
+    model = cnngraph.compile(spec)
+    back = cnngraph.import_onnx(spec_to_onnx(model.spec, model.params.numpy()))
+    assert back.import_result.spec["layers"][0]["scale_factor"] == [0.6, 1.7]
