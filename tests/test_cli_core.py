@@ -165,3 +165,14 @@ def test_summary_of_a_network_too_big_to_measure_is_a_note(monkeypatch, capsys):
     assert "conv2 " in out and "peak activation memory (inference, batch 8)" in out
     assert "(training, batch 8): not measured: measuring ran out of memory" in out and "--no-training-memory" in out
     assert "Traceback" not in err
+
+
+def test_parameter_constraints_include_patterns():
+    from pydantic import BaseModel, Field
+    from cnngraph.commands.core import _constraints
+
+    class P(BaseModel):
+        mode: str = Field("a", pattern="^(a|b)$")
+        k: int = Field(1, ge=1, le=9)
+    assert _constraints(P.model_fields["mode"].metadata) == ["matching ^(a|b)$"]
+    assert _constraints(P.model_fields["k"].metadata) == [">= 1", "<= 9"]

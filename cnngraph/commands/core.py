@@ -166,7 +166,7 @@ def _describe_params(op_cls) -> list[dict]:
 
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
-           ("min_length", "length >="), ("max_length", "length <="))
+           ("min_length", "length >="), ("max_length", "length <="), ("pattern", "matching"))
 
 
 def _constraints(metadata) -> list[str]:
