@@ -108,7 +108,8 @@ def cmd_train(args) -> int:
                      f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s.get("test_accuracy") is not None:
         seg = s.get("test_mean_iou") is not None
-        parts.append(f"test {'pixel ' if seg else ''}accuracy {s['test_accuracy']:.4f}, "
+        per = ("step " if len(next(iter(spec.inputs.values())).shape) == 2 else "pixel ") if seg else ""
+        parts.append(f"test {per}accuracy {s['test_accuracy']:.4f}, "
                      + (f"mean IoU {s['test_mean_iou']:.4f}, " if seg else "")
                      + f"test loss {s['test_loss']:.4f} ({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s["stopped"] != "diverged":
@@ -211,7 +212,8 @@ def cmd_evaluate(args) -> int:
                      "confusion": cm.tolist(), "classes": classes, "checkpoint": str(ckdir),
                      "epoch": meta.get("epoch")})
     out_dir = Path(args.out) if args.out else run_folder(ckdir)
-    what = "pixel accuracy" if ds.dense else "accuracy"
+    unit = "step" if x.ndim == 3 else "pixel"    # a sequence's masks have one class per step
+    what = f"{unit} accuracy" if ds.dense else "accuracy"
     title = (f"{spec.name} ({args.split}): {what} {acc.accuracy:.4f}"
              + (f", mean IoU {report['mean_iou']:.4f}" if ds.dense else ""))
     if args.format == "json":
@@ -220,7 +222,7 @@ def cmd_evaluate(args) -> int:
         return 0
     ignore = getattr(ts.loss.params, "ignore_index", None)
     pixels = int(y.size if ignore is None else (y != ignore).sum())
-    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} {ds.samples}" + (f" ({pixels:,} pixels scored)" if ds.dense else ""),
+    _print_metrics(spec, ckdir, meta, f"{where}: {len(y)} {ds.samples}" + (f" ({pixels:,} {unit}s scored)" if ds.dense else ""),
                    acc.result(f"{args.split}_"))
     print()
     print(format_per_class(report, classes, iou=ds.dense))
@@ -328,14 +330,14 @@ def cmd_predict(args) -> int:
             from ..plugins.activation import sigmoid
             scores = sigmoid(scores.astype(np.float64))
         return _predict_values(args, scores, labels)
-    if scores.ndim == 4:
+    if scores.ndim == len(shape) + 1 and scores.ndim > 2:   # class scores per pixel (or per step of a sequence)
         return _predict_masks(args, scores, labels, stats, loss_meta.get("type") or (ts.loss.type if ts else None))
     if args.masks_out:
-        raise CnnGraphError(f"--masks-out: output '{output}' gives one class per image, not per pixel; "
+        raise CnnGraphError(f"--masks-out: output '{output}' gives one class per sample, not per pixel or step; "
                             f"--masks-out is for segmentation models")
     if scores.ndim != 2:
         raise CnnGraphError(f"output '{output}' has shape {scores.shape[1:]} per sample; predict expects class scores "
-                            f"(classes,) or, for segmentation, (classes, H, W)")
+                            f"(classes,) or, for segmentation, (classes, H, W) (a sequence's (classes, L))")
     probs = _probabilities(scores, loss_meta.get("type") or (ts.loss.type if ts else None))
     n_cls = probs.shape[1]
     classes = list(stats.get("classes") or [str(i) for i in range(n_cls)])
@@ -372,9 +374,11 @@ def _predict_values(args, scores: np.ndarray, labels: list[str]) -> int:
 
 
 def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, loss_type: str | None) -> int:
-    """Segmentation: each pixel's class; prints each input's classes by area, writes the masks on request."""
+    """Segmentation: each pixel's (a sequence's: each step's) class; prints each input's classes by area, writes
+    the masks on request (masks.npy; a PNG per image)."""
     from ..train.metrics import predicted_classes
-    masks = predicted_classes(scores)                                  # (N, H, W)
+    masks = predicted_classes(scores)                                  # (N, H, W) or (N, L)
+    unit = "pixels" if masks.ndim == 3 else "steps"
     n_cls = max(scores.shape[1], 2)
     classes = list(stats.get("classes") or [])
     if len(classes) != n_cls:
@@ -382,7 +386,7 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
     results = []
     for label, m in zip(labels, masks):
         share = np.bincount(m.ravel(), minlength=n_cls) / m.size
-        results.append({"input": label, "pixels": {classes[i]: float(share[i]) for i in range(n_cls) if share[i] > 0}})
+        results.append({"input": label, unit: {classes[i]: float(share[i]) for i in range(n_cls) if share[i] > 0}})
     if args.masks_out:
         for r, path in zip(results, _write_masks(Path(args.masks_out), masks, labels, n_cls)):
             r["mask_png"] = str(path)
@@ -391,10 +395,11 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
         return 0
     width = max(len(r["input"]) for r in results)
     for r in results:
-        top = sorted(r["pixels"].items(), key=lambda kv: -kv[1])[:args.top]
-        print(f"{r['input'].ljust(width)}  pixels: " + ", ".join(f"{c} {v:.1%}" for c, v in top))
+        top = sorted(r[unit].items(), key=lambda kv: -kv[1])[:args.top]
+        print(f"{r['input'].ljust(width)}  {unit}: " + ", ".join(f"{c} {v:.1%}" for c, v in top))
     if args.masks_out:
-        print(f"wrote {Path(args.masks_out) / 'masks.npy'} and {len(results)} mask PNG{'s' * (len(results) != 1)}")
+        pngs = f" and {len(results)} mask PNG{'s' * (len(results) != 1)}" if masks.ndim == 3 else " (one class per step)"
+        print(f"wrote {Path(args.masks_out) / 'masks.npy'}{pngs}")
     return 0
 
 
@@ -414,6 +419,8 @@ def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int)
     for old in folder.glob("[0-9][0-9][0-9][0-9]_*.mask.png"):   # an earlier prediction's pictures: never mixed
         old.unlink()
     np.save(folder / "masks.npy", masks)
+    if masks.ndim != 3:   # a sequence's classes per step: the array says it all
+        return []
     colours = [(0, 0, 0)] + [tuple(int(255 * c) for c in matplotlib.colormaps["tab20"](i % 20)[:3])
                              for i in range(max(n_cls - 1, 1))]
     palette = [v for c in colours for v in c]

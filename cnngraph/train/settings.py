@@ -243,10 +243,12 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
         return _value_loss(spec, ts, output, shape, tuple(value_shape), note)
     if mask_shape is not None:
         mask_shape = tuple(mask_shape)
-        if len(shape) != 3 or shape[1:] != mask_shape:
-            raise TrainingError(f"the dataset's labels are masks of {mask_shape[0]}x{mask_shape[1]} pixels, so loss "
-                                f"output '{output}' must give class scores per pixel, (classes, {mask_shape[0]}, "
-                                f"{mask_shape[1]}); it has per-sample shape {shape}")
+        if len(shape) != 1 + len(mask_shape) or shape[1:] != mask_shape:
+            what, unit = (f"{mask_shape[0]}x{mask_shape[1]} pixels", "pixel") if len(mask_shape) == 2 else \
+                (f"{mask_shape[0]} steps", "step")
+            raise TrainingError(f"the dataset's labels are masks of {what}, so loss output '{output}' must give class "
+                                f"scores per {unit}, (classes, {', '.join(map(str, mask_shape))}); it has per-sample "
+                                f"shape {shape}")
     elif len(shape) != 1:
         raise SpecError(spec.problem(f"loss output '{output}' has per-sample shape {shape}; training needs a "
                                      f"vector of class scores (classes,) — add a flatten/dense layer (or, to "

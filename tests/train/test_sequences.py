@@ -190,10 +190,14 @@ def test_sequences_have_no_pixel_units(tmp_path):
         load_dataset({**cfg, "pixels": "8bit"}, (1, 8))
 
 
-def test_per_step_labels_are_refused(tmp_path):
-    np.savez(tmp_path / "d.npz", x=np.zeros((10, 1, 8), np.float32), y=np.zeros((10, 8), np.int64))
-    with pytest.raises(DataError, match=r"expected a 1-D vector of integer class labels, found shape \(10, 8\)"):
-        load_dataset({"dataset": "npz", "path": str(tmp_path / "d.npz")}, (1, 8))
+def test_per_step_labels_load_as_masks_and_one_hot_labels_are_named(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 1, 8), np.float32), y=np.ones((10, 8), np.int64))
+    ds = load_dataset({"dataset": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.0}, (1, 8))
+    assert ds.dense and ds.train[1].shape == (10, 8)
+    np.savez(tmp_path / "e.npz", x=np.zeros((10, 1, 8), np.float32), y=np.zeros((10, 3, 2), np.int64))
+    with pytest.raises(DataError, match=r"expected a 1-D vector of integer class labels or masks of shape \(N, 8\) "
+                                        r"\(one class per step\), found shape \(10, 3, 2\)"):
+        load_dataset({"dataset": "npz", "path": str(tmp_path / "e.npz")}, (1, 8))
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist", "cifar10", "image_folder"])
@@ -300,3 +304,62 @@ def test_explain_refuses_per_step_sequence_outputs_naming_them():
                                           "padding": 1}], "outputs": ["c"]})
     with pytest.raises(CnnGraphError, match=r"per-step outputs of sequences \(K, L\).*outputs: c \(1, 16\)"):
         class_output(model)
+
+
+def _segmented(tmp_path, n=240, length=48):
+    """Sequences with a burst (class 1) and a step (class 2) somewhere, labelled per step."""
+    rng = np.random.default_rng(0)
+    x = 0.2 * rng.standard_normal((n, 1, length)).astype(np.float32)
+    y = np.zeros((n, length), np.int64)
+    for i in range(n):
+        s = rng.integers(0, length - 24)
+        x[i, 0, s:s + 10] += 1.5 * np.sin(np.arange(10) * 1.5)
+        y[i, s:s + 10] = 1
+        x[i, 0, s + 14:s + 20] += 1.0
+        y[i, s + 14:s + 20] = 2
+    np.savez(tmp_path / "seg.npz", x=x, y=y, classes=np.array(["background", "burst", "step"]))
+    spec = {"name": "seg1d", "inputs": {"s": {"shape": [1, length]}},
+            "layers": [{"id": "c1", "type": "conv1d", "out_channels": 12, "kernel_size": 5, "padding": 2},
+                       {"id": "a1", "type": "relu"},
+                       {"id": "c2", "type": "conv1d", "out_channels": 12, "kernel_size": 5, "padding": 2},
+                       {"id": "a2", "type": "relu"},
+                       {"id": "out", "type": "conv1d", "out_channels": 3, "kernel_size": 1}],
+            "outputs": ["out"],
+            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "seg.npz"), "test_fraction": 0.2},
+                      "optimizer": {"type": "adam", "lr": 0.01}, "augment": [{"type": "random_shift", "pixels": 3}],
+                      "batch_size": 32, "epochs": 8}}
+    (tmp_path / "seg.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "seg.yaml", x, y
+
+
+def test_sequence_segmentation_trains_evaluates_and_predicts_per_step(tmp_path, capsys):
+    """One class per step (N, L) labels: per-step cross_entropy, step accuracy and IoU, masks moved with shifts,
+    predict --masks-out writes masks.npy."""
+    path, x, y = _segmented(tmp_path)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["test_mean_iou"] > 0.8 and summary["test_accuracy"] > 0.9
+    assert "test step accuracy" in capsys.readouterr().out
+    assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "run")]) == 0
+    assert "steps scored" in capsys.readouterr().out
+    np.save(tmp_path / "two.npy", x[:2])
+    assert main(["predict", str(path), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "two.npy"),
+                 "--masks-out", str(tmp_path / "masks")]) == 0
+    assert "two.npy[0]  steps: background" in capsys.readouterr().out
+    masks = np.load(tmp_path / "masks" / "masks.npy")
+    assert masks.shape == (2, 48) and (masks == y[:2]).mean() > 0.9
+
+
+def test_shifts_move_per_step_masks_with_their_sequences():
+    x = np.arange(2 * 10, dtype=np.float32).reshape(2, 1, 10)
+    y = np.tile(np.arange(10) % 3, (2, 1))
+    xs, ys = build_augmentations([{"type": "random_shift", "pixels": 2}])(x, np.random.default_rng(1), y)
+    for i in range(2):
+        kept = xs[i, 0] != 0
+        assert np.array_equal(ys[i][kept], y[i][xs[i, 0][kept].astype(int) - 10 * i])
+
+
+def test_per_step_labels_of_the_wrong_length_are_named(tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((10, 1, 16), np.float32), y=np.zeros((10, 15), np.int64))
+    with pytest.raises(DataError, match=r"expected masks of shape \(N, 16\) \(one class per step of the input\)"):
+        load_dataset({"dataset": "npz", "path": str(tmp_path / "bad.npz")}, (1, 16))

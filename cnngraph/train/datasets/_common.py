@@ -108,26 +108,30 @@ def looks_8bit(arr: np.ndarray) -> bool:
 
 
 def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
-                 mask_shape: tuple[int, int] | None = None, ignore: int | None = None) -> np.ndarray:
+                 mask_shape: tuple[int, ...] | None = None, ignore: int | None = None) -> np.ndarray:
     """Validate class labels (integral, ``n`` of them, in [0, n_classes)) and return them as int64.
 
     A label is one class per image: a 1-D vector. With ``mask_shape`` = (H, W) it may also be one
-    class per pixel (segmentation masks): (N, H, W), or (N, 1, H, W). Masks may also hold ``ignore``,
-    the value of void pixels, which is no class.
+    class per pixel (segmentation masks): (N, H, W), or (N, 1, H, W); with ``mask_shape`` = (L,), one class
+    per step of a sequence: (N, L) or (N, 1, L). Masks may also hold ``ignore``, the value of void pixels,
+    which is no class.
     """
     y = np.asarray(y)
-    if mask_shape is not None and y.ndim == 4 and y.shape[1] == 1:
+    dims = 1 + len(mask_shape) if mask_shape is not None else None   # a mask's rank, with N
+    if dims and y.ndim == dims + 1 and y.shape[1] == 1:
         y = y[:, 0]
-    elif mask_shape is not None and y.ndim == 4 and y.shape[3] == 1 and tuple(y.shape[1:3]) == tuple(mask_shape):
+    elif dims and y.ndim == dims + 1 and y.shape[-1] == 1 and tuple(y.shape[1:-1]) == tuple(mask_shape):
         y = y[..., 0]    # channels-last masks, as images may be
-    if y.ndim != 1 and not (mask_shape is not None and y.ndim == 3):
-        masks = f" or masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per pixel)" if mask_shape else ""
+    unit = "pixel" if mask_shape is not None and len(mask_shape) == 2 else "step"
+    form = f"(N, {', '.join(map(str, mask_shape))})" if mask_shape is not None else ""
+    if y.ndim != 1 and y.ndim != dims:
+        masks = f" or masks of shape {form} (one class per {unit})" if mask_shape else ""
         raise DataError(f"{what}: expected a 1-D vector of integer class labels{masks}, found shape "
                         f"{fmt_shape(y.shape)} (one-hot labels are not accepted; use argmax. Values to regress or "
                         f"multi-label 0/1 targets: set train.data.targets: values)")
-    if y.ndim == 3 and tuple(y.shape[1:]) != tuple(mask_shape):
-        raise DataError(f"{what}: expected masks of shape (N, {mask_shape[0]}, {mask_shape[1]}) (one class per "
-                        f"pixel of the input image), found shape {fmt_shape(y.shape)}")
+    if y.ndim > 1 and tuple(y.shape[1:]) != tuple(mask_shape):
+        raise DataError(f"{what}: expected masks of shape {form} (one class per {unit} of the input), found shape "
+                        f"{fmt_shape(y.shape)}")
     if y.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected integer class labels, found dtype {y.dtype}")
     if y.dtype.kind == "f":
@@ -140,7 +144,7 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
             raise DataError(f"{what}: expected integer class labels, found non-integral float values (values to "
                             f"regress: set train.data.targets: values)")
     if len(y) != n:
-        raise DataError(f"{what}: expected {n} {'masks' if y.ndim == 3 else 'labels'} (one per image), found {len(y)}")
+        raise DataError(f"{what}: expected {n} {'masks' if y.ndim > 1 else 'labels'} (one per sample), found {len(y)}")
     y = y.astype(np.int64)
     classes = y if ignore is None else y[y != ignore]
     if classes.size:
@@ -152,7 +156,7 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
         if lo < 0 or (n_classes is not None and hi >= n_classes):
             raise DataError(f"{what}: expected labels in [0, {n_classes - 1}], found values in [{lo}, {hi}]"
                             f"{_void_hint(y)}")
-        if y.ndim == 3 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2 and ignore is None:
+        if y.ndim > 1 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2 and ignore is None:
             raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks: set "
                             f"train.loss.ignore_index: 255 to leave them out of the loss and the metrics, or list "
                             f"every class in a 'classes' key if 255 is one")
@@ -204,7 +208,7 @@ def labels_beyond(sources: list[tuple[str, np.ndarray]], limit: int, ignore: int
 
 
 def _void_hint(y: np.ndarray) -> str:
-    if y.ndim == 3 and int(y.max()) == 255:
+    if y.ndim > 1 and int(y.max()) == 255:
         return " (255 is the 'void' label of VOC-style masks: set train.loss.ignore_index: 255 to leave it out)"
     return ""
 
