@@ -108,7 +108,7 @@ def cmd_train(args) -> int:
                      f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s.get("test_accuracy") is not None:
         seg = s.get("test_mean_iou") is not None
-        per = ("step " if len(next(iter(spec.inputs.values())).shape) == 2 else "pixel ") if seg else ""
+        per = {2: "step ", 4: "voxel "}.get(len(next(iter(spec.inputs.values())).shape), "pixel ") if seg else ""
         parts.append(f"test {per}accuracy {s['test_accuracy']:.4f}, "
                      + (f"mean IoU {s['test_mean_iou']:.4f}, " if seg else "")
                      + f"test loss {s['test_loss']:.4f} ({s['checkpoint']} checkpoint, epoch {s['epoch']})")
@@ -212,7 +212,7 @@ def cmd_evaluate(args) -> int:
                      "confusion": cm.tolist(), "classes": classes, "checkpoint": str(ckdir),
                      "epoch": meta.get("epoch")})
     out_dir = Path(args.out) if args.out else run_folder(ckdir)
-    unit = "step" if x.ndim == 3 else "pixel"    # a sequence's masks have one class per step
+    unit = {3: "step", 5: "voxel"}.get(x.ndim, "pixel")    # a sequence's masks have one class per step
     what = f"{unit} accuracy" if ds.dense else "accuracy"
     title = (f"{spec.name} ({args.split}): {what} {acc.accuracy:.4f}"
              + (f", mean IoU {report['mean_iou']:.4f}" if ds.dense else ""))
@@ -377,8 +377,8 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
     """Segmentation: each pixel's (a sequence's: each step's) class; prints each input's classes by area, writes
     the masks on request (masks.npy; a PNG per image)."""
     from ..train.metrics import predicted_classes
-    masks = predicted_classes(scores)                                  # (N, H, W) or (N, L)
-    unit = "pixels" if masks.ndim == 3 else "steps"
+    masks = predicted_classes(scores)                                  # (N, H, W), (N, L) or (N, D, H, W)
+    unit = {2: "steps", 3: "pixels", 4: "voxels"}[masks.ndim]
     n_cls = max(scores.shape[1], 2)
     classes = list(stats.get("classes") or [])
     if len(classes) != n_cls:
@@ -398,7 +398,8 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
         top = sorted(r[unit].items(), key=lambda kv: -kv[1])[:args.top]
         print(f"{r['input'].ljust(width)}  {unit}: " + ", ".join(f"{c} {v:.1%}" for c, v in top))
     if args.masks_out:
-        pngs = f" and {len(results)} mask PNG{'s' * (len(results) != 1)}" if masks.ndim == 3 else " (one class per step)"
+        pngs = (f" and {len(results)} mask PNG{'s' * (len(results) != 1)}" if masks.ndim == 3
+                else f" (one class per {unit[:-1]})")
         print(f"wrote {Path(args.masks_out) / 'masks.npy'}{pngs}")
     return 0
 
@@ -419,7 +420,7 @@ def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int)
     for old in folder.glob("[0-9][0-9][0-9][0-9]_*.mask.png"):   # an earlier prediction's pictures: never mixed
         old.unlink()
     np.save(folder / "masks.npy", masks)
-    if masks.ndim != 3:   # a sequence's classes per step: the array says it all
+    if masks.ndim != 3:   # a sequence's classes per step, a volume's per voxel: the array says it all
         return []
     colours = [(0, 0, 0)] + [tuple(int(255 * c) for c in matplotlib.colormaps["tab20"](i % 20)[:3])
                              for i in range(max(n_cls - 1, 1))]

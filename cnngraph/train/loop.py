@@ -644,7 +644,7 @@ class _Run:
                 score = f"mae {test['test_mae']:.4f} rmse {test['test_rmse']:.4f}"
             else:
                 iou = f" mean IoU {test['test_mean_iou']:.4f}" if test.get("test_mean_iou") is not None else ""
-                per = {3: "step ", 4: "pixel "}.get(self.dataset.train[1].ndim + 1, "") if self.dataset.dense else ""
+                per = {2: "step ", 3: "pixel ", 4: "voxel "}.get(self.dataset.train[1].ndim, "") if self.dataset.dense else ""
                 score = f"{per}accuracy {test['test_accuracy']:.4f}{iou}"
             print(f"test ({test['checkpoint']} checkpoint, epoch {test['epoch']}): loss {test['test_loss']:.4f} "
                   f"{score}; wrote {self.out}", file=self.stream)

@@ -73,3 +73,31 @@ def test_a_volume_of_the_wrong_shape_or_an_image_file_is_named(tmp_path):
     with pytest.raises(DataError, match=r"the model's input is a volume \(C, D, H, W\) = .*expected an .npy file of "
                                         r"shape \(N, C, D, H, W\)"):
         read_inputs([tmp_path / "a.png"], (2, 4, 6, 6))
+
+
+def test_volume_segmentation_learns_per_voxel_classes(tmp_path, capsys):
+    """Masks (N, D, H, W): a ball of class 1 in noise, found by a fully convolutional 3-D net."""
+    rng = np.random.default_rng(0)
+    x = 0.3 * rng.standard_normal((80, 1, 4, 8, 8)).astype(np.float32)
+    y = np.zeros((80, 4, 8, 8), np.int64)
+    d, h, w = np.meshgrid(np.arange(4), np.arange(8), np.arange(8), indexing="ij")
+    for i in range(80):
+        ball = (d - rng.uniform(1, 3)) ** 2 + (h - rng.uniform(2, 6)) ** 2 + (w - rng.uniform(2, 6)) ** 2 <= 4
+        x[i, 0][ball] += 1.2
+        y[i][ball] = 1
+    np.savez(tmp_path / "seg.npz", x=x, y=y)
+    spec = {"name": "vseg", "inputs": {"v": {"shape": [1, 4, 8, 8]}},
+            "layers": [{"id": "c1", "type": "conv3d", "out_channels": 6, "kernel_size": 3, "padding": 1},
+                       {"id": "a1", "type": "relu"},
+                       {"id": "out", "type": "conv3d", "out_channels": 2, "kernel_size": 3, "padding": 1}],
+            "outputs": ["out"],
+            "train": {"data": {"dataset": "npz", "path": str(tmp_path / "seg.npz"), "test_fraction": 0.2},
+                      "optimizer": {"type": "adam", "lr": 0.02}, "batch_size": 16, "epochs": 6}}
+    hist = cnngraph.train(spec, out=tmp_path / "run", stream=io.StringIO())
+    assert hist.test["test_mean_iou"] > 0.7
+    import yaml
+    (tmp_path / "vseg.yaml").write_text(yaml.safe_dump(spec))
+    np.save(tmp_path / "one.npy", x[:1])
+    assert main(["predict", str(tmp_path / "vseg.yaml"), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "one.npy"),
+                 "--masks-out", str(tmp_path / "masks")]) == 0
+    assert "voxels:" in capsys.readouterr().out and np.load(tmp_path / "masks" / "masks.npy").shape == (1, 4, 8, 8)

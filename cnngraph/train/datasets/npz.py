@@ -80,7 +80,7 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             y = check_values(arrays[ky], len(x), f"'{p}' key '{ky}'")
         else:
             y = check_labels(arrays[ky], len(x), len(classes) if classes else None, f"'{p}' key '{ky}'",
-                             mask_shape=tuple(input_shape[1:]) if len(input_shape) in (2, 3) else None,
+                             mask_shape=tuple(input_shape[1:]),
                              ignore=cfg.ignore_label)
         splits[name] = (np.ascontiguousarray(x), y)
     if splits["train"][1].dtype.kind == "f":
