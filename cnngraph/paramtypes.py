@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticKnownError
 
 __all__ = ["StrictScalars", "StrictSettings", "IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "IntTriple",
-           "Padding3", "is_whole"]
+           "NonNegativeTriple", "Padding3", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
@@ -82,6 +82,7 @@ Int1 = Annotated[int, BeforeValidator(_single(1))]
 NonNegativeInt1 = Annotated[int, BeforeValidator(_single(0))]
 Padding1 = Annotated[Union[str, tuple[int, int]], BeforeValidator(_padding((2,), " or [begin, end]"))]
 IntTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(1, "d, h, w"))]
+NonNegativeTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(0, "d, h, w"))]
 Padding3 = Annotated[Union[str, tuple[int, ...]],
                      BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]"))]
 

@@ -68,14 +68,14 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         conv = F.conv3d if typ == "conv3d" else F.conv2d
         return conv(t[0], p["weight"], p.get("bias"), layer.get("stride", 1), pad, layer.get("dilation", 1),
                     layer.get("groups", 1))
-    if typ == "conv_transpose2d":
-        pad = layer.get("padding", 0)
-        y = F.conv_transpose2d(t[0], p["weight"], p.get("bias"), layer.get("stride", 1),
-                               0 if isinstance(pad, (list, tuple)) and len(pad) == 4 else pad,
-                               layer.get("output_padding", 0), layer.get("groups", 1), layer.get("dilation", 1))
-        if isinstance(pad, (list, tuple)) and len(pad) == 4:      # torch pads symmetrically: crop the rest
-            top, bottom, left, right = pad
-            y = y[:, :, top:y.shape[2] - bottom, left:y.shape[3] - right]
+    if typ in ("conv_transpose2d", "conv_transpose3d"):
+        pad, n = layer.get("padding", 0), 3 if typ == "conv_transpose3d" else 2
+        per_side = isinstance(pad, (list, tuple)) and len(pad) == 2 * n
+        conv = F.conv_transpose3d if n == 3 else F.conv_transpose2d
+        y = conv(t[0], p["weight"], p.get("bias"), layer.get("stride", 1), 0 if per_side else pad,
+                 layer.get("output_padding", 0), layer.get("groups", 1), layer.get("dilation", 1))
+        if per_side:      # torch pads symmetrically: crop the rest
+            y = y[(slice(None), slice(None), *(slice(pad[2 * i], y.shape[2 + i] - pad[2 * i + 1]) for i in range(n)))]
         return y
     if typ == "dense":
         return F.linear(t[0], p["weight"], p.get("bias"))

@@ -1,6 +1,6 @@
-"""3-D convolution and pooling on (C, D, H, W) samples (volumes: CT/MRI scans, video clips; C3D/I3D-style nets):
-conv3d, max_pool3d and avg_pool3d, with the parameters and weight layouts of torch.nn.Conv3d, MaxPool3d and
-AvgPool3d. Batch norm and global pooling take (C, D, H, W) as they are (BatchNorm3d, AdaptiveAvgPool3d(1)).
+"""3-D convolution and pooling on (C, D, H, W) samples (volumes: CT/MRI scans, video clips; C3D/I3D-style nets,
+3-D U-Nets): conv3d, conv_transpose3d, max_pool3d and avg_pool3d, with the parameters and weight layouts of
+torch.nn.Conv3d, ConvTranspose3d, MaxPool3d and AvgPool3d. Batch norm and global pooling take (C, D, H, W) as they are (BatchNorm3d, AdaptiveAvgPool3d(1)).
 
 All three run on the 2-D kernels (cnngraph/kernels), so they share their threading and fast paths:
 
@@ -9,6 +9,10 @@ All three run on the 2-D kernels (cnngraph/kernels), so they share their threadi
   as (O, C/g*kd, kh, kw): slab channel c*kd + i holds input channel c at depth tap i, which is the weights' own
   order and keeps each group's channels contiguous. Its backward is conv2d's, then a scatter-add of the slab
   gradient back along depth.
+- conv_transpose3d is conv3d run as conv_transpose2d runs conv2d: a stride-1 conv3d of the zero-interleaved
+  input (stride - 1 zeros between voxels), padded by dilation * (k - 1) (+ output_padding at the end), with the
+  kernels flipped and in/out channels swapped within each group, cropped by the padding. Its backward is that
+  conv3d's backward, the input gradient read back at the interleaved positions.
 - the pools pool each depth plane in (H, W) (the (N, C*D, H, W) view of the input), then pool that along depth
   (a (kd, 1) window on the (N, C, D, Ho*Wo) view). Max is exact in this order: the (H, W) pass keeps each
   plane's first maximum, the depth pass the first plane's, which is the first in PyTorch's (d, h, w) scan
@@ -29,12 +33,12 @@ from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
 from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                                    max_pool2d_forward)
 from cnngraph.op import Op
-from cnngraph.paramtypes import IntTriple, Padding3
+from cnngraph.paramtypes import IntTriple, NonNegativeTriple, Padding3
 
-from cnngraph.plugins.connection import Conv2dParams, conv_out_sizes, resolve_padding
+from cnngraph.plugins.connection import (Conv2dParams, ConvTranspose2dParams, conv_out_sizes, resolve_padding)
 from cnngraph.plugins.pooling import AvgPoolParams, MaxPoolParams, _Pool2d
 
-__all__ = ["Conv3d", "MaxPool3d", "AvgPool3d"]
+__all__ = ["Conv3d", "ConvTranspose3d", "MaxPool3d", "AvgPool3d"]
 
 
 class Conv3dParams(Conv2dParams):
@@ -42,6 +46,14 @@ class Conv3dParams(Conv2dParams):
     kernel_size: IntTriple
     stride: IntTriple = (1, 1, 1)
     padding: Padding3 = (0, 0, 0)
+    dilation: IntTriple = (1, 1, 1)
+
+
+class ConvTranspose3dParams(ConvTranspose2dParams):
+    kernel_size: IntTriple
+    stride: IntTriple = (1, 1, 1)
+    padding: Padding3 = (0, 0, 0)
+    output_padding: NonNegativeTriple = (0, 0, 0)
     dilation: IntTriple = (1, 1, 1)
 
 
@@ -168,6 +180,119 @@ class Conv3d(Op):
         return math.prod(out_shape) * (in_shapes[0][0] // self.p.groups) * math.prod(self.p.kernel_size)
 
 
+class ConvTranspose3d(Op):
+    """Transposed 3-D convolution (the gradient of conv3d with respect to its input), (C, D, H, W) samples, weights
+    (C_in, C_out/groups, kD, kH, kW) as torch.nn.ConvTranspose3d: output per axis (size - 1) * stride - begin - end
+    + dilation * (k - 1) + output_padding + 1; padding an int, [d, h, w] or [front, back, top, bottom, left, right]
+    (cropped from the full output). The up-sampling path of 3-D U-Nets; ONNX ConvTranspose on 5-D tensors.
+    Computed as a stride-1 conv3d of the zero-interleaved input with the flipped kernels (module docstring), so it
+    costs stride_d * stride_h * stride_w times the multiply-adds of a direct kernel."""
+
+    type = "conv_transpose3d"
+    Params = ConvTranspose3dParams
+    transposed = True
+
+    def __init__(self, params=None, layer_id: str = ""):
+        super().__init__(params, layer_id)
+        p = self.p
+        if not isinstance(p.padding, str):   # the stride-1 conv3d that computes the full (uncropped) output
+            pads = []
+            for k, d, op in zip(p.kernel_size, p.dilation, p.output_padding):
+                pads += [d * (k - 1), d * (k - 1) + op]
+            self.conv = Conv3d(Conv3dParams(out_channels=p.out_channels, kernel_size=p.kernel_size, padding=pads,
+                                            dilation=p.dilation, groups=p.groups, bias=p.bias), layer_id)
+
+    @classmethod
+    def examples(cls):
+        return [({"out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1},
+                 [(4, 3, 4, 3)]),
+                ({"out_channels": 2, "kernel_size": [2, 3, 2], "stride": [2, 1, 3], "padding": [0, 1, 1, 0, 1, 1],
+                  "dilation": [1, 2, 1], "bias": False}, [(3, 3, 3, 4)]),
+                ({"out_channels": 6, "kernel_size": 2, "stride": 2, "groups": 2}, [(4, 2, 3, 2)])]
+
+    def pads(self, in_shape=None):
+        """(front, back, top, bottom, left, right) cropped from the full transposed output."""
+        p = self.p.padding
+        if isinstance(p, str):
+            raise ShapeError(f"conv_transpose3d takes explicit padding (integers), found {p!r}")
+        return tuple(v for pad in p for v in (pad, pad)) if len(p) == 3 else tuple(p)
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        if len(shape) != 4:
+            raise ShapeError(f"conv_transpose3d expects a (C, D, H, W) input per sample, found {len(shape)}-D "
+                             f"{tuple(shape)}")
+        p, pads = self.p, self.pads()
+        if shape[0] % p.groups or p.out_channels % p.groups:
+            raise ShapeError(f"groups={p.groups} must divide both input channels ({shape[0]}) and out_channels "
+                             f"({p.out_channels})")
+        out = []
+        for i, (size, k, s, d, op) in enumerate(zip(shape[1:], p.kernel_size, p.stride, p.dilation,
+                                                    p.output_padding)):
+            if op >= max(s, d):
+                raise ShapeError(f"output_padding {op} must be smaller than the stride or the dilation")
+            pad = pads[2 * i] + pads[2 * i + 1]
+            n = (size - 1) * s - pad + d * (k - 1) + op + 1
+            if n < 1:
+                raise ShapeError(f"padding {pad} leaves no output from an input of size {size} ({'DHW'[i]})")
+            out.append(n)
+        return (p.out_channels, *out)
+
+    def init_params(self, in_shapes, rng):
+        p = self.p
+        taps = math.prod(p.kernel_size)
+        cin, cout = in_shapes[0][0], p.out_channels // p.groups
+        # torch.nn.ConvTranspose3d computes its fan-in from weight dim 1 (out_channels / groups) x kernel
+        fan_in, fan_out = cout * taps, cin * taps
+        params = {"weight": init_weight((cin, cout, *p.kernel_size), fan_in, fan_out, p.init, rng)}
+        if p.bias:
+            params["bias"] = init_bias(p.out_channels, fan_in, rng)
+        return params
+
+    def _swap(self, w):
+        """(C_a, C_b/groups, k...) → (C_b, C_a/groups, k...), flipped along every kernel axis: between this op's
+        weights and the conv3d's that computes it (its own inverse)."""
+        xp, g = xp_of(w), self.p.groups
+        a, b, *k = w.shape
+        w = w.reshape(g, a // g, b, *k).transpose(0, 2, 1, 3, 4, 5).reshape(b * g, a // g, *k)
+        return xp.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
+
+    def _crop(self, full_shape):
+        f, b, t, bo, l, r = self.pads()
+        D, H, W = full_shape[2:]
+        return (slice(None), slice(None), slice(f, D - b), slice(t, H - bo), slice(l, W - r))
+
+    def forward(self, ctx, inputs, params):
+        x, = inputs
+        xp = xp_of(x)
+        sd, sh, sw = self.p.stride
+        N, C, D, H, W = x.shape
+        if (sd, sh, sw) == (1, 1, 1):
+            xd = x
+        else:
+            xd = xp.zeros((N, C, (D - 1) * sd + 1, (H - 1) * sh + 1, (W - 1) * sw + 1), dtype=x.dtype)
+            xd[:, :, ::sd, ::sh, ::sw] = x
+        conv_params = {"weight": self._swap(params["weight"])}
+        if "bias" in params:
+            conv_params["bias"] = params["bias"]
+        y = self.conv.forward(ctx, [xd], conv_params)
+        ctx.save(full=y.shape)
+        return xp.ascontiguousarray(y[self._crop(y.shape)])
+
+    def backward(self, ctx, gy):
+        xp = xp_of(gy)
+        full = xp.zeros(ctx.saved["full"], dtype=gy.dtype)
+        full[self._crop(full.shape)] = gy
+        (dxd,), grads = self.conv.backward(ctx, full)
+        grads["weight"] = self._swap(grads["weight"])
+        sd, sh, sw = self.p.stride
+        dx = None if dxd is None else xp.ascontiguousarray(dxd[:, :, ::sd, ::sh, ::sw])
+        return [dx], grads
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(in_shapes[0]) * (self.p.out_channels // self.p.groups) * math.prod(self.p.kernel_size)
+
+
 class _Pool3d(_Pool2d):
     """A 3-D pool as a 2-D pool of every depth plane, then a (kd, 1) pool of that along depth (module docstring)."""
 
@@ -232,5 +357,5 @@ class AvgPool3d(_Pool3d):
 
 @hookimpl
 def cnngraph_register_ops(registry):
-    for op in (Conv3d, MaxPool3d, AvgPool3d):
+    for op in (Conv3d, ConvTranspose3d, MaxPool3d, AvgPool3d):
         registry.add(op)

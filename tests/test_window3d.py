@@ -53,6 +53,12 @@ def test_max_pool3d_breaks_ties_and_propagates_nan_as_torch(layer, pool, grad):
                                                                            r"channels \(4\) and out_channels \(3\)"),
     ({"type": "conv3d", "out_channels": 2, "kernel_size": [7, 1, 1]},
      r"kernel extent 7 \(kernel_size 7, dilation 1\) is larger than the padded input D=5"),
+    ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 2, "padding": "same"},
+     r"conv_transpose3d takes explicit padding \(integers\), found 'same'"),
+    ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 2, "stride": 2, "output_padding": [0, 2, 0]},
+     r"output_padding 2 must be smaller than the stride or the dilation"),
+    ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 1, "padding": [3, 0, 0]},
+     r"padding 6 leaves no output from an input of size 5 \(D\)"),
     ({"type": "max_pool3d", "kernel_size": 2, "padding": [2, 1, 1]},
      r"padding 2 must be at most half the kernel size 2"),
 ])
@@ -150,3 +156,34 @@ def test_c3d_example_network_matches_torch_in_training():
             assert not np.array_equal(model.params[name], before[name]), name
             np.testing.assert_allclose(model.params[name], t.detach().numpy(), rtol=1e-12, atol=1e-14,
                                        err_msg=name)
+
+
+def test_receptive_fields_through_conv_transpose3d_match_the_gradients_and_summary_shows_them():
+    """A 3-D U-Net's up path: conv_transpose3d declares itself transposed, so its fields per (d, h, w) follow the
+    gradients, and the summary lists the layer."""
+    spec = cnngraph.load_spec({
+        "inputs": {"volume": {"shape": [1, 12, 16, 16]}},
+        "layers": [{"id": "e1", "type": "conv3d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "down", "type": "conv3d", "out_channels": 2, "kernel_size": 2, "stride": 2},
+                   {"id": "e2", "type": "conv3d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                   {"id": "up", "type": "conv_transpose3d", "out_channels": 2, "kernel_size": [2, 3, 3],
+                    "stride": 2, "padding": [0, 1, 1], "output_padding": [0, 1, 1]},
+                   {"id": "cat", "type": "concat", "inputs": ["up", "e1"]},
+                   {"id": "dec", "type": "conv3d", "out_channels": 2, "kernel_size": 3, "padding": 1}],
+        "outputs": ["dec"]})
+    rf = receptive_fields(spec.graph)
+    model = cnngraph.compile(spec, dtype="float64", seed=1)
+    for name in model.params:
+        model.params[name] = np.abs(np.asarray(model.params[name])) + 0.1
+    x = np.ones((1, 1, 12, 16, 16))
+    for layer in ("up", "dec"):
+        widest = np.zeros(3, int)
+        for offset in range(-2, 3):
+            out = model.forward({"volume": x}, grad=True, outputs=[layer])[layer]
+            assert out.shape[2:] == (12, 16, 16)
+            g = np.zeros_like(out)
+            g[(0, 0, *(n // 2 + offset for n in out.shape[2:]))] = 1
+            hit = np.nonzero(model.backward({layer: g}, input_grads=True)["volume"][0, 0])
+            widest = np.maximum(widest, [h.max() - h.min() + 1 for h in hit])
+        assert tuple(widest) == rf[layer], layer
+    assert "conv_transpose3d" in format_summary(summarize(spec.graph))

@@ -221,7 +221,7 @@ def _window_node(c, lid, onnx_op, op, ins, window: dict, **attrs) -> str:
     return lid
 
 
-@exports("conv2d", "conv1d", "conv3d", "conv_transpose2d", "conv_transpose1d")
+@exports("conv2d", "conv1d", "conv3d", "conv_transpose2d", "conv_transpose1d", "conv_transpose3d")
 def _conv(c, lid, op, ins, attrs):
     two_d, shape = _as_2d(op, attrs["in_shapes"][0])
     p = two_d.p

@@ -110,14 +110,14 @@ def _spatial(imp, node, x: Dyn, kernel, a):
 
 # ---- convolution, dense -------------------------------------------------------------------------
 def _conv_layer(imp, node, a, transposed: bool) -> Dyn:
-    """Conv as conv1d/conv2d/conv3d, ConvTranspose as conv_transpose1d/conv_transpose2d; the weights keep their
+    """Conv as conv1d/conv2d/conv3d, ConvTranspose as conv_transpose1d/2d/3d; the weights keep their
     layout: (C_out, C_in/group, k...), transposed (C_in, C_out/group, k...)."""
     x = imp.dyn_of(node.input[0])
     w = imp.const(node.input[1], "weight")
     b = imp.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
-    if w.ndim not in ((3, 4) if transposed else (3, 4, 5)):
-        supported = "1-D and 2-D transposed convolutions are" if transposed else "1-D, 2-D and 3-D convolutions are"
-        raise imp.fail(f"only {supported} supported (weight of shape {w.shape})")
+    if w.ndim not in (3, 4, 5):
+        kind = "transposed convolutions" if transposed else "convolutions"
+        raise imp.fail(f"only 1-D, 2-D and 3-D {kind} are supported (weight of shape {w.shape})")
     kernel = list(a.get("kernel_shape", w.shape[2:]))
     strides, dil, pads = _spatial(imp, node, x, kernel, a)
     n, group = len(kernel), int(a.get("group", 1))

@@ -204,9 +204,9 @@ def test_cli_imports_runs_and_reexports_a_conv1d_model(tmp_path):
 
 
 @pytest.mark.parametrize("node,inits,x,message", [
-    (N("ConvTranspose", ["x", "w"], ["y"]), {"w": (4, 3, 2, 2, 2)}, (2, 4, 5, 6, 7),
-     "ConvTranspose node 'y': only 1-D and 2-D transposed convolutions are supported (weight of shape "
-     "(4, 3, 2, 2, 2))"),
+    (N("ConvTranspose", ["x", "w"], ["y"]), {"w": (4, 3, 2, 2, 2, 2)}, (2, 4, 5, 6, 7, 3),
+     "ConvTranspose node 'y': only 1-D, 2-D and 3-D transposed convolutions are supported (weight of shape "
+     "(4, 3, 2, 2, 2, 2))"),
     (N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2, 2, 2]), {}, (2, 4, 5, 6, 7, 3),
      "MaxPool node 'y': only 1-D (N, C, L), 2-D (N, C, H, W) and 3-D (N, C, D, H, W) inputs are supported, found "
      "per-sample shape (4, 5, 6, 7, 3)"),

@@ -1,6 +1,7 @@
-"""3-D CNNs on (N, C, D, H, W) tensors: Conv, MaxPool, AveragePool, BatchNormalization and global pooling import as
-conv3d, max_pool3d, avg_pool3d, batch_norm2d and global pooling layers, match ONNX Runtime for every attribute and
-export back; a PyTorch C3D-style net exported by torch.onnx matches PyTorch, gradients included."""
+"""3-D CNNs on (N, C, D, H, W) tensors: Conv, ConvTranspose, MaxPool, AveragePool, BatchNormalization and global
+pooling import as conv3d, conv_transpose3d, max_pool3d, avg_pool3d, batch_norm2d and global pooling layers, match ONNX Runtime for every attribute and
+export back; a PyTorch C3D-style net and a 3-D encoder-decoder (U-Net style) exported by torch.onnx match PyTorch,
+gradients included."""
 from __future__ import annotations
 
 import warnings
@@ -31,6 +32,15 @@ CASES = {
                         {"w": (3, 4, 2, 3, 4)}, 17),
     "conv_same_lower": (N("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER", strides=[1, 2, 3]),
                         {"w": (3, 4, 2, 2, 3)}, 17),
+    "conv_transpose": (N("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2, 2], pads=[1, 1, 1, 1, 1, 1],
+                          output_padding=[1, 1, 1]), {"w": (4, 3, 3, 3, 3), "b": (3,)}, 17),
+    "conv_transpose_asym_dilated": (N("ConvTranspose", ["x", "w"], ["y"], strides=[1, 2, 3], dilations=[2, 1, 1],
+                                      pads=[1, 0, 2, 0, 1, 1], output_padding=[0, 1, 2]),
+                                    {"w": (4, 2, 2, 3, 2)}, 17),
+    "conv_transpose_groups": (N("ConvTranspose", ["x", "w", "b"], ["y"], group=2, strides=[2, 2, 2]),
+                              {"w": (4, 3, 2, 2, 2), "b": (6,)}, 17),
+    "conv_transpose_depthwise_valid": (N("ConvTranspose", ["x", "w"], ["y"], group=4, auto_pad="VALID",
+                                         kernel_shape=[3, 2, 3], strides=[2, 1, 2]), {"w": (4, 1, 3, 2, 3)}, 17),
     "max_pool": (N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2, 2], strides=[2, 2, 2]), {}, 17),
     "max_pool_ceil_padded": (N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3, 3], strides=[2, 2, 2],
                                pads=[1, 1, 1, 1, 1, 1], ceil_mode=1), {}, 17),
@@ -53,7 +63,7 @@ CASES = {
     "reduce_mean_dhw": (N("ReduceMean", ["x"], ["y"], axes=[2, 3, 4]), {}, 17),
 }
 
-LAYER = {"Conv": "conv3d", "MaxPool": "max_pool3d", "AveragePool": "avg_pool3d", "BatchNormalization": "batch_norm2d",
+LAYER = {"Conv": "conv3d", "ConvTranspose": "conv_transpose3d", "MaxPool": "max_pool3d", "AveragePool": "avg_pool3d", "BatchNormalization": "batch_norm2d",
          "GlobalAveragePool": "global_avg_pool2d", "GlobalMaxPool": "global_max_pool2d",
          "ReduceMean": "global_avg_pool2d"}
 EXPORTED = {"ReduceMean": "GlobalAveragePool"}
@@ -133,6 +143,66 @@ def test_torch_conv3d_net_imports_matches_torch_and_exports_back(fold, tmp_path)
     ref = net64(x64)
     ref.backward(torch.from_numpy(gy))
     np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in net64.named_parameters():   # the imported weights keep their values: match them by value
+        ours = next(k for k, v in model.params.items() if v.shape == p.shape and np.allclose(v, p.detach().numpy()))
+        np.testing.assert_allclose(grads[ours], p.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def _unet3d(torch):
+    nn = torch.nn
+
+    class EncoderDecoder(nn.Module):
+        """A 3-D U-Net in miniature: a stride-2 Conv3d down, ConvTranspose3d up, a skip concatenation."""
+
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU())
+            self.down = nn.Sequential(nn.Conv3d(4, 8, 3, stride=2, padding=1), nn.ReLU())
+            self.up = nn.ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1)
+            self.up2 = nn.ConvTranspose3d(8, 6, (1, 2, 2), stride=(1, 2, 2), groups=2, bias=False)
+            self.head = nn.Conv3d(6, 3, 1)
+
+        def forward(self, x):
+            e = self.enc(x)
+            u = torch.relu(self.up(self.down(e)))
+            return self.head(self.up2(torch.cat([u, e], 1)))
+
+    torch.manual_seed(0)
+    return EncoderDecoder()
+
+
+def test_torch_3d_encoder_decoder_with_conv_transpose3d_imports_matches_torch_and_exports_back(tmp_path):
+    torch = pytest.importorskip("torch")
+    net = _unet3d(torch).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 2, 4, 6, 6),), str(tmp_path / "unet3d.onnx"), dynamo=False,
+                          opset_version=17, input_names=["volume"], output_names=["logits"],
+                          dynamic_axes={"volume": {0: "batch"}})
+    m = import_onnx(tmp_path / "unet3d.onnx")
+    types = [layer["type"] for layer in m.import_result.spec["layers"]]
+    assert types.count("conv_transpose3d") == 2 and types.count("conv3d") == 3
+    x = torch.randn(3, 2, 4, 6, 6)
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = m.forward({"volume": x.numpy()})["logits"]
+    assert got.shape == (3, 3, 4, 12, 12)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    proto = export_onnx(m)
+    onnx.checker.check_model(proto, full_check=True)
+    assert sum(node.op_type == "ConvTranspose" for node in proto.graph.node) == 2
+    np.testing.assert_allclose(ort_run(proto, {"volume": x.numpy()})["logits"], got, rtol=1e-5, atol=1e-5)
+    # gradients of every parameter and the input as torch's, in float64
+    x64, net64 = x.double().requires_grad_(), net.double()
+    model = cnngraph.compile(m.spec, dtype="float64")
+    model.load_params({k: np.asarray(v, np.float64) for k, v in m.params.numpy().items()})
+    out = model.forward({"volume": x64.detach().numpy()}, grad=True)["logits"]
+    gy = np.random.default_rng(0).standard_normal(out.shape)
+    grads = model.backward({"logits": gy}, input_grads=True)
+    ref = net64(x64)
+    ref.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["volume"], x64.grad.numpy(), rtol=1e-9, atol=1e-11)
     for name, p in net64.named_parameters():   # the imported weights keep their values: match them by value
         ours = next(k for k, v in model.params.items() if v.shape == p.shape and np.allclose(v, p.detach().numpy()))
         np.testing.assert_allclose(grads[ours], p.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
