@@ -230,6 +230,10 @@ def _conv(c, lid, op, ins, attrs):
                   dilations=list(p.dilation))
     if two_d.transposed:
         window["output_padding"] = list(p.output_padding)
+        if any(o >= st for o, st in zip(p.output_padding, p.stride)):   # PyTorch allows o < max(stride, dilation)
+            raise OnnxError(f"layer '{lid}' ({op.type}): output_padding {tuple(op.p.output_padding)} must be less than "
+                            f"stride {tuple(op.p.stride)} on each axis for ONNX: ONNX Runtime refuses such a "
+                            f"ConvTranspose, so the model would not run there")
     return _window_node(c, lid, "ConvTranspose" if two_d.transposed else "Conv", op, inputs, window, group=p.groups)
 
 

@@ -241,3 +241,17 @@ def test_layer_norm_below_opset_17_exports_as_its_decomposition():
         assert ("LayerNormalization" in ops) == (opset >= 17)
         assert {"ReduceMean", "Max", "Min", "ReduceSum", "Pow", "Sqrt", "Erf", "Selu", "Celu", "Softsign"} <= ops
         _runtime_and_import_agree(model, spec, proto)
+
+
+def test_a_transposed_conv_that_onnx_runtime_would_refuse_is_not_exported():
+    """output_padding >= stride is valid in PyTorch (when below the dilation) but ONNX Runtime refuses it."""
+    import cnngraph
+    from cnngraph.onnx import OnnxError
+    from cnngraph.onnx.exporter import spec_to_onnx
+    spec = {"name": "t", "inputs": {"x": {"shape": [2, 5, 5]}},
+            "layers": [{"id": "up", "type": "conv_transpose2d", "out_channels": 3, "kernel_size": 3, "stride": 1,
+                        "dilation": 2, "output_padding": 1}], "outputs": ["up"]}
+    model = cnngraph.compile(spec)
+    with pytest.raises(OnnxError, match=r"layer 'up' \(conv_transpose2d\): output_padding \(1, 1\) must be less than "
+                                        r"stride \(1, 1\) on each axis"):
+        spec_to_onnx(model.spec, model.params.numpy())
