@@ -170,13 +170,13 @@ class ConvTranspose2d(Op):
             raise ShapeError(f"groups={p.groups} must divide both input channels ({shape[0]}) and out_channels "
                              f"({p.out_channels})")
         out = []
-        for size, k, s, d, op, pad in zip(shape[1:], p.kernel_size, p.stride, p.dilation, p.output_padding,
-                                          (t + b, l + r)):
+        for size, k, s, d, op, (before, after), axis in zip(shape[1:], p.kernel_size, p.stride, p.dilation,
+                                                            p.output_padding, ((t, b), (l, r)), "HW"):
             if op >= max(s, d):
                 raise ShapeError(f"output_padding {op} must be smaller than the stride or the dilation")
-            n = (size - 1) * s - pad + d * (k - 1) + op + 1
+            n = (size - 1) * s - before - after + d * (k - 1) + op + 1
             if n < 1:
-                raise ShapeError(f"padding {pad} leaves no output from an input of size {size}")
+                raise ShapeError(f"padding {before} + {after} ({axis}) leaves no output from an input of size {size}")
             out.append(n)
         return (p.out_channels, *out)
 

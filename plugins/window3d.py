@@ -231,10 +231,11 @@ class ConvTranspose3d(Op):
                                                     p.output_padding)):
             if op >= max(s, d):
                 raise ShapeError(f"output_padding {op} must be smaller than the stride or the dilation")
-            pad = pads[2 * i] + pads[2 * i + 1]
-            n = (size - 1) * s - pad + d * (k - 1) + op + 1
+            before, after = pads[2 * i], pads[2 * i + 1]
+            n = (size - 1) * s - before - after + d * (k - 1) + op + 1
             if n < 1:
-                raise ShapeError(f"padding {pad} leaves no output from an input of size {size} ({'DHW'[i]})")
+                raise ShapeError(f"padding {before} + {after} ({'DHW'[i]}) leaves no output from an input of size "
+                                 f"{size}")
             out.append(n)
         return (p.out_channels, *out)
 

@@ -227,7 +227,7 @@ def cmd_evaluate(args) -> int:
     print()
     print(format_per_class(report, classes, iou=ds.dense))
     print()
-    print(f"confusion matrix of {'pixels' if ds.dense else ds.samples} (rows: true class, columns: predicted)")
+    print(f"confusion matrix of {unit + 's' if ds.dense else ds.samples} (rows: true class, columns: predicted)")
     print(format_confusion(cm, classes), flush=True)   # the metrics stand even if the picture fails below
     png = _save_confusion(cm, classes, out_dir / "confusion.png", title)
     if png:

@@ -341,7 +341,8 @@ def test_sequence_segmentation_trains_evaluates_and_predicts_per_step(tmp_path, 
     assert summary["test_mean_iou"] > 0.8 and summary["test_accuracy"] > 0.9
     assert "test step accuracy" in capsys.readouterr().out
     assert main(["evaluate", str(path), "--checkpoint", str(tmp_path / "run")]) == 0
-    assert "steps scored" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "steps scored" in out and "confusion matrix of steps" in out
     np.save(tmp_path / "two.npy", x[:2])
     assert main(["predict", str(path), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "two.npy"),
                  "--masks-out", str(tmp_path / "masks")]) == 0

@@ -157,7 +157,7 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
             raise DataError(f"{what}: expected labels in [0, {n_classes - 1}], found values in [{lo}, {hi}]"
                             f"{_void_hint(y)}")
         if y.ndim > 1 and n_classes is None and hi == 255 and int((y == 255).sum()) < y.size // 2 and ignore is None:
-            raise DataError(f"{what}: masks use 255 for some pixels, the 'void' label of VOC-style masks: set "
+            raise DataError(f"{what}: masks use 255 for some {unit}s, the 'void' label of VOC-style masks: set "
                             f"train.loss.ignore_index: 255 to leave them out of the loss and the metrics, or list "
                             f"every class in a 'classes' key if 255 is one")
     return y
