@@ -58,19 +58,24 @@ def _single(minimum: int):
     return check
 
 
-def _padding(lengths: tuple[int, ...], forms: str):
-    """An int (the same on every side), a list of ``lengths`` entries, or 'same' / 'valid'."""
+def _padding(lengths: tuple[int, ...], forms: str, words: tuple[str, ...] = ("same", "valid")):
+    """An int (the same on every side), a list of ``lengths`` entries, or one of ``words`` ('same' / 'valid';
+    none for a transposed convolution, whose padding crops its output)."""
     def check(v: Any):
         if isinstance(v, str):
-            if v in ("same", "valid"):
+            if v in words:
                 return v
+            if not words:
+                raise ValueError(f"expected an integer{forms}, found {v!r}: a transposed convolution's padding crops "
+                                 f"its output, so 'same' and 'valid' do not apply")
         else:
             pads = [v] * lengths[0] if _is_int(v) else v
             if isinstance(pads, (list, tuple)) and len(pads) in lengths and all(_is_int(e) for e in pads):
                 if min(pads) < 0:
                     raise ValueError(f"padding must be >= 0, found {_written(v)}")
                 return tuple(pads)
-        raise ValueError(f"expected 'same', 'valid', an integer{forms}, found {v!r}")
+        named = "".join(f"'{w}', " for w in words)
+        raise ValueError(f"expected {named}an integer{forms}, found {v!r}")
     return check
 
 
@@ -85,6 +90,11 @@ IntTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(1, "d, h, w"))
 NonNegativeTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(0, "d, h, w"))]
 Padding3 = Annotated[Union[str, tuple[int, ...]],
                      BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]"))]
+# a transposed convolution's padding crops its output: numbers only
+CropPadding = Annotated[tuple[int, ...], BeforeValidator(_padding((2, 4), ", [h, w] or [top, bottom, left, right]", ()))]
+CropPadding1 = Annotated[tuple[int, int], BeforeValidator(_padding((2,), " or [begin, end]", ()))]
+CropPadding3 = Annotated[tuple[int, ...],
+                         BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]", ()))]
 
 
 

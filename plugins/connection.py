@@ -11,7 +11,7 @@ from cnngraph.init import InitScheme, init_bias, init_weight
 from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
 from cnngraph.op import Op, OpParams
 from cnngraph.backend import xp_of
-from cnngraph.paramtypes import IntPair, NonNegativePair, Padding
+from cnngraph.paramtypes import CropPadding, IntPair, NonNegativePair, Padding
 
 __all__ = ["Conv2d", "ConvTranspose2d", "Dense", "resolve_padding", "conv_out_size", "conv_out_sizes"]
 
@@ -125,7 +125,7 @@ class ConvTranspose2dParams(OpParams):
     out_channels: int = Field(ge=1)
     kernel_size: IntPair
     stride: IntPair = (1, 1)
-    padding: Padding = (0, 0)
+    padding: CropPadding = (0, 0)
     output_padding: NonNegativePair = (0, 0)
     dilation: IntPair = (1, 1)
     groups: int = Field(1, ge=1)
@@ -156,9 +156,7 @@ class ConvTranspose2d(Op):
         return self._pads()
 
     def _pads(self):
-        p = self.p.padding
-        if isinstance(p, str):
-            raise ShapeError(f"conv_transpose2d takes explicit padding (integers), found {p!r}")
+        p = self.p.padding   # numbers only (CropPadding)
         return (p[0], p[0], p[1], p[1]) if len(p) == 2 else tuple(p)
 
     def infer_shape(self, in_shapes):

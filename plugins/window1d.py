@@ -16,7 +16,7 @@ from typing import ClassVar, Optional
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op
-from cnngraph.paramtypes import Int1, NonNegativeInt1, Padding1
+from cnngraph.paramtypes import CropPadding1, Int1, NonNegativeInt1, Padding1
 
 from cnngraph.plugins.connection import Conv2d, Conv2dParams, ConvTranspose2d, ConvTranspose2dParams
 from cnngraph.plugins.pooling import AvgPool2d, MaxPool2d, PoolParams
@@ -34,7 +34,7 @@ class Conv1dParams(Conv2dParams):
 class ConvTranspose1dParams(ConvTranspose2dParams):
     kernel_size: Int1
     stride: Int1 = 1
-    padding: Padding1 = (0, 0)
+    padding: CropPadding1 = (0, 0)
     output_padding: NonNegativeInt1 = 0
     dilation: Int1 = 1
 

@@ -33,7 +33,7 @@ from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
 from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                                    max_pool2d_forward)
 from cnngraph.op import Op
-from cnngraph.paramtypes import IntTriple, NonNegativeTriple, Padding3
+from cnngraph.paramtypes import CropPadding3, IntTriple, NonNegativeTriple, Padding3
 
 from cnngraph.plugins.connection import (Conv2dParams, ConvTranspose2dParams, conv_out_sizes, resolve_padding)
 from cnngraph.plugins.pooling import AvgPoolParams, MaxPoolParams, _Pool2d
@@ -52,7 +52,7 @@ class Conv3dParams(Conv2dParams):
 class ConvTranspose3dParams(ConvTranspose2dParams):
     kernel_size: IntTriple
     stride: IntTriple = (1, 1, 1)
-    padding: Padding3 = (0, 0, 0)
+    padding: CropPadding3 = (0, 0, 0)
     output_padding: NonNegativeTriple = (0, 0, 0)
     dilation: IntTriple = (1, 1, 1)
 
@@ -212,9 +212,7 @@ class ConvTranspose3d(Op):
 
     def pads(self, in_shape=None):
         """(front, back, top, bottom, left, right) cropped from the full transposed output."""
-        p = self.p.padding
-        if isinstance(p, str):
-            raise ShapeError(f"conv_transpose3d takes explicit padding (integers), found {p!r}")
+        p = self.p.padding   # numbers only (CropPadding3)
         return tuple(v for pad in p for v in (pad, pad)) if len(p) == 3 else tuple(p)
 
     def infer_shape(self, in_shapes):

@@ -54,7 +54,10 @@ def test_max_pool3d_breaks_ties_and_propagates_nan_as_torch(layer, pool, grad):
     ({"type": "conv3d", "out_channels": 2, "kernel_size": [7, 1, 1]},
      r"kernel extent 7 \(kernel_size 7, dilation 1\) is larger than the padded input D=5"),
     ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 2, "padding": "same"},
-     r"conv_transpose3d takes explicit padding \(integers\), found 'same'"),
+     r"padding: \(layer 'op'\) expected an integer, \[d, h, w\] or \[front, back, top, bottom, left, right\], found "
+     r"'same': a transposed convolution's padding crops its output, so 'same' and 'valid' do not apply"),
+    ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 2, "padding": [1, 2]},
+     r"expected an integer, \[d, h, w\] or \[front, back, top, bottom, left, right\], found \[1, 2\]"),
     ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 2, "stride": 2, "output_padding": [0, 2, 0]},
      r"output_padding 2 must be smaller than the stride or the dilation"),
     ({"type": "conv_transpose3d", "out_channels": 2, "kernel_size": 1, "padding": [3, 0, 0]},
