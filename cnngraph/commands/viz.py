@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--scale", choices=("shared", "per-map"), default="shared",
                    help="feature-map colour range: one for all maps (default) or per map")
     p.add_argument("--max-maps", type=int, default=64, help="most channels to draw (default 64)")
+    p.add_argument("--slice", type=int, dest="depth",
+                   help="volume models (C, D, H, W): the input depth to draw, feature maps and Grad-CAM at the "
+                        "matching plane (default: the middle one)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random weights used without weights")
     add_spec_options(p)
     p.set_defaults(func=cmd_explain)
@@ -118,11 +121,16 @@ def cmd_explain(args) -> int:
         print(units, file=sys.stderr)
     raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index)
     subtitle = f"{spec.name} · {Path(args.image).name} · {weights.source} · {prep.note}"
+    depth = _depth(args, raw)
+    image = raw[0] if depth is None else raw[0][:, depth]   # a volume: the plane drawn
+    if depth is not None:
+        subtitle += f" · depth {depth} of {raw.shape[2]}"
     if args.gradcam:
         regression = ((weights.meta or {}).get("loss") or {}).get("target") == "values"
         res = ex.gradcam(model, x, args.layer, args.class_index, values=regression)
         res["regression"] = regression
-        size = ex.plot_attribution(raw[0], res, out, prep.scale, prep.classes, subtitle)
+        shown = res if depth is None else ex.slice_attribution(res, depth, raw.shape[2])
+        size = ex.plot_attribution(image, shown, out, prep.scale, prep.classes, subtitle)
         k = res["class_index"]
         pred = int(res["scores"].reshape(-1).argmax())
         label = (lambda i: prep.classes[i] if prep.classes and i < len(prep.classes) else i)
@@ -141,8 +149,10 @@ def cmd_explain(args) -> int:
         return 0
     layer = args.layer or ex.first_conv(model)
     maps = ex.feature_maps(model, x, layer)
+    if depth is not None and maps.ndim == 4:   # a volume layer (C, d, h, w): the plane at the drawn depth
+        maps = ex.depth_slice(maps, depth, raw.shape[2])
     names = prep.classes if maps.ndim == 1 and layer in _class_layers(model) else None
-    size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale, raw[0],
+    size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale, image,
                                 prep.scale, subtitle, args.max_maps, unit_names=names)
     if maps.ndim == 1:   # a bar chart of every unit
         what = f"{len(maps)} units"
@@ -151,6 +161,19 @@ def cmd_explain(args) -> int:
         what = f"{shown} of {len(maps)} maps" if shown < len(maps) else f"{len(maps)} maps"
     print(f"wrote {out} ({size[0]}x{size[1]} px): {what} of {layer}")
     return 0
+
+
+def _depth(args, raw) -> int | None:
+    """The input depth a volume (1, C, D, H, W) is drawn at (--slice, default the middle); None for others."""
+    if raw.ndim != 5:
+        if args.depth is not None:
+            raise CnnGraphError("--slice picks a depth of a volume input (C, D, H, W); this model's input has none")
+        return None
+    depths = raw.shape[2]
+    depth = depths // 2 if args.depth is None else args.depth
+    if not -depths <= depth < depths:
+        raise CnnGraphError(f"--slice {depth} is out of range: the volume has {depths} depths (0 to {depths - 1})")
+    return depth % depths
 
 
 def _class_layers(model) -> set:

@@ -124,9 +124,9 @@ def _single_image_input(spec) -> tuple[str, tuple]:
     if len(spec.inputs) != 1:
         raise CnnGraphError(f"explain works on models with one image input; this one takes {', '.join(spec.inputs)}")
     name, inp = next(iter(spec.inputs.items()))
-    if len(inp.shape) not in (2, 3):
-        raise CnnGraphError(f"explain needs a (C, H, W) image input or a (C, L) sequence input; '{name}' has shape "
-                            f"{tuple(inp.shape)}")
+    if len(inp.shape) not in (2, 3, 4):
+        raise CnnGraphError(f"explain needs a (C, H, W) image, (C, L) sequence or (C, D, H, W) volume input; '{name}' "
+                            f"has shape {tuple(inp.shape)}")
     return name, tuple(inp.shape)
 
 
@@ -167,9 +167,9 @@ def first_conv(model) -> str:
     from ..graph import topological_order
     for n in topological_order(model.graph):
         a = model.graph.nodes[n]
-        if a["kind"] == "layer" and f"{n}.weight" in model.params and model.params[f"{n}.weight"].ndim in (3, 4):
+        if a["kind"] == "layer" and f"{n}.weight" in model.params and model.params[f"{n}.weight"].ndim in (3, 4, 5):
             return n
-    raise CnnGraphError(f"{model.spec.name} has no convolution layer (no 3-D or 4-D weight)")
+    raise CnnGraphError(f"{model.spec.name} has no convolution layer (no 3-D, 4-D or 5-D weight)")
 
 
 def class_output(model, values: bool = False) -> str:
@@ -260,12 +260,12 @@ def default_cam_layer(model, output: str) -> str:
 
 
 def _input_rank(model) -> int:
-    """Per-sample rank of the model's input: 3 for an image (C, H, W), 2 for a sequence (C, L)."""
+    """Per-sample rank of the model's input: 3 for an image (C, H, W), 2 for a sequence (C, L), 4 for a volume."""
     return len(next(iter(model.spec.inputs.values())).shape)
 
 
 def _maps(rank: int) -> str:
-    return "(C, L)" if rank == 2 else "(C, H, W)"
+    return {2: "(C, L)", 4: "(C, D, H, W)"}.get(rank, "(C, H, W)")
 
 
 def _score_head(model, output: str) -> set:
@@ -288,9 +288,11 @@ def _resize(m: np.ndarray, hw: tuple) -> np.ndarray:
     from PIL import Image
     if m.shape == tuple(hw):
         return m.astype(np.float32)
-    if m.ndim == 1:   # a sequence: linear, on sample centres as PIL's bilinear resize
-        at = (np.arange(hw[0]) + 0.5) * len(m) / hw[0] - 0.5
-        return np.interp(at, np.arange(len(m)), m).astype(np.float32)
+    if m.ndim != 2:   # a sequence or a volume: linear along each axis, on sample centres as PIL's bilinear resize
+        for axis, n in enumerate(hw):
+            at = (np.arange(n) + 0.5) * m.shape[axis] / n - 0.5
+            m = np.apply_along_axis(lambda v: np.interp(at, np.arange(len(v)), v), axis, m)
+        return m.astype(np.float32)
     im = Image.fromarray(m.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.float32)
 
@@ -339,6 +341,21 @@ def gradcam(model, x: np.ndarray, layer: str | None = None, class_index: int | N
         scores = np.array([0.0, float(scores.reshape(-1)[0])], np.float32)
     return {"cam": up, "raw_cam": cam, "class_index": k, "scores": scores, "layer": layer, "output": output,
             "saliency": sal.astype(np.float32), "pixels": pixels, "binary": binary}
+
+
+def depth_slice(volume_maps: np.ndarray, depth: int, depths: int) -> np.ndarray:
+    """Maps (C, d, h, w) (or a CAM (d, h, w), its ``lead`` axes first) at the plane that lines up with input depth
+    ``depth`` of ``depths``: the same relative position along d, as the maps' depth may be pooled."""
+    axis = volume_maps.ndim - 3
+    d = volume_maps.shape[axis]
+    return np.take(volume_maps, min(d - 1, int((depth + 0.5) * d / depths)), axis=axis)
+
+
+def slice_attribution(result: dict, depth: int, depths: int) -> dict:
+    """A volume's Grad-CAM result cut at input depth ``depth``: cam and saliency at that plane, raw_cam at the
+    layer's matching plane; what plot_attribution draws for an image."""
+    return {**result, "cam": result["cam"][depth], "saliency": result["saliency"][depth],
+            "raw_cam": depth_slice(result["raw_cam"], depth, depths)}
 
 
 def saliency(model, x: np.ndarray, class_index: int | None = None, output: str | None = None,
@@ -557,6 +574,9 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
     layer = layer or first_conv(model)
     _check_layer(model, layer)
     key = f"{layer}.weight"
+    if key in model.params and model.params[key].ndim == 5:
+        raise CnnGraphError(f"layer '{layer}' has 3-D kernels (a conv3d); --filters draws 1-D and 2-D kernels only: "
+                            f"look at its feature maps instead (--layer {layer})")
     if key not in model.params or model.params[key].ndim not in (3, 4):
         raise CnnGraphError(f"layer '{layer}' has no convolution weight (3-D or 4-D)")
     w = np.asarray(to_numpy(model.params[key]), dtype=np.float32)

@@ -101,3 +101,28 @@ def test_volume_segmentation_learns_per_voxel_classes(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "vseg.yaml"), "--checkpoint", str(tmp_path / "run"), str(tmp_path / "one.npy"),
                  "--masks-out", str(tmp_path / "masks")]) == 0
     assert "voxels:" in capsys.readouterr().out and np.load(tmp_path / "masks" / "masks.npy").shape == (1, 4, 8, 8)
+
+
+def test_explain_draws_a_volume_at_one_depth(tmp_path, capsys):
+    """Feature maps and Grad-CAM of a volume model at an input depth (--slice, default the middle); the layer's
+    plane is the one at the same relative depth."""
+    from cnngraph.viz.explain import depth_slice
+    path = _data(tmp_path)
+    cnngraph.train(_spec(path, epochs=2), out=tmp_path / "run", stream=io.StringIO())
+    import yaml
+    (tmp_path / "vol.yaml").write_text(yaml.safe_dump(_spec(path)))
+    np.save(tmp_path / "one.npy", np.load(path)["x"][:1])
+    base = ["explain", str(tmp_path / "vol.yaml"), "--checkpoint", str(tmp_path / "run"), "--image",
+            str(tmp_path / "one.npy")]
+    assert main(base + ["-o", str(tmp_path / "maps.png")]) == 0
+    assert main(base + ["--gradcam", "--slice", "-1", "-o", str(tmp_path / "cam.png")]) == 0
+    out = capsys.readouterr().out
+    assert "4 maps of c" in out and "Grad-CAM at" in out
+    for name in ("maps.png", "cam.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(base + ["--slice", "4", "-o", str(tmp_path / "x.png")]) == 1
+    assert "--slice 4 is out of range: the volume has 4 depths (0 to 3)" in capsys.readouterr().err
+    assert main(base[:4] + ["--filters", "-o", str(tmp_path / "f.png")]) == 1
+    assert "has 3-D kernels (a conv3d)" in capsys.readouterr().err
+    maps = np.arange(2 * 2 * 1 * 1).reshape(2, 2, 1, 1)      # depth pooled from 4 to 2
+    assert [int(depth_slice(maps, d, 4)[0, 0, 0]) for d in range(4)] == [0, 0, 1, 1]
