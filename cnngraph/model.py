@@ -170,6 +170,15 @@ class Model:
                              f"of the network")
         self.frozen = frozenset(layers)
 
+    def _unkept(self, plan) -> frozenset:
+        """With frozen layers: the layers a backward for parameter gradients never reaches (a frozen backbone and
+        what only leads to it). A grad-mode forward keeps nothing for them, so their activations are freed as in
+        inference; a backward that asks for input or wrt= gradients through them then says so."""
+        if not self.frozen:
+            return frozenset()
+        need = requires_grad(self.graph, plan.order, self._trainable, set())
+        return frozenset(n for n in plan.order if n not in need)
+
     def param_count(self) -> int:
         return int(sum(self.params[n].size for n in self.trainable_names))
 
@@ -274,8 +283,10 @@ class Model:
             if parallel:
                 self._tape_inputs = set(plan.inputs)
                 return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, int(parallel))
+            unkept = self._unkept(plan) if grad else frozenset()
             result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output,
-                                       inference_layers=self.frozen)
+                                       inference_layers=self.frozen, unkept=unkept)
+        self._tape_unkept = unkept
         self._tape = tape
         self._tape_inputs = set(plan.inputs)
         if grad and self.xp is np:   # the tape holds these arrays: changing one in place would corrupt backward
@@ -333,6 +344,11 @@ class Model:
         float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
         seeds = (float_inputs if input_grads else set()) | set(wrt)
         need = requires_grad(self.graph, tape.plan.order, self._trainable, seeds)
+        unkept = sorted(need & getattr(self, "_tape_unkept", frozenset()))
+        if unkept:
+            raise RunError(f"backward through frozen layers ({', '.join(unkept[:4])}{', ...' * (len(unkept) > 4)}) needs "
+                           f"their activations, which a forward of a model with frozen layers does not keep: pass "
+                           f"input_grads=False for parameter gradients, or model.freeze([]) before the forward")
         with blas_held_for(self._batch):
             tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n],
                                                      capture=set(wrt))

@@ -155,16 +155,16 @@ def replaced_buffers(before: dict, after: dict) -> str:
 
 def run_forward(g: nx.DiGraph, plan: Plan, env: dict[str, Any], params_of: Callable[[str], dict],
                 training: bool, grad: bool, rng, on_output: Callable | None = None,
-                inference_layers: frozenset = frozenset()) -> tuple[dict, Tape | None]:
-    """Run the plan on ``env`` (model inputs by name); ``inference_layers`` (frozen ones) run with training off.
-    Returns (outputs, tape or None)."""
+                inference_layers: frozenset = frozenset(), unkept: frozenset = frozenset()) -> tuple[dict, Tape | None]:
+    """Run the plan on ``env`` (model inputs by name); ``inference_layers`` (frozen ones) run with training off, and
+    ``unkept`` layers keep nothing for backward (no gradient will pass them). Returns (outputs, tape or None)."""
     tape = Tape(plan) if grad else None
     protected = set(plan.inputs) | set(plan.outputs)   # the caller's arrays and the results
     callers = tuple(env[n] for n in plan.inputs if n in env)
     for i, step in enumerate(plan.steps):
         node = step.node
         xs = [env[s] for s in step.inputs]
-        ctx = Context(training=training and node not in inference_layers, grad=grad, rng=rng)
+        ctx = Context(training=training and node not in inference_layers, grad=grad and node not in unkept, rng=rng)
         if not grad:
             ctx.overwritable = tuple(plan.last_use[s] == i and s not in protected and step.inputs.count(s) == 1
                                      and _sole_owner(env, s, callers) for s in step.inputs)
