@@ -224,8 +224,8 @@ def training_memory(spec_or_model, batch_size: int = 1, seed: int = 0) -> Traini
     model = spec_or_model if isinstance(spec_or_model, Model) else Model(spec_or_model, seed=seed)
     patterns = getattr(getattr(model.spec, "train", None), "freeze", None)
     if patterns and not isinstance(spec_or_model, Model):   # as training will: frozen layers keep no activations
-        from fnmatch import fnmatchcase
-        model.freeze([lid for lid, names in model._names.items() if names and any(fnmatchcase(lid, p) for p in patterns)])
+        from .train.freeze import matching_layers
+        model.freeze(matching_layers(patterns, [lid for lid, names in model._names.items() if names]))
     snapshot = {n: model.params[n].copy() for n in model.buffer_names}   # running stats change in training
     rng_state = model.rng.bit_generator.state
     try:

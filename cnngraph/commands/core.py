@@ -71,9 +71,9 @@ def cmd_validate(args) -> int:
 
 def frozen_rows(spec, s) -> str:
     """What the spec's train.freeze keeps fixed, as Keras's non-trainable count: "conv1, bn1 (464 params; 650 trained)"."""
-    from fnmatch import fnmatchcase
-    patterns = spec.train.freeze if spec.train is not None else []
-    rows = [r for r in s.rows if r.params and any(fnmatchcase(r.id, p) for p in patterns)]
+    from ..train.freeze import matching_layers
+    frozen = set(matching_layers(spec.train.freeze if spec.train is not None else [], [r.id for r in s.rows]))
+    rows = [r for r in s.rows if r.params and r.id in frozen]
     if not rows:
         return ""
     fixed = sum(r.params for r in rows)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, CnnGraphError, DataError
+from ..train.input_kinds import mask_unit
 from .common import add_spec_options, load_spec_args, seed_value, whole_number
 
 __all__ = ["register"]
@@ -108,7 +109,7 @@ def cmd_train(args) -> int:
                      f"({s['checkpoint']} checkpoint, epoch {s['epoch']})")
     elif s.get("test_accuracy") is not None:
         seg = s.get("test_mean_iou") is not None
-        per = {2: "step ", 4: "voxel "}.get(len(next(iter(spec.inputs.values())).shape), "pixel ") if seg else ""
+        per = mask_unit(len(next(iter(spec.inputs.values())).shape) - 1) + " " if seg else ""
         parts.append(f"test {per}accuracy {s['test_accuracy']:.4f}, "
                      + (f"mean IoU {s['test_mean_iou']:.4f}, " if seg else "")
                      + f"test loss {s['test_loss']:.4f} ({s['checkpoint']} checkpoint, epoch {s['epoch']})")
@@ -212,7 +213,7 @@ def cmd_evaluate(args) -> int:
                      "confusion": cm.tolist(), "classes": classes, "checkpoint": str(ckdir),
                      "epoch": meta.get("epoch")})
     out_dir = Path(args.out) if args.out else run_folder(ckdir)
-    unit = {3: "step", 5: "voxel"}.get(x.ndim, "pixel")    # a sequence's masks have one class per step
+    unit = mask_unit(x.ndim - 2)
     what = f"{unit} accuracy" if ds.dense else "accuracy"
     title = (f"{spec.name} ({args.split}): {what} {acc.accuracy:.4f}"
              + (f", mean IoU {report['mean_iou']:.4f}" if ds.dense else ""))
@@ -378,7 +379,7 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
     the masks on request (masks.npy; a PNG per image)."""
     from ..train.metrics import predicted_classes
     masks = predicted_classes(scores)                                  # (N, H, W), (N, L) or (N, D, H, W)
-    unit = {2: "steps", 3: "pixels", 4: "voxels"}[masks.ndim]
+    unit = mask_unit(masks.ndim - 1) + "s"
     n_cls = max(scores.shape[1], 2)
     classes = list(stats.get("classes") or [])
     if len(classes) != n_cls:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-__all__ = ["unmatched_patterns", "frozen_layers"]
+__all__ = ["matching_layers", "unmatched_patterns", "frozen_layers"]
 
 
 def _matches(pattern: str, layer_ids) -> list[str]:
     return [lid for lid in layer_ids if fnmatchcase(lid, pattern)]
+
+
+def matching_layers(patterns, layer_ids) -> list[str]:
+    """The ids among ``layer_ids`` (in their order) that any of ``patterns`` matches; no checks (summary uses it)."""
+    return [lid for lid in layer_ids if any(fnmatchcase(lid, p) for p in patterns)]
 
 
 def unmatched_patterns(patterns, layer_ids) -> list[tuple[int, str]]:
@@ -38,10 +43,10 @@ def frozen_layers(patterns, model) -> list[str]:
                                 f"({', '.join(hits[:5])}{', ...' if len(hits) > 5 else ''}); nothing to freeze there")
         frozen += [lid for lid in owners if lid not in frozen]
     frozen.sort(key=layers.index)
-    before = set(model.frozen)
-    model.freeze(frozen)
-    if frozen and not model.trainable_names:
-        model.freeze(before)
+    left = [n for lid, names in model._names.items() if lid not in frozen for n in names.values()
+            if n not in model.buffer_names]
+    if frozen and not left:
         raise TrainingError(f"freeze leaves no parameter to train (it matches every layer with weights: "
                             f"{', '.join(frozen[:6])}{', ...' if len(frozen) > 6 else ''})")
+    model.freeze(frozen)
     return frozen

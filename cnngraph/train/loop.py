@@ -53,6 +53,7 @@ from .evaluate import evaluate_arrays, load_model
 from .guards import UNCHANGED_STEPS, optimizer_step, schedule_rate, unchanged_weights_error
 from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe, scored_per_batch
 from .nonfinite import nonfinite_cause
+from .input_kinds import mask_unit
 from .progress import EpochProgress, PhaseTimer
 from .runlock import LOCK_FILE, RunLock, holder
 from .run_state import (Best, recorded_metrics, checkpoint_meta, open_resume, restore, resume_changes, resume_settings,
@@ -644,7 +645,7 @@ class _Run:
                 score = f"mae {test['test_mae']:.4f} rmse {test['test_rmse']:.4f}"
             else:
                 iou = f" mean IoU {test['test_mean_iou']:.4f}" if test.get("test_mean_iou") is not None else ""
-                per = {2: "step ", 3: "pixel ", 4: "voxel "}.get(self.dataset.train[1].ndim, "") if self.dataset.dense else ""
+                per = mask_unit(self.dataset.train[1].ndim - 1) + " " if self.dataset.dense else ""
                 score = f"{per}accuracy {test['test_accuracy']:.4f}{iou}"
             print(f"test ({test['checkpoint']} checkpoint, epoch {test['epoch']}): loss {test['test_loss']:.4f} "
                   f"{score}; wrote {self.out}", file=self.stream)

@@ -244,7 +244,8 @@ def prepare_loss(spec, ts, num_classes: int | None = None, mask_shape: tuple[int
     if mask_shape is not None:
         mask_shape = tuple(mask_shape)
         if len(shape) != 1 + len(mask_shape) or shape[1:] != mask_shape:
-            unit = {1: "step", 2: "pixel", 3: "voxel"}[len(mask_shape)]
+            from .input_kinds import mask_unit
+            unit = mask_unit(len(mask_shape))
             what = f"{'x'.join(map(str, mask_shape))} {unit}s"
             raise TrainingError(f"the dataset's labels are masks of {what}, so loss output '{output}' must give class "
                                 f"scores per {unit}, (classes, {', '.join(map(str, mask_shape))}); it has per-sample "

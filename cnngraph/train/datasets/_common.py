@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..input_kinds import INPUT_KINDS
+from ..input_kinds import INPUT_KINDS, mask_unit
 
 __all__ = ["RawSplits", "to_nchw", "as_float_images", "looks_8bit", "check_labels", "check_values", "labels_beyond",
            "stratified_split",
@@ -122,7 +122,7 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
         y = y[:, 0]
     elif dims and y.ndim == dims + 1 and y.shape[-1] == 1 and tuple(y.shape[1:-1]) == tuple(mask_shape):
         y = y[..., 0]    # channels-last masks, as images may be
-    unit = {1: "step", 2: "pixel", 3: "voxel"}.get(len(mask_shape) if mask_shape is not None else 0, "pixel")
+    unit = mask_unit(len(mask_shape) if mask_shape is not None else 2)
     form = f"(N, {', '.join(map(str, mask_shape))})" if mask_shape is not None else ""
     if y.ndim != 1 and y.ndim != dims:
         masks = f" or masks of shape {form} (one class per {unit})" if mask_shape else ""
