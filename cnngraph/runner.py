@@ -14,7 +14,10 @@ import numpy as np
 from .errors import CnnGraphError, PluginError, RunError
 from .blame import defined_at, source_line
 from .op import Context
+from .registry import DEFAULT_PLUGINS
 from .schedule import Plan
+
+_BUILTIN_PLUGINS = frozenset(DEFAULT_PLUGINS)
 
 __all__ = ["Tape", "run_forward", "run_forward_parallel", "describe_call", "batch_of", "LayerParams",
            "MissingParam", "replaced_buffers", "init_params_problem"]
@@ -50,8 +53,7 @@ class LayerParams(dict):
 
 def is_builtin(attrs: dict) -> bool:
     """Whether a layer's op comes with cnngraph (plugins/), not from a plugin file or package."""
-    from .registry import DEFAULT_PLUGINS
-    return attrs.get("plugin") in DEFAULT_PLUGINS
+    return attrs.get("plugin") in _BUILTIN_PLUGINS
 
 
 def read_only_view(a):

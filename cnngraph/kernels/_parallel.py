@@ -7,6 +7,7 @@ parallel and every chunk's working set cache-resident. Set CNNGRAPH_KERNEL_THREA
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -52,11 +53,16 @@ def _threads():
     env = os.environ.get("CNNGRAPH_KERNEL_THREADS")
     if env:
         return max(1, int(env))
+    return max(1, min(_usable_cores(), 8))
+
+
+@functools.lru_cache(maxsize=None)
+def _usable_cores() -> int:
+    """Cores this process may run on (asked once: kernels ask for every call)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+        return os.cpu_count() or 1
 
 
 def _blas_controllers():

@@ -149,12 +149,39 @@ def conv(imp, node, a):
 
 @handles("ConvTranspose")
 def conv_transpose(imp, node, a):
-    if a.get("output_shape") is not None:
-        raise imp.fail("output_shape is not supported; export with pads and output_padding instead")
-    auto = a.get("auto_pad", "NOTSET")
-    if auto not in ("NOTSET", "", "VALID"):
-        raise imp.fail(f"auto_pad {auto!r} is not supported for ConvTranspose (NOTSET and VALID are)")
+    if a.get("output_shape") is not None or a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        a = _transposed_pads(imp, node, a)
     return [_conv_layer(imp, node, a, transposed=True)]
+
+
+def _transposed_pads(imp, node, a) -> dict:
+    """ConvTranspose attributes with output_shape (or SAME auto_pad: the input size times the stride) turned into
+    pads and output_padding, as the ONNX specification and ONNX Runtime do: the pads crop the difference to the
+    natural output size (pads ignored), the odd one at the start unless SAME_UPPER; a larger output_shape grows
+    the output at the end, as output_padding does."""
+    x = imp.dyn_of(node.input[0])
+    n = _spatial_rank(imp, x)
+    w = imp.const(node.input[1], "weight")
+    kernel = list(a.get("kernel_shape", w.shape[2:]))
+    strides, dil = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+    out_pad = list(a.get("output_padding", [0] * n))
+    sizes = x.shape[1:]
+    target = a.get("output_shape")
+    target = [size * s for size, s in zip(sizes, strides)] if target is None else list(target)
+    if not len(target) == len(kernel) == len(strides) == len(dil) == len(out_pad) == n:
+        raise imp.fail(f"output_shape {target}, kernel_shape {kernel}, strides {strides}, dilations {dil} and "
+                       f"output_padding {out_pad} need one entry per spatial axis of the input ({n})")
+    upper = a.get("auto_pad") == "SAME_UPPER"
+    heads, tails, grow = [], [], []
+    for size, k, s, d, op, want in zip(sizes, kernel, strides, dil, out_pad, target):
+        total = s * (size - 1) + op + (k - 1) * d + 1 - int(want)
+        if int(want) < 1:
+            raise imp.fail(f"output_shape {target} must be positive")
+        small, big = max(total, 0) // 2, max(total, 0) - max(total, 0) // 2
+        heads.append(small if upper else big)
+        tails.append(big if upper else small)
+        grow.append(op + max(-total, 0))
+    return {**a, "auto_pad": "NOTSET", "pads": heads + tails, "output_padding": grow, "output_shape": None}
 
 
 @handles("Gemm")

@@ -1,5 +1,6 @@
 """Grouped ConvTranspose (group > 1, depthwise included): import vs ONNX Runtime, PyTorch's
-nn.ConvTranspose2d(groups=...) vs PyTorch, and export → ONNX Runtime → import again."""
+nn.ConvTranspose2d(groups=...) vs PyTorch, and export → ONNX Runtime → import again. ConvTranspose with
+output_shape or SAME auto_pad (pads derived as the ONNX specification says) vs ONNX Runtime."""
 from __future__ import annotations
 
 import warnings
@@ -58,3 +59,34 @@ def test_torch_grouped_decoder_matches_torch(tmp_path):
     got = m.forward({"x": x.numpy()})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ort_run(export_onnx(m), {"x": x.numpy()})["y"], got, rtol=1e-5, atol=1e-5)
+
+
+# name: (input shape, weight shape, ConvTranspose attributes); natural output sizes in the comments
+SIZED = {
+    "crop_odd": ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "output_shape": [10, 12]}),        # 11, 13
+    "crop_even_pads_ignored": ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "output_shape": [9, 11],
+                                                            "pads": [1, 0, 0, 1]}),
+    "same_upper_given": ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "output_shape": [10, 12],
+                                                      "auto_pad": "SAME_UPPER"}),
+    "same_lower_given": ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "output_shape": [10, 12],
+                                                      "auto_pad": "SAME_LOWER"}),
+    "same_upper": ((2, 4, 5, 6), (4, 3, 4, 3), {"strides": [2, 3], "auto_pad": "SAME_UPPER"}),
+    "same_lower_dilated": ((2, 4, 5, 6), (4, 3, 3, 2), {"strides": [2, 2], "dilations": [2, 1],
+                                                        "auto_pad": "SAME_LOWER"}),
+    "grow_past_natural": ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "output_shape": [12, 14]}),
+    "grouped_1d": ((2, 4, 7), (4, 2, 3), {"strides": [3], "group": 2, "output_shape": [20]}),         # 21
+    "volume": ((2, 2, 3, 4, 5), (2, 3, 2, 3, 3), {"strides": [2, 2, 2], "output_shape": [5, 8, 10]}),  # 6, 9, 11
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIZED))
+def test_output_shape_and_same_auto_pad_match_onnxruntime(case):
+    xshape, wshape, attrs = SIZED[case]
+    proto = make_model([N("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)], {"x": xshape},
+                       {"w": rand(*wshape), "b": rand(wshape[1] * attrs.get("group", 1))}, opset=17)
+    feeds = {"x": rand(3, *xshape[1:])}
+    m = compare(proto, feeds, rtol=1e-5, atol=1e-5)
+    want = attrs.get("output_shape") or [n * s for n, s in zip(xshape[2:], attrs["strides"])]
+    assert m.forward(feeds)["y"].shape[2:] == tuple(want)
+    again = export_onnx(m)   # as explicit pads and output_padding
+    np.testing.assert_allclose(ort_run(again, feeds)["y"], m.forward(feeds)["y"], rtol=1e-5, atol=1e-5)
