@@ -25,10 +25,13 @@ def f32(v) -> float:
 
 @dataclass
 class Dyn:
-    """A tensor computed at run time by cnngraph layer (or model input) ``id``; ``shape`` is per sample."""
+    """A tensor computed at run time by cnngraph layer (or model input) ``id``; ``shape`` is per sample. ``layout``
+    (None: the ONNX tensor is the layer output itself) says how the ONNX tensor's axes are made of the layer
+    output's when the graph moved its batch axis (see layouts.py)."""
 
     id: str
     shape: tuple
+    layout: tuple | None = None
 
 
 def evaluate(nodes: list, feeds: dict[str, np.ndarray], outputs: list[str], opset: int) -> list:

@@ -20,6 +20,7 @@ from ..errors import CnnGraphError, RunError, ShapeError
 from ..model import Model
 from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize, torch_scope
 from .folding import BATCH, Dyn, evaluate, f32
+from .layouts import ELEMENTWISE_FUSIONS, LAYOUT_HANDLERS, is_moved, materialize, moves_batch
 from .inputs import read_inputs
 from .patterns import Fusion, dead_nodes, find_patterns
 
@@ -157,6 +158,7 @@ class Importer:
         """Add a layer of ``type_`` fed by ``inputs`` (Dyn or tensor names); returns its output."""
         node = self.current_node
         srcs = [x if isinstance(x, Dyn) else self.dyn_of(x) for x in inputs]
+        assert not any(is_moved(x) for x in srcs), "layers take batch-first tensors (see layouts.materialize)"
         params = {k: v for k, v in (params or {}).items()}
         op_cls = self.registry.ops[type_]
         try:
@@ -257,7 +259,11 @@ class Importer:
                     x = self.get(src)
                     if isinstance(x, np.ndarray):
                         raise OnnxError(f"constant {type_} input")
-                    self.dyn[node.output[0]] = self.emit(type_, [x], params, weights)
+                    if is_moved(x) and type_ in ELEMENTWISE_FUSIONS:   # value by value: the layout stays
+                        y = self.emit(type_, [Dyn(x.id, x.shape)], params, weights)
+                        self.dyn[node.output[0]] = Dyn(y.id, y.shape, x.layout)
+                    else:
+                        self.dyn[node.output[0]] = self.emit(type_, [materialize(self, x)], params, weights)
                 except (_Skip, OnnxError):
                     self.failed.update(node.output)
                 if node.output[0] in reserved:
@@ -287,7 +293,7 @@ class Importer:
                     unknown = unknown_attributes(node, attrs)
                     if unknown:
                         raise self.fail(f"attribute{'s' * (len(unknown) > 1)} {', '.join(unknown)} not supported")
-                    results = handler(self, node, attrs)
+                    results = self._handle(node, attrs, handler)
             except _Skip:
                 if node.op_type not in HANDLERS:   # still worth listing: every unsupported node at once
                     self.unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])
@@ -311,6 +317,14 @@ class Importer:
                 else:
                     self.consts[name] = np.asarray(r)
                 if name in reserved:
+                    try:
+                        self.dyn[name] = materialize(self, self.dyn[name], name) if name in self.dyn else None
+                    except OnnxError as exc:
+                        self.problems.append(str(exc))
+                        self.failed.add(name)
+                        continue
+                    if self.dyn[name] is None:
+                        del self.dyn[name]
                     self._claim_output(name, reserved[name])
         self._report()
         self._drop_unused_unsqueezes()
@@ -346,6 +360,18 @@ class Importer:
                 fused.pop(j, None)
         else:
             f.params, f.weights = final
+
+    def _handle(self, node, attrs: dict, handler) -> list:
+        """The node's import: on tensors whose batch axis the graph moved (or for a Transpose, Reshape or
+        Unsqueeze that moves it) by the layout-aware handler when there is one; any other handler gets its inputs
+        back in their ONNX layout (see layouts.py)."""
+        moved = [n for n in node.input if is_moved(self.dyn.get(n))]
+        aware = LAYOUT_HANDLERS.get(node.op_type)
+        if aware is not None and (moved or moves_batch(self, node, attrs)):
+            return aware(self, node, attrs)
+        for n in moved:
+            self.dyn[n] = materialize(self, self.dyn[n])
+        return handler(self, node, attrs)
 
     def _claim_output(self, name: str, lid: str) -> None:
         """Give the layer computing graph output ``name`` the id ``lid`` (the sanitised output name)."""
