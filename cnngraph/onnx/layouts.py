@@ -511,25 +511,41 @@ def _const_to_physical(imp, x: Dyn, value, what: str) -> np.ndarray:
 @_handles("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Where", "Greater", "Less", "Equal",
           "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "PRelu")
 def elementwise_n(imp, node, a):
-    """Element-wise ops of several inputs: constants rearranged to the moved tensor's physical arrangement;
-    computed tensors brought to one arrangement (the canonical one) unless they share their layout."""
+    """Element-wise ops of several inputs: computed tensors brought to one arrangement (unless they share
+    their layout), constants rearranged to it."""
     vals = {n: imp.get(n) for n in node.input if n}
     computed = [v for v in vals.values() if isinstance(v, Dyn)]
-    ranks = {len(_groups(v)) for v in computed}
-    if len(ranks) > 1:
+    if len({len(_groups(v)) for v in computed}) > 1:
         raise imp.fail("computed tensors of different ranks broadcast against each other; not supported")
     first = computed[0]
     if any(_groups(v) != _groups(first) or v.shape != first.shape for v in computed):
-        shapes = {tuple(_logical_shape(v)) for v in computed}
-        if len(shapes) > 1:
-            raise imp.fail(f"computed tensors {', '.join(_describe(imp, v) for v in computed)} whose batch axes "
-                           f"were moved must have one shape to combine; not supported")
-        vals = {n: _canonical(imp, v, f"{node.op_type} of") if isinstance(v, Dyn) else v for n, v in vals.items()}
-        first = next(v for v in vals.values() if isinstance(v, Dyn))
+        vals = {n: _alike(imp, v) if isinstance(v, Dyn) else v for n, v in vals.items()}
+        computed = [v for v in vals.values() if isinstance(v, Dyn)]
+        if len({_groups(v) for v in computed}) > 1:
+            raise imp.fail(f"computed tensors {', '.join(_describe(imp, v) for v in computed)} have their batch "
+                           f"axes in different places; combining them is not supported")
+        try:
+            shape = np.broadcast_shapes(*(v.shape for v in computed))
+        except ValueError:
+            raise imp.fail(f"computed tensors {', '.join(_describe(imp, v) for v in computed)} do not broadcast "
+                           f"against each other") from None
+        first = Dyn(computed[0].id, tuple(shape), _groups(computed[0]))
     values = {n: _physical(v) if isinstance(v, Dyn) else _const_to_physical(imp, first, v, f"constant '{n}'")
               for n, v in vals.items()}
     y = on_physical(imp, node, a, _standard(node), values)
     return [_with(y[0], _groups(first))]
+
+
+def _alike(imp, d: Dyn) -> Dyn:
+    """``d`` arranged as the other operands of an element-wise op will be: the batch, the other physical axes of
+    the batch's logical axis, then each other logical axis as one physical axis, in logical order."""
+    groups, s = _groups(d), _sizes(d)
+    b = _batch_axis(groups)
+    with_batch = [p for p in groups[b] if p and s[p] != 1]
+    x, _ = _arrange(imp, d, [(p,) for p in with_batch] + [g for i, g in enumerate(groups) if i != b])
+    batch_group = tuple(0 if p == 0 else 1 + with_batch.index(p) for p in groups[b] if p == 0 or s[p] != 1)
+    others = iter(range(len(with_batch) + 1, len(x.shape) + 1))
+    return _with(x, [batch_group if i == b else (next(others),) for i in range(len(groups))])
 
 
 @_handles("MatMul")

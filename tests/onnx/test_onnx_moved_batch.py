@@ -1,0 +1,181 @@
+"""ONNX graphs that move the batch axis (attention: (N, L, E) -> (L, N, E) -> (L, N*heads, d)) import as batch-first
+layers plus a layout (cnngraph/onnx/layouts.py): PyTorch's nn.MultiheadAttention and nn.TransformerEncoderLayer,
+exported by torch.onnx, match PyTorch forward and backward and export back; single ops on moved tensors match
+ONNX Runtime; what cannot be expressed is refused with the shape it met."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from cnngraph.onnx import OnnxError, export_onnx, import_onnx
+from onnx_build import compare, make_model, ort_run, rand
+
+torch = pytest.importorskip("torch")   # the reference these tests compare with
+nn = torch.nn
+N = helper.make_node
+
+
+class Attention(nn.Module):
+    """A conv stem, then self-attention over the pixels (ViT-hybrid style), pooled to classes."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=batch_first)
+        self.batch_first = batch_first
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = torch.relu(self.conv(x)).flatten(2).transpose(1, 2)   # (N, HW, C)
+        if not self.batch_first:
+            t = t.transpose(0, 1)
+        a, _ = self.att(t, t, t, need_weights=False)
+        if not self.batch_first:
+            a = a.transpose(0, 1)
+        return self.fc(a.mean(1))
+
+
+class Encoder(nn.Module):
+    """Patch embedding, one transformer encoder layer, mean over tokens."""
+
+    def __init__(self, activation: str, norm_first: bool):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, activation=activation, batch_first=True,
+                                              norm_first=norm_first)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(self.enc(t).mean(1))
+
+
+NETS = {
+    "mha_batch_first": (lambda: Attention(True), (3, 8, 8)),
+    "mha_sequence_first": (lambda: Attention(False), (3, 8, 8)),
+    "encoder_relu": (lambda: Encoder("relu", False), (3, 16, 16)),
+    "encoder_gelu_norm_first": (lambda: Encoder("gelu", True), (3, 16, 16)),
+}
+
+
+def exported(name, opset, path):
+    make, shape = NETS[name]
+    torch.manual_seed(0)
+    net = make().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, *shape),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return net, shape
+
+
+@pytest.mark.parametrize("opset", [14, 17])
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_torch_attention_imports_matches_forward_and_backward_and_exports_back(name, opset, tmp_path):
+    net, shape = exported(name, opset, tmp_path / "m.onnx")
+    m = import_onnx(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(1).standard_normal((3, *shape)).astype(np.float32)   # another batch size
+    xt = torch.tensor(x, requires_grad=True)
+    yt = net(xt)
+    y = m.forward({"x": x}, training=True)["y"]
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    gy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(m.backward({"y": gy})["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    proto = export_onnx(m)   # batch-first layers: plain ONNX again
+    onnx.checker.check_model(proto, full_check=True)
+    np.testing.assert_allclose(ort_run(proto, {"x": x})["y"], yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_imported_attention_trains(tmp_path):
+    exported("encoder_relu", 17, tmp_path / "m.onnx")
+    m = import_onnx(str(tmp_path / "m.onnx"))
+    x = rand(4, 3, 16, 16)
+    before = m.forward({"x": x})["y"].copy()
+    y = m.forward({"x": x}, training=True)["y"]
+    grads = m.backward({"y": np.ones_like(y)}, input_grads=False)
+    assert all(np.isfinite(g).all() for g in grads.values()) and any(np.abs(g).max() > 0 for g in grads.values())
+    for name, g in grads.items():
+        m.params[name] = m.params[name] - 0.1 * g
+    assert np.abs(m.forward({"x": x})["y"] - before).max() > 1e-4
+
+
+def _shape_of(x, nodes, prefix="s"):
+    """Nodes computing Shape(x) and its first entry (the batch size), as exporters write it."""
+    return [N("Shape", [x], [f"{prefix}.shape"]),
+            N("Slice", [f"{prefix}.shape", "zero", "one"], [f"{prefix}.n"])] + nodes
+
+
+ZERO_ONE = {"zero": np.array([0], np.int64), "one": np.array([1], np.int64)}
+
+# name: (nodes, input shapes, initializers); every graph ends batch-first in "y"
+CASES = {
+    "time_major_softmax_over_time": (
+        [N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("Softmax", ["t"], ["s"], axis=0),
+         N("Relu", ["s"], ["r"]), N("Transpose", ["r"], ["y"], perm=[1, 0, 2])], {"x": (2, 5, 4)}, {}),
+    "bias_and_per_step_scale_on_moved": (
+        [N("Transpose", ["x"], ["t"], perm=[1, 2, 0]), N("Add", ["t", "b"], ["a"]), N("Mul", ["a", "w"], ["m"]),
+         N("Transpose", ["m"], ["y"], perm=[2, 0, 1])], {"x": (2, 5, 4)},
+        {"b": rand(5, 4, 1), "w": rand(4, 1)}),
+    "merge_batch_with_channels_then_split": (
+        _shape_of("x", [N("Mul", ["s.n", "c"], ["nc"]), N("Concat", ["nc", "hw"], ["t1"], axis=0),
+                        N("Reshape", ["x", "t1"], ["flat"]), N("ReduceMean", ["flat"], ["mean"], axes=[1]),
+                        N("Sub", ["flat", "mean"], ["centred"]), N("Softmax", ["centred"], ["sm"], axis=1),
+                        N("Concat", ["s.n", "chw"], ["t2"], axis=0), N("Reshape", ["sm", "t2"], ["y"])]),
+        {"x": (2, 3, 4, 5)}, {**ZERO_ONE, "c": np.array([3], np.int64), "hw": np.array([20], np.int64),
+                              "chw": np.array([3, 4, 5], np.int64)}),
+    "unsqueeze_before_batch_gather_slice_split": (
+        [N("Unsqueeze", ["x", "ax0"], ["u"]), N("Transpose", ["u"], ["t"], perm=[2, 1, 0, 3]),
+         N("Squeeze", ["t", "ax2"], ["sq"]), N("Gather", ["sq", "idx"], ["g"], axis=0),
+         N("Slice", ["g", "st", "en", "axs"], ["sl"]), N("Split", ["sl", "parts"], ["p1", "p2"], axis=0),
+         N("Concat", ["p2", "p1"], ["c"], axis=0), N("Transpose", ["c"], ["y"], perm=[1, 0, 2])],
+        {"x": (2, 6, 4)}, {"ax0": np.array([0], np.int64), "ax2": np.array([2], np.int64),
+                           "idx": np.array([5, 0, 3, 3, 1], np.int64), "st": np.array([1], np.int64),
+                           "en": np.array([4], np.int64), "axs": np.array([2], np.int64),
+                           "parts": np.array([2, 3], np.int64)}),
+    "two_arrangements_added": (
+        [N("Transpose", ["x"], ["a"], perm=[1, 0, 2]), N("Transpose", ["x"], ["z"], perm=[0, 2, 1]),
+         N("Relu", ["z"], ["zr"]), N("Transpose", ["zr"], ["b"], perm=[2, 0, 1]), N("Add", ["a", "b"], ["s"]),
+         N("LayerNormalization", ["s", "g", "be"], ["ln"], axis=-1), N("Transpose", ["ln"], ["y"], perm=[1, 0, 2])],
+        {"x": (2, 5, 4)}, {"g": rand(4), "be": rand(4)}),
+    "time_major_matmul_and_gemm": (
+        _shape_of("x", [N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("MatMul", ["t", "w"], ["p"]),
+                        N("Mul", ["s.n", "five"], ["n5"]), N("Concat", ["n5", "six"], ["t1"], axis=0),
+                        N("Reshape", ["p", "t1"], ["rows"]), N("Gemm", ["rows", "b", "c"], ["o"], transB=1,
+                                                              alpha=0.5, beta=2.0),
+                        N("Concat", ["five", "s.n", "three"], ["t2"], axis=0), N("Reshape", ["o", "t2"], ["back"]),
+                        N("ReduceSum", ["back", "ax0"], ["y"], keepdims=0)]),
+        {"x": (2, 5, 4)}, {**ZERO_ONE, "w": rand(4, 6), "five": np.array([5], np.int64),
+                           "six": np.array([6], np.int64), "three": np.array([3], np.int64), "b": rand(3, 6),
+                           "c": rand(3), "ax0": np.array([0], np.int64)}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_moved_batch_ops_match_onnxruntime(case):
+    nodes, inputs, inits = CASES[case]
+    model = make_model(nodes, inputs, inits)
+    feeds = {k: rand(3, *shape[1:]) for k, shape in inputs.items()}
+    m = compare(model, feeds)
+    proto = export_onnx(m)
+    np.testing.assert_allclose(ort_run(proto, feeds)["y"], m.forward(feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nodes, inits, message", [
+    ([N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("Add", ["t", "b"], ["y0"]),
+      N("Transpose", ["y0"], ["y"], perm=[1, 0, 2])], {"b": rand(5, 2, 4)},
+     r"constant 'b' of shape \(5, 2, 4\) varies along the \(moved\) batch axis of \(5, N, 4\)"),
+    ([N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("Softmax", ["t"], ["y0"], axis=1),
+      N("Transpose", ["y0"], ["y"], perm=[1, 0, 2])], {}, r"Softmax along the \(moved\) batch axis of \(5, N, 4\)"),
+    ([N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("LpNormalization", ["t"], ["y0"], axis=-1),
+      N("Transpose", ["y0"], ["y"], perm=[1, 0, 2])], {}, "LpNormalization"),
+    ([N("Transpose", ["x"], ["t"], perm=[1, 2, 0]), N("Conv", ["t", "w"], ["y"])], {"w": rand(2, 5, 1)},
+     r"the input \(5, 4, N\) has its batch axis \(N\) moved by an earlier Transpose or Reshape; a Conv on it"),
+])
+def test_what_a_moved_batch_axis_cannot_do_is_refused_with_the_shape(nodes, inits, message):
+    with pytest.raises(OnnxError, match=message):
+        import_onnx(make_model(nodes, {"x": (2, 5, 4)}, inits))
