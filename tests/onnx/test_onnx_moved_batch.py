@@ -54,7 +54,43 @@ class Encoder(nn.Module):
         return self.head(self.enc(t).mean(1))
 
 
+class ViT(nn.Module):
+    """Patches, a class token and positions, two encoder layers (GELU), the class token's head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 17, 16))
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, activation="gelu")
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.enc(t)[:, 0])
+
+
+class KeyValueDims(nn.Module):
+    """Attention with kdim/vdim != embed_dim (separate projections) whose averaged weights are used too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.query = nn.Linear(8, 16)
+        self.att = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = torch.relu(self.conv(x)).flatten(2).transpose(1, 2)
+        a, w = self.att(self.query(t), t, t)
+        return self.fc(a.mean(1)) + w.mean((1, 2)).unsqueeze(1)
+
+
 NETS = {
+    "vit_two_layers_class_token": (ViT, (3, 16, 16)),
+    "mha_kdim_vdim_with_weights": (KeyValueDims, (3, 8, 8)),
     "mha_batch_first": (lambda: Attention(True), (3, 8, 8)),
     "mha_sequence_first": (lambda: Attention(False), (3, 8, 8)),
     "encoder_relu": (lambda: Encoder("relu", False), (3, 16, 16)),
