@@ -1,4 +1,5 @@
-"""General tensor ops: reshape, transpose, slice, take, broadcasting arithmetic, matmul, pad, expand, tile, clip, constants.
+"""General tensor ops: reshape, transpose, slice, take, broadcasting arithmetic, matmul, einsum, pad, expand, tile, clip,
+constants.
 
 They exist mostly so that ONNX graphs survive import as trainable specs, but they are ordinary
 ops usable in any spec. Conventions: shapes in ``infer_shape`` are per sample; axes named in
@@ -23,7 +24,7 @@ from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
 
 __all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul", "Pad", "Expand", "Tile", "Clip",
-           "Constant", "Identity", "Take", "broadcast_shapes", "unbroadcast"]
+           "Constant", "Identity", "Take", "Einsum", "broadcast_shapes", "unbroadcast"]
 
 
 def _all_at_least_one(values: list[int], what: str) -> list[int]:
@@ -686,6 +687,107 @@ class Take(Op):
         return [dx], {}
 
 
+class EinsumParams(OpParams):
+    equation: str = Field(description="per-sample subscripts with an explicit output, batch excluded: 'ij,jk->ik' "
+                                      "(letters only; no letter twice in one operand or in the output)")
+
+    @field_validator("equation")
+    @classmethod
+    def _parse(cls, v):
+        _terms(v)
+        return v.replace(" ", "")
+
+
+def _terms(equation: str) -> tuple[list[str], str]:
+    """(input terms, output term) of an einsum equation; ValueError saying what is wrong."""
+    eq = equation.replace(" ", "")
+    if eq.count("->") != 1:
+        raise ValueError(f"equation {equation!r} needs one '->' and an explicit output ('ij,jk->ik')")
+    lhs, out = eq.split("->")
+    terms = lhs.split(",")
+    for term in terms + [out]:
+        if not all(c.isascii() and c.isalpha() for c in term):
+            raise ValueError(f"equation {equation!r}: subscripts are letters a-z, A-Z ('...' is not supported)")
+        if len(set(term)) != len(term):
+            raise ValueError(f"equation {equation!r}: '{term}' repeats a letter (diagonals are not supported)")
+    missing = sorted(set(out) - set("".join(terms)))
+    if missing:
+        raise ValueError(f"equation {equation!r}: output letters {missing} appear in no input")
+    return terms, out
+
+
+class Einsum(Op):
+    """Einstein summation per sample (``torch.einsum`` / ONNX Einsum with the batch axis leading every operand):
+    ``equation`` names the per-sample axes of each input and of the output; letters missing from the output
+    are summed over. A ``constant`` input (batch 1) broadcasts over the batch."""
+
+    type = "einsum"
+    arity = (1, 8)
+    Params = EinsumParams
+
+    @classmethod
+    def examples(cls):
+        return [({"equation": "ij,jk->ik"}, [(2, 3), (3, 4)]), ({"equation": "chw->hwc"}, [(2, 3, 4)]),
+                ({"equation": "ij,ij->i"}, [(3, 4), (3, 4)]), ({"equation": "ck,kd,d->c"}, [(2, 3), (3, 4), (4,)]),
+                ({"equation": "hqd,hkd->hqk"}, [(2, 3, 4), (2, 5, 4)]), ({"equation": "ij,jk->i"}, [(2, 3), (3, 4)])]
+
+    def _sizes(self, in_shapes) -> dict[str, int]:
+        terms, _ = _terms(self.p.equation)
+        if len(terms) != len(in_shapes):
+            raise ShapeError(f"equation {self.p.equation!r} has {len(terms)} operand(s), the layer {len(in_shapes)} "
+                             f"input(s)")
+        sizes: dict[str, int] = {}
+        for term, shape in zip(terms, in_shapes):
+            if len(term) != len(shape):
+                raise ShapeError(f"'{term}' of equation {self.p.equation!r} names {len(term)} axes, its input has "
+                                 f"per-sample shape {tuple(shape)}")
+            for letter, n in zip(term, shape):
+                if sizes.setdefault(letter, n) != n:
+                    raise ShapeError(f"letter '{letter}' of equation {self.p.equation!r} is {sizes[letter]} in one "
+                                     f"input and {n} in another")
+        return sizes
+
+    def infer_shape(self, in_shapes):
+        sizes = self._sizes(in_shapes)
+        return tuple(sizes[c] for c in _terms(self.p.equation)[1])
+
+    def batched_terms(self) -> tuple[list[str], str]:
+        """The input terms and the output term with a batch letter (one the equation does not use) in front."""
+        terms, out = _terms(self.p.equation)
+        b = next(c for c in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA" if c not in self.p.equation)
+        return [b + t for t in terms], b + out
+
+    def forward(self, ctx, inputs, params):
+        terms, out = self.batched_terms()
+        n = max(x.shape[0] for x in inputs)
+        xp = xp_of(*inputs)
+        full = [xp.broadcast_to(x, (n,) + x.shape[1:]) for x in inputs]   # constants: batch 1
+        ctx.save(inputs=full, shapes=[x.shape for x in inputs])
+        return xp.einsum(f"{','.join(terms)}->{out}", *full, optimize=len(full) > 2)
+
+    def backward(self, ctx, gy):
+        terms, out = self.batched_terms()
+        xs, shapes = ctx.saved["inputs"], ctx.saved["shapes"]
+        xp = xp_of(gy)
+        grads = []
+        for k, term in enumerate(terms):
+            if not ctx.need_grad(k):
+                grads.append(None)
+                continue
+            others = [t for i, t in enumerate(terms) if i != k]
+            seen = set(out).union(*others)
+            kept = "".join(c for c in term if c in seen)   # letters only this input has: summed, so broadcast back
+            g = xp.einsum(f"{','.join([out] + others)}->{kept}", gy, *[x for i, x in enumerate(xs) if i != k],
+                          optimize=len(others) > 1)
+            g = g.reshape(tuple(xs[k].shape[term.index(c)] if c in kept else 1 for c in term))
+            g = xp.broadcast_to(g, xs[k].shape)
+            grads.append(xp.ascontiguousarray(unbroadcast(g, shapes[k])))
+        return grads, {}
+
+    def flops(self, in_shapes, out_shape):
+        return math.prod(self._sizes(in_shapes).values()) * max(1, len(in_shapes) - 1)
+
+
 class Identity(Op):
     """Passes its input through unchanged."""
 
@@ -705,5 +807,5 @@ class Identity(Op):
 @hookimpl
 def cnngraph_register_ops(registry):
     for op in (Reshape, Transpose, Slice, Take, BroadcastAdd, Sub, Mul, Div, MatMul, Pad, Expand, Tile, Clip, Constant,
-               Identity):
+               Identity, Einsum):
         registry.add(op)

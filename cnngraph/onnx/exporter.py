@@ -507,6 +507,14 @@ def _slice(c, lid, op, ins, attrs):
     return lid
 
 
+@exports("einsum")
+def _einsum(c, lid, op, ins, attrs):
+    # every operand has its batch axis in ONNX (constants are expanded to it: einsum is no broadcasting op)
+    terms, out = op.batched_terms()
+    c.node("Einsum", ins, [lid], lid, equation=f"{','.join(terms)}->{out}")
+    return lid
+
+
 @exports("take")
 def _take(c, lid, op, ins, attrs):
     # a 0-d initializer for a single int: ONNX Gather then removes the axis, as take does

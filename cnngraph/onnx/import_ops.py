@@ -230,6 +230,48 @@ def matmul(imp, node, a):
     return [imp.emit("matmul", _operands(imp, node.input[:2], rank, weight, min_rank=2))]
 
 
+@handles("Einsum")
+def einsum(imp, node, a):
+    """torch.einsum with the batch axis leading every computed operand and the output (``bij,bjk->bik``) as an
+    ``einsum`` layer on the per-sample axes; constant operands (no batch letter) become constant layers, weights
+    when they are initializers (as MatMul's)."""
+    terms, out = _einsum_terms(imp, a["equation"])
+    vals = [imp.get(n) for n in node.input]
+    if len(terms) != len(vals):
+        raise imp.fail(f"equation {a['equation']!r} has {len(terms)} operands, the node {len(vals)} inputs")
+    batch = {t[0] for t, v in zip(terms, vals) if isinstance(v, Dyn) and t}
+    if len(batch) != 1 or out[:1] != next(iter(batch)):
+        raise imp.fail(f"equation {a['equation']!r}: the batch axis must lead every computed operand and the output "
+                       f"with one letter")
+    b = out[0]
+    if any(b in t for t, v in zip(terms, vals) if not isinstance(v, Dyn)):
+        raise imp.fail(f"equation {a['equation']!r}: a constant operand has the batch letter '{b}'")
+    ins, per_sample = [], []
+    for name, term, v in zip(node.input, terms, vals):
+        if isinstance(v, Dyn):
+            ins.append(v)
+            per_sample.append(term[1:])
+        else:
+            weight = name in imp.initializers or name in imp.params
+            ins.append(imp.dyn_of(name, trainable=weight or None))
+            per_sample.append(term)
+    return [imp.emit("einsum", ins, {"equation": f"{','.join(per_sample)}->{out[1:]}"})]
+
+
+def _einsum_terms(imp, equation: str) -> tuple[list[str], str]:
+    """(input terms, output term) of an ONNX Einsum equation; an implicit output is the letters used once, in
+    alphabetical order (the numpy rule ONNX follows)."""
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        raise imp.fail(f"equation {equation!r}: ellipsis ('...') is not supported; name the axes")
+    lhs, _, out = eq.partition("->")
+    terms = lhs.split(",")
+    if "->" not in eq:
+        letters = "".join(terms)
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, out
+
+
 # ---- pooling ------------------------------------------------------------------------------------
 def _pool(imp, node, a, kind):
     x = imp.dyn_of(node.input[0])

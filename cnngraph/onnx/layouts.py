@@ -134,6 +134,10 @@ def moves_batch(imp, node, a: dict) -> bool:
         if not isinstance(axes, (list, np.ndarray)):
             return False
         return 0 in [int(v) % (rank + len(axes)) for v in np.ravel(axes)]
+    if node.op_type == "Einsum":   # a plain batch-first operand whose batch letter is not the output's first
+        from .import_ops import _einsum_terms
+        terms, out = _einsum_terms(imp, a["equation"])
+        return bool(terms and terms[0]) and out[:1] != terms[0][0]
     if node.op_type == "Reshape":
         target = _reshape_target(imp, node, a, x)
         return target is not None and target[0] != BATCH and (imp.declared_batch is None or
@@ -617,3 +621,29 @@ def gemm(imp, node, a):
     fresh = _const(imp, node.input[2], _const_to_physical(imp, y, np.asarray(c, np.float32) * np.float32(beta), "C"))
     out = imp.emit("broadcast_add", [_physical(y), imp.dyn_of(fresh, len(y.shape) + 1, _physical(y))], suffix=".bias")
     return [_with(out, _groups(y))]
+
+
+@_handles("Einsum")
+def einsum(imp, node, a):
+    """Each computed operand arranged batch first (its letters reordered alike); the output computed batch first
+    and given the layout that puts its batch letter back where the equation has it."""
+    from .import_ops import _einsum_terms
+    terms, out = _einsum_terms(imp, a["equation"])
+    values, batched, letter = {}, [], None
+    for name, term in zip(node.input, terms):
+        v = imp.get(name)
+        if not isinstance(v, Dyn):
+            batched.append(term)
+            continue
+        b = _batch_axis(_groups(v))
+        if len(term) != len(_groups(v)) or letter not in (None, term[b]):
+            raise imp.fail(f"equation {a['equation']!r}: the computed operands' batch axes need one letter")
+        letter = term[b]
+        values[name] = _physical(_canonical(imp, v, "Einsum on"))
+        batched.append(letter + term[:b] + term[b + 1:])
+    if letter not in out:
+        raise imp.fail(f"equation {a['equation']!r} sums over the batch axis ('{letter}'); not supported")
+    ob = out.index(letter)
+    y = on_physical(imp, node, {**a, "equation": f"{','.join(batched)}->{letter}{out[:ob]}{out[ob + 1:]}"},
+                    _standard(node), values)[0]
+    return [_with(y, [(i + 1,) for i in range(ob)] + [(0,)] + [(i,) for i in range(ob + 1, len(out))])]
