@@ -569,18 +569,27 @@ def _first(shown: int, total: int) -> str:
 
 def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_filters: int = 64) -> tuple[int, int]:
     """The first convolution's kernels as small images: RGB when it reads 3 channels, a diverging
-    colour map (blue < 0 < red) for 1 channel, one row per filter and column per input channel else."""
+    colour map (blue < 0 < red) for 1 channel, one row per filter and column per input channel else; 3-D kernels
+    one row per filter and column per depth plane (of each input channel); 1-D kernels as curves."""
     from ..backend import to_numpy
     layer = layer or first_conv(model)
     _check_layer(model, layer)
     key = f"{layer}.weight"
-    if key in model.params and model.params[key].ndim == 5:
-        raise CnnGraphError(f"layer '{layer}' has 3-D kernels (a conv3d); --filters draws 1-D and 2-D kernels only: "
-                            f"look at its feature maps instead (--layer {layer})")
-    if key not in model.params or model.params[key].ndim not in (3, 4):
-        raise CnnGraphError(f"layer '{layer}' has no convolution weight (3-D or 4-D)")
+    if key not in model.params or model.params[key].ndim not in (3, 4, 5):
+        raise CnnGraphError(f"layer '{layer}' has no convolution weight (3-D, 4-D or 5-D)")
     w = np.asarray(to_numpy(model.params[key]), dtype=np.float32)
     Figure, Canvas = _plt()
+    if w.ndim == 5:   # a 3-D convolution: each kernel's depth planes side by side
+        o, cin, kd, kh, kw = w.shape
+        channels = list(range(min(cin, max(1, 12 // kd))))
+        columns = [(c, d) for c in channels for d in range(kd)][:max(12, kd)]
+        labels = [f"d{d}" if cin == 1 else f"in {c} d{d}" for c, d in columns]
+        title = f"{layer}: {o} filters of {cin}x{kd}x{kh}x{kw}"
+        what = ("depth planes" if cin == 1 else "depth planes of each input channel" if len(channels) == cin
+                else f"depth planes of input channels 0-{channels[-1]} of {cin}")
+        return _kernel_grid(Figure, Canvas, path, title, subtitle, lambda r, k: w[r, columns[k][0], columns[k][1]],
+                            o, labels, what)
+
     if w.ndim == 3:   # a 1-D convolution: each filter's kernels as curves, one per input channel
         shown = w[:max_filters]
         cols = max(1, min(8, math.ceil(math.sqrt(len(shown) * 2))))
@@ -630,29 +639,41 @@ def plot_filters(model, path, layer: str | None = None, subtitle: str = "", max_
             fig.colorbar(im, cax=cax)
             cax.tick_params(labelsize=8)
     else:
-        ro, ci = min(o, 16), min(cin, 12)
-        width = ci * 0.9 + 2.0
-        fig = Figure(figsize=(width, ro * 0.9 + 1.0), dpi=110)
-        Canvas(fig)
-        lim = float(np.abs(w[:ro, :ci]).max()) or 1.0
-        for r in range(ro):
-            for c in range(ci):
-                ax = fig.add_subplot(ro, ci, r * ci + c + 1)
-                im = ax.imshow(w[r, c], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-                ax.set_xticks([]), ax.set_yticks([])
-                if c == 0:
-                    ax.set_ylabel(f"#{r}", fontsize=8, rotation=0, labelpad=12)
-                if r == 0:
-                    ax.set_title(f"in {c}", fontsize=8)
-        rows = f"filters #0-#{ro - 1} of {o}" if ro < o else "filters"
-        cols = f"input channels 0-{ci - 1} of {cin}" if ci < cin else "input channels"
-        title += f" · rows: {rows}, columns: {cols} · shared scale, blue < 0 < red"
-        right = 1 - 0.85 / width
-        fig.subplots_adjust(left=0.7 / width, right=right, top=1 - 0.8 / (ro * 0.9 + 1.0), bottom=0.03,
-                            wspace=0.1, hspace=0.1)
-        cax = fig.add_axes((right + 0.15 / width, 0.1, 0.2 / width, 0.7))
-        fig.colorbar(im, cax=cax)
-        cax.tick_params(labelsize=8)
+        ci = min(cin, 12)
+        what = f"input channels 0-{ci - 1} of {cin}" if ci < cin else "input channels"
+        return _kernel_grid(Figure, Canvas, path, title, subtitle, lambda r, c: w[r, c], o,
+                            [f"in {c}" for c in range(ci)], what)
+    _headline(fig, title, subtitle, 10)
+    _save(fig, path)
+    return fig.canvas.get_width_height()
+
+
+def _kernel_grid(Figure, Canvas, path, title, subtitle, kernel, filters: int, labels: list[str], what: str):
+    """One row per filter (the first 16), one column per ``labels`` entry: ``kernel(row, column)`` as a 2-D image,
+    all on one diverging scale. Returns the figure's size in pixels."""
+    ro, ci = min(filters, 16), len(labels)
+    width = ci * 0.9 + 2.0
+    fig = Figure(figsize=(width, ro * 0.9 + 1.0), dpi=110)
+    Canvas(fig)
+    lim = max(float(np.abs(kernel(r, c)).max()) for r in range(ro) for c in range(ci)) or 1.0
+    im = None
+    for r in range(ro):
+        for c in range(ci):
+            ax = fig.add_subplot(ro, ci, r * ci + c + 1)
+            im = ax.imshow(kernel(r, c), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"#{r}", fontsize=8, rotation=0, labelpad=12)
+            if r == 0:
+                ax.set_title(labels[c], fontsize=8)
+    rows = f"filters #0-#{ro - 1} of {filters}" if ro < filters else "filters"
+    title += f" · rows: {rows}, columns: {what} · shared scale, blue < 0 < red"
+    right = 1 - 0.85 / width
+    fig.subplots_adjust(left=0.7 / width, right=right, top=1 - 0.8 / (ro * 0.9 + 1.0), bottom=0.03,
+                        wspace=0.1, hspace=0.1)
+    cax = fig.add_axes((right + 0.15 / width, 0.1, 0.2 / width, 0.7))
+    fig.colorbar(im, cax=cax)
+    cax.tick_params(labelsize=8)
     _headline(fig, title, subtitle, 10)
     _save(fig, path)
     return fig.canvas.get_width_height()

@@ -122,7 +122,7 @@ def test_explain_draws_a_volume_at_one_depth(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(base + ["--slice", "4", "-o", str(tmp_path / "x.png")]) == 1
     assert "--slice 4 is out of range: the volume has 4 depths (0 to 3)" in capsys.readouterr().err
-    assert main(base[:4] + ["--filters", "-o", str(tmp_path / "f.png")]) == 1
-    assert "has 3-D kernels (a conv3d)" in capsys.readouterr().err
+    assert main(base[:4] + ["--filters", "-o", str(tmp_path / "f.png")]) == 0   # depth planes side by side
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "filters of c" in capsys.readouterr().out
     maps = np.arange(2 * 2 * 1 * 1).reshape(2, 2, 1, 1)      # depth pooled from 4 to 2
     assert [int(depth_slice(maps, d, 4)[0, 0, 0]) for d in range(4)] == [0, 0, 1, 1]
