@@ -8,7 +8,8 @@ All three run on the 2-D kernels (cnngraph/kernels), so they share their threadi
   along depth only, kd times the input), and runs one conv2d on it with the weights (O, C/g, kd, kh, kw) viewed
   as (O, C/g*kd, kh, kw): slab channel c*kd + i holds input channel c at depth tap i, which is the weights' own
   order and keeps each group's channels contiguous. Its backward is conv2d's, then a scatter-add of the slab
-  gradient back along depth.
+  gradient back along depth. A depthwise conv3d (NumPy) instead sums kd depthwise conv2d's, one per depth tap,
+  which run the depthwise 2-D kernel (the slab would make a grouped conv2d of kd channels per group).
 - conv_transpose3d is conv3d run as conv_transpose2d runs conv2d: a stride-1 conv3d of the zero-interleaved
   input (stride - 1 zeros between voxels), padded by dilation * (k - 1) (+ output_padding at the end), with the
   kernels flipped and in/out channels swapped within each group, cropped by the padding. Its backward is that
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from pydantic import Field
 
 from cnngraph.backend import xp_of
@@ -76,15 +78,27 @@ def _depth_taps(n_out, k, s, d):
         yield i, slice(i * d, i * d + (n_out - 1) * s + 1, s)
 
 
+def _depth_padded(x, front, back):
+    """x (N, C, D, H, W) with ``front`` and ``back`` zero planes along depth."""
+    if not (front or back):
+        return x
+    xp = xp_of(x)
+    N, C, D, H, W = x.shape
+    xpad = xp.zeros((N, C, front + D + back, H, W), dtype=x.dtype)
+    xpad[:, :, front:front + D] = x
+    return xpad
+
+
+def _depthwise(x, w, groups) -> bool:
+    """Whether a conv3d is depthwise (one input channel per group) on NumPy, which has a fast depthwise 2-D kernel."""
+    return xp_of(x) is np and groups > 1 and groups == x.shape[1] and w.shape[1] == 1
+
+
 def depth_slab(x, k, s, d, front, back, n_out):
     """(N*Do, C*k, H, W): for output depth o, channel c*k + i is input channel c at padded depth o*s + i*d."""
     xp = xp_of(x)
     N, C, D, H, W = x.shape
-    if front or back:
-        xpad = xp.zeros((N, C, front + D + back, H, W), dtype=x.dtype)
-        xpad[:, :, front:front + D] = x
-    else:
-        xpad = x
+    xpad = _depth_padded(x, front, back)
     slab = xp.empty((N, n_out, C, k, H, W), dtype=x.dtype)
     for i, taps in _depth_taps(n_out, k, s, d):
         slab[:, :, :, i] = xpad[:, :, taps].transpose(0, 2, 1, 3, 4)
@@ -161,14 +175,57 @@ class Conv3d(Op):
         (kd, kh, kw), (sd, *s2), (dd, *d2) = p.kernel_size, p.stride, p.dilation
         front, back, *pads2 = self.pads(x.shape[1:])
         n_out = conv_out_sizes(x.shape[2:3], (kd,), (sd,), (dd,), (front, back), "D")[0]
+        if _depthwise(x, w, p.groups):
+            return self._depthwise_forward(ctx, x, w, params.get("bias"), n_out, front, back, pads2, relu)
         slab = depth_slab(x, kd, sd, dd, front, back, n_out)
         y, saved = conv2d_forward(slab, w.reshape(w.shape[0], -1, kh, kw), params.get("bias"), s2, pads2, d2,
                                   p.groups, save=ctx.grad, relu=relu)
         ctx.save(conv=saved, x_shape=x.shape, w_shape=w.shape, n_out=n_out, depth=(kd, sd, dd, front, back))
         return _to_planes(y, x.shape[0], n_out)
 
+    def _depthwise_forward(self, ctx, x, w, b, n_out, front, back, pads2, relu):
+        """A depthwise conv3d (one input channel per group) as kd depthwise conv2d's, one per depth tap, on that
+        tap's (N*Do, C, H, W) planes, summed: each runs cnngraph's depthwise 2-D kernel, where gathering the taps
+        into channels (the slab) would make a grouped conv2d of kd channels per group (the slow generic path)."""
+        p = self.p
+        kd, (sd, *s2), (dd, *d2) = p.kernel_size[0], p.stride, p.dilation
+        xpad = _depth_padded(x, front, back)
+        y, saved = None, []
+        for i, taps in _depth_taps(n_out, kd, sd, dd):
+            yi, si = conv2d_forward(_from_planes(xpad[:, :, taps]), w[:, :, i], None, s2, pads2, d2, p.groups,
+                                    save=ctx.grad)
+            y = yi if y is None else y.__iadd__(yi)
+            saved.append(si)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
+        if relu:
+            xp_of(y).maximum(y, 0, out=y)
+        ctx.save(taps=saved, x_shape=x.shape, w_shape=w.shape, n_out=n_out, depth=(kd, sd, dd, front, back),
+                 bias=b is not None)
+        return _to_planes(y, x.shape[0], n_out)
+
+    def _depthwise_backward(self, ctx, gy):
+        s = ctx.saved
+        kd, sd, dd, front, back = s["depth"]
+        N, C, D, H, W = s["x_shape"]
+        g = _from_planes(gy)
+        xp = xp_of(g)
+        dw = xp.empty(s["w_shape"], dtype=g.dtype)
+        dpad = xp.zeros((N, C, front + D + back, H, W), dtype=g.dtype) if ctx.need_grad(0) else None
+        for (i, taps), si in zip(_depth_taps(s["n_out"], kd, sd, dd), s["taps"]):
+            dxi, dwi, _ = conv2d_backward(g, si, need_dx=dpad is not None)
+            dw[:, :, i] = dwi
+            if dpad is not None:
+                dpad[:, :, taps] += dxi.reshape(N, s["n_out"], C, H, W).transpose(0, 2, 1, 3, 4)
+        grads = {"weight": dw}
+        if s["bias"]:
+            grads["bias"] = gy.sum(axis=(0, 2, 3, 4))
+        return [None if dpad is None else xp.ascontiguousarray(dpad[:, :, front:front + D])], grads
+
     def backward(self, ctx, gy):
         s = ctx.saved
+        if "taps" in s:
+            return self._depthwise_backward(ctx, gy)
         dslab, dw, db = conv2d_backward(_from_planes(gy), s["conv"], need_dx=ctx.need_grad(0))
         grads = {"weight": dw.reshape(s["w_shape"])}
         if db is not None:
