@@ -178,25 +178,41 @@ class FastConv:
             return self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
         return self._backward_from_x_cols(gy, x, w, need_dx)
 
+    def backward_data(self, gy, w):
+        """dx = col2im(w^T @ gy) alone: this convolution's input gradient, which is also the forward of the
+        transposed convolution with the same weights (see plugins/connection.py, ConvTranspose2d)."""
+        wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
+        dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype)
+
+        def work(chunks):
+            for s, e in chunks:
+                self._dx_chunk(self._gy_chunk(gy, s, e), wmat, s, e, dx)
+
+        run_parallel(work, self.chunks, self.workers)
+        return dx
+
+    def _dx_chunk(self, g2, wmat, s, e, dx):
+        """dx[s:e] from the chunk's (O, n*Lq) gradient matrix ``g2``: col2im(w^T @ g2), cropped."""
+        top, _, left, _ = self.padding
+        dcols = scratch("conv.cols", (self.K, (e - s) * self.Lq), self.dtype)  # (the chunk's own cols consumed)
+        np.matmul(wmat.T, g2, out=dcols)
+        dpad = self._col2im(dcols, e - s)
+        dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
+
     def _backward_from_x_cols(self, gy, x, w, need_dx):
         """dw = gy @ cols(x)^T; dx = col2im(w^T @ gy). General (any stride/padding)."""
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
         dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
-        top, _, left, _ = self.padding
 
         def work(chunks):
             sums = {}
             for s, e in chunks:
-                n = e - s
                 g2 = self._gy_chunk(gy, s, e)
                 db = g2.sum(axis=1)
                 cols = self._im2col(self._padded(x, s, e))
                 sums[s] = (np.matmul(g2, cols.T), db)
                 if need_dx:
-                    dcols = scratch("conv.cols", (self.K, n * self.Lq), self.dtype)  # cols consumed
-                    np.matmul(wmat.T, g2, out=dcols)
-                    dpad = self._col2im(dcols, n)
-                    dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
+                    self._dx_chunk(g2, wmat, s, e, dx)
             return sums
 
         dw, db = _sum_in_chunk_order(run_parallel(work, self.chunks, self.workers), (self.O, self.K), self.O,

@@ -16,7 +16,7 @@ from ._depthwise import DepthwiseConv
 from ._parallel import run_parallel, split_chunks, workers_for
 from .pool import pool_output_size
 
-__all__ = ["conv2d_forward", "conv2d_backward", "conv_output_shape"]
+__all__ = ["conv2d_forward", "conv2d_backward", "conv_output_shape", "FastConv"]
 
 
 def conv_output_shape(x_shape, w_shape, stride, padding, dilation):

@@ -254,3 +254,43 @@ def test_depthwise_path_matches_the_generic_path_in_any_chunking(cfg, threads, m
     monkeypatch.setattr(_depthwise, "workers_for", lambda flops, serial: 1)
     y1, s1 = conv2d_forward(x, w, b, stride, padding, dilation, groups, save=True)
     np.testing.assert_array_equal(conv2d_backward(gy, s1)[1], ours[1])     # same sum order on any threads
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("params", [
+    {"kernel_size": 2, "stride": 2},
+    {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1},
+    {"kernel_size": [4, 3], "stride": [2, 3], "padding": [1, 0, 2, 1], "output_padding": [1, 2], "dilation": [1, 2]},
+], ids=["k2s2", "k3s2_outpad", "asymmetric"])
+def test_strided_transposed_conv_as_the_conv_adjoint_matches_torch(params, threads, monkeypatch):
+    """conv_transpose2d on NumPy (strided, no groups) is the col2im of the conv2d it transposes; in tiny batch
+    chunks on one and two threads its output and all gradients equal torch's in float64."""
+    torch = pytest.importorskip("torch")
+    import cnngraph
+    from cnngraph.kernels import _conv_fast
+    monkeypatch.setattr(_conv_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_conv_fast, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    spec = {"name": "t", "inputs": {"x": {"shape": [4, 5, 6]}},
+            "layers": [{"id": "up", "type": "conv_transpose2d", "out_channels": 3, **params}], "outputs": ["up"]}
+    m = cnngraph.compile(spec, dtype="float64", seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 4, 5, 6))
+    calls = []
+    data = _conv_fast.FastConv.backward_data
+    monkeypatch.setattr(_conv_fast.FastConv, "backward_data", lambda *a: calls.append(1) or data(*a))
+    y = m.forward({"x": x}, grad=True)["up"]
+    assert calls   # the adjoint path
+    gy = rng.standard_normal(y.shape)
+    grads = m.backward({"up": gy})
+    p = m.graph.nodes["up"]["op"].p
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(m.params["up.weight"], requires_grad=True)
+    tb = torch.tensor(m.params["up.bias"], requires_grad=True)
+    t, b_, l, r = m.graph.nodes["up"]["op"].pads()
+    full = torch.nn.functional.conv_transpose2d(tx, tw, tb, p.stride, 0, p.output_padding, 1, p.dilation)
+    ty = full[:, :, t:full.shape[2] - b_, l:full.shape[3] - r]
+    ty.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for ours, theirs in ((grads["x"], tx), (grads["up.weight"], tw), (grads["up.bias"], tb)):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-11, atol=1e-11)
