@@ -110,6 +110,9 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
     if typ == "upsample2d":
         mode = layer.get("mode", "nearest")
         extra = {"align_corners": layer.get("align_corners", False)} if mode in ("bilinear", "bicubic") else {}
+        if layer.get("size") is not None:
+            size = layer["size"]
+            return F.interpolate(t[0], size=(size, size) if isinstance(size, int) else tuple(size), mode=mode, **extra)
         scale = layer.get("scale_factor", 2.0)
         scale = (float(scale),) * 2 if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
         return F.interpolate(t[0], scale_factor=scale, mode=mode, **extra)

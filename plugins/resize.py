@@ -3,7 +3,7 @@ torch.nn.functional.interpolate with ``scale_factor`` (and ONNX Resize), and pix
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -18,6 +18,8 @@ __all__ = ["Upsample2d", "PixelShuffle", "interpolation_matrix"]
 
 class UpsampleParams(OpParams):
     scale_factor: Union[float, tuple[float, float]] = Field((2.0, 2.0), description="(h, w) or one factor for both")
+    size: Optional[Union[int, tuple[int, int]]] = Field(None, description="output (h, w) instead of scale_factor, as "
+                                                                       "F.interpolate(x, size=...)")
     mode: Literal["nearest", "bilinear", "bicubic"] = "nearest"
     align_corners: bool = Field(False, description="bilinear and bicubic: corner pixels of input and output line up")
     cubic_coeff_a: float = Field(-0.75, description="bicubic only: the cubic kernel's a (PyTorch's -0.75; "
@@ -31,8 +33,20 @@ class UpsampleParams(OpParams):
             raise ValueError(f"expected one or two factors > 0, found {v!r}")
         return tuple(float(s) for s in pair)
 
+    @field_validator("size")
+    @classmethod
+    def _sizes(cls, v):
+        if v is None:
+            return v
+        pair = (v, v) if isinstance(v, int) else tuple(v)
+        if len(pair) != 2 or min(pair) < 1:
+            raise ValueError(f"expected one or two sizes >= 1, found {v!r}")
+        return pair
+
     @model_validator(mode="after")
     def _mode_settings(self):
+        if self.size is not None and "scale_factor" in self.model_fields_set:
+            raise ValueError("give scale_factor or size, not both")
         # a setting the chosen mode ignores is a mistake, not a no-op
         if self.align_corners and self.mode == "nearest":
             raise ValueError("align_corners applies to bilinear and bicubic modes, not nearest")
@@ -43,22 +57,31 @@ class UpsampleParams(OpParams):
         return self
 
 
-def interpolation_matrix(n_in: int, n_out: int, scale: float, mode: str, align_corners: bool,
+def source_coordinates(dst: np.ndarray, n_in: int, n_out: int, scale: float | None, mode: str,
+                       align_corners: bool) -> np.ndarray:
+    """PyTorch's source coordinate of output positions ``dst`` along one axis: nearest floor(dst / scale),
+    otherwise (dst + 0.5) / scale - 0.5, or with align_corners dst * (n_in - 1) / (n_out - 1). ``scale`` None: the
+    output size was given, and 1 / scale is n_in / n_out exactly (dst * n_in / n_out floors exactly in float64,
+    where a rounded ratio could land just below a whole number)."""
+    if mode == "nearest":
+        return np.floor(dst * n_in / n_out if scale is None else dst / scale)
+    if align_corners:
+        return dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(len(dst))
+    return ((dst + 0.5) * n_in / n_out if scale is None else (dst + 0.5) / scale) - 0.5
+
+
+def interpolation_matrix(n_in: int, n_out: int, scale: float | None, mode: str, align_corners: bool,
                          cubic_a: float = -0.75) -> np.ndarray:
-    """(n_out, n_in) float64 matrix A with y = A @ x along one axis, with PyTorch's source coordinates:
-    nearest floor(dst / scale); bilinear (dst + 0.5) / scale - 0.5 clamped at 0, bicubic the same unclamped,
-    or with align_corners dst * (n_in - 1) / (n_out - 1). Bicubic reads the 4 pixels around the source
-    (indices beyond the edge read the edge pixel, as PyTorch and ONNX Runtime do)."""
+    """(n_out, n_in) float64 matrix A with y = A @ x along one axis, from :func:`source_coordinates` (bilinear
+    clamps the source at 0). Bicubic reads the 4 pixels around the source (indices beyond the edge read the edge
+    pixel, as PyTorch and ONNX Runtime do)."""
     dst = np.arange(n_out, dtype=np.float64)
     a = np.zeros((n_out, n_in))
     rows = np.arange(n_out)
+    src = source_coordinates(dst, n_in, n_out, scale, mode, align_corners)
     if mode == "nearest":
-        a[rows, np.minimum(np.floor(dst / scale).astype(np.int64), n_in - 1)] = 1.0
+        a[rows, np.minimum(src.astype(np.int64), n_in - 1)] = 1.0
         return a
-    if align_corners:
-        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-    else:
-        src = (dst + 0.5) / scale - 0.5
     if mode == "bicubic":
         lo = np.floor(src).astype(np.int64)
         for k, weight in zip(range(-1, 3), cubic_weights(src - lo, cubic_a)):
@@ -86,9 +109,9 @@ def cubic_weights(t: np.ndarray, a: float) -> tuple[np.ndarray, ...]:
 
 
 class Upsample2d(Op):
-    """Enlarges H and W by ``scale_factor`` (output floor(H * s)): nearest copies the pixel at
+    """Enlarges H and W by ``scale_factor`` (output floor(H * s)), or to ``size``: nearest copies the pixel at
     floor(dst / s), bilinear blends the four nearest, bicubic the 4x4 nearest, as torch.nn.functional.interpolate(x,
-    scale_factor=s, mode=...). Separable, so each mode is two small matrix products per map (whole
+    scale_factor=s (or size=...), mode=...). Separable, so each mode is two small matrix products per map (whole
     nearest factors are a repeat); backward is their transpose."""
 
     type = "upsample2d"
@@ -99,29 +122,42 @@ class Upsample2d(Op):
         return [({}, [(3, 4, 5)]), ({"scale_factor": [2, 3], "mode": "bilinear"}, [(2, 3, 4)]),
                 ({"scale_factor": 1.5, "mode": "bilinear", "align_corners": True}, [(2, 4, 4)]),
                 ({"scale_factor": 2.5}, [(2, 3, 2)]), ({"scale_factor": [2, 1.5], "mode": "bicubic"}, [(2, 3, 4)]),
-                ({"scale_factor": 3, "mode": "bicubic", "align_corners": True, "cubic_coeff_a": -0.5}, [(1, 2, 3)])]
+                ({"scale_factor": 3, "mode": "bicubic", "align_corners": True, "cubic_coeff_a": -0.5}, [(1, 2, 3)]),
+                ({"size": [5, 7]}, [(2, 3, 4)]), ({"size": [2, 6], "mode": "bilinear"}, [(2, 5, 4)]),
+                ({"size": 4, "mode": "bicubic", "align_corners": True}, [(1, 3, 6)])]
 
     def infer_shape(self, in_shapes):
         (shape,) = in_shapes
         if len(shape) != 3:
             raise ShapeError(f"upsample2d expects a (C, H, W) input per sample, found {tuple(shape)}")
         c, h, w = shape
-        # floor(n * s), robust to a factor that is a size ratio rounded in float (an ONNX Resize's sizes)
+        if self.p.size is not None:
+            return (c, *self.p.size)
+        # floor(n * s), robust to a factor that is a size ratio rounded in float
         out = tuple(int(math.floor(n * s * (1 + 1e-9))) for n, s in zip((h, w), self.p.scale_factor))
         if min(out) < 1:
             raise ShapeError(f"scale_factor {self.p.scale_factor} leaves no output from {h}x{w}")
         return (c, *out)
 
-    def _whole(self):
+    def _scales(self):
+        """The (h, w) factors; None for each when the output size is given."""
+        return (None, None) if self.p.size is not None else self.p.scale_factor
+
+    def _whole(self, h, w):
         """The integer factors when nearest can repeat pixels, else None."""
-        if self.p.mode == "nearest" and all(float(s).is_integer() for s in self.p.scale_factor):
+        if self.p.mode != "nearest":
+            return None
+        if self.p.size is not None:
+            ho, wo = self.p.size
+            return (ho // h, wo // w) if ho % h == 0 and wo % w == 0 else None
+        if all(float(s).is_integer() for s in self.p.scale_factor):
             return tuple(int(s) for s in self.p.scale_factor)
         return None
 
     def _matrices(self, xp, dtype, h, w, ho, wo):
         p = self.p
         return tuple(xp.asarray(interpolation_matrix(n, m, s, p.mode, p.align_corners, p.cubic_coeff_a), dtype=dtype)
-                     for n, m, s in ((h, ho, p.scale_factor[0]), (w, wo, p.scale_factor[1])))
+                     for n, m, s in zip((h, w), (ho, wo), self._scales()))
 
     def forward(self, ctx, inputs, params):
         x, = inputs
@@ -129,7 +165,7 @@ class Upsample2d(Op):
         n, c, h, w = x.shape
         _, ho, wo = self.infer_shape([x.shape[1:]])
         ctx.save(shape=x.shape)
-        whole = self._whole()
+        whole = self._whole(h, w)
         if whole is not None:
             sh, sw = whole
             y = xp.broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw))
@@ -140,7 +176,7 @@ class Upsample2d(Op):
     def backward(self, ctx, gy):
         xp = xp_of(gy)
         n, c, h, w = ctx.saved["shape"]
-        whole = self._whole()
+        whole = self._whole(h, w)
         if whole is not None:
             sh, sw = whole
             return [gy.reshape(n, c, h, sh, w, sw).sum(axis=(3, 5))], {}
@@ -150,13 +186,10 @@ class Upsample2d(Op):
     def source_positions(self, axis, pos, n_in, n_out):
         """Input positions each output position in ``pos`` reads, as [(positions, tap exists)] (receptive
         fields; any integer position, as if the map went on beyond its edges)."""
-        s = self.p.scale_factor[axis]
+        src = source_coordinates(np.asarray(pos, np.float64), n_in, n_out, self._scales()[axis], self.p.mode,
+                                 self.p.align_corners)
         if self.p.mode == "nearest":
-            return [(np.floor(pos / s).astype(np.int64), np.ones(len(pos), bool))]
-        if self.p.align_corners:
-            src = pos * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(len(pos))
-        else:
-            src = (pos + 0.5) / s - 0.5
+            return [(src.astype(np.int64), np.ones(len(pos), bool))]
         lo = np.floor(src).astype(np.int64)
         between = src > lo    # on a pixel exactly, only that pixel has a weight
         if self.p.mode == "bicubic":

@@ -485,7 +485,15 @@ def _tile(c, lid, op, ins, attrs):
 @exports("upsample2d")
 def _upsample(c, lid, op, ins, attrs):
     p = op.p
-    scales = c.const(lid, "scales", np.array([1.0, 1.0, *p.scale_factor], np.float32))
+    if p.size is not None:   # sizes: (N, C) of the input, then (h, w)
+        c.node("Shape", [ins[0]], [f"{lid}::shape"], f"{lid}_shape")
+        c.node("Slice", [f"{lid}::shape", c.const(lid, "start", np.array([0], np.int64)),
+                         c.const(lid, "end", np.array([2], np.int64))], [f"{lid}::nc"], f"{lid}_nc")
+        c.node("Concat", [f"{lid}::nc", c.const(lid, "hw", np.array(p.size, np.int64))], [f"{lid}::sizes"],
+               f"{lid}_sizes", axis=0)
+        inputs = [ins[0], "", "", f"{lid}::sizes"]
+    else:
+        inputs = [ins[0], "", c.const(lid, "scales", np.array([1.0, 1.0, *p.scale_factor], np.float32))]
     if p.mode == "nearest":
         modes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
@@ -493,7 +501,7 @@ def _upsample(c, lid, op, ins, attrs):
                  "coordinate_transformation_mode": "align_corners" if p.align_corners else "pytorch_half_pixel"}
         if p.mode == "bicubic":
             modes["cubic_coeff_a"] = p.cubic_coeff_a
-    c.node("Resize", [ins[0], "", scales], [lid], lid, **modes)
+    c.node("Resize", inputs, [lid], lid, **modes)
     return lid
 
 

@@ -982,11 +982,7 @@ def resize(imp, node, a):
         at = 1 if node.op_type == "Upsample" or imp.opset < 11 else 2
         scales = imp.const(node.input[at], "scales") if len(node.input) > at and node.input[at] else None
         if (scales is None or np.size(scales) == 0) and len(node.input) > 3 and node.input[3]:
-            sizes = [int(v) for v in imp.const(node.input[3], "sizes")]
-            full = [1, *x.shape]
-            axes = [int(ax) % 4 for ax in a.get("axes", range(4))]
-            # the batch entry (the exported batch size, or a shape computed from it) never resizes
-            scales = [1.0 if ax == 0 else sz / full[ax] for ax, sz in zip(axes, sizes)] if len(sizes) == len(axes) else None
+            return [_resize_to_sizes(imp, node, a, x)]
     scales = [float(v) for v in (scales if scales is not None else [])]
     if a.get("axes") is not None and scales:   # opset 18: scales or sizes for these axes only
         full = [1.0] * 4
@@ -995,17 +991,40 @@ def resize(imp, node, a):
         scales = full
     if len(scales) != 4 or scales[:2] != [1.0, 1.0]:
         raise imp.fail(f"only scales of the form [1, 1, h, w] are supported, found {scales}")
+    # ONNX holds float32 scales: 0.6 comes back as 0.6, not 0.6000000238418579 (the same float32 either way)
+    return [imp.emit("upsample2d", [x], _resize_modes(imp, a, node, x, scales[2:])
+                     | {"scale_factor": [float(str(np.float32(v))) for v in scales[2:]]})]
+
+
+def _resize_to_sizes(imp, node, a, x):
+    """Resize given output ``sizes`` (F.interpolate(x, size=...)): upsample2d with ``size``, whose coordinates use
+    the exact ratio of the sizes (as a float32 scale they can land on the neighbouring pixel)."""
+    sizes = [int(v) for v in imp.const(node.input[3], "sizes")]
+    full = [1, *x.shape]
+    axes = [int(ax) % 4 for ax in a.get("axes", range(4))]
+    if len(sizes) != len(axes):
+        raise imp.fail(f"sizes {sizes} need one entry per axis ({len(axes)})")
+    out = dict(zip(axes, sizes))
+    if out.get(1, full[1]) != full[1]:
+        raise imp.fail(f"only sizes that keep the channels are supported, found {sizes}")
+    # the batch entry (the exported batch size, or a shape computed from it) never resizes
+    size = [out.get(ax, full[ax]) for ax in (2, 3)]
+    return imp.emit("upsample2d", [x], _resize_modes(imp, a, node, x, [s / n for s, n in zip(size, x.shape[1:])])
+                    | {"size": size})
+
+
+def _resize_modes(imp, a, node, x, scales) -> dict:
+    """upsample2d's mode parameters for the Resize/Upsample attributes (``scales``: the (h, w) factors)."""
     mode = a.get("mode", "nearest")
     transform = a.get("coordinate_transformation_mode", "half_pixel" if imp.opset >= 11 else "asymmetric")
     nearest = a.get("nearest_mode", "round_prefer_floor")
     if node.op_type == "Upsample" or imp.opset < 11:
         transform, nearest = "asymmetric", "floor"     # the old ops' only behaviour
-    # ONNX holds float32 scales: 0.6 comes back as 0.6, not 0.6000000238418579 (the same float32 either way)
-    params = {"scale_factor": [float(str(np.float32(v))) for v in scales[2:]]}
+    params = {}
     if mode == "nearest" and transform == "asymmetric" and nearest == "floor":
         pass
     elif mode in ("linear", "bilinear", "cubic") and transform in ("align_corners", "pytorch_half_pixel", "half_pixel"):
-        if transform == "half_pixel" and any(round(n * s) == 1 for n, s in zip(x.shape[1:], scales[2:])):
+        if transform == "half_pixel" and any(round(n * s) == 1 for n, s in zip(x.shape[1:], scales)):
             raise imp.fail("half_pixel resizing to a size of 1 differs from PyTorch's; not supported")
         params.update(mode="bicubic" if mode == "cubic" else "bilinear", align_corners=transform == "align_corners")
         if mode == "cubic" and float(a.get("cubic_coeff_a", -0.75)) != -0.75:
@@ -1014,7 +1033,7 @@ def resize(imp, node, a):
         raise imp.fail(f"resizing with mode {mode!r}, coordinate_transformation_mode {transform!r} and nearest_mode "
                        f"{nearest!r} is not supported (nearest asymmetric floor, and linear or cubic with "
                        f"align_corners, half_pixel or pytorch_half_pixel, are)")
-    return [imp.emit("upsample2d", [x], params)]
+    return params
 
 
 def _refuse_resize_options(imp, a) -> None:
