@@ -36,8 +36,8 @@ def receptive_fields(g: nx.DiGraph) -> dict[str, Any]:
     spatial = [n for n in order if isinstance(maps[n], _Spatial)]
     fields: dict[str, Any] = {n: m for n, m in maps.items() if not isinstance(m, _Spatial)}
     per_axis = [_fields_along(g, spatial, maps, axis) for axis in range(AXES)]
-    for n in spatial:   # the map's own axes: the last len(shape) - 1 of (D, H, W)
-        fields[n] = tuple(field[n] for field in per_axis[AXES + 1 - len(g.nodes[n]["out_shape"]):])
+    for n in spatial:   # the map's own axes: the last len(shape) - 1 of (D, H, W), or fewer (see _regroups)
+        fields[n] = tuple(field[n] for field in per_axis[AXES - maps[n].reported:])
     for n in order:   # flatten only lays the pixels out in a row: each value sees what it saw before
         src = g.nodes[n].get("inputs") or [None]
         if g.nodes[n].get("type") == "flatten" and isinstance(maps.get(src[0]), _Spatial):
@@ -62,10 +62,11 @@ def declared_field(op, in_shapes, out_shape):
 class _Spatial:
     """How a layer's output positions draw on its inputs' positions, per axis: ("input",),
     ("same",), ("window", k, s, d, pad), ("transposed", k, s, d, pad) or ("op", op, axis, n_in, n_out)
-    for an op with a ``source_positions`` method."""
+    for an op with a ``source_positions`` method; ``reported``: how many of the last axes are the map's own."""
 
-    def __init__(self, axes):
+    def __init__(self, axes, reported: int):
         self.axes = axes
+        self.reported = reported
 
 
 def _as_map(shape):
@@ -77,8 +78,9 @@ def _as_map(shape):
 
 def _mapping(g, node, maps):
     attrs = g.nodes[node]
+    own = len(attrs["out_shape"]) - 1
     if attrs["kind"] == "input":
-        return _Spatial([("input",)] * AXES) if _as_map(attrs["out_shape"]) else GLOBAL
+        return _Spatial([("input",)] * AXES, own) if _as_map(attrs["out_shape"]) else GLOBAL
     ins = [maps[s] for s in attrs["inputs"]]
     op = attrs.get("op")
     if GLOBAL in ins or attrs["type"].startswith("global_") or getattr(op, "mixes_space", False) \
@@ -93,7 +95,7 @@ def _mapping(g, node, maps):
     k = getattr(p, "kernel_size", None)
     if hasattr(op, "source_positions"):   # the op maps output to input positions itself (2-D upsampling)
         out = _as_map(attrs["out_shape"])
-        return _Spatial([("same",)] + [("op", op, axis, shapes[0][2 + axis], out[2 + axis]) for axis in (0, 1)])
+        return _Spatial([("same",)] + [("op", op, axis, shapes[0][2 + axis], out[2 + axis]) for axis in (0, 1)], own)
     if k is not None:   # a 2-D window (also a 1-D op's 2-D form) keeps the depth axis, a 3-D one has its own
         n = len(_axes(k, 2))
         k = _axes(k, n)
@@ -102,11 +104,29 @@ def _mapping(g, node, maps):
         d = _axes(getattr(p, "dilation", 1), n)
         pads = _leading_pads(op, shapes, n)
         kind = "transposed" if getattr(op, "transposed", False) else "window"
-        return _Spatial([("same",)] * (AXES - n) + [(kind, k[i], s[i], d[i], pads[i]) for i in range(n)])
+        return _Spatial([("same",)] * (AXES - n) + [(kind, k[i], s[i], d[i], pads[i]) for i in range(n)], own)
+    regroup = _regroups(attrs)
+    if regroup is not None:
+        return regroup or None
     factor = _shrink_factor(attrs)
     if factor is None:
         return None
-    return _Spatial([("window", f, f, 1, 0) if f != 1 else ("same",) for f in factor])
+    reported = min([own] + [m.reported for m in ins if isinstance(m, _Spatial)])
+    return _Spatial([("window", f, f, 1, 0) if f != 1 else ("same",) for f in factor], reported)
+
+
+def _regroups(attrs):
+    """For a layer without window geometry that changes the rank or transposes (reshape, transpose, flatten: a
+    ShuffleNet channel shuffle (C, H, W) → (g, C/g, H, W) → (C/g, g, H, W) → (C, H, W)): the H and W mapping when
+    it keeps them as the last two axes, its other axes regrouped channels whose field starts afresh; False when
+    it moves H or W (no field); None for other layers."""
+    ins, out = attrs.get("in_shapes") or [], tuple(attrs["out_shape"])
+    if not ins or (len(ins[0]) == len(out) and attrs["type"] != "transpose") or min(len(ins[0]), len(out)) < 3:
+        return None
+    perm = list(getattr(attrs["params"], "perm", None) or range(len(out) + 1))
+    if tuple(ins[0][-2:]) != out[-2:] or perm[-2:] != [len(out) - 1, len(out)]:
+        return False
+    return _Spatial([("input",), ("same",), ("same",)], 2)
 
 
 def _axes(v, n):

@@ -187,6 +187,27 @@ def test_receptive_field_through_a_plugin_op_that_shrinks_the_map():
     assert rf["crop"] is None and rf["conv2"] is None
 
 
+def test_receptive_field_follows_channel_shuffles_and_stops_at_moved_pixels():
+    """ShuffleNet's channel shuffle (reshape to (g, C/g, H, W), transpose the groups, flatten back) keeps H and W:
+    the field goes on (3, 7, 15 through three shuffled strided convs) and the regrouped rows show (h, w), not a
+    depth. Before, the regrouped channels were read as a depth that grew with every shuffle (4 TiB allocated).
+    A transpose that moves H or W (channels last) leaves the field unknown after it."""
+    from cnngraph.summary import receptive_fields
+    layers = []
+    for i in range(3):
+        layers += [{"id": f"c{i}", "type": "conv2d", "out_channels": 48, "kernel_size": 3, "stride": 2, "padding": 1},
+                   {"id": f"r{i}", "type": "reshape", "shape": [2, 24, 32 >> i, 32 >> i]},
+                   {"id": f"t{i}", "type": "transpose", "perm": [0, 2, 1, 3, 4]},
+                   {"id": f"f{i}", "type": "flatten", "end_dim": -3}]
+    layers += [{"id": "last", "type": "transpose", "perm": [0, 2, 3, 1]}, {"id": "after", "type": "relu"}]
+    spec = cnngraph.load_spec({"inputs": {"image": {"shape": [48, 64, 64]}}, "layers": layers,
+                               "outputs": ["after"]})
+    rf = receptive_fields(spec.graph)
+    assert [rf[f"c{i}"] for i in range(3)] == [(3, 3), (7, 7), (15, 15)]
+    assert rf["r0"] == rf["t0"] == rf["f0"] == (3, 3) and rf["t2"] == (15, 15)
+    assert rf["last"] is None and rf["after"] is None
+
+
 def _measured_field(spec, layer, positions):
     """Largest extent of input pixels with a non-zero gradient for single output pixels (positive weights)."""
     model = cnngraph.compile(spec, dtype="float64", seed=1)
