@@ -10,7 +10,9 @@ All three run on the 2-D kernels (cnngraph/kernels), so they share their threadi
   order and keeps each group's channels contiguous. Its backward is conv2d's, then a scatter-add of the slab
   gradient back along depth. A depthwise conv3d (NumPy) instead sums kd depthwise conv2d's, one per depth tap,
   which run the depthwise 2-D kernel (the slab would make a grouped conv2d of kd channels per group).
-- conv_transpose3d is conv3d run as conv_transpose2d runs conv2d: a stride-1 conv3d of the zero-interleaved
+- conv_transpose3d (strided, NumPy, no groups) is the input gradient of the conv3d it transposes: the slab conv2d's
+  col2im, then the slab gradient scattered back along depth. Otherwise it is conv3d run as conv_transpose2d ran
+  conv2d: a stride-1 conv3d of the zero-interleaved
   input (stride - 1 zeros between voxels), padded by dilation * (k - 1) (+ output_padding at the end), with the
   kernels flipped and in/out channels swapped within each group, cropped by the padding. Its backward is that
   conv3d's backward, the input gradient read back at the interleaved positions.
@@ -31,7 +33,7 @@ from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.init import init_bias, init_weight
-from cnngraph.kernels.conv import conv2d_backward, conv2d_forward
+from cnngraph.kernels.conv import FastConv, conv2d_backward, conv2d_forward
 from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                                    max_pool2d_forward)
 from cnngraph.op import Op
@@ -242,8 +244,9 @@ class ConvTranspose3d(Op):
     (C_in, C_out/groups, kD, kH, kW) as torch.nn.ConvTranspose3d: output per axis (size - 1) * stride - begin - end
     + dilation * (k - 1) + output_padding + 1; padding an int, [d, h, w] or [front, back, top, bottom, left, right]
     (cropped from the full output). The up-sampling path of 3-D U-Nets; ONNX ConvTranspose on 5-D tensors.
-    Computed as a stride-1 conv3d of the zero-interleaved input with the flipped kernels (module docstring), so it
-    costs stride_d * stride_h * stride_w times the multiply-adds of a direct kernel."""
+    Strided, on NumPy without groups, computed as the input gradient of the conv3d it transposes (the direct
+    multiply-adds); otherwise as a stride-1 conv3d of the zero-interleaved input with the flipped kernels (module
+    docstring), which costs stride_d * stride_h * stride_w times as many."""
 
     type = "conv_transpose3d"
     Params = ConvTranspose3dParams
@@ -318,8 +321,29 @@ class ConvTranspose3d(Op):
         D, H, W = full_shape[2:]
         return (slice(None), slice(None), slice(f, D - b), slice(t, H - bo), slice(l, W - r))
 
+    def _adjoint(self, x):
+        """On NumPy, strided, without groups: the conv2d on the depth slab of the conv3d whose input gradient this op
+        is (input: this op's output; the same weights, stride, dilation and padding), so that forward is that
+        gradient (col2im, then the slab scattered back along depth: the direct multiply-adds) and backward that
+        conv3d's forward and weight gradient; with (output depth, front, back). None where output_padding reaches
+        a stride."""
+        p = self.p
+        if (xp_of(x) is not np or p.groups != 1 or p.stride == (1, 1, 1)
+                or any(o >= s for o, s in zip(p.output_padding, p.stride))):
+            return None
+        N, C, D, H, W = x.shape
+        _, do, ho, wo = self.infer_shape([x.shape[1:]])
+        kd, kh, kw = p.kernel_size
+        front, back, *pads2 = self.pads()
+        conv = FastConv((N * D, p.out_channels * kd, ho, wo), (C, p.out_channels * kd, kh, kw), p.stride[1:],
+                        pads2, p.dilation[1:], (H, W), x.dtype)
+        return conv, (do, front, back)
+
     def forward(self, ctx, inputs, params):
         x, = inputs
+        adjoint = self._adjoint(x)
+        if adjoint is not None:
+            return self._adjoint_forward(ctx, x, params, *adjoint)
         xp = xp_of(x)
         sd, sh, sw = self.p.stride
         N, C, D, H, W = x.shape
@@ -335,7 +359,37 @@ class ConvTranspose3d(Op):
         ctx.save(full=y.shape)
         return xp.ascontiguousarray(y[self._crop(y.shape)])
 
+    def _adjoint_forward(self, ctx, x, params, conv, depth):
+        p = self.p
+        N, C, D, H, W = x.shape
+        (kd, kh, kw), do = p.kernel_size, depth[0]
+        w2 = params["weight"].astype(x.dtype, copy=False).reshape(C, p.out_channels * kd, kh, kw)
+        dslab = conv.backward_data(_from_planes(x), w2)          # (N*D, C_out*kd, Ho, Wo)
+        y = depth_slab_backward(dslab, (N, p.out_channels, do, *dslab.shape[2:]), kd, p.stride[0], p.dilation[0],
+                                depth[1], depth[2], D)
+        if "bias" in params:
+            y += params["bias"].astype(x.dtype, copy=False).reshape(1, -1, 1, 1, 1)
+        ctx.save(adjoint=(conv, depth), x=x, w2=w2)
+        return y
+
+    def _adjoint_backward(self, ctx, gy):
+        """dx: the conv3d of gy (slab, then conv2d's forward); dw: that conv3d's weight gradient with x as its
+        output gradient (<gy, A^T x> = <A gy, x>)."""
+        p, s = self.p, ctx.saved
+        (conv, (_, front, back)), x, w2 = s["adjoint"], s["x"], s["w2"]
+        N, C, D, H, W = x.shape
+        gy = np.asarray(gy, dtype=x.dtype)
+        slab = depth_slab(gy, p.kernel_size[0], p.stride[0], p.dilation[0], front, back, D)
+        dx = _to_planes(conv.forward(slab, w2, None), N, D) if ctx.need_grad(0) else None
+        _, dw2, _ = conv.backward(_from_planes(x), slab, w2, need_dx=False)
+        grads = {"weight": dw2.reshape(C, p.out_channels, *p.kernel_size)}
+        if p.bias:
+            grads["bias"] = gy.sum(axis=(0, 2, 3, 4))
+        return [dx], grads
+
     def backward(self, ctx, gy):
+        if "adjoint" in ctx.saved:
+            return self._adjoint_backward(ctx, gy)
         xp = xp_of(gy)
         full = xp.zeros(ctx.saved["full"], dtype=gy.dtype)
         full[self._crop(full.shape)] = gy

@@ -136,6 +136,38 @@ def test_conv3d_on_batch_chunks_matches_torch(threads, monkeypatch):
         np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_strided_conv_transpose3d_as_the_conv3d_adjoint_matches_torch(threads, monkeypatch):
+    """conv_transpose3d on NumPy (strided, no groups) is the input gradient of the conv3d it transposes: in tiny
+    batch chunks on one and two threads, with output_padding, dilation and asymmetric cropping, its output and all
+    gradients equal torch's in float64."""
+    from cnngraph.kernels import _conv_fast
+    monkeypatch.setattr(_conv_fast, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_conv_fast, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    calls = []
+    data = _conv_fast.FastConv.backward_data
+    monkeypatch.setattr(_conv_fast.FastConv, "backward_data", lambda *a: calls.append(1) or data(*a))
+    layer = {"type": "conv_transpose3d", "out_channels": 3, "kernel_size": [3, 2, 3], "stride": [2, 2, 3],
+             "padding": [1, 0, 0, 1, 1, 2], "output_padding": [1, 0, 2], "dilation": [1, 2, 1]}
+    model = cnngraph.compile(one_layer_spec(layer, [(4, 3, 4, 5)]), dtype="float64", seed=2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 4, 3, 4, 5))
+    y = model.forward({"x0": x}, grad=True)["op"]
+    assert calls
+    gy = rng.standard_normal(y.shape)
+    grads = model.backward({"op": gy})
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(model.params["op.weight"], requires_grad=True)
+    tb = torch.tensor(model.params["op.bias"], requires_grad=True)
+    full = F.conv_transpose3d(tx, tw, tb, (2, 2, 3), 0, (1, 0, 2), 1, (1, 2, 1))
+    ty = full[:, :, 1:, 0:full.shape[3] - 1, 1:full.shape[4] - 2]
+    ty.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for ours, theirs in ((grads["x0"], tx), (grads["op.weight"], tw), (grads["op.bias"], tb)):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-11, atol=1e-11)
+
+
 def test_c3d_example_network_matches_torch_in_training():
     """specs/examples/volumes3d.yaml compiles, and its forward (batch statistics), every gradient and the updated
     running statistics are those of the same network in PyTorch (float64)."""
