@@ -26,7 +26,7 @@ from ..arrayfile import array_file_kind, load_arrays
 from ..errors import DataError
 from .input_kinds import INPUT_KINDS
 
-__all__ = ["image_suffixes", "read_image", "read_inputs", "image_units_warning"]
+__all__ = ["image_suffixes", "image_channels_problem", "read_image", "read_inputs", "image_units_warning"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -43,6 +43,15 @@ def image_suffixes() -> tuple[str, ...]:
     """The (lower-case) suffixes of the image files read: .webp only where Pillow can decode WebP."""
     from PIL import features
     return tuple(s for s in _SUFFIXES if s != ".webp" or features.check_module("webp"))
+
+
+def image_channels_problem(input_shape: Sequence[int]) -> str | None:
+    """Why images cannot feed a model of this (C, H, W) (a C other than 1, 3 or 4); None when they can."""
+    c = int(input_shape[0])
+    if c in _MODES:
+        return None
+    return (f"images can feed 1 (grey), 3 (RGB) or 4 (RGBA) channels; the model's input_shape "
+            f"{fmt_shape(input_shape)} has {c}")
 
 
 def _suffix_list() -> str:
@@ -90,9 +99,9 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
     """
     from PIL import Image
     c, h, w = (int(v) for v in input_shape)
-    if c not in _MODES:
-        raise DataError(f"'{path}': images can feed 1 (grey), 3 (RGB) or 4 (RGBA) channels; "
-                        f"the model's input_shape {fmt_shape(input_shape)} has {c}")
+    problem = image_channels_problem(input_shape)
+    if problem:
+        raise DataError(f"'{path}': {problem}")
     im = _open(Path(path))
     if im.mode in _WIDE_MODES:
         grey = np.asarray(_resize(Image.fromarray(_wide_grey(im, path)), w, h), dtype=np.float32)

@@ -687,3 +687,78 @@ def test_images_above_pillows_size_limits_get_a_note_or_a_clear_refusal(tmp_path
     with pytest.raises(DataError, match=r"huge.png': the image is too large to read: Image size \(225 pixels\) "
                                         r"exceeds limit of 200 pixels"):
         read_image(tmp_path / "huge.png", (1, 4, 4))
+
+
+def _write_split_tree(root, splits=("train", "val"), classes=("cat", "dog"), n=3):
+    for split in splits:
+        for k, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (200 * (k == 0), 0, 200 * (k == 1))).save(root / split / cls / f"{i}.png")
+
+
+def test_image_folder_takes_train_val_test_folders_as_splits_not_classes(tmp_path):
+    """root/{train,val,test}/<class>/ is the splits' layout: two classes cat and dog, not train and val."""
+    _write_split_tree(tmp_path / "imgs", ("train", "validation", "test"), n=3)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none"), (3, 8, 8))
+    assert ds.classes == ["cat", "dog"]
+    assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [6, 6, 6]
+    assert np.allclose(ds.val[0][ds.val[1] == 1][:, 2], 200 / 255, atol=0.01)   # dog is blue in val too
+    assert any("split folders" in n for n in ds.notes)
+    only_train = tmp_path / "only_train"
+    _write_split_tree(only_train, ("train",), n=4)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(only_train), val_fraction=0.25), (3, 8, 8))
+    assert ds.classes == ["cat", "dog"] and [len(ds.train[1]), len(ds.val[1])] == [6, 2]
+
+
+def test_image_folder_split_layout_mistakes_are_refused_or_noted(tmp_path):
+    _write_split_tree(tmp_path / "a", ("train",), ("cat", "dog"))
+    _write_split_tree(tmp_path / "a", ("val",), ("cat", "horse"))
+    with pytest.raises(DataError, match=r"'.*val': class folder\(s\) horse are not among the training classes"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "a")), (3, 8, 8))
+    (tmp_path / "b" / "train").mkdir(parents=True)
+    (tmp_path / "b" / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "train" / "0.png")
+    with pytest.raises(DataError, match="named like splits, but train, val hold no class folders"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "b")), (3, 8, 8))
+    _write_split_tree(tmp_path / "c", ("train",), ("cat", "dog"))
+    _write_split_tree(tmp_path / "c", ("test",), ("cat",))
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "c")), (3, 8, 8))
+    assert ds.classes == ["cat", "dog"] and set(ds.test[1].tolist()) == {0}
+    assert any("the test split has no sample of 1 class: dog" in n for n in ds.notes)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
+def test_image_folder_follows_linked_sub_folders_once(tmp_path):
+    _write_images(tmp_path / "imgs")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(3):
+        Image.new("RGB", (12, 10), (200, 10, 10)).save(extra / f"e{i}.png")
+    os.symlink(extra, tmp_path / "imgs" / "cat" / "more")
+    os.symlink(tmp_path / "imgs" / "cat", extra / "loop")   # a loop back to the class folder
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), val_fraction=0), (3, 8, 8))
+    assert np.bincount(ds.train[1]).tolist() == [4 + 3, 4]
+    assert any("did not read 1 linked folder(s) again" in n and "loop" in n for n in ds.notes)
+
+
+def test_image_folder_names_every_unreadable_image_or_skips_them(tmp_path):
+    _write_images(tmp_path / "imgs")
+    for name in ("cat/0.png", "dog/1.jpg", "dog/3.jpg"):
+        (tmp_path / "imgs" / name).write_bytes(b"broken")
+    cfg = dict(dataset="image_folder", path=str(tmp_path / "imgs"), val_fraction=0)
+    with pytest.raises(DataError, match=r"3 image files cannot be read: .*cat/0.png'.*dog/1.jpg'.*dog/3.jpg'.*"
+                                        r"skip_unreadable: true") as err:
+        load_dataset(DataConfig(**cfg), (3, 8, 8))
+    assert "Traceback" not in str(err.value)
+    ds = load_dataset(DataConfig(**cfg, skip_unreadable=True), (3, 8, 8))
+    assert np.bincount(ds.train[1]).tolist() == [3, 2]
+    assert any("skipped 3 unreadable image files" in n for n in ds.notes)
+    with pytest.raises(Exception, match="skip_unreadable is for dataset: image_folder"):
+        DataConfig(dataset="npz", path="d.npz", skip_unreadable=True)
+
+
+def test_image_folder_with_an_input_of_two_channels_is_refused_once(tmp_path):
+    _write_images(tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"^'[^']*imgs': images can feed 1 \(grey\), 3 \(RGB\) or 4"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (2, 8, 8))
