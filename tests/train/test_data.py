@@ -123,8 +123,15 @@ def test_npz_three_dim_gets_channel_axis(tmp_path):
      r"expected labels in \[0, 1\], found values in \[0, 2\]"),
     ({"x": np.zeros((4, 1, 5, 4)), "y": np.zeros(4)}, r"expected images of shape .*\(N, 1, 4, 4\).*found shape \(4, 1, 5, 4\)"),
     ({"x": np.full((4, 1, 4, 4), np.nan), "y": np.zeros(4)}, "NaN"),
+    ({"x": np.where(np.arange(64).reshape(4, 1, 4, 4) == 37, np.inf, 0.0), "y": np.zeros(4)},
+     r"found 1 NaN/inf values \(the first, inf, in sample 2\)"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros((4, 2))}, "1-D vector"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(4), "x_test": np.zeros((2, 1, 4, 4))}, "expected key 'y_test'"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(4), "classes": np.array(["a", "b", "a", "c", "b"])},
+     "key 'classes' names 'a', 'b' more than once"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array(["a", "b", "a", "z"]), "classes": np.array(["a", "b"])},
+     r"key 'y': class name\(s\) z are not in key 'classes'"),
+    ({"X": np.zeros((4, 1, 4, 4)), "y": np.zeros(4)}, r"expected key 'x' .*\(did you mean 'X'\?\)"),
 ])
 def test_npz_malformed(tmp_path, arrays, message):
     p = _npz(tmp_path, **arrays)
@@ -762,3 +769,43 @@ def test_image_folder_with_an_input_of_two_channels_is_refused_once(tmp_path):
     _write_images(tmp_path / "imgs")
     with pytest.raises(DataError, match=r"^'[^']*imgs': images can feed 1 \(grey\), 3 \(RGB\) or 4"):
         load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (2, 8, 8))
+
+
+def test_npz_column_labels_and_label_names_are_read(tmp_path):
+    x = RNG.random((12, 1, 4, 4)).astype(np.float32)
+    y = np.arange(12) % 3
+    col = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "col.npz", x=x, y=y[:, None])),
+                                  val_fraction=0), (1, 4, 4))
+    assert np.array_equal(col.train[1], y)
+    names = np.array(["dog", "cat", "emu"])[y]
+    ds = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "s.npz", x=x, y=names, x_test=x[:3],
+                                                                y_test=names[:3])), val_fraction=0), (1, 4, 4))
+    assert ds.classes == ["cat", "dog", "emu"]
+    assert np.array_equal(np.array(ds.classes)[ds.train[1]], names)
+    assert np.array_equal(np.array(ds.classes)[ds.test[1]], names[:3])
+    assert any("holds class names" in n for n in ds.notes)
+    given = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "g.npz", x=x, y=names,
+                                                                   classes=np.array(["emu", "dog", "cat"]))),
+                                    val_fraction=0), (1, 4, 4))
+    assert given.classes == ["emu", "dog", "cat"] and given.train[1][:3].tolist() == [1, 2, 0]
+
+
+def test_npz_unused_keys_are_noted_with_a_suggestion(tmp_path):
+    x, y = np.zeros((8, 1, 4, 4), np.float32), np.arange(8) % 2
+    ds = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=x, y=y, x_valid=x[:2], y_valid=y[:2],
+                                                               meta=np.arange(3)))), (1, 4, 4))
+    note, = [n for n in ds.notes if "not used" in n]
+    assert "'x_valid' (did you mean 'x_val'?)" in note and "'y_valid' (did you mean 'y_val'?)" in note
+    assert "'meta' not used" in note
+    assert len(ds.val[1]) == 2   # carved by val_fraction: x_valid is not read
+
+
+def test_npz_empty_given_split_is_taken_as_absent_and_missing_classes_are_noted(tmp_path):
+    x, y = np.zeros((20, 1, 4, 4), np.float32), np.arange(20) % 2
+    p = _npz(tmp_path, x=x, y=y, x_test=x[:0], y_test=y[:0], x_val=x[:4], y_val=np.zeros(4, int),
+             classes=np.array(["no", "yes"]))
+    ds = load_dataset(DataConfig(dataset="npz", path=str(p), test_fraction=0.2), (1, 4, 4))
+    assert len(ds.test[1]) == 4 and len(ds.train[1]) == 16
+    assert any("'x_test'/'y_test' hold no samples: taken as no test split" in n for n in ds.notes)
+    assert any("the val split has no sample of 1 class: yes" in n for n in ds.notes)
+    assert not any("test split has no sample" in n for n in ds.notes)   # carved: stratified
