@@ -203,6 +203,25 @@ def test_idx_truncated_and_wrong_magic(tmp_path):
         load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
 
 
+def test_idx_gzip_without_suffix_is_named_and_differing_copies_are_noted(tmp_path):
+    _write_mnist(tmp_path / "m", gz=True)
+    gz = tmp_path / "m" / "train-labels-idx1-ubyte.gz"
+    plain = tmp_path / "m" / "train-labels-idx1-ubyte"
+    gz.rename(plain)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte': .*\(gzip-compressed data: name it "
+                                        r"train-labels-idx1-ubyte.gz\)"):
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+    plain.rename(gz)
+    plain.write_bytes(_idx_bytes(np.zeros(30, np.uint8)))   # a plain copy with other labels beside the .gz
+    ds = load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m"), val_fraction=0), (1, 28, 28))
+    assert ds.notes == [f"note: '{tmp_path / 'm'}' holds train-labels-idx1-ubyte, train-labels-idx1-ubyte.gz with "
+                        f"different contents; reading train-labels-idx1-ubyte"]
+    assert not ds.train[1].any()
+    with gzip.open(gz, "rb") as f:
+        plain.write_bytes(f.read())   # the same data twice (gunzip -k): nothing to say
+    assert load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28)).notes == []
+
+
 def test_idx_wrong_type_byte_is_named_before_the_size(tmp_path):
     """A float32 labels file has a valid IDX header: its type byte is reported, not a 'truncated' file;
     1-D shapes print as Python tuples."""
