@@ -140,6 +140,34 @@ def test_predict_png_and_npy(trained, capsys, tmp_path):
     assert line.startswith(str(inv)) and f"class {res[0]['class']} " in line
 
 
+def test_predict_reads_folders_names_broken_inputs_and_writes_csv(trained, capsys, tmp_path):
+    spec, run = trained
+    with np.load(DIGITS_PATH) as z:
+        x = z["x"][z["test_idx"][:3]]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, img in enumerate(x[:2]):
+        Image.fromarray(np.round(img.astype(float) * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
+    (folder / "1b.png").write_bytes(b"broken")
+    (folder / "notes.txt").write_text("left out")
+    np.save(folder / "z.npy", x[2:3].astype(np.float32))
+    rc = main(["predict", str(spec), "--checkpoint", str(run), str(folder), "--format", "csv"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in err
+    assert "1b.png'" in err and "1 input could not be read" in err and "left out 1 file(s)" in err
+    rows = [line.split(",") for line in out.strip().splitlines()]
+    assert rows[0][:3] == ["input", "class", "probability"] and rows[0][3:] == [str(d) for d in range(10)]
+    assert [r[0] for r in rows[1:]] == [str(folder / "0.png"), str(folder / "1.png"), f"{folder / 'z.npy'}[0]"]
+    assert all(sum(map(float, r[3:])) == pytest.approx(1.0) for r in rows[1:])
+    np.save(tmp_path / "far.npy", x[:1].astype(np.float32) * 100)   # grey levels 0..1600, trained on 0..16
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "far.npy")]) == 0
+    assert "far.npy' holds values in [0, 1600] (as read), far outside the training data's [0, 16]" in \
+        capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "empty")]) == 1
+    assert "is a folder without image files" in capsys.readouterr().err
+
+
 def test_resume_via_cli_and_spec_mismatch(trained, tmp_path, capsys):
     spec, run = trained
     other = json.loads(json.dumps(SPEC))
@@ -403,9 +431,14 @@ def test_predict_and_explain_warn_when_images_do_not_match_the_training_pixels(t
     err = capsys.readouterr().err
     assert err.startswith("warning: the model was trained on pixel values in [") and "a.png" in err
     assert err.count("\n") == 1
-    np.save(tmp_path / "a.npy", np.abs(x[:1]) * 50)    # kept as it is: no 8-bit reading for such a model
+    np.save(tmp_path / "a.npy", x[:1])    # in the training data's units: nothing to say
     assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "a.npy")]) == 0
     assert capsys.readouterr().err == ""
+    np.save(tmp_path / "b.npy", np.abs(x[:1]) * 50)    # kept as it is (no 8-bit reading for such a model), but far out
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "b.npy")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: '") and "b.npy' holds values in [" in err and "far outside the training data's" in err
+    assert "1/255" not in err and err.count("\n") == 1
     assert main(["explain", str(spec), "--checkpoint", str(run), "--image", str(png), "-o",
                  str(tmp_path / "e.png")]) == 0
     assert "warning: the model was trained on pixel values" in capsys.readouterr().err

@@ -71,7 +71,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("predict", help="classify images (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy batches with a trained checkpoint")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (.png, .jpg, .bmp, .gif, .tif, .webp, ...) or .npy arrays")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (.png, .jpg, .bmp, .gif, .tif, .webp, ...), .npy arrays, or folders of them "
+                        "(their files in name order)")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="run folder, its checkpoint/ folder, or a best/ or last/ checkpoint")
     p.add_argument("--which", choices=("best", "last"), default="best")
@@ -83,7 +85,8 @@ def register(sub) -> None:
                    help="segmentation models: write the predicted class masks there, masks.npy (N, H, W) and one "
                         "colour PNG per input")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                   help="text (default), json, or csv (one row per input, a column per class or value)")
     add_spec_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -291,9 +294,37 @@ def _probabilities(scores: np.ndarray, loss_type: str | None) -> np.ndarray:
 
 
 def cmd_predict(args) -> int:
+    """Predict every input that can be read; one that cannot is named (error: ...) and the others are still
+    predicted, and the command then exits 1."""
+    failed: list[str] = []
+    rc = _predict(args, failed)
+    if failed:
+        print(f"error: {len(failed)} input{'s' * (len(failed) > 1)} could not be read (named above); the others "
+              f"were predicted", file=sys.stderr)
+        return 1
+    return rc
+
+
+def _expand_inputs(inputs: list[str]) -> list[str]:
+    """The inputs with each folder replaced by its image and .npy files, in name order (a note counts the
+    other files left out)."""
+    from ..train.images import inputs_in_folder
+    out = []
+    for path in inputs:
+        if not Path(path).is_dir():
+            out.append(path)
+            continue
+        files, others = inputs_in_folder(path)
+        if others:
+            print(f"note: '{path}': left out {others} file(s) that are not images or .npy", file=sys.stderr)
+        out += [str(f) for f in files]
+    return out
+
+
+def _predict(args, failed: list[str]) -> int:
     from ..backend import to_numpy
     from ..train.data import apply_normalization, npy_eight_bit
-    from ..train.images import image_units_warning, read_inputs
+    from ..train.images import array_units_warning, image_units_warning, read_inputs
     from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
@@ -308,17 +339,30 @@ def cmd_predict(args) -> int:
     if stats.get("mean") is None:
         print(f"note: {ckdir} holds no dataset normalisation (not written by `cnngraph train`); inputs are fed "
               f"as read, in [0, 1]", file=sys.stderr)
-    units = image_units_warning(args.inputs, stats.get("pixel_range"), scale) if len(shape) == 3 else None
+    inputs = _expand_inputs(args.inputs)
+    units = image_units_warning(inputs, stats.get("pixel_range"), scale) if len(shape) == 3 else None
     if units:
         print(units, file=sys.stderr)
     eight_bit = npy_eight_bit(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
     labels, parts = [], []
-    for path in args.inputs:
-        x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit,
-                        as_is=stats.get("pixels") == "as_is")
+    for path in inputs:
+        try:
+            x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit,
+                            as_is=stats.get("pixels") == "as_is")
+        except DataError as exc:   # one broken file among many: name it, predict the rest
+            if len(inputs) == 1:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(path)
+            continue
+        npy = path.lower().endswith(".npy")
+        units = array_units_warning(path, x, stats.get("pixel_range")) if npy else None
+        if units:   # as images get (image_units_warning): numbers far from the training data's
+            print(units, file=sys.stderr)
         parts.append(x)
-        labels += [path] if len(x) == 1 and not path.lower().endswith(".npy") else \
-            [f"{path}[{i}]" for i in range(len(x))]
+        labels += [path] if len(x) == 1 and not npy else [f"{path}[{i}]" for i in range(len(x))]
+    if not parts:
+        raise DataError(f"none of the {len(inputs)} inputs could be read (named above)")
     x = np.concatenate(parts)
     if stats.get("mean") is not None:
         x = apply_normalization(x, stats["mean"], stats["std"])
@@ -353,6 +397,9 @@ def cmd_predict(args) -> int:
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0
+    if args.format == "csv":
+        return _print_csv(["input", "class", "probability", *classes],
+                          [[r["input"], r["class"], r["probability"], *p.tolist()] for r, p in zip(results, probs)])
     width = max(len(r["input"]) for r in results)
     for r, p in zip(results, probs):
         order = np.argsort(-p, kind="stable")[:args.top]
@@ -367,6 +414,10 @@ def _predict_values(args, scores: np.ndarray, labels: list[str]) -> int:
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0
+    if args.format == "csv":   # one column per value, flattened in C order
+        flat = scores.astype(np.float64).reshape(len(scores), -1)
+        return _print_csv(["input", *(f"value_{i}" for i in range(flat.shape[1]))],
+                          [[label, *v.tolist()] for label, v in zip(labels, flat)])
     width = max(len(r["input"]) for r in results)
     for label, v in zip(labels, scores.reshape(len(scores), -1)):
         shown = ", ".join(f"{a:.6g}" for a in v[:8]) + (f", ... ({v.size} values)" if v.size > 8 else "")
@@ -394,6 +445,9 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0
+    if args.format == "csv":   # each class's share of the input's pixels (steps, voxels)
+        return _print_csv(["input", *classes], [[r["input"], *(r[unit].get(c, 0.0) for c in classes)]
+                                                for r in results])
     width = max(len(r["input"]) for r in results)
     for r in results:
         top = sorted(r[unit].items(), key=lambda kv: -kv[1])[:args.top]
@@ -402,6 +456,15 @@ def _predict_masks(args, scores: np.ndarray, labels: list[str], stats: dict, los
         pngs = (f" and {len(results)} mask PNG{'s' * (len(results) != 1)}" if masks.ndim == 3
                 else f" (one class per {unit[:-1]})")
         print(f"wrote {Path(args.masks_out) / 'masks.npy'}{pngs}")
+    return 0
+
+
+def _print_csv(header: list[str], rows: list[list]) -> int:
+    """predict --format csv: a header row, then one row per input (numbers as Python writes them)."""
+    import csv
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
     return 0
 
 

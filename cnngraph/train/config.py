@@ -232,6 +232,8 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
             problems.append(_locate(f"unknown early-stopping metric '{es.metric}'{did_you_mean(es.metric, known)}; "
                                     f"expected one of {', '.join(known)}", ("train", "early_stopping", "metric"),
                                     positions, file))
+        else:
+            problems += _metric_kind_problems(es.metric, known, top, data, positions, file)
     shapes = [tuple(s) for s in input_shapes.values()]
     if len(shapes) != 1 or len(shapes[0]) not in (2, 3, 4):   # not one image, sequence or volume: training refuses it
         return problems
@@ -256,6 +258,44 @@ def _network_problems(top, data, augs, registry, layer_ids, input_shapes, positi
         for name, message in (check(a.params, shape) if check else ()):
             problems.append(_locate(f"({a.type}) {message}", ("train", "augment", i, name), positions, file))
     return problems
+
+
+_VALUE_METRICS = ("train_mae", "val_mae", "val_rmse")
+_CLASS_DATASETS = ("digits", "digits_segmentation", "mnist", "fashion_mnist", "cifar10", "image_folder")
+
+
+def _target_kind(top, data) -> tuple[str | None, str]:
+    """("classes" | "values" | None, why) as far as the spec alone tells: the loss cross_entropy, a dataset of
+    class labels or targets: classes mean classes; targets: values or digits_rotation mean values."""
+    loss = top.loss.get("type", "cross_entropy") if isinstance(top.loss, dict) else None
+    targets = getattr(data, "targets", "auto")
+    dataset = getattr(data, "dataset", None)
+    if targets == "values" or (dataset == "digits_rotation" and targets != "classes"):
+        return "values", ""
+    if targets == "classes":
+        return "classes", " (train.data.targets: classes)"
+    if loss == "cross_entropy":
+        return "classes", " (loss cross_entropy)"
+    if dataset in _CLASS_DATASETS:
+        return "classes", f" (dataset '{dataset}')"
+    return None, ""
+
+
+def _metric_kind_problems(metric: str, known: list[str], top, data, positions, file) -> list[Problem]:
+    """An early-stopping metric that the kind of targets never records (val_mae for a classifier,
+    val_accuracy for a regression), found here rather than when training starts."""
+    from ..spec import _locate
+    kind, why = _target_kind(top, data)
+    if kind == "classes" and metric in _VALUE_METRICS:
+        fits = [m for m in known if m not in _VALUE_METRICS]
+        what = f"for class labels{why}"
+    elif kind == "values" and metric not in _VALUE_METRICS and metric not in ("train_loss", "val_loss"):
+        fits = ["train_loss", "train_mae", "val_loss", "val_mae", "val_rmse"]
+        what = "for values to regress"
+    else:
+        return []
+    return [_locate(f"unknown early-stopping metric '{metric}' {what}; expected one of {', '.join(fits)}",
+                    ("train", "early_stopping", "metric"), positions, file)]
 
 
 def _wrong_kind(name: str, cls, kind: str, shape, registry) -> str:

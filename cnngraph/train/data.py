@@ -104,6 +104,8 @@ class DataConfig(StrictSettings):
     # npz: how x's numbers map to pixel units. auto: uint8, and other numbers within [0, 255] with a
     # maximum >= 2, are 8-bit pixels (/255); 8bit: always /255; as_is: never scaled (e.g. depths in metres)
     pixels: Literal["auto", "8bit", "as_is"] = "auto"
+    # image_folder: leave out the images that cannot be read (with a note naming them) instead of refusing
+    skip_unreadable: bool = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -116,6 +118,9 @@ class DataConfig(StrictSettings):
             raise ValueError(f"dataset '{self.dataset}' needs 'path' (a file or folder)")
         if self.options and self.dataset in RAW_LOADERS:   # a built-in would ignore them silently
             raise ValueError(f"dataset '{self.dataset}' takes no options (options: is for plugin datasets)")
+        if self.skip_unreadable and self.dataset in RAW_LOADERS and self.dataset != "image_folder":
+            raise ValueError(f"skip_unreadable is for dataset: image_folder (dataset '{self.dataset}' reads whole "
+                             f"files, refused when damaged)")
         if self.pixels != "auto" and self.dataset != "npz":
             raise ValueError(f"pixels: {self.pixels} is for dataset: npz (dataset '{self.dataset}' has fixed pixel units)")
         if self.targets == "values" and self.dataset in RAW_LOADERS and self.dataset not in ("npz", "digits_rotation"):
@@ -353,9 +358,27 @@ def finish_dataset(raw: RawSplits, cfg: DataConfig, seed: int = 0) -> Dataset:
     # Normalise in place: for CIFAR-10 a copy would cost another 600 MB.
     splits = [(apply_normalization(np.ascontiguousarray(x, dtype=np.float32), mean, std), y)
               for x, y in (train, val, test)]
+    notes = list(raw.notes) + _missing_classes(raw, {"val": val, "test": test})
     return Dataset(train=splits[0], val=splits[1], test=splits[2], classes=list(raw.classes),
                    mean=mean, std=std, source=raw.source, pixel_scale=raw.pixel_scale, pixel_range=pixel_range,
-                   pixels=cfg.pixels, notes=list(raw.notes), label_sources=list(raw.label_sources))
+                   pixels=cfg.pixels, notes=notes, label_sources=list(raw.label_sources))
+
+
+def _missing_classes(raw: RawSplits, splits: dict) -> list[str]:
+    """Notes naming the classes that a validation or test split the source gave has no sample of (their
+    recall and the macro means are then undefined there); carved splits are stratified and need none."""
+    notes = []
+    for name, (_, y) in splits.items():
+        given = getattr(raw, name)
+        if given is None or len(y) == 0 or y.ndim != 1 or y.dtype.kind == "f" or not raw.classes:
+            continue
+        present = set(np.unique(y).tolist())
+        absent = [c for i, c in enumerate(raw.classes) if i not in present]
+        if absent:
+            shown = ", ".join(absent[:10]) + (", ..." if len(absent) > 10 else "")
+            notes.append(f"note: {raw.source}: the {name} split has no sample of {len(absent)} class"
+                         f"{'es' * (len(absent) > 1)}: {shown}")
+    return notes
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,

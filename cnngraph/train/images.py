@@ -26,7 +26,8 @@ from ..arrayfile import array_file_kind, load_arrays
 from ..errors import DataError
 from .input_kinds import INPUT_KINDS
 
-__all__ = ["image_suffixes", "read_image", "read_inputs", "image_units_warning"]
+__all__ = ["image_suffixes", "image_channels_problem", "read_image", "read_inputs", "image_units_warning",
+           "array_units_warning", "inputs_in_folder"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -43,6 +44,15 @@ def image_suffixes() -> tuple[str, ...]:
     """The (lower-case) suffixes of the image files read: .webp only where Pillow can decode WebP."""
     from PIL import features
     return tuple(s for s in _SUFFIXES if s != ".webp" or features.check_module("webp"))
+
+
+def image_channels_problem(input_shape: Sequence[int]) -> str | None:
+    """Why images cannot feed a model of this (C, H, W) (a C other than 1, 3 or 4); None when they can."""
+    c = int(input_shape[0])
+    if c in _MODES:
+        return None
+    return (f"images can feed 1 (grey), 3 (RGB) or 4 (RGBA) channels; the model's input_shape "
+            f"{fmt_shape(input_shape)} has {c}")
 
 
 def _suffix_list() -> str:
@@ -90,9 +100,9 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
     """
     from PIL import Image
     c, h, w = (int(v) for v in input_shape)
-    if c not in _MODES:
-        raise DataError(f"'{path}': images can feed 1 (grey), 3 (RGB) or 4 (RGBA) channels; "
-                        f"the model's input_shape {fmt_shape(input_shape)} has {c}")
+    problem = image_channels_problem(input_shape)
+    if problem:
+        raise DataError(f"'{path}': {problem}")
     im = _open(Path(path))
     if im.mode in _WIDE_MODES:
         grey = np.asarray(_resize(Image.fromarray(_wide_grey(im, path)), w, h), dtype=np.float32)
@@ -242,3 +252,31 @@ def image_units_warning(paths: Sequence[str | Path], pixel_range, scale: float) 
     return (f"warning: the model was trained on pixel values in [{lo:g}, {hi:g}], not images in [0, {scale:g}]; "
             f"{images[0]}{' and the other images' if len(images) > 1 else ''} (read in [0, {scale:g}]) may be "
             f"predicted wrongly: feed .npy arrays in the training data's units instead")
+
+
+def array_units_warning(path: str | Path, x: np.ndarray, pixel_range) -> str | None:
+    """A warning when an .npy input's values (as read, before normalisation) lie far outside the raw training
+    data's ``pixel_range``: beyond it by more than its own width (e.g. 0..255 numbers for a model trained on
+    [0, 1] standardised data), the units differ and the predictions are likely wrong."""
+    if not isinstance(pixel_range, (list, tuple)) or len(pixel_range) != 2 or x.size == 0:
+        return None
+    lo, hi = (float(v) for v in pixel_range)
+    span = max(hi - lo, 1e-6)
+    a, b = float(np.min(x)), float(np.max(x))
+    if a >= lo - span and b <= hi + span:
+        return None
+    return (f"warning: '{path}' holds values in [{a:g}, {b:g}] (as read), far outside the training data's "
+            f"[{lo:g}, {hi:g}]; it may be predicted wrongly: give it in the training data's units")
+
+
+def inputs_in_folder(folder: str | Path) -> tuple[list[Path], int]:
+    """The image and .npy files directly in ``folder``, sorted by name (hidden files left out), and the count
+    of the other files; DataError when it holds none."""
+    folder = Path(folder)
+    files = sorted((f for f in folder.iterdir() if not f.name.startswith(".") and f.is_file()), key=lambda f: f.name)
+    kinds = (*image_suffixes(), ".npy")
+    found = [f for f in files if f.suffix.lower() in kinds]
+    if not found:
+        raise DataError(f"'{folder}': is a folder without image files ({_suffix_list()}) or .npy files; expected "
+                        f"at least one (sub-folders are not searched)")
+    return found, len(files) - len(found)

@@ -510,7 +510,7 @@ class _Run:
             ds = self.dataset
             what = "resuming from epoch " + str(self.start_epoch) + ", " if self.start_epoch else ""
             print(f"training {self.spec.name}: {what}{len(ds.train[1])} train / {len(ds.val[1])} val / "
-                  f"{len(ds.test[1])} test {ds.samples} ({ds.source}), {_epochs(st.epochs)}, batch {st.batch_size}, "
+                  f"{len(ds.test[1])} test {ds.samples} ({ds.source}){_class_names(ds)}, {_epochs(st.epochs)}, batch {st.batch_size}, "
                   f"{self.ts.optimizer.type} lr {st.lr:g}, out {self.out}", file=self.stream)
         try:
             for epoch in range(self.start_epoch, st.epochs):
@@ -766,6 +766,14 @@ def epoch_steps(n: int, batch_size: int) -> int:
     leftover sample joins the batch before it (batch norm has no statistics over one value)."""
     steps = math.ceil(n / batch_size)
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+
+
+def _class_names(ds, shown: int = 5) -> str:
+    """', 2 classes: cat, dog' for the header line (the first few), so a wrong reading of the data shows at once."""
+    if ds.values or not ds.classes:
+        return ""
+    names = ", ".join(ds.classes[:shown]) + (", ..." if len(ds.classes) > shown else "")
+    return f", {len(ds.classes)} classes: {names}"
 
 
 def _epochs(n) -> str:

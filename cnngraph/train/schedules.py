@@ -19,7 +19,8 @@ in its checkpoint, so it needs no state of its own either.
 Per-epoch closed forms equal torch.optim.lr_scheduler stepped once per epoch:
 ``step`` = StepLR, ``multistep`` = MultiStepLR, ``exponential`` = ExponentialLR,
 ``cosine`` = CosineAnnealingLR(T_max=total_epochs), ``linear`` =
-LinearLR(start_factor=1, total_iters=total_epochs). ``cosine`` and ``linear`` also
+LinearLR(start_factor, end_factor, total_iters) with the defaults 1, 0 and total_epochs (PyTorch's are
+1/3, 1 and 5). ``cosine`` and ``linear`` also
 offer ``per_step: true`` to decay smoothly within epochs.
 """
 from __future__ import annotations
@@ -183,18 +184,29 @@ class Cosine(Schedule):
 
 
 class Linear(Schedule):
-    """Linear from the base rate to ``base_lr * end_factor`` at the end of training."""
+    """Linear from ``base_lr * start_factor`` to ``base_lr * end_factor`` over ``total_iters`` epochs (LinearLR),
+    by default the training epochs after any warmup; then held at the end value.
+
+    The defaults (start 1, end 0, to the end of training) make it a decay to 0; PyTorch's LinearLR defaults
+    (start 1/3, end 1, 5 epochs) make a warmup, which ``warmup_epochs`` gives here.
+    """
 
     type = "linear"
 
     class Params(_Params):
+        start_factor: float = Field(1.0, gt=0, le=1)
         end_factor: float = Field(0.0, ge=0)
+        total_iters: int | None = Field(None, ge=1, description="epochs of the ramp (default: to the end)")
         per_step: bool = False
 
     def _lr(self, base_lr, pos):
         p = self.params
-        frac = pos.progress_after_warmup(p.per_step, p.warmup_epochs)
-        return base_lr * (1.0 + (p.end_factor - 1.0) * frac)
+        if p.total_iters is None:
+            frac = pos.progress_after_warmup(p.per_step, p.warmup_epochs)
+        else:   # as LinearLR counts: epochs (or steps) since the warmup, over total_iters epochs
+            done = pos.t - pos.warmup_steps if p.per_step else pos.epoch - p.warmup_epochs
+            frac = min(max(done / (p.total_iters * (pos.steps_per_epoch if p.per_step else 1)), 0.0), 1.0)
+        return base_lr * (p.start_factor + (p.end_factor - p.start_factor) * frac)
 
 
 class OneCycle(Schedule):

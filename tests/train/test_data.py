@@ -123,8 +123,15 @@ def test_npz_three_dim_gets_channel_axis(tmp_path):
      r"expected labels in \[0, 1\], found values in \[0, 2\]"),
     ({"x": np.zeros((4, 1, 5, 4)), "y": np.zeros(4)}, r"expected images of shape .*\(N, 1, 4, 4\).*found shape \(4, 1, 5, 4\)"),
     ({"x": np.full((4, 1, 4, 4), np.nan), "y": np.zeros(4)}, "NaN"),
+    ({"x": np.where(np.arange(64).reshape(4, 1, 4, 4) == 37, np.inf, 0.0), "y": np.zeros(4)},
+     r"found 1 NaN/inf values \(the first, inf, in sample 2\)"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros((4, 2))}, "1-D vector"),
     ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(4), "x_test": np.zeros((2, 1, 4, 4))}, "expected key 'y_test'"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.zeros(4), "classes": np.array(["a", "b", "a", "c", "b"])},
+     "key 'classes' names 'a', 'b' more than once"),
+    ({"x": np.zeros((4, 1, 4, 4)), "y": np.array(["a", "b", "a", "z"]), "classes": np.array(["a", "b"])},
+     r"key 'y': class name\(s\) z are not in key 'classes'"),
+    ({"X": np.zeros((4, 1, 4, 4)), "y": np.zeros(4)}, r"expected key 'x' .*\(did you mean 'X'\?\)"),
 ])
 def test_npz_malformed(tmp_path, arrays, message):
     p = _npz(tmp_path, **arrays)
@@ -194,6 +201,25 @@ def test_idx_truncated_and_wrong_magic(tmp_path):
     with pytest.raises(DataError, match="expected the IDX file 't10k-images-idx3-ubyte'"):
         (tmp_path / "m" / "t10k-images-idx3-ubyte").unlink()
         load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+
+
+def test_idx_gzip_without_suffix_is_named_and_differing_copies_are_noted(tmp_path):
+    _write_mnist(tmp_path / "m", gz=True)
+    gz = tmp_path / "m" / "train-labels-idx1-ubyte.gz"
+    plain = tmp_path / "m" / "train-labels-idx1-ubyte"
+    gz.rename(plain)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte': .*\(gzip-compressed data: name it "
+                                        r"train-labels-idx1-ubyte.gz\)"):
+        load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28))
+    plain.rename(gz)
+    plain.write_bytes(_idx_bytes(np.zeros(30, np.uint8)))   # a plain copy with other labels beside the .gz
+    ds = load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m"), val_fraction=0), (1, 28, 28))
+    assert ds.notes == [f"note: '{tmp_path / 'm'}' holds train-labels-idx1-ubyte, train-labels-idx1-ubyte.gz with "
+                        f"different contents; reading train-labels-idx1-ubyte"]
+    assert not ds.train[1].any()
+    with gzip.open(gz, "rb") as f:
+        plain.write_bytes(f.read())   # the same data twice (gunzip -k): nothing to say
+    assert load_dataset(DataConfig(dataset="mnist", path=str(tmp_path / "m")), (1, 28, 28)).notes == []
 
 
 def test_idx_wrong_type_byte_is_named_before_the_size(tmp_path):
@@ -687,3 +713,118 @@ def test_images_above_pillows_size_limits_get_a_note_or_a_clear_refusal(tmp_path
     with pytest.raises(DataError, match=r"huge.png': the image is too large to read: Image size \(225 pixels\) "
                                         r"exceeds limit of 200 pixels"):
         read_image(tmp_path / "huge.png", (1, 4, 4))
+
+
+def _write_split_tree(root, splits=("train", "val"), classes=("cat", "dog"), n=3):
+    for split in splits:
+        for k, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (200 * (k == 0), 0, 200 * (k == 1))).save(root / split / cls / f"{i}.png")
+
+
+def test_image_folder_takes_train_val_test_folders_as_splits_not_classes(tmp_path):
+    """root/{train,val,test}/<class>/ is the splits' layout: two classes cat and dog, not train and val."""
+    _write_split_tree(tmp_path / "imgs", ("train", "validation", "test"), n=3)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), normalize="none"), (3, 8, 8))
+    assert ds.classes == ["cat", "dog"]
+    assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [6, 6, 6]
+    assert np.allclose(ds.val[0][ds.val[1] == 1][:, 2], 200 / 255, atol=0.01)   # dog is blue in val too
+    assert any("split folders" in n for n in ds.notes)
+    only_train = tmp_path / "only_train"
+    _write_split_tree(only_train, ("train",), n=4)
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(only_train), val_fraction=0.25), (3, 8, 8))
+    assert ds.classes == ["cat", "dog"] and [len(ds.train[1]), len(ds.val[1])] == [6, 2]
+
+
+def test_image_folder_split_layout_mistakes_are_refused_or_noted(tmp_path):
+    _write_split_tree(tmp_path / "a", ("train",), ("cat", "dog"))
+    _write_split_tree(tmp_path / "a", ("val",), ("cat", "horse"))
+    with pytest.raises(DataError, match=r"'.*val': class folder\(s\) horse are not among the training classes"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "a")), (3, 8, 8))
+    (tmp_path / "b" / "train").mkdir(parents=True)
+    (tmp_path / "b" / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "train" / "0.png")
+    with pytest.raises(DataError, match="named like splits, but train, val hold no class folders"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "b")), (3, 8, 8))
+    _write_split_tree(tmp_path / "c", ("train",), ("cat", "dog"))
+    _write_split_tree(tmp_path / "c", ("test",), ("cat",))
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "c")), (3, 8, 8))
+    assert ds.classes == ["cat", "dog"] and set(ds.test[1].tolist()) == {0}
+    assert any("the test split has no sample of 1 class: dog" in n for n in ds.notes)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
+def test_image_folder_follows_linked_sub_folders_once(tmp_path):
+    _write_images(tmp_path / "imgs")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(3):
+        Image.new("RGB", (12, 10), (200, 10, 10)).save(extra / f"e{i}.png")
+    os.symlink(extra, tmp_path / "imgs" / "cat" / "more")
+    os.symlink(tmp_path / "imgs" / "cat", extra / "loop")   # a loop back to the class folder
+    ds = load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs"), val_fraction=0), (3, 8, 8))
+    assert np.bincount(ds.train[1]).tolist() == [4 + 3, 4]
+    assert any("did not read 1 linked folder(s) again" in n and "loop" in n for n in ds.notes)
+
+
+def test_image_folder_names_every_unreadable_image_or_skips_them(tmp_path):
+    _write_images(tmp_path / "imgs")
+    for name in ("cat/0.png", "dog/1.jpg", "dog/3.jpg"):
+        (tmp_path / "imgs" / name).write_bytes(b"broken")
+    cfg = dict(dataset="image_folder", path=str(tmp_path / "imgs"), val_fraction=0)
+    with pytest.raises(DataError, match=r"3 image files cannot be read: .*cat/0.png'.*dog/1.jpg'.*dog/3.jpg'.*"
+                                        r"skip_unreadable: true") as err:
+        load_dataset(DataConfig(**cfg), (3, 8, 8))
+    assert "Traceback" not in str(err.value)
+    ds = load_dataset(DataConfig(**cfg, skip_unreadable=True), (3, 8, 8))
+    assert np.bincount(ds.train[1]).tolist() == [3, 2]
+    assert any("skipped 3 unreadable image files" in n for n in ds.notes)
+    with pytest.raises(Exception, match="skip_unreadable is for dataset: image_folder"):
+        DataConfig(dataset="npz", path="d.npz", skip_unreadable=True)
+
+
+def test_image_folder_with_an_input_of_two_channels_is_refused_once(tmp_path):
+    _write_images(tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"^'[^']*imgs': images can feed 1 \(grey\), 3 \(RGB\) or 4"):
+        load_dataset(DataConfig(dataset="image_folder", path=str(tmp_path / "imgs")), (2, 8, 8))
+
+
+def test_npz_column_labels_and_label_names_are_read(tmp_path):
+    x = RNG.random((12, 1, 4, 4)).astype(np.float32)
+    y = np.arange(12) % 3
+    col = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "col.npz", x=x, y=y[:, None])),
+                                  val_fraction=0), (1, 4, 4))
+    assert np.array_equal(col.train[1], y)
+    names = np.array(["dog", "cat", "emu"])[y]
+    ds = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "s.npz", x=x, y=names, x_test=x[:3],
+                                                                y_test=names[:3])), val_fraction=0), (1, 4, 4))
+    assert ds.classes == ["cat", "dog", "emu"]
+    assert np.array_equal(np.array(ds.classes)[ds.train[1]], names)
+    assert np.array_equal(np.array(ds.classes)[ds.test[1]], names[:3])
+    assert any("holds class names" in n for n in ds.notes)
+    given = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, "g.npz", x=x, y=names,
+                                                                   classes=np.array(["emu", "dog", "cat"]))),
+                                    val_fraction=0), (1, 4, 4))
+    assert given.classes == ["emu", "dog", "cat"] and given.train[1][:3].tolist() == [1, 2, 0]
+
+
+def test_npz_unused_keys_are_noted_with_a_suggestion(tmp_path):
+    x, y = np.zeros((8, 1, 4, 4), np.float32), np.arange(8) % 2
+    ds = load_dataset(DataConfig(dataset="npz", path=str(_npz(tmp_path, x=x, y=y, x_valid=x[:2], y_valid=y[:2],
+                                                               meta=np.arange(3)))), (1, 4, 4))
+    note, = [n for n in ds.notes if "not used" in n]
+    assert "'x_valid' (did you mean 'x_val'?)" in note and "'y_valid' (did you mean 'y_val'?)" in note
+    assert "'meta' not used" in note
+    assert len(ds.val[1]) == 2   # carved by val_fraction: x_valid is not read
+
+
+def test_npz_empty_given_split_is_taken_as_absent_and_missing_classes_are_noted(tmp_path):
+    x, y = np.zeros((20, 1, 4, 4), np.float32), np.arange(20) % 2
+    p = _npz(tmp_path, x=x, y=y, x_test=x[:0], y_test=y[:0], x_val=x[:4], y_val=np.zeros(4, int),
+             classes=np.array(["no", "yes"]))
+    ds = load_dataset(DataConfig(dataset="npz", path=str(p), test_fraction=0.2), (1, 4, 4))
+    assert len(ds.test[1]) == 4 and len(ds.train[1]) == 16
+    assert any("'x_test'/'y_test' hold no samples: taken as no test split" in n for n in ds.notes)
+    assert any("the val split has no sample of 1 class: yes" in n for n in ds.notes)
+    assert not any("test split has no sample" in n for n in ds.notes)   # carved: stratified

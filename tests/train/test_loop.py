@@ -199,6 +199,23 @@ def test_top_k_early_stopping_metric_with_too_few_classes_says_why(tmp_path):
         run(tiny_spec(top_k=10, early_stopping={"metric": "val_top10_accuracy"}), tmp_path)
 
 
+def test_an_early_stopping_metric_the_kind_of_targets_never_records_fails_validation(tmp_path):
+    """val_mae for a classifier (known from the loss or the dataset) is refused when the spec is loaded, not
+    only once training has loaded the data; where the spec cannot tell (mse on npz), training decides."""
+    with pytest.raises(SpecError, match=r"train.early_stopping.metric: unknown early-stopping metric 'val_mae' for "
+                                        r"class labels \(loss cross_entropy\); expected one of train_loss, "
+                                        r"train_accuracy, val_loss, val_accuracy, val_top3_accuracy"):
+        cnngraph.load_spec(tiny_spec(early_stopping={"metric": "val_mae"}))
+    with pytest.raises(SpecError, match=r"'val_rmse' for class labels \(dataset 'digits'\)"):
+        cnngraph.load_spec(tiny_spec(loss={"type": "mse", "output": "logits"}, early_stopping={"metric": "val_rmse"}))
+    with pytest.raises(SpecError, match="'val_accuracy' for values to regress"):
+        cnngraph.load_spec(tiny_spec(data={"dataset": "npz", "path": "d.npz", "targets": "values"},
+                                     loss={"type": "mse", "output": "logits"},
+                                     early_stopping={"metric": "val_accuracy"}))
+    cnngraph.load_spec(tiny_spec(data={"dataset": "npz", "path": "d.npz"}, loss={"type": "mse", "output": "logits"},
+                                 early_stopping={"metric": "val_mae"}))
+
+
 def test_unknown_early_stopping_metric_is_located(tmp_path):
     with pytest.raises(SpecError, match="early_stopping.*val_acc.*expected one of"):
         run(tiny_spec(early_stopping={"metric": "val_acc"}), tmp_path)

@@ -38,6 +38,10 @@ def _torch_per_epoch(make, epochs=EPOCHS):
     ({"type": "cosine", "eta_min": 0.01}, lambda s, o: s.CosineAnnealingLR(o, EPOCHS, 0.01)),
     ({"type": "linear", "end_factor": 0.1},
      lambda s, o: s.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=EPOCHS)),
+    ({"type": "linear", "start_factor": 0.5, "end_factor": 0.2, "total_iters": 5},
+     lambda s, o: s.LinearLR(o, start_factor=0.5, end_factor=0.2, total_iters=5)),
+    ({"type": "linear", "start_factor": 1 / 3, "end_factor": 1.0, "total_iters": 5},   # PyTorch's defaults
+     lambda s, o: s.LinearLR(o)),
     ({"type": "constant"}, lambda s, o: s.ConstantLR(o, factor=1.0)),
 ], ids=lambda x: str(x) if isinstance(x, dict) else "")
 def test_matches_torch_per_epoch(cfg, make):
@@ -188,3 +192,9 @@ def test_reduce_on_plateau_on_a_metric_the_run_does_not_record_is_refused(tmp_pa
         cnngraph.train(spec, out=tmp_path / "a", stream=io.StringIO())
     spec["train"]["schedule"]["metric"] = "train_loss"
     assert len(cnngraph.train(spec, out=tmp_path / "b", stream=io.StringIO())) == 2
+
+
+def test_linear_start_factor_is_checked_as_pytorch_does():
+    for bad in ({"start_factor": 0}, {"start_factor": 1.5}, {"total_iters": 0}):
+        with pytest.raises(Exception, match="start_factor|total_iters"):
+            build_schedule({"type": "linear", **bad})

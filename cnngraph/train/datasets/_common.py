@@ -90,8 +90,11 @@ def as_float_images(arr: np.ndarray, what: str, scale_uint8: bool = True) -> np.
         raise DataError(f"{what}: expected numeric image data (uint8 or float), found dtype {arr.dtype}")
     out = arr.astype(np.float32)
     if out.dtype.kind == "f" and not np.isfinite(out).all():
-        bad = int((~np.isfinite(out)).sum())
-        raise DataError(f"{what}: expected finite pixel values, found {bad} NaN/inf values")
+        bad = ~np.isfinite(out.reshape(len(out), -1))
+        first = int(np.flatnonzero(bad.any(axis=1))[0])   # the sample to look at, as the labels' check says
+        value = out.reshape(len(out), -1)[first][bad[first]][0]
+        raise DataError(f"{what}: expected finite pixel values, found {int(bad.sum())} NaN/inf values (the first, "
+                        f"{value}, in sample {first})")
     return out
 
 
@@ -122,6 +125,8 @@ def check_labels(y: np.ndarray, n: int, n_classes: int | None, what: str,
         y = y[:, 0]
     elif dims and y.ndim == dims + 1 and y.shape[-1] == 1 and tuple(y.shape[1:-1]) == tuple(mask_shape):
         y = y[..., 0]    # channels-last masks, as images may be
+    elif y.ndim == 2 and y.shape[1] == 1 and tuple(mask_shape or ()) != (1,):
+        y = y[:, 0]      # a column of labels (N, 1), as y.reshape(-1, 1) or a DataFrame column gives
     unit = mask_unit(len(mask_shape) if mask_shape is not None else 2)
     form = f"(N, {', '.join(map(str, mask_shape))})" if mask_shape is not None else ""
     if y.ndim != 1 and y.ndim != dims:

@@ -52,8 +52,9 @@ def read_idx(path: str | Path, ndim: int | None = None, dtype: str | None = None
         want = f"0x0000{want_code or 0x08:02X}{ndim:02X}" if ndim is not None else "0x0000TTNN"
         what = f" ({_describe(want_code, ndim)})" if ndim is not None else ""
         found = _describe(code, nd) if not (zero0 or zero1) and code in _IDX_TYPES else "not an IDX file"
+        gz = data[:2] == b"\x1f\x8b"   # gzip's magic: a compressed file without its .gz suffix
         raise DataError(f"'{path}': expected an IDX file with magic number {want}{what}, found "
-                        f"0x{data[:4].hex().upper()} ({found})")
+                        f"0x{data[:4].hex().upper()} ({'gzip-compressed data: name it ' + path.name + '.gz' if gz else found})")
     head = 4 + 4 * nd
     if len(data) < head:
         raise DataError(f"'{path}': truncated: expected a {head}-byte header, found {len(data)} bytes")
@@ -73,21 +74,34 @@ def _describe(code: int | None, ndim: int) -> str:
     return f"{kind}, {ndim} dimension{'' if ndim == 1 else 's'}{_MEANING.get(ndim, '')}"
 
 
-def _find(folder: Path, stem: str) -> Path:
-    """Locate an IDX file under its standard name, the dotted variant, with or without .gz."""
+def _find(folder: Path, stem: str, notes: list[str]) -> Path:
+    """Locate an IDX file under its standard name, the dotted variant, with or without .gz (in that order of
+    preference); when several of those exist with different contents, a note says which one is read."""
     dotted = stem.replace("-idx", ".idx")
     names = [stem, stem + ".gz", dotted, dotted + ".gz"]
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(f"'{folder}': expected the IDX file '{stem}' (tried {', '.join(names)}), found none")
+    found = [folder / name for name in names if (folder / name).is_file()]
+    if not found:
+        raise DataError(f"'{folder}': expected the IDX file '{stem}' (tried {', '.join(names)}), found none")
+    if len(found) > 1 and len({_content(p) for p in found}) > 1:
+        notes.append(f"note: '{folder}' holds {', '.join(p.name for p in found)} with different contents; "
+                     f"reading {found[0].name}")
+    return found[0]
+
+
+def _content(path: Path) -> bytes | None:
+    """The file's data (gunzipped for .gz) to compare candidates by; None when unreadable (read_idx says why)."""
+    try:
+        return _read_bytes(path)
+    except DataError:
+        return None
 
 
 def _load(cfg, input_shape, base_dir, name: str, classes: list[str]) -> RawSplits:
     folder = resolve(cfg.path, base_dir, name)
     if not folder.is_dir():
         raise DataError(f"dataset '{name}': expected a folder with the IDX files, found file '{folder}'")
-    paths = {k: _find(folder, v) for k, v in _FILES.items()}
+    notes: list[str] = []
+    paths = {k: _find(folder, v, notes) for k, v in _FILES.items()}
     arrays = {k: read_idx(p, ndim=3 if k.endswith("_x") else 1, dtype="uint8") for k, p in paths.items()}
     require_shape((1,) + arrays["train_x"].shape[1:], input_shape, f"dataset '{name}' ('{paths['train_x']}')")
     splits = {}
@@ -101,7 +115,8 @@ def _load(cfg, input_shape, base_dir, name: str, classes: list[str]) -> RawSplit
         xf = x[:, None].astype(np.float32)
         xf /= np.float32(255.0)
         splits[part] = (xf, y)
-    return RawSplits(train=splits["train"], test=splits["test"], classes=classes, source=f"{name}:{folder}")
+    return RawSplits(train=splits["train"], test=splits["test"], classes=classes, source=f"{name}:{folder}",
+                     notes=notes)
 
 
 def load_mnist(cfg, input_shape, base_dir=None) -> RawSplits:

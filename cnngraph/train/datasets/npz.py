@@ -46,15 +46,11 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
     arrays = _read(p)
     for key in ("x", "y"):
         if key not in arrays:
+            from ...registry import did_you_mean
             raise DataError(f"'{p}': expected key '{key}' ({'images' if key == 'x' else 'labels or masks'}), "
-                            f"found keys {sorted(arrays)}")
-    classes = None
-    if "classes" in arrays:
-        c = arrays["classes"]
-        if c.ndim != 1 or c.dtype.kind not in "USiu":
-            raise DataError(f"'{p}': key 'classes' must be a 1-D array of names, found "
-                            f"dtype {c.dtype} shape {c.shape}")
-        classes = [str(v) for v in c.tolist()]
+                            f"found keys {sorted(arrays)}{did_you_mean(key, arrays)}")
+    classes = _classes_key(arrays, p)
+    notes = _unused_keys(arrays, p)
     present = [name for name, (kx, ky) in _PAIRS.items() if kx in arrays or ky in arrays]
     for name in present:
         kx, ky = _PAIRS[name]
@@ -62,7 +58,9 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
             missing = kx if kx not in arrays else ky
             raise DataError(f"'{p}': found '{ky if missing == kx else kx}' but expected key "
                             f"'{missing}' with it; found keys {sorted(arrays)}")
-    notes = []
+    present = [name for name in present if name == "train" or not _empty_split(arrays, name, p, notes)]
+    if cfg.targets != "values":
+        classes = _named_labels(arrays, present, classes, p, notes)
     eight_bit = _eight_bit(cfg.pixels, p, [arrays[_PAIRS[name][0]] for name in present], len(input_shape) == 2)
     if eight_bit and cfg.pixels == "auto":
         x = arrays["x"]
@@ -98,6 +96,73 @@ def load_npz(cfg, input_shape, base_dir=None) -> RawSplits:
         sources = [(f"'{p}' key '{_PAIRS[name][1]}'", y) for name, (_, y) in splits.items()]
     return RawSplits(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                      classes=classes, source=f"npz:{p}", notes=notes, label_sources=sources)
+
+
+_KNOWN_KEYS = ("x", "y", "x_val", "y_val", "x_test", "y_test", "classes")
+
+
+def _classes_key(arrays: dict, path) -> list[str] | None:
+    """The 'classes' key's names (None without one); duplicates are refused, as two classes of one name could
+    not be told apart in any report."""
+    if "classes" not in arrays:
+        return None
+    c = arrays["classes"]
+    if c.ndim != 1 or c.dtype.kind not in "USiu":
+        raise DataError(f"'{path}': key 'classes' must be a 1-D array of names, found "
+                        f"dtype {c.dtype} shape {c.shape}")
+    classes = [str(v) for v in c.tolist()]
+    twice = sorted({n for n in classes if classes.count(n) > 1})
+    if twice:
+        raise DataError(f"'{path}': key 'classes' names {', '.join(repr(n) for n in twice)} more than once; "
+                        f"expected one distinct name per class")
+    return classes
+
+
+def _unused_keys(arrays: dict, path) -> list[str]:
+    """A note naming the keys the loader does not read (a typo such as x_valid would otherwise go unseen)."""
+    from ...registry import did_you_mean
+    unused = [k for k in arrays if k not in _KNOWN_KEYS]
+    if not unused:
+        return []
+    named = ", ".join(f"'{k}'{did_you_mean(k, _KNOWN_KEYS)}" for k in unused)
+    return [f"note: '{path}': key(s) {named} not used; the keys read are {', '.join(_KNOWN_KEYS)}"]
+
+
+def _empty_split(arrays: dict, name: str, path, notes: list[str]) -> bool:
+    """Whether a validation or test split the file gives is empty; it is then taken as absent (so that
+    val_fraction / test_fraction can carve one), with a note saying so."""
+    kx, ky = _PAIRS[name]
+    if len(arrays[kx]) or len(arrays[ky]):
+        return False
+    fraction = "val_fraction" if name == "val" else "test_fraction"
+    notes.append(f"note: '{path}' keys '{kx}'/'{ky}' hold no samples: taken as no {name} split "
+                 f"(train.data.{fraction} carves one from 'x'/'y')")
+    return True
+
+
+def _named_labels(arrays: dict, present: list[str], classes: list[str] | None, path, notes: list[str]):
+    """Labels given as names (strings) become class indices, in place in ``arrays``: into the 'classes' key's
+    names when there is one, else into the sorted distinct names of every split; returns the class names."""
+    keys = [_PAIRS[name][1] for name in present]
+    texts = [k for k in keys if arrays[k].dtype.kind in "US"]
+    if not texts:
+        return classes
+    if len(texts) != len(keys):
+        raise DataError(f"'{path}': keys {', '.join(texts)} hold class names but "
+                        f"{', '.join(k for k in keys if k not in texts)} numbers; expected one kind for all")
+    if classes is None:
+        classes = sorted({str(v) for k in texts for v in np.unique(arrays[k]).tolist()})
+        notes.append(f"note: '{path}' key 'y' holds class names: classes are their sorted distinct values "
+                     f"({', '.join(classes[:10])}{', ...' * (len(classes) > 10)}); a 'classes' key sets another order")
+    index = {n: i for i, n in enumerate(classes)}
+    for k in texts:
+        names = [str(v) for v in arrays[k].reshape(-1).tolist()]
+        unknown = sorted({n for n in names if n not in index})
+        if unknown:
+            raise DataError(f"'{path}' key '{k}': class name(s) {', '.join(unknown[:10])} are not in key 'classes' "
+                            f"({', '.join(classes[:10])})")
+        arrays[k] = np.asarray([index[n] for n in names], dtype=np.int64).reshape(arrays[k].shape)
+    return classes
 
 
 def _eight_bit(pixels: str, path, xs: list[np.ndarray], sequences: bool = False) -> bool:
