@@ -210,13 +210,19 @@ def transpose(imp, node, a):
     return [_with(x, [groups[p] for p in perm])]
 
 
+def _axes(imp, node, a) -> list[int] | None:
+    """The axes of a Squeeze, Unsqueeze or reduction: an attribute, or (newer opsets) the second input."""
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in np.ravel(imp.const(node.input[1], "axes"))]
+    return axes
+
+
 @_handles("Unsqueeze", "Squeeze")
 def squeeze(imp, node, a):
     x = imp.get(node.input[0])
     groups = list(_groups(x))
-    axes = a.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = [int(v) for v in np.ravel(imp.const(node.input[1], "axes"))]
+    axes = _axes(imp, node, a)
     shape = _logical_shape(x)
     if node.op_type == "Unsqueeze":
         rank = len(groups) + len(axes)
@@ -393,9 +399,7 @@ def layer_norm(imp, node, a):
 def reduce(imp, node, a):
     x = imp.get(node.input[0])
     rank = len(_groups(x))
-    axes = a.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = [int(v) for v in np.ravel(imp.const(node.input[1], "axes"))]
+    axes = _axes(imp, node, a)
     if not axes:
         raise imp.fail(f"{node.op_type} over every axis of {_describe(imp, x)} (batch included) is not supported")
     axes = sorted({int(v) % rank for v in axes})
