@@ -65,10 +65,9 @@ def _batch_axis(groups) -> int:
     return next(i for i, g in enumerate(groups) if 0 in g)
 
 
-def _describe(imp, d: Dyn) -> str:
-    shape = ", ".join("N" if v == BATCH else f"{v // BATCH}N" if v % BATCH == 0 else str(v)
-                      for v in _logical_shape(d))
-    return f"({shape})"
+def _describe(d: Dyn) -> str:
+    """The ONNX shape of ``d`` for messages, the batch as N: (5, N, 4), (3N, 20)."""
+    return _show(_logical_shape(d))
 
 
 def _arrange(imp, d: Dyn, runs: list[tuple]) -> tuple[Dyn, dict]:
@@ -95,7 +94,7 @@ def _canonical(imp, d: Dyn, what: str) -> Dyn:
     groups = _groups(d)
     b = _batch_axis(groups)
     if groups[b] != (0,):
-        raise imp.fail(f"{what} a tensor {_describe(imp, d)} whose batch axis an earlier Reshape merged with other "
+        raise imp.fail(f"{what} a tensor {_describe(d)} whose batch axis an earlier Reshape merged with other "
                        f"axes is not supported")
     x, _ = _arrange(imp, d, [g for i, g in enumerate(groups) if i != b])
     return _with(x, [(i + 1,) for i in range(b)] + [(0,)] + [(i,) for i in range(b + 1, len(groups))])
@@ -109,9 +108,9 @@ def materialize(imp, d: Dyn, output: str | None = None) -> Dyn:
     groups = _groups(d)
     if groups[0] != (0,):
         if output is not None:
-            raise imp.fail(f"graph output '{output}' of shape {_describe(imp, d)} does not have the batch axis (N) "
+            raise imp.fail(f"graph output '{output}' of shape {_describe(d)} does not have the batch axis (N) "
                            f"first, alone; cnngraph's outputs (and inputs) keep the batch axis first")
-        raise imp.fail(f"the input {_describe(imp, d)} has its batch axis (N) moved by an earlier Transpose or "
+        raise imp.fail(f"the input {_describe(d)} has its batch axis (N) moved by an earlier Transpose or "
                        f"Reshape; a {imp.current_node.op_type} on it is not supported (cnngraph imports Transpose, "
                        f"Reshape, Squeeze, Unsqueeze, MatMul, Gemm, Softmax, LayerNormalization, the reductions, "
                        f"Gather, Concat, Split, Slice and element-wise ops on such tensors)")
@@ -134,10 +133,11 @@ def moves_batch(imp, node, a: dict) -> bool:
         if not isinstance(axes, (list, np.ndarray)):
             return False
         return 0 in [int(v) % (rank + len(axes)) for v in np.ravel(axes)]
-    if node.op_type == "Einsum":   # a plain batch-first operand whose batch letter is not the output's first
+    if node.op_type == "Einsum":   # the letter of a computed operand's batch axis is not the output's first
         from .import_ops import _einsum_terms
         terms, out = _einsum_terms(imp, a["equation"])
-        return bool(terms and terms[0]) and out[:1] != terms[0][0]
+        letters = {t[0] for t, name in zip(terms, node.input) if t and isinstance(imp.get(name), Dyn)}
+        return len(letters) == 1 and out[:1] not in letters
     if node.op_type == "Reshape":
         target = _reshape_target(imp, node, a, x)
         return target is not None and target[0] != BATCH and (imp.declared_batch is None or
@@ -231,7 +231,7 @@ def squeeze(imp, node, a):
         return [_with(x, groups)]
     axes = {int(v) % len(groups) for v in axes} if axes is not None else {i for i, n in enumerate(shape) if n == 1}
     if any(shape[i] != 1 for i in axes):
-        raise imp.fail(f"cannot squeeze axes {sorted(axes)} of {_describe(imp, x)}")
+        raise imp.fail(f"cannot squeeze axes {sorted(axes)} of {_describe(x)}")
     return [_with(x, [g for i, g in enumerate(groups) if i not in axes])]
 
 
@@ -273,7 +273,7 @@ def reshape(imp, node, a):
     x = imp.get(node.input[0])
     target = _reshape_target(imp, node, a, x)
     if target is None or -1 in target:
-        raise imp.fail(f"reshape of {_describe(imp, x)}: the target shape is not known at import time")
+        raise imp.fail(f"reshape of {_describe(x)}: the target shape is not known at import time")
     return [_regroup(imp, x, target)]
 
 
@@ -297,11 +297,11 @@ def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
         need, group = int(t), []
         while need != 1:
             if not queue:
-                raise imp.fail(f"cannot reshape {_describe(imp, x)} to {_show(target)}")
+                raise imp.fail(f"cannot reshape {_describe(x)} to {_show(target)}")
             p, rem = queue[0]
             if p == 0:
                 if need % BATCH:
-                    raise imp.fail(f"reshape of {_describe(imp, x)} to {_show(target)} splits the batch axis; "
+                    raise imp.fail(f"reshape of {_describe(x)} to {_show(target)} splits the batch axis; "
                                    f"not supported")
                 need //= BATCH
             elif need % rem == 0:
@@ -313,7 +313,7 @@ def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
                 need = 1
                 continue
             else:
-                raise imp.fail(f"reshape of {_describe(imp, x)} to {_show(target)} mixes parts of the batch axis "
+                raise imp.fail(f"reshape of {_describe(x)} to {_show(target)} mixes parts of the batch axis "
                                f"with other axes; not supported")
             if p:
                 pieces[p].append(rem)
@@ -321,7 +321,7 @@ def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
             queue.pop(0)
         new_groups.append(group)
     if queue:
-        raise imp.fail(f"cannot reshape {_describe(imp, x)} to {_show(target)}")
+        raise imp.fail(f"cannot reshape {_describe(x)} to {_show(target)}")
     index, shape = {(0, 0): 0}, []
     for p in range(1, len(s)):
         for k, size in enumerate(pieces.get(p) or [s[p]]):
@@ -334,6 +334,7 @@ def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
 
 
 def _show(target) -> str:
+    """A shape with the batch stand-in (and its multiples) written as N."""
     return "(" + ", ".join("N" if v == BATCH else f"{v // BATCH}N" if v % BATCH == 0 else str(v)
                            for v in target) + ")"
 
@@ -347,7 +348,7 @@ def _arranged_for(imp, node, axes: list[int], trailing: bool = False) -> tuple[D
     groups, s = _groups(x), _sizes(x)
     axes = sorted(set(axes))
     if any(0 in groups[i] for i in axes):
-        raise imp.fail(f"{node.op_type} along the (moved) batch axis of {_describe(imp, x)} is not supported")
+        raise imp.fail(f"{node.op_type} along the (moved) batch axis of {_describe(x)} is not supported")
     kept = {i: [p for p in g if p == 0 or s[p] != 1] for i, g in enumerate(groups)}
     tagged = []   # (tag, run of physical axes) in the new physical order
     for i, g in enumerate(groups):
@@ -376,7 +377,7 @@ def softmax(imp, node, a):
     rank = len(_groups(x))
     axis = int(a.get("axis", -1 if imp.opset >= 13 else 1)) % rank
     if imp.opset < 13 and axis != rank - 1:
-        raise imp.fail(f"{node.op_type} before opset 13 with axis {axis} flattens {_describe(imp, x)} from that axis "
+        raise imp.fail(f"{node.op_type} before opset 13 with axis {axis} flattens {_describe(x)} from that axis "
                        f"on, moved batch axis included; not supported")
     xa, groups, phys = _arranged_for(imp, node, [axis], trailing=imp.opset < 13)
     y = on_physical(imp, node, {**a, "axis": phys[axis] if imp.opset >= 13 else -1}, _standard(node),
@@ -401,7 +402,7 @@ def reduce(imp, node, a):
     rank = len(_groups(x))
     axes = _axes(imp, node, a)
     if not axes:
-        raise imp.fail(f"{node.op_type} over every axis of {_describe(imp, x)} (batch included) is not supported")
+        raise imp.fail(f"{node.op_type} over every axis of {_describe(x)} (batch included) is not supported")
     axes = sorted({int(v) % rank for v in axes})
     xa, groups, phys = _arranged_for(imp, node, axes)
     values = {node.input[0]: xa}
@@ -418,7 +419,7 @@ def gather(imp, node, a):
     x = imp.get(node.input[0])
     idx = imp.get(node.input[1])
     if not isinstance(idx, np.ndarray) or idx.ndim > 1:
-        raise imp.fail(f"Gather on {_describe(imp, x)} whose batch axis was moved takes a constant scalar or 1-D "
+        raise imp.fail(f"Gather on {_describe(x)} whose batch axis was moved takes a constant scalar or 1-D "
                        f"list of indices only")
     axis = int(a.get("axis", 0)) % len(_groups(x))
     xa, groups, phys = _arranged_for(imp, node, [axis])
@@ -495,18 +496,18 @@ def _const_to_physical(imp, x: Dyn, value, what: str) -> np.ndarray:
     if arr.size == 1:   # broadcasts alike in any arrangement
         return arr.reshape(())
     if arr.ndim > len(groups):
-        raise imp.fail(f"{what} of shape {arr.shape} has more axes than {_describe(imp, x)}")
+        raise imp.fail(f"{what} of shape {arr.shape} has more axes than {_describe(x)}")
     arr = arr.reshape((1,) * (len(groups) - arr.ndim) + arr.shape)
     dims, atoms = [], []
     for c, g in zip(arr.shape, groups):
         if c == 1:
             dims += [1] * len(g)
         elif 0 in g:
-            raise imp.fail(f"{what} of shape {arr.shape} varies along the (moved) batch axis of {_describe(imp, x)}")
+            raise imp.fail(f"{what} of shape {arr.shape} varies along the (moved) batch axis of {_describe(x)}")
         elif c == math.prod(s[p] for p in g):
             dims += [s[p] for p in g]
         else:
-            raise imp.fail(f"{what} of shape {arr.shape} does not broadcast against {_describe(imp, x)}")
+            raise imp.fail(f"{what} of shape {arr.shape} does not broadcast against {_describe(x)}")
         atoms += list(g)
     arr = arr.reshape(dims)
     arr = arr.transpose(np.argsort(atoms)) if atoms else arr
@@ -530,12 +531,12 @@ def elementwise_n(imp, node, a):
         vals = {n: _alike(imp, v) if isinstance(v, Dyn) else v for n, v in vals.items()}
         computed = [v for v in vals.values() if isinstance(v, Dyn)]
         if len({_groups(v) for v in computed}) > 1:
-            raise imp.fail(f"computed tensors {', '.join(_describe(imp, v) for v in computed)} have their batch "
+            raise imp.fail(f"computed tensors {', '.join(_describe(v) for v in computed)} have their batch "
                            f"axes in different places; combining them is not supported")
         try:
             shape = np.broadcast_shapes(*(v.shape for v in computed))
         except ValueError:
-            raise imp.fail(f"computed tensors {', '.join(_describe(imp, v) for v in computed)} do not broadcast "
+            raise imp.fail(f"computed tensors {', '.join(_describe(v) for v in computed)} do not broadcast "
                            f"against each other") from None
         first = Dyn(computed[0].id, tuple(shape), _groups(computed[0]))
     values = {n: _physical(v) if isinstance(v, Dyn) else _const_to_physical(imp, first, v, f"constant '{n}'")
@@ -566,7 +567,7 @@ def matmul(imp, node, a):
     ga, gb = _groups(av), _groups(bv)
     sa, sb = _sizes(av), _sizes(bv)
     if len(ga) != len(gb) or len(ga) < 3:
-        raise imp.fail(f"MatMul of {_describe(imp, av)} and {_describe(imp, bv)} (moved batch axes) needs operands "
+        raise imp.fail(f"MatMul of {_describe(av)} and {_describe(bv)} (moved batch axes) needs operands "
                        f"of one rank with the batch among the leading axes")
     lead_a = [p for g in ga[:-2] for p in g if p == 0 or sa[p] != 1]
     lead_b = [p for g in gb[:-2] for p in g if p == 0 or sb[p] != 1]
@@ -574,7 +575,7 @@ def matmul(imp, node, a):
             and [len([p for p in g if p == 0 or sa[p] != 1]) for g in ga[:-2]]
             == [len([q for q in g if q == 0 or sb[q] != 1]) for g in gb[:-2]])
     if not same or 0 not in lead_a:
-        raise imp.fail(f"MatMul of {_describe(imp, av)} and {_describe(imp, bv)}: the batch axis must be among "
+        raise imp.fail(f"MatMul of {_describe(av)} and {_describe(bv)}: the batch axis must be among "
                        f"the leading axes, made up alike in both; not supported")
     xa, wa = _arrange(imp, av, [(p,) for p in lead_a if p] + [ga[-2], ga[-1]])
     xb, _ = _arrange(imp, bv, [(q,) for q in lead_b if q] + [gb[-2], gb[-1]])
@@ -588,10 +589,10 @@ def _matmul_weight(imp, node, x: Dyn, w: np.ndarray, name: str) -> Dyn:
     """x (..., K) @ w (K, P), x's batch axis anywhere but in K: x arranged (batch, other axes, K), one matmul."""
     groups, s = _groups(x), _sizes(x)
     if w.ndim != 2:
-        raise imp.fail(f"MatMul of {_describe(imp, x)} (moved batch axis) by a constant of shape {w.shape}: only "
+        raise imp.fail(f"MatMul of {_describe(x)} (moved batch axis) by a constant of shape {w.shape}: only "
                        f"2-D weights are supported")
     if 0 in groups[-1]:
-        raise imp.fail(f"MatMul over the (moved) batch axis of {_describe(imp, x)} is not supported")
+        raise imp.fail(f"MatMul over the (moved) batch axis of {_describe(x)} is not supported")
     others = [p for g in groups[:-1] for p in g if p != 0 and s[p] != 1]
     xa, where = _arrange(imp, x, [(p,) for p in others] + [groups[-1]])
     fresh = _const(imp, name, w)
@@ -612,7 +613,7 @@ def gemm(imp, node, a):
     alpha * A @ B' + beta * C as a matmul by a weight and a broadcast add."""
     x = imp.get(node.input[0])
     if a.get("transA", 0):
-        raise imp.fail(f"Gemm with transA=1 on {_describe(imp, x)} (moved batch axis) is not supported")
+        raise imp.fail(f"Gemm with transA=1 on {_describe(x)} (moved batch axis) is not supported")
     b = imp.const(node.input[1], "B")
     w = (b.T if a.get("transB", 0) else b) * np.float32(a.get("alpha", 1.0))
     y = _matmul_weight(imp, node, x, np.ascontiguousarray(w, dtype=np.float32), node.input[1])
