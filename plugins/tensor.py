@@ -551,6 +551,9 @@ class Constant(Op):
     def init_params(self, in_shapes, rng):
         return {"value": np.full(tuple(self.p.shape), self.p.fill, np.float32)}
 
+    def param_shapes(self, in_shapes):
+        return {"value": tuple(self.p.shape)}
+
     def forward(self, ctx, inputs, params):
         v = params["value"]
         ctx.save(n=len(inputs))

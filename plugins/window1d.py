@@ -97,6 +97,11 @@ class _OneD(Op):
     def init_params(self, in_shapes, rng):
         return _weights(self.as_2d.init_params([_lift(in_shapes[0])], rng), to_2d=False)
 
+    def param_shapes(self, in_shapes):
+        shapes = self.as_2d.param_shapes([_lift(in_shapes[0])])
+        # the 2-D weight's unit kernel axis (kH) dropped, as _weights does to the arrays
+        return None if shapes is None else {k: (v[:2] + v[3:] if k == "weight" else v) for k, v in shapes.items()}
+
     def forward(self, ctx, inputs, params, **fused):
         """``fused``: conv1d's ``relu=True`` from the inference fusion (see cnngraph.passes)."""
         return self.as_2d.forward(ctx, [inputs[0][:, :, None]], _weights(params, to_2d=True), **fused)[:, :, 0]

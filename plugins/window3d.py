@@ -144,6 +144,11 @@ class Conv3d(Op):
         return (p.out_channels, *conv_out_sizes(shape[1:], p.kernel_size, p.stride, p.dilation, self.pads(shape),
                                                 "DHW"))
 
+    def param_shapes(self, in_shapes):
+        p = self.p
+        return {"weight": (p.out_channels, in_shapes[0][0] // p.groups, *p.kernel_size),
+                **({"bias": (p.out_channels,)} if p.bias else {})}
+
     def init_params(self, in_shapes, rng):
         p = self.p
         cin, taps = in_shapes[0][0] // p.groups, math.prod(p.kernel_size)
@@ -236,6 +241,11 @@ class ConvTranspose3d(Op):
                                  f"{size}")
             out.append(n)
         return (p.out_channels, *out)
+
+    def param_shapes(self, in_shapes):
+        p = self.p
+        return {"weight": (in_shapes[0][0], p.out_channels // p.groups, *p.kernel_size),
+                **({"bias": (p.out_channels,)} if p.bias else {})}
 
     def init_params(self, in_shapes, rng):
         p = self.p
