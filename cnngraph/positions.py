@@ -23,6 +23,10 @@ Positions = dict  # Path_ -> (line, column)
 # billions of values. Aliases may add this many values to a spec in all, far more than any network needs.
 MAX_ALIAS_VALUES = 100_000
 
+# PyYAML and the json module parse nested brackets recursively: a few hundred levels exhaust Python's
+# stack (a RecursionError traceback). Specs nest a handful of levels; refuse deeper ones before parsing.
+MAX_NESTING = 100
+
 _SAFE_TAGS = {"tag:yaml.org,2002:" + t for t in ("map", "seq", "str", "int", "float", "bool", "null")}
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -102,9 +106,14 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     by the json module (YAML would accept a trailing comma and read 1e-3 as a string); YAML only
     locates its values."""
     is_json = bool(file and file.endswith(".json") and text.strip())   # an empty file: "the spec is empty"
+    _check_nesting(text, file, is_json)
     data = _parse_json(text, file) if is_json else None
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except RecursionError:   # deep block nesting (indentation) that the bracket scan does not see
+        line = _deepest_indented_line(text)
+        raise SpecError(Problem(f"the spec nests too deeply to read (indented {line[1] - 1} columns here); expected "
+                                f"at most {MAX_NESTING} levels of nested lists and mappings", "", file, *line)) from None
     except yaml.YAMLError as exc:
         if is_json:   # valid JSON that YAML cannot read: its problems go without positions
             return data, {}
@@ -115,13 +124,73 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     if root is None:
         raise SpecError(Problem("the spec is empty; expected a mapping with 'inputs', 'layers' and 'outputs'",
                                 "", file, 1, 1))
-    _check_aliases(root, file)
+    _check_aliases(root, file)   # first: it refuses an alias inside its own anchor, a loop for the depth walk
+    _check_node_depth(root, file)
     pos: Positions = {}
     problems: list[Problem] = []
     constructed = _construct(root, (), pos, file, problems)
     if problems:
         raise SpecError(problems)
     return (data if is_json else constructed), pos
+
+
+def _check_nesting(text: str, file: str | None, is_json: bool) -> None:
+    """Refuse brackets ([ ], { }) nested more than MAX_NESTING deep, at the first bracket too deep. Brackets
+    inside quoted strings and YAML comments do not count."""
+    depth, line, col, quote, i, n = 0, 1, 0, "", 0, len(text)
+    while i < n:
+        ch = text[i]
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+        elif quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+                col += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'" and (is_json or ch == '"' or i == 0 or text[i - 1] in " \t\n[{,:"):
+            quote = ch   # a YAML apostrophe inside a plain word (it's) opens no string
+        elif ch == "#" and not is_json and (i == 0 or text[i - 1] in " \t\n"):
+            end = text.find("\n", i)
+            i, col = (n if end < 0 else end) - 1, col - 1   # the newline is read next
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SpecError(Problem(f"brackets nested more than {MAX_NESTING} levels deep; a spec's values nest "
+                                        f"a few levels (a list of layers, a layer's list of inputs)", "", file,
+                                        line, col))
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        i += 1
+
+
+def _deepest_indented_line(text: str) -> tuple[int, int]:
+    """(line, column) of the first non-blank character of the most indented line."""
+    best = (1, 1)
+    for number, row in enumerate(text.splitlines(), 1):
+        stripped = row.lstrip(" ")
+        if stripped and len(row) - len(stripped) + 1 > best[1]:
+            best = (number, len(row) - len(stripped) + 1)
+    return best
+
+
+def _check_node_depth(root: yaml.Node, file: str | None) -> None:
+    """Refuse block nesting (by indentation) deeper than MAX_NESTING, at the first node too deep; walked
+    without recursion, as everything after this step recurses over the data. An aliased node is walked
+    again only when reached deeper than before, so aliases ("billion laughs") cannot make this slow."""
+    stack, seen = [(root, 1)], {}
+    while stack:
+        node, depth = stack.pop()
+        if seen.get(id(node), 0) >= depth:
+            continue
+        seen[id(node)] = depth
+        if depth > MAX_NESTING:
+            raise SpecError(_at(node, file, f"lists and mappings nested more than {MAX_NESTING} levels deep; a "
+                                            f"spec's values nest a few levels"))
+        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_aliases(root: yaml.Node, file: str | None) -> None:

@@ -719,3 +719,36 @@ outputs: [up]
 """)
     (p,) = err.problems
     assert expected in p.message and p.line == 5 and p.layer == "up"
+
+
+@pytest.mark.parametrize("name,text,where", [
+    ("net.yaml", HEAD + "  - {id: a, type: relu, inputs: " + "[" * 500 + "image" + "]" * 500 + "}\noutputs: [a]\n",
+     (5, 132)),   # the 100th '[' of inputs is the 101st level, after the layer's '{'
+
+    ("net.json", '{"inputs": {"image": {"shape": [1, 8, 8]}}, "layers": [{"id": "a", "type": "relu", "inputs": '
+     + "[" * 2000 + '"image"' + "]" * 2000 + '}], "outputs": ["a"]}', (1, 93 + 98)),   # after the 3 levels of {, [ and {
+], ids=["yaml", "json"])
+def test_deeply_nested_brackets_are_a_located_error_not_a_recursion_error(tmp_path, name, text, where):
+    err, path = load(tmp_path, text, name=name)
+    (p,) = err.problems
+    assert p.message.startswith("brackets nested more than 100 levels deep")
+    assert (p.file, p.line, p.column) == (path, *where)
+    run = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", path], capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stdout + run.stderr and "RecursionError" not in run.stderr
+
+
+def test_brackets_in_strings_and_comments_do_not_count_as_nesting(tmp_path):
+    deep = "[" * 300
+    path = tmp_path / "net.yaml"
+    path.write_text(f"name: t  # {deep}\ndescription: '{deep}'\nx-note: \"{deep}\"\ninputs:\n  image: {{shape: [1, 8, 8]}}\n"
+                    "layers:\n  - {id: a, type: relu}\noutputs: [a]\n")
+    assert cnngraph.load_spec(path).name == "t"
+
+
+@pytest.mark.parametrize("levels,message", [(150, "lists and mappings nested more than 100 levels deep"),
+                                             (1500, "the spec nests too deeply to read")])
+def test_deep_indentation_nesting_is_a_located_error(tmp_path, levels, message):
+    rows = ["name: t", "inputs:"] + ["  " * (i + 1) + f"k{i}:" for i in range(levels)] + ["  " * (levels + 1) + "v"]
+    err, _ = load(tmp_path, "\n".join(rows) + "\n")
+    (p,) = err.problems
+    assert p.message.startswith(message) and p.line is not None and p.line > 100
