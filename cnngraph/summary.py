@@ -19,7 +19,7 @@ from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
-           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "available_memory_bytes", "measurement_cost",
+           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "frozen_line", "available_memory_bytes", "measurement_cost",
            "why_not_measure"]
 
 
@@ -360,6 +360,16 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
                    inference_peak_bytes(graph, batch_size, itemsize),
                    training_peak_bytes=training.peak_bytes if training is not None else None,
                    training_memory=training.to_dict() if training is not None else None)
+
+
+def frozen_line(s: Summary, frozen) -> str:
+    """The layers of ``frozen`` that hold parameters, as Keras's non-trainable count: "conv1, bn1 (464 params;
+    650 trained)"; '' when none."""
+    rows = [r for r in s.rows if r.params and r.id in set(frozen)]
+    if not rows:
+        return ""
+    fixed = sum(r.params for r in rows)
+    return f"{', '.join(r.id for r in rows)} ({fixed:,} params; {s.total_params - fixed:,} trained)"
 
 
 def human_bytes(n: float) -> str:

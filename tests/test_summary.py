@@ -460,3 +460,21 @@ def test_summary_says_what_train_freeze_keeps_fixed(tmp_path, capsys):
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
     assert main(["summary", str(tmp_path / "f.yaml"), "--no-training-memory"]) == 0
     assert "frozen by train.freeze: conv1, conv2 (4,800 params; 33,482 trained)" in capsys.readouterr().out
+
+
+def test_model_summary_prints_the_cli_table_and_can_return_it(capsys):
+    """Keras users call model.summary(): it prints what `cnngraph summary --no-training-memory` prints."""
+    assert main(["summary", "specs/lenet5.yaml", "--no-training-memory"]) == 0
+    cli = capsys.readouterr().out
+    model = cnngraph.compile("specs/lenet5.yaml")
+    assert model.summary() is None
+    assert capsys.readouterr().out == cli
+    assert model.summary(print_fn=None) == cli.rstrip("\n")
+    assert json.loads(model.summary(format="json", print_fn=None))["total_params"] == model.param_count() == 61706
+    model.freeze(["conv1"])
+    text = model.summary(batch_size=4, training_memory=True, print_fn=None)
+    assert "frozen by model.freeze: conv1 (156 params; 61,550 trained)" in text
+    assert "peak activation memory (training, batch 4): " in text and model.param_count() == 61550
+    with pytest.raises(ValueError, match="format must be"):
+        model.summary(format="html")
+    assert cnngraph.Model.param_count.__doc__ and "trainable" in cnngraph.Model.param_count.__doc__

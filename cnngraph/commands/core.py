@@ -70,14 +70,10 @@ def cmd_validate(args) -> int:
 
 
 def frozen_rows(spec, s) -> str:
-    """What the spec's train.freeze keeps fixed, as Keras's non-trainable count: "conv1, bn1 (464 params; 650 trained)"."""
+    """What the spec's train.freeze keeps fixed (see summary.frozen_line)."""
+    from ..summary import frozen_line
     from ..train.freeze import matching_layers
-    frozen = set(matching_layers(spec.train.freeze if spec.train is not None else [], [r.id for r in s.rows]))
-    rows = [r for r in s.rows if r.params and r.id in frozen]
-    if not rows:
-        return ""
-    fixed = sum(r.params for r in rows)
-    return f"{', '.join(r.id for r in rows)} ({fixed:,} params; {s.total_params - fixed:,} trained)"
+    return frozen_line(s, matching_layers(spec.train.freeze if spec.train is not None else [], [r.id for r in s.rows]))
 
 
 def cmd_summary(args) -> int:
