@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import PluginError, Problem, SpecError
 from .op import OpParams
 from .blocks import BROKEN_INSTANCE, DISPLAY, UNRESOLVED, expand_blocks
-from .positions import Positions, parse_text, path_to_str
+from .positions import Positions, parse_text, path_to_str, read_spec_text
 from .registry import Registry, did_you_mean, get_registry, load_plugin_file, plugin_loaded
 
 __all__ = ["Spec", "LayerSpec", "InputSpec", "load_spec", "spec_problems_from_validation"]
@@ -281,13 +281,7 @@ def _read_source(source: Any) -> tuple[Any, Positions, str | None, str | None]:
     if isinstance(source, dict):
         return copy.deepcopy(source), {}, None, None
     path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(Problem(f"spec file not found: {path}", file=str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(Problem(f"cannot read spec file: {exc}", file=str(path))) from None
-    data, positions = parse_text(text, str(path))
+    data, positions = parse_text(read_spec_text(path), str(path))
     return data, positions, str(path), str(path.resolve().parent)
 
 

@@ -752,3 +752,46 @@ def test_deep_indentation_nesting_is_a_located_error(tmp_path, levels, message):
     err, _ = load(tmp_path, "\n".join(rows) + "\n")
     (p,) = err.problems
     assert p.message.startswith(message) and p.line is not None and p.line > 100
+
+
+@pytest.mark.parametrize("codec,mark", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"),
+                                        ("utf-32-le", b"\xff\xfe\x00\x00"), ("utf-32-be", b"\x00\x00\xfe\xff")])
+@pytest.mark.parametrize("name", ["net.yaml", "net.json"])
+def test_specs_with_a_byte_order_mark_load_and_stay_located(tmp_path, codec, mark, name):
+    text = ('{"name": "b", "inputs": {"image": {"shape": [1, 8, 8]}},\n "layers": [{"id": "a", "type": "relu"}],\n'
+            ' "outputs": ["a"]}\n')
+    path = tmp_path / name
+    path.write_bytes(mark + text.encode(codec))
+    assert cnngraph.load_spec(path).name == "b"
+    path.write_bytes(mark + text.replace('"relu"}', '"relu", "kernal": 3}').encode(codec))
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    (p,) = info.value.problems
+    assert "unknown key 'kernal'" in p.message and (p.line, p.column) == (2, 41)
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"name: t\ninputs:\n  image: {shape: [1, 8, 8]}\n# caf\xe9\n",
+     "not a UTF-8 text file (byte 0xe9 at line 4, column 6); save it as UTF-8 (it may be Latin-1 or Windows-1252 text)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a UTF-8 text file (byte 0x89 at line 1, column 1); it looks like a PNG image"),
+    (bytes([0xa9, 0x2d, 0x1c, 0xa3, 0x7d, 0xe9, 0x0b, 0x9a]), "not a UTF-8 text file (byte 0xa9 at line 1, column 1); "
+                                                              "a spec is YAML or JSON text"),
+    ("name: t\n".encode("utf-16-le"), "not a text file: a NUL byte at line 1, column 2"),
+    (b"\xff\xfe" + b"n\x00\x00\xd8", "not a UTF-16-LE text file, as its byte-order mark says (byte 0x00 at line 1, column 2)"),
+], ids=["latin-1", "png", "binary", "utf-16 without mark", "broken utf-16"])
+def test_files_that_are_not_text_say_which_byte_and_where(tmp_path, data, message):
+    path = tmp_path / "net.yaml"
+    path.write_bytes(data)
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    (p,) = info.value.problems
+    assert p.message.startswith(message) and p.file == str(path)
+    assert "codec" not in p.message
+
+
+def test_a_json_file_holding_yaml_is_told_to_be_renamed(tmp_path):
+    err, path = load(tmp_path, HEAD + "  - {id: a, type: relu}\noutputs: [a]\n", name="net.json")
+    (p,) = err.problems
+    assert p.message == f"not valid JSON: Expecting value; it looks like YAML, not JSON: rename it to {path[:-5]}.yaml"
+    err, _ = load(tmp_path, '{"name": "t", "layers": [1, 2,]}', name="net.json")   # JSON with a mistake: no hint
+    assert "YAML" not in err.problems[0].message

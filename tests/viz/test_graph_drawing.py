@@ -392,12 +392,17 @@ def test_a_spec_path_that_is_not_a_readable_text_file_writes_nothing(tmp_path, c
     (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     for spec, message in (("specs/lenet5.yml", "spec file not found: specs/lenet5.yml"),
                           (str(tmp_path), f"{tmp_path} is a folder, not a spec file"),
-                          (str(tmp_path / "blob.yaml"), "blob.yaml is not a text file"),
-                          (str(tmp_path / "latin1.yaml"), "latin1.yaml is not a text file")):
+                          (str(tmp_path / "blob.yaml"), "blob.yaml: not a UTF-8 text file (byte 0x89 at line 1, "
+                                                        "column 1); it looks like a PNG image"),
+                          (str(tmp_path / "latin1.yaml"), "latin1.yaml: not a UTF-8 text file (byte 0xe9 at line 1, "
+                                                          "column 10); save it as UTF-8")):
         for out in (keep, tmp_path / "new.png"):
             assert main(["viz", spec, "-o", str(out)]) == 1
             err = capsys.readouterr().err
             assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        if spec.endswith(".yaml"):   # validate says the same
+            assert main(["validate", spec]) == 1
+            assert message in capsys.readouterr().out
     assert keep.read_bytes() == good and not (tmp_path / "new.png").exists()
 
 
