@@ -26,6 +26,23 @@ from .registry import Registry, did_you_mean, get_registry, load_plugin_file, pl
 __all__ = ["Spec", "LayerSpec", "InputSpec", "load_spec", "spec_problems_from_validation"]
 
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+ID_RULE = "ASCII letters, digits, '_', '.' and '-', starting with a letter or '_'"
+
+
+def _char_name(c: str) -> str:
+    return "a space" if c == " " else f"{c!r} (U+{ord(c):04X})" if not c.isascii() or not c.isprintable() else repr(c)
+
+
+def id_problem(v: str) -> str:
+    """Why ``v`` is not a valid id (which character, where), or '' when it is."""
+    if ID_PATTERN.match(v):
+        return ""
+    if not v:
+        return f"an id may not be empty; use {ID_RULE}"
+    if not re.match(r"[A-Za-z_]", v[0]):
+        return f"starts with {_char_name(v[0])}; ids use {ID_RULE}"
+    i = next(i for i, c in enumerate(v) if not re.match(r"[A-Za-z0-9_.\-]", c))
+    return f"{_char_name(v[i])} at character {i + 1} is not allowed; ids use {ID_RULE}"
 DTYPES = ("float32", "float64", "int64")
 
 
@@ -67,10 +84,9 @@ class _TopLevel(BaseModel):
     @field_validator("inputs")
     @classmethod
     def _input_names_ok(cls, v: dict) -> dict:
-        bad = [k for k in v if not ID_PATTERN.match(k)]
+        bad = [f"{k!r}: {id_problem(k)}" for k in v if id_problem(k)]
         if bad:   # they are referenced from layers' inputs like layer ids
-            raise ValueError(f"input names follow the layer-id rule (start with an ASCII letter or '_', then "
-                             f"letters, digits, '_', '.', '-'); found {', '.join(map(repr, bad))}")
+            raise ValueError(f"input names follow the layer-id rule: {'; '.join(bad)}")
         return v
 
 
@@ -83,9 +99,9 @@ class _LayerHead(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_ok(cls, v: str) -> str:
-        if not ID_PATTERN.match(v):
-            raise ValueError(f"layer ids start with an ASCII letter or '_' and use letters, digits, '_', '.', '-'; "
-                             f"found {v!r}")
+        problem = id_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 

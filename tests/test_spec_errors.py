@@ -795,3 +795,18 @@ def test_a_json_file_holding_yaml_is_told_to_be_renamed(tmp_path):
     assert p.message == f"not valid JSON: Expecting value; it looks like YAML, not JSON: rename it to {path[:-5]}.yaml"
     err, _ = load(tmp_path, '{"name": "t", "layers": [1, 2,]}', name="net.json")   # JSON with a mistake: no hint
     assert "YAML" not in err.problems[0].message
+
+
+@pytest.mark.parametrize("layer_id,expected", [
+    ("faltung_ä", "'ä' (U+00E4) at character 9 is not allowed; ids use ASCII letters, digits"),
+    ("激活", "starts with '激' (U+6FC0); ids use ASCII letters"),
+    ('"a b"', "a space at character 2 is not allowed"),
+    ('"1conv"', "starts with '1'; ids use ASCII letters, digits, '_', '.' and '-', starting with a letter or '_'"),
+    ('""', "an id may not be empty"),
+])
+def test_an_id_that_breaks_the_rule_names_the_character_and_where(tmp_path, layer_id, expected):
+    err, _ = load(tmp_path, HEAD + f"  - {{id: {layer_id}, type: relu}}\noutputs: [image]\n")
+    (p,) = [p for p in err.problems if p.path == "layers[0].id"]
+    assert p.message.startswith(expected) and (p.line, p.column) == (5, 10)
+    err, _ = load(tmp_path, f"inputs:\n  {layer_id}: {{shape: [1, 4, 4]}}\nlayers:\n  - {{id: r, type: relu}}\noutputs: [r]\n")
+    assert any("input names follow the layer-id rule" in p.message and expected in p.message for p in err.problems)
