@@ -231,14 +231,12 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
         elif kind == "missing":
             problems.append(_locate(f"missing required key '{path[-1]}'", full[:-1], positions, file, layer, notes))
         else:
-            msgs = []
-            for e in errs:
-                m = e["msg"].removeprefix("Value error, ")
-                if m not in msgs:
-                    msgs.append(m)
             found = first.get("input")
-            text = "; or ".join(msgs)
-            if "found" not in text and not isinstance(found, (dict, list)) or (isinstance(found, list) and len(str(found)) < 60 and "found" not in text):
+            special = _special_wording(full, first, found)
+            text = special or _spec_wording(errs)
+            shown = bool(special) and ("write" in special or kind == "too_short")   # the message shows the value
+            if not shown and "found" not in text and (not isinstance(found, (dict, list))
+                                                      or isinstance(found, list) and len(str(found)) < 60):
                 text += f" (found {found!r})"
             if isinstance(found, str) and kind == "literal_error":   # dtype: flaot32, mode: bilnear
                 text += _close_choice(found, re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", "")))
@@ -251,6 +249,60 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
                          "; $arguments are substituted only in the layers of a block (see blocks:)")
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
+
+
+# pydantic's "Input should be a valid dictionary" says "input", a word the spec uses for its inputs: say
+# what is expected in the spec's words instead
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+             "bool_parsing": "true or false", "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping",
+             "model_type": "a mapping", "model_attributes_type": "a mapping"}
+
+
+def _spec_wording(errs: list[dict]) -> str:
+    """One message for the errors at one place: 'expected a string or a list' for a union's alternatives."""
+    kinds = [_EXPECTED[e["type"]] for e in errs if e["type"] in _EXPECTED]
+    if kinds and len(kinds) == len(errs):
+        kinds = list(dict.fromkeys(kinds))
+        return "expected " + (" or ".join(kinds) if len(kinds) < 3 else ", ".join(kinds[:-1]) + " or " + kinds[-1])
+    msgs: list[str] = []
+    for e in errs:
+        m = e["msg"].removeprefix("Value error, ")
+        m = re.sub(r"^Input should be (greater|less)", r"expected a value \1", m)
+        m = re.sub(r"^Input should (be|have)", lambda g: "expected" if g[1] == "be" else "expected to have", m)
+        if m not in msgs:
+            msgs.append(m)
+    return "; or ".join(msgs)
+
+
+def _flow(value: Any) -> str:
+    """A value as a spec writes it inline (YAML flow style): {shape: [3, 16, 16]}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.\-]*", value) else str(value)
+
+
+def _special_wording(full: tuple, err: dict, found: Any) -> str:
+    """Messages that say what to write, for the mistakes of the spec's structure seen most ('' for others)."""
+    kind = err["type"]
+    if kind == "too_short" and len(full) == 1 and full[0] in ("layers", "inputs"):
+        what = ("layer", "list") if full[0] == "layers" else ("input, e.g. image: {shape: [3, 32, 32]}", "mapping")
+        return f"the {what[1]} is empty; a spec needs at least one {what[0]}"
+    if len(full) == 2 and full[0] == "inputs" and kind in ("model_type", "dict_type"):
+        shape = found if isinstance(found, list) else "[C, H, W]"
+        return f"expected a mapping with the input's shape; write {full[1]}: {{shape: {_flow(shape)}}}"
+    if full == ("inputs",) and kind == "dict_type":
+        named = {e.pop("id", e.pop("name", None)): e for e in (dict(x) for x in found if isinstance(x, dict))} \
+            if isinstance(found, list) else {}
+        example = _flow(named) if named and None not in named else "{image: {shape: [3, 32, 32]}}"
+        return f"expected a mapping from input names to their shapes; write inputs: {example}"
+    if len(full) == 3 and full[0] == "layers" and full[2] == "inputs" and kind in ("string_type", "list_type"):
+        return "expected a layer id or input name, or a list of them"
+    if full == ("outputs",) and kind in ("string_type", "list_type"):
+        return "expected a layer id, or a list of them"
+    return ""
 
 
 # keys that Keras and PyTorch habits bring to a layer: (the key meant here, or None; the hint)

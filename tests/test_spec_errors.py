@@ -84,11 +84,11 @@ outputs: [c]
 
 
 @pytest.mark.parametrize("field,value,expect", [
-    ("out_channels", "four", "valid integer"),
+    ("out_channels", "four", "expected an integer (found 'four')"),
     ("out_channels", 0, "greater than or equal to 1"),
     ("kernel_size", [3, 3, 3], "expected an integer >= 1 or a list [h, w]"),
     ("padding", "full", "expected 'same', 'valid'"),
-    ("bias", "maybe", "valid boolean"),
+    ("bias", "maybe", "expected true or false"),
 ])
 def test_wrong_types_and_ranges(tmp_path, field, value, expect):
     layer = {"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, field: value}
@@ -296,12 +296,12 @@ def test_scalars_of_the_wrong_type_are_refused_not_converted(tmp_path):
 outputs: [c3]
 """)
     assert [(p.path, p.message) for p in err.problems] == [
-        ("layers[0].out_channels", "Input should be a valid integer (found True)"),
-        ("layers[1].out_channels", "Input should be a valid integer (found '8')"),
-        ("layers[1].bias", "Input should be a valid boolean (found 'yes')"),
-        ("layers[2].affine", "Input should be a valid boolean (found 'off')"),
-        ("layers[3].negative_slope", "Input should be a valid number (found True)"),
-        ("layers[4].bias", "Input should be a valid boolean (found 0)")]
+        ("layers[0].out_channels", "expected an integer (found True)"),
+        ("layers[1].out_channels", "expected an integer (found '8')"),
+        ("layers[1].bias", "expected true or false (found 'yes')"),
+        ("layers[2].affine", "expected true or false (found 'off')"),
+        ("layers[3].negative_slope", "expected a number (found True)"),
+        ("layers[4].bias", "expected true or false (found 0)")]
 
 
 def test_train_section_numbers_are_strict_and_finite(tmp_path):
@@ -325,18 +325,18 @@ train:
 """)
     got = {p.path: (p.line, p.message) for p in err.problems}
     assert got == {
-        "layers[0].out_channels": (5, "Input should be a valid integer (found True)"),
+        "layers[0].out_channels": (5, "expected an integer (found True)"),
         "layers[0].kernel_size": (5, "expected an integer >= 1 or a list [h, w] of them, found '3'"),
-        "train.batch_size": (10, "Input should be a valid integer (found True)"),
-        "train.epochs": (11, "Input should be a valid integer (found '2')"),
-        "train.seed": (12, "Input should be greater than or equal to 0 (found -5)"),
-        "train.grad_clip": (13, "Input should be a finite number (found nan)"),
-        "train.optimizer.lr": (14, "Input should be a finite number (found inf)"),
-        "train.optimizer.nesterov": (14, "Input should be a valid boolean (found 'yes')"),
-        "train.schedule.gamma": (15, "Input should be a finite number (found inf)"),
-        "train.early_stopping.patience": (16, "Input should be a valid integer (found '3')"),
-        "train.augment[0].pixels": (17, "Input should be a valid integer (found True)"),
-        "train.data.val_fraction": (18, "Input should be a valid number (found '0.1')"),
+        "train.batch_size": (10, "expected an integer (found True)"),
+        "train.epochs": (11, "expected an integer (found '2')"),
+        "train.seed": (12, "expected a value greater than or equal to 0 (found -5)"),
+        "train.grad_clip": (13, "expected a finite number (found nan)"),
+        "train.optimizer.lr": (14, "expected a finite number (found inf)"),
+        "train.optimizer.nesterov": (14, "expected true or false (found 'yes')"),
+        "train.schedule.gamma": (15, "expected a finite number (found inf)"),
+        "train.early_stopping.patience": (16, "expected an integer (found '3')"),
+        "train.augment[0].pixels": (17, "expected an integer (found True)"),
+        "train.data.val_fraction": (18, "expected a number (found '0.1')"),
     }, err
 
 
@@ -587,7 +587,7 @@ def test_a_top_level_problem_hides_no_other_problem(tmp_path, head, tail, first)
     assert first in text
     assert "unknown key 'stirde' (did you mean 'stride'?)" in text
     assert "input 'aa' is neither a layer id nor a model input" in text
-    assert "train.epochs: Input should be greater than or equal to 1" in text
+    assert "train.epochs: expected a value greater than or equal to 1" in text
     trained = [p for p in err.problems if p.path == "train.epochs"]
     assert trained[0].line == len((head + COMBO_LAYERS + tail).splitlines())   # located in the file as written
 
@@ -810,3 +810,26 @@ def test_an_id_that_breaks_the_rule_names_the_character_and_where(tmp_path, laye
     assert p.message.startswith(expected) and (p.line, p.column) == (5, 10)
     err, _ = load(tmp_path, f"inputs:\n  {layer_id}: {{shape: [1, 4, 4]}}\nlayers:\n  - {{id: r, type: relu}}\noutputs: [r]\n")
     assert any("input names follow the layer-id rule" in p.message and expected in p.message for p in err.problems)
+
+
+@pytest.mark.parametrize("text,path,message", [
+    ("inputs:\n  image: [3, 16, 16]\nlayers:\n  - {id: a, type: relu}\noutputs: [a]\n", "inputs.image",
+     "expected a mapping with the input's shape; write image: {shape: [3, 16, 16]}"),
+    ("inputs:\n  - {id: image, shape: [3, 16, 16]}\nlayers:\n  - {id: a, type: relu}\noutputs: [a]\n", "inputs",
+     "expected a mapping from input names to their shapes; write inputs: {image: {shape: [3, 16, 16]}}"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  []\noutputs: [image]\n", "layers",
+     "the list is empty; a spec needs at least one layer"),
+    ("inputs: {}\nlayers:\n  - {id: a, type: relu}\noutputs: [a]\n", "inputs",
+     "the mapping is empty; a spec needs at least one input, e.g. image: {shape: [3, 32, 32]}"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  - {id: c1, type: relu, inputs: 3}\noutputs: [c1]\n",
+     "layers[0].inputs", "expected a layer id or input name, or a list of them (found 3)"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  - relu\noutputs: [image]\n", "layers[0]",
+     "expected a mapping (found 'relu')"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  - {id: a, type: relu}\noutputs: 3\n", "outputs",
+     "expected a layer id, or a list of them (found 3)"),
+], ids=["input as a list", "inputs as a list", "no layers", "no inputs", "inputs an int", "layer a string", "outputs an int"])
+def test_structure_mistakes_are_said_in_the_spec_words_not_pydantic_words(tmp_path, text, path, message):
+    err, _ = load(tmp_path, text)
+    p = next(p for p in err.problems if p.path == path)
+    assert p.message == message
+    assert not any("Input should" in q.message or "should have at least" in q.message for q in err.problems)
