@@ -21,9 +21,11 @@ Shape = tuple[int, ...]
 
 class OpParams(StrictScalars):
     """Base of every op's parameter model: unknown keys are errors, values are immutable, and a spec's
-    scalar must have the field's own type (no ``true`` as 1 channel, no ``"8"`` or ``"yes"``)."""
+    scalar must have the field's own type (no ``true`` as 1 channel, no ``"8"`` or ``"yes"``). Numbers must
+    be finite (``negative_slope: .inf`` is refused); a field where an infinity means something is typed
+    ``cnngraph.paramtypes.FloatOrInf`` (clip bounds, a pad value)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Context:

@@ -7,14 +7,15 @@ Spec authors write ``kernel_size: 3`` or ``kernel_size: [3, 5]``; ``padding`` al
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticKnownError
 
 __all__ = ["StrictScalars", "StrictSettings", "IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "IntTriple",
-           "NonNegativeTriple", "Padding3", "is_whole"]
+           "NonNegativeTriple", "Padding3", "FloatOrInf", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
@@ -96,6 +97,17 @@ CropPadding1 = Annotated[tuple[int, int], BeforeValidator(_padding((2,), " or [b
 CropPadding3 = Annotated[tuple[int, ...],
                          BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]", ()))]
 
+
+
+def _not_nan(v: float) -> float:
+    if math.isnan(v):
+        raise ValueError("expected a number or -.inf/.inf, found nan")
+    return v
+
+
+# Op parameters must be finite (OpParams), except where an infinity means something: a clip bound (no bound),
+# a pad value (-inf padding before a max, as ONNX models have). NaN never does.
+FloatOrInf = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_not_nan)]
 
 
 class StrictScalars(BaseModel):
