@@ -111,7 +111,27 @@ layers:
 outputs: [sum]
 """)
     (p,) = err.problems
-    assert "(16, 8, 8) and (32, 8, 8)" in p.message and p.layer == "sum" and p.line == 6
+    assert p.message == "add needs inputs of one shape: a gives (16, 8, 8), b gives (32, 8, 8)"
+    assert p.layer == "sum" and p.line == 6
+
+
+def test_merge_mismatches_name_the_layer_that_gives_each_shape(tmp_path):
+    err, _ = load(tmp_path, """\
+inputs:
+  image: {shape: [3, 16, 16]}
+layers:
+  - {id: c2, type: conv2d, inputs: image, out_channels: 8, kernel_size: 3, padding: 1}
+  - {id: p, type: max_pool2d, inputs: image, kernel_size: 2}
+  - {id: cat, type: concat, inputs: [c2, p]}
+  - {id: m, type: matmul, inputs: [c2, p]}
+outputs: [cat, m]
+""")
+    found = {p.layer: p.message for p in err.problems}
+    assert found["cat"] == "concat along axis 1 needs all other dimensions equal: c2 gives (8, 16, 16), p gives (3, 8, 8)"
+    assert found["m"].endswith("(inputs: c2 gives (8, 16, 16), p gives (3, 8, 8))")   # any op with several inputs
+    from cnngraph.plugins.merge import Add
+    with pytest.raises(cnngraph.ShapeError, match=r"^add needs inputs of one shape, found \(2,\), \(3,\)$"):
+        Add().infer_shape([(2,), (3,)])   # called directly (check-op, ONNX import): the shapes, unnamed
 
 
 def test_kernel_larger_than_padded_input(tmp_path):
@@ -833,3 +853,29 @@ def test_structure_mistakes_are_said_in_the_spec_words_not_pydantic_words(tmp_pa
     p = next(p for p in err.problems if p.path == path)
     assert p.message == message
     assert not any("Input should" in q.message or "should have at least" in q.message for q in err.problems)
+
+
+def test_op_parameters_must_be_finite_except_where_an_infinity_means_something(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: d, type: dropout, p: .nan}
+  - {id: l, type: leaky_relu, negative_slope: .inf}
+  - {id: e, type: elu, alpha: -.inf}
+  - {id: c, type: clip, min: .nan}
+outputs: [c]
+""")
+    found = {p.path: p.message for p in err.problems}
+    assert found["layers[0].p"] == "expected a finite number (found nan)"
+    assert found["layers[1].negative_slope"] == "expected a finite number (found inf)"
+    assert found["layers[2].alpha"] == "expected a finite number (found -inf)"
+    assert found["layers[3].min"].startswith("expected a number or -.inf/.inf, found nan")
+    # clip bounds and a pad value may be infinite: no bound, and -inf padding before a max (ONNX models)
+    import numpy as np
+    spec = cnngraph.load_spec({"inputs": {"x": {"shape": [1, 2, 2]}},
+                               "layers": [{"id": "c", "type": "clip", "min": float("-inf"), "max": 6.0},
+                                          {"id": "p", "type": "pad", "pads": [[0, 0], [1, 1], [1, 1]],
+                                           "value": float("-inf")},
+                                          {"id": "m", "type": "max_pool2d", "kernel_size": 2, "stride": 1}],
+                               "outputs": ["m"]})
+    x = np.array([[[[9.0, -3.0], [1.0, 2.0]]]], np.float32)
+    y = cnngraph.compile(spec).forward({"x": x})["m"]
+    np.testing.assert_array_equal(y[0, 0], [[6.0, 6.0, -3.0], [6.0, 6.0, 2.0], [1.0, 2.0, 2.0]])   # -inf never wins
