@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Optional
 
+from pydantic import Field
+
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op
@@ -41,7 +43,7 @@ class ConvTranspose1dParams(ConvTranspose2dParams):
 
 class Pool1dParams(PoolParams):
     kernel_size: Int1
-    stride: Optional[Int1] = None   # default: kernel_size
+    stride: Optional[Int1] = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding1 = (0, 0)
 
 

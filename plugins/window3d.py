@@ -59,14 +59,14 @@ class ConvTranspose3dParams(ConvTranspose2dParams):
 
 class MaxPool3dParams(MaxPoolParams):
     kernel_size: IntTriple
-    stride: IntTriple | None = None   # default: kernel_size
+    stride: IntTriple | None = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding3 = (0, 0, 0)
     dilation: IntTriple = (1, 1, 1)
 
 
 class AvgPool3dParams(AvgPoolParams):
     kernel_size: IntTriple
-    stride: IntTriple | None = None   # default: kernel_size
+    stride: IntTriple | None = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding3 = (0, 0, 0)
 
 

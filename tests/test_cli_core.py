@@ -113,6 +113,12 @@ def test_ops_and_plugins_listing():
     r = cli("ops", "upsample2d", "slice")   # named ones only, with readable types and choices
     assert r.stdout.count("  [cnngraph.plugins.") == 2 and "mode (nearest|bilinear|bicubic)" in r.stdout
     assert "start (int or null): default null" in r.stdout
+    r = cli("ops", "max_pool2d", "conv_transpose2d", "conv2d", "conv1d", "clip")   # types as the spec writes them
+    assert "stride (int or [int, int] or null): default null — null: the kernel size" in r.stdout
+    assert "padding (int, [h, w], [top, bottom, left, right]): default [0, 0]" in r.stdout   # conv_transpose2d
+    assert "padding (int, [h, w], [top, bottom, left, right], same or valid): default [0, 0]" in r.stdout
+    assert "kernel_size (int or [int]): required" in r.stdout and "min (float (or -.inf, .inf) or null)" in r.stdout
+    assert "[int, ...]" not in r.stdout and "str or" not in r.stdout
     r = cli("ops", "pad")   # a parameter's description says its form
     assert "pads ([[int, int], ...]): required — [before, after] for each per-sample dimension, channels " \
            "included" in r.stdout

@@ -153,9 +153,8 @@ def _describe_params(op_cls) -> list[dict]:
         default = None if required else f.get_default(call_default_factory=True)
         if isinstance(default, tuple):
             default = list(default)
-        kind = _type_text(f.annotation)
-        if kind == "[int, int]" and f.metadata:   # IntPair: its validator also takes one number for both
-            kind = "int or [int, int]"
+        form = next((m for m in f.metadata if isinstance(m, SpecForm)), None)   # Annotated at the top
+        kind = str(form) if form is not None else _type_text(f.annotation)
         rows.append({"name": name, "required": required, "default": default, "type": kind,
                      "constraints": _constraints(f.metadata), "description": f.description})
     return rows
@@ -171,12 +170,16 @@ def _constraints(metadata) -> list[str]:
             if getattr(m, attr, None) is not None]
 
 
+from ..paramtypes import SpecForm   # noqa: E402  (light: pydantic is loaded for any spec command)
+
+
 def _type_text(ann) -> str:
     """A parameter's type as a spec writer reads it: int, float, a|b (choices), [int, int], x or null."""
     import typing
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin is typing.Annotated:
-        return _type_text(args[0])
+        form = next((m for m in args[1:] if isinstance(m, SpecForm)), None)
+        return str(form) if form is not None else _type_text(args[0])
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
