@@ -458,8 +458,23 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     problems += graph_problems
     if problems:
         raise SpecError(problems)
-    spec.warnings = _double_activations(spec) + _unused(spec)
+    spec.warnings = _double_activations(spec) + _unused(spec) + _channels_last(spec)
     return spec
+
+
+def _channels_last(spec: Spec) -> list[Problem]:
+    """An image input written (H, W, C), as NumPy/PIL/Keras hold images: it validates (a conv2d takes H as its
+    channels) but trains on nonsense. Warned when the last size is a colour count (1, 3, 4) and the first is
+    much larger."""
+    out = []
+    for name, inp in spec.inputs.items():
+        shape = list(inp.shape)
+        if len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] >= 8 * shape[-1] and shape[1] >= 8 * shape[-1]:
+            fixed = [shape[-1], *shape[:-1]]
+            out.append(spec.problem(f"shape {shape} looks channels-last (H, W, C); cnngraph takes (C, H, W): write "
+                                    f"shape: {fixed} (a conv2d now reads {shape[0]} channels of {shape[1]}x{shape[2]})",
+                                    ("inputs", name, "shape")))
+    return out
 
 
 def _unused(spec: Spec) -> list[Problem]:

@@ -879,3 +879,20 @@ outputs: [c]
     x = np.array([[[[9.0, -3.0], [1.0, 2.0]]]], np.float32)
     y = cnngraph.compile(spec).forward({"x": x})["m"]
     np.testing.assert_array_equal(y[0, 0], [[6.0, 6.0, -3.0], [6.0, 6.0, 2.0], [1.0, 2.0, 2.0]])   # -inf never wins
+
+
+def test_a_channels_last_image_shape_is_a_warning_with_the_fix(tmp_path, capsys):
+    from cnngraph.cli import main
+    path = tmp_path / "hwc.yaml"
+    path.write_text("inputs:\n  image: {shape: [32, 32, 3]}\nlayers:\n  - {id: c, type: conv2d, out_channels: 4, "
+                    "kernel_size: 3}\noutputs: [c]\n")
+    spec = cnngraph.load_spec(path)   # valid: a warning, not an error
+    (w,) = spec.warnings
+    assert w.path == "inputs.image.shape" and (w.line, w.column) == (2, 18)
+    assert w.message.startswith("shape [32, 32, 3] looks channels-last (H, W, C); cnngraph takes (C, H, W): write "
+                                "shape: [3, 32, 32]")
+    assert main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().out
+    for shape in ([3, 32, 32], [1, 28, 28], [16, 8, 3], [64, 4]):   # channels first, or too small to tell
+        assert not cnngraph.load_spec({"inputs": {"x": {"shape": shape}}, "layers": [{"id": "r", "type": "relu"}],
+                                       "outputs": ["r"]}).warnings
