@@ -260,7 +260,7 @@ outputs: [act, after_c1]
     assert layers.count("c1") == 2                    # missing kernel_size + unknown kernal_size
     assert "after_c1" not in layers                   # depends on the broken layer: no echo
     assert any("did you mean 'sum'" in p.message for p in err.problems)
-    assert any(p.layer == "sum" and "(16, 8, 8) and (32, 8, 8)" in p.message for p in err.problems)
+    assert any(p.layer == "sum" and "a gives (16, 8, 8), b gives (32, 8, 8)" in p.message for p in err.problems)
     assert len(err.problems) == 4
 
 
