@@ -122,6 +122,11 @@ def cmd_run(args) -> int:
         raise CnnGraphError(f"--output {args.output}: expected a .npy file (or .npz, which also holds "
                             f"several outputs)")
     inputs = read_model_inputs(args.input, spec.inputs)
+    for name, x in inputs.items():   # as given: `run` does not scale (predict applies the training's units)
+        if x.dtype == np.uint8:
+            which = f"'{name}' " if len(inputs) > 1 else ""
+            print(f"note: input {which}is uint8 and is fed as its raw values 0..255 (not scaled to [0, 1]); divide "
+                  f"by 255 first if the network expects [0, 1]", file=sys.stderr)
     profiler = None
     if args.profile:
         from ..profile import Profiler
@@ -140,7 +145,7 @@ def cmd_run(args) -> int:
         print(f"wrote {args.output}")
     for k, v in outputs.items():
         line = f"{k}: shape {tuple(v.shape)} {v.dtype}"
-        if v.ndim == 2:
+        if v.ndim == 2 and v.shape[1] > 1:   # class scores; one value per sample is a regression
             line += f"; argmax per sample: {v.argmax(axis=1)[:16].tolist()}{' …' if len(v) > 16 else ''}"
         print(line)
     return 0
