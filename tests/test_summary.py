@@ -325,8 +325,6 @@ def test_summary_skips_a_measurement_that_would_take_long():
 
 def test_training_memory_reports_running_out_of_memory_as_memory_error(monkeypatch):
     """The runner wraps a kernel's MemoryError in a RunError naming the layer; measuring turns it back."""
-    from cnngraph import summary
-
     def oom(*args, **kwargs):
         raise MemoryError("Unable to allocate 64.0 GiB")
 
