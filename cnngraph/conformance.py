@@ -3,7 +3,8 @@
 For each example of an op (``Op.examples()``, or a generic guess when it declares none) it checks:
 
 - **shape**: ``infer_shape`` agrees with the shape ``forward`` returns (training and inference);
-- **params**: ``init_params`` returns NumPy arrays, ``flops`` a non-negative integer;
+- **params**: ``init_params`` returns NumPy arrays (of the shapes ``param_shapes`` declares, where it does),
+  ``flops`` a non-negative integer;
 - **in-place writes**: ``forward`` leaves its inputs and trainable parameters unchanged (``buffers`` may be
   updated), ``backward`` its incoming gradient;
 - **determinism**: two forwards with the same ``ctx.rng`` seed give the same output (no global random state);
@@ -34,7 +35,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .errors import CnnGraphError, PluginError, ShapeError
-from .op import Context, Op
+from .op import Context, Op, param_shapes_apply
 from .blame import defined_at, source_line
 from .runner import LayerParams, MissingParam, init_params_problem, replaced_buffers
 
@@ -281,6 +282,12 @@ def _run_case(case: _Case, add) -> None:
         if problem:
             at = defined_at(type(op).init_params)
             add(label, "params", False, problem + (f" ({at})" if at else ""))
+            return
+        declared = op.param_shapes([tuple(s) for s in case.shapes]) if param_shapes_apply(type(op)) else None
+        made = {k: tuple(v.shape) for k, v in init.items()}
+        if declared is not None and {k: tuple(v) for k, v in declared.items()} != made:
+            add(label, "params", False, f"param_shapes returned {declared!r}, but init_params made {made!r}; "
+                f"summary counts parameters from param_shapes")
             return
         case.params = {k: v.astype(np.float64) for k, v in init.items()}
         # perturb so zero-initialised biases and unit scales do not hide mistakes (buffers stay valid)

@@ -58,7 +58,17 @@ class SpecError(CnnGraphError):
 
 
 class ShapeError(CnnGraphError):
-    """Raised by an op's shape inference; the graph compiler locates it."""
+    """Raised by an op's shape inference; the graph compiler locates it.
+
+    ``shapes``: the input shapes that do not fit together (add's, concat's). The message then ends in
+    ", found (8, 14, 14), (8, 16, 16)"; in a spec, the compiler names the layer that gives each instead
+    ("add needs inputs of one shape: c1 gives (8, 14, 14), c2 gives (8, 16, 16)").
+    """
+
+    def __init__(self, message: str, shapes=None):
+        self.brief = message
+        self.shapes = None if shapes is None else [tuple(s) for s in shapes]
+        super().__init__(message if shapes is None else f"{message}, found {', '.join(map(str, self.shapes))}")
 
 
 class PluginError(CnnGraphError):

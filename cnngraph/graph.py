@@ -158,9 +158,7 @@ def infer_shapes(g: nx.DiGraph, spec: "Spec | None" = None, skip: set[str] = fro
             if any(d < 1 for d in out):
                 raise ShapeError(f"output shape {out} has a dimension < 1")
         except ShapeError as exc:
-            shapes = ", ".join(str(s) for s in in_shapes)
-            problems.append(_problem(spec, f"{exc} (input shape{'s' if len(in_shapes) > 1 else ''}: {shapes})",
-                                     attrs, node))
+            problems.append(_problem(spec, _shape_message(exc, srcs, in_shapes), attrs, node))
             failed.add(node)
             continue
         attrs["in_shapes"] = in_shapes
@@ -170,6 +168,16 @@ def infer_shapes(g: nx.DiGraph, spec: "Spec | None" = None, skip: set[str] = fro
         for s in srcs:
             g.edges[s, node]["shape"] = tuple(g.nodes[s]["out_shape"])
     return problems
+
+
+def _shape_message(exc: ShapeError, srcs: list[str], in_shapes: list[tuple]) -> str:
+    """The op's message with the input shapes, each named by the layer (or model input) that gives it."""
+    given = ", ".join(f"{s} gives {shape}" for s, shape in zip(srcs, in_shapes))
+    if getattr(exc, "shapes", None) is not None and len(srcs) > 1:   # the shapes are the problem: name them
+        return f"{exc.brief}: {given}"
+    if len(srcs) > 1:
+        return f"{exc} (inputs: {given})"
+    return f"{exc} (input shape: {in_shapes[0]})" if in_shapes else str(exc)
 
 
 def _problem(spec, message, attrs, node) -> Problem:

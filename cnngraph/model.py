@@ -180,7 +180,44 @@ class Model:
         return frozenset(n for n in plan.order if n not in need)
 
     def param_count(self) -> int:
+        """Number of trainable parameter values: every parameter array's size, without buffers (batch norm's
+        running statistics) and without the layers :meth:`freeze` keeps fixed (Keras's trainable count).
+
+        >>> cnngraph.compile("specs/lenet5.yaml").param_count()      # doctest: +SKIP
+        61706
+        """
         return int(sum(self.params[n].size for n in self.trainable_names))
+
+    def summary(self, batch_size: int = 1, format: str = "table", training_memory: bool = False,
+                print_fn=print) -> str | None:
+        """Print the per-layer table of ``cnngraph summary`` (as Keras's ``model.summary()`` does): output
+        shape, parameters, FLOPs, receptive field and activation memory per layer, and the totals.
+
+        ``format`` is "table", "markdown" or "json"; ``training_memory=True`` also measures the activation
+        memory of a training step on this model (as the command does by default; slow for a large network).
+        Layers that :meth:`freeze` keeps fixed are listed under the totals. ``print_fn=None`` returns the
+        text instead of printing it.
+
+        >>> cnngraph.compile("specs/lenet5.yaml").summary()          # doctest: +SKIP
+        lenet5 (batch 1)
+        layer   type        inputs  output    params  FLOPs ...
+        """
+        from .commands.summary_format import format_summary
+        from .summary import add_training_memory, frozen_line, summarize
+        if not is_whole(batch_size, 1):
+            raise ValueError(f"batch_size must be a whole number >= 1, found {batch_size!r}")
+        if format not in ("table", "markdown", "json"):
+            raise ValueError(f"format must be 'table', 'markdown' or 'json', found {format!r}")
+        s = summarize(self.graph, self.spec.name, batch_size)
+        if frozen_line(s, self.frozen):
+            s.extra["frozen by model.freeze"] = frozen_line(s, self.frozen)
+        if training_memory:
+            add_training_memory(s, self)
+        text = format_summary(s, format)
+        if print_fn is None:
+            return text
+        print_fn(text)
+        return None
 
     # -- running -----------------------------------------------------------------------------
     def plan(self, outputs: list[str] | None = None) -> Plan:

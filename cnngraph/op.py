@@ -21,9 +21,11 @@ Shape = tuple[int, ...]
 
 class OpParams(StrictScalars):
     """Base of every op's parameter model: unknown keys are errors, values are immutable, and a spec's
-    scalar must have the field's own type (no ``true`` as 1 channel, no ``"8"`` or ``"yes"``)."""
+    scalar must have the field's own type (no ``true`` as 1 channel, no ``"8"`` or ``"yes"``). Numbers must
+    be finite (``negative_slope: .inf`` is refused); a field where an infinity means something is typed
+    ``cnngraph.paramtypes.FloatOrInf`` (clip bounds, a pad value)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Context:
@@ -119,6 +121,15 @@ class Op:
         """Initial parameters and buffers as float32 NumPy arrays, keyed by local name."""
         return {}
 
+    def param_shapes(self, in_shapes: list[Shape]) -> dict[str, Shape] | None:
+        """The shapes of the arrays ``init_params`` returns, by local name, without making them.
+
+        ``cnngraph summary`` counts parameters from these, so that a large network is counted in
+        milliseconds and one too large for memory is still counted. None (the default) means the op does
+        not say, and the count falls back to calling ``init_params``. ``check-op`` compares the two.
+        """
+        return None
+
     def forward(self, ctx: Context, inputs: list, params: dict[str, Any]):
         """Compute the output from batched inputs; ``ctx.save(...)`` what backward needs."""
         raise NotImplementedError(f"op class {type(self).__qualname__} does not implement forward")
@@ -152,3 +163,13 @@ class Op:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.p!r})"
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in vars(c))
+
+
+def param_shapes_apply(op_cls: type[Op]) -> bool:
+    """Whether ``op_cls.param_shapes`` describes its ``init_params``: not where a subclass overrides
+    ``init_params`` below the class that declares the shapes (it may make other arrays)."""
+    return issubclass(_owner(op_cls, "param_shapes"), _owner(op_cls, "init_params"))

@@ -7,14 +7,15 @@ Spec authors write ``kernel_size: 3`` or ``kernel_size: [3, 5]``; ``padding`` al
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticKnownError
 
 __all__ = ["StrictScalars", "StrictSettings", "IntPair", "NonNegativePair", "Padding", "Int1", "NonNegativeInt1", "Padding1", "IntTriple",
-           "NonNegativeTriple", "Padding3", "is_whole"]
+           "NonNegativeTriple", "Padding3", "FloatOrInf", "SpecForm", "is_whole"]
 
 
 def _is_int(v: Any) -> bool:
@@ -79,23 +80,46 @@ def _padding(lengths: tuple[int, ...], forms: str, words: tuple[str, ...] = ("sa
     return check
 
 
-IntPair = Annotated[tuple[int, int], BeforeValidator(_pair(1))]
-NonNegativePair = Annotated[tuple[int, int], BeforeValidator(_pair(0))]
-Padding = Annotated[Union[str, tuple[int, ...]],
-                    BeforeValidator(_padding((2, 4), ", [h, w] or [top, bottom, left, right]"))]
-Int1 = Annotated[int, BeforeValidator(_single(1))]
-NonNegativeInt1 = Annotated[int, BeforeValidator(_single(0))]
-Padding1 = Annotated[Union[str, tuple[int, int]], BeforeValidator(_padding((2,), " or [begin, end]"))]
-IntTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(1, "d, h, w"))]
-NonNegativeTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(0, "d, h, w"))]
-Padding3 = Annotated[Union[str, tuple[int, ...]],
-                     BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]"))]
-# a transposed convolution's padding crops its output: numbers only
-CropPadding = Annotated[tuple[int, ...], BeforeValidator(_padding((2, 4), ", [h, w] or [top, bottom, left, right]", ()))]
-CropPadding1 = Annotated[tuple[int, int], BeforeValidator(_padding((2,), " or [begin, end]", ()))]
-CropPadding3 = Annotated[tuple[int, ...],
-                         BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]", ()))]
+class SpecForm(str):
+    """How a spec writes a parameter type, for ``cnngraph ops`` (``Annotated[..., SpecForm("int or [h, w]")]``):
+    the Python type of a value after its validator (a tuple) is not what the spec accepts (also one int)."""
 
+
+_PADS2, _PADS3 = "[h, w], [top, bottom, left, right]", "[d, h, w], [front, back, top, bottom, left, right]"
+IntPair = Annotated[tuple[int, int], BeforeValidator(_pair(1)), SpecForm("int or [int, int]")]
+NonNegativePair = Annotated[tuple[int, int], BeforeValidator(_pair(0)), SpecForm("int or [int, int]")]
+Padding = Annotated[Union[str, tuple[int, ...]],
+                    BeforeValidator(_padding((2, 4), ", [h, w] or [top, bottom, left, right]")),
+                    SpecForm(f"int, {_PADS2}, same or valid")]
+Int1 = Annotated[int, BeforeValidator(_single(1)), SpecForm("int or [int]")]
+NonNegativeInt1 = Annotated[int, BeforeValidator(_single(0)), SpecForm("int or [int]")]
+Padding1 = Annotated[Union[str, tuple[int, int]], BeforeValidator(_padding((2,), " or [begin, end]")),
+                     SpecForm("int, [begin, end], same or valid")]
+IntTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(1, "d, h, w")), SpecForm("int or [int, int, int]")]
+NonNegativeTriple = Annotated[tuple[int, int, int], BeforeValidator(_pair(0, "d, h, w")), SpecForm("int or [int, int, int]")]
+Padding3 = Annotated[Union[str, tuple[int, ...]],
+                     BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]")),
+                     SpecForm(f"int, {_PADS3}, same or valid")]
+# a transposed convolution's padding crops its output: numbers only
+CropPadding = Annotated[tuple[int, ...], BeforeValidator(_padding((2, 4), ", [h, w] or [top, bottom, left, right]", ())),
+                        SpecForm(f"int, {_PADS2}")]
+CropPadding1 = Annotated[tuple[int, int], BeforeValidator(_padding((2,), " or [begin, end]", ())),
+                         SpecForm("int or [begin, end]")]
+CropPadding3 = Annotated[tuple[int, ...],
+                         BeforeValidator(_padding((3, 6), ", [d, h, w] or [front, back, top, bottom, left, right]", ())),
+                         SpecForm(f"int, {_PADS3}")]
+
+
+
+def _not_nan(v: float) -> float:
+    if math.isnan(v):
+        raise ValueError("expected a number or -.inf/.inf, found nan")
+    return v
+
+
+# Op parameters must be finite (OpParams), except where an infinity means something: a clip bound (no bound),
+# a pad value (-inf padding before a max, as ONNX models have). NaN never does.
+FloatOrInf = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_not_nan), SpecForm("float (or -.inf, .inf)")]
 
 
 class StrictScalars(BaseModel):

@@ -13,7 +13,7 @@ import yaml
 
 from .errors import Problem, SpecError
 
-__all__ = ["parse_text", "path_to_str", "Positions"]
+__all__ = ["parse_text", "path_to_str", "Positions", "read_spec_text"]
 
 Path_ = tuple
 Positions = dict  # Path_ -> (line, column)
@@ -22,6 +22,10 @@ Positions = dict  # Path_ -> (line, column)
 # An alias (*name) repeats its anchored node: nested aliases ("billion laughs") make a few lines stand for
 # billions of values. Aliases may add this many values to a spec in all, far more than any network needs.
 MAX_ALIAS_VALUES = 100_000
+
+# PyYAML and the json module parse nested brackets recursively: a few hundred levels exhaust Python's
+# stack (a RecursionError traceback). Specs nest a handful of levels; refuse deeper ones before parsing.
+MAX_NESTING = 100
 
 _SAFE_TAGS = {"tag:yaml.org,2002:" + t for t in ("map", "seq", "str", "int", "float", "bool", "null")}
 _MERGE = "tag:yaml.org,2002:merge"
@@ -97,14 +101,82 @@ def path_to_str(path: Path_) -> str:
     return out
 
 
+# Byte-order marks, longest first: UTF-32's LE mark begins with UTF-16's.
+_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8"),
+         (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+# What a file that is not text most likely is, by its first bytes (said in the message).
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive (.npz?)"), (b"\x93NUMPY", "a NumPy .npy array"),
+          (b"\x7fELF", "a program"))
+
+
+def read_spec_text(path) -> str:
+    """The text of spec file ``path``: UTF-8, or UTF-8/16/32 with a byte-order mark (which is dropped). A
+    missing or unreadable file, bytes that are not UTF-8 (located) and NUL bytes are a SpecError."""
+    from pathlib import Path
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(Problem(f"spec file not found: {path}", file=str(path))) from None
+    except IsADirectoryError:
+        raise SpecError(Problem(f"{path} is a folder, not a spec file", file=str(path))) from None
+    except OSError as exc:
+        raise SpecError(Problem(f"cannot read spec file: {exc.strerror or exc}", file=str(path))) from None
+    bom = next(((mark, codec) for mark, codec in _BOMS if data.startswith(mark)), None)
+    body = data[len(bom[0]):] if bom else data
+    codec = bom[1] if bom else "utf-8"
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise SpecError(Problem(_undecodable(body, exc, codec, path), file=str(path))) from None
+    if "\0" in text:
+        line, column = _line_column(text, text.index("\0"))
+        what = next((f" ({name})" for magic, name in _MAGIC if data.startswith(magic)), "")
+        raise SpecError(Problem(f"not a text file{what}: a NUL byte at line {line}, column {column}; a spec is YAML "
+                                f"or JSON text (UTF-16 without a byte-order mark? save it as UTF-8)", file=str(path)))
+    return text
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _mostly_text(body: bytes) -> bool:
+    """Few control characters and few bytes above 0x7f: text in an 8-bit encoding rather than binary data."""
+    control = sum(1 for b in body if b < 0x20 and b not in b"\t\n\r")
+    high = sum(1 for b in body if b >= 0x80)
+    return control == 0 and high <= 0.1 * max(len(body), 1)
+
+
+def _undecodable(body: bytes, exc: UnicodeDecodeError, codec: str, path) -> str:
+    """"not a UTF-8 text file (byte 0xa9 at line L, column C)", with what the file looks like."""
+    before = body[:exc.start].decode(codec, errors="replace")   # decodes: the error is after it
+    line, column = _line_column(before, len(before))
+    what = next((f"; it looks like {name}" for magic, name in _MAGIC if body.startswith(magic)), "")
+    if codec != "utf-8":
+        return (f"not a {codec.upper()} text file, as its byte-order mark says (byte 0x{body[exc.start]:02x} at line "
+                f"{line}, column {column}){what}")
+    hint = what or ("; save it as UTF-8 (it may be Latin-1 or Windows-1252 text)" if _mostly_text(body)
+                    else "; a spec is YAML or JSON text")
+    return f"not a UTF-8 text file (byte 0x{body[exc.start]:02x} at line {line}, column {column}){hint}"
+
+
 def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     """Parse YAML (or JSON, a YAML subset) safely, returning (data, positions). A ``.json`` file is read
     by the json module (YAML would accept a trailing comma and read 1e-3 as a string); YAML only
     locates its values."""
+    text = text.removeprefix("\ufeff")   # a UTF-8 byte-order mark read as text: the json module refuses it
     is_json = bool(file and file.endswith(".json") and text.strip())   # an empty file: "the spec is empty"
+    _check_nesting(text, file, is_json)
     data = _parse_json(text, file) if is_json else None
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except RecursionError:   # deep block nesting (indentation) that the bracket scan does not see
+        line = _deepest_indented_line(text)
+        raise SpecError(Problem(f"the spec nests too deeply to read (indented {line[1] - 1} columns here); expected "
+                                f"at most {MAX_NESTING} levels of nested lists and mappings", "", file, *line)) from None
     except yaml.YAMLError as exc:
         if is_json:   # valid JSON that YAML cannot read: its problems go without positions
             return data, {}
@@ -115,13 +187,73 @@ def parse_text(text: str, file: str | None = None) -> tuple[Any, Positions]:
     if root is None:
         raise SpecError(Problem("the spec is empty; expected a mapping with 'inputs', 'layers' and 'outputs'",
                                 "", file, 1, 1))
-    _check_aliases(root, file)
+    _check_aliases(root, file)   # first: it refuses an alias inside its own anchor, a loop for the depth walk
+    _check_node_depth(root, file)
     pos: Positions = {}
     problems: list[Problem] = []
     constructed = _construct(root, (), pos, file, problems)
     if problems:
         raise SpecError(problems)
     return (data if is_json else constructed), pos
+
+
+def _check_nesting(text: str, file: str | None, is_json: bool) -> None:
+    """Refuse brackets ([ ], { }) nested more than MAX_NESTING deep, at the first bracket too deep. Brackets
+    inside quoted strings and YAML comments do not count."""
+    depth, line, col, quote, i, n = 0, 1, 0, "", 0, len(text)
+    while i < n:
+        ch = text[i]
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+        elif quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+                col += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'" and (is_json or ch == '"' or i == 0 or text[i - 1] in " \t\n[{,:"):
+            quote = ch   # a YAML apostrophe inside a plain word (it's) opens no string
+        elif ch == "#" and not is_json and (i == 0 or text[i - 1] in " \t\n"):
+            end = text.find("\n", i)
+            i, col = (n if end < 0 else end) - 1, col - 1   # the newline is read next
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SpecError(Problem(f"brackets nested more than {MAX_NESTING} levels deep; a spec's values nest "
+                                        f"a few levels (a list of layers, a layer's list of inputs)", "", file,
+                                        line, col))
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        i += 1
+
+
+def _deepest_indented_line(text: str) -> tuple[int, int]:
+    """(line, column) of the first non-blank character of the most indented line."""
+    best = (1, 1)
+    for number, row in enumerate(text.splitlines(), 1):
+        stripped = row.lstrip(" ")
+        if stripped and len(row) - len(stripped) + 1 > best[1]:
+            best = (number, len(row) - len(stripped) + 1)
+    return best
+
+
+def _check_node_depth(root: yaml.Node, file: str | None) -> None:
+    """Refuse block nesting (by indentation) deeper than MAX_NESTING, at the first node too deep; walked
+    without recursion, as everything after this step recurses over the data. An aliased node is walked
+    again only when reached deeper than before, so aliases ("billion laughs") cannot make this slow."""
+    stack, seen = [(root, 1)], {}
+    while stack:
+        node, depth = stack.pop()
+        if seen.get(id(node), 0) >= depth:
+            continue
+        seen[id(node)] = depth
+        if depth > MAX_NESTING:
+            raise SpecError(_at(node, file, f"lists and mappings nested more than {MAX_NESTING} levels deep; a "
+                                            f"spec's values nest a few levels"))
+        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_aliases(root: yaml.Node, file: str | None) -> None:
@@ -170,10 +302,24 @@ def _yaml_context(exc) -> str:
     return text
 
 
+def _yaml_hint(text: str, file: str) -> str:
+    """For a .json file that is not JSON at all (no opening brace) but a YAML mapping: say so."""
+    if text.lstrip()[:1] in ("{", "["):
+        return ""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except (yaml.YAMLError, RecursionError):
+        return ""
+    if not isinstance(root, yaml.MappingNode):
+        return ""
+    return f"; it looks like YAML, not JSON: rename it to {file[:-len('.json')]}.yaml"
+
+
 def _parse_json(text: str, file: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = " (JSON allows no comma before a closing ] or })" if text[:exc.pos].rstrip().endswith(",") else ""
+        hint = " (JSON allows no comma before a closing ] or })" if text[:exc.pos].rstrip().endswith(",") else \
+            _yaml_hint(text, file)
         raise SpecError(Problem(f"not valid JSON: {exc.msg}{hint}", "", file, exc.lineno, exc.colno)) from None
 

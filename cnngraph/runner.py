@@ -123,7 +123,7 @@ def init_layer_params(g: nx.DiGraph, node: str, rng: np.random.Generator) -> dic
     try:
         local = op.init_params(attrs["in_shapes"], rng)
     except MemoryError as exc:
-        raise RunError(f"layer '{node}' ({attrs['type']}): its parameters do not fit in memory ({exc})") from None
+        raise RunError(f"layer '{node}' ({attrs['type']}): its parameters do not fit in memory ({exc})") from exc
     except Exception as exc:
         raise PluginError(f"{_who(attrs)} failed to initialise parameters of layer '{node}'{source_line(exc, op)}: "
                           f"{type(exc).__name__}: {exc}") from exc

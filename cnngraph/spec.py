@@ -20,12 +20,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import PluginError, Problem, SpecError
 from .op import OpParams
 from .blocks import BROKEN_INSTANCE, DISPLAY, UNRESOLVED, expand_blocks
-from .positions import Positions, parse_text, path_to_str
+from .positions import Positions, parse_text, path_to_str, read_spec_text
 from .registry import Registry, did_you_mean, get_registry, load_plugin_file, plugin_loaded
 
 __all__ = ["Spec", "LayerSpec", "InputSpec", "load_spec", "spec_problems_from_validation"]
 
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+ID_RULE = "ASCII letters, digits, '_', '.' and '-', starting with a letter or '_'"
+
+
+def _char_name(c: str) -> str:
+    return "a space" if c == " " else f"{c!r} (U+{ord(c):04X})" if not c.isascii() or not c.isprintable() else repr(c)
+
+
+def id_problem(v: str) -> str:
+    """Why ``v`` is not a valid id (which character, where), or '' when it is."""
+    if ID_PATTERN.match(v):
+        return ""
+    if not v:
+        return f"an id may not be empty; use {ID_RULE}"
+    if not re.match(r"[A-Za-z_]", v[0]):
+        return f"starts with {_char_name(v[0])}; ids use {ID_RULE}"
+    i = next(i for i, c in enumerate(v) if not re.match(r"[A-Za-z0-9_.\-]", c))
+    return f"{_char_name(v[i])} at character {i + 1} is not allowed; ids use {ID_RULE}"
 DTYPES = ("float32", "float64", "int64")
 
 
@@ -67,10 +84,9 @@ class _TopLevel(BaseModel):
     @field_validator("inputs")
     @classmethod
     def _input_names_ok(cls, v: dict) -> dict:
-        bad = [k for k in v if not ID_PATTERN.match(k)]
+        bad = [f"{k!r}: {id_problem(k)}" for k in v if id_problem(k)]
         if bad:   # they are referenced from layers' inputs like layer ids
-            raise ValueError(f"input names follow the layer-id rule (start with an ASCII letter or '_', then "
-                             f"letters, digits, '_', '.', '-'); found {', '.join(map(repr, bad))}")
+            raise ValueError(f"input names follow the layer-id rule: {'; '.join(bad)}")
         return v
 
 
@@ -83,9 +99,9 @@ class _LayerHead(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_ok(cls, v: str) -> str:
-        if not ID_PATTERN.match(v):
-            raise ValueError(f"layer ids start with an ASCII letter or '_' and use letters, digits, '_', '.', '-'; "
-                             f"found {v!r}")
+        problem = id_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -215,14 +231,12 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
         elif kind == "missing":
             problems.append(_locate(f"missing required key '{path[-1]}'", full[:-1], positions, file, layer, notes))
         else:
-            msgs = []
-            for e in errs:
-                m = e["msg"].removeprefix("Value error, ")
-                if m not in msgs:
-                    msgs.append(m)
             found = first.get("input")
-            text = "; or ".join(msgs)
-            if "found" not in text and not isinstance(found, (dict, list)) or (isinstance(found, list) and len(str(found)) < 60 and "found" not in text):
+            special = _special_wording(full, first, found)
+            text = special or _spec_wording(errs)
+            shown = bool(special) and ("write" in special or kind == "too_short")   # the message shows the value
+            if not shown and "found" not in text and (not isinstance(found, (dict, list))
+                                                      or isinstance(found, list) and len(str(found)) < 60):
                 text += f" (found {found!r})"
             if isinstance(found, str) and kind == "literal_error":   # dtype: flaot32, mode: bilnear
                 text += _close_choice(found, re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", "")))
@@ -235,6 +249,60 @@ def spec_problems_from_validation(exc: ValidationError, data: Any, prefix: tuple
                          "; $arguments are substituted only in the layers of a block (see blocks:)")
             problems.append(_locate(text, full, positions, file, layer, notes))
     return problems
+
+
+# pydantic's "Input should be a valid dictionary" says "input", a word the spec uses for its inputs: say
+# what is expected in the spec's words instead
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+             "bool_parsing": "true or false", "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping",
+             "model_type": "a mapping", "model_attributes_type": "a mapping"}
+
+
+def _spec_wording(errs: list[dict]) -> str:
+    """One message for the errors at one place: 'expected a string or a list' for a union's alternatives."""
+    kinds = [_EXPECTED[e["type"]] for e in errs if e["type"] in _EXPECTED]
+    if kinds and len(kinds) == len(errs):
+        kinds = list(dict.fromkeys(kinds))
+        return "expected " + (" or ".join(kinds) if len(kinds) < 3 else ", ".join(kinds[:-1]) + " or " + kinds[-1])
+    msgs: list[str] = []
+    for e in errs:
+        m = e["msg"].removeprefix("Value error, ")
+        m = re.sub(r"^Input should be (greater|less)", r"expected a value \1", m)
+        m = re.sub(r"^Input should (be|have)", lambda g: "expected" if g[1] == "be" else "expected to have", m)
+        if m not in msgs:
+            msgs.append(m)
+    return "; or ".join(msgs)
+
+
+def _flow(value: Any) -> str:
+    """A value as a spec writes it inline (YAML flow style): {shape: [3, 16, 16]}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.\-]*", value) else str(value)
+
+
+def _special_wording(full: tuple, err: dict, found: Any) -> str:
+    """Messages that say what to write, for the mistakes of the spec's structure seen most ('' for others)."""
+    kind = err["type"]
+    if kind == "too_short" and len(full) == 1 and full[0] in ("layers", "inputs"):
+        what = ("layer", "list") if full[0] == "layers" else ("input, e.g. image: {shape: [3, 32, 32]}", "mapping")
+        return f"the {what[1]} is empty; a spec needs at least one {what[0]}"
+    if len(full) == 2 and full[0] == "inputs" and kind in ("model_type", "dict_type"):
+        shape = found if isinstance(found, list) else "[C, H, W]"
+        return f"expected a mapping with the input's shape; write {full[1]}: {{shape: {_flow(shape)}}}"
+    if full == ("inputs",) and kind == "dict_type":
+        named = {e.pop("id", e.pop("name", None)): e for e in (dict(x) for x in found if isinstance(x, dict))} \
+            if isinstance(found, list) else {}
+        example = _flow(named) if named and None not in named else "{image: {shape: [3, 32, 32]}}"
+        return f"expected a mapping from input names to their shapes; write inputs: {example}"
+    if len(full) == 3 and full[0] == "layers" and full[2] == "inputs" and kind in ("string_type", "list_type"):
+        return "expected a layer id or input name, or a list of them"
+    if full == ("outputs",) and kind in ("string_type", "list_type"):
+        return "expected a layer id, or a list of them"
+    return ""
 
 
 # keys that Keras and PyTorch habits bring to a layer: (the key meant here, or None; the hint)
@@ -281,13 +349,7 @@ def _read_source(source: Any) -> tuple[Any, Positions, str | None, str | None]:
     if isinstance(source, dict):
         return copy.deepcopy(source), {}, None, None
     path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(Problem(f"spec file not found: {path}", file=str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(Problem(f"cannot read spec file: {exc}", file=str(path))) from None
-    data, positions = parse_text(text, str(path))
+    data, positions = parse_text(read_spec_text(path), str(path))
     return data, positions, str(path), str(path.resolve().parent)
 
 
@@ -396,8 +458,23 @@ def load_spec(source: Union[str, Path, dict], *, allow_plugins: bool = False, ch
     problems += graph_problems
     if problems:
         raise SpecError(problems)
-    spec.warnings = _double_activations(spec) + _unused(spec)
+    spec.warnings = _double_activations(spec) + _unused(spec) + _channels_last(spec)
     return spec
+
+
+def _channels_last(spec: Spec) -> list[Problem]:
+    """An image input written (H, W, C), as NumPy/PIL/Keras hold images: it validates (a conv2d takes H as its
+    channels) but trains on nonsense. Warned when the last size is a colour count (1, 3, 4) and the first is
+    much larger."""
+    out = []
+    for name, inp in spec.inputs.items():
+        shape = list(inp.shape)
+        if len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] >= 8 * shape[-1] and shape[1] >= 8 * shape[-1]:
+            fixed = [shape[-1], *shape[:-1]]
+            out.append(spec.problem(f"shape {shape} looks channels-last (H, W, C); cnngraph takes (C, H, W): write "
+                                    f"shape: {fixed} (a conv2d now reads {shape[0]} channels of {shape[1]}x{shape[2]})",
+                                    ("inputs", name, "shape")))
+    return out
 
 
 def _unused(spec: Spec) -> list[Problem]:

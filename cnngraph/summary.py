@@ -10,14 +10,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from .errors import PluginError, RunError
 from .graph import topological_order
+from .op import param_shapes_apply
 from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
-           "training_memory", "add_training_memory", "param_counts", "available_memory_bytes", "measurement_cost",
+           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "frozen_line", "available_memory_bytes", "measurement_cost",
            "why_not_measure"]
 
 
@@ -57,13 +59,33 @@ class Summary:
         return d
 
 
+def declared_param_shapes(g: nx.DiGraph, node: str) -> dict[str, tuple] | None:
+    """The op's ``param_shapes`` for layer ``node`` (checked), or None where it does not declare them (or
+    they do not apply: see :func:`cnngraph.op.param_shapes_apply`)."""
+    attrs = g.nodes[node]
+    op = attrs["op"]
+    if not param_shapes_apply(type(op)):
+        return None
+    shapes = op.param_shapes(attrs["in_shapes"])
+    if shapes is None:
+        return None
+    if not (isinstance(shapes, dict) and all(isinstance(v, tuple) and all(isinstance(d, (int, np.integer)) and d >= 0
+                                                                         for d in v) for v in shapes.values())):
+        raise PluginError(f"param_shapes of op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned "
+                          f"{shapes!r} at layer '{node}'; expected a dict of shape tuples by name, or None")
+    return shapes
+
+
 def param_counts(g: nx.DiGraph, node: str, rng) -> tuple[int, int]:
-    """(trainable, all) parameter values of layer ``node``, from its op's init_params (checked)."""
-    from .runner import init_layer_params
+    """(trainable, all) parameter values of layer ``node``: from its op's ``param_shapes`` where it declares
+    them (nothing is allocated, so counting a huge network is fast), else from ``init_params`` (checked)."""
     op = g.nodes[node]["op"]
-    arrays = init_layer_params(g, node, rng)
-    trainable = sum(a.size for k, a in arrays.items() if k not in op.buffers)
-    total = sum(a.size for a in arrays.values())
+    shapes = declared_param_shapes(g, node)
+    if shapes is None:
+        from .runner import init_layer_params
+        shapes = {k: a.shape for k, a in init_layer_params(g, node, rng).items()}
+    trainable = sum(math.prod(v) for k, v in shapes.items() if k not in op.buffers)
+    total = sum(math.prod(v) for v in shapes.values())
     return int(trainable), int(total)
 
 
@@ -148,7 +170,6 @@ def _base(a):
 
 def _measure(model, batch: int, seed: int = 0) -> tuple[int, int, int]:
     """(peak of live tensors + tape, tape bytes at the end, peak of live tensors) for one training forward."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     inputs = {}
     for name, inp in model.spec.inputs.items():
@@ -221,7 +242,12 @@ def training_memory(spec_or_model, batch_size: int = 1, seed: int = 0) -> Traini
     ``batch_size`` (see :class:`TrainingMemory`). Accepts a Spec (compiled here, on the CPU, with
     seeded random weights) or a Model."""
     from .model import Model
-    model = spec_or_model if isinstance(spec_or_model, Model) else Model(spec_or_model, seed=seed)
+    try:
+        model = spec_or_model if isinstance(spec_or_model, Model) else Model(spec_or_model, seed=seed)
+    except RunError as exc:   # parameters too large for memory: the caller skips the measurement
+        if isinstance(exc.__cause__, MemoryError):
+            raise MemoryError(str(exc)) from exc
+        raise
     patterns = getattr(getattr(model.spec, "train", None), "freeze", None)
     if patterns and not isinstance(spec_or_model, Model):   # as training will: frozen layers keep no activations
         from .train.freeze import matching_layers
@@ -269,9 +295,10 @@ def available_memory_bytes() -> int | None:
 
 def measurement_cost(s: Summary) -> tuple[int, float]:
     """(bytes, seconds) that :func:`training_memory` is expected to need, from the static table: the
-    layer outputs at batch 2 times a safety factor, and batch 1 + 2 of forward + backward (~3 forwards)."""
+    layer outputs at batch 2 times a safety factor plus the parameters and their gradients (the model it
+    builds makes them), and batch 1 + 2 of forward + backward (~3 forwards)."""
     per_sample = sum(r.act_bytes for r in s.rows) / s.batch_size
-    return int(per_sample * 2 * MEASURE_SAFETY), 3 * 3 * s.total_flops / MACS_PER_SECOND
+    return int(per_sample * 2 * MEASURE_SAFETY + 2 * s.param_bytes), 3 * 3 * s.total_flops / MACS_PER_SECOND
 
 
 def why_not_measure(s: Summary, available: int | None) -> str | None:
@@ -307,7 +334,6 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
               training: TrainingMemory | None = None) -> Summary:
     """Build the summary of a compiled graph (``spec.graph`` or ``model.graph``); pass the result of
     :func:`training_memory` as ``training`` to include the measured training peak."""
-    import numpy as np
     rng = np.random.default_rng(0)
     rfs = receptive_fields(graph)
     rows = []
@@ -334,6 +360,16 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
                    inference_peak_bytes(graph, batch_size, itemsize),
                    training_peak_bytes=training.peak_bytes if training is not None else None,
                    training_memory=training.to_dict() if training is not None else None)
+
+
+def frozen_line(s: Summary, frozen) -> str:
+    """The layers of ``frozen`` that hold parameters, as Keras's non-trainable count: "conv1, bn1 (464 params;
+    650 trained)"; '' when none."""
+    rows = [r for r in s.rows if r.params and r.id in set(frozen)]
+    if not rows:
+        return ""
+    fixed = sum(r.params for r in rows)
+    return f"{', '.join(r.id for r in rows)} ({fixed:,} params; {s.total_params - fixed:,} trained)"
 
 
 def human_bytes(n: float) -> str:

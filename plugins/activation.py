@@ -124,6 +124,9 @@ class PReLU(_Elementwise):
     def init_params(self, in_shapes, rng):
         return {"weight": np.full(1 if self.p.shared else in_shapes[0][0], 0.25, np.float32)}
 
+    def param_shapes(self, in_shapes):
+        return {"weight": (1 if self.p.shared else in_shapes[0][0],)}
+
     def _slope(self, w, x):
         return w.astype(x.dtype, copy=False).reshape((1, -1) + (1,) * (x.ndim - 2))
 

@@ -91,6 +91,11 @@ class Conv2d(Op):
                              f"({p.out_channels})")
         return (p.out_channels, *conv_out_sizes(shape[1:], p.kernel_size, p.stride, p.dilation, self.pads(shape), "HW"))
 
+    def param_shapes(self, in_shapes):
+        p = self.p
+        return {"weight": (p.out_channels, in_shapes[0][0] // p.groups, *p.kernel_size),
+                **({"bias": (p.out_channels,)} if p.bias else {})}
+
     def init_params(self, in_shapes, rng):
         p = self.p
         cin = in_shapes[0][0] // p.groups
@@ -179,6 +184,11 @@ class ConvTranspose2d(Op):
                 raise ShapeError(f"padding {before} + {after} ({axis}) leaves no output from an input of size {size}")
             out.append(n)
         return (p.out_channels, *out)
+
+    def param_shapes(self, in_shapes):
+        p = self.p
+        return {"weight": (in_shapes[0][0], p.out_channels // p.groups, *p.kernel_size),
+                **({"bias": (p.out_channels,)} if p.bias else {})}
 
     def init_params(self, in_shapes, rng):
         p = self.p
@@ -292,6 +302,10 @@ class Dense(Op):
             raise ShapeError(f"dense expects a flat (features,) input per sample, found {len(shape)}-D {shape}; "
                              f"add a flatten layer before it")
         return (self.p.out_features,)
+
+    def param_shapes(self, in_shapes):
+        n = self.p.out_features
+        return {"weight": (n, in_shapes[0][0]), **({"bias": (n,)} if self.p.bias else {})}
 
     def init_params(self, in_shapes, rng):
         fan_in = in_shapes[0][0]

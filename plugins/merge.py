@@ -26,10 +26,8 @@ class Add(Op):
 
     def infer_shape(self, in_shapes):
         first = in_shapes[0]
-        for s in in_shapes[1:]:
-            if tuple(s) != tuple(first):
-                shapes = " and ".join(str(tuple(x)) for x in in_shapes)
-                raise ShapeError(f"add needs inputs of one shape, found {shapes}")
+        if any(tuple(s) != tuple(first) for s in in_shapes[1:]):
+            raise ShapeError("add needs inputs of one shape", shapes=in_shapes)
         return first
 
     def forward(self, ctx, inputs, params, relu=False):
@@ -95,8 +93,7 @@ class Concat(Op):
         a = self._axis(nd) - 1
         for s in in_shapes:
             if len(s) != len(in_shapes[0]) or any(x != y for i, (x, y) in enumerate(zip(s, in_shapes[0])) if i != a):
-                shapes = ", ".join(str(tuple(x)) for x in in_shapes)
-                raise ShapeError(f"concat along axis {self.p.axis} needs all other dimensions equal, found {shapes}")
+                raise ShapeError(f"concat along axis {self.p.axis} needs all other dimensions equal", shapes=in_shapes)
         out = list(in_shapes[0])
         out[a] = sum(s[a] for s in in_shapes)
         return tuple(out)

@@ -43,6 +43,10 @@ class BatchNorm2d(Op):
                              f"found {shape}")
         return shape
 
+    def param_shapes(self, in_shapes):
+        c = (in_shapes[0][0],)
+        return {**({"weight": c, "bias": c} if self.p.affine else {}), "running_mean": c, "running_var": c}
+
     def init_params(self, in_shapes, rng):
         c = in_shapes[0][0]
         params = {"running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32)}
@@ -163,6 +167,10 @@ class GroupNorm(Op):
         c = in_shapes[0][0]
         return {"weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)} if self.p.affine else {}
 
+    def param_shapes(self, in_shapes):
+        c = (in_shapes[0][0],)
+        return {"weight": c, "bias": c} if self.p.affine else {}
+
     def forward(self, ctx, inputs, params):
         x, = inputs
         xhat, inv_std = _standardize(x.reshape(x.shape[0], self.p.num_groups, -1), 2, self.p.eps)
@@ -228,6 +236,10 @@ class LayerNorm(Op):
         if not self.p.affine:
             return {}
         return {"weight": np.ones(normalized, np.float32), "bias": np.zeros(normalized, np.float32)}
+
+    def param_shapes(self, in_shapes):
+        normalized = tuple(in_shapes[0][len(in_shapes[0]) - self.p.axes:])
+        return {"weight": normalized, "bias": normalized} if self.p.affine else {}
 
     def _red(self, x):
         return tuple(range(x.ndim - self.p.axes, x.ndim))

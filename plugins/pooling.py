@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from pydantic import Field
+
 from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
@@ -17,7 +19,7 @@ __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d", "pool
 
 class PoolParams(OpParams):
     kernel_size: IntPair
-    stride: Optional[IntPair] = None   # default: kernel_size
+    stride: Optional[IntPair] = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding = (0, 0)
     ceil_mode: bool = False
 

@@ -22,6 +22,7 @@ from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op, OpParams
+from cnngraph.paramtypes import FloatOrInf
 
 __all__ = ["Reshape", "Transpose", "BroadcastAdd", "Sub", "Mul", "Div", "MatMul", "Pad", "Expand", "Tile", "Clip",
            "Constant", "Identity", "Take", "Einsum", "broadcast_shapes", "unbroadcast"]
@@ -305,7 +306,7 @@ class PadParams(OpParams):
                                                     "included (not the batch): [[0, 0], [1, 1], [1, 1]] pads H and W "
                                                     "of a (C, H, W) input by 1; a negative entry crops that many")
     mode: Literal["constant", "reflect", "edge", "wrap"] = "constant"
-    value: float = 0.0
+    value: FloatOrInf = 0.0   # -.inf pads before a max, as ONNX models do
 
     @field_validator("pads", mode="before")
     @classmethod
@@ -477,8 +478,8 @@ class Tile(Op):
 
 
 class ClipParams(OpParams):
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: Optional[FloatOrInf] = None    # -.inf / .inf: no bound, as torch.clamp takes them
+    max: Optional[FloatOrInf] = None
 
 
 class Clip(Op):
@@ -551,6 +552,9 @@ class Constant(Op):
 
     def init_params(self, in_shapes, rng):
         return {"value": np.full(tuple(self.p.shape), self.p.fill, np.float32)}
+
+    def param_shapes(self, in_shapes):
+        return {"value": tuple(self.p.shape)}
 
     def forward(self, ctx, inputs, params):
         v = params["value"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Optional
 
+from pydantic import Field
+
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
 from cnngraph.op import Op
@@ -41,7 +43,7 @@ class ConvTranspose1dParams(ConvTranspose2dParams):
 
 class Pool1dParams(PoolParams):
     kernel_size: Int1
-    stride: Optional[Int1] = None   # default: kernel_size
+    stride: Optional[Int1] = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding1 = (0, 0)
 
 
@@ -96,6 +98,11 @@ class _OneD(Op):
 
     def init_params(self, in_shapes, rng):
         return _weights(self.as_2d.init_params([_lift(in_shapes[0])], rng), to_2d=False)
+
+    def param_shapes(self, in_shapes):
+        shapes = self.as_2d.param_shapes([_lift(in_shapes[0])])
+        # the 2-D weight's unit kernel axis (kH) dropped, as _weights does to the arrays
+        return None if shapes is None else {k: (v[:2] + v[3:] if k == "weight" else v) for k, v in shapes.items()}
 
     def forward(self, ctx, inputs, params, **fused):
         """``fused``: conv1d's ``relu=True`` from the inference fusion (see cnngraph.passes)."""

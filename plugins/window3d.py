@@ -63,14 +63,14 @@ class ConvTranspose3dParams(ConvTranspose2dParams):
 
 class MaxPool3dParams(MaxPoolParams):
     kernel_size: IntTriple
-    stride: IntTriple | None = None   # default: kernel_size
+    stride: IntTriple | None = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding3 = (0, 0, 0)
     dilation: IntTriple = (1, 1, 1)
 
 
 class AvgPool3dParams(AvgPoolParams):
     kernel_size: IntTriple
-    stride: IntTriple | None = None   # default: kernel_size
+    stride: IntTriple | None = Field(None, description="null: the kernel size (windows side by side, as PyTorch)")
     padding: Padding3 = (0, 0, 0)
 
 
@@ -159,6 +159,11 @@ class Conv3d(Op):
                              f"({p.out_channels})")
         return (p.out_channels, *conv_out_sizes(shape[1:], p.kernel_size, p.stride, p.dilation, self.pads(shape),
                                                 "DHW"))
+
+    def param_shapes(self, in_shapes):
+        p = self.p
+        return {"weight": (p.out_channels, in_shapes[0][0] // p.groups, *p.kernel_size),
+                **({"bias": (p.out_channels,)} if p.bias else {})}
 
     def init_params(self, in_shapes, rng):
         p = self.p
@@ -296,6 +301,11 @@ class ConvTranspose3d(Op):
                                  f"{size}")
             out.append(n)
         return (p.out_channels, *out)
+
+    def param_shapes(self, in_shapes):
+        p = self.p
+        return {"weight": (in_shapes[0][0], p.out_channels // p.groups, *p.kernel_size),
+                **({"bias": (p.out_channels,)} if p.bias else {})}
 
     def init_params(self, in_shapes, rng):
         p = self.p

@@ -113,6 +113,12 @@ def test_ops_and_plugins_listing():
     r = cli("ops", "upsample2d", "slice")   # named ones only, with readable types and choices
     assert r.stdout.count("  [cnngraph.plugins.") == 2 and "mode (nearest|bilinear|bicubic)" in r.stdout
     assert "start (int or null): default null" in r.stdout
+    r = cli("ops", "max_pool2d", "conv_transpose2d", "conv2d", "conv1d", "clip")   # types as the spec writes them
+    assert "stride (int or [int, int] or null): default null — null: the kernel size" in r.stdout
+    assert "padding (int, [h, w], [top, bottom, left, right]): default [0, 0]" in r.stdout   # conv_transpose2d
+    assert "padding (int, [h, w], [top, bottom, left, right], same or valid): default [0, 0]" in r.stdout
+    assert "kernel_size (int or [int]): required" in r.stdout and "min (float (or -.inf, .inf) or null)" in r.stdout
+    assert "[int, ...]" not in r.stdout and "str or" not in r.stdout
     r = cli("ops", "pad")   # a parameter's description says its form
     assert "pads ([[int, int], ...]): required — [before, after] for each per-sample dimension, channels " \
            "included" in r.stdout
@@ -176,3 +182,25 @@ def test_parameter_constraints_include_patterns():
         k: int = Field(1, ge=1, le=9)
     assert _constraints(P.model_fields["mode"].metadata) == ["matching ^(a|b)$"]
     assert _constraints(P.model_fields["k"].metadata) == [">= 1", "<= 9"]
+
+
+def test_run_hints_channels_last_notes_uint8_and_argmaxes_only_class_scores(tmp_path, capsys):
+    from cnngraph.cli import main
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "nhwc.npy", rng.random((2, 8, 8, 3), dtype=np.float32))
+    spec = {"inputs": {"image": {"shape": [3, 8, 8]}},
+            "layers": [{"id": "g", "type": "global_avg_pool2d"}, {"id": "f", "type": "flatten"},
+                       {"id": "cls", "type": "dense", "out_features": 4},
+                       {"id": "reg", "type": "dense", "out_features": 1, "inputs": "f"}],
+            "outputs": ["cls", "reg"]}
+    (tmp_path / "net.json").write_text(json.dumps(spec))
+    net = str(tmp_path / "net.json")
+    assert main(["run", net, "--input", str(tmp_path / "nhwc.npy")]) == 1
+    assert "nhwc.npy: array of shape (2, 8, 8, 3) looks channels-last (N, H, W, C); the model takes (N, 3, 8, 8): " \
+           "save np.moveaxis(x, -1, 1)" in capsys.readouterr().err
+    np.save(tmp_path / "u8.npy", rng.integers(0, 256, (2, 3, 8, 8)).astype(np.uint8))
+    assert main(["run", net, "--input", str(tmp_path / "u8.npy")]) == 0
+    out, err = capsys.readouterr()
+    assert "note: input is uint8 and is fed as its raw values 0..255 (not scaled to [0, 1])" in err
+    assert "cls: shape (2, 4) float32; argmax per sample: [" in out
+    assert "reg: shape (2, 1) float32\n" in out     # one value per sample: a regression, no argmax

@@ -63,6 +63,22 @@ def test_broken_ops_fail_the_right_check(fresh, capsys, op, check, needle):
     assert "generic guess" in fails[0]                      # these ops declare no examples
 
 
+def test_param_shapes_that_disagree_with_init_params_fail_the_params_check():
+    """summary counts from param_shapes: check-op makes sure they are the shapes init_params makes."""
+    from cnngraph.plugins.connection import Dense
+
+    class Miscounted(Dense):
+        type = "miscounted"
+
+        def param_shapes(self, in_shapes):
+            return {"weight": (self.p.out_features, in_shapes[0][0] + 1)}
+
+    results = check_op(Miscounted)
+    fails = [r for r in results if r.check == "params" and r.ok is False]
+    assert fails and "param_shapes returned {'weight': (" in fails[0].detail
+    assert "but init_params made {'weight': (" in fails[0].detail
+
+
 def test_wrong_gradient_reports_the_measured_relative_error(fresh):
     cnngraph.load_plugin_file(PLUGINS / "broken_ops.py")
     r = next(r for r in check_op("wrong_gradient") if r.check == "gradient (float64, training)")

@@ -84,11 +84,11 @@ outputs: [c]
 
 
 @pytest.mark.parametrize("field,value,expect", [
-    ("out_channels", "four", "valid integer"),
+    ("out_channels", "four", "expected an integer (found 'four')"),
     ("out_channels", 0, "greater than or equal to 1"),
     ("kernel_size", [3, 3, 3], "expected an integer >= 1 or a list [h, w]"),
     ("padding", "full", "expected 'same', 'valid'"),
-    ("bias", "maybe", "valid boolean"),
+    ("bias", "maybe", "expected true or false"),
 ])
 def test_wrong_types_and_ranges(tmp_path, field, value, expect):
     layer = {"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, field: value}
@@ -111,7 +111,27 @@ layers:
 outputs: [sum]
 """)
     (p,) = err.problems
-    assert "(16, 8, 8) and (32, 8, 8)" in p.message and p.layer == "sum" and p.line == 6
+    assert p.message == "add needs inputs of one shape: a gives (16, 8, 8), b gives (32, 8, 8)"
+    assert p.layer == "sum" and p.line == 6
+
+
+def test_merge_mismatches_name_the_layer_that_gives_each_shape(tmp_path):
+    err, _ = load(tmp_path, """\
+inputs:
+  image: {shape: [3, 16, 16]}
+layers:
+  - {id: c2, type: conv2d, inputs: image, out_channels: 8, kernel_size: 3, padding: 1}
+  - {id: p, type: max_pool2d, inputs: image, kernel_size: 2}
+  - {id: cat, type: concat, inputs: [c2, p]}
+  - {id: m, type: matmul, inputs: [c2, p]}
+outputs: [cat, m]
+""")
+    found = {p.layer: p.message for p in err.problems}
+    assert found["cat"] == "concat along axis 1 needs all other dimensions equal: c2 gives (8, 16, 16), p gives (3, 8, 8)"
+    assert found["m"].endswith("(inputs: c2 gives (8, 16, 16), p gives (3, 8, 8))")   # any op with several inputs
+    from cnngraph.plugins.merge import Add
+    with pytest.raises(cnngraph.ShapeError, match=r"^add needs inputs of one shape, found \(2,\), \(3,\)$"):
+        Add().infer_shape([(2,), (3,)])   # called directly (check-op, ONNX import): the shapes, unnamed
 
 
 def test_kernel_larger_than_padded_input(tmp_path):
@@ -240,7 +260,7 @@ outputs: [act, after_c1]
     assert layers.count("c1") == 2                    # missing kernel_size + unknown kernal_size
     assert "after_c1" not in layers                   # depends on the broken layer: no echo
     assert any("did you mean 'sum'" in p.message for p in err.problems)
-    assert any(p.layer == "sum" and "(16, 8, 8) and (32, 8, 8)" in p.message for p in err.problems)
+    assert any(p.layer == "sum" and "a gives (16, 8, 8), b gives (32, 8, 8)" in p.message for p in err.problems)
     assert len(err.problems) == 4
 
 
@@ -296,12 +316,12 @@ def test_scalars_of_the_wrong_type_are_refused_not_converted(tmp_path):
 outputs: [c3]
 """)
     assert [(p.path, p.message) for p in err.problems] == [
-        ("layers[0].out_channels", "Input should be a valid integer (found True)"),
-        ("layers[1].out_channels", "Input should be a valid integer (found '8')"),
-        ("layers[1].bias", "Input should be a valid boolean (found 'yes')"),
-        ("layers[2].affine", "Input should be a valid boolean (found 'off')"),
-        ("layers[3].negative_slope", "Input should be a valid number (found True)"),
-        ("layers[4].bias", "Input should be a valid boolean (found 0)")]
+        ("layers[0].out_channels", "expected an integer (found True)"),
+        ("layers[1].out_channels", "expected an integer (found '8')"),
+        ("layers[1].bias", "expected true or false (found 'yes')"),
+        ("layers[2].affine", "expected true or false (found 'off')"),
+        ("layers[3].negative_slope", "expected a number (found True)"),
+        ("layers[4].bias", "expected true or false (found 0)")]
 
 
 def test_train_section_numbers_are_strict_and_finite(tmp_path):
@@ -325,18 +345,18 @@ train:
 """)
     got = {p.path: (p.line, p.message) for p in err.problems}
     assert got == {
-        "layers[0].out_channels": (5, "Input should be a valid integer (found True)"),
+        "layers[0].out_channels": (5, "expected an integer (found True)"),
         "layers[0].kernel_size": (5, "expected an integer >= 1 or a list [h, w] of them, found '3'"),
-        "train.batch_size": (10, "Input should be a valid integer (found True)"),
-        "train.epochs": (11, "Input should be a valid integer (found '2')"),
-        "train.seed": (12, "Input should be greater than or equal to 0 (found -5)"),
-        "train.grad_clip": (13, "Input should be a finite number (found nan)"),
-        "train.optimizer.lr": (14, "Input should be a finite number (found inf)"),
-        "train.optimizer.nesterov": (14, "Input should be a valid boolean (found 'yes')"),
-        "train.schedule.gamma": (15, "Input should be a finite number (found inf)"),
-        "train.early_stopping.patience": (16, "Input should be a valid integer (found '3')"),
-        "train.augment[0].pixels": (17, "Input should be a valid integer (found True)"),
-        "train.data.val_fraction": (18, "Input should be a valid number (found '0.1')"),
+        "train.batch_size": (10, "expected an integer (found True)"),
+        "train.epochs": (11, "expected an integer (found '2')"),
+        "train.seed": (12, "expected a value greater than or equal to 0 (found -5)"),
+        "train.grad_clip": (13, "expected a finite number (found nan)"),
+        "train.optimizer.lr": (14, "expected a finite number (found inf)"),
+        "train.optimizer.nesterov": (14, "expected true or false (found 'yes')"),
+        "train.schedule.gamma": (15, "expected a finite number (found inf)"),
+        "train.early_stopping.patience": (16, "expected an integer (found '3')"),
+        "train.augment[0].pixels": (17, "expected an integer (found True)"),
+        "train.data.val_fraction": (18, "expected a number (found '0.1')"),
     }, err
 
 
@@ -587,7 +607,7 @@ def test_a_top_level_problem_hides_no_other_problem(tmp_path, head, tail, first)
     assert first in text
     assert "unknown key 'stirde' (did you mean 'stride'?)" in text
     assert "input 'aa' is neither a layer id nor a model input" in text
-    assert "train.epochs: Input should be greater than or equal to 1" in text
+    assert "train.epochs: expected a value greater than or equal to 1" in text
     trained = [p for p in err.problems if p.path == "train.epochs"]
     assert trained[0].line == len((head + COMBO_LAYERS + tail).splitlines())   # located in the file as written
 
@@ -719,3 +739,160 @@ outputs: [up]
 """)
     (p,) = err.problems
     assert expected in p.message and p.line == 5 and p.layer == "up"
+
+
+@pytest.mark.parametrize("name,text,where", [
+    ("net.yaml", HEAD + "  - {id: a, type: relu, inputs: " + "[" * 500 + "image" + "]" * 500 + "}\noutputs: [a]\n",
+     (5, 132)),   # the 100th '[' of inputs is the 101st level, after the layer's '{'
+
+    ("net.json", '{"inputs": {"image": {"shape": [1, 8, 8]}}, "layers": [{"id": "a", "type": "relu", "inputs": '
+     + "[" * 2000 + '"image"' + "]" * 2000 + '}], "outputs": ["a"]}', (1, 93 + 98)),   # after the 3 levels of {, [ and {
+], ids=["yaml", "json"])
+def test_deeply_nested_brackets_are_a_located_error_not_a_recursion_error(tmp_path, name, text, where):
+    err, path = load(tmp_path, text, name=name)
+    (p,) = err.problems
+    assert p.message.startswith("brackets nested more than 100 levels deep")
+    assert (p.file, p.line, p.column) == (path, *where)
+    run = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", path], capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stdout + run.stderr and "RecursionError" not in run.stderr
+
+
+def test_brackets_in_strings_and_comments_do_not_count_as_nesting(tmp_path):
+    deep = "[" * 300
+    path = tmp_path / "net.yaml"
+    path.write_text(f"name: t  # {deep}\ndescription: '{deep}'\nx-note: \"{deep}\"\ninputs:\n  image: {{shape: [1, 8, 8]}}\n"
+                    "layers:\n  - {id: a, type: relu}\noutputs: [a]\n")
+    assert cnngraph.load_spec(path).name == "t"
+
+
+@pytest.mark.parametrize("levels,message", [(150, "lists and mappings nested more than 100 levels deep"),
+                                             (1500, "the spec nests too deeply to read")])
+def test_deep_indentation_nesting_is_a_located_error(tmp_path, levels, message):
+    rows = ["name: t", "inputs:"] + ["  " * (i + 1) + f"k{i}:" for i in range(levels)] + ["  " * (levels + 1) + "v"]
+    err, _ = load(tmp_path, "\n".join(rows) + "\n")
+    (p,) = err.problems
+    assert p.message.startswith(message) and p.line is not None and p.line > 100
+
+
+@pytest.mark.parametrize("codec,mark", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"),
+                                        ("utf-32-le", b"\xff\xfe\x00\x00"), ("utf-32-be", b"\x00\x00\xfe\xff")])
+@pytest.mark.parametrize("name", ["net.yaml", "net.json"])
+def test_specs_with_a_byte_order_mark_load_and_stay_located(tmp_path, codec, mark, name):
+    text = ('{"name": "b", "inputs": {"image": {"shape": [1, 8, 8]}},\n "layers": [{"id": "a", "type": "relu"}],\n'
+            ' "outputs": ["a"]}\n')
+    path = tmp_path / name
+    path.write_bytes(mark + text.encode(codec))
+    assert cnngraph.load_spec(path).name == "b"
+    path.write_bytes(mark + text.replace('"relu"}', '"relu", "kernal": 3}').encode(codec))
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    (p,) = info.value.problems
+    assert "unknown key 'kernal'" in p.message and (p.line, p.column) == (2, 41)
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"name: t\ninputs:\n  image: {shape: [1, 8, 8]}\n# caf\xe9\n",
+     "not a UTF-8 text file (byte 0xe9 at line 4, column 6); save it as UTF-8 (it may be Latin-1 or Windows-1252 text)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a UTF-8 text file (byte 0x89 at line 1, column 1); it looks like a PNG image"),
+    (bytes([0xa9, 0x2d, 0x1c, 0xa3, 0x7d, 0xe9, 0x0b, 0x9a]), "not a UTF-8 text file (byte 0xa9 at line 1, column 1); "
+                                                              "a spec is YAML or JSON text"),
+    ("name: t\n".encode("utf-16-le"), "not a text file: a NUL byte at line 1, column 2"),
+    (b"\xff\xfe" + b"n\x00\x00\xd8", "not a UTF-16-LE text file, as its byte-order mark says (byte 0x00 at line 1, column 2)"),
+], ids=["latin-1", "png", "binary", "utf-16 without mark", "broken utf-16"])
+def test_files_that_are_not_text_say_which_byte_and_where(tmp_path, data, message):
+    path = tmp_path / "net.yaml"
+    path.write_bytes(data)
+    with pytest.raises(SpecError) as info:
+        cnngraph.load_spec(path)
+    (p,) = info.value.problems
+    assert p.message.startswith(message) and p.file == str(path)
+    assert "codec" not in p.message
+
+
+def test_a_json_file_holding_yaml_is_told_to_be_renamed(tmp_path):
+    err, path = load(tmp_path, HEAD + "  - {id: a, type: relu}\noutputs: [a]\n", name="net.json")
+    (p,) = err.problems
+    assert p.message == f"not valid JSON: Expecting value; it looks like YAML, not JSON: rename it to {path[:-5]}.yaml"
+    err, _ = load(tmp_path, '{"name": "t", "layers": [1, 2,]}', name="net.json")   # JSON with a mistake: no hint
+    assert "YAML" not in err.problems[0].message
+
+
+@pytest.mark.parametrize("layer_id,expected", [
+    ("faltung_ä", "'ä' (U+00E4) at character 9 is not allowed; ids use ASCII letters, digits"),
+    ("激活", "starts with '激' (U+6FC0); ids use ASCII letters"),
+    ('"a b"', "a space at character 2 is not allowed"),
+    ('"1conv"', "starts with '1'; ids use ASCII letters, digits, '_', '.' and '-', starting with a letter or '_'"),
+    ('""', "an id may not be empty"),
+])
+def test_an_id_that_breaks_the_rule_names_the_character_and_where(tmp_path, layer_id, expected):
+    err, _ = load(tmp_path, HEAD + f"  - {{id: {layer_id}, type: relu}}\noutputs: [image]\n")
+    (p,) = [p for p in err.problems if p.path == "layers[0].id"]
+    assert p.message.startswith(expected) and (p.line, p.column) == (5, 10)
+    err, _ = load(tmp_path, f"inputs:\n  {layer_id}: {{shape: [1, 4, 4]}}\nlayers:\n  - {{id: r, type: relu}}\noutputs: [r]\n")
+    assert any("input names follow the layer-id rule" in p.message and expected in p.message for p in err.problems)
+
+
+@pytest.mark.parametrize("text,path,message", [
+    ("inputs:\n  image: [3, 16, 16]\nlayers:\n  - {id: a, type: relu}\noutputs: [a]\n", "inputs.image",
+     "expected a mapping with the input's shape; write image: {shape: [3, 16, 16]}"),
+    ("inputs:\n  - {id: image, shape: [3, 16, 16]}\nlayers:\n  - {id: a, type: relu}\noutputs: [a]\n", "inputs",
+     "expected a mapping from input names to their shapes; write inputs: {image: {shape: [3, 16, 16]}}"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  []\noutputs: [image]\n", "layers",
+     "the list is empty; a spec needs at least one layer"),
+    ("inputs: {}\nlayers:\n  - {id: a, type: relu}\noutputs: [a]\n", "inputs",
+     "the mapping is empty; a spec needs at least one input, e.g. image: {shape: [3, 32, 32]}"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  - {id: c1, type: relu, inputs: 3}\noutputs: [c1]\n",
+     "layers[0].inputs", "expected a layer id or input name, or a list of them (found 3)"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  - relu\noutputs: [image]\n", "layers[0]",
+     "expected a mapping (found 'relu')"),
+    ("inputs:\n  image: {shape: [3, 16, 16]}\nlayers:\n  - {id: a, type: relu}\noutputs: 3\n", "outputs",
+     "expected a layer id, or a list of them (found 3)"),
+], ids=["input as a list", "inputs as a list", "no layers", "no inputs", "inputs an int", "layer a string", "outputs an int"])
+def test_structure_mistakes_are_said_in_the_spec_words_not_pydantic_words(tmp_path, text, path, message):
+    err, _ = load(tmp_path, text)
+    p = next(p for p in err.problems if p.path == path)
+    assert p.message == message
+    assert not any("Input should" in q.message or "should have at least" in q.message for q in err.problems)
+
+
+def test_op_parameters_must_be_finite_except_where_an_infinity_means_something(tmp_path):
+    err, _ = load(tmp_path, HEAD + """\
+  - {id: d, type: dropout, p: .nan}
+  - {id: l, type: leaky_relu, negative_slope: .inf}
+  - {id: e, type: elu, alpha: -.inf}
+  - {id: c, type: clip, min: .nan}
+outputs: [c]
+""")
+    found = {p.path: p.message for p in err.problems}
+    assert found["layers[0].p"] == "expected a finite number (found nan)"
+    assert found["layers[1].negative_slope"] == "expected a finite number (found inf)"
+    assert found["layers[2].alpha"] == "expected a finite number (found -inf)"
+    assert found["layers[3].min"].startswith("expected a number or -.inf/.inf, found nan")
+    # clip bounds and a pad value may be infinite: no bound, and -inf padding before a max (ONNX models)
+    import numpy as np
+    spec = cnngraph.load_spec({"inputs": {"x": {"shape": [1, 2, 2]}},
+                               "layers": [{"id": "c", "type": "clip", "min": float("-inf"), "max": 6.0},
+                                          {"id": "p", "type": "pad", "pads": [[0, 0], [1, 1], [1, 1]],
+                                           "value": float("-inf")},
+                                          {"id": "m", "type": "max_pool2d", "kernel_size": 2, "stride": 1}],
+                               "outputs": ["m"]})
+    x = np.array([[[[9.0, -3.0], [1.0, 2.0]]]], np.float32)
+    y = cnngraph.compile(spec).forward({"x": x})["m"]
+    np.testing.assert_array_equal(y[0, 0], [[6.0, 6.0, -3.0], [6.0, 6.0, 2.0], [1.0, 2.0, 2.0]])   # -inf never wins
+
+
+def test_a_channels_last_image_shape_is_a_warning_with_the_fix(tmp_path, capsys):
+    from cnngraph.cli import main
+    path = tmp_path / "hwc.yaml"
+    path.write_text("inputs:\n  image: {shape: [32, 32, 3]}\nlayers:\n  - {id: c, type: conv2d, out_channels: 4, "
+                    "kernel_size: 3}\noutputs: [c]\n")
+    spec = cnngraph.load_spec(path)   # valid: a warning, not an error
+    (w,) = spec.warnings
+    assert w.path == "inputs.image.shape" and (w.line, w.column) == (2, 18)
+    assert w.message.startswith("shape [32, 32, 3] looks channels-last (H, W, C); cnngraph takes (C, H, W): write "
+                                "shape: [3, 32, 32]")
+    assert main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().out
+    for shape in ([3, 32, 32], [1, 28, 28], [16, 8, 3], [64, 4]):   # channels first, or too small to tell
+        assert not cnngraph.load_spec({"inputs": {"x": {"shape": shape}}, "layers": [{"id": "r", "type": "relu"}],
+                                       "outputs": ["r"]}).warnings

@@ -10,8 +10,8 @@ import pytest
 import cnngraph
 from cnngraph.cli import main
 from cnngraph.commands.summary_format import format_summary
-from cnngraph.summary import (add_training_memory, inference_peak_bytes, summarize, training_memory,
-                              why_not_measure)
+from cnngraph.summary import (add_training_memory, inference_peak_bytes, measurement_cost, summarize,
+                              training_memory, why_not_measure)
 
 
 def test_training_memory_is_measured_and_linear():
@@ -346,8 +346,6 @@ def test_summary_skips_a_measurement_that_would_take_long():
 
 def test_training_memory_reports_running_out_of_memory_as_memory_error(monkeypatch):
     """The runner wraps a kernel's MemoryError in a RunError naming the layer; measuring turns it back."""
-    from cnngraph import summary
-
     def oom(*args, **kwargs):
         raise MemoryError("Unable to allocate 64.0 GiB")
 
@@ -375,19 +373,86 @@ def test_receptive_field_is_global_where_a_layer_mixes_the_whole_map_and_kept_by
     assert rf["flat"] == (3, 3) and rf["fc"] == "global"
 
 
-def test_parameters_too_large_for_memory_are_one_line_in_summary_viz_and_compile(tmp_path, capsys):
-    """summary counts parameters by making them: a layer whose weights cannot be allocated is named in one
-    line (as compile names it), and viz --params draws it without a count."""
+def test_parameters_too_large_for_memory_are_counted_by_summary_and_one_line_in_compile(tmp_path, capsys):
+    """summary counts parameters from their shapes, so weights that cannot be allocated are still counted
+    (and the training measurement, which would build them, is skipped); compile names the layer in one line,
+    and viz --params draws it."""
     path = tmp_path / "big.yaml"
     path.write_text("name: big\ninputs: {image: {shape: [1, 8, 8]}}\n"
                     "layers: [{id: c, type: conv2d, out_channels: 1000000000000000, kernel_size: 3}]\noutputs: [c]\n")
-    assert main(["summary", str(path)]) == 1
-    out, err = capsys.readouterr()
-    assert err.startswith("error: layer 'c' (conv2d): its parameters do not fit in memory (Unable to allocate")
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["summary", str(path), "--no-training-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "total params 10,000,000,000,000,000 " in out
     with pytest.raises(cnngraph.RunError, match="layer 'c' .* do not fit in memory"):
         cnngraph.compile(cnngraph.load_spec(path))
     assert main(["viz", str(path), "-o", str(tmp_path / "big.dot"), "--params"]) == 0
+
+
+def test_huge_dense_is_counted_and_its_training_measurement_skipped(capsys):
+    """143 TiB of float64 weights: the count needs none of them, and measuring (which would) is skipped."""
+    spec = cnngraph.load_spec({"inputs": {"image": {"shape": [3, 16, 16]}},
+                               "layers": [{"id": "c1", "type": "conv2d", "out_channels": 100000, "kernel_size": 3},
+                                          {"id": "f", "type": "flatten"},
+                                          {"id": "fc", "type": "dense", "out_features": 1000000}],
+                               "outputs": ["fc"]})
+    s = summarize(spec.graph, spec.name)
+    assert s.total_params == 100000 * (27 + 1) + 1000000 * (100000 * 14 * 14 + 1)
+    add_training_memory(s, spec, available=10 ** 12)
+    assert s.training_peak_bytes is None and s.training_memory_skipped
+
+
+def test_training_memory_of_parameters_too_large_is_a_memory_error(monkeypatch):
+    """Building the model to measure runs out of memory: reported as MemoryError, so summary skips it."""
+    from cnngraph import summary
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    monkeypatch.setattr(summary, "why_not_measure", lambda *a: None)
+    monkeypatch.setattr(spec.graph.nodes["conv1"]["op"], "init_params",
+                        lambda *a: (_ for _ in ()).throw(MemoryError("Unable to allocate 9 TiB")))
+    s = add_training_memory(summarize(spec.graph, spec.name), spec)
+    assert s.training_memory_skipped == "measuring ran out of memory (a training step at batch 1 and 2)"
+
+
+def test_parameter_memory_counts_in_the_measurement_cost():
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    s = summarize(spec.graph, spec.name)
+    need, _ = measurement_cost(s)
+    s.param_bytes += 10 ** 9
+    assert measurement_cost(s)[0] == need + 2 * 10 ** 9
+
+
+def test_summary_counts_without_making_weights_where_ops_declare_shapes(monkeypatch):
+    """Built-in ops with parameters declare param_shapes: summary never calls their init_params, and the
+    counts equal those of the model's arrays."""
+    from cnngraph.op import Op
+    spec = cnngraph.load_spec("specs/resnet_small.yaml")
+    model = cnngraph.compile(spec)
+    for node in model.graph:
+        op = model.graph.nodes[node].get("op")
+        if op is not None and type(op).init_params is not Op.init_params:
+            monkeypatch.setattr(op, "init_params", lambda *a: pytest.fail("init_params called"))
+    s = summarize(spec.graph, spec.name)
+    assert s.total_params == model.param_count()
+    assert s.param_bytes == 4 * sum(a.size for a in model.params.values())
+
+
+def test_summary_falls_back_to_init_params_and_distrusts_shapes_below_an_override():
+    """An op without param_shapes is counted from init_params; so is a subclass that overrides init_params
+    under a class that declares param_shapes (its own arrays may differ)."""
+    import numpy as np
+    from cnngraph.plugins.connection import Dense
+
+    class WithExtra(Dense):
+        type = "dense_with_extra"
+
+        def init_params(self, in_shapes, rng):
+            return {**super().init_params(in_shapes, rng), "extra": np.zeros(7, np.float32)}
+
+    spec = cnngraph.load_spec("specs/lenet5.yaml")
+    node = spec.graph.nodes["fc1"]
+    node["op"] = WithExtra(node["op"].p, "fc1")
+    from cnngraph.summary import declared_param_shapes, param_counts
+    assert declared_param_shapes(spec.graph, "fc1") is None
+    assert param_counts(spec.graph, "fc1", np.random.default_rng(0)) == (120 * 400 + 120 + 7,) * 2
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -414,3 +479,21 @@ def test_summary_says_what_train_freeze_keeps_fixed(tmp_path, capsys):
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
     assert main(["summary", str(tmp_path / "f.yaml"), "--no-training-memory"]) == 0
     assert "frozen by train.freeze: conv1, conv2 (4,800 params; 33,482 trained)" in capsys.readouterr().out
+
+
+def test_model_summary_prints_the_cli_table_and_can_return_it(capsys):
+    """Keras users call model.summary(): it prints what `cnngraph summary --no-training-memory` prints."""
+    assert main(["summary", "specs/lenet5.yaml", "--no-training-memory"]) == 0
+    cli = capsys.readouterr().out
+    model = cnngraph.compile("specs/lenet5.yaml")
+    assert model.summary() is None
+    assert capsys.readouterr().out == cli
+    assert model.summary(print_fn=None) == cli.rstrip("\n")
+    assert json.loads(model.summary(format="json", print_fn=None))["total_params"] == model.param_count() == 61706
+    model.freeze(["conv1"])
+    text = model.summary(batch_size=4, training_memory=True, print_fn=None)
+    assert "frozen by model.freeze: conv1 (156 params; 61,550 trained)" in text
+    assert "peak activation memory (training, batch 4): " in text and model.param_count() == 61550
+    with pytest.raises(ValueError, match="format must be"):
+        model.summary(format="html")
+    assert cnngraph.Model.param_count.__doc__ and "trainable" in cnngraph.Model.param_count.__doc__

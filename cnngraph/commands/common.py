@@ -80,8 +80,23 @@ def read_model_inputs(path: str, inputs: dict) -> dict[str, np.ndarray]:
             which = f" of '{name}'" if len(inputs) > 1 else ""
             raise DataError(f"{path}: {int((~np.isfinite(x)).sum())} of {x.size} values{which} are NaN or infinite")
         if x.ndim == len(inputs[name].shape):
-            arrays[name] = x[None]
+            arrays[name] = x = x[None]
+        _refuse_channels_last(path, name, x, tuple(inputs[name].shape), len(inputs) > 1)
     return arrays
+
+
+_AXES = {2: "L", 3: "H, W", 4: "D, H, W"}   # per-sample axes after the channels
+
+
+def _refuse_channels_last(path: str, name: str, x: np.ndarray, shape: tuple, several: bool) -> None:
+    """An image batch saved (N, H, W, C), as NumPy/PIL/Keras hold images, for a (C, H, W) input: say so, with
+    the fix, rather than only that the shape is wrong."""
+    if len(shape) >= 2 and x.ndim == len(shape) + 1 and x.shape[1:] != shape and \
+            x.shape[1:] == shape[1:] + shape[:1]:
+        which = f" for input '{name}'" if several else ""
+        axes = _AXES.get(len(shape), "...")
+        raise DataError(f"{path}: array of shape {x.shape}{which} looks channels-last (N, {axes}, C); "
+                        f"the model takes (N, {', '.join(map(str, shape))}): save np.moveaxis(x, -1, 1)")
 
 
 def _read_named_arrays(path: str, names: list[str]) -> dict[str, np.ndarray]:

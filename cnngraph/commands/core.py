@@ -70,14 +70,10 @@ def cmd_validate(args) -> int:
 
 
 def frozen_rows(spec, s) -> str:
-    """What the spec's train.freeze keeps fixed, as Keras's non-trainable count: "conv1, bn1 (464 params; 650 trained)"."""
+    """What the spec's train.freeze keeps fixed (see summary.frozen_line)."""
+    from ..summary import frozen_line
     from ..train.freeze import matching_layers
-    frozen = set(matching_layers(spec.train.freeze if spec.train is not None else [], [r.id for r in s.rows]))
-    rows = [r for r in s.rows if r.params and r.id in frozen]
-    if not rows:
-        return ""
-    fixed = sum(r.params for r in rows)
-    return f"{', '.join(r.id for r in rows)} ({fixed:,} params; {s.total_params - fixed:,} trained)"
+    return frozen_line(s, matching_layers(spec.train.freeze if spec.train is not None else [], [r.id for r in s.rows]))
 
 
 def cmd_summary(args) -> int:
@@ -126,6 +122,11 @@ def cmd_run(args) -> int:
         raise CnnGraphError(f"--output {args.output}: expected a .npy file (or .npz, which also holds "
                             f"several outputs)")
     inputs = read_model_inputs(args.input, spec.inputs)
+    for name, x in inputs.items():   # as given: `run` does not scale (predict applies the training's units)
+        if x.dtype == np.uint8:
+            which = f"'{name}' " if len(inputs) > 1 else ""
+            print(f"note: input {which}is uint8 and is fed as its raw values 0..255 (not scaled to [0, 1]); divide "
+                  f"by 255 first if the network expects [0, 1]", file=sys.stderr)
     profiler = None
     if args.profile:
         from ..profile import Profiler
@@ -144,7 +145,7 @@ def cmd_run(args) -> int:
         print(f"wrote {args.output}")
     for k, v in outputs.items():
         line = f"{k}: shape {tuple(v.shape)} {v.dtype}"
-        if v.ndim == 2:
+        if v.ndim == 2 and v.shape[1] > 1:   # class scores; one value per sample is a regression
             line += f"; argmax per sample: {v.argmax(axis=1)[:16].tolist()}{' …' if len(v) > 16 else ''}"
         print(line)
     return 0
@@ -157,9 +158,8 @@ def _describe_params(op_cls) -> list[dict]:
         default = None if required else f.get_default(call_default_factory=True)
         if isinstance(default, tuple):
             default = list(default)
-        kind = _type_text(f.annotation)
-        if kind == "[int, int]" and f.metadata:   # IntPair: its validator also takes one number for both
-            kind = "int or [int, int]"
+        form = next((m for m in f.metadata if isinstance(m, SpecForm)), None)   # Annotated at the top
+        kind = str(form) if form is not None else _type_text(f.annotation)
         rows.append({"name": name, "required": required, "default": default, "type": kind,
                      "constraints": _constraints(f.metadata), "description": f.description})
     return rows
@@ -175,12 +175,16 @@ def _constraints(metadata) -> list[str]:
             if getattr(m, attr, None) is not None]
 
 
+from ..paramtypes import SpecForm   # noqa: E402  (light: pydantic is loaded for any spec command)
+
+
 def _type_text(ann) -> str:
     """A parameter's type as a spec writer reads it: int, float, a|b (choices), [int, int], x or null."""
     import typing
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin is typing.Annotated:
-        return _type_text(args[0])
+        form = next((m for m in args[1:] if isinstance(m, SpecForm)), None)
+        return str(form) if form is not None else _type_text(args[0])
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):

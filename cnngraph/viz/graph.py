@@ -67,11 +67,11 @@ def build_vgraph(source, with_params: bool = False, collapse: bool = False,
         data: Any = source if isinstance(source, dict) else None
         name = "network"
         if data is None:
-            from ..positions import parse_text
+            from ..positions import parse_text, read_spec_text
             name = Path(str(source)).stem
             try:
-                data, _ = parse_text(Path(source).read_text(encoding="utf-8"), str(source))
-            except (SpecError, OSError, UnicodeDecodeError):
+                data, _ = parse_text(read_spec_text(source), str(source))
+            except SpecError:
                 data = None
             if isinstance(data, dict) and (data.get("blocks") is not None
                                            or any(isinstance(l, dict) and "block" in l
@@ -569,25 +569,15 @@ def draw_network(source, out, direction: str = "TB", collapse: bool = False, sho
 def _check_spec_file(path: Path) -> None:
     """A spec path that is missing, not a file or not text is an error, not a drawing: an error card
     written to ``out`` would replace what is there (often the last good drawing) over a typo."""
+    from ..positions import read_spec_text
     if not path.exists():
         raise CnnGraphError(f"spec file not found: {path}")
     if not path.is_file():
         raise CnnGraphError(f"{path} is a {'folder' if path.is_dir() else 'special file'}, not a spec file")
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CnnGraphError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
-    if not _is_text(data):
-        raise CnnGraphError(f"{path} is not a text file (a spec is YAML or JSON text)")
-
-
-def _is_text(data: bytes) -> bool:
-    """UTF-8 without NUL bytes (which YAML never holds and binary files nearly always do)."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return b"\0" not in data
+        read_spec_text(path)
+    except SpecError as exc:   # worded as validate words it
+        raise CnnGraphError(exc.problems[0].format()) from None
 
 
 def png_dpi(width_pt: float, height_pt: float, dpi: int) -> int:

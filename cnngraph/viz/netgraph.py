@@ -29,13 +29,15 @@ FAMILY_COLORS: dict[str, tuple[str, str]] = {
     "shape": ("#eeeeee", "#718096"),
     "regularization": ("#f5f5dc", "#8d7b37"),
     "loss": ("#f3dfcf", "#7b341e"),
+    "resize": ("#e6f4d7", "#4d7c0f"),
     "block": ("#dbe7f0", "#2a4365"),
     "other": ("#ffffff", "#4a5568"),
     "error": ("#fed7d7", "#d10000"),
 }
 FAMILY_LABELS = {"input": "input", "conv": "convolution", "dense": "dense", "activation": "activation",
                  "pool": "pooling", "norm": "normalisation", "merge": "merge", "shape": "reshape",
-                 "regularization": "regularisation", "loss": "loss", "block": "block", "other": "other",
+                 "regularization": "regularisation", "loss": "loss", "resize": "resampling", "block": "block",
+                 "other": "other",
                  "error": "error"}
 
 _ACTIVATIONS = {"relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "softmax", "log_softmax", "selu",
@@ -63,11 +65,14 @@ def family_of(op_type: str, plugin: str | None = None) -> str:
         return "shape"
     if "dropout" in t:
         return "regularization"
+    if "upsample" in t or t in ("pixel_shuffle", "resize", "interpolate"):
+        return "resize"
     if "entropy" in t or t in ("mse", "l1", "nll") or t.endswith("_loss"):
         return "loss"
     mod = (plugin or "").rsplit(".", 1)[-1]
     return {"activation": "activation", "connection": "conv", "pooling": "pool", "normalization": "norm",
-            "merge": "merge", "shape": "shape", "regularization": "regularization", "loss": "loss"}.get(mod, "other")
+            "merge": "merge", "shape": "shape", "regularization": "regularization", "loss": "loss",
+            "resize": "resize"}.get(mod, "other")
 
 
 def fmt_shape(shape) -> str:
@@ -177,6 +182,11 @@ def key_params(op_type: str, p: dict) -> str:
         return f"slope {p['negative_slope']}"
     if t == "concat" and "axis" in p:
         return f"axis {p['axis']}"
+    if "upsample" in t and "scale_factor" in p:   # "×2 nearest", "×2,1.5 bilinear"
+        factor = _pair(p["scale_factor"]) or (p["scale_factor"],)
+        return f"×{_one_or_both(tuple(f'{v:g}' if isinstance(v, float) else v for v in factor))} {p.get('mode', 'nearest')}"
+    if t == "pixel_shuffle" and "upscale_factor" in p:
+        return f"×{p['upscale_factor']}"
     skip = {"init", "bias", "affine", "eps", "momentum"}
     items = [f"{k}={_printable(v)}" for k, v in p.items() if k not in skip and not isinstance(v, (dict, list))]
     return " ".join(items[:2])
@@ -200,7 +210,8 @@ def _dump_params(params) -> dict:
     except Exception:  # pragma: no cover - foreign params objects
         return {}
     # keep the defaults that matter for the label
-    for k in ("stride", "kernel_size", "out_channels", "out_features", "p", "padding", "dilation", "groups"):
+    for k in ("stride", "kernel_size", "out_channels", "out_features", "p", "padding", "dilation", "groups",
+              "scale_factor", "upscale_factor"):
         if k in full:
             short.setdefault(k, full[k])
     return short

@@ -392,12 +392,17 @@ def test_a_spec_path_that_is_not_a_readable_text_file_writes_nothing(tmp_path, c
     (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     for spec, message in (("specs/lenet5.yml", "spec file not found: specs/lenet5.yml"),
                           (str(tmp_path), f"{tmp_path} is a folder, not a spec file"),
-                          (str(tmp_path / "blob.yaml"), "blob.yaml is not a text file"),
-                          (str(tmp_path / "latin1.yaml"), "latin1.yaml is not a text file")):
+                          (str(tmp_path / "blob.yaml"), "blob.yaml: not a UTF-8 text file (byte 0x89 at line 1, "
+                                                        "column 1); it looks like a PNG image"),
+                          (str(tmp_path / "latin1.yaml"), "latin1.yaml: not a UTF-8 text file (byte 0xe9 at line 1, "
+                                                          "column 10); save it as UTF-8")):
         for out in (keep, tmp_path / "new.png"):
             assert main(["viz", spec, "-o", str(out)]) == 1
             err = capsys.readouterr().err
             assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        if spec.endswith(".yaml"):   # validate says the same
+            assert main(["validate", spec]) == 1
+            assert message in capsys.readouterr().out
     assert keep.read_bytes() == good and not (tmp_path / "new.png").exists()
 
 
@@ -565,3 +570,16 @@ def test_control_characters_in_a_parameter_are_escaped_in_labels(tmp_path, fresh
     assert "Glyph" not in capsys.readouterr().err
     vg, _ = build_vgraph(str(tmp_path / "s.yaml"), allow_plugins=True)
     assert vg.nodes["t1"].detail == "tag=one\\ntwo"
+
+
+def test_upsampling_has_its_own_colour_and_shows_its_factor():
+    spec = cnngraph.load_spec({"inputs": {"image": {"shape": [4, 8, 8]}},
+                               "layers": [{"id": "up", "type": "upsample2d"},
+                                          {"id": "up2", "type": "upsample2d", "scale_factor": [2, 1.5], "mode": "bilinear"},
+                                          {"id": "ps", "type": "pixel_shuffle", "upscale_factor": 2, "inputs": "image"}],
+                               "outputs": ["up2", "ps"]})
+    vg = from_spec(spec)
+    assert {vg.nodes[n].family for n in ("up", "up2", "ps")} == {"resize"}
+    assert FAMILY_COLORS["resize"] != FAMILY_COLORS["other"]
+    assert vg.nodes["up"].detail == "×2 nearest" and vg.nodes["up2"].detail == "×2,1.5 bilinear"
+    assert vg.nodes["ps"].detail == "×2"

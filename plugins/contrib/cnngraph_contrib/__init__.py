@@ -127,6 +127,11 @@ class SqueezeExcitation(Op):
             raise ShapeError(f"squeeze_excitation expects a (C, H, W) input per sample, found {tuple(shape)}")
         return tuple(shape)
 
+    def param_shapes(self, in_shapes):
+        c = in_shapes[0][0]
+        h = self.hidden(c)
+        return {"w1": (h, c), "b1": (h,), "w2": (c, h), "b2": (c,)}
+
     def init_params(self, in_shapes, rng):
         c = in_shapes[0][0]
         h = self.hidden(c)
