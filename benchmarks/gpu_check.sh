@@ -9,5 +9,5 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . -e plug
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
 export PYTHONUNBUFFERED=1
-timeout ${TEST_TIMEOUT:-330} python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider --tb=short --maxfail=60 2>&1 | tee "$OUT/cuda_tests.log" | tail -60
+timeout ${TEST_TIMEOUT:-330} python3 -m pytest tests/test_cuda.py -p no:cacheprovider --tb=short --maxfail=60 2>&1 | tee "$OUT/cuda_tests.log" | tail -60
 timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/gpu.py --rounds 2 --min-seconds 0.3 2>&1 | tee "$OUT/gpu_bench.log"
