@@ -1099,9 +1099,7 @@ def pad(imp, node, a):
 def expand(imp, node, a):
     """Broadcasting after the batch axis (ONNX's bidirectional rule: a 1 in the shape keeps the input's size)."""
     x, target = imp.get(node.input[0]), [int(d) for d in imp.const(node.input[1], "shape")]
-    if isinstance(x, np.ndarray):
-        if node.input[1] in imp.alt:
-            return [_expand_constant_to_batch(imp, node, x, target)]
+    if isinstance(x, np.ndarray):   # (one whose shape holds the batch size is a constant layer: layouts.py)
         return imp.fold(node)
     full = [BATCH, *x.shape]
     if len(target) > len(full):
@@ -1121,7 +1119,7 @@ def expand(imp, node, a):
     return [imp.emit("expand", [x], {"shape": rest})]
 
 
-def _expand_constant_to_batch(imp, node, x: np.ndarray, target: list[int]) -> Dyn:
+def expand_constant_to_batch(imp, node, x: np.ndarray, target: list[int]) -> Dyn:
     """A constant (a class token, CoordConv's coordinates) expanded to a shape whose leading entry is the batch
     size, Shape(t)[0]: a ``constant`` layer that t lends its batch size to, then ``expand`` for the per-sample
     dims of a parameter (a fixed constant is stored expanded)."""
@@ -1144,7 +1142,6 @@ def _expand_constant_to_batch(imp, node, x: np.ndarray, target: list[int]) -> Dy
     return imp.const_layer(node.input[0], np.ascontiguousarray(np.broadcast_to(arr, per)), like, False)
 
 
-expand.prefers_handler = True   # a constant expanded to Shape(x)'s batch size must not fold (nor fill memory)
 
 
 @handles("Tile")

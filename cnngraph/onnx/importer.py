@@ -20,7 +20,8 @@ from ..errors import CnnGraphError, RunError, ShapeError
 from ..model import Model
 from .common import OnnxError, UniqueNames, node_base_name, require_onnx, sanitize, torch_scope
 from .folding import BATCH, Dyn, evaluate, f32
-from .layouts import ELEMENTWISE_FUSIONS, LAYOUT_HANDLERS, is_moved, materialize, moves_batch
+from .layouts import (ELEMENTWISE_FUSIONS, LAYOUT_HANDLERS, constant_with_batch, holds_batch_size, is_moved,
+                      materialize, moves_batch)
 from .inputs import read_inputs
 from .patterns import Fusion, dead_nodes, find_patterns
 
@@ -276,11 +277,10 @@ class Importer:
             try:
                 ins = [self.get(n) for n in node.input]
                 handler = HANDLERS.get(node.op_type)
-                if (all(v is None or isinstance(v, np.ndarray) for v in ins) and node.op_type not in FOLD_NEVER
+                if all(v is None or isinstance(v, np.ndarray) for v in ins) and holds_batch_size(self, node):
+                    results = [constant_with_batch(self, node, self.attrs(node))]
+                elif (all(v is None or isinstance(v, np.ndarray) for v in ins) and node.op_type not in FOLD_NEVER
                         and not (handler is not None and getattr(handler, "prefers_handler", False))):
-                    if node.op_type == "ConstantOfShape" and node.input and node.input[0] in self.alt:
-                        raise self.fail("the shape depends on the batch size; only shapes known at import "
-                                        "time can be built")
                     results = self.fold(node)
                     self._fold_alt(node, results)
                     self._track_params(node, results)

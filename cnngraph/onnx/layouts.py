@@ -11,12 +11,14 @@ the tensor back in its ONNX layout, which needs the batch axis first there (:fun
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from .folding import BATCH, BATCH_ALT, Dyn
 
-__all__ = ["LAYOUT_HANDLERS", "ELEMENTWISE_FUSIONS", "is_moved", "materialize", "moves_batch", "on_physical"]
+__all__ = ["LAYOUT_HANDLERS", "ELEMENTWISE_FUSIONS", "is_moved", "materialize", "moves_batch", "on_physical",
+           "holds_batch_size", "constant_with_batch"]
 
 LAYOUT_HANDLERS: dict = {}
 # fused patterns (cnngraph/onnx/patterns.py) that act value by value, so they run on the physical tensor as it is
@@ -340,11 +342,11 @@ def _show(target) -> str:
 
 
 # ---- ops along axes: arranged, axes mapped, then the standard import -----------------------------------------
-def _arranged_for(imp, node, axes: list[int], trailing: bool = False) -> tuple[Dyn, list, dict]:
-    """The node's first input arranged so that each logical axis in ``axes`` is one physical axis (the other
-    axes keep their physical axes; ``trailing``: the ``axes`` last, in order). Returns the physical tensor, the
-    logical groups on it and {logical axis: its physical axis}. An op along the batch axis is refused."""
-    x = imp.get(node.input[0])
+def _arranged_for(imp, node, axes: list[int], trailing: bool = False, x: Dyn | None = None) -> tuple[Dyn, list, dict]:
+    """The node's first input (or ``x``) arranged so that each logical axis in ``axes`` is one physical axis (the
+    other axes keep their physical axes; ``trailing``: the ``axes`` last, in order). Returns the physical tensor,
+    the logical groups on it and {logical axis: its physical axis}. An op along the batch axis is refused."""
+    x = imp.get(node.input[0]) if x is None else x
     groups, s = _groups(x), _sizes(x)
     axes = sorted(set(axes))
     if any(0 in groups[i] for i in axes):
@@ -502,6 +504,8 @@ def _const_to_physical(imp, x: Dyn, value, what: str) -> np.ndarray:
     for c, g in zip(arr.shape, groups):
         if c == 1:
             dims += [1] * len(g)
+        elif len(g) == 1 and s[g[0]] == 1:   # a unit axis of x that the constant widens
+            dims.append(c)
         elif 0 in g:
             raise imp.fail(f"{what} of shape {arr.shape} varies along the (moved) batch axis of {_describe(x)}")
         elif c == math.prod(s[p] for p in g):
@@ -539,10 +543,25 @@ def elementwise_n(imp, node, a):
             raise imp.fail(f"computed tensors {', '.join(_describe(v) for v in computed)} do not broadcast "
                            f"against each other") from None
         first = Dyn(computed[0].id, tuple(shape), _groups(computed[0]))
+    widened = _widened_axes(first, [v for v in vals.values() if not isinstance(v, Dyn)])
+    if widened and len(computed) == 1:   # a constant widens x along axes where x has size 1: give them an axis
+        name = next(n for n, v in vals.items() if isinstance(v, Dyn))
+        xa, groups, _ = _arranged_for(imp, node, widened, x=first)
+        first = vals[name] = Dyn(xa.id, xa.shape, tuple(groups))
     values = {n: _physical(v) if isinstance(v, Dyn) else _const_to_physical(imp, first, v, f"constant '{n}'")
               for n, v in vals.items()}
     y = on_physical(imp, node, a, _standard(node), values)
     return [_with(y[0], _groups(first))]
+
+
+def _widened_axes(x: Dyn, consts: list) -> list[int]:
+    """Logical axes along which ``x`` has size 1 and a constant more (the result is wider than x there)."""
+    shape = _logical_shape(x)
+    out = set()
+    for c in consts:
+        c = np.shape(c)
+        out |= {len(shape) - len(c) + i for i, n in enumerate(c) if n > 1 and shape[len(shape) - len(c) + i] == 1}
+    return sorted(out)
 
 
 def _alike(imp, d: Dyn) -> Dyn:
@@ -652,3 +671,64 @@ def einsum(imp, node, a):
     y = on_physical(imp, node, {**a, "equation": f"{','.join(batched)}->{letter}{out[:ob]}{out[ob + 1:]}"},
                     _standard(node), values)[0]
     return [_with(y, [(i + 1,) for i in range(ob)] + [(0,)] + [(i,) for i in range(ob + 1, len(out))])]
+
+
+# ---- constants whose shape holds the batch size ---------------------------------------------------------------
+def holds_batch_size(imp, node) -> bool:
+    """Whether an Expand, Tile or ConstantOfShape of constants makes a tensor whose shape holds the batch size
+    (computed from Shape(x)): folding it would build an array of the batch stand-in's size (a million rows)."""
+    at = {"Expand": 1, "Tile": 1, "ConstantOfShape": 0}.get(node.op_type)
+    return at is not None and len(node.input) > at and node.input[at] in imp.alt
+
+
+def constant_with_batch(imp, node, a) -> Dyn:
+    """Such a tensor as a ``constant`` layer that x lends its batch size to, the batch axis where the ONNX shape has
+    it: a class token expanded to (1, N, E) for a sequence-first transformer, DETR's queries repeated to (Q, N, E)
+    and zeros_like of them, an attention mask tiled to (N*W, H, H). The per-sample value is the node evaluated at
+    batch size 1; it stays a parameter where it holds a parameter's values as they are."""
+    from .folding import evaluate
+    at = 0 if node.op_type == "ConstantOfShape" else 1
+    shape_name = node.input[at]
+    sizes, sizes_alt = np.asarray(imp.consts[shape_name]), np.asarray(imp.alt[shape_name])
+    at_one = np.where(sizes % BATCH == 0, sizes // BATCH, sizes)   # the sizes at batch 1 (N -> 1, 6N -> 6)
+    if not np.array_equal(at_one, np.where(sizes_alt % BATCH_ALT == 0, sizes_alt // BATCH_ALT, sizes_alt)):
+        raise imp.fail(f"the shape {_show(np.ravel(sizes).tolist())} depends on the batch size other than as N or a "
+                       f"multiple of it; not supported")
+    feeds = {n: (at_one.astype(np.int64) if i == at else imp.consts[n]) for i, n in enumerate(node.input) if n}
+    try:
+        (value,) = evaluate([node], feeds, [node.output[0]], imp.opset)
+    except Exception as exc:  # noqa: BLE001 - the onnx evaluator's own message
+        raise imp.fail(f"could not build this constant at batch size 1: {type(exc).__name__}: {exc}") from None
+    value = np.asarray(value)
+    full = _full_shape(imp, node, at, sizes)
+    axes = [j for j, d in enumerate(full) if d % BATCH == 0]
+    if len(axes) != 1 or value.ndim != len(full):
+        raise imp.fail(f"the shape {_show(full)} holds the batch size in {len(axes)} axes; only one is supported")
+    j = axes[0]
+    if node.op_type == "Expand" and j == 0 and value.shape[0] == 1:   # batch first: as before (a ViT class token)
+        from .import_ops import expand_constant_to_batch
+        return expand_constant_to_batch(imp, node, imp.consts[node.input[0]], [int(v) for v in np.ravel(sizes)])
+    source = node.input[0] if at == 1 else ""
+    trainable = source in imp.params and value.size == np.size(imp.consts[source])   # the values as they are
+    if source in imp.params and not trainable:
+        warnings.warn(f"ONNX node '{node.name or node.output[0]}' repeats parameter '{source}' for every sample; "
+                      f"the copies import as a fixed constant, which fine-tuning does not update", stacklevel=2)
+    like = imp.batch_of.get(shape_name) or next(iter(imp.dyn.values()))
+    if value.shape[j] == 1:   # the batch axis alone: no physical axis for it
+        y = imp.const_layer(source or node.output[0], np.squeeze(value, j).astype(np.float32), like, trainable)
+        return _with(y, [(i + 1,) for i in range(j)] + [(0,)] + [(i,) for i in range(j + 1, len(full))])
+    y = imp.const_layer(source or node.output[0], value.astype(np.float32), like, trainable)
+    return _with(y, [(i + 1,) for i in range(j)] + [(0, j + 1)] + [(i + 1,) for i in range(j + 1, len(full))])
+
+
+def _full_shape(imp, node, at: int, sizes) -> list[int]:
+    """The node's output shape with the batch stand-in in it."""
+    sizes = [int(v) for v in np.ravel(sizes)]
+    if node.op_type == "ConstantOfShape":
+        return sizes
+    x = np.asarray(imp.consts[node.input[0]])
+    if node.op_type == "Tile":
+        return [d * r for d, r in zip(x.shape, sizes)]
+    rank = max(x.ndim, len(sizes))
+    xs, ts = (1,) * (rank - x.ndim) + x.shape, [1] * (rank - len(sizes)) + sizes
+    return [t if d == 1 else d for d, t in zip(xs, ts)]

@@ -1,7 +1,8 @@
 """ONNX graphs that move the batch axis (attention: (N, L, E) -> (L, N, E) -> (L, N*heads, d)) import as batch-first
-layers plus a layout (cnngraph/onnx/layouts.py): PyTorch's nn.MultiheadAttention and nn.TransformerEncoderLayer,
-exported by torch.onnx, match PyTorch forward and backward and export back; single ops on moved tensors match
-ONNX Runtime; what cannot be expressed is refused with the shape it met."""
+layers plus a layout (cnngraph/onnx/layouts.py): PyTorch's nn.MultiheadAttention, nn.TransformerEncoderLayer and
+DETR's decoder (queries repeated over the batch: a constant whose shape holds the batch size), exported by
+torch.onnx, match PyTorch forward and backward and export back; single ops on moved tensors match ONNX Runtime;
+what cannot be expressed is refused with the shape it met."""
 from __future__ import annotations
 
 import warnings
@@ -88,7 +89,69 @@ class KeyValueDims(nn.Module):
         return self.fc(a.mean(1)) + w.mean((1, 2)).unsqueeze(1)
 
 
+class DETR(nn.Module):
+    """DETR: a conv backbone's (HW, N, d) memory, learned queries repeated over the batch (sequence first), a
+    zeros_like target, a two-layer decoder, class and box heads; or a target broadcast up from (Q, 1, d)."""
+
+    def __init__(self, target: str = "repeat"):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1))
+        self.query_embed = nn.Embedding(6, 32)
+        self.pos = nn.Parameter(torch.randn(16, 1, 32) * 0.3)
+        self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0)
+        self.dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0), 2, norm=nn.LayerNorm(32))
+        self.cls, self.box = nn.Linear(32, 5), nn.Linear(32, 4)
+        self.target = target
+
+    def forward(self, x):
+        f = self.backbone(x)
+        mem = self.enc(f.flatten(2).permute(2, 0, 1) + self.pos)
+        if self.target == "repeat":
+            q = self.query_embed.weight.unsqueeze(1).repeat(1, f.shape[0], 1)   # (Q, N, d)
+            h = self.dec(torch.zeros_like(q) + q, mem)
+        else:   # a computed (1, N, d) widened to (Q, N, d) by a constant
+            h = self.dec(torch.zeros(6, 1, 32) + mem[:1] * 0 + self.query_embed.weight.unsqueeze(1), mem)
+        h = h.transpose(0, 1)
+        return torch.cat([self.cls(h), self.box(h).sigmoid()], -1)
+
+
+class SequenceFirstViT(nn.Module):
+    """A class token expanded to (1, N, E) and concatenated along the sequence, batch_first=False."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).permute(2, 0, 1)   # (L, N, E)
+        t = torch.cat([self.cls.expand(-1, x.shape[0], -1), t], 0)
+        return self.head(self.enc(t)[0])
+
+
+class CrissCross(nn.Module):
+    """Attention along H for every (n, w) as a batch of N*W, with a diagonal mask tiled over that batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        n, c, h, w = f.shape
+        cols = f.permute(0, 3, 2, 1).reshape(n * w, h, c)                       # (N*W, H, C)
+        mask = (-1e4 * torch.eye(h)).unsqueeze(0).repeat(n * w, 1, 1)
+        att = (cols @ cols.transpose(1, 2) + mask).softmax(-1)
+        return (att @ cols).reshape(n, w, h, c).permute(0, 3, 2, 1) + f
+
+
 NETS = {
+    "detr_queries_repeated": (DETR, (3, 16, 16)),
+    "detr_target_widened": (lambda: DETR("widened"), (3, 16, 16)),
+    "vit_sequence_first_class_token": (SequenceFirstViT, (3, 16, 16)),
+    "criss_cross_tiled_mask": (CrissCross, (3, 6, 5)),
     "vit_two_layers_class_token": (ViT, (3, 16, 16)),
     "mha_kdim_vdim_with_weights": (KeyValueDims, (3, 8, 8)),
     "mha_batch_first": (lambda: Attention(True), (3, 8, 8)),

@@ -48,11 +48,18 @@ class _ZerosOfBatch(torch.nn.Module):
 
 
 def test_the_batch_size_used_as_a_value_is_refused_and_never_shown_as_the_stand_in():
-    with pytest.raises(OnnxError, match=r"is computed from the batch size .* cannot use it as a value"):
+    with pytest.raises(OnnxError, match=r"is computed from the batch size .* cannot use it as a value") as info:
         import_onnx(_torch(_DivByBatch()))
-    with pytest.raises(OnnxError, match=r"the shape depends on the batch size") as info:
-        import_onnx(_torch(_ZerosOfBatch()))
     assert "999983" not in str(info.value)
+
+
+def test_a_constant_of_the_batch_size_is_a_constant_layer_of_any_batch():
+    """torch.zeros(t.shape[0], ...) (ConstantOfShape of Shape(t)) becomes a constant layer that t lends its batch
+    size to: no array of the batch stand-in's size is built, and it runs at any batch size."""
+    m = import_onnx(_torch(_ZerosOfBatch()))
+    x = np.random.default_rng(0).standard_normal((5, 4, 6, 6)).astype(np.float32)
+    (y,) = m.forward({"x": x}).values()
+    np.testing.assert_array_equal(y, x)
 
 
 def test_training_mode_exports_are_refused():
