@@ -45,22 +45,27 @@ _UNARY = {
     "asin": (lambda xp, x: xp.arcsin(x), lambda xp, x: 1 / xp.sqrt(1 - x * x), "x"),
     "acos": (lambda xp, x: xp.arccos(x), lambda xp, x: -1 / xp.sqrt(1 - x * x), "x"),
     "atan": (lambda xp, x: xp.arctan(x), lambda xp, x: 1 / (1 + x * x), "x"),
+    # 1.0 where x is NaN (infinite), else 0.0, in x's dtype (cnngraph's booleans): torch's SDPA guards with them
+    "isnan": (lambda xp, x: xp.isnan(x).astype(x.dtype), _zero, None),
+    "isinf": (lambda xp, x: xp.isinf(x).astype(x.dtype), _zero, None),
 }
 UNARY_FUNCTIONS = tuple(_UNARY)
 UnaryFn = Literal["sqrt", "exp", "log", "abs", "neg", "reciprocal", "erf", "floor", "ceil", "round", "sign",
-                  "sin", "cos", "tan", "asin", "acos", "atan"]
+                  "sin", "cos", "tan", "asin", "acos", "atan", "isnan", "isinf"]
 assert set(UnaryFn.__args__) == set(_UNARY)
 
 
 class UnaryParams(OpParams):
     fn: UnaryFn = Field(description="sqrt, exp, log, abs, neg (-x), reciprocal (1 / x), erf, floor, ceil, round "
-                                    "(halves to even), sign, sin, cos, tan, asin, acos or atan")
+                                    "(halves to even), sign, sin, cos, tan, asin, acos, atan, isnan or isinf (1.0 / "
+                                    "0.0)")
 
 
 class Unary(Op):
     """One element-wise function ``fn`` of the input, as torch.<fn> and ONNX's op of that name. sqrt, log,
     reciprocal, asin and acos follow IEEE arithmetic outside their domain (NaN, ±inf), as both do. floor, ceil,
-    round and sign are piecewise constant: their gradient is zero (as torch's), so nothing learns through them."""
+    round and sign are piecewise constant: their gradient is zero (as torch's), so nothing learns through them;
+    isnan and isinf give 1.0 or 0.0 (no gradient), as comparisons do."""
 
     type = "unary"
     Params = UnaryParams
@@ -74,7 +79,8 @@ class Unary(Op):
                 ({"fn": "erf"}, [(2, 5)]), ({"fn": "floor"}, [(2, 5)]), ({"fn": "ceil"}, [(2, 5)]),
                 ({"fn": "round"}, [(2, 5)]), ({"fn": "sign"}, [(2, 5)]), ({"fn": "sin"}, [(2, 5)]),
                 ({"fn": "cos"}, [(2, 5)]), ({"fn": "tan"}, [inside]), ({"fn": "asin"}, [inside]),
-                ({"fn": "acos"}, [inside]), ({"fn": "atan"}, [(2, 5)])]
+                ({"fn": "acos"}, [inside]), ({"fn": "atan"}, [(2, 5)]), ({"fn": "isnan"}, [(2, 5)]),
+                ({"fn": "isinf"}, [(2, 5)])]
 
     def forward(self, ctx, inputs, params):
         x, = inputs

@@ -109,6 +109,8 @@ def _one_node(c, lid, op, ins, attrs):
     onnx_op, attributes = _ONE_NODE[op.type]
     if op.type == "unary":
         onnx_op = _UNARY[op.p.fn]
+        if op.p.fn in ("isnan", "isinf"):   # ONNX gives booleans, cnngraph 1.0 / 0.0
+            return _to_float(c, lid, lambda out: c.node(onnx_op, ins, [out], lid))
     if op.type in ("maximum", "minimum"):
         ins = _align_ranks(c, lid, ins, attrs)
     c.node(onnx_op, ins, [lid], lid, **(attributes(op.p) if attributes else {}))

@@ -570,7 +570,7 @@ def _values_kind(imp, x) -> str:
     """'bool' for a layer output that is 0.0 or 1.0 (comparisons, logic), 'int' for one of whole numbers (indices,
     floor, round, ...), else 'float'."""
     layer = imp.by_id.get(x.id, {}) if isinstance(x, Dyn) else {}
-    if layer.get("type") in ("compare", "logical"):
+    if layer.get("type") in ("compare", "logical") or layer.get("fn") in ("isnan", "isinf"):
         return "bool"
     if layer.get("type") in ("argmax", "argmin") or layer.get("fn") in ("floor", "ceil", "round", "sign"):
         return "int"
@@ -1217,11 +1217,13 @@ def reduce(imp, node, a):
 # ---- element-wise math --------------------------------------------------------------------------
 UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Abs": "abs", "Neg": "neg", "Reciprocal": "reciprocal",
          "Erf": "erf", "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign", "Sin": "sin", "Cos": "cos",
-         "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan"}
+         "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan", "IsNaN": "isnan", "IsInf": "isinf"}
 
 
 @handles(*UNARY)
 def unary(imp, node, a):
+    if node.op_type == "IsInf" and (a.get("detect_negative", 1), a.get("detect_positive", 1)) != (1, 1):
+        raise imp.fail("IsInf detecting only one sign is not supported")
     return [imp.emit("unary", [imp.dyn_of(node.input[0])], {"fn": UNARY[node.op_type]})]
 
 

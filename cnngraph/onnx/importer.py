@@ -9,6 +9,7 @@ handlers (``import_ops.py``) map the remaining nodes to cnngraph layers through 
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,11 +219,23 @@ class Importer:
 
     def _track_params(self, node, results) -> None:
         """A folded copy of a parameter (reshaped, transposed, unsqueezed: as many float values) is one too:
-        PyTorch exports ``gamma[:, None, None]`` and ``x @ W.T`` so."""
-        sizes = {np.size(self.consts[n]) for n in node.input if n in self.params}
+        PyTorch exports ``gamma[:, None, None]`` and ``x @ W.T`` so; so is a Slice or Split of one (a ViT's
+        ``pos_embed[:, :L]``, cross-attention's q/k/v parts of ``in_proj_weight``: disjoint parts, each trained).
+        Any other float value computed from a parameter (a Gather that repeats its entries, as Swin's relative
+        position bias, or a Tile) imports fixed: warned."""
+        if node.op_type == "Identity" and node.input[0] in self.initializers:   # torch's copy of a deduplicated
+            self.initializers.add(node.output[0])   # initializer (two layers that start equal) is a weight too
+        sources = [n for n in node.input if n in self.params and np.asarray(self.consts[n]).dtype.kind == "f"]
+        sizes = {np.size(self.consts[n]) for n in sources}
         for name, r in zip(node.output, results):
-            if name and r is not None and np.asarray(r).dtype.kind == "f" and np.size(r) in sizes:
+            if not name or r is None or np.asarray(r).dtype.kind != "f" or not sources:
+                continue
+            if np.size(r) in sizes or (node.op_type in ("Slice", "Split") and node.input[0] in sources):
                 self.params.add(name)
+            else:
+                warnings.warn(f"ONNX node '{node.name or name}' ({node.op_type}) computes a constant from parameter "
+                              f"'{sources[0]}'; it imports as a fixed value, which fine-tuning does not update",
+                              stacklevel=2)
 
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> ImportResult:

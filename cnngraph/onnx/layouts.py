@@ -663,7 +663,8 @@ def einsum(imp, node, a):
         if len(term) != len(_groups(v)) or letter not in (None, term[b]):
             raise imp.fail(f"equation {a['equation']!r}: the computed operands' batch axes need one letter")
         letter = term[b]
-        values[name] = _physical(_canonical(imp, v, "Einsum on"))
+        if name not in values:   # (one tensor in two operands: arranged once)
+            values[name] = _physical(_canonical(imp, v, "Einsum on"))
         batched.append(letter + term[:b] + term[b + 1:])
     if letter not in out:
         raise imp.fail(f"equation {a['equation']!r} sums over the batch axis ('{letter}'); not supported")

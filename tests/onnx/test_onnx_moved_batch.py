@@ -177,6 +177,8 @@ def exported(name, opset, path):
 def test_torch_attention_imports_matches_forward_and_backward_and_exports_back(name, opset, tmp_path):
     net, shape = exported(name, opset, tmp_path / "m.onnx")
     m = import_onnx(str(tmp_path / "m.onnx"))
+    if not name.startswith("detr"):   # (torch folds DETR's query_embed.weight.unsqueeze(1) into an unnamed constant)
+        assert sum(np.size(m.params[n]) for n in m.trainable_names) == sum(p.numel() for p in net.parameters())
     x = np.random.default_rng(1).standard_normal((3, *shape)).astype(np.float32)   # another batch size
     xt = torch.tensor(x, requires_grad=True)
     yt = net(xt)
@@ -278,3 +280,17 @@ def test_moved_batch_ops_match_onnxruntime(case):
 def test_what_a_moved_batch_axis_cannot_do_is_refused_with_the_shape(nodes, inits, message):
     with pytest.raises(OnnxError, match=message):
         import_onnx(make_model(nodes, {"x": (2, 5, 4)}, inits))
+
+
+def test_a_parameter_read_through_gather_imports_fixed_with_a_warning():
+    """Swin's relative position bias (a table indexed by a constant 2-D index, entries repeated) folds to a
+    constant: said, not silent. A Slice of a parameter stays trainable (a ViT's pos_embed[:, :L])."""
+    index = np.array([[0, 1], [1, 0]], np.int64)
+    nodes = [N("Gather", ["rel.table", "index"], ["bias"], axis=0), N("Add", ["x", "bias"], ["a"]),
+             N("Slice", ["pos.embed", "st", "en", "ax"], ["pos"]), N("Add", ["a", "pos"], ["y"])]
+    inits = {"rel.table": rand(3), "index": index, "pos.embed": rand(1, 2, 4), "st": np.array([0], np.int64),
+             "en": np.array([2], np.int64), "ax": np.array([2], np.int64)}
+    with pytest.warns(UserWarning, match=r"ONNX node 'bias' \(Gather\) computes a constant from parameter "
+                                         r"'rel.table'; it imports as a fixed value"):
+        m = compare(make_model(nodes, {"x": (2, 2, 2)}, inits), {"x": rand(3, 2, 2)})
+    assert [np.shape(m.params[n]) for n in m.trainable_names] == [(2, 2)]   # the slice of pos.embed
