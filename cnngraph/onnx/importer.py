@@ -290,10 +290,10 @@ class Importer:
             try:
                 ins = [self.get(n) for n in node.input]
                 handler = HANDLERS.get(node.op_type)
-                if all(v is None or isinstance(v, np.ndarray) for v in ins) and holds_batch_size(self, node):
+                constant = all(v is None or isinstance(v, np.ndarray) for v in ins)
+                if constant and holds_batch_size(self, node):   # (folding would build it at the stand-in's size)
                     results = [constant_with_batch(self, node, self.attrs(node))]
-                elif (all(v is None or isinstance(v, np.ndarray) for v in ins) and node.op_type not in FOLD_NEVER
-                        and not (handler is not None and getattr(handler, "prefers_handler", False))):
+                elif constant and node.op_type not in FOLD_NEVER:
                     results = self.fold(node)
                     self._fold_alt(node, results)
                     self._track_params(node, results)
@@ -330,14 +330,13 @@ class Importer:
                 else:
                     self.consts[name] = np.asarray(r)
                 if name in reserved:
-                    try:
-                        self.dyn[name] = materialize(self, self.dyn[name], name) if name in self.dyn else None
-                    except OnnxError as exc:
-                        self.problems.append(str(exc))
-                        self.failed.add(name)
-                        continue
-                    if self.dyn[name] is None:
-                        del self.dyn[name]
+                    if name in self.dyn:   # a graph output has the batch axis first, alone
+                        try:
+                            self.dyn[name] = materialize(self, self.dyn[name], name)
+                        except OnnxError as exc:
+                            self.problems.append(str(exc))
+                            self.failed.add(name)
+                            continue
                     self._claim_output(name, reserved[name])
         self._report()
         self._drop_unused_unsqueezes()
