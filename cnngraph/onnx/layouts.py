@@ -303,8 +303,10 @@ def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
             p, rem = queue[0]
             if p == 0:
                 if need % BATCH:
-                    raise imp.fail(f"reshape of {_describe(x)} to {_show(target)} splits the batch axis; "
-                                   f"not supported")
+                    raise imp.fail(f"reshape of {_describe(x)} to {_show(target)} splits the batch axis; not "
+                                   f"supported (a fixed number where the batch size belongs is often a size that "
+                                   f"torch traced at export, as timm's int(windows.shape[0] / ...): compute it "
+                                   f"with // or pass -1)")
                 need //= BATCH
             elif need % rem == 0:
                 need //= rem
