@@ -294,3 +294,17 @@ def test_a_parameter_read_through_gather_imports_fixed_with_a_warning():
                                          r"'rel.table'; it imports as a fixed value"):
         m = compare(make_model(nodes, {"x": (2, 2, 2)}, inits), {"x": rand(3, 2, 2)})
     assert [np.shape(m.params[n]) for n in m.trainable_names] == [(2, 2)]   # the slice of pos.embed
+
+
+def test_cli_imports_checks_and_runs_an_attention_model(tmp_path, capsys):
+    """`cnngraph import-onnx --check` on nn.MultiheadAttention (sequence first) writes a spec that validates and runs."""
+    from cnngraph.cli import main
+    net, shape = exported("mha_sequence_first", 17, tmp_path / "m.onnx")
+    assert main(["import-onnx", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.yaml"), "--check"]) == 0
+    assert "check vs ONNX Runtime" in capsys.readouterr().out
+    x = rand(2, *shape)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(tmp_path / "m.yaml"), "--params", str(tmp_path / "m.npz"), "--input",
+                 str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), net(torch.tensor(x)).detach().numpy(), rtol=1e-4,
+                               atol=1e-5)
