@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from .common import OnnxError
 from .folding import BATCH, BATCH_ALT, Dyn
 
 __all__ = ["LAYOUT_HANDLERS", "ELEMENTWISE_FUSIONS", "is_moved", "materialize", "moves_batch", "on_physical",
@@ -231,6 +232,9 @@ def squeeze(imp, node, a):
         for ax in sorted(int(v) % rank for v in axes):
             groups.insert(ax, ())
         return [_with(x, groups)]
+    if axes is None and imp.declared_batch == 1:
+        raise imp.fail("Squeeze without axes removes the batch axis of this batch-1 model, which cnngraph keeps; "
+                       "export with a dynamic batch or squeeze named axes")
     axes = {int(v) % len(groups) for v in axes} if axes is not None else {i for i, n in enumerate(shape) if n == 1}
     if any(shape[i] != 1 for i in axes):
         raise imp.fail(f"cannot squeeze axes {sorted(axes)} of {_describe(x)}")
@@ -287,9 +291,26 @@ def flatten(imp, node, a):
     return [_regroup(imp, x, [math.prod(shape[:axis]), math.prod(shape[axis:])])]
 
 
-def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
+def _regroup(imp, x: Dyn, target: list[int], merged: bool = False) -> Dyn:
     """Reshape as a new grouping of the physical axes, in logical (row-major) order; a physical axis is split
-    (one reshape layer) where a target axis takes only part of it. The batch axis is never split."""
+    (one reshape layer) where a target axis takes only part of it. The batch axis is never split. Sizes that do
+    not divide each other ((6, 10) -> (4, 15)) are regrouped after merging the axes before and after the batch's
+    (``merged``: done)."""
+    try:
+        return _regroup_atoms(imp, x, target)
+    except OnnxError:
+        if merged:
+            raise
+    s = _sizes(x)
+    order = [p for g in _groups(x) for p in g if p == 0 or s[p] != 1]
+    cut = order.index(0)
+    runs = [tuple(order[:cut]), tuple(order[cut + 1:])]
+    xa, _ = _arrange(imp, x, [r for r in runs if r])
+    flat = [(1,)] * bool(runs[0]) + [(0,)] + [(1 + bool(runs[0]),)] * bool(runs[1])
+    return _regroup(imp, Dyn(xa.id, xa.shape, tuple(flat)), target, merged=True)
+
+
+def _regroup_atoms(imp, x: Dyn, target: list[int]) -> Dyn:
     s = _sizes(x)
     atoms = [p for g in _groups(x) for p in g if p == 0 or s[p] != 1]
     queue = [[p, s[p]] for p in atoms]
@@ -303,10 +324,13 @@ def _regroup(imp, x: Dyn, target: list[int]) -> Dyn:
             p, rem = queue[0]
             if p == 0:
                 if need % BATCH:
+                    why = (f"the model was exported with a fixed batch size ({imp.declared_batch}): export it with "
+                           f"a dynamic batch axis (torch.onnx.export(..., dynamic_axes={{'x': {{0: 'N'}}}}))"
+                           if imp.declared_batch is not None else
+                           "a fixed number where the batch size belongs is often a size torch traced at export, as "
+                           "timm's int(windows.shape[0] / ...): compute it with // or pass -1")
                     raise imp.fail(f"reshape of {_describe(x)} to {_show(target)} splits the batch axis; not "
-                                   f"supported (a fixed number where the batch size belongs is often a size that "
-                                   f"torch traced at export, as timm's int(windows.shape[0] / ...): compute it "
-                                   f"with // or pass -1)")
+                                   f"supported ({why})")
                 need //= BATCH
             elif need % rem == 0:
                 need //= rem
@@ -380,12 +404,13 @@ def softmax(imp, node, a):
     x = imp.get(node.input[0])
     rank = len(_groups(x))
     axis = int(a.get("axis", -1 if imp.opset >= 13 else 1)) % rank
-    if imp.opset < 13 and axis != rank - 1:
-        raise imp.fail(f"{node.op_type} before opset 13 with axis {axis} flattens {_describe(x)} from that axis "
-                       f"on, moved batch axis included; not supported")
-    xa, groups, phys = _arranged_for(imp, node, [axis], trailing=imp.opset < 13)
-    y = on_physical(imp, node, {**a, "axis": phys[axis] if imp.opset >= 13 else -1}, _standard(node),
-                    {node.input[0]: xa})
+    if imp.opset >= 13:
+        xa, groups, phys = _arranged_for(imp, node, [axis])
+        y = on_physical(imp, node, {**a, "axis": phys[axis]}, _standard(node), {node.input[0]: xa})
+        return [_with(y[0], groups)]
+    # before opset 13: over the axes from ``axis`` on, flattened: those last, then the same from their first
+    xa, groups, _ = _arranged_for(imp, node, list(range(axis, rank)), trailing=True)
+    y = on_physical(imp, node, {**a, "axis": len(xa.shape) + 1 - (rank - axis)}, _standard(node), {node.input[0]: xa})
     return [_with(y[0], groups)]
 
 
@@ -451,8 +476,9 @@ def slice_(imp, node, a):
         axes = ([int(v) for v in np.ravel(imp.const(node.input[3], "axes"))] if len(node.input) > 3 and node.input[3]
                 else list(range(n)))
     axes = [ax % rank for ax in axes]
-    xa, groups, where = _arranged_for(imp, node, axes)
-    phys = [where[ax] for ax in axes]
+    b = _batch_axis(_groups(x))   # (a whole-batch Slice along it is a no-op the standard import skips)
+    xa, groups, where = _arranged_for(imp, node, [ax for ax in axes if ax != b])
+    phys = [0 if ax == b else where[ax] for ax in axes]
     values = {node.input[0]: xa}
     if imp.opset < 10:
         a = {**a, "axes": phys}
@@ -497,10 +523,11 @@ def _const_to_physical(imp, x: Dyn, value, what: str) -> np.ndarray:
     (batch axis included, of size 1)."""
     groups, s = _groups(x), _sizes(x)
     arr = np.asarray(value)
+    given = arr.shape   # (for messages: the ONNX shape)
     if arr.size == 1:   # broadcasts alike in any arrangement
         return arr.reshape(())
     if arr.ndim > len(groups):
-        raise imp.fail(f"{what} of shape {arr.shape} has more axes than {_describe(x)}")
+        raise imp.fail(f"{what} of shape {given} has more axes than {_describe(x)}")
     arr = arr.reshape((1,) * (len(groups) - arr.ndim) + arr.shape)
     dims, atoms = [], []
     for c, g in zip(arr.shape, groups):
@@ -509,11 +536,11 @@ def _const_to_physical(imp, x: Dyn, value, what: str) -> np.ndarray:
         elif len(g) == 1 and s[g[0]] == 1:   # a unit axis of x that the constant widens
             dims.append(c)
         elif 0 in g:
-            raise imp.fail(f"{what} of shape {arr.shape} varies along the (moved) batch axis of {_describe(x)}")
+            raise imp.fail(f"{what} of shape {given} varies along the (moved) batch axis of {_describe(x)}")
         elif c == math.prod(s[p] for p in g):
             dims += [s[p] for p in g]
         else:
-            raise imp.fail(f"{what} of shape {arr.shape} does not broadcast against {_describe(x)}")
+            raise imp.fail(f"{what} of shape {given} does not broadcast against {_describe(x)}")
         atoms += list(g)
     arr = arr.reshape(dims)
     arr = arr.transpose(np.argsort(atoms)) if atoms else arr
@@ -546,10 +573,12 @@ def elementwise_n(imp, node, a):
                            f"against each other") from None
         first = Dyn(computed[0].id, tuple(shape), _groups(computed[0]))
     widened = _widened_axes(first, [v for v in vals.values() if not isinstance(v, Dyn)])
-    if widened and len(computed) == 1:   # a constant widens x along axes where x has size 1: give them an axis
-        name = next(n for n, v in vals.items() if isinstance(v, Dyn))
-        xa, groups, _ = _arranged_for(imp, node, widened, x=first)
-        first = vals[name] = Dyn(xa.id, xa.shape, tuple(groups))
+    if widened:   # a constant widens the tensors along axes where they have size 1: give those an axis each
+        for n, v in vals.items():
+            if isinstance(v, Dyn):
+                xa, groups, _ = _arranged_for(imp, node, widened, x=v)
+                vals[n] = Dyn(xa.id, xa.shape, tuple(groups))
+        first = next(v for v in vals.values() if isinstance(v, Dyn))
     values = {n: _physical(v) if isinstance(v, Dyn) else _const_to_physical(imp, first, v, f"constant '{n}'")
               for n, v in vals.items()}
     y = on_physical(imp, node, a, _standard(node), values)

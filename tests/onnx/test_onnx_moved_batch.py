@@ -256,10 +256,31 @@ CASES = {
 }
 
 
+I64 = (lambda *v: np.array(v, np.int64))
+CASES.update({   # found by an adversarial review
+    "softmax_opset11_over_trailing_axes": (
+        [N("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), N("Softmax", ["t"], ["s"], axis=2),
+         N("Transpose", ["s"], ["y"], perm=[1, 0, 2, 3])], {"x": (2, 5, 3, 4)}, {}, 11),
+    "regroup_sizes_that_do_not_divide": (
+        _shape_of("x", [N("Transpose", ["x"], ["t"], perm=[1, 2, 0]), N("Concat", ["four", "fifteen", "s.n"], ["tg"],
+                                                                         axis=0),
+                        N("Reshape", ["t", "tg"], ["r"]), N("Transpose", ["r"], ["y"], perm=[2, 0, 1])]),
+        {"x": (2, 6, 10)}, {**ZERO_ONE, "four": I64(4), "fifteen": I64(15)}),
+    "constant_widens_two_computed": (
+        [N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("Unsqueeze", ["t", "ax1"], ["u"]), N("Relu", ["u"], ["a"]),
+         N("Sigmoid", ["u"], ["b"]), N("Sum", ["a", "b", "c"], ["s"]), N("Transpose", ["s"], ["y"], perm=[2, 0, 1, 3])],
+        {"x": (2, 5, 4)}, {"ax1": I64(1), "c": rand(1, 3, 1, 1)}),
+    "whole_batch_slice_on_moved": (
+        [N("Transpose", ["x"], ["t"], perm=[1, 2, 0, 3]), N("Slice", ["t", "st", "en", "ax"], ["s"]),
+         N("Transpose", ["s"], ["y"], perm=[2, 0, 1, 3])], {"x": (2, 5, 3, 4)},
+        {"st": I64(0, 1), "en": I64(2**62, 3), "ax": I64(2, 0)}),
+})
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_moved_batch_ops_match_onnxruntime(case):
-    nodes, inputs, inits = CASES[case]
-    model = make_model(nodes, inputs, inits)
+    nodes, inputs, inits, *opset = CASES[case]
+    model = make_model(nodes, inputs, inits, opset=opset[0] if opset else 17)
     feeds = {k: rand(3, *shape[1:]) for k, shape in inputs.items()}
     m = compare(model, feeds)
     proto = export_onnx(m)
@@ -280,6 +301,17 @@ def test_moved_batch_ops_match_onnxruntime(case):
 def test_what_a_moved_batch_axis_cannot_do_is_refused_with_the_shape(nodes, inits, message):
     with pytest.raises(OnnxError, match=message):
         import_onnx(make_model(nodes, {"x": (2, 5, 4)}, inits))
+
+
+def test_fixed_batch_exports_are_told_to_export_a_dynamic_batch():
+    """A fixed-batch export bakes N * heads into a Reshape (5, 2 * 2, 4): the message names the cause; a batch-1
+    model's Squeeze without axes (which drops the batch) is refused as the plain import refuses it."""
+    nodes = [N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("Reshape", ["t", "s"], ["y"])]
+    with pytest.raises(OnnxError, match=r"exported with a fixed batch size \(2\): export it with a dynamic batch"):
+        import_onnx(make_model(nodes, {"x": (2, 5, 8)}, {"s": I64(5, 4, 4)}, dynamic_batch=False))
+    nodes = [N("Transpose", ["x"], ["t"], perm=[1, 0, 2]), N("Squeeze", ["t"], ["q"]), N("Unsqueeze", ["q", "z"], ["y"])]
+    with pytest.raises(OnnxError, match="Squeeze without axes removes the batch axis of this batch-1 model"):
+        import_onnx(make_model(nodes, {"x": (1, 5, 4)}, {"z": I64(0)}, dynamic_batch=False))
 
 
 def test_a_parameter_read_through_gather_imports_fixed_with_a_warning():
