@@ -182,6 +182,8 @@ def key_params(op_type: str, p: dict) -> str:
         return f"slope {p['negative_slope']}"
     if t == "concat" and "axis" in p:
         return f"axis {p['axis']}"
+    if "upsample" in t and p.get("size") is not None:   # "→ 13x7 nearest"
+        return f"→ {_hw(p['size'])} {p.get('mode', 'nearest')}"
     if "upsample" in t and "scale_factor" in p:   # "×2 nearest", "×2,1.5 bilinear"
         factor = _pair(p["scale_factor"]) or (p["scale_factor"],)
         return f"×{_one_or_both(tuple(f'{v:g}' if isinstance(v, float) else v for v in factor))} {p.get('mode', 'nearest')}"

@@ -576,10 +576,11 @@ def test_upsampling_has_its_own_colour_and_shows_its_factor():
     spec = cnngraph.load_spec({"inputs": {"image": {"shape": [4, 8, 8]}},
                                "layers": [{"id": "up", "type": "upsample2d"},
                                           {"id": "up2", "type": "upsample2d", "scale_factor": [2, 1.5], "mode": "bilinear"},
-                                          {"id": "ps", "type": "pixel_shuffle", "upscale_factor": 2, "inputs": "image"}],
-                               "outputs": ["up2", "ps"]})
+                                          {"id": "ps", "type": "pixel_shuffle", "upscale_factor": 2, "inputs": "image"},
+                                          {"id": "to", "type": "upsample2d", "size": [13, 7], "inputs": "image"}],
+                               "outputs": ["up2", "ps", "to"]})
     vg = from_spec(spec)
     assert {vg.nodes[n].family for n in ("up", "up2", "ps")} == {"resize"}
     assert FAMILY_COLORS["resize"] != FAMILY_COLORS["other"]
     assert vg.nodes["up"].detail == "×2 nearest" and vg.nodes["up2"].detail == "×2,1.5 bilinear"
-    assert vg.nodes["ps"].detail == "×2"
+    assert vg.nodes["ps"].detail == "×2" and vg.nodes["to"].detail == "→ 13x7 nearest"   # an output size
