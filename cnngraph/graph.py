@@ -93,8 +93,8 @@ def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> 
             if (g.nodes[src].get("dtype") == "int64" and port not in op_cls.int_inputs
                     and not (op_cls.reduces_batch and port > 0)):
                 problems.append(spec.problem(f"input '{src}' is int64 (class labels), but '{layer.type}' takes "
-                                             f"floats there; only a loss's target may be int64 (declare the input "
-                                             f"float32 for image data)", ("layers", layer.index), layer.id))
+                                             f"floats there; only a loss's target or an embedding's indices may be "
+                                             f"int64 (declare the input float32 for image data)", ("layers", layer.index), layer.id))
             if g.has_edge(src, layer.id):
                 g.edges[src, layer.id]["ports"].append(port)
             else:

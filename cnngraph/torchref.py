@@ -79,6 +79,8 @@ def torch_layer(layer, t, p, training=False, update_stats=False):
         return y
     if typ == "dense":
         return F.linear(t[0], p["weight"], p.get("bias"))
+    if typ == "embedding":
+        return F.embedding(t[0].long(), p["weight"])
     if typ in ("max_pool2d", "max_pool3d"):
         pool = F.max_pool3d if typ == "max_pool3d" else F.max_pool2d
         return _pool(layer, t[0], lambda v, pad: pool(v, layer["kernel_size"], layer.get("stride"), pad,

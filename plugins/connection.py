@@ -334,8 +334,66 @@ class Dense(Op):
         return in_shapes[0][0] * self.p.out_features
 
 
+class EmbeddingParams(OpParams):
+    num_embeddings: int = Field(ge=1, description="rows of the table: indices run 0 .. num_embeddings - 1")
+    embedding_dim: int = Field(ge=1)
+
+
+class Embedding(Op):
+    """Looks up rows of a (num_embeddings, embedding_dim) table for whole-number indices of any per-sample shape,
+    as torch.nn.Embedding (weights N(0, 1) as its default): output (*indices, embedding_dim). The indices come
+    from an int64 input (class labels for a conditional network, token ids) or a layer of whole numbers
+    (argmax); they take no gradient, the table's rows add up the gradients of every lookup. ONNX Gather of a
+    constant table by computed indices."""
+
+    type = "embedding"
+    Params = EmbeddingParams
+    grad_inputs = ()
+    int_inputs = (0,)
+
+    @classmethod
+    def examples(cls):
+        return [({"num_embeddings": 5, "embedding_dim": 3}, [{"shape": (4,), "dtype": "int64", "high": 5}]),
+                ({"num_embeddings": 4, "embedding_dim": 2}, [{"shape": (), "dtype": "int64", "high": 4}]),
+                ({"num_embeddings": 3, "embedding_dim": 4}, [{"shape": (2, 3), "dtype": "int64", "high": 3}])]
+
+    def infer_shape(self, in_shapes):
+        return (*in_shapes[0], self.p.embedding_dim)
+
+    def param_shapes(self, in_shapes):
+        return {"weight": (self.p.num_embeddings, self.p.embedding_dim)}
+
+    def init_params(self, in_shapes, rng):
+        return {"weight": rng.standard_normal((self.p.num_embeddings, self.p.embedding_dim)).astype(np.float32)}
+
+    def _indices(self, x):
+        xp = xp_of(x)
+        idx = x.astype(np.int64) if x.dtype.kind == "f" else x
+        if x.dtype.kind == "f" and bool((idx != x).any()):
+            raise ValueError("embedding indices must be whole numbers, found values with a fraction")
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.p.num_embeddings):
+            raise ValueError(f"embedding indices must lie in 0 .. {self.p.num_embeddings - 1}, found "
+                             f"{int(idx.min())} .. {int(idx.max())}")
+        return xp.asarray(idx)
+
+    def forward(self, ctx, inputs, params):
+        idx = self._indices(inputs[0])
+        ctx.save(idx=idx, rows=params["weight"].shape[0])
+        return params["weight"][idx]
+
+    def backward(self, ctx, gy):
+        xp = xp_of(gy)
+        grad = xp.zeros((ctx.saved["rows"], gy.shape[-1]), dtype=gy.dtype)
+        xp.add.at(grad, ctx.saved["idx"].reshape(-1), gy.reshape(-1, gy.shape[-1]))   # repeated rows add up
+        return [None], {"weight": grad}
+
+    def flops(self, in_shapes, out_shape):
+        return 0
+
+
 @hookimpl
 def cnngraph_register_ops(registry):
     registry.add(Conv2d)
     registry.add(ConvTranspose2d)
     registry.add(Dense)
+    registry.add(Embedding)

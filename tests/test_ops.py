@@ -151,6 +151,8 @@ CASES = {
     "add": ({"type": "add"}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)], {}, False),
     "concat": ({"type": "concat"}, [(2, 3, 3), (1, 3, 3)], {}, False),
     "concat_last": ({"type": "concat", "axis": -1}, [(2, 3, 3), (2, 3, 1)], {}, False),
+    "embedding": ({"type": "embedding", "num_embeddings": 6, "embedding_dim": 3}, [(2, 4)], {"x0": 6}, False),
+    "embedding_scalar_index": ({"type": "embedding", "num_embeddings": 4, "embedding_dim": 5}, [()], {"x0": 4}, False),
     "cross_entropy": ({"type": "cross_entropy"}, [(5,), ()], {"x1": 5}, False),
     "cross_entropy_smooth": ({"type": "cross_entropy", "label_smoothing": 0.1}, [(5,), ()], {"x1": 5}, False),
     "cross_entropy_soft": ({"type": "cross_entropy", "label_smoothing": 0.2}, [(5,), (5,)], {}, False),

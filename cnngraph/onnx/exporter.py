@@ -525,6 +525,17 @@ def _einsum(c, lid, op, ins, attrs):
     return lid
 
 
+@exports("embedding")
+def _embedding(c, lid, op, ins, attrs):
+    from onnx import TensorProto
+    indices = ins[0]
+    if c.g.nodes[indices].get("dtype") != "int64":   # whole numbers held as floats (argmax): Gather takes integers
+        c.node("Cast", [indices], [f"{lid}::indices"], f"{lid}_indices", to=TensorProto.INT64)
+        indices = f"{lid}::indices"
+    c.node("Gather", [c.weight(lid, "weight"), indices], [lid], lid, axis=0)
+    return lid
+
+
 @exports("take")
 def _take(c, lid, op, ins, attrs):
     # a 0-d initializer for a single int: ONNX Gather then removes the axis, as take does

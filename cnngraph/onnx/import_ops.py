@@ -1160,7 +1160,7 @@ def tile(imp, node, a):
 @handles("Gather")
 def gather(imp, node, a):
     if not isinstance(imp.get(node.input[1]), np.ndarray):
-        raise imp.fail("Gather with computed indices (an embedding lookup) is not supported; only constant indices")
+        return [_embedding(imp, node, a)]
     x = imp.dyn_of(node.input[0])
     idx = imp.const(node.input[1], "indices")
     axis = int(a.get("axis", 0)) % (len(x.shape) + 1)
@@ -1170,6 +1170,17 @@ def gather(imp, node, a):
         raise imp.fail(f"indices of shape {idx.shape} are not supported (only a scalar or a 1-D list)")
     indices = int(idx) if idx.ndim == 0 else [int(i) for i in idx]
     return [imp.emit("take", [x], {"axis": axis, "indices": indices})]
+
+
+def _embedding(imp, node, a) -> Dyn:
+    """Gather of a constant 2-D table's rows by computed indices (nn.Embedding) as an ``embedding`` layer."""
+    table, idx = imp.get(node.input[0]), imp.dyn_of(node.input[1])
+    if not isinstance(table, np.ndarray) or np.ndim(table) != 2 or int(a.get("axis", 0)) % 2 != 0:
+        raise imp.fail("Gather with computed indices is supported as an embedding lookup only: rows (axis 0) of a "
+                       "constant 2-D table")
+    rows, dim = np.shape(table)
+    return imp.emit("embedding", [idx], {"num_embeddings": int(rows), "embedding_dim": int(dim)},
+                    {"weight": np.asarray(table, np.float32)})
 
 
 @handles("ConstantOfShape", "Constant")

@@ -95,3 +95,4 @@ def test_einsum_refusals_say_why(equation, message):
     model = make_model([N("Einsum", ["x", "z"], ["y"], equation=equation)], {"x": (2, 3, 3), "z": (2, 3, 3)})
     with pytest.raises(OnnxError, match=message):
         import_onnx(model)
+
