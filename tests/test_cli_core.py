@@ -125,7 +125,7 @@ def test_ops_and_plugins_listing():
     r = cli("ops", "conv2dd")
     assert r.returncode == 1 and "unknown op type 'conv2dd' (did you mean 'conv2d'?)" in r.stderr
     r = cli("plugins")
-    assert "cnngraph.plugins.connection  (built-in): 3 ops" in r.stdout
+    assert "cnngraph.plugins.connection  (built-in): 4 ops" in r.stdout
 
 
 def test_unwritable_or_foreign_paths_give_one_line_errors(tmp_path):
