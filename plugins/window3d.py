@@ -201,7 +201,10 @@ class Conv3d(Op):
         for i, taps in _depth_taps(n_out, kd, sd, dd):
             yi, si = conv2d_forward(_from_planes(xpad[:, :, taps]), w[:, :, i], None, s2, pads2, d2, p.groups,
                                     save=ctx.grad)
-            y = yi if y is None else y.__iadd__(yi)
+            if y is None:
+                y = yi
+            else:
+                y += yi
             saved.append(si)
         if b is not None:
             y += b.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)

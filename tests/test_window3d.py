@@ -100,18 +100,24 @@ def test_receptive_fields_of_3d_layers_match_the_gradients():
         model.params[name] = np.abs(np.asarray(model.params[name])) + 0.1
     x = np.ones((1, 1, 24, 40, 40))
     for layer in ("c1", "p1", "c2", "p2", "c3"):
-        widest = np.zeros(3, int)
-        for offset in range(-1, 2):   # the field is the widest over the output voxels: a few around the centre
-            out = model.forward({"volume": x}, grad=True, outputs=[layer])[layer]
-            g = np.zeros_like(out)
-            g[(0, 0, *(n // 2 + offset for n in out.shape[2:]))] = 1
-            hit = np.nonzero(model.backward({layer: g}, input_grads=True)["volume"][0, 0])
-            widest = np.maximum(widest, [h.max() - h.min() + 1 for h in hit])
-        assert tuple(widest) == rf[layer], layer
+        assert _measured_field(model, x, layer, range(-1, 2)) == rf[layer], layer
     assert " 12x20x18 " in format_summary(summarize(spec.graph))
     as_max = spec.to_dict()
     as_max["layers"][1]["type"] = "max_pool3d"
     assert receptive_fields(cnngraph.load_spec(as_max).graph) == rf
+
+
+def _measured_field(model, x, layer, offsets) -> tuple:
+    """(d, h, w) extent of the input voxels with a non-zero gradient for single output voxels of ``layer`` at these
+    offsets around the centre (the field is the widest over the output voxels)."""
+    widest = np.zeros(3, int)
+    for offset in offsets:
+        out = model.forward({"volume": x}, grad=True, outputs=[layer])[layer]
+        g = np.zeros_like(out)
+        g[(0, 0, *(n // 2 + offset for n in out.shape[2:]))] = 1
+        hit = np.nonzero(model.backward({layer: g}, input_grads=True)["volume"][0, 0])
+        widest = np.maximum(widest, [h.max() - h.min() + 1 for h in hit])
+    return tuple(int(v) for v in widest)
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -212,13 +218,6 @@ def test_receptive_fields_through_conv_transpose3d_match_the_gradients_and_summa
         model.params[name] = np.abs(np.asarray(model.params[name])) + 0.1
     x = np.ones((1, 1, 12, 16, 16))
     for layer in ("up", "dec"):
-        widest = np.zeros(3, int)
-        for offset in range(-2, 3):
-            out = model.forward({"volume": x}, grad=True, outputs=[layer])[layer]
-            assert out.shape[2:] == (12, 16, 16)
-            g = np.zeros_like(out)
-            g[(0, 0, *(n // 2 + offset for n in out.shape[2:]))] = 1
-            hit = np.nonzero(model.backward({layer: g}, input_grads=True)["volume"][0, 0])
-            widest = np.maximum(widest, [h.max() - h.min() + 1 for h in hit])
-        assert tuple(widest) == rf[layer], layer
+        assert model.forward({"volume": x}, outputs=[layer])[layer].shape[2:] == (12, 16, 16)
+        assert _measured_field(model, x, layer, range(-2, 3)) == rf[layer], layer
     assert "conv_transpose3d" in format_summary(summarize(spec.graph))

@@ -1098,9 +1098,8 @@ def pad(imp, node, a):
 @handles("Expand")
 def expand(imp, node, a):
     """Broadcasting after the batch axis (ONNX's bidirectional rule: a 1 in the shape keeps the input's size)."""
+    # (an Expand of constants is folded before this, or made a constant layer when its shape holds the batch size)
     x, target = imp.get(node.input[0]), [int(d) for d in imp.const(node.input[1], "shape")]
-    if isinstance(x, np.ndarray):   # (one whose shape holds the batch size is a constant layer: layouts.py)
-        return imp.fold(node)
     full = [BATCH, *x.shape]
     if len(target) > len(full):
         raise imp.fail(f"expanding per-sample shape {x.shape} to the higher rank of {target} moves the batch axis; "
