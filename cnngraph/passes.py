@@ -4,12 +4,14 @@
 - ``fold_batch_norm``: fold an inference-mode batch_norm2d into the conv2d/conv1d/conv3d/dense before it.
 - ``fuse_activations``: run relu/leaky_relu in place on the output of the conv2d/conv1d/conv3d/dense/add before it
   (conv2d, conv1d, conv3d and add apply a relu per cache-sized chunk inside their kernels).
+- ``fuse_residual_adds``: a conv2d adds the other branch of the residual add (and its relu) it alone feeds.
 
-``optimize_for_inference(model)`` applies all three to a snapshot of the model's parameters and returns
+``optimize_for_inference(model)`` applies them all to a snapshot of the model's parameters and returns
 an :class:`InferenceModel` whose outputs equal ``model.forward(..., training=False)`` to float32 rounding.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import networkx as nx
@@ -21,8 +23,8 @@ from .op import Op
 from .runner import batch_of, run_forward
 from .schedule import make_plan
 
-__all__ = ["prune", "fold_batch_norm", "fuse_activations", "optimize_for_inference", "InferenceModel",
-           "FusedActivation"]
+__all__ = ["prune", "fold_batch_norm", "fuse_activations", "fuse_residual_adds", "optimize_for_inference",
+           "InferenceModel", "FusedActivation", "FusedResidual"]
 
 FOLDABLE = ("conv2d", "conv1d", "conv3d", "dense")
 FUSABLE = ("relu", "leaky_relu")
@@ -139,6 +141,11 @@ def fuse_activations(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, 
     return fused
 
 
+def _plain_conv2d(op: Op) -> bool:
+    op = getattr(op, "inner", op)
+    return op.type == "conv2d" and op.p.groups == 1
+
+
 class InferenceModel:
     """An optimised inference snapshot of a Model (parameters copied at creation)."""
 
@@ -149,7 +156,10 @@ class InferenceModel:
         self._names = {n: {k.rsplit(".", 1)[1]: k for k in params if k.rsplit(".", 1)[0] == n} for n in graph}
 
         layers = [self.graph.nodes[n] for n in self.plan.order if "op" in self.graph.nodes[n]]
-        self.macs_per_sample = sum(int(a["op"].flops(a["in_shapes"], a["out_shape"])) for a in layers)
+        macs = [int(a["op"].flops(a["in_shapes"], a["out_shape"])) for a in layers]
+        self.macs_per_sample = sum(macs)
+        # Mostly plain conv2d: its NumPy kernels split even one sample over the threads (see blas_held_for).
+        self._splits_one = 2 * sum(m for m, a in zip(macs, layers) if _plain_conv2d(a["op"])) >= self.macs_per_sample
         # Batch shards may run on separate threads only when every layer treats samples independently
         # and every output comes from the inputs (a constant's batch of 1 must not be concatenated).
         inputs = {n for n in self.graph if self.graph.nodes[n]["kind"] == "input"}
@@ -188,11 +198,59 @@ class InferenceModel:
         if parts is not None:
             out = {node: np.concatenate([p[node] for p in parts]) for node in parts[0]}
         else:   # one pass (also when the kernel threads are busy elsewhere)
-            with blas_held_for(batch):
+            with blas_held_for(batch, self._splits_one):
                 out = self._run(env)
         return {name: out[node] for name, node in self.aliases.items()}
 
     __call__ = forward
+
+
+class FusedResidual(Op):
+    """Inference-only fusion of a conv2d and the residual add (or add+relu) that alone reads it: the
+    conv's kernel adds the other branch, then applies the relu, to each block of output while it is in
+    cache, instead of a separate pass over memory (ResNet-50 at batch 1: the 16 adds took 9 % of the time)."""
+
+    type = "fused_residual"
+
+    def __init__(self, inner: Op, relu: bool):
+        super().__init__(inner.p, inner.layer_id)
+        self.inner, self.relu = inner, relu
+
+    def forward(self, ctx, inputs, params):
+        *xs, residual = inputs
+        return self.inner.forward(ctx, xs, params, relu=self.relu, residual=residual)
+
+    def flops(self, in_shapes, out_shape):
+        return self.inner.flops(in_shapes[:-1], out_shape) + math.prod(out_shape)
+
+
+def fuse_residual_adds(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, str]]:
+    """Merge each two-input add (or add+relu, after fuse_activations) into a plain conv2d that feeds it and
+    nothing else (in place on ``g``); the add's other input becomes the conv's last input."""
+    fused = []
+    outputs = set(aliases.values())
+    for add in [n for n in list(g) if g.nodes[n].get("type") in ("add", "add+relu")]:
+        attrs = g.nodes[add]
+        if len(attrs["inputs"]) != 2 or attrs["inputs"][0] == attrs["inputs"][1]:
+            continue
+        convs = [s for s in attrs["inputs"] if g.nodes[s].get("type") == "conv2d" and _sole_consumer(g, s, outputs) == add]
+        if not convs:
+            continue
+        conv = convs[-1]     # of two (a projection shortcut), the later input: the other is then already computed
+        other = next(s for s in attrs["inputs"] if s != conv)
+        node = g.nodes[conv]
+        node["op"] = FusedResidual(node["op"], relu=attrs["type"] == "add+relu")
+        node["type"] = f"conv2d+{attrs['type']}"
+        node["inputs"] = node["inputs"] + [other]
+        node["in_shapes"] = list(node["in_shapes"]) + [g.nodes[add]["in_shapes"][attrs["inputs"].index(other)]]
+        port = len(node["inputs"]) - 1
+        if g.has_edge(other, conv):
+            g.edges[other, conv]["ports"] = g.edges[other, conv]["ports"] + [port]
+        else:
+            g.add_edge(other, conv, ports=[port])
+        _bypass(g, add, conv, aliases)
+        fused.append((conv, add))
+    return fused
 
 
 def optimize_for_inference(model, fold: bool = True, fuse: bool = True) -> InferenceModel:
@@ -206,4 +264,5 @@ def optimize_for_inference(model, fold: bool = True, fuse: bool = True) -> Infer
     aliases = {o: o for o in outputs}
     report = {"folded": fold_batch_norm(g, params, aliases) if fold else [],
               "fused": fuse_activations(g, aliases) if fuse else []}
+    report["residual"] = fuse_residual_adds(g, aliases) if fuse else []
     return InferenceModel(model, g, params, aliases, report)

@@ -106,12 +106,13 @@ class Conv2d(Op):
             params["bias"] = init_bias(p.out_channels, fan_in, rng)
         return params
 
-    def forward(self, ctx, inputs, params, relu=False):
-        """``relu=True`` (inference fusion, see cnngraph.passes) returns max(conv, 0)."""
+    def forward(self, ctx, inputs, params, relu=False, residual=None):
+        """Inference fusions (see cnngraph.passes): ``residual`` is added to the convolution's output, and
+        ``relu=True`` returns max(., 0) of that."""
         x, = inputs
         p = self.p
         y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
-                                  p.dilation, p.groups, save=ctx.grad, relu=relu)
+                                  p.dilation, p.groups, save=ctx.grad, relu=relu, residual=residual)
         ctx.save(conv=saved)
         return y
 

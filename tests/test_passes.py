@@ -260,3 +260,46 @@ def test_an_identity_never_lets_a_later_layer_write_into_the_callers_array(threa
     for run in (model.forward, optimize_for_inference(model).forward):
         np.testing.assert_array_equal(run({"x": x})["r"], np.maximum(before, 0))
         np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_residual_adds_fused_into_the_conv_before_them_match_plain(batch):
+    """The add (and its relu) of each residual block runs inside the conv that alone feeds it; with a
+    projection shortcut (two convs feed the add) the later one takes the other as its residual."""
+    rng = np.random.default_rng(0)
+    model = cnngraph.compile("specs/resnet_small.yaml", seed=1)
+    _trained_like(model, rng)
+    fast = optimize_for_inference(model)
+    assert fast.report["residual"] == [("b1_conv2", "b1_add"), ("b2_proj", "b2_add")]
+    assert fast.graph.nodes["b1_conv2"]["inputs"] == ["b1_conv1", "stem"]
+    assert fast.graph.nodes["b2_proj"]["type"] == "conv2d+add+relu" and "b2_add" not in fast.graph
+    x = rng.standard_normal((batch, *model.spec.inputs["image"].shape)).astype(np.float32)
+    ref = model.forward({"image": x})["logits"]
+    np.testing.assert_allclose(fast.forward({"image": x})["logits"], ref, rtol=1e-4, atol=1e-5)
+    assert not optimize_for_inference(model, fuse=False).report["residual"]
+
+
+def test_a_conv_read_by_more_than_the_add_is_not_fused():
+    spec = {"inputs": {"image": {"shape": [4, 6, 6]}},
+            "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                       {"id": "sum", "type": "add", "inputs": ["c", "image"]},
+                       {"id": "also", "type": "relu", "inputs": "c"},
+                       {"id": "both", "type": "add", "inputs": ["sum", "also"]}],
+            "outputs": ["both"]}
+    model = cnngraph.compile(spec, seed=0)
+    fast = optimize_for_inference(model)
+    assert fast.report["residual"] == []
+    x = np.random.default_rng(1).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(fast.forward({"image": x})["both"], model.forward({"image": x})["both"], rtol=1e-5)
+
+
+def test_a_conv_added_to_its_own_input_reads_it_twice():
+    spec = {"inputs": {"image": {"shape": [4, 6, 6]}},
+            "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                       {"id": "sum", "type": "add", "inputs": ["c", "image"]}],
+            "outputs": ["sum"]}
+    model = cnngraph.compile(spec, seed=0)
+    fast = optimize_for_inference(model)
+    assert fast.report["residual"] == [("c", "sum")] and fast.graph.nodes["c"]["inputs"] == ["image", "image"]
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(fast.forward({"image": x})["sum"], model.forward({"image": x})["sum"], rtol=1e-5)

@@ -141,16 +141,17 @@ class _SingleThreadedBlas:
 _single_blas = _SingleThreadedBlas()
 
 
-def blas_held_for(batch: int):
+def blas_held_for(batch: int, splits_one: bool = False):
     """Context for one whole forward or backward pass: BLAS at one thread throughout when the
     kernels will split this batch over their own threads.
 
     Toggling BLAS's threads per kernel call is cheap by itself, but every multi-threaded BLAS call
     leaves OpenBLAS's threads spinning for a while, taking the cores from our kernel threads: holding
     BLAS at one thread for the pass made cifarnet inference at batch 64 1.5x faster and a training
-    step 1.1-1.2x faster (2 cores). A batch of 1 keeps BLAS's threads (its kernels run one chunk).
+    step 1.1-1.2x faster (2 cores). A batch of 1 keeps BLAS's threads (most kernels run it as one chunk)
+    unless ``splits_one``: the pass's heavy kernels cut a single sample over our threads themselves.
     """
-    if batch > 1 and n_workers() > 1 and _blas_controllers():
+    if (batch > 1 or splits_one) and n_workers() > 1 and _blas_controllers():
         return _single_blas
     return contextlib.nullcontext()
 

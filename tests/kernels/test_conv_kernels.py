@@ -294,3 +294,26 @@ def test_strided_transposed_conv_as_the_conv_adjoint_matches_torch(params, threa
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
     for ours, theirs in ((grads["x"], tx), (grads["up.weight"], tw), (grads["up.bias"], tb)):
         np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-11, atol=1e-11)
+
+
+SMALL_BATCH_CONFIGS = [CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[10], CONFIGS[13]]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("cfg", SMALL_BATCH_CONFIGS, ids=["s1", "s2", "asym", "dil", "dil-s", "1x1", "lenet"])
+def test_a_batch_smaller_than_the_threads_splits_each_sample_and_fuses_residual_and_relu(cfg, batch, monkeypatch):
+    """Fewer samples than threads: output rows (or, for 1x1, output channels) are split over the threads
+    instead of samples; + residual and relu (the inference fusions) applied per block match PyTorch."""
+    torch = pytest.importorskip("torch")
+    from cnngraph.kernels import _conv_fast
+    monkeypatch.setattr(_conv_fast, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(_conv_fast, "_ROW_BLOCK_BYTES", 1)     # one row per block: uneven counts per thread
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "3")
+    x, w, b, stride, padding, dilation, groups = make((batch,) + cfg[1:], np.float64, seed=3)
+    ref = torch_conv(torch, torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
+                     stride, padding, dilation, groups).numpy()
+    residual = np.random.default_rng(4).standard_normal(ref.shape)
+    y, _ = conv2d_forward(x, w, b, stride, padding, dilation, groups, False, relu=True, residual=residual)
+    np.testing.assert_allclose(y, np.maximum(ref + residual, 0), rtol=1e-12, atol=1e-12)
+    y, _ = conv2d_forward(x, w, b, stride, padding, dilation, groups, False)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
