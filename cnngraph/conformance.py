@@ -44,7 +44,7 @@ __all__ = ["CheckResult", "InputSample", "check_op", "check_ops", "examples_for"
 BATCH = 3
 FD_STEP = 1e-6
 RTOL = 1e-5
-ATOL = 1e-8
+FD_NOISE = 64 * np.finfo(np.float64).eps   # rounding of one loss evaluation, in ulps
 FULL_FD_MAX = 24        # tensors up to this size are checked coordinate by coordinate
 DIRECTIONS = 4          # random directions for larger tensors
 DETERMINISM_TOL = 1e-12  # two identical calls may differ by summation order (threaded BLAS), not by more
@@ -469,6 +469,8 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
         ctx, y = case.forward(xs, params, training, grad=True)
         r = rng.standard_normal(np.shape(y))
         r = np.asarray(r, dtype=np.float64)
+        # the finite differences' own rounding: eps times the summed loss terms, divided by the step
+        noise = FD_NOISE * float(np.sum(np.abs(np.asarray(y, dtype=np.float64) * r))) / FD_STEP
         in_grads, p_grads = case.backward(ctx, r)
     except Exception as exc:
         add(case.label, check, False, f"forward/backward raised {_err(exc, case.op)}")
@@ -491,6 +493,9 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
         for label, kind, key in targets:
             base = xs[key] if kind == "x" else params[key]
             analytic = np.asarray(in_grads[key] if kind == "x" else p_grads[key], dtype=np.float64)
+            if not np.all(np.isfinite(analytic)):
+                failed.append(f"{label}: the analytic gradient has non-finite values (NaN or inf)")
+                continue
             if base.size <= FULL_FD_MAX:
                 dirs = []
                 for j in range(base.size):
@@ -501,7 +506,7 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
             else:
                 dirs = [rng.standard_normal(base.shape) for _ in range(DIRECTIONS)]
                 how = f"{DIRECTIONS} random directions"
-            err = 0.0
+            fds, ans = [], []
             for d in dirs:
                 def shifted(sign):
                     if kind == "x":
@@ -511,23 +516,35 @@ def _check_gradients(case: _Case, training: bool, add) -> None:
                     p2 = dict(params)
                     p2[key] = base + sign * FD_STEP * d
                     return loss(xs, p2)
-                fd = (shifted(1) - shifted(-1)) / (2 * FD_STEP)
-                an = float(np.sum(analytic * d))
-                scale = max(abs(fd), abs(an), 1.0)
-                e = abs(fd - an) / scale
-                err = max(err, e)
-                if abs(fd - an) > ATOL + RTOL * max(abs(fd), abs(an), 1.0):
-                    failed.append(f"{label}: analytic {an:.6g} vs finite difference {fd:.6g}")
-                    break
+                fds.append((shifted(1) - shifted(-1)) / (2 * FD_STEP))
+                ans.append(float(np.sum(analytic * d)))
+            if not np.all(np.isfinite(fds)):
+                failed.append(f"{label}: the finite differences are non-finite (the loss is NaN or inf near "
+                              f"this point)")
+                continue
+            err, i = _grad_error(np.array(fds), np.array(ans), noise)
             worst = max(worst, err)
             details.append(f"{label} ({how})")
+            if err > RTOL:
+                failed.append(f"{label}: analytic {ans[i]:.6g} vs finite difference {fds[i]:.6g}")
     except Exception as exc:
         add(case.label, check, False, f"forward raised during finite differences: {_err(exc, case.op)}")
         return
     if failed:
-        add(case.label, check, False, f"max rel. error {worst:.1e} > {RTOL:.0e}; " + "; ".join(failed))
+        head = f"max rel. error {worst:.1e} > {RTOL:.0e}; " if worst > RTOL else ""   # else only non-finite ones
+        add(case.label, check, False, head + "; ".join(failed))
     else:
         add(case.label, check, True, f"max rel. error {worst:.1e} over {', '.join(details)}")
+
+
+def _grad_error(fd: np.ndarray, an: np.ndarray, noise: float) -> tuple[float, int]:
+    """The largest |fd - an| relative to the gradient's own scale (its largest entry, so a small gradient is
+    held to the same relative tolerance as a large one), and where it is. The floor is what float64 finite
+    differences can resolve, so a gradient that is zero up to rounding still passes."""
+    diff = np.abs(fd - an)
+    scale = max(float(np.max(np.abs(fd))), float(np.max(np.abs(an))), noise / RTOL, np.finfo(np.float64).tiny)
+    i = int(np.argmax(diff))
+    return float(diff[i]) / scale, i
 
 
 _BATCH_HINT_TRAINING = ("; if the op uses the rest of the batch in training by design (as batch norm does), declare "

@@ -87,6 +87,47 @@ def test_wrong_gradient_reports_the_measured_relative_error(fresh):
     assert 0.4 < err < 0.6                                  # d(x^2)/dx = 2x, backward gives x: half off
 
 
+def _scaled_square(lam: float, factor: float) -> type:
+    """y = lam * x^2 with backward lam * factor * x * gy: factor 2 is right."""
+    class ScaledSquare(cnngraph.Op):
+        type = "scaled_square"
+
+        def forward(self, ctx, inputs, params):
+            ctx.save(x=inputs[0])
+            return inputs[0] * inputs[0] * lam
+
+        def backward(self, ctx, gy):
+            return [gy * ctx.saved["x"] * (lam * factor)], {}
+
+    return ScaledSquare
+
+
+@pytest.mark.parametrize("lam", [1e-7, 1e-12, 1e3])
+def test_gradient_error_is_relative_to_the_gradients_own_scale(fresh, lam):
+    """A 2x-wrong gradient fails however small the gradient is; a right one passes at every scale."""
+    def grads(op):
+        return [r for r in check_op(op) if r.check.startswith("gradient")]
+    wrong = grads(_scaled_square(lam, 1.0))
+    assert wrong and all(r.ok is False and "max rel. error 5.0e-01" in r.detail for r in wrong)
+    assert all(r.ok for r in grads(_scaled_square(lam, 2.0)))
+
+
+def test_non_finite_gradient_fails_the_gradient_check(fresh):
+    class NanGrad(cnngraph.Op):
+        type = "nan_grad"
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0] * 2
+
+        def backward(self, ctx, gy):
+            return [gy * np.nan], {}
+
+    grads = [r for r in check_op(NanGrad) if r.check.startswith("gradient")]
+    assert grads and all(r.ok is False for r in grads)
+    assert "input 0: the analytic gradient has non-finite values (NaN or inf)" in grads[0].detail
+    assert "max rel. error" not in grads[0].detail      # no measured error to quote for NaN
+
+
 def test_batch_dependent_ops_are_checked_in_inference_only(fresh):
     results = check_op("batch_norm2d")
     assert all(r.ok is not False for r in results)
