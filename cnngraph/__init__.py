@@ -38,7 +38,8 @@ def register_op(op_cls):
     if not isinstance(op_cls, type):
         raise PluginError(f"register_op takes an Op subclass, found an instance of {type(op_cls).__name__} "
                           f"(pass the class itself)")
-    registry.current_plugin = getattr(op_cls, "__module__", "<runtime>")
+    module = getattr(op_cls, "__module__", "<runtime>")
+    registry.current_plugin = registry.module_plugins.get(module, module)   # a plugin file: its file name
     try:
         old = registry.ops.get(getattr(op_cls, "type", None))
         if (old is not None and old is not op_cls and registry.owner.get(("ops", op_cls.type)) == registry.current_plugin

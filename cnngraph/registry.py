@@ -97,6 +97,7 @@ class Registry:
         self.contested: dict[tuple[str, str], dict[str, Any]] = {}   # ... → {plugin: what it registered}
         self.installing = False                       # registering an installed (entry-point) plugin
         self.current_plugin = "<runtime>"
+        self.module_plugins: dict[str, str] = {}       # a plugin file's module name → its plugin name
 
     def _put(self, table: str, name: str, value: Any) -> None:
         kind = table[:-1]
@@ -296,12 +297,13 @@ class _Plugins:
 
     def register(self, plugin: Any, name: str, origin: str) -> None:
         """Register one plugin object and run its hooks against the registry."""
-        if self.pm.has_plugin(name):
+        if self.pm.has_plugin(name) or self.pm.is_registered(plugin):   # loaded already, maybe by another name
             return
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:
-            raise PluginError(f"plugin '{name}' ({origin}) could not be registered: {exc}") from exc
+        except Exception as exc:   # pluggy's message goes on with its whole registry: keep the first line
+            raise PluginError(f"plugin '{name}' ({origin}) could not be registered: "
+                              f"{str(exc).splitlines()[0]}") from exc
         try:
             self.pm.check_pending()   # a @hookimpl whose name is no hook (a typo) is an error, not ignored
         except pluggy.PluginValidationError as exc:
@@ -317,6 +319,8 @@ class _Plugins:
         except PluginError:
             self._forget(name)   # no half-registered plugin: fixing it and loading again works
             raise
+        if getattr(plugin, "__file__", None):   # the same file named as a path later is this plugin
+            self.files.setdefault(str(Path(plugin.__file__).resolve()), name)
         if origin != "built-in" and name not in self.registry.owner.values() and not _converts(plugin):
             self.registry.empty[name] = _nothing_note(plugin, name)
 
@@ -464,34 +468,73 @@ def plugin_loaded(path: str | Path) -> bool:
 def load_plugin_file(path: str | Path) -> str:
     """Import a plain Python file (or an importable module name) as a plugin; returns its name.
 
-    Loading the same file twice is a no-op. Import errors become PluginError naming the file.
+    Loading the same file twice is a no-op, also when it is named once as a module and once as a path.
+    Import errors become PluginError naming the file.
     """
     state = _state()
     p = Path(path)
     if p.suffix != ".py" and not p.exists():
-        # a dotted module name
-        try:
-            module = importlib.import_module(str(path))
-        except Exception as exc:
-            hint = f" (did you mean the file '{path}.py'?)" if p.with_name(p.name + ".py").is_file() else ""
-            raise PluginError(f"plugin module '{path}' failed to import: {type(exc).__name__}: {exc}{hint}") from exc
-        state.register(module, str(path), f"module {path}")
-        return str(path)
+        return _load_module(state, str(path))
     resolved = str(p.resolve())
     if resolved in state.files:
         return state.files[resolved]
+    if p.is_dir():
+        raise PluginError(f"plugin '{path}' is a directory; name a .py file in it, or the package as an importable "
+                          f"module name (installed, or on PYTHONPATH)")
     if not p.is_file():
         raise PluginError(f"plugin file '{path}' does not exist")
     if p.suffix != ".py":
         raise PluginError(f"plugin file '{path}': expected a Python file (.py) or an importable module name")
+    name = str(path)
     modname = "cnngraph_userplugin_" + p.stem + "_" + str(abs(hash(resolved)) % 10**8)
+    module = _exec_file(state, modname, resolved, name, path)
+    try:
+        state.register(module, name, f"file {resolved}")
+    except PluginError:
+        sys.modules.pop(modname, None)   # not remembered as loaded: fixing the file and loading again works
+        raise
+    state.files[resolved] = name
+    return name
+
+
+def _load_module(state: _Plugins, modname: str) -> str:
+    """Import and register a plugin named as a module; one already loaded (by its entry point, or as a file
+    path) is not loaded again."""
+    try:
+        found = importlib.util.find_spec(modname)
+    except Exception:   # noqa: BLE001 - a missing parent package: the import below says so
+        found = None
+    origin = getattr(found, "origin", None)
+    if origin and str(Path(origin).resolve()) in state.files:
+        return state.files[str(Path(origin).resolve())]
+    try:
+        module = importlib.import_module(modname)
+    except Exception as exc:
+        p = Path(modname)
+        hint = f" (did you mean the file '{modname}.py'?)" if p.with_name(p.name + ".py").is_file() else ""
+        raise PluginError(f"plugin module '{modname}' failed to import: {type(exc).__name__}: {exc}{hint}") from exc
+    if state.pm.is_registered(module):
+        return state.pm.get_name(module)
+    state.register(module, modname, f"module {modname}")
+    return modname
+
+
+def _exec_file(state: _Plugins, modname: str, resolved: str, name: str, path: str | Path) -> Any:
+    """Run a plugin file as module ``modname``. Its folder is on sys.path while it runs, so it can import a
+    helper module next to it; only then, so the folder's files do not shadow later imports. Ops it registers
+    with cnngraph.register_op are credited to ``name``."""
     spec = importlib.util.spec_from_file_location(modname, resolved)
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
+    state.registry.module_plugins[modname] = name
+    folder = str(Path(resolved).parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(modname, None)
+        if not state.pm.has_plugin(name):
+            state._forget(name)   # ops it registered before failing
         line = ""
         tb = exc.__traceback__
         while tb is not None:
@@ -501,11 +544,7 @@ def load_plugin_file(path: str | Path) -> str:
         if isinstance(exc, SyntaxError) and exc.lineno:
             line = f":{exc.lineno}"
         raise PluginError(f"plugin file '{path}{line}' failed to import: {type(exc).__name__}: {exc}") from exc
-    name = str(path)
-    try:
-        state.register(module, name, f"file {resolved}")
-    except PluginError:
-        sys.modules.pop(modname, None)   # not remembered as loaded: fixing the file and loading again works
-        raise
-    state.files[resolved] = name
-    return name
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return module

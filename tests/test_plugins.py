@@ -315,6 +315,75 @@ def test_loading_the_same_file_twice_is_a_no_op(fresh):
     assert a == b and "scaled_tanh" in fresh.ops
 
 
+_OP_FILE = """
+import cnngraph
+
+class Same(cnngraph.Op):
+    type = "{op}"
+    def forward(self, ctx, inputs, params):
+        return inputs[0]
+
+@cnngraph.hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(Same)
+"""
+
+
+@pytest.mark.parametrize("module_first", [True, False])
+def test_one_file_named_as_a_module_and_as_a_path_loads_once(fresh, tmp_path, monkeypatch, module_first):
+    modname = f"same_file_{module_first}"
+    (tmp_path / f"{modname}.py").write_text(_OP_FILE.format(op=f"same_op_{module_first}".lower()))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, modname, raising=False)
+    names = [modname, str(tmp_path / f"{modname}.py")]
+    first, second = names if module_first else names[::-1]
+    assert cnngraph.load_plugin_file(first) == cnngraph.load_plugin_file(second) == first
+
+
+def test_plugin_naming_a_module_its_entry_point_loaded_is_a_no_op(tmp_path, monkeypatch, fresh, capsys):
+    make_dist(tmp_path, "epagain", _OP_FILE.format(op="ep_again"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._STATE = None
+    assert cnngraph.load_plugin_file("epagain") == "epagain_ep"
+    rc, text = _cli(capsys, ["ops", "ep_again", "--plugin", "epagain"])
+    assert rc == 0 and "ep_again  [epagain_ep]" in text and "registered" not in text
+
+
+def test_a_plugin_file_imports_a_helper_module_next_to_it(fresh, tmp_path, monkeypatch):
+    (tmp_path / "sibling_helper_mod.py").write_text("FACTOR = 3\n")
+    (tmp_path / "uses_sibling.py").write_text("from sibling_helper_mod import FACTOR\n"
+                                              + _OP_FILE.format(op="uses_sibling"))
+    monkeypatch.delitem(__import__("sys").modules, "sibling_helper_mod", raising=False)
+    cnngraph.load_plugin_file(tmp_path / "uses_sibling.py")
+    assert "uses_sibling" in fresh.ops
+    assert str(tmp_path) not in __import__("sys").path     # only while it loads: no shadowing later imports
+
+
+def test_a_folder_as_plugin_says_it_is_a_folder(fresh, tmp_path, capsys):
+    (tmp_path / "pkg").mkdir()
+    rc, text = _cli(capsys, ["ops", "--plugin", str(tmp_path / "pkg")])
+    assert rc == 1 and "is a directory; name a .py file in it, or the package as an importable module" in text
+    assert "does not exist" not in text
+
+
+def test_a_plugin_file_using_register_op_is_credited_to_the_file(fresh, tmp_path, capsys):
+    (tmp_path / "regfile.py").write_text("import cnngraph\n\n@cnngraph.register_op\nclass Twice(cnngraph.Op):\n"
+                                         "    type = 'twice_reg'\n    def forward(self, ctx, inputs, params):\n"
+                                         "        return inputs[0] * 2\n")
+    rc, text = _cli(capsys, ["ops", "twice_reg", "--plugin", str(tmp_path / "regfile.py")])
+    assert rc == 0 and f"twice_reg  [{tmp_path / 'regfile.py'}]" in text, text
+    assert "registered nothing" not in text
+    assert fresh.ops["twice_reg"].plugin == str(tmp_path / "regfile.py")
+
+
+def test_a_plugin_file_that_fails_after_register_op_leaves_nothing(fresh, tmp_path):
+    (tmp_path / "half.py").write_text("import cnngraph\n\n@cnngraph.register_op\nclass Half(cnngraph.Op):\n"
+                                      "    type = 'half_reg'\n\nraise ValueError('late')\n")
+    with pytest.raises(PluginError, match="half.py:7' failed to import: ValueError: late"):
+        cnngraph.load_plugin_file(tmp_path / "half.py")
+    assert "half_reg" not in fresh.ops
+
+
 # -- way 3: at run time, from Python -------------------------------------------------------------------
 def test_register_op_and_register_plugin_at_run_time(fresh):
     @cnngraph.register_op
