@@ -89,3 +89,11 @@ def test_a_short_output_to_a_full_disk_is_reported_before_exit():
         run = subprocess.run([sys.executable, "-m", "cnngraph.cli", "validate", "specs/lenet5.yaml"], stdout=full,
                              stderr=subprocess.PIPE, text=True)
     assert run.returncode == 1 and run.stderr == "error: cannot write to standard output: No space left on device\n"
+
+
+def test_python_dash_m_cnngraph_runs_the_cli():
+    """For a venv that sees cnngraph (--system-site-packages) but has no `cnngraph` script of its own."""
+    run = subprocess.run([sys.executable, "-m", "cnngraph", "ops", "relu"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("relu  [cnngraph.plugins.activation]"), run.stderr
+    run = subprocess.run([sys.executable, "-m", "cnngraph", "ops", "no_such_op"], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.startswith("error: unknown op type 'no_such_op'")
