@@ -204,3 +204,13 @@ def test_run_hints_channels_last_notes_uint8_and_argmaxes_only_class_scores(tmp_
     assert "note: input is uint8 and is fed as its raw values 0..255 (not scaled to [0, 1])" in err
     assert "cls: shape (2, 4) float32; argmax per sample: [" in out
     assert "reg: shape (2, 1) float32\n" in out     # one value per sample: a regression, no argmax
+
+
+@pytest.mark.parametrize("command,reads_spec", [("ops", False), ("plugins", False), ("check-op", False),
+                                                ("validate", True)])
+def test_plugin_option_help_mentions_a_spec_only_where_one_is_read(capsys, command, reads_spec):
+    from cnngraph.cli import main
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("the spec" in text) == reads_spec, text

@@ -29,12 +29,15 @@ def whole_number(minimum: int):
 seed_value = whole_number(0)   # NumPy's generators refuse negative seeds
 
 
-def add_spec_options(p: argparse.ArgumentParser) -> None:
-    """--plugin FILE (repeatable) and --allow-plugins, for commands that load specs."""
+def add_spec_options(p: argparse.ArgumentParser, reads_spec: bool = True) -> None:
+    """--plugin FILE (repeatable) and --allow-plugins, for commands that load specs (and, with
+    reads_spec=False, for those that only list or check what plugins register)."""
+    before = "before reading the spec" if reads_spec else "first"
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
-                   help="load a plugin file or module before reading the spec (repeatable)")
+                   help=f"load a plugin file or module {before} (repeatable)")
     p.add_argument("--allow-plugins", action="store_true",
-                   help="consent to import the plugin files the spec names under `plugins:`")
+                   help="consent to import the plugin files the spec names under `plugins:`" if reads_spec else
+                   "no effect here: this command reads no spec (kept so a shared command line works)")
 
 
 def load_spec_args(args: argparse.Namespace, path: str, check_shapes: bool = True):

@@ -44,11 +44,11 @@ def register(sub) -> None:
     p = sub.add_parser("ops", help="list every registered op (or the named ones) with its parameters and plugin")
     p.add_argument("types", nargs="*", metavar="TYPE", help="show only these op types")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    add_spec_options(p)
+    add_spec_options(p, reads_spec=False)
     p.set_defaults(func=cmd_ops)
 
     p = sub.add_parser("plugins", help="list loaded plugins and where they came from")
-    add_spec_options(p)
+    add_spec_options(p, reads_spec=False)
     p.set_defaults(func=cmd_plugins)
 
 

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="check every registered op")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random inputs and parameters")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the count")
-    add_spec_options(p)
+    add_spec_options(p, reads_spec=False)
     p.set_defaults(func=cmd_check_op)
 
     p = sub.add_parser("expand", help="print a spec with its blocks inlined, as YAML that validates on its own")
