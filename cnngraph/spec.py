@@ -555,6 +555,7 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
     layers: list[LayerSpec] = []
     broken: set[str] = set()
     seen: dict[str, int] = {}
+    unknown: list[tuple[str, str, tuple]] = []   # (layer id, op type, spec path) unknown while plugins are missing
     for i, raw in enumerate(raw_layers):
         where = ("layers", i)
         lid = raw.get("id") if isinstance(raw.get("id"), str) else None
@@ -579,8 +580,11 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
             try:
                 op_cls = registry.op(head.type)
             except KeyError as exc:
-                hint = ("; it may come from the spec's plugin files, which were not loaded" if plugins_missing
-                        else registry.empty_note() or "; `cnngraph ops` lists the known types")
+                if plugins_missing:   # the plugin problem is reported: one line for all such layers, below
+                    unknown.append((head.id, head.type, where))
+                    broken.add(head.id)
+                    continue
+                hint = registry.empty_note() or "; `cnngraph ops` lists the known types"
                 hint += "".join(f"; installed plugin '{n}' was not loaded ({why})" for n, why in registry.skipped.items())
                 problems.append(_locate(exc.args[0] + hint,
                                         where + ("type",), positions, file, head.id, notes))
@@ -597,4 +601,17 @@ def _validate_layers(raw_layers: list[dict], registry: Registry, positions: Posi
                                             explicit_inputs=head.inputs is not None))
         if len(problems) > n_before and lid and seen.get(lid, i) == i:   # not a duplicate of a valid layer
             broken.add(lid)
+    if unknown:
+        problems.append(_unloaded_ops_problem(unknown, positions, file, notes))
     return layers, problems, broken
+
+
+def _unloaded_ops_problem(unknown: list[tuple[str, str, tuple]], positions: Positions, file: str | None,
+                          notes: dict) -> Problem:
+    """One line for the layers whose op types are unknown while the spec's plugins are not loaded: they
+    likely come from those plugins, so a line per layer would repeat the plugin problem."""
+    ids = ", ".join(f"'{lid}'" for lid, _, _ in unknown)
+    types = ", ".join(dict.fromkeys(f"'{t}'" for _, t, _ in unknown))
+    lid, _, where = unknown[0]
+    return _locate(f"unknown op type(s) {types} in layer(s) {ids}: they may come from the spec's plugins, which "
+                   f"were not loaded (above); not checked further", where + ("type",), positions, file, lid, notes)

@@ -452,6 +452,20 @@ def test_spec_naming_a_broken_plugin_file_is_a_located_problem(fresh, tmp_path):
     assert (p.path, p.line) == ("plugins[0]", 1) and "broken.py:3' failed to import" in p.message
 
 
+def test_a_failed_spec_plugin_is_reported_once_not_again_per_layer(fresh, tmp_path):
+    (tmp_path / "broken.py").write_text((PLUGINS / "import_error.py").read_text())
+    spec = tmp_path / "s.yaml"
+    spec.write_text("plugins: [./broken.py]\ninputs: {x: {shape: [4]}}\nlayers:\n  - {id: a, type: from_plugin}\n"
+                    "  - {id: b, type: from_plugin}\n  - {id: c, type: other_plugin_op}\noutputs: [c]\n")
+    with pytest.raises(SpecError) as err:
+        cnngraph.load_spec(spec, allow_plugins=True)
+    messages = [p.message for p in err.value.problems]
+    assert len(messages) == 2 and "failed to import" in messages[0], messages
+    assert ("unknown op type(s) 'from_plugin', 'other_plugin_op' in layer(s) 'a', 'b', 'c': they may come from "
+            "the spec's plugins, which were not loaded") in messages[1]
+    assert err.value.problems[1].line == 4
+
+
 def test_duplicate_op_names_both_plugins_and_rolls_back(fresh):
     with pytest.raises(PluginError) as err:
         cnngraph.load_plugin_file(PLUGINS / "duplicate_relu.py")
