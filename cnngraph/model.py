@@ -121,11 +121,17 @@ class Model:
 
     # -- parameters ----------------------------------------------------------------------------
     def _init_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        from .summary import param_shapes_mismatch
         arrays: dict[str, Any] = {}
+        told: set[str] = set()   # op types warned about: once each
         for node in self._layer_order():
             attrs = self.graph.nodes[node]
             op = attrs["op"]
             local = init_layer_params(self.graph, node, rng)
+            why = param_shapes_mismatch(self.graph, node, {k: tuple(np.shape(v)) for k, v in local.items()})
+            if why and attrs["type"] not in told:   # summary counts from param_shapes: say they are wrong
+                told.add(attrs["type"])
+                warnings.warn(why, UserWarning, stacklevel=4)
             names = {}
             for name, value in local.items():
                 full = f"{node}.{name}"

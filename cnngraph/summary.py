@@ -19,7 +19,7 @@ from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
-           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "frozen_line",
+           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "param_shapes_mismatch", "frozen_line",
            "available_memory_bytes", "measurement_cost", "why_not_measure"]
 
 
@@ -59,6 +59,9 @@ class Summary:
         return d
 
 
+CHECK_MAX_VALUES = 1 << 22   # a plugin op's declared parameters up to this size are made once to check them
+
+
 def declared_param_shapes(g: nx.DiGraph, node: str) -> dict[str, tuple] | None:
     """The op's ``param_shapes`` for layer ``node`` (checked), or None where it does not declare them (or
     they do not apply: see :func:`cnngraph.op.param_shapes_apply`)."""
@@ -76,17 +79,36 @@ def declared_param_shapes(g: nx.DiGraph, node: str) -> dict[str, tuple] | None:
     return shapes
 
 
-def param_counts(g: nx.DiGraph, node: str, rng) -> tuple[int, int]:
+def param_counts(g: nx.DiGraph, node: str, rng, mismatches: list[str] | None = None) -> tuple[int, int]:
     """(trainable, all) parameter values of layer ``node``: from its op's ``param_shapes`` where it declares
-    them (nothing is allocated, so counting a huge network is fast), else from ``init_params`` (checked)."""
+    them (nothing is allocated, so counting a huge network is fast), else from ``init_params`` (checked).
+    A plugin op's declared shapes, where small enough to make cheaply, are checked against what its
+    init_params makes (built-ins are checked by the test suite): on a mismatch the made shapes count, and
+    ``mismatches`` gets a line naming both."""
     op = g.nodes[node]["op"]
     shapes = declared_param_shapes(g, node)
-    if shapes is None:
+    if shapes is None or (not str(getattr(op, "plugin", "")).startswith("cnngraph.")
+                          and sum(math.prod(v) for v in shapes.values()) <= CHECK_MAX_VALUES):
         from .runner import init_layer_params
-        shapes = {k: a.shape for k, a in init_layer_params(g, node, rng).items()}
+        made = {k: tuple(a.shape) for k, a in init_layer_params(g, node, rng).items()}
+        why = param_shapes_mismatch(g, node, made)
+        if why and mismatches is not None:
+            mismatches.append(why)
+        shapes = made
     trainable = sum(math.prod(v) for k, v in shapes.items() if k not in op.buffers)
     total = sum(math.prod(v) for v in shapes.values())
     return int(trainable), int(total)
+
+
+def param_shapes_mismatch(g: nx.DiGraph, node: str, made: dict[str, tuple]) -> str | None:
+    """One line when the op's ``param_shapes`` disagree with the shapes its ``init_params`` made, else None."""
+    declared = declared_param_shapes(g, node)
+    if declared is None or {k: tuple(int(d) for d in v) for k, v in declared.items()} == made:
+        return None
+    attrs = g.nodes[node]
+    return (f"op '{attrs['type']}' (plugin '{attrs.get('plugin')}') at layer '{node}': param_shapes returned "
+            f"{declared} but init_params made {made}; counting the arrays made (`cnngraph check-op "
+            f"{attrs['type']}` checks this)")
 
 
 def _tensor_bytes(attrs: dict, batch_size: int, itemsize: int) -> int:
@@ -338,6 +360,7 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
     rfs = receptive_fields(graph)
     rows = []
     total_params = total_all = total_flops = 0
+    mismatches: list[str] = []
     for node in topological_order(graph):
         attrs = graph.nodes[node]
         if attrs["kind"] == "input":
@@ -345,7 +368,7 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
                                  _tensor_bytes(attrs, batch_size, itemsize),
                                  rfs[node] if isinstance(rfs[node], tuple) else None))
             continue
-        trainable, allp = param_counts(graph, node, rng)
+        trainable, allp = param_counts(graph, node, rng, mismatches)
         flops = attrs["op"].flops(attrs["in_shapes"], attrs["out_shape"])
         if not isinstance(flops, (int, float, np.integer, np.floating)) or not flops >= 0:
             raise PluginError(f"flops of op '{attrs['type']}' (plugin '{attrs.get('plugin')}') returned {flops!r} "
@@ -356,10 +379,13 @@ def summarize(graph: nx.DiGraph, name: str = "network", batch_size: int = 1, ite
         total_params += trainable
         total_all += allp
         total_flops += flops
-    return Summary(name, batch_size, rows, total_params, total_all * itemsize, total_flops,
-                   inference_peak_bytes(graph, batch_size, itemsize),
-                   training_peak_bytes=training.peak_bytes if training is not None else None,
-                   training_memory=training.to_dict() if training is not None else None)
+    s = Summary(name, batch_size, rows, total_params, total_all * itemsize, total_flops,
+                inference_peak_bytes(graph, batch_size, itemsize),
+                training_peak_bytes=training.peak_bytes if training is not None else None,
+                training_memory=training.to_dict() if training is not None else None)
+    if mismatches:
+        s.extra["warning"] = "; ".join(mismatches)
+    return s
 
 
 def frozen_line(s: Summary, frozen) -> str:

@@ -497,3 +497,36 @@ def test_model_summary_prints_the_cli_table_and_can_return_it(capsys):
     with pytest.raises(ValueError, match="format must be"):
         model.summary(format="html")
     assert cnngraph.Model.param_count.__doc__ and "trainable" in cnngraph.Model.param_count.__doc__
+
+
+def _miscounted_op(fresh):
+    """A plugin op whose param_shapes says (400,) where init_params makes (4,)."""
+    class Miscounted(cnngraph.Op):
+        type = "miscounted_scale"
+
+        def param_shapes(self, in_shapes):
+            return {"w": (in_shapes[0][0] * 100,)}
+
+        def init_params(self, in_shapes, rng):
+            return {"w": np.ones(in_shapes[0][0], np.float32)}
+
+        def forward(self, ctx, inputs, params):
+            return inputs[0] * params["w"][:, None, None]
+
+    cnngraph.register_op(Miscounted)
+    return cnngraph.load_spec({"inputs": {"x": {"shape": [4, 3, 3]}},
+                               "layers": [{"id": "m", "type": "miscounted_scale"}], "outputs": ["m"]})
+
+
+def test_summary_counts_a_plugin_ops_arrays_where_its_param_shapes_are_wrong(fresh):
+    s = summarize(_miscounted_op(fresh).graph)
+    assert s.total_params == 4 and s.param_bytes == 16
+    assert "param_shapes returned {'w': (400,)} but init_params made {'w': (4,)}" in s.extra["warning"]
+    assert "op 'miscounted_scale'" in s.extra["warning"] and "layer 'm'" in s.extra["warning"]
+
+
+def test_compile_warns_once_where_param_shapes_disagree_with_init_params(fresh):
+    spec = _miscounted_op(fresh)
+    with pytest.warns(UserWarning, match=r"param_shapes returned \{'w': \(400,\)\} but init_params made") as caught:
+        cnngraph.compile(spec)
+    assert len([w for w in caught if "param_shapes" in str(w.message)]) == 1
