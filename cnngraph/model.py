@@ -467,7 +467,8 @@ class Model:
                 parts.append(f"missing {', '.join(missing[:8])}{'…' if len(missing) > 8 else ''}")
             if unexpected:
                 parts.append(f"unexpected {', '.join(unexpected[:8])}{'…' if len(unexpected) > 8 else ''}")
-            raise CnnGraphError("parameters do not match the model: " + "; ".join(parts))
+            raise CnnGraphError("parameters do not match the model (trained from a different network?): "
+                                + "; ".join(parts))
         # every value is checked and converted before anything is assigned: a failed load changes nothing
         wrong = [f"{n} {tuple(np.shape(v))} (the model has {tuple(self.params[n].shape)})"
                  for n, v in arrays.items() if n in self.params and tuple(np.shape(v)) != tuple(self.params[n].shape)]

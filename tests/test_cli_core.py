@@ -87,7 +87,16 @@ def test_run_errors_are_clean(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
     r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "w.npz")
     assert r.returncode == 1 and "parameters do not match the model" in r.stderr and "conv1.weight" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "(trained from a different network?)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_names_the_spec_a_checkpoint_of_another_network_came_from(tmp_path):
+    import cnngraph
+    cnngraph.compile("specs/digits_cnn.yaml").save(tmp_path / "ck")
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "ck")
+    assert r.returncode == 1 and "(trained from a different network?)" in r.stderr
+    assert "the checkpoint was trained from spec 'digits_cnn'" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_summary_formats():

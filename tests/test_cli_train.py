@@ -140,6 +140,47 @@ def test_predict_png_and_npy(trained, capsys, tmp_path):
     assert line.startswith(str(inv)) and f"class {res[0]['class']} " in line
 
 
+def test_predict_notes_a_light_background_and_a_squashed_image(trained, capsys, tmp_path):
+    """A dark-on-white digit without --invert was predicted as some class with no hint; a wide image was
+    squashed to the input's shape without a word."""
+    spec, run = trained
+    with np.load(DIGITS_PATH) as z:
+        x = z["x"][z["test_idx"][:12]]
+    ink = tmp_path / "ink.png"
+    Image.fromarray(255 - np.round(x[0].astype(float) * 255 / 16).astype(np.uint8)).save(ink)
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(ink)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: '{ink}' is mostly light" in err and "add --invert" in err and err.count("\n") == 1
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(ink), "--invert"]) == 0
+    assert capsys.readouterr().err == ""
+    for i, img in enumerate(x):      # light digits on dark, as trained: no note
+        Image.fromarray(np.round(img.astype(float) * 255 / 16).astype(np.uint8)).save(tmp_path / f"d{i}.png")
+    assert main(["predict", str(spec), "--checkpoint", str(run), *(str(tmp_path / f"d{i}.png") for i in range(12))]) == 0
+    assert capsys.readouterr().err == ""
+    Image.fromarray(np.round(x[0].astype(float) * 255 / 16).astype(np.uint8)).resize((24, 8)).save(tmp_path / "w.png")
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "w.png")]) == 0
+    assert capsys.readouterr().err == (f"note: '{tmp_path / 'w.png'}' (24x8, mode L) was stretched to 8x8 to fit the "
+                                       f"model's input (1, 8, 8)\n")
+    # a folder of such images: the first notes, then a count
+    (tmp_path / "inks").mkdir()
+    for i in range(5):
+        Image.open(ink).save(tmp_path / "inks" / f"{i}.png")
+    assert main(["predict", str(spec), "--checkpoint", str(run), str(tmp_path / "inks")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("is mostly light") == 3 and err.endswith("note: and 2 more like these\n")
+
+
+def test_predict_masks_out_refuses_to_replace_an_input(tmp_path):
+    from cnngraph.commands.train import _check_masks_out
+    from cnngraph.errors import CnnGraphError
+    (tmp_path / "0000_a.mask.png").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    with pytest.raises(CnnGraphError, match="the input '.*0000_a.mask.png' is a file it writes or replaces there"):
+        _check_masks_out(tmp_path, [str(tmp_path / "b.png"), str(tmp_path / "0000_a.mask.png")])
+    _check_masks_out(tmp_path, [str(tmp_path / "b.png")])
+    _check_masks_out(tmp_path / "other", [str(tmp_path / "0000_a.mask.png")])
+
+
 def test_predict_reads_folders_names_broken_inputs_and_writes_csv(trained, capsys, tmp_path):
     spec, run = trained
     with np.load(DIGITS_PATH) as z:

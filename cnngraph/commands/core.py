@@ -105,9 +105,12 @@ def cmd_run(args) -> int:
     spec = load_spec_args(args, args.spec)
     model = Model(spec, device=args.device, seed=args.seed)
     if args.params:
-        from ..train.checkpoint import load_weights
+        from ..train.checkpoint import load_weights, trained_from
         arrays, meta = load_weights(args.params)
-        model.load_params(arrays)
+        try:
+            model.load_params(arrays)
+        except CnnGraphError as exc:
+            raise CnnGraphError(f"{args.params}: {exc}{trained_from(meta)}") from None
         stats = (meta or {}).get("dataset") or {}
         if stats.get("mean") is not None:
             print(f"note: run feeds --input to the network as given; training normalised its inputs ((x - mean) / std, "

@@ -131,7 +131,7 @@ def cmd_train(args) -> int:
 def _load_checkpointed_model(args, spec):
     """Model of ``spec`` with the checkpoint's weights; returns (model, checkpoint dir, meta)."""
     from ..model import Model
-    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint, trained_from
     from ..train.run_state import check_meta, check_same_network, input_channels
     ckdir = resolve_checkpoint(args.checkpoint, prefer=args.which)
     ck = load_checkpoint(ckdir)
@@ -141,7 +141,7 @@ def _load_checkpointed_model(args, spec):
     try:
         model.load_params(ck.arrays)
     except CnnGraphError as exc:
-        raise CheckpointError(f"{ckdir}: {exc}") from None
+        raise CheckpointError(f"{ckdir}: {exc}{trained_from(ck.meta)}") from None
     return model, ckdir, ck.meta
 
 
@@ -324,7 +324,7 @@ def _expand_inputs(inputs: list[str]) -> list[str]:
 def _predict(args, failed: list[str]) -> int:
     from ..backend import to_numpy
     from ..train.data import apply_normalization, npy_eight_bit
-    from ..train.images import array_units_warning, image_units_warning, read_inputs
+    from ..train.images import array_units_warning, image_units_warning, polarity_note, read_inputs
     from ..train.settings import train_spec_of
     spec = load_spec_args(args, args.spec)
     name, shape = _input_of(spec)
@@ -344,11 +344,13 @@ def _predict(args, failed: list[str]) -> int:
     if units:
         print(units, file=sys.stderr)
     eight_bit = npy_eight_bit(stats.get("pixel_range"), scale)   # else .npy arrays are taken as they are
-    labels, parts = [], []
+    if args.masks_out:
+        _check_masks_out(Path(args.masks_out), inputs)
+    labels, parts, notes = [], [], []
     for path in inputs:
         try:
             x = read_inputs([path], shape, scale=scale, invert=args.invert, eight_bit=eight_bit,
-                            as_is=stats.get("pixels") == "as_is")
+                            as_is=stats.get("pixels") == "as_is", notes=notes)
         except DataError as exc:   # one broken file among many: name it, predict the rest
             if len(inputs) == 1:
                 raise
@@ -359,8 +361,11 @@ def _predict(args, failed: list[str]) -> int:
         units = array_units_warning(path, x, stats.get("pixel_range")) if npy else None
         if units:   # as images get (image_units_warning): numbers far from the training data's
             print(units, file=sys.stderr)
+        if not units and stats.get("pixels") != "as_is":
+            notes.append(polarity_note(path, x[0], scale, stats.get("mean"), args.invert))
         parts.append(x)
         labels += [path] if len(x) == 1 and not npy else [f"{path}[{i}]" for i in range(len(x))]
+    _print_notes([n for n in notes if n])
     if not parts:
         raise DataError(f"none of the {len(inputs)} inputs could be read (named above)")
     x = np.concatenate(parts)
@@ -406,6 +411,27 @@ def _predict(args, failed: list[str]) -> int:
         top = ", ".join(f"{classes[i]} {p[i]:.4f}" for i in order)
         print(f"{r['input'].ljust(width)}  class {r['class']} ({r['probability']:.4f})  top: {top}")
     return 0
+
+
+def _print_notes(notes: list[str], most: int = 3) -> None:
+    """The first ``most`` notes on the inputs, then how many more (a folder of like images would repeat one)."""
+    for note in notes[:most]:
+        print(note, file=sys.stderr)
+    if len(notes) > most:
+        print(f"note: and {len(notes) - most} more like these", file=sys.stderr)
+
+
+def _check_masks_out(folder: Path, inputs: list[str]) -> None:
+    """--masks-out writes masks.npy and NNNN_*.mask.png there, removing an earlier prediction's: refused before any
+    work when one of those files is an input."""
+    import fnmatch
+    import os
+    for path in inputs:
+        p = Path(path)
+        written = p.name == "masks.npy" or fnmatch.fnmatch(p.name, MASK_PNG_PATTERN)
+        if written and p.exists() and folder.is_dir() and os.path.samefile(p.parent, folder):
+            raise CnnGraphError(f"--masks-out {folder}: the input '{path}' is a file it writes or replaces there; "
+                                f"choose another folder")
 
 
 def _predict_values(args, scores: np.ndarray, labels: list[str]) -> int:
@@ -469,6 +495,7 @@ def _print_csv(header: list[str], rows: list[list]) -> int:
 
 
 MASK_PNG_MIN_SIDE = 128
+MASK_PNG_PATTERN = "[0-9][0-9][0-9][0-9]_*.mask.png"
 
 
 def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int) -> list[Path]:
@@ -481,7 +508,7 @@ def _write_masks(folder: Path, masks: np.ndarray, labels: list[str], n_cls: int)
     if folder.exists() and not folder.is_dir():
         raise CnnGraphError(f"--masks-out {folder}: is a file; expected a folder (it is created if missing)")
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("[0-9][0-9][0-9][0-9]_*.mask.png"):   # an earlier prediction's pictures: never mixed
+    for old in folder.glob(MASK_PNG_PATTERN):   # an earlier prediction's pictures: never mixed
         old.unlink()
     np.save(folder / "masks.npy", masks)
     if masks.ndim != 3:   # a sequence's classes per step, a volume's per voxel: the array says it all

@@ -39,7 +39,7 @@ def register(sub) -> None:
                    help="run folder, DIR/checkpoint, or a best/ or last/ checkpoint folder")
     w.add_argument("--params", metavar="WEIGHTS.npz", help=".npz of parameters")
     p.add_argument("--image", metavar="IMG", help="image (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy sample (resized and normalised as in training)")
-    p.add_argument("--index", type=int, default=0,
+    p.add_argument("--index", type=int,
                    help="sample of a .npy batch to use (default 0; negative counts from the end)")
     p.add_argument("--invert", action="store_true",
                    help="invert the image (dark ink on white → light on dark, as MNIST and the digits)")
@@ -49,9 +49,9 @@ def register(sub) -> None:
     mode.add_argument("--filters", action="store_true", help="draw the first convolution's kernels")
     mode.add_argument("--gradcam", action="store_true", help="Grad-CAM and saliency for a class")
     p.add_argument("--class", dest="class_index", type=int, help="class for --gradcam (default: the predicted one)")
-    p.add_argument("--scale", choices=("shared", "per-map"), default="shared",
+    p.add_argument("--scale", choices=("shared", "per-map"),
                    help="feature-map colour range: one for all maps (default) or per map")
-    p.add_argument("--max-maps", type=int, default=64, help="most channels to draw (default 64)")
+    p.add_argument("--max-maps", type=int, help="most channels to draw (default 64)")
     p.add_argument("--slice", type=int, dest="depth",
                    help="volume models (C, D, H, W): the input depth to draw, feature maps and Grad-CAM at the "
                         "matching plane (default: the middle one)")
@@ -62,7 +62,10 @@ def register(sub) -> None:
 
 def cmd_viz(args) -> int:
     from ..registry import load_plugin_file
+    from ..viz import check_not_an_input, check_not_folder, wrote
     from ..viz.graph import MAX_PNG_PIXELS, MAX_PNG_SIDE, draw_network
+    check_not_folder(args.output, "network.svg")
+    replaced = check_not_an_input(args.output, [("spec", args.spec)] + [("--plugin", p) for p in args.plugin])
     for plugin in args.plugin:
         load_plugin_file(plugin)
     if args.dpi < 20 or args.dpi > 1200:
@@ -77,10 +80,10 @@ def cmd_viz(args) -> int:
         print("note: --collapse found no block instances to group (layer ids 'name.rest'); drawn layer by "
               "layer", file=sys.stderr)
     if res.valid:
-        print(f"wrote {res.path} ({res.nodes} nodes)")
+        print(wrote(res.path, f"{res.nodes} nodes", replaced=replaced))
         return 0
     n = len(res.problems)
-    print(f"wrote {res.path}, drawn as far as the spec parses: {n} problem{'s' if n != 1 else ''}, "
+    print(f"{wrote(res.path, replaced=replaced)}, drawn as far as the spec parses: {n} problem{'s' if n != 1 else ''}, "
           f"failing layers in red", file=sys.stderr)
     for prob in res.problems:
         print("  " + prob.format().replace("\n", "\n  "), file=sys.stderr)
@@ -91,7 +94,10 @@ def cmd_explain(args) -> int:
     from ..model import Model
     from ..viz import explain as ex
     from .common import load_spec_args
-    from ..viz import check_not_folder, require_matplotlib
+    from ..viz import check_not_an_input, require_matplotlib, wrote
+    out = _explain_output(args)
+    replaced = check_not_an_input(out, _explain_inputs(args))   # before any work: -o must not be an input
+    _check_options(args)
     require_matplotlib("explain")   # every picture it draws is a matplotlib figure
     spec = load_spec_args(args, args.spec)
     model = Model(spec, seed=args.seed)
@@ -99,27 +105,24 @@ def cmd_explain(args) -> int:
     if weights.random:
         print(f"note: no --checkpoint or --params given: using {weights.source}; the pictures show an "
               f"untrained network", file=sys.stderr)
-    check_not_folder(args.output, "explain.png")
-    out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise CnnGraphError(f"cannot write '{out}': use a .png, .pdf or .svg file")
-    if args.max_maps < 1:
-        raise CnnGraphError(f"--max-maps must be >= 1, found {args.max_maps}")
-    if args.class_index is not None and not args.gradcam:
-        raise CnnGraphError("--class chooses the class that --gradcam explains; add --gradcam")
     if args.filters:
         size = ex.plot_filters(model, out, args.layer, subtitle=f"{spec.name} · {weights.source}")
-        print(f"wrote {out} ({size[0]}x{size[1]} px): filters of {args.layer or ex.first_conv(model)}")
+        print(f"{wrote(out, size=size, replaced=replaced)}: filters of {args.layer or ex.first_conv(model)}")
         return 0
     if not args.image:
         raise CnnGraphError("give --image IMG (an image file or .npy sample); or --filters to draw the kernels")
     prep = ex.preprocessing(spec, weights.meta)
-    from ..train.images import image_units_warning
+    from ..train.images import image_units_warning, polarity_note
     units = image_units_warning([args.image], prep.pixel_range, prep.scale) \
         if len(next(iter(spec.inputs.values())).shape) == 3 else None
     if units:
         print(units, file=sys.stderr)
-    raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index)
+    notes: list[str] = []
+    raw, x = ex.load_input(args.image, spec, prep, invert=args.invert, index=args.index or 0, notes=notes)
+    polarity = None if units or prep.as_is else polarity_note(args.image, raw[0], prep.scale, prep.mean, args.invert)
+    for note in [*notes, polarity]:
+        if note:
+            print(note, file=sys.stderr)
     subtitle = f"{spec.name} · {Path(args.image).name} · {weights.source} · {prep.note}"
     depth = _depth(args, raw)
     image = raw[0] if depth is None else raw[0][:, depth]   # a volume: the plane drawn
@@ -134,15 +137,16 @@ def cmd_explain(args) -> int:
         k = res["class_index"]
         pred = int(res["scores"].reshape(-1).argmax())
         label = (lambda i: prep.classes[i] if prep.classes and i < len(prep.classes) else i)
+        written = wrote(out, size=size, replaced=replaced)
         if res["regression"]:   # a regression: the output value explained, not a class
-            print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for output value {k} "
+            print(f"{written}: Grad-CAM at {res['layer']} for output value {k} "
                   f"(= {float(res['scores'].reshape(-1)[k]):.4g}; --class picks another)")
             return 0
         if res.get("pixels") is not None:   # segmentation: a class is explained over its predicted pixels
             how = f"over its {res['pixels']} predicted pixels"
         else:
             how = "predicted" if k == pred else f"chosen; the network predicts {label(pred)}"
-        print(f"wrote {out} ({size[0]}x{size[1]} px): Grad-CAM at {res['layer']} for class {label(k)} ({how})")
+        print(f"{written}: Grad-CAM at {res['layer']} for class {label(k)} ({how})")
         if not res["raw_cam"].any():
             print(f"note: the Grad-CAM map is zero everywhere: no positive evidence for class {label(k)} at "
                   f"{res['layer']}; try another --layer", file=sys.stderr)
@@ -151,16 +155,79 @@ def cmd_explain(args) -> int:
     maps = ex.feature_maps(model, x, layer)
     if depth is not None and maps.ndim == 4:   # a volume layer (C, d, h, w): the plane at the drawn depth
         maps = ex.depth_slice(maps, depth, raw.shape[2])
+    if maps.ndim == 1:
+        _refuse_for_bars(args, layer, len(maps))
+    max_maps = 64 if args.max_maps is None else args.max_maps
     names = prep.classes if maps.ndim == 1 and layer in _class_layers(model) else None
-    size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale, image,
-                                prep.scale, subtitle, args.max_maps, unit_names=names)
+    size = ex.plot_feature_maps(maps, out, layer, model.graph.nodes[layer]["type"], args.scale or "shared", image,
+                                prep.scale, subtitle, max_maps, unit_names=names)
     if maps.ndim == 1:   # a bar chart of every unit
         what = f"{len(maps)} units"
     else:
-        shown = min(len(maps), args.max_maps)
+        shown = min(len(maps), max_maps)
         what = f"{shown} of {len(maps)} maps" if shown < len(maps) else f"{len(maps)} maps"
-    print(f"wrote {out} ({size[0]}x{size[1]} px): {what} of {layer}")
+    print(f"{wrote(out, size=size, replaced=replaced)}: {what} of {layer}")
     return 0
+
+
+def _explain_output(args) -> Path:
+    """-o as a Path, refused when it is a folder or another format (before any work)."""
+    from ..viz import check_not_folder
+    check_not_folder(args.output, "explain.png")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise CnnGraphError(f"cannot write '{out}': use a .png, .pdf or .svg file")
+    return out
+
+
+def _explain_inputs(args) -> list[tuple[str, str]]:
+    """(what, path) of every file explain reads: the picture written must not replace one of them."""
+    from ..train.checkpoint import resolve_checkpoint
+    files = [("spec", args.spec), ("--image", args.image), ("--params", args.params)]
+    files += [("--plugin", p) for p in args.plugin]
+    for folder in (args.checkpoint, args.params):
+        if folder and Path(folder).is_dir():
+            try:
+                files += [("--checkpoint", str(f)) for f in resolve_checkpoint(folder).iterdir() if f.is_file()]
+            except CnnGraphError:   # not a checkpoint: loading it says so
+                pass
+    return files
+
+
+_FEATURE_MAP_OPTIONS = (("--scale", "scale"), ("--max-maps", "max_maps"))
+_INPUT_OPTIONS = (("--image", "image"), ("--index", "index"), ("--invert", "invert"), ("--slice", "depth"))
+
+
+def _check_options(args) -> None:
+    """Bad values, and options the chosen picture does not use: refused, not silently ignored."""
+    given = (lambda pairs: [opt for opt, key in pairs if _given(getattr(args, key))])
+    if args.max_maps is not None and args.max_maps < 1:
+        raise CnnGraphError(f"--max-maps must be >= 1, found {args.max_maps}")
+    if args.class_index is not None and not args.gradcam:
+        raise CnnGraphError("--class chooses the class that --gradcam explains; add --gradcam")
+    unused = given(_INPUT_OPTIONS + _FEATURE_MAP_OPTIONS) if args.filters else []
+    if unused:
+        raise CnnGraphError(f"{unused[0]} is not used by --filters, which draws the first convolution's kernels "
+                            f"(they do not depend on an input); drop {unused[0]}, or --filters to see feature maps")
+    unused = given(_FEATURE_MAP_OPTIONS) if args.gradcam else []
+    if unused:
+        raise CnnGraphError(f"{unused[0]} sets how feature maps are drawn; --gradcam draws none: drop {unused[0]}")
+    if args.invert and args.image and Path(args.image).suffix.lower() == ".npy":
+        raise CnnGraphError(f"--invert turns image files dark-on-light to light-on-dark; '{args.image}' is an .npy "
+                            f"array, used as it is: drop --invert")
+
+
+def _given(value) -> bool:
+    """An option on the command line: not its default None (or False for a switch); --index 0 counts."""
+    return value is not None and value is not False
+
+
+def _refuse_for_bars(args, layer: str, units: int) -> None:
+    """A flat layer is drawn as one bar chart of all its units: --scale and --max-maps would be ignored."""
+    unused = [opt for opt, key in _FEATURE_MAP_OPTIONS if getattr(args, key) is not None]
+    if unused:
+        raise CnnGraphError(f"{unused[0]} sets how feature maps are drawn; layer '{layer}' gives {units} units, "
+                            f"drawn as one bar chart: drop {unused[0]}, or choose a --layer with feature maps")
 
 
 def _depth(args, raw) -> int | None:

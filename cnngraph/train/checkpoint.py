@@ -49,7 +49,7 @@ from .runlock import folder_lock
 __all__ = [
     "CheckpointWriter",
     "Checkpoint", "save_checkpoint", "load_checkpoint", "atomic_write", "fsync_dir", "read_meta",
-    "resolve_checkpoint", "run_folder", "holds_run", "load_weights",
+    "resolve_checkpoint", "run_folder", "holds_run", "load_weights", "trained_from",
     "rng_state_to_json", "rng_state_from_json",
     "META_FILE", "FORMAT", "FORMAT_VERSION",
 ]
@@ -459,6 +459,18 @@ def load_weights(path, prefer: str = "best") -> tuple[dict[str, np.ndarray], dic
         return _npz_arrays(p), None
     except _NPZ_ERRORS as exc:
         raise CheckpointError(f"{path}: not a readable .npz of parameters ({exc})") from None
+
+
+def trained_from(meta: dict | None) -> str:
+    """'; the checkpoint was trained from spec NAME (in DIR)' where its meta names the spec it stores, else '':
+    for the messages of weights that do not fit another spec."""
+    meta = meta or {}
+    stored = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+    name = stored.get("name") or meta.get("spec_name")
+    if not isinstance(name, str) or not name:
+        return ""
+    where = meta.get("spec_dir")
+    return f"; the checkpoint was trained from spec '{name}'" + (f" (in {where})" if isinstance(where, str) else "")
 
 
 # --- RNG state -----------------------------------------------------------------------

@@ -225,7 +225,8 @@ def compute_normalization(x: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def apply_normalization(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(x - mean) / std`` per channel (axis 1), in place on float32 ``x``; returns ``x``."""
+    """``(x - mean) / std`` per channel (axis 1), in place: float32 ``x`` itself is changed and returned (not a
+    copy), so pass ``x.copy()`` to keep the raw values."""
     c = x.shape[1]
     per_channel = (1, -1) + (1,) * (x.ndim - 2)
     m = np.asarray(mean, dtype=np.float32).reshape(per_channel)

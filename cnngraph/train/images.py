@@ -14,6 +14,7 @@ dark-ink-on-white scans into light-on-dark (what MNIST and the bundled digits us
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from functools import cache
@@ -27,7 +28,7 @@ from ..errors import DataError
 from .input_kinds import INPUT_KINDS
 
 __all__ = ["image_suffixes", "image_channels_problem", "read_image", "read_inputs", "image_units_warning",
-           "array_units_warning", "inputs_in_folder"]
+           "array_units_warning", "inputs_in_folder", "conversion_note", "polarity_note"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -88,7 +89,7 @@ def _note_large(path: Path, im, limit: int | None) -> None:
 
 
 def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
-               invert: bool = False) -> np.ndarray:
+               invert: bool = False, notes: list | None = None) -> np.ndarray:
     """Read one image as float32 (C, H, W) in [0, scale].
 
     Parameters
@@ -97,6 +98,8 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
     input_shape : the model's (C, H, W); C picks grey (1), RGB (3) or RGBA (4).
     scale : multiply the [0, 1] values by this (the dataset's raw range, e.g. 16 for digits).
     invert : use 1 - value (dark ink on white -> light on dark) before scaling.
+    notes : a list that gets a note when the aspect ratio or the colours change to fit (for predict and explain;
+        datasets pass none, their images are many).
     """
     from PIL import Image
     c, h, w = (int(v) for v in input_shape)
@@ -104,6 +107,9 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
     if problem:
         raise DataError(f"'{path}': {problem}")
     im = _open(Path(path))
+    note = conversion_note(path, im, input_shape) if notes is not None else None
+    if note:
+        notes.append(note)
     if im.mode in _WIDE_MODES:
         grey = np.asarray(_resize(Image.fromarray(_wide_grey(im, path)), w, h), dtype=np.float32)
         planes = [grey] * min(c, 3) + [np.ones_like(grey)] * (c == 4)    # grey as RGB(A): opaque
@@ -113,6 +119,56 @@ def read_image(path: str | Path, input_shape: Sequence[int], scale: float = 1.0,
     if invert:
         arr = 1.0 - arr
     return np.ascontiguousarray(arr * np.float32(scale), dtype=np.float32)
+
+
+def conversion_note(path, im, input_shape: Sequence[int]) -> str | None:
+    """A note naming the image's size and mode when fitting it to (C, H, W) changes its aspect ratio by more than
+    10% or its colours (colour to grey, grey to colour, transparency flattened onto white); None otherwise."""
+    c, h, w = (int(v) for v in input_shape)
+    changes = []
+    if abs(math.log(im.width / im.height * h / w)) > math.log(1.1):
+        changes.append(f"stretched to {w}x{h}")
+    colour, transparent = _looks(im)
+    if colour and c == 1:
+        changes.append("converted from colour to grey")
+    elif not colour and c in (3, 4):
+        changes.append("converted from grey to RGB" + "A" * (c == 4))
+    if transparent and c != 4:
+        changes.append("its transparent pixels flattened onto white")
+    if not changes:
+        return None
+    return (f"note: '{path}' ({im.width}x{im.height}, mode {im.mode}) was {', '.join(changes)} to fit the model's "
+            f"input {fmt_shape(input_shape)}")
+
+
+def _looks(im) -> tuple[bool, bool]:
+    """(has colour, has transparent pixels): an RGB image whose pixels are all grey (within JPEG noise) is grey."""
+    if im.mode in _WIDE_MODES:
+        return False, False
+    transparent = ("A" in im.getbands() or "transparency" in im.info) and \
+        im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    colour = len(im.getbands()) > 2 or im.mode == "P"
+    colour = colour and int(np.abs(np.diff(rgb, axis=2)).max(initial=0)) > 8
+    return colour, transparent
+
+
+def polarity_note(path, raw: np.ndarray, scale: float, mean, inverted: bool) -> str | None:
+    """A note when an image is probably the wrong way round (dark ink on light read as light on dark, or the
+    reverse): its mean brightness (``raw`` in [0, scale], before normalisation) is far from the training data's
+    ``mean`` and inverting it would bring it at least twice as close. Natural photos, whose training mean is
+    near the middle, never qualify: inverting moves them no closer."""
+    if mean is None or not scale or Path(path).suffix.lower() not in image_suffixes():
+        return None
+    trained = float(np.mean(mean)) / scale
+    seen = float(np.mean(raw)) / scale
+    off = abs(seen - trained)
+    if not 0 <= trained <= 1 or off < 0.3 or abs(1 - seen - trained) > off / 2:
+        return None
+    how = "drop --invert if it is already light on dark" if inverted else "add --invert if it is dark on light"
+    return (f"note: '{path}'{' (inverted)' if inverted else ''} is mostly {'light' if seen > trained else 'dark'} "
+            f"(mean {seen:.2f} of 1) while the training images average {trained:.2f}: it may be the wrong way "
+            f"round; {how}")
 
 
 def _resize(im, w: int, h: int):
@@ -211,13 +267,14 @@ def _read_npy(path: Path, input_shape: tuple[int, ...], scale: float, eight_bit:
 
 
 def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: float = 1.0,
-                invert: bool = False, eight_bit: bool = True, as_is: bool = False) -> np.ndarray:
+                invert: bool = False, eight_bit: bool = True, as_is: bool = False,
+                notes: list | None = None) -> np.ndarray:
     """Read image files and .npy batches into one float32 (N, C, H, W) array (not normalised); for a
     sequence input (C, L) or a volume input (C, D, H, W), .npy batches into an (N, C, L) / (N, C, D, H, W) array.
 
     Images are read with :func:`read_image`; ``invert`` applies to images only. ``eight_bit``: .npy
     numbers in 0..255 are scaled to [0, 1] (see ``_read_npy``; never for sequences); pass False for a model
-    trained on data outside [0, 1] (:func:`image_units_warning` tells).
+    trained on data outside [0, 1] (:func:`image_units_warning` tells). ``notes``: see :func:`read_image`.
     """
     shape = tuple(int(v) for v in input_shape)
     parts = []
@@ -232,7 +289,7 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], scale: 
             raise DataError(f"'{p}': the model's input is a {kind} {form} = {fmt_shape(shape)}; expected an .npy "
                             f"file of shape (N, {form[1:-1]}) or {form}")
         elif p.suffix.lower() in image_suffixes():
-            parts.append(read_image(p, shape, scale=scale, invert=invert)[None])
+            parts.append(read_image(p, shape, scale=scale, invert=invert, notes=notes)[None])
         else:
             raise DataError(f"'{p}': expected an image ({_suffix_list()}) or an .npy file, found suffix "
                             f"'{p.suffix or '(none)'}'")

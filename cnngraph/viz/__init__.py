@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import CnnGraphError
 
-__all__ = ["require_matplotlib", "make_parent", "check_not_folder"]
+__all__ = ["require_matplotlib", "make_parent", "check_not_folder", "check_not_an_input", "wrote"]
 
 
 def require_matplotlib(what: str) -> None:
@@ -39,3 +39,26 @@ def check_not_folder(out, example: str) -> None:
     if text.endswith(("/", os.sep)) or Path(text).is_dir():
         raise CnnGraphError(f"cannot write '{text}': it is a folder; give a file name, such as "
                             f"'{Path(text) / example}'")
+
+
+def check_not_an_input(out, inputs) -> bool:
+    """A CnnGraphError when ``out`` is the same file as one of ``inputs`` ((what, path) pairs, e.g.
+    ("--image", "mine.png")): writing the picture would destroy that input. Call it before any work.
+    Returns whether ``out`` exists, so the success line can say that another file was replaced."""
+    real = os.path.realpath(out)   # 'new/../x.png' is x.png once 'new' is created
+    if not os.path.exists(real):
+        return False
+    for what, path in inputs:
+        if path and os.path.exists(path) and os.path.samefile(real, path):
+            raise CnnGraphError(f"cannot write '{out}': it is the {what} file this command reads; give "
+                                f"another output file (-o)")
+    return True
+
+
+def wrote(out, *notes: str, size=None, replaced: bool = False) -> str:
+    """The success line's start: 'wrote OUT (notes)', with the size in pixels for a PNG only (a PDF or SVG
+    has none) and whether an existing file was replaced."""
+    notes = list(notes) + ([f"{size[0]}x{size[1]} px"] if size and Path(out).suffix.lower() == ".png" else [])
+    if replaced:
+        notes.append("replaced the existing file")
+    return f"wrote {out}" + (f" ({', '.join(notes)})" if notes else "")

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import CheckpointError, CnnGraphError, DataError
 from ..train.checkpoint import load_weights as read_weights
-from ..train.checkpoint import resolve_checkpoint
+from ..train.checkpoint import resolve_checkpoint, trained_from
 
 __all__ = ["Weights", "Preprocess", "resolve_checkpoint", "load_weights", "preprocessing", "load_input",
            "feature_maps", "gradcam", "saliency", "first_conv", "default_cam_layer", "class_output",
@@ -67,7 +67,7 @@ def load_weights(model, checkpoint=None, params=None) -> Weights:
         try:
             model.load_params(arrays)
         except CnnGraphError as exc:
-            raise CheckpointError(f"checkpoint {folder} does not fit this spec: {exc}") from None
+            raise CheckpointError(f"checkpoint {folder} does not fit this spec: {exc}{trained_from(meta)}") from None
         return Weights(f"checkpoint {folder}", dict(meta))
     if params:
         arrays, _ = read_weights(params)
@@ -130,14 +130,16 @@ def _single_image_input(spec) -> tuple[str, tuple]:
     return name, tuple(inp.shape)
 
 
-def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_input(path, spec, prep: Preprocess, invert: bool = False, index: int = 0,
+               notes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file or .npy sample as (raw (1, C, H, W) (or (1, C, L)) in raw units, normalised model input).
-    ``index`` picks a sample of a batch; a negative one counts from the end, as in Python."""
+    ``index`` picks a sample of a batch; a negative one counts from the end, as in Python. ``notes`` (a list)
+    gets a note when an image's aspect ratio or colours were changed to fit the input."""
     from ..train.data import npy_eight_bit
     from ..train.images import read_inputs
     _, shape = _single_image_input(spec)
     raw = read_inputs([path], shape, scale=prep.scale, invert=invert,
-                      eight_bit=npy_eight_bit(prep.pixel_range, prep.scale), as_is=prep.as_is)
+                      eight_bit=npy_eight_bit(prep.pixel_range, prep.scale), as_is=prep.as_is, notes=notes)
     if not -len(raw) <= index < len(raw):
         raise DataError(f"'{path}' holds {len(raw)} sample(s); --index {index} is out of range "
                         f"({-len(raw)} to {len(raw) - 1})")
@@ -151,6 +153,9 @@ def _check_layer(model, layer: str) -> None:
     if layer not in g or g.nodes[layer]["kind"] != "layer":
         from ..registry import did_you_mean
         layers = [n for n in g if g.nodes[n]["kind"] == "layer"]
+        if layer in model.spec.inputs:   # summary lists it, but it is the image given, not a layer's output
+            raise CnnGraphError(f"'{layer}' is the input of {model.spec.name}, not a layer; --layer takes one of "
+                                f"its layers: {', '.join(layers)}")
         raise CnnGraphError(f"no layer '{layer}' in {model.spec.name}{did_you_mean(layer, layers)}; "
                             f"layers: {', '.join(layers)}")
 

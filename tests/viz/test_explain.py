@@ -458,3 +458,127 @@ def test_cropped_filters_say_what_is_shown_and_have_a_colour_bar(figures):
     assert len(fig.axes) == 16 * 12 + 1                        # the kernels and a colour bar
     assert getattr(fig.axes[-1], "_colorbar", None) is not None
     _headline_fits(fig)
+
+
+def _ink_png(ds, path, size=(32, 32), i=7):
+    """A test digit drawn dark on white (as scanned), enlarged: it needs --invert."""
+    raw = _raw(ds, ds.test[0][i:i + 1])[0, 0]
+    Image.fromarray(np.uint8(255 - np.clip(raw / 16, 0, 1) * 255)).resize(size, Image.NEAREST).save(path)
+    return path
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_before_any_work(trained, tmp_path, capsys):
+    """explain --image mine.png -o mine.png replaced the user's image with the picture."""
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    img = _ink_png(ds, tmp_path / "mine.png")
+    (tmp_path / "link.png").symlink_to(img)
+    before = img.read_bytes()
+    base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(img), "--invert"]
+    for out in (img, tmp_path / "link.png", tmp_path / "new" / ".." / "mine.png"):
+        assert main(base + ["-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot write '{out}': it is the --image file this command reads" in err and err.count("\n") == 1
+    assert img.read_bytes() == before and not (tmp_path / "new").exists()
+    spec_text = spec.read_text()
+    assert main(["viz", str(spec), "-o", str(spec)]) == 1      # a spec with a drawing's name is still the spec
+    assert "it is the spec file this command reads" in capsys.readouterr().err and spec.read_text() == spec_text
+
+
+def test_replacing_another_file_is_said_and_svg_has_no_pixel_size(trained, tmp_path, capsys):
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    base = ["explain", "specs/digits_cnn.yaml", "--filters"]
+    assert main(base + ["-o", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {tmp_path / 'f.png'} (") and " px): filters of conv1" in out
+    assert "replaced" not in out
+    assert main(base + ["-o", str(tmp_path / "f.png")]) == 0
+    assert " px, replaced the existing file): filters of conv1" in capsys.readouterr().out
+    for ext in (".svg", ".pdf"):    # no pixels: a vector drawing has no pixel size
+        assert main(base + ["-o", str(tmp_path / f"f{ext}")]) == 0
+        assert capsys.readouterr().out == f"wrote {tmp_path / f'f{ext}'}: filters of conv1\n"
+    (tmp_path / "notes.svg").write_text("my notes")
+    assert main(["viz", "specs/digits_cnn.yaml", "-o", str(tmp_path / "notes.svg")]) == 0
+    assert "nodes, replaced the existing file)" in capsys.readouterr().out
+
+
+def test_a_light_background_image_gets_a_polarity_note_and_a_dark_one_none(trained, tmp_path, capsys):
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    img = _ink_png(ds, tmp_path / "ink.png")
+    base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(img), "-o", str(tmp_path / "m.png")]
+    assert main(base) == 0
+    err = capsys.readouterr().err
+    assert "ink.png' is mostly light" in err and "add --invert" in err and err.count("\n") == 1
+    assert main(base + ["--invert"]) == 0           # the same digit the right way round: nothing to say
+    assert capsys.readouterr().err == ""
+    np.save(tmp_path / "x.npy", _raw(ds, ds.test[0][:1]))   # a normal sample, and the other digits: no note
+    assert main(base[:-4] + ["--image", str(tmp_path / "x.npy"), "-o", str(tmp_path / "m.png")]) == 0
+    assert capsys.readouterr().err == ""
+    for i in range(20):
+        raw = _raw(ds, ds.test[0][i:i + 1])[0, 0]
+        Image.fromarray(np.uint8(np.clip(raw / 16, 0, 1) * 255)).save(tmp_path / "d.png")
+        assert main(base[:-4] + ["--image", str(tmp_path / "d.png"), "-o", str(tmp_path / "m.png")]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_an_image_of_another_shape_or_colour_gets_a_conversion_note(trained, tmp_path, capsys):
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_DIGITS))
+    base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--invert", "-o", str(tmp_path / "m.png")]
+    grey = np.asarray(Image.open(_ink_png(ds, tmp_path / "ink.png", (64, 32))))
+    colour = np.stack([grey, grey, np.full_like(grey, 255)], axis=-1)    # white and blue ink
+    Image.fromarray(colour).save(tmp_path / "wide.png")
+    assert main(base + ["--image", str(tmp_path / "wide.png")]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"note: '{tmp_path / 'wide.png'}' (64x32, mode RGB) was stretched to 8x8, converted from colour "
+                   f"to grey to fit the model's input (1, 8, 8)\n")
+    # a square image, and an RGB one whose pixels are all grey: nothing to say
+    _ink_png(ds, tmp_path / "sq.png", (33, 31))
+    Image.open(tmp_path / "sq.png").convert("RGB").save(tmp_path / "sq_rgb.png")
+    for name in ("sq.png", "sq_rgb.png"):
+        assert main(base + ["--image", str(tmp_path / name)]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_options_the_picture_does_not_use_are_refused(trained, tmp_path, capsys):
+    """--filters --image X ignored the image and --layer fc1 --scale per-map the scale, silently."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 8, 8), np.float32) + 3)
+    x, out = str(tmp_path / "x.npy"), str(tmp_path / "m.png")
+    cases = [(["--filters", "--image", x], "--image is not used by --filters"),
+             (["--filters", "--scale", "per-map"], "--scale is not used by --filters"),
+             (["--image", x, "--gradcam", "--max-maps", "3"], "--max-maps sets how feature maps are drawn; --gradcam draws none"),
+             (["--image", x, "--layer", "fc1", "--scale", "per-map"],
+              "--scale sets how feature maps are drawn; layer 'fc1' gives 64 units, drawn as one bar chart"),
+             (["--image", x, "--invert"], "--invert turns image files dark-on-light to light-on-dark; "),
+             (["--image", x, "--layer", "image"], "'image' is the input of digits_cnn, not a layer; --layer takes one "
+                                                  "of its layers: conv1, act1")]
+    for extra, message in cases:
+        assert main(["explain", "specs/digits_cnn.yaml", *extra, "-o", out]) == 1, extra
+        err = capsys.readouterr().err   # after the random-weights note where it gets that far
+        assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1], err
+        assert "Traceback" not in err
+    assert main(["explain", "specs/digits_cnn.yaml", "--image", x, "--layer", "conv2", "--scale", "per-map",
+                 "-o", out]) == 0
+
+
+def test_a_checkpoint_of_another_spec_names_the_spec_it_came_from(trained, tmp_path, capsys):
+    model, ds = trained
+    _save_run(model, ds, tmp_path / "run")
+    renamed = json.loads(json.dumps(TINY_DIGITS).replace('"conv1"', '"first"'))
+    renamed["name"] = "renamed"
+    wider = json.loads(json.dumps(TINY_DIGITS).replace('"out_channels": 8', '"out_channels": 4'))
+    for name, spec in (("renamed", renamed), ("wider", wider)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(spec))
+        assert main(["explain", str(tmp_path / f"{name}.json"), "--checkpoint", str(tmp_path / "run"), "--filters",
+                     "-o", str(tmp_path / "f.png")]) == 1
+        err = capsys.readouterr().err
+        assert "(trained from a different network?)" in err and "trained from spec 'tiny_digits'" in err, err
+        assert err.count("\n") == 1
