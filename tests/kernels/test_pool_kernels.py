@@ -231,3 +231,17 @@ def test_max_pool_nan_like_torch():
         gy = rand(y.shape, np.float32, 12)
         ty.backward(torch.tensor(gy))
         np.testing.assert_allclose(max_pool2d_backward(gy, saved), tx.grad.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+@pytest.mark.parametrize("cfg", [MAX_CONFIGS[2], MAX_CONFIGS[3], MAX_CONFIGS[4], MAX_CONFIGS[5]],
+                         ids=["pad", "ceil", "dilation", "stride1"])
+def test_inference_max_pool_of_fewer_samples_than_threads_splits_channels_like_torch(cfg, threads, monkeypatch):
+    """Values-only max pooling (inference) of a batch smaller than the threads runs channel blocks."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", threads)
+    _, _, H, W, k, s, p, d, ceil = cfg
+    x = rand((1, 7, H, W), np.float32, seed=5)
+    y, _ = max_pool2d_forward(x, k, s, sym(p), d, ceil, save=False)
+    ref = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, d, ceil_mode=ceil).numpy()
+    np.testing.assert_array_equal(y, ref)
