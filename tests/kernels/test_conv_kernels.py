@@ -296,17 +296,19 @@ def test_strided_transposed_conv_as_the_conv_adjoint_matches_torch(params, threa
         np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-11, atol=1e-11)
 
 
-SMALL_BATCH_CONFIGS = [CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[10], CONFIGS[13]]
+SMALL_BATCH_CONFIGS = [CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[10], CONFIGS[13],
+                       (1, 3, 4, 5, 16, (3, 2), (2, 1), (1, 0, 1, 1), (1, 1), 1, True)]   # more channels than pixels
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("cfg", SMALL_BATCH_CONFIGS, ids=["s1", "s2", "asym", "dil", "dil-s", "1x1", "lenet"])
+@pytest.mark.parametrize("cfg", SMALL_BATCH_CONFIGS, ids=["s1", "s2", "asym", "dil", "dil-s", "1x1", "lenet", "O>L"])
 def test_a_batch_smaller_than_the_threads_splits_each_sample_and_fuses_residual_and_relu(cfg, batch, monkeypatch):
-    """Fewer samples than threads: output rows (or, for 1x1, output channels) are split over the threads
-    instead of samples; + residual and relu (the inference fusions) applied per block match PyTorch."""
+    """Fewer samples than threads: output rows (or output channels, for 1x1 or more channels than pixels) are
+    split over the threads instead of samples; + residual and relu (the inference fusions) applied per block match PyTorch."""
     torch = pytest.importorskip("torch")
-    from cnngraph.kernels import _conv_fast
+    from cnngraph.kernels import _conv_fast, _parallel
     monkeypatch.setattr(_conv_fast, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(_parallel, "FLOPS_PER_EXTRA_THREAD", 1)   # every thread, so batch 2 < 3 threads
     monkeypatch.setattr(_conv_fast, "_ROW_BLOCK_BYTES", 1)     # one row per block: uneven counts per thread
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "3")
     x, w, b, stride, padding, dilation, groups = make((batch,) + cfg[1:], np.float64, seed=3)
