@@ -110,24 +110,34 @@ class FastConv:
         return buf.reshape(self.O, -1)
 
     def _col2im(self, dcols, n):
-        """Adjoint of _im2col: scatter-add (K, n*Lq) columns into a zeroed padded-dx chunk,
-        one add per kernel offset (flat: each a contiguous slice of the flattened rows)."""
+        """Adjoint of _im2col: scatter-add (K, n*Lq) columns into a zeroed padded-dx chunk, one add per kernel
+        offset. Flat: the rows of ``dcols`` are ordered (kh, kw, C) (see _dx_weights) and the chunk is laid out
+        (C, n, rows, Wp), so each add is one 2-D pass of contiguous runs (the scatter 1.7x, LeNet's conv2
+        backward at batch 256 1.07x faster than in (n, C) order); exact: rows (C, kh, kw), chunk (n, C, rows, Wp)."""
         C, khkw = self.C, self.kh * self.kw
-        dpad = scratch("conv.dxpad", (n, C, self.rows, self.Wp), self.dtype)
-        dpad.fill(0)
         if self.flat:
-            dc = dcols.reshape(C, khkw, n, self.Lq)
-            df = dpad.reshape(n, C, -1)
+            dpad = scratch("conv.dxpad", (C, n, self.rows, self.Wp), self.dtype)
+            dpad.fill(0)
+            dc = dcols.reshape(khkw, C * n, self.Lq)
+            df = dpad.reshape(C * n, -1)
             (dh, dw), span = self.dilation, self.Lq
             for k in range(khkw):
-                dst = df[:, :, (k // self.kw) * dh * self.Wp + (k % self.kw) * dw:][:, :, :span]
-                np.add(dst, dc[:, k].transpose(1, 0, 2), out=dst)
-        else:
-            dc = dcols.reshape(C, khkw, n, self.Ho, self.Wo)
-            for k, (rs, cs) in enumerate(self._offsets()):
-                dst = dpad[:, :, rs, cs]
-                np.add(dst, dc[:, k].transpose(1, 0, 2, 3), out=dst)
+                start = (k // self.kw) * dh * self.Wp + (k % self.kw) * dw
+                dst = df[:, start:start + span]
+                np.add(dst, dc[k], out=dst)
+            return dpad
+        dpad = scratch("conv.dxpad", (n, C, self.rows, self.Wp), self.dtype)
+        dpad.fill(0)
+        dc = dcols.reshape(C, khkw, n, self.Ho, self.Wo)
+        for k, (rs, cs) in enumerate(self._offsets()):
+            dst = dpad[:, :, rs, cs]
+            np.add(dst, dc[:, k].transpose(1, 0, 2, 3), out=dst)
         return dpad
+
+    def _dx_weights(self, w):
+        """w as the (K, O) matrix that turns a chunk's gradient matrix into the columns _col2im scatters."""
+        order = (2, 3, 1, 0) if self.flat else (1, 2, 3, 0)
+        return np.ascontiguousarray(w.transpose(order).reshape(self.K, self.O))
 
     # ---- drivers ---------------------------------------------------------------------------------
 
@@ -226,27 +236,28 @@ class FastConv:
     def backward_data(self, gy, w):
         """dx = col2im(w^T @ gy) alone: this convolution's input gradient, which is also the forward of the
         transposed convolution with the same weights (see plugins/connection.py, ConvTranspose2d)."""
-        wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
+        wdx = self._dx_weights(w)
         dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype)
 
         def work(chunks):
             for s, e in chunks:
-                self._dx_chunk(self._gy_chunk(gy, s, e), wmat, s, e, dx)
+                self._dx_chunk(self._gy_chunk(gy, s, e), wdx, s, e, dx)
 
         run_parallel(work, self.chunks, self.workers)
         return dx
 
-    def _dx_chunk(self, g2, wmat, s, e, dx):
-        """dx[s:e] from the chunk's (O, n*Lq) gradient matrix ``g2``: col2im(w^T @ g2), cropped."""
+    def _dx_chunk(self, g2, wdx, s, e, dx):
+        """dx[s:e] from the chunk's (O, n*Lq) gradient matrix ``g2``: col2im(wdx @ g2), cropped (wdx from
+        _dx_weights)."""
         top, _, left, _ = self.padding
         dcols = scratch("conv.cols", (self.K, (e - s) * self.Lq), self.dtype)  # (the chunk's own cols consumed)
-        np.matmul(wmat.T, g2, out=dcols)
-        dpad = self._col2im(dcols, e - s)
-        dx[s:e] = dpad[:, :, top:top + self.H, left:left + self.W]
+        np.matmul(wdx, g2, out=dcols)
+        dpad = self._col2im(dcols, e - s)[..., top:top + self.H, left:left + self.W]
+        dx[s:e] = dpad.transpose(1, 0, 2, 3) if self.flat else dpad
 
     def _backward_from_x_cols(self, gy, x, w, need_dx):
         """dw = gy @ cols(x)^T; dx = col2im(w^T @ gy). General (any stride/padding)."""
-        wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
+        wdx = self._dx_weights(w) if need_dx else None
         dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
 
         def work(chunks):
@@ -257,7 +268,7 @@ class FastConv:
                 cols = self._im2col(self._padded(x, s, e))
                 sums[s] = (np.matmul(g2, cols.T), db)
                 if need_dx:
-                    self._dx_chunk(g2, wmat, s, e, dx)
+                    self._dx_chunk(g2, wdx, s, e, dx)
             return sums
 
         dw, db = _sum_in_chunk_order(run_parallel(work, self.chunks, self.workers), (self.O, self.K), self.O,
