@@ -225,19 +225,23 @@ class FusedResidual(Op):
 
 
 def fuse_residual_adds(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, str]]:
-    """Merge each two-input add (or add+relu, after fuse_activations) into a plain conv2d that feeds it and
-    nothing else (in place on ``g``); the add's other input becomes the conv's last input."""
+    """Merge each two-input add (or add+relu, after fuse_activations) into a plain conv2d (groups 1: the
+    depthwise kernel has no residual epilogue) that feeds it and nothing else (in place on ``g``); the add's
+    other input, computed from the model's inputs, becomes the conv's last input."""
     fused = []
     outputs = set(aliases.values())
     for add in [n for n in list(g) if g.nodes[n].get("type") in ("add", "add+relu")]:
         attrs = g.nodes[add]
         if len(attrs["inputs"]) != 2 or attrs["inputs"][0] == attrs["inputs"][1]:
             continue
-        convs = [s for s in attrs["inputs"] if g.nodes[s].get("type") == "conv2d" and _sole_consumer(g, s, outputs) == add]
+        convs = [s for s in attrs["inputs"] if g.nodes[s].get("type") == "conv2d" and _plain_conv2d(g.nodes[s]["op"])
+                 and _sole_consumer(g, s, outputs) == add]
         if not convs:
             continue
         conv = convs[-1]     # of two (a projection shortcut), the later input: the other is then already computed
         other = next(s for s in attrs["inputs"] if s != conv)
+        if not (g.nodes[other]["kind"] == "input" or any(g.nodes[a]["kind"] == "input" for a in nx.ancestors(g, other))):
+            continue         # a constant: its batch of 1 is broadcast by the add, not by the conv's blocks
         node = g.nodes[conv]
         node["op"] = FusedResidual(node["op"], relu=attrs["type"] == "add+relu")
         node["type"] = f"conv2d+{attrs['type']}"

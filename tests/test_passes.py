@@ -303,3 +303,20 @@ def test_a_conv_added_to_its_own_input_reads_it_twice():
     assert fast.report["residual"] == [("c", "sum")] and fast.graph.nodes["c"]["inputs"] == ["image", "image"]
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(fast.forward({"image": x})["sum"], model.forward({"image": x})["sum"], rtol=1e-5)
+
+
+def test_no_residual_fusion_with_a_constant_or_into_a_depthwise_conv():
+    """A constant's batch of 1 is broadcast by the add (the conv's blocks cannot); a depthwise conv keeps its own
+    kernel. Both stay plain adds and match the unoptimised model at batch 4."""
+    spec = {"inputs": {"image": {"shape": [8, 10, 10]}},
+            "layers": [{"id": "c", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                       {"id": "k", "type": "constant", "shape": [8, 10, 10], "fill": 0.5, "inputs": []},
+                       {"id": "s", "type": "add", "inputs": ["c", "k"]},
+                       {"id": "d", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 8},
+                       {"id": "t", "type": "add", "inputs": ["d", "s"]}],
+            "outputs": ["t"]}
+    model = cnngraph.compile(spec, seed=0)
+    fast = optimize_for_inference(model)
+    assert fast.report["residual"] == []
+    x = np.random.default_rng(0).standard_normal((4, 8, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(fast.forward({"image": x})["t"], model.forward({"image": x})["t"], rtol=1e-5, atol=1e-6)
