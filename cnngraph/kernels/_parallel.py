@@ -126,7 +126,7 @@ class _SingleThreadedBlas:
                 blas = _blas_controllers()
                 self._saved = [(c, c.num_threads) for c in blas]
                 for c, _ in self._saved:
-                    c.set_num_threads(1)
+                    _set_threads(c, 1)
             self._users += 1
 
     def __exit__(self, *exc):
@@ -134,8 +134,16 @@ class _SingleThreadedBlas:
             self._users -= 1
             if self._users == 0:
                 for c, n in self._saved:
-                    c.set_num_threads(n)
+                    _set_threads(c, n)
                 self._saved = []
+
+
+def _set_threads(controller, n: int) -> None:
+    """Set a BLAS library's thread count from whichever thread holds the kernels. threadpoolctl's public
+    setter ignores every thread but the first that used it (for a shared OpenBLAS pool): a model run from
+    a server's worker thread kept BLAS's threads spinning on the cores of our kernel threads. The hold is
+    counted across threads by _SingleThreadedBlas, so the library's own setter is safe to call here."""
+    getattr(controller, "_real_set_num_threads", controller.set_num_threads)(n)
 
 
 _single_blas = _SingleThreadedBlas()

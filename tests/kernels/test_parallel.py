@@ -98,3 +98,24 @@ def test_threads_per_kernel_grow_with_its_work(monkeypatch):
     assert _parallel.workers_for(100 * per, 5e6) == 8        # never more than configured
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "1")
     assert _parallel.workers_for(100 * per, 5e6) == 1
+
+
+def test_blas_is_held_at_one_thread_from_any_calling_thread():
+    """A model run from a server's worker thread: threadpoolctl's public setter only obeys the first thread
+    that used it, so the hold must reach BLAS from other threads too, for the caller and the kernel threads."""
+    from cnngraph.kernels._parallel import _blas_controllers, _get_pool, _single_blas
+    controllers = _blas_controllers()
+    if not controllers or controllers[0].num_threads < 2:
+        pytest.skip("needs threadpoolctl and a BLAS with several threads")
+    c = controllers[0]
+
+    def probe():
+        with _single_blas:
+            return c.num_threads, _get_pool().submit(lambda: c.num_threads).result()
+
+    assert probe() == (1, 1)
+    seen = {}
+    worker = threading.Thread(target=lambda: seen.setdefault("counts", probe()))
+    worker.start()
+    worker.join()
+    assert seen["counts"] == (1, 1) and c.num_threads >= 2   # held inside, released after
