@@ -279,6 +279,16 @@ def test_residual_adds_fused_into_the_conv_before_them_match_plain(batch):
     assert not optimize_for_inference(model, fuse=False).report["residual"]
 
 
+def _optimized_matches_plain(spec, batch):
+    """The optimised model of ``spec``, after checking its output against the unoptimised model's."""
+    model = cnngraph.compile(spec, seed=0)
+    fast = optimize_for_inference(model)
+    out = spec["outputs"][0]
+    x = np.random.default_rng(1).standard_normal((batch, *spec["inputs"]["image"]["shape"])).astype(np.float32)
+    np.testing.assert_allclose(fast.forward({"image": x})[out], model.forward({"image": x})[out], rtol=1e-5, atol=1e-6)
+    return fast
+
+
 def test_a_conv_read_by_more_than_the_add_is_not_fused():
     spec = {"inputs": {"image": {"shape": [4, 6, 6]}},
             "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
@@ -286,11 +296,7 @@ def test_a_conv_read_by_more_than_the_add_is_not_fused():
                        {"id": "also", "type": "relu", "inputs": "c"},
                        {"id": "both", "type": "add", "inputs": ["sum", "also"]}],
             "outputs": ["both"]}
-    model = cnngraph.compile(spec, seed=0)
-    fast = optimize_for_inference(model)
-    assert fast.report["residual"] == []
-    x = np.random.default_rng(1).standard_normal((2, 4, 6, 6)).astype(np.float32)
-    np.testing.assert_allclose(fast.forward({"image": x})["both"], model.forward({"image": x})["both"], rtol=1e-5)
+    assert _optimized_matches_plain(spec, 2).report["residual"] == []
 
 
 def test_a_conv_added_to_its_own_input_reads_it_twice():
@@ -298,11 +304,8 @@ def test_a_conv_added_to_its_own_input_reads_it_twice():
             "layers": [{"id": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
                        {"id": "sum", "type": "add", "inputs": ["c", "image"]}],
             "outputs": ["sum"]}
-    model = cnngraph.compile(spec, seed=0)
-    fast = optimize_for_inference(model)
+    fast = _optimized_matches_plain(spec, 1)
     assert fast.report["residual"] == [("c", "sum")] and fast.graph.nodes["c"]["inputs"] == ["image", "image"]
-    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
-    np.testing.assert_allclose(fast.forward({"image": x})["sum"], model.forward({"image": x})["sum"], rtol=1e-5)
 
 
 def test_no_residual_fusion_with_a_constant_or_into_a_depthwise_conv():
@@ -315,8 +318,4 @@ def test_no_residual_fusion_with_a_constant_or_into_a_depthwise_conv():
                        {"id": "d", "type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 8},
                        {"id": "t", "type": "add", "inputs": ["d", "s"]}],
             "outputs": ["t"]}
-    model = cnngraph.compile(spec, seed=0)
-    fast = optimize_for_inference(model)
-    assert fast.report["residual"] == []
-    x = np.random.default_rng(0).standard_normal((4, 8, 10, 10)).astype(np.float32)
-    np.testing.assert_allclose(fast.forward({"image": x})["t"], model.forward({"image": x})["t"], rtol=1e-5, atol=1e-6)
+    assert _optimized_matches_plain(spec, 4).report["residual"] == []
