@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import CnnGraphError, SpecError
 
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     try:
-        return _main(argv)
+        with warnings.catch_warnings():   # restores Python's own display when main() returns (tests, notebooks)
+            warnings.showwarning = _warning_line
+            return _main(argv)
     except KeyboardInterrupt:   # also during the start-up imports (see cnngraph/__init__.py)
         print("interrupted", file=sys.stderr)
         return 130
@@ -85,6 +88,12 @@ def _main(argv: list[str] | None) -> int:
         return 1
     finally:
         sys.stdout = stdout
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    """A warning as one 'warning: ...' line on stderr, like the errors: not Python's two lines naming the
+    cnngraph source line that raised it."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 class _StdoutError(Exception):

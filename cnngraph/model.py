@@ -439,16 +439,16 @@ class Model:
         ``path`` must be new, empty, or an earlier ``Model.save`` checkpoint, which is replaced (as saving a
         file again replaces it). A training run or checkpoint, or a folder of other files, raises
         CheckpointError unless ``overwrite=True``; a folder a running training holds is always refused."""
-        from .train.checkpoint import save_checkpoint
+        from .train.checkpoint import plugin_hashes, save_checkpoint
         import json
         path = _save_target(path, overwrite)
-        reserved = {"spec", "spec_sha256", "spec_dir", "kind", "dtype"} & set(meta or {})
+        reserved = {"spec", "spec_sha256", "spec_dir", "plugin_sha256", "kind", "dtype"} & set(meta or {})
         if reserved:
             raise ValueError(f"meta may not set {', '.join(sorted(reserved))}: the checkpoint needs them to load")
         from .train.metrics import json_safe
         kept = {k: v for k, v in (getattr(self, "checkpoint_meta", None) or {}).items() if k == "dataset"}
         info = json_safe({"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "spec_dir": self.spec.base_dir,
-                          "kind": "model", "dtype": str(self.dtype), **kept, **(meta or {})})   # NumPy scalars too
+                          "plugin_sha256": plugin_hashes(self.spec), "kind": "model", "dtype": str(self.dtype), **kept, **(meta or {})})   # NumPy scalars too
         try:
             json.dumps(info)
         except TypeError as exc:

@@ -810,3 +810,45 @@ def test_a_plugin_op_may_reuse_an_input_the_engine_hands_over(fresh):
     x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
     want = 2 * model.forward({"x": x}, outputs=["conv"])["conv"]
     np.testing.assert_allclose(model.forward({"x": x})["reuse"], want, rtol=1e-6)
+
+
+def test_a_checkpoint_says_when_its_plugin_file_changed_since_it_was_written(fresh, tmp_path):
+    """Model.save and training checkpoints record each plugin file's sha256; loading after an edit warns
+    (the weights would otherwise silently take the edited op's meaning)."""
+    import warnings
+    (tmp_path / "good_layers.py").write_text((PLUGINS / "good_layers.py").read_text())
+    spec = tmp_path / "net.yaml"
+    spec.write_text((PLUGINS / "uses_good_layers.yaml").read_text())
+    model = cnngraph.compile(cnngraph.load_spec(spec, allow_plugins=True))
+    model.save(tmp_path / "ck")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # unchanged: no warning
+        cnngraph.load_model(tmp_path / "ck", allow_plugins=True)
+    with (tmp_path / "good_layers.py").open("a") as f:
+        f.write("\n# edited after training\n")
+    with pytest.warns(UserWarning, match=r"plugin file .*good_layers\.py changed since the checkpoint was written"):
+        cnngraph.load_model(tmp_path / "ck", allow_plugins=True)
+
+
+def test_a_training_checkpoint_records_the_plugin_files_it_trained_with(fresh, tmp_path):
+    import hashlib
+    (tmp_path / "good_layers.py").write_text((PLUGINS / "good_layers.py").read_text())
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((16, 2, 4, 4)).astype(np.float32), y=rng.integers(0, 2, 16))
+    spec = tmp_path / "net.yaml"
+    spec.write_text(textwrap.dedent("""
+        name: t
+        plugins: [./good_layers.py]
+        inputs: {x: {shape: [2, 4, 4]}}
+        layers:
+          - {id: act, type: scaled_tanh, a: 3.0}
+          - {id: f, type: flatten}
+          - {id: logits, type: dense, out_features: 2}
+        outputs: [logits]
+        train: {data: {dataset: npz, path: d.npz}, epochs: 1, batch_size: 8}
+    """))
+    cnngraph.train(cnngraph.load_spec(spec, allow_plugins=True), out=tmp_path / "run", quiet=True)
+    from cnngraph.train.checkpoint import load_checkpoint, resolve_checkpoint
+    meta = load_checkpoint(resolve_checkpoint(tmp_path / "run")).meta
+    digest = hashlib.sha256((tmp_path / "good_layers.py").read_bytes()).hexdigest()
+    assert meta["plugin_sha256"] == {"./good_layers.py": digest}

@@ -34,6 +34,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,46 @@ def load_checkpoint(directory) -> Checkpoint:
     arrays = _read_npz(directory, files["weights"], "weights")
     optimizer = _read_npz(directory, files["optimizer"], "optimizer") \
         if "optimizer" in files else None
+    changed = changed_plugins(record["meta"])
+    if changed:
+        warnings.warn(f"checkpoint {directory}: plugin file{'s' if len(changed) > 1 else ''} {', '.join(changed)} "
+                      f"changed since the checkpoint was written; {'their' if len(changed) > 1 else 'its'} ops may "
+                      f"now compute differently than in training", UserWarning, stacklevel=2)
     return Checkpoint(arrays=arrays, meta=record["meta"], optimizer_state=optimizer)
+
+
+# --- plugin files ----------------------------------------------------------------------
+
+def plugin_hashes(spec) -> dict[str, str]:
+    """sha256 of each plugin file the spec names, keyed as the spec names it: saved with checkpoints, so that
+    loading one after a plugin's code changed says so (the weights would silently take a new meaning)."""
+    files = {name: _plugin_file(name, spec.base_dir) for name in spec.plugins}
+    return {name: _file_sha256(path) for name, path in files.items() if path is not None}
+
+
+def changed_plugins(meta: dict) -> list[str]:
+    """The plugin files recorded in a checkpoint's meta whose contents differ now (files gone are left to
+    the spec's own error)."""
+    recorded = meta.get("plugin_sha256")
+    if not isinstance(recorded, dict):
+        return []
+    files = {name: _plugin_file(name, meta.get("spec_dir")) for name in recorded}
+    return [str(path) for name, path in files.items()
+            if path is not None and recorded[name] != _file_sha256(path)]
+
+
+def _plugin_file(name, base_dir) -> Path | None:
+    """A plugin named as a .py file (relative ones beside the spec), if it exists; None for a module name."""
+    if not isinstance(name, str) or not name.endswith(".py"):
+        return None
+    path = Path(name)
+    if not path.is_absolute() and isinstance(base_dir, str):
+        path = Path(base_dir, path)
+    return path if path.is_file() else None
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _read_record(directory: Path) -> dict:

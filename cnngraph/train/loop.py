@@ -48,7 +48,7 @@ import numpy as np
 from ..backend import to_device, to_numpy
 from ..errors import CheckpointError, CnnGraphError, DataError, SpecError
 from .checkpoint import (META_FILE, CheckpointWriter, atomic_write, copy_checkpoint, fsync_dir, holds_run,
-                         load_checkpoint, read_meta, resolve_checkpoint, run_folder)
+                         load_checkpoint, plugin_hashes, read_meta, resolve_checkpoint, run_folder)
 from .evaluate import evaluate_arrays, load_model
 from .guards import UNCHANGED_STEPS, optimizer_step, schedule_rate, unchanged_weights_error
 from .metrics import abs_error_per_sample, correct_per_sample, effective_top_k, json_safe, scored_per_batch
@@ -121,6 +121,7 @@ class _Run:
         if isinstance(out, str) and not out.strip():   # Path("") would be the current folder
             raise TrainingError("--out is empty; name the run folder (default runs/<spec name>/)")
         self.spec = spec = as_spec(spec, allow_plugins)
+        self.plugin_sha256 = plugin_hashes(spec)   # the plugin code this run trains with, for its checkpoints
         self.ts, has_train = train_spec_of(spec)
         self.quiet = quiet
         self.stream = BestEffortStream(stream if stream is not None else sys.stderr)

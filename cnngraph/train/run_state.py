@@ -162,7 +162,7 @@ def checkpoint_meta(run, epoch: int) -> dict:
     ds = run.dataset
     return json_safe({
         "kind": "training", "spec": run.spec.to_dict(), "spec_sha256": run.spec.sha256, "spec_dir": run.spec.base_dir,
-        "spec_name": run.spec.name, "epoch": epoch,
+        "plugin_sha256": run.plugin_sha256, "spec_name": run.spec.name, "epoch": epoch,
         "settings": run.settings.to_json(),
         "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
         "history": list(run.history), "best": run.best.state(),
