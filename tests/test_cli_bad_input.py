@@ -129,3 +129,10 @@ def test_labels_beyond_lists_a_few_and_counts_all():
     assert labels_beyond([("m", masks)], 4, ignore=255) == "m: 1 label >= 4 (7 at index (1, 2, 0))"
     assert labels_beyond([("y", np.arange(8))], 3) == "y: 5 labels >= 3 (3 at index 3, 4 at index 4, 5 at index 5, ...)"
     assert labels_beyond([("y", np.arange(3))], 3) == ""
+
+
+def test_run_input_that_is_a_folder_or_missing_is_named_so(tmp_path, capsys):
+    for path, what in ((tmp_path, "is a folder"), (tmp_path / "nope.npy", "file not found")):
+        assert main(["run", "specs/digits_cnn.yaml", "--input", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {path}: {what}; expected a .npy or .npz array file" in err and "Traceback" not in err

@@ -49,12 +49,19 @@ def load_spec_args(args: argparse.Namespace, path: str, check_shapes: bool = Tru
     return load_spec(path, allow_plugins=getattr(args, "allow_plugins", False), check_shapes=check_shapes)
 
 
+def _existing_file(path: str) -> Path:
+    """``path`` as a Path when it is a regular file; DataError naming what it is otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "file not found"
+        raise DataError(f"{path}: {what}; expected a .npy or .npz array file")
+    return p
+
+
 def read_array(path: str) -> np.ndarray:
     """Read a .npy file, or an .npz holding a single array, without unpickling; DataError on
     anything else."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: file not found")
+    p = _existing_file(path)
     kind, head = array_file_kind(p)
     if kind is None:
         raise DataError(f"{path}: not a .npy or .npz array file (it starts with {head!r})")
@@ -104,9 +111,7 @@ def _refuse_channels_last(path: str, name: str, x: np.ndarray, shape: tuple, sev
 
 def _read_named_arrays(path: str, names: list[str]) -> dict[str, np.ndarray]:
     want = f"an .npz holding one array per model input, named {', '.join(names)}"
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: file not found")
+    p = _existing_file(path)
     if array_file_kind(p)[0] != "npz":
         raise DataError(f"{path}: this model takes {len(names)} inputs; give {want} "
                         f"(np.savez(FILE, {', '.join(f'{n}=...' for n in names)}))")
