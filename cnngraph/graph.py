@@ -94,7 +94,8 @@ def build_graph(spec: "Spec", registry: Registry, check_shapes: bool = True) -> 
                     and not (op_cls.reduces_batch and port > 0)):
                 problems.append(spec.problem(f"input '{src}' is int64 (class labels), but '{layer.type}' takes "
                                              f"floats there; only a loss's target or an embedding's indices may be "
-                                             f"int64 (declare the input float32 for image data)", ("layers", layer.index), layer.id))
+                                             f"int64 (declare the input float32 for image data)",
+                                             ("layers", layer.index), layer.id))
             if g.has_edge(src, layer.id):
                 g.edges[src, layer.id]["ports"].append(port)
             else:

@@ -448,7 +448,8 @@ class Model:
         from .train.metrics import json_safe
         kept = {k: v for k, v in (getattr(self, "checkpoint_meta", None) or {}).items() if k == "dataset"}
         info = json_safe({"spec": self.spec.to_dict(), "spec_sha256": self.spec.sha256, "spec_dir": self.spec.base_dir,
-                          "plugin_sha256": plugin_hashes(self.spec), "kind": "model", "dtype": str(self.dtype), **kept, **(meta or {})})   # NumPy scalars too
+                          "plugin_sha256": plugin_hashes(self.spec), "kind": "model", "dtype": str(self.dtype),
+                          **kept, **(meta or {})})   # NumPy scalars too
         try:
             json.dumps(info)
         except TypeError as exc:

@@ -110,7 +110,6 @@ CropPadding3 = Annotated[tuple[int, ...],
                          SpecForm(f"int, {_PADS3}")]
 
 
-
 def _not_nan(v: float) -> float:
     if math.isnan(v):
         raise ValueError("expected a number or -.inf/.inf, found nan")

@@ -43,6 +43,8 @@ def id_problem(v: str) -> str:
         return f"starts with {_char_name(v[0])}; ids use {ID_RULE}"
     i = next(i for i, c in enumerate(v) if not re.match(r"[A-Za-z0-9_.\-]", c))
     return f"{_char_name(v[i])} at character {i + 1} is not allowed; ids use {ID_RULE}"
+
+
 DTYPES = ("float32", "float64", "int64")
 
 

@@ -19,8 +19,8 @@ from .receptive import receptive_fields
 from .schedule import make_plan
 
 __all__ = ["LayerRow", "Summary", "TrainingMemory", "summarize", "inference_peak_bytes", "receptive_fields",
-           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "param_shapes_mismatch", "frozen_line",
-           "available_memory_bytes", "measurement_cost", "why_not_measure"]
+           "training_memory", "add_training_memory", "param_counts", "declared_param_shapes", "param_shapes_mismatch",
+           "frozen_line", "available_memory_bytes", "measurement_cost", "why_not_measure"]
 
 
 @dataclass

@@ -61,6 +61,13 @@ class Conv2dParams(OpParams):
     init: InitScheme = "pytorch"
 
 
+def conv_param_shapes(p, in_channels: int, transposed: bool) -> dict[str, tuple]:
+    """Weight (and bias) shapes of a convolution of any rank: (C_out, C_in/groups, *k), transposed
+    (C_in, C_out/groups, *k), as PyTorch lays them out."""
+    lead = (in_channels, p.out_channels // p.groups) if transposed else (p.out_channels, in_channels // p.groups)
+    return {"weight": (*lead, *p.kernel_size), **({"bias": (p.out_channels,)} if p.bias else {})}
+
+
 class Conv2d(Op):
     """2-D convolution (cross-correlation), NCHW, weights (C_out, C_in/groups, kH, kW)."""
 
@@ -92,9 +99,7 @@ class Conv2d(Op):
         return (p.out_channels, *conv_out_sizes(shape[1:], p.kernel_size, p.stride, p.dilation, self.pads(shape), "HW"))
 
     def param_shapes(self, in_shapes):
-        p = self.p
-        return {"weight": (p.out_channels, in_shapes[0][0] // p.groups, *p.kernel_size),
-                **({"bias": (p.out_channels,)} if p.bias else {})}
+        return conv_param_shapes(self.p, in_shapes[0][0], transposed=False)
 
     def init_params(self, in_shapes, rng):
         p = self.p
@@ -187,9 +192,7 @@ class ConvTranspose2d(Op):
         return (p.out_channels, *out)
 
     def param_shapes(self, in_shapes):
-        p = self.p
-        return {"weight": (in_shapes[0][0], p.out_channels // p.groups, *p.kernel_size),
-                **({"bias": (p.out_channels,)} if p.bias else {})}
+        return conv_param_shapes(self.p, in_shapes[0][0], transposed=True)
 
     def init_params(self, in_shapes, rng):
         p = self.p

@@ -39,7 +39,8 @@ from cnngraph.kernels.pool import (avg_pool2d_backward, avg_pool2d_forward, max_
 from cnngraph.op import Op
 from cnngraph.paramtypes import CropPadding3, IntTriple, NonNegativeTriple, Padding3
 
-from cnngraph.plugins.connection import (Conv2dParams, ConvTranspose2dParams, conv_out_sizes, resolve_padding)
+from cnngraph.plugins.connection import (Conv2dParams, ConvTranspose2dParams, conv_out_sizes, conv_param_shapes,
+                                         resolve_padding)
 from cnngraph.plugins.pooling import AvgPoolParams, MaxPoolParams, _Pool2d
 
 __all__ = ["Conv3d", "ConvTranspose3d", "MaxPool3d", "AvgPool3d"]
@@ -161,9 +162,7 @@ class Conv3d(Op):
                                                 "DHW"))
 
     def param_shapes(self, in_shapes):
-        p = self.p
-        return {"weight": (p.out_channels, in_shapes[0][0] // p.groups, *p.kernel_size),
-                **({"bias": (p.out_channels,)} if p.bias else {})}
+        return conv_param_shapes(self.p, in_shapes[0][0], transposed=False)
 
     def init_params(self, in_shapes, rng):
         p = self.p
@@ -306,9 +305,7 @@ class ConvTranspose3d(Op):
         return (p.out_channels, *out)
 
     def param_shapes(self, in_shapes):
-        p = self.p
-        return {"weight": (in_shapes[0][0], p.out_channels // p.groups, *p.kernel_size),
-                **({"bias": (p.out_channels,)} if p.bias else {})}
+        return conv_param_shapes(self.p, in_shapes[0][0], transposed=True)
 
     def init_params(self, in_shapes, rng):
         p = self.p

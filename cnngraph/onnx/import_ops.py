@@ -1141,8 +1141,6 @@ def expand_constant_to_batch(imp, node, x: np.ndarray, target: list[int]) -> Dyn
     return imp.const_layer(node.input[0], np.ascontiguousarray(np.broadcast_to(arr, per)), like, False)
 
 
-
-
 @handles("Tile")
 def tile(imp, node, a):
     x = imp.dyn_of(node.input[0])

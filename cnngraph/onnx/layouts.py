@@ -91,6 +91,12 @@ def _arrange(imp, d: Dyn, runs: list[tuple]) -> tuple[Dyn, dict]:
     return x, {run[0]: i + 1 for i, run in enumerate(runs) if len(run) == 1}
 
 
+def _batch_at(b: int, rank: int) -> list[tuple]:
+    """The layout of a batch-first physical tensor of ``rank`` axes read with its batch as logical axis ``b``
+    (each other axis one physical axis, in order)."""
+    return [(i + 1,) for i in range(b)] + [(0,)] + [(i,) for i in range(b + 1, rank)]
+
+
 def _canonical(imp, d: Dyn, what: str) -> Dyn:
     """``d`` arranged so that each logical axis is one physical axis: the batch first, the others in logical
     order. Then logical axis i is physical axis i + 1 before the batch's logical axis b, i after it."""
@@ -100,7 +106,7 @@ def _canonical(imp, d: Dyn, what: str) -> Dyn:
         raise imp.fail(f"{what} a tensor {_describe(d)} whose batch axis an earlier Reshape merged with other "
                        f"axes is not supported")
     x, _ = _arrange(imp, d, [g for i, g in enumerate(groups) if i != b])
-    return _with(x, [(i + 1,) for i in range(b)] + [(0,)] + [(i,) for i in range(b + 1, len(groups))])
+    return _with(x, _batch_at(b, len(groups)))
 
 
 def materialize(imp, d: Dyn, output: str | None = None) -> Dyn:
@@ -702,7 +708,7 @@ def einsum(imp, node, a):
     ob = out.index(letter)
     y = on_physical(imp, node, {**a, "equation": f"{','.join(batched)}->{letter}{out[:ob]}{out[ob + 1:]}"},
                     _standard(node), values)[0]
-    return [_with(y, [(i + 1,) for i in range(ob)] + [(0,)] + [(i,) for i in range(ob + 1, len(out))])]
+    return [_with(y, _batch_at(ob, len(out)))]
 
 
 # ---- constants whose shape holds the batch size ---------------------------------------------------------------
@@ -748,7 +754,7 @@ def constant_with_batch(imp, node, a) -> Dyn:
     like = imp.batch_of.get(shape_name) or next(iter(imp.dyn.values()))
     if value.shape[j] == 1:   # the batch axis alone: no physical axis for it
         y = imp.const_layer(source or node.output[0], np.squeeze(value, j).astype(np.float32), like, trainable)
-        return _with(y, [(i + 1,) for i in range(j)] + [(0,)] + [(i,) for i in range(j + 1, len(full))])
+        return _with(y, _batch_at(j, len(full)))
     y = imp.const_layer(source or node.output[0], value.astype(np.float32), like, trainable)
     return _with(y, [(i + 1,) for i in range(j)] + [(0, j + 1)] + [(i + 1,) for i in range(j + 1, len(full))])
 
