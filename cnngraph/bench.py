@@ -71,7 +71,7 @@ class CnnStep:
         name = self.model.spec.outputs[0]
         if self.mode == "infer":
             return self.fast.forward(x)[name]
-        out = self.model.forward(x, training=True)[name]
+        out = self.model.forward(x, training=True, fused=True)[name]
         ctx = Context(training=True, grad=True)
         self.loss.forward(ctx, [out, y], {})
         (g, _), _ = self.loss.backward(ctx, np.float32(1.0))

@@ -112,7 +112,11 @@ class Model:
         arrays = self._init_params(np.random.default_rng(seed))
         self.params = ParamStore(arrays, self.xp, self.dtype)
         self._plans: dict[tuple, Plan] = {}
+        self._fused_plans: dict[tuple, tuple] = {}    # (outputs, frozen) → (graph, plan, fused convs, aliases)
         self._tape = None
+        self._tape_graph = self.graph
+        self._tape_fused: dict[str, str] = {}        # relu fused away → its conv (last training forward)
+        self._tape_moved: frozenset = frozenset()    # layers whose output that forward changed (refused as wrt)
         self._tape_inputs: set[str] = set()
         self._tape_dropped = ""
         self.frozen: frozenset[str] = frozenset()   # layers whose parameters stay fixed (see freeze)
@@ -176,13 +180,13 @@ class Model:
                              f"of the network")
         self.frozen = frozenset(layers)
 
-    def _unkept(self, plan) -> frozenset:
+    def _unkept(self, plan, g) -> frozenset:
         """With frozen layers: the layers a backward for parameter gradients never reaches (a frozen backbone and
         what only leads to it). A grad-mode forward keeps nothing for them, so their activations are freed as in
         inference; a backward that asks for input or wrt= gradients through them then says so."""
         if not self.frozen:
             return frozenset()
-        need = requires_grad(self.graph, plan.order, self._trainable, set())
+        need = requires_grad(g, plan.order, self._trainable, set())
         return frozenset(n for n in plan.order if n not in need)
 
     def param_count(self) -> int:
@@ -281,7 +285,8 @@ class Model:
         return env
 
     def forward(self, inputs: dict[str, Any], training: bool = False, grad: bool | None = None,
-                outputs: list[str] | None = None, on_output=None, parallel: int = 0) -> dict[str, Any]:
+                outputs: list[str] | None = None, on_output=None, parallel: int = 0,
+                fused: bool = False) -> dict[str, Any]:
         """Run the network.
 
         Parameters
@@ -296,6 +301,12 @@ class Model:
             Layer ids to return (default: the spec's outputs); unneeded layers are not run.
         parallel : int
             In inference without ``grad``, run independent branches on this many threads (0: in order).
+        fused : bool
+            In training with ``grad``, run a max_pool2d before the relu that alone feeds it and each other relu
+            inside the conv2d that alone feeds it, forward and backward (``cnngraph.passes.pool_before_relu`` and
+            ``fuse_conv_relu``; what ``cnngraph.train`` does): the same outputs and gradients, fewer passes over
+            memory. ``on_output`` then sees the layers as run, and ``backward(wrt=...)`` refuses a layer they
+            changed.
 
         Returns
         -------
@@ -322,15 +333,19 @@ class Model:
         plan = self.plan(outputs)
         env = self._prepare_inputs(inputs, plan, grad)
         self._batch = batch_of(env)
+        g, aliases, moved = self.graph, {}, frozenset()
+        if fused and training and grad:
+            g, plan, aliases, moved = self._fused_plan(plan)
+        self._tape_graph = g    # the graph as run (on_output callbacks read their layers' types from it)
         with blas_held_for(self._batch):
             if parallel:
                 self._tape_inputs = set(plan.inputs)
                 return run_forward_parallel(self.graph, plan, env, self._params_of, self.rng, int(parallel))
-            unkept = self._unkept(plan) if grad else frozenset()
-            result, tape = run_forward(self.graph, plan, env, self._params_of, training, grad, self.rng, on_output,
+            unkept = self._unkept(plan, g) if grad else frozenset()
+            result, tape = run_forward(g, plan, env, self._params_of, training, grad, self.rng, on_output,
                                        inference_layers=self.frozen, unkept=unkept)
         self._tape_unkept = unkept
-        self._tape = tape
+        self._tape, self._tape_fused, self._tape_moved = tape, aliases, moved
         self._tape_inputs = set(plan.inputs)
         if grad and self.xp is np:   # the tape holds these arrays: changing one in place would corrupt backward
             result = {k: read_only_view(v) for k, v in result.items()}
@@ -376,8 +391,15 @@ class Model:
             if want is not None and tuple(gy.shape) != tuple(want):
                 raise RunError(f"gradient for '{name}' has shape {tuple(gy.shape)}, the output has {tuple(want)}")
         wrt = [wrt] if isinstance(wrt, str) else list(wrt or ())
+        fused = self._tape_fused
         for name in wrt:
-            if name not in tape.shapes or name in self._tape_inputs:
+            if name in self._tape_moved:
+                raise RunError(f"wrt: '{name}' ran fused with its relu or swapped with its max_pool2d in the last "
+                               f"forward (fused=True), which keeps no gradient of its own output; run that forward "
+                               f"without fused=True")
+        captured = {name: fused.get(name, name) for name in wrt}   # a fused relu's output is its conv's
+        for name in wrt:
+            if captured[name] not in tape.shapes or name in self._tape_inputs:
                 raise RunError(f"wrt: '{name}' is not a layer computed by the last forward"
                                + (" (model inputs come with input_grads=True)" if name in self._tape_inputs else ""))
             if name in self.params:
@@ -386,15 +408,15 @@ class Model:
         self._tape = None          # checked: this backward consumes the tape (ops free what it holds)
         float_inputs = {n for n in self._tape_inputs if self.spec.inputs[n].dtype != "int64"}
         seeds = (float_inputs if input_grads else set()) | set(wrt)
-        need = requires_grad(self.graph, tape.plan.order, self._trainable, seeds)
+        need = requires_grad(self._tape_graph, tape.plan.order, self._trainable, {captured.get(s, s) for s in seeds})
         unkept = sorted(need & getattr(self, "_tape_unkept", frozenset()))
         if unkept:
             raise RunError(f"backward through frozen layers ({', '.join(unkept[:4])}{', ...' * (len(unkept) > 4)}) needs "
                            f"their activations, which a forward of a model with frozen layers does not keep: pass "
                            f"input_grads=False for parameter gradients, or model.freeze([]) before the forward")
         with blas_held_for(self._batch):
-            tensor_grads, param_grads = run_backward(self.graph, tape, grad_outputs, need, lambda n: self._names[n],
-                                                     capture=set(wrt))
+            tensor_grads, param_grads = run_backward(self._tape_graph, tape, grad_outputs, need,
+                                                     lambda n: self._names[n], capture=set(captured.values()))
         result: dict[str, Any] = {}
         for name in self.trainable_names:
             g = param_grads.get(name)
@@ -413,9 +435,25 @@ class Model:
                 g = tensor_grads.get(name)
                 result[name] = g if g is not None else self.xp.zeros(tape.shapes[name], self.dtype)
         for name in wrt:
-            g = tensor_grads.get(name)
-            result[name] = g if g is not None else self.xp.zeros(tape.shapes[name], self.dtype)
+            g = tensor_grads.get(captured[name])
+            result[name] = g if g is not None else self.xp.zeros(tape.shapes[captured[name]], self.dtype)
         return result
+
+    def _fused_plan(self, plan: Plan) -> tuple:
+        """(graph, plan, {fused relu: its conv}, layers whose output changed) of a fused training forward for
+        ``plan``'s outputs: a copy of the graph in which max_pool2d runs before a relu that alone feeds it
+        (passes.pool_before_relu), then each relu left runs inside the conv2d that alone feeds it (fuse_conv_relu)."""
+        key = (tuple(plan.outputs), self.frozen)
+        if key not in self._fused_plans:
+            from .passes import fuse_conv_relu, pool_before_relu, prune
+            g = prune(self.graph, list(plan.outputs))   # a copy: node attribute dicts are the copy's own
+            aliases = {o: o for o in plan.outputs}
+            swapped = pool_before_relu(g, aliases, keep=self.frozen)
+            pairs = fuse_conv_relu(g, aliases, keep=self.frozen)
+            moved = frozenset(n for pair in swapped for n in pair) | {conv for conv, _ in pairs}
+            self._fused_plans[key] = ((g, make_plan(g, list(plan.outputs)), {act: conv for conv, act in pairs}, moved)
+                                      if moved else (self.graph, plan, {}, frozenset()))
+        return self._fused_plans[key]
 
     def predict(self, x, batch_size: int = 256, output: str | None = None):
         """Inference in batches; returns the first (or named) output as NumPy. ``x`` is an array when that

@@ -118,11 +118,14 @@ class Conv2d(Op):
         p = self.p
         y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
                                   p.dilation, p.groups, save=ctx.grad, relu=relu, residual=residual)
-        ctx.save(conv=saved)
+        ctx.save(conv=saved, relu_output=y if relu and residual is None else None)
         return y
 
     def backward(self, ctx, gy):
-        dx, dw, db = conv2d_backward(gy, ctx.saved["conv"], need_dx=ctx.need_grad(0))
+        """With relu=True in forward (a training fusion, cnngraph.passes.fuse_conv_relu), gy is the gradient of the
+        relu's output: the relu's own gradient is taken inside the convolution's backward."""
+        dx, dw, db = conv2d_backward(gy, ctx.saved["conv"], need_dx=ctx.need_grad(0),
+                                     relu_output=ctx.saved["relu_output"])
         grads = {"weight": dw}
         if db is not None:
             grads["bias"] = db

@@ -72,14 +72,19 @@ class FastConv:
                 yield (slice(i * dh, i * dh + (self.Ho - 1) * sh + 1, sh),
                        slice(j * dw, j * dw + (self.Wo - 1) * sw + 1, sw))
 
-    def _padded(self, x, s, e):
-        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, rows, Wp)."""
+    def _padded(self, x, s, e, mask=None):
+        """Chunk x[s:e] inside a zero-bordered scratch buffer (n, C, rows, Wp); where ``mask`` (x's shape) is
+        given, x * (mask > 0) (a fused relu's gradient)."""
         top, _, left, _ = self.padding
         # Keyed by where the image sits too: the borders are zero only for that placement
         # (a transposed conv of the same buffer shape writes its interior elsewhere).
         buf = scratch(f"conv.xpad:{top}:{left}:{self.H}:{self.W}", (e - s, self.C, self.rows, self.Wp),
                       self.dtype, zero=True)
-        buf[:, :, top:top + self.H, left:left + self.W] = x[s:e]
+        interior = buf[:, :, top:top + self.H, left:left + self.W]
+        if mask is None:
+            interior[...] = x[s:e]
+        else:
+            np.multiply(x[s:e], mask[s:e] > 0, out=interior)
         return buf
 
     def _im2col(self, xb):
@@ -102,11 +107,15 @@ class FastConv:
         np.copyto(cols, windows)
         return cols.reshape(self.K, n * self.Lq)
 
-    def _gy_chunk(self, gy, s, e):
-        """gy[s:e] as an (O, n*Lq) matrix; flat: zeros in the Wq - Wo extra columns."""
+    def _gy_chunk(self, gy, s, e, mask=None):
+        """gy[s:e] (times mask[s:e] > 0 where given) as an (O, n*Lq) matrix; flat: zeros in the Wq - Wo extra
+        columns."""
         # Keyed by Wo: the extra columns are zero only for that placement.
         buf = scratch(f"conv.gy:{self.Wo}", (self.O, e - s, self.Ho, self.Wq), self.dtype, zero=self.flat)
-        np.copyto(buf[..., :self.Wo], gy[s:e].transpose(1, 0, 2, 3))
+        if mask is None:
+            np.copyto(buf[..., :self.Wo], gy[s:e].transpose(1, 0, 2, 3))
+        else:
+            np.multiply(gy[s:e].transpose(1, 0, 2, 3), mask[s:e].transpose(1, 0, 2, 3) > 0, out=buf[..., :self.Wo])
         return buf.reshape(self.O, -1)
 
     def _col2im(self, dcols, n):
@@ -226,12 +235,13 @@ class FastConv:
         return FastConv((self.N, self.O, self.Ho, self.Wo), (self.C, self.O, self.kh, self.kw),
                         (1, 1), pads, self.dilation, (self.H, self.W), self.dtype, allow_flat=False)
 
-    def backward(self, gy, x, w, need_dx):
-        """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs."""
+    def backward(self, gy, x, w, need_dx, mask=None):
+        """(dx or None, dw, db) given gy (N, O, Ho, Wo); x and w are the forward's inputs. With ``mask`` (the
+        output of a forward with relu=True) the gradient is gy * (mask > 0), applied per chunk as it is copied."""
         tconv = self._transposed(need_dx)
         if tconv is not None:
-            return self._backward_from_gy_cols(tconv, gy, x, w, need_dx)
-        return self._backward_from_x_cols(gy, x, w, need_dx)
+            return self._backward_from_gy_cols(tconv, gy, x, w, need_dx, mask)
+        return self._backward_from_x_cols(gy, x, w, need_dx, mask)
 
     def backward_data(self, gy, w):
         """dx = col2im(w^T @ gy) alone: this convolution's input gradient, which is also the forward of the
@@ -255,7 +265,7 @@ class FastConv:
         dpad = self._col2im(dcols, e - s)[..., top:top + self.H, left:left + self.W]
         dx[s:e] = dpad.transpose(1, 0, 2, 3) if self.flat else dpad
 
-    def _backward_from_x_cols(self, gy, x, w, need_dx):
+    def _backward_from_x_cols(self, gy, x, w, need_dx, mask=None):
         """dw = gy @ cols(x)^T; dx = col2im(w^T @ gy). General (any stride/padding)."""
         wdx = self._dx_weights(w) if need_dx else None
         dx = np.empty((self.N, self.C, self.H, self.W), dtype=self.dtype) if need_dx else None
@@ -266,7 +276,7 @@ class FastConv:
         def work(chunks):
             sums = {}
             for s, e in chunks:
-                g2 = self._gy_chunk(gy, s, e)
+                g2 = self._gy_chunk(gy, s, e, mask)
                 db = g2.sum(axis=1)
                 cols = self._im2col(self._padded(x, s, e))
                 sums[s] = (np.matmul(cols, g2.T) if transposed else np.matmul(g2, cols.T), db)
@@ -278,7 +288,7 @@ class FastConv:
                                      (self.K, self.O) if transposed else (self.O, self.K), self.O, self.dtype)
         return dx, (dw.T if transposed else dw).reshape(w.shape), db
 
-    def _backward_from_gy_cols(self, t, gy, x, w, need_dx):
+    def _backward_from_gy_cols(self, t, gy, x, w, need_dx, mask=None):
         """Both gradients from one im2col of the padded gy (``t`` is the transposed conv):
         dx = w_t @ cols(gy) (a forward of ``t``), and, since the column of gy at
         (o, flipped offset) lines up with x, dw^T = cols(gy) @ x^T. Saves im2col'ing x."""
@@ -290,8 +300,11 @@ class FastConv:
             sums = {}
             for s, e in chunks:
                 n = e - s
-                db = gy[s:e].sum(axis=0).reshape(self.O, -1).sum(axis=1)
-                gcols = t._im2col(t._padded(gy, s, e))      # (O*kh*kw, n*H*W)
+                gpad = t._padded(gy, s, e, mask)
+                g = gy[s:e] if mask is None else gpad[:, :, t.padding[0]:t.padding[0] + self.Ho,
+                                                      t.padding[2]:t.padding[2] + self.Wo]
+                db = g.sum(axis=0).reshape(self.O, -1).sum(axis=1)
+                gcols = t._im2col(gpad)      # (O*kh*kw, n*H*W)
                 xt = scratch("conv.xt", (self.C, n, self.H, self.W), self.dtype)
                 np.copyto(xt, x[s:e].transpose(1, 0, 2, 3))
                 sums[s] = (np.matmul(gcols, xt.reshape(self.C, n * HW).T), db)   # rows: (o, kh-1-i, kw-1-j)

@@ -176,17 +176,25 @@ def _pointwise(x, w, b, relu=False, residual=None):
     return y.reshape(N, O, H, W)
 
 
-def conv2d_backward(gy, saved, need_dx=True):
+def conv2d_backward(gy, saved, need_dx=True, relu_output=None):
     """Gradients ``(dx or None, dw, db or None)`` of conv2d_forward given ``gy`` (N, O, Ho, Wo),
-    in the dtypes of x, w and b."""
+    in the dtypes of x, w and b. ``relu_output``: the y of a forward with relu=True, whose relu's gradient
+    gy * (y > 0) is then taken here (the fast path applies it per chunk, without a pass of its own)."""
     if isinstance(saved, _FastSaved):
         gy = np.asarray(gy, dtype=saved.fast.dtype)
-        dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx)
-    elif isinstance(saved, _DepthwiseSaved):
+        dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx, relu_output)
+        return _in_dtypes(dx, dw, db, saved.dtypes)
+    if relu_output is not None:
+        gy = gy * (relu_output > 0)
+    if isinstance(saved, _DepthwiseSaved):
         dx, dw, db = saved.conv.backward(np.asarray(gy, dtype=saved.xpad.dtype), saved.xpad, saved.w, need_dx)
     else:
         dx, dw, db = _generic_backward(gy, saved, need_dx)
-    w_dtype, b_dtype = saved.dtypes
+    return _in_dtypes(dx, dw, db, saved.dtypes)
+
+
+def _in_dtypes(dx, dw, db, dtypes):
+    w_dtype, b_dtype = dtypes
     return dx, dw.astype(w_dtype, copy=False), (None if b_dtype is None else db.astype(b_dtype, copy=False))
 
 

@@ -540,13 +540,14 @@ class OnnxModel(Model):
     onnx_inputs: dict = {}
     onnx_outputs: dict = {}
 
-    def forward(self, inputs, training=False, grad=None, outputs=None, on_output=None, parallel: int = 0):
+    def forward(self, inputs, training=False, grad=None, outputs=None, on_output=None, parallel: int = 0,
+                fused: bool = False):
         if isinstance(inputs, dict):
             inputs = _to_spec_names(inputs, self.onnx_inputs, "input")
         if outputs is not None and not isinstance(outputs, str):
             outputs = [self.onnx_outputs.get(o, o) for o in outputs]
         result = super().forward(inputs, training=training, grad=grad, outputs=outputs, on_output=on_output,
-                                 parallel=parallel)
+                                 parallel=parallel, fused=fused)
         back = {v: k for k, v in self.onnx_outputs.items()}
         return {back.get(k, k): v for k, v in result.items()}
 

@@ -391,7 +391,7 @@ class _Run:
                 timer.add("data + augment", t1 - t0)
                 timer.mark(t1)
             scores = model.forward({self.input_name: xb}, training=True, grad=True, outputs=[loss.output],
-                                   on_output=hook)[loss.output]
+                                   on_output=hook, fused=True)[loss.output]
             if prof:
                 t2 = time.perf_counter()
                 timer.add("forward", t2 - t1)

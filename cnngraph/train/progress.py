@@ -165,7 +165,7 @@ class PhaseTimer:
 
         def on_output(node, y):
             now = time.perf_counter()
-            key = (node, model.graph.nodes[node]["type"])
+            key = (node, model._tape_graph.nodes[node]["type"])   # fused training layers: "conv2d+relu"
             self.layers[key] = self.layers.get(key, 0.0) + now - self._t
             self._t = now
         return on_output
