@@ -112,7 +112,7 @@ class Model:
         arrays = self._init_params(np.random.default_rng(seed))
         self.params = ParamStore(arrays, self.xp, self.dtype)
         self._plans: dict[tuple, Plan] = {}
-        self._fused_plans: dict[tuple, tuple] = {}    # (outputs, frozen) → (graph, plan, fused convs, aliases)
+        self._fused_plans: dict[tuple, tuple] = {}    # (outputs, frozen) → what _fused_plan returns
         self._tape = None
         self._tape_graph = self.graph
         self._tape_fused: dict[str, str] = {}        # relu fused away → its conv (last training forward)

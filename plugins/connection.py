@@ -118,7 +118,7 @@ class Conv2d(Op):
         p = self.p
         y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
                                   p.dilation, p.groups, save=ctx.grad, relu=relu, residual=residual)
-        ctx.save(conv=saved, relu_output=y if relu and residual is None else None)
+        ctx.save(conv=saved, relu_output=y if relu else None)
         return y
 
     def backward(self, ctx, gy):
