@@ -319,3 +319,47 @@ def test_no_residual_fusion_with_a_constant_or_into_a_depthwise_conv():
                        {"id": "t", "type": "add", "inputs": ["d", "s"]}],
             "outputs": ["t"]}
     assert _optimized_matches_plain(spec, 4).report["residual"] == []
+
+
+@pytest.mark.parametrize("slower", ["blas", "splits"])
+def test_a_batch_of_one_keeps_the_faster_way_to_use_the_cores(slower, monkeypatch):
+    """Batch-1 inference times its convolutions split by the kernels and by BLAS's threads over the first
+    passes, then keeps the faster; both give the plain model's outputs."""
+    import time
+
+    import cnngraph.passes as passes
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    rng = np.random.default_rng(5)
+    model = cnngraph.compile("specs/resnet_small.yaml", seed=2)
+    _trained_like(model, rng)
+    x = rng.standard_normal((1, *model.spec.inputs["image"].shape)).astype(np.float32)
+    want = model.forward({"image": x})["logits"]
+    fast = optimize_for_inference(model)
+    assert fast._splits_one
+    ran = []
+    real = passes.with_blas_threads
+
+    def blas_threads(fn):
+        ran.append("blas")
+        if slower == "blas":
+            time.sleep(0.05)
+        return real(fn)
+
+    real_hold = passes.blas_held_for
+
+    def held(batch, splits_one=False):
+        ran.append("splits")
+        if slower == "splits":
+            time.sleep(0.05)
+        return real_hold(batch, splits_one)
+
+    monkeypatch.setattr(passes, "with_blas_threads", blas_threads)
+    monkeypatch.setattr(passes, "blas_held_for", held)
+    for _ in range(2 * passes.ONE_SAMPLE_TRIALS):
+        np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
+    assert ran == ["splits", "blas"] * passes.ONE_SAMPLE_TRIALS     # alternating while measuring
+    assert fast._one_blas is (slower == "splits")
+    ran.clear()
+    for _ in range(3):
+        np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
+    assert ran == ["blas" if slower == "splits" else "splits"] * 3

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "scratch",
-           "split_chunks", "blas_held_for"]
+           "split_chunks", "blas_held_for", "with_blas_threads"]
 
 _lock = threading.Lock()
 _pool = None
@@ -206,6 +206,12 @@ def _serially(fn, i):
         return fn(i)
     finally:
         _local.serial = before
+
+
+def with_blas_threads(fn):
+    """fn() with the kernels on this thread alone, BLAS free to use its own threads: for a batch of one, the
+    other way to use the cores than the kernels' own splits (see passes.InferenceModel._run_one)."""
+    return _serially(lambda _: fn(), 0)
 
 
 def run_shards(fn, count):
