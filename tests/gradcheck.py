@@ -5,7 +5,7 @@ import numpy as np
 
 import cnngraph
 
-__all__ = ["one_layer_spec", "check_gradients"]
+__all__ = ["one_layer_spec", "check_gradients", "central_difference", "numeric_gradient"]
 
 
 def one_layer_spec(layer: dict, input_shapes: list, int_inputs: dict | None = None) -> dict:
@@ -17,6 +17,25 @@ def one_layer_spec(layer: dict, input_shapes: list, int_inputs: dict | None = No
         inputs[name] = {"shape": list(shape), "dtype": "int64" if name in int_inputs else "float32"}
     layer = {"id": "op", "inputs": list(inputs), **layer}
     return {"name": "one", "inputs": inputs, "layers": [layer], "outputs": ["op"]}
+
+
+def central_difference(f, arr, idx, eps: float = 1e-6) -> float:
+    """(f() at arr[idx] + eps - f() at arr[idx] - eps) / (2 eps), arr[idx] restored afterwards."""
+    old = arr[idx]
+    arr[idx] = old + eps
+    up = f()
+    arr[idx] = old - eps
+    down = f()
+    arr[idx] = old
+    return (up - down) / (2 * eps)
+
+
+def numeric_gradient(f, arr, eps: float = 1e-6):
+    """Central differences of f() with respect to every element of arr (float64 arrays)."""
+    g = np.zeros_like(arr)
+    for i in np.ndindex(arr.shape):
+        g[i] = central_difference(f, arr, i, eps)
+    return g
 
 
 def _objective(model, feeds, weights, training):

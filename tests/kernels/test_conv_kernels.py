@@ -4,6 +4,8 @@ import pytest
 
 from cnngraph.kernels import conv2d_backward, conv2d_forward
 
+from gradcheck import numeric_gradient
+
 # (N, C, H, W, O, (kh, kw), stride, padding(t,b,l,r), dilation, groups, bias)
 CONFIGS = [
     (2, 3, 8, 8, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),        # cifar-style
@@ -99,21 +101,6 @@ def test_bad_shapes():
         conv2d_forward(x, np.zeros((2, 3, 5, 5), np.float32), None, (1, 1), (0, 0, 0, 0), (1, 1), 1, False)
 
 
-def numeric_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("cfg", [
     (1, 2, 4, 5, 3, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 1, True),
     (2, 4, 4, 4, 2, (2, 2), (1, 2), (1, 1, 0, 1), (2, 1), 2, True),
@@ -127,9 +114,9 @@ def test_backward_finite_differences(cfg, layout):
         return float((conv2d_forward(x, w, b, *geom, save=False)[0] * gy).sum())
 
     dx, dw, db = conv2d_backward(gy, saved)
-    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(dw, numeric_grad(loss, w), rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(db, numeric_grad(loss, b), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(dx, numeric_gradient(loss, x), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(dw, numeric_gradient(loss, w), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(db, numeric_gradient(loss, b), rtol=1e-7, atol=1e-8)
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])

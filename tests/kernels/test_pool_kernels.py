@@ -5,6 +5,8 @@ import pytest
 from cnngraph.kernels import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                               max_pool2d_forward, pool_output_size)
 
+from gradcheck import numeric_gradient
+
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 # (N, C, H, W, kernel, stride, symmetric padding (ph, pw), dilation, ceil_mode)
@@ -151,19 +153,6 @@ def test_asymmetric_vs_reference(cfg):
             np.testing.assert_allclose(ya, ref_pool(x, "avg", k, s, pad, d, ceil, cip), rtol=1e-12)
 
 
-def numeric_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("cfg", ASYM)
 def test_backward_finite_differences(cfg):
     k, s, pad, d, ceil = cfg
@@ -171,12 +160,12 @@ def test_backward_finite_differences(cfg):
     ym, saved = max_pool2d_forward(x, k, s, pad, d, ceil, save=True)
     gy = rand(ym.shape, np.float64, 6)
     f = lambda: float((max_pool2d_forward(x, k, s, pad, d, ceil, False)[0] * gy).sum())  # noqa: E731
-    np.testing.assert_allclose(max_pool2d_backward(gy, saved), numeric_grad(f, x), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(max_pool2d_backward(gy, saved), numeric_gradient(f, x), rtol=1e-7, atol=1e-8)
     if d == (1, 1):
         ya, saved = avg_pool2d_forward(x, k, s, pad, ceil, False, save=True)
         gy = rand(ya.shape, np.float64, 7)
         f = lambda: float((avg_pool2d_forward(x, k, s, pad, ceil, False, False)[0] * gy).sum())  # noqa: E731
-        np.testing.assert_allclose(avg_pool2d_backward(gy, saved), numeric_grad(f, x), rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(avg_pool2d_backward(gy, saved), numeric_gradient(f, x), rtol=1e-7, atol=1e-8)
 
 
 @pytest.mark.parametrize("args,expected", [

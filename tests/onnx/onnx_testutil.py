@@ -5,6 +5,8 @@ import numpy as np
 
 import cnngraph
 
+from gradcheck import central_difference
+
 
 def one_layer(layer: dict, shapes: list) -> dict:
     inputs = {f"x{i}": {"shape": list(s)} for i, s in enumerate(shapes)}
@@ -32,12 +34,6 @@ def gradcheck(spec: dict, feeds: dict, samples: int = 20, eps: float = 1e-6, rto
     for name, arr in targets.items():
         flat = arr.reshape(-1)
         for i in rng.choice(flat.size, size=min(samples, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + eps
-            plus = f()
-            flat[i] = old - eps
-            minus = f()
-            flat[i] = old
-            num = (plus - minus) / (2 * eps)
+            num = central_difference(f, flat, i, eps)
             ana = grads[name].reshape(-1)[i]
             assert abs(ana - num) <= 1e-8 + rtol * max(abs(num), abs(ana), 1e-3), f"{name}[{i}]: {ana} vs {num}"
