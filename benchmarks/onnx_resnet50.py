@@ -89,7 +89,7 @@ def main():
     import onnxruntime as ort
     import torch
     from cnngraph.onnx import import_onnx
-    from cnngraph.passes import ONE_SAMPLE_TRIALS, optimize_for_inference
+    from cnngraph.passes import CALIBRATION_TRIALS, optimize_for_inference
 
     torch.manual_seed(0)
     net = resnet50().eval()
@@ -119,7 +119,7 @@ def main():
     for batch in args.batches:
         x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
         ours = fast.forward({"image": x})["logits"]
-        for _ in range(2 * ONE_SAMPLE_TRIALS):   # a batch of one first times two ways to split it (see passes)
+        for _ in range(2 * CALIBRATION_TRIALS):   # the first passes time two ways to use the cores (see passes)
             fast.forward({"image": x})
         ref = sess.run(None, {"image": x})[0]
         diff = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))

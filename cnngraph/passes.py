@@ -35,7 +35,7 @@ PRODUCERS = ("conv2d", "conv1d", "conv3d", "dense", "add")   # ops whose output 
 NATIVE_RELU = ("conv2d", "conv1d", "conv3d", "add")          # their forward takes relu=True
 SHARD_MAX_MACS = 100e6                             # see InferenceModel._shards
 SHARD_THREADS = 2                                  # ... and only with this many kernel threads
-ONE_SAMPLE_TRIALS = 3                              # see InferenceModel._run_one
+CALIBRATION_TRIALS = 3                             # see InferenceModel._fastest
 
 
 def _sole_consumer(g: nx.DiGraph, node: str, outputs: set[str]) -> str | None:
@@ -227,8 +227,8 @@ class InferenceModel:
         self.macs_per_sample = sum(macs)
         # Mostly plain conv2d: its NumPy kernels split even one sample over the threads (see blas_held_for).
         self._splits_one = 2 * sum(m for m, a in zip(macs, layers) if _plain_conv2d(a["op"])) >= self.macs_per_sample
-        self._one_times: dict[bool, list[float]] = {False: [], True: []}   # batch-1 passes: seconds by BLAS threads
-        self._one_blas: bool | None = None      # the faster way found for a batch of one (None: still measuring)
+        self._trials: dict[tuple, list[list[float]]] = {}   # see _fastest: seconds of each way, by case
+        self._chosen: dict[tuple, int] = {}                  # ... and the fastest way, once measured
         # Batch shards may run on separate threads only when every layer treats samples independently
         # and every output comes from the inputs (a constant's batch of 1 must not be concatenated).
         inputs = {n for n in self.graph if self.graph.nodes[n]["kind"] == "input"}
@@ -260,38 +260,43 @@ class InferenceModel:
         env = self.model._prepare_inputs(inputs, self.model.plan())
         batch = batch_of(env)
         shards = self._shards(env, batch)
-        parts = None
-        if shards:
-            parts = run_shards(lambda i: self._run({k: v[shards[i][0]:shards[i][1]] for k, v in env.items()}),
-                               len(shards))
-        if parts is not None:
-            out = {node: np.concatenate([p[node] for p in parts]) for node in parts[0]}
-        elif batch == 1 and self._splits_one and n_workers() > 1 and self.model.xp is np:
-            out = self._run_one(env)
-        else:   # one pass (also when the kernel threads are busy elsewhere)
+
+        def whole(env):   # one pass, each kernel splitting the batch over the threads itself
             with blas_held_for(batch, self._splits_one):
-                out = self._run(env)
+                return self._run(env)
+
+        if shards:
+            out = self._fastest(("shards", batch), env, lambda env: self._run_shards(env, shards) or whole(env), whole)
+        elif batch == 1 and self._splits_one and n_workers() > 1 and self.model.xp is np:
+            out = self._fastest(("one",), env, whole, lambda env: with_blas_threads(lambda: self._run(env)))
+        else:
+            out = whole(env)
         return {name: out[node] for name, node in self.aliases.items()}
 
-    def _run_one(self, env):
-        """A pass over one sample, its convolutions split over the cores either by the kernels themselves (rows or
-        channels of each sample, BLAS held at one thread) or by BLAS's own threads on each whole product. Which
-        is faster depends on the machine: on this project's 2-core AMD EPYC the kernels' splits made ResNet-50
-        1.2x faster, on its 2-core Intel Xeon BLAS's threads did (72 against 77-90 ms). So the first passes
-        alternate the two and time them; after ONE_SAMPLE_TRIALS each, the faster (by its best time) stays."""
-        use_blas = self._one_blas
-        if use_blas is None:
-            use_blas = len(self._one_times[True]) < len(self._one_times[False])
+    def _run_shards(self, env, shards):
+        """The batch's shards as whole passes on the kernel threads, concatenated; None when the threads are busy
+        with another call."""
+        parts = run_shards(lambda i: self._run({k: v[shards[i][0]:shards[i][1]] for k, v in env.items()}),
+                           len(shards))
+        return None if parts is None else {node: np.concatenate([p[node] for p in parts]) for node in parts[0]}
+
+    def _fastest(self, case, env, *ways):
+        """``way(env)`` of the ``ways`` to use the cores for this ``case`` that measured fastest. Which is faster
+        depends on the machine and its load, so the first passes of each case alternate the ways and time them;
+        after CALIBRATION_TRIALS each, the fastest by its best time stays. Batch shards (below) were 6-15 % faster
+        than one pass on a quiet 2-core machine and 1.5x slower while it was loaded (cifarnet at batch 64, 69
+        against 47 ms); for one sample, the kernels' own splits made ResNet-50 1.2x faster on this project's
+        AMD EPYC, BLAS's own threads on each whole product 1.6x faster on its Intel Xeon (68 against 107 ms)."""
+        chosen = self._chosen.get(case)
+        if chosen is not None:
+            return ways[chosen](env)
+        times = self._trials.setdefault(case, [[] for _ in ways])
+        i = min(range(len(ways)), key=lambda j: len(times[j]))
         start = time.perf_counter()
-        if use_blas:
-            out = with_blas_threads(lambda: self._run(env))
-        else:
-            with blas_held_for(1, True):
-                out = self._run(env)
-        if self._one_blas is None:
-            self._one_times[use_blas].append(time.perf_counter() - start)
-            if len(self._one_times[True]) >= ONE_SAMPLE_TRIALS:
-                self._one_blas = min(self._one_times[True]) < min(self._one_times[False])
+        out = ways[i](env)
+        times[i].append(time.perf_counter() - start)
+        if all(len(t) >= CALIBRATION_TRIALS for t in times):
+            self._chosen[case] = min(range(len(ways)), key=lambda j: min(times[j]))
         return out
 
     __call__ = forward

@@ -355,11 +355,50 @@ def test_a_batch_of_one_keeps_the_faster_way_to_use_the_cores(slower, monkeypatc
 
     monkeypatch.setattr(passes, "with_blas_threads", blas_threads)
     monkeypatch.setattr(passes, "blas_held_for", held)
-    for _ in range(2 * passes.ONE_SAMPLE_TRIALS):
+    for _ in range(2 * passes.CALIBRATION_TRIALS):
         np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
-    assert ran == ["splits", "blas"] * passes.ONE_SAMPLE_TRIALS     # alternating while measuring
-    assert fast._one_blas is (slower == "splits")
+    assert ran == ["splits", "blas"] * passes.CALIBRATION_TRIALS     # alternating while measuring
+    assert fast._chosen[("one",)] == (1 if slower == "splits" else 0)
     ran.clear()
     for _ in range(3):
         np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
     assert ran == ["blas" if slower == "splits" else "splits"] * 3
+
+
+@pytest.mark.parametrize("slower", ["shards", "whole"])
+def test_batch_shards_stay_only_where_they_measured_faster(slower, monkeypatch):
+    import time
+
+    import cnngraph.passes as passes
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    from cnngraph.kernels import _parallel
+    if not _parallel._blas_controllers():
+        pytest.skip("threadpoolctl is not installed: no shards")
+    rng = np.random.default_rng(6)
+    model = cnngraph.compile("specs/resnet_small.yaml", seed=2)
+    _trained_like(model, rng)
+    x = rng.standard_normal((4, *model.spec.inputs["image"].shape)).astype(np.float32)
+    want = model.forward({"image": x})["logits"]
+    fast = optimize_for_inference(model)
+    ran = []
+    real_shards, real_hold = passes.run_shards, passes.blas_held_for
+
+    def shards(fn, count):
+        ran.append("shards")
+        if slower == "shards":
+            time.sleep(0.05)
+        return real_shards(fn, count)
+
+    def held(batch, splits_one=False):
+        ran.append("whole")
+        if slower == "whole":
+            time.sleep(0.05)
+        return real_hold(batch, splits_one)
+
+    monkeypatch.setattr(passes, "run_shards", shards)
+    monkeypatch.setattr(passes, "blas_held_for", held)
+    for _ in range(2 * passes.CALIBRATION_TRIALS + 2):
+        np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
+    assert ran[:2 * passes.CALIBRATION_TRIALS] == ["shards", "whole"] * passes.CALIBRATION_TRIALS
+    assert ran[-2:] == ["whole" if slower == "shards" else "shards"] * 2
+    assert fast._chosen[("shards", 4)] == (1 if slower == "shards" else 0)

@@ -210,7 +210,7 @@ def _serially(fn, i):
 
 def with_blas_threads(fn):
     """fn() with the kernels on this thread alone, BLAS free to use its own threads: for a batch of one, the
-    other way to use the cores than the kernels' own splits (see passes.InferenceModel._run_one)."""
+    other way to use the cores than the kernels' own splits (see passes.InferenceModel._fastest)."""
     return _serially(lambda _: fn(), 0)
 
 
