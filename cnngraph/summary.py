@@ -140,7 +140,8 @@ def inference_peak_bytes(g: nx.DiGraph, batch_size: int = 1, itemsize: int = 4) 
 class TrainingMemory:
     """Activation memory of a training step, measured (not estimated) at batch 1 and 2.
 
-    ``peak_bytes[b]`` is the largest total, over the steps of ``model.forward(x, training=True)``, of
+    ``peak_bytes[b]`` is the largest total, over the steps of ``model.forward(x, training=True, fused=True)``
+    (the training step as ``cnngraph.train`` runs it), of
     the distinct arrays held at that moment: the tensors the liveness plan still keeps and what the
     tape has saved for backward so far (arrays deduplicated by their base buffer; parameters and
     buffers excluded), and the same during backward: the tape not yet freed plus the gradients alive
@@ -199,9 +200,9 @@ def _measure(model, batch: int, seed: int = 0) -> tuple[int, int, int]:
             inputs[name] = np.zeros((batch, *inp.shape), np.int64)
         else:
             inputs[name] = rng.standard_normal((batch, *inp.shape)).astype(model.dtype)
-    plan = model.plan()
+    plan = model._fused_plan(model.plan())[1]   # the step as cnngraph.train runs it (fused=True)
     outputs: dict[str, Any] = {}
-    model.forward(inputs, training=True, on_output=lambda node, y: outputs.__setitem__(node, y))
+    model.forward(inputs, training=True, on_output=lambda node, y: outputs.__setitem__(node, y), fused=True)
     tape = model._tape
     params = {id(_base(a)) for a in model.params._data.values()}
     saved_by_step = []
@@ -245,7 +246,7 @@ def _backward_peak(model, plan, tape, saved_by_step, params) -> int:
         for b in bases:
             if id(b) not in params and id(b) not in first_step:
                 first_step[id(b)] = (int(b.nbytes), i)
-    need = requires_grad(model.graph, plan.order, model._trainable, set())
+    need = requires_grad(model._tape_graph, plan.order, model._trainable, set())
     size = {t: math.prod(shape) * model.dtype.itemsize for t, shape in tape.shapes.items()}
     grads = {o: size[o] for o in plan.outputs if o in size}
     peak = 0
