@@ -111,13 +111,13 @@ class Conv2d(Op):
             params["bias"] = init_bias(p.out_channels, fan_in, rng)
         return params
 
-    def forward(self, ctx, inputs, params, relu=False, residual=None):
-        """Inference fusions (see cnngraph.passes): ``residual`` is added to the convolution's output, and
-        ``relu=True`` returns max(., 0) of that."""
+    def forward(self, ctx, inputs, params, relu=False, residual=None, pool=None):
+        """Inference fusions (see cnngraph.passes): ``residual`` is added to the convolution's output,
+        ``relu=True`` returns max(., 0) of that, and ``pool`` (ph, pw) max-pools it in windows that tile it."""
         x, = inputs
         p = self.p
         y, saved = conv2d_forward(x, params["weight"], params.get("bias"), p.stride, self.pads(x.shape[1:]),
-                                  p.dilation, p.groups, save=ctx.grad, relu=relu, residual=residual)
+                                  p.dilation, p.groups, save=ctx.grad, relu=relu, residual=residual, pool=pool)
         ctx.save(conv=saved, relu_output=y if relu else None)
         return y
 

@@ -402,3 +402,38 @@ def test_batch_shards_stay_only_where_they_measured_faster(slower, monkeypatch):
     assert ran[:2 * passes.CALIBRATION_TRIALS] == ["shards", "whole"] * passes.CALIBRATION_TRIALS
     assert ran[-2:] == ["whole" if slower == "shards" else "shards"] * 2
     assert fast._chosen[("shards", 4)] == (1 if slower == "shards" else 0)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_max_pools_fused_into_the_conv_before_them_match_plain(batch):
+    expected = {"specs/lenet5.yaml": [("conv1", "pool1"), ("conv2", "pool2")],
+                "specs/cifarnet.yaml": [("conv2", "pool1"), ("conv4", "pool2")],
+                "specs/digits_cnn.yaml": [("conv2", "pool")]}
+    rng = np.random.default_rng(7)
+    for path, pairs in expected.items():
+        model = cnngraph.compile(path, seed=3)
+        x = rng.standard_normal((batch, *model.spec.inputs["image"].shape)).astype(np.float32)
+        fast = optimize_for_inference(model)
+        assert fast.report["pooled"] == pairs
+        assert all(fast.graph.nodes[c]["type"] == "conv2d+relu+max_pool2d" for c, _ in pairs)
+        np.testing.assert_allclose(fast.forward({"image": x})["logits"], model.forward({"image": x})["logits"],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_max_pools_that_do_not_tile_or_share_their_conv_stay_apart():
+    spec = {"inputs": {"image": {"shape": [3, 9, 9]}},
+            "layers": [{"id": "c1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                       {"id": "p1", "type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+                       {"id": "c2", "type": "conv2d", "out_channels": 4, "kernel_size": 2},
+                       {"id": "p2", "type": "max_pool2d", "kernel_size": 2},
+                       {"id": "c3", "type": "conv2d", "out_channels": 4, "kernel_size": 1, "inputs": ["p2"]},
+                       {"id": "p3", "type": "max_pool2d", "kernel_size": 2},
+                       {"id": "s", "type": "add", "inputs": ["c2", "c2"]}],
+            "outputs": ["p1", "p3", "s"]}
+    model = cnngraph.compile(spec, seed=0)
+    fast = optimize_for_inference(model)
+    assert fast.report["pooled"] == []    # p1 does not tile; c2 is read twice; c3 is 1x1
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    got, want = fast.forward({"image": x}), model.forward({"image": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)

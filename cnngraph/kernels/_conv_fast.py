@@ -150,12 +150,15 @@ class FastConv:
 
     # ---- drivers ---------------------------------------------------------------------------------
 
-    def forward(self, x, w, b, relu=False, residual=None):
+    def forward(self, x, w, b, relu=False, residual=None, pool=None):
         """y (N, O, Ho, Wo) = conv(x, w) + b (+ ``residual``, of y's shape), then max(y, 0) if ``relu``, each
-        applied to a chunk while it is in cache."""
-        y = np.empty((self.N, self.O, self.Ho, self.Wo), dtype=self.dtype)
+        applied to a chunk while it is in cache. ``pool`` (ph, pw), windows that tile the output exactly (no
+        residual): y is then max-pooled per chunk in cache, (N, O, Ho/ph, Wo/pw), bias and relu applied after
+        the pooling (both monotonic: the same values as pooling after them)."""
+        ph, pw = pool or (1, 1)
+        y = np.empty((self.N, self.O, self.Ho // ph, self.Wo // pw), dtype=self.dtype)
         wmat = np.ascontiguousarray(w.reshape(self.O, self.K))
-        if self.N < self.workers and not self.flat:
+        if self.N < self.workers and not self.flat and pool is None:
             self._forward_split_samples(x, wmat, b, relu, residual, y)
             return y
         bias = None if b is None else b.reshape(1, self.O, 1)
@@ -164,11 +167,19 @@ class FastConv:
             for s, e in chunks:
                 n = e - s
                 cols = self._im2col(self._padded(x, s, e))
-                ys = y[s:e].reshape(n, self.O, self.L)
+                ys = y[s:e].reshape(n, self.O, -1)
                 if self.flat:   # one GEMM, then crop + (O, n) -> (n, O) in the unavoidable copy
                     yb = scratch("conv.y", (self.O, n * self.Lq), self.dtype)
                     np.matmul(wmat, cols, out=yb)
-                    np.copyto(y[s:e], yb.reshape(self.O, n, self.Ho, self.Wq)[..., :self.Wo].transpose(1, 0, 2, 3))
+                    full = yb.reshape(self.O, n, self.Ho, self.Wq)[..., :self.Wo].transpose(1, 0, 2, 3)
+                    if pool:
+                        _max_tiles(full, pool, y[s:e])
+                    else:
+                        np.copyto(y[s:e], full)
+                elif pool:      # one GEMM per sample into a chunk buffer, pooled from there
+                    full = scratch("conv.y", (n, self.O, self.L), self.dtype)
+                    np.matmul(wmat, cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2), out=full)
+                    _max_tiles(full.reshape(n, self.O, self.Ho, self.Wo), pool, y[s:e])
                 else:           # one GEMM per sample, written straight into y
                     np.matmul(wmat, cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2), out=ys)
                 _epilogue(ys, bias, None if residual is None else residual[s:e].reshape(ys.shape), relu)
@@ -317,6 +328,18 @@ class FastConv:
         dwt, db = _sum_in_chunk_order(run_parallel(work, t.chunks, t.workers), (t.K, self.C), self.O, self.dtype)
         dw = dwt.reshape(self.O, self.kh, self.kw, self.C)[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
         return dx, np.ascontiguousarray(dw), db
+
+
+def _max_tiles(y, pool, out):
+    """out (n, O, Ho/ph, Wo/pw) = the maximum of each (ph, pw) tile of y (n, O, Ho, Wo); NaN propagates."""
+    n, O, H, W = y.shape
+    ph, pw = pool
+    tiles = y.reshape(n, O, H // ph, ph, W // pw, pw)
+    np.copyto(out, tiles[:, :, :, 0, :, 0])
+    for i in range(ph):
+        for j in range(pw):
+            if i or j:
+                np.maximum(out, tiles[:, :, :, i, :, j], out=out)
 
 
 def _epilogue(y, bias, residual, relu):

@@ -101,12 +101,14 @@ def _col2im(dcols, padded_shape, stride, dilation, out):
     return dpad
 
 
-def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False, residual=None):
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False, residual=None, pool=None):
     """Grouped, strided, dilated 2-D convolution with (possibly asymmetric) zero padding.
 
     x (N, C, H, W), w (O, C//groups, kh, kw), b (O,) or None; stride/dilation (h, w); padding
     (top, bottom, left, right); ``residual`` (y's shape) is added and ``relu`` applies max(y, 0) to the
-    result (inference fusions: the NumPy paths do both per chunk while the chunk is in cache).
+    result (inference fusions: the NumPy paths do both per chunk while the chunk is in cache); ``pool`` (ph, pw)
+    max-pools the result in windows that tile it exactly (inference: the chunked NumPy path pools each chunk
+    in cache, the others pool the whole output).
     Returns ``(y, saved)``, y (N, O, Ho, Wo) in x's dtype; ``saved`` is
     None unless ``save``. NumPy with groups == 1 takes the chunked fast path, whose ``saved`` keeps
     x and w *by reference* (do not modify them in place before backward); otherwise ``saved`` holds
@@ -121,18 +123,21 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
     dtypes = (w.dtype, None if b is None else b.dtype)   # gradients come back in these
     w = w.astype(x.dtype, copy=False)
     b = None if b is None else b.astype(x.dtype, copy=False)
+    if pool is not None and (save or residual is not None or out[0] % pool[0] or out[1] % pool[1]):
+        raise ValueError(f"conv2d: pool={pool} is an inference fusion for windows that tile the {out} output, "
+                         f"without save or residual")
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype)
         if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding):
             y = _pointwise(x, w, b, relu, residual)      # a 1x1 convolution is a plain matrix product per sample
         else:
-            y = fast.forward(x, w, b, relu, residual)
-        return y, (_FastSaved(fast, x, w, dtypes) if save else None)
+            y, pool = fast.forward(x, w, b, relu, residual, pool), None
+        return _max_pooled(y, pool), (_FastSaved(fast, x, w, dtypes) if save else None)
     if xp is np and groups == C and Cg == 1 and groups > 1 and residual is None:
         conv = DepthwiseConv(x.shape, w.shape, stride, padding, dilation, out)
         xpad = conv.pad(x)
         y = conv.forward(xpad, w, b, relu)
-        return y, (_DepthwiseSaved(conv, xpad, w, dtypes) if save else None)
+        return _max_pooled(y, pool), (_DepthwiseSaved(conv, xpad, w, dtypes) if save else None)
     y, saved = _generic_forward(x, w, b, stride, padding, dilation, groups, out, save)
     if residual is not None:
         y += residual
@@ -140,7 +145,15 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
         xp.maximum(y, 0, out=y)
     if saved is not None:
         saved.dtypes = dtypes
-    return y, saved
+    return _max_pooled(y, pool), saved
+
+
+def _max_pooled(y, pool):
+    """y max-pooled in (ph, pw) windows that tile it exactly (y itself when ``pool`` is None)."""
+    if pool is None:
+        return y
+    from .pool import max_pool2d_forward
+    return max_pool2d_forward(y, pool, pool, (0, 0, 0, 0), (1, 1), False, save=False)[0]
 
 
 _POINTWISE_CHUNK_BYTES = 1 << 20

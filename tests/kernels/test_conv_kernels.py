@@ -306,3 +306,18 @@ def test_a_batch_smaller_than_the_threads_splits_each_sample_and_fuses_residual_
     np.testing.assert_allclose(y, np.maximum(ref + residual, 0), rtol=1e-12, atol=1e-12)
     y, _ = conv2d_forward(x, w, b, stride, padding, dilation, groups, False)
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups,relu", [(1, True), (1, False), (2, True), (4, False)])
+def test_conv_with_a_fused_max_pool_equals_the_pool_of_the_conv(groups, relu):
+    from cnngraph.kernels.pool import max_pool2d_forward
+    rng = np.random.default_rng(groups)
+    x = rng.standard_normal((5, 4, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((8, 4 // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    y, _ = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), groups, False, relu=relu)
+    want = max_pool2d_forward(y, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False, save=False)[0]
+    got, _ = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), groups, False, relu=relu, pool=(2, 2))
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="tile"):
+        conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), groups, False, pool=(3, 3))
