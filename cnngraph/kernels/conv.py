@@ -127,7 +127,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
         raise ValueError(f"conv2d: pool={pool} is an inference fusion for windows that tile the {out} output, "
                          f"without save or residual")
     if xp is np and groups == 1:
-        fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype)
+        fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype, inference=not save)
         if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding):
             y = _pointwise(x, w, b, relu, residual)      # a 1x1 convolution is a plain matrix product per sample
         else:
