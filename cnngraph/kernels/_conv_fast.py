@@ -185,7 +185,8 @@ class FastConv:
                     np.copyto(y[s:e], yb.reshape(self.O, n, self.Ho, self.Wq)[..., :self.Wo].transpose(1, 0, 2, 3))
                 elif pool:      # one GEMM per sample into a chunk buffer, pooled from there
                     full = scratch("conv.y", (n, self.O, self.Ho // ph, ph, self.Wo), self.dtype)
-                    np.matmul(wmat, cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2), out=full.reshape(n, self.O, -1))
+                    per_sample = cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2)
+                    np.matmul(wmat, per_sample, out=full.reshape(n, self.O, -1))
                     _max_of([full[:, :, :, i, j::pw] for i in range(ph) for j in range(pw)], y[s:e])
                 else:           # one GEMM per sample, written straight into y
                     np.matmul(wmat, cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2), out=ys)
