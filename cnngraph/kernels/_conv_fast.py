@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._parallel import run_parallel, scratch, split_chunks, workers_for
+from ._pool_fast import max_and_index
 
 __all__ = ["FastConv"]
 
@@ -177,17 +178,17 @@ class FastConv:
                     np.matmul(cols.T, wmat.T, out=yt)
                     rows = yt.reshape(n, self.Ho // ph, ph, self.Wq, self.O)
                     pooled = scratch("conv.pooled", (n, self.Ho // ph, self.Wo // pw, self.O), self.dtype)
-                    _max_of([rows[:, :, i, j:self.Wo:pw] for i in range(ph) for j in range(pw)], pooled)
+                    max_and_index([rows[:, :, i, j:self.Wo:pw] for i in range(ph) for j in range(pw)], pooled)
                     np.copyto(y[s:e], pooled.transpose(0, 3, 1, 2))
                 elif self.flat:   # one GEMM, then crop + (O, n) -> (n, O) in the unavoidable copy
                     yb = scratch("conv.y", (self.O, n * self.Lq), self.dtype)
                     np.matmul(wmat, cols, out=yb)
                     np.copyto(y[s:e], yb.reshape(self.O, n, self.Ho, self.Wq)[..., :self.Wo].transpose(1, 0, 2, 3))
                 elif pool:      # one GEMM per sample into a chunk buffer, pooled from there
-                    full = scratch("conv.y", (n, self.O, self.Ho // ph, ph, self.Wo), self.dtype)
+                    tiles = scratch("conv.y", (n, self.O, self.Ho // ph, ph, self.Wo), self.dtype)
                     per_sample = cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2)
-                    np.matmul(wmat, per_sample, out=full.reshape(n, self.O, -1))
-                    _max_of([full[:, :, :, i, j::pw] for i in range(ph) for j in range(pw)], y[s:e])
+                    np.matmul(wmat, per_sample, out=tiles.reshape(n, self.O, -1))
+                    max_and_index([tiles[:, :, :, i, j::pw] for i in range(ph) for j in range(pw)], y[s:e])
                 else:           # one GEMM per sample, written straight into y
                     np.matmul(wmat, cols.reshape(self.K, n, self.Lq).transpose(1, 0, 2), out=ys)
                 _epilogue(ys, bias, None if residual is None else residual[s:e].reshape(ys.shape), relu)
@@ -336,13 +337,6 @@ class FastConv:
         dwt, db = _sum_in_chunk_order(run_parallel(work, t.chunks, t.workers), (t.K, self.C), self.O, self.dtype)
         dw = dwt.reshape(self.O, self.kh, self.kw, self.C)[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
         return dx, np.ascontiguousarray(dw), db
-
-
-def _max_of(views, out):
-    """out = the element-wise maximum of ``views`` (a max pool's window offsets); NaN propagates."""
-    np.copyto(out, views[0])
-    for v in views[1:]:
-        np.maximum(out, v, out=out)
 
 
 def _epilogue(y, bias, residual, relu):

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._parallel import n_workers, run_parallel, scratch, split_chunks
 
-__all__ = ["tiles_exactly", "max_forward", "max_backward", "avg_forward", "avg_backward"]
+__all__ = ["tiles_exactly", "max_forward", "max_backward", "avg_forward", "avg_backward", "max_and_index"]
 
 _CHUNK_BYTES = 1 << 20
 _PARALLEL_BYTES = 1 << 21   # smaller inputs are pooled on one thread
@@ -47,28 +47,31 @@ def max_forward(x, kernel, save):
 
     def work(chunks):
         for s, e in chunks:
-            ys = y[s:e]
-            np.copyto(ys, views[0][s:e])
-            if save:
-                ids = idx[s:e]
-                ids.fill(0)
-                take = scratch("pool.take", ys.shape, bool)
-                tmp = scratch("pool.tmp", ys.shape, idx.dtype)
-            for k in range(1, len(views)):
-                v = views[k][s:e]
-                if save:
-                    # Strict '>' keeps the first max on ties. The last offset that raised the running
-                    # max is the largest k with take set, so max(ids, k*take) tracks it branch-free
-                    # (a masked copyto is ~20x slower on random masks).
-                    np.greater(v, ys, out=take)
-                    np.multiply(take, idx.dtype.type(k), out=tmp)
-                    np.maximum(ids, tmp, out=ids)
-                np.maximum(ys, v, out=ys)                # propagates NaN like PyTorch
-            if save and np.isnan(ys).any():
-                _nan_indices(x[s:e], kernel, ids)
+            max_and_index([v[s:e] for v in views], y[s:e], None if idx is None else idx[s:e])
+            if save and np.isnan(y[s:e]).any():
+                _nan_indices(x[s:e], kernel, idx[s:e])
 
     run_parallel(work, _chunks(x))
     return y, idx
+
+
+def max_and_index(views, ys, ids=None):
+    """ys = the maximum of the window-offset ``views`` (NaN propagates, like PyTorch); ids, where given, the
+    offset of the first maximum (NaN aside: see _nan_indices)."""
+    np.copyto(ys, views[0])
+    if ids is not None:
+        ids.fill(0)
+        take = scratch("pool.take", ys.shape, bool)
+        tmp = scratch("pool.tmp", ys.shape, ids.dtype)
+    for k, v in enumerate(views[1:], 1):
+        if ids is not None:
+            # Strict '>' keeps the first max on ties. The last offset that raised the running
+            # max is the largest k with take set, so max(ids, k*take) tracks it branch-free
+            # (a masked copyto is ~20x slower on random masks).
+            np.greater(v, ys, out=take)
+            np.multiply(take, ids.dtype.type(k), out=tmp)
+            np.maximum(ids, tmp, out=ids)
+        np.maximum(ys, v, out=ys)
 
 
 def _nan_indices(x, kernel, ids):
