@@ -212,8 +212,7 @@ def fuse_activations(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, 
 
 
 def _plain_conv2d(op: Op) -> bool:
-    while hasattr(op, "inner"):
-        op = op.inner
+    op = _inner_conv(op)
     return op.type == "conv2d" and op.p.groups == 1
 
 
@@ -260,6 +259,7 @@ def fuse_max_pools(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str, st
 
 
 def _inner_conv(op: Op) -> Op:
+    """The op under any fusions wrapped around it."""
     while hasattr(op, "inner"):
         op = op.inner
     return op

@@ -321,40 +321,38 @@ def test_no_residual_fusion_with_a_constant_or_into_a_depthwise_conv():
     assert _optimized_matches_plain(spec, 4).report["residual"] == []
 
 
+def _resnet_small_snapshot(batch: int):
+    """(x, the plain model's logits for x, an optimize_for_inference snapshot) of resnet_small, as if trained."""
+    rng = np.random.default_rng(batch)
+    model = cnngraph.compile("specs/resnet_small.yaml", seed=2)
+    _trained_like(model, rng)
+    x = rng.standard_normal((batch, *model.spec.inputs["image"].shape)).astype(np.float32)
+    return x, model.forward({"image": x})["logits"], optimize_for_inference(model)
+
+
+def _recorded(ran: list, label: str, slower: str, real):
+    """``real`` that first appends ``label`` to ``ran`` and, where ``label`` is the ``slower`` way, sleeps 50 ms."""
+    import time
+
+    def wrapper(*args, **kwargs):
+        ran.append(label)
+        if label == slower:
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+    return wrapper
+
+
 @pytest.mark.parametrize("slower", ["blas", "splits"])
 def test_a_batch_of_one_keeps_the_faster_way_to_use_the_cores(slower, monkeypatch):
     """Batch-1 inference times its convolutions split by the kernels and by BLAS's threads over the first
     passes, then keeps the faster; both give the plain model's outputs."""
-    import time
-
     import cnngraph.passes as passes
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
-    rng = np.random.default_rng(5)
-    model = cnngraph.compile("specs/resnet_small.yaml", seed=2)
-    _trained_like(model, rng)
-    x = rng.standard_normal((1, *model.spec.inputs["image"].shape)).astype(np.float32)
-    want = model.forward({"image": x})["logits"]
-    fast = optimize_for_inference(model)
+    x, want, fast = _resnet_small_snapshot(batch=1)
     assert fast._splits_one
     ran = []
-    real = passes.with_blas_threads
-
-    def blas_threads(fn):
-        ran.append("blas")
-        if slower == "blas":
-            time.sleep(0.05)
-        return real(fn)
-
-    real_hold = passes.blas_held_for
-
-    def held(batch, splits_one=False):
-        ran.append("splits")
-        if slower == "splits":
-            time.sleep(0.05)
-        return real_hold(batch, splits_one)
-
-    monkeypatch.setattr(passes, "with_blas_threads", blas_threads)
-    monkeypatch.setattr(passes, "blas_held_for", held)
+    monkeypatch.setattr(passes, "with_blas_threads", _recorded(ran, "blas", slower, passes.with_blas_threads))
+    monkeypatch.setattr(passes, "blas_held_for", _recorded(ran, "splits", slower, passes.blas_held_for))
     for _ in range(2 * passes.CALIBRATION_TRIALS):
         np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
     assert ran == ["splits", "blas"] * passes.CALIBRATION_TRIALS     # alternating while measuring
@@ -367,36 +365,15 @@ def test_a_batch_of_one_keeps_the_faster_way_to_use_the_cores(slower, monkeypatc
 
 @pytest.mark.parametrize("slower", ["shards", "whole"])
 def test_batch_shards_stay_only_where_they_measured_faster(slower, monkeypatch):
-    import time
-
     import cnngraph.passes as passes
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
     from cnngraph.kernels import _parallel
     if not _parallel._blas_controllers():
         pytest.skip("threadpoolctl is not installed: no shards")
-    rng = np.random.default_rng(6)
-    model = cnngraph.compile("specs/resnet_small.yaml", seed=2)
-    _trained_like(model, rng)
-    x = rng.standard_normal((4, *model.spec.inputs["image"].shape)).astype(np.float32)
-    want = model.forward({"image": x})["logits"]
-    fast = optimize_for_inference(model)
+    x, want, fast = _resnet_small_snapshot(batch=4)
     ran = []
-    real_shards, real_hold = passes.run_shards, passes.blas_held_for
-
-    def shards(fn, count):
-        ran.append("shards")
-        if slower == "shards":
-            time.sleep(0.05)
-        return real_shards(fn, count)
-
-    def held(batch, splits_one=False):
-        ran.append("whole")
-        if slower == "whole":
-            time.sleep(0.05)
-        return real_hold(batch, splits_one)
-
-    monkeypatch.setattr(passes, "run_shards", shards)
-    monkeypatch.setattr(passes, "blas_held_for", held)
+    monkeypatch.setattr(passes, "run_shards", _recorded(ran, "shards", slower, passes.run_shards))
+    monkeypatch.setattr(passes, "blas_held_for", _recorded(ran, "whole", slower, passes.blas_held_for))
     for _ in range(2 * passes.CALIBRATION_TRIALS + 2):
         np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
     assert ran[:2 * passes.CALIBRATION_TRIALS] == ["shards", "whole"] * passes.CALIBRATION_TRIALS
