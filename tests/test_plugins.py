@@ -19,7 +19,6 @@ PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def one_layer(op_type: str, shape=(3, 4, 4), **params) -> dict:
     return {"inputs": {"x": {"shape": list(shape)}}, "layers": [{"id": "a", "type": op_type, **params}],
             "outputs": ["a"]}
@@ -123,20 +122,23 @@ def test_a_broken_installed_plugin_is_skipped_with_one_warning_not_fatal(tmp_pat
         cnngraph.load_spec(one_layer("ep_gone"))
 
 
+_OP_FILE = """
+import cnngraph
+
+class Same(cnngraph.Op):
+    type = "{op}"
+    def forward(self, ctx, inputs, params):
+        return inputs[0]
+
+@cnngraph.hookimpl
+def cnngraph_register_ops(registry):
+    registry.add(Same)
+"""
+
+
 def test_an_installed_plugin_clashing_with_a_built_in_is_skipped_and_can_be_disabled(tmp_path, monkeypatch, fresh,
                                                                                     capsys):
-    make_dist(tmp_path, "epclash", """
-        import cnngraph
-
-        class MyRelu(cnngraph.Op):
-            type = "relu"
-            def forward(self, ctx, inputs, params):
-                return inputs[0]
-
-        @cnngraph.hookimpl
-        def cnngraph_register_ops(registry):
-            registry.add(MyRelu)
-    """)
+    make_dist(tmp_path, "epclash", _OP_FILE.format(op="relu"))
     monkeypatch.syspath_prepend(str(tmp_path))
     registry._STATE = None
     reg = registry.get_registry()
@@ -199,21 +201,11 @@ def test_two_installed_plugins_claiming_one_op_name_use_neither(tmp_path, monkey
     capsys.readouterr()
 
 
+
 def test_a_skipped_plugin_gives_a_contested_name_back(tmp_path, monkeypatch, fresh, capsys):
     """The second claimant fails after claiming the name: it is skipped, so the first one keeps it."""
-    good = """
-        import cnngraph
-
-        class Swish(cnngraph.Op):
-            type = "ep_keep"
-            def forward(self, ctx, inputs, params):
-                return inputs[0]
-
-        @cnngraph.hookimpl
-        def cnngraph_register_ops(registry):
-            registry.add(Swish)
-    """
-    broken = good.replace("registry.add(Swish)", "registry.add(Swish)\n            raise RuntimeError('late failure')")
+    good = _OP_FILE.format(op="ep_keep")
+    broken = good.replace("registry.add(Same)", "registry.add(Same)\n    raise RuntimeError('late failure')")
     for name, body in (("epgood", good), ("epbad", broken)):
         (tmp_path / name).mkdir()
         make_dist(tmp_path / name, name, body)
@@ -313,20 +305,6 @@ def test_loading_the_same_file_twice_is_a_no_op(fresh):
     a = cnngraph.load_plugin_file(PLUGINS / "good_layers.py")
     b = cnngraph.load_plugin_file(str(PLUGINS / "good_layers.py"))
     assert a == b and "scaled_tanh" in fresh.ops
-
-
-_OP_FILE = """
-import cnngraph
-
-class Same(cnngraph.Op):
-    type = "{op}"
-    def forward(self, ctx, inputs, params):
-        return inputs[0]
-
-@cnngraph.hookimpl
-def cnngraph_register_ops(registry):
-    registry.add(Same)
-"""
 
 
 @pytest.mark.parametrize("module_first", [True, False])

@@ -467,13 +467,18 @@ def _ink_png(ds, path, size=(32, 32), i=7):
     return path
 
 
-def test_an_output_that_is_one_of_the_inputs_is_refused_before_any_work(trained, tmp_path, capsys):
-    """explain --image mine.png -o mine.png replaced the user's image with the picture."""
+def _tiny_run_and_ink_image(trained, tmp_path, name):
+    """(the tiny digits spec file, a dark-on-white digit image, the dataset), the trained run saved in tmp_path/run."""
     model, ds = trained
     _save_run(model, ds, tmp_path / "run")
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(TINY_DIGITS))
-    img = _ink_png(ds, tmp_path / "mine.png")
+    return spec, _ink_png(ds, tmp_path / name), ds
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_before_any_work(trained, tmp_path, capsys):
+    """explain --image mine.png -o mine.png replaced the user's image with the picture."""
+    spec, img, ds = _tiny_run_and_ink_image(trained, tmp_path, "mine.png")
     (tmp_path / "link.png").symlink_to(img)
     before = img.read_bytes()
     base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(img), "--invert"]
@@ -506,11 +511,7 @@ def test_replacing_another_file_is_said_and_svg_has_no_pixel_size(trained, tmp_p
 
 
 def test_a_light_background_image_gets_a_polarity_note_and_a_dark_one_none(trained, tmp_path, capsys):
-    model, ds = trained
-    _save_run(model, ds, tmp_path / "run")
-    spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(TINY_DIGITS))
-    img = _ink_png(ds, tmp_path / "ink.png")
+    spec, img, ds = _tiny_run_and_ink_image(trained, tmp_path, "ink.png")
     base = ["explain", str(spec), "--checkpoint", str(tmp_path / "run"), "--image", str(img), "-o", str(tmp_path / "m.png")]
     assert main(base) == 0
     err = capsys.readouterr().err
