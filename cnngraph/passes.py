@@ -22,6 +22,7 @@ import networkx as nx
 import numpy as np
 
 from .backend import xp_of
+from .kernels._onednn import available as onednn_available
 from .kernels._parallel import blas_held_for, n_workers, run_shards, split_chunks, with_blas_threads
 from .op import Op
 from .runner import batch_of, is_builtin, run_forward
@@ -279,6 +280,9 @@ class InferenceModel:
         self.macs_per_sample = sum(macs)
         # Mostly plain conv2d: its NumPy kernels split even one sample over the threads (see blas_held_for).
         self._splits_one = 2 * sum(m for m, a in zip(macs, layers) if _plain_conv2d(a["op"])) >= self.macs_per_sample
+        # oneDNN splits every convolution over the cores itself; called from shard threads it would also start
+        # an OpenMP team per thread, whose idle workers slowed every later OpenMP user 2x (PyTorch in the benchmark)
+        self._on_onednn = self._splits_one and model.dtype == np.float32 and onednn_available()
         self._trials: dict[tuple, list[list[float]]] = {}   # see _fastest: seconds of each way, by case
         self._chosen: dict[tuple, int] = {}                  # ... and the fastest way, once measured
         # Batch shards may run on separate threads only when every layer treats samples independently
@@ -304,7 +308,7 @@ class InferenceModel:
         with 3-8 (every shard's Python work queues for the GIL)."""
         workers = n_workers()   # the inputs share one batch size: _prepare_inputs checks
         if (workers != SHARD_THREADS or batch < 2 or not self._shardable or self.model.xp is not np
-                or self.macs_per_sample > SHARD_MAX_MACS):
+                or self.macs_per_sample > SHARD_MAX_MACS or self._on_onednn):
             return []
         return split_chunks(batch, -(-batch // workers), 1)
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
-from cnngraph.kernels._parallel import contiguous_alike, run_blocks
+from cnngraph.kernels._parallel import contiguous_alike, flat, run_blocks
 from cnngraph.op import Context, Op, OpParams
 
 __all__ = ["ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "Softplus", "Softsign", "Tanh", "Sigmoid",
@@ -55,7 +55,7 @@ class ReLU(_Elementwise):
         out = x if ctx.can_overwrite(0) else None
         if contiguous_alike(x):   # NumPy: big arrays on both cores, in L2-sized pieces
             y = np.empty_like(x) if out is None else out
-            fx, fy = x.reshape(-1), y.reshape(-1)
+            fx, fy = flat(x), flat(y)
             run_blocks(lambda s, e: np.maximum(fx[s:e], 0, out=fy[s:e]), fx.size)
         else:
             y = xp_of(x).maximum(x, 0, out=out)
@@ -67,7 +67,7 @@ class ReLU(_Elementwise):
         if not contiguous_alike(gy, y):
             return [gy * (y > 0)], {}
         g = np.empty_like(gy)
-        fg, fy, fo = gy.reshape(-1), y.reshape(-1), g.reshape(-1)
+        fg, fy, fo = flat(gy), flat(y), flat(g)
 
         def piece(s, e):
             np.multiply(fg[s:e], fy[s:e] > 0, out=fo[s:e])

@@ -8,7 +8,7 @@ import numpy as np
 from cnngraph.backend import xp_of
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
-from cnngraph.kernels._parallel import contiguous_alike, run_blocks
+from cnngraph.kernels._parallel import contiguous_alike, flat, run_blocks
 from cnngraph.op import Op, OpParams
 
 __all__ = ["Add", "Concat"]
@@ -56,8 +56,8 @@ class Add(Op):
 def _add_blocks(a, b, out, relu):
     """a + b (then max(., 0)) in L2-sized pieces on the kernel threads: one pass over memory for
     the fused add+relu instead of two, on both cores."""
-    y = np.empty(a.shape, dtype=np.result_type(a, b)) if out is None else out
-    fa, fb, fy = a.reshape(-1), b.reshape(-1), y.reshape(-1)
+    y = np.empty_like(a, dtype=np.result_type(a, b)) if out is None else out
+    fa, fb, fy = flat(a), flat(b), flat(y)
 
     def piece(s, e):
         np.add(fa[s:e], fb[s:e], out=fy[s:e])

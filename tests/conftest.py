@@ -21,3 +21,10 @@ def fresh():
         yield registry.get_registry()
     finally:
         registry._STATE = saved
+
+
+@pytest.fixture
+def numpy_kernels(monkeypatch):
+    """Convolutions on cnngraph's own NumPy kernels even where oneDNN is installed (see cnngraph/kernels/_onednn.py)."""
+    from cnngraph.kernels import _onednn
+    monkeypatch.setattr(_onednn, "_api", lambda: None)

@@ -177,6 +177,7 @@ def test_conv3d_folds_batch_norm_and_fuses_relu_like_conv2d():
                                atol=1e-5)
 
 
+@pytest.mark.usefixtures("numpy_kernels")   # shards are for the NumPy kernels (oneDNN splits each conv)
 @pytest.mark.parametrize("path", ["specs/resnet_small.yaml", "specs/inception_small.yaml"])
 def test_batch_shards_on_threads_give_the_same_outputs(path, monkeypatch):
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
@@ -194,6 +195,7 @@ def test_batch_shards_on_threads_give_the_same_outputs(path, monkeypatch):
     np.testing.assert_allclose(sharded, model.forward({"image": x})["logits"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("numpy_kernels")   # shards are for the NumPy kernels (oneDNN splits each conv)
 def test_no_batch_shards_where_samples_interact_or_nothing_to_split(monkeypatch):
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
     x = np.zeros((4, 3, 8, 8), np.float32)
@@ -214,6 +216,7 @@ def test_no_batch_shards_where_samples_interact_or_nothing_to_split(monkeypatch)
     assert bn_first._shards({"image": x}, 4) == []
 
 
+@pytest.mark.usefixtures("numpy_kernels")   # shards are for the NumPy kernels (oneDNN splits each conv)
 def test_batch_shards_run_on_two_threads(monkeypatch):
     monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
     from cnngraph.kernels import _parallel
@@ -363,6 +366,7 @@ def test_a_batch_of_one_keeps_the_faster_way_to_use_the_cores(slower, monkeypatc
     assert ran == ["blas" if slower == "splits" else "splits"] * 3
 
 
+@pytest.mark.usefixtures("numpy_kernels")   # shards are for the NumPy kernels (oneDNN splits each conv)
 @pytest.mark.parametrize("slower", ["shards", "whole"])
 def test_batch_shards_stay_only_where_they_measured_faster(slower, monkeypatch):
     import cnngraph.passes as passes

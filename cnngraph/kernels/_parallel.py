@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "scratch",
+__all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "flat",
+           "channels_last", "empty_as", "scratch", "scratch_as",
            "split_chunks", "blas_held_for", "with_blas_threads"]
 
 _lock = threading.Lock()
@@ -242,9 +243,33 @@ BLOCK = 1 << 16              # elements per piece of an element-wise pass: each 
 BLOCKS_FROM = 1 << 18        # smaller passes run on one thread (measured: the hand-off costs more)
 
 
+def channels_last(a) -> bool:
+    """Whether ``a`` is an (N, C, H, W)-shaped view of a dense (N, H, W, C) buffer (oneDNN's conv outputs)."""
+    return isinstance(a, np.ndarray) and a.ndim == 4 and not a.flags.c_contiguous and \
+        a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 def contiguous_alike(*arrays) -> bool:
-    """NumPy arrays, all C-contiguous and of one shape: safe to process as flat pieces."""
-    return all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.shape == arrays[0].shape for a in arrays)
+    """NumPy arrays of one shape, each one dense block in the same memory order (C order, or all channels-last):
+    safe to process as flat pieces (see flat)."""
+    first = arrays[0]
+    return (isinstance(first, np.ndarray) and (first.flags.c_contiguous or channels_last(first))
+            and all(isinstance(a, np.ndarray) and a.shape == first.shape and a.strides == first.strides
+                    for a in arrays))
+
+
+def flat(a):
+    """A 1-D view of a dense array's elements in memory order (see contiguous_alike)."""
+    return a.reshape(-1) if a.flags.c_contiguous else a.transpose(0, 2, 3, 1).reshape(-1)
+
+
+def empty_as(like, shape, dtype):
+    """np.empty(shape) laid out as ``like``: channels-last (an NCHW-shaped view) when ``like`` is, so element-wise
+    passes between the two run over memory in order."""
+    if channels_last(like):
+        n, c, h, w = shape
+        return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return np.empty(shape, dtype=dtype)
 
 
 def run_blocks(fn, size):
@@ -262,6 +287,14 @@ def run_blocks(fn, size):
             fn(s * BLOCK, min(e * BLOCK, size))
 
     run_parallel(work, split_chunks(-(-size // BLOCK), 4, workers), workers)
+
+
+def scratch_as(name, like, dtype):
+    """scratch() of ``like``'s shape, laid out as ``like`` (see empty_as)."""
+    if channels_last(like):
+        n, c, h, w = like.shape
+        return scratch(name, (n, h, w, c), dtype).transpose(0, 3, 1, 2)
+    return scratch(name, like.shape, dtype)
 
 
 def scratch(name, shape, dtype, zero=False):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._parallel import n_workers, run_parallel, scratch, split_chunks
+from ._parallel import channels_last, empty_as, n_workers, run_parallel, scratch_as, split_chunks
 
 __all__ = ["tiles_exactly", "max_forward", "max_backward", "avg_forward", "avg_backward", "max_and_index"]
 
@@ -41,8 +41,8 @@ def max_forward(x, kernel, save):
     """(y, idx or None): idx (int8) is the window offset of the first maximum (PyTorch's rule)."""
     N, C, H, W = x.shape
     kh, kw = kernel
-    y = np.empty((N, C, H // kh, W // kw), dtype=x.dtype)
-    idx = np.empty(y.shape, dtype=np.int8 if kh * kw <= 127 else np.int32) if save else None
+    y = empty_as(x, (N, C, H // kh, W // kw), x.dtype)   # (outputs in x's layout: see empty_as)
+    idx = empty_as(x, y.shape, np.int8 if kh * kw <= 127 else np.int32) if save else None
     views = _views(x, kernel)
 
     def work(chunks):
@@ -61,8 +61,8 @@ def max_and_index(views, ys, ids=None):
     np.copyto(ys, views[0])
     if ids is not None:
         ids.fill(0)
-        take = scratch("pool.take", ys.shape, bool)
-        tmp = scratch("pool.tmp", ys.shape, ids.dtype)
+        take = scratch_as("pool.take", ys, bool)
+        tmp = scratch_as("pool.tmp", ys, ids.dtype)
     for k, v in enumerate(views[1:], 1):
         if ids is not None:
             # Strict '>' keeps the first max on ties. The last offset that raised the running
@@ -90,13 +90,15 @@ def max_backward(gy, idx, kernel):
     """dx: each window's gradient goes to its saved argmax offset, zeros elsewhere."""
     N, C, Ho, Wo = gy.shape
     kh, kw = kernel
-    dx = np.empty((N, C, Ho * kh, Wo * kw), dtype=gy.dtype)
+    dx = empty_as(idx, (N, C, Ho * kh, Wo * kw), gy.dtype)
     views = _views(dx, kernel)
+    if channels_last(idx) != channels_last(gy):   # one copy instead of kh*kw passes across layouts
+        gy = _in_layout(gy, idx)
 
     def work(chunks):
         for s, e in chunks:
             g, ids = gy[s:e], idx[s:e]
-            mask = scratch("pool.mask", g.shape, bool)
+            mask = scratch_as("pool.mask", ids, bool)
             for k, v in enumerate(views):
                 np.equal(ids, k, out=mask)
                 np.multiply(g, mask, out=v[s:e])
@@ -105,11 +107,17 @@ def max_backward(gy, idx, kernel):
     return dx
 
 
+def _in_layout(a, like):
+    out = empty_as(like, a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
 def avg_forward(x, kernel):
     """Mean over each window (no padding, so count_include_pad is irrelevant)."""
     N, C, H, W = x.shape
     kh, kw = kernel
-    y = np.empty((N, C, H // kh, W // kw), dtype=x.dtype)
+    y = empty_as(x, (N, C, H // kh, W // kw), x.dtype)
     views = _views(x, kernel)
     scale = x.dtype.type(1.0 / (kh * kw))
 
@@ -129,7 +137,7 @@ def avg_backward(gy, kernel):
     """dx: every position of a window receives gy / (kh*kw)."""
     N, C, Ho, Wo = gy.shape
     kh, kw = kernel
-    dx = np.empty((N, C, Ho * kh, Wo * kw), dtype=gy.dtype)
+    dx = empty_as(gy, (N, C, Ho * kh, Wo * kw), gy.dtype)
     views = _views(dx, kernel)
     scale = gy.dtype.type(1.0 / (kh * kw))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import xp_of
+from . import _onednn
 from ._conv_fast import FastConv, _epilogue
 from ._depthwise import DepthwiseConv
 from ._parallel import run_parallel, split_chunks, workers_for
@@ -33,6 +34,16 @@ class _ConvSaved:
 
     __slots__ = ("x_shape", "padded_shape", "w", "has_bias", "stride", "padding", "dilation",
                  "groups", "out", "cols", "dtypes")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class _OneDNNSaved:
+    """What the oneDNN backward needs: the geometry plus x and w (references, not copies)."""
+
+    __slots__ = ("x", "w", "has_bias", "stride", "padding", "dilation", "out", "dtypes")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -126,6 +137,13 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
     if pool is not None and (save or residual is not None or out[0] % pool[0] or out[1] % pool[1]):
         raise ValueError(f"conv2d: pool={pool} is an inference fusion for windows that tile the {out} output, "
                          f"without save or residual")
+    if _onednn.usable(x, w, groups):
+        y = _onednn.forward(x, w, b, stride, padding, dilation, out, save, relu, residual)
+        saved = None
+        if save:
+            saved = _OneDNNSaved(x=x, w=w, has_bias=b is not None, stride=tuple(stride), padding=tuple(padding),
+                                 dilation=tuple(dilation), out=out, dtypes=dtypes)
+        return _max_pooled(y, pool), saved
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype, inference=not save)
         if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding):
@@ -197,6 +215,11 @@ def conv2d_backward(gy, saved, need_dx=True, relu_output=None):
         gy = np.asarray(gy, dtype=saved.fast.dtype)
         dx, dw, db = saved.fast.backward(gy, saved.x, saved.w, need_dx, relu_output)
         return _in_dtypes(dx, dw, db, saved.dtypes)
+    if isinstance(saved, _OneDNNSaved):
+        s = saved
+        dx, dw, db = _onednn.backward(np.asarray(gy, dtype=np.float32), s.x, s.w, s.has_bias, s.stride, s.padding,
+                                      s.dilation, s.out, need_dx, relu_output)
+        return _in_dtypes(dx, dw, db, s.dtypes)
     if relu_output is not None:
         gy = gy * (relu_output > 0)
     if isinstance(saved, _DepthwiseSaved):
