@@ -24,7 +24,8 @@ def fresh():
 
 
 @pytest.fixture
-def numpy_kernels(monkeypatch):
+def numpy_kernels():
     """Convolutions on cnngraph's own NumPy kernels even where oneDNN is installed (see cnngraph/kernels/_onednn.py)."""
     from cnngraph.kernels import _onednn
-    monkeypatch.setattr(_onednn, "_api", lambda: None)
+    with _onednn.disabled():
+        yield

@@ -14,16 +14,18 @@ another libdnnl.so.3 (oneDNN 3.x).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import functools
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["available", "usable", "forward", "backward"]
+__all__ = ["available", "disabled", "usable", "forward", "backward"]
 
 _F32, _CPU, _TAG_ANY = 3, 1, 1
 _FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
@@ -145,12 +147,29 @@ def _api():
             return _Api(C.CDLL(path))
         except OSError:
             continue
+        except (AttributeError, OneDNNError) as e:    # not oneDNN 3.x, or it would not start
+            warnings.warn(f"{path}: not a usable oneDNN 3.x library ({e}); convolutions run on NumPy", stacklevel=2)
+            return None
+    if os.environ.get("CNNGRAPH_ONEDNN_LIB"):
+        warnings.warn(f"CNNGRAPH_ONEDNN_LIB={os.environ['CNNGRAPH_ONEDNN_LIB']}: cannot be loaded; convolutions "
+                      f"run on NumPy", stacklevel=2)
     return None
 
 
 def available() -> bool:
     """Whether oneDNN was found (and not switched off with CNNGRAPH_ONEDNN=0)."""
     return _api() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block, convolutions run on the NumPy kernels (for tests and float32 A/B comparisons)."""
+    global _api
+    saved, _api = _api, (lambda: None)
+    try:
+        yield
+    finally:
+        _api = saved
 
 
 def usable(x, w, groups) -> bool:

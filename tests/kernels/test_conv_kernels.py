@@ -48,10 +48,16 @@ def scale(a):
     return max(1.0, float(np.abs(a).max()))
 
 
-@pytest.fixture(params=["flat", "exact"])
+@pytest.fixture(params=["flat", "exact", "onednn"])
 def layout(request, monkeypatch):
-    """Run a test with the flat stride-1 column layout allowed for every O, or for none."""
-    from cnngraph.kernels import _conv_fast
+    """Run a test on the NumPy kernels with the flat stride-1 column layout allowed for every O, or for none; or
+    with oneDNN taking the float32 convolutions it can (skipped where it is not installed)."""
+    from cnngraph.kernels import _conv_fast, _onednn
+    if request.param == "onednn":
+        if not _onednn.available():
+            pytest.skip("oneDNN is not installed (pip install onednn-cpu-gomp)")
+        return request.param
+    monkeypatch.setattr(_onednn, "_api", lambda: None)   # (the fixture's monkeypatch undoes it)
     monkeypatch.setattr(_conv_fast, "FLAT_MAX_O", 1 << 30 if request.param == "flat" else 0)
     monkeypatch.setattr(_conv_fast, "FLAT_MAX_W", 1 << 30 if request.param == "flat" else 0)
     monkeypatch.setattr(_conv_fast, "FLAT_MIN_K_PER_O", 0)

@@ -1,0 +1,180 @@
+"""oneDNN convolutions (cnngraph/kernels/_onednn.py) against the NumPy kernels in float64, and the channels-last
+layout they hand to the element-wise and pooling kernels."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from cnngraph.kernels import _onednn, conv2d_backward, conv2d_forward
+from cnngraph.kernels._parallel import channels_last
+from cnngraph.kernels.pool import max_pool2d_backward, max_pool2d_forward
+
+needs_onednn = pytest.mark.skipif(not _onednn.available(), reason="oneDNN is not installed (pip install onednn-cpu-gomp)")
+
+# (N, C, H, W, O, (kh, kw), stride, padding (t, b, l, r), dilation, bias)
+GEOMETRIES = [
+    (4, 3, 10, 9, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True),
+    (1, 16, 8, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False),
+    (3, 5, 11, 7, 6, (3, 2), (2, 1), (1, 2, 0, 1), (1, 1), True),
+    (2, 4, 12, 12, 4, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), True),
+    (2, 8, 6, 6, 32, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), False),
+    (2, 1, 28, 28, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), True),
+]
+
+
+def _case(geometry, seed=0):
+    N, C, H, W, O, k, stride, padding, dilation, bias = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((O, C) + k) / np.sqrt(C * k[0] * k[1])
+    b = rng.standard_normal(O) if bias else None
+    return x, w, b, (stride, padding, dilation)
+
+
+def _f32(*arrays):
+    return [None if a is None else a.astype(np.float32) for a in arrays]
+
+
+@needs_onednn
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_training_forward_backward_match_float64_numpy(geometry, relu, numpy_reference):
+    x, w, b, geom = _case(geometry)
+    y, saved = conv2d_forward(*_f32(x, w, b), *geom, 1, save=True, relu=relu)
+    assert type(saved).__name__ == "_OneDNNSaved" and channels_last(y)
+    gy = np.random.default_rng(1).standard_normal(y.shape)
+    dx, dw, db = conv2d_backward(gy.astype(np.float32), saved, True, y if relu else None)
+    ry, rdx, rdw, rdb = numpy_reference(x, w, b, geom, gy, relu)
+    for ours, ref in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
+        if ref is None:
+            assert ours is None
+            continue
+        assert ours.dtype == np.float32 and ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+
+
+@needs_onednn
+def test_inference_residual_and_relu_post_ops():
+    x, w, b, geom = _case(GEOMETRIES[0])
+    residual = np.random.default_rng(2).standard_normal((4, 8, 10, 9))
+    y, _ = conv2d_forward(*_f32(x, w, b), *geom, 1, save=False, relu=True, residual=residual.astype(np.float32))
+    with _onednn.disabled():
+        ref, _ = conv2d_forward(x, w, b, *geom, 1, save=False)
+    np.testing.assert_allclose(y, np.maximum(ref + residual, 0), rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_inputs_in_any_layout_and_chained_channels_last():
+    """NCHW, channels-last and strided inputs all give the same result; a conv output feeds the next conv as is."""
+    x, w, b, geom = _case(GEOMETRIES[1])
+    x32, w32, _ = _f32(x, w, b)
+    y_nchw, _ = conv2d_forward(x32, w32, None, *geom, 1, save=False)
+    y_cl, _ = conv2d_forward(np.ascontiguousarray(x32.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), w32, None,
+                             *geom, 1, save=False)
+    wide = np.zeros((1, 16, 8, 16), np.float32)
+    wide[..., ::2] = x32
+    y_strided, _ = conv2d_forward(wide[..., ::2], w32, None, *geom, 1, save=False)
+    np.testing.assert_array_equal(y_nchw, y_cl)
+    np.testing.assert_array_equal(y_nchw, y_strided)
+    z, _ = conv2d_forward(y_cl, w32, None, *geom, 1, save=False)
+    with _onednn.disabled():
+        ref, _ = conv2d_forward(np.asarray(y_cl, np.float64), w, None, *geom, 1, save=False)
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_concurrent_calls_from_threads_are_correct():
+    x, w, b, geom = _case(GEOMETRIES[0])
+    x32, w32, b32 = _f32(x, w, b)
+    want, _ = conv2d_forward(x32, w32, b32, *geom, 1, save=False)
+    results, errors = [], []
+
+    def call():
+        try:
+            for _ in range(20):
+                results.append(conv2d_forward(x32, w32, b32, *geom, 1, save=False)[0])
+        except Exception as e:      # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 60
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+
+
+@needs_onednn
+def test_no_batch_shards_on_onednn(monkeypatch):
+    import cnngraph
+    from cnngraph.passes import optimize_for_inference
+    monkeypatch.setenv("CNNGRAPH_KERNEL_THREADS", "2")
+    fast = optimize_for_inference(cnngraph.compile("specs/resnet_small.yaml"))
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    assert fast._shards({"image": x}, 4) == []
+
+
+def test_channels_last_pooling_matches_nchw():
+    """Max pooling keeps a channels-last input's layout, with the values, indices and gradients of NCHW."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 8, 6)).astype(np.float32)
+    x[0, 0, :2, :2] = 1.0        # ties: the first maximum takes the gradient
+    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    args = ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False)
+    y, s = max_pool2d_forward(x, *args, save=True)
+    y_cl, s_cl = max_pool2d_forward(x_cl, *args, save=True)
+    assert channels_last(y_cl) and not channels_last(y)
+    np.testing.assert_array_equal(y_cl, y)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    for g in (gy, np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        dx_cl = max_pool2d_backward(g, s_cl)
+        assert channels_last(dx_cl)
+        np.testing.assert_array_equal(dx_cl, max_pool2d_backward(gy, s))
+
+
+def test_relu_and_add_on_channels_last_arrays():
+    from cnngraph.registry import get_registry
+    from cnngraph.op import Context
+    rng = np.random.default_rng(4)
+    big = (2, 64, 96, 96)      # big enough for the blocked, threaded paths
+    a = np.ascontiguousarray(rng.standard_normal(big, dtype=np.float32).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    b = np.ascontiguousarray(rng.standard_normal(big, dtype=np.float32).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    ops = get_registry().ops
+    relu, add = ops["relu"](), ops["add"]()
+    ctx = Context(training=True, grad=True)
+    y = relu.forward(ctx, [a], {})
+    assert channels_last(y)
+    np.testing.assert_array_equal(y, np.maximum(np.asarray(a, order="C"), 0))
+    (g,), _ = relu.backward(ctx, b)
+    np.testing.assert_array_equal(g, b * (a > 0))
+    s = add.forward(Context(training=False, grad=False), [a, b], {}, relu=True)
+    np.testing.assert_array_equal(s, np.maximum(a + b, 0))
+
+
+@pytest.mark.parametrize("env", [{"CNNGRAPH_ONEDNN": "0"}, {"CNNGRAPH_ONEDNN_LIB": "/nonexistent/libdnnl.so.3"},
+                                 {"CNNGRAPH_ONEDNN_LIB": __file__}])
+def test_switched_off_or_missing_library_falls_back_to_numpy(env):
+    code = ("import numpy as np; from cnngraph.kernels import _onednn, conv2d_forward; "
+            "y, s = conv2d_forward(np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32), None, "
+            "(1, 1), (0, 0, 0, 0), (1, 1), 1, True); "
+            "print(_onednn.available(), type(s).__name__, float(y.sum()))")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.split() == ["False", "_FastSaved", str(3 * 9 * 18 * 1.0)]
+    if "CNNGRAPH_ONEDNN_LIB" in env:      # a library the user named and that cannot be used is reported
+        assert "CNNGRAPH_ONEDNN_LIB" in run.stderr and "run on NumPy" in run.stderr
+
+
+@pytest.fixture
+def numpy_reference():
+    def reference(x, w, b, geom, gy, relu):
+        with _onednn.disabled():
+            y, saved = conv2d_forward(x, w, b, *geom, 1, save=True, relu=relu)
+            dx, dw, db = conv2d_backward(gy, saved, True, y if relu else None)
+        return y, dx, dw, db
+    return reference
