@@ -30,8 +30,9 @@ __all__ = ["available", "disabled", "usable", "forward", "backward"]
 _F32, _CPU, _TAG_ANY = 3, 1, 1
 _FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
 _CONVOLUTION_DIRECT, _ELTWISE_RELU = 0x1, 0x20
-_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
-ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS = 1, 17, 33, 41
+_POOLING_MAX = 0x1ff
+_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD, _QUERY_WORKSPACE_MD = 131, 132, 135
+ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS, ARG_WORKSPACE = 1, 17, 33, 41, 64
 ARG_DIFF_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS, ARG_DIFF_BIAS = 129, 145, 161, 169
 _Dims = C.c_int64 * 12
 _vp = C.c_void_p
@@ -71,6 +72,10 @@ class _Api:
                 [C.POINTER(_vp), _vp, C.c_int, _vp, _vp, _vp, _Dims, _Dims, _Dims, _Dims, _vp, _vp],
             "dnnl_convolution_backward_weights_primitive_desc_create":
                 [C.POINTER(_vp), _vp, C.c_int, _vp, _vp, _vp, _vp, _Dims, _Dims, _Dims, _Dims, _vp, _vp],
+            "dnnl_pooling_forward_primitive_desc_create":
+                [C.POINTER(_vp), _vp, C.c_int, C.c_int, _vp, _vp, _Dims, _Dims, _Dims, _Dims, _Dims, _vp],
+            "dnnl_pooling_backward_primitive_desc_create":
+                [C.POINTER(_vp), _vp, C.c_int, _vp, _vp, _Dims, _Dims, _Dims, _Dims, _Dims, _vp, _vp],
             "dnnl_reorder_primitive_desc_create": [C.POINTER(_vp), _vp, _vp, _vp, _vp, _vp],
             "dnnl_primitive_desc_query_md": [_vp, C.c_int, C.c_int],
             "dnnl_primitive_desc_query": [_vp, C.c_int, C.c_int, _vp],
@@ -176,6 +181,12 @@ def usable(x, w, groups) -> bool:
     """Whether this convolution runs on oneDNN: float32 NumPy arrays, groups == 1, library present."""
     return (groups == 1 and x.dtype == np.float32 and isinstance(x, np.ndarray) and x.ndim == 4
             and available())
+
+
+def channels_last(a) -> bool:
+    """Whether ``a`` is an (N, C, H, W)-shaped view of a dense (N, H, W, C) buffer."""
+    return (isinstance(a, np.ndarray) and a.ndim == 4 and not a.flags.c_contiguous
+            and a.transpose(0, 2, 3, 1).flags.c_contiguous)
 
 
 def _nhwc(a, mask=None):
@@ -327,6 +338,79 @@ def _forward(geometry, training, relu, residual):
 @functools.lru_cache(maxsize=256)
 def _backward(geometry):
     return _Backward(geometry)
+
+
+class _MaxPool:
+    """Max pooling of channels-last float32 arrays; in training, its workspace (the argmax of each window) feeds
+    the backward primitive."""
+
+    def __init__(self, x_shape, out, kernel, stride, padding, training):
+        api = self.api = _api()
+        (N, C_, H, W), (Ho, Wo), (kh, kw), (sh, sw) = x_shape, out, kernel, stride
+        top, bottom, left, right = padding
+        # oneDNN checks Ho == (H - kh + top + bottom) // sh + 1: ceil mode's overhang counts as bottom padding
+        bottom = bottom if (H - kh + top + bottom) // sh + 1 == Ho else (Ho - 1) * sh + kh - H - top
+        right = right if (W - kw + left + right) // sw + 1 == Wo else (Wo - 1) * sw + kw - W - left
+        self.x_shape, self.y_shape = x_shape, (N, C_, Ho, Wo)
+        self.src, self.dst = _nhwc_md(api, x_shape), _nhwc_md(api, self.y_shape)
+        dims = (_Dims(sh, sw), _Dims(kh, kw), _Dims(0, 0), _Dims(top, left), _Dims(bottom, right))
+        pd = _vp()
+        api.check(api.lib.dnnl_pooling_forward_primitive_desc_create(
+            C.byref(pd), api.engine, _FORWARD_TRAINING if training else _FORWARD_INFERENCE, _POOLING_MAX,
+            self.src, self.dst, *dims, None), f"creating a max pooling of {x_shape}")
+        self.forward_primitive = api.primitive(pd)
+        if training:
+            self.workspace = _chosen_md(api, pd, _QUERY_WORKSPACE_MD)
+            bwd = _vp()
+            api.check(api.lib.dnnl_pooling_backward_primitive_desc_create(
+                C.byref(bwd), api.engine, _POOLING_MAX, self.src, self.dst, *dims, pd, None),
+                "creating a max pooling's backward pass")
+            self.backward_primitive = api.primitive(bwd)
+
+    def forward(self, x, training):
+        """(y, workspace or None); y an NCHW-shaped view of a channels-last buffer."""
+        N, C_, Ho, Wo = self.y_shape
+        y = np.empty((N, Ho, Wo, C_), dtype=np.float32)
+        args = {ARG_SRC: (self.src, _nhwc(x)), ARG_DST: (self.dst, y)}
+        ws = None
+        if training:
+            ws = np.empty(self.api.lib.dnnl_memory_desc_get_size(self.workspace), dtype=np.uint8)
+            args[ARG_WORKSPACE] = (self.workspace, ws)
+        self.api.execute(self.forward_primitive, args)
+        return y.transpose(0, 3, 1, 2), ws
+
+    def backward(self, gy, ws):
+        N, C_, H, W = self.x_shape
+        dx = np.empty((N, H, W, C_), dtype=np.float32)
+        self.api.execute(self.backward_primitive, {ARG_DIFF_DST: (self.dst, _nhwc(gy)), ARG_WORKSPACE: (self.workspace, ws),
+                                                   ARG_DIFF_SRC: (self.src, dx)})
+        return dx.transpose(0, 3, 1, 2)
+
+
+@functools.lru_cache(maxsize=256)
+def _max_pool(*key):
+    return _MaxPool(*key)
+
+
+def max_pool_forward(x, out, kernel, stride, padding, training):
+    """(y, saved or None) of max pooling a channels-last float32 x (see pool_usable); ``saved`` feeds
+    max_pool_backward."""
+    pool = _max_pool(x.shape, tuple(out), tuple(kernel), tuple(stride), tuple(padding), training)
+    with pool.api.lock:
+        y, ws = pool.forward(x, training)
+    return y, ((pool, ws) if training else None)
+
+
+def max_pool_backward(gy, saved):
+    pool, ws = saved
+    with pool.api.lock:
+        return pool.backward(np.asarray(gy, dtype=np.float32), ws)
+
+
+def pool_usable(x, dilation) -> bool:
+    """Whether a max pooling of x runs on oneDNN: a channels-last float32 NumPy array (a oneDNN conv's output),
+    no dilation, library present."""
+    return tuple(dilation) == (1, 1) and x.dtype == np.float32 and channels_last(x) and available()
 
 
 def forward(x, w, b, stride, padding, dilation, out, training, relu=False, residual=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import xp_of
-from . import _pool_fast
+from . import _onednn, _pool_fast
 from ._parallel import n_workers, run_parallel, split_chunks
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
 
 
 _TILED = "tiled"   # marks a ``saved`` from the _pool_fast path
+_ONEDNN = "onednn"  # ... from oneDNN's (channels-last float32 inputs: a oneDNN convolution's output)
 
 
 def pool_output_size(size, k, s, pad_before, pad_after, dilation, ceil_mode):
@@ -96,6 +97,10 @@ class _Geom:
 def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode, save):
     """Max pooling. Padding behaves as -inf. Returns ``(y, saved)``; ``saved`` is None unless ``save``."""
     xp = xp_of(x)
+    if _onednn.pool_usable(x, dilation):
+        g = _Geom(x.shape, kernel, stride, padding, dilation, ceil_mode)
+        y, saved = _onednn.max_pool_forward(x, g.out, kernel, stride, padding, save)
+        return y, ((_ONEDNN, saved) if save else None)
     if xp is np and _pool_fast.tiles_exactly(x.shape, kernel, stride, padding, dilation):
         y, idx = _pool_fast.max_forward(x, tuple(kernel), save)
         return y, ((_TILED, tuple(kernel), idx) if save else None)
@@ -165,6 +170,8 @@ def _max_separable(x, g):
 
 def max_pool2d_backward(gy, saved):
     """Gradient of max pooling: each output gradient goes to its window's (first) argmax."""
+    if saved[0] is _ONEDNN:
+        return _onednn.max_pool_backward(gy, saved[1])
     if saved[0] is _TILED:
         return _pool_fast.max_backward(np.asarray(gy), saved[2], saved[1])
     g, idx = saved
