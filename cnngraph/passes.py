@@ -280,8 +280,10 @@ class InferenceModel:
         self.macs_per_sample = sum(macs)
         # Mostly plain conv2d: its NumPy kernels split even one sample over the threads (see blas_held_for).
         self._splits_one = 2 * sum(m for m, a in zip(macs, layers) if _plain_conv2d(a["op"])) >= self.macs_per_sample
-        # oneDNN splits every convolution over the cores itself; called from shard threads it would also start
-        # an OpenMP team per thread, whose idle workers slowed every later OpenMP user 2x (PyTorch in the benchmark)
+        # oneDNN splits every convolution over the cores itself, on its OpenMP threads: no batch shards (called from
+        # shard threads it would start an OpenMP team per thread, whose idle workers slowed every later OpenMP user
+        # 2x, PyTorch in the benchmark) and, for one sample, no BLAS threads (spinning between its calls, they made
+        # ResNet-50 2x slower: 80 against 40 ms)
         self._on_onednn = self._splits_one and model.dtype == np.float32 and onednn_available()
         self._trials: dict[tuple, list[list[float]]] = {}   # see _fastest: seconds of each way, by case
         self._chosen: dict[tuple, int] = {}                  # ... and the fastest way, once measured
@@ -323,7 +325,7 @@ class InferenceModel:
 
         if shards:
             out = self._fastest(("shards", batch), env, lambda env: self._run_shards(env, shards) or whole(env), whole)
-        elif batch == 1 and self._splits_one and n_workers() > 1 and self.model.xp is np:
+        elif batch == 1 and self._splits_one and n_workers() > 1 and self.model.xp is np and not self._on_onednn:
             out = self._fastest(("one",), env, whole, lambda env: with_blas_threads(lambda: self._run(env)))
         else:
             out = whole(env)
@@ -423,4 +425,7 @@ def optimize_for_inference(model, fold: bool = True, fuse: bool = True) -> Infer
               "fused": fuse_activations(g, aliases) if fuse else []}
     report["residual"] = fuse_residual_adds(g, aliases) if fuse else []
     report["pooled"] = fuse_max_pools(g, aliases) if fuse else []
+    for value in params.values():   # a snapshot, never written: oneDNN reorders such weights only once
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
     return InferenceModel(model, g, params, aliases, report)

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -237,10 +238,21 @@ class _Geometry:
         return pd
 
     def weights(self, w, reorder, md):
-        """w (O, C, kh, kw) reordered into the blocked layout ``md``."""
+        """w (O, C, kh, kw) reordered into the blocked layout ``md``: on every call (training updates w in place),
+        except for read-only arrays (an inference snapshot's, see cnngraph.passes), reordered once and kept while
+        w lives (ResNet-50 at batch 1 reordered 100 MB of weights per image otherwise)."""
+        key = (id(w), md.value)
+        kept = _frozen.get(key)
+        if kept is not None and kept[0]() is w:
+            return kept[1]
         blocked = np.empty(self.api.lib.dnnl_memory_desc_get_size(md) // 4, dtype=np.float32)
         self.api.execute(reorder, {ARG_SRC: (self.w_plain, np.ascontiguousarray(w)), ARG_DST: (md, blocked)})
+        if not w.flags.writeable:
+            _frozen[key] = (weakref.ref(w, lambda _, key=key: _frozen.pop(key, None)), blocked)
         return blocked
+
+
+_frozen: dict = {}   # (id of a read-only weight array, layout) -> (weak reference to it, its blocked copy)
 
 
 class _Forward:
