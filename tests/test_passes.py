@@ -345,6 +345,7 @@ def _recorded(ran: list, label: str, slower: str, real):
     return wrapper
 
 
+@pytest.mark.usefixtures("numpy_kernels")   # (on oneDNN a batch of one always runs whole, BLAS held)
 @pytest.mark.parametrize("slower", ["blas", "splits"])
 def test_a_batch_of_one_keeps_the_faster_way_to_use_the_cores(slower, monkeypatch):
     """Batch-1 inference times its convolutions split by the kernels and by BLAS's threads over the first

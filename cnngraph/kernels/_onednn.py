@@ -245,10 +245,14 @@ class _Geometry:
         kept = _frozen.get(key)
         if kept is not None and kept[0]() is w:
             return kept[1]
-        blocked = np.empty(self.api.lib.dnnl_memory_desc_get_size(md) // 4, dtype=np.float32)
-        self.api.execute(reorder, {ARG_SRC: (self.w_plain, np.ascontiguousarray(w)), ARG_DST: (md, blocked)})
+        blocked = self.reorder(w, reorder, md)
         if not w.flags.writeable:
             _frozen[key] = (weakref.ref(w, lambda _, key=key: _frozen.pop(key, None)), blocked)
+        return blocked
+
+    def reorder(self, w, reorder, md):
+        blocked = np.empty(self.api.lib.dnnl_memory_desc_get_size(md) // 4, dtype=np.float32)
+        self.api.execute(reorder, {ARG_SRC: (self.w_plain, np.ascontiguousarray(w)), ARG_DST: (md, blocked)})
         return blocked
 
 

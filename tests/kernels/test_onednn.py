@@ -117,6 +117,32 @@ def test_no_batch_shards_on_onednn(monkeypatch):
     fast = optimize_for_inference(cnngraph.compile("specs/resnet_small.yaml"))
     x = np.zeros((4, 3, 32, 32), np.float32)
     assert fast._shards({"image": x}, 4) == []
+    fast.forward({"image": x[:1]})
+    assert not fast._trials        # one sample: no timing of BLAS's threads against the kernels' splits either
+
+
+@needs_onednn
+def test_inference_snapshot_weights_are_reordered_once(monkeypatch):
+    """An inference model's weights are read-only: oneDNN keeps their blocked copies; a training model's change
+    in place every step and are reordered on every call."""
+    import cnngraph
+    from cnngraph.passes import optimize_for_inference
+    model = cnngraph.compile("specs/resnet_small.yaml", seed=0)
+    fast = optimize_for_inference(model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = model.forward({"image": x})["logits"]
+    reorders = []
+    reorder = _onednn._Geometry.reorder
+    monkeypatch.setattr(_onednn._Geometry, "reorder", lambda g, *a: reorders.append(g) or reorder(g, *a))
+    for _ in range(3):
+        np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
+    convs = sum(1 for n in fast.graph if "conv" in fast.graph.nodes[n]["type"])
+    assert convs == 6 and len(reorders) == convs    # in the first pass only
+    model.forward({"image": x}, training=True)
+    model.forward({"image": x}, training=True)
+    assert len(reorders) == 3 * convs              # and on every training call
+    with pytest.raises(ValueError):
+        next(iter(fast.params.values()))[...] = 0
 
 
 def test_channels_last_pooling_matches_nchw():
