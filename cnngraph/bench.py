@@ -219,7 +219,9 @@ def _machine() -> str:
         blas = ", ".join(f"{i['internal_api']} {i.get('architecture', '')} x{i['num_threads']}" for i in threadpool_info())
     except ImportError:
         blas = "threadpoolctl not installed"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__} ({blas})"
+    from .kernels._onednn import describe
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__} ({blas}); "
+            f"convolutions: {describe()}")
 
 
 HEADER = (f"{'network':<13}{'batch':>6} {'mode':<6}{'cnngraph img/s':>15}{'torch img/s':>13}{'ratio':>7}"

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["available", "disabled", "usable", "forward", "backward"]
+__all__ = ["available", "describe", "disabled", "usable", "forward", "backward", "max_pool_forward",
+           "max_pool_backward", "pool_usable"]
 
 _F32, _CPU, _TAG_ANY = 3, 1, 1
 _FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
@@ -58,8 +59,8 @@ def _candidates():
 class _Api:
     """The loaded library, one CPU engine and stream, and the argument types of the calls used."""
 
-    def __init__(self, lib):
-        self.lib = lib
+    def __init__(self, lib, path):
+        self.lib, self.path = lib, path
         sig = {
             "dnnl_engine_create": [C.POINTER(_vp), C.c_int, C.c_size_t],
             "dnnl_stream_create": [C.POINTER(_vp), _vp, C.c_uint],
@@ -154,7 +155,7 @@ def _api():
         return None
     for path in _candidates():
         try:
-            return _Api(C.CDLL(path))
+            return _Api(C.CDLL(path), path)
         except OSError:
             continue
         except (AttributeError, OneDNNError) as e:    # not oneDNN 3.x, or it would not start
@@ -180,6 +181,21 @@ def disabled():
         yield
     finally:
         _api = saved
+
+
+class _Version(C.Structure):
+    _fields_ = [("major", C.c_int), ("minor", C.c_int), ("patch", C.c_int), ("hash", C.c_char_p)]
+
+
+def describe() -> str:
+    """Which kernels run float32 convolutions, for benchmark reports and `cnngraph bench`."""
+    api = _api()
+    if api is None:
+        why = "off: CNNGRAPH_ONEDNN=0" if os.environ.get("CNNGRAPH_ONEDNN") == "0" else "not installed"
+        return f"NumPy im2col + BLAS (oneDNN {why})"
+    api.lib.dnnl_version.restype = C.POINTER(_Version)
+    v = api.lib.dnnl_version().contents
+    return f"oneDNN {v.major}.{v.minor}.{v.patch} ({api.path})"
 
 
 def usable(x, w, groups) -> bool:
