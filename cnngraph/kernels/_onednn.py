@@ -1,16 +1,16 @@
-"""Float32 convolutions through oneDNN's C API (ctypes), when its library is installed.
+"""Float32 convolutions and max pooling through oneDNN's C API (ctypes), when its library is installed.
 
 oneDNN (Intel's deep-learning primitives, the library PyTorch's CPU convolutions use) ships on PyPI as
-``onednn-cpu-gomp`` (``pip install "cnngraph[onednn]"``), which puts ``libdnnl.so.3`` under
+``onednn-cpu-gomp``, a dependency of cnngraph on x86-64 Linux, which puts ``libdnnl.so.3`` under
 ``<prefix>/lib``. Its JIT ``brgconv`` kernels run on NumPy's memory in place: activations are given to it
 channels-last (NHWC), the layout those kernels want, and conv outputs come back as NCHW-*shaped* views of
-NHWC buffers, so a chain of conv -> relu/bn/add/pool -> conv passes the layout along without transposing
-copies (NumPy's elementwise ops keep their input's memory order). Weights are reordered into the blocked
-layout the kernel chose on every call (a few hundred KiB at most).
+NHWC buffers, so a chain of conv -> relu/add/pool -> conv passes the layout along without transposing
+copies (NumPy's element-wise ops keep their input's memory order). Weights are reordered into the blocked
+layout the kernel chose on every call (a few hundred KiB at most), read-only ones once.
 
 Measured on 2 cores (AVX-512 Xeon): 3x3 convolutions of 16-64 channels at 210-280 GFLOP/s against 60-105 for
-the NumPy im2col path (benchmarks/kernels.py). Off with CNNGRAPH_ONEDNN=0; CNNGRAPH_ONEDNN_LIB names
-another libdnnl.so.3 (oneDNN 3.x).
+the NumPy im2col path. Off with CNNGRAPH_ONEDNN=0; CNNGRAPH_ONEDNN_LIB names another libdnnl.so.3 (oneDNN
+3.x); OMP_NUM_THREADS sets its threads (default: the usable cores).
 """
 from __future__ import annotations
 
@@ -198,10 +198,9 @@ def describe() -> str:
     return f"oneDNN {v.major}.{v.minor}.{v.patch} ({api.path})"
 
 
-def usable(x, w, groups) -> bool:
-    """Whether this convolution runs on oneDNN: float32 NumPy arrays, groups == 1, library present."""
-    return (groups == 1 and x.dtype == np.float32 and isinstance(x, np.ndarray) and x.ndim == 4
-            and available())
+def usable(x, groups) -> bool:
+    """Whether a convolution of x runs on oneDNN: a float32 NumPy array, groups == 1, library present."""
+    return groups == 1 and isinstance(x, np.ndarray) and x.dtype == np.float32 and available()
 
 
 def channels_last(a) -> bool:
@@ -361,17 +360,17 @@ class _Backward:
         return dx, dw, db
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=None)   # primitives live as long as the process: one set per geometry seen
 def _geometry(*key):
     return _Geometry(*key)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=None)
 def _forward(geometry, training, relu, residual):
     return _Forward(geometry, training, relu, residual)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=None)
 def _backward(geometry):
     return _Backward(geometry)
 
@@ -423,7 +422,7 @@ class _MaxPool:
         return dx.transpose(0, 3, 1, 2)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=None)
 def _max_pool(*key):
     return _MaxPool(*key)
 

@@ -137,7 +137,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
     if pool is not None and (save or residual is not None or out[0] % pool[0] or out[1] % pool[1]):
         raise ValueError(f"conv2d: pool={pool} is an inference fusion for windows that tile the {out} output, "
                          f"without save or residual")
-    if _onednn.usable(x, w, groups):
+    if _onednn.usable(x, groups):
         y = _onednn.forward(x, w, b, stride, padding, dilation, out, save, relu, residual)
         saved = None
         if save:
