@@ -605,7 +605,7 @@ class _Run:
         if rows:
             from ..viz.curves import curves_image
             image = curves_image(rows, title=self.spec.name)
-            writes["curves.png"] = lambda f: image.save(f, format="PNG")
+            writes["curves.png"] = lambda f: image.save(f, format="PNG", compress_level=1)   # 4x faster than 6
         for name, write in writes.items():
             try:
                 atomic_write(self.out, name.partition(".")[0], name, write)

@@ -158,19 +158,28 @@ def check_same_network(saved, spec, ckdir, spec_name) -> None:
 
 def checkpoint_meta(run, epoch: int) -> dict:
     """The meta saved with a training run's checkpoints after ``epoch`` (``run``: the loop's state)."""
-    from .. import __version__
-    ds = run.dataset
-    return json_safe({
-        "kind": "training", "spec": run.spec.to_dict(), "spec_sha256": run.spec.sha256, "spec_dir": run.spec.base_dir,
-        "plugin_sha256": run.plugin_sha256, "spec_name": run.spec.name, "epoch": epoch,
-        "settings": run.settings.to_json(),
-        "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
-        "history": list(run.history), "best": run.best.state(),
-        "dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale,
-                    "pixel_range": ds.pixel_range, "pixels": ds.pixels, "source": ds.source, "input": run.input_name},
-        "loss": {"type": run.ts.loss.type, "output": run.loss.output, "target": run.loss.encoding},
-        "dtype": str(run.model.dtype), "cnngraph_version": __version__,
-    })
+    return {**_run_meta(run), **json_safe({
+        "epoch": epoch, "rng": {"loop": rng_state_to_json(run.rng), "model": rng_state_to_json(run.model.rng)},
+        "history": list(run.history), "best": run.best.state()})}
+
+
+def _run_meta(run) -> dict:
+    """The part of checkpoint_meta that stays the same for the whole run, made once (the spec's deep copy and
+    conversion took 1.3 ms of every epoch's save)."""
+    made = getattr(run, "_run_meta", None)
+    if made is None:
+        from .. import __version__
+        ds = run.dataset
+        made = run._run_meta = json_safe({
+            "kind": "training", "spec": run.spec.to_dict(), "spec_sha256": run.spec.sha256,
+            "spec_dir": run.spec.base_dir, "plugin_sha256": run.plugin_sha256, "spec_name": run.spec.name,
+            "settings": run.settings.to_json(),
+            "dataset": {"mean": ds.mean, "std": ds.std, "classes": ds.classes, "pixel_scale": ds.pixel_scale,
+                        "pixel_range": ds.pixel_range, "pixels": ds.pixels, "source": ds.source, "input": run.input_name},
+            "loss": {"type": run.ts.loss.type, "output": run.loss.output, "target": run.loss.encoding},
+            "dtype": str(run.model.dtype), "cnngraph_version": __version__,
+        })
+    return made
 
 
 # --------------------------------------------------------------------------- reading it back
