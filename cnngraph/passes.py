@@ -35,7 +35,7 @@ __all__ = ["prune", "fold_batch_norm", "fuse_activations", "fuse_residual_adds",
 FOLDABLE = ("conv2d", "conv1d", "conv3d", "dense")
 FUSABLE = ("relu", "leaky_relu")
 PRODUCERS = ("conv2d", "conv1d", "conv3d", "dense", "add")   # ops whose output an activation may be fused into
-NATIVE_RELU = ("conv2d", "conv1d", "conv3d", "add", "dense")          # their forward takes relu=True
+NATIVE_RELU = ("conv2d", "conv1d", "conv3d", "add", "dense")   # their forward takes relu=True
 SHARD_MAX_MACS = 100e6                             # see InferenceModel._shards
 SHARD_THREADS = 2                                  # ... and only with this many kernel threads
 CALIBRATION_TRIALS = 3                             # see InferenceModel._fastest

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._parallel import channels_last
+
 __all__ = ["available", "describe", "disabled", "usable", "forward", "backward", "max_pool_forward",
            "max_pool_backward", "pool_usable"]
 
@@ -201,12 +203,6 @@ def describe() -> str:
 def usable(x, groups) -> bool:
     """Whether a convolution of x runs on oneDNN: a float32 NumPy array, groups == 1, library present."""
     return groups == 1 and isinstance(x, np.ndarray) and x.dtype == np.float32 and available()
-
-
-def channels_last(a) -> bool:
-    """Whether ``a`` is an (N, C, H, W)-shaped view of a dense (N, H, W, C) buffer."""
-    return (isinstance(a, np.ndarray) and a.ndim == 4 and not a.flags.c_contiguous
-            and a.transpose(0, 2, 3, 1).flags.c_contiguous)
 
 
 def _nhwc(a, mask=None):

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._onednn import channels_last
-
 __all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "flat",
            "channels_last", "empty_as", "scratch", "scratch_as",
            "split_chunks", "blas_held_for", "with_blas_threads"]
@@ -243,6 +241,12 @@ def run_shards(fn, count):
 
 BLOCK = 1 << 16              # elements per piece of an element-wise pass: each operand's piece stays in L2
 BLOCKS_FROM = 1 << 18        # smaller passes run on one thread (measured: the hand-off costs more)
+
+
+def channels_last(a) -> bool:
+    """Whether ``a`` is an (N, C, H, W)-shaped view of a dense (N, H, W, C) buffer (as oneDNN's outputs are)."""
+    return (isinstance(a, np.ndarray) and a.ndim == 4 and not a.flags.c_contiguous
+            and a.transpose(0, 2, 3, 1).flags.c_contiguous)
 
 
 def contiguous_alike(*arrays) -> bool:
