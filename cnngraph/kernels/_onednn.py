@@ -425,8 +425,11 @@ def _max_pool(*key):
 
 def max_pool_forward(x, out, kernel, stride, padding, training):
     """(y, saved or None) of max pooling a channels-last float32 x (see pool_usable); ``saved`` feeds
-    max_pool_backward."""
-    pool = _max_pool(x.shape, tuple(out), tuple(kernel), tuple(stride), tuple(padding), training)
+    max_pool_backward. (None, None) where oneDNN has no primitive for this geometry."""
+    try:
+        pool = _max_pool(x.shape, tuple(out), tuple(kernel), tuple(stride), tuple(padding), training)
+    except OneDNNError:
+        return None, None
     with pool.api.lock:
         y, ws = pool.forward(x, training)
     return y, ((pool, ws) if training else None)
@@ -445,15 +448,25 @@ def pool_usable(x, dilation) -> bool:
 
 
 def forward(x, w, b, stride, padding, dilation, out, training, relu=False, residual=None):
-    """y = conv(x, w) + b (+ residual), relu'd if asked: an NCHW-shaped view of a channels-last buffer."""
-    g = _geometry(x.shape, w.shape, b is not None, tuple(stride), tuple(padding), tuple(dilation), tuple(out))
+    """y = conv(x, w) + b (+ residual), relu'd if asked: an NCHW-shaped view of a channels-last buffer; None where
+    oneDNN has no primitive for this geometry (the caller's NumPy kernel runs instead)."""
+    try:
+        g = _geometry(x.shape, w.shape, b is not None, tuple(stride), tuple(padding), tuple(dilation), tuple(out))
+        primitive = _forward(g, training, relu, residual is not None)
+    except OneDNNError:
+        return None
     with g.api.lock:
-        return _forward(g, training, relu, residual is not None)(x, w, b, residual)
+        return primitive(x, w, b, residual)
 
 
 def backward(gy, x, w, has_bias, stride, padding, dilation, out, need_dx, mask=None):
     """(dx or None, dw, db or None) of conv(x, w) (+ bias when ``has_bias``) given gy, the gradient of its output;
-    with ``mask`` (the output of a forward with relu) the gradient is gy * (mask > 0)."""
-    g = _geometry(x.shape, w.shape, has_bias, tuple(stride), tuple(padding), tuple(dilation), tuple(out))
+    with ``mask`` (the output of a forward with relu) the gradient is gy * (mask > 0). None where oneDNN has no
+    backward primitive for this geometry."""
+    try:
+        g = _geometry(x.shape, w.shape, has_bias, tuple(stride), tuple(padding), tuple(dilation), tuple(out))
+        primitives = _backward(g)
+    except OneDNNError:
+        return None
     with g.api.lock:
-        return _backward(g)(gy, x, w, need_dx, mask)
+        return primitives(gy, x, w, need_dx, mask)

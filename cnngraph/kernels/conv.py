@@ -137,8 +137,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
     if pool is not None and (save or residual is not None or out[0] % pool[0] or out[1] % pool[1]):
         raise ValueError(f"conv2d: pool={pool} is an inference fusion for windows that tile the {out} output, "
                          f"without save or residual")
-    if _onednn.usable(x, groups):
-        y = _onednn.forward(x, w, b, stride, padding, dilation, out, save, relu, residual)
+    y = _onednn.forward(x, w, b, stride, padding, dilation, out, save, relu, residual) if _onednn.usable(x, groups) \
+        else None
+    if y is not None:
         saved = None
         if save:
             saved = _OneDNNSaved(x=x, w=w, has_bias=b is not None, stride=tuple(stride), padding=tuple(padding),
@@ -217,9 +218,13 @@ def conv2d_backward(gy, saved, need_dx=True, relu_output=None):
         return _in_dtypes(dx, dw, db, saved.dtypes)
     if isinstance(saved, _OneDNNSaved):
         s = saved
-        dx, dw, db = _onednn.backward(np.asarray(gy, dtype=np.float32), s.x, s.w, s.has_bias, s.stride, s.padding,
-                                      s.dilation, s.out, need_dx, relu_output)
-        return _in_dtypes(dx, dw, db, s.dtypes)
+        gy = np.asarray(gy, dtype=np.float32)
+        grads = _onednn.backward(gy, s.x, s.w, s.has_bias, s.stride, s.padding, s.dilation, s.out, need_dx,
+                                 relu_output)
+        if grads is None:   # no backward primitive for this geometry: the NumPy kernel's
+            fast = FastConv(s.x.shape, s.w.shape, s.stride, s.padding, s.dilation, s.out, np.float32)
+            grads = fast.backward(gy, s.x, s.w, need_dx, relu_output)
+        return _in_dtypes(*grads, s.dtypes)
     if relu_output is not None:
         gy = gy * (relu_output > 0)
     if isinstance(saved, _DepthwiseSaved):

@@ -100,7 +100,8 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode, save):
     if _onednn.pool_usable(x, dilation):
         g = _Geom(x.shape, kernel, stride, padding, dilation, ceil_mode)
         y, saved = _onednn.max_pool_forward(x, g.out, kernel, stride, padding, save)
-        return y, ((_ONEDNN, saved) if save else None)
+        if y is not None:
+            return y, ((_ONEDNN, saved) if save else None)
     if xp is np and _pool_fast.tiles_exactly(x.shape, kernel, stride, padding, dilation):
         y, idx = _pool_fast.max_forward(x, tuple(kernel), save)
         return y, ((_TILED, tuple(kernel), idx) if save else None)

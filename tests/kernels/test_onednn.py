@@ -145,6 +145,31 @@ def test_inference_snapshot_weights_are_reordered_once(monkeypatch):
         next(iter(fast.params.values()))[...] = 0
 
 
+@needs_onednn
+def test_a_geometry_onednn_cannot_run_falls_back_to_numpy(monkeypatch, numpy_reference):
+    """A convolution or pooling oneDNN has no primitive for (status unimplemented) runs on the NumPy kernels:
+    forward, or only backward when just the backward primitives fail."""
+    x, w, b, geom = _case(GEOMETRIES[2])
+    gy = np.random.default_rng(1).standard_normal((3, 6, 6, 7))
+    ry, rdx, rdw, rdb = numpy_reference(x, w, b, geom, gy, True)
+
+    def unimplemented(*args, **kwargs):
+        raise _onednn.OneDNNError("oneDNN failed creating a primitive (status 3)")
+
+    for broken in ("_forward", "_backward"):
+        with monkeypatch.context() as patch:
+            patch.setattr(_onednn, broken, unimplemented)
+            y, saved = conv2d_forward(*_f32(x, w, b), *geom, 1, save=True, relu=True)
+            assert type(saved).__name__ == ("_FastSaved" if broken == "_forward" else "_OneDNNSaved")
+            dx, dw, db = conv2d_backward(gy.astype(np.float32), saved, True, y)
+        for ours, ref in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
+            np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    x_cl = np.ascontiguousarray(np.ones((1, 3, 4, 4), np.float32).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    monkeypatch.setattr(_onednn, "_max_pool", unimplemented)
+    y, saved = max_pool2d_forward(x_cl, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False, save=True)
+    assert saved[0] != "onednn" and y.shape == (1, 3, 2, 2)
+
+
 def test_channels_last_pooling_matches_nchw():
     """Max pooling keeps a channels-last input's layout, with the values, indices and gradients of NCHW."""
     rng = np.random.default_rng(3)
