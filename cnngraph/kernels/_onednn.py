@@ -1,4 +1,4 @@
-"""Float32 convolutions and max pooling through oneDNN's C API (ctypes), when its library is installed.
+"""Float32 convolutions (grouped and depthwise too) and max pooling through oneDNN's C API (ctypes), when its library is installed.
 
 oneDNN (Intel's deep-learning primitives, the library PyTorch's CPU convolutions use) ships on PyPI as
 ``onednn-cpu-gomp``, a dependency of cnngraph on x86-64 Linux, which puts ``libdnnl.so.3`` under
@@ -200,9 +200,9 @@ def describe() -> str:
     return f"oneDNN {v.major}.{v.minor}.{v.patch} ({api.path})"
 
 
-def usable(x, groups) -> bool:
-    """Whether a convolution of x runs on oneDNN: a float32 NumPy array, groups == 1, library present."""
-    return groups == 1 and isinstance(x, np.ndarray) and x.dtype == np.float32 and available()
+def usable(x) -> bool:
+    """Whether a convolution of x runs on oneDNN: a float32 NumPy array, library present."""
+    return isinstance(x, np.ndarray) and x.dtype == np.float32 and available()
 
 
 def _nhwc(a, mask=None):
@@ -236,19 +236,21 @@ def _chosen_md(api, pd, query):
 class _Geometry:
     """One convolution's memory descriptors and strides/dilation/padding, in oneDNN's terms."""
 
-    def __init__(self, x_shape, w_shape, has_bias, stride, padding, dilation, out):
+    def __init__(self, x_shape, w_shape, has_bias, stride, padding, dilation, out, groups):
         api = self.api = _api()
         top, bottom, left, right = padding
         self.dims = (_Dims(*stride), _Dims(*(d - 1 for d in dilation)), _Dims(top, left), _Dims(bottom, right))
         self.x_shape, self.w_shape, self.y_shape = x_shape, w_shape, (x_shape[0], w_shape[0]) + tuple(out)
+        # grouped: oneDNN's weights are (G, O/G, C/G, kh, kw), the same memory as ours (O, C/G, kh, kw)
+        self.w_dims = (groups, w_shape[0] // groups) + tuple(w_shape[1:]) if groups > 1 else tuple(w_shape)
         self.src, self.dst = _nhwc_md(api, x_shape), _nhwc_md(api, self.y_shape)
-        self.w_plain, self.bias = _plain_md(api, w_shape), api.md((w_shape[0],), (1,)) if has_bias else None
+        self.w_plain, self.bias = _plain_md(api, self.w_dims), api.md((w_shape[0],), (1,)) if has_bias else None
 
     def forward_pd(self, training, attr=None):
         api, pd = self.api, _vp()
         api.check(api.lib.dnnl_convolution_forward_primitive_desc_create(
             C.byref(pd), api.engine, _FORWARD_TRAINING if training else _FORWARD_INFERENCE, _CONVOLUTION_DIRECT,
-            self.src, api.md(self.w_shape), self.bias, self.dst, *self.dims, attr),
+            self.src, api.md(self.w_dims), self.bias, self.dst, *self.dims, attr),
             f"creating a convolution of {self.x_shape} with {self.w_shape}")
         return pd
 
@@ -321,14 +323,14 @@ class _Backward:
         hint = g.forward_pd(training=True)
         pd = _vp()
         api.check(lib.dnnl_convolution_backward_data_primitive_desc_create(
-            C.byref(pd), api.engine, _CONVOLUTION_DIRECT, g.src, api.md(g.w_shape), g.dst, *g.dims, hint, None),
+            C.byref(pd), api.engine, _CONVOLUTION_DIRECT, g.src, api.md(g.w_dims), g.dst, *g.dims, hint, None),
             "creating a convolution's backward-data pass")
         self.data = api.primitive(pd)
         self.w_md = _chosen_md(api, pd, _QUERY_WEIGHTS_MD)
         self.w_reorder = api.reorder(g.w_plain, self.w_md)
         pd = _vp()
         api.check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
-            C.byref(pd), api.engine, _CONVOLUTION_DIRECT, g.src, api.md(g.w_shape), g.bias, g.dst, *g.dims,
+            C.byref(pd), api.engine, _CONVOLUTION_DIRECT, g.src, api.md(g.w_dims), g.bias, g.dst, *g.dims,
             hint, None), "creating a convolution's backward-weights pass")
         self.weights = api.primitive(pd)
         self.dw_md = _chosen_md(api, pd, _QUERY_DIFF_WEIGHTS_MD)
@@ -447,11 +449,12 @@ def pool_usable(x, dilation) -> bool:
     return tuple(dilation) == (1, 1) and x.dtype == np.float32 and channels_last(x) and available()
 
 
-def forward(x, w, b, stride, padding, dilation, out, training, relu=False, residual=None):
+def forward(x, w, b, stride, padding, dilation, groups, out, training, relu=False, residual=None):
     """y = conv(x, w) + b (+ residual), relu'd if asked: an NCHW-shaped view of a channels-last buffer; None where
     oneDNN has no primitive for this geometry (the caller's NumPy kernel runs instead)."""
     try:
-        g = _geometry(x.shape, w.shape, b is not None, tuple(stride), tuple(padding), tuple(dilation), tuple(out))
+        g = _geometry(x.shape, w.shape, b is not None, tuple(stride), tuple(padding), tuple(dilation), tuple(out),
+                      groups)
         primitive = _forward(g, training, relu, residual is not None)
     except OneDNNError:
         return None
@@ -459,12 +462,12 @@ def forward(x, w, b, stride, padding, dilation, out, training, relu=False, resid
         return primitive(x, w, b, residual)
 
 
-def backward(gy, x, w, has_bias, stride, padding, dilation, out, need_dx, mask=None):
+def backward(gy, x, w, has_bias, stride, padding, dilation, groups, out, need_dx, mask=None):
     """(dx or None, dw, db or None) of conv(x, w) (+ bias when ``has_bias``) given gy, the gradient of its output;
     with ``mask`` (the output of a forward with relu) the gradient is gy * (mask > 0). None where oneDNN has no
     backward primitive for this geometry."""
     try:
-        g = _geometry(x.shape, w.shape, has_bias, tuple(stride), tuple(padding), tuple(dilation), tuple(out))
+        g = _geometry(x.shape, w.shape, has_bias, tuple(stride), tuple(padding), tuple(dilation), tuple(out), groups)
         primitives = _backward(g)
     except OneDNNError:
         return None

@@ -43,7 +43,7 @@ class _ConvSaved:
 class _OneDNNSaved:
     """What the oneDNN backward needs: the geometry plus x and w (references, not copies)."""
 
-    __slots__ = ("x", "w", "has_bias", "stride", "padding", "dilation", "out", "dtypes")
+    __slots__ = ("x", "w", "has_bias", "stride", "padding", "dilation", "groups", "out", "dtypes")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -137,13 +137,13 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
     if pool is not None and (save or residual is not None or out[0] % pool[0] or out[1] % pool[1]):
         raise ValueError(f"conv2d: pool={pool} is an inference fusion for windows that tile the {out} output, "
                          f"without save or residual")
-    y = _onednn.forward(x, w, b, stride, padding, dilation, out, save, relu, residual) if _onednn.usable(x, groups) \
-        else None
+    y = _onednn.forward(x, w, b, stride, padding, dilation, groups, out, save, relu, residual) \
+        if _onednn.usable(x) else None
     if y is not None:
         saved = None
         if save:
             saved = _OneDNNSaved(x=x, w=w, has_bias=b is not None, stride=tuple(stride), padding=tuple(padding),
-                                 dilation=tuple(dilation), out=out, dtypes=dtypes)
+                                 dilation=tuple(dilation), groups=groups, out=out, dtypes=dtypes)
         return _max_pooled(y, pool), saved
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype, inference=not save)
@@ -219,11 +219,13 @@ def conv2d_backward(gy, saved, need_dx=True, relu_output=None):
     if isinstance(saved, _OneDNNSaved):
         s = saved
         gy = np.asarray(gy, dtype=np.float32)
-        grads = _onednn.backward(gy, s.x, s.w, s.has_bias, s.stride, s.padding, s.dilation, s.out, need_dx,
-                                 relu_output)
-        if grads is None:   # no backward primitive for this geometry: the NumPy kernel's
-            fast = FastConv(s.x.shape, s.w.shape, s.stride, s.padding, s.dilation, s.out, np.float32)
-            grads = fast.backward(gy, s.x, s.w, need_dx, relu_output)
+        grads = _onednn.backward(gy, s.x, s.w, s.has_bias, s.stride, s.padding, s.dilation, s.groups, s.out,
+                                 need_dx, relu_output)
+        if grads is None:   # no backward primitive for this geometry: the NumPy kernels', from a forward of theirs
+            bias = np.zeros(s.w.shape[0], np.float32) if s.has_bias else None
+            with _onednn.disabled():
+                _, numpy_saved = conv2d_forward(s.x, s.w, bias, s.stride, s.padding, s.dilation, s.groups, True)
+                grads = conv2d_backward(gy, numpy_saved, need_dx, relu_output)
         return _in_dtypes(*grads, s.dtypes)
     if relu_output is not None:
         gy = gy * (relu_output > 0)

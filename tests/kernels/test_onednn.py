@@ -14,24 +14,27 @@ from cnngraph.kernels.pool import max_pool2d_backward, max_pool2d_forward
 
 needs_onednn = pytest.mark.skipif(not _onednn.available(), reason="oneDNN is not installed (pip install onednn-cpu-gomp)")
 
-# (N, C, H, W, O, (kh, kw), stride, padding (t, b, l, r), dilation, bias)
+# (N, C, H, W, O, (kh, kw), stride, padding (t, b, l, r), dilation, bias, groups)
 GEOMETRIES = [
-    (4, 3, 10, 9, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True),
-    (1, 16, 8, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False),
-    (3, 5, 11, 7, 6, (3, 2), (2, 1), (1, 2, 0, 1), (1, 1), True),
-    (2, 4, 12, 12, 4, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), True),
-    (2, 8, 6, 6, 32, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), False),
-    (2, 1, 28, 28, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), True),
+    (4, 3, 10, 9, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, 1),
+    (1, 16, 8, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False, 1),
+    (3, 5, 11, 7, 6, (3, 2), (2, 1), (1, 2, 0, 1), (1, 1), True, 1),
+    (2, 4, 12, 12, 4, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), True, 1),
+    (2, 8, 6, 6, 32, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), False, 1),
+    (2, 1, 28, 28, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), True, 1),
+    (2, 8, 9, 9, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), True, 4),       # grouped
+    (3, 16, 10, 10, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, 16),   # depthwise
+    (2, 8, 12, 12, 16, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), False, 8),    # depthwise x2, 5x5, strided
 ]
 
 
 def _case(geometry, seed=0):
-    N, C, H, W, O, k, stride, padding, dilation, bias = geometry
+    N, C, H, W, O, k, stride, padding, dilation, bias, groups = geometry
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W))
-    w = rng.standard_normal((O, C) + k) / np.sqrt(C * k[0] * k[1])
+    w = rng.standard_normal((O, C // groups) + k) / np.sqrt(C // groups * k[0] * k[1])
     b = rng.standard_normal(O) if bias else None
-    return x, w, b, (stride, padding, dilation)
+    return x, w, b, (stride, padding, dilation, groups)
 
 
 def _f32(*arrays):
@@ -43,7 +46,7 @@ def _f32(*arrays):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_training_forward_backward_match_float64_numpy(geometry, relu, numpy_reference):
     x, w, b, geom = _case(geometry)
-    y, saved = conv2d_forward(*_f32(x, w, b), *geom, 1, save=True, relu=relu)
+    y, saved = conv2d_forward(*_f32(x, w, b), *geom, save=True, relu=relu)
     assert type(saved).__name__ == "_OneDNNSaved" and channels_last(y)
     gy = np.random.default_rng(1).standard_normal(y.shape)
     dx, dw, db = conv2d_backward(gy.astype(np.float32), saved, True, y if relu else None)
@@ -60,9 +63,9 @@ def test_training_forward_backward_match_float64_numpy(geometry, relu, numpy_ref
 def test_inference_residual_and_relu_post_ops():
     x, w, b, geom = _case(GEOMETRIES[0])
     residual = np.random.default_rng(2).standard_normal((4, 8, 10, 9))
-    y, _ = conv2d_forward(*_f32(x, w, b), *geom, 1, save=False, relu=True, residual=residual.astype(np.float32))
+    y, _ = conv2d_forward(*_f32(x, w, b), *geom, save=False, relu=True, residual=residual.astype(np.float32))
     with _onednn.disabled():
-        ref, _ = conv2d_forward(x, w, b, *geom, 1, save=False)
+        ref, _ = conv2d_forward(x, w, b, *geom, save=False)
     np.testing.assert_allclose(y, np.maximum(ref + residual, 0), rtol=1e-4, atol=1e-4)
 
 
@@ -71,17 +74,17 @@ def test_inputs_in_any_layout_and_chained_channels_last():
     """NCHW, channels-last and strided inputs all give the same result; a conv output feeds the next conv as is."""
     x, w, b, geom = _case(GEOMETRIES[1])
     x32, w32, _ = _f32(x, w, b)
-    y_nchw, _ = conv2d_forward(x32, w32, None, *geom, 1, save=False)
+    y_nchw, _ = conv2d_forward(x32, w32, None, *geom, save=False)
     y_cl, _ = conv2d_forward(np.ascontiguousarray(x32.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), w32, None,
-                             *geom, 1, save=False)
+                             *geom, save=False)
     wide = np.zeros((1, 16, 8, 16), np.float32)
     wide[..., ::2] = x32
-    y_strided, _ = conv2d_forward(wide[..., ::2], w32, None, *geom, 1, save=False)
+    y_strided, _ = conv2d_forward(wide[..., ::2], w32, None, *geom, save=False)
     np.testing.assert_array_equal(y_nchw, y_cl)
     np.testing.assert_array_equal(y_nchw, y_strided)
-    z, _ = conv2d_forward(y_cl, w32, None, *geom, 1, save=False)
+    z, _ = conv2d_forward(y_cl, w32, None, *geom, save=False)
     with _onednn.disabled():
-        ref, _ = conv2d_forward(np.asarray(y_cl, np.float64), w, None, *geom, 1, save=False)
+        ref, _ = conv2d_forward(np.asarray(y_cl, np.float64), w, None, *geom, save=False)
     np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -89,13 +92,13 @@ def test_inputs_in_any_layout_and_chained_channels_last():
 def test_concurrent_calls_from_threads_are_correct():
     x, w, b, geom = _case(GEOMETRIES[0])
     x32, w32, b32 = _f32(x, w, b)
-    want, _ = conv2d_forward(x32, w32, b32, *geom, 1, save=False)
+    want, _ = conv2d_forward(x32, w32, b32, *geom, save=False)
     results, errors = [], []
 
     def call():
         try:
             for _ in range(20):
-                results.append(conv2d_forward(x32, w32, b32, *geom, 1, save=False)[0])
+                results.append(conv2d_forward(x32, w32, b32, *geom, save=False)[0])
         except Exception as e:      # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -159,7 +162,7 @@ def test_a_geometry_onednn_cannot_run_falls_back_to_numpy(monkeypatch, numpy_ref
     for broken in ("_forward", "_backward"):
         with monkeypatch.context() as patch:
             patch.setattr(_onednn, broken, unimplemented)
-            y, saved = conv2d_forward(*_f32(x, w, b), *geom, 1, save=True, relu=True)
+            y, saved = conv2d_forward(*_f32(x, w, b), *geom, save=True, relu=True)
             assert type(saved).__name__ == ("_FastSaved" if broken == "_forward" else "_OneDNNSaved")
             dx, dw, db = conv2d_backward(gy.astype(np.float32), saved, True, y)
         for ours, ref in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
@@ -225,7 +228,7 @@ def test_switched_off_or_missing_library_falls_back_to_numpy(env):
 def numpy_reference():
     def reference(x, w, b, geom, gy, relu):
         with _onednn.disabled():
-            y, saved = conv2d_forward(x, w, b, *geom, 1, save=True, relu=relu)
+            y, saved = conv2d_forward(x, w, b, *geom, save=True, relu=relu)
             dx, dw, db = conv2d_backward(gy, saved, True, y if relu else None)
         return y, dx, dw, db
     return reference
