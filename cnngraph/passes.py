@@ -414,7 +414,8 @@ def fuse_residual_adds(g: nx.DiGraph, aliases: dict[str, str]) -> list[tuple[str
 
 
 def optimize_for_inference(model, fold: bool = True, fuse: bool = True) -> InferenceModel:
-    """Prune, fold batch norm and fuse activations on a copy of ``model``'s graph and parameters."""
+    """Prune, fold batch norm and fuse activations on a copy of ``model``'s graph and parameters. The copy is a
+    read-only snapshot (oneDNN keeps its reordered weights): after training ``model`` further, optimize it again."""
     from .model import Model
     if not isinstance(model, Model):
         raise TypeError(f"optimize_for_inference takes a compiled Model (cnngraph.compile), found {type(model).__name__}")
