@@ -35,6 +35,7 @@ def test_run_with_random_and_given_weights(tmp_path):
     r = cli("run", "specs/lenet5.yaml", "--input", tmp_path / "x.npy", "--params", tmp_path / "ckpt", "--profile")
     assert r.returncode == 0 and "argmax per sample: [9, 9, 9]" in r.stdout
     assert "conv1" in r.stderr and "total" in r.stderr      # per-layer profile
+    assert "(a second pass; the first took" in r.stderr    # of a warm pass: not the one-time kernel set-up
 
 
 def test_run_reads_a_single_array_npz(tmp_path):
