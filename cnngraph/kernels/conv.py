@@ -29,25 +29,25 @@ def conv_output_shape(x_shape, w_shape, stride, padding, dilation):
             pool_output_size(W, kw, stride[1], left, right, dilation[1], False))
 
 
-class _ConvSaved:
+class _Saved:
+    __slots__ = ()
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class _ConvSaved(_Saved):
     """What the generic conv2d_backward needs: geometry, weights and the forward's column buffer."""
 
     __slots__ = ("x_shape", "padded_shape", "w", "has_bias", "stride", "padding", "dilation",
                  "groups", "out", "cols", "dtypes")
 
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
 
-
-class _OneDNNSaved:
+class _OneDNNSaved(_Saved):
     """What the oneDNN backward needs: the geometry plus x and w (references, not copies)."""
 
     __slots__ = ("x", "w", "has_bias", "stride", "padding", "dilation", "groups", "out", "dtypes")
-
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
 
 
 class _DepthwiseSaved:
@@ -125,9 +125,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
     x and w *by reference* (do not modify them in place before backward); otherwise ``saved`` holds
     the im2col buffer (N*C*kh*kw*Ho*Wo elements).
     """
-    xp = xp_of(x, w)
-    N, C, H, W = x.shape
-    O, Cg, kh, kw = w.shape
+    C, (O, Cg) = x.shape[1], w.shape[:2]
     if C != Cg * groups or O % groups:
         raise ValueError(f"conv2d: x has {C} channels, w {tuple(w.shape)} with groups={groups}")
     out = conv_output_shape(x.shape, w.shape, stride, padding, dilation)
@@ -145,6 +143,14 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, save, relu=False,
             saved = _OneDNNSaved(x=x, w=w, has_bias=b is not None, stride=tuple(stride), padding=tuple(padding),
                                  dilation=tuple(dilation), groups=groups, out=out, dtypes=dtypes)
         return _max_pooled(y, pool), saved
+    return _numpy_forward(x, w, b, stride, padding, dilation, groups, save, relu, residual, pool, out, dtypes)
+
+
+def _numpy_forward(x, w, b, stride, padding, dilation, groups, save, relu, residual, pool, out, dtypes):
+    """conv2d_forward on cnngraph's own kernels (x and w checked, w and b in x's dtype)."""
+    xp = xp_of(x, w)
+    C = x.shape[1]
+    _, Cg, kh, kw = w.shape
     if xp is np and groups == 1:
         fast = FastConv(x.shape, w.shape, stride, padding, dilation, out, x.dtype, inference=not save)
         if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding):
@@ -223,9 +229,9 @@ def conv2d_backward(gy, saved, need_dx=True, relu_output=None):
                                  need_dx, relu_output)
         if grads is None:   # no backward primitive for this geometry: the NumPy kernels', from a forward of theirs
             bias = np.zeros(s.w.shape[0], np.float32) if s.has_bias else None
-            with _onednn.disabled():
-                _, numpy_saved = conv2d_forward(s.x, s.w, bias, s.stride, s.padding, s.dilation, s.groups, True)
-                grads = conv2d_backward(gy, numpy_saved, need_dx, relu_output)
+            _, numpy_saved = _numpy_forward(s.x, s.w, bias, s.stride, s.padding, s.dilation, s.groups, True, False,
+                                            None, None, s.out, s.dtypes)
+            grads = conv2d_backward(gy, numpy_saved, need_dx, relu_output)
         return _in_dtypes(*grads, s.dtypes)
     if relu_output is not None:
         gy = gy * (relu_output > 0)
