@@ -10,8 +10,8 @@ value, interleaved ``--repeat`` times (median and best), on this spec or ``--spe
 Both sides use the same normalised data splits, the same seeded shuffling order and the same
 augmentation code (cnngraph's, on NumPy batches), SGD with the spec's settings, the spec's
 learning-rate schedule, validation after every epoch and a final test evaluation. The cnngraph
-time is the whole ``cnngraph.train`` call (it also writes two checkpoints per epoch, metrics and
-curves.png); ``epochs`` is the part spent in the epochs themselves (training + validation).
+time is the whole ``cnngraph.train`` call (it also writes checkpoints, see train.checkpoint_interval,
+metrics and curves.png); ``epochs`` is the part spent in the epochs themselves (training + validation).
 
 Both frameworks first train two untimed epochs (the schedule warms up for one), as PyTorch's side is
 timed after ``import torch`` and its first calls: the first ``cnngraph.train`` call of a process imports the

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
+from cnngraph.kernels._parallel import channels_last, empty_channels_last
 from cnngraph.op import Op, OpParams
 
 __all__ = ["Flatten"]
@@ -46,12 +47,17 @@ class Flatten(Op):
     def forward(self, ctx, inputs, params):
         x, = inputs
         s, e = self._dims(x.ndim)
-        ctx.save(shape=x.shape)
+        ctx.save(shape=x.shape, channels_last=channels_last(x))
         # the merged size spelled out: with -1 an empty batch (size 0) has no inferable dimension
         return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
     def backward(self, ctx, gy):
-        return [gy.reshape(ctx.saved["shape"])], {}
+        gx = gy.reshape(ctx.saved["shape"])
+        if ctx.saved["channels_last"]:   # hand the gradient back in its input's layout: the element-wise
+            out = empty_channels_last(gx.shape, gx.dtype)   # backward passes upstream then run over memory in order
+            out[...] = gx
+            gx = out
+        return [gx], {}
 
 
 @hookimpl

@@ -266,10 +266,13 @@ def flat(a):
 def empty_as(like, shape, dtype):
     """np.empty(shape) laid out as ``like``: channels-last (an NCHW-shaped view) when ``like`` is, so element-wise
     passes between the two run over memory in order."""
-    if channels_last(like):
-        n, c, h, w = shape
-        return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
-    return np.empty(shape, dtype=dtype)
+    return empty_channels_last(shape, dtype) if channels_last(like) else np.empty(shape, dtype=dtype)
+
+
+def empty_channels_last(shape, dtype):
+    """np.empty of an (N, C, H, W) ``shape`` as a view of a dense (N, H, W, C) buffer."""
+    n, c, h, w = shape
+    return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
 
 
 def run_blocks(fn, size):

@@ -42,6 +42,10 @@ class _TrainTop(StrictSettings):
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="batches whose mean gradient makes "
                                                                           "one optimizer step")
     top_k: int = Field(3, ge=1, description="k of the top-k accuracy metric")
+    checkpoint_interval: float = Field(2.0, ge=0, allow_inf_nan=False, description=(
+        "seconds between checkpoint writes: an epoch's checkpoint is written when this long has passed since the "
+        "last write (0: every epoch); the first and final epochs' always are, and a stop (Ctrl-C, an error) "
+        "writes the newest epoch's"))
     seed: int = Field(0, ge=0)
     init: Optional[str] = Field(None, description="weights to start from (.npz or checkpoint folder), relative "
                                                   "to the spec's folder")
@@ -80,6 +84,7 @@ class TrainSpec:
     mixup: Optional[MixSettings] = None   # batch mixing (cnngraph.train.mixing)
     gradient_accumulation_steps: int = 1
     cutmix: Optional[MixSettings] = None
+    checkpoint_interval: float = 2.0   # seconds between checkpoint writes (cnngraph.train.loop._Run._save)
 
 
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.05, "momentum": 0.9}
@@ -155,7 +160,8 @@ def validate_train(raw: dict, positions, file, registry, layer_ids=(), input_sha
                      optimizer=opt, schedule=sched, augment=augs, batch_size=top.batch_size, epochs=top.epochs,
                      early_stopping=top.early_stopping, grad_clip=top.grad_clip, top_k=top.top_k, seed=top.seed,
                      raw=raw, init=top.init, freeze=list(top.freeze), mixup=top.mixup, cutmix=top.cutmix,
-                     gradient_accumulation_steps=top.gradient_accumulation_steps), []
+                     gradient_accumulation_steps=top.gradient_accumulation_steps,
+                     checkpoint_interval=top.checkpoint_interval), []
 
 
 def _warmup_problems(raw: Any, sched: Optional[Typed], positions, file) -> list[Problem]:

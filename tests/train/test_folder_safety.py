@@ -138,7 +138,8 @@ def test_metrics_describe_only_the_epochs_the_checkpoints_hold(tmp_path, monkeyp
             raise OSError(28, os.strerror(28))
         return real(directory, part, arrays)
     monkeypatch.setattr(ckpt_mod, "_write_npz", full)
-    s = spec(early_stopping={"metric": "train_loss", "patience": 5})    # every epoch is the new best
+    s = spec(early_stopping={"metric": "train_loss", "patience": 5},   # every epoch is the new best
+             checkpoint_interval=0)                                      # and is written
     with pytest.raises(TrainingError, match=r"last good checkpoint: .*last \(epoch 2\)"):
         train(tmp_path / "run", s, epochs=3)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -106,6 +106,36 @@ def test_interrupt_then_resume_is_bit_for_bit(tmp_path, monkeypatch):
     assert straight.test["test_accuracy"] == resumed.test["test_accuracy"]
 
 
+@pytest.mark.parametrize("interval, written", [(0, [1, 2, 3, 4, 5]), (1e9, [1, 5])])
+def test_checkpoints_are_written_at_most_once_per_interval_and_always_at_the_end(tmp_path, monkeypatch, interval,
+                                                                                  written):
+    tags, real = [], ckpt_mod.CheckpointWriter.submit
+
+    def submit(self, saves, tag=None):
+        tags.append((tag, [p.name for p, *_ in saves]))
+        return real(self, saves, tag)
+    monkeypatch.setattr(ckpt_mod.CheckpointWriter, "submit", submit)
+    spec = tiny_spec(epochs=5, checkpoint_interval=interval, early_stopping={"metric": "train_loss", "patience": 9})
+    hist = run(spec, tmp_path)
+    assert [t for t, _ in tags] == written
+    assert tags[0][1] == ["best", "last"]     # the first epoch is the first best
+    out = tmp_path / "run" / "checkpoint"
+    assert load_checkpoint(out / "last").meta["epoch"] == 5
+    best = load_checkpoint(out / "best")      # the best epoch's own weights, though written epochs later
+    assert best.meta["epoch"] == hist.best_epoch == min(hist, key=lambda r: r["train_loss"])["epoch"]
+    assert best.meta["history"][-1]["epoch"] == hist.best_epoch
+
+
+def test_a_stop_writes_the_newest_epoch_held_back_by_the_interval(tmp_path, monkeypatch):
+    _interrupt_at(monkeypatch, 3 * 5 + 2)    # mid epoch 4; epochs 2 and 3 wait for the interval
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_spec(epochs=5, checkpoint_interval=1e9), tmp_path, stream=stream)
+    assert "last (epoch 3)" in stream.getvalue(), stream.getvalue()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint" / "last").meta["epoch"] == 3
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 3
+
+
 def test_interrupt_in_the_first_resumed_epoch_names_the_resumed_checkpoint(tmp_path, monkeypatch):
     """Before the first save of a resumed run, the last good checkpoint is the one resumed from."""
     spec = tiny_spec(epochs=3)
