@@ -210,6 +210,24 @@ def test_relu_and_add_on_channels_last_arrays():
     np.testing.assert_array_equal(s, np.maximum(a + b, 0))
 
 
+def test_flatten_hands_a_channels_last_input_its_gradient_channels_last():
+    """So the relu or pool before it takes its gradient over memory in order (digits: relu backward 4x faster)."""
+    from cnngraph.registry import get_registry
+    from cnngraph.op import Context
+    rng = np.random.default_rng(5)
+    x = np.ascontiguousarray(rng.standard_normal((3, 4, 2, 5), dtype=np.float32).transpose(0, 2, 3, 1))
+    x = x.transpose(0, 3, 1, 2)
+    flatten = get_registry().ops["flatten"]()
+    for given, kept in ((x, True), (np.ascontiguousarray(x), False)):
+        ctx = Context(training=True, grad=True)
+        y = flatten.forward(ctx, [given], {})
+        np.testing.assert_array_equal(y, np.asarray(given, order="C").reshape(3, 40))
+        gy = rng.standard_normal((3, 40), dtype=np.float32)
+        (g,), _ = flatten.backward(ctx, gy)
+        assert channels_last(g) is kept and g.flags.c_contiguous is not kept
+        np.testing.assert_array_equal(g, gy.reshape(3, 4, 2, 5))
+
+
 @pytest.mark.parametrize("env", [{"CNNGRAPH_ONEDNN": "0"}, {"CNNGRAPH_ONEDNN_LIB": "/nonexistent/libdnnl.so.3"},
                                  {"CNNGRAPH_ONEDNN_LIB": __file__}])
 def test_switched_off_or_missing_library_falls_back_to_numpy(env):
