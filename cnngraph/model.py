@@ -302,10 +302,10 @@ class Model:
         parallel : int
             In inference without ``grad``, run independent branches on this many threads (0: in order).
         fused : bool
-            In training with ``grad``, run a max_pool2d before the relu that alone feeds it and each other relu
-            inside the conv2d that alone feeds it, forward and backward (``cnngraph.passes.pool_before_relu`` and
-            ``fuse_conv_relu``; what ``cnngraph.train`` does): the same outputs and gradients, fewer passes over
-            memory. ``on_output`` then sees the layers as run, and ``backward(wrt=...)`` refuses a layer they
+            Run a max_pool2d before the relu that alone feeds it and each other relu inside the conv2d or dense
+            layer that alone feeds it, forward and backward (``cnngraph.passes.pool_before_relu`` and
+            ``fuse_conv_relu``; what ``cnngraph.train`` does, also to validate): the same outputs and gradients,
+            fewer passes over memory. ``on_output`` then sees the layers as run, and ``backward(wrt=...)`` refuses a layer they
             changed.
 
         Returns
@@ -334,7 +334,7 @@ class Model:
         env = self._prepare_inputs(inputs, plan, grad)
         self._batch = batch_of(env)
         g, aliases, moved = self.graph, {}, frozenset()
-        if fused and training and grad:
+        if fused and not parallel:
             g, plan, aliases, moved = self._fused_plan(plan)
         self._tape_graph = g    # the graph as run (on_output callbacks read their layers' types from it)
         with blas_held_for(self._batch):

@@ -69,6 +69,19 @@ def test_fused_training_gives_the_plain_outputs_and_gradients(spec):
                                                 "dense", "dropout", "input") for n in model.graph)   # untouched
 
 
+@pytest.mark.parametrize("spec", [CHAIN, "specs/digits_cnn.yaml"])
+def test_fused_inference_gives_the_plain_outputs(spec):
+    """Validation and evaluation run fused too (cnngraph.train.evaluate_arrays)."""
+    model = cnngraph.compile(spec, seed=1)
+    x, _ = _data(model, n=5)
+    seen = []
+    got = model.forward({"image": x}, fused=True, on_output=lambda node, y: seen.append(node))["logits"]
+    np.testing.assert_allclose(got, model.forward({"image": x})["logits"], rtol=1e-6, atol=1e-7)
+    assert "act1" not in seen and "conv1" in seen                     # act1 ran inside conv1
+    np.testing.assert_array_equal(model.forward({"image": x}, fused=True, parallel=2)["logits"],
+                                  model.forward({"image": x}, parallel=2)["logits"])   # parallel: the plain graph
+
+
 def test_fused_training_gradients_match_finite_differences():
     model = cnngraph.compile(CHAIN, seed=2, dtype="float64")
     x, gy = _data(model, n=2, seed=5)

@@ -23,7 +23,8 @@ def evaluate_arrays(model, input_name: str, x: np.ndarray, y: np.ndarray, loss: 
                                                                            ignore=ignore)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output])[loss.output]
+        scores = model.forward({input_name: xb}, training=False, grad=False, outputs=[loss.output],
+                               fused=True)[loss.output]
         value = loss.value(Context(training=False, grad=False), scores, loss.targets(yb, model.xp, model.dtype))
         s = to_numpy(loss.predictions(scores) if isinstance(acc, ValueAccumulator) else scores)
         acc.add(s, yb, *loss.batch_loss(value, yb))

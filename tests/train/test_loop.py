@@ -596,3 +596,11 @@ def test_a_closed_message_stream_does_not_stop_the_run(tmp_path):
     hist = cnngraph.train(tiny_spec(epochs=2), out=tmp_path / "run", stream=ClosingPipe())
     assert len(hist) == 2 and (tmp_path / "run" / "metrics.json").exists()
     assert (tmp_path / "run" / "checkpoint" / "best").is_dir()
+
+
+@pytest.mark.parametrize("n, batch_size, expected", [(270, 64, 270), (320, 64, 320), (321, 64, 256), (100, 64, 256),
+                                                     (600, 512, 600), (641, 512, 512)])
+def test_validation_takes_a_split_a_quarter_above_its_batch_in_one_pass(n, batch_size, expected):
+    from types import SimpleNamespace
+    from cnngraph.train.loop import eval_batch
+    assert eval_batch((None, np.zeros(n)), SimpleNamespace(batch_size=batch_size)) == expected
