@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import functools
+import math
 import os
 import sys
 import threading
@@ -36,6 +37,8 @@ _FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
 _CONVOLUTION_DIRECT, _ELTWISE_RELU = 0x1, 0x20
 _POOLING_MAX = 0x1ff
 _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD, _QUERY_WORKSPACE_MD = 131, 132, 135
+_QUERY_STRIDES, _QUERY_NDIMS, _QUERY_DIMS, _QUERY_PADDED_DIMS, _QUERY_FORMAT_KIND = 14, 256, 257, 260, 262
+_QUERY_INNER_NBLKS, _QUERY_INNER_BLKS, _QUERY_INNER_IDXS, _FORMAT_BLOCKED = 263, 264, 265, 2
 ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS, ARG_WORKSPACE = 1, 17, 33, 41, 64
 ARG_DIFF_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS, ARG_DIFF_BIAS = 129, 145, 161, 169
 _Dims = C.c_int64 * 12
@@ -82,6 +85,7 @@ class _Api:
                 [C.POINTER(_vp), _vp, C.c_int, _vp, _vp, _Dims, _Dims, _Dims, _Dims, _Dims, _vp, _vp],
             "dnnl_reorder_primitive_desc_create": [C.POINTER(_vp), _vp, _vp, _vp, _vp, _vp],
             "dnnl_primitive_desc_query_md": [_vp, C.c_int, C.c_int],
+            "dnnl_memory_desc_query": [_vp, C.c_int, _vp],
             "dnnl_primitive_desc_query": [_vp, C.c_int, C.c_int, _vp],
             "dnnl_primitive_create": [C.POINTER(_vp), _vp],
             "dnnl_memory_create": [C.POINTER(_vp), _vp, _vp, _vp],
@@ -233,6 +237,98 @@ def _chosen_md(api, pd, query):
     return _vp(api.lib.dnnl_primitive_desc_query_md(pd, query, 0))
 
 
+class _Reorder:
+    """Weights between our plain layout and the blocked one a primitive chose (``md``). Small ones are a NumPy
+    transposed copy: on oneDNN a reorder of a few thousand floats took 15-30 us, mostly starting its threads
+    (five a digits training step); big ones, or a layout NumPy cannot express, run oneDNN's reorder primitive."""
+
+    NUMPY_UP_TO = 1 << 13     # elements (measured: 4608 floats 3.8 against 9.4 us; 36864 28 against 18)
+
+    def __init__(self, api, plain_md, md, to_blocked):
+        self.api, self.plain_md, self.md, self.to_blocked = api, plain_md, md, to_blocked
+        self.size = api.lib.dnnl_memory_desc_get_size(md) // 4
+        self.primitive = api.reorder(plain_md, md) if to_blocked else api.reorder(md, plain_md)
+        self.view = self._numpy_view() if self.size <= self.NUMPY_UP_TO else None
+        if self.view is not None:
+            _, split, axes, _ = self.view
+            self._blocked_shape, self._unblock = tuple(split[a] for a in axes), tuple(np.argsort(axes))
+
+    def _query(self, what, count):
+        api, dims = self.api, C.POINTER(_Dims)()
+        api.check(api.lib.dnnl_memory_desc_query(self.md, what, C.byref(dims)), "querying a layout")
+        return list(dims.contents)[:count]
+
+    def _numpy_view(self):
+        """(padded dims, the padded array's dims split into outer part and inner blocks, the axis order of the
+        blocked memory), checked against oneDNN's own reorder on random weights; None when they differ."""
+        lib, n, kind, nblks = self.api.lib, C.c_int(), C.c_int(), C.c_int()
+        for what, value in ((_QUERY_NDIMS, n), (_QUERY_FORMAT_KIND, kind), (_QUERY_INNER_NBLKS, nblks)):
+            self.api.check(lib.dnnl_memory_desc_query(self.md, what, C.byref(value)), "querying a layout")
+        if kind.value != _FORMAT_BLOCKED:
+            return None
+        n, nblks = n.value, nblks.value
+        dims, padded, strides = (self._query(q, n) for q in (_QUERY_DIMS, _QUERY_PADDED_DIMS, _QUERY_STRIDES))
+        blocks, block_dims = self._query(_QUERY_INNER_BLKS, nblks), self._query(_QUERY_INNER_IDXS, nblks)
+        split, outer_axes, block_axes = [], [], {}
+        for d in range(n):   # dim d becomes (outer, its blocks in listed order): earlier-listed are more significant
+            mine = [k for k in range(nblks) if block_dims[k] == d]
+            outer_axes.append(len(split))
+            split.append(padded[d] // math.prod(blocks[k] for k in mine))
+            for k in mine:
+                block_axes[k] = len(split)
+                split.append(blocks[k])
+        order = sorted(range(n), key=lambda d: -strides[d])
+        axes = [outer_axes[d] for d in order] + [block_axes[k] for k in range(nblks)]
+        view = (tuple(padded), tuple(split), tuple(axes), tuple(dims))
+        w = np.random.default_rng(0).standard_normal(dims, dtype=np.float32)
+        mine = np.empty(self.size, np.float32)
+        try:
+            self._numpy_to_blocked(w, mine, view)
+        except ValueError:     # sizes that do not add up: not a dense blocked layout
+            return None
+        if self.to_blocked:    # oneDNN's own reorder must write the same buffer ...
+            theirs = np.empty(self.size, np.float32)
+            with self.api.lock:
+                self.api.execute(self.primitive, {ARG_SRC: (self.plain_md, w), ARG_DST: (self.md, theirs)})
+            same = np.array_equal(mine, theirs)
+        else:                  # ... or read ours back as w
+            back = np.empty_like(w)
+            with self.api.lock:
+                self.api.execute(self.primitive, {ARG_SRC: (self.md, mine), ARG_DST: (self.plain_md, back)})
+            same = np.array_equal(back, w)
+        return view if same else None
+
+    @staticmethod
+    def _numpy_to_blocked(w, out, view):
+        padded, split, axes, dims = view
+        if padded != dims:
+            full = np.zeros(padded, np.float32)
+            full[tuple(slice(0, d) for d in dims)] = w
+            w = full
+        t = w.reshape(split).transpose(axes)
+        np.copyto(out.reshape(t.shape), t)
+
+    def blocked(self, w):
+        """w (plain) in the blocked layout, as a new flat buffer."""
+        out = np.empty(self.size, dtype=np.float32)
+        if self.view is not None:
+            self._numpy_to_blocked(np.ascontiguousarray(w).reshape(self.view[3]), out, self.view)
+        else:
+            self.api.execute(self.primitive, {ARG_SRC: (self.plain_md, np.ascontiguousarray(w)), ARG_DST: (self.md, out)})
+        return out
+
+    def plain(self, blocked, out):
+        """The flat blocked buffer written into ``out`` (plain)."""
+        if self.view is None:
+            self.api.execute(self.primitive, {ARG_SRC: (self.md, blocked), ARG_DST: (self.plain_md, out)})
+            return
+        padded, split, axes, dims = self.view
+        full = blocked.reshape(self._blocked_shape).transpose(self._unblock).reshape(padded)
+        if padded != dims:
+            full = full[tuple(slice(0, d) for d in dims)]
+        np.copyto(out.reshape(dims), full)
+
+
 class _Geometry:
     """One convolution's memory descriptors and strides/dilation/padding, in oneDNN's terms."""
 
@@ -254,22 +350,17 @@ class _Geometry:
             f"creating a convolution of {self.x_shape} with {self.w_shape}")
         return pd
 
-    def weights(self, w, reorder, md):
-        """w (O, C, kh, kw) reordered into the blocked layout ``md``: on every call (training updates w in place),
-        except for read-only arrays (an inference snapshot's, see cnngraph.passes), reordered once and kept while
-        w lives (ResNet-50 at batch 1 reordered 100 MB of weights per image otherwise)."""
-        key = (id(w), md.value)
+    def weights(self, w, reorder):
+        """w (O, C, kh, kw) in the blocked layout of ``reorder`` (a _Reorder): reordered on every call (training
+        updates w in place), except for read-only arrays (an inference snapshot's, see cnngraph.passes), reordered
+        once and kept while w lives (ResNet-50 at batch 1 reordered 100 MB of weights per image otherwise)."""
+        key = (id(w), reorder.md.value)
         kept = _frozen.get(key)
         if kept is not None and kept[0]() is w:
             return kept[1]
-        blocked = self.reorder(w, reorder, md)
+        blocked = reorder.blocked(w)
         if not w.flags.writeable:
             _frozen[key] = (weakref.ref(w, lambda _, key=key: _frozen.pop(key, None)), blocked)
-        return blocked
-
-    def reorder(self, w, reorder, md):
-        blocked = np.empty(self.api.lib.dnnl_memory_desc_get_size(md) // 4, dtype=np.float32)
-        self.api.execute(reorder, {ARG_SRC: (self.w_plain, np.ascontiguousarray(w)), ARG_DST: (md, blocked)})
         return blocked
 
 
@@ -284,7 +375,7 @@ class _Forward:
         pd = geometry.forward_pd(training, _post_ops(api, relu, residual))
         self.primitive = api.primitive(pd)
         self.w_md = _chosen_md(api, pd, _QUERY_WEIGHTS_MD)
-        self.w_reorder = api.reorder(geometry.w_plain, self.w_md)
+        self.w_reorder = _Reorder(api, geometry.w_plain, self.w_md, to_blocked=True)
 
     def __call__(self, x, w, b, residual):
         g = self.g
@@ -292,7 +383,7 @@ class _Forward:
         y = np.empty((N, Ho, Wo, O), dtype=np.float32)
         if residual is not None:    # the sum post-op adds the convolution to what dst holds
             np.copyto(y, residual.transpose(0, 2, 3, 1))
-        args = {ARG_SRC: (g.src, _nhwc(x)), ARG_WEIGHTS: (self.w_md, g.weights(w, self.w_reorder, self.w_md)),
+        args = {ARG_SRC: (g.src, _nhwc(x)), ARG_WEIGHTS: (self.w_md, g.weights(w, self.w_reorder)),
                 ARG_DST: (g.dst, y)}
         if b is not None:
             args[ARG_BIAS] = (g.bias, np.ascontiguousarray(b))
@@ -327,14 +418,14 @@ class _Backward:
             "creating a convolution's backward-data pass")
         self.data = api.primitive(pd)
         self.w_md = _chosen_md(api, pd, _QUERY_WEIGHTS_MD)
-        self.w_reorder = api.reorder(g.w_plain, self.w_md)
+        self.w_reorder = _Reorder(api, g.w_plain, self.w_md, to_blocked=True)
         pd = _vp()
         api.check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
             C.byref(pd), api.engine, _CONVOLUTION_DIRECT, g.src, api.md(g.w_dims), g.bias, g.dst, *g.dims,
             hint, None), "creating a convolution's backward-weights pass")
         self.weights = api.primitive(pd)
         self.dw_md = _chosen_md(api, pd, _QUERY_DIFF_WEIGHTS_MD)
-        self.dw_reorder = api.reorder(self.dw_md, g.w_plain)
+        self.dw_reorder = _Reorder(api, g.w_plain, self.dw_md, to_blocked=False)
 
     def __call__(self, gy, x, w, need_dx, mask):
         g, api = self.g, self.g.api
@@ -344,9 +435,9 @@ class _Backward:
         if need_dx:
             dx = np.empty((N, H, W, C_), dtype=np.float32)
             api.execute(self.data, {ARG_DIFF_DST: (g.dst, gy), ARG_DIFF_SRC: (g.src, dx),
-                                    ARG_WEIGHTS: (self.w_md, g.weights(w, self.w_reorder, self.w_md))})
+                                    ARG_WEIGHTS: (self.w_md, g.weights(w, self.w_reorder))})
             dx = dx.transpose(0, 3, 1, 2)
-        dw_blocked = np.empty(api.lib.dnnl_memory_desc_get_size(self.dw_md) // 4, dtype=np.float32)
+        dw_blocked = np.empty(self.dw_reorder.size, dtype=np.float32)
         args = {ARG_SRC: (g.src, _nhwc(x)), ARG_DIFF_DST: (g.dst, gy), ARG_DIFF_WEIGHTS: (self.dw_md, dw_blocked)}
         db = None
         if g.bias is not None:
@@ -354,7 +445,7 @@ class _Backward:
             args[ARG_DIFF_BIAS] = (g.bias, db)
         api.execute(self.weights, args)
         dw = np.empty(g.w_shape, dtype=np.float32)
-        api.execute(self.dw_reorder, {ARG_SRC: (self.dw_md, dw_blocked), ARG_DST: (g.w_plain, dw)})
+        self.dw_reorder.plain(dw_blocked, dw)
         return dx, dw, db
 
 

@@ -150,7 +150,7 @@ class SGD(Optimizer):
                 buf = state["momentum_buffer"] = g.copy()
             else:
                 buf *= p.momentum
-                buf += (1.0 - p.dampening) * g
+                buf += (1.0 - p.dampening) * g if p.dampening else g
             g = g + p.momentum * buf if p.nesterov else buf
         w -= lr * g
 

@@ -135,8 +135,8 @@ def test_inference_snapshot_weights_are_reordered_once(monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     want = model.forward({"image": x})["logits"]
     reorders = []
-    reorder = _onednn._Geometry.reorder
-    monkeypatch.setattr(_onednn._Geometry, "reorder", lambda g, *a: reorders.append(g) or reorder(g, *a))
+    blocked = _onednn._Reorder.blocked
+    monkeypatch.setattr(_onednn._Reorder, "blocked", lambda r, w: reorders.append(r) or blocked(r, w))
     for _ in range(3):
         np.testing.assert_allclose(fast.forward({"image": x})["logits"], want, rtol=1e-4, atol=1e-5)
     convs = sum(1 for n in fast.graph if "conv" in fast.graph.nodes[n]["type"])
@@ -208,6 +208,46 @@ def test_relu_and_add_on_channels_last_arrays():
     np.testing.assert_array_equal(g, b * (a > 0))
     s = add.forward(Context(training=False, grad=False), [a, b], {}, relu=True)
     np.testing.assert_array_equal(s, np.maximum(a + b, 0))
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_small_weight_reorders_in_numpy_write_what_onednn_writes(geometry, monkeypatch):
+    """Small weights go between layouts as NumPy transposed copies (blocked, padded and grouped layouts
+    included), byte for byte what oneDNN's reorder primitives do."""
+    monkeypatch.setattr(_onednn._Reorder, "NUMPY_UP_TO", 1 << 20)   # the padded grouped layouts here are bigger
+    N, C, H, W, O, k, stride, padding, dilation, bias, groups = geometry
+    out = tuple((s + p0 + p1 - d * (kk - 1) - 1) // st + 1
+                for s, p0, p1, d, kk, st in zip((H, W), padding[::2], padding[1::2], dilation, k, stride))
+    g = _onednn._Geometry((N, C, H, W), (O, C // groups) + k, bias, stride, padding, dilation, out, groups)
+    backward = _onednn._Backward(g)
+    rng = np.random.default_rng(2)
+    for reorder in (_onednn._Forward(g, True, False, False).w_reorder, backward.w_reorder):
+        assert reorder.view is not None
+        w = rng.standard_normal((O, C // groups) + k, dtype=np.float32)
+        mine = reorder.blocked(w)
+        reorder_view, reorder.view = reorder.view, None
+        np.testing.assert_array_equal(mine, reorder.blocked(w))
+        reorder.view = reorder_view
+    dw = backward.dw_reorder
+    blocked = _onednn._Reorder(g.api, g.w_plain, dw.md, to_blocked=True).blocked(w)
+    mine, theirs = np.empty_like(w), np.empty_like(w)
+    dw.plain(blocked, mine)
+    view, dw.view = dw.view, None
+    dw.plain(blocked, theirs)
+    assert view is not None
+    np.testing.assert_array_equal(mine, w)
+    np.testing.assert_array_equal(theirs, w)
+
+
+@needs_onednn
+def test_a_layout_numpy_gets_wrong_stays_on_onednn(monkeypatch):
+    g = _onednn._Geometry((2, 16, 8, 8), (32, 16, 3, 3), True, (1, 1), (1, 1, 1, 1), (1, 1), (8, 8), 1)
+    real = _onednn._Reorder._numpy_to_blocked
+    monkeypatch.setattr(_onednn._Reorder, "_numpy_to_blocked", staticmethod(
+        lambda w, out, view: (real(w, out, view), out.__setitem__(0, out[0] + 1))))
+    assert _onednn._Forward(g, True, False, False).w_reorder.view is None
+    assert _onednn._Backward(g).dw_reorder.view is None
 
 
 def test_flatten_hands_a_channels_last_input_its_gradient_channels_last():
