@@ -305,8 +305,8 @@ class Model:
             Run a max_pool2d before the relu that alone feeds it and each other relu inside the conv2d or dense
             layer that alone feeds it, forward and backward (``cnngraph.passes.pool_before_relu`` and
             ``fuse_conv_relu``; what ``cnngraph.train`` does, also to validate): the same outputs and gradients,
-            fewer passes over memory. ``on_output`` then sees the layers as run, and ``backward(wrt=...)`` refuses a layer they
-            changed.
+            fewer passes over memory. ``on_output`` then sees the layers as run, and ``backward(wrt=...)`` refuses
+            a layer they changed. With ``parallel`` the plain graph runs.
 
         Returns
         -------
