@@ -342,6 +342,7 @@ train:
   early_stopping: {patience: "3"}
   augment: [{type: random_shift, pixels: true}]
   data: {dataset: digits, val_fraction: "0.1"}
+  checkpoint_interval: -1
 """)
     got = {p.path: (p.line, p.message) for p in err.problems}
     assert got == {
@@ -357,6 +358,7 @@ train:
         "train.early_stopping.patience": (16, "expected an integer (found '3')"),
         "train.augment[0].pixels": (17, "expected an integer (found True)"),
         "train.data.val_fraction": (18, "expected a number (found '0.1')"),
+        "train.checkpoint_interval": (19, "expected a value greater than or equal to 0 (found -1)"),
     }, err
 
 
