@@ -525,7 +525,20 @@ def max_pool_forward(x, out, kernel, stride, padding, training):
         return None, None
     with pool.api.lock:
         y, ws = pool.forward(x, training)
+    _nan_windows(y)
     return y, ((pool, ws) if training else None)
+
+
+_LOWEST = np.finfo(np.float32).min
+
+
+def _nan_windows(y):
+    """oneDNN's max skips NaN, starting from the lowest float: a window of NaN only (a layer whose weights became
+    NaN gives nothing else) would come out as -3.4e38, finite garbage that hides the divergence from the loss
+    check. Such windows are made NaN, as PyTorch's are (one min() over the output, 4x smaller than the input)."""
+    values = y.transpose(0, 2, 3, 1).reshape(-1)     # y is channels-last: a flat view
+    if values.size and values.min() == _LOWEST:
+        np.copyto(values, np.float32(np.nan), where=values == _LOWEST)
 
 
 def max_pool_backward(gy, saved):

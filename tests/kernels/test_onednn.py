@@ -191,6 +191,23 @@ def test_channels_last_pooling_matches_nchw():
         np.testing.assert_array_equal(dx_cl, max_pool2d_backward(gy, s))
 
 
+@needs_onednn
+@pytest.mark.parametrize("save", [True, False])
+def test_a_pooling_window_of_nan_only_gives_nan(save):
+    """oneDNN's max skips NaN and would give -3.4e38 for a window of NaN only (a layer whose weights diverged),
+    finite garbage the training loop's loss check cannot see; such windows give NaN, as in PyTorch."""
+    x = np.random.default_rng(6).standard_normal((2, 16, 4, 4)).astype(np.float32)
+    x[0, 3, :2, :2] = np.nan
+    x[1] = np.nan
+    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y, _ = max_pool2d_forward(x_cl, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False, save=save)
+    assert channels_last(y)
+    with _onednn.disabled():   # the NumPy kernel propagates NaN as torch.nn.functional.max_pool2d does
+        want, _ = max_pool2d_forward(x, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False, save=save)
+    np.testing.assert_array_equal(y, want)
+    assert np.isnan(y[0, 3, 0, 0]) and np.isnan(y[1]).all() and np.isfinite(y[0]).sum() == 16 * 4 - 1
+
+
 def test_relu_and_add_on_channels_last_arrays():
     from cnngraph.registry import get_registry
     from cnngraph.op import Context

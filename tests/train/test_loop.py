@@ -266,6 +266,21 @@ def test_nan_names_the_first_non_finite_layer(tmp_path, monkeypatch):
     assert "no checkpoint was saved yet" in msg.lower()
 
 
+def test_a_conv_with_nan_weights_before_a_max_pool_stops_training(tmp_path, monkeypatch):
+    """All of conv1's outputs NaN: the max pool after it must pass NaN on (oneDNN's alone would give -3.4e38,
+    the relu 0, and the loss would stay finite while nothing learns)."""
+    real = cnngraph.model.Model._init_params
+
+    def init(self, rng):
+        arrays = real(self, rng)
+        arrays["conv1.weight"][0, 0, 0, 0] = np.nan
+        return arrays
+    monkeypatch.setattr(cnngraph.model.Model, "_init_params", init)
+    with pytest.raises(TrainingError) as exc:
+        run(tiny_spec(), tmp_path)
+    assert "epoch 1, step 1" in str(exc.value) and "'conv1'" in str(exc.value)
+
+
 def test_huge_lr_diverges_with_a_message(tmp_path):
     with pytest.raises(TrainingError, match=r"diverged at epoch .*first layer whose output became non-finite is "
                                             r"'\w+'.*(Last good|No) checkpoint"):
