@@ -564,6 +564,9 @@ class _Run:
         except CheckpointError as exc:   # a full disk, a folder made read-only ...
             self._stop("failed")
             raise TrainingError(f"{exc}. Training stopped; {self._last_good()}. {self._how_to_go_on()}") from None
+        except Exception:   # a plugin's failure ...: the epochs trained before it still reach checkpoint/
+            self._settle_saves()
+            raise
         try:
             return self._write_outputs(test)
         except KeyboardInterrupt:

@@ -136,6 +136,20 @@ def test_a_stop_writes_the_newest_epoch_held_back_by_the_interval(tmp_path, monk
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 3
 
 
+def test_an_error_writes_the_epochs_held_back_by_the_interval(tmp_path, monkeypatch):
+    real, count = SGD.step, {"n": 0}
+
+    def step(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == 3 * 5 + 2:       # mid epoch 4
+            raise ValueError("boom")
+        return real(self, *a, **k)
+    monkeypatch.setattr(SGD, "step", step)
+    with pytest.raises(TrainingError, match="boom"):
+        run(tiny_spec(epochs=5, checkpoint_interval=1e9), tmp_path)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint" / "last").meta["epoch"] == 3
+
+
 def test_interrupt_in_the_first_resumed_epoch_names_the_resumed_checkpoint(tmp_path, monkeypatch):
     """Before the first save of a resumed run, the last good checkpoint is the one resumed from."""
     spec = tiny_spec(epochs=3)
