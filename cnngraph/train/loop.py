@@ -240,6 +240,7 @@ class _Run:
         self.copy_best_from: Path | None = None   # a resumed run's best checkpoint, copied into this folder
         self.writer = CheckpointWriter()
         self._unwritten: dict = {}      # "best"/"last" -> (epoch, arrays, meta, optimizer state) not written yet
+        self._in_flight: dict = {}      # the same, handed to the writer and not yet known to be on disk
         self._written_at: float | None = None   # when the last write was handed to the writer (see _save)
 
         self._start_weights(init, init_partial)
@@ -291,39 +292,65 @@ class _Run:
         self.timer.add("checkpoints", time.perf_counter() - t)
 
     def _write_unwritten(self) -> None:
-        """Hand the snapshots not written yet to the background writer (it first waits for its previous save)."""
+        """Hand the snapshots not written yet to the background writer, once its previous save is done."""
+        self._wait_for_writer()
         if not self._unwritten:
             return
         # best first: an interruption between the two leaves last/ behind best/, never ahead
         saves = [(self.ckpt_dir / which, *self._unwritten[which][1:]) for which in ("best", "last")
                  if which in self._unwritten]
         self.writer.submit(saves, tag=self._unwritten["last"][0])
-        self._unwritten = {}   # (kept when submit raises the previous save's error: a stop tries them again)
+        self._in_flight, self._unwritten = self._unwritten, {}
         self._written_at = time.perf_counter()
 
+    def _wait_for_writer(self) -> None:
+        """Wait for the background save. Its error (disk full ...) surfaces here, and its snapshots go back among
+        the unwritten (newer ones of the same checkpoint win), so a later try writes them: a best/ that failed is
+        never left behind a last/ that a stop writes after it."""
+        try:
+            self.writer.wait()
+        except Exception:   # the save failed (an interrupted one, or Ctrl-C while it runs, is not tried again)
+            self._unwritten = {**self._in_flight, **self._unwritten}
+            self._in_flight = {}
+            raise
+        self._in_flight = {}
+
     def _finish_saves(self) -> None:
-        """Write what waits and wait for the background save; its error (disk full ...) surfaces here."""
+        """Write what waits and wait for it; a failed save's error surfaces here."""
         t = time.perf_counter()
         try:
             self._write_unwritten()
-            self.writer.wait()
+            self._wait_for_writer()
         finally:
             if self.writer.done is not None:   # else keep what was on disk before (a resumed run's epoch)
                 self.last_saved = self.writer.done
             self.timer.add("checkpoints", time.perf_counter() - t)
 
     def _settle_saves(self) -> None:
-        """Wait for the background save when stopping anyway: its error only means last/ did not move on."""
-        try:
-            self._finish_saves()
-        except Exception:  # noqa: BLE001 - already failing; report what is on disk
-            pass
+        """Write what waits when stopping anyway, before the reports: an earlier save's failure (only reported
+        now) gets its snapshots one more try; a second failure only means the checkpoints did not move on."""
+        for attempt in range(2):
+            try:
+                self._finish_saves()
+                return
+            except Exception as exc:  # noqa: BLE001 - already stopping; report what is on disk
+                if attempt == 0 and self.stopped != "failed" and not self.quiet:   # ("failed" says it already)
+                    print(f"warning: {exc}", file=self.stream)
+        self._unwritten = {}   # the disk refuses them: later messages name what is there
 
     def _last_good(self) -> str:
         self._settle_saves()
         if self.last_saved is None:
             return "no checkpoint was saved yet"
-        return f"last good checkpoint: {self.ckpt_dir / 'last'} (epoch {self.last_saved})"
+        return f"last good checkpoint: {self._last_good_dir()} (epoch {self.last_saved})"
+
+    def _last_good_dir(self) -> Path:
+        """Where the newest complete epoch is: this run's last/, or before its first save the checkpoint it resumed
+        from (in another folder when it was resumed into a new --out)."""
+        if self.resume_dir is not None and self.last_saved == self.start_epoch \
+                and not (self.ckpt_dir / "last" / META_FILE).is_file():
+            return Path(self.resume_dir)
+        return self.ckpt_dir / "last"
 
     def _keep_previous_run(self) -> None:
         """A new run never overwrites an earlier one: an --out folder that already holds a run (other than
@@ -564,8 +591,8 @@ class _Run:
         except CheckpointError as exc:   # a full disk, a folder made read-only ...
             self._stop("failed")
             raise TrainingError(f"{exc}. Training stopped; {self._last_good()}. {self._how_to_go_on()}") from None
-        except Exception:   # a plugin's failure ...: the epochs trained before it still reach checkpoint/
-            self._settle_saves()
+        except BaseException:   # a plugin's failure, SystemExit ...: the epochs trained before it still reach
+            self._settle_saves()  # checkpoint/
             raise
         try:
             return self._write_outputs(test)
@@ -589,7 +616,9 @@ class _Run:
     def _how_to_go_on(self) -> str:
         if self.last_saved is None:
             return "Start it again (there is nothing to resume yet)"
-        return f"Resume with `cnngraph train {self.spec.file or 'SPEC'} --resume {self.out}`"
+        where = self._last_good_dir()
+        resume = self.out if where == self.ckpt_dir / "last" else f"{where} --out {self.out}"
+        return f"Resume with `cnngraph train {self.spec.file or 'SPEC'} --resume {resume}`"
 
     def _test(self) -> dict | None:
         ds = self.dataset

@@ -150,6 +150,48 @@ def test_an_error_writes_the_epochs_held_back_by_the_interval(tmp_path, monkeypa
     assert load_checkpoint(tmp_path / "run" / "checkpoint" / "last").meta["epoch"] == 3
 
 
+def _fail_once(monkeypatch, which, epoch):
+    """The save of checkpoint ``which`` at ``epoch`` fails once (a transient full disk)."""
+    real, failed = ckpt_mod.save_checkpoint, []
+
+    def save(directory, arrays, meta, optimizer_state=None):
+        if directory.name == which and meta["epoch"] == epoch and not failed:
+            failed.append(epoch)
+            raise CheckpointError(f"checkpoint {directory} could not be written (No space left on device)")
+        return real(directory, arrays, meta, optimizer_state)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save)
+
+
+def test_a_failed_best_save_is_written_again_before_last_moves_past_it(tmp_path, monkeypatch):
+    """Epoch 2's best/ fails, epoch 3 is no better: the stop writes best/ of epoch 2 with last/ of epoch 3, whose
+    meta names epoch 2 as the best (not best/ still at epoch 1 behind it)."""
+    _fail_once(monkeypatch, "best", 2)
+    real_record = cnngraph.train.run_state.Best.record
+    monkeypatch.setattr(cnngraph.train.run_state.Best, "record",
+                        lambda self, row: False if row["epoch"] == 3 else real_record(self, row))
+    with pytest.raises(TrainingError, match=r"best could not be written .*last \(epoch 3\)"):
+        run(tiny_spec(epochs=5, checkpoint_interval=0), tmp_path)
+    out = tmp_path / "run" / "checkpoint"
+    last, best = load_checkpoint(out / "last").meta, load_checkpoint(out / "best").meta
+    assert last["epoch"] == 3 and last["best"]["epoch"] == best["epoch"] == 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 2 and metrics["epochs_run"] == 3
+
+
+def test_a_save_that_failed_unseen_is_retried_before_the_reports_on_a_stop(tmp_path, monkeypatch):
+    """Epoch 1's last/ fails in the background, epochs 2-3 wait for the interval, Ctrl-C in epoch 4: the stop
+    warns, writes epoch 3, and metrics.json describes the same three epochs."""
+    _fail_once(monkeypatch, "last", 1)
+    _interrupt_at(monkeypatch, 3 * 5 + 2)
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_spec(epochs=5, checkpoint_interval=1e9), tmp_path, stream=stream)
+    assert "warning: checkpoint" in stream.getvalue() and "last (epoch 3)" in stream.getvalue()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint" / "last").meta["epoch"] == 3
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
+
+
 def test_interrupt_in_the_first_resumed_epoch_names_the_resumed_checkpoint(tmp_path, monkeypatch):
     """Before the first save of a resumed run, the last good checkpoint is the one resumed from."""
     spec = tiny_spec(epochs=3)
@@ -159,6 +201,17 @@ def test_interrupt_in_the_first_resumed_epoch_names_the_resumed_checkpoint(tmp_p
     with pytest.raises(KeyboardInterrupt):
         cnngraph.train(spec, resume=tmp_path / "r", epochs=3, stream=stream)
     assert "last good checkpoint" in stream.getvalue() and "(epoch 1)" in stream.getvalue(), stream.getvalue()
+
+
+def test_interrupt_before_the_first_save_of_a_run_resumed_elsewhere_names_where_the_epoch_is(tmp_path, monkeypatch):
+    run(tiny_spec(epochs=2), tmp_path, "a")
+    _interrupt_at(monkeypatch, 2)
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        cnngraph.train(tiny_spec(epochs=4), out=tmp_path / "b", resume=tmp_path / "a", stream=stream)
+    where = tmp_path / "a" / "checkpoint" / "last"
+    assert f"last good checkpoint: {where} (epoch 2)" in stream.getvalue()
+    assert f"--resume {where} --out {tmp_path / 'b'}`" in stream.getvalue()
 
 
 def test_resume_extends_a_finished_run(tmp_path):
@@ -185,6 +238,11 @@ def test_resume_with_a_different_network_is_refused(tmp_path):
     stream = io.StringIO()
     assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=2, stream=stream)) == 2
     assert "changed train section (train.optimizer)" in stream.getvalue()
+    # when checkpoints are written changes nothing trained: no note
+    changed["train"]["checkpoint_interval"] = 0
+    stream = io.StringIO()
+    assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=3, stream=stream)) == 3
+    assert "changed train section" not in stream.getvalue()
 
 
 def test_interrupted_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
@@ -198,7 +256,8 @@ def test_interrupted_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
                 raise KeyboardInterrupt
         return real(directory, tag, final, write)
     monkeypatch.setattr(ckpt_mod, "atomic_write", atomic_write)
-    spec = tiny_spec(epochs=3, early_stopping={"metric": "train_loss", "patience": 3})
+    # epoch 2's save is the last, so no later one replaces what the interrupted one left
+    spec = tiny_spec(epochs=2, early_stopping={"metric": "train_loss", "patience": 3}, checkpoint_interval=0)
     stream = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
         run(spec, tmp_path, stream=stream)
