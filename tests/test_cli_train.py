@@ -536,3 +536,25 @@ def test_evaluate_named_folders_with_a_checkpoint_of_unnamed_classes_takes_posit
     out, err = capsys.readouterr()
     assert "classes dark, light are taken in their sorted order, as classes 0 to 1" in err
     assert json.loads(out)["per_class"]["support"] == [6, 6]
+
+
+@pytest.mark.parametrize("flag, written", [([], [1, 3]), (["--checkpoint-interval", "0"], [1, 2, 3])])
+def test_checkpoint_interval_flag_overrides_the_spec(tmp_path, monkeypatch, flag, written):
+    from cnngraph.train import checkpoint as ckpt_mod
+    tags, real = [], ckpt_mod.CheckpointWriter.submit
+    monkeypatch.setattr(ckpt_mod.CheckpointWriter, "submit", lambda self, saves, tag=None: tags.append(tag) or
+                        real(self, saves, tag))
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "train": {**SPEC.get("train", {}), "checkpoint_interval": 1e9}}))
+    assert main(["train", str(spec), "--epochs", "3", "--out", str(tmp_path / "r"), "--quiet", *flag]) == 0
+    assert tags == written
+
+
+def test_a_bad_checkpoint_interval_is_refused(tmp_path, capsys):
+    import cnngraph
+    from cnngraph.train.settings import TrainingError
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "specs/digits_cnn.yaml", "--checkpoint-interval", "-1"])
+    assert exc.value.code == 2 and "expected a finite number >= 0, found -1" in capsys.readouterr().err
+    with pytest.raises(TrainingError, match=r"checkpoint_interval must be a number of seconds >= 0 .*found 'often'"):
+        cnngraph.train("specs/digits_cnn.yaml", out=tmp_path / "r", checkpoint_interval="often")

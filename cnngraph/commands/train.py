@@ -50,6 +50,8 @@ def register(sub) -> None:
                    help="dataset override: a name (digits) or name:path (mnist:/data/mnist, npz:file.npz)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--seed", type=seed_value, help="seed of weights, shuffling, augmentation and dropout (overrides train.seed)")
+    p.add_argument("--checkpoint-interval", type=_positive_float, metavar="SECONDS",
+                   help="seconds between checkpoint writes, 0 for every epoch (overrides train.checkpoint_interval)")
     p.add_argument("--profile", action="store_true", help="print where the training time went")
     p.add_argument("--quiet", action="store_true", help="print only the final result")
     add_spec_options(p)
@@ -100,7 +102,7 @@ def cmd_train(args) -> int:
         hist = train(spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out,
                      resume=args.resume, data=args.data, device=args.device, seed=args.seed, quiet=args.quiet,
                      profile=args.profile, allow_plugins=args.allow_plugins, init=args.init,
-                     init_partial=args.init_partial,
+                     init_partial=args.init_partial, checkpoint_interval=args.checkpoint_interval,
                      freeze=None if args.freeze is None else [p.strip() for p in args.freeze.split(",") if p.strip()])
     except KeyboardInterrupt as exc:   # the loop said what was kept and how to resume
         return 128 + getattr(exc, "signum", 2)   # 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP

@@ -114,7 +114,7 @@ class _Run:
     """One training run: everything is checked and built in the constructor; :meth:`fit` trains."""
 
     def __init__(self, spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
-                 allow_plugins, init=None, init_partial=False, freeze=None):
+                 allow_plugins, init=None, init_partial=False, freeze=None, checkpoint_interval=None):
         from ..model import Model
         from ..registry import get_registry
         from .data import load_dataset
@@ -242,6 +242,12 @@ class _Run:
         self._unwritten: dict = {}      # "best"/"last" -> (epoch, arrays, meta, optimizer state) not written yet
         self._in_flight: dict = {}      # the same, handed to the writer and not yet known to be on disk
         self._written_at: float | None = None   # when the last write was handed to the writer (see _save)
+        if checkpoint_interval is not None and not (isinstance(checkpoint_interval, (int, float))
+                                                    and not isinstance(checkpoint_interval, bool)
+                                                    and 0 <= checkpoint_interval < math.inf):
+            raise TrainingError(f"checkpoint_interval must be a number of seconds >= 0 (0: every epoch), found "
+                                f"{checkpoint_interval!r}")
+        self.checkpoint_interval = self.ts.checkpoint_interval if checkpoint_interval is None else checkpoint_interval
 
         self._start_weights(init, init_partial)
         if self.resume_ckpt is not None:
@@ -287,7 +293,7 @@ class _Run:
         if improved:
             self._unwritten["best"] = snapshot
         self._unwritten["last"] = snapshot
-        if self._written_at is None or t - self._written_at >= self.ts.checkpoint_interval:
+        if self._written_at is None or t - self._written_at >= self.checkpoint_interval:
             self._write_unwritten()
         self.timer.add("checkpoints", time.perf_counter() - t)
 
@@ -705,7 +711,8 @@ class _Run:
 def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           out=None, resume=None, data=None, device: str = "cpu", seed: int | None = None, quiet: bool = False,
           *, init=None, init_partial: bool = False, freeze=None, profile: bool = False,
-          stream: TextIO | None = None, allow_plugins: bool = False) -> History:
+          stream: TextIO | None = None, allow_plugins: bool = False,
+          checkpoint_interval: float | None = None) -> History:
     """Train the network of ``spec`` as its ``train:`` section says (defaults when it has none).
 
     Parameters
@@ -726,6 +733,9 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     device : "cpu" or "cuda".
     quiet : print nothing (progress and summary go to ``stream``, default stderr).
     profile : print where the time went (phases and forward time per layer) at the end.
+    checkpoint_interval : seconds between checkpoint writes (0: every epoch); overrides
+        ``train.checkpoint_interval`` (default 2). The first and final epochs are always written, and a stop
+        writes the newest one.
 
     Returns
     -------
@@ -752,7 +762,7 @@ def train(spec, epochs: int | None = None, batch_size: int | None = None, lr: fl
     """
     with _blas_threads(), _termination_as_interrupt():
         return _Run(spec, epochs, batch_size, lr, out, resume, data, device, seed, quiet, stream, profile,
-                    allow_plugins, init, init_partial, freeze).fit()
+                    allow_plugins, init, init_partial, freeze, checkpoint_interval).fit()
 
 
 class BestEffortStream:
