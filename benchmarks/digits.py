@@ -1,7 +1,10 @@
 """Train specs/digits_cnn.yaml with cnngraph and the same network, data, recipe and epochs with
 PyTorch CPU (2 threads) in the same run; print test accuracy and wall time of both and the ratio.
 
-Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits.py [--epochs N] [--no-torch]
+Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits.py [--epochs N] [--repeat N] [--no-torch]
+
+The two frameworks train alternately ``--repeat`` times (default 3); the ratio printed last is the median of
+the pairs' ratios (on a shared machine a burst of other load slows one run by up to a third).
 
 ``--blas-threads 1,2`` instead times cnngraph's training steps with each ``CNNGRAPH_BLAS_THREADS``
 value, interleaved ``--repeat`` times (median and best), on this spec or ``--spec S --data NAME:PATH``
@@ -119,7 +122,8 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="show cnngraph's per-epoch lines")
     ap.add_argument("--blas-threads", help="comma-separated CNNGRAPH_BLAS_THREADS values to compare, e.g. 1,2")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per --blas-threads value (default 3)")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating cnngraph/torch runs, or runs per "
+                                                          "--blas-threads value (default 3)")
     ap.add_argument("--spec", default=SPEC, help="spec for --blas-threads (default specs/digits_cnn.yaml)")
     ap.add_argument("--data", help="dataset for --blas-threads, NAME:PATH (default: the spec's)")
     args = ap.parse_args()
@@ -132,23 +136,33 @@ def main() -> None:
     epochs = args.epochs or spec.train.epochs
     with tempfile.TemporaryDirectory() as out:
         cold = run_cnngraph(spec, 2, out, False)["wall"]
-    with tempfile.TemporaryDirectory() as out:
-        ours = run_cnngraph(spec, epochs, out, args.verbose)
-    print(f"digits_cnn, {epochs} epochs, batch {spec.train.batch_size}")
-    print(f"  cnngraph: test accuracy {ours['accuracy']:.4f} (best epoch {ours['best_epoch']}), "
-          f"wall {ours['wall']:.2f}s (epochs {ours['epochs_s']:.2f}s; the first, 2-epoch call took {cold:.2f}s cold)")
     try:
         import torch  # noqa: F401
+        have_torch = not args.no_torch
     except ImportError:
-        print("  torch: not installed, skipped")
+        have_torch = False
+    if have_torch:
+        run_torch(spec, 2)
+    print(f"digits_cnn, {epochs} epochs, batch {spec.train.batch_size}; the first, 2-epoch cnngraph call took "
+          f"{cold:.2f}s cold")
+    ratios = []
+    for i in range(args.repeat):    # alternating: a burst of other load on the machine hits one pair, not a side
+        with tempfile.TemporaryDirectory() as out:
+            ours = run_cnngraph(spec, epochs, out, args.verbose)
+        line = (f"  run {i + 1}: cnngraph test accuracy {ours['accuracy']:.4f} (best epoch {ours['best_epoch']}), "
+                f"wall {ours['wall']:.2f}s (epochs {ours['epochs_s']:.2f}s)")
+        if have_torch:
+            ref = run_torch(spec, epochs)
+            ratios.append(ours["wall"] / ref["wall"])
+            line += (f"; torch test accuracy {ref['accuracy']:.4f} (final epoch), wall {ref['wall']:.2f}s "
+                     f"(2 threads); ratio {ratios[-1]:.2f}")
+        print(line)
+    if not have_torch:
+        print("  torch: " + ("skipped (--no-torch)" if args.no_torch else "not installed, skipped"))
         return
-    if args.no_torch:
-        return
-    run_torch(spec, 2)
-    ref = run_torch(spec, epochs)
-    print(f"  torch:    test accuracy {ref['accuracy']:.4f} (final epoch), wall {ref['wall']:.2f}s (2 threads)")
-    print(f"  ratio cnngraph/torch wall time: {ours['wall'] / ref['wall']:.2f} "
-          f"(epochs only: {ours['epochs_s'] / ref['wall']:.2f})")
+    import statistics
+    print(f"  ratio cnngraph/torch wall time: median {statistics.median(ratios):.2f} over {len(ratios)} alternating "
+          f"runs (min {min(ratios):.2f}, max {max(ratios):.2f})")
 
 
 if __name__ == "__main__":
