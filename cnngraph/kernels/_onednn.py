@@ -6,7 +6,8 @@ oneDNN (Intel's deep-learning primitives, the library PyTorch's CPU convolutions
 channels-last (NHWC), the layout those kernels want, and conv outputs come back as NCHW-*shaped* views of
 NHWC buffers, so a chain of conv -> relu/add/pool -> conv passes the layout along without transposing
 copies (NumPy's element-wise ops keep their input's memory order). Weights are reordered into the blocked
-layout the kernel chose on every call (a few hundred KiB at most), read-only ones once.
+layout the kernel chose on every call (a few hundred KiB at most; small ones in NumPy, see _Reorder), read-only
+ones once.
 
 Measured on 2 cores (AVX-512 Xeon): 3x3 convolutions of 16-64 channels at 210-280 GFLOP/s against 60-105 for
 the NumPy im2col path. Off with CNNGRAPH_ONEDNN=0; CNNGRAPH_ONEDNN_LIB names another libdnnl.so.3 (oneDNN
