@@ -1,7 +1,8 @@
 """Train specs/digits_cnn.yaml with cnngraph and the same network, data, recipe and epochs with
 PyTorch CPU (2 threads) in the same run; print test accuracy and wall time of both and the ratio.
 
-Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits.py [--epochs N] [--repeat N] [--no-torch]
+Run as:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits.py [--epochs N] [--repeat N]
+         [--checkpoint-interval SECONDS] [--no-torch]
 
 The two frameworks train alternately ``--repeat`` times (default 3); the ratio printed last is the median of
 the pairs' ratios (on a shared machine a burst of other load slows one run by up to a third).
@@ -38,9 +39,9 @@ import cnngraph  # noqa: E402
 SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs", "digits_cnn.yaml")
 
 
-def run_cnngraph(spec, epochs: int, out: str, verbose: bool) -> dict:
+def run_cnngraph(spec, epochs: int, out: str, verbose: bool, checkpoint_interval: float | None = None) -> dict:
     t = time.perf_counter()
-    hist = cnngraph.train(spec, epochs=epochs, out=out, quiet=not verbose)
+    hist = cnngraph.train(spec, epochs=epochs, out=out, quiet=not verbose, checkpoint_interval=checkpoint_interval)
     wall = time.perf_counter() - t
     return {"accuracy": hist.test["test_accuracy"], "wall": wall,
             "epochs_s": sum(r["seconds"] for r in hist), "best_epoch": hist.best_epoch}
@@ -120,6 +121,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, help="default: the spec's train.epochs")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
+                    help="cnngraph's train.checkpoint_interval (default: the spec's, 2 s; 0 writes every epoch)")
     ap.add_argument("--verbose", action="store_true", help="show cnngraph's per-epoch lines")
     ap.add_argument("--blas-threads", help="comma-separated CNNGRAPH_BLAS_THREADS values to compare, e.g. 1,2")
     ap.add_argument("--repeat", type=int, default=3, help="alternating cnngraph/torch runs, or runs per "
@@ -148,7 +151,7 @@ def main() -> None:
     ratios = []
     for i in range(args.repeat):    # alternating: a burst of other load on the machine hits one pair, not a side
         with tempfile.TemporaryDirectory() as out:
-            ours = run_cnngraph(spec, epochs, out, args.verbose)
+            ours = run_cnngraph(spec, epochs, out, args.verbose, args.checkpoint_interval)
         line = (f"  run {i + 1}: cnngraph test accuracy {ours['accuracy']:.4f} (best epoch {ours['best_epoch']}), "
                 f"wall {ours['wall']:.2f}s (epochs {ours['epochs_s']:.2f}s)")
         if have_torch:
