@@ -107,8 +107,12 @@ class CheckpointWriter:
         self.wait()
 
         def run():
-            for args in saves:
-                save_checkpoint(*args)
+            previous = None   # a save of the same snapshot (best/ and last/ of an improved epoch) links its files
+            for directory, arrays, meta, optimizer_state in saves:
+                same = previous if previous and previous[1] is arrays and previous[2] is optimizer_state else None
+                files = save_checkpoint(directory, arrays, meta, optimizer_state,
+                                        same_as=None if same is None else (same[0], same[3]))
+                previous = (directory, arrays, optimizer_state, files)
             self.done = tag
 
         self._pending = _writer_thread().submit(run)
@@ -133,11 +137,13 @@ def _writer_thread() -> ThreadPoolExecutor:
 
 
 def save_checkpoint(directory, arrays: dict, meta: dict,
-                    optimizer_state: dict | None = None) -> None:
-    """Write a checkpoint into ``directory`` (created if needed), atomically.
+                    optimizer_state: dict | None = None, same_as: tuple[Path, dict] | None = None) -> dict:
+    """Write a checkpoint into ``directory`` (created if needed), atomically; returns its meta.json ``files``.
 
     ``arrays`` and ``optimizer_state`` may hold NumPy or CuPy arrays (copied to the host).
-    ``meta`` must be JSON-able; NumPy scalars and arrays are converted.
+    ``meta`` must be JSON-able; NumPy scalars and arrays are converted. ``same_as``: (a checkpoint directory, the
+    ``files`` its save returned) written from the same arrays: its data files are hard-linked instead of written
+    again (they are never changed in place, only replaced), where the filesystem allows.
     """
     directory = Path(directory)
     # Serialise meta first: a bad meta must fail before anything touches the disk.
@@ -157,9 +163,9 @@ def save_checkpoint(directory, arrays: dict, meta: dict,
     with folder_lock(directory) as locked:
         replaced = _named_files(directory)
         try:
-            files = {"weights": _write_npz(directory, "weights", arrays)}
+            files = {"weights": _write_or_link(directory, "weights", arrays, same_as)}
             if optimizer_state is not None:
-                files["optimizer"] = _write_npz(directory, "optimizer", optimizer_state)
+                files["optimizer"] = _write_or_link(directory, "optimizer", optimizer_state, same_as)
             fsync_dir(directory)  # data files' directory entries are durable before the commit
 
             record = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "meta": meta}
@@ -175,12 +181,28 @@ def save_checkpoint(directory, arrays: dict, meta: dict,
         # Unlocked (a filesystem without locks), another save may be writing here: remove only the files
         # of the checkpoint this save replaced, never files that may be another save's.
         _remove_stale(directory, keep, only=None if locked else replaced)
+    return files
 
 
 def copy_checkpoint(src, dst) -> None:
     """Copy the checkpoint in ``src`` to ``dst`` (verified on load, written atomically)."""
     ck = load_checkpoint(src)
     save_checkpoint(dst, ck.arrays, ck.meta, ck.optimizer_state)
+
+
+def _write_or_link(directory: Path, part: str, arrays: dict, same_as: tuple[Path, dict] | None) -> dict:
+    """The meta.json entry of ``part``: a hard link to the same data file of ``same_as`` (saved from these arrays)
+    when there is one and links work here, else the file written anew."""
+    entry = same_as[1].get(part) if same_as is not None else None
+    if entry is not None:
+        target = directory / entry["name"]   # named by its content's hash: one there already holds the same
+        try:
+            if not target.exists():
+                os.link(Path(same_as[0]) / entry["name"], target)
+            return dict(entry)
+        except OSError:   # no hard links on this filesystem, or the file went: write it
+            pass
+    return _write_npz(directory, part, arrays)
 
 
 def _write_npz(directory: Path, part: str, arrays: dict) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -286,6 +287,29 @@ def test_background_writer_saves_in_order_and_reports_errors(tmp_path):
         w.wait()
     assert w.done == 2 and load_checkpoint(tmp_path / "last").meta["epoch"] == 2
     w.wait()   # the error was reported once
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_and_last_of_one_epoch_share_their_files(tmp_path, monkeypatch, links):
+    """An improved epoch's best/ and last/ hold the same arrays: last/ hard-links best/'s data files (half the
+    writes and disk), and writes its own where links fail. Replacing one later never touches the other."""
+    from cnngraph.train.checkpoint import CheckpointWriter
+    if not links:
+        def no_links(src, dst):
+            raise OSError(1, "Operation not permitted")
+        monkeypatch.setattr(ckpt.os, "link", no_links)
+    w = CheckpointWriter()
+    a, opt = _arrays(1), _opt_state(1)
+    w.submit([(tmp_path / "best", a, _meta(1), opt), (tmp_path / "last", a, _meta(1), opt)], tag=1)
+    w.wait()
+    for part in ("weights", "optimizer"):
+        best, last = (next((tmp_path / which).glob(f"{part}-*.npz")) for which in ("best", "last"))
+        assert best.name == last.name and os.path.samefile(best, last) is links
+    w.submit([(tmp_path / "best", _arrays(2), _meta(2), _opt_state(2))], tag=2)
+    w.wait()
+    for k, v in _arrays(1).items():
+        np.testing.assert_array_equal(load_checkpoint(tmp_path / "last").arrays[k], v)
+    assert load_checkpoint(tmp_path / "best").meta["epoch"] == 2 and load_checkpoint(tmp_path / "last").meta["epoch"] == 1
 
 
 def test_a_damaged_preferred_checkpoint_is_reported_not_silently_replaced(tmp_path):

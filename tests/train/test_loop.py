@@ -154,11 +154,11 @@ def _fail_once(monkeypatch, which, epoch):
     """The save of checkpoint ``which`` at ``epoch`` fails once (a transient full disk)."""
     real, failed = ckpt_mod.save_checkpoint, []
 
-    def save(directory, arrays, meta, optimizer_state=None):
+    def save(directory, arrays, meta, optimizer_state=None, **kw):
         if directory.name == which and meta["epoch"] == epoch and not failed:
             failed.append(epoch)
             raise CheckpointError(f"checkpoint {directory} could not be written (No space left on device)")
-        return real(directory, arrays, meta, optimizer_state)
+        return real(directory, arrays, meta, optimizer_state, **kw)
     monkeypatch.setattr(ckpt_mod, "save_checkpoint", save)
 
 
