@@ -123,9 +123,11 @@ class CheckpointWriter:
             return
         try:
             pending.result()
-        except BaseException:
-            if pending.done():    # the save's own failure, reported once (else Ctrl-C while waiting: the save
-                self._pending = None   # goes on, and a later wait() waits for it again)
+        except BaseException as exc:
+            # the save's own failure is reported once; on Ctrl-C while waiting (the save goes on, or has just
+            # failed) a later wait() waits for it, or reports its failure, again
+            if pending.done() and pending.exception() is exc:
+                self._pending = None
             raise
         self._pending = None
 

@@ -34,6 +34,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -242,12 +243,12 @@ class _Run:
         self._unwritten: dict = {}      # "best"/"last" -> (epoch, arrays, meta, optimizer state) not written yet
         self._in_flight: dict = {}      # the same, handed to the writer and not yet known to be on disk
         self._written_at: float | None = None   # when the last write was handed to the writer (see _save)
-        if checkpoint_interval is not None and not (isinstance(checkpoint_interval, (int, float))
+        if checkpoint_interval is not None and not (isinstance(checkpoint_interval, numbers.Real)
                                                     and not isinstance(checkpoint_interval, bool)
                                                     and 0 <= checkpoint_interval < math.inf):
             raise TrainingError(f"checkpoint_interval must be a number of seconds >= 0 (0: every epoch), found "
                                 f"{checkpoint_interval!r}")
-        self.checkpoint_interval = self.ts.checkpoint_interval if checkpoint_interval is None else checkpoint_interval
+        self.checkpoint_interval = self.ts.checkpoint_interval if checkpoint_interval is None else float(checkpoint_interval)
 
         self._start_weights(init, init_partial)
         if self.resume_ckpt is not None:
@@ -300,6 +301,9 @@ class _Run:
     def _write_unwritten(self) -> None:
         """Hand the snapshots not written yet to the background writer, once its previous save is done."""
         self._wait_for_writer()
+        self._submit_unwritten()
+
+    def _submit_unwritten(self) -> None:
         if not self._unwritten:
             return
         # best first: an interruption between the two leaves last/ behind best/, never ahead
@@ -310,19 +314,29 @@ class _Run:
         self._written_at = time.perf_counter()
 
     def _wait_for_writer(self) -> None:
-        """Wait for the background save. Its error (disk full ...) surfaces here, and its snapshots go back among
-        the unwritten (newer ones of the same checkpoint win), so a later try writes them: a best/ that failed is
-        never left behind a last/ that a stop writes after it."""
-        try:
-            self.writer.wait()
-        except Exception:   # the save failed (an interrupted one, or Ctrl-C while it runs, is not tried again)
-            self._unwritten = {**self._in_flight, **self._unwritten}
+        """Wait for the background save. One that failed (disk full ...) is tried again at once, with what waits
+        since: its snapshots go back among the unwritten (newer ones of the same checkpoint win), so a best/ that
+        failed is written before the last/ that names it. A second failure raises, its snapshots kept for the
+        stop's try (an interrupted save is not tried again)."""
+        failed = None
+        for attempt in range(2):
+            try:
+                self.writer.wait()
+            except Exception as exc:
+                self._unwritten = {**self._in_flight, **self._unwritten}
+                self._in_flight = {}
+                if failed is not None:
+                    raise
+                failed = exc
+                self._submit_unwritten()
+                continue
             self._in_flight = {}
-            raise
-        self._in_flight = {}
+            if failed is not None and not self.quiet:
+                print(f"warning: {failed}; written on a second try", file=self.stream)
+            return
 
     def _finish_saves(self) -> None:
-        """Write what waits and wait for it; a failed save's error surfaces here."""
+        """Write what waits and wait for it; a save that failed twice raises here."""
         t = time.perf_counter()
         try:
             self._write_unwritten()
@@ -333,16 +347,14 @@ class _Run:
             self.timer.add("checkpoints", time.perf_counter() - t)
 
     def _settle_saves(self) -> None:
-        """Write what waits when stopping anyway, before the reports: an earlier save's failure (only reported
-        now) gets its snapshots one more try; a second failure only means the checkpoints did not move on."""
-        for attempt in range(2):
-            try:
-                self._finish_saves()
-                return
-            except Exception as exc:  # noqa: BLE001 - already stopping; report what is on disk
-                if attempt == 0 and self.stopped != "failed" and not self.quiet:   # ("failed" says it already)
-                    print(f"warning: {exc}", file=self.stream)
-        self._unwritten = {}   # the disk refuses them: later messages name what is there
+        """Write what waits when stopping anyway, before the reports; a save that fails again only means the
+        checkpoints did not move on (the stop's message names what is on disk)."""
+        try:
+            self._finish_saves()
+        except Exception as exc:  # noqa: BLE001 - already stopping
+            if self.stopped != "failed" and not self.quiet:   # (a failed save's stop says it already)
+                print(f"warning: {exc}", file=self.stream)
+            self._unwritten = {}
 
     def _last_good(self) -> str:
         self._settle_saves()
@@ -353,8 +365,7 @@ class _Run:
     def _last_good_dir(self) -> Path:
         """Where the newest complete epoch is: this run's last/, or before its first save the checkpoint it resumed
         from (in another folder when it was resumed into a new --out)."""
-        if self.resume_dir is not None and self.last_saved == self.start_epoch \
-                and not (self.ckpt_dir / "last" / META_FILE).is_file():
+        if self.resume_dir is not None and self.writer.done is None:   # no save of this run has completed
             return Path(self.resume_dir)
         return self.ckpt_dir / "last"
 

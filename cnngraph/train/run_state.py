@@ -273,7 +273,7 @@ def open_resume(resume, spec, quiet: bool, stream: TextIO) -> tuple[Path, Checkp
     check_meta(meta, rdir, input_channels(spec))
     check_same_network(meta.get("spec", {}), spec, rdir, spec.file or "this spec")
     old_train, new_train = (meta.get("spec") or {}).get("train") or {}, spec.to_dict().get("train") or {}
-    changed = sorted(k for k in set(old_train) | set(new_train) - _IO_ONLY if old_train.get(k) != new_train.get(k))
+    changed = sorted(k for k in (set(old_train) | set(new_train)) - _IO_ONLY if old_train.get(k) != new_train.get(k))
     if changed and not quiet:
         print(f"note: resuming with a changed train section ({', '.join('train.' + k for k in changed)}); "
               f"the continuation is not bit-for-bit the original run", file=stream)

@@ -289,6 +289,30 @@ def test_background_writer_saves_in_order_and_reports_errors(tmp_path):
     w.wait()   # the error was reported once
 
 
+def test_ctrl_c_while_collecting_a_failed_save_keeps_its_error_for_the_next_wait(tmp_path, monkeypatch):
+    """Ctrl-C can land just as a failed background save is collected: the interrupt is raised, and the save's
+    own failure is still reported by the next wait (the stop then writes its snapshots again)."""
+    from concurrent.futures import Future
+    from cnngraph.train.checkpoint import CheckpointWriter
+    real_result, fired = Future.result, []
+
+    def result(self, timeout=None):
+        if not fired and self.done() and self.exception() is not None:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real_result(self, timeout)
+    monkeypatch.setattr(Future, "result", result)
+    w = CheckpointWriter()
+    w.submit([(tmp_path / "last", {"w": np.array([object()], dtype=object)}, {"epoch": 1}, None)], tag=1)
+    from concurrent.futures import wait
+    wait([w._pending])    # the save has failed by the time the interrupt lands
+    with pytest.raises(KeyboardInterrupt):
+        w.wait()
+    with pytest.raises(CheckpointError, match="dtype object"):
+        w.wait()
+    w.wait()   # reported once
+
+
 @pytest.mark.parametrize("links", [True, False])
 def test_best_and_last_of_one_epoch_share_their_files(tmp_path, monkeypatch, links):
     """An improved epoch's best/ and last/ hold the same arrays: last/ hard-links best/'s data files (half the

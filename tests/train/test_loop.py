@@ -150,32 +150,40 @@ def test_an_error_writes_the_epochs_held_back_by_the_interval(tmp_path, monkeypa
     assert load_checkpoint(tmp_path / "run" / "checkpoint" / "last").meta["epoch"] == 3
 
 
-def _fail_once(monkeypatch, which, epoch):
-    """The save of checkpoint ``which`` at ``epoch`` fails once (a transient full disk)."""
+def _fail_once(monkeypatch, which, epoch, times=1):
+    """The save of checkpoint ``which`` at ``epoch`` fails ``times`` times (a transient full disk)."""
     real, failed = ckpt_mod.save_checkpoint, []
 
     def save(directory, arrays, meta, optimizer_state=None, **kw):
-        if directory.name == which and meta["epoch"] == epoch and not failed:
+        if directory.name == which and meta["epoch"] == epoch and len(failed) < times:
             failed.append(epoch)
             raise CheckpointError(f"checkpoint {directory} could not be written (No space left on device)")
         return real(directory, arrays, meta, optimizer_state, **kw)
     monkeypatch.setattr(ckpt_mod, "save_checkpoint", save)
 
 
-def test_a_failed_best_save_is_written_again_before_last_moves_past_it(tmp_path, monkeypatch):
-    """Epoch 2's best/ fails, epoch 3 is no better: the stop writes best/ of epoch 2 with last/ of epoch 3, whose
-    meta names epoch 2 as the best (not best/ still at epoch 1 behind it)."""
-    _fail_once(monkeypatch, "best", 2)
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_failed_best_save_is_written_again_before_last_moves_past_it(tmp_path, monkeypatch, times):
+    """Epoch 2's best/ fails in the background, epoch 3 is no better: best/ of epoch 2 is written again with last/
+    of epoch 3, whose meta names it (not best/ left at epoch 1 behind it). Once: training goes on, with a
+    warning; twice: it stops, naming what is on disk."""
+    _fail_once(monkeypatch, "best", 2, times)
     real_record = cnngraph.train.run_state.Best.record
     monkeypatch.setattr(cnngraph.train.run_state.Best, "record",
                         lambda self, row: False if row["epoch"] == 3 else real_record(self, row))
-    with pytest.raises(TrainingError, match=r"best could not be written .*last \(epoch 3\)"):
-        run(tiny_spec(epochs=5, checkpoint_interval=0), tmp_path)
+    stream = io.StringIO()
+    if times == 1:
+        run(tiny_spec(epochs=3, checkpoint_interval=0), tmp_path, stream=stream)
+        assert "best could not be written (No space left on device); written on a second try" in stream.getvalue()
+    else:
+        with pytest.raises(TrainingError, match=r"best could not be written .*last \(epoch 3\)"):
+            run(tiny_spec(epochs=5, checkpoint_interval=0), tmp_path, stream=stream)
     out = tmp_path / "run" / "checkpoint"
     last, best = load_checkpoint(out / "last").meta, load_checkpoint(out / "best").meta
     assert last["epoch"] == 3 and last["best"]["epoch"] == best["epoch"] == 2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_epoch"] == 2 and metrics["epochs_run"] == 3
+    assert (metrics["test_accuracy"] is None) is (times == 2)   # a run that went on is tested as usual
 
 
 def test_a_save_that_failed_unseen_is_retried_before_the_reports_on_a_stop(tmp_path, monkeypatch):
@@ -214,6 +222,20 @@ def test_interrupt_before_the_first_save_of_a_run_resumed_elsewhere_names_where_
     assert f"--resume {where} --out {tmp_path / 'b'}`" in stream.getvalue()
 
 
+def test_interrupt_before_the_first_save_of_a_run_resumed_from_best_names_best(tmp_path, monkeypatch):
+    """Resumed from best/ (epoch 1) of a run whose last/ is at epoch 3: before this run saves, its last good
+    checkpoint is best/, not last/."""
+    monkeypatch.setattr(cnngraph.train.run_state.Best, "record", lambda self, row: (
+        setattr(self, "epoch", 1) or True) if row["epoch"] == 1 else False)
+    run(tiny_spec(epochs=3), tmp_path, "r")
+    assert load_checkpoint(tmp_path / "r" / "checkpoint" / "best").meta["epoch"] == 1
+    _interrupt_at(monkeypatch, 2)
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        cnngraph.train(tiny_spec(epochs=3), resume=tmp_path / "r" / "checkpoint" / "best", stream=stream)
+    assert f"last good checkpoint: {tmp_path / 'r' / 'checkpoint' / 'best'} (epoch 1)" in stream.getvalue()
+
+
 def test_resume_extends_a_finished_run(tmp_path):
     spec = tiny_spec(schedule={"type": "constant"}, augment=[], epochs=4)
     run(spec, tmp_path, "straight")
@@ -242,6 +264,10 @@ def test_resume_with_a_different_network_is_refused(tmp_path):
     changed["train"]["checkpoint_interval"] = 0
     stream = io.StringIO()
     assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=3, stream=stream)) == 3
+    assert "changed train section" not in stream.getvalue()
+    del changed["train"]["checkpoint_interval"]     # the checkpoint's spec had it this time
+    stream = io.StringIO()
+    assert len(cnngraph.train(changed, resume=tmp_path / "run", epochs=4, stream=stream)) == 4
     assert "changed train section" not in stream.getvalue()
 
 
