@@ -248,7 +248,8 @@ class _Run:
                                                     and 0 <= checkpoint_interval < math.inf):
             raise TrainingError(f"checkpoint_interval must be a number of seconds >= 0 (0: every epoch), found "
                                 f"{checkpoint_interval!r}")
-        self.checkpoint_interval = self.ts.checkpoint_interval if checkpoint_interval is None else float(checkpoint_interval)
+        self.checkpoint_interval = (self.ts.checkpoint_interval if checkpoint_interval is None
+                                    else float(checkpoint_interval))
 
         self._start_weights(init, init_partial)
         if self.resume_ckpt is not None:
@@ -287,7 +288,8 @@ class _Run:
         """Snapshot the state now. The files are written in the background while the next epoch runs, at most one
         write per train.checkpoint_interval seconds: the snapshots of the epochs in between wait in memory (the
         newest last/ and best/ only) for the next write, the run's end or its stop. A checkpoint save takes about
-        4 ms (3 of them CPU; an improved epoch saves two); saving every 50-ms digits epoch made that run 1.25x slower."""
+        4 ms (3 of them CPU; an improved epoch saves two); saving every 50-ms digits epoch made that run 1.25x
+        slower."""
         t = time.perf_counter()
         snapshot = (epoch, self.model.params.numpy(),   # copies: the next steps update the weights in place
                     checkpoint_meta(self, epoch), self.optimizer.state_dict())
@@ -319,7 +321,7 @@ class _Run:
         failed is written before the last/ that names it. A second failure raises, its snapshots kept for the
         stop's try (an interrupted save is not tried again)."""
         failed = None
-        for attempt in range(2):
+        for _ in range(2):
             try:
                 self.writer.wait()
             except Exception as exc:
