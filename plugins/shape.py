@@ -7,7 +7,7 @@ from pydantic import Field
 
 from cnngraph.errors import ShapeError
 from cnngraph.hookspecs import hookimpl
-from cnngraph.kernels._parallel import channels_last, empty_channels_last
+from cnngraph.kernels._parallel import as_channels_last, channels_last
 from cnngraph.op import Op, OpParams
 
 __all__ = ["Flatten"]
@@ -54,9 +54,7 @@ class Flatten(Op):
     def backward(self, ctx, gy):
         gx = gy.reshape(ctx.saved["shape"])
         if ctx.saved["channels_last"]:   # hand the gradient back in its input's layout: the element-wise
-            out = empty_channels_last(gx.shape, gx.dtype)   # backward passes upstream then run over memory in order
-            out[...] = gx
-            gx = out
+            gx = as_channels_last(gx)    # backward passes upstream then run over memory in order
         return [gx], {}
 
 

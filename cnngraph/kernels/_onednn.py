@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._parallel import channels_last
+from ._parallel import channels_last, flat
 
 __all__ = ["available", "describe", "disabled", "usable", "forward", "backward", "max_pool_forward",
            "max_pool_backward", "pool_usable"]
@@ -537,7 +537,7 @@ def _nan_windows(y):
     """oneDNN's max skips NaN, starting from the lowest float: a window of NaN only (a layer whose weights became
     NaN gives nothing else) would come out as -3.4e38, finite garbage that hides the divergence from the loss
     check. Such windows are made NaN, as PyTorch's are (one min() over the output, 4x smaller than the input)."""
-    values = y.transpose(0, 2, 3, 1).reshape(-1)     # y is channels-last: a flat view
+    values = flat(y)     # (y is channels-last: a view of its buffer)
     if values.size and values.min() == _LOWEST:
         np.copyto(values, np.float32(np.nan), where=values == _LOWEST)
 

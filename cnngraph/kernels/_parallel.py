@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["n_workers", "workers_for", "run_parallel", "run_shards", "run_blocks", "contiguous_alike", "flat",
-           "channels_last", "empty_as", "scratch", "scratch_as",
+           "channels_last", "as_channels_last", "empty_as", "scratch", "scratch_as",
            "split_chunks", "blas_held_for", "with_blas_threads"]
 
 _lock = threading.Lock()
@@ -266,13 +266,15 @@ def flat(a):
 def empty_as(like, shape, dtype):
     """np.empty(shape) laid out as ``like``: channels-last (an NCHW-shaped view) when ``like`` is, so element-wise
     passes between the two run over memory in order."""
-    return empty_channels_last(shape, dtype) if channels_last(like) else np.empty(shape, dtype=dtype)
+    if channels_last(like):
+        n, c, h, w = shape
+        return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return np.empty(shape, dtype=dtype)
 
 
-def empty_channels_last(shape, dtype):
-    """np.empty of an (N, C, H, W) ``shape`` as a view of a dense (N, H, W, C) buffer."""
-    n, c, h, w = shape
-    return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+def as_channels_last(a):
+    """``a`` (N, C, H, W) as an NCHW-shaped view of a dense (N, H, W, C) buffer: a copy unless it is one already."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 def run_blocks(fn, size):

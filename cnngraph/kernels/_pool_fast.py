@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._parallel import channels_last, empty_as, n_workers, run_parallel, scratch_as, split_chunks
+from ._parallel import as_channels_last, channels_last, empty_as, n_workers, run_parallel, scratch_as, split_chunks
 
 __all__ = ["tiles_exactly", "max_forward", "max_backward", "avg_forward", "avg_backward", "max_and_index"]
 
@@ -93,7 +93,7 @@ def max_backward(gy, idx, kernel):
     dx = empty_as(idx, (N, C, Ho * kh, Wo * kw), gy.dtype)
     views = _views(dx, kernel)
     if channels_last(idx) != channels_last(gy):   # one copy instead of kh*kw passes across layouts
-        gy = _in_layout(gy, idx)
+        gy = as_channels_last(gy) if channels_last(idx) else np.ascontiguousarray(gy)
 
     def work(chunks):
         for s, e in chunks:
@@ -105,12 +105,6 @@ def max_backward(gy, idx, kernel):
 
     run_parallel(work, _chunks(dx))
     return dx
-
-
-def _in_layout(a, like):
-    out = empty_as(like, a.shape, a.dtype)
-    np.copyto(out, a)
-    return out
 
 
 def avg_forward(x, kernel):
